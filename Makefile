@@ -1,0 +1,132 @@
+# maillab: the one entry point. `make` builds everything under build/ (binaries in build/bin/),
+# incrementally and in parallel; `make help` lists the targets a student uses.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+MAKEFLAGS += --no-print-directory
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
+
+# SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer into build/asan.
+ifeq ($(SANITIZE),1)
+BUILD ?= build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT := -O1 -g
+else
+BUILD ?= build
+SANFLAGS :=
+OPT := -O2 -g
+endif
+BIN := $(BUILD)/bin
+OBJ := $(BUILD)/obj
+
+CXX ?= g++
+CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -MMD -MP $(SANFLAGS)
+LDFLAGS += $(SANFLAGS)
+LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -lPocoFoundation \
+          -lssl -lcrypto -lsqlite3 -lpthread
+
+COMMON_SRC := $(wildcard common/*.cpp)
+SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp
+UNIT_SRC := $(wildcard tests/unit/*.cpp)
+
+obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
+
+PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/maillab-certs
+TESTS := $(BIN)/unit-tests
+
+.PHONY: all
+all: $(PROGRAMS) $(TESTS)
+
+$(OBJ)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+# A program's .properties file is compiled in as its defaults (see common/app_support.h).
+$(OBJ)/gen/%_properties.cpp: sender/%.properties
+	@mkdir -p $(dir $@)
+	@{ echo '// Generated from $< by the Makefile.'; \
+	   echo 'extern const char* const k$(call pascal,$*)Properties;'; \
+	   echo 'const char* const k$(call pascal,$*)Properties = R"MAILLAB_PROPS('; \
+	   cat $<; echo ')MAILLAB_PROPS";'; } > $@
+pascal = $(if $(filter senderserver,$(1)),SenderServer,$(if $(filter retrieverserver,$(1)),RetrieverServer,$(1)))
+
+$(OBJ)/gen/%_properties.o: $(OBJ)/gen/%_properties.cpp
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/libmaillab.a: $(call obj,$(COMMON_SRC) $(SENDER_LIB_SRC))
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BIN)/senderserver: $(call obj,sender/server.cpp) $(OBJ)/gen/senderserver_properties.o $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/senderclient: $(call obj,sender/client.cpp) $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
+
+$(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- set-up ---------------------------------------------------------------------------------
+# Debian packages: build (Poco, OpenSSL, SQLite, Catch2, libedit) and tests (curl, openssl, Python).
+DEB_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev \
+                openssl curl python3 ca-certificates
+
+.PHONY: deps
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+.PHONY: certs
+certs: $(BIN)/maillab-certs
+	@$(BIN)/maillab-certs certs
+
+# ---- the lab -------------------------------------------------------------------------------
+PORT ?= 9000
+HOST ?= localhost
+
+.PHONY: senderserver senderclient
+senderserver: $(BIN)/senderserver
+	@mkdir -p users
+	$(BIN)/senderserver --port=$(PORT) $(ARGS)
+
+senderclient: $(BIN)/senderclient
+	$(BIN)/senderclient --host $(HOST) --port $(PORT) $(ARGS)
+
+.PHONY: demo
+demo: deps
+	@$(MAKE) all
+	@bash tests/demo.sh
+
+# ---- tests ---------------------------------------------------------------------------------
+.PHONY: test test-asan
+test: deps
+	@$(MAKE) all
+	@/usr/bin/python3 tests/run_tests.py --build $(BUILD)
+
+test-asan: deps
+	@$(MAKE) SANITIZE=1 all
+	@ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
+
+.PHONY: clean
+clean:
+	rm -rf build
+
+.PHONY: help
+help:
+	@echo "make deps | all | certs | demo | test | test-asan"
+	@echo "make senderserver PORT=9000    make senderclient PORT=9000 [HOST=localhost]"

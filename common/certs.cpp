@@ -1,0 +1,158 @@
+// Lab CA and server certificate generation with the OpenSSL 3 API (EC P-256, SHA-256).
+#include "certs.h"
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace maillab {
+
+namespace {
+using KeyPtr = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
+using CertPtr = std::unique_ptr<X509, decltype(&X509_free)>;
+
+void check(bool ok, const char* what) {
+    if (!ok) throw std::runtime_error(std::string("certificate generation failed: ") + what);
+}
+
+bool exists(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+KeyPtr newKey() {
+    KeyPtr key(EVP_EC_gen("P-256"), EVP_PKEY_free);
+    check(key != nullptr, "EC key");
+    return key;
+}
+
+void addExtension(X509* cert, X509* issuer, int nid, const char* value) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+    check(ext != nullptr, value);
+    X509_add_ext(cert, ext, -1);
+    X509_EXTENSION_free(ext);
+}
+
+CertPtr newCert(EVP_PKEY* key, const char* commonName, long days) {
+    CertPtr cert(X509_new(), X509_free);
+    check(cert != nullptr, "X509_new");
+    X509_set_version(cert.get(), 2);
+    unsigned char serial[16];
+    check(RAND_bytes(serial, sizeof serial) == 1, "serial");
+    serial[0] &= 0x7f;  // a positive serial number (RFC 5280 4.1.2.2)
+    BIGNUM* bn = BN_bin2bn(serial, sizeof serial, nullptr);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
+    BN_free(bn);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(cert.get()), days * 24 * 3600);
+    X509_set_pubkey(cert.get(), key);
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("maillab"), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(commonName), -1, -1,
+                               0);
+    return cert;
+}
+
+// Written to a temporary file beside the target, then renamed, so a reader never sees half a file.
+void writePem(const std::string& path, bool isPrivate, const std::function<int(FILE*)>& write) {
+    std::string tmp = path + ".tmp" + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, isPrivate ? 0600 : 0644);
+    check(fd >= 0, path.c_str());
+    FILE* f = ::fdopen(fd, "w");
+    check(f != nullptr, path.c_str());
+    bool ok = write(f) == 1;
+    ok = (std::fflush(f) == 0) && ok;
+    ::fsync(fd);
+    std::fclose(f);
+    check(ok, path.c_str());
+    check(::rename(tmp.c_str(), path.c_str()) == 0, path.c_str());
+}
+
+void writeKey(const std::string& path, EVP_PKEY* key) {
+    writePem(path, true, [key](FILE* f) {
+        return PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
+    });
+}
+
+void writeCert(const std::string& path, X509* cert) {
+    writePem(path, false, [cert](FILE* f) { return PEM_write_X509(f, cert); });
+}
+
+KeyPtr readKey(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    check(f != nullptr, path.c_str());
+    KeyPtr key(PEM_read_PrivateKey(f, nullptr, nullptr, nullptr), EVP_PKEY_free);
+    std::fclose(f);
+    check(key != nullptr, path.c_str());
+    return key;
+}
+
+CertPtr readCert(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    check(f != nullptr, path.c_str());
+    CertPtr cert(PEM_read_X509(f, nullptr, nullptr, nullptr), X509_free);
+    std::fclose(f);
+    check(cert != nullptr, path.c_str());
+    return cert;
+}
+}  // namespace
+
+CertPaths CertPaths::inDirectory(const std::string& dir) {
+    return {dir + "/ca.pem", dir + "/ca.key", dir + "/server.pem", dir + "/server.key"};
+}
+
+bool ensureCertificates(const CertPaths& paths) {
+    auto slash = paths.caCert.rfind('/');
+    if (slash != std::string::npos && slash > 0) ::mkdir(paths.caCert.substr(0, slash).c_str(), 0755);
+    bool newCa = !exists(paths.caCert) || !exists(paths.caKey);
+    bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey);
+    if (!newServer) return false;
+
+    KeyPtr caKey(nullptr, EVP_PKEY_free);
+    CertPtr caCert(nullptr, X509_free);
+    if (newCa) {
+        caKey = newKey();
+        caCert = newCert(caKey.get(), "maillab lab CA", 3650);
+        X509_set_issuer_name(caCert.get(), X509_get_subject_name(caCert.get()));
+        addExtension(caCert.get(), caCert.get(), NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+        addExtension(caCert.get(), caCert.get(), NID_key_usage, "critical,keyCertSign,cRLSign");
+        addExtension(caCert.get(), caCert.get(), NID_subject_key_identifier, "hash");
+        addExtension(caCert.get(), caCert.get(), NID_authority_key_identifier, "keyid:always");
+        check(X509_sign(caCert.get(), caKey.get(), EVP_sha256()) > 0, "CA signature");
+        writeKey(paths.caKey, caKey.get());
+        writeCert(paths.caCert, caCert.get());
+    } else {
+        caKey = readKey(paths.caKey);
+        caCert = readCert(paths.caCert);
+    }
+
+    KeyPtr key = newKey();
+    // 397 days: the longest validity browsers accept for a server certificate.
+    CertPtr cert = newCert(key.get(), "localhost", 397);
+    X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert.get()));
+    addExtension(cert.get(), caCert.get(), NID_basic_constraints, "critical,CA:FALSE");
+    addExtension(cert.get(), caCert.get(), NID_key_usage, "critical,digitalSignature");
+    addExtension(cert.get(), caCert.get(), NID_ext_key_usage, "serverAuth");
+    addExtension(cert.get(), caCert.get(), NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
+    addExtension(cert.get(), caCert.get(), NID_subject_key_identifier, "hash");
+    addExtension(cert.get(), caCert.get(), NID_authority_key_identifier, "keyid:always");
+    check(X509_sign(cert.get(), caKey.get(), EVP_sha256()) > 0, "server signature");
+    writeKey(paths.serverKey, key.get());
+    writeCert(paths.serverCert, cert.get());
+    return true;
+}
+
+}  // namespace maillab

@@ -1,0 +1,43 @@
+// Line splitting with a limit; see linereader.h.
+#include "linereader.h"
+
+#include <cstring>
+
+namespace maillab {
+
+void LineReader::feed(const char* data, size_t size) {
+    const char* end = data + size;
+    while (data < end) {
+        const char* nl = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+        size_t chunk = static_cast<size_t>((nl ? nl : end) - data);
+        if (!discarding_) {
+            partial_.append(data, chunk);
+            // The limit includes CRLF; a trailing CR is (or may yet be) part of the ending.
+            size_t content = partial_.size();
+            if (content > 0 && partial_.back() == '\r') --content;
+            if (content + 2 > maxLength_) {
+                discarding_ = true;
+                partial_.clear();
+            }
+        }
+        if (!nl) break;
+        if (discarding_) {
+            ready_.push_back(Event{true, ""});
+            discarding_ = false;
+        } else {
+            if (!partial_.empty() && partial_.back() == '\r') partial_.pop_back();
+            ready_.push_back(Event{false, std::move(partial_)});
+            partial_.clear();
+        }
+        data = nl + 1;
+    }
+}
+
+bool LineReader::next(Event& event) {
+    if (ready_.empty()) return false;
+    event = std::move(ready_.front());
+    ready_.pop_front();
+    return true;
+}
+
+}  // namespace maillab

@@ -1,0 +1,33 @@
+// Splits a byte stream into protocol lines with a length limit, for the SMTP server and client.
+// A line ends with CRLF; a bare LF is accepted too (students type into `openssl s_client`, which sends
+// LF), and a trailing CR is removed. A line over the limit is discarded and reported once.
+#pragma once
+#include <cstddef>
+#include <deque>
+#include <string>
+
+namespace maillab {
+
+class LineReader {
+public:
+    // maxLineLength counts the line's octets including its CRLF (RFC 5321 4.5.3.1.4).
+    explicit LineReader(size_t maxLineLength) : maxLength_(maxLineLength) {}
+
+    struct Event {
+        bool tooLong = false;  // the line was over the limit and has been dropped
+        std::string line;      // without the line ending
+    };
+
+    void feed(const char* data, size_t size);
+    // Takes the next complete line (or too-long report); false when none is complete yet.
+    bool next(Event& event);
+    bool hasBufferedBytes() const { return !partial_.empty(); }
+
+private:
+    size_t maxLength_;
+    std::string partial_;
+    bool discarding_ = false;
+    std::deque<Event> ready_;
+};
+
+}  // namespace maillab

@@ -1,0 +1,51 @@
+// SMTP reply codes and enhanced status codes (RFC 5321 section 4.2, RFC 3463, RFC 2034) shared by
+// the sender server, the sender client and the tests, so that every side names a reply the same way.
+#pragma once
+
+namespace maillab::smtp {
+
+struct ReplyCode {
+    int code;            // three-digit basic code (RFC 5321 4.2.1)
+    const char* status;  // enhanced status code (RFC 3463), empty where none is sent (220 banner)
+};
+
+// Positive completion
+inline constexpr ReplyCode ServiceReady{220, ""};
+inline constexpr ReplyCode Closing{221, "2.0.0"};
+inline constexpr ReplyCode AuthSucceeded{235, "2.7.0"};
+inline constexpr ReplyCode Ok{250, "2.0.0"};
+inline constexpr ReplyCode SenderOk{250, "2.1.0"};
+inline constexpr ReplyCode RecipientOk{250, "2.1.5"};
+inline constexpr ReplyCode Help{214, "2.0.0"};
+inline constexpr ReplyCode CannotVerify{252, "2.5.0"};
+// Positive intermediate
+inline constexpr ReplyCode AuthChallenge{334, ""};
+inline constexpr ReplyCode StartMailInput{354, ""};
+// Transient negative
+inline constexpr ReplyCode TooManyConnections{421, "4.3.2"};
+inline constexpr ReplyCode Timeout{421, "4.4.2"};
+inline constexpr ReplyCode TooManyAuthFailures{421, "4.7.0"};
+inline constexpr ReplyCode TooManyErrors{421, "4.7.0"};
+inline constexpr ReplyCode LocalError{451, "4.3.0"};
+inline constexpr ReplyCode TooManyRecipients{452, "4.5.3"};
+inline constexpr ReplyCode AccountLocked{454, "4.7.0"};
+inline constexpr ReplyCode TemporaryAuthFailure{454, "4.7.0"};
+// Permanent negative
+inline constexpr ReplyCode UnknownCommand{500, "5.5.2"};
+inline constexpr ReplyCode LineTooLong{500, "5.5.6"};
+inline constexpr ReplyCode SyntaxError{501, "5.5.4"};
+inline constexpr ReplyCode AuthCancelled{501, "5.0.0"};
+inline constexpr ReplyCode BadBase64{501, "5.5.2"};
+inline constexpr ReplyCode NotImplemented{502, "5.5.1"};
+inline constexpr ReplyCode BadSequence{503, "5.5.1"};
+inline constexpr ReplyCode UnknownMechanism{504, "5.5.4"};
+inline constexpr ReplyCode AuthRequired{530, "5.7.0"};
+inline constexpr ReplyCode AuthInvalid{535, "5.7.8"};
+inline constexpr ReplyCode UserUnknown{550, "5.1.1"};
+inline constexpr ReplyCode RelayDenied{550, "5.7.1"};
+inline constexpr ReplyCode MessageTooBig{552, "5.3.4"};
+inline constexpr ReplyCode SenderNotOwned{553, "5.7.1"};
+inline constexpr ReplyCode BadAddressSyntax{553, "5.1.3"};
+inline constexpr ReplyCode ParameterNotRecognized{555, "5.5.4"};
+
+}  // namespace maillab::smtp

@@ -1,0 +1,299 @@
+// SQLite backend of the Store: WAL journal, BEGIN IMMEDIATE for writes, a busy timeout, a small pool of
+// connections shared by the server's threads, and a schema versioned with PRAGMA user_version.
+#include "store.h"
+
+#include <sqlite3.h>
+
+#include <mutex>
+#include <sys/stat.h>
+
+namespace maillab {
+
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+const char* const kSchemaV1 = R"SQL(
+CREATE TABLE IF NOT EXISTS accounts (
+    email          TEXT PRIMARY KEY,
+    password_hash  TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    failed_logins  INTEGER NOT NULL DEFAULT 0,
+    locked_until   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_id       TEXT NOT NULL,
+    mailbox        TEXT NOT NULL,
+    envelope_from  TEXT NOT NULL,
+    header_from    TEXT NOT NULL,
+    header_to      TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    date           TEXT NOT NULL,
+    received_at    INTEGER NOT NULL,
+    size           INTEGER NOT NULL,
+    raw            BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages(mailbox, id);
+)SQL";
+
+// A prepared statement that finalizes itself; bind and step helpers keep call sites short.
+class Statement {
+public:
+    Statement(sqlite3* db, const char* sql) : db_(db) {
+        if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK)
+            throw StoreError(std::string("prepare: ") + sqlite3_errmsg(db));
+    }
+    ~Statement() { sqlite3_finalize(stmt_); }
+    Statement(const Statement&) = delete;
+    Statement& operator=(const Statement&) = delete;
+
+    Statement& bind(int index, const std::string& value) {
+        sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
+        return *this;
+    }
+    Statement& bindBlob(int index, const std::string& value) {
+        sqlite3_bind_blob(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
+        return *this;
+    }
+    Statement& bind(int index, int64_t value) {
+        sqlite3_bind_int64(stmt_, index, value);
+        return *this;
+    }
+    // True while a row is available.
+    bool step() {
+        int rc = sqlite3_step(stmt_);
+        if (rc == SQLITE_ROW) return true;
+        if (rc == SQLITE_DONE) return false;
+        throw StoreError(std::string("step: ") + sqlite3_errmsg(db_));
+    }
+    void reset() {
+        sqlite3_reset(stmt_);
+        sqlite3_clear_bindings(stmt_);
+    }
+    std::string text(int column) const {
+        const void* p = sqlite3_column_blob(stmt_, column);
+        int n = sqlite3_column_bytes(stmt_, column);
+        return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+    }
+    int64_t integer(int column) const { return sqlite3_column_int64(stmt_, column); }
+
+private:
+    sqlite3* db_;
+    sqlite3_stmt* stmt_ = nullptr;
+};
+
+void exec(sqlite3* db, const char* sql) {
+    char* error = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+        std::string message = error ? error : "unknown error";
+        sqlite3_free(error);
+        throw StoreError(std::string("exec: ") + message);
+    }
+}
+
+// Rolls back unless committed, so an exception between BEGIN and COMMIT leaves nothing behind.
+class Transaction {
+public:
+    explicit Transaction(sqlite3* db) : db_(db) { exec(db_, "BEGIN IMMEDIATE"); }
+    ~Transaction() {
+        if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    void commit() {
+        exec(db_, "COMMIT");
+        done_ = true;
+    }
+
+private:
+    sqlite3* db_;
+    bool done_ = false;
+};
+
+const char* const kSummaryColumns =
+    "id, queue_id, mailbox, envelope_from, header_from, header_to, subject, date, received_at, size";
+
+MessageSummary readSummary(const Statement& s) {
+    MessageSummary m;
+    m.id = s.integer(0);
+    m.queueId = s.text(1);
+    m.mailbox = s.text(2);
+    m.envelopeFrom = s.text(3);
+    m.from = s.text(4);
+    m.to = s.text(5);
+    m.subject = s.text(6);
+    m.date = s.text(7);
+    m.receivedAt = s.integer(8);
+    m.size = s.integer(9);
+    return m;
+}
+
+class SqliteStore final : public Store {
+public:
+    explicit SqliteStore(const SqliteOptions& options) : options_(options) {
+        Connection c(*this);
+        migrate(c.db);
+    }
+
+    ~SqliteStore() override {
+        for (sqlite3* db : idle_) sqlite3_close(db);
+    }
+
+    std::optional<Account> findAccount(const std::string& email) override {
+        Connection c(*this);
+        Statement s(c.db,
+                    "SELECT email, password_hash, created_at, failed_logins, locked_until FROM accounts "
+                    "WHERE email = ?1");
+        s.bind(1, email);
+        if (!s.step()) return std::nullopt;
+        return Account{s.text(0), s.text(1), s.integer(2), static_cast<int>(s.integer(3)), s.integer(4)};
+    }
+
+    bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
+        Connection c(*this);
+        Statement s(c.db, "INSERT OR IGNORE INTO accounts(email, password_hash, created_at) VALUES(?1, ?2, ?3)");
+        s.bind(1, email).bind(2, passwordHash).bind(3, now);
+        s.step();
+        return sqlite3_changes(c.db) == 1;
+    }
+
+    void recordLoginFailure(const std::string& email, int failedLogins, int64_t lockedUntil) override {
+        Connection c(*this);
+        Statement s(c.db, "UPDATE accounts SET failed_logins = ?2, locked_until = ?3 WHERE email = ?1");
+        s.bind(1, email).bind(2, static_cast<int64_t>(failedLogins)).bind(3, lockedUntil);
+        s.step();
+    }
+
+    void clearLoginFailures(const std::string& email) override {
+        Connection c(*this);
+        Statement s(c.db,
+                    "UPDATE accounts SET failed_logins = 0, locked_until = 0 WHERE email = ?1 AND "
+                    "(failed_logins <> 0 OR locked_until <> 0)");
+        s.bind(1, email);
+        s.step();
+    }
+
+    std::vector<int64_t> deliver(const NewMessage& message) override {
+        Connection c(*this);
+        std::vector<int64_t> ids;
+        Transaction tx(c.db);
+        Statement s(c.db,
+                    "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                    "received_at, size, raw) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        for (const std::string& mailbox : message.recipients) {
+            s.bind(1, message.queueId).bind(2, mailbox).bind(3, message.envelopeFrom).bind(4, message.from);
+            s.bind(5, message.to).bind(6, message.subject).bind(7, message.date).bind(8, message.receivedAt);
+            s.bind(9, static_cast<int64_t>(message.raw.size())).bindBlob(10, message.raw);
+            s.step();
+            ids.push_back(sqlite3_last_insert_rowid(c.db));
+            s.reset();
+        }
+        tx.commit();
+        return ids;
+    }
+
+    std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
+        Connection c(*this);
+        std::string sql = std::string("SELECT ") + kSummaryColumns +
+                          " FROM messages WHERE mailbox = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3";
+        Statement s(c.db, sql.c_str());
+        s.bind(1, mailbox).bind(2, limit).bind(3, offset);
+        std::vector<MessageSummary> result;
+        while (s.step()) result.push_back(readSummary(s));
+        return result;
+    }
+
+    std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        std::string sql =
+            std::string("SELECT ") + kSummaryColumns + ", raw FROM messages WHERE mailbox = ?1 AND id = ?2";
+        Statement s(c.db, sql.c_str());
+        s.bind(1, mailbox).bind(2, id);
+        if (!s.step()) return std::nullopt;
+        return StoredMessage{readSummary(s), s.text(10)};
+    }
+
+    MailboxStats mailboxStats(const std::string& mailbox) override {
+        Connection c(*this);
+        Statement s(c.db,
+                    "SELECT count(*), coalesce(max(id), 0), coalesce(max(received_at), 0) FROM messages "
+                    "WHERE mailbox = ?1");
+        s.bind(1, mailbox);
+        s.step();
+        return MailboxStats{s.integer(0), s.integer(1), s.integer(2)};
+    }
+
+private:
+    // Borrows a pooled connection for the duration of one call.
+    struct Connection {
+        explicit Connection(SqliteStore& store) : store(store), db(store.acquire()) {}
+        ~Connection() { store.release(db); }
+        SqliteStore& store;
+        sqlite3* db;
+    };
+
+    sqlite3* acquire() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!idle_.empty()) {
+                sqlite3* db = idle_.back();
+                idle_.pop_back();
+                return db;
+            }
+        }
+        return open();
+    }
+
+    void release(sqlite3* db) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        idle_.push_back(db);
+    }
+
+    sqlite3* open() {
+        sqlite3* db = nullptr;
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+        if (sqlite3_open_v2(options_.path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+            std::string message = db ? sqlite3_errmsg(db) : "out of memory";
+            sqlite3_close(db);
+            throw StoreError("cannot open database " + options_.path + ": " + message);
+        }
+        ::chmod(options_.path.c_str(), 0600);
+        sqlite3_busy_timeout(db, options_.busyTimeoutMs);
+        try {
+            exec(db, "PRAGMA journal_mode=WAL");
+            std::string sync = "PRAGMA synchronous=" + options_.synchronous;
+            exec(db, sync.c_str());
+            exec(db, "PRAGMA foreign_keys=ON");
+        } catch (...) {
+            sqlite3_close(db);
+            throw;
+        }
+        return db;
+    }
+
+    static void migrate(sqlite3* db) {
+        Transaction tx(db);
+        int64_t current = 0;
+        {
+            Statement version(db, "PRAGMA user_version");
+            version.step();
+            current = version.integer(0);
+        }
+        if (current > kSchemaVersion)
+            throw StoreError("database schema version " + std::to_string(current) + " is newer than this program");
+        if (current < 1) exec(db, kSchemaV1);
+        exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
+        tx.commit();
+    }
+
+    SqliteOptions options_;
+    std::mutex mutex_;
+    std::vector<sqlite3*> idle_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> openSqliteStore(const SqliteOptions& options) {
+    return std::make_unique<SqliteStore>(options);
+}
+
+}  // namespace maillab

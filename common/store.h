@@ -1,0 +1,84 @@
+// The one narrow interface to the lab's accounts and mailboxes. The sender server writes through it,
+// the retriever reads through it; SqliteStore is the backend, and another would be one new file.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace maillab {
+
+struct Account {
+    std::string email;         // lower-case address, the account's name
+    std::string passwordHash;  // see password.h; never the password itself
+    int64_t createdAt = 0;     // Unix seconds
+    int failedLogins = 0;      // consecutive failures across connections
+    int64_t lockedUntil = 0;   // Unix seconds; 0 when not locked
+};
+
+// What a message carries into the store: the full RFC 5322 text as stored (headers added by the
+// server included) and the header fields the mailbox listing shows, parsed once at delivery.
+struct NewMessage {
+    std::string queueId;
+    std::string envelopeFrom;
+    std::vector<std::string> recipients;  // one stored copy per recipient mailbox
+    std::string from, to, subject, date;  // header fields, unfolded
+    int64_t receivedAt = 0;
+    std::string raw;
+};
+
+struct MessageSummary {
+    int64_t id = 0;
+    std::string queueId, mailbox, envelopeFrom, from, to, subject, date;
+    int64_t receivedAt = 0;
+    int64_t size = 0;
+};
+
+struct StoredMessage {
+    MessageSummary summary;
+    std::string raw;
+};
+
+struct MailboxStats {
+    int64_t count = 0;
+    int64_t newestId = 0;          // 0 when empty
+    int64_t newestReceivedAt = 0;  // 0 when empty
+};
+
+class Store {
+public:
+    virtual ~Store() = default;
+
+    virtual std::optional<Account> findAccount(const std::string& email) = 0;
+    // False when the account exists already (two registrations racing: only one wins).
+    virtual bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) = 0;
+    virtual void recordLoginFailure(const std::string& email, int failedLogins, int64_t lockedUntil) = 0;
+    virtual void clearLoginFailures(const std::string& email) = 0;
+
+    // Stores one copy per recipient in a single durable transaction; returns only after the commit.
+    // Throws on failure, in which case nothing is stored.
+    virtual std::vector<int64_t> deliver(const NewMessage& message) = 0;
+
+    // Newest first.
+    virtual std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) = 0;
+    virtual std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) = 0;
+    virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
+};
+
+struct SqliteOptions {
+    std::string path = "users/maillab.db";
+    int busyTimeoutMs = 5000;
+    // FULL: every acknowledged message survives a crash of the machine, not only of the process.
+    std::string synchronous = "FULL";
+};
+
+std::unique_ptr<Store> openSqliteStore(const SqliteOptions& options);
+
+// Thrown by the store for database errors.
+struct StoreError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+}  // namespace maillab

@@ -1,0 +1,343 @@
+// senderserver: the lab's SMTP submission server over implicit TLS 1.3 (RFC 8314). A Poco
+// ServerApplication; each connection runs SmtpConnection::run() on a pool thread and drives a
+// socket-free smtp::Session (session.h).
+#include "session.h"
+
+#include "../common/app_support.h"
+#include "../common/auth.h"
+#include "../common/certs.h"
+#include "../common/linereader.h"
+#include "../common/store.h"
+#include "../common/tls.h"
+
+#include <Poco/Net/DNS.h>
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SecureServerSocket.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/Net/TCPServer.h>
+#include <Poco/Net/TCPServerConnection.h>
+#include <Poco/Net/TCPServerConnectionFactory.h>
+#include <Poco/ThreadPool.h>
+#include <Poco/Util/HelpFormatter.h>
+#include <Poco/Util/Option.h>
+#include <Poco/Util/OptionSet.h>
+#include <Poco/Util/ServerApplication.h>
+
+#include <atomic>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+extern const char* const kSenderServerProperties;  // generated from senderserver.properties
+
+namespace maillab {
+namespace {
+
+using Poco::Util::Option;
+using Poco::Util::OptionSet;
+
+// Everything the connections share, built once at start-up from the configuration.
+struct SenderContext {
+    std::unique_ptr<Store> store;
+    std::unique_ptr<Authenticator> auth;
+    smtp::SessionLimits limits;
+    std::string hostname;
+    int maxConnections = 0;
+    Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, sendTimeout;
+    bool verbose = false;
+    Poco::Logger* logger = nullptr;
+    std::atomic<int> active{0};
+    std::atomic<unsigned long> nextId{1};
+};
+
+class SmtpConnection : public Poco::Net::TCPServerConnection {
+public:
+    SmtpConnection(const Poco::Net::StreamSocket& socket, SenderContext& context)
+        : TCPServerConnection(socket), ctx_(context), id_(context.nextId++) {}
+
+    void run() override {
+        int active = ++ctx_.active;
+        Poco::Net::SecureStreamSocket socket(this->socket());
+        std::string peer = socket.peerAddress().toString();
+        log("event=connect peer=" + peer + " active=" + std::to_string(active));
+        try {
+            socket.setNoDelay(true);  // replies are whole; never wait on Nagle (see docs/design.md)
+            socket.setSendTimeout(ctx_.sendTimeout);
+            socket.setReceiveTimeout(ctx_.handshakeTimeout);
+            if (active > ctx_.maxConnections) {
+                // RFC 5321 3.8: 421 when the service cannot take the connection.
+                send(socket, std::string("421 4.3.2 ") + ctx_.hostname + " Too many connections; try again later\r\n");
+                log("event=refused reason=max-connections");
+            } else {
+                serve(socket, peer);
+            }
+            socket.shutdown();  // TLS close_notify, then TCP FIN
+        } catch (const Poco::TimeoutException&) {
+            log("event=disconnect reason=handshake-timeout");
+        } catch (const Poco::Exception& e) {
+            log("event=disconnect reason=" + logValue(e.displayText()));
+        } catch (const std::exception& e) {
+            log(std::string("event=disconnect reason=") + logValue(e.what()));
+        }
+        try {
+            socket.close();
+        } catch (...) {
+        }
+        --ctx_.active;
+        log("event=close");
+    }
+
+private:
+    void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
+
+    void send(Poco::Net::SecureStreamSocket& socket, const std::string& bytes) {
+        size_t sent = 0;
+        while (sent < bytes.size()) {
+            int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
+            if (n <= 0) throw Poco::Net::ConnectionResetException("send failed");
+            sent += static_cast<size_t>(n);
+        }
+    }
+
+    // Appends replies to the pending output; verbose mode shows them (passwords redacted).
+    void queue(const smtp::Output& output, std::string& pending) {
+        for (const smtp::Reply& reply : output.replies) {
+            pending += reply.wire();
+            if (ctx_.verbose) {
+                std::string shown = reply.forLog();
+                size_t start = 0;
+                while (start < shown.size()) {
+                    size_t end = shown.find("\r\n", start);
+                    log("S: " + shown.substr(start, end - start));
+                    start = end + 2;
+                }
+            }
+        }
+    }
+
+    void serve(Poco::Net::SecureStreamSocket& socket, const std::string& peer) {
+        socket.completeHandshake();
+        std::string tls = lastHandshakeOnThisThread();
+        log("event=tls " + tls);
+        smtp::SessionEnv env;
+        env.hostname = ctx_.hostname;
+        env.peerAddress = socket.peerAddress().host().toString();
+        env.tlsDescription = tls.substr(0, tls.find(" group="));
+        env.log = [this](const std::string& line) { log(line); };
+        smtp::Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
+        (void)peer;
+
+        std::string pending;
+        queue(session.start(), pending);
+        send(socket, pending);
+        pending.clear();
+
+        LineReader reader(ctx_.limits.maxLineLength);
+        char buffer[16384];
+        bool closing = false;
+        while (!closing) {
+            socket.setReceiveTimeout(session.state() == smtp::Session::State::Data ? ctx_.dataTimeout
+                                                                                   : ctx_.commandTimeout);
+            int n = 0;
+            try {
+                n = socket.receiveBytes(buffer, sizeof buffer);
+            } catch (const Poco::TimeoutException&) {
+                queue(session.onTimeout(), pending);
+                send(socket, pending);
+                return;
+            }
+            if (n <= 0) {
+                if (session.state() == smtp::Session::State::Data)
+                    log("event=disconnect reason=eof-in-data stored=no");
+                else
+                    log("event=disconnect reason=eof");
+                return;
+            }
+            reader.feed(buffer, static_cast<size_t>(n));
+            LineReader::Event event;
+            // RFC 2920: every command that has arrived is answered, then the replies go out in one write.
+            while (!closing && reader.next(event)) {
+                smtp::Output output;
+                if (event.tooLong) {
+                    if (ctx_.verbose) log("C: <line over the length limit, discarded>");
+                    output = session.onLineTooLong();
+                } else {
+                    if (ctx_.verbose) log("C: " + session.redactForLog(event.line));
+                    output = session.onLine(event.line);
+                }
+                queue(output, pending);
+                closing = output.close;
+            }
+            if (!pending.empty()) {
+                send(socket, pending);
+                pending.clear();
+            }
+        }
+    }
+
+    SenderContext& ctx_;
+    unsigned long id_;
+};
+
+class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
+public:
+    explicit SmtpConnectionFactory(SenderContext& context) : ctx_(context) {}
+    Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
+        return new SmtpConnection(socket, ctx_);
+    }
+
+private:
+    SenderContext& ctx_;
+};
+
+class SenderServer : public Poco::Util::ServerApplication {
+protected:
+    void initialize(Application& self) override {
+        loadBuiltinDefaults(config(), kSenderServerProperties);
+        if (config().has("maillab.configFile")) loadConfiguration(config().getString("maillab.configFile"));
+        ServerApplication::initialize(self);
+    }
+
+    void defineOptions(OptionSet& options) override {
+        ServerApplication::defineOptions(options);
+        auto add = [&](const char* name, const char* shortName, const char* description, const char* argument,
+                       const char* property) {
+            Option option(name, shortName, description);
+            option.required(false).repeatable(false);
+            if (argument) option.argument(argument);
+            if (property) option.binding(property);
+            options.addOption(option);
+        };
+        add("help", "h", "print this help and exit", nullptr, nullptr);
+        add("port", "p", "TCP port to listen on (0 = any free port)", "PORT", "sender.port");
+        add("bind", "b", "address to listen on (default 127.0.0.1)", "ADDR", "sender.bind");
+        add("db", "", "SQLite database of accounts and mail (default users/maillab.db)", "FILE", "store.path");
+        add("cert", "", "server certificate chain, PEM (default certs/server.pem)", "FILE", "tls.cert");
+        add("key", "", "server private key, PEM (default certs/server.key)", "FILE", "tls.key");
+        add("ca", "", "lab CA certificate, PEM (default certs/ca.pem)", "FILE", "tls.ca");
+        add("certs", "", "directory with ca.pem, server.pem, server.key (created if missing)", "DIR", nullptr);
+        add("domain", "", "the lab's mail domain (default 447.edu)", "DOMAIN", "sender.domain");
+        add("hostname", "", "our name in the banner and Received header", "NAME", "sender.hostname");
+        add("keylog", "", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE", "tls.keylog");
+        add("config", "c", "load settings from a .properties file", "FILE", "maillab.configFile");
+        add("verbose", "v", "print every C:/S: line with its connection id", nullptr, nullptr);
+    }
+
+    void handleOption(const std::string& name, const std::string& value) override {
+        ServerApplication::handleOption(name, value);
+        if (name == "help") {
+            Poco::Util::HelpFormatter help(options());
+            help.setCommand(commandName());
+            help.setUsage("[options]");
+            help.setHeader("The maillab SMTP submission server over implicit TLS 1.3.");
+            help.setFooter("Every setting and its default: sender/senderserver.properties.");
+            help.format(std::cout);
+            stopOptionsProcessing();
+            helpRequested_ = true;
+        } else if (name == "verbose") {
+            config().setBool("sender.verbose", true);
+        } else if (name == "certs") {
+            config().setString("tls.ca", value + "/ca.pem");
+            config().setString("tls.cert", value + "/server.pem");
+            config().setString("tls.key", value + "/server.key");
+        }
+    }
+
+    int main(const std::vector<std::string>&) override {
+        if (helpRequested_) return EXIT_OK;
+        auto& cfg = config();
+        Poco::Logger& logger = Application::logger();
+
+        SenderContext ctx;
+        ctx.logger = &logger;
+        ctx.verbose = cfg.getBool("sender.verbose");
+        ctx.hostname = cfg.getString("sender.hostname");
+        if (ctx.hostname.empty()) ctx.hostname = Poco::Net::DNS::hostName();
+        ctx.maxConnections = cfg.getInt("sender.maxConnections");
+        ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("sender.timeout.handshake"), 0);
+        ctx.commandTimeout = Poco::Timespan(cfg.getInt("sender.timeout.command"), 0);
+        ctx.dataTimeout = Poco::Timespan(cfg.getInt("sender.timeout.data"), 0);
+        ctx.sendTimeout = Poco::Timespan(cfg.getInt("sender.timeout.send"), 0);
+        ctx.limits.maxLineLength = cfg.getUInt64("smtp.maxLineLength");
+        ctx.limits.maxMessageSize = cfg.getUInt64("smtp.maxMessageSize");
+        ctx.limits.maxRecipients = cfg.getUInt64("smtp.maxRecipients");
+        ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
+        ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
+
+        AuthPolicy policy;
+        policy.labDomain = cfg.getString("sender.domain");
+        policy.registrationEnabled = cfg.getBool("auth.registration");
+        policy.lockAfterFailures = cfg.getInt("auth.lockAfterFailures");
+        policy.lockSeconds = cfg.getInt64("auth.lockSeconds");
+        policy.cacheTtlSeconds = cfg.getInt64("auth.cacheTtlSeconds");
+        policy.scrypt = ScryptParams{cfg.getUInt64("auth.scrypt.n"), cfg.getUInt64("auth.scrypt.r"),
+                                     cfg.getUInt64("auth.scrypt.p")};
+
+        SqliteOptions storeOptions;
+        storeOptions.path = cfg.getString("store.path");
+        storeOptions.busyTimeoutMs = cfg.getInt("store.busyTimeoutMs");
+        storeOptions.synchronous = cfg.getString("store.synchronous");
+
+        TlsOptions tls;
+        tls.certFile = cfg.getString("tls.cert");
+        tls.keyFile = cfg.getString("tls.key");
+        tls.caFile = cfg.getString("tls.ca");
+        tls.keyLogFile = cfg.getString("tls.keylog");
+        try {
+            std::string caDir = tls.caFile.find('/') == std::string::npos ? "." : tls.caFile.substr(0, tls.caFile.rfind('/'));
+            if (ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile}))
+                logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
+            ctx.store = openSqliteStore(storeOptions);
+        } catch (const std::exception& e) {
+            logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
+            return EXIT_SOFTWARE;
+        }
+        ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
+
+        Poco::Net::Context::Ptr context = makeServerContext(tls);
+        std::string keylog = enableKeyLog(*context, tls.keyLogFile);
+        if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
+
+        Poco::Net::SocketAddress address(cfg.getString("sender.bind"), static_cast<Poco::UInt16>(cfg.getInt("sender.port")));
+        Poco::Net::SecureServerSocket serverSocket(address, cfg.getInt("sender.listenBacklog"), context);
+
+        auto* params = new Poco::Net::TCPServerParams;
+        // Headroom over the limit so the connection past it is answered with 421 rather than queued.
+        int threads = ctx.maxConnections + 8;
+        params->setMaxThreads(threads);
+        params->setMaxQueued(cfg.getInt("sender.listenBacklog"));
+        Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
+        Poco::Net::TCPServer server(new SmtpConnectionFactory(ctx), pool, serverSocket, params);
+        server.start();
+
+        int port = serverSocket.address().port();
+        logger.information("event=listening address=" + serverSocket.address().toString() + " domain=" +
+                           policy.labDomain + " db=" + storeOptions.path + " tls=TLSv1.3-only");
+        // The ready line: tests and scripts wait for it instead of sleeping.
+        std::cout << "ready port=" << port << std::endl;
+
+        waitForTerminationRequest();
+        logger.information("event=stopping active=" + std::to_string(ctx.active.load()));
+        server.stop();
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.getInt("sender.shutdownGraceSeconds"));
+        while (ctx.active.load() > 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        if (ctx.active.load() > 0) {
+            // Idle sessions would hold the pool's join forever. Every acknowledged message is already
+            // committed, so leaving now loses nothing that was promised.
+            logger.information("event=stopped forced=yes active=" + std::to_string(ctx.active.load()));
+            std::cout.flush();
+            std::_Exit(EXIT_OK);
+        }
+        logger.information("event=stopped");
+        return EXIT_OK;
+    }
+
+private:
+    bool helpRequested_ = false;
+};
+
+}  // namespace
+}  // namespace maillab
+
+POCO_SERVER_MAIN(maillab::SenderServer)

@@ -1,0 +1,566 @@
+// The SMTP session state machine (RFC 5321, RFC 4954 AUTH, RFC 1870 SIZE, RFC 2920 PIPELINING,
+// RFC 3463/2034 enhanced status codes). No sockets here: see server.cpp for the connection side.
+#include "session.h"
+
+#include "smtp_syntax.h"
+#include "../common/password.h"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+
+namespace maillab::smtp {
+
+namespace {
+enum Need : unsigned {
+    kNone = 0,
+    kGreeting = 1 << 0,       // HELO or EHLO first (RFC 5321 4.1.4)
+    kAuth = 1 << 1,           // AUTH first (RFC 4954 6, submission policy of RFC 6409 4.3)
+    kNoTransaction = 1 << 2,  // not inside a mail transaction (RFC 4954 4)
+    kMail = 1 << 3,           // MAIL first (RFC 5321 4.1.1.3)
+    kRcpt = 1 << 4,           // at least one RCPT first (RFC 5321 4.1.1.4)
+    kNoArgument = 1 << 5,     // the command takes no argument
+};
+
+std::string randomQueueId() {
+    unsigned char bytes[6];
+    RAND_bytes(bytes, sizeof bytes);
+    char hex[13];
+    for (int i = 0; i < 6; ++i) std::snprintf(hex + 2 * i, 3, "%02X", bytes[i]);
+    return hex;
+}
+
+bool startsWithHeaderField(const std::string& message) {
+    // RFC 5322 2.2: field-name is printable US-ASCII except ':' followed by ':'.
+    size_t i = 0;
+    while (i < message.size() && message[i] > 32 && message[i] < 127 && message[i] != ':') ++i;
+    return i > 0 && i < message.size() && message[i] == ':';
+}
+}  // namespace
+
+struct Session::CommandSpec {
+    const char* verb;
+    unsigned needs;
+    Handler handler;
+    const char* help;
+};
+
+// The command table: what each command needs before its handler runs. Checked in the order of
+// the Need bits, so the refusal names the first thing missing.
+const Session::CommandSpec Session::kCommands[] = {
+    {"HELO", kNone, &Session::cmdHelo, "HELO <your-name>: say hello (RFC 5321 4.1.1.1)"},
+    {"EHLO", kNone, &Session::cmdEhlo, "EHLO <your-name>: say hello, list extensions"},
+    {"AUTH", kGreeting | kNoTransaction, &Session::cmdAuth, "AUTH PLAIN|LOGIN [initial-response]: log in"},
+    {"MAIL", kGreeting | kAuth | kNoTransaction, &Session::cmdMail, "MAIL FROM:<you@447.edu> [SIZE=n]"},
+    {"RCPT", kGreeting | kAuth | kMail, &Session::cmdRcpt, "RCPT TO:<friend@447.edu>"},
+    {"DATA", kGreeting | kAuth | kMail | kRcpt | kNoArgument, &Session::cmdData,
+     "DATA: then the message, ended by a line with a single '.'"},
+    {"RSET", kNoArgument, &Session::cmdRset, "RSET: abandon the current message"},
+    {"NOOP", kNone, &Session::cmdNoop, "NOOP: do nothing, reply 250"},
+    {"HELP", kNone, &Session::cmdHelp, "HELP [command]: this text"},
+    {"VRFY", kNone, &Session::cmdVrfy, "VRFY <address>: not disclosed (252)"},
+    {"QUIT", kNoArgument, &Session::cmdQuit, "QUIT: end the session"},
+    {"EXPN", kNone, &Session::cmdNotImplemented, nullptr},
+    {"TURN", kNone, &Session::cmdNotImplemented, nullptr},
+    {"ETRN", kNone, &Session::cmdNotImplemented, nullptr},
+    {"BDAT", kNone, &Session::cmdNotImplemented, nullptr},
+    {"STARTTLS", kNone, &Session::cmdNotImplemented, nullptr},
+};
+
+std::string Reply::wire() const {
+    std::string out;
+    for (size_t i = 0; i < lines.size(); ++i) {
+        out += std::to_string(code);
+        out += (i + 1 < lines.size()) ? '-' : ' ';
+        if (!status.empty()) out += status + " ";
+        out += lines[i];
+        out += "\r\n";
+    }
+    return out;
+}
+
+std::string Reply::forLog() const {
+    if (!secret) return wire();
+    Reply redacted = *this;
+    for (auto& line : redacted.lines) line = "<redacted: contains a password>";
+    return redacted.wire();
+}
+
+const char* Session::stateName(State s) {
+    switch (s) {
+        case State::Fresh: return "fresh";
+        case State::Ready: return "ready";
+        case State::AuthPlain: return "auth-plain";
+        case State::AuthLoginUser: return "auth-login-user";
+        case State::AuthLoginPassword: return "auth-login-password";
+        case State::Mail: return "mail";
+        case State::Rcpt: return "rcpt";
+        case State::Data: return "data";
+        case State::Closed: return "closed";
+    }
+    return "?";
+}
+
+Session::Session(Authenticator& auth, Store& store, SessionLimits limits, SessionEnv env)
+    : auth_(auth), store_(store), limits_(limits), env_(std::move(env)) {
+    if (!env_.clock) env_.clock = [] { return static_cast<int64_t>(std::time(nullptr)); };
+    if (!env_.newQueueId) env_.newQueueId = randomQueueId;
+    if (!env_.log) env_.log = [](const std::string&) {};
+}
+
+void Session::enterState(State next) {
+    if (next == state_) return;
+    env_.log(std::string("event=state from=") + stateName(state_) + " to=" + stateName(next));
+    state_ = next;
+}
+
+Reply Session::reply(ReplyCode code, std::string text) const {
+    Reply r;
+    r.code = code.code;
+    // RFC 2034 3: enhanced codes only once the client could have seen ENHANCEDSTATUSCODES; we send
+    // them throughout, as Postfix does, since clients ignore what they do not parse.
+    r.status = code.status;
+    r.lines.push_back(std::move(text));
+    return r;
+}
+
+Output Session::error(ReplyCode code, std::string text) {
+    Output out;
+    out.replies.push_back(reply(code, std::move(text)));
+    if (++errors_ > limits_.maxErrors && state_ != State::Closed) {
+        out.replies.push_back(reply(TooManyErrors, "Too many errors in this session; closing connection"));
+        out.close = true;
+        enterState(State::Closed);
+    }
+    return out;
+}
+
+Output Session::start() {
+    Output out;
+    Reply banner = reply(ServiceReady, env_.hostname + " ESMTP maillab ready");
+    out.replies.push_back(banner);
+    return out;
+}
+
+Output Session::onTimeout() {
+    Output out;
+    out.replies.push_back(reply(Timeout, env_.hostname + " Error: timeout exceeded; closing connection"));
+    out.close = true;
+    env_.log(std::string("event=timeout state=") + stateName(state_));
+    enterState(State::Closed);
+    return out;
+}
+
+Output Session::onLineTooLong() {
+    if (state_ == State::Data) {
+        dataLineTooLong_ = true;  // reported once the terminating "." arrives
+        return {};
+    }
+    if (state_ == State::AuthPlain || state_ == State::AuthLoginUser || state_ == State::AuthLoginPassword)
+        enterState(State::Ready);
+    return error(LineTooLong,
+                 "Line too long (limit " + std::to_string(limits_.maxLineLength) + " octets including CRLF)");
+}
+
+std::string Session::redactForLog(const std::string& line) const {
+    if (state_ == State::AuthPlain || state_ == State::AuthLoginUser || state_ == State::AuthLoginPassword)
+        return "<redacted: AUTH response>";
+    Command c = parseCommand(line);
+    if (c.verb == "AUTH") {
+        size_t space = c.argument.find(' ');
+        if (space != std::string::npos) return "AUTH " + c.argument.substr(0, space) + " <redacted>";
+    }
+    return line;
+}
+
+Output Session::onLine(const std::string& line) {
+    switch (state_) {
+        case State::Closed: return {};
+        case State::Data: return onDataLine(line);
+        case State::AuthPlain:
+        case State::AuthLoginUser:
+        case State::AuthLoginPassword: return onAuthResponse(line);
+        default: return dispatch(line);
+    }
+}
+
+Output Session::dispatch(const std::string& line) {
+    for (unsigned char c : line)
+        if (c < 32 && c != '\t')
+            return error(UnknownCommand, "Command contains control characters; not recognized");
+    if (line.empty()) return error(UnknownCommand, "Empty command; not recognized");
+    Command command = parseCommand(line);
+    for (const CommandSpec& spec : kCommands) {
+        if (command.verb != spec.verb) continue;
+        if ((spec.needs & kGreeting) && state_ == State::Fresh)
+            return error(BadSequence, "Bad sequence of commands: need EHLO or HELO first");
+        if ((spec.needs & kAuth) && !authenticated())
+            return error(AuthRequired, "Authentication required: need AUTH first");
+        if ((spec.needs & kNoTransaction) && (state_ == State::Mail || state_ == State::Rcpt))
+            return error(BadSequence, std::string("Bad sequence of commands: ") + spec.verb +
+                                          " not allowed during a mail transaction; need RSET first");
+        if ((spec.needs & kMail) && state_ != State::Mail && state_ != State::Rcpt)
+            return error(BadSequence, "Bad sequence of commands: need MAIL first");
+        if ((spec.needs & kRcpt) && state_ != State::Rcpt)
+            return error(BadSequence, "Bad sequence of commands: need RCPT first");
+        if ((spec.needs & kNoArgument) && command.argument.find_first_not_of(' ') != std::string::npos)
+            return error(SyntaxError, std::string("Syntax: ") + spec.verb + " takes no argument");
+        return (this->*spec.handler)(command.argument);
+    }
+    return error(UnknownCommand, "Command not recognized: " + command.verb.substr(0, 32));
+}
+
+Output Session::cmdHelo(const std::string& arg) {
+    std::string name = arg.substr(0, arg.find(' '));
+    if (name.empty()) return error(SyntaxError, "Syntax: HELO <your-name>");
+    heloName_ = name;
+    extended_ = false;
+    resetTransaction();  // RFC 5321 4.1.4: HELO/EHLO also resets the transaction
+    enterState(State::Ready);
+    Output out;
+    out.replies.push_back(reply(Ok, env_.hostname + " Hello " + name));
+    return out;
+}
+
+Output Session::cmdEhlo(const std::string& arg) {
+    std::string name = arg.substr(0, arg.find(' '));
+    if (name.empty()) return error(SyntaxError, "Syntax: EHLO <your-name>");
+    heloName_ = name;
+    extended_ = true;
+    resetTransaction();
+    enterState(State::Ready);
+    Reply r = reply(Ok, env_.hostname + " Hello " + name);
+    r.status.clear();  // EHLO keywords must not carry an enhanced code (RFC 2034 3)
+    r.lines.push_back("SIZE " + std::to_string(limits_.maxMessageSize));  // RFC 1870
+    r.lines.push_back("8BITMIME");                                         // RFC 6152
+    r.lines.push_back("ENHANCEDSTATUSCODES");                              // RFC 2034
+    r.lines.push_back("PIPELINING");                                       // RFC 2920
+    r.lines.push_back("AUTH PLAIN LOGIN");                                 // RFC 4954
+    r.lines.push_back("HELP");
+    Output out;
+    out.replies.push_back(r);
+    return out;
+}
+
+Output Session::cmdAuth(const std::string& arg) {
+    if (authenticated()) return error(BadSequence, "Bad sequence of commands: already authenticated");  // RFC 4954 4
+    Command parts = parseCommand(arg);  // mechanism, then an optional initial response
+    const std::string& mechanism = parts.verb;
+    std::string initial = parts.argument;
+    if (mechanism.empty()) return error(SyntaxError, "Syntax: AUTH PLAIN|LOGIN [initial-response]");
+    Output out;
+    if (mechanism == "PLAIN") {
+        enterState(State::AuthPlain);
+        if (!initial.empty()) return onAuthResponse(initial);  // RFC 4954 4 initial response
+        out.replies.push_back(reply(AuthChallenge, ""));  // RFC 4954 4: empty challenge
+        return out;
+    }
+    if (mechanism == "LOGIN") {
+        enterState(State::AuthLoginUser);
+        if (!initial.empty()) return onAuthResponse(initial);
+        out.replies.push_back(reply(AuthChallenge, "VXNlcm5hbWU6"));  // "Username:"
+        return out;
+    }
+    return error(UnknownMechanism, "Unrecognized authentication type " + mechanism.substr(0, 20) +
+                                       "; use PLAIN or LOGIN");
+}
+
+Output Session::onAuthResponse(const std::string& line) {
+    State mechanismState = state_;
+    if (line == "*") {  // RFC 4954 4: the client cancels the exchange
+        enterState(State::Ready);
+        pendingLoginUser_.clear();
+        return error(AuthCancelled, "Authentication cancelled");
+    }
+    std::string decoded;
+    try {
+        // "=" is the empty initial response (RFC 4954 4).
+        decoded = line == "=" ? "" : maillab::base64Decode(line);
+    } catch (const std::exception&) {
+        enterState(State::Ready);
+        pendingLoginUser_.clear();
+        return error(BadBase64, "Cannot decode AUTH response: not base64");
+    }
+    if (mechanismState == State::AuthLoginUser) {
+        pendingLoginUser_ = decoded;
+        enterState(State::AuthLoginPassword);
+        Output out;
+        out.replies.push_back(reply(AuthChallenge, "UGFzc3dvcmQ6"));  // "Password:"
+        return out;
+    }
+    if (mechanismState == State::AuthLoginPassword) {
+        std::string user = pendingLoginUser_;
+        pendingLoginUser_.clear();
+        return finishAuth(user, decoded);
+    }
+    // PLAIN (RFC 4616 2): [authzid] NUL authcid NUL passwd
+    size_t first = decoded.find('\0');
+    size_t second = first == std::string::npos ? std::string::npos : decoded.find('\0', first + 1);
+    if (second == std::string::npos) {
+        enterState(State::Ready);
+        return error(SyntaxError, "AUTH PLAIN response must be authzid NUL user NUL password");
+    }
+    std::string authzid = decoded.substr(0, first);
+    std::string user = decoded.substr(first + 1, second - first - 1);
+    std::string password = decoded.substr(second + 1);
+    if (!authzid.empty() && lowerCase(authzid) != lowerCase(user)) {
+        enterState(State::Ready);
+        return error(AuthInvalid, "Authentication credentials invalid: cannot act as another user");
+    }
+    return finishAuth(user, password);
+}
+
+Output Session::finishAuth(const std::string& user, const std::string& password) {
+    enterState(State::Ready);
+    AuthResult result;
+    try {
+        result = auth_.authenticate(user, password);
+    } catch (const std::exception& e) {
+        env_.log(std::string("event=auth result=error reason=\"") + e.what() + "\"");
+        return error(TemporaryAuthFailure, "Temporary authentication failure; try again later");
+    }
+    Output out;
+    switch (result.outcome) {
+        case AuthOutcome::Ok:
+            user_ = result.user;
+            env_.log("event=auth user=" + user_ + " result=ok");
+            out.replies.push_back(reply(AuthSucceeded, "Authentication successful"));
+            return out;
+        case AuthOutcome::Registered: {
+            user_ = result.user;
+            env_.log("event=auth user=" + user_ + " result=registered");
+            Reply r = reply(AuthSucceeded, "Authentication successful; registered " + user_ +
+                                               " with password: " + result.newPassword + " (shown once)");
+            r.secret = true;
+            out.replies.push_back(r);
+            return out;
+        }
+        case AuthOutcome::Locked:
+            env_.log("event=auth user=" + result.user + " result=locked");
+            return error(AccountLocked, "Account temporarily locked after repeated failures; try again in " +
+                                            std::to_string(result.retryAfterSeconds) + " seconds");
+        case AuthOutcome::BadCredentials: break;
+    }
+    env_.log("event=auth user=" + result.user + " result=fail");
+    if (++authFailures_ >= limits_.maxAuthFailures) {
+        out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));
+        out.close = true;
+        enterState(State::Closed);
+        return out;
+    }
+    return error(AuthInvalid, "Authentication credentials invalid");
+}
+
+Output Session::cmdMail(const std::string& arg) {
+    auto path = parsePath(arg, "FROM");
+    if (!path) return error(SyntaxError, "Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]");
+    for (const auto& [key, value] : path->params) {
+        if (key == "SIZE") {
+            // RFC 1870 6: a declared size over the limit is refused at MAIL.
+            if (value.empty() || value.size() > 18 || value.find_first_not_of("0123456789") != std::string::npos)
+                return error(SyntaxError, "Syntax: SIZE=<number of octets>");
+            if (std::stoull(value) > limits_.maxMessageSize)
+                return error(MessageTooBig, "Message size exceeds fixed maximum message size (" +
+                                                std::to_string(limits_.maxMessageSize) + " octets)");
+        } else if (key == "BODY") {
+            std::string body = value;
+            std::transform(body.begin(), body.end(), body.begin(), ::toupper);
+            if (body != "7BIT" && body != "8BITMIME") return error(SyntaxError, "Syntax: BODY=7BIT|8BITMIME");
+        } else if (key == "AUTH") {
+            // RFC 4954 5: accepted and not used for trust.
+        } else {
+            return error(ParameterNotRecognized, "MAIL FROM parameter " + key.substr(0, 20) + " not recognized");
+        }
+    }
+    std::string sender = lowerCase(path->address);
+    // Submission policy (RFC 6409 6.1): the envelope sender is the authenticated user's own address.
+    if (sender != user_)
+        return error(SenderNotOwned, "Sender address rejected: <" + path->address.substr(0, 256) +
+                                         "> is not owned by authenticated user " + user_);
+    mailFrom_ = sender;
+    recipients_.clear();
+    enterState(State::Mail);
+    Output out;
+    out.replies.push_back(reply(SenderOk, "Sender <" + sender + "> ok"));
+    return out;
+}
+
+Output Session::cmdRcpt(const std::string& arg) {
+    auto path = parsePath(arg, "TO");
+    if (!path) return error(SyntaxError, "Syntax: RCPT TO:<address>");
+    if (!path->params.empty())
+        return error(ParameterNotRecognized, "RCPT TO parameters not recognized");
+    std::string rcpt = lowerCase(path->address);
+    if (!isValidMailbox(rcpt)) return error(BadAddressSyntax, "Bad recipient address syntax: need user@domain");
+    if (!auth_.isLabAddress(rcpt)) {
+        auto at = rcpt.rfind('@');
+        if (rcpt.substr(at + 1) != auth_.policy().labDomain)
+            return error(RelayDenied, "Relay access denied: only @" + auth_.policy().labDomain + " mailboxes are served here");
+        return error(UserUnknown, "Recipient address rejected: user unknown <" + rcpt + ">");
+    }
+    if (std::find(recipients_.begin(), recipients_.end(), rcpt) == recipients_.end()) {
+        if (recipients_.size() >= limits_.maxRecipients)  // RFC 5321 4.5.3.1.10
+            return error(TooManyRecipients,
+                         "Too many recipients (limit " + std::to_string(limits_.maxRecipients) + " per message)");
+        bool exists;
+        try {
+            exists = store_.findAccount(rcpt).has_value();
+        } catch (const std::exception& e) {
+            env_.log(std::string("event=store result=error reason=\"") + e.what() + "\"");
+            return error(LocalError, "Local error in processing; try again later");
+        }
+        if (!exists) return error(UserUnknown, "Recipient address rejected: user unknown <" + rcpt + ">");
+        recipients_.push_back(rcpt);
+    }
+    enterState(State::Rcpt);
+    Output out;
+    out.replies.push_back(reply(RecipientOk, "Recipient <" + rcpt + "> ok"));
+    return out;
+}
+
+Output Session::cmdData(const std::string&) {
+    data_.clear();
+    dataTooBig_ = false;
+    dataLineTooLong_ = false;
+    enterState(State::Data);
+    Output out;
+    out.replies.push_back(reply(StartMailInput, "End data with <CR><LF>.<CR><LF>"));
+    return out;
+}
+
+Output Session::onDataLine(const std::string& line) {
+    if (line == ".") return finishMessage();  // RFC 5321 4.1.1.4 end of mail data
+    std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
+    if (data_.size() + text.size() + 2 > limits_.maxMessageSize) {
+        dataTooBig_ = true;  // keep reading to the terminator, store nothing
+        data_.clear();
+        data_.shrink_to_fit();
+    }
+    if (!dataTooBig_) {
+        data_ += text;
+        data_ += "\r\n";
+    }
+    return {};
+}
+
+Output Session::finishMessage() {
+    enterState(State::Ready);
+    if (dataTooBig_) {
+        resetTransaction();
+        return error(MessageTooBig, "Message size exceeds fixed maximum message size (" +
+                                        std::to_string(limits_.maxMessageSize) + " octets); not stored");
+    }
+    if (dataLineTooLong_) {
+        resetTransaction();
+        return error(LineTooLong, "Message has a line over " + std::to_string(limits_.maxLineLength) +
+                                      " octets (RFC 5321 4.5.3.1.6); not stored");
+    }
+
+    const int64_t now = env_.clock();
+    NewMessage message;
+    message.queueId = env_.newQueueId();
+    message.envelopeFrom = mailFrom_;
+    message.recipients = recipients_;
+    message.receivedAt = now;
+
+    HeaderSummary headers = summarizeHeaders(data_);
+    std::string date = rfc5322Date(now);
+    // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
+    std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\tby " + env_.hostname +
+                        " (maillab) with " + std::string(env_.tlsDescription.empty() ? "ESMTPA" : "ESMTPSA") +
+                        " id " + message.queueId + "\r\n\t";
+    if (!env_.tlsDescription.empty()) added += "(" + env_.tlsDescription + ")\r\n\t";
+    if (recipients_.size() == 1) added += "for <" + recipients_[0] + ">";
+    added += "; " + date + "\r\n";
+    // RFC 6409 8.2/8.3: a submission server may add a missing Date and Message-ID.
+    if (!headers.hasDate) added += "Date: " + date + "\r\n";
+    if (!headers.hasMessageId) {
+        headers.messageId = "<" + message.queueId + "." + std::to_string(now) + "@" + env_.hostname + ">";
+        added += "Message-ID: " + headers.messageId + "\r\n";
+    }
+    if (!startsWithHeaderField(data_)) added += "\r\n";  // a bare body: keep it out of the header section
+    message.raw = added + data_;
+    message.from = headers.from.empty() ? mailFrom_ : headers.from;
+    message.to = headers.to;
+    message.subject = headers.subject;
+    message.date = headers.hasDate ? headers.date : date;
+
+    size_t count = recipients_.size();
+    size_t size = message.raw.size();
+    resetTransaction();
+    try {
+        store_.deliver(message);
+    } catch (const std::exception& e) {
+        env_.log(std::string("event=store result=error reason=\"") + e.what() + "\"");
+        return error(LocalError, "Local error in processing: message not stored; try again later");
+    }
+    env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +
+             " rcpts=" + std::to_string(count) + " size=" + std::to_string(size));
+    Output out;
+    // Sent only after the commit: a 250 means the message is on disk.
+    out.replies.push_back(reply(Ok, "Ok: queued as " + message.queueId));
+    return out;
+}
+
+void Session::resetTransaction() {
+    mailFrom_.clear();
+    recipients_.clear();
+    data_.clear();
+    data_.shrink_to_fit();
+    dataTooBig_ = false;
+    dataLineTooLong_ = false;
+}
+
+Output Session::cmdRset(const std::string&) {
+    resetTransaction();
+    if (state_ != State::Fresh) enterState(State::Ready);
+    Output out;
+    out.replies.push_back(reply(Ok, "Ok"));
+    return out;
+}
+
+Output Session::cmdNoop(const std::string&) {
+    Output out;
+    out.replies.push_back(reply(Ok, "Ok"));
+    return out;
+}
+
+Output Session::cmdHelp(const std::string& arg) {
+    std::string topic = parseCommand(arg).verb;
+    Reply r = reply(Help, "");
+    r.lines.clear();
+    for (const CommandSpec& spec : kCommands) {
+        if (!spec.help) continue;
+        if (topic.empty() || topic == spec.verb) r.lines.push_back(spec.help);
+    }
+    if (r.lines.empty()) return error(SyntaxError, "No help for " + topic.substr(0, 20) + "; try HELP");
+    if (topic.empty()) r.lines.insert(r.lines.begin(), "maillab commands, in the order a session uses them:");
+    r.lines.push_back("End of HELP");
+    Output out;
+    out.replies.push_back(r);
+    return out;
+}
+
+Output Session::cmdVrfy(const std::string& arg) {
+    if (arg.find_first_not_of(' ') == std::string::npos) return error(SyntaxError, "Syntax: VRFY <address>");
+    Output out;
+    // RFC 5321 3.5.3: 252 when the server will not say whether a mailbox exists.
+    out.replies.push_back(reply(CannotVerify, "Cannot VRFY user, but will accept message and attempt delivery"));
+    return out;
+}
+
+Output Session::cmdQuit(const std::string&) {
+    Output out;
+    out.replies.push_back(reply(Closing, env_.hostname + " closing connection"));
+    out.close = true;
+    enterState(State::Closed);
+    return out;
+}
+
+Output Session::cmdNotImplemented(const std::string&) {
+    return error(NotImplemented, "Command not implemented");
+}
+
+}  // namespace maillab::smtp

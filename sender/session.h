@@ -1,0 +1,127 @@
+// The SMTP submission session as a socket-free state machine: lines in, replies out. The server's
+// connection handler feeds it what arrives over TLS; the unit and golden tests feed it directly.
+// One command table (kCommands in session.cpp) says what each command needs before it may run.
+#pragma once
+#include "../common/auth.h"
+#include "../common/replycodes.h"
+#include "../common/store.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace maillab::smtp {
+
+struct SessionLimits {
+    size_t maxLineLength = 1000;            // octets including CRLF (RFC 5321 4.5.3.1.4/6)
+    size_t maxMessageSize = 10 * 1024 * 1024;  // octets of message data, advertised as SIZE
+    size_t maxRecipients = 100;             // RCPT commands per message (RFC 5321 4.5.3.1.8)
+    int maxAuthFailures = 5;                // failed AUTH per session before 421
+    int maxErrors = 20;                     // error replies per session before 421
+};
+
+struct SessionEnv {
+    std::string hostname = "localhost";        // our name in the banner, EHLO and Received
+    std::string peerAddress = "127.0.0.1";     // for Received
+    std::string tlsDescription;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; "" for plaintext
+    std::function<int64_t()> clock;            // Unix seconds; default: time(nullptr)
+    std::function<std::string()> newQueueId;   // default: 12 random hex digits
+    std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
+};
+
+struct Reply {
+    int code = 0;
+    std::string status;              // enhanced status code, or ""
+    std::vector<std::string> lines;  // one or more texts; several make a multi-line reply
+    bool secret = false;             // carries a password: never log the text
+    // The reply as sent: "250-first\r\n250 last\r\n", each text preceded by the status code.
+    std::string wire() const;
+    // The same, with secret texts replaced, for logs.
+    std::string forLog() const;
+};
+
+struct Output {
+    std::vector<Reply> replies;
+    bool close = false;  // the server closes the connection after sending the replies
+};
+
+class Session {
+public:
+    enum class State {
+        Fresh,             // banner sent, no HELO/EHLO yet
+        Ready,             // greeted, no mail transaction
+        AuthPlain,         // AUTH PLAIN sent 334, waiting for the response
+        AuthLoginUser,     // AUTH LOGIN sent "Username:"
+        AuthLoginPassword, // AUTH LOGIN sent "Password:"
+        Mail,              // MAIL accepted, no RCPT yet
+        Rcpt,              // at least one RCPT accepted
+        Data,              // 354 sent, collecting message lines
+        Closed,            // QUIT or a fatal error; no further input is read
+    };
+
+    Session(Authenticator& auth, Store& store, SessionLimits limits, SessionEnv env);
+
+    Output start();                              // the 220 banner
+    Output onLine(const std::string& line);      // one line, without its CRLF
+    Output onLineTooLong();                      // the reader discarded a line over maxLineLength
+    Output onTimeout();                          // the idle timer fired
+
+    State state() const { return state_; }
+    bool authenticated() const { return !user_.empty(); }
+    const std::string& user() const { return user_; }
+    // What a log may show of a line before it is given to onLine (AUTH payloads hidden).
+    std::string redactForLog(const std::string& line) const;
+
+    static const char* stateName(State s);
+
+private:
+    using Handler = Output (Session::*)(const std::string& argument);
+    struct CommandSpec;
+    static const CommandSpec kCommands[];
+
+    Output dispatch(const std::string& line);
+    Output onDataLine(const std::string& line);
+    Output onAuthResponse(const std::string& line);
+    void enterState(State next);
+    Reply reply(ReplyCode code, std::string text) const;
+    Output error(ReplyCode code, std::string text);
+    Output finishAuth(const std::string& user, const std::string& password);
+    Output finishMessage();
+    void resetTransaction();
+
+    Output cmdHelo(const std::string& arg);
+    Output cmdEhlo(const std::string& arg);
+    Output cmdAuth(const std::string& arg);
+    Output cmdMail(const std::string& arg);
+    Output cmdRcpt(const std::string& arg);
+    Output cmdData(const std::string& arg);
+    Output cmdRset(const std::string& arg);
+    Output cmdNoop(const std::string& arg);
+    Output cmdHelp(const std::string& arg);
+    Output cmdVrfy(const std::string& arg);
+    Output cmdQuit(const std::string& arg);
+    Output cmdNotImplemented(const std::string& arg);
+
+    Authenticator& auth_;
+    Store& store_;
+    SessionLimits limits_;
+    SessionEnv env_;
+    State state_ = State::Fresh;
+
+    std::string heloName_;
+    bool extended_ = false;  // EHLO rather than HELO
+    std::string user_;       // authenticated address
+    std::string pendingLoginUser_;
+    int authFailures_ = 0;
+    int errors_ = 0;
+
+    // Mail transaction (RFC 5321 3.3)
+    std::string mailFrom_;
+    std::vector<std::string> recipients_;
+    std::string data_;
+    bool dataTooBig_ = false;
+    bool dataLineTooLong_ = false;
+};
+
+}  // namespace maillab::smtp

@@ -1,0 +1,151 @@
+// SmtpClient: TLS connection, command/reply exchange and state tracking for the sender client.
+#include "smtp_client.h"
+
+#include "smtp_syntax.h"
+#include "../common/password.h"
+#include "../common/tls.h"
+
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SocketAddress.h>
+
+#include <cctype>
+#include <regex>
+#include <stdexcept>
+
+namespace maillab::smtp {
+
+std::string ServerReply::text() const {
+    std::string out;
+    for (const auto& line : lines) out += (out.empty() ? "" : " / ") + line;
+    return out;
+}
+
+std::string ServerReply::firstLineWire() const {
+    return std::to_string(code) + " " + (lines.empty() ? "" : lines.front());
+}
+
+bool addReplyLine(ServerReply& reply, const std::string& line) {
+    // RFC 5321 4.2: three digits, then '-' (more lines follow) or ' ' / end (last line).
+    if (line.size() < 3 || !std::isdigit(static_cast<unsigned char>(line[0])) ||
+        !std::isdigit(static_cast<unsigned char>(line[1])) || !std::isdigit(static_cast<unsigned char>(line[2])))
+        throw std::runtime_error("not an SMTP reply line: " + line.substr(0, 80));
+    int code = std::stoi(line.substr(0, 3));
+    if (reply.code != 0 && reply.code != code) throw std::runtime_error("reply code changed within a reply");
+    reply.code = code;
+    bool more = line.size() > 3 && line[3] == '-';
+    reply.lines.push_back(line.size() > 4 ? line.substr(4) : "");
+    return !more;
+}
+
+std::string plainCredentials(const std::string& user, const std::string& password) {
+    return maillab::base64Encode(std::string("\0", 1) + user + std::string("\0", 1) + password);
+}
+
+std::string registeredPassword(const ServerReply& reply) {
+    static const std::regex pattern("password: ([0-9]{8})");
+    std::smatch match;
+    std::string text = reply.text();
+    if (reply.code == 235 && std::regex_search(text, match, pattern)) return match[1];
+    return "";
+}
+
+ServerReply SmtpClient::connect(const std::string& host, int port, const std::string& serverName,
+                                Poco::Net::Context::Ptr context, int timeoutSeconds) {
+    Poco::Net::SocketAddress address(host, static_cast<Poco::UInt16>(port));
+    Poco::Net::StreamSocket plain;
+    plain.connect(address, Poco::Timespan(timeoutSeconds, 0));
+    plain.setNoDelay(true);
+    socket_ = std::make_unique<Poco::Net::SecureStreamSocket>(
+        Poco::Net::SecureStreamSocket::attach(plain, serverName, context));
+    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds, 0));
+    socket_->setSendTimeout(Poco::Timespan(timeoutSeconds, 0));
+    socket_->completeHandshake();  // certificate chain and hostname are checked here (VERIFY_STRICT)
+    tls_ = lastHandshakeOnThisThread();
+    if (trace_) trace_("*", "TLS " + tls_);
+    state_ = State::Fresh;
+    ServerReply banner = readReply();
+    if (banner.code != 220) state_ = State::Closed;
+    return banner;
+}
+
+void SmtpClient::sendRaw(const std::string& bytes) {
+    if (!socket_) throw std::runtime_error("not connected");
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+        int n = socket_->sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
+        if (n <= 0) throw Poco::Net::ConnectionResetException("connection closed by server");
+        sent += static_cast<size_t>(n);
+    }
+}
+
+ServerReply SmtpClient::readReply() {
+    ServerReply reply;
+    LineReader::Event event;
+    for (;;) {
+        while (reader_.next(event)) {
+            if (trace_) trace_("S", event.line);
+            if (addReplyLine(reply, event.line)) {
+                if (reply.code == 421) state_ = State::Closed;
+                return reply;
+            }
+        }
+        char buffer[8192];
+        int n = socket_->receiveBytes(buffer, sizeof buffer);
+        if (n <= 0) {
+            state_ = State::Closed;
+            throw Poco::Net::ConnectionResetException("connection closed by server");
+        }
+        reader_.feed(buffer, static_cast<size_t>(n));
+    }
+}
+
+void SmtpClient::track(const std::string& verb, const ServerReply& reply) {
+    if (reply.code == 421 || (verb == "QUIT" && reply.code == 221)) {
+        state_ = State::Closed;
+        return;
+    }
+    if (!reply.positive()) return;
+    if (verb == "HELO" || verb == "EHLO") state_ = State::Ready;
+    else if (verb == "RSET" && state_ != State::Fresh) state_ = State::Ready;
+    else if (verb == "MAIL") state_ = State::Mail;
+    else if (verb == "RCPT") state_ = State::Rcpt;
+    else if (verb == "AUTH" && reply.code == 235) authenticated_ = true;
+}
+
+ServerReply SmtpClient::command(const std::string& line, const std::string& logAs) {
+    if (trace_) trace_("C", logAs.empty() ? line : logAs);
+    sendRaw(line + "\r\n");
+    ServerReply reply = readReply();
+    std::string verb = parseCommand(line).verb;
+    // AUTH continues with 334 challenges; the caller sends the responses with command() too.
+    track(verb, reply);
+    return reply;
+}
+
+ServerReply SmtpClient::sendMessage(const std::string& message) {
+    std::string stuffed = dotStuff(message);
+    if (trace_) trace_("C", "<message: " + std::to_string(stuffed.size()) + " octets, dot-stuffed>");
+    if (trace_) trace_("C", ".");
+    sendRaw(stuffed + ".\r\n");
+    ServerReply reply = readReply();
+    if (reply.code == 421) state_ = State::Closed;
+    else state_ = State::Ready;  // after the final reply to DATA, accepted or not, the transaction is over
+    return reply;
+}
+
+void SmtpClient::close() {
+    if (!socket_) return;
+    try {
+        if (state_ != State::Closed && state_ != State::Disconnected) command("QUIT");
+    } catch (const std::exception&) {
+    }
+    try {
+        socket_->shutdown();
+        socket_->close();
+    } catch (const std::exception&) {
+    }
+    socket_.reset();
+    state_ = State::Disconnected;
+}
+
+}  // namespace maillab::smtp

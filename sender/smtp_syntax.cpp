@@ -1,0 +1,162 @@
+// SMTP syntax helpers: command and path parsing, dot-stuffing and header summaries.
+#include "smtp_syntax.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <ctime>
+
+namespace maillab::smtp {
+
+namespace {
+std::string trim(const std::string& s) {
+    size_t b = s.find_first_not_of(" \t");
+    if (b == std::string::npos) return "";
+    size_t e = s.find_last_not_of(" \t");
+    return s.substr(b, e - b + 1);
+}
+
+std::string upperCase(std::string text) {
+    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::toupper(c); });
+    return text;
+}
+
+bool isAtext(unsigned char c) {
+    // RFC 5322 3.2.3 atext
+    return std::isalnum(c) || std::string("!#$%&'*+-/=?^_`{|}~").find(static_cast<char>(c)) != std::string::npos;
+}
+}  // namespace
+
+std::string lowerCase(std::string text) {
+    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+    return text;
+}
+
+Command parseCommand(const std::string& line) {
+    size_t space = line.find(' ');
+    if (space == std::string::npos) return {upperCase(line), ""};
+    return {upperCase(line.substr(0, space)), line.substr(space + 1)};
+}
+
+bool isValidMailbox(const std::string& address) {
+    size_t at = address.rfind('@');
+    if (at == std::string::npos || at == 0 || at + 1 >= address.size()) return false;
+    std::string local = address.substr(0, at), domain = address.substr(at + 1);
+    if (local.size() > 64 || domain.size() > 255) return false;  // RFC 5321 4.5.3.1.1-2
+    if (local.front() == '.' || local.back() == '.' || local.find("..") != std::string::npos) return false;
+    for (unsigned char c : local)
+        if (!isAtext(c) && c != '.') return false;
+    if (domain.front() == '.' || domain.back() == '.' || domain.find("..") != std::string::npos) return false;
+    if (domain.front() == '[') return false;  // address literals are not lab mailboxes
+    for (unsigned char c : domain)
+        if (!std::isalnum(c) && c != '-' && c != '.') return false;
+    return true;
+}
+
+std::optional<Path> parsePath(const std::string& argument, const std::string& keyword) {
+    std::string arg = trim(argument);
+    if (arg.size() <= keyword.size() || upperCase(arg.substr(0, keyword.size())) != keyword) return std::nullopt;
+    arg = trim(arg.substr(keyword.size()));
+    if (arg.empty() || arg[0] != ':') return std::nullopt;
+    arg = trim(arg.substr(1));
+    if (arg.empty()) return std::nullopt;
+
+    Path path;
+    std::string rest;
+    if (arg[0] == '<') {
+        size_t close = arg.find('>');
+        if (close == std::string::npos) return std::nullopt;
+        path.address = arg.substr(1, close - 1);
+        rest = arg.substr(close + 1);
+        // RFC 5321 4.1.2 source routes ("@a,@b:user@c") are accepted and ignored (RFC 5321 C).
+        if (!path.address.empty() && path.address[0] == '@') {
+            size_t colon = path.address.find(':');
+            if (colon == std::string::npos) return std::nullopt;
+            path.address = path.address.substr(colon + 1);
+        }
+    } else {
+        size_t space = arg.find(' ');
+        path.address = arg.substr(0, space);
+        rest = space == std::string::npos ? "" : arg.substr(space);
+    }
+    if (!rest.empty() && rest[0] != ' ') return std::nullopt;
+    rest = trim(rest);
+    size_t pos = 0;
+    while (pos < rest.size()) {
+        size_t end = rest.find(' ', pos);
+        std::string token = rest.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+        pos = end == std::string::npos ? rest.size() : end + 1;
+        if (token.empty()) continue;
+        size_t eq = token.find('=');
+        std::string key = upperCase(token.substr(0, eq));
+        if (key.empty()) return std::nullopt;
+        path.params[key] = eq == std::string::npos ? "" : token.substr(eq + 1);
+    }
+    return path;
+}
+
+std::string unstuffDataLine(const std::string& line) {
+    if (!line.empty() && line[0] == '.') return line.substr(1);
+    return line;
+}
+
+std::string dotStuff(const std::string& text) {
+    std::string out;
+    out.reserve(text.size() + text.size() / 64 + 2);
+    size_t pos = 0;
+    while (pos <= text.size()) {
+        size_t nl = text.find('\n', pos);
+        std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (nl == std::string::npos && line.empty()) break;
+        if (!line.empty() && line[0] == '.') out += '.';
+        out += line;
+        out += "\r\n";
+        if (nl == std::string::npos) break;
+        pos = nl + 1;
+    }
+    return out;
+}
+
+HeaderSummary summarizeHeaders(const std::string& message) {
+    HeaderSummary summary;
+    std::vector<std::pair<std::string, std::string>> fields;
+    size_t pos = 0;
+    while (pos < message.size()) {
+        size_t eol = message.find("\r\n", pos);
+        if (eol == std::string::npos) eol = message.size();
+        std::string line = message.substr(pos, eol - pos);
+        pos = eol + 2;
+        if (line.empty()) break;  // end of the header section
+        if ((line[0] == ' ' || line[0] == '\t') && !fields.empty()) {
+            fields.back().second += " " + trim(line);  // RFC 5322 2.2.3 unfolding
+            continue;
+        }
+        size_t colon = line.find(':');
+        if (colon == std::string::npos) break;  // not a header: the body began without a blank line
+        fields.emplace_back(lowerCase(trim(line.substr(0, colon))), trim(line.substr(colon + 1)));
+    }
+    for (const auto& [name, value] : fields) {
+        if (name == "from" && summary.from.empty()) summary.from = value;
+        else if (name == "to" && summary.to.empty()) summary.to = value;
+        else if (name == "subject" && summary.subject.empty()) summary.subject = value;
+        else if (name == "date" && !summary.hasDate) summary.date = value, summary.hasDate = true;
+        else if (name == "message-id" && !summary.hasMessageId) summary.messageId = value, summary.hasMessageId = true;
+    }
+    return summary;
+}
+
+std::string rfc5322Date(long long unixSeconds) {
+    std::time_t t = static_cast<std::time_t>(unixSeconds);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    static const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
+                  months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return buf;
+}
+
+}  // namespace maillab::smtp
