@@ -71,6 +71,8 @@ $(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmailla
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+$(call obj,$(UNIT_SRC)): CXXFLAGS += -DMAILLAB_GOLDEN_DIR='"$(CURDIR)/tests/golden"'
+
 $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)

@@ -88,6 +88,9 @@ std::string base64Decode(const std::string& text) {
     for (char c : text)
         if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '='))
             throw std::invalid_argument("invalid base64 character");
+    size_t firstPad = text.find('=');
+    if (firstPad != std::string::npos && (firstPad + 2 < text.size() || text.find_first_not_of('=', firstPad) != std::string::npos))
+        throw std::invalid_argument("base64 padding in the middle");
     std::string out(3 * text.size() / 4 + 1, '\0');
     int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
                             reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));

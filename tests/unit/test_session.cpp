@@ -1,0 +1,284 @@
+// The SMTP session state machine: every reply, checked directly and through golden transcripts.
+#include "fixtures.h"
+#include "golden.h"
+
+#include "../../sender/session.h"
+
+#include <catch2/catch.hpp>
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <dirent.h>
+#include <fstream>
+#include <sstream>
+
+using namespace maillab;
+using namespace maillab::smtp;
+using maillab::testing::LabFixture;
+
+namespace maillab::testing {
+
+namespace {
+struct Harness {
+    LabFixture lab;
+    SessionLimits limits;
+    std::vector<std::string> log;
+    int queued = 0;
+    std::unique_ptr<Session> session;
+
+    explicit Harness(SessionLimits l = {}) : limits(l) {
+        lab.addUser("ana@447.edu", "11111447");
+        lab.addUser("bob@447.edu", "22222447");
+        SessionEnv env;
+        env.hostname = "mail.447.edu";
+        env.peerAddress = "127.0.0.1";
+        env.tlsDescription = "TLSv1.3 TLS_AES_256_GCM_SHA384";
+        env.clock = [this] { return lab.now; };
+        env.newQueueId = [this] { return "QID" + std::to_string(++queued); };
+        env.log = [this](const std::string& line) { log.push_back(line); };
+        session = std::make_unique<Session>(*lab.auth, *lab.store, limits, env);
+    }
+
+    static std::vector<std::string> lines(const Output& out) {
+        std::vector<std::string> result;
+        for (const auto& r : out.replies) {
+            std::string wire = r.wire();
+            size_t start = 0;
+            while (start < wire.size()) {
+                size_t end = wire.find("\r\n", start);
+                result.push_back(wire.substr(start, end - start));
+                start = end + 2;
+            }
+        }
+        return result;
+    }
+    // The first line of the replies to one input line.
+    std::string say(const std::string& line) {
+        auto l = lines(session->onLine(line));
+        return l.empty() ? "" : l.front();
+    }
+    void login() {
+        say("EHLO client");
+        REQUIRE(say("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3") == "235 2.7.0 Authentication successful");
+    }
+};
+}  // namespace
+
+std::vector<std::string> goldenFiles(const std::string& directory) {
+    std::vector<std::string> files;
+    if (DIR* dir = ::opendir(directory.c_str())) {
+        while (dirent* entry = ::readdir(dir)) {
+            std::string name = entry->d_name;
+            if (name.size() > 4 && name.substr(name.size() - 4) == ".txt") files.push_back(directory + "/" + name);
+        }
+        ::closedir(dir);
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+GoldenResult replayGolden(const std::string& path) {
+    Harness h;
+    std::ifstream in(path);
+    if (!in) return {false, "cannot open " + path};
+    std::vector<std::string> pending;  // server lines produced but not yet matched
+    bool closed = false;
+    std::string line;
+    int number = 0;
+    auto feed = [&](const Output& out) {
+        for (auto& l : Harness::lines(out)) pending.push_back(l);
+        if (out.close) closed = true;
+    };
+    feed(h.session->start());
+    while (std::getline(in, line)) {
+        ++number;
+        std::string where = path + ":" + std::to_string(number) + ": ";
+        if (line.empty() || line[0] == '#') continue;
+        if (line.rfind("C: ", 0) == 0 || line == "C:") {
+            if (!pending.empty()) return {false, where + "unexpected server line before input: " + pending.front()};
+            feed(h.session->onLine(line.size() > 3 ? line.substr(3) : ""));
+        } else if (line == "C!: toolong") {
+            feed(h.session->onLineTooLong());
+        } else if (line == "C!: timeout") {
+            feed(h.session->onTimeout());
+        } else if (line.rfind("S: ", 0) == 0) {
+            std::string expected = line.substr(3);
+            if (pending.empty()) return {false, where + "expected \"" + expected + "\", server said nothing"};
+            if (pending.front() != expected)
+                return {false, where + "expected \"" + expected + "\", got \"" + pending.front() + "\""};
+            pending.erase(pending.begin());
+        } else if (line == "S!: close") {
+            if (!closed) return {false, where + "expected the session to close"};
+        } else {
+            return {false, where + "unknown line kind: " + line};
+        }
+    }
+    if (!pending.empty()) return {false, path + ": unmatched server line at end: " + pending.front()};
+    return {};
+}
+
+}  // namespace maillab::testing
+
+using maillab::testing::Harness;
+
+TEST_CASE("golden transcripts replay exactly", "[session][golden]") {
+    auto files = maillab::testing::goldenFiles(MAILLAB_GOLDEN_DIR);
+    REQUIRE(files.size() >= 5);
+    for (const auto& file : files) {
+        INFO(file);
+        auto result = maillab::testing::replayGolden(file);
+        INFO(result.message);
+        CHECK(result.ok);
+    }
+}
+
+TEST_CASE("refusals name what is missing", "[session]") {
+    Harness h;
+    CHECK(h.say("MAIL FROM:<ana@447.edu>") == "503 5.5.1 Bad sequence of commands: need EHLO or HELO first");
+    h.say("EHLO c");
+    CHECK(h.say("MAIL FROM:<ana@447.edu>") == "530 5.7.0 Authentication required: need AUTH first");
+    h.say("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3");
+    CHECK(h.say("RCPT TO:<bob@447.edu>") == "503 5.5.1 Bad sequence of commands: need MAIL first");
+    CHECK(h.say("DATA") == "503 5.5.1 Bad sequence of commands: need MAIL first");
+    h.say("MAIL FROM:<ana@447.edu>");
+    CHECK(h.say("DATA") == "503 5.5.1 Bad sequence of commands: need RCPT first");
+    CHECK(h.say("MAIL FROM:<ana@447.edu>").rfind("503 5.5.1 Bad sequence of commands: MAIL not allowed", 0) == 0);
+}
+
+TEST_CASE("a 250 after DATA means the message is in the store", "[session][data]") {
+    Harness h;
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("RCPT TO:<ana@447.edu>");
+    CHECK(h.say("DATA").rfind("354 ", 0) == 0);
+    CHECK(h.say("Subject: hi").empty());
+    CHECK(h.say("").empty());
+    CHECK(h.say("..leading dot").empty());
+    CHECK(h.say(".") == "250 2.0.0 Ok: queued as QID1");
+    auto bob = h.lab.store->listMessages("bob@447.edu", 0, 10);
+    REQUIRE(bob.size() == 1);
+    CHECK(bob[0].subject == "hi");
+    auto stored = h.lab.store->getMessage("bob@447.edu", bob[0].id);
+    REQUIRE(stored);
+    const std::string& raw = stored->raw;
+    CHECK(raw.rfind("Received: from client (127.0.0.1)\r\n\tby mail.447.edu (maillab) with ESMTPSA id QID1", 0) == 0);
+    CHECK(raw.find("\r\nDate: ") != std::string::npos);
+    CHECK(raw.find("\r\nMessage-ID: <QID1.") != std::string::npos);
+    CHECK(raw.find("\r\n.leading dot\r\n") != std::string::npos);  // unstuffed
+    CHECK(h.lab.store->listMessages("ana@447.edu", 0, 10).size() == 1);
+}
+
+TEST_CASE("a store failure is a 451, never a 250", "[session][data]") {
+    Harness h;
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    h.say("hello");
+    // Break the store under the session: the messages table disappears.
+    sqlite3* db = nullptr;
+    sqlite3_open((h.lab.dir.path + "/test.db").c_str(), &db);
+    sqlite3_exec(db, "DROP TABLE messages", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    CHECK(h.say(".").rfind("451 4.3.0 ", 0) == 0);
+}
+
+TEST_CASE("message size limit: declared and actual", "[session][limits]") {
+    SessionLimits limits;
+    limits.maxMessageSize = 100;
+    Harness h(limits);
+    h.login();
+    CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=101").rfind("552 5.3.4 ", 0) == 0);
+    CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=100").rfind("250 2.1.0", 0) == 0);
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    for (int i = 0; i < 5; ++i) CHECK(h.say(std::string(40, 'x')).empty());
+    CHECK(h.say(".").rfind("552 5.3.4 ", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+    CHECK(h.session->state() == Session::State::Ready);
+}
+
+TEST_CASE("recipient limit", "[session][limits]") {
+    SessionLimits limits;
+    limits.maxRecipients = 1;
+    Harness h(limits);
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    CHECK(h.say("RCPT TO:<bob@447.edu>").rfind("250 2.1.5", 0) == 0);
+    CHECK(h.say("RCPT TO:<bob@447.edu>").rfind("250 2.1.5", 0) == 0);  // a duplicate is not a second one
+    CHECK(h.say("RCPT TO:<ana@447.edu>").rfind("452 4.5.3 Too many recipients", 0) == 0);
+}
+
+TEST_CASE("line length limit, in commands and in data", "[session][limits]") {
+    Harness h;
+    h.login();
+    auto out = Harness::lines(h.session->onLineTooLong());
+    CHECK(out.front().rfind("500 5.5.6 Line too long", 0) == 0);
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    CHECK(Harness::lines(h.session->onLineTooLong()).empty());
+    CHECK(h.say(".").rfind("500 5.5.6 ", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+}
+
+TEST_CASE("AUTH failures close the session at the limit", "[session][auth]") {
+    SessionLimits limits;
+    limits.maxAuthFailures = 3;
+    Harness h(limits);
+    h.say("EHLO c");
+    std::string bad = "AUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n";  // ana@447.edu / wrong
+    CHECK(h.say(bad) == "535 5.7.8 Authentication credentials invalid");
+    CHECK(h.say(bad) == "535 5.7.8 Authentication credentials invalid");
+    Output last = h.session->onLine(bad);
+    CHECK(Harness::lines(last).front().rfind("421 4.7.0 ", 0) == 0);
+    CHECK(last.close);
+    CHECK(h.session->state() == Session::State::Closed);
+    CHECK(Harness::lines(h.session->onLine("NOOP")).empty());
+}
+
+TEST_CASE("registration over AUTH carries on authenticated, and the password never reaches the log", "[session][auth]") {
+    Harness h;
+    h.say("EHLO c");
+    // AUTH PLAIN \0carol@447.edu\0 (empty password)
+    Output out = h.session->onLine("AUTH PLAIN AGNhcm9sQDQ0Ny5lZHUA");
+    REQUIRE(out.replies.size() == 1);
+    CHECK(out.replies[0].secret);
+    std::string wire = out.replies[0].wire();
+    CHECK(wire.rfind("235 2.7.0 Authentication successful; registered carol@447.edu with password: ", 0) == 0);
+    std::string password = wire.substr(wire.find("password: ") + 10, 8);
+    CHECK(password.substr(5) == "447");
+    CHECK(out.replies[0].forLog().find(password) == std::string::npos);
+    for (const auto& entry : h.log) CHECK(entry.find(password) == std::string::npos);
+    CHECK(h.session->authenticated());
+    CHECK(h.say("MAIL FROM:<carol@447.edu>").rfind("250 ", 0) == 0);
+    CHECK(h.lab.auth->authenticate("carol@447.edu", password).outcome == AuthOutcome::Ok);
+}
+
+TEST_CASE("AUTH payloads are redacted for logs", "[session][auth]") {
+    Harness h;
+    h.say("EHLO c");
+    CHECK(h.session->redactForLog("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3") == "AUTH PLAIN <redacted>");
+    h.say("AUTH LOGIN");
+    CHECK(h.session->redactForLog("YW5hQDQ0Ny5lZHU=") == "<redacted: AUTH response>");
+}
+
+TEST_CASE("every transition is logged", "[session]") {
+    Harness h;
+    h.login();
+    CHECK(std::find(h.log.begin(), h.log.end(), "event=state from=fresh to=ready") != h.log.end());
+    CHECK(std::find(h.log.begin(), h.log.end(), "event=auth user=ana@447.edu result=ok") != h.log.end());
+}
+
+TEST_CASE("too many errors close the session", "[session][limits]") {
+    SessionLimits limits;
+    limits.maxErrors = 3;
+    Harness h(limits);
+    h.say("BOGUS");
+    h.say("BOGUS");
+    h.say("BOGUS");
+    Output out = h.session->onLine("BOGUS");
+    CHECK(out.close);
+    CHECK(Harness::lines(out).back().rfind("421 4.7.0 Too many errors", 0) == 0);
+}

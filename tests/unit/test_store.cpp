@@ -1,0 +1,112 @@
+// The SQLite store: accounts, delivery to several mailboxes, listing, lookup, schema version.
+#include "fixtures.h"
+
+#include <catch2/catch.hpp>
+#include <sqlite3.h>
+
+#include <thread>
+
+using namespace maillab;
+using maillab::testing::LabFixture;
+
+namespace {
+NewMessage message(const std::string& subject, std::vector<std::string> rcpts) {
+    NewMessage m;
+    m.queueId = "Q" + subject;
+    m.envelopeFrom = "ana@447.edu";
+    m.recipients = std::move(rcpts);
+    m.from = "ana@447.edu";
+    m.to = "bob@447.edu";
+    m.subject = subject;
+    m.date = "Mon, 23 Nov 2026 10:00:00 +0000";
+    m.receivedAt = 1000;
+    m.raw = "Subject: " + subject + "\r\n\r\nbody\r\n";
+    return m;
+}
+}  // namespace
+
+TEST_CASE("accounts are created once and found case-sensitively by their normalized name", "[store]") {
+    LabFixture lab;
+    CHECK(lab.store->createAccount("ana@447.edu", "h1", 5));
+    CHECK_FALSE(lab.store->createAccount("ana@447.edu", "h2", 6));
+    auto a = lab.store->findAccount("ana@447.edu");
+    REQUIRE(a);
+    CHECK(a->passwordHash == "h1");
+    CHECK(a->createdAt == 5);
+    CHECK_FALSE(lab.store->findAccount("bob@447.edu"));
+}
+
+TEST_CASE("login failures are recorded and cleared", "[store]") {
+    LabFixture lab;
+    lab.store->createAccount("ana@447.edu", "h", 1);
+    lab.store->recordLoginFailure("ana@447.edu", 3, 99);
+    auto a = lab.store->findAccount("ana@447.edu");
+    CHECK(a->failedLogins == 3);
+    CHECK(a->lockedUntil == 99);
+    lab.store->clearLoginFailures("ana@447.edu");
+    a = lab.store->findAccount("ana@447.edu");
+    CHECK(a->failedLogins == 0);
+    CHECK(a->lockedUntil == 0);
+}
+
+TEST_CASE("delivery stores one copy per recipient, listed newest first", "[store]") {
+    LabFixture lab;
+    auto ids = lab.store->deliver(message("one", {"ana@447.edu", "bob@447.edu"}));
+    REQUIRE(ids.size() == 2);
+    lab.store->deliver(message("two", {"bob@447.edu"}));
+    auto bob = lab.store->listMessages("bob@447.edu", 0, 10);
+    REQUIRE(bob.size() == 2);
+    CHECK(bob[0].subject == "two");
+    CHECK(bob[1].subject == "one");
+    CHECK(bob[1].size == static_cast<int64_t>(message("one", {}).raw.size()));
+    CHECK(lab.store->listMessages("ana@447.edu", 0, 10).size() == 1);
+    CHECK(lab.store->listMessages("bob@447.edu", 1, 10).size() == 1);  // paging
+    CHECK(lab.store->listMessages("bob@447.edu", 0, 1).size() == 1);
+
+    auto stored = lab.store->getMessage("ana@447.edu", ids[0]);
+    REQUIRE(stored);
+    CHECK(stored->raw == message("one", {}).raw);
+    // A mailbox never reaches another mailbox's copy, even by id.
+    CHECK_FALSE(lab.store->getMessage("ana@447.edu", ids[1]));
+
+    auto stats = lab.store->mailboxStats("bob@447.edu");
+    CHECK(stats.count == 2);
+    CHECK(stats.newestId > ids[1]);
+    CHECK(lab.store->mailboxStats("nobody@447.edu").count == 0);
+}
+
+TEST_CASE("binary-safe message bodies", "[store]") {
+    LabFixture lab;
+    NewMessage m = message("bin", {"ana@447.edu"});
+    m.raw = std::string("a\0b\xff\r\n", 6);
+    auto ids = lab.store->deliver(m);
+    CHECK(lab.store->getMessage("ana@447.edu", ids[0])->raw == m.raw);
+}
+
+TEST_CASE("concurrent deliveries from many threads all land", "[store]") {
+    LabFixture lab;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+        threads.emplace_back([&lab, t] {
+            for (int i = 0; i < 25; ++i) lab.store->deliver(message(std::to_string(t * 100 + i), {"ana@447.edu"}));
+        });
+    for (auto& th : threads) th.join();
+    CHECK(lab.store->mailboxStats("ana@447.edu").count == 200);
+}
+
+TEST_CASE("the schema carries its version, and a newer one is refused", "[store]") {
+    LabFixture lab;
+    std::string path = lab.dir.path + "/test.db";
+    sqlite3* db = nullptr;
+    sqlite3_open(path.c_str(), &db);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
+    sqlite3_step(st);
+    CHECK(sqlite3_column_int(st, 0) == 1);
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    SqliteOptions options;
+    options.path = path;
+    CHECK_THROWS_AS(openSqliteStore(options), StoreError);
+}
