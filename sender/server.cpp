@@ -115,6 +115,13 @@ private:
         }
     }
 
+    // The client went away. In DATA, what had arrived is dropped: nothing half-stored, nothing acknowledged.
+    void lost(const smtp::Session& session, const std::string& reason) {
+        bool inData = session.state() == smtp::Session::State::Data;
+        log("event=disconnect reason=" + logValue(reason) + " state=" + smtp::Session::stateName(session.state()) +
+            (inData ? " stored=no" : ""));
+    }
+
     void serve(Poco::Net::SecureStreamSocket& socket, const std::string& peer) {
         socket.completeHandshake();
         std::string tls = lastHandshakeOnThisThread();
@@ -145,12 +152,12 @@ private:
                 queue(session.onTimeout(), pending);
                 send(socket, pending);
                 return;
+            } catch (const Poco::Exception& e) {
+                lost(session, e.displayText());  // reset, or TCP closed without close_notify
+                return;
             }
             if (n <= 0) {
-                if (session.state() == smtp::Session::State::Data)
-                    log("event=disconnect reason=eof-in-data stored=no");
-                else
-                    log("event=disconnect reason=eof");
+                lost(session, "eof");
                 return;
             }
             reader.feed(buffer, static_cast<size_t>(n));

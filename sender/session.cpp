@@ -187,9 +187,10 @@ Output Session::onLine(const std::string& line) {
 }
 
 Output Session::dispatch(const std::string& line) {
+    // RFC 5321 2.4: commands are US-ASCII. Nothing outside it is echoed back or looked at further.
     for (unsigned char c : line)
-        if (c < 32 && c != '\t')
-            return error(UnknownCommand, "Command contains control characters; not recognized");
+        if ((c < 32 && c != '\t') || c > 126)
+            return error(UnknownCommand, "Command contains control or non-ASCII characters; not recognized");
     if (line.empty()) return error(UnknownCommand, "Empty command; not recognized");
     Command command = parseCommand(line);
     for (const CommandSpec& spec : kCommands) {

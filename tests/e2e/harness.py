@@ -1,0 +1,191 @@
+"""End-to-end test harness: starts the real servers on ephemeral ports (port 0, then the "ready
+port=N" line they print; no sleeps), gives tests a lab directory with certificates, and counts
+results. Standard library only, run with Debian's /usr/bin/python3."""
+
+import os
+import select
+import shutil
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class Lab:
+    """A scratch directory with the lab CA and server certificate, shared by all tests."""
+
+    def __init__(self, build):
+        self.build = os.path.abspath(build)
+        self.bin = os.path.join(self.build, "bin")
+        self.dir = tempfile.mkdtemp(prefix="maillab-e2e-")
+        self.certs = os.path.join(self.dir, "certs")
+        subprocess.run([self.exe("maillab-certs"), self.certs], check=True, stdout=subprocess.DEVNULL)
+        self.ca = os.path.join(self.certs, "ca.pem")
+        self.counter = 0
+
+    def exe(self, name):
+        return os.path.join(self.bin, name)
+
+    def path(self, name):
+        self.counter += 1
+        return os.path.join(self.dir, f"{self.counter:03d}-{name}")
+
+    def ssl_context(self):
+        ctx = ssl.create_default_context(cafile=self.ca)  # hostname checked
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return ctx
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Server:
+    """One server process on a free port. `settings` become a --config properties file."""
+
+    def __init__(self, lab, program, settings=None, args=(), db=None, env=None):
+        self.lab = lab
+        self.db = db or lab.path("maillab.db")
+        self.log_path = lab.path(program + ".log")
+        cmd = [lab.exe(program), "--port=0", f"--db={self.db}", f"--certs={lab.certs}"]
+        if settings:
+            config = lab.path(program + ".properties")
+            with open(config, "w") as f:
+                for key, value in settings.items():
+                    f.write(f"{key} = {value}\n")
+            cmd.append(f"--config={config}")
+        cmd += list(args)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=env or os.environ.copy())
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("ready port="):
+            self.stop()
+            raise AssertionError(f"{program} did not start: {line!r}\n{self.log_text()}")
+        self.port = int(line.strip().split("=", 1)[1])
+
+    def log_text(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def tls_connect(lab, port, timeout=10):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+
+
+class Conversation:
+    """A raw SMTP conversation over TLS, for exact replies and bad input."""
+
+    def __init__(self, lab, port):
+        self.sock = tls_connect(lab, port)
+        self.buffer = b""
+        self.banner = self.reply()
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.rstrip(b"\r").decode()
+
+    def reply(self):
+        """All lines of one reply, e.g. ['250-a', '250 b']."""
+        lines = [self.line()]
+        while len(lines[-1]) > 3 and lines[-1][3] == "-":
+            lines.append(self.line())
+        return lines
+
+    def cmd(self, text):
+        self.send(text + "\r\n")
+        return self.reply()[-1]
+
+    def closed(self):
+        """True when the server has closed (EOF or close_notify)."""
+        try:
+            return self.sock.recv(1) == b""
+        except (ssl.SSLError, ConnectionError):
+            return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def register(lab, port, user):
+    """Registers `user` with our client; returns the password it printed."""
+    out = run_client(lab, port, ["--user", user])
+    assert out.returncode == 0, out.stderr
+    for line in out.stdout.splitlines():
+        if line.startswith("password: "):
+            return line.split(": ", 1)[1]
+    raise AssertionError("no password printed: " + out.stdout)
+
+
+def run_client(lab, port, args, input=None, program="senderclient", timeout=60):
+    return subprocess.run([lab.exe(program), "--port", str(port), "--ca", lab.ca] + list(args),
+                          input=input, capture_output=True, text=True, timeout=timeout)
+
+
+def messages(db, mailbox):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT subject, raw FROM messages WHERE mailbox=? ORDER BY id", (mailbox,)).fetchall()
+    finally:
+        con.close()
+
+
+def run(lab, selected=None):
+    passed = failed = 0
+    for fn in TESTS:
+        if selected and not any(s in fn.__name__ for s in selected):
+            continue
+        start = time.monotonic()
+        try:
+            fn(lab)
+            passed += 1
+            print(f"PASS {fn.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        except Exception:
+            failed += 1
+            print(f"FAIL {fn.__name__}", flush=True)
+            traceback.print_exc(file=sys.stdout)
+    return passed, failed

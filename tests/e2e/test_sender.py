@@ -1,0 +1,399 @@
+"""End-to-end tests of the sender server with our client, curl, Python smtplib and openssl s_client,
+plus bad input and every limit over the wire."""
+
+import base64
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+
+from harness import Conversation, Server, messages, register, run_client, test, tls_connect
+
+
+def plain(user, password):
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+@test
+def our_client_registers_two_users_and_sends(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        bob = register(lab, server.port, "bob@447.edu")
+        assert len(ana) == 8 and ana.endswith("447") and ana.isdigit()
+        body = lab.path("body.txt")
+        with open(body, "w") as f:
+            f.write("Hello Bob,\n.see the leading dot\nAna\n")
+        out = run_client(lab, server.port, ["--user", "ana", "--password", ana, "--to", "bob,ana",
+                                            "--subject", "Lab meeting", "--body-file", body])
+        assert out.returncode == 0, out.stderr
+        assert "250 2.0.0 Ok: queued as" in out.stdout
+        stored = messages(server.db, "bob@447.edu")
+        assert len(stored) == 1 and stored[0][0] == "Lab meeting"
+        raw = stored[0][1].decode()
+        assert raw.startswith("Received: from ")
+        assert "\r\n.see the leading dot\r\n" in raw
+        assert "Message-ID: <" in raw and "\r\nDate: " in raw
+        assert len(messages(server.db, "ana@447.edu")) == 1
+        # The password works for a second login, and a wrong one is refused with exit code 1.
+        assert run_client(lab, server.port, ["--user", "bob", "--password", bob]).returncode == 0
+        wrong = run_client(lab, server.port, ["--user", "bob", "--password", "00000447"])
+        assert wrong.returncode == 1 and "535" in wrong.stderr
+
+
+@test
+def curl_sends_over_smtps(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        body = lab.path("mail.txt")
+        with open(body, "w") as f:
+            f.write("From: ana@447.edu\r\nTo: bob@447.edu\r\nSubject: via curl\r\n\r\nhello from curl\r\n")
+        out = subprocess.run(["curl", "-sS", "--cacert", lab.ca, "--url", f"smtps://localhost:{server.port}",
+                              "--user", f"ana@447.edu:{ana}", "--mail-from", "ana@447.edu",
+                              "--mail-rcpt", "bob@447.edu", "--upload-file", body],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["via curl"]
+
+
+@test
+def python_smtplib_login_and_send(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        with smtplib.SMTP_SSL("localhost", server.port, context=lab.ssl_context(), timeout=30) as smtp:
+            smtp.ehlo("python")
+            assert "auth" in smtp.esmtp_features and "pipelining" in smtp.esmtp_features
+            smtp.login("ana@447.edu", ana)
+            refused = smtp.sendmail("ana@447.edu", ["bob@447.edu"], "Subject: smtplib\r\n\r\nhi\r\n")
+            assert refused == {}
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["smtplib"]
+        # AUTH LOGIN too, the way smtplib does it (no initial response).
+        with smtplib.SMTP_SSL("localhost", server.port, context=lab.ssl_context(), timeout=30) as smtp:
+            smtp.user, smtp.password = "ana@447.edu", ana
+            smtp.ehlo("python")
+            code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
+            assert code == 235
+
+
+@test
+def python_registration_with_empty_password(lab):
+    with Server(lab, "senderserver") as server:
+        with smtplib.SMTP_SSL("localhost", server.port, context=lab.ssl_context(), timeout=30) as smtp:
+            smtp.ehlo("python")
+            code, text = smtp.docmd("AUTH", "PLAIN " + plain("dana@447.edu", ""))
+            assert code == 235, text
+            assert b"password: " in text
+            assert smtp.docmd("MAIL", "FROM:<dana@447.edu>")[0] == 250
+
+
+@test
+def openssl_s_client_speaks_smtp(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        script = (f"EHLO s-client\nAUTH PLAIN {plain('ana@447.edu', ana)}\nMAIL FROM:<ana@447.edu>\n"
+                  "RCPT TO:<ana@447.edu>\nDATA\nSubject: s_client\n\ntyped by hand\n.\nQUIT\n")
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername",
+                              "localhost", "-CAfile", ca_path(lab), "-verify_return_error", "-quiet",
+                              "-verify_hostname", "localhost"],
+                             input=script, capture_output=True, text=True, timeout=60)
+        assert "235 2.7.0" in out.stdout, out.stdout + out.stderr
+        assert "250 2.0.0 Ok: queued as" in out.stdout
+        assert "221 2.0.0" in out.stdout
+        assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["s_client"]
+
+
+def ca_path(lab):
+    return lab.ca
+
+
+@test
+def tls12_is_refused(lab):
+    with Server(lab, "senderserver") as server:
+        ctx = ssl.create_default_context(cafile=lab.ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+            raise AssertionError("TLS 1.2 handshake succeeded")
+        except ssl.SSLError:
+            pass
+        out = subprocess.run(["openssl", "s_client", "-tls1_2", "-connect", f"127.0.0.1:{server.port}"],
+                             input="", capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0
+        # TLS 1.3 on the same server works, and says which version it negotiated.
+        s = tls_connect(lab, server.port)
+        assert s.version() == "TLSv1.3"
+        s.close()
+
+
+@test
+def our_client_rejects_a_wrong_host_certificate(lab):
+    with Server(lab, "senderserver") as server:
+        out = run_client(lab, server.port, ["--servername", "wrong.example", "--user", "ana"])
+        assert out.returncode == 3, out.stdout + out.stderr
+        # And a certificate from an unknown CA.
+        other = lab.path("other-certs")
+        subprocess.run([lab.exe("maillab-certs"), other], check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run([lab.exe("senderclient"), "--port", str(server.port), "--ca", other + "/ca.pem",
+                              "--user", "ana"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 3
+        assert "password:" not in out.stdout
+
+
+@test
+def concurrent_users_from_many_connections(lab):
+    with Server(lab, "senderserver") as server:
+        users = {name: register(lab, server.port, name) for name in ("ana", "bob")}
+        errors = []
+
+        def worker(sender, recipient, count):
+            try:
+                for i in range(count):
+                    with smtplib.SMTP_SSL("localhost", server.port, context=lab.ssl_context(), timeout=60) as s:
+                        s.login(f"{sender}@447.edu", users[sender])
+                        s.sendmail(f"{sender}@447.edu", [f"{recipient}@447.edu"],
+                                   f"Subject: {sender}-{i}\r\n\r\nmessage {i}\r\n")
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=worker, args=(s, r, 10)) for s, r in
+                   [("ana", "bob"), ("bob", "ana")] * 6]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(messages(server.db, "bob@447.edu")) == 60
+        assert len(messages(server.db, "ana@447.edu")) == 60
+        # Registration races: many connections registering the same new address, one wins.
+        results = []
+
+        def reg():
+            out = run_client(lab, server.port, ["--user", "carol"])
+            results.append(out.returncode)
+
+        threads = [threading.Thread(target=reg) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results).count(0) == 1, results
+
+
+@test
+def pipelined_commands_are_answered_in_order(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        c = Conversation(lab, server.port)
+        c.send(f"EHLO p\r\nAUTH PLAIN {plain('ana@447.edu', ana)}\r\nMAIL FROM:<ana@447.edu>\r\n"
+               "RCPT TO:<ana@447.edu>\r\nRCPT TO:<nobody@447.edu>\r\nDATA\r\n")
+        assert c.reply()[-1] == "250 HELP"
+        assert c.reply()[0].startswith("235 ")
+        assert c.reply()[0].startswith("250 2.1.0")
+        assert c.reply()[0].startswith("250 2.1.5")
+        assert c.reply()[0].startswith("550 5.1.1")
+        assert c.reply()[0].startswith("354 ")
+        c.send("Subject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        assert c.reply()[0].startswith("250 2.0.0 Ok: queued as")
+        assert c.reply()[0].startswith("221 ")
+        assert c.closed()
+
+
+@test
+def garbage_and_bad_commands_get_errors_not_crashes(lab):
+    with Server(lab, "senderserver") as server:
+        c = Conversation(lab, server.port)
+        assert c.cmd("\x00\x01\x02\xff garbage").startswith("500 5.5.2")
+        c.send(b"\xc3\xa9\xff\xfe\r\n")
+        assert c.reply()[0].startswith("500 5.5.2")
+        assert c.cmd("EHLO x").startswith("250 ")
+        assert c.cmd("MAIL FROM:<ana@447.edu>").startswith("530 5.7.0")
+        assert c.cmd("X" * 998).startswith("500 5.5.2")
+        c.send("Y" * 5000 + "\r\n")
+        assert c.reply()[0].startswith("500 5.5.6")
+        assert c.cmd("NOOP") == "250 2.0.0 Ok"
+        c.close()
+        # Not even TLS: plain text to the TLS port gets no SMTP, and the server lives on.
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        raw.sendall(b"EHLO plaintext\r\n")
+        try:
+            raw.recv(100)
+        except OSError:
+            pass
+        raw.close()
+        c = Conversation(lab, server.port)
+        assert c.banner[0].startswith("220 ")
+        c.close()
+
+
+@test
+def disconnect_mid_data_stores_nothing(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        c = Conversation(lab, server.port)
+        c.cmd("EHLO x")
+        c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+        c.cmd("MAIL FROM:<ana@447.edu>")
+        c.cmd("RCPT TO:<ana@447.edu>")
+        assert c.cmd("DATA").startswith("354")
+        c.send("Subject: half\r\n\r\nonly half of the mess")
+        c.sock.close()
+        # A message sent after it on another connection is stored; the half one never is.
+        c2 = Conversation(lab, server.port)
+        c2.cmd("EHLO x")
+        c2.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+        c2.cmd("MAIL FROM:<ana@447.edu>")
+        c2.cmd("RCPT TO:<ana@447.edu>")
+        c2.cmd("DATA")
+        assert c2.cmd("Subject: whole\r\n\r\nall of it\r\n.").startswith("250 ")
+        c2.close()
+        assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["whole"]
+        assert "state=data stored=no" in server.log_text(), server.log_text()
+
+
+@test
+def silent_clients_time_out(lab):
+    settings = {"sender.timeout.handshake": 1, "sender.timeout.command": 1}
+    with Server(lab, "senderserver", settings) as server:
+        # A client that never starts TLS.
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        assert raw.recv(100) == b""  # closed by the server, no hang
+        raw.close()
+        # A client that completes TLS, then says nothing.
+        c = Conversation(lab, server.port)
+        assert c.reply()[0].startswith("421 4.4.2")
+        assert c.closed()
+        log = server.log_text()
+        assert "reason=handshake-timeout" in log and "event=timeout" in log
+
+
+@test
+def limits_are_configurable_and_enforced(lab):
+    settings = {"smtp.maxMessageSize": 2000, "smtp.maxRecipients": 2, "smtp.maxLineLength": 100,
+                "smtp.maxAuthFailures": 2}
+    with Server(lab, "senderserver", settings) as server:
+        ana = register(lab, server.port, "ana")
+        for name in ("bob", "carol", "dave"):
+            register(lab, server.port, name)
+        c = Conversation(lab, server.port)
+        c.send("EHLO x\r\n")
+        assert "250-SIZE 2000" in c.reply()
+        c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+        assert c.cmd("MAIL FROM:<ana@447.edu> SIZE=2001").startswith("552 5.3.4")
+        c.cmd("MAIL FROM:<ana@447.edu>")
+        assert c.cmd("RCPT TO:<bob@447.edu>").startswith("250")
+        assert c.cmd("RCPT TO:<carol@447.edu>").startswith("250")
+        assert c.cmd("RCPT TO:<dave@447.edu>").startswith("452 4.5.3")
+        assert c.cmd("DATA").startswith("354")
+        c.send(("x" * 50 + "\r\n") * 50)
+        assert c.cmd(".").startswith("552 5.3.4")
+        assert c.cmd("NOOP" + " " * 200).startswith("500 5.5.6")
+        c.close()
+        assert messages(server.db, "bob@447.edu") == []
+        # AUTH failures: the connection is closed after maxAuthFailures.
+        c = Conversation(lab, server.port)
+        c.cmd("EHLO x")
+        assert c.cmd("AUTH PLAIN " + plain("ana@447.edu", "00000447")).startswith("535 5.7.8")
+        assert c.cmd("AUTH PLAIN " + plain("ana@447.edu", "00001447")).startswith("421 4.7.0")
+        assert c.closed()
+
+
+@test
+def accounts_lock_after_failures_across_connections(lab):
+    settings = {"auth.lockAfterFailures": 3, "auth.lockSeconds": 600}
+    with Server(lab, "senderserver", settings) as server:
+        ana = register(lab, server.port, "ana")
+        for attempt in range(3):
+            c = Conversation(lab, server.port)
+            c.cmd("EHLO x")
+            reply = c.cmd("AUTH PLAIN " + plain("ana@447.edu", f"9999{attempt}447"))
+            c.close()
+        assert reply.startswith("454 4.7.0"), reply
+        c = Conversation(lab, server.port)
+        c.cmd("EHLO x")
+        assert c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana)).startswith("454 4.7.0")
+        c.close()
+
+
+@test
+def too_many_connections_get_421(lab):
+    with Server(lab, "senderserver", {"sender.maxConnections": 2}) as server:
+        held = [Conversation(lab, server.port) for _ in range(2)]
+        third = Conversation(lab, server.port)
+        assert third.banner[0].startswith("421 4.3.2"), third.banner
+        for c in held:
+            c.cmd("QUIT")
+            c.close()
+
+
+@test
+def a_250_survives_kill_9(lab):
+    server = Server(lab, "senderserver")
+    ana = register(lab, server.port, "ana")
+    c = Conversation(lab, server.port)
+    c.cmd("EHLO x")
+    c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+    c.cmd("MAIL FROM:<ana@447.edu>")
+    c.cmd("RCPT TO:<ana@447.edu>")
+    c.cmd("DATA")
+    assert c.cmd("Subject: durable\r\n\r\nkeep me\r\n.").startswith("250 2.0.0")
+    server.stop(signal.SIGKILL)
+    assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["durable"]
+
+
+@test
+def keylog_written_only_when_asked_and_private(lab):
+    keylog = lab.path("server-keys.log")
+    client_keylog = lab.path("client-keys.log")
+    env = dict(os.environ)
+    env.pop("SSLKEYLOGFILE", None)
+    with Server(lab, "senderserver", args=[f"--keylog={keylog}"], env=env) as server:
+        register(lab, server.port, "ana")
+        out = run_client(lab, server.port, ["--user", "bob", "--keylog", client_keylog])
+        assert out.returncode == 0
+    for path in (keylog, client_keylog):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600, oct(mode)
+        text = open(path).read()
+        assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in text and "SERVER_TRAFFIC_SECRET_0" in text
+    # Without --keylog or SSLKEYLOGFILE nothing is written anywhere.
+    with Server(lab, "senderserver", env=env) as server:
+        register(lab, server.port, "carol")
+        assert "event=keylog" not in server.log_text()
+
+
+@test
+def verbose_log_shows_the_conversation_but_no_secrets(lab):
+    with Server(lab, "senderserver", args=["--verbose"]) as server:
+        ana = register(lab, server.port, "ana")
+        out = run_client(lab, server.port, ["--user", "ana", "--password", ana, "--to", "ana",
+                                            "--subject", "v", "--verbose"])
+        assert out.returncode == 0
+        assert "TLSv1.3" in out.stderr and "C: MAIL FROM:<ana@447.edu>" in out.stderr
+        log = server.log_text()
+        assert "C: EHLO" in log and "S: 250 2.0.0 Ok: queued as" in log
+        assert ana not in log
+        assert plain("ana@447.edu", ana) not in log
+        assert ana not in out.stderr
+
+
+@test
+def interactive_client_from_a_pipe(lab):
+    with Server(lab, "senderserver") as server:
+        register(lab, server.port, "bob")
+        steps = "\n".join(["helo", "lab-pc", "auth", "ana", "", "mail from", "", "rcpt to", "bob",
+                           "data", "Piped subject", "line one", ".", "quit"]) + "\n"
+        out = run_client(lab, server.port, [], input=steps)
+        assert out.returncode == 0, out.stderr
+        assert "S: 235 2.7.0 Authentication successful; registered ana@447.edu" in out.stdout
+        assert "S: 250 2.0.0 Ok: queued as" in out.stdout
+        assert "S: 221 2.0.0" in out.stdout
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["Piped subject"]
+        # End of input (Ctrl-D) in the middle quits cleanly.
+        out = run_client(lab, server.port, [], input="helo\n")
+        assert out.returncode == 0 and "Bye." in out.stdout

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Runs every test: the Catch2 unit tests (counted per test case from their JUnit report) and the
+end-to-end tests in tests/e2e. Ends with the line `N passed, N failed` and a non-zero exit on failure."""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "e2e"))
+
+import harness  # noqa: E402
+import test_sender  # noqa: E402,F401  (registers tests)
+
+
+def run_unit(build):
+    report = tempfile.mktemp(suffix=".xml")
+    exe = os.path.join(build, "bin", "unit-tests")
+    proc = subprocess.run([exe, "-r", "junit", "-o", report])
+    passed = failed = 0
+    try:
+        root = ET.parse(report).getroot()
+        for case in root.iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed += 1
+                print(f"FAIL unit: {case.get('name')}")
+                for node in list(case):
+                    print(node.text or "")
+            else:
+                passed += 1
+        os.unlink(report)
+    except (ET.ParseError, FileNotFoundError):
+        print(f"FAIL unit: no report (exit {proc.returncode})")
+        failed += 1
+    if proc.returncode != 0 and failed == 0:
+        print(f"FAIL unit: exit code {proc.returncode}")
+        failed += 1
+    print(f"unit tests: {passed} passed, {failed} failed", flush=True)
+    return passed, failed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--build", default="build")
+    parser.add_argument("--only", nargs="*", help="run only e2e tests whose names contain these")
+    parser.add_argument("--no-unit", action="store_true")
+    args = parser.parse_args()
+    os.chdir(os.path.dirname(HERE))
+
+    passed = failed = 0
+    if not args.no_unit:
+        p, f = run_unit(args.build)
+        passed += p
+        failed += f
+    lab = harness.Lab(args.build)
+    try:
+        p, f = harness.run(lab, args.only)
+    finally:
+        lab.cleanup()
+    print(f"end-to-end tests: {p} passed, {f} failed")
+    passed += p
+    failed += f
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
