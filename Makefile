@@ -39,7 +39,8 @@ TESTS := $(BIN)/unit-tests
 .PHONY: all
 all: $(PROGRAMS) $(TESTS)
 
-$(OBJ)/%.o: %.cpp
+# Every compile waits for the Debian packages (order-only: checked once per build directory).
+$(OBJ)/%.o: %.cpp | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
@@ -84,6 +85,10 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 DEB_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev \
                 openssl curl python3 ca-certificates
 
+$(BUILD)/.deps-ok:
+	@$(MAKE) deps
+	@mkdir -p $(dir $@) && touch $@
+
 .PHONY: deps
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -112,7 +117,7 @@ senderclient: $(BIN)/senderclient
 .PHONY: demo
 demo: deps
 	@$(MAKE) all
-	@bash tests/demo.sh
+	@bash tests/demo.sh $(BUILD)
 
 # ---- tests ---------------------------------------------------------------------------------
 .PHONY: test test-asan
@@ -122,7 +127,7 @@ test: deps
 
 test-asan: deps
 	@$(MAKE) SANITIZE=1 all
-	@ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
 
 .PHONY: clean
 clean:

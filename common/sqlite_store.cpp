@@ -130,13 +130,16 @@ MessageSummary readSummary(const Statement& s) {
 class SqliteStore final : public Store {
 public:
     explicit SqliteStore(const SqliteOptions& options) : options_(options) {
-        Connection c(*this);
-        migrate(c.db);
+        try {
+            Connection c(*this);
+            migrate(c.db);
+        } catch (...) {
+            closeAll();  // the destructor does not run when the constructor throws
+            throw;
+        }
     }
 
-    ~SqliteStore() override {
-        for (sqlite3* db : idle_) sqlite3_close(db);
-    }
+    ~SqliteStore() override { closeAll(); }
 
     std::optional<Account> findAccount(const std::string& email) override {
         Connection c(*this);
@@ -230,6 +233,11 @@ private:
         SqliteStore& store;
         sqlite3* db;
     };
+
+    void closeAll() {
+        for (sqlite3* db : idle_) sqlite3_close(db);
+        idle_.clear();
+    }
 
     sqlite3* acquire() {
         {

@@ -148,7 +148,7 @@ private:
     SmtpClient::Trace trace() {
         if (!verbose_) return nullptr;
         return [](const std::string& direction, const std::string& text) {
-            std::cerr << direction << ": " << text << "\n";
+            std::cerr << direction << (direction == "*" ? " " : ": ") << text << "\n";
         };
     }
 

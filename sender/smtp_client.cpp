@@ -9,7 +9,6 @@
 #include <Poco/Net/SocketAddress.h>
 
 #include <cctype>
-#include <regex>
 #include <stdexcept>
 
 namespace maillab::smtp {
@@ -42,11 +41,13 @@ std::string plainCredentials(const std::string& user, const std::string& passwor
 }
 
 std::string registeredPassword(const ServerReply& reply) {
-    static const std::regex pattern("password: ([0-9]{8})");
-    std::smatch match;
+    if (reply.code != 235) return "";
     std::string text = reply.text();
-    if (reply.code == 235 && std::regex_search(text, match, pattern)) return match[1];
-    return "";
+    size_t at = text.find("password: ");
+    if (at == std::string::npos) return "";
+    std::string digits = text.substr(at + 10, 8);
+    if (digits.size() != 8 || digits.find_first_not_of("0123456789") != std::string::npos) return "";
+    return digits;
 }
 
 ServerReply SmtpClient::connect(const std::string& host, int port, const std::string& serverName,

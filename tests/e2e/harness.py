@@ -97,6 +97,14 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+        self.check_sanitizers()
+
+    def check_sanitizers(self):
+        """Under `make test-asan`, a sanitizer report in the server's log fails the test."""
+        text = self.log_text() if not self.log.closed else open(self.log_path).read()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in text:
+                raise AssertionError(f"sanitizer report in {self.log_path}:\n{text[text.index(marker) - 200:][:4000]}")
 
 
 def tls_connect(lab, port, timeout=10):
