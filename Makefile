@@ -29,11 +29,12 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
 
 COMMON_SRC := $(wildcard common/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp
+RETRIEVER_LIB_SRC := retriever/mail_api.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
 
-PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/maillab-certs
+PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/retrieverserver $(BIN)/retrieverclient $(BIN)/maillab-certs
 TESTS := $(BIN)/unit-tests
 
 .PHONY: all
@@ -45,18 +46,21 @@ $(OBJ)/%.o: %.cpp | $(BUILD)/.deps-ok
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 # A program's .properties file is compiled in as its defaults (see common/app_support.h).
-$(OBJ)/gen/%_properties.cpp: sender/%.properties
-	@mkdir -p $(dir $@)
-	@{ echo '// Generated from $< by the Makefile.'; \
-	   echo 'extern const char* const k$(call pascal,$*)Properties;'; \
-	   echo 'const char* const k$(call pascal,$*)Properties = R"MAILLAB_PROPS('; \
-	   cat $<; echo ')MAILLAB_PROPS";'; } > $@
-pascal = $(if $(filter senderserver,$(1)),SenderServer,$(if $(filter retrieverserver,$(1)),RetrieverServer,$(1)))
+define embed_properties
+$(OBJ)/gen/$(1)_properties.cpp: $(2)/$(1).properties
+	@mkdir -p $$(dir $$@)
+	@{ echo '// Generated from $$< by the Makefile.'; \
+	   echo 'extern const char* const k$(3)Properties;'; \
+	   echo 'const char* const k$(3)Properties = R"MAILLAB_PROPS('; \
+	   cat $$<; echo ')MAILLAB_PROPS";'; } > $$@
+endef
+$(eval $(call embed_properties,senderserver,sender,SenderServer))
+$(eval $(call embed_properties,retrieverserver,retriever,RetrieverServer))
 
 $(OBJ)/gen/%_properties.o: $(OBJ)/gen/%_properties.cpp
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/libmaillab.a: $(call obj,$(COMMON_SRC) $(SENDER_LIB_SRC))
+$(BUILD)/libmaillab.a: $(call obj,$(COMMON_SRC) $(SENDER_LIB_SRC) $(RETRIEVER_LIB_SRC))
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
@@ -65,6 +69,14 @@ $(BIN)/senderserver: $(call obj,sender/server.cpp) $(OBJ)/gen/senderserver_prope
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BIN)/senderclient: $(call obj,sender/client.cpp) $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
+
+$(BIN)/retrieverserver: $(call obj,retriever/server.cpp) $(OBJ)/gen/retrieverserver_properties.o $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/retrieverclient: $(call obj,retriever/client.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
 
@@ -103,16 +115,35 @@ certs: $(BIN)/maillab-certs
 	@$(BIN)/maillab-certs certs
 
 # ---- the lab -------------------------------------------------------------------------------
-PORT ?= 9000
 HOST ?= localhost
+# PORT given on the command line or in the environment is used by every target; otherwise the
+# sender's default is 9000 and the retriever's 9100.
+ifeq ($(origin PORT),undefined)
+PORT := 9000
+RPORT := 9100
+else
+RPORT := $(PORT)
+endif
 
-.PHONY: senderserver senderclient
+.PHONY: senderserver senderclient retrieverserver retrieverclient receiverserver receiverclient
 senderserver: $(BIN)/senderserver
 	@mkdir -p users
 	$(BIN)/senderserver --port=$(PORT) $(ARGS)
 
 senderclient: $(BIN)/senderclient
 	$(BIN)/senderclient --host $(HOST) --port $(PORT) $(ARGS)
+
+# The retriever's default port is 9100; PORT= overrides it as for the sender.
+retrieverserver: $(BIN)/retrieverserver
+	@mkdir -p users
+	$(BIN)/retrieverserver --port=$(RPORT) $(ARGS)
+
+retrieverclient: $(BIN)/retrieverclient
+	$(BIN)/retrieverclient --host $(HOST) --port $(RPORT) $(ARGS)
+
+# The older spellings from earlier versions of the lab.
+receiverserver: retrieverserver
+receiverclient: retrieverclient
 
 .PHONY: demo
 demo: deps
@@ -136,4 +167,5 @@ clean:
 .PHONY: help
 help:
 	@echo "make deps | all | certs | demo | test | test-asan"
-	@echo "make senderserver PORT=9000    make senderclient PORT=9000 [HOST=localhost]"
+	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
+	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"

@@ -1,7 +1,10 @@
 // Helpers shared by the lab's Poco applications.
 #include "app_support.h"
 
+#include "certs.h"
+
 #include <Poco/AutoPtr.h>
+#include <Poco/Util/Option.h>
 #include <Poco/Util/PropertyFileConfiguration.h>
 
 #include <sstream>
@@ -12,6 +15,75 @@ void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* p
     std::istringstream in(propertiesText);
     Poco::AutoPtr<Poco::Util::PropertyFileConfiguration> defaults = new Poco::Util::PropertyFileConfiguration(in);
     config.add(defaults, 1000, false);  // lowest priority: everything else overrides it
+}
+
+void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix) {
+    auto add = [&](const char* name, const char* shortName, const char* description, const char* argument,
+                   const std::string& property) {
+        Poco::Util::Option option(name, shortName, description);
+        option.required(false).repeatable(false);
+        if (argument) option.argument(argument);
+        if (!property.empty()) option.binding(property);
+        options.addOption(option);
+    };
+    add("help", "h", "print this help and exit", nullptr, "");
+    add("port", "p", "TCP port to listen on (0 = any free port, printed on the ready line)", "PORT", prefix + ".port");
+    add("bind", "b", "address to listen on (default 127.0.0.1)", "ADDR", prefix + ".bind");
+    add("db", "", "SQLite database of accounts and mail (default users/maillab.db)", "FILE", "store.path");
+    add("certs", "", "directory with ca.pem, server.pem, server.key (created if missing)", "DIR", "");
+    add("cert", "", "server certificate chain, PEM (default certs/server.pem)", "FILE", "tls.cert");
+    add("key", "", "server private key, PEM (default certs/server.key)", "FILE", "tls.key");
+    add("ca", "", "lab CA certificate, PEM (default certs/ca.pem)", "FILE", "tls.ca");
+    add("domain", "", "the lab's mail domain (default 447.edu)", "DOMAIN", prefix + ".domain");
+    add("keylog", "", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE", "tls.keylog");
+    add("config", "c", "load settings from a .properties file", "FILE", "maillab.configFile");
+    add("verbose", "v", "log every exchange with its connection id", nullptr, "");
+}
+
+bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::string& prefix, const std::string& name,
+                       const std::string& value) {
+    if (name == "verbose") config.setBool(prefix + ".verbose", true);
+    if (name == "certs") {
+        config.setString("tls.ca", value + "/ca.pem");
+        config.setString("tls.cert", value + "/server.pem");
+        config.setString("tls.key", value + "/server.key");
+    }
+    return name == "help";
+}
+
+SqliteOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
+    SqliteOptions options;
+    options.path = config.getString("store.path");
+    options.busyTimeoutMs = config.getInt("store.busyTimeoutMs");
+    options.synchronous = config.getString("store.synchronous");
+    return options;
+}
+
+TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
+    TlsOptions tls;
+    tls.certFile = config.getString("tls.cert");
+    tls.keyFile = config.getString("tls.key");
+    tls.caFile = config.getString("tls.ca");
+    tls.keyLogFile = config.getString("tls.keylog");
+    return tls;
+}
+
+AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey) {
+    AuthPolicy policy;
+    policy.labDomain = config.getString(domainKey);
+    policy.registrationEnabled = config.getBool("auth.registration", false);
+    policy.lockAfterFailures = config.getInt("auth.lockAfterFailures");
+    policy.lockSeconds = config.getInt64("auth.lockSeconds");
+    policy.cacheTtlSeconds = config.getInt64("auth.cacheTtlSeconds");
+    policy.scrypt = ScryptParams{config.getUInt64("auth.scrypt.n"), config.getUInt64("auth.scrypt.r"),
+                                 config.getUInt64("auth.scrypt.p")};
+    return policy;
+}
+
+bool ensureServerCertificates(const TlsOptions& tls) {
+    size_t slash = tls.caFile.rfind('/');
+    std::string caDir = slash == std::string::npos ? "." : tls.caFile.substr(0, slash);
+    return ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile});
 }
 
 std::string logValue(const std::string& value) {

@@ -1,7 +1,13 @@
 // What the lab's programs share around Poco::Util: the built-in defaults (each program's .properties
-// file, compiled in so the binary works from any directory), ready lines, and key=value formatting.
+// file, compiled in so the binary works from any directory), the servers' common options, reading
+// the shared settings (store, TLS, authentication), and key=value log formatting.
 #pragma once
+#include "auth.h"
+#include "store.h"
+#include "tls.h"
+
 #include <Poco/Util/LayeredConfiguration.h>
+#include <Poco/Util/OptionSet.h>
 
 #include <string>
 
@@ -9,6 +15,18 @@ namespace maillab {
 
 // Adds the compiled-in defaults at the lowest priority, so a --config file and options override them.
 void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText);
+
+// The options both servers take; `prefix` is "sender" or "retriever" (--port binds <prefix>.port).
+void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix);
+// Handles the options that set more than one key (--certs, --verbose). Returns true for --help.
+bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::string& prefix, const std::string& name,
+                       const std::string& value);
+
+SqliteOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
+TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);
+AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
+// Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
+bool ensureServerCertificates(const TlsOptions& tls);
 
 // Quotes a log value when it contains spaces or quotes: key="two words".
 std::string logValue(const std::string& value);

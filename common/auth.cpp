@@ -90,13 +90,13 @@ AuthResult Authenticator::fail(const Account& account, int64_t now) {
     return result;
 }
 
-AuthResult Authenticator::authenticate(const std::string& user, const std::string& password) {
+AuthResult Authenticator::authenticate(const std::string& user, const std::string& password, bool mayRegister) {
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
     std::optional<Account> account = store_.findAccount(email);
 
     if (!account) {
-        if (password.empty() && policy_.registrationEnabled && isLabAddress(email)) {
+        if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email)) {
             std::string newPassword = generateLabPassword();
             if (store_.createAccount(email, hashPassword(newPassword, policy_.scrypt), now)) {
                 if (auto stored = store_.findAccount(email)) remember(*stored, newPassword, now);

@@ -42,9 +42,9 @@ public:
     using Clock = std::function<int64_t()>;  // Unix seconds; injectable for tests
     Authenticator(Store& store, AuthPolicy policy, Clock clock = nullptr);
 
-    // Registration (see docs/protocol.md): an address of the lab domain with no account and an
-    // EMPTY password registers. A non-empty password never creates an account.
-    AuthResult authenticate(const std::string& user, const std::string& password);
+    // Registration (see docs/protocol.md): with mayRegister, an address of the lab domain with no
+    // account and an EMPTY password registers. A non-empty password never creates an account.
+    AuthResult authenticate(const std::string& user, const std::string& password, bool mayRegister = true);
 
     const AuthPolicy& policy() const { return policy_; }
     bool isLabAddress(const std::string& address) const;

@@ -5,7 +5,6 @@
 
 #include "../common/app_support.h"
 #include "../common/auth.h"
-#include "../common/certs.h"
 #include "../common/linereader.h"
 #include "../common/store.h"
 #include "../common/tls.h"
@@ -207,32 +206,15 @@ protected:
 
     void defineOptions(OptionSet& options) override {
         ServerApplication::defineOptions(options);
-        auto add = [&](const char* name, const char* shortName, const char* description, const char* argument,
-                       const char* property) {
-            Option option(name, shortName, description);
-            option.required(false).repeatable(false);
-            if (argument) option.argument(argument);
-            if (property) option.binding(property);
-            options.addOption(option);
-        };
-        add("help", "h", "print this help and exit", nullptr, nullptr);
-        add("port", "p", "TCP port to listen on (0 = any free port)", "PORT", "sender.port");
-        add("bind", "b", "address to listen on (default 127.0.0.1)", "ADDR", "sender.bind");
-        add("db", "", "SQLite database of accounts and mail (default users/maillab.db)", "FILE", "store.path");
-        add("cert", "", "server certificate chain, PEM (default certs/server.pem)", "FILE", "tls.cert");
-        add("key", "", "server private key, PEM (default certs/server.key)", "FILE", "tls.key");
-        add("ca", "", "lab CA certificate, PEM (default certs/ca.pem)", "FILE", "tls.ca");
-        add("certs", "", "directory with ca.pem, server.pem, server.key (created if missing)", "DIR", nullptr);
-        add("domain", "", "the lab's mail domain (default 447.edu)", "DOMAIN", "sender.domain");
-        add("hostname", "", "our name in the banner and Received header", "NAME", "sender.hostname");
-        add("keylog", "", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE", "tls.keylog");
-        add("config", "c", "load settings from a .properties file", "FILE", "maillab.configFile");
-        add("verbose", "v", "print every C:/S: line with its connection id", nullptr, nullptr);
+        addServerOptions(options, "sender");
+        Option hostname("hostname", "", "our name in the banner and Received header");
+        hostname.required(false).repeatable(false).argument("NAME").binding("sender.hostname");
+        options.addOption(hostname);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         ServerApplication::handleOption(name, value);
-        if (name == "help") {
+        if (applyServerOption(config(), "sender", name, value)) {
             Poco::Util::HelpFormatter help(options());
             help.setCommand(commandName());
             help.setUsage("[options]");
@@ -241,12 +223,6 @@ protected:
             help.format(std::cout);
             stopOptionsProcessing();
             helpRequested_ = true;
-        } else if (name == "verbose") {
-            config().setBool("sender.verbose", true);
-        } else if (name == "certs") {
-            config().setString("tls.ca", value + "/ca.pem");
-            config().setString("tls.cert", value + "/server.pem");
-            config().setString("tls.key", value + "/server.key");
         }
     }
 
@@ -271,28 +247,11 @@ protected:
         ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
 
-        AuthPolicy policy;
-        policy.labDomain = cfg.getString("sender.domain");
-        policy.registrationEnabled = cfg.getBool("auth.registration");
-        policy.lockAfterFailures = cfg.getInt("auth.lockAfterFailures");
-        policy.lockSeconds = cfg.getInt64("auth.lockSeconds");
-        policy.cacheTtlSeconds = cfg.getInt64("auth.cacheTtlSeconds");
-        policy.scrypt = ScryptParams{cfg.getUInt64("auth.scrypt.n"), cfg.getUInt64("auth.scrypt.r"),
-                                     cfg.getUInt64("auth.scrypt.p")};
-
-        SqliteOptions storeOptions;
-        storeOptions.path = cfg.getString("store.path");
-        storeOptions.busyTimeoutMs = cfg.getInt("store.busyTimeoutMs");
-        storeOptions.synchronous = cfg.getString("store.synchronous");
-
-        TlsOptions tls;
-        tls.certFile = cfg.getString("tls.cert");
-        tls.keyFile = cfg.getString("tls.key");
-        tls.caFile = cfg.getString("tls.ca");
-        tls.keyLogFile = cfg.getString("tls.keylog");
+        AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
+        SqliteOptions storeOptions = storeOptionsFrom(cfg);
+        TlsOptions tls = tlsOptionsFrom(cfg);
         try {
-            std::string caDir = tls.caFile.find('/') == std::string::npos ? "." : tls.caFile.substr(0, tls.caFile.rfind('/'));
-            if (ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile}))
+            if (ensureServerCertificates(tls))
                 logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
             ctx.store = openSqliteStore(storeOptions);
         } catch (const std::exception& e) {

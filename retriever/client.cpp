@@ -1,0 +1,380 @@
+// retrieverclient: reads a user's mail from the retriever over HTTPS (TLS 1.3, certificate and host
+// name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]).
+#include "../common/tls.h"
+#include "../sender/smtp_syntax.h"
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/HTTPBasicCredentials.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/SocketStream.h>
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/StreamCopier.h>
+#include <Poco/Util/Application.h>
+#include <Poco/Util/HelpFormatter.h>
+#include <Poco/Util/Option.h>
+#include <Poco/Util/OptionSet.h>
+
+#include <editline/readline.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <iomanip>
+#include <iostream>
+#include <memory>
+
+namespace maillab {
+namespace {
+
+enum ExitCode { kOk = 0, kRefused = 1, kUsage = 2, kConnection = 3 };
+
+struct HttpResult {
+    int status = 0;
+    std::string reason, contentType, body;
+};
+
+// One HTTPS connection to the retriever, opened again when the server has closed an idle keep-alive.
+// HTTP/1.1 is written and read with Poco's HTTPRequest/HTTPResponse over a SocketStream, because
+// Poco 1.11's HTTPSClientSession cannot check a certificate name other than the host it dials
+// (--servername) and cannot adopt an already connected socket.
+class RetrieverConnection {
+public:
+    RetrieverConnection(std::string host, int port, std::string serverName, Poco::Net::Context::Ptr context,
+                        int timeoutSeconds, bool verbose)
+        : host_(std::move(host)), port_(port), serverName_(std::move(serverName)), context_(std::move(context)),
+          timeout_(timeoutSeconds), verbose_(verbose) {}
+
+    HttpResult get(const std::string& path, const std::string& user, const std::string& password) {
+        bool reused = socket_ != nullptr;
+        try {
+            return attempt(path, user, password);
+        } catch (const Poco::Exception&) {
+            close();
+            if (!reused) throw;
+            return attempt(path, user, password);  // the server closed a kept-alive connection: one fresh try
+        }
+    }
+
+    ~RetrieverConnection() { close(); }
+
+private:
+    void open() {
+        Poco::Net::StreamSocket plain;
+        plain.connect(Poco::Net::SocketAddress(host_, static_cast<Poco::UInt16>(port_)), Poco::Timespan(timeout_, 0));
+        plain.setNoDelay(true);
+        socket_ = std::make_unique<Poco::Net::SecureStreamSocket>(
+            Poco::Net::SecureStreamSocket::attach(plain, serverName_, context_));
+        socket_->setReceiveTimeout(Poco::Timespan(timeout_, 0));
+        socket_->setSendTimeout(Poco::Timespan(timeout_, 0));
+        socket_->completeHandshake();  // VERIFY_STRICT: chain and host name
+        if (verbose_) std::cerr << "* TLS " << lastHandshakeOnThisThread() << "\n";
+        stream_ = std::make_unique<Poco::Net::SocketStream>(*socket_);
+    }
+
+    void close() {
+        stream_.reset();
+        if (socket_) {
+            try {
+                socket_->shutdown();
+                socket_->close();
+            } catch (const Poco::Exception&) {
+            }
+        }
+        socket_.reset();
+    }
+
+    HttpResult attempt(const std::string& path, const std::string& user, const std::string& password) {
+        if (!socket_) open();
+        Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, path, Poco::Net::HTTPMessage::HTTP_1_1);
+        request.setHost(serverName_, static_cast<Poco::UInt16>(port_));
+        request.setKeepAlive(true);
+        request.set("User-Agent", "maillab-retrieverclient");
+        request.set("Accept", "application/json");
+        Poco::Net::HTTPBasicCredentials(user, password).authenticate(request);
+        if (verbose_) {
+            std::cerr << "C: GET " << path << " HTTP/1.1\n";
+            for (const auto& [name, value] : request)
+                std::cerr << "C: " << name << ": " << (name == "Authorization" ? "Basic <redacted>" : value) << "\n";
+        }
+        request.write(*stream_);
+        stream_->flush();
+        Poco::Net::HTTPResponse response;
+        response.read(*stream_);  // throws on a closed connection or a malformed status line
+        HttpResult result;
+        result.status = response.getStatus();
+        result.reason = response.getReason();
+        result.contentType = response.getContentType();
+        if (response.hasContentLength()) {
+            result.body.resize(static_cast<size_t>(response.getContentLength64()));
+            stream_->read(result.body.data(), static_cast<std::streamsize>(result.body.size()));
+            if (static_cast<size_t>(stream_->gcount()) != result.body.size())
+                throw Poco::Net::MessageException("response body shorter than its Content-Length");
+        } else {
+            Poco::StreamCopier::copyToString(*stream_, result.body);  // until the server closes
+            response.setKeepAlive(false);
+        }
+        if (verbose_) {
+            std::cerr << "S: HTTP/1.1 " << result.status << " " << result.reason << "\n";
+            for (const auto& [name, value] : response) std::cerr << "S: " << name << ": " << value << "\n";
+        }
+        if (!response.getKeepAlive()) close();
+        return result;
+    }
+
+    std::string host_;
+    int port_;
+    std::string serverName_;
+    Poco::Net::Context::Ptr context_;
+    int timeout_;
+    bool verbose_;
+    std::unique_ptr<Poco::Net::SecureStreamSocket> socket_;
+    std::unique_ptr<Poco::Net::SocketStream> stream_;
+};
+
+std::string errorMessage(const HttpResult& r) {
+    try {
+        auto object = Poco::JSON::Parser().parse(r.body).extract<Poco::JSON::Object::Ptr>();
+        return object->getObject("error")->getValue<std::string>("message");
+    } catch (const Poco::Exception&) {
+        return r.reason;
+    }
+}
+
+void printList(const std::string& json, std::ostream& out) {
+    auto object = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
+    auto messages = object->getArray("messages");
+    int64_t total = object->getValue<int64_t>("total");
+    out << "Mailbox " << object->getValue<std::string>("mailbox") << ": " << total
+        << (total == 1 ? " message" : " messages") << "\n";
+    if (messages->size() == 0) return;
+    out << std::left << std::setw(6) << "  id" << std::setw(33) << "date" << std::setw(26) << "from"
+        << "subject\n";
+    for (size_t i = 0; i < messages->size(); ++i) {
+        auto m = messages->getObject(static_cast<unsigned>(i));
+        std::string from = m->getValue<std::string>("from");
+        if (from.size() > 24) from = from.substr(0, 23) + "…";
+        out << "  " << std::setw(4) << m->getValue<int64_t>("id") << std::setw(33) << m->getValue<std::string>("date")
+            << std::setw(26) << from << m->getValue<std::string>("subject") << "\n";
+    }
+    if (!object->isNull("next")) out << "  (more: " << object->getValue<std::string>("next") << ")\n";
+}
+
+void printMessage(const std::string& json, std::ostream& out) {
+    auto m = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
+    out << "Message " << m->getValue<int64_t>("id") << " (" << m->getValue<int64_t>("size") << " octets)\n";
+    auto headers = m->getArray("headers");
+    for (size_t i = 0; i < headers->size(); ++i) {
+        auto h = headers->getObject(static_cast<unsigned>(i));
+        std::string name = smtp::lowerCase(h->getValue<std::string>("name"));
+        if (name == "from" || name == "to" || name == "subject" || name == "date")
+            out << h->getValue<std::string>("name") << ": " << h->getValue<std::string>("value") << "\n";
+    }
+    out << "\n" << m->getValue<std::string>("body");
+    std::string body = m->getValue<std::string>("body");
+    if (!body.empty() && body.back() != '\n') out << "\n";
+}
+
+class RetrieverClient : public Poco::Util::Application {
+protected:
+    void defineOptions(Poco::Util::OptionSet& options) override {
+        Application::defineOptions(options);
+        auto add = [&](const char* name, const char* description, const char* argument) {
+            Poco::Util::Option option(name, "", description);
+            option.required(false).repeatable(false);
+            if (argument) option.argument(argument).binding(std::string("client.") + name);
+            options.addOption(option);
+        };
+        add("help", "print this help and exit", nullptr);
+        add("host", "server to connect to (default localhost)", "HOST");
+        add("port", "server port (default 9100)", "PORT");
+        add("servername", "name the certificate must carry (default: --host)", "NAME");
+        add("ca", "CA certificate to trust (default certs/ca.pem)", "FILE");
+        add("domain", "domain added to a bare user name (default 447.edu)", "DOMAIN");
+        add("user", "read this account's mailbox", "EMAIL");
+        add("password", "the account's password", "PASSWORD");
+        add("id", "show one message", "N");
+        add("offset", "skip this many of the newest messages in the list", "N");
+        add("limit", "list at most N messages", "N");
+        add("json", "print the server's JSON as is", nullptr);
+        add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
+        add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
+        add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
+        add("verbose", "print HTTP headers and the negotiated TLS parameters", nullptr);
+    }
+
+    void handleOption(const std::string& name, const std::string& value) override {
+        Application::handleOption(name, value);
+        if (name == "help") {
+            Poco::Util::HelpFormatter help(options());
+            help.setCommand(commandName());
+            help.setUsage("[options]");
+            help.setHeader("The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.");
+            help.format(std::cout);
+            stopOptionsProcessing();
+            helpRequested_ = true;
+        } else if (name == "verbose" || name == "json" || name == "raw") {
+            config().setBool("client." + name, true);
+        }
+    }
+
+    int main(const std::vector<std::string>&) override {
+        if (helpRequested_) return kOk;
+        auto& cfg = config();
+        std::string host = cfg.getString("client.host", "localhost");
+        int port = cfg.getInt("client.port", 9100);
+        domain_ = cfg.getString("client.domain", "447.edu");
+        TlsOptions tls;
+        tls.caFile = cfg.getString("client.ca", "certs/ca.pem");
+        tls.keyLogFile = cfg.getString("client.keylog", "");
+        Poco::Net::Context::Ptr context;
+        try {
+            context = makeClientContext(tls);
+            std::string keylog = enableKeyLog(*context, tls.keyLogFile);
+            if (!keylog.empty()) std::cerr << "note: writing TLS secrets to " << keylog << "\n";
+        } catch (const Poco::Exception& e) {
+            std::cerr << "error: cannot load the CA certificate " << tls.caFile << ": " << e.displayText()
+                      << "\n       (run `make certs`, or start a server once, to create it)\n";
+            return kConnection;
+        }
+        connection_ = std::make_unique<RetrieverConnection>(host, port, cfg.getString("client.servername", host), context,
+                                                            cfg.getInt("client.timeout", 30), cfg.getBool("client.verbose", false));
+        try {
+            return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
+        } catch (const Poco::Exception& e) {
+            std::cerr << "error: " << e.displayText() << "\n       (is `make retrieverserver PORT=" << port << "` running?)\n";
+            return kConnection;
+        } catch (const std::exception& e) {
+            std::cerr << "error: " << e.what() << "\n";
+            return kConnection;
+        }
+    }
+
+private:
+    std::string withDomain(std::string name) const {
+        while (!name.empty() && name.back() == ' ') name.pop_back();
+        while (!name.empty() && name.front() == ' ') name.erase(name.begin());
+        if (!name.empty() && name.find('@') == std::string::npos) name += "@" + domain_;
+        return smtp::lowerCase(name);
+    }
+
+    static std::string listPath(const std::string& user, const std::string& query = "") {
+        return "/mailboxes/" + user + "/messages" + query;
+    }
+
+    int runScripted() {
+        auto& cfg = config();
+        std::string user = withDomain(cfg.getString("client.user"));
+        std::string password = cfg.getString("client.password", "");
+        if (!cfg.has("client.password")) {
+            if (!::isatty(STDIN_FILENO)) {
+                std::cerr << "error: --user needs --password\n";
+                return kUsage;
+            }
+            password = askSecret("password for " + user + ": ");
+        }
+        std::string path;
+        bool json = cfg.getBool("client.json", false);
+        if (cfg.has("client.id")) {
+            path = listPath(user, "/" + cfg.getString("client.id"));
+            if (cfg.getBool("client.raw", false)) path += "/raw";
+        } else {
+            std::string query;
+            if (cfg.has("client.offset")) query += "offset=" + cfg.getString("client.offset");
+            if (cfg.has("client.limit")) query += std::string(query.empty() ? "" : "&") + "limit=" + cfg.getString("client.limit");
+            path = listPath(user, query.empty() ? "" : "?" + query);
+        }
+        HttpResult r = connection_->get(path, user, password);
+        if (r.status != 200) {
+            if (json) std::cout << r.body << "\n";
+            std::cerr << "error: " << r.status << " " << r.reason << ": " << errorMessage(r) << "\n";
+            return kRefused;
+        }
+        if (json || cfg.getBool("client.raw", false)) std::cout << r.body << (r.body.empty() || r.body.back() == '\n' ? "" : "\n");
+        else if (cfg.has("client.id")) printMessage(r.body, std::cout);
+        else printList(r.body, std::cout);
+        return kOk;
+    }
+
+    static std::string askSecret(const std::string& prompt) {
+        std::cout << prompt << std::flush;
+        termios old{};
+        bool tty = ::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &old) == 0;
+        if (tty) {
+            termios quiet = old;
+            quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+            ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+        }
+        std::string line;
+        std::getline(std::cin, line);
+        if (tty) {
+            ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
+            std::cout << "\n";
+        }
+        return line;
+    }
+
+    bool readLine(const std::string& prompt, std::string& out) {
+        if (::isatty(STDIN_FILENO)) {
+            char* text = ::readline(prompt.c_str());
+            if (!text) return false;
+            out = text;
+            std::free(text);
+            if (!out.empty()) ::add_history(out.c_str());
+            return true;
+        }
+        return static_cast<bool>(std::getline(std::cin, out));
+    }
+
+    int runInteractive(const std::string& host, int port) {
+        std::cout << "maillab retriever client for https://" << host << ":" << port << "/\n"
+                  << "Commands: GET (read a mailbox), HELP, QUIT. Ctrl-D quits.\n";
+        std::string line;
+        while (readLine("http> ", line)) {
+            std::string word = smtp::lowerCase(line);
+            while (!word.empty() && word.back() == ' ') word.pop_back();
+            if (word.empty()) continue;
+            if (word == "quit" || word == "exit") break;
+            if (word == "help" || word == "?") {
+                std::cout << "GET   asks for your address and password, lists your mail, and opens a message\n"
+                             "QUIT  leaves\n";
+                continue;
+            }
+            if (word != "get") {
+                std::cout << "Unknown command " << line << "; try GET, HELP or QUIT\n";
+                continue;
+            }
+            std::string user;
+            if (!readLine("  email (@" + domain_ + " is added to a bare name): ", user)) break;
+            user = withDomain(user);
+            std::string password = ::isatty(STDIN_FILENO) ? askSecret("  password: ") : "";
+            if (!::isatty(STDIN_FILENO) && !std::getline(std::cin, password)) break;
+            HttpResult r = connection_->get(listPath(user), user, password);
+            std::cout << "HTTP " << r.status << " " << r.reason << "\n";
+            if (r.status != 200) {
+                std::cout << "  " << errorMessage(r) << "\n";
+                continue;
+            }
+            printList(r.body, std::cout);
+            std::string id;
+            while (readLine("  open message id (Enter to go back): ", id) && !id.empty()) {
+                HttpResult m = connection_->get(listPath(user, "/" + id), user, password);
+                if (m.status != 200) std::cout << "HTTP " << m.status << " " << m.reason << ": " << errorMessage(m) << "\n";
+                else printMessage(m.body, std::cout);
+            }
+        }
+        std::cout << "Bye.\n";
+        return kOk;
+    }
+
+    bool helpRequested_ = false;
+    std::string domain_;
+    std::unique_ptr<RetrieverConnection> connection_;
+};
+
+}  // namespace
+}  // namespace maillab
+
+POCO_APP_MAIN(maillab::RetrieverClient)

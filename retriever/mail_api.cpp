@@ -1,0 +1,441 @@
+// The retriever's resources: JSON mailbox listing, one message as JSON or raw RFC 5322, an HTML inbox;
+// HTTP Basic authentication (RFC 7617), conditional GET (RFC 9110 13), and errors as real HTTP.
+#include "mail_api.h"
+
+#include "../common/password.h"
+#include "../sender/smtp_syntax.h"
+
+#include <Poco/DateTimeFormat.h>
+#include <Poco/DateTimeFormatter.h>
+#include <Poco/DateTimeParser.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/Timestamp.h>
+#include <Poco/URI.h>
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <sstream>
+
+namespace maillab::http {
+
+namespace {
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    return s;
+}
+
+const char* reasonCode(int status) {
+    switch (status) {
+        case 400: return "bad_request";
+        case 401: return "unauthorized";
+        case 403: return "forbidden";
+        case 404: return "not_found";
+        case 405: return "method_not_allowed";
+        case 414: return "uri_too_long";
+        case 429: return "too_many_requests";
+        case 431: return "header_fields_too_large";
+        case 500: return "internal_error";
+        case 503: return "service_unavailable";
+    }
+    return "error";
+}
+
+std::string toJson(const Poco::JSON::Object& object) {
+    std::ostringstream out;
+    object.stringify(out);
+    return out.str();
+}
+
+ApiResponse error(int status, const std::string& message) {
+    // One stable shape for every error: {"error": {"status": 404, "code": "not_found", "message": "..."}}
+    Poco::JSON::Object inner;
+    inner.set("status", status);
+    inner.set("code", std::string(reasonCode(status)));
+    inner.set("message", message);
+    Poco::JSON::Object outer;
+    outer.set("error", inner);
+    ApiResponse r;
+    r.status = status;
+    r.body = toJson(outer);
+    r.headers.emplace_back("Content-Type", "application/json; charset=utf-8");
+    r.headers.emplace_back("Cache-Control", "no-store");
+    return r;
+}
+
+struct Header {
+    std::string name, value;
+};
+
+// The header section of a stored message, unfolded, and where the body starts.
+std::vector<Header> parseHeaders(const std::string& raw, size_t& bodyStart) {
+    std::vector<Header> headers;
+    size_t pos = 0;
+    bodyStart = raw.size();
+    while (pos < raw.size()) {
+        size_t eol = raw.find("\r\n", pos);
+        if (eol == std::string::npos) eol = raw.size();
+        std::string line = raw.substr(pos, eol - pos);
+        size_t next = std::min(raw.size(), eol + 2);
+        if (line.empty()) {
+            bodyStart = next;
+            return headers;
+        }
+        if ((line[0] == ' ' || line[0] == '\t') && !headers.empty()) {
+            size_t b = line.find_first_not_of(" \t");
+            headers.back().value += " " + (b == std::string::npos ? "" : line.substr(b));
+        } else {
+            size_t colon = line.find(':');
+            if (colon == std::string::npos) {
+                bodyStart = pos;
+                return headers;
+            }
+            std::string value = line.substr(colon + 1);
+            size_t b = value.find_first_not_of(" \t");
+            headers.push_back({line.substr(0, colon), b == std::string::npos ? "" : value.substr(b)});
+        }
+        pos = next;
+    }
+    return headers;
+}
+
+Poco::JSON::Object summaryJson(const MessageSummary& m) {
+    Poco::JSON::Object o;
+    o.set("id", m.id);
+    o.set("from", validUtf8(m.from));
+    o.set("to", validUtf8(m.to));
+    o.set("subject", validUtf8(m.subject));
+    o.set("date", validUtf8(m.date));
+    o.set("size", m.size);
+    o.set("received_at", httpDate(m.receivedAt));
+    return o;
+}
+
+bool parseNumber(const std::string& text, int64_t& value) {
+    if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return false;
+    value = std::stoll(text);
+    return true;
+}
+
+// RFC 9110 13.1.2 If-None-Match (weak comparison), then 13.1.3 If-Modified-Since.
+bool notModified(const ApiRequest& request, const std::string& etag, int64_t lastModified) {
+    std::string inm = request.header("If-None-Match");
+    if (!inm.empty()) {
+        if (inm == "*") return true;
+        std::istringstream list(inm);
+        for (std::string tag; std::getline(list, tag, ',');) {
+            size_t b = tag.find_first_not_of(" \t");
+            if (b == std::string::npos) continue;
+            tag = tag.substr(b);
+            tag.erase(tag.find_last_not_of(" \t") + 1);
+            if (tag.rfind("W/", 0) == 0) tag = tag.substr(2);
+            if (tag == etag) return true;
+        }
+        return false;  // If-Modified-Since is ignored when If-None-Match is present
+    }
+    std::string ims = request.header("If-Modified-Since");
+    if (!ims.empty() && lastModified > 0) {
+        Poco::DateTime parsed;
+        int tz = 0;
+        if (Poco::DateTimeParser::tryParse(Poco::DateTimeFormat::HTTP_FORMAT, ims, parsed, tz))
+            return lastModified <= parsed.timestamp().epochTime() - tz;
+    }
+    return false;
+}
+
+ApiResponse ok(const std::string& contentType, std::string body, const std::string& etag, int64_t lastModified) {
+    ApiResponse r;
+    r.body = std::move(body);
+    r.headers.emplace_back("Content-Type", contentType);
+    r.headers.emplace_back("ETag", etag);
+    if (lastModified > 0) r.headers.emplace_back("Last-Modified", httpDate(lastModified));
+    // Private: the mail is the user's. no-cache: reuse only after revalidation (the 304 below).
+    r.headers.emplace_back("Cache-Control", "private, no-cache");
+    return r;
+}
+
+ApiResponse conditional(const ApiRequest& request, ApiResponse full, const std::string& etag, int64_t lastModified) {
+    if (!notModified(request, etag, lastModified)) return full;
+    ApiResponse r;
+    r.status = 304;  // RFC 9110 15.4.5: no body, same validators
+    r.headers.emplace_back("ETag", etag);
+    if (lastModified > 0) r.headers.emplace_back("Last-Modified", httpDate(lastModified));
+    r.headers.emplace_back("Cache-Control", "private, no-cache");
+    return r;
+}
+
+const char* const kInboxStyle =
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;width:100%}"
+    "td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}"
+    "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}";
+
+}  // namespace
+
+std::string ApiRequest::header(const std::string& name) const {
+    std::string want = lower(name);
+    for (const auto& [key, value] : headers)
+        if (lower(key) == want) return value;
+    return "";
+}
+
+std::string ApiResponse::header(const std::string& name) const {
+    std::string want = lower(name);
+    for (const auto& [key, value] : headers)
+        if (lower(key) == want) return value;
+    return "";
+}
+
+std::string htmlEscape(const std::string& text) {
+    std::string out;
+    out.reserve(text.size());
+    for (char c : text) {
+        switch (c) {
+            case '&': out += "&amp;"; break;
+            case '<': out += "&lt;"; break;
+            case '>': out += "&gt;"; break;
+            case '"': out += "&quot;"; break;
+            case '\'': out += "&#39;"; break;
+            default: out += c;
+        }
+    }
+    return out;
+}
+
+std::string validUtf8(const std::string& text) {
+    std::string out;
+    out.reserve(text.size());
+    size_t i = 0;
+    while (i < text.size()) {
+        unsigned char c = static_cast<unsigned char>(text[i]);
+        size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        bool valid = length > 0 && i + length <= text.size();
+        for (size_t k = 1; valid && k < length; ++k)
+            valid = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
+        if (valid && length == 2 && c < 0xc2) valid = false;  // overlong
+        if (valid && length == 1 && c < 0x20 && c != '\t' && c != '\r' && c != '\n') {
+            out += "\xEF\xBF\xBD";
+            ++i;
+            continue;
+        }
+        if (valid) {
+            out.append(text, i, length);
+            i += length;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out;
+}
+
+std::string httpDate(int64_t unixSeconds) {
+    return Poco::DateTimeFormatter::format(Poco::Timestamp::fromEpochTime(static_cast<std::time_t>(unixSeconds)),
+                                           Poco::DateTimeFormat::HTTP_FORMAT);
+}
+
+bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password) {
+    if (value.size() < 6 || lower(value.substr(0, 6)) != "basic ") return false;
+    std::string encoded = value.substr(6);
+    encoded.erase(0, encoded.find_first_not_of(' '));
+    std::string decoded;
+    try {
+        decoded = maillab::base64Decode(encoded);
+    } catch (const std::exception&) {
+        return false;
+    }
+    size_t colon = decoded.find(':');  // RFC 7617 2: the user-id cannot contain a colon
+    if (colon == std::string::npos) return false;
+    user = decoded.substr(0, colon);
+    password = decoded.substr(colon + 1);
+    return true;
+}
+
+MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock)
+    : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)) {
+    if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
+}
+
+ApiResponse MailApi::handle(const ApiRequest& request) {
+    if (request.target.size() > limits_.maxUriLength)
+        return error(414, "Request target longer than " + std::to_string(limits_.maxUriLength) + " octets");
+    size_t headerBytes = 0;
+    for (const auto& [k, v] : request.headers) headerBytes += k.size() + v.size() + 4;
+    if (headerBytes > limits_.maxHeaderBytes)
+        return error(431, "Request header fields larger than " + std::to_string(limits_.maxHeaderBytes) + " octets");
+    if (request.method != "GET" && request.method != "HEAD") {
+        ApiResponse r = error(405, "Method " + request.method.substr(0, 20) + " not allowed; use GET or HEAD");
+        r.headers.emplace_back("Allow", "GET, HEAD");
+        return r;
+    }
+
+    // Route. Poco::URI decodes percent-escapes in each segment; nothing from the path reaches SQL
+    // except as a bound parameter, and nothing reaches the file system at all.
+    std::vector<std::string> segments;
+    Poco::URI::QueryParameters query;
+    try {
+        Poco::URI uri(request.target);
+        uri.getPathSegments(segments);
+        query = uri.getQueryParameters();
+        if (!uri.getScheme().empty() || request.target.empty() || request.target[0] != '/')
+            return error(400, "Request target must be an absolute path");
+    } catch (const Poco::Exception&) {
+        return error(400, "Malformed request target");
+    }
+    enum class Kind { Inbox, List, Message, Raw } kind;
+    std::string mailbox;  // "" = the authenticated user's own
+    int64_t id = 0;
+    if (segments.empty()) {
+        kind = Kind::Inbox;
+    } else if (segments[0] == "mailboxes" && segments.size() >= 2 && segments.size() <= 5) {
+        mailbox = smtp::lowerCase(segments[1]);
+        if (segments.size() == 2) kind = Kind::Inbox;
+        else if (segments[2] != "messages") return error(404, "No such resource");
+        else if (segments.size() == 3) kind = Kind::List;
+        else if (!parseNumber(segments[3], id)) return error(404, "No such message");
+        else if (segments.size() == 4) kind = Kind::Message;
+        else if (segments[4] == "raw") kind = Kind::Raw;
+        else return error(404, "No such resource");
+    } else {
+        return error(404, "No such resource; see /mailboxes/<address>/messages");
+    }
+
+    // Authenticate (RFC 7617). No registration here: accounts are made by the sender.
+    std::string user, password;
+    std::string authorization = request.header("Authorization");
+    auto unauthorized = [&](const std::string& why) {
+        ApiResponse r = error(401, why);
+        r.headers.emplace_back("WWW-Authenticate",
+                               "Basic realm=\"maillab " + auth_.policy().labDomain + "\", charset=\"UTF-8\"");
+        return r;
+    };
+    if (authorization.empty()) return unauthorized("Authentication required: send the account's address and password");
+    if (!parseBasicAuthorization(authorization, user, password))
+        return unauthorized("Malformed Authorization header: expected Basic credentials");
+    AuthResult result;
+    try {
+        result = auth_.authenticate(user, password, false);
+    } catch (const std::exception&) {
+        return error(503, "Authentication temporarily unavailable");
+    }
+    if (result.outcome == AuthOutcome::Locked) {
+        ApiResponse r = error(429, "Account temporarily locked after repeated failures");
+        r.headers.emplace_back("Retry-After", std::to_string(result.retryAfterSeconds));
+        r.closeConnection = true;
+        return r;
+    }
+    if (result.outcome != AuthOutcome::Ok) {
+        ApiResponse r = unauthorized("Wrong address or password");
+        r.closeConnection = true;
+        return r;
+    }
+    const std::string& me = result.user;
+    if (mailbox.empty()) mailbox = me;
+    if (mailbox != me) {
+        ApiResponse r = error(403, "You may read only your own mailbox, " + me);
+        r.user = me;
+        return r;
+    }
+
+    ApiResponse response;
+    try {
+        switch (kind) {
+            case Kind::List: {
+                int64_t offset = 0, limit = limits_.defaultPageSize;
+                for (const auto& [key, value] : query) {
+                    if (key == "offset" && !parseNumber(value, offset)) return error(400, "offset must be a number");
+                    if (key == "limit" && (!parseNumber(value, limit) || limit < 1 || limit > limits_.maxPageSize))
+                        return error(400, "limit must be 1 to " + std::to_string(limits_.maxPageSize));
+                }
+                MailboxStats stats = store_.mailboxStats(mailbox);
+                std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
+                                   std::to_string(offset) + "." + std::to_string(limit) + "\"";
+                Poco::JSON::Object body;
+                body.set("mailbox", mailbox);
+                body.set("total", stats.count);
+                body.set("offset", offset);
+                body.set("limit", limit);
+                Poco::JSON::Array list;
+                for (const auto& m : store_.listMessages(mailbox, offset, limit)) list.add(summaryJson(m));
+                body.set("messages", list);
+                std::string base = "/mailboxes/" + mailbox + "/messages";
+                if (offset + limit < stats.count)
+                    body.set("next", base + "?offset=" + std::to_string(offset + limit) + "&limit=" + std::to_string(limit));
+                else
+                    body.set("next", Poco::Dynamic::Var());
+                response = conditional(request, ok("application/json; charset=utf-8", toJson(body), etag, stats.newestReceivedAt),
+                                       etag, stats.newestReceivedAt);
+                break;
+            }
+            case Kind::Message:
+            case Kind::Raw: {
+                auto message = store_.getMessage(mailbox, id);
+                if (!message) return error(404, "No message " + std::to_string(id) + " in " + mailbox);
+                const auto& m = message->summary;
+                // Stored messages never change, so the id is a strong validator.
+                std::string etag = std::string("\"") + (kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
+                ApiResponse full;
+                if (kind == Kind::Raw) {
+                    full = ok("message/rfc822", message->raw, etag, m.receivedAt);
+                    full.headers.emplace_back("Content-Disposition",
+                                              "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
+                } else {
+                    size_t bodyStart = 0;
+                    auto headers = parseHeaders(message->raw, bodyStart);
+                    Poco::JSON::Object body = summaryJson(m);
+                    Poco::JSON::Array headerList;
+                    for (const auto& h : headers) {
+                        Poco::JSON::Object field;
+                        field.set("name", validUtf8(h.name));
+                        field.set("value", validUtf8(h.value));
+                        headerList.add(field);
+                    }
+                    body.set("headers", headerList);
+                    body.set("body", validUtf8(message->raw.substr(bodyStart)));
+                    full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
+                }
+                response = conditional(request, full, etag, m.receivedAt);
+                break;
+            }
+            case Kind::Inbox: {
+                MailboxStats stats = store_.mailboxStats(mailbox);
+                std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "\"";
+                std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
+                                   htmlEscape(mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
+                                   htmlEscape(mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
+                                   (stats.count == 1 ? " message" : " messages") +
+                                   (stats.count > limits_.maxPageSize ? " (newest " + std::to_string(limits_.maxPageSize) + " shown)" : "") +
+                                   "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From</th><th>Subject</th><th>Date</th>"
+                                   "<th>Size</th></tr></thead><tbody>\n";
+                std::string base = "/mailboxes/" + htmlEscape(mailbox) + "/messages/";  // lab addresses need no escaping in a path
+                for (const auto& m : store_.listMessages(mailbox, 0, limits_.maxPageSize)) {
+                    auto full = store_.getMessage(mailbox, m.id);
+                    size_t bodyStart = 0;
+                    if (full) parseHeaders(full->raw, bodyStart);
+                    std::string id = std::to_string(m.id);
+                    html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
+                            htmlEscape(validUtf8(m.from)) + "</td><td class=\"subject\"><details><summary>" +
+                            htmlEscape(validUtf8(m.subject.empty() ? "(no subject)" : m.subject)) +
+                            "</summary><pre class=\"body\">" +
+                            htmlEscape(validUtf8(full ? full->raw.substr(bodyStart) : "")) + "</pre><a href=\"" + base +
+                            id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
+                            htmlEscape(validUtf8(m.date)) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
+                }
+                html += "</tbody></table>\n</body></html>\n";
+                ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
+                // The page holds no scripts and loads nothing: say so to the browser.
+                full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+                response = conditional(request, full, etag, stats.newestReceivedAt);
+                break;
+            }
+        }
+    } catch (const StoreError&) {
+        return error(503, "Mail store busy; try again");
+    }
+    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    response.user = me;
+    return response;
+}
+
+}  // namespace maillab::http

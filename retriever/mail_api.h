@@ -1,0 +1,58 @@
+// The retriever's HTTP resources as a socket-free function: a request (method, target, headers) in,
+// a response (status, headers, body) out. server.cpp adapts it to Poco's HTTPServer; the unit tests
+// call it directly. The resources are documented in docs/retriever.md.
+#pragma once
+#include "../common/auth.h"
+#include "../common/store.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace maillab::http {
+
+struct ApiLimits {
+    size_t maxUriLength = 2048;    // longer request targets get 414
+    size_t maxHeaderBytes = 8192;  // all header names and values together; more gets 431
+    int64_t defaultPageSize = 50;
+    int64_t maxPageSize = 500;
+};
+
+struct ApiRequest {
+    std::string method;  // "GET"
+    std::string target;  // "/mailboxes/ana%40447.edu/messages?limit=10"
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string header(const std::string& name) const;  // case-insensitive; "" when absent
+};
+
+struct ApiResponse {
+    int status = 200;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string body;           // for HEAD: what GET would send (the server sends only its length)
+    bool closeConnection = false;  // after a failed login: the next guess pays a new handshake
+    std::string user;           // the authenticated user, for the log; "" when none
+    std::string header(const std::string& name) const;
+};
+
+class MailApi {
+public:
+    MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock = nullptr);
+    ApiResponse handle(const ApiRequest& request);
+
+private:
+    Store& store_;
+    Authenticator& auth_;
+    ApiLimits limits_;
+    std::function<int64_t()> clock_;
+};
+
+// Helpers, public for the tests.
+std::string htmlEscape(const std::string& text);
+std::string validUtf8(const std::string& text);  // invalid sequences become U+FFFD
+std::string httpDate(int64_t unixSeconds);        // RFC 9110 5.6.7 IMF-fixdate
+// Splits "user:password" from an "Authorization: Basic ..." value (RFC 7617); false when malformed.
+bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password);
+
+}  // namespace maillab::http

@@ -1,0 +1,214 @@
+// retrieverserver: the lab's HTTPS server (HTTP/1.1 over TLS 1.3) answering GET requests for each
+// user's stored mail. Poco HTTPServer on a SecureServerSocket; each request goes to the socket-free
+// MailApi (mail_api.h).
+#include "mail_api.h"
+
+#include "../common/app_support.h"
+#include "../common/auth.h"
+#include "../common/store.h"
+#include "../common/tls.h"
+
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/SecureServerSocket.h>
+#include <Poco/ThreadPool.h>
+#include <Poco/Util/HelpFormatter.h>
+#include <Poco/Util/OptionSet.h>
+#include <Poco/Util/ServerApplication.h>
+
+#include <atomic>
+#include <iostream>
+
+extern const char* const kRetrieverServerProperties;  // generated from retrieverserver.properties
+
+namespace maillab {
+namespace {
+
+struct RetrieverContext {
+    std::unique_ptr<Store> store;
+    std::unique_ptr<Authenticator> auth;
+    std::unique_ptr<http::MailApi> api;
+    Poco::Logger* logger = nullptr;
+    bool verbose = false;
+    int maxConnections = 0;
+    Poco::Net::HTTPServer* server = nullptr;
+    std::atomic<unsigned long> nextConnectionId{1};
+};
+
+// A pool thread serves one connection at a time, for all of its keep-alive requests: a new peer
+// address on this thread is a new connection. That gives log lines a connection id although Poco's
+// HTTPServer does not expose its connections.
+unsigned long connectionId(RetrieverContext& ctx, const Poco::Net::SocketAddress& peer) {
+    thread_local std::string lastPeer;
+    thread_local unsigned long lastId = 0;
+    std::string key = peer.toString();
+    if (key != lastPeer || lastId == 0) {
+        lastPeer = key;
+        lastId = ctx.nextConnectionId++;
+    }
+    return lastId;
+}
+
+class MailRequestHandler : public Poco::Net::HTTPRequestHandler {
+public:
+    explicit MailRequestHandler(RetrieverContext& ctx) : ctx_(ctx) {}
+
+    void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
+        unsigned long id = connectionId(ctx_, request.clientAddress());
+        std::string prefix = "id=" + std::to_string(id) + " ";
+        if (ctx_.verbose) {
+            ctx_.logger->information(prefix + "C: " + request.getMethod() + " " + request.getURI() + " " + request.getVersion());
+            for (const auto& [name, value] : request)
+                ctx_.logger->information(prefix + "C: " + name + ": " +
+                                         (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : value));
+        }
+        http::ApiResponse result;
+        if (ctx_.server && ctx_.server->currentConnections() > ctx_.maxConnections) {
+            result.status = 503;
+            result.body = "{\"error\":{\"status\":503,\"code\":\"service_unavailable\",\"message\":\"Too many connections; try again later\"}}";
+            result.headers = {{"Content-Type", "application/json; charset=utf-8"}, {"Retry-After", "5"}};
+            result.closeConnection = true;
+        } else {
+            http::ApiRequest apiRequest;
+            apiRequest.method = request.getMethod();
+            apiRequest.target = request.getURI();
+            for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
+            result = ctx_.api->handle(apiRequest);
+        }
+
+        response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
+        for (const auto& [name, value] : result.headers) response.set(name, value);
+        if (result.closeConnection) response.setKeepAlive(false);
+        // Every response has a Content-Length, so Wireshark (and keep-alive) can find its end.
+        response.setContentLength(static_cast<std::streamsize>(result.status == 304 ? 0 : result.body.size()));
+        if (result.status == 304 || request.getMethod() == "HEAD")
+            response.send();  // headers only; for HEAD the length is still what GET would send
+        else
+            response.sendBuffer(result.body.data(), result.body.size());
+
+        ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
+                                 logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
+                                 " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
+                                 (result.user.empty() ? "" : " user=" + result.user));
+        if (ctx_.verbose) {
+            ctx_.logger->information(prefix + "S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
+            for (const auto& [name, value] : response) ctx_.logger->information(prefix + "S: " + name + ": " + value);
+        }
+    }
+
+private:
+    RetrieverContext& ctx_;
+};
+
+class MailRequestHandlerFactory : public Poco::Net::HTTPRequestHandlerFactory {
+public:
+    explicit MailRequestHandlerFactory(RetrieverContext& ctx) : ctx_(ctx) {}
+    Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
+        return new MailRequestHandler(ctx_);
+    }
+
+private:
+    RetrieverContext& ctx_;
+};
+
+class RetrieverServer : public Poco::Util::ServerApplication {
+protected:
+    void initialize(Application& self) override {
+        loadBuiltinDefaults(config(), kRetrieverServerProperties);
+        if (config().has("maillab.configFile")) loadConfiguration(config().getString("maillab.configFile"));
+        ServerApplication::initialize(self);
+    }
+
+    void defineOptions(Poco::Util::OptionSet& options) override {
+        ServerApplication::defineOptions(options);
+        addServerOptions(options, "retriever");
+    }
+
+    void handleOption(const std::string& name, const std::string& value) override {
+        ServerApplication::handleOption(name, value);
+        if (applyServerOption(config(), "retriever", name, value)) {
+            Poco::Util::HelpFormatter help(options());
+            help.setCommand(commandName());
+            help.setUsage("[options]");
+            help.setHeader("The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3).");
+            help.setFooter("Every setting and its default: retriever/retrieverserver.properties. Resources: docs/retriever.md.");
+            help.format(std::cout);
+            stopOptionsProcessing();
+            helpRequested_ = true;
+        }
+    }
+
+    int main(const std::vector<std::string>&) override {
+        if (helpRequested_) return EXIT_OK;
+        auto& cfg = config();
+        Poco::Logger& logger = Application::logger();
+        RetrieverContext ctx;
+        ctx.logger = &logger;
+        ctx.verbose = cfg.getBool("retriever.verbose");
+        ctx.maxConnections = cfg.getInt("retriever.maxConnections");
+
+        TlsOptions tls = tlsOptionsFrom(cfg);
+        SqliteOptions storeOptions = storeOptionsFrom(cfg);
+        try {
+            if (ensureServerCertificates(tls))
+                logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
+            ctx.store = openSqliteStore(storeOptions);
+        } catch (const std::exception& e) {
+            logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
+            return EXIT_SOFTWARE;
+        }
+        ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
+        http::ApiLimits limits;
+        limits.maxUriLength = cfg.getUInt64("http.maxUriLength");
+        limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");
+        limits.defaultPageSize = cfg.getInt64("http.defaultPageSize");
+        limits.maxPageSize = cfg.getInt64("http.maxPageSize");
+        ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits);
+
+        Poco::Net::Context::Ptr context = makeServerContext(tls);
+        std::string keylog = enableKeyLog(*context, tls.keyLogFile);
+        if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
+
+        Poco::Net::SocketAddress address(cfg.getString("retriever.bind"),
+                                         static_cast<Poco::UInt16>(cfg.getInt("retriever.port")));
+        Poco::Net::SecureServerSocket socket(address, cfg.getInt("retriever.listenBacklog"), context);
+        Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
+        int threads = ctx.maxConnections + 8;  // headroom: the connection past the limit gets a 503
+        params->setMaxThreads(threads);
+        params->setMaxQueued(cfg.getInt("retriever.listenBacklog"));
+        params->setKeepAlive(true);
+        params->setKeepAliveTimeout(Poco::Timespan(cfg.getInt("retriever.keepAliveSeconds"), 0));
+        params->setMaxKeepAliveRequests(cfg.getInt("retriever.maxKeepAliveRequests"));
+        params->setTimeout(Poco::Timespan(cfg.getInt("retriever.timeoutSeconds"), 0));
+        params->setServerName("localhost");
+        params->setSoftwareVersion("maillab-retriever");
+        Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
+        Poco::Net::HTTPServer server(new MailRequestHandlerFactory(ctx), pool, socket, params);
+        ctx.server = &server;
+        server.start();
+
+        logger.information("event=listening address=" + socket.address().toString() + " db=" + storeOptions.path +
+                           " tls=TLSv1.3-only");
+        std::cout << "ready port=" << socket.address().port() << std::endl;
+        waitForTerminationRequest();
+        logger.information("event=stopping");
+        // stopAll(true) also closes idle keep-alive connections, so the pool can be joined.
+        server.stopAll(true);
+        ctx.server = nullptr;
+        pool.joinAll();
+        logger.information("event=stopped");
+        return EXIT_OK;
+    }
+
+private:
+    bool helpRequested_ = false;
+};
+
+}  // namespace
+}  // namespace maillab
+
+POCO_SERVER_MAIN(maillab::RetrieverServer)
