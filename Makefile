@@ -95,7 +95,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # ---- set-up ---------------------------------------------------------------------------------
 # Debian packages: build (Poco, OpenSSL, SQLite, Catch2, libedit) and tests (curl, openssl, Python).
 DEB_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev \
-                openssl curl python3 ca-certificates
+                openssl curl python3 ca-certificates chromium
 
 $(BUILD)/.deps-ok:
 	@$(MAKE) deps

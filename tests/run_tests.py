@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(HERE, "e2e"))
 
 import harness  # noqa: E402
 import test_sender  # noqa: E402,F401  (registers tests)
+import test_retriever  # noqa: E402,F401
 
 
 def run_unit(build):

@@ -1,0 +1,263 @@
+"""End-to-end tests of the retriever with our client, curl, Python http.client and headless Chromium,
+next to a sender server writing the same database."""
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+
+from harness import Server, register, run_client, test, tls_connect
+
+
+class Lab2:
+    """A sender and a retriever on one database, with ana and bob registered and one message."""
+
+    def __init__(self, lab, retriever_settings=None):
+        self.lab = lab
+        self.sender = Server(lab, "senderserver")
+        self.retriever = Server(lab, "retrieverserver", retriever_settings, db=self.sender.db)
+        self.ana = register(lab, self.sender.port, "ana")
+        self.bob = register(lab, self.sender.port, "bob")
+        self.send("ana", self.ana, "bob", "First <note>", "Hello Bob & friends\n")
+
+    def send(self, user, password, to, subject, body):
+        path = self.lab.path("body.txt")
+        with open(path, "w") as f:
+            f.write(body)
+        out = run_client(self.lab, self.sender.port, ["--user", user, "--password", password, "--to", to,
+                                                      "--subject", subject, "--body-file", path])
+        assert out.returncode == 0, out.stderr
+
+    def curl(self, *args, user="bob@447.edu", password=None):
+        cmd = ["curl", "-sS", "--cacert", self.lab.ca, "-w", "\n%{http_code}"]
+        if user:
+            cmd += ["-u", f"{user}:{password if password is not None else self.bob}"]
+        out = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code), body
+
+    def url(self, path):
+        return f"https://localhost:{self.retriever.port}{path}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.retriever.__exit__()
+        self.sender.__exit__()
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@test
+def retriever_client_lists_and_opens_mail(lab):
+    with Lab2(lab) as l2:
+        out = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", l2.bob], program="retrieverclient")
+        assert out.returncode == 0, out.stderr
+        assert "Mailbox bob@447.edu: 1 message" in out.stdout and "First <note>" in out.stdout
+        listing = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", l2.bob, "--json"],
+                             program="retrieverclient")
+        data = json.loads(listing.stdout)
+        mid = data["messages"][0]["id"]
+        one = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", l2.bob, "--id", str(mid)],
+                         program="retrieverclient")
+        assert "Subject: First <note>" in one.stdout and "Hello Bob & friends" in one.stdout
+        raw = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", l2.bob, "--id", str(mid), "--raw"],
+                         program="retrieverclient")
+        assert raw.stdout.startswith("Received: from ")
+        wrong = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", "00000447"], program="retrieverclient")
+        assert wrong.returncode == 1 and "401" in wrong.stderr
+        other = run_client(lab, l2.retriever.port, ["--user", "ana", "--password", l2.ana, "--id", str(mid)],
+                           program="retrieverclient")
+        assert other.returncode == 1 and "404" in other.stderr
+        host = run_client(lab, l2.retriever.port, ["--servername", "wrong.example", "--user", "bob",
+                                                   "--password", l2.bob], program="retrieverclient")
+        assert host.returncode == 3, host.stdout + host.stderr
+        steps = f"get\nbob\n{l2.bob}\n{mid}\n\nquit\n"
+        inter = run_client(lab, l2.retriever.port, [], input=steps, program="retrieverclient")
+        assert inter.returncode == 0 and "Hello Bob & friends" in inter.stdout, inter.stdout + inter.stderr
+        verbose = run_client(lab, l2.retriever.port, ["--user", "bob", "--password", l2.bob, "--verbose"],
+                             program="retrieverclient")
+        assert "* TLS TLSv1.3" in verbose.stderr and "S: HTTP/1.1 200 OK" in verbose.stderr
+        assert l2.bob not in verbose.stderr
+
+
+@test
+def curl_reads_json_raw_html_and_gets_the_right_errors(lab):
+    with Lab2(lab) as l2:
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+        assert code == 200
+        listing = json.loads(body)
+        assert listing["total"] == 1 and listing["messages"][0]["subject"] == "First <note>"
+        mid = listing["messages"][0]["id"]
+        code, body = l2.curl(l2.url(f"/mailboxes/bob@447.edu/messages/{mid}"))
+        assert code == 200 and json.loads(body)["body"] == "Hello Bob & friends\r\n"
+        code, body = l2.curl(l2.url(f"/mailboxes/bob@447.edu/messages/{mid}/raw"))
+        assert code == 200 and "Subject: First <note>" in body
+        code, body = l2.curl(l2.url("/"))
+        assert code == 200 and "First &lt;note&gt;" in body
+        # HEAD: headers with the length GET would send, no body.
+        out = subprocess.run(["curl", "-sS", "-I", "--cacert", lab.ca, "-u", f"bob@447.edu:{l2.bob}",
+                              l2.url("/mailboxes/bob@447.edu/messages")], capture_output=True, text=True, timeout=30)
+        head = out.stdout.lower()
+        code, full = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+        assert "http/1.1 200" in head and f"content-length: {len(full.encode())}" in head, head
+        etag = [line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.lower().startswith("etag:")][0]
+        code, body = l2.curl("-H", f"If-None-Match: {etag}", l2.url("/mailboxes/bob@447.edu/messages"))
+        assert code == 304 and body == ""
+        code, body = l2.curl(l2.url("/"), user=None)
+        assert code == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+        code, body = l2.curl(l2.url("/"), password="00000447")
+        assert code == 401
+        code, body = l2.curl(l2.url("/mailboxes/ana@447.edu/messages"))
+        assert code == 403 and json.loads(body)["error"]["status"] == 403
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages/424242"))
+        assert code == 404
+        code, body = l2.curl("-X", "DELETE", l2.url("/mailboxes/bob@447.edu/messages"))
+        assert code == 405
+        code, _ = l2.curl(l2.url("/mailboxes/" + "a" * 3000))
+        assert code == 414
+        headers = []
+        for i in range(3):
+            headers += ["-H", f"X-Filler-{i}: " + "y" * 4000]
+        code, _ = l2.curl(*headers, l2.url("/"))
+        assert code == 431
+
+
+@test
+def python_http_client_with_keep_alive(lab):
+    with Lab2(lab) as l2:
+        conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+        auth = {"Authorization": basic("bob@447.edu", l2.bob)}
+        for _ in range(5):
+            conn.request("GET", "/mailboxes/bob@447.edu/messages", headers=auth)
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Length")
+            assert json.loads(resp.read())["total"] == 1
+        conn.request("GET", "/mailboxes/bob@447.edu/messages", headers={})
+        resp = conn.getresponse()
+        assert resp.status == 401 and resp.getheader("WWW-Authenticate", "").startswith("Basic realm=")
+        resp.read()
+        conn.close()
+        assert conn.sock is None
+        log = l2.retriever.log_text()
+        ids = {line.split("id=")[1].split()[0] for line in log.splitlines() if "event=request" in line}
+        assert len(ids) == 1, ids  # the five requests and the 401 came over one connection
+
+
+@test
+def tls12_refused_by_retriever(lab):
+    with Lab2(lab) as l2:
+        ctx = ssl.create_default_context(cafile=lab.ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw = socket.create_connection(("127.0.0.1", l2.retriever.port), timeout=10)
+        try:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+            raise AssertionError("TLS 1.2 accepted")
+        except ssl.SSLError:
+            pass
+        s = tls_connect(lab, l2.retriever.port)
+        assert s.version() == "TLSv1.3"
+        s.close()
+
+
+@test
+def chromium_shows_the_inbox(lab):
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (make deps installs it)"
+    with Lab2(lab) as l2:
+        l2.send("ana", l2.ana, "bob", "Second message", "more\n")
+        spki = subprocess.run(
+            f"openssl x509 -in {lab.certs}/server.pem -pubkey -noout | openssl pkey -pubin -outform der | "
+            "openssl dgst -sha256 -binary | base64", shell=True, capture_output=True, text=True, check=True).stdout.strip()
+        profile = tempfile.mkdtemp(prefix="maillab-chromium-")
+        try:
+            out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                                  f"--user-data-dir={profile}",
+                                  # Trust exactly the lab server's key (its SPKI hash), not "any certificate".
+                                  f"--ignore-certificate-errors-spki-list={spki}",
+                                  "--dump-dom", f"https://bob%40447.edu:{l2.bob}@localhost:{l2.retriever.port}/"],
+                                 capture_output=True, text=True, timeout=120)
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+        dom = out.stdout
+        assert "<h1>Inbox of bob@447.edu</h1>" in dom, dom[:500] + out.stderr[-1000:]
+        assert dom.count('class="message"') == 2
+        assert "First &lt;note&gt;" in dom and "Second message" in dom
+        assert "Hello Bob &amp; friends" in dom
+
+
+@test
+def concurrent_readers_while_mail_arrives(lab):
+    with Lab2(lab) as l2:
+        errors = []
+        stop = threading.Event()
+
+        def reader():
+            try:
+                conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+                auth = {"Authorization": basic("bob@447.edu", l2.bob)}
+                last = 0
+                while not stop.is_set():
+                    conn.request("GET", "/mailboxes/bob@447.edu/messages?limit=1", headers=auth)
+                    resp = conn.getresponse()
+                    data = json.loads(resp.read())
+                    assert resp.status == 200
+                    assert data["total"] >= last  # never goes backwards, never a half-written state
+                    last = data["total"]
+                conn.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        readers = [threading.Thread(target=reader) for _ in range(6)]
+        for t in readers:
+            t.start()
+        for i in range(15):
+            l2.send("ana", l2.ana, "bob", f"burst {i}", "x\n")
+        stop.set()
+        for t in readers:
+            t.join()
+        assert not errors, errors
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+        assert json.loads(body)["total"] == 16
+        # Ana reads her own (empty) mailbox at the same time: never Bob's mail.
+        code, body = l2.curl(l2.url("/mailboxes/ana@447.edu/messages"), user="ana@447.edu", password=l2.ana)
+        assert code == 200 and json.loads(body)["total"] == 0
+
+
+@test
+def retriever_answers_503_when_full(lab):
+    with Lab2(lab, {"retriever.maxConnections": 2}) as l2:
+        held = []
+        for _ in range(2):
+            conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+            conn.request("GET", "/mailboxes/bob@447.edu/messages", headers={"Authorization": basic("bob@447.edu", l2.bob)})
+            assert conn.getresponse().read()
+            held.append(conn)
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+        assert code == 503 and "service_unavailable" in body
+        for conn in held:
+            conn.close()
+
+
+@test
+def retriever_lockout_is_shared_with_the_sender(lab):
+    with Lab2(lab, {"auth.lockAfterFailures": 3}) as l2:
+        for _ in range(3):
+            code, _ = l2.curl(l2.url("/"), password="00000447")
+        assert code == 429
+        code, _ = l2.curl(l2.url("/"))
+        assert code == 429  # even the right password, while locked
+        # The lock lives in the database: the sender refuses the account too.
+        out = run_client(lab, l2.sender.port, ["--user", "bob", "--password", l2.bob])
+        assert out.returncode == 1 and "454" in out.stderr

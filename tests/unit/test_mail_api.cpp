@@ -1,0 +1,201 @@
+// The retriever's resources without sockets: routing, Basic auth, ownership, conditional GET, errors.
+#include "fixtures.h"
+
+#include "../../common/password.h"
+#include "../../retriever/mail_api.h"
+
+#include <catch2/catch.hpp>
+
+using namespace maillab;
+using namespace maillab::http;
+using maillab::testing::LabFixture;
+
+namespace {
+struct ApiHarness {
+    LabFixture lab;
+    std::unique_ptr<MailApi> api;
+    std::vector<int64_t> ids;
+
+    explicit ApiHarness(ApiLimits limits = {}) {
+        lab.addUser("ana@447.edu", "11111447");
+        lab.addUser("bob@447.edu", "22222447");
+        api = std::make_unique<MailApi>(*lab.store, *lab.auth, limits, [this] { return lab.now; });
+        for (int i = 1; i <= 3; ++i) {
+            NewMessage m;
+            m.queueId = "Q" + std::to_string(i);
+            m.envelopeFrom = "ana@447.edu";
+            m.recipients = {"bob@447.edu"};
+            m.from = "Ana <ana@447.edu>";
+            m.to = "bob@447.edu";
+            m.subject = "Note <" + std::to_string(i) + ">";
+            m.date = "Mon, 23 Nov 2026 10:00:00 +0000";
+            m.receivedAt = 1795000000 + i;
+            m.raw = "From: Ana <ana@447.edu>\r\nSubject: " + m.subject + "\r\n\r\nbody " + std::to_string(i) + "\r\n";
+            ids.push_back(lab.store->deliver(m).front());
+        }
+    }
+
+    ApiResponse get(const std::string& target, const std::string& user = "bob@447.edu",
+                    const std::string& password = "22222447",
+                    std::vector<std::pair<std::string, std::string>> extra = {}, const std::string& method = "GET") {
+        ApiRequest r;
+        r.method = method;
+        r.target = target;
+        if (!user.empty()) r.headers.emplace_back("Authorization", "Basic " + base64Encode(user + ":" + password));
+        for (auto& h : extra) r.headers.push_back(h);
+        return api->handle(r);
+    }
+};
+}  // namespace
+
+TEST_CASE("listing: own mailbox, newest first, paged, JSON", "[api]") {
+    ApiHarness h;
+    auto r = h.get("/mailboxes/bob@447.edu/messages");
+    CHECK(r.status == 200);
+    CHECK(r.header("Content-Type") == "application/json; charset=utf-8");
+    CHECK(r.body.find("\"total\":3") != std::string::npos);
+    CHECK(r.body.find("Note <3>") < r.body.find("Note <1>"));
+    auto page = h.get("/mailboxes/bob%40447.edu/messages?offset=1&limit=1");
+    CHECK(page.status == 200);
+    CHECK(page.body.find("Note <2>") != std::string::npos);
+    CHECK(page.body.find("Note <3>") == std::string::npos);
+    CHECK(page.body.find("\"next\":\"/mailboxes/bob@447.edu/messages?offset=2&limit=1\"") != std::string::npos);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages?limit=0").status == 400);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages?offset=-1").status == 400);
+}
+
+TEST_CASE("one message as JSON and raw", "[api]") {
+    ApiHarness h;
+    std::string id = std::to_string(h.ids[0]);
+    auto json = h.get("/mailboxes/bob@447.edu/messages/" + id);
+    CHECK(json.status == 200);
+    CHECK(json.body.find("\"body\":\"body 1\\r\\n\"") != std::string::npos);
+    CHECK(json.body.find("{\"name\":\"Subject\",\"value\":\"Note <1>\"}") != std::string::npos);
+    auto raw = h.get("/mailboxes/bob@447.edu/messages/" + id + "/raw");
+    CHECK(raw.status == 200);
+    CHECK(raw.header("Content-Type") == "message/rfc822");
+    CHECK(raw.body.rfind("From: Ana <ana@447.edu>\r\n", 0) == 0);
+}
+
+TEST_CASE("the HTML inbox escapes what it shows", "[api][html]") {
+    ApiHarness h;
+    auto r = h.get("/");
+    CHECK(r.status == 200);
+    CHECK(r.header("Content-Type") == "text/html; charset=utf-8");
+    CHECK(r.body.find("Note &lt;1&gt;") != std::string::npos);
+    CHECK(r.body.find("Note <1>") == std::string::npos);
+    CHECK(r.body.find("data-id=\"" + std::to_string(h.ids[2]) + "\"") != std::string::npos);
+    CHECK(r.header("Content-Security-Policy").find("default-src 'none'") != std::string::npos);
+    CHECK(h.get("/mailboxes/bob@447.edu/").status == 200);
+}
+
+TEST_CASE("authentication: 401 with a challenge, never registration", "[api][auth]") {
+    ApiHarness h;
+    auto none = h.get("/", "");
+    CHECK(none.status == 401);
+    CHECK(none.header("WWW-Authenticate") == "Basic realm=\"maillab 447.edu\", charset=\"UTF-8\"");
+    auto wrong = h.get("/", "bob@447.edu", "00000447");
+    CHECK(wrong.status == 401);
+    CHECK(wrong.closeConnection);
+    CHECK(h.get("/", "newuser@447.edu", "").status == 401);
+    CHECK_FALSE(h.lab.store->findAccount("newuser@447.edu"));
+    ApiRequest bad;
+    bad.method = "GET";
+    bad.target = "/";
+    bad.headers.emplace_back("Authorization", "Basic !!!");
+    CHECK(h.api->handle(bad).status == 401);
+    // A bare name means the lab domain, as everywhere in the lab.
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob", "22222447").status == 200);
+}
+
+TEST_CASE("a user never reads another user's mail", "[api][auth]") {
+    ApiHarness h;
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "ana@447.edu", "11111447").status == 403);
+    CHECK(h.get("/mailboxes/BOB@447.edu/messages/" + std::to_string(h.ids[0]), "ana@447.edu", "11111447").status == 403);
+    // Ana's own view of Bob's message id: not found, not leaked.
+    CHECK(h.get("/mailboxes/ana@447.edu/messages/" + std::to_string(h.ids[0]), "ana@447.edu", "11111447").status == 404);
+    auto list = h.get("/mailboxes/ana@447.edu/messages", "ana@447.edu", "11111447");
+    CHECK(list.body.find("\"total\":0") != std::string::npos);
+}
+
+TEST_CASE("locked accounts get 429 with Retry-After", "[api][auth]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.lockAfterFailures = 2;
+    ApiHarness h;
+    Authenticator strict(*h.lab.store, policy, [&] { return h.lab.now; });
+    MailApi api(*h.lab.store, strict, {}, [&] { return h.lab.now; });
+    ApiRequest r;
+    r.method = "GET";
+    r.target = "/";
+    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:x"));
+    CHECK(api.handle(r).status == 401);
+    auto locked = api.handle(r);
+    CHECK(locked.status == 429);
+    CHECK(locked.header("Retry-After") == "300");
+}
+
+TEST_CASE("conditional GET answers 304", "[api][cache]") {
+    ApiHarness h;
+    auto first = h.get("/mailboxes/bob@447.edu/messages");
+    std::string etag = first.header("ETag");
+    REQUIRE_FALSE(etag.empty());
+    auto again = h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447", {{"If-None-Match", etag}});
+    CHECK(again.status == 304);
+    CHECK(again.body.empty());
+    CHECK(again.header("ETag") == etag);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447", {{"If-None-Match", "W/" + etag}}).status == 304);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447", {{"If-None-Match", "\"other\""}}).status == 200);
+    auto since = h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447",
+                       {{"If-Modified-Since", first.header("Last-Modified")}});
+    CHECK(since.status == 304);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447",
+                {{"If-Modified-Since", httpDate(1795000000)}}).status == 200);
+    // New mail changes the validator.
+    NewMessage m;
+    m.queueId = "Q9";
+    m.envelopeFrom = "ana@447.edu";
+    m.recipients = {"bob@447.edu"};
+    m.receivedAt = 1795000100;
+    m.raw = "x\r\n";
+    h.lab.store->deliver(m);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447", {{"If-None-Match", etag}}).status == 200);
+    std::string id = std::to_string(h.ids[0]);
+    auto msg = h.get("/mailboxes/bob@447.edu/messages/" + id);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages/" + id, "bob@447.edu", "22222447", {{"If-None-Match", msg.header("ETag")}}).status == 304);
+}
+
+TEST_CASE("errors: 404, 405 with Allow, 414, 431, 400, one JSON shape", "[api][errors]") {
+    ApiLimits limits;
+    limits.maxUriLength = 100;
+    limits.maxHeaderBytes = 300;
+    ApiHarness h(limits);
+    auto missing = h.get("/mailboxes/bob@447.edu/messages/999999");
+    CHECK(missing.status == 404);
+    CHECK(missing.body.find("\"code\":\"not_found\"") != std::string::npos);
+    CHECK(missing.body.find("\"status\":404") != std::string::npos);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages/abc").status == 404);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages/1/other").status == 404);
+    CHECK(h.get("/etc/passwd").status == 404);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages/1%27%20OR%201=1").status == 404);
+    auto post = h.get("/", "bob@447.edu", "22222447", {}, "POST");
+    CHECK(post.status == 405);
+    CHECK(post.header("Allow") == "GET, HEAD");
+    CHECK(h.get("/mailboxes/" + std::string(120, 'a')).status == 414);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {{"X-Big", std::string(400, 'x')}}).status == 431);
+    CHECK(h.get("http://elsewhere/").status == 400);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {}, "HEAD").status == 200);
+}
+
+TEST_CASE("helpers: UTF-8 repair, HTML escaping, HTTP dates, Basic parsing", "[api]") {
+    CHECK(validUtf8("caf\xc3\xa9") == "caf\xc3\xa9");
+    CHECK(validUtf8("a\xff" "b") == "a\xEF\xBF\xBD" "b");
+    CHECK(validUtf8("\xc0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD");
+    CHECK(htmlEscape("<a href=\"x\">&'") == "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    CHECK(httpDate(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
+    std::string user, password;
+    CHECK(parseBasicAuthorization("Basic " + base64Encode("ana@447.edu:pa:ss"), user, password));
+    CHECK(user == "ana@447.edu");
+    CHECK(password == "pa:ss");
+    CHECK_FALSE(parseBasicAuthorization("Bearer abc", user, password));
+    CHECK_FALSE(parseBasicAuthorization("Basic " + base64Encode("nocolon"), user, password));
+}
