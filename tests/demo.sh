@@ -1,58 +1,78 @@
 #!/usr/bin/env bash
-# `make demo`: the lab's main job end to end, as a readable transcript. Starts a sender server on a
-# free port with a scratch database, registers two users, sends a message from one to the other,
-# shows what was stored, and stops the server.
+# `make demo`: the whole lab end to end, as a readable transcript. Starts a sender server and a
+# retriever server on free ports over one scratch database, registers two users, has them mail each
+# other, lets each read their own mailbox (and shows that reading the other's is refused), then stops
+# both servers.
 set -euo pipefail
 BUILD=${1:-build}
 BIN=$BUILD/bin
 WORK=$(mktemp -d /tmp/maillab-demo-XXXXXX)
-SERVER_PID=
+PIDS=()
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-"$BIN/maillab-certs" certs >/dev/null
-step "Starting the sender server (SMTP over implicit TLS 1.3) on a free port"
-coproc SERVER { exec "$BIN/senderserver" --port=0 --db="$WORK/demo.db" --certs=certs 2>"$WORK/server.log"; }
-SERVER_PID=$SERVER_PID
-read -r -t 30 ready <&"${SERVER[0]}" || { echo "server did not start"; cat "$WORK/server.log"; exit 1; }
-PORT=${ready#ready port=}
-echo "senderserver is listening on localhost:$PORT (database $WORK/demo.db)"
+# Starts a server on port 0 and waits for its "ready port=N" line (no sleeping).
+start() {
+  local name=$1; shift
+  exec {fd}< <(exec "$BIN/$name" --port=0 --db="$WORK/demo.db" --certs=certs "$@" 2>"$WORK/$name.log")
+  PIDS+=($!)
+  local ready
+  read -r -t 30 ready <&"$fd" || { echo "$name did not start"; cat "$WORK/$name.log"; exit 1; }
+  echo "${ready#ready port=}"
+}
 
-client() { "$BIN/senderclient" --port "$PORT" --ca certs/ca.pem "$@"; }
+"$BIN/maillab-certs" certs >/dev/null
+step "Starting the sender (SMTP, implicit TLS 1.3) and the retriever (HTTPS, TLS 1.3)"
+SPORT=$(start senderserver)
+RPORT=$(start retrieverserver)
+echo "senderserver    on localhost:$SPORT"
+echo "retrieverserver on https://localhost:$RPORT/   (one database: $WORK/demo.db)"
+
+send() { "$BIN/senderclient" --port "$SPORT" --ca certs/ca.pem "$@"; }
+fetch() { "$BIN/retrieverclient" --port "$RPORT" --ca certs/ca.pem "$@"; }
 
 step "Registering ana@447.edu: AUTH with an empty password creates the account"
-ANA=$(client --user ana --verbose 2>"$WORK/ana.trace" | sed -n 's/^password: //p')
+ANA=$(send --user ana --verbose 2>"$WORK/ana.trace" | sed -n 's/^password: //p')
 sed 's/password: [0-9]*/password: ********/' "$WORK/ana.trace"
 echo "ana's new password: $ANA (8 digits, ending in 447)"
 
 step "Registering bob@447.edu"
-BOB=$(client --user bob | sed -n 's/^password: //p')
+BOB=$(send --user bob | sed -n 's/^password: //p')
 echo "bob's new password: $BOB"
 
 step "ana sends bob a message (every C:/S: line shown)"
-printf 'Hi Bob,\n\nthe lab report is due on Friday.\n.\nA line with a single dot above was dot-stuffed on the wire.\n\nAna\n' >"$WORK/body.txt"
-client --user ana --password "$ANA" --to bob --subject "Lab report" --body-file "$WORK/body.txt" --verbose 2>&1
+printf 'Hi Bob,\n\nthe lab report is due on Friday.\n.\nThe line above held a single dot: it was dot-stuffed on the wire.\n\nAna\n' >"$WORK/ana.txt"
+send --user ana --password "$ANA" --to bob --subject "Lab report" --body-file "$WORK/ana.txt" --verbose 2>&1
 
-step "What the server stored in bob's mailbox"
-/usr/bin/python3 - "$WORK/demo.db" <<'PY'
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1])
-for mid, qid, sender, subject, size, raw in con.execute(
-        "SELECT id, queue_id, envelope_from, subject, size, raw FROM messages WHERE mailbox='bob@447.edu'"):
-    print(f"message {mid}: queue id {qid}, from {sender}, subject {subject!r}, {size} octets")
-    print("-" * 72)
-    print(raw.decode(errors="replace").replace("\r\n", "\n"), end="")
-    print("-" * 72)
-PY
+step "bob answers ana"
+printf 'Thanks, Ana. See you in the lab.\nBob\n' >"$WORK/bob.txt"
+send --user bob --password "$BOB" --to ana --subject "Re: Lab report" --body-file "$WORK/bob.txt"
 
-step "Server log (key=value, one line per event)"
-grep -E "event=(connect|tls|auth|queued|close)" "$WORK/server.log" | sed 's/^[^ ]* //' | head -20
+step "bob reads his mailbox over HTTPS (request and response headers shown)"
+fetch --user bob --password "$BOB" --verbose 2>&1
+ID=$(fetch --user bob --password "$BOB" --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"][0]["id"])')
+step "bob opens message $ID"
+fetch --user bob --password "$BOB" --id "$ID"
 
-step "Stopping the server"
-kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
-echo "Done. Try it yourself: make senderserver PORT=9000, then in another terminal make senderclient PORT=9000"
+step "ana reads her mailbox"
+fetch --user ana --password "$ANA"
+
+step "ana tries to read bob's message $ID: refused"
+curl -sS --cacert certs/ca.pem -u "ana@447.edu:$ANA" "https://localhost:$RPORT/mailboxes/bob@447.edu/messages/$ID" -w '  (HTTP %{http_code})\n' || true
+
+step "Server logs (key=value, one line per event)"
+grep -hE "event=(tls|auth|queued|request)" "$WORK/senderserver.log" "$WORK/retrieverserver.log" | sed 's/^[^ ]* //' | head -24
+
+step "Stopping both servers"
+for pid in "${PIDS[@]}"; do kill "$pid"; done
+for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+PIDS=()
+echo "Done. Try it yourself, each in its own terminal:"
+echo "  make senderserver PORT=9000      make senderclient PORT=9000"
+echo "  make retrieverserver PORT=9100   make retrieverclient PORT=9100"
