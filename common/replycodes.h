@@ -14,6 +14,7 @@ inline constexpr ReplyCode ServiceReady{220, ""};
 inline constexpr ReplyCode Closing{221, "2.0.0"};
 inline constexpr ReplyCode AuthSucceeded{235, "2.7.0"};
 inline constexpr ReplyCode Ok{250, "2.0.0"};
+inline constexpr ReplyCode ReadyToStartTls{220, "2.0.0"};
 inline constexpr ReplyCode SenderOk{250, "2.1.0"};
 inline constexpr ReplyCode RecipientOk{250, "2.1.5"};
 inline constexpr ReplyCode Help{214, "2.0.0"};
@@ -47,5 +48,6 @@ inline constexpr ReplyCode MessageTooBig{552, "5.3.4"};
 inline constexpr ReplyCode SenderNotOwned{553, "5.7.1"};
 inline constexpr ReplyCode BadAddressSyntax{553, "5.1.3"};
 inline constexpr ReplyCode ParameterNotRecognized{555, "5.5.4"};
+inline constexpr ReplyCode EncryptionRequired{538, "5.7.11"};
 
 }  // namespace maillab::smtp

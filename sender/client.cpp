@@ -95,6 +95,7 @@ protected:
         add("body-file", "file holding the message body ('-' = standard input)", "FILE");
         add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
         add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
+        add("tls", "implicit (default), starttls or off, as the server runs", "MODE");
         add("verbose", "print raw C:/S: lines and the negotiated TLS parameters", nullptr);
     }
 
@@ -154,15 +155,18 @@ private:
 
     ServerReply connect(SmtpClient& client) {
         std::string serverName = config().getString("client.servername", host_);
-        return client.connect(host_, port_, serverName, context_, timeout_);
+        auto mode = smtp::parseTlsMode(config().getString("client.tls", "implicit"));
+        if (!mode) throw std::runtime_error("--tls must be implicit, starttls or off");
+        return client.connect(host_, port_, serverName, context_, timeout_, *mode);
     }
 
-    // AUTH PLAIN with the initial response; prints a registration's password.
-    ServerReply login(SmtpClient& client, const std::string& user, const std::string& password) {
+    // AUTH PLAIN with the initial response; `announce` prints a registration's password on a line
+    // of its own (`password: NNNNNNNN`) for scripts.
+    ServerReply login(SmtpClient& client, const std::string& user, const std::string& password, bool announce) {
         ServerReply reply =
             client.command("AUTH PLAIN " + smtp::plainCredentials(user, password), "AUTH PLAIN <credentials>");
         std::string newPassword = smtp::registeredPassword(reply);
-        if (!newPassword.empty()) std::cout << "password: " << newPassword << std::endl;
+        if (announce && !newPassword.empty()) std::cout << "password: " << newPassword << std::endl;
         return reply;
     }
 
@@ -195,10 +199,10 @@ private:
         SmtpClient client(trace());
         try {
             ServerReply banner = connect(client);
-            if (banner.code != 220) return fail("connection", banner);
+            if (banner.code != 220) return fail("connection", banner);  // STARTTLS: its 220
             ServerReply ehlo = client.command("EHLO " + Poco::Net::DNS::hostName());
             if (ehlo.code != 250) return fail("EHLO", ehlo);
-            ServerReply auth = login(client, user, cfg.getString("client.password", ""));
+            ServerReply auth = login(client, user, cfg.getString("client.password", ""), true);
             if (auth.code != 235) return fail("AUTH", auth);
             if (!recipients.empty()) {
                 std::string body;
@@ -268,15 +272,19 @@ private:
         try {
             std::cout << "Connecting to " << host_ << ":" << port_ << " over TLS 1.3 ...\n";
             ServerReply banner = connect(client);
-            std::cout << "Connected: " << client.tlsDescription() << "\n";
+            std::cout << "Connected: " << (client.tlsDescription().empty() ? "PLAINTEXT, no TLS" : client.tlsDescription()) << "\n";
             show(banner);
         } catch (const Poco::Exception& e) {
             std::cerr << "error: cannot connect to " << host_ << ":" << port_ << ": " << e.displayText()
                       << "\n       (is `make senderserver PORT=" << port_ << "` running?)\n";
             return kConnection;
+        } catch (const std::exception& e) {
+            std::cerr << "error: " << e.what() << "\n";
+            return kConnection;
         }
         printMenu();
         std::string me;
+        std::vector<std::string> recipients;  // of the current transaction, for the To: header
         std::string line;
         while (client.state() != SmtpClient::State::Closed) {
             if (input.interactive()) std::cout << "next: " << nextStep(client) << "\n";
@@ -298,7 +306,7 @@ private:
                     if (!input.line("  email (@" + domain_ + " is added to a bare name): ", user)) break;
                     user = withDomain(user);
                     if (!input.secret("  password (empty to register a new account): ", password)) break;
-                    ServerReply reply = login(client, user, password);
+                    ServerReply reply = login(client, user, password, false);
                     show(reply);
                     if (reply.code == 235) me = user;
                     if (!smtp::registeredPassword(reply).empty())
@@ -307,11 +315,15 @@ private:
                     std::string from;
                     if (!input.line("  sender [" + me + "]: ", from)) break;
                     from = from.empty() ? me : withDomain(from);
-                    show(client.command("MAIL FROM:<" + from + ">"));
+                    ServerReply reply = client.command("MAIL FROM:<" + from + ">");
+                    show(reply);
+                    if (reply.code == 250) recipients.clear();
                 } else if (word == "rcpt to" || word == "rcpt" || word == "rctp to") {
                     std::string to;
                     if (!input.line("  recipient (@" + domain_ + " is added to a bare name): ", to)) break;
-                    show(client.command("RCPT TO:<" + withDomain(to) + ">"));
+                    ServerReply reply = client.command("RCPT TO:<" + withDomain(to) + ">");
+                    show(reply);
+                    if (reply.code == 250) recipients.push_back(withDomain(to));
                 } else if (word == "data") {
                     ServerReply go = client.command("DATA");
                     show(go);
@@ -328,7 +340,8 @@ private:
                         body += bodyLine + "\r\n";
                     }
                     if (!complete) std::cout << "  (end of input: sending what was typed)\n";
-                    show(client.sendMessage(buildMessage(me, {}, subject, body)));
+                    show(client.sendMessage(buildMessage(me, recipients, subject, body)));
+                    recipients.clear();
                 } else if (word == "quit") {
                     show(client.command("QUIT"));
                 } else if (word == "rset" || word == "noop" || word == "help") {

@@ -44,6 +44,9 @@ struct SenderContext {
     int maxConnections = 0;
     Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, sendTimeout;
     bool verbose = false;
+    smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
+    bool allowPlaintextAuth = false;
+    Poco::Net::Context::Ptr tlsContext;  // for STARTTLS
     Poco::Logger* logger = nullptr;
     std::atomic<int> active{0};
     std::atomic<unsigned long> nextId{1};
@@ -56,7 +59,10 @@ public:
 
     void run() override {
         int active = ++ctx_.active;
-        Poco::Net::SecureStreamSocket socket(this->socket());
+        // Implicit TLS: the accepted socket is already a SecureStreamSocket. STARTTLS and plaintext
+        // modes start on a plain socket and may be upgraded later.
+        Poco::Net::StreamSocket socket = this->socket();
+        bool secure = ctx_.tlsMode == smtp::TlsMode::Implicit;
         std::string peer = socket.peerAddress().toString();
         log("event=connect peer=" + peer + " active=" + std::to_string(active));
         try {
@@ -68,9 +74,10 @@ public:
                 send(socket, std::string("421 4.3.2 ") + ctx_.hostname + " Too many connections; try again later\r\n");
                 log("event=refused reason=max-connections");
             } else {
-                serve(socket, peer);
+                serve(socket, secure);
             }
-            socket.shutdown();  // TLS close_notify, then TCP FIN
+            if (secure) Poco::Net::SecureStreamSocket(socket).shutdown();  // TLS close_notify, then TCP FIN
+            else socket.shutdown();
         } catch (const Poco::TimeoutException&) {
             log("event=disconnect reason=handshake-timeout");
         } catch (const Poco::Exception& e) {
@@ -89,7 +96,7 @@ public:
 private:
     void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
 
-    void send(Poco::Net::SecureStreamSocket& socket, const std::string& bytes) {
+    void send(Poco::Net::StreamSocket& socket, const std::string& bytes) {
         size_t sent = 0;
         while (sent < bytes.size()) {
             int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
@@ -121,17 +128,21 @@ private:
             (inData ? " stored=no" : ""));
     }
 
-    void serve(Poco::Net::SecureStreamSocket& socket, const std::string& peer) {
-        socket.completeHandshake();
-        std::string tls = lastHandshakeOnThisThread();
-        log("event=tls " + tls);
+    void serve(Poco::Net::StreamSocket& socket, bool& secure) {
+        std::string tls;
+        if (secure) {
+            Poco::Net::SecureStreamSocket(socket).completeHandshake();
+            tls = lastHandshakeOnThisThread();
+            log("event=tls " + tls);
+        }
         smtp::SessionEnv env;
+        env.tlsMode = ctx_.tlsMode;
+        env.allowPlaintextAuth = ctx_.allowPlaintextAuth;
         env.hostname = ctx_.hostname;
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         env.log = [this](const std::string& line) { log(line); };
         smtp::Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
-        (void)peer;
 
         std::string pending;
         queue(session.start(), pending);
@@ -173,6 +184,22 @@ private:
                 }
                 queue(output, pending);
                 closing = output.close;
+                if (output.startTls) {
+                    send(socket, pending);
+                    pending.clear();
+                    // RFC 3207 5 / CVE-2011-0411: anything pipelined after STARTTLS arrived in clear
+                    // and must not be executed inside the TLS session.
+                    if (reader.next(event) || reader.hasBufferedBytes()) log("event=starttls-discarded-plaintext");
+                    reader = LineReader(ctx_.limits.maxLineLength);
+                    Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
+                    upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
+                    upgraded.completeHandshake();
+                    socket = upgraded;
+                    secure = true;
+                    std::string description = lastHandshakeOnThisThread();
+                    log("event=tls starttls=yes " + description);
+                    session.onTlsStarted(description.substr(0, description.find(" group=")));
+                }
             }
             if (!pending.empty()) {
                 send(socket, pending);
@@ -210,10 +237,17 @@ protected:
         Option hostname("hostname", "", "our name in the banner and Received header");
         hostname.required(false).repeatable(false).argument("NAME").binding("sender.hostname");
         options.addOption(hostname);
+        Option tls("tls", "", "implicit (default, RFC 8314), starttls (RFC 3207) or off (plaintext, loopback only)");
+        tls.required(false).repeatable(false).argument("MODE").binding("sender.tls");
+        options.addOption(tls);
+        Option plainAuth("allow-plaintext-auth", "", "with --tls off: allow AUTH in clear (to show base64 is not encryption)");
+        plainAuth.required(false).repeatable(false);
+        options.addOption(plainAuth);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         ServerApplication::handleOption(name, value);
+        if (name == "allow-plaintext-auth") config().setBool("sender.allowPlaintextAuth", true);
         if (applyServerOption(config(), "sender", name, value)) {
             Poco::Util::HelpFormatter help(options());
             help.setCommand(commandName());
@@ -260,12 +294,36 @@ protected:
         }
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
 
-        Poco::Net::Context::Ptr context = makeServerContext(tls);
-        std::string keylog = enableKeyLog(*context, tls.keyLogFile);
+        std::string mode = cfg.getString("sender.tls");
+        if (auto parsed = smtp::parseTlsMode(mode)) {
+            ctx.tlsMode = *parsed;
+        } else {
+            logger.error("event=startup-failed reason=\"--tls must be implicit, starttls or off\"");
+            return EXIT_USAGE;
+        }
+        ctx.allowPlaintextAuth = cfg.getBool("sender.allowPlaintextAuth");
+        Poco::Net::SocketAddress address(cfg.getString("sender.bind"), static_cast<Poco::UInt16>(cfg.getInt("sender.port")));
+        if (ctx.tlsMode == smtp::TlsMode::Off) {
+            if (!address.host().isLoopback()) {
+                logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
+                return EXIT_USAGE;
+            }
+            logger.warning("event=warning note=\"PLAINTEXT MODE: everything on this port, passwords included, "
+                           "crosses the wire unencrypted. For comparison in the lab only.\"" +
+                           std::string(ctx.allowPlaintextAuth ? " plaintext-auth=allowed" : ""));
+        }
+
+        ctx.tlsContext = makeServerContext(tls);
+        std::string keylog = enableKeyLog(*ctx.tlsContext, tls.keyLogFile);
         if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
 
-        Poco::Net::SocketAddress address(cfg.getString("sender.bind"), static_cast<Poco::UInt16>(cfg.getInt("sender.port")));
-        Poco::Net::SecureServerSocket serverSocket(address, cfg.getInt("sender.listenBacklog"), context);
+        // Implicit TLS listens with TLS from the first byte; STARTTLS and plaintext listen in clear.
+        std::unique_ptr<Poco::Net::ServerSocket> listener;
+        if (ctx.tlsMode == smtp::TlsMode::Implicit)
+            listener = std::make_unique<Poco::Net::SecureServerSocket>(address, cfg.getInt("sender.listenBacklog"), ctx.tlsContext);
+        else
+            listener = std::make_unique<Poco::Net::ServerSocket>(address, cfg.getInt("sender.listenBacklog"));
+        Poco::Net::ServerSocket& serverSocket = *listener;
 
         auto* params = new Poco::Net::TCPServerParams;
         // Headroom over the limit so the connection past it is answered with 421 rather than queued.
@@ -278,7 +336,7 @@ protected:
 
         int port = serverSocket.address().port();
         logger.information("event=listening address=" + serverSocket.address().toString() + " domain=" +
-                           policy.labDomain + " db=" + storeOptions.path + " tls=TLSv1.3-only");
+                           policy.labDomain + " db=" + storeOptions.path + " tls=" + mode + " tls-version=TLSv1.3-only");
         // The ready line: tests and scripts wait for it instead of sleeping.
         std::cout << "ready port=" << port << std::endl;
 

@@ -66,7 +66,7 @@ const Session::CommandSpec Session::kCommands[] = {
     {"TURN", kNone, &Session::cmdNotImplemented, nullptr},
     {"ETRN", kNone, &Session::cmdNotImplemented, nullptr},
     {"BDAT", kNone, &Session::cmdNotImplemented, nullptr},
-    {"STARTTLS", kNone, &Session::cmdNotImplemented, nullptr},
+    {"STARTTLS", kGreeting | kNoTransaction, &Session::cmdStartTls, "STARTTLS: start TLS (--tls starttls only)"},
 };
 
 std::string Reply::wire() const {
@@ -108,6 +108,47 @@ Session::Session(Authenticator& auth, Store& store, SessionLimits limits, Sessio
     if (!env_.clock) env_.clock = [] { return static_cast<int64_t>(std::time(nullptr)); };
     if (!env_.newQueueId) env_.newQueueId = randomQueueId;
     if (!env_.log) env_.log = [](const std::string&) {};
+    tlsActive_ = env_.tlsMode == TlsMode::Implicit;
+}
+
+void Session::onTlsStarted(const std::string& tlsDescription) {
+    tlsActive_ = true;
+    env_.tlsDescription = tlsDescription;
+    // RFC 3207 4.2: discard knowledge from the client (its EHLO name, any transaction); it must
+    // send EHLO again. AUTH was never offered before TLS, so there is no login to forget.
+    heloName_.clear();
+    extended_ = false;
+    user_.clear();
+    resetTransaction();
+    enterState(State::Fresh);
+}
+
+Output Session::cmdStartTls(const std::string& arg) {
+    if (env_.tlsMode != TlsMode::StartTls) {
+        if (tlsActive_) return error(BadSequence, "Bad sequence of commands: TLS already active");
+        return error(NotImplemented, "Command not implemented: this server runs with --tls off");
+    }
+    if (tlsActive_) return error(BadSequence, "Bad sequence of commands: TLS already active");  // RFC 3207 4
+    if (arg.find_first_not_of(' ') != std::string::npos) return error(SyntaxError, "Syntax: STARTTLS takes no argument");
+    Output out;
+    out.replies.push_back(reply(ReadyToStartTls, "Ready to start TLS"));  // RFC 3207 4
+    out.startTls = true;
+    return out;
+}
+
+// Why AUTH may not run now, or "" when it may: RFC 3207 (not before STARTTLS) and RFC 4954 4
+// (538 when the mechanism would expose a password without encryption).
+static std::string authRefusal(TlsMode mode, bool tlsActive, bool allowPlaintext, ReplyCode& code) {
+    if (tlsActive) return "";
+    if (mode == TlsMode::StartTls) {
+        code = AuthRequired;
+        return "Must issue a STARTTLS command first";
+    }
+    if (!allowPlaintext) {
+        code = EncryptionRequired;
+        return "Encryption required for requested authentication mechanism (start the server with --allow-plaintext-auth to see why)";
+    }
+    return "";
 }
 
 void Session::enterState(State next) {
@@ -238,7 +279,10 @@ Output Session::cmdEhlo(const std::string& arg) {
     r.lines.push_back("8BITMIME");                                         // RFC 6152
     r.lines.push_back("ENHANCEDSTATUSCODES");                              // RFC 2034
     r.lines.push_back("PIPELINING");                                       // RFC 2920
-    r.lines.push_back("AUTH PLAIN LOGIN");                                 // RFC 4954
+    if (env_.tlsMode == TlsMode::StartTls && !tlsActive_) r.lines.push_back("STARTTLS");  // RFC 3207
+    ReplyCode unused{0, ""};
+    if (authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty())
+        r.lines.push_back("AUTH PLAIN LOGIN");  // RFC 4954; never offered before TLS unless allowed
     r.lines.push_back("HELP");
     Output out;
     out.replies.push_back(r);
@@ -247,6 +291,9 @@ Output Session::cmdEhlo(const std::string& arg) {
 
 Output Session::cmdAuth(const std::string& arg) {
     if (authenticated()) return error(BadSequence, "Bad sequence of commands: already authenticated");  // RFC 4954 4
+    ReplyCode refusal{0, ""};
+    std::string why = authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, refusal);
+    if (!why.empty()) return error(refusal, why);
     Command parts = parseCommand(arg);  // mechanism, then an optional initial response
     const std::string& mechanism = parts.verb;
     std::string initial = parts.argument;
@@ -470,9 +517,9 @@ Output Session::finishMessage() {
     std::string date = rfc5322Date(now);
     // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
     std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\tby " + env_.hostname +
-                        " (maillab) with " + std::string(env_.tlsDescription.empty() ? "ESMTPA" : "ESMTPSA") +
+                        " (maillab) with " + std::string(tlsActive_ ? "ESMTPSA" : "ESMTPA") +
                         " id " + message.queueId + "\r\n\t";
-    if (!env_.tlsDescription.empty()) added += "(" + env_.tlsDescription + ")\r\n\t";
+    if (tlsActive_ && !env_.tlsDescription.empty()) added += "(" + env_.tlsDescription + ")\r\n\t";
     if (recipients_.size() == 1) added += "for <" + recipients_[0] + ">";
     added += "; " + date + "\r\n";
     // RFC 6409 8.2/8.3: a submission server may add a missing Date and Message-ID.

@@ -5,6 +5,7 @@
 #include "../common/auth.h"
 #include "../common/replycodes.h"
 #include "../common/store.h"
+#include "smtp_syntax.h"
 
 #include <cstdint>
 #include <functional>
@@ -22,6 +23,8 @@ struct SessionLimits {
 };
 
 struct SessionEnv {
+    TlsMode tlsMode = TlsMode::Implicit;
+    bool allowPlaintextAuth = false;           // --tls off only: let AUTH run in clear, for the lesson
     std::string hostname = "localhost";        // our name in the banner, EHLO and Received
     std::string peerAddress = "127.0.0.1";     // for Received
     std::string tlsDescription;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; "" for plaintext
@@ -43,7 +46,8 @@ struct Reply {
 
 struct Output {
     std::vector<Reply> replies;
-    bool close = false;  // the server closes the connection after sending the replies
+    bool close = false;     // the server closes the connection after sending the replies
+    bool startTls = false;  // after sending the replies, the server starts the TLS handshake
 };
 
 class Session {
@@ -66,6 +70,9 @@ public:
     Output onLine(const std::string& line);      // one line, without its CRLF
     Output onLineTooLong();                      // the reader discarded a line over maxLineLength
     Output onTimeout();                          // the idle timer fired
+    // The STARTTLS handshake completed: RFC 3207 4.2 says forget everything learnt before it.
+    void onTlsStarted(const std::string& tlsDescription);
+    bool tlsActive() const { return tlsActive_; }
 
     State state() const { return state_; }
     bool authenticated() const { return !user_.empty(); }
@@ -101,6 +108,7 @@ private:
     Output cmdHelp(const std::string& arg);
     Output cmdVrfy(const std::string& arg);
     Output cmdQuit(const std::string& arg);
+    Output cmdStartTls(const std::string& arg);
     Output cmdNotImplemented(const std::string& arg);
 
     Authenticator& auth_;
@@ -108,6 +116,7 @@ private:
     SessionLimits limits_;
     SessionEnv env_;
     State state_ = State::Fresh;
+    bool tlsActive_ = true;
 
     std::string heloName_;
     bool extended_ = false;  // EHLO rather than HELO

@@ -5,6 +5,7 @@
 #include "../common/password.h"
 #include "../common/tls.h"
 
+#include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SocketAddress.h>
 
@@ -50,23 +51,42 @@ std::string registeredPassword(const ServerReply& reply) {
     return digits;
 }
 
-ServerReply SmtpClient::connect(const std::string& host, int port, const std::string& serverName,
-                                Poco::Net::Context::Ptr context, int timeoutSeconds) {
-    Poco::Net::SocketAddress address(host, static_cast<Poco::UInt16>(port));
-    Poco::Net::StreamSocket plain;
-    plain.connect(address, Poco::Timespan(timeoutSeconds, 0));
-    plain.setNoDelay(true);
-    socket_ = std::make_unique<Poco::Net::SecureStreamSocket>(
-        Poco::Net::SecureStreamSocket::attach(plain, serverName, context));
-    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds, 0));
-    socket_->setSendTimeout(Poco::Timespan(timeoutSeconds, 0));
-    socket_->completeHandshake();  // certificate chain and hostname are checked here (VERIFY_STRICT)
+void SmtpClient::handshake(const std::string& serverName, Poco::Net::Context::Ptr context) {
+    Poco::Net::SecureStreamSocket secure = Poco::Net::SecureStreamSocket::attach(*socket_, serverName, context);
+    secure.completeHandshake();  // certificate chain and host name are checked here (VERIFY_STRICT)
+    socket_ = std::make_unique<Poco::Net::StreamSocket>(secure);
+    secure_ = true;
     tls_ = lastHandshakeOnThisThread();
     if (trace_) trace_("*", "TLS " + tls_);
+}
+
+ServerReply SmtpClient::connect(const std::string& host, int port, const std::string& serverName,
+                                Poco::Net::Context::Ptr context, int timeoutSeconds, TlsMode mode) {
+    Poco::Net::SocketAddress address(host, static_cast<Poco::UInt16>(port));
+    socket_ = std::make_unique<Poco::Net::StreamSocket>();
+    socket_->connect(address, Poco::Timespan(timeoutSeconds, 0));
+    socket_->setNoDelay(true);
+    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds, 0));
+    socket_->setSendTimeout(Poco::Timespan(timeoutSeconds, 0));
+    if (mode == TlsMode::Implicit) handshake(serverName, context);
+    else if (trace_) trace_("*", "plaintext connection (no TLS yet)");
     state_ = State::Fresh;
     ServerReply banner = readReply();
-    if (banner.code != 220) state_ = State::Closed;
-    return banner;
+    if (banner.code != 220) {
+        state_ = State::Closed;
+        return banner;
+    }
+    if (mode != TlsMode::StartTls) return banner;
+    ServerReply ehlo = command("EHLO " + Poco::Net::DNS::hostName());
+    bool offered = false;
+    for (const auto& line : ehlo.lines) offered = offered || lowerCase(line) == "starttls";
+    if (ehlo.code != 250 || !offered) throw std::runtime_error("server does not offer STARTTLS");
+    ServerReply go = command("STARTTLS");
+    if (go.code != 220) throw std::runtime_error("STARTTLS refused: " + go.firstLineWire());
+    reader_ = LineReader(65536);  // nothing read in clear may be used after the handshake
+    handshake(serverName, context);
+    state_ = State::Fresh;
+    return go;
 }
 
 void SmtpClient::sendRaw(const std::string& bytes) {
@@ -141,7 +161,8 @@ void SmtpClient::close() {
     } catch (const std::exception&) {
     }
     try {
-        socket_->shutdown();
+        if (secure_) Poco::Net::SecureStreamSocket(*socket_).shutdown();  // TLS close_notify
+        else socket_->shutdown();
         socket_->close();
     } catch (const std::exception&) {
     }

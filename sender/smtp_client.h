@@ -3,6 +3,7 @@
 // interactive client can say what comes next.
 #pragma once
 #include "../common/linereader.h"
+#include "smtp_syntax.h"
 
 #include <Poco/Net/Context.h>
 #include <Poco/Net/SecureStreamSocket.h>
@@ -34,9 +35,11 @@ public:
     using Trace = std::function<void(const std::string& direction, const std::string& text)>;
     explicit SmtpClient(Trace trace = nullptr) : trace_(std::move(trace)) {}
 
-    // Connects, completes the TLS handshake (verifying `serverName`), and reads the banner.
+    // Connects, completes the TLS handshake (verifying `serverName`), and reads the banner. With
+    // StartTls it reads the banner in clear, says EHLO, STARTTLS, and returns once TLS is up (the
+    // caller then says EHLO again, RFC 3207 4.2); with Off there is no TLS at all.
     ServerReply connect(const std::string& host, int port, const std::string& serverName,
-                        Poco::Net::Context::Ptr context, int timeoutSeconds);
+                        Poco::Net::Context::Ptr context, int timeoutSeconds, TlsMode mode = TlsMode::Implicit);
     // Sends one command line; `logAs` replaces it in the trace (AUTH secrets).
     ServerReply command(const std::string& line, const std::string& logAs = "");
     // Sends a message (any line endings), dot-stuffed, and the terminating ".".
@@ -54,7 +57,10 @@ private:
     void track(const std::string& verb, const ServerReply& reply);
 
     Trace trace_;
-    std::unique_ptr<Poco::Net::SecureStreamSocket> socket_;
+    void handshake(const std::string& serverName, Poco::Net::Context::Ptr context);
+
+    std::unique_ptr<Poco::Net::StreamSocket> socket_;
+    bool secure_ = false;
     LineReader reader_{65536};
     State state_ = State::Disconnected;
     bool authenticated_ = false;

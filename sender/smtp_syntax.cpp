@@ -27,6 +27,13 @@ bool isAtext(unsigned char c) {
 }
 }  // namespace
 
+std::optional<TlsMode> parseTlsMode(const std::string& name) {
+    if (name == "implicit") return TlsMode::Implicit;
+    if (name == "starttls") return TlsMode::StartTls;
+    if (name == "off") return TlsMode::Off;
+    return std::nullopt;
+}
+
 std::string lowerCase(std::string text) {
     std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
     return text;

@@ -8,6 +8,10 @@
 
 namespace maillab::smtp {
 
+// How TLS reaches a session (RFC 8314 implicit TLS, RFC 3207 STARTTLS, or none for comparison).
+enum class TlsMode { Implicit, StartTls, Off };
+std::optional<TlsMode> parseTlsMode(const std::string& name);  // "implicit", "starttls", "off"
+
 struct Command {
     std::string verb;       // upper-case, e.g. "MAIL"
     std::string argument;   // the rest of the line after one space, as sent

@@ -397,3 +397,57 @@ def interactive_client_from_a_pipe(lab):
         # End of input (Ctrl-D) in the middle quits cleanly.
         out = run_client(lab, server.port, [], input="helo\n")
         assert out.returncode == 0 and "Bye." in out.stdout
+
+
+@test
+def starttls_mode_upgrades_and_forgets_the_plaintext_part(lab):
+    with Server(lab, "senderserver", args=["--tls=starttls"]) as server:
+        out = run_client(lab, server.port, ["--tls", "starttls", "--user", "ana", "--verbose"])
+        assert out.returncode == 0, out.stderr
+        ana = out.stdout.split("password: ")[1].strip()
+        assert "S: 250-STARTTLS" in out.stderr and "S: 220 2.0.0 Ready to start TLS" in out.stderr
+        # Raw: no AUTH offered or accepted before TLS; EHLO needed again after it.
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        raw.sendall(b"EHLO x\r\n")
+        ehlo = [f.readline() for _ in range(7)]
+        assert b"250-STARTTLS\r\n" in ehlo and not any(b"AUTH" in line for line in ehlo)
+        raw.sendall(b"AUTH PLAIN " + plain("ana@447.edu", ana).encode() + b"\r\n")
+        assert f.readline().startswith(b"530 5.7.0 Must issue a STARTTLS command first")
+        # A command pipelined behind STARTTLS arrived in clear: it must not run inside TLS.
+        raw.sendall(b"STARTTLS\r\nNOOP\r\n")
+        assert f.readline().startswith(b"220 2.0.0")
+        tls = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(b"MAIL FROM:<ana@447.edu>\r\n")
+        first = tls.recv(1000)
+        assert first.startswith(b"503 5.5.1 Bad sequence of commands: need EHLO"), first
+        tls.close()
+        assert "event=starttls-discarded-plaintext" in server.log_text()
+        body = lab.path("b.txt")
+        open(body, "w").write("Subject: via STARTTLS\r\n\r\nhi\r\n")
+        curl = subprocess.run(["curl", "-sS", "--ssl-reqd", "--cacert", lab.ca, "--url", f"smtp://localhost:{server.port}",
+                               "--user", f"ana@447.edu:{ana}", "--mail-from", "ana@447.edu", "--mail-rcpt", "ana@447.edu",
+                               "--upload-file", body], capture_output=True, text=True, timeout=60)
+        assert curl.returncode == 0, curl.stderr
+        assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["via STARTTLS"]
+
+
+@test
+def plaintext_mode_refuses_auth_unless_allowed_and_stays_on_loopback(lab):
+    with Server(lab, "senderserver") as tls_server:
+        ana = register(lab, tls_server.port, "ana")
+        db = tls_server.db
+    with Server(lab, "senderserver", args=["--tls=off"], db=db) as server:
+        out = run_client(lab, server.port, ["--tls", "off", "--user", "ana", "--password", ana])
+        assert out.returncode == 1 and "538 5.7.11" in out.stderr
+        assert "PLAINTEXT MODE" in server.log_text()
+    with Server(lab, "senderserver", args=["--tls=off", "--allow-plaintext-auth"], db=db) as server:
+        out = run_client(lab, server.port, ["--tls", "off", "--user", "ana", "--password", ana, "--to", "ana",
+                                            "--subject", "in clear"])
+        assert out.returncode == 0, out.stderr
+        raw = messages(db, "ana@447.edu")[0][1].decode()
+        assert "with ESMTPA id" in raw  # no S: no TLS (RFC 3848)
+    refused = subprocess.run([lab.exe("senderserver"), "--port=0", "--bind=0.0.0.0", "--tls=off", f"--db={db}",
+                              f"--certs={lab.certs}"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "loopback only" in refused.stderr
