@@ -4,8 +4,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 MAKEFLAGS += --no-print-directory
+ifeq ($(MAKELEVEL),0)
 ifeq ($(filter -j%,$(MAKEFLAGS)),)
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
 endif
 
 # SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer into build/asan.
@@ -95,7 +97,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # ---- set-up ---------------------------------------------------------------------------------
 # Debian packages: build (Poco, OpenSSL, SQLite, Catch2, libedit) and tests (curl, openssl, Python).
 DEB_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev \
-                openssl curl python3 ca-certificates chromium
+                openssl curl python3 ca-certificates chromium tshark mscgen pandoc
 
 $(BUILD)/.deps-ok:
 	@$(MAKE) deps
@@ -150,6 +152,35 @@ demo: deps
 	@$(MAKE) all
 	@bash tests/demo.sh $(BUILD)
 
+# ---- captures and reports -------------------------------------------------------------------
+MODES ?= implicit,starttls,off
+NAME ?= lab
+PORTS ?= 9000,9100
+.PHONY: capture capture-start capture-stop check-capture report wireshark-profile
+capture: deps
+	@$(MAKE) all
+	@/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD)
+
+capture-start: deps
+	@/usr/bin/python3 captures/capture.py start --ports $(PORTS) --name live --mode $(or $(MODE),implicit)
+
+capture-stop:
+	@/usr/bin/python3 captures/capture.py stop --name live
+
+check-capture:
+	@test -n "$(FILE)" || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng"; exit 2; }
+	@/usr/bin/python3 captures/check.py $(FILE)
+
+# Reports on CAPTURES (default: this NAME's captures, made first if there are none).
+report: deps
+	@if [ -z "$(CAPTURES)" ] && ! ls captures/$(NAME)-*.pcapng >/dev/null 2>&1; then $(MAKE) capture; fi
+	@/usr/bin/python3 report/report.py --name $(NAME) $(or $(CAPTURES),$(wildcard captures/$(NAME)-*.pcapng) $(if $(wildcard captures/$(NAME)-*.pcapng),,captures/$(NAME)-implicit.pcapng captures/$(NAME)-starttls.pcapng captures/$(NAME)-off.pcapng))
+
+wireshark-profile:
+	@mkdir -p $(HOME)/.config/wireshark/profiles
+	@cp -r captures/wireshark-profile/maillab $(HOME)/.config/wireshark/profiles/
+	@echo "installed the maillab profile in $(HOME)/.config/wireshark/profiles/maillab"
+
 # ---- tests ---------------------------------------------------------------------------------
 .PHONY: test test-asan
 test: deps
@@ -169,3 +200,4 @@ help:
 	@echo "make deps | all | certs | demo | test | test-asan"
 	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
 	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
+	@echo "make capture | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -116,7 +117,16 @@ CertPaths CertPaths::inDirectory(const std::string& dir) {
 
 bool ensureCertificates(const CertPaths& paths) {
     auto slash = paths.caCert.rfind('/');
-    if (slash != std::string::npos && slash > 0) ::mkdir(paths.caCert.substr(0, slash).c_str(), 0755);
+    std::string dir = slash == std::string::npos ? "." : paths.caCert.substr(0, slash);
+    if (slash != std::string::npos && slash > 0) ::mkdir(dir.c_str(), 0755);
+    // Both servers may start at once on a fresh checkout: one creates, the other waits and reuses.
+    int lock = ::open((dir + "/.maillab-certs.lock").c_str(), O_RDWR | O_CREAT, 0600);
+    check(lock >= 0, "lock file");
+    ::flock(lock, LOCK_EX);
+    struct Unlock {
+        int fd;
+        ~Unlock() { ::close(fd); }  // closing releases the flock
+    } unlock{lock};
     bool newCa = !exists(paths.caCert) || !exists(paths.caKey);
     bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey);
     if (!newServer) return false;

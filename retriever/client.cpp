@@ -43,9 +43,9 @@ struct HttpResult {
 class RetrieverConnection {
 public:
     RetrieverConnection(std::string host, int port, std::string serverName, Poco::Net::Context::Ptr context,
-                        int timeoutSeconds, bool verbose)
+                        int timeoutSeconds, bool verbose, bool useTls)
         : host_(std::move(host)), port_(port), serverName_(std::move(serverName)), context_(std::move(context)),
-          timeout_(timeoutSeconds), verbose_(verbose) {}
+          timeout_(timeoutSeconds), verbose_(verbose), useTls_(useTls) {}
 
     HttpResult get(const std::string& path, const std::string& user, const std::string& password) {
         bool reused = socket_ != nullptr;
@@ -65,12 +65,17 @@ private:
         Poco::Net::StreamSocket plain;
         plain.connect(Poco::Net::SocketAddress(host_, static_cast<Poco::UInt16>(port_)), Poco::Timespan(timeout_, 0));
         plain.setNoDelay(true);
-        socket_ = std::make_unique<Poco::Net::SecureStreamSocket>(
-            Poco::Net::SecureStreamSocket::attach(plain, serverName_, context_));
-        socket_->setReceiveTimeout(Poco::Timespan(timeout_, 0));
-        socket_->setSendTimeout(Poco::Timespan(timeout_, 0));
-        socket_->completeHandshake();  // VERIFY_STRICT: chain and host name
-        if (verbose_) std::cerr << "* TLS " << lastHandshakeOnThisThread() << "\n";
+        plain.setReceiveTimeout(Poco::Timespan(timeout_, 0));
+        plain.setSendTimeout(Poco::Timespan(timeout_, 0));
+        if (useTls_) {
+            Poco::Net::SecureStreamSocket secure = Poco::Net::SecureStreamSocket::attach(plain, serverName_, context_);
+            secure.completeHandshake();  // VERIFY_STRICT: chain and host name
+            if (verbose_) std::cerr << "* TLS " << lastHandshakeOnThisThread() << "\n";
+            socket_ = std::make_unique<Poco::Net::StreamSocket>(secure);
+        } else {
+            if (verbose_) std::cerr << "* plain HTTP, no TLS\n";
+            socket_ = std::make_unique<Poco::Net::StreamSocket>(plain);
+        }
         stream_ = std::make_unique<Poco::Net::SocketStream>(*socket_);
     }
 
@@ -78,7 +83,8 @@ private:
         stream_.reset();
         if (socket_) {
             try {
-                socket_->shutdown();
+                if (useTls_) Poco::Net::SecureStreamSocket(*socket_).shutdown();  // TLS close_notify
+                else socket_->shutdown();
                 socket_->close();
             } catch (const Poco::Exception&) {
             }
@@ -130,7 +136,8 @@ private:
     Poco::Net::Context::Ptr context_;
     int timeout_;
     bool verbose_;
-    std::unique_ptr<Poco::Net::SecureStreamSocket> socket_;
+    bool useTls_;
+    std::unique_ptr<Poco::Net::StreamSocket> socket_;
     std::unique_ptr<Poco::Net::SocketStream> stream_;
 };
 
@@ -202,6 +209,7 @@ protected:
         add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
         add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
         add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
+        add("tls", "implicit (HTTPS, default) or off (plain HTTP), as the server runs", "MODE");
         add("verbose", "print HTTP headers and the negotiated TLS parameters", nullptr);
     }
 
@@ -240,7 +248,8 @@ protected:
             return kConnection;
         }
         connection_ = std::make_unique<RetrieverConnection>(host, port, cfg.getString("client.servername", host), context,
-                                                            cfg.getInt("client.timeout", 30), cfg.getBool("client.verbose", false));
+                                                            cfg.getInt("client.timeout", 30), cfg.getBool("client.verbose", false),
+                                                            cfg.getString("client.tls", "implicit") != "off");
         try {
             return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
         } catch (const Poco::Exception& e) {
@@ -329,7 +338,8 @@ private:
     }
 
     int runInteractive(const std::string& host, int port) {
-        std::cout << "maillab retriever client for https://" << host << ":" << port << "/\n"
+        std::cout << "maillab retriever client for " << (config().getString("client.tls", "implicit") == "off" ? "http" : "https")
+                  << "://" << host << ":" << port << "/\n"
                   << "Commands: GET (read a mailbox), HELP, QUIT. Ctrl-D quits.\n";
         std::string line;
         while (readLine("http> ", line)) {

@@ -313,6 +313,9 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     if (authorization.empty()) return unauthorized("Authentication required: send the account's address and password");
     if (!parseBasicAuthorization(authorization, user, password))
         return unauthorized("Malformed Authorization header: expected Basic credentials");
+    if (!request.overTls && !limits_.plaintextAuthAllowed)
+        // RFC 7617 4: Basic sends the password in clear; without TLS it is refused unless the lab allows it.
+        return error(403, "Credentials sent without TLS are refused (start the server with --allow-plaintext-auth to see why)");
     AuthResult result;
     try {
         result = auth_.authenticate(user, password, false);

@@ -18,12 +18,14 @@ struct ApiLimits {
     size_t maxHeaderBytes = 8192;  // all header names and values together; more gets 431
     int64_t defaultPageSize = 50;
     int64_t maxPageSize = 500;
+    bool plaintextAuthAllowed = false;  // --tls off only: accept Basic credentials sent in clear
 };
 
 struct ApiRequest {
     std::string method;  // "GET"
     std::string target;  // "/mailboxes/ana%40447.edu/messages?limit=10"
     std::vector<std::pair<std::string, std::string>> headers;
+    bool overTls = true;  // false on a --tls off server
     std::string header(const std::string& name) const;  // case-insensitive; "" when absent
 };
 

@@ -34,6 +34,7 @@ struct RetrieverContext {
     std::unique_ptr<http::MailApi> api;
     Poco::Logger* logger = nullptr;
     bool verbose = false;
+    bool overTls = true;
     int maxConnections = 0;
     Poco::Net::HTTPServer* server = nullptr;
     std::atomic<unsigned long> nextConnectionId{1};
@@ -76,6 +77,7 @@ public:
             http::ApiRequest apiRequest;
             apiRequest.method = request.getMethod();
             apiRequest.target = request.getURI();
+            apiRequest.overTls = ctx_.overTls;
             for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
             result = ctx_.api->handle(apiRequest);
         }
@@ -126,10 +128,17 @@ protected:
     void defineOptions(Poco::Util::OptionSet& options) override {
         ServerApplication::defineOptions(options);
         addServerOptions(options, "retriever");
+        Poco::Util::Option tls("tls", "", "implicit (HTTPS, default) or off (plain HTTP, loopback only)");
+        tls.required(false).repeatable(false).argument("MODE").binding("retriever.tls");
+        options.addOption(tls);
+        Poco::Util::Option plainAuth("allow-plaintext-auth", "", "with --tls off: accept passwords sent in clear");
+        plainAuth.required(false).repeatable(false);
+        options.addOption(plainAuth);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         ServerApplication::handleOption(name, value);
+        if (name == "allow-plaintext-auth") config().setBool("retriever.allowPlaintextAuth", true);
         if (applyServerOption(config(), "retriever", name, value)) {
             Poco::Util::HelpFormatter help(options());
             help.setCommand(commandName());
@@ -167,6 +176,13 @@ protected:
         limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");
         limits.defaultPageSize = cfg.getInt64("http.defaultPageSize");
         limits.maxPageSize = cfg.getInt64("http.maxPageSize");
+        limits.plaintextAuthAllowed = cfg.getBool("retriever.allowPlaintextAuth");
+        std::string mode = cfg.getString("retriever.tls");
+        if (mode != "implicit" && mode != "off") {
+            logger.error("event=startup-failed reason=\"--tls must be implicit or off\"");
+            return EXIT_USAGE;
+        }
+        ctx.overTls = mode == "implicit";
         ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits);
 
         Poco::Net::Context::Ptr context = makeServerContext(tls);
@@ -175,7 +191,20 @@ protected:
 
         Poco::Net::SocketAddress address(cfg.getString("retriever.bind"),
                                          static_cast<Poco::UInt16>(cfg.getInt("retriever.port")));
-        Poco::Net::SecureServerSocket socket(address, cfg.getInt("retriever.listenBacklog"), context);
+        std::unique_ptr<Poco::Net::ServerSocket> listener;
+        if (ctx.overTls) {
+            listener = std::make_unique<Poco::Net::SecureServerSocket>(address, cfg.getInt("retriever.listenBacklog"), context);
+        } else {
+            if (!address.host().isLoopback()) {
+                logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
+                return EXIT_USAGE;
+            }
+            logger.warning("event=warning note=\"PLAIN HTTP MODE: requests, answers and passwords cross the wire "
+                           "unencrypted. For comparison in the lab only.\"" +
+                           std::string(limits.plaintextAuthAllowed ? " plaintext-auth=allowed" : ""));
+            listener = std::make_unique<Poco::Net::ServerSocket>(address, cfg.getInt("retriever.listenBacklog"));
+        }
+        Poco::Net::ServerSocket& socket = *listener;
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
         int threads = ctx.maxConnections + 8;  // headroom: the connection past the limit gets a 503
         params->setMaxThreads(threads);
@@ -192,7 +221,7 @@ protected:
         server.start();
 
         logger.information("event=listening address=" + socket.address().toString() + " db=" + storeOptions.path +
-                           " tls=TLSv1.3-only");
+                           " tls=" + mode);
         std::cout << "ready port=" << socket.address().port() << std::endl;
         waitForTerminationRequest();
         logger.information("event=stopping");

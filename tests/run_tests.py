@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(HERE, "e2e"))
 import harness  # noqa: E402
 import test_sender  # noqa: E402,F401  (registers tests)
 import test_retriever  # noqa: E402,F401
+import test_captures  # noqa: E402,F401
 
 
 def run_unit(build):
@@ -58,13 +59,13 @@ def main():
         failed += f
     lab = harness.Lab(args.build)
     try:
-        p, f = harness.run(lab, args.only)
+        p, f, s = harness.run(lab, args.only)
     finally:
         lab.cleanup()
-    print(f"end-to-end tests: {p} passed, {f} failed")
+    print(f"end-to-end tests: {p} passed, {f} failed, {s} skipped")
     passed += p
     failed += f
-    print(f"{passed} passed, {failed} failed")
+    print(f"{passed} passed, {failed} failed" + (f", {s} skipped" if s else ""))
     return 1 if failed else 0
 
 

@@ -18,6 +18,10 @@ import traceback
 TESTS = []
 
 
+class Skip(Exception):
+    """A test that cannot run on this machine (said why); counted apart, never as passed."""
+
+
 def test(fn):
     TESTS.append(fn)
     return fn
@@ -183,7 +187,7 @@ def messages(db, mailbox):
 
 
 def run(lab, selected=None):
-    passed = failed = 0
+    passed = failed = skipped = 0
     for fn in TESTS:
         if selected and not any(s in fn.__name__ for s in selected):
             continue
@@ -192,8 +196,11 @@ def run(lab, selected=None):
             fn(lab)
             passed += 1
             print(f"PASS {fn.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        except Skip as why:
+            skipped += 1
+            print(f"SKIP {fn.__name__}: {why}", flush=True)
         except Exception:
             failed += 1
             print(f"FAIL {fn.__name__}", flush=True)
             traceback.print_exc(file=sys.stdout)
-    return passed, failed
+    return passed, failed, skipped

@@ -1,0 +1,253 @@
+#!/usr/bin/python3
+"""Captures the lab's traffic into captures/<name>.pcapng files that open already decrypted in
+Wireshark (the TLS key log is embedded with `editcap --inject-secrets`).
+
+  capture.py session [--modes implicit,starttls,off] [--name lab]   a scripted lab session per mode
+  capture.py start --ports 9000,9100 [--name live]                  around your own session; Ctrl-C
+  capture.py stop [--name live]                                     or this, from another terminal
+
+Capturing needs root or dumpcap's capabilities: dumpcap alone runs under sudo when needed (and we say
+so); the files are written by you, so they stay readable by you."""
+
+import argparse
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# Each mode: server options and client options, for the sender and for the retriever.
+MODES = {
+    "implicit": {"sender": ["--tls=implicit"], "retriever": ["--tls=implicit"],
+                 "sclient": ["--tls", "implicit"], "rclient": ["--tls", "implicit"]},
+    "starttls": {"sender": ["--tls=starttls"], "retriever": ["--tls=implicit"],
+                 "sclient": ["--tls", "starttls"], "rclient": ["--tls", "implicit"]},
+    "off": {"sender": ["--tls=off", "--allow-plaintext-auth"], "retriever": ["--tls=off", "--allow-plaintext-auth"],
+            "sclient": ["--tls", "off"], "rclient": ["--tls", "off"]},
+}
+
+
+def say(text):
+    print(text, flush=True)
+
+
+def dumpcap_needs_sudo():
+    if os.geteuid() == 0:
+        return False
+    probe = subprocess.run(["dumpcap", "-i", "lo", "-c", "1", "-a", "duration:1", "-w", "/dev/null", "-q"],
+                           capture_output=True, text=True)
+    return probe.returncode != 0
+
+
+class Dumpcap:
+    """dumpcap on the loopback interface for the given TCP ports, writing pcapng to our own file
+    through a pipe. A UDP probe to a spare port marks the start and the end, so nothing is lost:
+    when dumpcap has counted the end probe, it has everything sent before it."""
+
+    def __init__(self, ports, path, progress=False):
+        self.probe_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.probe_sock.bind(("127.0.0.1", 0))
+        self.probe_port = self.probe_sock.getsockname()[1]
+        ports_filter = " or ".join(f"tcp port {p}" for p in ports)
+        cmd = ["dumpcap", "-i", "lo", "-f", f"({ports_filter}) or (udp dst port {self.probe_port})", "-w", "-"]
+        if dumpcap_needs_sudo():
+            say("note: capturing needs root (or dumpcap's capabilities): running dumpcap with sudo")
+            cmd = ["sudo"] + cmd
+        self.out = open(path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.PIPE)
+        self.count = 0
+        self.changed = threading.Condition()
+        self.progress = progress
+        threading.Thread(target=self._read_progress, daemon=True).start()
+        self.sync("start")
+
+    def _read_progress(self):
+        buffer = b""
+        while True:
+            chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") else self.proc.stderr.read(1)
+            if not chunk:
+                break
+            buffer += chunk
+            for match in re.finditer(rb"Packets: (\d+)", buffer):
+                with self.changed:
+                    self.count = max(self.count, int(match.group(1)))
+                    self.changed.notify_all()
+            if self.progress:
+                sys.stdout.write(f"\r  captured {self.count} packets (Ctrl-C or `make capture-stop` to finish) ")
+                sys.stdout.flush()
+            buffer = buffer[-64:]
+        with self.changed:
+            self.changed.notify_all()
+
+    def sync(self, what, timeout=20):
+        """Sends probes until dumpcap has counted one more packet."""
+        with self.changed:
+            target = self.count + 1
+        for _ in range(int(timeout / 0.1)):
+            self.probe_sock.sendto(what.encode(), ("127.0.0.1", self.probe_port))
+            with self.changed:
+                if self.changed.wait_for(lambda: self.count >= target or self.proc.poll() is not None, 0.1):
+                    break
+        if self.proc.poll() is not None:
+            raise SystemExit(f"dumpcap stopped: {self.proc.returncode}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.sync("end")
+            self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        self.out.close()
+        return self.probe_port
+
+
+def finish(raw, final, probe_port, keylog, comment, with_keys=True):
+    """Drops the probes, embeds the TLS secrets, adds the comment check.py and report.py read."""
+    filtered = raw + ".filtered"
+    subprocess.run(["tshark", "-r", raw, "-2", "-R", f"not (udp.port == {probe_port})", "-w", filtered, "-F", "pcapng"],
+                   check=True, capture_output=True)
+    cmd = ["editcap", "--capture-comment", comment]
+    if with_keys and keylog and os.path.exists(keylog) and os.path.getsize(keylog) > 0:
+        cmd += ["--inject-secrets", f"tls,{keylog}"]
+    subprocess.run(cmd + [filtered, final], check=True, capture_output=True)
+    os.unlink(filtered)
+    os.chmod(final, 0o644)
+
+
+class ServerProcess:
+    def __init__(self, exe, args, log):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([exe, "--port=0"] + args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("ready port="):
+            raise SystemExit(f"{exe} did not start; see {log}")
+        self.port = int(line.split("=")[1])
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def run(cmd, **kw):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+    if out.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def session(args):
+    bin_dir = os.path.join(ROOT, args.build, "bin")
+    os.makedirs(args.out, exist_ok=True)
+    run([os.path.join(bin_dir, "maillab-certs"), os.path.join(ROOT, "certs")])
+    ca = os.path.join(ROOT, "certs", "ca.pem")
+    written = []
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode}; use implicit, starttls, off")
+        m = MODES[mode]
+        work = tempfile.mkdtemp(prefix="maillab-capture-")
+        keylog = os.path.join(work, "keys.log")
+        common = [f"--db={work}/lab.db", f"--certs={ROOT}/certs", f"--keylog={keylog}"]
+        say(f"== {mode}: starting servers")
+        sender = ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"))
+        retriever = ServerProcess(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+                                  os.path.join(work, "retriever.log"))
+        raw = os.path.join(work, "raw.pcapng")
+        final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
+        try:
+            cap = Dumpcap([sender.port, retriever.port], raw)
+            say(f"   capturing tcp ports {sender.port} (SMTP) and {retriever.port} (HTTP) on lo")
+            sc = [os.path.join(bin_dir, "senderclient"), "--port", str(sender.port), "--ca", ca] + m["sclient"]
+            rc = [os.path.join(bin_dir, "retrieverclient"), "--port", str(retriever.port), "--ca", ca] + m["rclient"]
+            say("   register ana@447.edu and bob@447.edu")
+            ana = run(sc + ["--user", "ana"]).split("password: ")[1].split()[0]
+            bob = run(sc + ["--user", "bob"]).split("password: ")[1].split()[0]
+            body = os.path.join(work, "body.txt")
+            with open(body, "w") as f:
+                f.write("Hi Bob,\nthe capture lab starts at ten.\nAna\n")
+            say("   ana sends bob a message")
+            run(sc + ["--user", "ana", "--password", ana, "--to", "bob", "--subject", "Capture lab", "--body-file", body])
+            say("   bob lists his mailbox and opens the message")
+            run(rc + ["--user", "bob", "--password", bob])
+            run(rc + ["--user", "bob", "--password", bob, "--id", "1"])
+            probe = cap.stop()
+        finally:
+            sender.stop()
+            retriever.stop()
+        finish(raw, final, probe, keylog, f"maillab mode={mode} smtp={sender.port} http={retriever.port}",
+               with_keys=not args.without_keys)
+        shutil.rmtree(work, ignore_errors=True)
+        say(f"   wrote {final}")
+        written.append(final)
+    say("Open a file in Wireshark: it is decrypted already (File > Open). See captures/README.md.")
+    return written
+
+
+def pid_file(name):
+    return os.path.join(HERE, f".{name}.pid")
+
+
+def start(args):
+    ports = [int(p) for p in args.ports.split(",")]
+    keylog = os.path.abspath(os.path.join(args.out, f"{args.name}.keys.log"))
+    raw = os.path.join(args.out, f".{args.name}.raw.pcapng")
+    final = os.path.join(args.out, f"{args.name}.pcapng")
+    open(keylog, "a").close()
+    os.chmod(keylog, 0o600)
+    say(f"Capturing tcp ports {args.ports} on lo into {final}.")
+    say("Start your servers and clients with the key log, in each terminal:")
+    say(f"    export SSLKEYLOGFILE={keylog}")
+    say("Stop with Ctrl-C here, or `make capture-stop` in another terminal.")
+    cap = Dumpcap(ports, raw, progress=True)
+    with open(pid_file(args.name), "w") as f:
+        f.write(str(os.getpid()))
+    stopped = threading.Event()
+    signal.signal(signal.SIGINT, lambda *a: stopped.set())
+    signal.signal(signal.SIGTERM, lambda *a: stopped.set())
+    while not stopped.wait(0.5):
+        if cap.proc.poll() is not None:
+            break
+    say("")
+    probe = cap.stop()
+    os.unlink(pid_file(args.name))
+    finish(raw, final, probe, keylog, f"maillab mode={args.mode} smtp={ports[0]} http={ports[-1] if len(ports) > 1 else 0}")
+    os.unlink(raw)
+    say(f"wrote {final} ({'with' if os.path.getsize(keylog) else 'WITHOUT'} TLS secrets)")
+
+
+def stop(args):
+    try:
+        pid = int(open(pid_file(args.name)).read())
+    except FileNotFoundError:
+        raise SystemExit(f"no capture named {args.name} is running")
+    os.kill(pid, signal.SIGTERM)
+    say(f"asked capture {args.name} (pid {pid}) to finish")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["session", "start", "stop"])
+    parser.add_argument("--modes", default="implicit,starttls,off")
+    parser.add_argument("--mode", default="implicit", help="for start: the TLS mode your servers use")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--ports", default="9000,9100")
+    parser.add_argument("--out", default=HERE)
+    parser.add_argument("--build", default="build")
+    parser.add_argument("--without-keys", action="store_true", help="do not embed the key log (an eavesdropper's file)")
+    args = parser.parse_args()
+    if args.name is None:
+        args.name = "lab" if args.command == "session" else "live"
+    {"session": session, "start": start, "stop": stop}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

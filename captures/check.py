@@ -1,0 +1,69 @@
+#!/usr/bin/python3
+"""make check-capture FILE=...: checks a capture (ours or a student's) for the lab's sequence: a TLS 1.3
+handshake, then EHLO, AUTH, MAIL, RCPT, DATA, QUIT on SMTP, then the GETs on HTTP. Says what is missing.
+Exit status: 0 all present, 1 something missing, 2 encrypted and no keys to read it (not an error of
+the capture: say so in the report)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "report"))
+from analyze import Capture  # noqa: E402
+
+SMTP_SEQUENCE = ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def check(path, out=print):
+    cap = Capture(path)
+    out(f"{path}: mode={cap.mode} smtp port={cap.smtp_port} http port={cap.http_port} "
+        f"secrets={'yes' if cap.secrets else 'no'}")
+    missing = []
+
+    def item(ok, text):
+        out(f"  [{'ok' if ok else '--'}] {text}")
+        if not ok:
+            missing.append(text)
+
+    if cap.mode == "off":
+        item(not cap.has_tls, "no TLS (a plaintext capture, for comparison)")
+    else:
+        hs = cap.handshakes()
+        tls13 = [h for h in hs if h.get("chosen_version") == "TLS 1.3"]
+        item(bool(tls13), "TLS 1.3 handshake (ServerHello supported_versions = TLS 1.3)")
+        if cap.has_tls and not cap.secrets:
+            smtp = cap.smtp_lines()
+            if not [line for line in smtp if line["dir"] == "C"]:
+                out("  undecryptable: the TLS records are there, but the capture holds no key log, so the SMTP "
+                    "and HTTP inside cannot be read. Capture with --keylog/SSLKEYLOGFILE and `make capture`.")
+                return 2
+    smtp = cap.smtp_lines()
+    commands = [(line["frame"], line["text"].split(" ")[0].upper()) for line in smtp if line["dir"] == "C"]
+    position = 0
+    last_frame = 0
+    for wanted in SMTP_SEQUENCE:
+        found = next(((f, c) for f, c in commands[position:] if c == wanted), None)
+        if found:
+            position = commands.index(found) + 1
+            last_frame = found[0]
+        item(found is not None, f"SMTP {wanted}" + ("" if found else f" (not seen after the {SMTP_SEQUENCE[SMTP_SEQUENCE.index(wanted) - 1] if wanted != 'EHLO' else 'handshake'})"))
+    gets = [m for m in cap.http_messages() if m["method"] == "GET" and m["frame"] > last_frame]
+    item(bool(gets), f"HTTP GET after the mail was sent ({len(gets)} seen)")
+    if missing:
+        out(f"missing: {', '.join(missing)}")
+        return 1
+    out("all of the lab's sequence is there")
+    return 0
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        return 2
+    worst = 0
+    for path in sys.argv[1:]:
+        worst = max(worst, check(path))
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Reads a maillab capture with tshark: which ports carry SMTP and HTTP, in which TLS mode, whether it
+holds decryption secrets, and the rows that check.py and report.py use (TLS handshakes and records,
+SMTP commands and replies, HTTP requests and responses). tshark does the dissecting; this module only
+asks for fields and arranges them."""
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+
+CIPHER_SUITES = {"0x1301": "TLS_AES_128_GCM_SHA256", "0x1302": "TLS_AES_256_GCM_SHA384",
+                 "0x1303": "TLS_CHACHA20_POLY1305_SHA256", "0x1304": "TLS_AES_128_CCM_SHA256",
+                 "0x1305": "TLS_AES_128_CCM_8_SHA256", "0x00ff": "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
+                 "0xc02b": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "0xc02c": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                 "0xc02f": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xc030": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}
+GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048"}
+VERSIONS = {"0x0301": "TLS 1.0", "0x0302": "TLS 1.1", "0x0303": "TLS 1.2", "0x0304": "TLS 1.3"}
+CONTENT_TYPES = {"20": "change_cipher_spec", "21": "alert", "22": "handshake", "23": "application_data"}
+HANDSHAKE_TYPES = {"1": "ClientHello", "2": "ServerHello", "4": "NewSessionTicket", "8": "EncryptedExtensions",
+                   "11": "Certificate", "13": "CertificateRequest", "15": "CertificateVerify", "20": "Finished",
+                   "24": "KeyUpdate"}
+
+
+def name(table, value):
+    return table.get(value, value)
+
+
+def tshark(path, args, check=True):
+    out = subprocess.run(["tshark", "-r", path] + args, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"tshark failed on {path}: {out.stderr.strip()}")
+    return out.stdout
+
+
+class Capture:
+    def __init__(self, path):
+        self.path = path
+        info = subprocess.run(["capinfos", path], capture_output=True, text=True)
+        if info.returncode != 0:
+            raise RuntimeError(f"not a capture file: {path}: {info.stderr.strip()}")
+        self.secrets = int((re.search(r"Number of decryption secrets in file:\s*(\d+)", info.stdout) or [0, 0])[1])
+        comment = re.search(r"maillab mode=(\w+) smtp=(\d+) http=(\d+)", info.stdout)
+        if comment:
+            self.mode, self.smtp_port, self.http_port = comment[1], int(comment[2]), int(comment[3])
+        else:
+            self.mode, self.smtp_port, self.http_port = self._guess()
+        self.has_tls = bool(tshark(path, ["-Y", "tls.handshake.type == 1"] + self._tls_guess_args()).strip())
+
+    def _tls_guess_args(self):
+        return ["-d", f"tcp.port=={self.smtp_port},tls"] if self.mode == "implicit" else []
+
+    def _guess(self):
+        """A student's capture without our comment: the servers' ports are the SYNs' destinations;
+        the one whose first server bytes in clear are "220 " speaks SMTP (plaintext or STARTTLS)."""
+        rows = tshark(self.path, ["-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0", "-T", "fields", "-e", "tcp.dstport"])
+        ports = sorted({int(p) for p in rows.split()})
+        smtp, http, mode = 0, 0, "implicit"
+        for port in ports:
+            plain = tshark(self.path, ["-d", f"tcp.port=={port},smtp", "-Y", "smtp.response.code == 220"])
+            if plain.strip():
+                smtp = port
+                starttls = tshark(self.path, ["-d", f"tcp.port=={port},smtp", "-Y", 'smtp.req.command == "STAR"'])
+                mode = "starttls" if starttls.strip() else "off"
+        for port in ports:
+            if port == smtp:
+                continue
+            tls = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-Y", "tls.handshake.type == 1"])
+            if not smtp and tls.strip() and not http:
+                # Implicit TLS: tell SMTP from HTTP by what the decrypted server says first.
+                banner = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},smtp",
+                                            "-Y", "smtp.response.code == 220"])
+                if banner.strip():
+                    smtp = port
+                    continue
+            http = http or port
+        return mode, smtp, http
+
+    def decode_args(self):
+        """tshark Decode As options: the lab's ports are not the well-known ones."""
+        args = []
+        if self.smtp_port:
+            if self.mode == "implicit":
+                args += ["-d", f"tcp.port=={self.smtp_port},tls", "-d", f"tls.port=={self.smtp_port},smtp"]
+            else:
+                args += ["-d", f"tcp.port=={self.smtp_port},smtp"]
+        if self.http_port:
+            if self.mode == "off":
+                args += ["-d", f"tcp.port=={self.http_port},http"]
+            else:
+                args += ["-d", f"tcp.port=={self.http_port},tls", "-d", f"tls.port=={self.http_port},http"]
+        return args
+
+    def fields(self, display_filter, fields, extra=()):
+        args = self.decode_args() + list(extra) + ["-Y", display_filter, "-T", "fields", "-E", "occurrence=a",
+                                                    "-E", "aggregator=|", "-E", "separator=\t"]
+        for f in fields:
+            args += ["-e", f]
+        rows = []
+        for line in tshark(self.path, args).splitlines():
+            values = line.split("\t")
+            if not values[0].isdigit() and fields[0] in ("frame.number", "tcp.stream"):
+                continue  # binary data shown as text broke the line; nothing readable in it
+            rows.append(dict(zip(fields, values + [""] * (len(fields) - len(values)))))
+        return rows
+
+    def direction(self, row):
+        """'C' for client to server, 'S' for server to client."""
+        return "S" if int(row["tcp.srcport"] or 0) in (self.smtp_port, self.http_port) else "C"
+
+    def smtp_lines(self):
+        rows = self.fields("smtp", ["frame.number", "tcp.stream", "tcp.srcport", "smtp.command_line", "smtp.response",
+                                    "smtp.data.fragment", "imf"])
+        out = []
+        for r in rows:
+            text = r["smtp.command_line"] or r["smtp.response"]
+            if not text and self.direction(r) == "C":
+                text = "<message data>"
+            for part in text.split("|") if text else []:
+                # tshark prints the line ending as the four characters \r\n
+                part = part.replace("\\r\\n", "").rstrip("\r\n")
+                out.append({"frame": int(r["frame.number"]), "stream": int(r["tcp.stream"]),
+                            "dir": self.direction(r), "text": part})
+        return out
+
+    def http_messages(self):
+        rows = self.fields("http.request || http.response", ["frame.number", "tcp.stream", "tcp.srcport",
+                                                            "http.request.method", "http.request.uri",
+                                                            "http.response.code", "http.response.phrase",
+                                                            "http.content_type", "http.content_length_header",
+                                                            "http.authorization"])
+        return [{"frame": int(r["frame.number"]), "stream": int(r["tcp.stream"]), "dir": self.direction(r),
+                 "method": r["http.request.method"], "uri": r["http.request.uri"], "status": r["http.response.code"],
+                 "phrase": r["http.response.phrase"], "type": r["http.content_type"],
+                 "length": r["http.content_length_header"], "authorization": r["http.authorization"]} for r in rows]
+
+    def tls_records(self):
+        rows = self.fields("tls", ["frame.number", "frame.time_relative", "tcp.stream", "tcp.srcport",
+                                   "tls.record.version", "tls.record.content_type", "tls.record.opaque_type",
+                                   "tls.record.length", "tls.handshake.type", "tls.handshake.version",
+                                   "tls.handshake.extensions.supported_version", "tls.handshake.extensions_key_share_group",
+                                   "tls.handshake.ciphersuite", "tls.alert_message.desc"])
+        records = []
+        for r in rows:
+            types = r["tls.record.content_type"].split("|")
+            lengths = r["tls.record.length"].split("|")
+            versions = r["tls.record.version"].split("|")
+            frame_records = []
+            for i, ctype in enumerate(types):
+                frame_records.append({"frame": int(r["frame.number"]), "time": float(r["frame.time_relative"] or 0),
+                                      "stream": int(r["tcp.stream"]), "dir": self.direction(r),
+                                      "record_version": name(VERSIONS, versions[i] if i < len(versions) else ""),
+                                      "type": name(CONTENT_TYPES, ctype),
+                                      "length": lengths[i] if i < len(lengths) else ""})
+            # Handshake messages in order, one per handshake record (TLS 1.3 sends each encrypted
+            # handshake message in its own record here); any extra ones go with the last.
+            messages = [name(HANDSHAKE_TYPES, t) for t in r["tls.handshake.type"].split("|") if t]
+            carriers = [rec for rec in frame_records if rec["type"] == "handshake"] or frame_records[-1:]
+            for i, message in enumerate(messages):
+                carriers[min(i, len(carriers) - 1)].setdefault("handshake", []).append(message)
+            if frame_records and r["tls.alert_message.desc"]:
+                frame_records[-1]["alert"] = r["tls.alert_message.desc"]
+            records += frame_records
+        return records
+
+    def handshakes(self):
+        """One row per TLS connection: what the ClientHello offered and the ServerHello chose."""
+        hellos = self.fields("tls.handshake.type == 1 || tls.handshake.type == 2",
+                             ["tcp.stream", "tcp.srcport", "tcp.dstport", "tls.record.version", "tls.handshake.type",
+                              "tls.handshake.version", "tls.handshake.extensions.supported_version",
+                              "tls.handshake.extensions_key_share_group", "tls.handshake.ciphersuite"])
+        table = {}
+        for r in hellos:
+            stream = int(r["tcp.stream"])
+            row = table.setdefault(stream, {"stream": stream})
+            kinds = r["tls.handshake.type"].split("|")
+            if "1" in kinds:
+                row["server_port"] = int(r["tcp.dstport"])
+                row["client_record_version"] = name(VERSIONS, r["tls.record.version"].split("|")[0])
+                row["client_hello_version"] = name(VERSIONS, r["tls.handshake.version"].split("|")[0])
+                row["offered_versions"] = [name(VERSIONS, v) for v in r["tls.handshake.extensions.supported_version"].split("|") if v]
+                row["offered_suites"] = [name(CIPHER_SUITES, c) for c in r["tls.handshake.ciphersuite"].split("|") if c]
+                row["offered_groups"] = [name(GROUPS, g) for g in r["tls.handshake.extensions_key_share_group"].split("|") if g]
+            if "2" in kinds:
+                row["server_hello_version"] = name(VERSIONS, r["tls.handshake.version"].split("|")[0])
+                row["chosen_version"] = name(VERSIONS, r["tls.handshake.extensions.supported_version"].split("|")[0])
+                row["chosen_suite"] = name(CIPHER_SUITES, r["tls.handshake.ciphersuite"].split("|")[0])
+                row["chosen_group"] = name(GROUPS, r["tls.handshake.extensions_key_share_group"].split("|")[0])
+        certs = tshark(self.path, self.decode_args() + ["-Y", "tls.handshake.type == 11", "-V"])
+        subject = re.search(r"Certificate: [0-9a-f]+\S* \(([^)]*)\)", certs)
+        issuer = re.search(r"issuer: rdnSequence \(0\)\s+rdnSequence: \d+ items? \(([^)]*)\)", certs)
+        for row in table.values():
+            row["certificate_subject"] = subject[1].replace("id-at-", "") if subject else "(encrypted: no keys)"
+            row["certificate_issuer"] = issuer[1].replace("id-at-", "") if issuer else "(encrypted: no keys)"
+        return [table[k] for k in sorted(table)]
+
+    def stats(self, which):
+        return tshark(self.path, self.decode_args() + ["-q", "-z", which])
+
+    def totals(self):
+        out = subprocess.run(["capinfos", "-c", "-d", "-M", self.path], capture_output=True, text=True).stdout
+        packets = int((re.search(r"Number of packets:\s*(\d+)", out) or [0, 0])[1])
+        size = int((re.search(r"Data size:\s*(\d+)", out) or [0, 0])[1])
+        streams = len(set(tshark(self.path, ["-T", "fields", "-e", "tcp.stream"]).split()))
+        return {"packets": packets, "bytes": size, "connections": streams}
+
+    def without_secrets(self):
+        """The same capture as an eavesdropper has it: a copy without the embedded key log."""
+        handle, path = tempfile.mkstemp(suffix=".pcapng")
+        os.close(handle)
+        strip_secrets(self.path, path)
+        blind = Capture.__new__(Capture)
+        blind.__dict__.update(self.__dict__)
+        blind.path = path
+        blind.secrets = 0
+        return blind
+
+
+def strip_secrets(source, target):
+    """Copies a pcapng file without its Decryption Secrets Blocks (block type 0x0000000A). Wireshark
+    4.0's editcap cannot rewrite a file that holds secrets, and pcapng's block format is simple: type,
+    total length, body, total length again; the byte order comes from the section header's magic."""
+    data = open(source, "rb").read()
+    if data[:4] != b"\x0a\x0d\x0d\x0a":
+        shutil.copyfile(source, target)  # pcap or other: it cannot hold secrets anyway
+        return
+    out = bytearray()
+    pos, order = 0, "<"
+    while pos + 12 <= len(data):
+        if data[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+            order = "<" if data[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+        block_type, length = struct.unpack(order + "II", data[pos:pos + 8])
+        if length < 12 or pos + length > len(data):
+            raise RuntimeError(f"{source}: damaged pcapng block at offset {pos}")
+        if block_type != 0x0000000A:
+            out += data[pos:pos + length]
+        pos += length
+    with open(target, "wb") as f:
+        f.write(out)

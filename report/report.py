@@ -1,0 +1,204 @@
+#!/usr/bin/python3
+"""make report: turns one or more captures into report/<name>/ — TLS handshake and record tables, a
+ladder diagram per connection (mscgen, SVG and PNG), the decrypted SMTP and HTTP conversations, tshark's
+TCP conversation and protocol-hierarchy statistics, and a side-by-side of the captures (plaintext,
+STARTTLS, implicit TLS: frames, bytes, what an eavesdropper sees). Written as Markdown and as HTML
+(pandoc).
+
+  report.py captures/lab-implicit.pcapng captures/lab-starttls.pcapng captures/lab-off.pcapng [--name lab]"""
+
+import argparse
+import base64
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analyze import Capture  # noqa: E402
+
+MODE_TITLES = {"implicit": "implicit TLS (RFC 8314)", "starttls": "STARTTLS (RFC 3207)", "off": "plaintext"}
+
+
+def md_table(headers, rows):
+    def cell(v):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def explain_auth(text):
+    """AUTH PLAIN's argument is base64, not encryption: show what it decodes to."""
+    parts = text.split()
+    if len(parts) == 2 and parts[0].lower() == "basic":
+        try:
+            return f"{text}  ⟶ base64 of `{base64.b64decode(parts[1]).decode(errors='replace')}`"
+        except ValueError:
+            return text
+    if len(parts) >= 3 and parts[0].upper() == "AUTH" and parts[1].upper() == "PLAIN":
+        try:
+            decoded = base64.b64decode(parts[2]).decode(errors="replace").replace("\0", "\\0")
+            return f"{text}  ⟶ base64 of `{decoded}`"
+        except ValueError:
+            pass
+    return text
+
+
+def ladder(cap, stream, smtp, http, records, out_dir):
+    """An mscgen message sequence chart of one connection: one arrow per TLS record (with the
+    handshake messages it carries) and per SMTP line or HTTP message it decrypts to."""
+    events = []
+    for r in records:
+        if r["stream"] != stream:
+            continue
+        label = r["type"]
+        if r.get("handshake"):
+            label += ": " + ", ".join(r["handshake"])
+        events.append((r["frame"], 0, r["dir"], f"TLS {label} ({r['length']} B)", "#555555"))
+    for line in smtp:
+        if line["stream"] == stream:
+            events.append((line["frame"], 1, line["dir"], line["text"][:60], "#0b5394"))
+    for m in http:
+        if m["stream"] == stream:
+            text = f"{m['method']} {m['uri']}" if m["method"] else f"{m['status']} {m['phrase']}"
+            events.append((m["frame"], 1, m["dir"], text[:60], "#38761d"))
+    if not events:
+        return None
+    ports = cap.fields(f"tcp.stream == {stream} && tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                       ["ip.src", "tcp.srcport", "ip.dst", "tcp.dstport"])
+    client = f"{ports[0]['ip.src']}:{ports[0]['tcp.srcport']}" if ports else "client"
+    server = f"{ports[0]['ip.dst']}:{ports[0]['tcp.dstport']}" if ports else "server"
+    lines = ["msc {", '  hscale = "1.6";', f'  c [label="client {client}"], s [label="server {server}"];']
+    for frame, _, direction, text, colour in sorted(events):
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+        arrow = "c=>s" if direction == "C" else "s=>c"
+        lines.append(f'  {arrow} [label="#{frame} {text}", linecolour="{colour}", textcolour="{colour}"];')
+    lines.append("}")
+    base = os.path.join(out_dir, f"ladder-{stream}")
+    with open(base + ".msc", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    for kind in ("svg", "png"):
+        subprocess.run(["mscgen", "-T", kind, "-i", base + ".msc", "-o", f"{base}.{kind}"], check=True,
+                       capture_output=True)
+    return os.path.basename(base)
+
+
+def section(cap, out_dir):
+    title = MODE_TITLES.get(cap.mode, cap.mode)
+    totals = cap.totals()
+    md = [f"## {os.path.basename(cap.path)}: {title}\n",
+          f"SMTP on port {cap.smtp_port}, HTTP on port {cap.http_port}; {totals['packets']} frames, "
+          f"{totals['bytes']} bytes, {totals['connections']} TCP connections; "
+          f"decryption secrets embedded: {'yes' if cap.secrets else 'no'}.\n"]
+    if cap.has_tls:
+        md.append("### TLS handshakes\n")
+        rows = []
+        for h in cap.handshakes():
+            rows.append([h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
+                         h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
+                         ", ".join(h.get("offered_suites", [])), ", ".join(h.get("offered_groups", [])),
+                         h.get("chosen_version", ""), h.get("chosen_suite", ""), h.get("chosen_group", ""),
+                         h.get("certificate_subject", ""), h.get("certificate_issuer", "")])
+        md.append(md_table(["conn", "server port", "record version", "ClientHello version", "supported_versions offered",
+                            "cipher suites offered", "key_share offered", "version chosen", "suite chosen",
+                            "group chosen", "certificate subject", "issuer"], rows))
+        md.append("\nThe record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
+                  "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n")
+    records = cap.tls_records() if cap.has_tls else []
+    smtp = cap.smtp_lines()
+    http = cap.http_messages()
+    streams = sorted({r["stream"] for r in records} | {s["stream"] for s in smtp} | {m["stream"] for m in http})
+    if records:
+        md.append("### TLS records\n")
+        first = {}
+        for r in records:
+            first.setdefault(r["stream"], []).append(r)
+        for stream in streams:
+            rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
+                     r["record_version"], r["type"], r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
+                    for r in first.get(stream, [])]
+            if rows:
+                md.append(f"Connection {stream}:\n")
+                md.append(md_table(["frame", "time (s)", "direction", "record version", "content type", "length",
+                                    "handshake messages (decrypted)"], rows))
+    md.append("### Ladder diagrams\n")
+    for stream in streams:
+        name = ladder(cap, stream, smtp, http, records, out_dir)
+        if name:
+            md.append(f"Connection {stream} ([SVG]({name}.svg)):\n\n![connection {stream}]({name}.png)\n")
+    md.append("### SMTP conversation (decrypted)\n")
+    if smtp:
+        md.append(md_table(["frame", "conn", "", "line"],
+                           [[s["frame"], s["stream"], s["dir"] + ":", explain_auth(s["text"])] for s in smtp]))
+    else:
+        md.append("Nothing readable: the SMTP connections are encrypted and the capture holds no keys.\n")
+    md.append("### HTTP requests and responses (decrypted)\n")
+    if http:
+        md.append(md_table(["frame", "conn", "", "request / status", "content type", "Content-Length", "Authorization"],
+                           [[m["frame"], m["stream"], m["dir"] + ":",
+                             f"{m['method']} {m['uri']}" if m["method"] else f"{m['status']} {m['phrase']}",
+                             m["type"], m["length"], m["authorization"]] for m in http]))
+    else:
+        md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
+    md.append("### Statistics (tshark -z conv,tcp and -z io,phs)\n")
+    md.append("```\n" + cap.stats("conv,tcp").strip() + "\n```\n")
+    md.append("```\n" + cap.stats("io,phs").strip() + "\n```\n")
+    return "\n".join(md)
+
+
+def eavesdropper(cap):
+    """What someone on the wire, without the key log, can read."""
+    blind = cap.without_secrets()
+    smtp = blind.smtp_lines()
+    http = blind.http_messages()
+    credentials = [explain_auth(s["text"]) for s in smtp if s["text"].upper().startswith("AUTH ")]
+    credentials += sorted({explain_auth(m["authorization"]) for m in http if m["authorization"]})
+    return len(smtp), len(http), credentials
+
+
+def comparison(caps):
+    rows = []
+    for cap in caps:
+        t = cap.totals()
+        smtp_seen, http_seen, credentials = eavesdropper(cap)
+        rows.append([MODE_TITLES.get(cap.mode, cap.mode), t["packets"], t["bytes"], t["connections"],
+                     len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
+                     "; ".join(credentials) if credentials else "nothing"])
+    md = ["## Side by side: what an eavesdropper sees\n",
+          "The same scripted session (register two users, send one message, read it back) in each mode. "
+          "The last three columns are what someone capturing the traffic, without the key log, can read.\n",
+          md_table(["mode", "frames", "bytes", "TCP connections", "TLS handshakes", "SMTP lines readable",
+                    "HTTP messages readable", "credentials readable"], rows)]
+    return "\n".join(md)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("captures", nargs="+")
+    parser.add_argument("--name", default="lab")
+    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    args = parser.parse_args()
+    out_dir = os.path.join(args.out, args.name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    caps = [Capture(path) for path in args.captures]
+    order = {"off": 0, "starttls": 1, "implicit": 2}
+    caps.sort(key=lambda c: order.get(c.mode, 3))
+    doc = [f"# maillab capture report: {args.name}\n",
+           "Generated by `make report` from " + ", ".join(f"`{os.path.basename(c.path)}`" for c in caps) + ".\n"]
+    if len(caps) > 1:
+        doc.append(comparison(caps))
+    for cap in caps:
+        doc.append(section(cap, out_dir))
+    md_path = os.path.join(out_dir, "report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(doc))
+    subprocess.run(["pandoc", "--standalone", "--metadata", f"title=maillab capture report: {args.name}",
+                    "-f", "gfm", "-t", "html5", "-o", os.path.join(out_dir, "report.html"), md_path],
+                   check=True, cwd=out_dir)
+    print(f"wrote {md_path} and report.html ({len(caps)} capture(s))")
+
+
+if __name__ == "__main__":
+    main()

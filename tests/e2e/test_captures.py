@@ -1,0 +1,113 @@
+"""Captures, checks and reports, end to end: tshark really captures the scripted session in each
+mode, check.py finds the lab's sequence, report.py's tables match the known session, and a capture
+without keys is reported as undecryptable rather than as an error."""
+
+import os
+import subprocess
+
+from harness import Skip, test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def can_capture():
+    if os.geteuid() == 0:
+        return True
+    probe = subprocess.run(["dumpcap", "-i", "lo", "-c", "1", "-a", "duration:1", "-w", "/dev/null", "-q"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+_captures = {}
+
+
+def captures(lab):
+    """The three modes captured once for all tests here."""
+    if not can_capture():
+        raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
+    if not _captures:
+        out_dir = lab.path("captures")
+        os.makedirs(out_dir)
+        build = os.path.relpath(lab.build, ROOT)
+        run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "session", "--out", out_dir,
+                              "--build", build], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        for mode in ("implicit", "starttls", "off"):
+            _captures[mode] = os.path.join(out_dir, f"lab-{mode}.pcapng")
+            assert os.path.getsize(_captures[mode]) > 1000
+        run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "session", "--out", out_dir,
+                              "--build", build, "--modes", "implicit", "--name", "nokeys", "--without-keys"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        _captures["nokeys"] = os.path.join(out_dir, "nokeys-implicit.pcapng")
+    return _captures
+
+
+def check(path):
+    return subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), path],
+                          capture_output=True, text=True, timeout=120)
+
+
+@test
+def capture_files_open_decrypted_and_pass_the_check(lab):
+    files = captures(lab)
+    for mode in ("implicit", "starttls", "off"):
+        out = check(files[mode])
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "all of the lab's sequence is there" in out.stdout
+        info = subprocess.run(["capinfos", files[mode]], capture_output=True, text=True).stdout
+        assert f"maillab mode={mode}" in info
+        if mode != "off":
+            assert "Number of decryption secrets in file: 1" in info
+            assert "[ok] TLS 1.3 handshake" in out.stdout
+    # Readable by the user who made them.
+    assert os.stat(files["implicit"]).st_mode & 0o444 == 0o444
+
+
+@test
+def a_capture_without_keys_is_undecryptable_not_an_error(lab):
+    files = captures(lab)
+    out = check(files["nokeys"])
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "undecryptable" in out.stdout and "Traceback" not in out.stderr
+
+
+@test
+def check_finds_what_is_missing_and_guesses_ports_without_our_comment(lab):
+    files = captures(lab)
+    # A student's capture of only the SMTP part: no GET.
+    smtp_only = lab.path("smtp-only.pcapng")
+    port = subprocess.run(["capinfos", files["off"]], capture_output=True, text=True).stdout.split("smtp=")[1].split()[0]
+    subprocess.run(["tshark", "-r", files["off"], "-2", "-R", f"tcp.port == {port}", "-w", smtp_only],
+                   check=True, capture_output=True)
+    out = check(smtp_only)
+    assert out.returncode == 1 and "missing: HTTP GET" in out.stdout, out.stdout + out.stderr
+    assert f"smtp port={port}" in out.stdout  # found without the comment
+
+
+@test
+def report_tables_match_the_known_session(lab):
+    files = captures(lab)
+    out_dir = lab.path("report")
+    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "lab", "--out", out_dir,
+                          files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = os.path.join(out_dir, "lab")
+    md = open(os.path.join(report, "report.md")).read()
+    assert os.path.getsize(os.path.join(report, "report.html")) > 10000
+    # Handshake table: TLS 1.3 chosen, the suite and group our contexts prefer, the lab certificate.
+    assert "| TLS 1.3 | TLS_AES_256_GCM_SHA384 | x25519 | commonName=localhost,organizationName=maillab | " \
+           "commonName=maillab lab CA,organizationName=maillab |" in md
+    assert "ClientHello, " not in md or "ServerHello" in md
+    for line in ("C: | EHLO ", "C: | AUTH PLAIN ", "C: | MAIL FROM:<ana@447.edu>", "C: | RCPT TO:<bob@447.edu>",
+                 "C: | DATA", "S: | 250 2.0.0 Ok: queued as ", "C: | QUIT", "S: | 221 2.0.0"):
+        assert line in md, line
+    assert "C: | GET /mailboxes/bob@447.edu/messages |" in md and "S: | 200 OK | application/json" in md
+    # Side by side: in plaintext the credentials are readable, with TLS nothing is.
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ") and "readable" not in line}
+    assert "base64 of `\\0ana@447.edu\\0" in rows["plaintext"]
+    assert rows["implicit TLS (RFC 8314)"].rstrip().endswith("| 0 | 0 | nothing |")
+    assert rows["STARTTLS (RFC 3207)"].rstrip().endswith("| 0 | nothing |")  # SMTP before STARTTLS is readable
+    ladders = [f for f in os.listdir(report) if f.startswith("ladder-")]
+    assert any(f.endswith(".svg") for f in ladders) and any(f.endswith(".png") for f in ladders)
+    assert "Protocol Hierarchy Statistics" in md and "TCP Conversations" in md
