@@ -199,3 +199,19 @@ TEST_CASE("helpers: UTF-8 repair, HTML escaping, HTTP dates, Basic parsing", "[a
     CHECK_FALSE(parseBasicAuthorization("Bearer abc", user, password));
     CHECK_FALSE(parseBasicAuthorization("Basic " + base64Encode("nocolon"), user, password));
 }
+
+TEST_CASE("plain HTTP: credentials refused unless the lab allows them", "[api][auth]") {
+    ApiHarness h;
+    ApiRequest r;
+    r.method = "GET";
+    r.target = "/";
+    r.overTls = false;
+    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
+    auto refused = h.api->handle(r);
+    CHECK(refused.status == 403);
+    CHECK(refused.body.find("--allow-plaintext-auth") != std::string::npos);
+    ApiLimits allow;
+    allow.plaintextAuthAllowed = true;
+    MailApi open(*h.lab.store, *h.lab.auth, allow, [&] { return h.lab.now; });
+    CHECK(open.handle(r).status == 200);
+}
