@@ -36,7 +36,8 @@ UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
 
-PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/retrieverserver $(BIN)/retrieverclient $(BIN)/maillab-certs
+PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/retrieverserver $(BIN)/retrieverclient $(BIN)/maillab-certs \
+            $(BIN)/maillab-load
 TESTS := $(BIN)/unit-tests
 
 .PHONY: all
@@ -81,6 +82,10 @@ $(BIN)/retrieverserver: $(call obj,retriever/server.cpp) $(OBJ)/gen/retrieverser
 $(BIN)/retrieverclient: $(call obj,retriever/client.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
+
+$(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ -lssl -lcrypto -lpthread
 
 $(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)

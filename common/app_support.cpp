@@ -8,6 +8,7 @@
 #include <Poco/Util/PropertyFileConfiguration.h>
 
 #include <sstream>
+#include <sys/resource.h>
 
 namespace maillab {
 
@@ -84,6 +85,15 @@ bool ensureServerCertificates(const TlsOptions& tls) {
     size_t slash = tls.caFile.rfind('/');
     std::string caDir = slash == std::string::npos ? "." : tls.caFile.substr(0, slash);
     return ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile});
+}
+
+long raiseOpenFileLimit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    return static_cast<long>(limit.rlim_cur);
 }
 
 std::string logValue(const std::string& value) {

@@ -28,6 +28,10 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
 
+// Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
+// default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.
+long raiseOpenFileLimit();
+
 // Quotes a log value when it contains spaces or quotes: key="two words".
 std::string logValue(const std::string& value);
 

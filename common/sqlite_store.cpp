@@ -4,6 +4,8 @@
 
 #include <sqlite3.h>
 
+#include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <sys/stat.h>
 
@@ -175,23 +177,31 @@ public:
         s.step();
     }
 
+    // Group commit: deliveries that arrive while a commit is running wait and go into the next
+    // transaction together, so one fsync covers many messages under load and none waits at low
+    // load. Every caller returns only after the commit that holds its rows (a 250 means on disk);
+    // if that commit fails, every message in it fails and none is stored.
     std::vector<int64_t> deliver(const NewMessage& message) override {
-        Connection c(*this);
-        std::vector<int64_t> ids;
-        Transaction tx(c.db);
-        Statement s(c.db,
-                    "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
-                    "received_at, size, raw) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
-        for (const std::string& mailbox : message.recipients) {
-            s.bind(1, message.queueId).bind(2, mailbox).bind(3, message.envelopeFrom).bind(4, message.from);
-            s.bind(5, message.to).bind(6, message.subject).bind(7, message.date).bind(8, message.receivedAt);
-            s.bind(9, static_cast<int64_t>(message.raw.size())).bindBlob(10, message.raw);
-            s.step();
-            ids.push_back(sqlite3_last_insert_rowid(c.db));
-            s.reset();
+        PendingDelivery me{&message, {}, nullptr, false};
+        std::unique_lock<std::mutex> lock(commitMutex_);
+        pending_.push_back(&me);
+        while (!me.done) {
+            if (committing_) {
+                commitDone_.wait(lock);
+                continue;
+            }
+            committing_ = true;
+            std::vector<PendingDelivery*> batch;
+            batch.swap(pending_);
+            lock.unlock();
+            commitBatch(batch);
+            lock.lock();
+            for (PendingDelivery* p : batch) p->done = true;
+            committing_ = false;
+            commitDone_.notify_all();
         }
-        tx.commit();
-        return ids;
+        if (me.error) std::rethrow_exception(me.error);
+        return me.ids;
     }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
@@ -226,6 +236,40 @@ public:
     }
 
 private:
+    struct PendingDelivery {
+        const NewMessage* message;
+        std::vector<int64_t> ids;
+        std::exception_ptr error;
+        bool done;
+    };
+
+    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+        try {
+            Connection c(*this);
+            Transaction tx(c.db);
+            Statement s(c.db,
+                        "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                        "received_at, size, raw) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+            for (PendingDelivery* p : batch) {
+                const NewMessage& m = *p->message;
+                for (const std::string& mailbox : m.recipients) {
+                    s.bind(1, m.queueId).bind(2, mailbox).bind(3, m.envelopeFrom).bind(4, m.from);
+                    s.bind(5, m.to).bind(6, m.subject).bind(7, m.date).bind(8, m.receivedAt);
+                    s.bind(9, static_cast<int64_t>(m.raw.size())).bindBlob(10, m.raw);
+                    s.step();
+                    p->ids.push_back(sqlite3_last_insert_rowid(c.db));
+                    s.reset();
+                }
+            }
+            tx.commit();
+        } catch (...) {
+            for (PendingDelivery* p : batch) {
+                p->ids.clear();
+                p->error = std::current_exception();
+            }
+        }
+    }
+
     // Borrows a pooled connection for the duration of one call.
     struct Connection {
         explicit Connection(SqliteStore& store) : store(store), db(store.acquire()) {}
@@ -294,6 +338,10 @@ private:
     }
 
     SqliteOptions options_;
+    std::mutex commitMutex_;
+    std::condition_variable commitDone_;
+    std::vector<PendingDelivery*> pending_;
+    bool committing_ = false;
     std::mutex mutex_;
     std::vector<sqlite3*> idle_;
 };

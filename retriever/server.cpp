@@ -155,6 +155,7 @@ protected:
         if (helpRequested_) return EXIT_OK;
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
+        long files = raiseOpenFileLimit();
         RetrieverContext ctx;
         ctx.logger = &logger;
         ctx.verbose = cfg.getBool("retriever.verbose");
@@ -221,7 +222,7 @@ protected:
         server.start();
 
         logger.information("event=listening address=" + socket.address().toString() + " db=" + storeOptions.path +
-                           " tls=" + mode);
+                           " tls=" + mode + " open-files=" + std::to_string(files));
         std::cout << "ready port=" << socket.address().port() << std::endl;
         waitForTerminationRequest();
         logger.information("event=stopping");

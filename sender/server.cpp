@@ -264,6 +264,7 @@ protected:
         if (helpRequested_) return EXIT_OK;
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
+        long files = raiseOpenFileLimit();
 
         SenderContext ctx;
         ctx.logger = &logger;
@@ -336,7 +337,8 @@ protected:
 
         int port = serverSocket.address().port();
         logger.information("event=listening address=" + serverSocket.address().toString() + " domain=" +
-                           policy.labDomain + " db=" + storeOptions.path + " tls=" + mode + " tls-version=TLSv1.3-only");
+                           policy.labDomain + " db=" + storeOptions.path + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
+                           std::to_string(ctx.maxConnections) + " open-files=" + std::to_string(files));
         // The ready line: tests and scripts wait for it instead of sleeping.
         std::cout << "ready port=" << port << std::endl;
 
