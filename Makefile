@@ -186,6 +186,15 @@ wireshark-profile:
 	@cp -r captures/wireshark-profile/maillab $(HOME)/.config/wireshark/profiles/
 	@echo "installed the maillab profile in $(HOME)/.config/wireshark/profiles/maillab"
 
+# ---- benchmark -------------------------------------------------------------------------------
+# QUICK=1: about a minute, writes to build/ so a CI run leaves docs/benchmarks.md alone.
+BENCH_PACKAGES := python3-aiosmtpd nginx-light wrk gnuplot-nox
+.PHONY: bench
+bench: deps
+	@$(MAKE) DEB_PACKAGES="$(BENCH_PACKAGES)" deps
+	@$(MAKE) all
+	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
+
 # ---- tests ---------------------------------------------------------------------------------
 .PHONY: test test-asan
 test: deps

@@ -66,6 +66,7 @@ TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
     tls.keyFile = config.getString("tls.key");
     tls.caFile = config.getString("tls.ca");
     tls.keyLogFile = config.getString("tls.keylog");
+    tls.sessionTickets = config.getInt("tls.sessionTickets");
     return tls;
 }
 

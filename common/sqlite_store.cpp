@@ -7,13 +7,14 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <unordered_map>
 #include <sys/stat.h>
 
 namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -39,14 +40,63 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages(mailbox, id);
 )SQL";
 
-// A prepared statement that finalizes itself; bind and step helpers keep call sites short.
+// Version 2: per-mailbox totals kept by a trigger, so a listing's count and validators cost one
+// row lookup instead of a scan of the mailbox (which grew with it: see docs/benchmarks.md).
+const char* const kSchemaV2 = R"SQL(
+CREATE TABLE IF NOT EXISTS mailbox_stats (
+    mailbox             TEXT PRIMARY KEY,
+    count               INTEGER NOT NULL,
+    newest_id           INTEGER NOT NULL,
+    newest_received_at  INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO mailbox_stats
+    SELECT mailbox, count(*), max(id), max(received_at) FROM messages GROUP BY mailbox;
+CREATE TRIGGER IF NOT EXISTS messages_count AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_stats(mailbox, count, newest_id, newest_received_at)
+        VALUES (NEW.mailbox, 1, NEW.id, NEW.received_at)
+    ON CONFLICT(mailbox) DO UPDATE SET count = count + 1,
+        newest_id = max(newest_id, excluded.newest_id),
+        newest_received_at = max(newest_received_at, excluded.newest_received_at);
+END;
+)SQL";
+
+// A pooled database connection and the statements prepared on it (preparing costs more than
+// running most of the lab's queries).
+struct Handle {
+    sqlite3* db = nullptr;
+    std::unordered_map<std::string, sqlite3_stmt*> statements;
+    ~Handle() {
+        for (auto& [sql, stmt] : statements) sqlite3_finalize(stmt);
+        sqlite3_close(db);
+    }
+};
+
+// A prepared statement, from the handle's cache when there is one (then reset, not finalized, at
+// the end); bind and step helpers keep call sites short.
 class Statement {
 public:
     Statement(sqlite3* db, const char* sql) : db_(db) {
         if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK)
             throw StoreError(std::string("prepare: ") + sqlite3_errmsg(db));
     }
-    ~Statement() { sqlite3_finalize(stmt_); }
+    Statement(Handle& handle, const std::string& sql) : db_(handle.db), cached_(true) {
+        auto it = handle.statements.find(sql);
+        if (it != handle.statements.end()) {
+            stmt_ = it->second;
+            return;
+        }
+        if (sqlite3_prepare_v3(db_, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
+            throw StoreError(std::string("prepare: ") + sqlite3_errmsg(db_));
+        handle.statements.emplace(sql, stmt_);
+    }
+    ~Statement() {
+        if (cached_) {
+            sqlite3_reset(stmt_);
+            sqlite3_clear_bindings(stmt_);
+        } else {
+            sqlite3_finalize(stmt_);
+        }
+    }
     Statement(const Statement&) = delete;
     Statement& operator=(const Statement&) = delete;
 
@@ -83,6 +133,7 @@ public:
 private:
     sqlite3* db_;
     sqlite3_stmt* stmt_ = nullptr;
+    bool cached_ = false;
 };
 
 void exec(sqlite3* db, const char* sql) {
@@ -145,7 +196,7 @@ public:
 
     std::optional<Account> findAccount(const std::string& email) override {
         Connection c(*this);
-        Statement s(c.db,
+        Statement s(*c.handle,
                     "SELECT email, password_hash, created_at, failed_logins, locked_until FROM accounts "
                     "WHERE email = ?1");
         s.bind(1, email);
@@ -155,7 +206,7 @@ public:
 
     bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
         Connection c(*this);
-        Statement s(c.db, "INSERT OR IGNORE INTO accounts(email, password_hash, created_at) VALUES(?1, ?2, ?3)");
+        Statement s(*c.handle, "INSERT OR IGNORE INTO accounts(email, password_hash, created_at) VALUES(?1, ?2, ?3)");
         s.bind(1, email).bind(2, passwordHash).bind(3, now);
         s.step();
         return sqlite3_changes(c.db) == 1;
@@ -163,14 +214,14 @@ public:
 
     void recordLoginFailure(const std::string& email, int failedLogins, int64_t lockedUntil) override {
         Connection c(*this);
-        Statement s(c.db, "UPDATE accounts SET failed_logins = ?2, locked_until = ?3 WHERE email = ?1");
+        Statement s(*c.handle, "UPDATE accounts SET failed_logins = ?2, locked_until = ?3 WHERE email = ?1");
         s.bind(1, email).bind(2, static_cast<int64_t>(failedLogins)).bind(3, lockedUntil);
         s.step();
     }
 
     void clearLoginFailures(const std::string& email) override {
         Connection c(*this);
-        Statement s(c.db,
+        Statement s(*c.handle,
                     "UPDATE accounts SET failed_logins = 0, locked_until = 0 WHERE email = ?1 AND "
                     "(failed_logins <> 0 OR locked_until <> 0)");
         s.bind(1, email);
@@ -208,7 +259,7 @@ public:
         Connection c(*this);
         std::string sql = std::string("SELECT ") + kSummaryColumns +
                           " FROM messages WHERE mailbox = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3";
-        Statement s(c.db, sql.c_str());
+        Statement s(*c.handle, sql);
         s.bind(1, mailbox).bind(2, limit).bind(3, offset);
         std::vector<MessageSummary> result;
         while (s.step()) result.push_back(readSummary(s));
@@ -219,7 +270,7 @@ public:
         Connection c(*this);
         std::string sql =
             std::string("SELECT ") + kSummaryColumns + ", raw FROM messages WHERE mailbox = ?1 AND id = ?2";
-        Statement s(c.db, sql.c_str());
+        Statement s(*c.handle, sql);
         s.bind(1, mailbox).bind(2, id);
         if (!s.step()) return std::nullopt;
         return StoredMessage{readSummary(s), s.text(10)};
@@ -227,11 +278,9 @@ public:
 
     MailboxStats mailboxStats(const std::string& mailbox) override {
         Connection c(*this);
-        Statement s(c.db,
-                    "SELECT count(*), coalesce(max(id), 0), coalesce(max(received_at), 0) FROM messages "
-                    "WHERE mailbox = ?1");
+        Statement s(*c.handle, "SELECT count, newest_id, newest_received_at FROM mailbox_stats WHERE mailbox = ?1");
         s.bind(1, mailbox);
-        s.step();
+        if (!s.step()) return MailboxStats{};
         return MailboxStats{s.integer(0), s.integer(1), s.integer(2)};
     }
 
@@ -247,7 +296,7 @@ private:
         try {
             Connection c(*this);
             Transaction tx(c.db);
-            Statement s(c.db,
+            Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
                         "received_at, size, raw) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
             for (PendingDelivery* p : batch) {
@@ -272,32 +321,35 @@ private:
 
     // Borrows a pooled connection for the duration of one call.
     struct Connection {
-        explicit Connection(SqliteStore& store) : store(store), db(store.acquire()) {}
-        ~Connection() { store.release(db); }
+        explicit Connection(SqliteStore& store) : store(store), handle(store.acquire()), db(handle->db) {}
+        ~Connection() { store.release(handle); }
         SqliteStore& store;
+        Handle* handle;
         sqlite3* db;
     };
 
     void closeAll() {
-        for (sqlite3* db : idle_) sqlite3_close(db);
+        for (Handle* h : idle_) delete h;
         idle_.clear();
     }
 
-    sqlite3* acquire() {
+    Handle* acquire() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
             if (!idle_.empty()) {
-                sqlite3* db = idle_.back();
+                Handle* h = idle_.back();
                 idle_.pop_back();
-                return db;
+                return h;
             }
         }
-        return open();
+        auto* h = new Handle;
+        h->db = open();
+        return h;
     }
 
-    void release(sqlite3* db) {
+    void release(Handle* h) {
         std::lock_guard<std::mutex> lock(mutex_);
-        idle_.push_back(db);
+        idle_.push_back(h);
     }
 
     sqlite3* open() {
@@ -333,6 +385,7 @@ private:
         if (current > kSchemaVersion)
             throw StoreError("database schema version " + std::to_string(current) + " is newer than this program");
         if (current < 1) exec(db, kSchemaV1);
+        if (current < 2) exec(db, kSchemaV2);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }
@@ -343,7 +396,7 @@ private:
     std::vector<PendingDelivery*> pending_;
     bool committing_ = false;
     std::mutex mutex_;
-    std::vector<sqlite3*> idle_;
+    std::vector<Handle*> idle_;
 };
 
 }  // namespace

@@ -91,8 +91,10 @@ Poco::Net::Context::Ptr makeServerContext(const TlsOptions& options) {
     params.cipherList = "DEFAULT";
     Poco::Net::Context::Ptr context = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, params);
     restrictToTls13(*context);
-    // Without a session cache, TLS 1.3 session tickets still allow stateless resumption.
+    // Without a session cache, TLS 1.3 session tickets still allow stateless resumption. One ticket
+    // is enough for a client that resumes once; each costs an encryption and a record per handshake.
     context->enableSessionCache(false);
+    SSL_CTX_set_num_tickets(context->sslContext(), static_cast<size_t>(options.sessionTickets));
     static std::once_flag once;
     std::call_once(once, [&] {
         Poco::Net::SSLManager::instance().initializeServer(

@@ -14,6 +14,7 @@ struct TlsOptions {
     std::string keyFile;     // server: private key (PEM)
     std::string caFile;      // client: the lab CA to trust (no system store is loaded)
     std::string keyLogFile;  // NSS key log; empty means SSLKEYLOGFILE if set, else none
+    int sessionTickets = 1;  // server: TLS 1.3 NewSessionTicket messages per handshake (OpenSSL's default is 2)
 };
 
 // TLS 1.3 only (RFC 8446); TLS 1.2 and below are refused in the handshake. The key log is the

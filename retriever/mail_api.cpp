@@ -252,6 +252,21 @@ bool parseBasicAuthorization(const std::string& value, std::string& user, std::s
     return true;
 }
 
+bool MailApi::cachedListing(const std::string& key, const std::string& etag, std::string& body) {
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    auto it = listings_.find(key);
+    if (it == listings_.end() || it->second.etag != etag) return false;
+    body = it->second.body;
+    return true;
+}
+
+void MailApi::rememberListing(const std::string& key, const std::string& etag, const std::string& body) {
+    constexpr size_t kMaxEntries = 4096;  // bounded memory: start afresh rather than grow
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    if (listings_.size() >= kMaxEntries && !listings_.count(key)) listings_.clear();
+    listings_[key] = CachedListing{etag, body};
+}
+
 MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock)
     : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)) {
     if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
@@ -354,6 +369,14 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
                 MailboxStats stats = store_.mailboxStats(mailbox);
                 std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
                                    std::to_string(offset) + "." + std::to_string(limit) + "\"";
+                std::string key = mailbox + "|" + std::to_string(offset) + "|" + std::to_string(limit);
+                std::string cached;
+                if (cachedListing(key, etag, cached)) {
+                    response = conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag,
+                                                       stats.newestReceivedAt),
+                                           etag, stats.newestReceivedAt);
+                    break;
+                }
                 Poco::JSON::Object body;
                 body.set("mailbox", mailbox);
                 body.set("total", stats.count);
@@ -367,7 +390,9 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
                     body.set("next", base + "?offset=" + std::to_string(offset + limit) + "&limit=" + std::to_string(limit));
                 else
                     body.set("next", Poco::Dynamic::Var());
-                response = conditional(request, ok("application/json; charset=utf-8", toJson(body), etag, stats.newestReceivedAt),
+                std::string json = toJson(body);
+                rememberListing(key, etag, json);
+                response = conditional(request, ok("application/json; charset=utf-8", std::move(json), etag, stats.newestReceivedAt),
                                        etag, stats.newestReceivedAt);
                 break;
             }

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,10 +46,21 @@ public:
     ApiResponse handle(const ApiRequest& request);
 
 private:
+    // Rendered JSON listings by mailbox, offset and limit, valid while their validator is: new mail
+    // changes the validator, so a stale body is never served.
+    struct CachedListing {
+        std::string etag;
+        std::string body;
+    };
+    bool cachedListing(const std::string& key, const std::string& etag, std::string& body);
+    void rememberListing(const std::string& key, const std::string& etag, const std::string& body);
+
     Store& store_;
     Authenticator& auth_;
     ApiLimits limits_;
     std::function<int64_t()> clock_;
+    std::mutex cacheMutex_;
+    std::unordered_map<std::string, CachedListing> listings_;
 };
 
 // Helpers, public for the tests.

@@ -141,7 +141,10 @@ private:
         env.hostname = ctx_.hostname;
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
-        env.log = [this](const std::string& line) { log(line); };
+        // State transitions are the per-command detail: shown with --verbose, beside the C:/S: lines.
+        env.log = [this](const std::string& line) {
+            if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
+        };
         smtp::Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
 
         std::string pending;

@@ -102,11 +102,38 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 1);
+    CHECK(sqlite3_column_int(st, 0) == 2);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);
     SqliteOptions options;
     options.path = path;
     CHECK_THROWS_AS(openSqliteStore(options), StoreError);
+}
+
+TEST_CASE("a version 1 database is migrated: mailbox totals are computed from the messages", "[store]") {
+    maillab::testing::TempDir dir;
+    std::string path = dir.path + "/v1.db";
+    sqlite3* db = nullptr;
+    sqlite3_open(path.c_str(), &db);
+    REQUIRE(sqlite3_exec(db,
+                         "CREATE TABLE accounts(email TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at INTEGER NOT NULL,"
+                         " failed_logins INTEGER NOT NULL DEFAULT 0, locked_until INTEGER NOT NULL DEFAULT 0);"
+                         "CREATE TABLE messages(id INTEGER PRIMARY KEY AUTOINCREMENT, queue_id TEXT NOT NULL, mailbox TEXT NOT NULL,"
+                         " envelope_from TEXT NOT NULL, header_from TEXT NOT NULL, header_to TEXT NOT NULL, subject TEXT NOT NULL,"
+                         " date TEXT NOT NULL, received_at INTEGER NOT NULL, size INTEGER NOT NULL, raw BLOB NOT NULL);"
+                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, received_at, size, raw)"
+                         " VALUES ('a','bob@447.edu','','','','','',10,1,'x'),('b','bob@447.edu','','','','','',20,1,'y');"
+                         "PRAGMA user_version=1;",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    SqliteOptions options;
+    options.path = path;
+    auto store = openSqliteStore(options);
+    auto stats = store->mailboxStats("bob@447.edu");
+    CHECK(stats.count == 2);
+    CHECK(stats.newestReceivedAt == 20);
+    NewMessage m = message("three", {"bob@447.edu"});
+    store->deliver(m);
+    CHECK(store->mailboxStats("bob@447.edu").count == 3);
 }
