@@ -54,20 +54,24 @@ Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::
     return mac;
 }
 
-bool Authenticator::cachedOk(const Account& account, const std::string& password, int64_t now) {
+bool Authenticator::cachedOk(const std::string& email, const std::string& password, int64_t now) {
     if (policy_.cacheTtlSeconds <= 0) return false;
-    Mac mac = cacheMac(account.email, password, account.passwordHash);
-    std::lock_guard<std::mutex> lock(cacheMutex_);
-    auto it = cache_.find(account.email);
-    if (it == cache_.end() || it->second.expires <= now) return false;
-    return CRYPTO_memcmp(it->second.mac.data(), mac.data(), mac.size()) == 0;
+    CacheEntry entry;
+    {
+        std::lock_guard<std::mutex> lock(cacheMutex_);
+        auto it = cache_.find(email);
+        if (it == cache_.end() || it->second.expires <= now) return false;
+        entry = it->second;
+    }
+    Mac mac = cacheMac(email, password, entry.hash);
+    return CRYPTO_memcmp(entry.mac.data(), mac.data(), mac.size()) == 0;
 }
 
 void Authenticator::remember(const Account& account, const std::string& password, int64_t now) {
     if (policy_.cacheTtlSeconds <= 0) return;
     Mac mac = cacheMac(account.email, password, account.passwordHash);
     std::lock_guard<std::mutex> lock(cacheMutex_);
-    cache_[account.email] = CacheEntry{mac, now + policy_.cacheTtlSeconds};
+    cache_[account.email] = CacheEntry{mac, account.passwordHash, now + policy_.cacheTtlSeconds};
 }
 
 AuthResult Authenticator::fail(const Account& account, int64_t now) {
@@ -93,6 +97,10 @@ AuthResult Authenticator::fail(const Account& account, int64_t now) {
 AuthResult Authenticator::authenticate(const std::string& user, const std::string& password, bool mayRegister) {
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
+    // Dovecot-style: a password verified within the TTL is accepted without the database or the
+    // slow hash. Only successes are cached and any failure drops the entry, so every guess still
+    // reaches the database and counts towards the lock-out.
+    if (!password.empty() && cachedOk(email, password, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
     std::optional<Account> account = store_.findAccount(email);
 
     if (!account) {
@@ -113,8 +121,7 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     if (account->lockedUntil > now)
         return AuthResult{AuthOutcome::Locked, email, "", account->lockedUntil - now};
 
-    if (!password.empty() &&
-        (cachedOk(*account, password, now) || verifyPassword(password, account->passwordHash))) {
+    if (!password.empty() && verifyPassword(password, account->passwordHash)) {
         remember(*account, password, now);
         if (account->failedLogins != 0 || account->lockedUntil != 0) store_.clearLoginFailures(email);
         return AuthResult{AuthOutcome::Ok, email, "", 0};

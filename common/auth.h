@@ -55,10 +55,11 @@ private:
     using Mac = std::array<unsigned char, 32>;
     struct CacheEntry {
         Mac mac;
+        std::string hash;  // the stored hash the password was verified against
         int64_t expires;
     };
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
-    bool cachedOk(const Account& account, const std::string& password, int64_t now);
+    bool cachedOk(const std::string& email, const std::string& password, int64_t now);
     void remember(const Account& account, const std::string& password, int64_t now);
     AuthResult fail(const Account& account, int64_t now);
 

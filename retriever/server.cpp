@@ -13,6 +13,7 @@
 #include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/ThreadPool.h>
@@ -43,13 +44,16 @@ struct RetrieverContext {
 // A pool thread serves one connection at a time, for all of its keep-alive requests: a new peer
 // address on this thread is a new connection. That gives log lines a connection id although Poco's
 // HTTPServer does not expose its connections.
-unsigned long connectionId(RetrieverContext& ctx, const Poco::Net::SocketAddress& peer) {
+unsigned long connectionId(RetrieverContext& ctx, Poco::Net::HTTPServerRequest& request) {
     thread_local std::string lastPeer;
     thread_local unsigned long lastId = 0;
-    std::string key = peer.toString();
+    std::string key = request.clientAddress().toString();
     if (key != lastPeer || lastId == 0) {
         lastPeer = key;
         lastId = ctx.nextConnectionId++;
+        // Poco writes a response's headers and body separately: without TCP_NODELAY the body could
+        // wait for the client's delayed ACK of the headers (Nagle).
+        static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket().setNoDelay(true);
     }
     return lastId;
 }
@@ -59,7 +63,7 @@ public:
     explicit MailRequestHandler(RetrieverContext& ctx) : ctx_(ctx) {}
 
     void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
-        unsigned long id = connectionId(ctx_, request.clientAddress());
+        unsigned long id = connectionId(ctx_, request);
         std::string prefix = "id=" + std::to_string(id) + " ";
         if (ctx_.verbose) {
             ctx_.logger->information(prefix + "C: " + request.getMethod() + " " + request.getURI() + " " + request.getVersion());
