@@ -4,9 +4,11 @@
 #include "certs.h"
 
 #include <Poco/AutoPtr.h>
+#include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/PropertyFileConfiguration.h>
 
+#include <iostream>
 #include <sstream>
 #include <sys/resource.h>
 
@@ -18,7 +20,7 @@ void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* p
     config.add(defaults, 1000, false);  // lowest priority: everything else overrides it
 }
 
-void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix) {
+void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix, const std::string& tlsModes) {
     auto add = [&](const char* name, const char* shortName, const char* description, const char* argument,
                    const std::string& property) {
         Poco::Util::Option option(name, shortName, description);
@@ -39,11 +41,25 @@ void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix)
     add("keylog", "", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE", "tls.keylog");
     add("config", "c", "load settings from a .properties file", "FILE", "maillab.configFile");
     add("verbose", "v", "log every exchange with its connection id", nullptr, "");
+    add("tls", "", tlsModes.c_str(), "MODE", prefix + ".tls");
+    add("allow-plaintext-auth", "", "with --tls off: accept passwords sent in clear (to show base64 is not encryption)",
+        nullptr, "");
+}
+
+void printHelp(const Poco::Util::OptionSet& options, const std::string& command, const std::string& header,
+               const std::string& footer) {
+    Poco::Util::HelpFormatter help(options);
+    help.setCommand(command);
+    help.setUsage("[options]");
+    help.setHeader(header);
+    help.setFooter(footer);
+    help.format(std::cout);
 }
 
 bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::string& prefix, const std::string& name,
                        const std::string& value) {
     if (name == "verbose") config.setBool(prefix + ".verbose", true);
+    if (name == "allow-plaintext-auth") config.setBool(prefix + ".allowPlaintextAuth", true);
     if (name == "certs") {
         config.setString("tls.ca", value + "/ca.pem");
         config.setString("tls.cert", value + "/server.pem");

@@ -16,11 +16,16 @@ namespace maillab {
 // Adds the compiled-in defaults at the lowest priority, so a --config file and options override them.
 void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText);
 
-// The options both servers take; `prefix` is "sender" or "retriever" (--port binds <prefix>.port).
-void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix);
-// Handles the options that set more than one key (--certs, --verbose). Returns true for --help.
+// The options both servers take; `prefix` is "sender" or "retriever" (--port binds <prefix>.port),
+// `tlsModes` describes the --tls values the server accepts.
+void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix, const std::string& tlsModes);
+// Handles the options that are not plain bindings (--certs, --verbose, --allow-plaintext-auth).
+// Returns true for --help.
 bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::string& prefix, const std::string& name,
                        const std::string& value);
+// Prints --help: the options, what the program is, where its settings are.
+void printHelp(const Poco::Util::OptionSet& options, const std::string& command, const std::string& header,
+               const std::string& footer);
 
 SqliteOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);

@@ -1,5 +1,7 @@
 // retrieverclient: reads a user's mail from the retriever over HTTPS (TLS 1.3, certificate and host
 // name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]).
+#include "../common/app_support.h"
+#include "../common/client_support.h"
 #include "../common/tls.h"
 #include "../sender/smtp_syntax.h"
 
@@ -14,12 +16,9 @@
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/StreamCopier.h>
 #include <Poco/Util/Application.h>
-#include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/OptionSet.h>
 
-#include <editline/readline.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include <iomanip>
@@ -188,18 +187,13 @@ class RetrieverClient : public Poco::Util::Application {
 protected:
     void defineOptions(Poco::Util::OptionSet& options) override {
         Application::defineOptions(options);
+        addClientOptions(options, "implicit (HTTPS, default) or off (plain HTTP), as the server runs");
         auto add = [&](const char* name, const char* description, const char* argument) {
             Poco::Util::Option option(name, "", description);
             option.required(false).repeatable(false);
             if (argument) option.argument(argument).binding(std::string("client.") + name);
             options.addOption(option);
         };
-        add("help", "print this help and exit", nullptr);
-        add("host", "server to connect to (default localhost)", "HOST");
-        add("port", "server port (default 9100)", "PORT");
-        add("servername", "name the certificate must carry (default: --host)", "NAME");
-        add("ca", "CA certificate to trust (default certs/ca.pem)", "FILE");
-        add("domain", "domain added to a bare user name (default 447.edu)", "DOMAIN");
         add("user", "read this account's mailbox", "EMAIL");
         add("password", "the account's password", "PASSWORD");
         add("id", "show one message", "N");
@@ -207,20 +201,13 @@ protected:
         add("limit", "list at most N messages", "N");
         add("json", "print the server's JSON as is", nullptr);
         add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
-        add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
-        add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
-        add("tls", "implicit (HTTPS, default) or off (plain HTTP), as the server runs", "MODE");
-        add("verbose", "print HTTP headers and the negotiated TLS parameters", nullptr);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         Application::handleOption(name, value);
         if (name == "help") {
-            Poco::Util::HelpFormatter help(options());
-            help.setCommand(commandName());
-            help.setUsage("[options]");
-            help.setHeader("The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.");
-            help.format(std::cout);
+            printHelp(options(), commandName(),
+                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.", "");
             stopOptionsProcessing();
             helpRequested_ = true;
         } else if (name == "verbose" || name == "json" || name == "raw") {
@@ -234,19 +221,9 @@ protected:
         std::string host = cfg.getString("client.host", "localhost");
         int port = cfg.getInt("client.port", 9100);
         domain_ = cfg.getString("client.domain", "447.edu");
-        TlsOptions tls;
-        tls.caFile = cfg.getString("client.ca", "certs/ca.pem");
-        tls.keyLogFile = cfg.getString("client.keylog", "");
-        Poco::Net::Context::Ptr context;
-        try {
-            context = makeClientContext(tls);
-            std::string keylog = enableKeyLog(*context, tls.keyLogFile);
-            if (!keylog.empty()) std::cerr << "note: writing TLS secrets to " << keylog << "\n";
-        } catch (const Poco::Exception& e) {
-            std::cerr << "error: cannot load the CA certificate " << tls.caFile << ": " << e.displayText()
-                      << "\n       (run `make certs`, or start a server once, to create it)\n";
-            return kConnection;
-        }
+        Poco::Net::Context::Ptr context =
+            clientContext(cfg.getString("client.ca", "certs/ca.pem"), cfg.getString("client.keylog", ""));
+        if (!context) return kConnection;
         connection_ = std::make_unique<RetrieverConnection>(host, port, cfg.getString("client.servername", host), context,
                                                             cfg.getInt("client.timeout", 30), cfg.getBool("client.verbose", false),
                                                             cfg.getString("client.tls", "implicit") != "off");
@@ -262,12 +239,7 @@ protected:
     }
 
 private:
-    std::string withDomain(std::string name) const {
-        while (!name.empty() && name.back() == ' ') name.pop_back();
-        while (!name.empty() && name.front() == ' ') name.erase(name.begin());
-        if (!name.empty() && name.find('@') == std::string::npos) name += "@" + domain_;
-        return smtp::lowerCase(name);
-    }
+    std::string withDomain(const std::string& name) const { return smtp::lowerCase(maillab::withDomain(name, domain_)); }
 
     static std::string listPath(const std::string& user, const std::string& query = "") {
         return "/mailboxes/" + user + "/messages" + query;
@@ -282,7 +254,7 @@ private:
                 std::cerr << "error: --user needs --password\n";
                 return kUsage;
             }
-            password = askSecret("password for " + user + ": ");
+            if (!terminal_.secret("password for " + user + ": ", password)) return kUsage;
         }
         std::string path;
         bool json = cfg.getBool("client.json", false);
@@ -307,42 +279,12 @@ private:
         return kOk;
     }
 
-    static std::string askSecret(const std::string& prompt) {
-        std::cout << prompt << std::flush;
-        termios old{};
-        bool tty = ::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &old) == 0;
-        if (tty) {
-            termios quiet = old;
-            quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-            ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-        }
-        std::string line;
-        std::getline(std::cin, line);
-        if (tty) {
-            ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
-            std::cout << "\n";
-        }
-        return line;
-    }
-
-    bool readLine(const std::string& prompt, std::string& out) {
-        if (::isatty(STDIN_FILENO)) {
-            char* text = ::readline(prompt.c_str());
-            if (!text) return false;
-            out = text;
-            std::free(text);
-            if (!out.empty()) ::add_history(out.c_str());
-            return true;
-        }
-        return static_cast<bool>(std::getline(std::cin, out));
-    }
-
     int runInteractive(const std::string& host, int port) {
         std::cout << "maillab retriever client for " << (config().getString("client.tls", "implicit") == "off" ? "http" : "https")
                   << "://" << host << ":" << port << "/\n"
                   << "Commands: GET (read a mailbox), HELP, QUIT. Ctrl-D quits.\n";
         std::string line;
-        while (readLine("http> ", line)) {
+        while (terminal_.line("http> ", line, true)) {
             std::string word = smtp::lowerCase(line);
             while (!word.empty() && word.back() == ' ') word.pop_back();
             if (word.empty()) continue;
@@ -357,10 +299,10 @@ private:
                 continue;
             }
             std::string user;
-            if (!readLine("  email (@" + domain_ + " is added to a bare name): ", user)) break;
+            if (!terminal_.line("  email (@" + domain_ + " is added to a bare name): ", user)) break;
             user = withDomain(user);
-            std::string password = ::isatty(STDIN_FILENO) ? askSecret("  password: ") : "";
-            if (!::isatty(STDIN_FILENO) && !std::getline(std::cin, password)) break;
+            std::string password;
+            if (!terminal_.secret("  password: ", password)) break;
             HttpResult r = connection_->get(listPath(user), user, password);
             std::cout << "HTTP " << r.status << " " << r.reason << "\n";
             if (r.status != 200) {
@@ -369,7 +311,7 @@ private:
             }
             printList(r.body, std::cout);
             std::string id;
-            while (readLine("  open message id (Enter to go back): ", id) && !id.empty()) {
+            while (terminal_.line("  open message id (Enter to go back): ", id) && !id.empty()) {
                 HttpResult m = connection_->get(listPath(user, "/" + id), user, password);
                 if (m.status != 200) std::cout << "HTTP " << m.status << " " << m.reason << ": " << errorMessage(m) << "\n";
                 else printMessage(m.body, std::cout);
@@ -380,6 +322,7 @@ private:
     }
 
     bool helpRequested_ = false;
+    Terminal terminal_;
     std::string domain_;
     std::unique_ptr<RetrieverConnection> connection_;
 };

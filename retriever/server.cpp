@@ -17,7 +17,6 @@
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/ThreadPool.h>
-#include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
@@ -131,25 +130,15 @@ protected:
 
     void defineOptions(Poco::Util::OptionSet& options) override {
         ServerApplication::defineOptions(options);
-        addServerOptions(options, "retriever");
-        Poco::Util::Option tls("tls", "", "implicit (HTTPS, default) or off (plain HTTP, loopback only)");
-        tls.required(false).repeatable(false).argument("MODE").binding("retriever.tls");
-        options.addOption(tls);
-        Poco::Util::Option plainAuth("allow-plaintext-auth", "", "with --tls off: accept passwords sent in clear");
-        plainAuth.required(false).repeatable(false);
-        options.addOption(plainAuth);
+        addServerOptions(options, "retriever", "implicit (HTTPS, default) or off (plain HTTP, loopback only)");
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         ServerApplication::handleOption(name, value);
-        if (name == "allow-plaintext-auth") config().setBool("retriever.allowPlaintextAuth", true);
         if (applyServerOption(config(), "retriever", name, value)) {
-            Poco::Util::HelpFormatter help(options());
-            help.setCommand(commandName());
-            help.setUsage("[options]");
-            help.setHeader("The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3).");
-            help.setFooter("Every setting and its default: retriever/retrieverserver.properties. Resources: docs/retriever.md.");
-            help.format(std::cout);
+            printHelp(options(), commandName(),
+                      "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3).",
+                      "Every setting and its default: retriever/retrieverserver.properties. Resources: docs/retriever.md.");
             stopOptionsProcessing();
             helpRequested_ = true;
         }

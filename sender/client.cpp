@@ -4,18 +4,16 @@
 #include "smtp_client.h"
 #include "smtp_syntax.h"
 
+#include "../common/app_support.h"
+#include "../common/client_support.h"
 #include "../common/tls.h"
 
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/DNS.h>
 #include <Poco/Util/Application.h>
-#include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/OptionSet.h>
 
-#include <editline/readline.h>
-#include <termios.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -32,81 +30,28 @@ using smtp::SmtpClient;
 
 enum ExitCode { kOk = 0, kRefused = 1, kUsage = 2, kConnection = 3 };
 
-// Input from a terminal (libedit: editing and history) or from a pipe (one line each).
-class Input {
-public:
-    Input() : tty_(::isatty(STDIN_FILENO)) {}
-    bool interactive() const { return tty_; }
-
-    // False at end of input (Ctrl-D).
-    bool line(const std::string& prompt, std::string& out, bool remember = false) {
-        if (tty_) {
-            char* text = ::readline(prompt.c_str());
-            if (!text) return false;
-            out = text;
-            std::free(text);
-            if (remember && !out.empty()) ::add_history(out.c_str());
-            return true;
-        }
-        if (!std::getline(std::cin, out)) return false;
-        if (!out.empty() && out.back() == '\r') out.pop_back();
-        return true;
-    }
-
-    // Like line(), without echo at a terminal.
-    bool secret(const std::string& prompt, std::string& out) {
-        if (!tty_) return line(prompt, out);
-        std::cout << prompt << std::flush;
-        termios old{};
-        ::tcgetattr(STDIN_FILENO, &old);
-        termios quiet = old;
-        quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-        ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-        bool ok = static_cast<bool>(std::getline(std::cin, out));
-        ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
-        std::cout << "\n";
-        return ok;
-    }
-
-private:
-    bool tty_;
-};
-
 class SenderClient : public Poco::Util::Application {
 protected:
     void defineOptions(OptionSet& options) override {
         Application::defineOptions(options);
+        addClientOptions(options, "implicit (default), starttls or off, as the server runs");
         auto add = [&](const char* name, const char* description, const char* argument) {
             Option option(name, "", description);
-            option.required(false).repeatable(false);
-            if (argument) option.argument(argument).binding(std::string("client.") + name);
+            option.required(false).repeatable(false).argument(argument).binding(std::string("client.") + name);
             options.addOption(option);
         };
-        add("help", "print this help and exit", nullptr);
-        add("host", "server to connect to (default localhost)", "HOST");
-        add("port", "server port (default 9000)", "PORT");
-        add("servername", "name the certificate must carry (default: --host)", "NAME");
-        add("ca", "CA certificate to trust (default certs/ca.pem)", "FILE");
-        add("domain", "domain added to a bare user name (default 447.edu)", "DOMAIN");
         add("user", "log in as EMAIL; without --password an unknown lab address registers", "EMAIL");
         add("password", "password for --user", "PASSWORD");
         add("to", "send one message to these recipients (comma-separated)", "LIST");
         add("subject", "subject of the message", "TEXT");
         add("body-file", "file holding the message body ('-' = standard input)", "FILE");
-        add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
-        add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
-        add("tls", "implicit (default), starttls or off, as the server runs", "MODE");
-        add("verbose", "print raw C:/S: lines and the negotiated TLS parameters", nullptr);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         Application::handleOption(name, value);
         if (name == "help") {
-            Poco::Util::HelpFormatter help(options());
-            help.setCommand(commandName());
-            help.setUsage("[options]");
-            help.setHeader("The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.");
-            help.format(std::cout);
+            printHelp(options(), commandName(),
+                      "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.", "");
             stopOptionsProcessing();
             helpRequested_ = true;
         } else if (name == "verbose") {
@@ -121,30 +66,14 @@ protected:
         port_ = cfg.getInt("client.port", 9000);
         domain_ = cfg.getString("client.domain", "447.edu");
         timeout_ = cfg.getInt("client.timeout", 30);
-        TlsOptions tls;
-        tls.caFile = cfg.getString("client.ca", "certs/ca.pem");
-        tls.keyLogFile = cfg.getString("client.keylog", "");
-        try {
-            context_ = makeClientContext(tls);
-            std::string keylog = enableKeyLog(*context_, tls.keyLogFile);
-            if (!keylog.empty()) std::cerr << "note: writing TLS secrets to " << keylog << "\n";
-        } catch (const Poco::Exception& e) {
-            std::cerr << "error: cannot load the CA certificate " << tls.caFile << ": " << e.displayText()
-                      << "\n       (run `make certs`, or start the server once, to create it)\n";
-            return kConnection;
-        }
+        context_ = clientContext(cfg.getString("client.ca", "certs/ca.pem"), cfg.getString("client.keylog", ""));
+        if (!context_) return kConnection;
         bool scripted = cfg.has("client.user") || cfg.has("client.to");
         return scripted ? runScripted() : runInteractive();
     }
 
 private:
-    std::string withDomain(const std::string& name) const {
-        std::string trimmed = name;
-        while (!trimmed.empty() && trimmed.back() == ' ') trimmed.pop_back();
-        while (!trimmed.empty() && trimmed.front() == ' ') trimmed.erase(trimmed.begin());
-        if (!trimmed.empty() && trimmed.find('@') == std::string::npos) trimmed += "@" + domain_;
-        return trimmed;
-    }
+    std::string withDomain(const std::string& name) const { return maillab::withDomain(name, domain_); }
 
     SmtpClient::Trace trace() {
         if (!verbose_) return nullptr;
@@ -267,7 +196,7 @@ private:
     }
 
     int runInteractive() {
-        Input input;
+        Terminal input;
         SmtpClient client(trace());
         try {
             std::cout << "Connecting to " << host_ << ":" << port_ << " over TLS 1.3 ...\n";

@@ -17,7 +17,6 @@
 #include <Poco/Net/TCPServerConnection.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/ThreadPool.h>
-#include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
@@ -236,28 +235,18 @@ protected:
 
     void defineOptions(OptionSet& options) override {
         ServerApplication::defineOptions(options);
-        addServerOptions(options, "sender");
+        addServerOptions(options, "sender",
+                         "implicit (default, RFC 8314), starttls (RFC 3207) or off (plaintext, loopback only)");
         Option hostname("hostname", "", "our name in the banner and Received header");
         hostname.required(false).repeatable(false).argument("NAME").binding("sender.hostname");
         options.addOption(hostname);
-        Option tls("tls", "", "implicit (default, RFC 8314), starttls (RFC 3207) or off (plaintext, loopback only)");
-        tls.required(false).repeatable(false).argument("MODE").binding("sender.tls");
-        options.addOption(tls);
-        Option plainAuth("allow-plaintext-auth", "", "with --tls off: allow AUTH in clear (to show base64 is not encryption)");
-        plainAuth.required(false).repeatable(false);
-        options.addOption(plainAuth);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         ServerApplication::handleOption(name, value);
-        if (name == "allow-plaintext-auth") config().setBool("sender.allowPlaintextAuth", true);
         if (applyServerOption(config(), "sender", name, value)) {
-            Poco::Util::HelpFormatter help(options());
-            help.setCommand(commandName());
-            help.setUsage("[options]");
-            help.setHeader("The maillab SMTP submission server over implicit TLS 1.3.");
-            help.setFooter("Every setting and its default: sender/senderserver.properties.");
-            help.format(std::cout);
+            printHelp(options(), commandName(), "The maillab SMTP submission server over implicit TLS 1.3.",
+                      "Every setting and its default: sender/senderserver.properties.");
             stopOptionsProcessing();
             helpRequested_ = true;
         }
