@@ -363,7 +363,19 @@ private:
         ::chmod(options_.path.c_str(), 0600);
         sqlite3_busy_timeout(db, options_.busyTimeoutMs);
         try {
-            exec(db, "PRAGMA journal_mode=WAL");
+            // Switching to WAL needs a moment alone with the file: when the sender and the retriever
+            // start together on a new database, one waits for the other (SQLite's busy handler does
+            // not cover this pragma).
+            for (int waited = 0;; waited += 10) {
+                try {
+                    exec(db, "PRAGMA journal_mode=WAL");
+                    break;
+                } catch (const StoreError&) {
+                    if (sqlite3_errcode(db) != SQLITE_BUSY && sqlite3_errcode(db) != SQLITE_LOCKED) throw;
+                    if (waited >= options_.busyTimeoutMs) throw;
+                    sqlite3_sleep(10);
+                }
+            }
             std::string sync = "PRAGMA synchronous=" + options_.synchronous;
             exec(db, sync.c_str());
             exec(db, "PRAGMA foreign_keys=ON");

@@ -262,3 +262,26 @@ def retriever_lockout_is_shared_with_the_sender(lab):
         # that proved the password within the cache TTL is not locked out by someone else's guesses.)
         out = run_client(lab, l2.sender.port, ["--user", "bob", "--password", "11111447"])
         assert out.returncode == 1 and "454 4.7.0" in out.stderr, out.stderr
+
+
+@test
+def both_servers_start_together_on_a_fresh_checkout(lab):
+    """A student starts the sender and the retriever at the same moment: no certificates, no
+    database yet. One creates them, the other waits; both come up."""
+    fresh = lab.path("fresh")
+    os.makedirs(fresh)
+    db = os.path.join(fresh, "maillab.db")
+    certs = os.path.join(fresh, "certs")
+    procs = [subprocess.Popen([lab.exe(name), "--port=0", f"--db={db}", f"--certs={certs}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("senderserver", "retrieverserver")]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            assert line.startswith("ready port="), p.stderr.read() if p.poll() is not None else line
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=20)
+    out = subprocess.run(["openssl", "verify", "-CAfile", os.path.join(certs, "ca.pem"), os.path.join(certs, "server.pem")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
