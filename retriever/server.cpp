@@ -15,12 +15,14 @@
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
 #include <atomic>
+#include <sstream>
 #include <iostream>
 
 extern const char* const kRetrieverServerProperties;  // generated from retrieverserver.properties
@@ -90,10 +92,18 @@ public:
         if (result.closeConnection) response.setKeepAlive(false);
         // Every response has a Content-Length, so Wireshark (and keep-alive) can find its end.
         response.setContentLength(static_cast<std::streamsize>(result.status == 304 ? 0 : result.body.size()));
-        if (result.status == 304 || request.getMethod() == "HEAD")
-            response.send();  // headers only; for HEAD the length is still what GET would send
-        else
-            response.sendBuffer(result.body.data(), result.body.size());
+        // Headers and body leave in one write: one TLS record and one segment where Poco's
+        // sendBuffer() makes two. (Poco's connection loop needs only getKeepAlive() afterwards.)
+        std::ostringstream head;
+        response.write(head);
+        std::string wire = head.str();
+        if (result.status != 304 && request.getMethod() != "HEAD") wire += result.body;  // HEAD: GET's length, no body
+        auto& socket = static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
+        for (size_t sent = 0; sent < wire.size();) {
+            int n = socket.sendBytes(wire.data() + sent, static_cast<int>(wire.size() - sent));
+            if (n <= 0) throw Poco::Net::ConnectionResetException("send failed");
+            sent += static_cast<size_t>(n);
+        }
 
         ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
                                  logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
