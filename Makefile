@@ -215,3 +215,4 @@ help:
 	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
 	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
 	@echo "make capture | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
+	@echo "make bench [QUICK=1]"

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -93,8 +94,8 @@ class Bench:
         out = subprocess.run(cmd, capture_output=True, text=True)
         print(out.stdout, end="", flush=True)
         result = json.loads(open(self.jsonl).read().splitlines()[-1])
-        result["command"] = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd
-                                     if not c.startswith(self.work))
+        shown = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c.replace(self.work, "$WORK") for c in cmd]
+        result["command"] = " ".join(shlex.quote(c) if not c.startswith("$WORK") else c for c in shown)
         self.results.append(result)
         return result
 
@@ -280,7 +281,7 @@ def machine():
 
 
 def plot(path, data_lines, title, ylabel, xlabels):
-    script = f"""set terminal pngcairo size 900,420 font 'sans,10'
+    script = f"""set terminal pngcairo size 900,420 font 'sans,10' noenhanced
 set output '{path}'
 set title '{title}'
 set style data histograms
@@ -361,6 +362,8 @@ def write_report(b, r, out_path, quick):
               "totals are kept by a trigger (schema v2) and a page is an index range. The rare max latencies of "
               "several hundred ms are reconnections after `retriever.maxKeepAliveRequests` (1000), whose TLS "
               "handshakes queue behind busy connections.",
+              "- **wrk** resumes TLS sessions when it reconnects, so its figures are keep-alive request rates, "
+              "not handshake rates.",
               "",
               "## What profiling changed",
               "",
@@ -379,9 +382,7 @@ def write_report(b, r, out_path, quick):
               "- The credential cache now answers without reading the account row, logging moved to Poco's "
               "AsyncChannel, state transitions are logged only with `--verbose`, and the servers send one TLS "
               "session ticket instead of OpenSSL's two.",
-              "- **wrk** resumes TLS sessions when it reconnects, so its figures are keep-alive request rates, "
-              "not handshake rates.", "",
-              "## Commands", "", "```"]
+              "",               "## Commands", "", "```"]
     for res in b.results:
         lines.append(res.get("command", ""))
     lines += ["```", ""]
