@@ -113,6 +113,22 @@ long raiseOpenFileLimit() {
     return static_cast<long>(limit.rlim_cur);
 }
 
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger) {
+    try {
+        if (ensureServerCertificates(tls))
+            logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
+        return openSqliteStore(store);
+    } catch (const std::exception& e) {
+        logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
+        return nullptr;
+    }
+}
+
+void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDefaults) {
+    loadBuiltinDefaults(app.config(), builtinDefaults);
+    if (app.config().has("maillab.configFile")) app.loadConfiguration(app.config().getString("maillab.configFile"));
+}
+
 std::string logValue(const std::string& value) {
     if (!value.empty() && value.find_first_of(" \"=\t") == std::string::npos) return value;
     std::string out = "\"";

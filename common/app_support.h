@@ -6,9 +6,12 @@
 #include "store.h"
 #include "tls.h"
 
+#include <Poco/Logger.h>
+#include <Poco/Util/Application.h>
 #include <Poco/Util/LayeredConfiguration.h>
 #include <Poco/Util/OptionSet.h>
 
+#include <memory>
 #include <string>
 
 namespace maillab {
@@ -32,6 +35,10 @@ TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
+// A server's start: certificates made when missing, the store opened. Logs and returns nullptr on failure.
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger);
+// A server's configuration: the compiled-in defaults, then the --config file when one was given.
+void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDefaults);
 
 // Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
 // default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.

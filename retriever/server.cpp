@@ -133,8 +133,7 @@ private:
 class RetrieverServer : public Poco::Util::ServerApplication {
 protected:
     void initialize(Application& self) override {
-        loadBuiltinDefaults(config(), kRetrieverServerProperties);
-        if (config().has("maillab.configFile")) loadConfiguration(config().getString("maillab.configFile"));
+        loadServerConfiguration(*this, kRetrieverServerProperties);
         ServerApplication::initialize(self);
     }
 
@@ -166,14 +165,8 @@ protected:
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
-        try {
-            if (ensureServerCertificates(tls))
-                logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
-            ctx.store = openSqliteStore(storeOptions);
-        } catch (const std::exception& e) {
-            logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
-            return EXIT_SOFTWARE;
-        }
+        ctx.store = openServerStore(tls, storeOptions, logger);
+        if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
         http::ApiLimits limits;
         limits.maxUriLength = cfg.getUInt64("http.maxUriLength");

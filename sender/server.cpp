@@ -228,8 +228,7 @@ private:
 class SenderServer : public Poco::Util::ServerApplication {
 protected:
     void initialize(Application& self) override {
-        loadBuiltinDefaults(config(), kSenderServerProperties);
-        if (config().has("maillab.configFile")) loadConfiguration(config().getString("maillab.configFile"));
+        loadServerConfiguration(*this, kSenderServerProperties);
         ServerApplication::initialize(self);
     }
 
@@ -277,14 +276,8 @@ protected:
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
         TlsOptions tls = tlsOptionsFrom(cfg);
-        try {
-            if (ensureServerCertificates(tls))
-                logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
-            ctx.store = openSqliteStore(storeOptions);
-        } catch (const std::exception& e) {
-            logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
-            return EXIT_SOFTWARE;
-        }
+        ctx.store = openServerStore(tls, storeOptions, logger);
+        if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
 
         std::string mode = cfg.getString("sender.tls");
