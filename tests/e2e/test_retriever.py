@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import threading
 
-from harness import Server, register, run_client, test, tls_connect
+from harness import Server, Skip, register, run_client, test, tls_connect
 
 
 class Lab2:
@@ -173,7 +173,8 @@ def tls12_refused_by_retriever(lab):
 @test
 def chromium_shows_the_inbox(lab):
     chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed (make deps installs it)"
+    if not chromium:
+        raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
     with Lab2(lab) as l2:
         l2.send("ana", l2.ana, "bob", "Second message", "more\n")
         spki = subprocess.run(
