@@ -5,6 +5,7 @@
 #include <Poco/Net/RejectCertificateHandler.h>
 #include <Poco/Net/SSLManager.h>
 
+#include <openssl/err.h>
 #include <openssl/objects.h>
 #include <openssl/ssl.h>
 
@@ -15,6 +16,8 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 namespace maillab {
@@ -35,11 +38,15 @@ void keyLogCallback(const SSL* ssl, const char* line) {
 }
 
 thread_local std::string lastHandshake;
+thread_local SSL* lastSsl = nullptr;
 
 // Poco 1.11 gives no access to a socket's SSL*, so the handshake is described when it completes,
 // on the thread that performed it.
 void infoCallback(const SSL* ssl, int where, int) {
-    if (where & SSL_CB_HANDSHAKE_DONE) lastHandshake = describeTlsSession(const_cast<SSL*>(ssl));
+    if (where & SSL_CB_HANDSHAKE_DONE) {
+        lastHandshake = describeTlsSession(const_cast<SSL*>(ssl));
+        lastSsl = const_cast<SSL*>(ssl);
+    }
 }
 
 void restrictToTls13(Poco::Net::Context& context) {
@@ -123,6 +130,21 @@ Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options) {
 }
 
 std::string lastHandshakeOnThisThread() { return lastHandshake; }
+
+void closeTlsGracefully(int fd, int lingerMilliseconds) {
+    SSL* ssl = lastSsl;
+    lastSsl = nullptr;
+    if (!ssl || SSL_get_fd(ssl) != fd) return;  // not this connection's TLS: leave it to Poco
+    if (SSL_shutdown(ssl) < 0) return;           // our close_notify
+    ::shutdown(fd, SHUT_WR);                     // then FIN; reading stays open
+    timeval tv{lingerMilliseconds / 1000, (lingerMilliseconds % 1000) * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    while (SSL_read(ssl, buf, sizeof buf) > 0) {
+        // the client's last bytes, if any, before its close_notify or EOF
+    }
+    ERR_clear_error();
+}
 
 std::string describeTlsSession(SSL* ssl) {
     if (!ssl) return "no TLS session";

@@ -34,6 +34,12 @@ std::string describeTlsSession(SSL* ssl);
 // a socket's SSL*); "" before any.
 std::string lastHandshakeOnThisThread();
 
+// A clean TLS close for a server that speaks last (SMTP after 221): close_notify, then TCP FIN,
+// then the client's close_notify read within `linger`, so that nothing arrives at a closed socket
+// (which would answer with a TCP RST, visible in every capture). Uses the SSL of the last handshake
+// on this thread. Poco's own shutdown() afterwards finds close_notify sent and does nothing more.
+void closeTlsGracefully(int fd, int lingerMilliseconds);
+
 // Calls Poco::Net::initializeSSL() once and installs certificate handlers that reject, never prompt.
 void initializeTls();
 

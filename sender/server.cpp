@@ -42,6 +42,7 @@ struct SenderContext {
     std::string hostname;
     int maxConnections = 0;
     Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, sendTimeout;
+    int closeLingerMs = 0;
     bool verbose = false;
     smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
     bool allowPlaintextAuth = false;
@@ -75,8 +76,14 @@ public:
             } else {
                 serve(socket, secure);
             }
-            if (secure) Poco::Net::SecureStreamSocket(socket).shutdown();  // TLS close_notify, then TCP FIN
-            else socket.shutdown();
+            if (secure) {
+                closeTlsGracefully(socket.impl()->sockfd(), ctx_.closeLingerMs);
+                Poco::Net::SecureStreamSocket(socket).shutdown();  // TLS close_notify (if not yet), TCP FIN
+            } else {
+                socket.shutdownSend();
+                drainPlain(socket);
+                socket.shutdown();
+            }
         } catch (const Poco::TimeoutException&) {
             log("event=disconnect reason=handshake-timeout");
         } catch (const Poco::Exception& e) {
@@ -93,6 +100,18 @@ public:
     }
 
 private:
+    // Plaintext modes: after our FIN, read what the client still sends until its FIN (bounded), so
+    // the close ends with FINs, not an RST.
+    void drainPlain(Poco::Net::StreamSocket& socket) {
+        socket.setReceiveTimeout(Poco::Timespan(0, ctx_.closeLingerMs * 1000));
+        char buf[4096];
+        try {
+            while (socket.receiveBytes(buf, sizeof buf) > 0) {
+            }
+        } catch (const Poco::Exception&) {
+        }
+    }
+
     void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
 
     void send(Poco::Net::StreamSocket& socket, const std::string& bytes) {
@@ -267,6 +286,7 @@ protected:
         ctx.commandTimeout = Poco::Timespan(cfg.getInt("sender.timeout.command"), 0);
         ctx.dataTimeout = Poco::Timespan(cfg.getInt("sender.timeout.data"), 0);
         ctx.sendTimeout = Poco::Timespan(cfg.getInt("sender.timeout.send"), 0);
+        ctx.closeLingerMs = cfg.getInt("sender.timeout.closeLingerMs");
         ctx.limits.maxLineLength = cfg.getUInt64("smtp.maxLineLength");
         ctx.limits.maxMessageSize = cfg.getUInt64("smtp.maxMessageSize");
         ctx.limits.maxRecipients = cfg.getUInt64("smtp.maxRecipients");

@@ -158,6 +158,12 @@ void SmtpClient::close() {
     if (!socket_) return;
     try {
         if (state_ != State::Closed && state_ != State::Disconnected) command("QUIT");
+        // The server closes after 221: read its close_notify and FIN before answering with ours, so
+        // neither side leaves unread bytes behind (an RST in the capture).
+        socket_->setReceiveTimeout(Poco::Timespan(1, 0));
+        char buf[1024];
+        while (socket_->receiveBytes(buf, sizeof buf) > 0) {
+        }
     } catch (const std::exception&) {
     }
     try {

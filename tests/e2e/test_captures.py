@@ -60,6 +60,10 @@ def capture_files_open_decrypted_and_pass_the_check(lab):
         if mode != "off":
             assert "Number of decryption secrets in file: 1" in info
             assert "[ok] TLS 1.3 handshake" in out.stdout
+        # Every connection ends with close_notify and FINs, never a reset.
+        resets = subprocess.run(["tshark", "-r", files[mode], "-Y", "tcp.flags.reset == 1"], capture_output=True,
+                                text=True).stdout
+        assert resets.strip() == "", f"{mode}: {resets}"
     # Readable by the user who made them.
     assert os.stat(files["implicit"]).st_mode & 0o444 == 0o444
 
