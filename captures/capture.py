@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -48,9 +49,11 @@ def dumpcap_needs_sudo():
 
 
 class Dumpcap:
-    """dumpcap on the loopback interface for the given TCP ports, writing pcapng to our own file
-    through a pipe. A UDP probe to a spare port marks the start and the end, so nothing is lost:
-    when dumpcap has counted the end probe, it has everything sent before it."""
+    """dumpcap on the loopback interface for the given TCP ports. Its pcapng output comes through a
+    pipe that we copy into our own file (so it belongs to the user) while watching for probes: a UDP
+    datagram to a spare port carrying a random token. When a probe's token has come through the
+    pipe, everything sent before the probe has too (loopback keeps order), so the capture is known
+    to have started, or to be complete, without guessing with sleeps."""
 
     def __init__(self, ports, path, progress=False):
         self.probe_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -62,48 +65,69 @@ class Dumpcap:
             say("note: capturing needs root (or dumpcap's capabilities): running dumpcap with sudo")
             cmd = ["sudo"] + cmd
         self.out = open(path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.count = 0
+        self.seen = b""  # the tail of the output, for tokens split across reads
+        self.tokens = set()
         self.changed = threading.Condition()
         self.progress = progress
+        self.copier = threading.Thread(target=self._copy_output, daemon=True)
+        self.copier.start()
         threading.Thread(target=self._read_progress, daemon=True).start()
         self.sync("start")
+
+    def _copy_output(self):
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                break
+            self.out.write(chunk)
+            window = self.seen + chunk
+            with self.changed:
+                for token in list(self.tokens):
+                    if token in window:
+                        self.tokens.discard(token)
+                        self.changed.notify_all()
+            self.seen = window[-64:]
+        with self.changed:
+            self.changed.notify_all()
 
     def _read_progress(self):
         buffer = b""
         while True:
-            chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") else self.proc.stderr.read(1)
+            chunk = self.proc.stderr.read1(4096)
             if not chunk:
                 break
             buffer += chunk
             for match in re.finditer(rb"Packets: (\d+)", buffer):
-                with self.changed:
-                    self.count = max(self.count, int(match.group(1)))
-                    self.changed.notify_all()
+                self.count = max(self.count, int(match.group(1)))
             if self.progress:
                 sys.stdout.write(f"\r  captured {self.count} packets (Ctrl-C or `make capture-stop` to finish) ")
                 sys.stdout.flush()
             buffer = buffer[-64:]
-        with self.changed:
-            self.changed.notify_all()
 
-    def sync(self, what, timeout=20):
-        """Sends probes until dumpcap has counted one more packet."""
+    def sync(self, what, timeout=30):
+        """Sends a probe (again every 200 ms, in case one is lost) until its token is in the output."""
+        token = f"maillab-{what}-{os.urandom(8).hex()}".encode()
         with self.changed:
-            target = self.count + 1
-        for _ in range(int(timeout / 0.1)):
-            self.probe_sock.sendto(what.encode(), ("127.0.0.1", self.probe_port))
+            self.tokens.add(token)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.probe_sock.sendto(token, ("127.0.0.1", self.probe_port))
             with self.changed:
-                if self.changed.wait_for(lambda: self.count >= target or self.proc.poll() is not None, 0.1):
+                if self.changed.wait_for(lambda: token not in self.tokens or self.proc.poll() is not None, 0.2):
                     break
         if self.proc.poll() is not None:
-            raise SystemExit(f"dumpcap stopped: {self.proc.returncode}")
+            raise SystemExit(f"dumpcap stopped: {self.proc.stderr.read().decode(errors='replace')}")
+        if token in self.tokens:
+            raise SystemExit(f"dumpcap did not deliver the {what} probe within {timeout} s")
 
     def stop(self):
         if self.proc.poll() is None:
             self.sync("end")
             self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
+        self.copier.join(timeout=30)
         self.out.close()
         return self.probe_port
 

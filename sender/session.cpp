@@ -3,6 +3,7 @@
 #include "session.h"
 
 #include "smtp_syntax.h"
+#include "../common/app_support.h"
 #include "../common/password.h"
 
 #include <openssl/rand.h>
@@ -373,12 +374,12 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
     switch (result.outcome) {
         case AuthOutcome::Ok:
             user_ = result.user;
-            env_.log("event=auth user=" + user_ + " result=ok");
+            env_.log("event=auth user=" + logValue(user_) + " result=ok");
             out.replies.push_back(reply(AuthSucceeded, "Authentication successful"));
             return out;
         case AuthOutcome::Registered: {
             user_ = result.user;
-            env_.log("event=auth user=" + user_ + " result=registered");
+            env_.log("event=auth user=" + logValue(user_) + " result=registered");
             Reply r = reply(AuthSucceeded, "Authentication successful; registered " + user_ +
                                                " with password: " + result.newPassword + " (shown once)");
             r.secret = true;
@@ -386,12 +387,12 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
             return out;
         }
         case AuthOutcome::Locked:
-            env_.log("event=auth user=" + result.user + " result=locked");
+            env_.log("event=auth user=" + logValue(result.user) + " result=locked");
             return error(AccountLocked, "Account temporarily locked after repeated failures; try again in " +
                                             std::to_string(result.retryAfterSeconds) + " seconds");
         case AuthOutcome::BadCredentials: break;
     }
-    env_.log("event=auth user=" + result.user + " result=fail");
+    env_.log("event=auth user=" + logValue(result.user) + " result=fail");
     if (++authFailures_ >= limits_.maxAuthFailures) {
         out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));
         out.close = true;

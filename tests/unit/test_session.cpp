@@ -282,3 +282,12 @@ TEST_CASE("too many errors close the session", "[session][limits]") {
     CHECK(out.close);
     CHECK(Harness::lines(out).back().rfind("421 4.7.0 Too many errors", 0) == 0);
 }
+
+TEST_CASE("what a client sends cannot forge log lines", "[session]") {
+    Harness h;
+    h.say("EHLO c");
+    // AUTH PLAIN \0ana@447.edu\nid=9 event=auth user=bob result=ok\0x
+    std::string forged = std::string("\0ana@447.edu\nid=9 event=auth user=bob result=ok\0x", 49);
+    h.say("AUTH PLAIN " + maillab::base64Encode(forged));
+    for (const auto& entry : h.log) CHECK(entry.find('\n') == std::string::npos);
+}
