@@ -40,8 +40,9 @@ PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/retrieverserver $(BIN
             $(BIN)/maillab-load
 TESTS := $(BIN)/unit-tests
 
-.PHONY: all
+.PHONY: all programs
 all: $(PROGRAMS) $(TESTS)
+programs: $(PROGRAMS)
 
 # Every compile waits for the Debian packages (order-only: checked once per build directory).
 $(OBJ)/%.o: %.cpp | $(BUILD)/.deps-ok
@@ -93,9 +94,12 @@ $(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmailla
 
 $(call obj,$(UNIT_SRC)): CXXFLAGS += -DMAILLAB_GOLDEN_DIR='"$(CURDIR)/tests/golden"'
 
+# Catch2 2 is header-only; Catch2 3 (no catch.hpp) is a library with its own main.
+CATCH_LIBS := $(if $(wildcard /usr/include/catch2/catch.hpp),,-lCatch2Main -lCatch2)
+
 $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CATCH_LIBS)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
@@ -174,7 +178,7 @@ receiverclient: retrieverclient
 .PHONY: demo
 demo: deps
 	$(call install_packages,curl python3)
-	@$(MAKE) all
+	@$(MAKE) programs
 	@bash tests/demo.sh $(BUILD)
 
 # ---- captures and reports -------------------------------------------------------------------
@@ -183,7 +187,7 @@ NAME ?= lab
 PORTS ?= 9000,9100
 .PHONY: capture capture-start capture-stop check-capture report wireshark-profile
 capture: test-deps
-	@$(MAKE) all
+	@$(MAKE) programs
 	@/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD)
 
 capture-start: test-deps
@@ -211,7 +215,7 @@ wireshark-profile:
 .PHONY: bench
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
-	@$(MAKE) all
+	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 
 # ---- tests ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // Authentication: registration, verification, the credential cache, lock-out across connections.
 #include "fixtures.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 #include <sqlite3.h>
 
 using namespace maillab;

@@ -4,7 +4,7 @@
 #include "../../common/password.h"
 #include "../../retriever/mail_api.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace maillab;
 using namespace maillab::http;

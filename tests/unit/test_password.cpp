@@ -1,7 +1,7 @@
 // Password generation, scrypt hashing and base64.
 #include "../../common/password.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <set>
 

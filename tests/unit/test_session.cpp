@@ -4,7 +4,7 @@
 
 #include "../../sender/session.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 #include <sqlite3.h>
 
 #include <algorithm>

@@ -1,7 +1,7 @@
 // The SQLite store: accounts, delivery to several mailboxes, listing, lookup, schema version.
 #include "fixtures.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 #include <sqlite3.h>
 
 #include <thread>

@@ -3,7 +3,7 @@
 #include "../../sender/smtp_client.h"
 #include "../../sender/smtp_syntax.h"
 
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 using namespace maillab;
 using namespace maillab::smtp;
