@@ -4,6 +4,7 @@
 #include "certs.h"
 
 #include <Poco/AutoPtr.h>
+#include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/PropertyFileConfiguration.h>
@@ -127,6 +128,27 @@ std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOption
 void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDefaults) {
     loadBuiltinDefaults(app.config(), builtinDefaults);
     if (app.config().has("maillab.configFile")) app.loadConfiguration(app.config().getString("maillab.configFile"));
+}
+
+Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, Poco::Logger& logger) {
+    Poco::Net::Context::Ptr context = makeServerContext(tls);
+    std::string keylog = enableKeyLog(*context, tls.keyLogFile);
+    if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
+    return context;
+}
+
+std::unique_ptr<Poco::Net::ServerSocket> openListener(const Poco::Net::SocketAddress& address, int backlog,
+                                                      Poco::Net::Context::Ptr tlsContext,
+                                                      const std::string& plaintextWarning, Poco::Logger& logger) {
+    if (tlsContext) return std::make_unique<Poco::Net::SecureServerSocket>(address, backlog, tlsContext);
+    if (!plaintextWarning.empty()) {
+        if (!address.host().isLoopback()) {
+            logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
+            return nullptr;
+        }
+        logger.warning("event=warning note=" + logValue(plaintextWarning));
+    }
+    return std::make_unique<Poco::Net::ServerSocket>(address, backlog);
 }
 
 std::string logValue(const std::string& value) {

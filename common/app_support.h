@@ -7,6 +7,8 @@
 #include "tls.h"
 
 #include <Poco/Logger.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
 #include <Poco/Util/Application.h>
 #include <Poco/Util/LayeredConfiguration.h>
 #include <Poco/Util/OptionSet.h>
@@ -43,6 +45,16 @@ void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDe
 // Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
 // default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.
 long raiseOpenFileLimit();
+
+// The server's TLS context, with its key log when asked for (and said so in the log).
+Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, Poco::Logger& logger);
+
+// The listening socket: TLS from the first byte when `tlsContext` is given, else in clear. A service
+// with no TLS at all (`plaintextWarning` non-empty) listens on loopback only and logs the warning.
+// Returns nullptr, after logging why, when the address is refused.
+std::unique_ptr<Poco::Net::ServerSocket> openListener(const Poco::Net::SocketAddress& address, int backlog,
+                                                      Poco::Net::Context::Ptr tlsContext,
+                                                      const std::string& plaintextWarning, Poco::Logger& logger);
 
 // Quotes a log value when it contains spaces or quotes: key="two words".
 std::string logValue(const std::string& value);

@@ -182,25 +182,17 @@ protected:
         ctx.overTls = mode == "implicit";
         ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits);
 
-        Poco::Net::Context::Ptr context = makeServerContext(tls);
-        std::string keylog = enableKeyLog(*context, tls.keyLogFile);
-        if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
-
         Poco::Net::SocketAddress address(cfg.getString("retriever.bind"),
                                          static_cast<Poco::UInt16>(cfg.getInt("retriever.port")));
-        std::unique_ptr<Poco::Net::ServerSocket> listener;
-        if (ctx.overTls) {
-            listener = std::make_unique<Poco::Net::SecureServerSocket>(address, cfg.getInt("retriever.listenBacklog"), context);
-        } else {
-            if (!address.host().isLoopback()) {
-                logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
-                return EXIT_USAGE;
-            }
-            logger.warning("event=warning note=\"PLAIN HTTP MODE: requests, answers and passwords cross the wire "
-                           "unencrypted. For comparison in the lab only.\"" +
-                           std::string(limits.plaintextAuthAllowed ? " plaintext-auth=allowed" : ""));
-            listener = std::make_unique<Poco::Net::ServerSocket>(address, cfg.getInt("retriever.listenBacklog"));
-        }
+        std::string plaintext;
+        if (!ctx.overTls)
+            plaintext = "PLAIN HTTP MODE: requests, answers and passwords cross the wire unencrypted. "
+                        "For comparison in the lab only." +
+                        std::string(limits.plaintextAuthAllowed ? " Passwords in clear are accepted." : "");
+        std::unique_ptr<Poco::Net::ServerSocket> listener =
+            openListener(address, cfg.getInt("retriever.listenBacklog"),
+                         ctx.overTls ? serverTlsContext(tls, logger) : nullptr, plaintext, logger);
+        if (!listener) return EXIT_USAGE;
         Poco::Net::ServerSocket& socket = *listener;
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
         int threads = ctx.maxConnections + 8;  // headroom: the connection past the limit gets a 503

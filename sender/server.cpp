@@ -309,26 +309,17 @@ protected:
         }
         ctx.allowPlaintextAuth = cfg.getBool("sender.allowPlaintextAuth");
         Poco::Net::SocketAddress address(cfg.getString("sender.bind"), static_cast<Poco::UInt16>(cfg.getInt("sender.port")));
-        if (ctx.tlsMode == smtp::TlsMode::Off) {
-            if (!address.host().isLoopback()) {
-                logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
-                return EXIT_USAGE;
-            }
-            logger.warning("event=warning note=\"PLAINTEXT MODE: everything on this port, passwords included, "
-                           "crosses the wire unencrypted. For comparison in the lab only.\"" +
-                           std::string(ctx.allowPlaintextAuth ? " plaintext-auth=allowed" : ""));
-        }
-
-        ctx.tlsContext = makeServerContext(tls);
-        std::string keylog = enableKeyLog(*ctx.tlsContext, tls.keyLogFile);
-        if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
-
+        ctx.tlsContext = serverTlsContext(tls, logger);
+        std::string plaintext;
+        if (ctx.tlsMode == smtp::TlsMode::Off)
+            plaintext = "PLAINTEXT MODE: everything on this port, passwords included, crosses the wire unencrypted. "
+                        "For comparison in the lab only." +
+                        std::string(ctx.allowPlaintextAuth ? " AUTH in clear is allowed." : "");
         // Implicit TLS listens with TLS from the first byte; STARTTLS and plaintext listen in clear.
-        std::unique_ptr<Poco::Net::ServerSocket> listener;
-        if (ctx.tlsMode == smtp::TlsMode::Implicit)
-            listener = std::make_unique<Poco::Net::SecureServerSocket>(address, cfg.getInt("sender.listenBacklog"), ctx.tlsContext);
-        else
-            listener = std::make_unique<Poco::Net::ServerSocket>(address, cfg.getInt("sender.listenBacklog"));
+        std::unique_ptr<Poco::Net::ServerSocket> listener =
+            openListener(address, cfg.getInt("sender.listenBacklog"),
+                         ctx.tlsMode == smtp::TlsMode::Implicit ? ctx.tlsContext : nullptr, plaintext, logger);
+        if (!listener) return EXIT_USAGE;
         Poco::Net::ServerSocket& serverSocket = *listener;
 
         auto* params = new Poco::Net::TCPServerParams;
