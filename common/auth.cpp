@@ -106,8 +106,9 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     if (!account) {
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email)) {
             std::string newPassword = generateLabPassword();
-            if (store_.createAccount(email, hashPassword(newPassword, policy_.scrypt), now)) {
-                if (auto stored = store_.findAccount(email)) remember(*stored, newPassword, now);
+            std::string hash = hashPassword(newPassword, policy_.scrypt);
+            if (store_.createAccount(email, hash, now)) {
+                remember(Account{email, hash, now, 0, 0}, newPassword, now);  // no need to read it back
                 return AuthResult{AuthOutcome::Registered, email, newPassword, 0};
             }
         }

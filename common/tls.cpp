@@ -4,6 +4,7 @@
 #include <Poco/Net/AcceptCertificateHandler.h>
 #include <Poco/Net/RejectCertificateHandler.h>
 #include <Poco/Net/SSLManager.h>
+#include <Poco/Net/SecureStreamSocket.h>
 
 #include <openssl/err.h>
 #include <openssl/objects.h>
@@ -144,6 +145,23 @@ void closeTlsGracefully(int fd, int lingerMilliseconds) {
         // the client's last bytes, if any, before its close_notify or EOF
     }
     ERR_clear_error();
+}
+
+void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMilliseconds) {
+    try {
+        if (tls) {
+            closeTlsGracefully(socket.impl()->sockfd(), lingerMilliseconds);
+            Poco::Net::SecureStreamSocket(socket).shutdown();  // finds close_notify sent: nothing more
+            return;
+        }
+        socket.shutdownSend();
+        socket.setReceiveTimeout(Poco::Timespan(0, lingerMilliseconds * 1000));
+        char buf[4096];
+        while (socket.receiveBytes(buf, sizeof buf) > 0) {
+        }
+        socket.shutdown();
+    } catch (const Poco::Exception&) {
+    }
 }
 
 std::string describeTlsSession(SSL* ssl) {

@@ -2,6 +2,7 @@
 // lets Wireshark decrypt a capture, and a one-line description of a negotiated session.
 #pragma once
 #include <Poco/Net/Context.h>
+#include <Poco/Net/StreamSocket.h>
 
 #include <string>
 
@@ -39,6 +40,11 @@ std::string lastHandshakeOnThisThread();
 // (which would answer with a TCP RST, visible in every capture). Uses the SSL of the last handshake
 // on this thread. Poco's own shutdown() afterwards finds close_notify sent and does nothing more.
 void closeTlsGracefully(int fd, int lingerMilliseconds);
+
+// The lab's one way to end a connection without a TCP RST, TLS or not: our close (close_notify and
+// FIN, or FIN alone), then whatever the peer still sends read until its own close, at most
+// `lingerMilliseconds`. Errors are swallowed: the connection is ending anyway.
+void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMilliseconds);
 
 // Calls Poco::Net::initializeSSL() once and installs certificate handlers that reject, never prompt.
 void initializeTls();

@@ -81,20 +81,9 @@ private:
     void close() {
         stream_.reset();
         if (socket_) {
+            // We close first; the server's close is read before the socket goes (no RST in a capture).
+            closeGracefully(*socket_, useTls_, 1000);
             try {
-                if (useTls_) {
-                    // We close first: our close_notify and FIN, then the server's close_notify read
-                    // before the socket goes (no RST in a capture).
-                    closeTlsGracefully(socket_->impl()->sockfd(), 1000);
-                    Poco::Net::SecureStreamSocket(*socket_).shutdown();
-                } else {
-                    socket_->shutdownSend();
-                    char buf[1024];
-                    socket_->setReceiveTimeout(Poco::Timespan(1, 0));
-                    while (socket_->receiveBytes(buf, sizeof buf) > 0) {
-                    }
-                    socket_->shutdown();
-                }
                 socket_->close();
             } catch (const Poco::Exception&) {
             }

@@ -76,14 +76,7 @@ public:
             } else {
                 serve(socket, secure);
             }
-            if (secure) {
-                closeTlsGracefully(socket.impl()->sockfd(), ctx_.closeLingerMs);
-                Poco::Net::SecureStreamSocket(socket).shutdown();  // TLS close_notify (if not yet), TCP FIN
-            } else {
-                socket.shutdownSend();
-                drainPlain(socket);
-                socket.shutdown();
-            }
+            closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
         } catch (const Poco::TimeoutException&) {
             log("event=disconnect reason=handshake-timeout");
         } catch (const Poco::Exception& e) {
@@ -100,18 +93,6 @@ public:
     }
 
 private:
-    // Plaintext modes: after our FIN, read what the client still sends until its FIN (bounded), so
-    // the close ends with FINs, not an RST.
-    void drainPlain(Poco::Net::StreamSocket& socket) {
-        socket.setReceiveTimeout(Poco::Timespan(0, ctx_.closeLingerMs * 1000));
-        char buf[4096];
-        try {
-            while (socket.receiveBytes(buf, sizeof buf) > 0) {
-            }
-        } catch (const Poco::Exception&) {
-        }
-    }
-
     void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
 
     void send(Poco::Net::StreamSocket& socket, const std::string& bytes) {

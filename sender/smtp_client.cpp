@@ -158,19 +158,14 @@ void SmtpClient::close() {
     if (!socket_) return;
     try {
         if (state_ != State::Closed && state_ != State::Disconnected) command("QUIT");
-        // The server closes after 221: read its close_notify and FIN before answering with ours, so
-        // neither side leaves unread bytes behind (an RST in the capture).
-        socket_->setReceiveTimeout(Poco::Timespan(1, 0));
-        char buf[1024];
-        while (socket_->receiveBytes(buf, sizeof buf) > 0) {
-        }
     } catch (const std::exception&) {
     }
+    // The server closes after 221; closeGracefully also reads its close_notify and FIN, so neither
+    // side leaves unread bytes behind (an RST in the capture).
+    closeGracefully(*socket_, secure_, 1000);
     try {
-        if (secure_) Poco::Net::SecureStreamSocket(*socket_).shutdown();  // TLS close_notify
-        else socket_->shutdown();
         socket_->close();
-    } catch (const std::exception&) {
+    } catch (const Poco::Exception&) {
     }
     socket_.reset();
     state_ = State::Disconnected;

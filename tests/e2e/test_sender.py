@@ -14,6 +14,13 @@ import threading
 from harness import Conversation, Server, messages, register, run_client, test, tls_connect
 
 
+def curl_send(lab, url, user, password, rcpt, body_file, *extra):
+    """curl as a mail client: one message from `user` to `rcpt`, the server checked against the lab CA."""
+    return subprocess.run(["curl", "-sS", "--cacert", lab.ca, "--url", url, "--user", f"{user}:{password}",
+                           "--mail-from", user, "--mail-rcpt", rcpt, "--upload-file", body_file, *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
 def plain(user, password):
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
@@ -52,10 +59,7 @@ def curl_sends_over_smtps(lab):
         body = lab.path("mail.txt")
         with open(body, "w") as f:
             f.write("From: ana@447.edu\r\nTo: bob@447.edu\r\nSubject: via curl\r\n\r\nhello from curl\r\n")
-        out = subprocess.run(["curl", "-sS", "--cacert", lab.ca, "--url", f"smtps://localhost:{server.port}",
-                              "--user", f"ana@447.edu:{ana}", "--mail-from", "ana@447.edu",
-                              "--mail-rcpt", "bob@447.edu", "--upload-file", body],
-                             capture_output=True, text=True, timeout=60)
+        out = curl_send(lab, f"smtps://localhost:{server.port}", "ana@447.edu", ana, "bob@447.edu", body)
         assert out.returncode == 0, out.stderr
         assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["via curl"]
 
@@ -426,9 +430,7 @@ def starttls_mode_upgrades_and_forgets_the_plaintext_part(lab):
         assert "event=starttls-discarded-plaintext" in server.log_text()
         body = lab.path("b.txt")
         open(body, "w").write("Subject: via STARTTLS\r\n\r\nhi\r\n")
-        curl = subprocess.run(["curl", "-sS", "--ssl-reqd", "--cacert", lab.ca, "--url", f"smtp://localhost:{server.port}",
-                               "--user", f"ana@447.edu:{ana}", "--mail-from", "ana@447.edu", "--mail-rcpt", "ana@447.edu",
-                               "--upload-file", body], capture_output=True, text=True, timeout=60)
+        curl = curl_send(lab, f"smtp://localhost:{server.port}", "ana@447.edu", ana, "ana@447.edu", body, "--ssl-reqd")
         assert curl.returncode == 0, curl.stderr
         assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["via STARTTLS"]
 

@@ -3,6 +3,8 @@
 #include "../../common/auth.h"
 #include "../../common/store.h"
 
+#include <sqlite3.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -41,6 +43,18 @@ struct LabFixture {
 
     void addUser(const std::string& email, const std::string& password) {
         store->createAccount(email, hashPassword(password, ScryptParams{1024, 8, 1}), now);
+    }
+
+    // Changes a stored password behind the Store's back, as another process or an admin would.
+    // False when the database refused.
+    bool setPasswordInDatabase(const std::string& email, const std::string& password) {
+        std::string hash = hashPassword(password, ScryptParams{1024, 8, 1});
+        sqlite3* db = nullptr;
+        sqlite3_open((dir.path + "/test.db").c_str(), &db);
+        std::string sql = "UPDATE accounts SET password_hash='" + hash + "' WHERE email='" + email + "'";
+        bool ok = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK;
+        sqlite3_close(db);
+        return ok;
     }
 };
 

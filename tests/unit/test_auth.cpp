@@ -72,12 +72,7 @@ TEST_CASE("the credential cache accepts the same password and never a different 
     CHECK(lab.auth->authenticate("ana@447.edu", "11111448").outcome == AuthOutcome::BadCredentials);
     // The wrong password above dropped the cache entry: a hash changed in the database (another
     // process, an admin) is seen at once.
-    std::string newHash = hashPassword("22222447", ScryptParams{1024, 8, 1});
-    sqlite3* db = nullptr;
-    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
-    std::string sql = "UPDATE accounts SET password_hash='" + newHash + "' WHERE email='ana@447.edu'";
-    REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(db);
+    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::BadCredentials);
     CHECK(lab.auth->authenticate("ana@447.edu", "22222447").outcome == AuthOutcome::Ok);
 }
@@ -88,12 +83,7 @@ TEST_CASE("a cached success skips the database until its TTL; a changed hash is 
     LabFixture lab(policy);
     lab.addUser("ana@447.edu", "11111447");
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
-    std::string newHash = hashPassword("22222447", ScryptParams{1024, 8, 1});
-    sqlite3* db = nullptr;
-    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
-    std::string sql = "UPDATE accounts SET password_hash='" + newHash + "' WHERE email='ana@447.edu'";
-    REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(db);
+    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);  // from the cache
     lab.now += 61;
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::BadCredentials);
