@@ -232,6 +232,22 @@ test-asan: test-deps
 	@$(MAKE) SANITIZE=1 all
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
 
+# ---- platforms ------------------------------------------------------------------------------
+# The README's two commands on fresh minimal installs of each Debian release (debootstrap chroots,
+# cached in .platforms/, which `make clean` leaves alone). Needs root. RELEASES= picks some.
+RELEASES ?= bookworm trixie testing
+.PHONY: test-platforms bench-platforms clean-platforms
+test-platforms:
+	@bash tests/platforms.sh $(RELEASES)
+
+# The same, then the per-release benchmark (make bench-platform in each) and its table.
+bench-platforms:
+	@bash tests/platforms.sh --bench $(RELEASES)
+	@/usr/bin/python3 tests/bench/platform_table.py .platforms/results $(RELEASES)
+
+clean-platforms:
+	@bash tests/platforms.sh --clean
+
 .PHONY: clean
 clean:
 	rm -rf build
@@ -243,3 +259,4 @@ help:
 	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
 	@echo "make capture | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
 	@echo "make bench [QUICK=1]"
+	@echo "make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms   (root)"

@@ -9,6 +9,7 @@
 #include <Poco/Util/Option.h>
 #include <Poco/Util/PropertyFileConfiguration.h>
 
+#include <cerrno>
 #include <iostream>
 #include <sstream>
 #include <sys/resource.h>
@@ -32,7 +33,8 @@ void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix,
     };
     add("help", "h", "print this help and exit", nullptr, "");
     add("port", "p", "TCP port to listen on (0 = any free port, printed on the ready line)", "PORT", prefix + ".port");
-    add("bind", "b", "address to listen on (default 127.0.0.1)", "ADDR", prefix + ".bind");
+    add("bind", "b", "addresses to listen on, comma-separated (default 127.0.0.1,::1: loopback on both stacks)",
+        "ADDRS", prefix + ".bind");
     add("db", "", "SQLite database of accounts and mail (default users/maillab.db)", "FILE", "store.path");
     add("certs", "", "directory with ca.pem, server.pem, server.key (created if missing)", "DIR", "");
     add("cert", "", "server certificate chain, PEM (default certs/server.pem)", "FILE", "tls.cert");
@@ -130,25 +132,112 @@ void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDe
     if (app.config().has("maillab.configFile")) app.loadConfiguration(app.config().getString("maillab.configFile"));
 }
 
-Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, Poco::Logger& logger) {
+Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::string& alpn, Poco::Logger& logger) {
     Poco::Net::Context::Ptr context = makeServerContext(tls);
+    acceptAlpn(*context, alpn);
     std::string keylog = enableKeyLog(*context, tls.keyLogFile);
     if (!keylog.empty()) logger.warning("event=keylog file=" + keylog + " note=\"TLS secrets are being written\"");
     return context;
 }
 
-std::unique_ptr<Poco::Net::ServerSocket> openListener(const Poco::Net::SocketAddress& address, int backlog,
-                                                      Poco::Net::Context::Ptr tlsContext,
-                                                      const std::string& plaintextWarning, Poco::Logger& logger) {
-    if (tlsContext) return std::make_unique<Poco::Net::SecureServerSocket>(address, backlog, tlsContext);
-    if (!plaintextWarning.empty()) {
-        if (!address.host().isLoopback()) {
-            logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
-            return nullptr;
-        }
-        logger.warning("event=warning note=" + logValue(plaintextWarning));
+namespace {
+struct BindFailure {
+    int error;
+    std::string address;
+};
+
+std::unique_ptr<Poco::Net::ServerSocket> bindOne(const Poco::Net::SocketAddress& address, int backlog,
+                                                 Poco::Net::Context::Ptr tlsContext) {
+    std::unique_ptr<Poco::Net::ServerSocket> socket;
+    if (tlsContext) socket = std::make_unique<Poco::Net::SecureServerSocket>(tlsContext);
+    else socket = std::make_unique<Poco::Net::ServerSocket>();
+    try {
+        // SO_REUSEADDR (a restart while old connections sit in TIME_WAIT), never SO_REUSEPORT: a
+        // second server on a port in use must fail, not share the port.
+        if (address.family() == Poco::Net::SocketAddress::IPv6) socket->bind6(address, true, false, true);
+        else socket->bind(address, true, false);
+        socket->listen(backlog);
+    } catch (const Poco::Exception& e) {
+        throw BindFailure{e.code(), address.toString()};
     }
-    return std::make_unique<Poco::Net::ServerSocket>(address, backlog);
+    return socket;
+}
+}  // namespace
+
+std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::string& addresses, int port,
+                                                                    int backlog, Poco::Net::Context::Ptr tlsContext,
+                                                                    const std::string& plaintextWarning,
+                                                                    Poco::Logger& logger) {
+    std::vector<Poco::Net::IPAddress> hosts;
+    std::istringstream list(addresses);
+    for (std::string item; std::getline(list, item, ',');) {
+        item.erase(0, item.find_first_not_of(' '));
+        item.erase(item.find_last_not_of(' ') + 1);
+        if (item.size() > 2 && item.front() == '[' && item.back() == ']') item = item.substr(1, item.size() - 2);
+        if (item.empty()) continue;
+        Poco::Net::IPAddress host;
+        if (!Poco::Net::IPAddress::tryParse(item, host)) {
+            logger.error("event=startup-failed reason=" + logValue("--bind: '" + item + "' is not an IP address"));
+            return {};
+        }
+        if (!plaintextWarning.empty() && !host.isLoopback()) {
+            logger.error("event=startup-failed reason=\"--tls off listens on loopback only\"");
+            return {};
+        }
+        hosts.push_back(host);
+    }
+    if (hosts.empty()) {
+        logger.error("event=startup-failed reason=\"--bind needs at least one address\"");
+        return {};
+    }
+    if (!plaintextWarning.empty()) logger.warning("event=warning note=" + logValue(plaintextWarning));
+
+    // Port 0: the first address picks a free port, the others must get the same one; a clash
+    // there (another program has it on that address only) means another try with a new port.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        std::vector<std::unique_ptr<Poco::Net::ServerSocket>> sockets;
+        Poco::UInt16 chosen = static_cast<Poco::UInt16>(port);
+        try {
+            for (const auto& host : hosts) {
+                try {
+                    sockets.push_back(bindOne(Poco::Net::SocketAddress(host, chosen), backlog, tlsContext));
+                    chosen = sockets.back()->address().port();
+                } catch (const BindFailure& failure) {
+                    // No IPv6 on this machine: loopback on IPv4 still serves "localhost".
+                    bool noIpv6 = host.family() == Poco::Net::IPAddress::IPv6 &&
+                                  (failure.error == EADDRNOTAVAIL || failure.error == EAFNOSUPPORT);
+                    if (noIpv6 && hosts.size() > 1) {
+                        logger.warning("event=warning note=" + logValue("cannot listen on " + failure.address +
+                                                                        ": this machine has no IPv6; skipped"));
+                        continue;
+                    }
+                    throw;
+                }
+            }
+            if (sockets.empty()) throw BindFailure{EADDRNOTAVAIL, addresses};
+            return sockets;
+        } catch (const BindFailure& failure) {
+            if (failure.error == EADDRINUSE && port == 0 && sockets.size() > 0) continue;  // try another port
+            std::string why = failure.error == EADDRINUSE
+                                  ? "port " + std::to_string(port) + " is in use on " + failure.address +
+                                        " (another server already runs there: stop it, or choose another PORT=)"
+                              : failure.error == EADDRNOTAVAIL
+                                  ? failure.address + " is not an address of this machine (--bind)"
+                              : failure.error == EACCES
+                                  ? "port " + std::to_string(port) + " needs root (ports below 1024): choose PORT=9000 or above"
+                                  : "cannot listen on " + failure.address + " (error " + std::to_string(failure.error) + ")";
+            logger.error("event=startup-failed reason=" + logValue(why));
+            return {};
+        }
+    }
+    logger.error("event=startup-failed reason=\"no free port common to every --bind address\"");
+    return {};
+}
+
+std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners) {
+    std::string text;
+    for (const auto& socket : listeners) text += (text.empty() ? "" : ",") + socket->address().toString();
+    return text;
 }
 
 std::string logValue(const std::string& value) {

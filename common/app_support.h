@@ -15,6 +15,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace maillab {
 
@@ -47,14 +48,21 @@ void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDe
 long raiseOpenFileLimit();
 
 // The server's TLS context, with its key log when asked for (and said so in the log).
-Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, Poco::Logger& logger);
+// `alpn` is the protocol the server speaks ("smtp", "http/1.1"): see acceptAlpn() in tls.h.
+Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::string& alpn, Poco::Logger& logger);
 
-// The listening socket: TLS from the first byte when `tlsContext` is given, else in clear. A service
-// with no TLS at all (`plaintextWarning` non-empty) listens on loopback only and logs the warning.
-// Returns nullptr, after logging why, when the address is refused.
-std::unique_ptr<Poco::Net::ServerSocket> openListener(const Poco::Net::SocketAddress& address, int backlog,
-                                                      Poco::Net::Context::Ptr tlsContext,
-                                                      const std::string& plaintextWarning, Poco::Logger& logger);
+// The listening sockets, one per address in `addresses` ("127.0.0.1,::1", as --bind takes them),
+// all on one port; port 0 picks one that every address can take. TLS from the first byte when
+// `tlsContext` is given, else in clear; a service with no TLS at all (`plaintextWarning` non-empty)
+// listens on loopback only and logs the warning. A port in use is refused (no SO_REUSEPORT: one
+// server per port). ::1 is skipped with a warning where the machine has no IPv6. Returns an empty
+// list, after logging why, when an address cannot be had.
+std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::string& addresses, int port,
+                                                                    int backlog, Poco::Net::Context::Ptr tlsContext,
+                                                                    const std::string& plaintextWarning,
+                                                                    Poco::Logger& logger);
+// "127.0.0.1:9000 [::1]:9000"
+std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners);
 
 // Quotes a log value when it contains spaces or quotes: key="two words".
 std::string logValue(const std::string& value);

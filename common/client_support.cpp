@@ -7,9 +7,14 @@
 #include <Poco/Util/Option.h>
 
 #include <editline/readline.h>
+#include <poll.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <clocale>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 
@@ -41,12 +46,89 @@ std::string withDomain(std::string name, const std::string& domain) {
     return name;
 }
 
-Terminal::Terminal() : tty_(::isatty(STDIN_FILENO)) {}
+namespace {
+volatile std::sig_atomic_t interruptedFlag = 0;
+int watchedFd = -1;
+bool serverSpokeFlag = false;
+
+void onInterrupt(int) { interruptedFlag = 1; }
+
+int readByte() {
+    for (;;) {
+        if (interruptedFlag) return EOF;
+        if (watchedFd >= 0) {
+            pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {watchedFd, POLLIN, 0}};
+            int rc = ::poll(fds, 2, -1);
+            if (rc < 0 && errno == EINTR) continue;
+            if (rc > 0 && !fds[0].revents && fds[1].revents) {
+                serverSpokeFlag = true;
+                return EOF;
+            }
+        }
+        unsigned char c;
+        ssize_t n = ::read(STDIN_FILENO, &c, 1);
+        if (n == 1) return c;
+        if (n < 0 && errno == EINTR) continue;
+        return EOF;
+    }
+}
+
+// libedit reads keys through this, one character (a Unicode code point, decoded from the
+// terminal's UTF-8) per call. A Ctrl-C (EINTR: the handler is installed without SA_RESTART) ends
+// the line as Ctrl-D would, so that the client can still say QUIT and show the exchange.
+int readKey(FILE*) {
+    int first = readByte();
+    if (first == EOF || first < 0x80) return first;
+    int length = first >= 0xF0 ? 4 : first >= 0xE0 ? 3 : first >= 0xC0 ? 2 : 1;
+    if (length == 1) return 0xFFFD;  // a stray continuation byte
+    int codePoint = first & (0x3F >> (length - 1));
+    for (int i = 1; i < length; ++i) {
+        int next = readByte();
+        if (next == EOF) return EOF;
+        if ((next & 0xC0) != 0x80) return 0xFFFD;
+        codePoint = (codePoint << 6) | (next & 0x3F);
+    }
+    return codePoint;
+}
+
+// libedit drops what it cannot decode in the "C" locale: take the user's, and a UTF-8 one when the
+// user's has no multibyte characters (a bare chroot or container), so that "Café" stays "Café".
+void useUtf8Locale() {
+    std::setlocale(LC_ALL, "");
+    const char* codeset = std::setlocale(LC_CTYPE, nullptr);
+    std::string name = codeset ? codeset : "";
+    if (name.find("UTF-8") == std::string::npos && name.find("utf8") == std::string::npos &&
+        !std::setlocale(LC_CTYPE, "C.UTF-8"))
+        std::setlocale(LC_CTYPE, "C.utf8");
+}
+}  // namespace
+
+bool Terminal::interrupted() { return interruptedFlag != 0; }
+void Terminal::watch(int fd) { watchedFd = fd; }
+bool Terminal::serverSpoke() { return serverSpokeFlag; }
+
+Terminal::Terminal() : tty_(::isatty(STDIN_FILENO)) {
+    if (!tty_) return;
+    useUtf8Locale();
+    struct sigaction action {};
+    action.sa_handler = onInterrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: a blocked read returns EINTR
+    ::sigaction(SIGINT, &action, nullptr);
+    rl_catch_signals = 0;
+    rl_getc_function = readKey;
+}
 
 bool Terminal::line(const std::string& prompt, std::string& out, bool remember) {
     if (tty_) {
+        if (interruptedFlag) return false;
+        serverSpokeFlag = false;
         char* text = ::readline(prompt.c_str());
-        if (!text) return false;
+        if (!text || interruptedFlag || serverSpokeFlag) {
+            std::free(text);
+            std::cout << (interruptedFlag ? "^C\n" : "\n");
+            return false;
+        }
         out = text;
         std::free(text);
         if (remember && !out.empty()) ::add_history(out.c_str());
@@ -65,18 +147,21 @@ bool Terminal::secret(const std::string& prompt, std::string& out) {
     termios quiet = old;
     quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
     ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
-    bool ok = static_cast<bool>(std::getline(std::cin, out));
+    bool ok = static_cast<bool>(std::getline(std::cin, out)) && !interruptedFlag;
     ::tcsetattr(STDIN_FILENO, TCSANOW, &old);
     std::cout << "\n";
+    if (!ok) std::cin.clear();
     return ok;
 }
 
-Poco::Net::Context::Ptr clientContext(const std::string& caFile, const std::string& keyLogFile) {
+Poco::Net::Context::Ptr clientContext(const std::string& caFile, const std::string& keyLogFile,
+                                      const std::string& alpn) {
     try {
         TlsOptions tls;
         tls.caFile = caFile;
         tls.keyLogFile = keyLogFile;
         Poco::Net::Context::Ptr context = makeClientContext(tls);
+        offerAlpn(*context, alpn);
         std::string keylog = enableKeyLog(*context, keyLogFile);
         if (!keylog.empty()) std::cerr << "note: writing TLS secrets to " << keylog << "\n";
         return context;

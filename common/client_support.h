@@ -16,6 +16,9 @@ void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsMode
 // "ana" -> "ana@447.edu"; surrounding spaces dropped; an address with '@' is left as it is.
 std::string withDomain(std::string name, const std::string& domain);
 
+// The terminal of an interactive client: line editing with the user's locale (so that typed
+// UTF-8 such as "Grüße" is kept), history, passwords without echo, and Ctrl-C turned into an
+// orderly end of input (interrupted() then says so) instead of killing the program mid-session.
 class Terminal {
 public:
     Terminal();
@@ -24,13 +27,21 @@ public:
     bool line(const std::string& prompt, std::string& out, bool remember = false);
     // Like line(), without echo at a terminal.
     bool secret(const std::string& prompt, std::string& out);
+    // True once Ctrl-C was pressed; line() and secret() then return false.
+    static bool interrupted();
+    // While waiting for a key, also watch this descriptor (the server's socket, -1: none): when
+    // the server speaks unasked (a 421 as it shuts down), line() returns false and serverSpoke()
+    // is true, so that the client can show it at once rather than after the next command.
+    static void watch(int fd);
+    static bool serverSpoke();
 
 private:
     bool tty_;
 };
 
 // The client TLS context (VERIFY_STRICT against the lab CA) with the key log enabled when asked;
-// nullptr after printing what to do when the CA cannot be loaded.
-Poco::Net::Context::Ptr clientContext(const std::string& caFile, const std::string& keyLogFile);
+// nullptr after printing what to do when the CA cannot be loaded. `alpn`: the protocol offered.
+Poco::Net::Context::Ptr clientContext(const std::string& caFile, const std::string& keyLogFile,
+                                      const std::string& alpn);
 
 }  // namespace maillab

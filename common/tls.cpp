@@ -14,8 +14,11 @@
 #include <cstdlib>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <cstdint>
 #include <map>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 #include <stdexcept>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -38,16 +41,64 @@ void keyLogCallback(const SSL* ssl, const char* line) {
     std::fflush(it->second);
 }
 
-thread_local std::string lastHandshake;
-thread_local SSL* lastSsl = nullptr;
+// The SSL object of each TLS connection, by socket descriptor. Poco gives no public access to a
+// socket's SSL*, in any version from 1.11 to 1.14, so OpenSSL's public callbacks keep this table:
+// an entry is made when a handshake starts and removed when OpenSSL frees the SSL object.
+std::mutex sslTableMutex;
+std::unordered_map<int, SSL*>& sslTable() {
+    static auto* table = new std::unordered_map<int, SSL*>;  // never destroyed: used until the last SSL_free
+    return *table;
+}
 
-// Poco 1.11 gives no access to a socket's SSL*, so the handshake is described when it completes,
-// on the thread that performed it.
+void forgetSsl(void*, void* pointer, CRYPTO_EX_DATA*, int, long, void*) {
+    if (!pointer) return;
+    int fd = static_cast<int>(reinterpret_cast<intptr_t>(pointer)) - 1;
+    std::lock_guard<std::mutex> lock(sslTableMutex);
+    sslTable().erase(fd);
+}
+
+int sslFdIndex() {
+    static int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, forgetSsl);
+    return index;
+}
+
 void infoCallback(const SSL* ssl, int where, int) {
-    if (where & SSL_CB_HANDSHAKE_DONE) {
-        lastHandshake = describeTlsSession(const_cast<SSL*>(ssl));
-        lastSsl = const_cast<SSL*>(ssl);
+    if (!(where & SSL_CB_HANDSHAKE_START) || SSL_get_ex_data(ssl, sslFdIndex())) return;
+    int fd = SSL_get_fd(ssl);
+    if (fd < 0) return;
+    SSL_set_ex_data(const_cast<SSL*>(ssl), sslFdIndex(), reinterpret_cast<void*>(static_cast<intptr_t>(fd) + 1));
+    std::lock_guard<std::mutex> lock(sslTableMutex);
+    sslTable()[fd] = const_cast<SSL*>(ssl);
+}
+
+// ALPN (RFC 7301) lists in wire form: one length octet before each name.
+std::string alpnWire(const std::vector<std::string>& names) {
+    std::string wire;
+    for (const auto& name : names) wire += static_cast<char>(name.size()) + name;
+    return wire;
+}
+
+// Server side of ALPN: the lab's protocol when the client offers it; a client that offers only
+// protocols of the other lab service gets the fatal no_application_protocol alert (RFC 7301 3.2),
+// so that an HTTPS client on the SMTP port, or ours on the other port, fails at once and says so.
+// A client that offers nothing, or only names we do not know, is served as before.
+int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
+               void* arg) {
+    const auto* wanted = static_cast<const std::string*>(arg);
+    bool foreign = false;
+    for (unsigned int i = 0; i < inlen;) {
+        unsigned int length = in[i];
+        if (i + 1 + length > inlen) break;
+        std::string name(reinterpret_cast<const char*>(in + i + 1), length);
+        if (name == *wanted) {
+            *out = in + i + 1;
+            *outlen = static_cast<unsigned char>(length);
+            return SSL_TLSEXT_ERR_OK;
+        }
+        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0") foreign = true;
+        i += 1 + length;
     }
+    return foreign ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
 }
 
 void restrictToTls13(Poco::Net::Context& context) {
@@ -63,8 +114,9 @@ void restrictToTls13(Poco::Net::Context& context) {
 void initializeTls() {
     static std::once_flag once;
     std::call_once(once, [] {
+        // Never uninitialised: Poco's SSLManager is a static that is destroyed at exit on its own,
+        // and an atexit uninitializeSSL() ran after it in Poco 1.14 (a throw during exit: abort).
         Poco::Net::initializeSSL();
-        std::atexit([] { Poco::Net::uninitializeSSL(); });
     });
 }
 
@@ -130,27 +182,47 @@ Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options) {
     return context;
 }
 
-std::string lastHandshakeOnThisThread() { return lastHandshake; }
+SSL* sslOf(const Poco::Net::StreamSocket& socket) {
+    int fd = static_cast<int>(socket.impl()->sockfd());
+    std::lock_guard<std::mutex> lock(sslTableMutex);
+    auto it = sslTable().find(fd);
+    return it != sslTable().end() && SSL_get_fd(it->second) == fd ? it->second : nullptr;
+}
 
-void closeTlsGracefully(int fd, int lingerMilliseconds) {
-    SSL* ssl = lastSsl;
-    lastSsl = nullptr;
-    if (!ssl || SSL_get_fd(ssl) != fd) return;  // not this connection's TLS: leave it to Poco
-    if (SSL_shutdown(ssl) < 0) return;           // our close_notify
-    ::shutdown(fd, SHUT_WR);                     // then FIN; reading stays open
+std::string describeTls(const Poco::Net::StreamSocket& socket) { return describeTlsSession(sslOf(socket)); }
+
+void offerAlpn(Poco::Net::Context& context, const std::string& protocol) {
+    std::string wire = alpnWire({protocol});
+    SSL_CTX_set_alpn_protos(context.sslContext(), reinterpret_cast<const unsigned char*>(wire.data()),
+                            static_cast<unsigned int>(wire.size()));
+}
+
+void acceptAlpn(Poco::Net::Context& context, const std::string& protocol) {
+    static std::mutex mutex;
+    static std::map<std::string, std::string> names;  // stable storage for the callback's argument
+    std::lock_guard<std::mutex> lock(mutex);
+    SSL_CTX_set_alpn_select_cb(context.sslContext(), selectAlpn, &names.emplace(protocol, protocol).first->second);
+}
+
+namespace {
+void closeTlsGracefully(SSL* ssl, int fd, int lingerMilliseconds) {
+    if (SSL_shutdown(ssl) < 0) return;  // our close_notify
+    ::shutdown(fd, SHUT_WR);            // then FIN; reading stays open
     timeval tv{lingerMilliseconds / 1000, (lingerMilliseconds % 1000) * 1000};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char buf[4096];
     while (SSL_read(ssl, buf, sizeof buf) > 0) {
-        // the client's last bytes, if any, before its close_notify or EOF
+        // the peer's last bytes, if any, before its close_notify or EOF
     }
     ERR_clear_error();
 }
+}  // namespace
 
 void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMilliseconds) {
     try {
         if (tls) {
-            closeTlsGracefully(socket.impl()->sockfd(), lingerMilliseconds);
+            if (SSL* ssl = sslOf(socket))
+                closeTlsGracefully(ssl, static_cast<int>(socket.impl()->sockfd()), lingerMilliseconds);
             Poco::Net::SecureStreamSocket(socket).shutdown();  // finds close_notify sent: nothing more
             return;
         }

@@ -31,15 +31,16 @@ std::string enableKeyLog(Poco::Net::Context& context, const std::string& path);
 // "TLSv1.3 TLS_AES_256_GCM_SHA384 group=X25519"
 std::string describeTlsSession(SSL* ssl);
 
-// The description of the last handshake completed on the calling thread (Poco 1.11 does not expose
-// a socket's SSL*); "" before any.
-std::string lastHandshakeOnThisThread();
+// The OpenSSL object of a TLS socket (nullptr for a plain one), found through OpenSSL's own
+// callbacks: Poco 1.11 to 1.14 expose no socket's SSL*. And its one-line description.
+SSL* sslOf(const Poco::Net::StreamSocket& socket);
+std::string describeTls(const Poco::Net::StreamSocket& socket);
 
-// A clean TLS close for a server that speaks last (SMTP after 221): close_notify, then TCP FIN,
-// then the client's close_notify read within `linger`, so that nothing arrives at a closed socket
-// (which would answer with a TCP RST, visible in every capture). Uses the SSL of the last handshake
-// on this thread. Poco's own shutdown() afterwards finds close_notify sent and does nothing more.
-void closeTlsGracefully(int fd, int lingerMilliseconds);
+// ALPN (RFC 7301): a client offers the lab protocol it speaks ("smtp", "http/1.1"); a server
+// accepts its own and refuses, with the no_application_protocol alert, a client that offers only
+// the other lab protocol. Clients that offer none (openssl s_client, smtplib) are unaffected.
+void offerAlpn(Poco::Net::Context& context, const std::string& protocol);
+void acceptAlpn(Poco::Net::Context& context, const std::string& protocol);
 
 // The lab's one way to end a connection without a TCP RST, TLS or not: our close (close_notify and
 // FIN, or FIN alone), then whatever the peer still sends read until its own close, at most

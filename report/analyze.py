@@ -34,6 +34,29 @@ def tshark(path, args, check=True):
     return out.stdout
 
 
+def certificate_names(path, decode_args):
+    """Subject and issuer of the first certificate the server sent, read from the certificate's own
+    bytes (tshark's tls.handshake.certificate field) by openssl: the same on every tshark version,
+    where tshark's verbose text is not. Empty when the certificate is not readable (no keys)."""
+    out = tshark(path, decode_args + ["-Y", "tls.handshake.type == 11", "-T", "fields",
+                                      "-e", "tls.handshake.certificate"], check=False)
+    first = out.split("\n")[0].split(",")[0].replace(":", "").strip()
+    if not first:
+        return {}
+    try:
+        der = bytes.fromhex(first)
+    except ValueError:
+        return {}
+    shown = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-issuer",
+                            "-nameopt", "RFC2253"], input=der, capture_output=True)
+    names = {}
+    for line in shown.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("subject", "issuer"):
+            names[key.strip()] = value.strip()
+    return names
+
+
 class Capture:
     def __init__(self, path):
         self.path = path
@@ -187,12 +210,10 @@ class Capture:
                 row["chosen_version"] = name(VERSIONS, r["tls.handshake.extensions.supported_version"].split("|")[0])
                 row["chosen_suite"] = name(CIPHER_SUITES, r["tls.handshake.ciphersuite"].split("|")[0])
                 row["chosen_group"] = name(GROUPS, r["tls.handshake.extensions_key_share_group"].split("|")[0])
-        certs = tshark(self.path, self.decode_args() + ["-Y", "tls.handshake.type == 11", "-V"])
-        subject = re.search(r"Certificate: [0-9a-f]+\S* \(([^)]*)\)", certs)
-        issuer = re.search(r"issuer: rdnSequence \(0\)\s+rdnSequence: \d+ items? \(([^)]*)\)", certs)
+        names = certificate_names(self.path, self.decode_args())
         for row in table.values():
-            row["certificate_subject"] = subject[1].replace("id-at-", "") if subject else "(encrypted: no keys)"
-            row["certificate_issuer"] = issuer[1].replace("id-at-", "") if issuer else "(encrypted: no keys)"
+            row["certificate_subject"] = names.get("subject", "(encrypted: no keys)")
+            row["certificate_issuer"] = names.get("issuer", "(encrypted: no keys)")
         return [table[k] for k in sorted(table)]
 
     def stats(self, which):

@@ -2,6 +2,7 @@
 // name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]).
 #include "../common/app_support.h"
 #include "../common/client_support.h"
+#include "../common/connect.h"
 #include "../common/tls.h"
 #include "../sender/smtp_syntax.h"
 
@@ -15,12 +16,14 @@
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/StreamCopier.h>
+#include <Poco/Timestamp.h>
 #include <Poco/Util/Application.h>
 #include <Poco/Util/Option.h>
 #include <Poco/Util/OptionSet.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -28,7 +31,8 @@
 namespace maillab {
 namespace {
 
-enum ExitCode { kOk = 0, kRefused = 1, kUsage = 2, kConnection = 3 };
+// Exit codes: connect.h (ClientExit), the same for both lab clients.
+constexpr int kOk = kExitOk, kRefused = kExitRefused, kUsage = kExitUsage;
 
 struct HttpResult {
     int status = 0;
@@ -41,13 +45,17 @@ struct HttpResult {
 // (--servername) and cannot adopt an already connected socket.
 class RetrieverConnection {
 public:
-    RetrieverConnection(std::string host, int port, std::string serverName, Poco::Net::Context::Ptr context,
-                        int timeoutSeconds, bool verbose, bool useTls)
-        : host_(std::move(host)), port_(port), serverName_(std::move(serverName)), context_(std::move(context)),
-          timeout_(timeoutSeconds), verbose_(verbose), useTls_(useTls) {}
+    RetrieverConnection(Target target, Poco::Net::Context::Ptr context, int timeoutSeconds, bool verbose)
+        : target_(std::move(target)), context_(std::move(context)), timeout_(timeoutSeconds), verbose_(verbose),
+          useTls_(target_.tlsMode != "off") {}
+
+    // Connects now (the interactive client does, before it asks for a password).
+    void connect() {
+        if (!socket_) open();
+    }
 
     HttpResult get(const std::string& path, const std::string& user, const std::string& password) {
-        bool reused = socket_ != nullptr;
+        bool reused = socket_ != nullptr && requests_ > 0;
         try {
             return attempt(path, user, password);
         } catch (const Poco::Exception&) {
@@ -61,15 +69,17 @@ public:
 
 private:
     void open() {
-        Poco::Net::StreamSocket plain;
-        plain.connect(Poco::Net::SocketAddress(host_, static_cast<Poco::UInt16>(port_)), Poco::Timespan(timeout_, 0));
+        Poco::Timestamp start;
+        Poco::Net::StreamSocket plain = connectToServer(target_, Poco::Timespan(timeout_, 0));
         plain.setNoDelay(true);
-        plain.setReceiveTimeout(Poco::Timespan(timeout_, 0));
+        // One deadline for connect and handshake: the --timeout is never spent twice.
+        Poco::Timespan left = Poco::Timespan(timeout_, 0) - Poco::Timespan(start.elapsed());
+        plain.setReceiveTimeout(std::max(left, Poco::Timespan(0, 100000)));
         plain.setSendTimeout(Poco::Timespan(timeout_, 0));
         if (useTls_) {
-            Poco::Net::SecureStreamSocket secure = Poco::Net::SecureStreamSocket::attach(plain, serverName_, context_);
-            secure.completeHandshake();  // VERIFY_STRICT: chain and host name
-            if (verbose_) std::cerr << "* TLS " << lastHandshakeOnThisThread() << "\n";
+            Poco::Net::StreamSocket secure = startClientTls(plain, target_, context_, left);  // chain and host name
+            if (verbose_) std::cerr << "* TLS " << describeTls(secure) << "\n";
+            secure.setReceiveTimeout(Poco::Timespan(timeout_, 0));
             socket_ = std::make_unique<Poco::Net::StreamSocket>(secure);
         } else {
             if (verbose_) std::cerr << "* plain HTTP, no TLS\n";
@@ -79,6 +89,7 @@ private:
     }
 
     void close() {
+        requests_ = 0;
         stream_.reset();
         if (socket_) {
             // We close first; the server's close is read before the socket goes (no RST in a capture).
@@ -94,7 +105,7 @@ private:
     HttpResult attempt(const std::string& path, const std::string& user, const std::string& password) {
         if (!socket_) open();
         Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, path, Poco::Net::HTTPMessage::HTTP_1_1);
-        request.setHost(serverName_, static_cast<Poco::UInt16>(port_));
+        request.setHost(target_.serverName, static_cast<Poco::UInt16>(target_.port));
         request.setKeepAlive(true);
         request.set("User-Agent", "maillab-retrieverclient");
         request.set("Accept", "application/json");
@@ -107,6 +118,16 @@ private:
         request.write(*stream_);
         stream_->flush();
         Poco::Net::HTTPResponse response;
+        // An SMTP server greets first: its "220 ..." is where a status line should be.
+        if (stream_->peek() == '2') {
+            std::string first;
+            std::getline(*stream_, first);
+            if (!first.empty() && first.back() == '\r') first.pop_back();
+            throw ClientError(kExitProtocol, target_.host + ":" + std::to_string(target_.port) +
+                                                 " is an SMTP server (it said \"" + first.substr(0, 40) +
+                                                 "\"), not HTTPS. Is this the sender's port? The retriever listens on "
+                                                 "9100 by default");
+        }
         response.read(*stream_);  // throws on a closed connection or a malformed status line
         HttpResult result;
         result.status = response.getStatus();
@@ -125,19 +146,19 @@ private:
             std::cerr << "S: HTTP/1.1 " << result.status << " " << result.reason << "\n";
             for (const auto& [name, value] : response) std::cerr << "S: " << name << ": " << value << "\n";
         }
+        ++requests_;
         if (!response.getKeepAlive()) close();
         return result;
     }
 
-    std::string host_;
-    int port_;
-    std::string serverName_;
+    Target target_;
     Poco::Net::Context::Ptr context_;
     int timeout_;
     bool verbose_;
     bool useTls_;
     std::unique_ptr<Poco::Net::StreamSocket> socket_;
     std::unique_ptr<Poco::Net::SocketStream> stream_;
+    int requests_ = 0;  // answered on this connection
 };
 
 std::string errorMessage(const HttpResult& r) {
@@ -207,7 +228,9 @@ protected:
         Application::handleOption(name, value);
         if (name == "help") {
             printHelp(options(), commandName(),
-                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.", "");
+                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.",
+                      "Exit status: 0 done, 1 refused by the server (HTTP error), 2 usage, 3 cannot connect, 4 TLS "
+                      "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.");
             stopOptionsProcessing();
             helpRequested_ = true;
         } else if (name == "verbose" || name == "json" || name == "raw") {
@@ -221,20 +244,30 @@ protected:
         std::string host = cfg.getString("client.host", "localhost");
         int port = cfg.getInt("client.port", 9100);
         domain_ = cfg.getString("client.domain", "447.edu");
-        Poco::Net::Context::Ptr context =
-            clientContext(cfg.getString("client.ca", "certs/ca.pem"), cfg.getString("client.keylog", ""));
-        if (!context) return kConnection;
-        connection_ = std::make_unique<RetrieverConnection>(host, port, cfg.getString("client.servername", host), context,
-                                                            cfg.getInt("client.timeout", 30), cfg.getBool("client.verbose", false),
-                                                            cfg.getString("client.tls", "implicit") != "off");
+        Target target;
+        target.host = host;
+        target.port = port;
+        target.serverName = cfg.getString("client.servername", host);
+        target.service = "http";
+        target.tlsMode = cfg.getString("client.tls", "implicit");
+        target.caFile = cfg.getString("client.ca", "certs/ca.pem");
+        if (target.tlsMode != "implicit" && target.tlsMode != "off") {
+            std::cerr << "error: --tls must be implicit (HTTPS) or off (plain HTTP), as the server runs\n";
+            return kUsage;
+        }
+        Poco::Net::Context::Ptr context;
+        if (target.tlsMode != "off") {
+            context = clientContext(target.caFile, cfg.getString("client.keylog", ""), "http/1.1");
+            if (!context) return kExitTls;
+        }
+        connection_ = std::make_unique<RetrieverConnection>(target, context, cfg.getInt("client.timeout", 30),
+                                                            cfg.getBool("client.verbose", false));
         try {
             return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
-        } catch (const Poco::Exception& e) {
-            std::cerr << "error: " << e.displayText() << "\n       (is `make retrieverserver PORT=" << port << "` running?)\n";
-            return kConnection;
         } catch (const std::exception& e) {
-            std::cerr << "error: " << e.what() << "\n";
-            return kConnection;
+            ClientError error = explainFailure(e, target);
+            std::cerr << "error: " << error.what() << "\n";
+            return error.code();
         }
     }
 
@@ -283,6 +316,8 @@ private:
         std::cout << "maillab retriever client for " << (config().getString("client.tls", "implicit") == "off" ? "http" : "https")
                   << "://" << host << ":" << port << "/\n"
                   << "Commands: GET (read a mailbox), HELP, QUIT. Ctrl-D quits.\n";
+        connection_->connect();  // a server that is not there is said now, before any password is asked
+        std::cout << "Connected.\n";
         std::string line;
         while (terminal_.line("http> ", line, true)) {
             std::string word = smtp::lowerCase(line);

@@ -38,7 +38,12 @@ struct RetrieverContext {
     bool verbose = false;
     bool overTls = true;
     int maxConnections = 0;
-    Poco::Net::HTTPServer* server = nullptr;
+    std::vector<Poco::Net::HTTPServer*> servers;  // one per listening address
+    int currentConnections() const {
+        int n = 0;
+        for (auto* server : servers) n += server->currentConnections();
+        return n;
+    }
     std::atomic<unsigned long> nextConnectionId{1};
 };
 
@@ -73,7 +78,7 @@ public:
                                          (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : value));
         }
         http::ApiResponse result;
-        if (ctx_.server && ctx_.server->currentConnections() > ctx_.maxConnections) {
+        if (ctx_.currentConnections() > ctx_.maxConnections) {
             result.status = 503;
             result.body = "{\"error\":{\"status\":503,\"code\":\"service_unavailable\",\"message\":\"Too many connections; try again later\"}}";
             result.headers = {{"Content-Type", "application/json; charset=utf-8"}, {"Retry-After", "5"}};
@@ -182,18 +187,21 @@ protected:
         ctx.overTls = mode == "implicit";
         ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits);
 
-        Poco::Net::SocketAddress address(cfg.getString("retriever.bind"),
-                                         static_cast<Poco::UInt16>(cfg.getInt("retriever.port")));
         std::string plaintext;
         if (!ctx.overTls)
             plaintext = "PLAIN HTTP MODE: requests, answers and passwords cross the wire unencrypted. "
                         "For comparison in the lab only." +
                         std::string(limits.plaintextAuthAllowed ? " Passwords in clear are accepted." : "");
-        std::unique_ptr<Poco::Net::ServerSocket> listener =
-            openListener(address, cfg.getInt("retriever.listenBacklog"),
-                         ctx.overTls ? serverTlsContext(tls, logger) : nullptr, plaintext, logger);
-        if (!listener) return EXIT_USAGE;
-        Poco::Net::ServerSocket& socket = *listener;
+        Poco::Net::Context::Ptr tlsContext;
+        try {
+            if (ctx.overTls) tlsContext = serverTlsContext(tls, "http/1.1", logger);
+        } catch (const std::exception& e) {
+            logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
+            return EXIT_CONFIG;
+        }
+        auto listeners = openListeners(cfg.getString("retriever.bind"), cfg.getInt("retriever.port"),
+                                       cfg.getInt("retriever.listenBacklog"), tlsContext, plaintext, logger);
+        if (listeners.empty()) return EXIT_UNAVAILABLE;
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
         int threads = ctx.maxConnections + 8;  // headroom: the connection past the limit gets a 503
         params->setMaxThreads(threads);
@@ -205,18 +213,22 @@ protected:
         params->setServerName("localhost");
         params->setSoftwareVersion("maillab-retriever");
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
-        Poco::Net::HTTPServer server(new MailRequestHandlerFactory(ctx), pool, socket, params);
-        ctx.server = &server;
-        server.start();
+        // One HTTPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
+        std::vector<std::unique_ptr<Poco::Net::HTTPServer>> servers;
+        for (auto& listener : listeners) {
+            servers.push_back(std::make_unique<Poco::Net::HTTPServer>(new MailRequestHandlerFactory(ctx), pool, *listener, params));
+            ctx.servers.push_back(servers.back().get());
+        }
+        for (auto& server : servers) server->start();
 
-        logger.information("event=listening address=" + socket.address().toString() + " db=" + storeOptions.path +
+        logger.information("event=listening address=" + describeListeners(listeners) + " db=" + storeOptions.path +
                            " tls=" + mode + " open-files=" + std::to_string(files));
-        std::cout << "ready port=" << socket.address().port() << std::endl;
+        std::cout << "ready port=" << listeners.front()->address().port() << std::endl;
         waitForTerminationRequest();
         logger.information("event=stopping");
         // stopAll(true) also closes idle keep-alive connections, so the pool can be joined.
-        server.stopAll(true);
-        ctx.server = nullptr;
+        for (auto& server : servers) server->stopAll(true);
+        ctx.servers.clear();
         pool.joinAll();
         logger.information("event=stopped");
         return EXIT_OK;

@@ -6,6 +6,7 @@
 
 #include "../common/app_support.h"
 #include "../common/client_support.h"
+#include "../common/connect.h"
 #include "../common/tls.h"
 
 #include <Poco/Net/NetException.h>
@@ -28,7 +29,8 @@ using Poco::Util::OptionSet;
 using smtp::ServerReply;
 using smtp::SmtpClient;
 
-enum ExitCode { kOk = 0, kRefused = 1, kUsage = 2, kConnection = 3 };
+// Exit codes: connect.h (ClientExit), the same for both lab clients.
+constexpr int kOk = kExitOk, kRefused = kExitRefused, kUsage = kExitUsage;
 
 class SenderClient : public Poco::Util::Application {
 protected:
@@ -45,13 +47,16 @@ protected:
         add("to", "send one message to these recipients (comma-separated)", "LIST");
         add("subject", "subject of the message", "TEXT");
         add("body-file", "file holding the message body ('-' = standard input)", "FILE");
+        add("greeting-timeout", "seconds to wait for the server's 220 greeting (default 5)", "SECONDS");
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
         Application::handleOption(name, value);
         if (name == "help") {
             printHelp(options(), commandName(),
-                      "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.", "");
+                      "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.",
+                      "Exit status: 0 done, 1 refused by the server, 2 usage, 3 cannot connect, 4 TLS "
+                      "(certificate, --tls mismatch), 5 not an SMTP server or the server went away.");
             stopOptionsProcessing();
             helpRequested_ = true;
         } else if (name == "verbose") {
@@ -66,8 +71,23 @@ protected:
         port_ = cfg.getInt("client.port", 9000);
         domain_ = cfg.getString("client.domain", "447.edu");
         timeout_ = cfg.getInt("client.timeout", 30);
-        context_ = clientContext(cfg.getString("client.ca", "certs/ca.pem"), cfg.getString("client.keylog", ""));
-        if (!context_) return kConnection;
+        greeting_ = cfg.getInt("client.greeting-timeout", 5);
+        auto mode = smtp::parseTlsMode(cfg.getString("client.tls", "implicit"));
+        if (!mode) {
+            std::cerr << "error: --tls must be implicit, starttls or off (the same as the server's)\n";
+            return kUsage;
+        }
+        mode_ = *mode;
+        target_.host = host_;
+        target_.port = port_;
+        target_.serverName = cfg.getString("client.servername", host_);
+        target_.service = "smtp";
+        target_.tlsMode = cfg.getString("client.tls", "implicit");
+        target_.caFile = cfg.getString("client.ca", "certs/ca.pem");
+        if (mode_ != smtp::TlsMode::Off) {
+            context_ = clientContext(target_.caFile, cfg.getString("client.keylog", ""), "smtp");
+            if (!context_) return kExitTls;
+        }
         bool scripted = cfg.has("client.user") || cfg.has("client.to");
         return scripted ? runScripted() : runInteractive();
     }
@@ -82,11 +102,11 @@ private:
         };
     }
 
-    ServerReply connect(SmtpClient& client) {
-        std::string serverName = config().getString("client.servername", host_);
-        auto mode = smtp::parseTlsMode(config().getString("client.tls", "implicit"));
-        if (!mode) throw std::runtime_error("--tls must be implicit, starttls or off");
-        return client.connect(host_, port_, serverName, context_, timeout_, *mode);
+    // Prints a failure as one line and returns its exit code.
+    int failed(const std::exception& e) {
+        ClientError error = explainFailure(e, target_);
+        std::cerr << "error: " << error.what() << "\n";
+        return error.code();
     }
 
     // AUTH PLAIN with the initial response; `announce` prints a registration's password on a line
@@ -110,6 +130,8 @@ private:
 
     int fail(const std::string& step, const ServerReply& reply) {
         std::cerr << "error: " << step << " refused: " << reply.code << " " << reply.text() << "\n";
+        if (reply.code == 530 && reply.text().find("STARTTLS") != std::string::npos)
+            std::cerr << "       (the server runs with --tls starttls: run this client with --tls starttls too)\n";
         return kRefused;
     }
 
@@ -127,8 +149,12 @@ private:
 
         SmtpClient client(trace());
         try {
-            ServerReply banner = connect(client);
-            if (banner.code != 220) return fail("connection", banner);  // STARTTLS: its 220
+            ServerReply banner = client.connect(target_, context_, timeout_, greeting_, mode_);
+            if (banner.code != 220) return fail("connection", banner);
+            if (mode_ == smtp::TlsMode::StartTls) {
+                std::vector<ServerReply> upgrade = client.startTls(Poco::Net::DNS::hostName());
+                if (upgrade.back().code != 220) return fail("STARTTLS", upgrade.back());
+            }
             ServerReply ehlo = client.command("EHLO " + Poco::Net::DNS::hostName());
             if (ehlo.code != 250) return fail("EHLO", ehlo);
             ServerReply auth = login(client, user, cfg.getString("client.password", ""), true);
@@ -164,12 +190,8 @@ private:
                 std::cout << done.code << " " << done.text() << std::endl;
             }
             client.close();
-        } catch (const Poco::Exception& e) {
-            std::cerr << "error: " << e.displayText() << "\n";
-            return kConnection;
         } catch (const std::exception& e) {
-            std::cerr << "error: " << e.what() << "\n";
-            return kConnection;
+            return failed(e);
         }
         return kOk;
     }
@@ -195,31 +217,89 @@ private:
                   << "  (type a command alone to be asked for what it needs, or a whole SMTP line to send it as is)\n";
     }
 
+    // What the session's end means for the student, after a 421 or a lost connection.
+    void explainClosed(const ServerReply& last) {
+        if (last.code == 421)
+            std::cout << "The server closed the session (421): " << last.text()
+                      << "\n  If it was stopped, start it again with " << startCommand(target_) << " and reconnect.\n";
+    }
+
+    int connectInteractive(SmtpClient& client) {
+        bool plain = mode_ != smtp::TlsMode::Implicit;
+        std::cout << "Connecting to " << host_ << ":" << port_
+                  << (mode_ == smtp::TlsMode::Implicit ? " over TLS 1.3 (implicit TLS) ...\n"
+                      : mode_ == smtp::TlsMode::StartTls ? " in plaintext; STARTTLS will upgrade to TLS 1.3 ...\n"
+                                                        : " in PLAINTEXT (--tls off): everything typed crosses the wire readable ...\n");
+        ServerReply banner = client.connect(target_, context_, timeout_, greeting_, mode_);
+        std::cout << (plain ? "Connected (plaintext, no TLS yet)\n" : "Connected: " + client.tlsDescription() + "\n");
+        show(banner);
+        if (banner.code != 220) {
+            explainClosed(banner);
+            return kRefused;
+        }
+        if (mode_ == smtp::TlsMode::StartTls) {
+            std::cout << "Upgrading with STARTTLS (RFC 3207):\n";
+            std::string name = Poco::Net::DNS::hostName();
+            std::cout << "C: EHLO " << name << "\n";
+            std::vector<ServerReply> replies = client.startTls(name);
+            show(replies[0]);
+            std::cout << "C: STARTTLS\n";
+            show(replies.back());
+            if (replies.back().code != 220) return kRefused;
+            std::cout << "TLS is up: " << client.tlsDescription()
+                      << "\n  The server forgot everything said in clear: say EHLO again (RFC 3207 4.2).\n";
+        }
+        return kOk;
+    }
+
     int runInteractive() {
         Terminal input;
         SmtpClient client(trace());
         try {
-            std::cout << "Connecting to " << host_ << ":" << port_ << " over TLS 1.3 ...\n";
-            ServerReply banner = connect(client);
-            std::cout << "Connected: " << (client.tlsDescription().empty() ? "PLAINTEXT, no TLS" : client.tlsDescription()) << "\n";
-            show(banner);
-        } catch (const Poco::Exception& e) {
-            std::cerr << "error: cannot connect to " << host_ << ":" << port_ << ": " << e.displayText()
-                      << "\n       (is `make senderserver PORT=" << port_ << "` running?)\n";
-            return kConnection;
+            if (int rc = connectInteractive(client)) return rc;
         } catch (const std::exception& e) {
-            std::cerr << "error: " << e.what() << "\n";
-            return kConnection;
+            return failed(e);
         }
         printMenu();
         std::string me;
         std::vector<std::string> recipients;  // of the current transaction, for the To: header
         std::string line;
+        int rc = kOk;
+        ServerReply last;
+        auto exchange = [&](const std::string& commandLine, const std::string& logAs = "") {
+            last = client.command(commandLine, logAs);
+            show(last);
+            return last;
+        };
         while (client.state() != SmtpClient::State::Closed) {
             if (input.interactive()) std::cout << "next: " << nextStep(client) << "\n";
-            if (!input.line("smtp> ", line, true)) break;  // Ctrl-D
+            Terminal::watch(client.descriptor());
+            bool typed = input.line("smtp> ", line, true);
+            Terminal::watch(-1);
+            if (!typed && Terminal::serverSpoke()) {
+                try {
+                    ServerReply spoken = client.unsolicited(1000);
+                    if (spoken.code == 0) continue;
+                    last = spoken;
+                    show(spoken);
+                } catch (const std::exception& e) {
+                    rc = failed(e);
+                }
+                break;
+            }
+            if (!typed) {
+                // Ctrl-D or Ctrl-C: leave politely, and show it (RFC 5321 4.1.1.10).
+                try {
+                    std::cout << (Terminal::interrupted() ? "Interrupted: " : "End of input: ") << "saying QUIT\nC: QUIT\n";
+                    exchange("QUIT");
+                } catch (const std::exception& e) {
+                    rc = failed(e);
+                }
+                break;
+            }
             std::string trimmed = line;
             while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back()))) trimmed.pop_back();
+            while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.front()))) trimmed.erase(trimmed.begin());
             std::string word = smtp::lowerCase(trimmed);
             try {
                 if (word.empty()) continue;
@@ -227,36 +307,31 @@ private:
                     printMenu();
                 } else if (word == "helo" || word == "ehlo") {
                     std::string name;
-                    if (!input.line("  your name [" + Poco::Net::DNS::hostName() + "]: ", name)) break;
+                    if (!input.line("  your name [" + Poco::Net::DNS::hostName() + "]: ", name)) continue;
                     if (name.empty()) name = Poco::Net::DNS::hostName();
-                    show(client.command((word == "helo" ? "HELO " : "EHLO ") + name));
+                    exchange((word == "helo" ? "HELO " : "EHLO ") + name);
                 } else if (word == "auth") {
                     std::string user, password;
-                    if (!input.line("  email (@" + domain_ + " is added to a bare name): ", user)) break;
+                    if (!input.line("  email (@" + domain_ + " is added to a bare name): ", user)) continue;
                     user = withDomain(user);
-                    if (!input.secret("  password (empty to register a new account): ", password)) break;
+                    if (!input.secret("  password (empty to register a new account): ", password)) continue;
                     ServerReply reply = login(client, user, password, false);
                     show(reply);
+                    last = reply;
                     if (reply.code == 235) me = user;
                     if (!smtp::registeredPassword(reply).empty())
                         std::cout << "  Registered. Keep this password: you need it next time.\n";
                 } else if (word == "mail from" || word == "mail") {
                     std::string from;
-                    if (!input.line("  sender [" + me + "]: ", from)) break;
+                    if (!input.line("  sender [" + me + "]: ", from)) continue;
                     from = from.empty() ? me : withDomain(from);
-                    ServerReply reply = client.command("MAIL FROM:<" + from + ">");
-                    show(reply);
-                    if (reply.code == 250) recipients.clear();
-                } else if (word == "rcpt to" || word == "rcpt" || word == "rctp to") {
+                    if (exchange("MAIL FROM:<" + from + ">").code == 250) recipients.clear();
+                } else if (word == "rcpt to" || word == "rcpt") {
                     std::string to;
-                    if (!input.line("  recipient (@" + domain_ + " is added to a bare name): ", to)) break;
-                    ServerReply reply = client.command("RCPT TO:<" + withDomain(to) + ">");
-                    show(reply);
-                    if (reply.code == 250) recipients.push_back(withDomain(to));
+                    if (!input.line("  recipient (@" + domain_ + " is added to a bare name): ", to)) continue;
+                    if (exchange("RCPT TO:<" + withDomain(to) + ">").code == 250) recipients.push_back(withDomain(to));
                 } else if (word == "data") {
-                    ServerReply go = client.command("DATA");
-                    show(go);
-                    if (go.code != 354) continue;
+                    if (exchange("DATA").code != 354) continue;
                     std::string subject, body, bodyLine;
                     input.line("  subject: ", subject);
                     std::cout << "  message, ended by a line holding only '.':\n";
@@ -269,26 +344,23 @@ private:
                         body += bodyLine + "\r\n";
                     }
                     if (!complete) std::cout << "  (end of input: sending what was typed)\n";
-                    show(client.sendMessage(buildMessage(me, recipients, subject, body)));
+                    last = client.sendMessage(buildMessage(me, recipients, subject, body));
+                    show(last);
                     recipients.clear();
-                } else if (word == "quit") {
-                    show(client.command("QUIT"));
-                } else if (word == "rset" || word == "noop" || word == "help") {
-                    show(client.command(smtp::parseCommand(trimmed).verb));
+                } else if (word == "rset" || word == "noop" || word == "help" || word == "quit") {
+                    exchange(smtp::parseCommand(trimmed).verb);
                 } else {
-                    show(client.command(trimmed));  // a whole SMTP line, sent as typed
+                    exchange(trimmed);  // a whole SMTP line, sent as typed; the server says if it is a typo
                 }
-            } catch (const Poco::Exception& e) {
-                std::cerr << "error: " << e.displayText() << "\n";
-                break;
             } catch (const std::exception& e) {
-                std::cerr << "error: " << e.what() << "\n";
+                rc = failed(e);
                 break;
             }
         }
+        explainClosed(last);
         client.close();
         std::cout << "Bye.\n";
-        return kOk;
+        return rc;
     }
 
     bool helpRequested_ = false;
@@ -296,6 +368,9 @@ private:
     std::string host_, domain_;
     int port_ = 9000;
     int timeout_ = 30;
+    int greeting_ = 5;
+    smtp::TlsMode mode_ = smtp::TlsMode::Implicit;
+    Target target_;
     Poco::Net::Context::Ptr context_;
 };
 

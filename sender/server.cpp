@@ -21,7 +21,11 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <iostream>
 #include <thread>
@@ -49,6 +53,7 @@ struct SenderContext {
     Poco::Net::Context::Ptr tlsContext;  // for STARTTLS
     Poco::Logger* logger = nullptr;
     std::atomic<int> active{0};
+    int stopPipe[2] = {-1, -1};  // written once at shutdown: every connection's wait wakes up
     std::atomic<unsigned long> nextId{1};
 };
 
@@ -120,6 +125,26 @@ private:
         }
     }
 
+    enum class Wait { Readable, Timeout, Stopping };
+
+    // Waits for the client's next bytes, the command timeout, or the server's stop, whichever
+    // comes first. Bytes TLS has already decrypted count as readable (SSL_pending).
+    Wait waitForInput(Poco::Net::StreamSocket& socket, const Poco::Timespan& timeout) {
+        if (socket.available() > 0) return Wait::Readable;
+        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {ctx_.stopPipe[0], POLLIN, 0}};
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(timeout.totalMicroseconds());
+        for (;;) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return Wait::Timeout;
+            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
+            if (rc < 0 && errno == EINTR) continue;
+            if (rc < 0) return Wait::Readable;  // let the read report the error
+            if (rc == 0) continue;
+            if (fds[1].revents) return Wait::Stopping;
+            return Wait::Readable;
+        }
+    }
+
     // The client went away. In DATA, what had arrived is dropped: nothing half-stored, nothing acknowledged.
     void lost(const smtp::Session& session, const std::string& reason) {
         bool inData = session.state() == smtp::Session::State::Data;
@@ -131,7 +156,7 @@ private:
         std::string tls;
         if (secure) {
             Poco::Net::SecureStreamSocket(socket).completeHandshake();
-            tls = lastHandshakeOnThisThread();
+            tls = describeTls(socket);
             log("event=tls " + tls);
         }
         smtp::SessionEnv env;
@@ -155,8 +180,13 @@ private:
         char buffer[16384];
         bool closing = false;
         while (!closing) {
-            socket.setReceiveTimeout(session.state() == smtp::Session::State::Data ? ctx_.dataTimeout
-                                                                                   : ctx_.commandTimeout);
+            Wait wait = waitForInput(socket, session.state() == smtp::Session::State::Data ? ctx_.dataTimeout
+                                                                                           : ctx_.commandTimeout);
+            if (wait != Wait::Readable) {
+                queue(wait == Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
+                send(socket, pending);
+                return;
+            }
             int n = 0;
             try {
                 n = socket.receiveBytes(buffer, sizeof buffer);
@@ -198,7 +228,7 @@ private:
                     upgraded.completeHandshake();
                     socket = upgraded;
                     secure = true;
-                    std::string description = lastHandshakeOnThisThread();
+                    std::string description = describeTls(socket);
                     log("event=tls starttls=yes " + description);
                     session.onTlsStarted(description.substr(0, description.find(" group=")));
                 }
@@ -259,6 +289,10 @@ protected:
 
         SenderContext ctx;
         ctx.logger = &logger;
+        if (::pipe(ctx.stopPipe) != 0) {
+            logger.error("event=startup-failed reason=\"cannot create the stop pipe\"");
+            return EXIT_OSERR;
+        }
         ctx.verbose = cfg.getBool("sender.verbose");
         ctx.hostname = cfg.getString("sender.hostname");
         if (ctx.hostname.empty()) ctx.hostname = Poco::Net::DNS::hostName();
@@ -289,31 +323,38 @@ protected:
             return EXIT_USAGE;
         }
         ctx.allowPlaintextAuth = cfg.getBool("sender.allowPlaintextAuth");
-        Poco::Net::SocketAddress address(cfg.getString("sender.bind"), static_cast<Poco::UInt16>(cfg.getInt("sender.port")));
-        ctx.tlsContext = serverTlsContext(tls, logger);
+        try {
+            ctx.tlsContext = serverTlsContext(tls, "smtp", logger);
+        } catch (const std::exception& e) {
+            logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
+            return EXIT_CONFIG;
+        }
         std::string plaintext;
         if (ctx.tlsMode == smtp::TlsMode::Off)
             plaintext = "PLAINTEXT MODE: everything on this port, passwords included, crosses the wire unencrypted. "
                         "For comparison in the lab only." +
                         std::string(ctx.allowPlaintextAuth ? " AUTH in clear is allowed." : "");
         // Implicit TLS listens with TLS from the first byte; STARTTLS and plaintext listen in clear.
-        std::unique_ptr<Poco::Net::ServerSocket> listener =
-            openListener(address, cfg.getInt("sender.listenBacklog"),
-                         ctx.tlsMode == smtp::TlsMode::Implicit ? ctx.tlsContext : nullptr, plaintext, logger);
-        if (!listener) return EXIT_USAGE;
-        Poco::Net::ServerSocket& serverSocket = *listener;
+        auto listeners = openListeners(cfg.getString("sender.bind"), cfg.getInt("sender.port"),
+                                       cfg.getInt("sender.listenBacklog"),
+                                       ctx.tlsMode == smtp::TlsMode::Implicit ? ctx.tlsContext : nullptr, plaintext, logger);
+        if (listeners.empty()) return EXIT_UNAVAILABLE;
 
-        auto* params = new Poco::Net::TCPServerParams;
         // Headroom over the limit so the connection past it is answered with 421 rather than queued.
         int threads = ctx.maxConnections + 8;
-        params->setMaxThreads(threads);
-        params->setMaxQueued(cfg.getInt("sender.listenBacklog"));
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
-        Poco::Net::TCPServer server(new SmtpConnectionFactory(ctx), pool, serverSocket, params);
-        server.start();
+        // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
+        std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
+        for (auto& listener : listeners) {
+            Poco::Net::TCPServerParams::Ptr params = new Poco::Net::TCPServerParams;
+            params->setMaxThreads(threads);
+            params->setMaxQueued(cfg.getInt("sender.listenBacklog"));
+            servers.push_back(std::make_unique<Poco::Net::TCPServer>(new SmtpConnectionFactory(ctx), pool, *listener, params));
+            servers.back()->start();
+        }
 
-        int port = serverSocket.address().port();
-        logger.information("event=listening address=" + serverSocket.address().toString() + " domain=" +
+        int port = listeners.front()->address().port();
+        logger.information("event=listening address=" + describeListeners(listeners) + " domain=" +
                            policy.labDomain + " db=" + storeOptions.path + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
                            std::to_string(ctx.maxConnections) + " open-files=" + std::to_string(files));
         // The ready line: tests and scripts wait for it instead of sleeping.
@@ -321,7 +362,9 @@ protected:
 
         waitForTerminationRequest();
         logger.information("event=stopping active=" + std::to_string(ctx.active.load()));
-        server.stop();
+        // Every waiting session answers 421 and closes (RFC 5321 3.8) instead of vanishing.
+        if (::write(ctx.stopPipe[1], "x", 1) != 1) logger.warning("event=warning note=\"cannot signal the sessions\"");
+        for (auto& server : servers) server->stop();
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.getInt("sender.shutdownGraceSeconds"));
         while (ctx.active.load() > 0 && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(20));

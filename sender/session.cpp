@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <vector>
 
 namespace maillab::smtp {
 
@@ -195,6 +196,17 @@ Output Session::onTimeout() {
     return out;
 }
 
+Output Session::onShutdown() {
+    Output out;
+    // RFC 5321 3.8: a server that must close says 421 first; a message in DATA is not stored.
+    out.replies.push_back(reply(ShuttingDown, env_.hostname + " Service shutting down; closing connection" +
+                                                  (state_ == State::Data ? " (message not stored)" : "")));
+    out.close = true;
+    env_.log(std::string("event=shutdown state=") + stateName(state_));
+    enterState(State::Closed);
+    return out;
+}
+
 Output Session::onLineTooLong() {
     if (state_ == State::Data) {
         dataLineTooLong_ = true;  // reported once the terminating "." arrives
@@ -228,6 +240,22 @@ Output Session::onLine(const std::string& line) {
     }
 }
 
+// Edits between two verbs, where swapping two neighbours counts as one (RCTP -> RCPT); capped at 2.
+static int typoDistance(const std::string& a, const std::string& b) {
+    size_t n = a.size(), m = b.size();
+    if (n > m + 1 || m > n + 1 || n > 16) return 2;
+    std::vector<std::vector<int>> d(n + 1, std::vector<int>(m + 1));
+    for (size_t i = 0; i <= n; ++i) d[i][0] = static_cast<int>(i);
+    for (size_t j = 0; j <= m; ++j) d[0][j] = static_cast<int>(j);
+    for (size_t i = 1; i <= n; ++i)
+        for (size_t j = 1; j <= m; ++j) {
+            int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+        }
+    return std::min(d[n][m], 2);
+}
+
 Output Session::dispatch(const std::string& line) {
     // RFC 5321 2.4: commands are US-ASCII. Nothing outside it is echoed back or looked at further.
     for (unsigned char c : line)
@@ -252,7 +280,12 @@ Output Session::dispatch(const std::string& line) {
             return error(SyntaxError, std::string("Syntax: ") + spec.verb + " takes no argument");
         return (this->*spec.handler)(command.argument);
     }
-    return error(UnknownCommand, "Command not recognized: " + command.verb.substr(0, 32));
+    std::string reply = "Command not recognized: " + command.verb.substr(0, 32);
+    // A typo gets a hint, never a silent guess: the command is still refused.
+    for (const CommandSpec& spec : kCommands)
+        if (spec.help && typoDistance(command.verb, spec.verb) == 1)
+            return error(UnknownCommand, reply + "; did you mean " + spec.verb + "? (" + spec.help + ")");
+    return error(UnknownCommand, reply);
 }
 
 Output Session::cmdHelo(const std::string& arg) {

@@ -70,6 +70,7 @@ public:
     Output onLine(const std::string& line);      // one line, without its CRLF
     Output onLineTooLong();                      // the reader discarded a line over maxLineLength
     Output onTimeout();                          // the idle timer fired
+    Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
     // The STARTTLS handshake completed: RFC 3207 4.2 says forget everything learnt before it.
     void onTlsStarted(const std::string& tlsDescription);
     bool tlsActive() const { return tlsActive_; }

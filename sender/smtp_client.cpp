@@ -9,6 +9,9 @@
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SocketAddress.h>
 
+#include <Poco/Timestamp.h>
+
+#include <algorithm>
 #include <cctype>
 #include <stdexcept>
 
@@ -51,42 +54,83 @@ std::string registeredPassword(const ServerReply& reply) {
     return digits;
 }
 
-void SmtpClient::handshake(const std::string& serverName, Poco::Net::Context::Ptr context) {
-    Poco::Net::SecureStreamSocket secure = Poco::Net::SecureStreamSocket::attach(*socket_, serverName, context);
-    secure.completeHandshake();  // certificate chain and host name are checked here (VERIFY_STRICT)
-    socket_ = std::make_unique<Poco::Net::StreamSocket>(secure);
+void SmtpClient::handshake() {
+    Poco::Timespan within = handshakeWithin_ > 0 ? handshakeWithin_ : Poco::Timespan(timeoutSeconds_, 0);
+    socket_ = std::make_unique<Poco::Net::StreamSocket>(startClientTls(*socket_, target_, context_, within));
     secure_ = true;
-    tls_ = lastHandshakeOnThisThread();
+    tls_ = describeTls(*socket_);
     if (trace_) trace_("*", "TLS " + tls_);
 }
 
-ServerReply SmtpClient::connect(const std::string& host, int port, const std::string& serverName,
-                                Poco::Net::Context::Ptr context, int timeoutSeconds, TlsMode mode) {
-    Poco::Net::SocketAddress address(host, static_cast<Poco::UInt16>(port));
-    socket_ = std::make_unique<Poco::Net::StreamSocket>();
-    socket_->connect(address, Poco::Timespan(timeoutSeconds, 0));
+ServerReply SmtpClient::connect(const Target& target, Poco::Net::Context::Ptr context, int timeoutSeconds,
+                                int greetingSeconds, TlsMode mode) {
+    target_ = target;
+    context_ = context;
+    timeoutSeconds_ = timeoutSeconds;
+    auto start = Poco::Timestamp();
+    Poco::Timespan total(timeoutSeconds, 0);
+    socket_ = std::make_unique<Poco::Net::StreamSocket>(connectToServer(target_, total));
     socket_->setNoDelay(true);
-    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds, 0));
-    socket_->setSendTimeout(Poco::Timespan(timeoutSeconds, 0));
-    if (mode == TlsMode::Implicit) handshake(serverName, context);
+    socket_->setSendTimeout(total);
+    // One deadline for the handshake and the banner: the --timeout is never spent twice.
+    Poco::Timespan left = total - Poco::Timespan(start.elapsed());
+    if (left < Poco::Timespan(0, 100000)) left = Poco::Timespan(0, 100000);
+    socket_->setReceiveTimeout(left);
+    handshakeWithin_ = left;
+    if (mode == TlsMode::Implicit) handshake();
     else if (trace_) trace_("*", "plaintext connection (no TLS yet)");
+    handshakeWithin_ = 0;
     state_ = State::Fresh;
-    ServerReply banner = readReply();
-    if (banner.code != 220) {
+    left = total - Poco::Timespan(start.elapsed());
+    Poco::Timespan greeting = std::max(Poco::Timespan(0, 100000), std::min(left, Poco::Timespan(greetingSeconds, 0)));
+    socket_->setReceiveTimeout(greeting);
+    ServerReply banner;
+    try {
+        Deadline deadline(*socket_, greeting);
+        try {
+            banner = readReply();
+        } catch (const std::exception&) {
+            if (deadline.expired()) throw Poco::TimeoutException("no greeting");
+            throw;
+        }
+    } catch (const Poco::TimeoutException&) {
         state_ = State::Closed;
-        return banner;
+        std::string at = target_.host + ":" + std::to_string(target_.port);
+        if (mode == TlsMode::Implicit)
+            throw ClientError(kExitProtocol, "TLS is up but " + at + " sent no SMTP greeting (220) within " +
+                                                 std::to_string(greetingSeconds) +
+                                                 " s: it is not an SMTP server. Is this the retriever's (HTTPS) "
+                                                 "port? The sender listens on 9000 by default");
+        throw ClientError(kExitTls, at + " sent no greeting in clear within " + std::to_string(greetingSeconds) +
+                                        " s: it probably expects TLS from the first byte (the server's default, "
+                                        "--tls implicit). Run this client with --tls implicit");
+    } catch (const std::runtime_error& e) {
+        if (dynamic_cast<const ClientError*>(&e)) throw;
+        state_ = State::Closed;
+        throw ClientError(kExitProtocol, target_.host + ":" + std::to_string(target_.port) +
+                                             " is not an SMTP server: its first words were not a reply (" + e.what() +
+                                             "). Is this the retriever's port?");
     }
-    if (mode != TlsMode::StartTls) return banner;
-    ServerReply ehlo = command("EHLO " + Poco::Net::DNS::hostName());
+    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds_, 0));
+    if (banner.code != 220) state_ = State::Closed;
+    return banner;
+}
+
+std::vector<ServerReply> SmtpClient::startTls(const std::string& ehloName) {
+    std::vector<ServerReply> replies;
+    replies.push_back(command("EHLO " + ehloName));
     bool offered = false;
-    for (const auto& line : ehlo.lines) offered = offered || lowerCase(line) == "starttls";
-    if (ehlo.code != 250 || !offered) throw std::runtime_error("server does not offer STARTTLS");
-    ServerReply go = command("STARTTLS");
-    if (go.code != 220) throw std::runtime_error("STARTTLS refused: " + go.firstLineWire());
+    for (const auto& line : replies.back().lines) offered = offered || lowerCase(line) == "starttls";
+    if (replies.back().code != 250 || !offered)
+        throw ClientError(kExitTls, "the server does not offer STARTTLS: it runs with --tls off (or implicit); run "
+                                    "this client with the same --tls");
+    replies.push_back(command("STARTTLS"));
+    if (replies.back().code != 220) return replies;
     reader_ = LineReader(65536);  // nothing read in clear may be used after the handshake
-    handshake(serverName, context);
+    handshake();
     state_ = State::Fresh;
-    return go;
+    authenticated_ = false;
+    return replies;
 }
 
 void SmtpClient::sendRaw(const std::string& bytes) {
@@ -151,6 +195,18 @@ ServerReply SmtpClient::sendMessage(const std::string& message) {
     ServerReply reply = readReply();
     if (reply.code == 421) state_ = State::Closed;
     else state_ = State::Ready;  // after the final reply to DATA, accepted or not, the transaction is over
+    return reply;
+}
+
+ServerReply SmtpClient::unsolicited(int waitMs) {
+    socket_->setReceiveTimeout(Poco::Timespan(0, waitMs * 1000));
+    ServerReply reply;
+    try {
+        reply = readReply();
+    } catch (const Poco::TimeoutException&) {
+        reply = ServerReply{};  // only TLS housekeeping arrived (a session ticket)
+    }
+    socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds_, 0));
     return reply;
 }
 

@@ -2,6 +2,7 @@
 // sends commands, reads (multi-line) replies, and mirrors the server's session state so that the
 // interactive client can say what comes next.
 #pragma once
+#include "../common/connect.h"
 #include "../common/linereader.h"
 #include "smtp_syntax.h"
 
@@ -35,15 +36,23 @@ public:
     using Trace = std::function<void(const std::string& direction, const std::string& text)>;
     explicit SmtpClient(Trace trace = nullptr) : trace_(std::move(trace)) {}
 
-    // Connects, completes the TLS handshake (verifying `serverName`), and reads the banner. With
-    // StartTls it reads the banner in clear, says EHLO, STARTTLS, and returns once TLS is up (the
-    // caller then says EHLO again, RFC 3207 4.2); with Off there is no TLS at all.
-    ServerReply connect(const std::string& host, int port, const std::string& serverName,
-                        Poco::Net::Context::Ptr context, int timeoutSeconds, TlsMode mode = TlsMode::Implicit);
+    // Connects (every address of the host in turn), completes the TLS handshake in Implicit mode
+    // (verifying target.serverName), and reads the banner, all within `timeoutSeconds` in total; the
+    // banner must come within `greetingSeconds` of the connection. In StartTls and Off modes the
+    // banner arrives in clear. Failures are ClientErrors that say what to do.
+    ServerReply connect(const Target& target, Poco::Net::Context::Ptr context, int timeoutSeconds,
+                        int greetingSeconds, TlsMode mode = TlsMode::Implicit);
+    // RFC 3207: EHLO, STARTTLS, then the handshake; returns the replies in order (the caller shows
+    // them). The server forgets the session: EHLO again next (RFC 3207 4.2).
+    std::vector<ServerReply> startTls(const std::string& ehloName);
     // Sends one command line; `logAs` replaces it in the trace (AUTH secrets).
     ServerReply command(const std::string& line, const std::string& logAs = "");
     // Sends a message (any line endings), dot-stuffed, and the terminating ".".
     ServerReply sendMessage(const std::string& message);
+    // A reply the server sent unasked (421 as it shuts down), read within `waitMs`; code 0 if none.
+    ServerReply unsolicited(int waitMs);
+    // The socket's descriptor, for a terminal that watches it while waiting for input; -1 if none.
+    int descriptor() const { return socket_ ? static_cast<int>(socket_->impl()->sockfd()) : -1; }
     // QUIT if still connected, then TLS close_notify.
     void close();
 
@@ -57,7 +66,12 @@ private:
     void track(const std::string& verb, const ServerReply& reply);
 
     Trace trace_;
-    void handshake(const std::string& serverName, Poco::Net::Context::Ptr context);
+    void handshake();
+    ClientError explain(const std::exception& e) const { return explainFailure(e, target_); }
+    Target target_;
+    Poco::Net::Context::Ptr context_;
+    int timeoutSeconds_ = 30;
+    Poco::Timespan handshakeWithin_{0};  // what is left of the connect deadline for the handshake
 
     std::unique_ptr<Poco::Net::StreamSocket> socket_;
     bool secure_ = false;

@@ -81,7 +81,7 @@ def retriever_client_lists_and_opens_mail(lab):
         assert other.returncode == 1 and "404" in other.stderr
         host = run_client(lab, l2.retriever.port, ["--servername", "wrong.example", "--user", "bob",
                                                    "--password", l2.bob], program="retrieverclient")
-        assert host.returncode == 3, host.stdout + host.stderr
+        assert host.returncode == 4, host.stdout + host.stderr  # 4: TLS (certificate)
         steps = f"get\nbob\n{l2.bob}\n{mid}\n\nquit\n"
         inter = run_client(lab, l2.retriever.port, [], input=steps, program="retrieverclient")
         assert inter.returncode == 0 and "Hello Bob & friends" in inter.stdout, inter.stdout + inter.stderr

@@ -139,13 +139,13 @@ def tls12_is_refused(lab):
 def our_client_rejects_a_wrong_host_certificate(lab):
     with Server(lab, "senderserver") as server:
         out = run_client(lab, server.port, ["--servername", "wrong.example", "--user", "ana"])
-        assert out.returncode == 3, out.stdout + out.stderr
+        assert out.returncode == 4, out.stdout + out.stderr  # 4: TLS (certificate)
         # And a certificate from an unknown CA.
         other = lab.path("other-certs")
         subprocess.run([lab.exe("maillab-certs"), other], check=True, stdout=subprocess.DEVNULL)
         out = subprocess.run([lab.exe("senderclient"), "--port", str(server.port), "--ca", other + "/ca.pem",
                               "--user", "ana"], capture_output=True, text=True, timeout=30)
-        assert out.returncode == 3
+        assert out.returncode == 4
         assert "password:" not in out.stdout
 
 

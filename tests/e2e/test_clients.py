@@ -1,0 +1,239 @@
+"""End-to-end tests of what the two clients say when things go wrong, and of the servers' listening
+addresses: every failure is one line naming the cause and the fix, with the documented exit code
+(0 ok, 1 refused, 2 usage, 3 cannot connect, 4 TLS, 5 wrong service or server gone), and never an
+abort. Also: loopback on both stacks, one server per port, 421 when the server stops."""
+
+import os
+import select
+import socket
+import subprocess
+import time
+
+from harness import Server, register, run_client, test
+
+EXIT_CONNECT, EXIT_TLS, EXIT_PROTOCOL = 3, 4, 5
+
+
+def one_clear_line(out, code, *needles):
+    """The client failed with `code`, said so in one 'error:' line holding every needle, and did
+    not abort (no 'terminate called', no signal)."""
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    assert "terminate called" not in out.stderr and "Aborted" not in out.stderr, out.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@test
+def servers_listen_on_both_loopback_stacks_and_clients_try_each_address(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        for port in (sender.port, retriever.port):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            if ipv6_loopback():
+                socket.create_connection(("::1", port), timeout=5).close()
+        hosts = ["127.0.0.1", "localhost"] + (["::1"] if ipv6_loopback() else [])
+        for i, host in enumerate(hosts):
+            out = run_client(lab, sender.port, ["--host", host, "--servername", "localhost", "--user", f"dual{i}"])
+            assert out.returncode == 0, (host, out.stderr)
+            password = out.stdout.split("password: ")[1].split()[0]
+            out = run_client(lab, retriever.port, ["--host", host, "--servername", "localhost",
+                                                   "--user", f"dual{i}", "--password", password],
+                             program="retrieverclient")
+            assert out.returncode == 0 and "Mailbox dual" in out.stdout, (host, out.stderr)
+        assert "[::1]" in sender.log_text() or not ipv6_loopback()
+
+
+@test
+def a_second_server_on_a_port_in_use_fails_clearly(lab):
+    with Server(lab, "senderserver") as first:
+        for program in ("senderserver", "retrieverserver"):
+            out = subprocess.run([lab.exe(program), f"--port={first.port}", f"--db={lab.path('x.db')}",
+                                  f"--certs={lab.certs}"], capture_output=True, text=True, timeout=30)
+            assert out.returncode != 0 and "ready port=" not in out.stdout, (program, out.stdout)
+            assert "in use" in out.stderr, out.stderr
+        # the first server still answers every connection
+        for _ in range(5):
+            assert run_client(lab, first.port, ["--user", "stillme"]).returncode in (0, 1)
+
+
+@test
+def refused_connection_names_the_server_to_start(lab):
+    port = free_port()
+    for program, target in (("senderclient", "make senderserver"), ("retrieverclient", "make retrieverserver")):
+        out = run_client(lab, port, ["--user", "ana", "--password", "1"], program=program)
+        one_clear_line(out, EXIT_CONNECT, "nothing is listening", f"{target} PORT={port}")
+
+
+@test
+def each_client_on_the_other_services_port_says_so_at_once(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        start = time.monotonic()
+        out = run_client(lab, retriever.port, ["--user", "ana"])
+        one_clear_line(out, EXIT_PROTOCOL, "not an SMTP server", "retriever")
+        out = run_client(lab, sender.port, ["--user", "ana", "--password", "1"], program="retrieverclient")
+        one_clear_line(out, EXIT_PROTOCOL, "not an HTTPS server", "sender")
+        assert time.monotonic() - start < 10, "a wrong port must not wait for a timeout"
+    with Server(lab, "senderserver", args=["--tls", "off"]) as plain:
+        out = run_client(lab, plain.port, ["--user", "ana", "--password", "1", "--tls", "off"],
+                         program="retrieverclient")
+        one_clear_line(out, EXIT_PROTOCOL, "SMTP server", "sender's port")
+
+
+@test
+def tls_mode_mismatches_are_explained(lab):
+    with Server(lab, "senderserver") as implicit, Server(lab, "senderserver", args=["--tls", "starttls"]) as starttls:
+        out = run_client(lab, starttls.port, ["--user", "ana"])  # TLS hello to a plaintext greeter
+        one_clear_line(out, EXIT_TLS, "plaintext", "--tls")
+        start = time.monotonic()
+        out = run_client(lab, implicit.port, ["--user", "ana", "--tls", "starttls", "--greeting-timeout", "2"])
+        one_clear_line(out, EXIT_TLS, "expects TLS", "--tls implicit")
+        assert time.monotonic() - start < 8, "the greeting wait is bounded by --greeting-timeout"
+        out = run_client(lab, starttls.port, ["--user", "ana", "--tls", "starttls"])
+        assert out.returncode == 0 and "password: " in out.stdout, out.stderr
+    with Server(lab, "retrieverserver", args=["--tls", "off"]) as http:
+        out = run_client(lab, http.port, ["--user", "ana", "--password", "1"], program="retrieverclient")
+        one_clear_line(out, EXIT_TLS, "plaintext", "--tls")
+
+
+@test
+def a_certificate_for_another_host_is_refused_with_the_fix(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        for program, port in (("senderclient", sender.port), ("retrieverclient", retriever.port)):
+            out = run_client(lab, port, ["--servername", "mail.example.org", "--user", "ana", "--password", "1"],
+                             program=program)
+            one_clear_line(out, EXIT_TLS, "not valid for the name 'mail.example.org'", "--servername")
+        other = os.path.join(lab.dir, "other-ca")
+        subprocess.run([lab.exe("maillab-certs"), other], check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run([lab.exe("senderclient"), "--port", str(sender.port), "--user", "ana",
+                              "--ca", os.path.join(other, "ca.pem")], capture_output=True, text=True, timeout=30)
+        one_clear_line(out, EXIT_TLS, "not signed by the CA", "--ca")
+
+
+@test
+def timeout_is_spent_once_not_twice(lab):
+    # A listener that accepts and never speaks: the whole attempt ends within --timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        out = run_client(lab, port, ["--host", "127.0.0.1", "--servername", "localhost", "--user", "ana",
+                                     "--timeout", "2", "--greeting-timeout", "10"])
+        elapsed = time.monotonic() - start
+        assert out.returncode in (EXIT_TLS, EXIT_PROTOCOL), out.stderr
+        assert elapsed < 3.5, f"--timeout 2 took {elapsed:.1f} s"
+
+
+@test
+def server_stopping_mid_session_says_421_and_the_client_explains(lab):
+    server = Server(lab, "senderserver")
+    try:
+        password = register(lab, server.port, "ana")
+        proc = subprocess.Popen([lab.exe("senderclient"), "--port", str(server.port), "--ca", lab.ca],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdin.write("EHLO me\n")
+        proc.stdin.write(f"AUTH PLAIN {plain_credentials('ana@447.edu', password)}\n")
+        proc.stdin.flush()
+        # wait until the server has answered the AUTH, then stop it under the open session
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "235" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready:
+                seen += proc.stdout.readline()
+        assert "235" in seen, seen
+        assert server.stop() == 0
+        server.check_sanitizers()
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode in (0, EXIT_PROTOCOL), (proc.returncode, err)
+        assert "421 4.3.2" in out and "shutting down" in out, out
+        assert "make senderserver" in out, out
+        assert "terminate called" not in err
+    finally:
+        server.stop()
+
+
+@test
+def server_killed_mid_session_is_explained(lab):
+    server = Server(lab, "senderserver")
+    try:
+        proc = subprocess.Popen([lab.exe("senderclient"), "--port", str(server.port), "--ca", lab.ca],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdin.write("EHLO me\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "250 " not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready:
+                seen += proc.stdout.readline()
+        server.stop(9)
+        proc.stdin.write("NOOP\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == EXIT_PROTOCOL, (proc.returncode, out, err)
+        assert "closed the connection" in err and "make senderserver" in err, err
+        assert "terminate called" not in err
+    finally:
+        server.stop()
+
+
+@test
+def typos_get_a_hint_never_a_silent_guess(lab):
+    with Server(lab, "senderserver") as server:
+        out = run_client(lab, server.port, [], input="EHLO me\nrctp to\nRCTP TO:<bob@447.edu>\nMIAL FROM:<a@447.edu>\n")
+        assert out.returncode == 0, out.stderr
+        hints = [line for line in out.stdout.splitlines() if line.startswith("S: 500")]
+        assert len(hints) == 3, out.stdout
+        assert all("did you mean" in line for line in hints), hints
+        assert "did you mean RCPT?" in hints[0] and "did you mean MAIL?" in hints[2], hints
+        assert "S: 250 2.1.5" not in out.stdout  # nothing was taken as RCPT TO
+
+
+@test
+def end_of_input_says_quit_and_shows_it(lab):
+    with Server(lab, "senderserver") as server:
+        out = run_client(lab, server.port, [], input="EHLO me\n")
+        assert out.returncode == 0, out.stderr
+        assert "C: QUIT" in out.stdout and "S: 221 2.0.0" in out.stdout, out.stdout
+
+
+@test
+def starttls_client_shows_the_plaintext_phase_then_tls(lab):
+    with Server(lab, "senderserver", args=["--tls", "starttls"]) as server:
+        out = run_client(lab, server.port, ["--tls", "starttls"], input="EHLO again\n")
+        assert out.returncode == 0, out.stderr
+        text = out.stdout
+        assert "in plaintext" in text.splitlines()[0], text
+        order = [text.index("S: 220 "), text.index("C: STARTTLS"), text.index("S: 220 2.0.0 Ready to start TLS"),
+                 text.index("TLS is up: TLSv1.3")]
+        assert order == sorted(order), text
+
+
+@test
+def retriever_client_connects_before_asking_for_a_password(lab):
+    port = free_port()
+    out = run_client(lab, port, [], input="GET\nana\n1\n", program="retrieverclient")
+    one_clear_line(out, EXIT_CONNECT, "nothing is listening")
+    assert "password" not in out.stdout.lower(), out.stdout
+
+
+def plain_credentials(user, password):
+    import base64
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
