@@ -222,6 +222,13 @@ bench: deps
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 
+# The per-release figures (run in each chroot by `make bench-platforms`; OUT= the JSON file).
+.PHONY: bench-platform
+bench-platform: deps
+	$(call install_packages,python3)
+	@$(MAKE) programs
+	@/usr/bin/python3 tests/bench/platform_bench.py --build $(BUILD) --out $(or $(OUT),$(BUILD)/platform-bench.json)
+
 # ---- tests ---------------------------------------------------------------------------------
 .PHONY: test test-asan
 test: test-deps
