@@ -245,7 +245,7 @@ test-asan: test-deps
 RELEASES ?= bookworm trixie testing
 .PHONY: test-platforms bench-platforms clean-platforms
 test-platforms:
-	@bash tests/platforms.sh $(RELEASES)
+	@bash tests/platforms.sh --readme $(RELEASES)
 
 # The same, then the per-release benchmark (make bench-platform in each) and its table.
 bench-platforms:

@@ -11,6 +11,7 @@
 #   tests/platforms.sh [--bench] [--keep] [release ...]     (default: bookworm trixie testing)
 #   --bench   also run `make bench-platform` there and keep its JSON for docs/benchmarks.md
 #   --keep    leave the run tree for inspection (chroot .platforms/run/<release> bash)
+#   --readme  write the results into README.md's table of tested releases
 # Exit status: 0 when every release passed, 1 when one failed, 2 on a usage or set-up error.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +20,15 @@ CACHE=${MAILLAB_PLATFORM_CACHE:-$REPO/.platforms}
 MIRROR=${MAILLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BENCH=0
 KEEP=0
+README=0
 RELEASES=()
 for arg in "$@"; do
   case $arg in
     --bench) BENCH=1 ;;
     --keep) KEEP=1 ;;
+    --readme) README=1 ;;
     --clean) CLEAN=1 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     -*) echo "error: unknown option $arg (see --help)"; exit 2 ;;
     *) RELEASES+=("$arg") ;;
   esac
@@ -167,6 +170,8 @@ for release in "${RELEASES[@]}"; do
   line="$release: $versions | make demo $demo_word (${demo_s} s) | make test: $counts (${test_s} s)$bench_note | total $(seconds_since "$started") s"
   echo "$line"
   echo "$line" >"$CACHE/results/$release.txt"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$release" "$versions" "$demo_word (${demo_s} s)" "$counts" "$(date -u +%Y-%m-%d)" \
+    >"$CACHE/results/$release.tsv"
   SUMMARY+=("$line")
   if [ $test_rc -ne 0 ] || [ $demo_rc -ne 0 ]; then
     grep -E '^FAIL' "$log_test" | head -20 | sed "s/^/[$release]   /"
@@ -179,4 +184,26 @@ done
 echo
 echo "platform check $(date -u +%Y-%m-%d):"
 printf '  %s\n' "${SUMMARY[@]}"
+if [ "$README" = 1 ]; then
+  # The README's table of tested releases, from the last result of each release.
+  /usr/bin/python3 - "$CACHE/results" README.md <<'PY'
+import glob, os, sys
+results, readme = sys.argv[1], sys.argv[2]
+order = {"bookworm": 0, "trixie": 1, "testing": 2, "sid": 3}
+rows = []
+for path in sorted(glob.glob(os.path.join(results, "*.tsv")), key=lambda p: order.get(os.path.basename(p)[:-4], 9)):
+    release, versions, demo, test, date = open(path).read().rstrip("\n").split("\t")
+    name, _, tools = versions.partition(" poco=")
+    tools = "poco=" + tools if tools else ""
+    short = " / ".join(kv.split("=", 1)[1] for kv in tools.split()) if tools else "?"
+    rows.append(f"| {name} ({release}) | {short} | {demo} | {test} | {date} |")
+text = open(readme).read()
+begin, end = "<!-- platforms-tested:begin -->", "<!-- platforms-tested:end -->"
+table = "\n".join(["| release | Poco / OpenSSL / tshark / Python | `make demo` | `make test` | date |",
+                    "|---|---|---|---|---|"] + rows)
+text = text[:text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end):]
+open(readme, "w").write(text)
+print("updated the tested releases in README.md")
+PY
+fi
 exit $FAILED

@@ -237,3 +237,118 @@ def retriever_client_connects_before_asking_for_a_password(lab):
 def plain_credentials(user, password):
     import base64
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+class TerminalSession:
+    """A client at a real terminal (a pseudo-terminal, so libedit is in charge as for a student)."""
+
+    def __init__(self, cmd, env=None):
+        import pty
+        self.master, slave = pty.openpty()
+        def controlling_terminal():  # as a login shell has it: Ctrl-C becomes SIGINT
+            import fcntl
+            import termios
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+                                     preexec_fn=controlling_terminal)
+        os.close(slave)
+        self.output = b""
+
+    def expect(self, text, timeout=20):
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while needle not in self.output:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {text!r} on the terminal; it shows:\n{self.output.decode(errors='replace')}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"terminal closed before {text!r}:\n{self.output.decode(errors='replace')}")
+                self.output += chunk
+        cut = self.output.index(needle) + len(needle)
+        seen, self.output = self.output[:cut], self.output[cut:]
+        return seen.decode(errors="replace")
+
+    def type(self, text):
+        os.write(self.master, text.encode())
+
+    def finish(self, timeout=20):
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            os.close(self.master)
+        return self.proc.returncode
+
+
+def terminal_env():
+    env = dict(os.environ)
+    env.pop("LANG", None)
+    env.pop("LC_ALL", None)
+    env["LC_ALL"] = "C"  # the bare locale of a fresh container: the client must still keep UTF-8
+    env["TERM"] = "xterm"
+    return env
+
+
+@test
+def typed_utf8_reaches_the_mailbox_and_ctrl_c_says_quit(lab):
+    from harness import messages
+    with Server(lab, "senderserver") as server:
+        bob = register(lab, server.port, "bob")
+        assert bob
+        term = TerminalSession([lab.exe("senderclient"), "--port", str(server.port), "--ca", lab.ca], terminal_env())
+        term.expect("smtp> ")
+        term.type("ehlo\r")
+        term.expect("your name")
+        term.type("\r")
+        term.expect("smtp> ")
+        term.type("auth\r")
+        term.expect("email")
+        term.type("josé\r".replace("é", "e"))
+        term.expect("password")
+        term.type("\r")
+        term.expect("Registered")
+        term.expect("smtp> ")
+        term.type("mail from\r")
+        term.expect("sender")
+        term.type("\r")
+        term.expect("smtp> ")
+        term.type("rcpt to\r")
+        term.expect("recipient")
+        term.type("bob\r")
+        term.expect("smtp> ")
+        term.type("data\r")
+        term.expect("subject: ")
+        term.type("Grüße, José\r")
+        term.expect("'.'")
+        term.type("Ça va? — ünïcödé body\r.\r")
+        term.expect("queued as")
+        term.expect("smtp> ")
+        term.type("\x03")  # Ctrl-C
+        seen = term.expect("Bye.")
+        assert "C: QUIT" in seen and "221 2.0.0" in seen, seen
+        assert term.finish() == 0
+        stored = messages(server.db, "bob@447.edu")
+        assert stored and stored[-1][0] == "Grüße, José", stored
+        assert "Ça va? — ünïcödé body" in stored[-1][1].decode() if isinstance(stored[-1][1], bytes) \
+            else "Ça va? — ünïcödé body" in stored[-1][1], stored
+
+
+@test
+def a_server_stopping_under_an_idle_terminal_is_shown_at_once(lab):
+    server = Server(lab, "senderserver")
+    try:
+        term = TerminalSession([lab.exe("senderclient"), "--port", str(server.port), "--ca", lab.ca], terminal_env())
+        term.expect("smtp> ")
+        server.stop()
+        seen = term.expect("Bye.")
+        assert "421 4.3.2" in seen and "make senderserver" in seen, seen
+        assert term.finish() == 0
+    finally:
+        server.stop()
