@@ -22,11 +22,12 @@ void LineReader::feed(const char* data, size_t size) {
         }
         if (!nl) break;
         if (discarding_) {
-            ready_.push_back(Event{true, ""});
+            ready_.push_back(Event{true, "", false});
             discarding_ = false;
         } else {
-            if (!partial_.empty() && partial_.back() == '\r') partial_.pop_back();
-            ready_.push_back(Event{false, std::move(partial_)});
+            bool crlf = !partial_.empty() && partial_.back() == '\r';
+            if (crlf) partial_.pop_back();
+            ready_.push_back(Event{false, std::move(partial_), !crlf});
             partial_.clear();
         }
         data = nl + 1;

@@ -16,6 +16,7 @@ public:
     struct Event {
         bool tooLong = false;  // the line was over the limit and has been dropped
         std::string line;      // without the line ending
+        bool bareLf = false;   // it ended with LF alone, not CRLF (DATA needs to know: RFC 5321 2.3.8)
     };
 
     void feed(const char* data, size_t size);

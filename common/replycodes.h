@@ -25,6 +25,7 @@ inline constexpr ReplyCode StartMailInput{354, ""};
 // Transient negative
 inline constexpr ReplyCode TooManyConnections{421, "4.3.2"};
 inline constexpr ReplyCode ShuttingDown{421, "4.3.2"};
+inline constexpr ReplyCode BareLineFeedAtEnd{421, "4.5.0"};
 inline constexpr ReplyCode Timeout{421, "4.4.2"};
 inline constexpr ReplyCode TooManyAuthFailures{421, "4.7.0"};
 inline constexpr ReplyCode TooManyErrors{421, "4.7.0"};
@@ -50,5 +51,6 @@ inline constexpr ReplyCode SenderNotOwned{553, "5.7.1"};
 inline constexpr ReplyCode BadAddressSyntax{553, "5.1.3"};
 inline constexpr ReplyCode ParameterNotRecognized{555, "5.5.4"};
 inline constexpr ReplyCode EncryptionRequired{538, "5.7.11"};
+inline constexpr ReplyCode BareCarriageReturn{550, "5.6.0"};
 
 }  // namespace maillab::smtp

@@ -212,7 +212,7 @@ private:
                     output = session.onLineTooLong();
                 } else {
                     if (ctx_.verbose) log("C: " + session.redactForLog(event.line));
-                    output = session.onLine(event.line);
+                    output = session.onLine(event.line, event.bareLf);
                 }
                 queue(output, pending);
                 closing = output.close;

@@ -229,10 +229,10 @@ std::string Session::redactForLog(const std::string& line) const {
     return line;
 }
 
-Output Session::onLine(const std::string& line) {
+Output Session::onLine(const std::string& line, bool bareLf) {
     switch (state_) {
         case State::Closed: return {};
-        case State::Data: return onDataLine(line);
+        case State::Data: return onDataLine(line, bareLf);
         case State::AuthPlain:
         case State::AuthLoginUser:
         case State::AuthLoginPassword: return onAuthResponse(line);
@@ -506,14 +506,37 @@ Output Session::cmdData(const std::string&) {
     data_.clear();
     dataTooBig_ = false;
     dataLineTooLong_ = false;
+    dataBareCr_ = false;
+    previousDataLineCrlf_ = true;
     enterState(State::Data);
     Output out;
     out.replies.push_back(reply(StartMailInput, "End data with <CR><LF>.<CR><LF>"));
     return out;
 }
 
-Output Session::onDataLine(const std::string& line) {
-    if (line == ".") return finishMessage();  // RFC 5321 4.1.1.4 end of mail data
+Output Session::onDataLine(const std::string& line, bool bareLf) {
+    bool previousCrlf = previousDataLineCrlf_;
+    previousDataLineCrlf_ = !bareLf;
+    if (line == ".") {
+        // RFC 5321 4.1.1.4 and 2.3.8: only <CRLF>.<CRLF> ends the data. A "." with a bare LF on either
+        // side is how SMTP smuggling (CVE-2023-51764/51765) hides a second message: what follows must
+        // not run as commands, and the message is not stored. It is also what `openssl s_client`
+        // sends without -crlf, so the reply says so; the connection closes either way.
+        if (!bareLf && previousCrlf) return finishMessage();
+        Output out;
+        out.replies.push_back(reply(BareLineFeedAtEnd,
+                                    "Bare <LF> around the ending \".\" (only <CRLF>.<CRLF> ends DATA, RFC 5321 "
+                                    "2.3.8); message not stored, closing connection. With openssl s_client use "
+                                    "-crlf"));
+        out.close = true;
+        env_.log("event=bare-lf-at-end-of-data stored=no");
+        resetTransaction();
+        enterState(State::Closed);
+        return out;
+    }
+    // Elsewhere in the content a bare LF is read as CRLF (Postfix's smtpd_forbid_bare_newline =
+    // normalize); a bare CR, which other servers may read as a line end, refuses the message.
+    if (line.find('\r') != std::string::npos) dataBareCr_ = true;
     std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
     if (data_.size() + text.size() + 2 > limits_.maxMessageSize) {
         dataTooBig_ = true;  // keep reading to the terminator, store nothing
@@ -538,6 +561,10 @@ Output Session::finishMessage() {
         resetTransaction();
         return error(LineTooLong, "Message has a line over " + std::to_string(limits_.maxLineLength) +
                                       " octets (RFC 5321 4.5.3.1.6); not stored");
+    }
+    if (dataBareCr_) {
+        resetTransaction();
+        return error(BareCarriageReturn, "Message contains a bare <CR> (RFC 5321 2.3.8: CR only before LF); not stored");
     }
 
     const int64_t now = env_.clock();
@@ -593,6 +620,8 @@ void Session::resetTransaction() {
     data_.shrink_to_fit();
     dataTooBig_ = false;
     dataLineTooLong_ = false;
+    dataBareCr_ = false;
+    previousDataLineCrlf_ = true;
 }
 
 Output Session::cmdRset(const std::string&) {

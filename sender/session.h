@@ -67,7 +67,9 @@ public:
     Session(Authenticator& auth, Store& store, SessionLimits limits, SessionEnv env);
 
     Output start();                              // the 220 banner
-    Output onLine(const std::string& line);      // one line, without its CRLF
+    // One line, without its ending; `bareLf` when it ended with LF alone. Commands accept a bare LF
+    // (students type into `openssl s_client`); DATA ends only at <CRLF>.<CRLF>.
+    Output onLine(const std::string& line, bool bareLf = false);
     Output onLineTooLong();                      // the reader discarded a line over maxLineLength
     Output onTimeout();                          // the idle timer fired
     Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
@@ -89,7 +91,7 @@ private:
     static const CommandSpec kCommands[];
 
     Output dispatch(const std::string& line);
-    Output onDataLine(const std::string& line);
+    Output onDataLine(const std::string& line, bool bareLf);
     Output onAuthResponse(const std::string& line);
     void enterState(State next);
     Reply reply(ReplyCode code, std::string text) const;
@@ -132,6 +134,8 @@ private:
     std::string data_;
     bool dataTooBig_ = false;
     bool dataLineTooLong_ = false;
+    bool dataBareCr_ = false;          // a CR not followed by LF in the content: refused at the end
+    bool previousDataLineCrlf_ = true;  // the line before (or DATA itself) ended with CRLF
 };
 
 }  // namespace maillab::smtp

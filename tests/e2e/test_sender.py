@@ -453,3 +453,38 @@ def plaintext_mode_refuses_auth_unless_allowed_and_stays_on_loopback(lab):
     refused = subprocess.run([lab.exe("senderserver"), "--port=0", "--bind=0.0.0.0", "--tls=off", f"--db={db}",
                               f"--certs={lab.certs}"], capture_output=True, text=True, timeout=30)
     assert refused.returncode != 0 and "loopback only" in refused.stderr
+
+
+@test
+def no_smtp_smuggling_through_the_real_server(lab):
+    """Every end-of-data variant of CVE-2023-51764/51765, bare CR ones too: at most the first
+    message's fate is decided, the smuggled transaction never runs, and the server serves on."""
+    smuggled = ("MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: smuggled\r\n\r\n"
+                "evil\r\n.\r\nQUIT\r\n")
+    variants = ["\n.\n", "\n.\r\n", "\r\n.\n", "\n\n.\n\n", "\r.\r", "\r.\r\n", "\r\n.\r", "\r\n.\r\r\n"]
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        for variant in variants:
+            c = Conversation(lab, server.port)
+            c.cmd("EHLO x")
+            c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+            c.cmd("MAIL FROM:<ana@447.edu>")
+            c.cmd("RCPT TO:<bob@447.edu>")
+            assert c.cmd("DATA").startswith("354")
+            c.send("Subject: first\r\n\r\nhello" + variant + smuggled)
+            replies = []
+            try:
+                while True:
+                    replies.append(c.reply()[-1])
+            except (EOFError, ssl.SSLError, OSError):
+                pass
+            c.close()
+            queued = [r for r in replies if r.startswith("250 2.0.0 Ok: queued")]
+            assert not queued, (repr(variant), replies)
+            assert any(r.startswith("421 4.5.0") or r.startswith("550 5.6.0") for r in replies), (repr(variant), replies)
+            assert messages(server.db, "bob@447.edu") == [], repr(variant)
+        # and an honest client is still served
+        assert run_client(lab, server.port, ["--user", "ana", "--password", ana, "--to", "bob",
+                                             "--subject", "honest"]).returncode == 0
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["honest"]

@@ -2,6 +2,7 @@
 #include "fixtures.h"
 #include "golden.h"
 
+#include "../../common/linereader.h"
 #include "../../sender/session.h"
 
 #include "catch.hpp"
@@ -290,4 +291,72 @@ TEST_CASE("what a client sends cannot forge log lines", "[session]") {
     std::string forged = std::string("\0ana@447.edu\nid=9 event=auth user=bob result=ok\0x", 49);
     h.say("AUTH PLAIN " + maillab::base64Encode(forged));
     for (const auto& entry : h.log) CHECK(entry.find('\n') == std::string::npos);
+}
+
+namespace {
+std::string escaped(const std::string& bytes) {
+    std::string out;
+    for (char c : bytes) out += c == '\r' ? std::string("\\r") : c == '\n' ? std::string("\\n") : std::string(1, c);
+    return out;
+}
+
+// Feeds raw bytes through the server's own LineReader into the session, as the server does, and
+// returns every reply line plus whether the session closed.
+struct Wire {
+    std::vector<std::string> replies;
+    bool closed = false;
+};
+Wire feedBytes(Harness& h, const std::string& bytes) {
+    Wire wire;
+    maillab::LineReader reader(1000);
+    reader.feed(bytes.data(), bytes.size());
+    maillab::LineReader::Event event;
+    while (!wire.closed && reader.next(event)) {
+        Output out = event.tooLong ? h.session->onLineTooLong() : h.session->onLine(event.line, event.bareLf);
+        for (auto& l : Harness::lines(out)) wire.replies.push_back(l);
+        wire.closed = out.close;
+    }
+    return wire;
+}
+}  // namespace
+
+TEST_CASE("only <CRLF>.<CRLF> ends DATA: no SMTP smuggling", "[session][smuggling]") {
+    // The variants behind CVE-2023-51764/51765, and bare CR ones. After each, the smuggled
+    // transaction must not run and nothing at all may be stored.
+    const std::string smuggled = "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n";
+    const std::vector<std::string> endings = {"\n.\n", "\n.\r\n", "\r\n.\n", "\n\n.\n\n", "\r.\r", "\r.\r\n",
+                                              "\r\n.\r", "\r\n.\r\r\n"};
+    for (const auto& ending : endings) {
+        INFO("ending: " << escaped(ending));
+        Harness h;
+        h.login();
+        REQUIRE(h.say("MAIL FROM:<ana@447.edu>").rfind("250", 0) == 0);
+        REQUIRE(h.say("RCPT TO:<bob@447.edu>").rfind("250", 0) == 0);
+        REQUIRE(h.say("DATA").rfind("354", 0) == 0);
+        Wire wire = feedBytes(h, "Subject: first\r\n\r\nx" + ending + smuggled);
+        CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+        for (const auto& r : wire.replies) CHECK(r.rfind("250 2.0.0 Ok: queued", 0) != 0);
+        if (wire.closed) {
+            REQUIRE(!wire.replies.empty());
+            CHECK(wire.replies.back().rfind("421 4.5.0", 0) == 0);
+            CHECK(wire.replies.back().find("-crlf") != std::string::npos);
+        } else {
+            // A bare CR variant: the smuggled part was read as content, up to the real <CRLF>.<CRLF>
+            // (the smuggled message's own), and the one message it all made is refused.
+            REQUIRE(wire.replies.size() == 1);
+            CHECK(wire.replies[0].rfind("550 5.6.0", 0) == 0);
+        }
+    }
+}
+
+TEST_CASE("bare LF inside the content is read as CRLF; commands accept it", "[session][smuggling]") {
+    Harness h;
+    Wire wire = feedBytes(h, "EHLO c\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\nMAIL FROM:<ana@447.edu>\n"
+                             "RCPT TO:<bob@447.edu>\nDATA\r\nSubject: lf\nline one\nline two\r\n.\r\n");
+    REQUIRE(!wire.closed);
+    REQUIRE(!wire.replies.empty());
+    CHECK(wire.replies.back().rfind("250 2.0.0 Ok: queued", 0) == 0);
+    auto stored = h.lab.store->getMessage("bob@447.edu", h.lab.store->listMessages("bob@447.edu", 0, 1).at(0).id);
+    REQUIRE(stored);
+    CHECK(stored->raw.find("Subject: lf\r\nline one\r\nline two\r\n") != std::string::npos);
 }
