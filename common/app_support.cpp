@@ -10,6 +10,7 @@
 #include <Poco/Util/PropertyFileConfiguration.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <sys/resource.h>
@@ -240,12 +241,30 @@ std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::Serve
     return text;
 }
 
+std::string escapeControl(const std::string& text) {
+    std::string out;
+    out.reserve(text.size());
+    for (unsigned char c : text) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '\r') out += "\\r";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c == 0x7F) {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02X", c);
+            out += hex;
+        } else out += static_cast<char>(c);
+    }
+    return out;
+}
+
 std::string logValue(const std::string& value) {
-    if (!value.empty() && value.find_first_of(" \"=\t") == std::string::npos) return value;
+    std::string safe = escapeControl(value);
+    if (!safe.empty() && safe.find_first_of(" \"=") == std::string::npos) return safe;
     std::string out = "\"";
-    for (char c : value) {
-        if (c == '"' || c == '\\') out += '\\';
-        out += (c == '\r' || c == '\n') ? ' ' : c;
+    for (char c : safe) {
+        if (c == '"') out += '\\';
+        out += c;
     }
     return out + "\"";
 }

@@ -64,7 +64,10 @@ std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::s
 // "127.0.0.1:9000 [::1]:9000"
 std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners);
 
-// Quotes a log value when it contains spaces or quotes: key="two words".
+// Quotes a log value when it contains spaces or quotes: key="two words". Control characters are
+// escaped (see escapeControl), so a client cannot forge log lines or hide bytes in them.
 std::string logValue(const std::string& value);
+// Bytes below 0x20 and 0x7F as \r, \n, \t or \xNN; a backslash as \\. For every line a peer wrote.
+std::string escapeControl(const std::string& text);
 
 }  // namespace maillab

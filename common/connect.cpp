@@ -3,10 +3,14 @@
 
 #include "tls.h"
 
+#include <Poco/Net/IPAddress.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SSLException.h>
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/SocketAddress.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <netdb.h>
 #include <sys/socket.h>
@@ -56,6 +60,26 @@ std::vector<Poco::Net::SocketAddress> resolve(const Target& target) {
     }
     ::freeaddrinfo(result);
     return addresses;
+}
+
+// RFC 6125 6.4.4: a client checks the subjectAltName and never falls back to the subject's CN when
+// the certificate has SANs; we go further and never use the CN at all (as browsers do), so a
+// certificate that names the host only in its CN is refused. Poco's own check accepts the CN.
+void requireSubjectAltName(const Poco::Net::StreamSocket& socket, const Target& target) {
+    SSL* ssl = sslOf(socket);
+    if (!ssl) return;
+    X509* cert = SSL_get1_peer_certificate(ssl);
+    if (!cert) throw ClientError(kExitTls, "the server at " + where(target) + " sent no certificate");
+    Poco::Net::IPAddress ip;
+    bool literal = Poco::Net::IPAddress::tryParse(target.serverName, ip);
+    int ok = literal ? X509_check_ip_asc(cert, target.serverName.c_str(), 0)
+                     : X509_check_host(cert, target.serverName.c_str(), target.serverName.size(),
+                                       X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, nullptr);
+    X509_free(cert);
+    if (ok != 1)
+        throw ClientError(kExitTls, "the certificate of " + where(target) + " does not name '" + target.serverName +
+                                        "' in its subjectAltName (a name only in the CN is not accepted, RFC 6125): "
+                                        "make a new one with `make certs` or give --servername with a name it lists");
 }
 
 }  // namespace
@@ -128,6 +152,7 @@ Poco::Net::StreamSocket startClientTls(Poco::Net::StreamSocket& plain, const Tar
     try {
         Poco::Net::SecureStreamSocket secure = Poco::Net::SecureStreamSocket::attach(plain, target.serverName, context);
         secure.completeHandshake();  // chain, then host name (VERIFY_STRICT)
+        requireSubjectAltName(secure, target);
         return secure;
     } catch (const std::exception& e) {
         if (deadline.expired())

@@ -72,10 +72,11 @@ public:
         unsigned long id = connectionId(ctx_, request);
         std::string prefix = "id=" + std::to_string(id) + " ";
         if (ctx_.verbose) {
-            ctx_.logger->information(prefix + "C: " + request.getMethod() + " " + request.getURI() + " " + request.getVersion());
+            ctx_.logger->information(prefix + "C: " + escapeControl(request.getMethod() + " " + request.getURI() + " " +
+                                                                    request.getVersion()));
             for (const auto& [name, value] : request)
-                ctx_.logger->information(prefix + "C: " + name + ": " +
-                                         (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : value));
+                ctx_.logger->information(prefix + "C: " + escapeControl(name) + ": " +
+                                         (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : escapeControl(value)));
         }
         http::ApiResponse result;
         if (ctx_.currentConnections() > ctx_.maxConnections) {

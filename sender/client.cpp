@@ -98,7 +98,7 @@ private:
     SmtpClient::Trace trace() {
         if (!verbose_) return nullptr;
         return [](const std::string& direction, const std::string& text) {
-            std::cerr << direction << (direction == "*" ? " " : ": ") << text << "\n";
+            std::cerr << direction << (direction == "*" ? " " : ": ") << escapeControl(text) << "\n";
         };
     }
 
@@ -198,7 +198,8 @@ private:
 
     static void show(const ServerReply& reply) {
         for (size_t i = 0; i < reply.lines.size(); ++i)
-            std::cout << "S: " << reply.code << (i + 1 < reply.lines.size() ? "-" : " ") << reply.lines[i] << "\n";
+            std::cout << "S: " << reply.code << (i + 1 < reply.lines.size() ? "-" : " ") << escapeControl(reply.lines[i])
+                      << "\n";
     }
 
     static const char* nextStep(const SmtpClient& client) {

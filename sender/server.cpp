@@ -211,7 +211,7 @@ private:
                     if (ctx_.verbose) log("C: <line over the length limit, discarded>");
                     output = session.onLineTooLong();
                 } else {
-                    if (ctx_.verbose) log("C: " + session.redactForLog(event.line));
+                    if (ctx_.verbose) log("C: " + escapeControl(session.redactForLog(event.line)));
                     output = session.onLine(event.line, event.bareLf);
                 }
                 queue(output, pending);

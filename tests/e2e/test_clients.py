@@ -352,3 +352,23 @@ def a_server_stopping_under_an_idle_terminal_is_shown_at_once(lab):
         assert term.finish() == 0
     finally:
         server.stop()
+
+
+@test
+def a_certificate_naming_the_host_only_in_its_cn_is_refused(lab):
+    """No CN fallback (RFC 6125): a certificate signed by the lab CA with CN=localhost and no
+    subjectAltName is refused by both clients, with the fix."""
+    work = os.path.join(lab.dir, "cn-only")
+    os.makedirs(work, exist_ok=True)
+    key, csr, cert = (os.path.join(work, n) for n in ("server.key", "server.csr", "server.pem"))
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-subj", "/CN=localhost/O=maillab", "-out", csr], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", lab.ca, "-CAkey", os.path.join(lab.certs, "ca.key"),
+                    "-CAcreateserial", "-days", "2", "-out", cert], check=True, capture_output=True)
+    args = [f"--cert={cert}", f"--key={key}", f"--ca={lab.ca}"]
+    with Server(lab, "senderserver", args=args) as sender, \
+            Server(lab, "retrieverserver", args=args, db=sender.db) as retriever:
+        out = run_client(lab, sender.port, ["--user", "ana"])
+        one_clear_line(out, EXIT_TLS, "subjectAltName", "CN")
+        out = run_client(lab, retriever.port, ["--user", "ana", "--password", "1"], program="retrieverclient")
+        one_clear_line(out, EXIT_TLS, "subjectAltName", "CN")

@@ -488,3 +488,17 @@ def no_smtp_smuggling_through_the_real_server(lab):
         assert run_client(lab, server.port, ["--user", "ana", "--password", ana, "--to", "bob",
                                              "--subject", "honest"]).returncode == 0
         assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["honest"]
+
+
+@test
+def logs_escape_control_characters(lab):
+    with Server(lab, "senderserver", args=["--verbose"]) as server:
+        c = Conversation(lab, server.port)
+        c.cmd("EHLO x")
+        c.send(b"NOOP a\x00b\rc\x1b[31m\r\n")
+        c.reply()
+        c.cmd("QUIT")
+        c.close()
+    text = open(server.log_path, "rb").read()
+    assert b"\x00" not in text and b"\x1b" not in text and b"b\rc" not in text, text[-400:]
+    assert b"NOOP a\\x00b\\rc\\x1B[31m" in text, text[-600:]
