@@ -222,6 +222,12 @@ bench: deps
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 
+# The password guesser against the guess budget (about a minute): docs/benchmarks.md's section.
+.PHONY: bench-attack
+bench-attack: deps
+	@$(MAKE) programs
+	@/usr/bin/python3 tests/bench/attack.py --build $(BUILD) $(if $(QUICK),--seconds 10,--seconds 40 --doc docs/benchmarks.md)
+
 # The per-release figures (run in each chroot by `make bench-platforms`; OUT= the JSON file).
 .PHONY: bench-platform
 bench-platform: deps
@@ -238,6 +244,43 @@ test: test-deps
 test-asan: test-deps
 	@$(MAKE) SANITIZE=1 all
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
+
+# ---- fuzzing ---------------------------------------------------------------------------------
+# libFuzzer targets (clang), with AddressSanitizer and UndefinedBehaviorSanitizer: the SMTP session
+# fed by the line reader, the SMTP syntax helpers, and the retriever's MailApi. Each runs
+# FUZZ_SECONDS (60); the corpus grows in build/fuzz/corpus/<target> and a crash is kept there.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := build/fuzz
+FUZZ_CXX := clang++
+FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp
+FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api
+FUZZ_PACKAGES := clang
+.SECONDARY: $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.o,$(FUZZ_TARGETS))
+
+$(FUZZ_DIR)/obj/%.o: %.cpp | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/%: $(FUZZ_DIR)/obj/tests/fuzz/%.o $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC))
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ $(LDLIBS)
+
+.PHONY: fuzz fuzz-build
+fuzz-build:
+	$(call install_packages,$(FUZZ_PACKAGES))
+	@$(MAKE) $(addprefix $(FUZZ_DIR)/,$(FUZZ_TARGETS))
+
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t; \
+	  echo "== $$t: $(FUZZ_SECONDS) s"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/corpus/$$t- \
+	    $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t 2>&1 | grep -E '^(#[0-9]+ +DONE|Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|INFO: a crash)' || true; \
+	  test "$${PIPESTATUS[0]}" -eq 0 || { echo "$$t FAILED: see $(FUZZ_DIR)/corpus/$$t-*"; exit 1; }; \
+	done
+
+-include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)
 
 # ---- platforms ------------------------------------------------------------------------------
 # The README's two commands on fresh minimal installs of each Debian release (debootstrap chroots,

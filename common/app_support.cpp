@@ -94,8 +94,8 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
     AuthPolicy policy;
     policy.labDomain = config.getString(domainKey);
     policy.registrationEnabled = config.getBool("auth.registration", false);
-    policy.lockAfterFailures = config.getInt("auth.lockAfterFailures");
-    policy.lockSeconds = config.getInt64("auth.lockSeconds");
+    policy.guessBurst = config.getInt("auth.guessBurst");
+    policy.guessRefillSeconds = config.getInt64("auth.guessRefillSeconds");
     policy.cacheTtlSeconds = config.getInt64("auth.cacheTtlSeconds");
     policy.scrypt = ScryptParams{config.getUInt64("auth.scrypt.n"), config.getUInt64("auth.scrypt.r"),
                                  config.getUInt64("auth.scrypt.p")};

@@ -54,17 +54,23 @@ Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::
     return mac;
 }
 
-bool Authenticator::cachedOk(const std::string& email, const std::string& password, int64_t now) {
-    if (policy_.cacheTtlSeconds <= 0) return false;
+std::optional<std::string> Authenticator::cachedHash(const std::string& email, const std::string& password,
+                                                     int64_t now) {
+    if (policy_.cacheTtlSeconds <= 0) return std::nullopt;
     CacheEntry entry;
     {
         std::lock_guard<std::mutex> lock(cacheMutex_);
         auto it = cache_.find(email);
-        if (it == cache_.end() || it->second.expires <= now) return false;
+        if (it == cache_.end() || it->second.expires <= now) return std::nullopt;
         entry = it->second;
     }
     Mac mac = cacheMac(email, password, entry.hash);
-    return CRYPTO_memcmp(entry.mac.data(), mac.data(), mac.size()) == 0;
+    if (CRYPTO_memcmp(entry.mac.data(), mac.data(), mac.size()) != 0) return std::nullopt;
+    // Sliding: an owner who keeps using the account stays known, whatever a guesser spends.
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    auto it = cache_.find(email);
+    if (it != cache_.end() && it->second.hash == entry.hash) it->second.expires = now + policy_.cacheTtlSeconds;
+    return entry.hash;
 }
 
 void Authenticator::remember(const Account& account, const std::string& password, int64_t now) {
@@ -74,41 +80,39 @@ void Authenticator::remember(const Account& account, const std::string& password
     cache_[account.email] = CacheEntry{mac, account.passwordHash, now + policy_.cacheTtlSeconds};
 }
 
-AuthResult Authenticator::fail(const Account& account, int64_t now) {
-    int failures = account.failedLogins + 1;
-    int64_t lockedUntil = 0;
-    if (policy_.lockAfterFailures > 0 && failures >= policy_.lockAfterFailures) {
-        lockedUntil = now + policy_.lockSeconds;
-        failures = 0;  // a new count starts when the lock expires
-    }
-    store_.recordLoginFailure(account.email, failures, lockedUntil);
-    {
-        std::lock_guard<std::mutex> lock(cacheMutex_);
-        cache_.erase(account.email);
-    }
-    AuthResult result{AuthOutcome::BadCredentials, account.email, "", 0};
-    if (lockedUntil) {
-        result.outcome = AuthOutcome::Locked;
-        result.retryAfterSeconds = lockedUntil - now;
-    }
-    return result;
+std::shared_ptr<std::mutex> Authenticator::accountLock(const std::string& email) {
+    std::lock_guard<std::mutex> guard(accountLocksMutex_);
+    auto& slot = accountLocks_[email];
+    if (!slot) slot = std::make_shared<std::mutex>();
+    return slot;
 }
 
-AuthResult Authenticator::authenticate(const std::string& user, const std::string& password, bool mayRegister) {
+void Authenticator::forget(const std::string& email) {
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    cache_.erase(email);
+}
+
+namespace {
+// The address a budget is kept for: an IPv4-mapped IPv6 address is the IPv4 one.
+std::string sourceKey(const std::string& source) {
+    if (source.rfind("::ffff:", 0) == 0 && source.find('.') != std::string::npos) return source.substr(7);
+    return source;
+}
+}  // namespace
+
+AuthResult Authenticator::authenticate(const std::string& user, const std::string& password, bool mayRegister,
+                                       const std::string& source) {
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
-    // Dovecot-style: a password verified within the TTL is accepted without the database or the
-    // slow hash. Only successes are cached and any failure drops the entry, so every guess still
-    // reaches the database and counts towards the lock-out.
-    if (!password.empty() && cachedOk(email, password, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
     std::optional<Account> account = store_.findAccount(email);
-
     if (!account) {
-        if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email)) {
+        if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
+            !isReservedAddress(email)) {
             std::string newPassword = generateLabPassword();
             std::string hash = hashPassword(newPassword, policy_.scrypt);
             if (store_.createAccount(email, hash, now)) {
-                remember(Account{email, hash, now, 0, 0}, newPassword, now);  // no need to read it back
+                remember(Account{email, hash, now}, newPassword, now);  // no need to read it back
+                if (!source.empty()) store_.trustSource(email, sourceKey(source), now);
                 return AuthResult{AuthOutcome::Registered, email, newPassword, 0};
             }
         }
@@ -119,15 +123,53 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
     }
 
-    if (account->lockedUntil > now)
-        return AuthResult{AuthOutcome::Locked, email, "", account->lockedUntil - now};
+    const std::string from = sourceKey(source);
+    bool trusted = !from.empty() && store_.isTrustedSource(email, from);
+    const std::string key = trusted ? "pair:" + email + "|" + from : "acct:" + email;
+    const double burst = policy_.guessBurst, refill = static_cast<double>(policy_.guessRefillSeconds);
+    auto throttled = [&](double wait) {
+        return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999)};
+    };
+    // Comparing with a cached password is a check too: only with budget left, or the cache would
+    // answer a guesser for free. A hit costs nothing.
+    if (double wait = store_.peekGuess(key, burst, refill, now); wait > 0) return throttled(wait);
+    auto cachedOk = [&] {
+        if (password.empty()) return false;
+        auto hash = cachedHash(email, password, now);
+        // Only while the account still holds the very hash it was verified against: a changed
+        // password, a deleted account or a re-registration (a new salt) ends it at once.
+        return hash && account->passwordHash == *hash;
+    };
+    if (cachedOk()) return AuthResult{AuthOutcome::Ok, email, "", 0};
+    std::shared_ptr<std::mutex> lock = accountLock(email);
+    std::lock_guard<std::mutex> oneCheckAtATime(*lock);
+    if (cachedOk()) return AuthResult{AuthOutcome::Ok, email, "", 0};  // verified while we waited
+
+    // The guess is paid for before it is checked, in one transaction: no number of parallel
+    // connections, on either server, gets more checks than the budget holds.
+    if (double wait = store_.takeGuess(key, burst, refill, now); wait > 0) return throttled(wait);
 
     if (!password.empty() && verifyPassword(password, account->passwordHash)) {
+        store_.returnGuess(key, burst);
+        if (!trusted && !from.empty()) store_.trustSource(email, from, now);
         remember(*account, password, now);
-        if (account->failedLogins != 0 || account->lockedUntil != 0) store_.clearLoginFailures(email);
         return AuthResult{AuthOutcome::Ok, email, "", 0};
     }
-    return fail(*account, now);
+    // The owner's cached password stays: a wrong guess can never match it (the cache holds a MAC
+    // of the right one), and dropping it would let a guesser log the owner out.
+    return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
+}
+
+bool isReservedAddress(const std::string& address) {
+    // RFC 2142 role mailboxes, and the others a service keeps for itself: never self-registered.
+    static const char* const kReserved[] = {"postmaster", "abuse",  "hostmaster", "webmaster", "admin",
+                                            "administrator", "root", "security", "noreply", "no-reply",
+                                            "mailer-daemon", "info", "support"};
+    std::string local = address.substr(0, address.find('@'));
+    std::transform(local.begin(), local.end(), local.begin(), [](unsigned char c) { return std::tolower(c); });
+    for (const char* name : kReserved)
+        if (local == name) return true;
+    return false;
 }
 
 }  // namespace maillab

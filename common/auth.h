@@ -8,7 +8,9 @@
 #include <array>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -17,8 +19,12 @@ namespace maillab {
 struct AuthPolicy {
     std::string labDomain = "447.edu";
     bool registrationEnabled = true;
-    int lockAfterFailures = 10;      // consecutive failures of one account, across connections
-    int64_t lockSeconds = 300;       // how long such an account is refused
+    // The guess budget (docs/design.md): per account, a bucket of `guessBurst` password checks that
+    // gains one every `guessRefillSeconds`, shared by every connection of both servers; a source
+    // address that has logged in to the account before draws on a bucket of its own, so that
+    // others' failures do not shut the owner out. A right password costs nothing.
+    int guessBurst = 5;
+    int64_t guessRefillSeconds = 150;
     int64_t cacheTtlSeconds = 300;   // how long a verified password skips the slow hash
     ScryptParams scrypt;
 };
@@ -27,7 +33,7 @@ enum class AuthOutcome {
     Ok,              // existing account, right password
     Registered,      // new lab account created; newPassword holds its password, shown once
     BadCredentials,  // unknown user or wrong password (never says which)
-    Locked,          // too many failures; retryAfterSeconds says for how long
+    Throttled,       // the guess budget is spent: nothing was checked; retryAfterSeconds says when
 };
 
 struct AuthResult {
@@ -44,7 +50,9 @@ public:
 
     // Registration (see docs/protocol.md): with mayRegister, an address of the lab domain with no
     // account and an EMPTY password registers. A non-empty password never creates an account.
-    AuthResult authenticate(const std::string& user, const std::string& password, bool mayRegister = true);
+    // `source` is the client's address (budgets per source that logged in before; "" = none).
+    AuthResult authenticate(const std::string& user, const std::string& password, bool mayRegister = true,
+                            const std::string& source = "");
 
     const AuthPolicy& policy() const { return policy_; }
     bool isLabAddress(const std::string& address) const;
@@ -59,9 +67,10 @@ private:
         int64_t expires;
     };
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
-    bool cachedOk(const std::string& email, const std::string& password, int64_t now);
+    // The cached verification of this password, if any: the stored hash it was checked against.
+    std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);
     void remember(const Account& account, const std::string& password, int64_t now);
-    AuthResult fail(const Account& account, int64_t now);
+    void forget(const std::string& email);
 
     Store& store_;
     AuthPolicy policy_;
@@ -69,9 +78,17 @@ private:
     std::array<unsigned char, 32> cacheKey_;  // random per process: the cache holds no reusable secret
     std::mutex cacheMutex_;
     std::unordered_map<std::string, CacheEntry> cache_;
+    // One password check per account at a time in this process: the owner's parallel connections
+    // (a browser opens six) wait for the first check and then find it cached, instead of spending
+    // one guess each; a guesser's parallel connections queue up the same way.
+    std::mutex accountLocksMutex_;
+    std::unordered_map<std::string, std::shared_ptr<std::mutex>> accountLocks_;
+    std::shared_ptr<std::mutex> accountLock(const std::string& email);
 };
 
 // True for a local part the lab accepts: letters, digits, '.', '_', '-', '+', 1 to 64 characters.
 bool isValidLocalPart(const std::string& localPart);
+// RFC 2142 role addresses (postmaster, abuse, ...): they exist for the instructor, never self-registered.
+bool isReservedAddress(const std::string& address);
 
 }  // namespace maillab

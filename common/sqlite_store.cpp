@@ -14,7 +14,7 @@ namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -57,6 +57,28 @@ CREATE TRIGGER IF NOT EXISTS messages_count AFTER INSERT ON messages BEGIN
     ON CONFLICT(mailbox) DO UPDATE SET count = count + 1,
         newest_id = max(newest_id, excluded.newest_id),
         newest_received_at = max(newest_received_at, excluded.newest_received_at);
+END;
+)SQL";
+
+// Version 3: the guess budgets and the sources trusted per account (replacing the failure count and
+// lock time of v1, which raced: read before the slow hash, written back as an absolute value).
+// Deleting an account deletes both, so a re-registered address starts afresh.
+const char* const kSchemaV3 = R"SQL(
+CREATE TABLE IF NOT EXISTS auth_budget (
+    key      TEXT PRIMARY KEY,
+    email    TEXT NOT NULL,
+    tokens   REAL NOT NULL,
+    updated  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_trusted (
+    email    TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    last_ok  INTEGER NOT NULL,
+    PRIMARY KEY (email, source)
+);
+CREATE TRIGGER IF NOT EXISTS accounts_forget_auth AFTER DELETE ON accounts BEGIN
+    DELETE FROM auth_budget WHERE email = OLD.email;
+    DELETE FROM auth_trusted WHERE email = OLD.email;
 END;
 )SQL";
 
@@ -112,6 +134,10 @@ public:
         sqlite3_bind_int64(stmt_, index, value);
         return *this;
     }
+    Statement& bind(int index, double value) {
+        sqlite3_bind_double(stmt_, index, value);
+        return *this;
+    }
     // True while a row is available.
     bool step() {
         int rc = sqlite3_step(stmt_);
@@ -129,6 +155,7 @@ public:
         return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
     }
     int64_t integer(int column) const { return sqlite3_column_int64(stmt_, column); }
+    double real(int column) const { return sqlite3_column_double(stmt_, column); }
 
 private:
     sqlite3* db_;
@@ -197,11 +224,10 @@ public:
     std::optional<Account> findAccount(const std::string& email) override {
         Connection c(*this);
         Statement s(*c.handle,
-                    "SELECT email, password_hash, created_at, failed_logins, locked_until FROM accounts "
-                    "WHERE email = ?1");
+                    "SELECT email, password_hash, created_at FROM accounts WHERE email = ?1");
         s.bind(1, email);
         if (!s.step()) return std::nullopt;
-        return Account{s.text(0), s.text(1), s.integer(2), static_cast<int>(s.integer(3)), s.integer(4)};
+        return Account{s.text(0), s.text(1), s.integer(2)};
     }
 
     bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
@@ -212,19 +238,67 @@ public:
         return sqlite3_changes(c.db) == 1;
     }
 
-    void recordLoginFailure(const std::string& email, int failedLogins, int64_t lockedUntil) override {
+    double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
         Connection c(*this);
-        Statement s(*c.handle, "UPDATE accounts SET failed_logins = ?2, locked_until = ?3 WHERE email = ?1");
-        s.bind(1, email).bind(2, static_cast<int64_t>(failedLogins)).bind(3, lockedUntil);
+        // BEGIN IMMEDIATE: the read and the write below are one step for every process on the file.
+        Transaction tx(c.db);
+        double tokens = burst;
+        int64_t updated = now;
+        {
+            Statement read(*c.handle, "SELECT tokens, updated FROM auth_budget WHERE key = ?1");
+            read.bind(1, key);
+            if (read.step()) {
+                tokens = read.real(0);
+                updated = read.integer(1);
+            }
+        }
+        if (refillSeconds > 0 && now > updated) tokens = std::min(burst, tokens + (now - updated) / refillSeconds);
+        if (tokens < 1.0) {
+            tx.commit();  // nothing written: no fsync for a refused guess
+            return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
+        }
+        Statement write(*c.handle,
+                        "INSERT INTO auth_budget(key, email, tokens, updated) VALUES(?1, ?2, ?3, ?4) "
+                        "ON CONFLICT(key) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated");
+        write.bind(1, key).bind(2, key.substr(key.find(':') + 1, key.find('|') - key.find(':') - 1))
+            .bind(3, tokens - 1.0).bind(4, std::max(now, updated));
+        write.step();
+        tx.commit();
+        return 0;
+    }
+
+    double peekGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
+        Connection c(*this);
+        Statement read(*c.handle, "SELECT tokens, updated FROM auth_budget WHERE key = ?1");
+        read.bind(1, key);
+        if (!read.step()) return 0;
+        double tokens = read.real(0);
+        int64_t updated = read.integer(1);
+        if (refillSeconds > 0 && now > updated) tokens = std::min(burst, tokens + (now - updated) / refillSeconds);
+        if (tokens >= 1.0) return 0;
+        return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
+    }
+
+    void returnGuess(const std::string& key, double burst) override {
+        Connection c(*this);
+        Statement s(*c.handle, "UPDATE auth_budget SET tokens = min(?2, tokens + 1) WHERE key = ?1");
+        s.bind(1, key).bind(2, burst);
         s.step();
     }
 
-    void clearLoginFailures(const std::string& email) override {
+    bool isTrustedSource(const std::string& email, const std::string& source) override {
+        Connection c(*this);
+        Statement s(*c.handle, "SELECT 1 FROM auth_trusted WHERE email = ?1 AND source = ?2");
+        s.bind(1, email).bind(2, source);
+        return s.step();
+    }
+
+    void trustSource(const std::string& email, const std::string& source, int64_t now) override {
         Connection c(*this);
         Statement s(*c.handle,
-                    "UPDATE accounts SET failed_logins = 0, locked_until = 0 WHERE email = ?1 AND "
-                    "(failed_logins <> 0 OR locked_until <> 0)");
-        s.bind(1, email);
+                    "INSERT INTO auth_trusted(email, source, last_ok) VALUES(?1, ?2, ?3) "
+                    "ON CONFLICT(email, source) DO UPDATE SET last_ok = excluded.last_ok");
+        s.bind(1, email).bind(2, source).bind(3, now);
         s.step();
     }
 
@@ -398,6 +472,7 @@ private:
             throw StoreError("database schema version " + std::to_string(current) + " is newer than this program");
         if (current < 1) exec(db, kSchemaV1);
         if (current < 2) exec(db, kSchemaV2);
+        if (current < 3) exec(db, kSchemaV3);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }

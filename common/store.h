@@ -14,8 +14,6 @@ struct Account {
     std::string email;         // lower-case address, the account's name
     std::string passwordHash;  // see password.h; never the password itself
     int64_t createdAt = 0;     // Unix seconds
-    int failedLogins = 0;      // consecutive failures across connections
-    int64_t lockedUntil = 0;   // Unix seconds; 0 when not locked
 };
 
 // What a message carries into the store: the full RFC 5322 text as stored (headers added by the
@@ -54,8 +52,18 @@ public:
     virtual std::optional<Account> findAccount(const std::string& email) = 0;
     // False when the account exists already (two registrations racing: only one wins).
     virtual bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) = 0;
-    virtual void recordLoginFailure(const std::string& email, int failedLogins, int64_t lockedUntil) = 0;
-    virtual void clearLoginFailures(const std::string& email) = 0;
+    // Guess budgets (docs/design.md, "The guess budget"): a token bucket per key holding at most
+    // `burst` guesses and gaining one every `refillSeconds`. takeGuess() takes one in a single write
+    // transaction, so every connection of both servers draws on the same count and none can race
+    // another; it returns 0 when a guess was taken, else the seconds until the next one.
+    virtual double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
+    // The same answer as takeGuess() without taking anything (may a cached password be compared?).
+    virtual double peekGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
+    // A guess that turned out right is given back: successes cost the owner nothing.
+    virtual void returnGuess(const std::string& key, double burst) = 0;
+    // Source addresses that have logged in to an account before: they draw on a budget of their own.
+    virtual bool isTrustedSource(const std::string& email, const std::string& source) = 0;
+    virtual void trustSource(const std::string& email, const std::string& source, int64_t now) = 0;
 
     // Stores one copy per recipient in a single durable transaction; returns only after the commit.
     // Throws on failure, in which case nothing is stored.

@@ -105,6 +105,9 @@ Poco::JSON::Object summaryJson(const MessageSummary& m) {
     Poco::JSON::Object o;
     o.set("id", m.id);
     o.set("from", validUtf8(m.from));
+    // Who really sent it: the account that authenticated (the envelope sender, which submission
+    // policy ties to it). The header From above is whatever the sender typed.
+    o.set("authenticated_sender", validUtf8(m.envelopeFrom));
     o.set("to", validUtf8(m.to));
     o.set("subject", validUtf8(m.subject));
     o.set("date", validUtf8(m.date));
@@ -333,12 +336,12 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
         return error(403, "Credentials sent without TLS are refused (start the server with --allow-plaintext-auth to see why)");
     AuthResult result;
     try {
-        result = auth_.authenticate(user, password, false);
+        result = auth_.authenticate(user, password, false, request.peer);
     } catch (const std::exception&) {
         return error(503, "Authentication temporarily unavailable");
     }
-    if (result.outcome == AuthOutcome::Locked) {
-        ApiResponse r = error(429, "Account temporarily locked after repeated failures");
+    if (result.outcome == AuthOutcome::Throttled) {
+        ApiResponse r = error(429, "Too many failed logins for this account; no password checked");
         r.headers.emplace_back("Retry-After", std::to_string(result.retryAfterSeconds));
         r.closeConnection = true;
         return r;
@@ -434,7 +437,7 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
                                    htmlEscape(mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
                                    (stats.count == 1 ? " message" : " messages") +
                                    (stats.count > limits_.maxPageSize ? " (newest " + std::to_string(limits_.maxPageSize) + " shown)" : "") +
-                                   "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From</th><th>Subject</th><th>Date</th>"
+                                   "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From (header)</th><th>Sent by (authenticated)</th><th>Subject</th><th>Date</th>"
                                    "<th>Size</th></tr></thead><tbody>\n";
                 std::string base = "/mailboxes/" + htmlEscape(mailbox) + "/messages/";  // lab addresses need no escaping in a path
                 for (const auto& m : store_.listMessages(mailbox, 0, limits_.maxPageSize)) {
@@ -443,7 +446,8 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
                     if (full) parseHeaders(full->raw, bodyStart);
                     std::string id = std::to_string(m.id);
                     html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
-                            htmlEscape(validUtf8(m.from)) + "</td><td class=\"subject\"><details><summary>" +
+                            htmlEscape(validUtf8(m.from)) + "</td><td class=\"sender\">" +
+                            htmlEscape(validUtf8(m.envelopeFrom)) + "</td><td class=\"subject\"><details><summary>" +
                             htmlEscape(validUtf8(m.subject.empty() ? "(no subject)" : m.subject)) +
                             "</summary><pre class=\"body\">" +
                             htmlEscape(validUtf8(full ? full->raw.substr(bodyStart) : "")) + "</pre><a href=\"" + base +

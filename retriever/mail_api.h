@@ -28,6 +28,7 @@ struct ApiRequest {
     std::string target;  // "/mailboxes/ana%40447.edu/messages?limit=10"
     std::vector<std::pair<std::string, std::string>> headers;
     bool overTls = true;  // false on a --tls off server
+    std::string peer;     // the client's IP address (the guess budget of sources that logged in before)
     std::string header(const std::string& name) const;  // case-insensitive; "" when absent
 };
 

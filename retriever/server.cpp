@@ -89,6 +89,7 @@ public:
             apiRequest.method = request.getMethod();
             apiRequest.target = request.getURI();
             apiRequest.overTls = ctx_.overTls;
+            apiRequest.peer = request.clientAddress().host().toString();
             for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
             result = ctx_.api->handle(apiRequest);
         }

@@ -398,7 +398,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
     enterState(State::Ready);
     AuthResult result;
     try {
-        result = auth_.authenticate(user, password);
+        result = auth_.authenticate(user, password, true, env_.peerAddress);
     } catch (const std::exception& e) {
         env_.log(std::string("event=auth result=error reason=\"") + e.what() + "\"");
         return error(TemporaryAuthFailure, "Temporary authentication failure; try again later");
@@ -419,10 +419,12 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
             out.replies.push_back(r);
             return out;
         }
-        case AuthOutcome::Locked:
-            env_.log("event=auth user=" + logValue(result.user) + " result=locked");
-            return error(AccountLocked, "Account temporarily locked after repeated failures; try again in " +
-                                            std::to_string(result.retryAfterSeconds) + " seconds");
+        case AuthOutcome::Throttled:
+            // Nothing was checked: the account's guess budget for this source is spent.
+            env_.log("event=auth user=" + logValue(result.user) + " result=throttled");
+            return error(AccountLocked, "Too many failed logins for this account; no password checked. Try again in " +
+                                            std::to_string(result.retryAfterSeconds) +
+                                            " seconds, or from an address you have logged in from before");
         case AuthOutcome::BadCredentials: break;
     }
     env_.log("event=auth user=" + logValue(result.user) + " result=fail");
@@ -577,7 +579,10 @@ Output Session::finishMessage() {
     HeaderSummary headers = summarizeHeaders(data_);
     std::string date = rfc5322Date(now);
     // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
-    std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\tby " + env_.hostname +
+    // "(Authenticated sender: ...)" as Postfix writes it (smtpd_sasl_authenticated_header): who
+    // really sent it, whatever the header From says.
+    std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\t(Authenticated sender: " +
+                        user_ + ")\r\n\tby " + env_.hostname +
                         " (maillab) with " + std::string(tlsActive_ ? "ESMTPSA" : "ESMTPA") +
                         " id " + message.queueId + "\r\n\t";
     if (tlsActive_ && !env_.tlsDescription.empty()) added += "(" + env_.tlsDescription + ")\r\n\t";

@@ -17,6 +17,7 @@ import test_sender  # noqa: E402,F401  (registers tests)
 import test_retriever  # noqa: E402,F401
 import test_captures  # noqa: E402,F401
 import test_clients  # noqa: E402,F401
+import test_hostile  # noqa: E402,F401
 
 
 def run_unit(build):

@@ -451,7 +451,8 @@ def write_report(b, r, out_path, quick):
     lines += ["```", ""]
     # The per-release table (make bench-platforms) lives in the same file: kept as it is.
     old = open(out_path).read() if os.path.exists(out_path) else ""
-    keep = old[old.index("## The same speed on every release"):] if "## The same speed on every release" in old else ""
+    marks = [old.index(m) for m in ("## The same speed on every release", "<!-- attack:begin -->") if m in old]
+    keep = old[min(marks):] if marks else ""
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + ("\n" + keep if keep else ""))
     docs = os.path.dirname(out_path)

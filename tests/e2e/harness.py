@@ -111,16 +111,19 @@ class Server:
                 raise AssertionError(f"sanitizer report in {self.log_path}:\n{text[text.index(marker) - 200:][:4000]}")
 
 
-def tls_connect(lab, port, timeout=10):
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def tls_connect(lab, port, timeout=10, source=None):
+    """A TLS connection to 127.0.0.1; `source`: another loopback address to come from (127.0.0.0/8
+    is all this machine), as a guesser with many addresses would."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                   source_address=(source, 0) if source else None)
     return lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
 
 
 class Conversation:
     """A raw SMTP conversation over TLS, for exact replies and bad input."""
 
-    def __init__(self, lab, port):
-        self.sock = tls_connect(lab, port)
+    def __init__(self, lab, port, source=None):
+        self.sock = tls_connect(lab, port, source=source)
         self.buffer = b""
         self.banner = self.reply()
 

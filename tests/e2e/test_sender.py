@@ -101,13 +101,19 @@ def openssl_s_client_speaks_smtp(lab):
         ana = register(lab, server.port, "ana")
         script = (f"EHLO s-client\nAUTH PLAIN {plain('ana@447.edu', ana)}\nMAIL FROM:<ana@447.edu>\n"
                   "RCPT TO:<ana@447.edu>\nDATA\nSubject: s_client\n\ntyped by hand\n.\nQUIT\n")
-        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername",
-                              "localhost", "-CAfile", ca_path(lab), "-verify_return_error", "-quiet",
-                              "-verify_hostname", "localhost"],
-                             input=script, capture_output=True, text=True, timeout=60)
+        command = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
+                   "-CAfile", ca_path(lab), "-verify_return_error", "-quiet", "-verify_hostname", "localhost"]
+        # As the README teaches: -crlf, so that Enter sends CRLF and "." ends DATA.
+        out = subprocess.run(command + ["-crlf"], input=script, capture_output=True, text=True, timeout=60)
         assert "235 2.7.0" in out.stdout, out.stdout + out.stderr
         assert "250 2.0.0 Ok: queued as" in out.stdout
         assert "221 2.0.0" in out.stdout
+        assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["s_client"]
+        # Without -crlf the commands still work, and the bare-LF "." is refused with the fix named.
+        out = subprocess.run(command, input=script.replace("s_client", "no crlf"), capture_output=True, text=True,
+                             timeout=60)
+        assert "235 2.7.0" in out.stdout, out.stdout + out.stderr
+        assert "421 4.5.0" in out.stdout and "-crlf" in out.stdout, out.stdout
         assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["s_client"]
 
 
@@ -307,21 +313,27 @@ def limits_are_configurable_and_enforced(lab):
         assert c.closed()
 
 
+def auth_from(lab, port, user, password, source):
+    c = Conversation(lab, port, source=source)
+    c.cmd("EHLO x")
+    reply = c.cmd("AUTH PLAIN " + plain(user, password))
+    c.close()
+    return reply
+
+
 @test
-def accounts_lock_after_failures_across_connections(lab):
-    settings = {"auth.lockAfterFailures": 3, "auth.lockSeconds": 600}
+def the_guess_budget_holds_across_connections_and_spares_the_owner(lab):
+    settings = {"auth.guessBurst": 3, "auth.guessRefillSeconds": 3600, "auth.cacheTtlSeconds": 0}
     with Server(lab, "senderserver", settings) as server:
         ana = register(lab, server.port, "ana")
-        for attempt in range(3):
-            c = Conversation(lab, server.port)
-            c.cmd("EHLO x")
-            reply = c.cmd("AUTH PLAIN " + plain("ana@447.edu", f"9999{attempt}447"))
-            c.close()
-        assert reply.startswith("454 4.7.0"), reply
-        c = Conversation(lab, server.port)
-        c.cmd("EHLO x")
-        assert c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana)).startswith("454 4.7.0")
-        c.close()
+        assert auth_from(lab, server.port, "ana@447.edu", ana, "127.0.0.1").startswith("235")  # the owner's address
+        replies = [auth_from(lab, server.port, "ana@447.edu", f"9999{i}447", f"127.0.0.{10 + i}") for i in range(5)]
+        assert [r[:3] for r in replies] == ["535", "535", "535", "454", "454"], replies
+        assert "no password checked" in replies[-1]
+        # The right password from a stranger's address is not even checked...
+        assert auth_from(lab, server.port, "ana@447.edu", ana, "127.0.0.99").startswith("454 4.7.0")
+        # ...but the owner, from where she logged in before, gets in.
+        assert auth_from(lab, server.port, "ana@447.edu", ana, "127.0.0.1").startswith("235")
 
 
 @test

@@ -56,6 +56,15 @@ struct LabFixture {
         sqlite3_close(db);
         return ok;
     }
+    // As an instructor would with sqlite3: the account goes (and its budgets and trusted sources).
+    bool deleteAccountInDatabase(const std::string& email) {
+        sqlite3* db = nullptr;
+        sqlite3_open((dir.path + "/test.db").c_str(), &db);
+        std::string sql = "DELETE FROM accounts WHERE email='" + email + "'";
+        bool ok = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK && sqlite3_changes(db) == 1;
+        sqlite3_close(db);
+        return ok;
+    }
 };
 
 }  // namespace maillab::testing

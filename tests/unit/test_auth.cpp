@@ -2,6 +2,10 @@
 #include "fixtures.h"
 
 #include "catch.hpp"
+
+#include <atomic>
+#include <thread>
+#include <vector>
 #include <sqlite3.h>
 
 using namespace maillab;
@@ -33,35 +37,97 @@ TEST_CASE("no registration outside the lab domain, with a password, or when disa
     CHECK(noRegistration.auth->authenticate("ana@447.edu", "").outcome == AuthOutcome::BadCredentials);
 }
 
-TEST_CASE("wrong passwords lock the account for a while, then it opens again", "[auth]") {
+TEST_CASE("the guess budget: burst, then one guess per refill period, nothing checked while spent", "[auth][budget]") {
     AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.lockAfterFailures = 3;
-    policy.lockSeconds = 60;
+    policy.guessBurst = 3;
+    policy.guessRefillSeconds = 60;
     LabFixture lab(policy);
     lab.addUser("ana@447.edu", "11111447");
-    CHECK(lab.auth->authenticate("ana@447.edu", "x").outcome == AuthOutcome::BadCredentials);
-    CHECK(lab.auth->authenticate("ana@447.edu", "y").outcome == AuthOutcome::BadCredentials);
-    auto third = lab.auth->authenticate("ana@447.edu", "z");
-    CHECK(third.outcome == AuthOutcome::Locked);
-    CHECK(third.retryAfterSeconds == 60);
-    // Even the right password is refused while locked.
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Locked);
-    lab.now += 61;
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
-    CHECK(lab.store->findAccount("ana@447.edu")->failedLogins == 0);
+    for (int i = 0; i < 3; ++i)
+        CHECK(lab.auth->authenticate("ana@447.edu", "x", false, "127.0.0.9").outcome == AuthOutcome::BadCredentials);
+    auto spent = lab.auth->authenticate("ana@447.edu", "y", false, "127.0.0.9");
+    CHECK(spent.outcome == AuthOutcome::Throttled);
+    CHECK(spent.retryAfterSeconds == 60);
+    // Even the right password is not checked from a source with no budget of its own...
+    CHECK(lab.auth->authenticate("ana@447.edu", "11111447", false, "127.0.0.10").outcome == AuthOutcome::Throttled);
+    // ...until one guess has come back.
+    lab.now += 60;
+    CHECK(lab.auth->authenticate("ana@447.edu", "11111447", false, "127.0.0.10").outcome == AuthOutcome::Ok);
 }
 
-TEST_CASE("a success resets the failure count", "[auth]") {
+TEST_CASE("a right password costs nothing", "[auth][budget]") {
     AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.lockAfterFailures = 3;
+    policy.guessBurst = 2;
+    policy.cacheTtlSeconds = 0;  // every check reaches the budget
     LabFixture lab(policy);
     lab.addUser("ana@447.edu", "11111447");
-    lab.auth->authenticate("ana@447.edu", "x");
-    lab.auth->authenticate("ana@447.edu", "x");
+    for (int i = 0; i < 10; ++i) CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
+    CHECK(lab.auth->authenticate("ana@447.edu", "x").outcome == AuthOutcome::BadCredentials);
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
-    lab.auth->authenticate("ana@447.edu", "x");
-    lab.auth->authenticate("ana@447.edu", "x");
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
+}
+
+TEST_CASE("others' failures do not shut out the owner at an address she logged in from", "[auth][budget]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.guessBurst = 3;
+    policy.guessRefillSeconds = 3600;
+    LabFixture lab(policy);
+    lab.addUser("ana@447.edu", "11111447");
+    REQUIRE(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.0.0.5").outcome == AuthOutcome::Ok);
+    // An attacker from many other addresses spends the account's shared budget...
+    for (int i = 0; i < 20; ++i)
+        lab.auth->authenticate("ana@447.edu", "guess" + std::to_string(i), false, "10.9.0." + std::to_string(i));
+    CHECK(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.9.0.99").outcome == AuthOutcome::Throttled);
+    // ...and the owner, from her address, still gets in (a new process: no cache).
+    Authenticator fresh(*lab.store, policy, [&] { return lab.now; });
+    CHECK(fresh.authenticate("ana@447.edu", "11111447", false, "10.0.0.5").outcome == AuthOutcome::Ok);
+    CHECK(fresh.authenticate("ana@447.edu", "11111447", false, "::ffff:10.0.0.5").outcome == AuthOutcome::Ok);
+}
+
+TEST_CASE("parallel guesses never get more checks than the budget", "[auth][budget]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.guessBurst = 7;
+    policy.guessRefillSeconds = 3600;
+    LabFixture lab(policy);
+    lab.addUser("ana@447.edu", "11111447");
+    // Two authenticators over one database file: the two servers.
+    Authenticator second(*lab.store, policy, [&] { return lab.now; });
+    std::atomic<int> checked{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 16; ++t)
+        threads.emplace_back([&, t] {
+            Authenticator& auth = t % 2 ? second : *lab.auth;
+            for (int i = 0; i < 10; ++i)
+                if (auth.authenticate("ana@447.edu", "g" + std::to_string(t * 100 + i), false,
+                                      "127.0.1." + std::to_string(t)).outcome == AuthOutcome::BadCredentials)
+                    ++checked;
+        });
+    for (auto& thread : threads) thread.join();
+    CHECK(checked.load() == 7);
+}
+
+TEST_CASE("role addresses cannot be self-registered", "[auth]") {
+    LabFixture lab;
+    for (const char* name : {"postmaster", "abuse", "hostmaster", "webmaster", "admin", "root", "security", "noreply"})
+        CHECK(lab.auth->authenticate(std::string(name) + "@447.edu", "").outcome == AuthOutcome::BadCredentials);
+    CHECK(lab.auth->authenticate("Postmaster", "").outcome == AuthOutcome::BadCredentials);
+    CHECK(lab.auth->authenticate("postmasters@447.edu", "").outcome == AuthOutcome::Registered);
+}
+
+TEST_CASE("a deleted or re-registered account's old password stops working at once", "[auth][cache]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.cacheTtlSeconds = 600;
+    LabFixture lab(policy);
+    auto first = lab.auth->authenticate("carol@447.edu", "");
+    REQUIRE(first.outcome == AuthOutcome::Registered);
+    Authenticator otherServer(*lab.store, policy, [&] { return lab.now; });
+    REQUIRE(otherServer.authenticate("carol@447.edu", first.newPassword).outcome == AuthOutcome::Ok);  // cached there
+    REQUIRE(lab.deleteAccountInDatabase("carol@447.edu"));
+    CHECK(lab.auth->authenticate("carol@447.edu", first.newPassword).outcome == AuthOutcome::BadCredentials);
+    CHECK(otherServer.authenticate("carol@447.edu", first.newPassword).outcome == AuthOutcome::BadCredentials);
+    auto second = lab.auth->authenticate("carol@447.edu", "");
+    REQUIRE(second.outcome == AuthOutcome::Registered);
+    CHECK(otherServer.authenticate("carol@447.edu", first.newPassword).outcome != AuthOutcome::Ok);
+    CHECK(otherServer.authenticate("carol@447.edu", second.newPassword).outcome == AuthOutcome::Ok);
 }
 
 TEST_CASE("the credential cache accepts the same password and never a different one", "[auth][cache]") {
@@ -77,15 +143,13 @@ TEST_CASE("the credential cache accepts the same password and never a different 
     CHECK(lab.auth->authenticate("ana@447.edu", "22222447").outcome == AuthOutcome::Ok);
 }
 
-TEST_CASE("a cached success skips the database until its TTL; a changed hash is seen after it", "[auth][cache]") {
+TEST_CASE("a changed password is seen at once, cache or not", "[auth][cache]") {
     AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 60;
+    policy.cacheTtlSeconds = 600;
     LabFixture lab(policy);
     lab.addUser("ana@447.edu", "11111447");
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
     REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);  // from the cache
-    lab.now += 61;
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::BadCredentials);
     CHECK(lab.auth->authenticate("ana@447.edu", "22222447").outcome == AuthOutcome::Ok);
 }

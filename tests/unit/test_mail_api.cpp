@@ -118,9 +118,10 @@ TEST_CASE("a user never reads another user's mail", "[api][auth]") {
     CHECK(list.body.find("\"total\":0") != std::string::npos);
 }
 
-TEST_CASE("locked accounts get 429 with Retry-After", "[api][auth]") {
+TEST_CASE("a spent guess budget gets 429 with Retry-After", "[api][auth]") {
     AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.lockAfterFailures = 2;
+    policy.guessBurst = 1;
+    policy.guessRefillSeconds = 300;
     ApiHarness h;
     Authenticator strict(*h.lab.store, policy, [&] { return h.lab.now; });
     MailApi api(*h.lab.store, strict, {}, [&] { return h.lab.now; });
@@ -214,4 +215,24 @@ TEST_CASE("plain HTTP: credentials refused unless the lab allows them", "[api][a
     allow.plaintextAuthAllowed = true;
     MailApi open(*h.lab.store, *h.lab.auth, allow, [&] { return h.lab.now; });
     CHECK(open.handle(r).status == 200);
+}
+
+TEST_CASE("a forged header From is shown beside who really sent the message", "[api]") {
+    ApiHarness h;
+    NewMessage m;
+    m.queueId = "QF";
+    m.envelopeFrom = "ana@447.edu";  // the account that authenticated
+    m.recipients = {"bob@447.edu"};
+    m.from = "The President <president@447.edu>";
+    m.subject = "Urgent";
+    m.receivedAt = 1795000100;
+    m.raw = "From: The President <president@447.edu>\r\nSubject: Urgent\r\n\r\nsend money\r\n";
+    h.lab.store->deliver(m);
+    auto list = h.get("/mailboxes/bob@447.edu/messages?limit=1");
+    REQUIRE(list.status == 200);
+    CHECK(list.body.find("\"from\":\"The President <president@447.edu>\"") != std::string::npos);
+    CHECK(list.body.find("\"authenticated_sender\":\"ana@447.edu\"") != std::string::npos);
+    auto inbox = h.get("/", "bob@447.edu", "22222447", {{"Accept", "text/html"}});
+    REQUIRE(inbox.status == 200);
+    CHECK(inbox.body.find("<td class=\"sender\">ana@447.edu</td>") != std::string::npos);
 }

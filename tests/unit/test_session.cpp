@@ -163,7 +163,7 @@ TEST_CASE("a 250 after DATA means the message is in the store", "[session][data]
     auto stored = h.lab.store->getMessage("bob@447.edu", bob[0].id);
     REQUIRE(stored);
     const std::string& raw = stored->raw;
-    CHECK(raw.rfind("Received: from client (127.0.0.1)\r\n\tby mail.447.edu (maillab) with ESMTPSA id QID1", 0) == 0);
+    CHECK(raw.rfind("Received: from client (127.0.0.1)\r\n\t(Authenticated sender: ana@447.edu)\r\n\tby mail.447.edu (maillab) with ESMTPSA id QID1", 0) == 0);
     CHECK(raw.find("\r\nDate: ") != std::string::npos);
     CHECK(raw.find("\r\nMessage-ID: <QID1.") != std::string::npos);
     CHECK(raw.find("\r\n.leading dot\r\n") != std::string::npos);  // unstuffed

@@ -2,6 +2,8 @@
 #include "fixtures.h"
 
 #include "catch.hpp"
+
+#include <cmath>
 #include <sqlite3.h>
 
 #include <thread>
@@ -36,17 +38,21 @@ TEST_CASE("accounts are created once and found case-sensitively by their normali
     CHECK_FALSE(lab.store->findAccount("bob@447.edu"));
 }
 
-TEST_CASE("login failures are recorded and cleared", "[store]") {
+TEST_CASE("guess budgets are token buckets kept in the database", "[store]") {
     LabFixture lab;
     lab.store->createAccount("ana@447.edu", "h", 1);
-    lab.store->recordLoginFailure("ana@447.edu", 3, 99);
-    auto a = lab.store->findAccount("ana@447.edu");
-    CHECK(a->failedLogins == 3);
-    CHECK(a->lockedUntil == 99);
-    lab.store->clearLoginFailures("ana@447.edu");
-    a = lab.store->findAccount("ana@447.edu");
-    CHECK(a->failedLogins == 0);
-    CHECK(a->lockedUntil == 0);
+    CHECK(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 100) == 0);
+    CHECK(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 100) == 0);
+    CHECK(std::lround(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 100)) == 10);
+    CHECK(std::lround(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 105)) == 5);
+    CHECK(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 110) == 0);
+    lab.store->returnGuess("acct:ana@447.edu", 2);
+    CHECK(lab.store->takeGuess("acct:ana@447.edu", 2, 10, 110) == 0);
+    CHECK_FALSE(lab.store->isTrustedSource("ana@447.edu", "127.0.0.1"));
+    lab.store->trustSource("ana@447.edu", "127.0.0.1", 5);
+    CHECK(lab.store->isTrustedSource("ana@447.edu", "127.0.0.1"));
+    REQUIRE(lab.deleteAccountInDatabase("ana@447.edu"));
+    CHECK_FALSE(lab.store->isTrustedSource("ana@447.edu", "127.0.0.1"));  // forgotten with the account
 }
 
 TEST_CASE("delivery stores one copy per recipient, listed newest first", "[store]") {
@@ -102,7 +108,7 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 2);
+    CHECK(sqlite3_column_int(st, 0) == 3);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);

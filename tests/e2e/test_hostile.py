@@ -1,0 +1,232 @@
+"""Hostile input, replayed against the real servers: well over a hundred SMTP and HTTP inputs, each
+with the reply it must get, and after each a fresh client that must still be served (no crash, no
+hang, no state leaking between connections). The cases are data: one table per protocol below."""
+
+import base64
+import socket
+import ssl
+
+from harness import Conversation, Server, register, test, tls_connect
+
+
+def b64(text):
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+# ---- SMTP ----------------------------------------------------------------------------------------
+# (stage, input bytes, expected reply prefix). Stages: "greeted" after EHLO; "authed" after AUTH;
+# "mail" after MAIL FROM; "data" after RCPT and DATA's 354 (the input then ends the message).
+CONTROL = [0x00, 0x01, 0x07, 0x08, 0x0B, 0x0C, 0x1B, 0x7F]
+SMTP_CASES = (
+    [("greeted", b"NOOP" + bytes([c]) + b"\r\n", "500 5.5.2") for c in CONTROL]
+    + [("greeted", bytes([c]) + b"NOOP\r\n", "500 5.5.2") for c in CONTROL]
+    + [("greeted", line + b"\r\n", "500 5.5.2") for line in (
+        "NOÖP".encode(), "ＭAIL FROM:<a@447.edu>".encode(), b"\xef\xbb\xbfEHLO x", b"\xff\xfe\xfd",
+        b"GET / HTTP/1.1", b"POST /login HTTP/1.1", b"USER ana", b"PASS secret", b"CAPA", b"LOGIN ana x",
+        b"SELECT * FROM accounts", b"%s%s%s%n%n", b"' OR 1=1 --", b"../../etc/passwd", b"${jndi:ldap://x/a}",
+        b"<script>alert(1)</script>", b"XXXXXXXXXX", b"QUITX", b"HELOx", b"", b"   ", b"\t", b":", b"\\")]
+    + [("greeted", b"NOOP " + b"a" * 993 + b"\r\n", "250 2.0.0"),      # 1000 octets with CRLF: the limit
+       ("greeted", b"NOOP " + b"a" * 994 + b"\r\n", "500 5.5.6"),      # one over
+       ("greeted", b"NOOP " + b"a" * 5000 + b"\r\n", "500 5.5.6"),
+       ("greeted", b"X" * 70000 + b"\r\n", "500 5.5.6"),
+       ("greeted", b"MAIL FROM:<ana@447.edu>\r\n", "530 5.7.0"),
+       ("greeted", b"RCPT TO:<bob@447.edu>\r\n", "530 5.7.0"),
+       ("greeted", b"DATA\r\n", "530 5.7.0"),
+       ("greeted", b"RSET\r\n", "250 2.0.0"),
+       ("greeted", b"NOOP\r\n", "250 2.0.0"),
+       ("greeted", b"HELP\r\n", "214-2.0.0"),
+       ("greeted", b"HELP MAIL\r\n", "214-2.0.0"),
+       ("greeted", b"HELP BOGUS\r\n", "501 5.5.4"),
+       ("greeted", b"HELO\r\n", "501 5.5.4"),
+       ("greeted", b"EHLO\r\n", "501 5.5.4"),
+       ("greeted", b"VRFY root\r\n", "252 2.5.0"),
+       ("greeted", b"EXPN staff\r\n", "502 5.5.1"),
+       ("greeted", b"TURN\r\n", "502 5.5.1"),
+       ("greeted", b"BDAT 10 LAST\r\n", "502 5.5.1"),
+       ("greeted", b"AUTH\r\n", "501 5.5.4"),
+       ("greeted", b"AUTH FOO\r\n", "504 5.5.4"),
+       ("greeted", b"AUTH CRAM-MD5\r\n", "504 5.5.4"),
+       ("greeted", b"AUTH PLAIN !!!!\r\n", "501 5.5.2"),
+       ("greeted", b"AUTH PLAIN " + b64("\0\0").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64("ana@447.edu").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64("\0nobody@447.edu\0x").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64("\0postmaster@447.edu\0").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64("\0root@447.edu\0").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64("\0eve@evil.example\0").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b64(b"\0" + b"\xff" * 10 + b"@447.edu\0").encode() + b"\r\n", "535 5.7.8"),
+       ("greeted", b"AUTH PLAIN " + b"A" * 2000 + b"\r\n", "500 5.5.6"),
+       ("greeted", b"AUTH LOGIN\r\n*\r\n", "334"),
+       ("greeted", b"STARTTLS\r\n", "5"),
+       ("authed", b"AUTH PLAIN " + b64("\0ana@447.edu\0x").encode() + b"\r\n", "503 5.5.1"),
+       ("authed", b"MAIL\r\n", "501 5.5.4"),
+       ("authed", b"MAIL FROM\r\n", "501 5.5.4"),
+       ("authed", b"MAIL FROM:\r\n", "501 5.5.4"),
+       ("authed", b"MAIL FROM:<\r\n", "501 5.5.4"),
+       ("authed", b"MAIL FROM:<ana@447.edu\r\n", "501 5.5.4"),
+       ("authed", b"MAIL FROM:<>\r\n", "553"),
+       ("authed", b"MAIL FROM:<bob@447.edu>\r\n", "553 5.7.1"),
+       ("authed", b"MAIL FROM:<ana@447.edu> SIZE=abc\r\n", "501"),
+       ("authed", b"MAIL FROM:<ana@447.edu> SIZE=999999999999999999999\r\n", "5"),
+       ("authed", b"MAIL FROM:<ana@447.edu> SIZE=99999999\r\n", "552 5.3.4"),
+       ("authed", b"MAIL FROM:<ana@447.edu> FOO=bar\r\n", "555 5.5.4"),
+       ("authed", b"MAIL FROM:<ana@447.edu> BODY=BINARYMIME\r\n", "555 5.5.4"),
+       ("authed", b"MAIL FROM:<\"ana\"@447.edu>\r\n", "5"),
+       ("authed", b"MAIL FROM:<ana@447.edu>\x00\r\n", "500 5.5.2"),
+       ("authed", b"RCPT TO:<bob@447.edu>\r\n", "503 5.5.1"),
+       ("authed", b"DATA\r\n", "503 5.5.1"),
+       ("mail", b"MAIL FROM:<ana@447.edu>\r\n", "503 5.5.1"),
+       ("mail", b"DATA\r\n", "503 5.5.1"),
+       ("mail", b"RCPT TO:<>\r\n", "5"),
+       ("mail", b"RCPT TO:<nobody@447.edu>\r\n", "550 5.1.1"),
+       ("mail", b"RCPT TO:<victim@example.com>\r\n", "550 5.7.1"),
+       ("mail", b"RCPT TO:<bob@447.edu@example.com>\r\n", "5"),
+       ("mail", b"RCPT TO:<@relay.example:bob@447.edu>\r\n", "5"),
+       ("mail", b"RCPT TO:<a b@447.edu>\r\n", "5"),
+       ("mail", b"RCPT TO:<" + b"a" * 300 + b"@447.edu>\r\n", "5"),
+       ("mail", b"RCPT TO:<bob@447.edu> NOTIFY=NEVER\r\n", "555 5.5.4"),
+       ("mail", b"RCPT TO:<bob@447.edu\r\n", "501 5.5.4"),
+       ("mail", b"AUTH PLAIN x\r\n", "503 5.5.1"),
+       ("mail", b"EHLO again\r\n", "250"),
+       ("data", b"Subject: nul\r\n\r\na\x00b\r\n.\r\n", "250 2.0.0"),
+       ("data", b"Subject: long\r\n\r\n" + b"x" * 1200 + b"\r\n.\r\n", "500 5.5.6"),
+       ("data", b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 12000 + b".\r\n", "552 5.3.4"),
+       ("data", b"Subject: cr\r\n\r\na\rb\r\n.\r\n", "550 5.6.0"),
+       ("data", b"Subject: s1\r\n\r\nx\n.\nMAIL FROM:<ana@447.edu>\r\n", "421 4.5.0"),
+       ("data", b"Subject: s2\r\n\r\nx\n.\r\nMAIL FROM:<ana@447.edu>\r\n", "421 4.5.0"),
+       ("data", b"Subject: s3\r\n\r\nx\r\n.\nMAIL FROM:<ana@447.edu>\r\n", "421 4.5.0"),
+       ("data", b"Subject: s4\r\n\r\nx\n\n.\n\nMAIL FROM:<ana@447.edu>\r\n", "421 4.5.0"),
+       ("data", b"Subject: s5\r\n\r\nx\r.\rMAIL FROM:<ana@447.edu>\r\n.\r\n", "550 5.6.0"),
+       ("data", b"Subject: dots\r\n\r\n..\r\n...\r\n.x\r\n.\r\n", "250 2.0.0"),
+       ("data", b"\r\n.\r\n", "250 2.0.0"),
+       ("data", b".\r\n", "250 2.0.0"),
+       ("data", b"From: \"Evil\" <president@447.edu>\r\nSubject: forged\r\n\r\nhi\r\n.\r\n", "250 2.0.0"),
+       ("data", b"Subject: =?UTF-8?B?w6nDqMOg?=\r\n\r\n\xc3\xa9\xc3\xa8\r\n.\r\n", "250 2.0.0"),
+       ("data", b"Subject: header injection\r\nBcc: victim@example.com\r\n\r\nx\r\n.\r\n", "250 2.0.0"),
+       ("data", b"Subject: \x1b[31mred\r\n\r\nx\r\n.\r\n", "250 2.0.0"),
+       ("data", b"X-Folded: a\r\n\tb\r\n c\r\n\r\nx\r\n.\r\n", "250 2.0.0")]
+)
+
+
+def smtp_session(lab, port, password, stage):
+    c = Conversation(lab, port)
+    if stage in ("greeted", "authed", "mail", "data"):
+        assert c.cmd("EHLO hostile").startswith("250")
+    if stage in ("authed", "mail", "data"):
+        assert c.cmd("AUTH PLAIN " + b64(f"\0ana@447.edu\0{password}")).startswith("235")
+    if stage in ("mail", "data"):
+        assert c.cmd("MAIL FROM:<ana@447.edu>").startswith("250")
+    if stage == "data":
+        assert c.cmd("RCPT TO:<bob@447.edu>").startswith("250")
+        assert c.cmd("DATA").startswith("354")
+    return c
+
+
+def still_serves(lab, port):
+    c = Conversation(lab, port)
+    try:
+        assert c.banner[-1].startswith("220 "), c.banner
+        assert c.cmd("NOOP").startswith("250 "), "the server stopped answering"
+    finally:
+        c.close()
+
+
+@test
+def hostile_smtp_inputs_get_the_right_reply_and_the_server_serves_on(lab):
+    assert len(SMTP_CASES) >= 100, len(SMTP_CASES)
+    with Server(lab, "senderserver", {"smtp.maxMessageSize": 10_000_000, "smtp.maxErrors": 1000}) as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        wrong = []
+        for number, (stage, data, expected) in enumerate(SMTP_CASES):
+            c = smtp_session(lab, server.port, ana, stage)
+            try:
+                c.send(data)
+                reply = c.reply()[0]
+            except (EOFError, OSError, ssl.SSLError) as e:
+                reply = f"<no reply: {e!r}>"
+            finally:
+                c.close()
+            if not reply.startswith(expected):
+                wrong.append(f"case {number} ({stage}) {data[:60]!r}: expected {expected!r}, got {reply!r}")
+            still_serves(lab, server.port)
+        assert not wrong, "\n".join(wrong)
+        server.check_sanitizers()
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------
+GOOD = "Basic " + b64("bob@447.edu:{password}")
+
+
+def http_cases():
+    long_name = "X-" + "a" * 9000
+    return [
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", {401}),
+        (b"GET /mailboxes/bob@447.edu/messages HTTP/1.1\r\nHost: localhost\r\n\r\n", {401}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic !!!\r\n\r\n", {401}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer abc\r\n\r\n", {401}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic " + b64("bob@447.edu").encode() + b"\r\n\r\n", {401}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic " + b64("nobody@447.edu:x").encode() + b"\r\n\r\n", {401}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic " + b64(":").encode() + b"\r\n\r\n", {401}),
+        (b"FOO / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {405, 501, 400}),
+        (b"POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", {405}),
+        (b"DELETE /mailboxes/bob@447.edu/messages/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {405}),
+        (b"PUT / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", {405}),
+        (b"GET /../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
+        (b"GET /mailboxes/../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 403, 404}),
+        (b"GET /mailboxes/ana@447.edu/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {403}),
+        (b"GET /mailboxes/bob@447.edu/messages/1'%20OR%201=1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
+        (b"GET /mailboxes/bob@447.edu/messages/99999999999999999999 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
+        (b"GET /mailboxes/bob@447.edu/messages/-1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
+        (b"GET /mailboxes/bob@447.edu/messages?limit=-5 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET /mailboxes/bob@447.edu/messages?limit=abc HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET /mailboxes/bob@447.edu/messages?offset=99999999999999999999 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET /mailboxes/bob%00@447.edu/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 403, 404}),
+        (b"GET /mailboxes/%ZZ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 414}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + long_name.encode() + b": x\r\nAuthorization: {auth}\r\n\r\n", {400, 431}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"v" * 20000 + b"\r\nAuthorization: {auth}\r\n\r\n", {400, 431}),
+        (b"\x00\x01\x02\x03\r\n\r\n", {400}),
+        (b"GARBAGE\r\n\r\n", {400}),
+        (b"GET\r\n\r\n", {400}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nAccept: text/html\r\n\r\n", {200}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nIf-None-Match: \"" + b"z" * 500 + b"\"\r\n\r\n", {200}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nIf-Modified-Since: not a date\r\n\r\n", {200}),
+        (b"HEAD / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {200}),
+        (b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {404}),
+    ]
+
+
+def http_status(lab, port, request):
+    s = tls_connect(lab, port)
+    try:
+        s.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+        parts = line.split(" ")
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else line
+    except (OSError, ssl.SSLError) as e:
+        return repr(e)
+    finally:
+        s.close()
+
+
+@test
+def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        register(lab, sender.port, "ana")
+        bob = register(lab, sender.port, "bob")
+        auth = ("Basic " + b64(f"bob@447.edu:{bob}")).encode()
+        good = b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + auth + b"\r\n\r\n"
+        wrong = []
+        for number, (request, allowed) in enumerate(http_cases()):
+            status = http_status(lab, retriever.port, request.replace(b"{auth}", auth))
+            if status not in allowed:
+                wrong.append(f"case {number} {request[:70]!r}: expected one of {sorted(allowed)}, got {status!r}")
+            assert http_status(lab, retriever.port, good) == 200, f"not serving after case {number}"
+        assert not wrong, "\n".join(wrong)
+        retriever.check_sanitizers()
