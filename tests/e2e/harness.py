@@ -82,7 +82,7 @@ class Server:
 
     def log_text(self):
         self.log.flush()
-        with open(self.log_path) as f:
+        with open(self.log_path, errors="replace") as f:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM):
@@ -105,7 +105,7 @@ class Server:
 
     def check_sanitizers(self):
         """Under `make test-asan`, a sanitizer report in the server's log fails the test."""
-        text = self.log_text() if not self.log.closed else open(self.log_path).read()
+        text = self.log_text() if not self.log.closed else open(self.log_path, errors="replace").read()
         for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
             if marker in text:
                 raise AssertionError(f"sanitizer report in {self.log_path}:\n{text[text.index(marker) - 200:][:4000]}")
