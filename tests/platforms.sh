@@ -12,6 +12,7 @@
 #   --bench   also run `make bench-platform` there and keep its JSON for docs/benchmarks.md
 #   --keep    leave the run tree for inspection (chroot .platforms/run/<release> bash)
 #   --readme  write the results into README.md's table of tested releases
+#   --head    copy the last commit (git archive HEAD) instead of the working tree
 # Exit status: 0 when every release passed, 1 when one failed, 2 on a usage or set-up error.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +22,16 @@ MIRROR=${MAILLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BENCH=0
 KEEP=0
 README=0
+HEAD_ONLY=0
 RELEASES=()
 for arg in "$@"; do
   case $arg in
     --bench) BENCH=1 ;;
     --keep) KEEP=1 ;;
     --readme) README=1 ;;
+    --head) HEAD_ONLY=1 ;;
     --clean) CLEAN=1 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     -*) echo "error: unknown option $arg (see --help)"; exit 2 ;;
     *) RELEASES+=("$arg") ;;
   esac
@@ -135,7 +138,11 @@ for release in "${RELEASES[@]}"; do
   mount_system "$root" "$release"
   # The working tree's committed and new files, without build output or run-time data.
   mkdir -p "$root/root/maillab"
-  git ls-files -z --cached --others --exclude-standard | tar -C "$REPO" --null -T - -cf - | tar -C "$root/root/maillab" -xf -
+  if [ "$HEAD_ONLY" = 1 ]; then
+    git archive HEAD | tar -C "$root/root/maillab" -xf -
+  else
+    git ls-files -z --cached --others --exclude-standard | tar -C "$REPO" --null -T - -cf - | tar -C "$root/root/maillab" -xf -
+  fi
   log_demo="$CACHE/logs/$release-demo.log"
   log_test="$CACHE/logs/$release-test.log"
   echo "[$release] make demo   (log: $log_demo)"
