@@ -169,6 +169,11 @@ std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::s
                                                                     int backlog, Poco::Net::Context::Ptr tlsContext,
                                                                     const std::string& plaintextWarning,
                                                                     Poco::Logger& logger) {
+    if (port < 0 || port > 65535) {
+        logger.error("event=startup-failed reason=" + logValue("--port must be from 0 to 65535 (0: any free port), not " +
+                                                               std::to_string(port)));
+        return {};
+    }
     std::vector<Poco::Net::IPAddress> hosts;
     std::istringstream list(addresses);
     for (std::string item; std::getline(list, item, ',');) {

@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <cerrno>
+#include <cstring>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -121,7 +123,9 @@ bool ensureCertificates(const CertPaths& paths) {
     if (slash != std::string::npos && slash > 0) ::mkdir(dir.c_str(), 0755);
     // Both servers may start at once on a fresh checkout: one creates, the other waits and reuses.
     int lock = ::open((dir + "/.maillab-certs.lock").c_str(), O_RDWR | O_CREAT, 0600);
-    check(lock >= 0, "lock file");
+    if (lock < 0)
+        throw std::runtime_error("cannot create certificates in " + dir + ": " + std::strerror(errno) +
+                                 " (make the folder writable, or give --certs DIR)");
     ::flock(lock, LOCK_EX);
     struct Unlock {
         int fd;

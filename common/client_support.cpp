@@ -4,6 +4,7 @@
 #include "tls.h"
 
 #include <Poco/Exception.h>
+#include <Poco/NumberParser.h>
 #include <Poco/Util/Option.h>
 
 #include <editline/readline.h>
@@ -16,9 +17,35 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <iostream>
 
 namespace maillab {
+
+int runClient(Poco::Util::Application& app, int argc, char** argv) {
+    try {
+        app.init(argc, argv);
+    } catch (const Poco::Exception& e) {
+        std::cerr << "error: " << e.displayText() << " (see " << (argc > 0 ? argv[0] : "the program") << " --help)\n";
+        return 2;
+    }
+    try {
+        return app.run();
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 5;
+    }
+}
+
+int numberOption(const Poco::Util::AbstractConfiguration& config, const std::string& key, int fallback, int low,
+                 int high, const std::string& option) {
+    std::string text = config.getString(key, std::to_string(fallback));
+    int value = 0;
+    if (!Poco::NumberParser::tryParse(text, value) || value < low || value > high)
+        throw std::invalid_argument(option + " must be a whole number from " + std::to_string(low) + " to " +
+                                    std::to_string(high) + ", not '" + text + "'");
+    return value;
+}
 
 void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsModes) {
     auto add = [&](const char* name, const std::string& description, const char* argument) {

@@ -3,11 +3,28 @@
 // the lab domain, and the TLS context with a clear message when the CA is missing.
 #pragma once
 #include <Poco/Net/Context.h>
+#include <Poco/AutoPtr.h>
+#include <Poco/Util/AbstractConfiguration.h>
+#include <Poco/Util/Application.h>
 #include <Poco/Util/OptionSet.h>
 
 #include <string>
 
 namespace maillab {
+
+// The clients' main(): Poco's option errors ("Unknown option", "Not a valid integer") as one line
+// that points at --help, exit status 2; anything unexpected as one line, exit status 5. Never an
+// uncaught exception.
+int runClient(Poco::Util::Application& app, int argc, char** argv);
+#define MAILLAB_CLIENT_MAIN(App)                       \
+    int main(int argc, char** argv) {                  \
+        Poco::AutoPtr<App> app = new App;              \
+        return maillab::runClient(*app, argc, argv);   \
+    }
+
+// A whole number from the configuration within [low, high], or a one-line error naming the option.
+int numberOption(const Poco::Util::AbstractConfiguration& config, const std::string& key, int fallback, int low,
+                 int high, const std::string& option);
 
 // --help, --host, --port, --servername, --ca, --domain, --keylog, --timeout, --tls, --verbose; each
 // value lands in the configuration as client.<name>. `tlsModes` describes the --tls values.

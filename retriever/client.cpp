@@ -242,7 +242,14 @@ protected:
         if (helpRequested_) return kOk;
         auto& cfg = config();
         std::string host = cfg.getString("client.host", "localhost");
-        int port = cfg.getInt("client.port", 9100);
+        int port = 0, timeout = 0;
+        try {
+            port = numberOption(cfg, "client.port", 9100, 1, 65535, "--port");
+            timeout = numberOption(cfg, "client.timeout", 30, 1, 86400, "--timeout");
+        } catch (const std::invalid_argument& e) {
+            std::cerr << "error: " << e.what() << "\n";
+            return kUsage;
+        }
         domain_ = cfg.getString("client.domain", "447.edu");
         Target target;
         target.host = host;
@@ -260,7 +267,7 @@ protected:
             context = clientContext(target.caFile, cfg.getString("client.keylog", ""), "http/1.1");
             if (!context) return kExitTls;
         }
-        connection_ = std::make_unique<RetrieverConnection>(target, context, cfg.getInt("client.timeout", 30),
+        connection_ = std::make_unique<RetrieverConnection>(target, context, timeout,
                                                             cfg.getBool("client.verbose", false));
         try {
             return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
@@ -365,4 +372,4 @@ private:
 }  // namespace
 }  // namespace maillab
 
-POCO_APP_MAIN(maillab::RetrieverClient)
+MAILLAB_CLIENT_MAIN(maillab::RetrieverClient)

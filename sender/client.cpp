@@ -68,10 +68,15 @@ protected:
         if (helpRequested_) return kOk;
         auto& cfg = config();
         host_ = cfg.getString("client.host", "localhost");
-        port_ = cfg.getInt("client.port", 9000);
+        try {
+            port_ = numberOption(cfg, "client.port", 9000, 1, 65535, "--port");
+            timeout_ = numberOption(cfg, "client.timeout", 30, 1, 86400, "--timeout");
+            greeting_ = numberOption(cfg, "client.greeting-timeout", 5, 1, 3600, "--greeting-timeout");
+        } catch (const std::invalid_argument& e) {
+            std::cerr << "error: " << e.what() << "\n";
+            return kUsage;
+        }
         domain_ = cfg.getString("client.domain", "447.edu");
-        timeout_ = cfg.getInt("client.timeout", 30);
-        greeting_ = cfg.getInt("client.greeting-timeout", 5);
         auto mode = smtp::parseTlsMode(cfg.getString("client.tls", "implicit"));
         if (!mode) {
             std::cerr << "error: --tls must be implicit, starttls or off (the same as the server's)\n";
@@ -378,4 +383,4 @@ private:
 }  // namespace
 }  // namespace maillab
 
-POCO_APP_MAIN(maillab::SenderClient)
+MAILLAB_CLIENT_MAIN(maillab::SenderClient)

@@ -372,3 +372,21 @@ def a_certificate_naming_the_host_only_in_its_cn_is_refused(lab):
         one_clear_line(out, EXIT_TLS, "subjectAltName", "CN")
         out = run_client(lab, retriever.port, ["--user", "ana", "--password", "1"], program="retrieverclient")
         one_clear_line(out, EXIT_TLS, "subjectAltName", "CN")
+
+
+@test
+def bad_options_are_one_line_with_the_documented_exit_status(lab):
+    for program in ("senderclient", "retrieverclient"):
+        out = subprocess.run([lab.exe(program), "--port", "abc"], capture_output=True, text=True, timeout=30)
+        one_clear_line(out, 2, "--port must be a whole number")
+        out = subprocess.run([lab.exe(program), "--bogus"], capture_output=True, text=True, timeout=30)
+        one_clear_line(out, 2, "bogus", "--help")
+    for program in ("senderserver", "retrieverserver"):
+        common = [f"--db={lab.path('opts.db')}", f"--certs={lab.certs}"]
+        out = subprocess.run([lab.exe(program), "--port=abc"] + common, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 64 and "not a valid number" in out.stderr, out.stderr
+        out = subprocess.run([lab.exe(program), "--port=99999"] + common, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 69 and "65535" in out.stderr and "ready" not in out.stdout, out.stderr
+        out = subprocess.run([lab.exe(program), "--port=0", f"--db={lab.path('x.db')}", "--certs=/nonexistent/certs"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 70 and "--certs" in out.stderr, out.stderr
