@@ -140,10 +140,15 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         // password, a deleted account or a re-registration (a new salt) ends it at once.
         return hash && account->passwordHash == *hash;
     };
-    if (cachedOk()) return AuthResult{AuthOutcome::Ok, email, "", 0};
+    // A right password, cached or checked, makes its source one the owner has logged in from.
+    auto ok = [&] {
+        if (!trusted && !from.empty()) store_.trustSource(email, from, now);
+        return AuthResult{AuthOutcome::Ok, email, "", 0};
+    };
+    if (cachedOk()) return ok();
     std::shared_ptr<std::mutex> lock = accountLock(email);
     std::lock_guard<std::mutex> oneCheckAtATime(*lock);
-    if (cachedOk()) return AuthResult{AuthOutcome::Ok, email, "", 0};  // verified while we waited
+    if (cachedOk()) return ok();  // verified while we waited
 
     // The guess is paid for before it is checked, in one transaction: no number of parallel
     // connections, on either server, gets more checks than the budget holds.
@@ -151,9 +156,8 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
 
     if (!password.empty() && verifyPassword(password, account->passwordHash)) {
         store_.returnGuess(key, burst);
-        if (!trusted && !from.empty()) store_.trustSource(email, from, now);
         remember(*account, password, now);
-        return AuthResult{AuthOutcome::Ok, email, "", 0};
+        return ok();
     }
     // The owner's cached password stays: a wrong guess can never match it (the cache holds a MAC
     // of the right one), and dropping it would let a guesser log the owner out.

@@ -174,3 +174,16 @@ TEST_CASE("address helpers", "[auth]") {
     CHECK_FALSE(isValidLocalPart("a b"));
     CHECK_FALSE(isValidLocalPart(std::string(65, 'a')));
 }
+
+TEST_CASE("a cached login also makes its source trusted", "[auth][budget]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.guessBurst = 1;
+    policy.guessRefillSeconds = 3600;
+    LabFixture lab(policy);
+    auto reg = lab.auth->authenticate("dan@447.edu", "", true, "::1");
+    REQUIRE(reg.outcome == AuthOutcome::Registered);
+    // From another address, answered by the cache: that address is now the owner's too.
+    REQUIRE(lab.auth->authenticate("dan@447.edu", reg.newPassword, false, "127.0.0.1").outcome == AuthOutcome::Ok);
+    CHECK(lab.store->isTrustedSource("dan@447.edu", "127.0.0.1"));
+    CHECK(lab.store->isTrustedSource("dan@447.edu", "::1"));
+}
