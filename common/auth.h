@@ -55,6 +55,9 @@ public:
                             const std::string& source = "");
 
     const AuthPolicy& policy() const { return policy_; }
+    // RFC 5321 4.5.1: postmaster@<lab domain> must exist. Created on first start with no usable
+    // password (nobody can log in as it until the instructor sets one); mail to it is kept.
+    void ensurePostmaster();
     bool isLabAddress(const std::string& address) const;
     // Lower-case, and the lab domain appended to a bare local part.
     std::string normalizeUser(const std::string& user) const;

@@ -187,6 +187,7 @@ protected:
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
+        ctx.auth->ensurePostmaster();
         http::ApiLimits limits;
         limits.maxUriLength = cfg.getUInt64("http.maxUriLength");
         limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");

@@ -326,6 +326,7 @@ protected:
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
+        ctx.auth->ensurePostmaster();
 
         std::string mode = cfg.getString("sender.tls");
         if (auto parsed = smtp::parseTlsMode(mode)) {

@@ -477,6 +477,8 @@ Output Session::cmdRcpt(const std::string& arg) {
     if (!path->params.empty())
         return error(ParameterNotRecognized, "RCPT TO parameters not recognized");
     std::string rcpt = lowerCase(path->address);
+    // RFC 5321 4.5.1: "Postmaster" without a domain must be accepted; it is the lab domain's.
+    if (rcpt == "postmaster") rcpt += "@" + auth_.policy().labDomain;
     if (!isValidMailbox(rcpt)) return error(BadAddressSyntax, "Bad recipient address syntax: need user@domain");
     if (!auth_.isLabAddress(rcpt)) {
         auto at = rcpt.rfind('@');

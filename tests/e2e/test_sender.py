@@ -514,3 +514,49 @@ def logs_escape_control_characters(lab):
     text = open(server.log_path, "rb").read()
     assert b"\x00" not in text and b"\x1b" not in text and b"b\rc" not in text, text[-400:]
     assert b"NOOP a\\x00b\\rc\\x1B[31m" in text, text[-600:]
+
+
+@test
+def postmaster_exists_and_nobody_can_claim_it(lab):
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        # RFC 2142 role addresses cannot be self-registered...
+        for role in ("postmaster", "abuse", "admin", "root", "security", "noreply"):
+            c = Conversation(lab, server.port)
+            c.cmd("EHLO x")
+            assert c.cmd("AUTH PLAIN " + plain(f"{role}@447.edu", "")).startswith("535"), role
+            c.close()
+        # ...and postmaster takes mail, with or without the domain (RFC 5321 4.5.1).
+        c = Conversation(lab, server.port)
+        c.cmd("EHLO x")
+        c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+        c.cmd("MAIL FROM:<ana@447.edu>")
+        assert c.cmd("RCPT TO:<Postmaster>").startswith("250 2.1.5"), "bare Postmaster"
+        assert c.cmd("RCPT TO:<postmaster@447.edu>").startswith("250 2.1.5")
+        c.cmd("DATA")
+        assert c.cmd("Subject: help\r\n\r\nplease\r\n.").startswith("250 ")
+        c.close()
+        assert [s for s, _ in messages(server.db, "postmaster@447.edu")] == ["help"]
+
+
+@test
+def a_deleted_account_stops_working_at_once_on_both_servers(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        carol = register(lab, sender.port, "carol")
+        ok = run_client(lab, retriever.port, ["--user", "carol", "--password", carol], program="retrieverclient")
+        assert ok.returncode == 0, ok.stderr  # now cached in both servers
+        import sqlite3
+        con = sqlite3.connect(sender.db)
+        con.execute("DELETE FROM accounts WHERE email='carol@447.edu'")
+        con.commit()
+        con.close()
+        out = run_client(lab, sender.port, ["--user", "carol", "--password", carol, "--to", "carol", "--subject", "x"])
+        assert out.returncode == 1 and "535" in out.stderr, out.stderr
+        out = run_client(lab, retriever.port, ["--user", "carol", "--password", carol], program="retrieverclient")
+        assert out.returncode == 1 and "401" in out.stderr, out.stderr
+        # someone else registers the address: the old password opens nothing
+        new = register(lab, sender.port, "carol")
+        out = run_client(lab, retriever.port, ["--user", "carol", "--password", carol], program="retrieverclient")
+        assert out.returncode == 1, out.stdout
+        out = run_client(lab, retriever.port, ["--user", "carol", "--password", new], program="retrieverclient")
+        assert out.returncode == 0, out.stderr
