@@ -36,6 +36,27 @@ MODES = {
 }
 
 
+# The IANA ports of each mode (RFC 8314 submissions 465, RFC 6409 submission 587, SMTP 25; HTTPS
+# 443, HTTP 80): where stock Wireshark and tshark dissect SMTP and HTTP with no settings at all. The
+# scripted captures run their servers there, on loopback only, so a capture opens decoded on any
+# computer; the capture comment says so. Where a port cannot be had (not root, or taken by another
+# server), they fall back to free ports and Wireshark needs the maillab profile.
+IANA_PORTS = {"implicit": (465, 443), "starttls": (587, 443), "off": (25, 80)}
+
+
+def port_available(port):
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+        except OSError as e:
+            if family == socket.AF_INET6 and e.errno in (97, 99):  # no IPv6 here: IPv4 is enough
+                continue
+            return False
+    return True
+
+
 def say(text):
     print(text, flush=True)
 
@@ -146,9 +167,9 @@ def finish(raw, final, probe_port, keylog, comment, with_keys=True):
 
 
 class ServerProcess:
-    def __init__(self, exe, args, log):
+    def __init__(self, exe, args, log, port=0):
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([exe, "--port=0"] + args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen([exe, f"--port={port}"] + args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("ready port="):
@@ -181,10 +202,18 @@ def session(args):
         work = tempfile.mkdtemp(prefix="maillab-capture-")
         keylog = os.path.join(work, "keys.log")
         common = [f"--db={work}/lab.db", f"--certs={ROOT}/certs", f"--keylog={keylog}"]
-        say(f"== {mode}: starting servers")
-        sender = ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"))
+        smtp_port, http_port = IANA_PORTS[mode]
+        standard = not args.free_ports and port_available(smtp_port) and port_available(http_port)
+        if not standard:
+            smtp_port = http_port = 0
+            say("   note: the standard ports are not available here (run as root, or free them): using free "
+                "ports; Wireshark then needs the maillab profile (make wireshark-profile) to show SMTP and HTTP")
+        say(f"== {mode}: starting servers" + (f" on the standard ports {IANA_PORTS[mode][0]} and {IANA_PORTS[mode][1]}"
+                                               if standard else ""))
+        sender = ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
+                               smtp_port)
         retriever = ServerProcess(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
-                                  os.path.join(work, "retriever.log"))
+                                  os.path.join(work, "retriever.log"), http_port)
         raw = os.path.join(work, "raw.pcapng")
         final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
         try:
@@ -267,6 +296,7 @@ def main():
     parser.add_argument("--out", default=HERE)
     parser.add_argument("--build", default="build")
     parser.add_argument("--without-keys", action="store_true", help="do not embed the key log (an eavesdropper's file)")
+    parser.add_argument("--free-ports", action="store_true", help="session: free ports instead of the standard ones")
     args = parser.parse_args()
     if args.name is None:
         args.name = "lab" if args.command == "session" else "live"

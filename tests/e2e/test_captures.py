@@ -115,3 +115,32 @@ def report_tables_match_the_known_session(lab):
     ladders = [f for f in os.listdir(report) if f.startswith("ladder-")]
     assert any(f.endswith(".svg") for f in ladders) and any(f.endswith(".png") for f in ladders)
     assert "Protocol Hierarchy Statistics" in md and "TCP Conversations" in md
+
+
+def stock_tshark(path, display_filter, fields):
+    """tshark as on a student's laptop: an empty HOME (no profile, no preferences), no -d or -o."""
+    import tempfile
+    home = tempfile.mkdtemp(prefix="maillab-empty-home-")
+    env = {"HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    out = subprocess.run(["tshark", "-r", path, "-Y", display_filter, "-T", "fields"] +
+                         [a for f in fields for a in ("-e", f)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@test
+def stock_tshark_decodes_smtp_and_http_in_every_capture(lab):
+    """The lesson is visible with no settings at all: the scripted captures use the IANA ports,
+    where stock Wireshark dissects SMTP (inside TLS on 465, STARTTLS on 587, clear on 25) and HTTP
+    (TLS on 443, clear on 80), with the TLS secrets embedded in the file."""
+    files = captures(lab)
+    for mode in ("implicit", "starttls", "off"):
+        commands = stock_tshark(files[mode], "smtp.req", ["smtp.req.command"]).split()
+        for verb in ("EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"):
+            assert verb in commands, (mode, verb, commands)
+        replies = stock_tshark(files[mode], "smtp.response", ["smtp.response.code"]).split()
+        assert "220" in replies and "235" in replies and "250" in replies, (mode, replies)
+        requests = stock_tshark(files[mode], "http.request", ["http.request.method", "http.request.uri"])
+        assert "GET\t/mailboxes/bob@447.edu/messages" in requests, (mode, requests)
+        statuses = stock_tshark(files[mode], "http.response", ["http.response.code"]).split()
+        assert statuses and set(statuses) == {"200"}, (mode, statuses)
