@@ -188,17 +188,24 @@ demo: deps
 # ---- captures and reports -------------------------------------------------------------------
 MODES ?= implicit,starttls,off
 NAME ?= lab
-PORTS ?= 9000,9100
+comma := ,
+# capture-start captures the ports your servers use: PORT= and RPORT= (the sender's and the
+# retriever's, as for the lab targets), or PORTS=a,b; SERVERS=1 also starts the servers there with
+# the key log; NAME= names the file (default live); MODE= the servers' --tls.
+LIVE_PORTS := $(if $(filter command line environment,$(origin PORTS)),$(PORTS),$(if $(filter $(PORT),$(RPORT)),$(PORT),$(PORT)$(comma)$(RPORT)))
+LIVE_NAME := $(if $(filter command line environment,$(origin NAME)),$(NAME),live)
 .PHONY: capture capture-start capture-stop check-capture report wireshark-profile
 capture: test-deps
 	@$(MAKE) programs
 	@/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD)
 
 capture-start: test-deps
-	@/usr/bin/python3 captures/capture.py start --ports $(PORTS) --name live --mode $(or $(MODE),implicit)
+	@$(if $(SERVERS),$(MAKE) programs,true)
+	@/usr/bin/python3 captures/capture.py start --ports $(LIVE_PORTS) --name $(LIVE_NAME) --mode $(or $(MODE),implicit) \
+	    --build $(BUILD) $(if $(SERVERS),--servers)
 
 capture-stop:
-	@/usr/bin/python3 captures/capture.py stop --name live
+	@/usr/bin/python3 captures/capture.py stop --name $(LIVE_NAME)
 
 check-capture:
 	@test -n "$(FILE)" || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng"; exit 2; }

@@ -86,7 +86,9 @@ class Dumpcap:
             say("note: capturing needs root (or dumpcap's capabilities): running dumpcap with sudo")
             cmd = ["sudo"] + cmd
         self.out = open(path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Its own session: a Ctrl-C at the terminal reaches us, and we stop dumpcap in order (after the
+        # end probe), instead of dumpcap dying first with the last packets unsaved.
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.count = 0
         self.seen = b""  # the tail of the output, for tokens split across reads
         self.tokens = set()
@@ -145,7 +147,10 @@ class Dumpcap:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.sync("end")
+            try:
+                self.sync("end")
+            except SystemExit as e:  # keep what was captured all the same
+                say(f"warning: {e}")
             self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
         self.copier.join(timeout=30)
@@ -249,41 +254,94 @@ def pid_file(name):
     return os.path.join(HERE, f".{name}.pid")
 
 
+def running_capture(name):
+    """The pid of the live capture `name`, or None; a pid file left by a capture that is gone (a
+    reboot, a kill -9) is recognised by the process's command line and removed, never signalled."""
+    path = pid_file(name)
+    try:
+        pid = int(open(path).read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+    except OSError:
+        cmdline = b""
+    if b"capture.py" in cmdline and b" start" in cmdline:
+        return pid
+    os.unlink(path)
+    say(f"note: removed a stale pid file ({path}: pid {pid} is not a running capture)")
+    return None
+
+
 def start(args):
-    ports = [int(p) for p in args.ports.split(",")]
+    if running_capture(args.name):
+        raise SystemExit(f"a capture named {args.name} is already running: `make capture-stop NAME={args.name}` first")
+    ports = [int(p) for p in args.ports.split(",") if p.strip()]
+    os.makedirs(args.out, exist_ok=True)
     keylog = os.path.abspath(os.path.join(args.out, f"{args.name}.keys.log"))
     raw = os.path.join(args.out, f".{args.name}.raw.pcapng")
     final = os.path.join(args.out, f"{args.name}.pcapng")
     open(keylog, "a").close()
     os.chmod(keylog, 0o600)
-    say(f"Capturing tcp ports {args.ports} on lo into {final}.")
-    say("Start your servers and clients with the key log, in each terminal:")
-    say(f"    export SSLKEYLOGFILE={keylog}")
-    say("Stop with Ctrl-C here, or `make capture-stop` in another terminal.")
+    servers = []
+    if args.servers:
+        # Started here, after the key log exists and with it: every handshake is decryptable.
+        bin_dir = os.path.join(ROOT, args.build, "bin")
+        m = MODES[args.mode]
+        common = [f"--keylog={keylog}", f"--certs={ROOT}/certs"]
+        work = tempfile.mkdtemp(prefix="maillab-live-")
+        servers.append(ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"],
+                                     os.path.join(work, "sender.log"), ports[0]))
+        if len(ports) > 1:
+            servers.append(ServerProcess(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+                                         os.path.join(work, "retriever.log"), ports[1]))
+        say(f"Started senderserver on {ports[0]}" + (f" and retrieverserver on {ports[1]}" if len(ports) > 1 else "") +
+            f" (--tls {args.mode}), writing TLS secrets to {keylog}; logs in {work}.")
+    say(f"Capturing tcp ports {','.join(map(str, ports))} on lo into {final}.")
+    if not args.servers:
+        say("Servers started BEFORE this point do not write the key log: start (or restart) your servers and")
+        say("clients with it, in each terminal:")
+        say(f"    export SSLKEYLOGFILE={keylog}")
+    say("Stop with Ctrl-C here, or `make capture-stop" + (f" NAME={args.name}" if args.name != "live" else "") +
+        "` in another terminal. The file is written either way.")
     cap = Dumpcap(ports, raw, progress=True)
     with open(pid_file(args.name), "w") as f:
         f.write(str(os.getpid()))
+    say(f"capture running (pid {os.getpid()})")  # a line scripts and tests wait for
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *a: stopped.set())
     signal.signal(signal.SIGTERM, lambda *a: stopped.set())
-    while not stopped.wait(0.5):
-        if cap.proc.poll() is not None:
-            break
-    say("")
-    probe = cap.stop()
-    os.unlink(pid_file(args.name))
-    finish(raw, final, probe, keylog, f"maillab mode={args.mode} smtp={ports[0]} http={ports[-1] if len(ports) > 1 else 0}")
+    signal.signal(signal.SIGHUP, lambda *a: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            if cap.proc.poll() is not None:
+                say("\nwarning: dumpcap stopped on its own; writing what it captured")
+                break
+        say("")
+        probe = cap.stop()
+    finally:
+        for server in servers:
+            server.stop()
+        try:
+            os.unlink(pid_file(args.name))
+        except FileNotFoundError:
+            pass
+    finish(raw, final, probe, keylog,
+           f"maillab mode={args.mode} smtp={ports[0]} http={ports[1] if len(ports) > 1 else 0}")
     os.unlink(raw)
     say(f"wrote {final} ({'with' if os.path.getsize(keylog) else 'WITHOUT'} TLS secrets)")
 
 
 def stop(args):
-    try:
-        pid = int(open(pid_file(args.name)).read())
-    except FileNotFoundError:
-        raise SystemExit(f"no capture named {args.name} is running")
+    pid = running_capture(args.name)
+    if pid is None:
+        raise SystemExit(f"no capture named {args.name} is running (start one with `make capture-start`)")
     os.kill(pid, signal.SIGTERM)
-    say(f"asked capture {args.name} (pid {pid}) to finish")
+    # Wait until it has written its file: the pid file goes last.
+    deadline = time.monotonic() + 60
+    while os.path.exists(pid_file(args.name)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    say(f"capture {args.name} (pid {pid}) finished: {os.path.join(args.out, args.name + '.pcapng')}")
 
 
 def main():
@@ -297,6 +355,8 @@ def main():
     parser.add_argument("--build", default="build")
     parser.add_argument("--without-keys", action="store_true", help="do not embed the key log (an eavesdropper's file)")
     parser.add_argument("--free-ports", action="store_true", help="session: free ports instead of the standard ones")
+    parser.add_argument("--servers", action="store_true",
+                        help="start: also start the servers on --ports, with the key log")
     args = parser.parse_args()
     if args.name is None:
         args.name = "lab" if args.command == "session" else "live"

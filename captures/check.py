@@ -37,7 +37,9 @@ def check(path, out=print):
                     "and HTTP inside cannot be read. Capture with --keylog/SSLKEYLOGFILE and `make capture`.")
                 return 2
     smtp = cap.smtp_lines()
-    commands = [(line["frame"], line["text"].split(" ")[0].upper()) for line in smtp if line["dir"] == "C"]
+    # HELO counts as the greeting step as much as EHLO (the README teaches `helo`).
+    commands = [(line["frame"], line["text"].split(" ")[0].upper().replace("HELO", "EHLO")) for line in smtp
+                if line["dir"] == "C"]
     position = 0
     last_frame = 0
     for wanted in SMTP_SEQUENCE:
@@ -45,7 +47,7 @@ def check(path, out=print):
         if found:
             position = commands.index(found) + 1
             last_frame = found[0]
-        item(found is not None, f"SMTP {wanted}" + ("" if found else f" (not seen after the {SMTP_SEQUENCE[SMTP_SEQUENCE.index(wanted) - 1] if wanted != 'EHLO' else 'handshake'})"))
+        item(found is not None, f"SMTP {'HELO or EHLO' if wanted == 'EHLO' else wanted}" + ("" if found else f" (not seen after the {SMTP_SEQUENCE[SMTP_SEQUENCE.index(wanted) - 1] if wanted != 'EHLO' else 'handshake'})"))
     gets = [m for m in cap.http_messages() if m["method"] == "GET" and m["frame"] > last_frame]
     item(bool(gets), f"HTTP GET after the mail was sent ({len(gets)} seen)")
     if missing:
@@ -59,9 +61,22 @@ def main():
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
+    # Exit status: 0 all there, 1 steps missing, 2 undecryptable (no keys), 3 not a capture file.
     worst = 0
+    results = []
     for path in sys.argv[1:]:
-        worst = max(worst, check(path))
+        try:
+            code = check(path)
+        except (RuntimeError, OSError) as e:
+            print(f"{path}: not a capture file Wireshark can read ({str(e).splitlines()[0][:160]})")
+            code = 3
+        results.append((path, code))
+        worst = max(worst, code)
+    if len(results) > 1:
+        words = {0: "complete", 1: "steps missing", 2: "undecryptable", 3: "not a capture"}
+        print("\nsummary:")
+        for path, code in results:
+            print(f"  {words[code]:<14} {path}")
     return worst
 
 

@@ -144,3 +144,69 @@ def stock_tshark_decodes_smtp_and_http_in_every_capture(lab):
         assert "GET\t/mailboxes/bob@447.edu/messages" in requests, (mode, requests)
         statuses = stock_tshark(files[mode], "http.response", ["http.response.code"]).split()
         assert statuses and set(statuses) == {"200"}, (mode, statuses)
+
+
+@test
+def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
+    """make capture-start as a student uses it: servers started by it on the lab's own ports, a
+    session, then Ctrl-C (SIGINT to the whole foreground group, dumpcap's terminal included): the
+    pcapng is written with its secrets and the lab's sequence; a stale pid file is recognised."""
+    import select
+    import signal
+    import socket
+    import uuid
+    if not can_capture():
+        raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
+    name = "t" + uuid.uuid4().hex[:8]
+    out_dir = lab.path("live")
+    os.makedirs(out_dir)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    build = os.path.relpath(lab.build, ROOT)
+    proc = subprocess.Popen(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "start", "--ports",
+                             f"{ports[0]},{ports[1]}", "--name", name, "--out", out_dir, "--servers", "--build", build],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = ""
+    while "capture running" not in seen:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line, seen
+        seen += line
+    ca = os.path.join(ROOT, "certs", "ca.pem")
+    client = [os.path.join(lab.bin, "senderclient"), "--port", str(ports[0]), "--ca", ca]
+    ana = subprocess.run(client + ["--user", "live" + name], capture_output=True, text=True, timeout=60)
+    assert ana.returncode == 0, ana.stderr
+    password = ana.stdout.split("password: ")[1].split()[0]
+    sent = subprocess.run(client + ["--user", "live" + name, "--password", password, "--to", "live" + name,
+                                    "--subject", "live"], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    got = subprocess.run([os.path.join(lab.bin, "retrieverclient"), "--port", str(ports[1]), "--ca", ca, "--user",
+                          "live" + name, "--password", password], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, seen + rest
+    final = os.path.join(out_dir, f"{name}.pcapng")
+    assert os.path.exists(final) and "with TLS secrets" in rest, rest
+    assert not os.path.exists(os.path.join(ROOT, "captures", f".{name}.pid"))
+    checked = check(final)
+    assert "all of the lab's sequence is there" in checked.stdout, checked.stdout + checked.stderr
+    # check-capture on a batch goes on past a file that is not a capture, and sums up.
+    text = os.path.join(out_dir, "notes.txt")
+    with open(text, "w") as f:
+        f.write("my lab notes\n")
+    batch = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), text, final],
+                           capture_output=True, text=True, timeout=120)
+    assert batch.returncode == 3, batch.stdout + batch.stderr
+    assert "not a capture file" in batch.stdout and "summary:" in batch.stdout and "complete" in batch.stdout
+    assert "Traceback" not in batch.stderr
+    # A pid file whose process is gone is recognised and removed, never signalled.
+    stale = os.path.join(ROOT, "captures", f".{name}.pid")
+    with open(stale, "w") as f:
+        f.write("1")
+    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "stop", "--name", name],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "stale" in out.stdout and not os.path.exists(stale), out.stdout + out.stderr
