@@ -18,6 +18,11 @@ CIPHER_SUITES = {"0x1301": "TLS_AES_128_GCM_SHA256", "0x1302": "TLS_AES_256_GCM_
 GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048"}
 VERSIONS = {"0x0301": "TLS 1.0", "0x0302": "TLS 1.1", "0x0303": "TLS 1.2", "0x0304": "TLS 1.3"}
 CONTENT_TYPES = {"20": "change_cipher_spec", "21": "alert", "22": "handshake", "23": "application_data"}
+ALERTS = {"0": "close_notify", "10": "unexpected_message", "20": "bad_record_mac", "40": "handshake_failure",
+          "42": "bad_certificate", "45": "certificate_expired", "46": "certificate_unknown", "47": "illegal_parameter",
+          "48": "unknown_ca", "50": "decode_error", "51": "decrypt_error", "70": "protocol_version",
+          "80": "internal_error", "90": "user_canceled", "109": "missing_extension", "112": "unrecognized_name",
+          "116": "certificate_required", "120": "no_application_protocol"}
 HANDSHAKE_TYPES = {"1": "ClientHello", "2": "ServerHello", "4": "NewSessionTicket", "8": "EncryptedExtensions",
                    "11": "Certificate", "13": "CertificateRequest", "15": "CertificateVerify", "20": "Finished",
                    "24": "KeyUpdate"}
@@ -169,12 +174,21 @@ class Capture:
             types = r["tls.record.content_type"].split("|")
             lengths = r["tls.record.length"].split("|")
             versions = r["tls.record.version"].split("|")
+            # TLS 1.3 (RFC 8446 5.2): an encrypted record says application_data (23) on the wire; its
+            # real type is inside, readable only with the keys. tshark gives the outer type as
+            # opaque_type for the records it decrypted, which are the frame's last ones (plaintext
+            # ClientHello, ServerHello and change_cipher_spec come before encryption starts).
+            opaque = [t for t in r["tls.record.opaque_type"].split("|") if t]
+            first_encrypted = len(types) - len(opaque)
             frame_records = []
             for i, ctype in enumerate(types):
+                wire = opaque[i - first_encrypted] if i >= first_encrypted else ctype
                 frame_records.append({"frame": int(r["frame.number"]), "time": float(r["frame.time_relative"] or 0),
                                       "stream": int(r["tcp.stream"]), "dir": self.direction(r),
                                       "record_version": name(VERSIONS, versions[i] if i < len(versions) else ""),
+                                      "wire_type": name(CONTENT_TYPES, wire),
                                       "type": name(CONTENT_TYPES, ctype),
+                                      "encrypted": i >= first_encrypted or ctype == "23",
                                       "length": lengths[i] if i < len(lengths) else ""})
             # Handshake messages in order, one per handshake record (TLS 1.3 sends each encrypted
             # handshake message in its own record here); any extra ones go with the last.
@@ -183,7 +197,8 @@ class Capture:
             for i, message in enumerate(messages):
                 carriers[min(i, len(carriers) - 1)].setdefault("handshake", []).append(message)
             if frame_records and r["tls.alert_message.desc"]:
-                frame_records[-1]["alert"] = r["tls.alert_message.desc"]
+                desc = r["tls.alert_message.desc"].split("|")[0]
+                frame_records[-1]["alert"] = f"{ALERTS.get(desc, 'alert')} ({desc})"
             records += frame_records
         return records
 

@@ -49,20 +49,23 @@ def ladder(cap, stream, smtp, http, records, out_dir):
     """An mscgen message sequence chart of one connection: one arrow per TLS record (with the
     handshake messages it carries) and per SMTP line or HTTP message it decrypts to."""
     events = []
-    for r in records:
-        if r["stream"] != stream:
-            continue
-        label = r["type"]
+    # Wire order: by frame, and within a frame in the order tshark lists the records (never by name).
+    for order, r in enumerate(x for x in records if x["stream"] == stream):
+        label = r.get("wire_type", r["type"])
+        inner = r["type"] if r.get("wire_type", r["type"]) != r["type"] else ""
         if r.get("handshake"):
-            label += ": " + ", ".join(r["handshake"])
-        events.append((r["frame"], 0, r["dir"], f"TLS {label} ({r['length']} B)", "#555555"))
+            inner = (inner + ": " if inner else "") + ", ".join(r["handshake"])
+        if r.get("alert"):
+            inner = (inner + ": " if inner else "") + r["alert"]
+        text = f"TLS {label}" + (f" [{inner}]" if inner else "") + f" ({r['length']} B, {r['time']:.3f} s)"
+        events.append((r["frame"], order, r["dir"], text, "#555555"))
     for line in smtp:
         if line["stream"] == stream:
-            events.append((line["frame"], 1, line["dir"], line["text"][:60], "#0b5394"))
+            events.append((line["frame"], 10**6, line["dir"], line["text"][:60], "#0b5394"))
     for m in http:
         if m["stream"] == stream:
             text = f"{m['method']} {m['uri']}" if m["method"] else f"{m['status']} {m['phrase']}"
-            events.append((m["frame"], 1, m["dir"], text[:60], "#38761d"))
+            events.append((m["frame"], 10**6, m["dir"], text[:60], "#38761d"))
     if not events:
         return None
     ports = cap.fields(f"tcp.stream == {stream} && tcp.flags.syn == 1 && tcp.flags.ack == 0",
@@ -70,12 +73,14 @@ def ladder(cap, stream, smtp, http, records, out_dir):
     client = f"{ports[0]['ip.src']}:{ports[0]['tcp.srcport']}" if ports else "client"
     server = f"{ports[0]['ip.dst']}:{ports[0]['tcp.dstport']}" if ports else "server"
     lines = ["msc {", '  hscale = "1.6";', f'  c [label="client {client}"], s [label="server {server}"];']
-    for frame, _, direction, text, colour in sorted(events):
+    for frame, _, direction, text, colour in sorted(events, key=lambda e: (e[0], e[1])):
         text = text.replace("\\", "\\\\").replace('"', '\\"')
         arrow = "c=>s" if direction == "C" else "s=>c"
         lines.append(f'  {arrow} [label="#{frame} {text}", linecolour="{colour}", textcolour="{colour}"];')
     lines.append("}")
-    base = os.path.join(out_dir, f"ladder-{stream}")
+    # One name per capture and connection: the plaintext section never shows another capture's ladders.
+    capture_name = os.path.splitext(os.path.basename(cap.path))[0]
+    base = os.path.join(out_dir, f"ladder-{capture_name}-{stream}")
     with open(base + ".msc", "w") as f:
         f.write("\n".join(lines) + "\n")
     for kind in ("svg", "png"):
@@ -116,12 +121,18 @@ def section(cap, out_dir):
             first.setdefault(r["stream"], []).append(r)
         for stream in streams:
             rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
-                     r["record_version"], r["type"], r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
+                     r["record_version"], r.get("wire_type", r["type"]),
+                     (r["type"] if r.get("wire_type", r["type"]) != r["type"] else ("(encrypted)" if r.get("encrypted") and not cap.secrets else "")),
+                     r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
                     for r in first.get(stream, [])]
             if rows:
                 md.append(f"Connection {stream}:\n")
-                md.append(md_table(["frame", "time (s)", "direction", "record version", "content type", "length",
-                                    "handshake messages (decrypted)"], rows))
+                md.append(md_table(["frame", "time (s)", "direction", "record version", "type on the wire",
+                                    "inner type (decrypted)", "length", "handshake message or alert"], rows))
+        count = sum(1 for r in records if r.get("wire_type", r["type"]) == "application_data")
+        md.append(f"\n{count} records travel as application_data on the wire; in TLS 1.3 that includes every "
+                  "handshake message after the ServerHello (the certificate among them): an eavesdropper sees "
+                  "neither the certificate nor the record types (RFC 8446 5.2).\n")
     md.append("### Ladder diagrams\n")
     for stream in streams:
         name = ladder(cap, stream, smtp, http, records, out_dir)

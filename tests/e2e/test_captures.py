@@ -114,6 +114,19 @@ def report_tables_match_the_known_session(lab):
     assert rows["STARTTLS (RFC 3207)"].rstrip().endswith("| 0 | nothing |")  # SMTP before STARTTLS is readable
     ladders = [f for f in os.listdir(report) if f.startswith("ladder-")]
     assert any(f.endswith(".svg") for f in ladders) and any(f.endswith(".png") for f in ladders)
+    # One set of ladders per capture: the plaintext section never shows the TLS capture's.
+    assert any(f.startswith("ladder-lab-implicit-") for f in ladders)
+    assert any(f.startswith("ladder-lab-off-") for f in ladders)
+    # The TLS 1.3 lesson: after the ServerHello every record is application_data on the wire, and
+    # the certificate is only the decrypted inner content.
+    assert "| application_data | handshake | " in md and "Certificate" in md
+    assert "| handshake |  | " in md  # ClientHello/ServerHello: handshake on the wire, nothing inner
+    assert "close_notify (0)" in md
+    # Wire order in the ladder: within the server's first flight, ServerHello before Certificate
+    # before Finished.
+    msc = open(os.path.join(report, sorted(f for f in ladders if f.startswith("ladder-lab-implicit-") and
+                                           f.endswith(".msc"))[0])).read()
+    assert msc.index("ServerHello") < msc.index("Certificate") < msc.index("Finished"), msc
     assert "Protocol Hierarchy Statistics" in md and "TCP Conversations" in md
 
 
