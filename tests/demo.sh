@@ -17,20 +17,24 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# Starts a server on port 0 and waits for its "ready port=N" line (no sleeping).
+# Starts a server on port 0 and waits for its "ready port=N" line (no sleeping). Sets PORT_OF_<name>
+# and records the pid in this shell (not a $(...) subshell, where it would be lost and the server
+# left running after the demo).
 start() {
   local name=$1; shift
   exec {fd}< <(exec "$BIN/$name" --port=0 --db="$WORK/demo.db" --certs=certs "$@" 2>"$WORK/$name.log")
   PIDS+=($!)
   local ready
   read -r -t 30 ready <&"$fd" || { echo "$name did not start"; cat "$WORK/$name.log"; exit 1; }
-  echo "${ready#ready port=}"
+  printf -v "PORT_OF_$name" '%s' "${ready#ready port=}"
 }
 
 "$BIN/maillab-certs" certs >/dev/null
 step "Starting the sender (SMTP, implicit TLS 1.3) and the retriever (HTTPS, TLS 1.3)"
-SPORT=$(start senderserver)
-RPORT=$(start retrieverserver)
+start senderserver
+start retrieverserver
+SPORT=$PORT_OF_senderserver
+RPORT=$PORT_OF_retrieverserver
 echo "senderserver    on localhost:$SPORT"
 echo "retrieverserver on https://localhost:$RPORT/   (one database: $WORK/demo.db)"
 
@@ -70,9 +74,14 @@ step "Server logs (key=value, one line per event)"
 grep -hE "event=(tls|auth|queued|request)" "$WORK/senderserver.log" "$WORK/retrieverserver.log" | sed 's/^[^ ]* //' | head -24
 
 step "Stopping both servers"
+echo "(pids ${PIDS[*]})"
 for pid in "${PIDS[@]}"; do kill "$pid"; done
-for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+for pid in "${PIDS[@]}"; do
+  # wait for each to exit (tail --pid watches any process, child or not), 20 s at most
+  timeout 20 tail --pid="$pid" -f /dev/null || { echo "error: server $pid is still running"; exit 1; }
+done
 PIDS=()
+echo "Both servers have stopped."
 echo "Done. Try it yourself, each in its own terminal:"
 echo "  make senderserver PORT=9000      make senderclient PORT=9000"
 echo "  make retrieverserver PORT=9100   make retrieverclient PORT=9100"
