@@ -37,6 +37,7 @@ UNIT_SRC := $(wildcard tests/unit/*.cpp)
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
 
 PROGRAMS := $(BIN)/senderserver $(BIN)/senderclient $(BIN)/retrieverserver $(BIN)/retrieverclient $(BIN)/maillab-certs \
+            $(BIN)/maillab-admin \
             $(BIN)/maillab-load
 TESTS := $(BIN)/unit-tests
 
@@ -87,6 +88,10 @@ $(BIN)/retrieverclient: $(call obj,retriever/client.cpp) $(BUILD)/libmaillab.a
 $(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ -lssl -lcrypto -lpthread
+
+$(BIN)/maillab-admin: $(call obj,common/tools/admin_main.cpp) $(BUILD)/libmaillab.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
@@ -144,9 +149,16 @@ test-deps: deps
 	$(call install_packages,$(TEST_PACKAGES))
 	$(call install_packages,$(OPTIONAL_TEST_PACKAGES),optional)
 
-.PHONY: certs
+.PHONY: certs password
 certs: $(BIN)/maillab-certs
 	@$(BIN)/maillab-certs certs
+
+# The instructor's reset: a new password for USER (printed once; the old one stops at once).
+# USER= on the command line only (the environment's USER is your login name, not a lab account).
+ACCOUNT = $(if $(filter command line,$(origin USER)),$(USER))
+password: $(BIN)/maillab-admin
+	@test -n "$(ACCOUNT)" || { echo "usage: make password USER=ana [DB=users/maillab.db]"; exit 2; }
+	@$(BIN)/maillab-admin --db $(or $(DB),users/maillab.db) set-password $(ACCOUNT)
 
 # ---- the lab -------------------------------------------------------------------------------
 HOST ?= localhost

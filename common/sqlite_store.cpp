@@ -238,6 +238,14 @@ public:
         return sqlite3_changes(c.db) == 1;
     }
 
+    bool setPasswordHash(const std::string& email, const std::string& passwordHash) override {
+        Connection c(*this);
+        Statement s(*c.handle, "UPDATE accounts SET password_hash = ?2 WHERE email = ?1");
+        s.bind(1, email).bind(2, passwordHash);
+        s.step();
+        return sqlite3_changes(c.db) == 1;
+    }
+
     double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
         Connection c(*this);
         // BEGIN IMMEDIATE: the read and the write below are one step for every process on the file.

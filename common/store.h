@@ -52,6 +52,9 @@ public:
     virtual std::optional<Account> findAccount(const std::string& email) = 0;
     // False when the account exists already (two registrations racing: only one wins).
     virtual bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) = 0;
+    // The instructor's reset: a new hash for an existing account (false when there is none). Both
+    // servers see it at their next login check (auth.h: the cache is bound to the stored hash).
+    virtual bool setPasswordHash(const std::string& email, const std::string& passwordHash) = 0;
     // Guess budgets (docs/design.md, "The guess budget"): a token bucket per key holding at most
     // `burst` guesses and gaining one every `refillSeconds`. takeGuess() takes one in a single write
     // transaction, so every connection of both servers draws on the same count and none can race

@@ -560,3 +560,29 @@ def a_deleted_account_stops_working_at_once_on_both_servers(lab):
         assert out.returncode == 1, out.stdout
         out = run_client(lab, retriever.port, ["--user", "carol", "--password", new], program="retrieverclient")
         assert out.returncode == 0, out.stderr
+
+
+@test
+def the_instructor_resets_a_password_and_both_servers_see_it_at_once(lab):
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        old = register(lab, sender.port, "ana")
+        assert run_client(lab, retriever.port, ["--user", "ana", "--password", old],
+                          program="retrieverclient").returncode == 0  # cached in the retriever now
+        out = subprocess.run([lab.exe("maillab-admin"), "--db", sender.db, "set-password", "ana"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        new = out.stdout.split("password: ")[1].split()[0]
+        assert len(new) == 8 and new.endswith("447") and new != old
+        for program, port in (("senderclient", sender.port), ("retrieverclient", retriever.port)):
+            assert run_client(lab, port, ["--user", "ana", "--password", old, "--to", "ana"] if program == "senderclient"
+                              else ["--user", "ana", "--password", old], program=program).returncode == 1
+            assert run_client(lab, port, ["--user", "ana", "--password", new], program=program).returncode == 0
+        # postmaster gets its first password the same way, and can read its mail
+        out = subprocess.run([lab.exe("maillab-admin"), "--db", sender.db, "set-password", "postmaster"],
+                             capture_output=True, text=True, timeout=60)
+        pm = out.stdout.split("password: ")[1].split()[0]
+        assert run_client(lab, retriever.port, ["--user", "postmaster", "--password", pm],
+                          program="retrieverclient").returncode == 0
+        out = subprocess.run([lab.exe("maillab-admin"), "--db", sender.db, "set-password", "nobody"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "no account nobody@447.edu" in out.stderr
