@@ -53,12 +53,25 @@ def certificate_names(path, decode_args):
     except ValueError:
         return {}
     shown = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-issuer",
-                            "-nameopt", "RFC2253"], input=der, capture_output=True)
+                            "-nameopt", "RFC2253", "-dates", "-ext", "subjectAltName"], input=der, capture_output=True)
     names = {}
-    for line in shown.stdout.decode(errors="replace").splitlines():
+    lines = shown.stdout.decode(errors="replace").splitlines()
+    for i, line in enumerate(lines):
         key, _, value = line.partition("=")
-        if key.strip() in ("subject", "issuer"):
-            names[key.strip()] = value.strip()
+        key = key.strip()
+        if key in ("subject", "issuer"):
+            names[key] = value.strip()
+        elif key in ("notBefore", "notAfter"):
+            names["not_before" if key == "notBefore" else "not_after"] = value.strip()
+        elif "Subject Alternative Name" in line and i + 1 < len(lines):
+            names["san"] = lines[i + 1].strip()
+    pub = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-pubkey"], input=der, capture_output=True)
+    text = subprocess.run(["openssl", "pkey", "-pubin", "-noout", "-text"], input=pub.stdout,
+                          capture_output=True).stdout.decode(errors="replace")
+    bits = next((l.strip() for l in text.splitlines() if "Public-Key:" in l), "")
+    curve = next((l.split(":", 1)[1].strip() for l in text.splitlines() if "ASN1 OID" in l), "")
+    if bits:
+        names["key"] = ("EC " + curve + " " if curve else "") + bits.replace("Public-Key:", "").strip()
     return names
 
 
@@ -207,7 +220,10 @@ class Capture:
         hellos = self.fields("tls.handshake.type == 1 || tls.handshake.type == 2",
                              ["tcp.stream", "tcp.srcport", "tcp.dstport", "tls.record.version", "tls.handshake.type",
                               "tls.handshake.version", "tls.handshake.extensions.supported_version",
-                              "tls.handshake.extensions_key_share_group", "tls.handshake.ciphersuite"])
+                              "tls.handshake.extensions_key_share_group", "tls.handshake.ciphersuite",
+                              "tls.handshake.extensions_server_name", "tls.handshake.random",
+                              "tls.handshake.extensions_supported_group", "tls.handshake.sig_hash_alg",
+                              "tls.handshake.extensions_alpn_str", "frame.number"])
         table = {}
         for r in hellos:
             stream = int(r["tcp.stream"])
@@ -220,15 +236,24 @@ class Capture:
                 row["offered_versions"] = [name(VERSIONS, v) for v in r["tls.handshake.extensions.supported_version"].split("|") if v]
                 row["offered_suites"] = [name(CIPHER_SUITES, c) for c in r["tls.handshake.ciphersuite"].split("|") if c]
                 row["offered_groups"] = [name(GROUPS, g) for g in r["tls.handshake.extensions_key_share_group"].split("|") if g]
+                row["client_hello_frame"] = int(r["frame.number"])
+                row["sni"] = r["tls.handshake.extensions_server_name"] or "(none)"
+                row["client_random"] = r["tls.handshake.random"].split("|")[0].replace(":", "")
+                row["supported_groups"] = [name(GROUPS, g) for g in r["tls.handshake.extensions_supported_group"].split("|") if g]
+                row["signature_algorithms"] = len([a for a in r["tls.handshake.sig_hash_alg"].split("|") if a])
+                row["alpn"] = r["tls.handshake.extensions_alpn_str"].replace("|", ", ") or "(none)"
             if "2" in kinds:
                 row["server_hello_version"] = name(VERSIONS, r["tls.handshake.version"].split("|")[0])
                 row["chosen_version"] = name(VERSIONS, r["tls.handshake.extensions.supported_version"].split("|")[0])
                 row["chosen_suite"] = name(CIPHER_SUITES, r["tls.handshake.ciphersuite"].split("|")[0])
                 row["chosen_group"] = name(GROUPS, r["tls.handshake.extensions_key_share_group"].split("|")[0])
+                row["server_hello_frame"] = int(r["frame.number"])
         names = certificate_names(self.path, self.decode_args())
         for row in table.values():
             row["certificate_subject"] = names.get("subject", "(encrypted: no keys)")
             row["certificate_issuer"] = names.get("issuer", "(encrypted: no keys)")
+            for key in ("san", "not_before", "not_after", "key"):
+                row["certificate_" + key] = names.get(key, "")
         return [table[k] for k in sorted(table)]
 
     def stats(self, which):

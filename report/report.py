@@ -99,7 +99,8 @@ def section(cap, out_dir):
     if cap.has_tls:
         md.append("### TLS handshakes\n")
         rows = []
-        for h in cap.handshakes():
+        handshakes = cap.handshakes()
+        for h in handshakes:
             rows.append([h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
                          h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
                          ", ".join(h.get("offered_suites", [])), ", ".join(h.get("offered_groups", [])),
@@ -110,6 +111,21 @@ def section(cap, out_dir):
                             "group chosen", "certificate subject", "issuer"], rows))
         md.append("\nThe record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
                   "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n")
+        md.append("#### The ClientHello in detail\n")
+        md.append(md_table(["conn", "frame", "SNI (server_name)", "ALPN", "supported_groups", "signature algorithms",
+                            "client random (32 bytes)"],
+                           [[h["stream"], h.get("client_hello_frame", ""), h.get("sni", ""), h.get("alpn", ""),
+                             ", ".join(h.get("supported_groups", [])), h.get("signature_algorithms", ""),
+                             h.get("client_random", "")] for h in handshakes]))
+        first = next(iter(handshakes), {})
+        if first.get("certificate_san"):
+            md.append("#### The server's certificate\n")
+            md.append(md_table(["subject", "subjectAltName", "issuer", "valid from", "valid until", "key"],
+                               [[first["certificate_subject"], first["certificate_san"], first["certificate_issuer"],
+                                 first["certificate_not_before"], first["certificate_not_after"],
+                                 first["certificate_key"]]]))
+            md.append("\nIn TLS 1.3 the Certificate message travels encrypted (inside application_data records, "
+                      "RFC 8446 4.4.2): this table comes from the decrypted capture; an eavesdropper sees none of it.\n")
     records = cap.tls_records() if cap.has_tls else []
     smtp = cap.smtp_lines()
     http = cap.http_messages()

@@ -122,6 +122,9 @@ def report_tables_match_the_known_session(lab):
     assert "| application_data | handshake | " in md and "Certificate" in md
     assert "| handshake |  | " in md  # ClientHello/ServerHello: handshake on the wire, nothing inner
     assert "close_notify (0)" in md
+    # The Kurose & Ross questions: SNI, supported_groups, the random; the certificate's SAN, validity, key.
+    assert "| localhost | smtp |" in md and "x25519" in md
+    assert "DNS:localhost" in md and "IP Address:127.0.0.1" in md and "prime256v1" in md
     # Wire order in the ladder: within the server's first flight, ServerHello before Certificate
     # before Finished.
     msc = open(os.path.join(report, sorted(f for f in ladders if f.startswith("ladder-lab-implicit-") and
