@@ -203,7 +203,8 @@ for path in sorted(glob.glob(os.path.join(results, "*.tsv")), key=lambda p: orde
     name, _, tools = versions.partition(" poco=")
     tools = "poco=" + tools if tools else ""
     short = " / ".join(kv.split("=", 1)[1] for kv in tools.split()) if tools else "?"
-    rows.append(f"| {name} ({release}) | {short} | {demo} | {test} | {date} |")
+    label = name if f"({release})" in name else f"{name} ({release})"
+    rows.append(f"| {label} | {short} | {demo} | {test} | {date} |")
 text = open(readme).read()
 begin, end = "<!-- platforms-tested:begin -->", "<!-- platforms-tested:end -->"
 table = "\n".join(["| release | Poco / OpenSSL / tshark / Python | `make demo` | `make test` | date |",

@@ -167,7 +167,6 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     """make capture-start as a student uses it: servers started by it on the lab's own ports, a
     session, then Ctrl-C (SIGINT to the whole foreground group, dumpcap's terminal included): the
     pcapng is written with its secrets and the lab's sequence; a stale pid file is recognised."""
-    import select
     import signal
     import socket
     import uuid
@@ -185,10 +184,16 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     proc = subprocess.Popen(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "start", "--ports",
                              f"{ports[0]},{ports[1]}", "--name", name, "--out", out_dir, "--servers", "--build", build],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Lines through a thread: select() on the pipe cannot see lines already read into the text
+    # stream's buffer (which made this wait miss "capture running" when it came with the line before).
+    import queue
+    import threading
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, "")] + [lines.put("")],
+                     daemon=True).start()
     seen = ""
     while "capture running" not in seen:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
+        line = lines.get(timeout=120)
         assert line, seen
         seen += line
     ca = os.path.join(ROOT, "certs", "ca.pem")
@@ -203,7 +208,11 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
                           "live" + name, "--password", password], capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stderr
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal
-    rest, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    rest = ""
+    while not rest.endswith("\x00"):
+        line = lines.get(timeout=60)
+        rest += line if line else "\x00"
     assert proc.returncode == 0, seen + rest
     final = os.path.join(out_dir, f"{name}.pcapng")
     assert os.path.exists(final) and "with TLS secrets" in rest, rest
