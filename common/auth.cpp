@@ -108,8 +108,10 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
                                        const std::string& source) {
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
-    std::optional<Account> account = store_.findAccount(email);
-    if (!account) {
+    const std::string from = sourceKey(source);
+    // One read for the hash, the source's standing and its bucket (the hot path of every login).
+    std::optional<LoginState> state = store_.loginState(email, from);
+    if (!state) {
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
             !isReservedAddress(email)) {
             std::string newPassword = generateLabPassword();
@@ -127,8 +129,8 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
     }
 
-    const std::string from = sourceKey(source);
-    bool trusted = !from.empty() && store_.isTrustedSource(email, from);
+    std::optional<Account> account = Account{email, state->passwordHash, 0};
+    bool trusted = state->trusted;
     const std::string key = trusted ? "pair:" + email + "|" + from : "acct:" + email;
     const double burst = policy_.guessBurst, refill = static_cast<double>(policy_.guessRefillSeconds);
     auto throttled = [&](double wait) {
@@ -136,7 +138,11 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     };
     // Comparing with a cached password is a check too: only with budget left, or the cache would
     // answer a guesser for free. A hit costs nothing.
-    if (double wait = store_.peekGuess(key, burst, refill, now); wait > 0) return throttled(wait);
+    if (state->hasBucket) {
+        double tokens = state->tokens;
+        if (refill > 0 && now > state->updated) tokens = std::min(burst, tokens + (now - state->updated) / refill);
+        if (tokens < 1.0) return throttled(refill > 0 ? std::max(1.0, (1.0 - tokens) * refill) : 1e9);
+    }
     auto cachedOk = [&] {
         if (password.empty()) return false;
         auto hash = cachedHash(email, password, now);

@@ -156,6 +156,7 @@ public:
     }
     int64_t integer(int column) const { return sqlite3_column_int64(stmt_, column); }
     double real(int column) const { return sqlite3_column_double(stmt_, column); }
+    bool isNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 
 private:
     sqlite3* db_;
@@ -275,16 +276,24 @@ public:
         return 0;
     }
 
-    double peekGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
+    std::optional<LoginState> loginState(const std::string& email, const std::string& source) override {
         Connection c(*this);
-        Statement read(*c.handle, "SELECT tokens, updated FROM auth_budget WHERE key = ?1");
-        read.bind(1, key);
-        if (!read.step()) return 0;
-        double tokens = read.real(0);
-        int64_t updated = read.integer(1);
-        if (refillSeconds > 0 && now > updated) tokens = std::min(burst, tokens + (now - updated) / refillSeconds);
-        if (tokens >= 1.0) return 0;
-        return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
+        // The budget key as Authenticator builds it: pair:<email>|<source> for a trusted source.
+        Statement s(*c.handle,
+                    "WITH t(trusted) AS (SELECT EXISTS(SELECT 1 FROM auth_trusted WHERE email = ?1 AND source = ?2 "
+                    "AND ?2 <> '')) "
+                    "SELECT a.password_hash, t.trusted, b.tokens, b.updated FROM accounts a, t "
+                    "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.trusted THEN 'pair:' || ?1 || '|' || ?2 "
+                    "ELSE 'acct:' || ?1 END WHERE a.email = ?1");
+        s.bind(1, email).bind(2, source);
+        if (!s.step()) return std::nullopt;
+        LoginState state;
+        state.passwordHash = s.text(0);
+        state.trusted = s.integer(1) != 0;
+        state.hasBucket = !s.isNull(2);
+        state.tokens = s.real(2);
+        state.updated = s.integer(3);
+        return state;
     }
 
     void returnGuess(const std::string& key, double burst) override {

@@ -10,6 +10,16 @@
 
 namespace maillab {
 
+// What a login needs to know, read in one query (the hot path of every SMTP AUTH and HTTP request):
+// the account's hash, whether `source` has logged in to it before, and that budget's bucket.
+struct LoginState {
+    std::string passwordHash;
+    bool trusted = false;
+    bool hasBucket = false;  // false: a full bucket (never used)
+    double tokens = 0;
+    int64_t updated = 0;
+};
+
 struct Account {
     std::string email;         // lower-case address, the account's name
     std::string passwordHash;  // see password.h; never the password itself
@@ -60,8 +70,8 @@ public:
     // transaction, so every connection of both servers draws on the same count and none can race
     // another; it returns 0 when a guess was taken, else the seconds until the next one.
     virtual double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
-    // The same answer as takeGuess() without taking anything (may a cached password be compared?).
-    virtual double peekGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
+    // The account's LoginState for a login from `source`; nullopt when there is no such account.
+    virtual std::optional<LoginState> loginState(const std::string& email, const std::string& source) = 0;
     // A guess that turned out right is given back: successes cost the owner nothing.
     virtual void returnGuess(const std::string& key, double burst) = 0;
     // Source addresses that have logged in to an account before: they draw on a budget of their own.

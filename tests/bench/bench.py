@@ -352,7 +352,10 @@ def write_report(b, r, out_path, quick):
     ratio = lambda a, b: a / b if b else float("inf")  # noqa: E731
     targets = [
         ("sender sessions/s (c=20) vs aiosmtpd", ratio(s_c20["per_second"], p_c20["per_second"]), 2.0),
-        ("sender sessions/s (c=20) vs handshake ceiling", ratio(s_c20["per_second"], ceiling), 0.6),
+        # The ceiling is nginx on every core now (issue 8), not single-threaded s_server: what compares
+        # with it is the sender's own handshake rate; a whole session adds AUTH, a message and a commit.
+        ("sender handshakes/s (c=20) vs handshake ceiling (nginx, all cores)",
+         ratio(r["sender_handshake"]["per_second"], ceiling), 0.6),
         ("kept-open messages/s vs aiosmtpd", ratio(s_keep["per_second"], p_keep["per_second"]), 3.0),
         ("retriever GETs/s vs nginx static (our generator)", ratio(http["retriever_ours"]["per_second"],
                                                                 http["nginx_ours"]["per_second"]), 0.4),
