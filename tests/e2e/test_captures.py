@@ -110,6 +110,11 @@ def report_tables_match_the_known_session(lab):
     # Side by side: in plaintext the credentials are readable, with TLS nothing is.
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ") and "readable" not in line}
     assert "base64 of `\\0ana@447.edu\\0" in rows["plaintext"]
+    assert "new password in the 235 reply" in rows["plaintext"]  # registration leaks the password too
+    html = open(os.path.join(report, "report.html")).read()
+    assert 'id="TOC"' in html and "max-width: 1240px" in html
+    # The implicit-TLS section comes first.
+    assert md.index("lab-implicit.pcapng: ") < md.index("lab-starttls.pcapng: ") < md.index("lab-off.pcapng: ")
     assert rows["implicit TLS (RFC 8314)"].rstrip().endswith("| 0 | 0 | nothing |")
     assert rows["STARTTLS (RFC 3207)"].rstrip().endswith("| 0 | nothing |")  # SMTP before STARTTLS is readable
     ladders = [f for f in os.listdir(report) if f.startswith("ladder-")]
