@@ -215,8 +215,8 @@ def comparison(rows):
 # rather than under the text, and the figures no wider than the page.
 PAGE_STYLE = """<style>
 body { max-width: 1240px; margin: 0 auto; padding: 12px; font-size: 15px; }
-table { display: block; max-width: 100%; overflow-x: auto; border-collapse: collapse; font-size: 13px; }
-td, th { border: 1px solid #ccc; padding: 2px 6px; vertical-align: top; word-break: break-word; }
+table { width: 100%; border-collapse: collapse; font-size: 12px; }
+td, th { border: 1px solid #ccc; padding: 2px 5px; vertical-align: top; overflow-wrap: anywhere; }
 img { max-width: 100%; }
 pre { max-width: 100%; overflow-x: auto; font-size: 12px; }
 nav#TOC { border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }

@@ -240,3 +240,43 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "stop", "--name", name],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "stale" in out.stdout and not os.path.exists(stale), out.stdout + out.stderr
+
+
+@test
+def the_report_fits_a_1280_px_window(lab):
+    """Rendered by headless Chromium at 1280 px: no table wider than the page (every column visible
+    without a scrollbar), and a table of contents."""
+    import shutil
+    import tempfile
+    chromium = shutil.which("chromium")
+    if not chromium:
+        raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
+    files = captures(lab)
+    out_dir = lab.path("report-1280")
+    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "lab", "--out",
+                          out_dir, files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    page = os.path.join(out_dir, "lab", "report.html")
+    probe = page.replace("report.html", "probe.html")
+    # The same page with a script that marks every table wider than the body.
+    html = open(page).read().replace("</body>", """<script>
+for (const t of document.querySelectorAll('table'))
+  if (t.getBoundingClientRect().right > document.body.getBoundingClientRect().right + 1) t.setAttribute('data-overflow', 'yes');
+document.body.setAttribute('data-checked', document.querySelectorAll('table').length);
+</script></body>""")
+    with open(probe, "w") as f:
+        f.write(html)
+    profile = tempfile.mkdtemp(prefix="maillab-chromium-")
+    try:
+        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                              "--window-size=1280,900", "--dump-dom", "file://" + probe],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    dom = out.stdout
+    assert 'data-checked="' in dom, out.stderr[-800:]
+    assert int(dom.split('data-checked="')[1].split('"')[0]) >= 8
+    assert 'data-overflow="yes"' not in dom, "a table is wider than the page at 1280 px"
+    assert 'id="TOC"' in dom
