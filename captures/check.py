@@ -18,6 +18,8 @@ def check(path, out=print):
     out(f"{path}: mode={cap.mode} smtp port={cap.smtp_port} http port={cap.http_port} "
         f"secrets={'yes' if cap.secrets else 'no'}")
     missing = []
+    if cap.truncated:
+        out("  warning: the file is cut short in the middle of a packet: checked as far as it reads")
 
     def item(ok, text):
         out(f"  [{'ok' if ok else '--'}] {text}")
@@ -37,6 +39,11 @@ def check(path, out=print):
                     "and HTTP inside cannot be read. Capture with --keylog/SSLKEYLOGFILE and `make capture`.")
                 return 2
     smtp = cap.smtp_lines()
+    # A capture of some other program: no maillab banner, no comment of ours.
+    if not cap.commented and not any(line["dir"] == "S" and "maillab" in line["text"] for line in smtp) \
+            and not (cap.has_tls and not cap.secrets):
+        out("  not a maillab session: no maillab greeting (220 ... maillab) and no maillab capture comment")
+        return 4
     # HELO counts as the greeting step as much as EHLO (the README teaches `helo`).
     commands = [(line["frame"], line["text"].split(" ")[0].upper().replace("HELO", "EHLO")) for line in smtp
                 if line["dir"] == "C"]
@@ -61,7 +68,12 @@ def main():
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
-    # Exit status: 0 all there, 1 steps missing, 2 undecryptable (no keys), 3 not a capture file.
+    # Exit status: 0 all there, 1 steps missing, 2 undecryptable (no keys), 3 not a capture file,
+    # 4 a capture of something else (no maillab session in it). --csv: the verdicts as CSV at the end.
+    csv_out = "--csv" in sys.argv
+    if csv_out:
+        sys.argv.remove("--csv")
+    words = {0: "complete", 1: "steps missing", 2: "undecryptable", 3: "not a capture", 4: "not maillab"}
     worst = 0
     results = []
     for path in sys.argv[1:]:
@@ -73,10 +85,13 @@ def main():
         results.append((path, code))
         worst = max(worst, code)
     if len(results) > 1:
-        words = {0: "complete", 1: "steps missing", 2: "undecryptable", 3: "not a capture"}
         print("\nsummary:")
         for path, code in results:
             print(f"  {words[code]:<14} {path}")
+    if csv_out:
+        print("file,verdict,exit")
+        for path, code in results:
+            print(f"{path},{words[code]},{code}")
     return worst
 
 

@@ -34,7 +34,8 @@ def name(table, value):
 
 def tshark(path, args, check=True):
     out = subprocess.run(["tshark", "-r", path] + args, capture_output=True, text=True)
-    if check and out.returncode != 0:
+    # A file cut short (a capture stopped hard, a partial download) is read as far as it goes.
+    if check and out.returncode != 0 and "cut short" not in out.stderr:
         raise RuntimeError(f"tshark failed on {path}: {out.stderr.strip()}")
     return out.stdout
 
@@ -79,8 +80,10 @@ class Capture:
     def __init__(self, path):
         self.path = path
         info = subprocess.run(["capinfos", path], capture_output=True, text=True)
-        if info.returncode != 0:
+        self.truncated = "cut short" in info.stderr
+        if info.returncode != 0 and not self.truncated:
             raise RuntimeError(f"not a capture file: {path}: {info.stderr.strip()}")
+        self.commented = "maillab mode=" in info.stdout
         self.secrets = int((re.search(r"Number of decryption secrets in file:\s*(\d+)", info.stdout) or [0, 0])[1])
         comment = re.search(r"maillab mode=(\w+) smtp=(\d+) http=(\d+)", info.stdout)
         if comment:

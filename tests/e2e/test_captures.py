@@ -280,3 +280,18 @@ document.body.setAttribute('data-checked', document.querySelectorAll('table').le
     assert int(dom.split('data-checked="')[1].split('"')[0]) >= 8
     assert 'data-overflow="yes"' not in dom, "a table is wider than the page at 1280 px"
     assert 'id="TOC"' in dom
+
+
+@test
+def a_truncated_capture_is_checked_as_far_as_it_reads(lab):
+    files = captures(lab)
+    cut = lab.path("cut.pcapng")
+    data = open(files["implicit"], "rb").read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])
+    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), "--csv", cut],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert "cut short" in out.stdout and "[ok] TLS 1.3 handshake" in out.stdout, out.stdout
+    assert "Traceback" not in out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith(cut + ","), out.stdout
