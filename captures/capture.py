@@ -234,9 +234,26 @@ def session(args):
                 f.write("Hi Bob,\nthe capture lab starts at ten.\nAna\n")
             say("   ana sends bob a message")
             run(sc + ["--user", "ana", "--password", ana, "--to", "bob", "--subject", "Capture lab", "--body-file", body])
-            say("   bob lists his mailbox and opens the message")
+            # A message of about 120 KB: its response spans several TCP segments and TLS records.
+            data = os.path.join(work, "data.txt")
+            with open(data, "w") as f:
+                for i in range(1600):
+                    f.write(f"{i:05d} measurement {'x' * 60}\n")
+            run(sc + ["--user", "ana", "--password", ana, "--to", "bob", "--subject", "Lab data", "--body-file", data])
+            say("   bob lists his mailbox and opens the messages")
             run(rc + ["--user", "bob", "--password", bob])
             run(rc + ["--user", "bob", "--password", bob, "--id", "1"])
+            run(rc + ["--user", "bob", "--password", bob, "--id", "2", "--raw"])
+            say("   bob asks again with If-None-Match and with If-Modified-Since: 304 Not Modified")
+            # Our client, not curl: curl closes without reading the server's close_notify, and the
+            # server's last bytes then meet a closed socket (a TCP RST in the capture).
+            shown = subprocess.run(rc + ["--user", "bob", "--password", bob, "--verbose"], capture_output=True,
+                                   text=True, timeout=60).stderr
+            etag = re.search(r"(?im)^S: etag: *(.+?)\s*$", shown)
+            modified = re.search(r"(?im)^S: last-modified: *(.+?)\s*$", shown)
+            for header in ([f"If-None-Match: {etag.group(1)}"] if etag else []) + \
+                          ([f"If-Modified-Since: {modified.group(1)}"] if modified else []):
+                run(rc + ["--user", "bob", "--password", bob, "--header", header])
             probe = cap.stop()
         finally:
             sender.stop()

@@ -168,9 +168,54 @@ def section(cap, out_dir):
                              m["type"], m["length"], m["authorization"]] for m in http]))
     else:
         md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
+    md.append(http_questions(cap))
     md.append("### Statistics (tshark -z conv,tcp and -z io,phs)\n")
     md.append("```\n" + cap.stats("conv,tcp").strip() + "\n```\n")
     md.append("```\n" + cap.stats("io,phs").strip() + "\n```\n")
+    return "\n".join(md)
+
+
+def http_questions(cap):
+    """The HTTP lab's questions, each answered with its frame numbers."""
+    responses = cap.fields("http.response", ["frame.number", "tcp.stream", "http.response.code",
+                                             "http.last_modified", "http.content_length_header", "tcp.segment.count",
+                                             "tls.segment.count"])
+    requests = cap.fields("http.request", ["frame.number", "tcp.stream", "http.request.method", "http.request.uri",
+                                           "http.request.line"])
+    if not responses and not requests:
+        return ""
+    md = ["### HTTP, question by question\n"]
+    codes = {}
+    for r in responses:
+        codes.setdefault(r["http.response.code"], []).append(r["frame.number"])
+    md.append("- **Status codes**: " + "; ".join(f"{code} in frames {', '.join(frames)}" for code, frames in
+                                                 sorted(codes.items())) + ".")
+    with_lm = [r for r in responses if r["http.last_modified"]]
+    if with_lm:
+        md.append(f"- **Last-Modified**: `{with_lm[0]['http.last_modified']}` (frame {with_lm[0]['frame.number']}); "
+                  "**Content-Length** of each response: " +
+                  ", ".join(f"{r['http.content_length_header'] or '-'} (frame {r['frame.number']})" for r in responses) + ".")
+    conditional = []
+    for q in requests:
+        lines = q["http.request.line"]
+        for header in ("If-None-Match", "If-Modified-Since"):
+            if header.lower() in lines.lower():
+                answer = next((r for r in responses if r["tcp.stream"] == q["tcp.stream"] and
+                               int(r["frame.number"]) > int(q["frame.number"])), None)
+                conditional.append(f"{header} in frame {q['frame.number']} answered "
+                                   f"{answer['http.response.code'] + ' in frame ' + answer['frame.number'] if answer else '(no answer)'}")
+    md.append("- **Conditional GETs**: " + ("; ".join(conditional) if conditional else "none in this capture") +
+              ". A 304 carries no body: the client's copy is still good (RFC 9110 15.4.5).")
+    def pieces(r, field):
+        return max((int(x) for x in r[field].split("|") if x.isdigit()), default=0)
+
+    multi = [r for r in responses if pieces(r, "tcp.segment.count") > 1 or pieces(r, "tls.segment.count") > 1]
+    md.append("- **A response spanning several segments**: " +
+              ("; ".join(f"frame {r['frame.number']}: Content-Length {r['http.content_length_header']}, reassembled from "
+                         + (f"{pieces(r, 'tls.segment.count')} TLS records" if pieces(r, "tls.segment.count") > 1 else "")
+                         + (" and " if pieces(r, "tls.segment.count") > 1 and pieces(r, "tcp.segment.count") > 1 else "")
+                         + (f"{pieces(r, 'tcp.segment.count')} TCP segments" if pieces(r, "tcp.segment.count") > 1 else "")
+                         for r in multi) if multi else "none (every response fitted one segment)") + ".\n")
     return "\n".join(md)
 
 

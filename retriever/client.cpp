@@ -19,6 +19,7 @@
 #include <Poco/Timestamp.h>
 #include <Poco/Util/Application.h>
 #include <Poco/Util/Option.h>
+#include <Poco/Util/OptionException.h>
 #include <Poco/Util/OptionSet.h>
 
 #include <unistd.h>
@@ -27,6 +28,7 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <vector>
 
 namespace maillab {
 namespace {
@@ -109,6 +111,7 @@ private:
         request.setKeepAlive(true);
         request.set("User-Agent", "maillab-retrieverclient");
         request.set("Accept", "application/json");
+        for (const auto& [name, value] : extraHeaders_) request.set(name, value);
         Poco::Net::HTTPBasicCredentials(user, password).authenticate(request);
         if (verbose_) {
             std::cerr << "C: GET " << path << " HTTP/1.1\n";
@@ -159,6 +162,9 @@ private:
     std::unique_ptr<Poco::Net::StreamSocket> socket_;
     std::unique_ptr<Poco::Net::SocketStream> stream_;
     int requests_ = 0;  // answered on this connection
+
+public:
+    std::vector<std::pair<std::string, std::string>> extraHeaders_;  // --header, on every request
 };
 
 std::string errorMessage(const HttpResult& r) {
@@ -222,6 +228,9 @@ protected:
         add("limit", "list at most N messages", "N");
         add("json", "print the server's JSON as is", nullptr);
         add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
+        Poco::Util::Option header("header", "", "add a request header, e.g. 'If-None-Match: \"L5.3\"' (repeatable)");
+        header.required(false).repeatable(true).argument("NAME: VALUE");
+        options.addOption(header);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
@@ -235,6 +244,13 @@ protected:
             helpRequested_ = true;
         } else if (name == "verbose" || name == "json" || name == "raw") {
             config().setBool("client." + name, true);
+        } else if (name == "header") {
+            size_t colon = value.find(':');
+            if (colon == std::string::npos || colon == 0)
+                throw Poco::Util::InvalidArgumentException("--header needs 'Name: value', not '" + value + "'");
+            std::string headerValue = value.substr(colon + 1);
+            headerValue.erase(0, headerValue.find_first_not_of(' '));
+            headers_.emplace_back(value.substr(0, colon), headerValue);
         }
     }
 
@@ -269,6 +285,7 @@ protected:
         }
         connection_ = std::make_unique<RetrieverConnection>(target, context, timeout,
                                                             cfg.getBool("client.verbose", false));
+        connection_->extraHeaders_ = headers_;
         try {
             return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
         } catch (const std::exception& e) {
@@ -308,6 +325,10 @@ private:
             path = listPath(user, query.empty() ? "" : "?" + query);
         }
         HttpResult r = connection_->get(path, user, password);
+        if (r.status == 304) {  // asked with If-None-Match or If-Modified-Since: the copy is current
+            std::cout << "304 Not Modified: your copy is still current (no body sent)\n";
+            return kOk;
+        }
         if (r.status != 200) {
             if (json) std::cout << r.body << "\n";
             std::cerr << "error: " << r.status << " " << r.reason << ": " << errorMessage(r) << "\n";
@@ -364,6 +385,7 @@ private:
     }
 
     bool helpRequested_ = false;
+    std::vector<std::pair<std::string, std::string>> headers_;
     Terminal terminal_;
     std::string domain_;
     std::unique_ptr<RetrieverConnection> connection_;
