@@ -137,6 +137,14 @@ class Capture:
         return args
 
     def fields(self, display_filter, fields, extra=()):
+        # tshark's start-up is most of its time on a lab capture: each question is asked once.
+        key = (display_filter, tuple(fields), tuple(extra))
+        cache = self.__dict__.setdefault("_fields_cache", {})
+        if key not in cache:
+            cache[key] = self._fields(display_filter, fields, extra)
+        return [dict(row) for row in cache[key]]
+
+    def _fields(self, display_filter, fields, extra=()):
         args = self.decode_args() + list(extra) + ["-Y", display_filter, "-T", "fields", "-E", "occurrence=a",
                                                     "-E", "aggregator=|", "-E", "separator=\t"]
         for f in fields:
@@ -220,6 +228,11 @@ class Capture:
 
     def handshakes(self):
         """One row per TLS connection: what the ClientHello offered and the ServerHello chose."""
+        if "_handshakes" not in self.__dict__:
+            self._handshakes = self._read_handshakes()
+        return [dict(h) for h in self._handshakes]
+
+    def _read_handshakes(self):
         hellos = self.fields("tls.handshake.type == 1 || tls.handshake.type == 2",
                              ["tcp.stream", "tcp.srcport", "tcp.dstport", "tls.record.version", "tls.handshake.type",
                               "tls.handshake.version", "tls.handshake.extensions.supported_version",
@@ -276,6 +289,8 @@ class Capture:
         strip_secrets(self.path, path)
         blind = Capture.__new__(Capture)
         blind.__dict__.update(self.__dict__)
+        blind.__dict__.pop("_fields_cache", None)  # the answers of the decrypted file are not its own
+        blind.__dict__.pop("_handshakes", None)
         blind.path = path
         blind.secrets = 0
         return blind

@@ -68,8 +68,11 @@ def ladder(cap, stream, smtp, http, records, out_dir):
             events.append((m["frame"], 10**6, m["dir"], text[:60], "#38761d"))
     if not events:
         return None
-    ports = cap.fields(f"tcp.stream == {stream} && tcp.flags.syn == 1 && tcp.flags.ack == 0",
-                       ["ip.src", "tcp.srcport", "ip.dst", "tcp.dstport"])
+    # The SYNs of every connection in one tshark run (cached), not one run per ladder.
+    syns = cap.fields("tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                      ["tcp.stream", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport"])
+    ports = [dict(r, **{"ip.src": r["ip.src"] or r["ipv6.src"], "ip.dst": r["ip.dst"] or r["ipv6.dst"]})
+             for r in syns if r["tcp.stream"] == str(stream)]
     client = f"{ports[0]['ip.src']}:{ports[0]['tcp.srcport']}" if ports else "client"
     server = f"{ports[0]['ip.dst']}:{ports[0]['tcp.dstport']}" if ports else "server"
     lines = ["msc {", '  hscale = "1.6";', f'  c [label="client {client}"], s [label="server {server}"];']
@@ -282,7 +285,10 @@ def main():
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     print(f"report: analysing {len(args.captures)} capture(s) with tshark ...", flush=True)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    import multiprocessing
+    # fork on every Python (3.14 defaults to forkserver on Linux): the workers need nothing re-imported.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                mp_context=multiprocessing.get_context("fork")) as pool:
         results = list(pool.map(analyse, [(path, out_dir) for path in args.captures]))
     # The main lesson first: implicit TLS, then STARTTLS, then the plaintext comparison.
     order = {"implicit": 0, "starttls": 1, "off": 2}
