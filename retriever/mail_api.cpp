@@ -39,6 +39,7 @@ const char* reasonCode(int status) {
         case 431: return "header_fields_too_large";
         case 500: return "internal_error";
         case 503: return "service_unavailable";
+        case 505: return "http_version_not_supported";
     }
     return "error";
 }
@@ -276,6 +277,28 @@ MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::funct
 }
 
 ApiResponse MailApi::handle(const ApiRequest& request) {
+    // Framing first (RFC 9112): what this server cannot frame exactly is refused, and the connection
+    // closed, so that nothing left unread is taken for the next request (request smuggling).
+    auto refuse = [&](int status, const std::string& why) {
+        ApiResponse r = error(status, why);
+        r.closeConnection = true;
+        return r;
+    };
+    if (request.version != "HTTP/1.1" && request.version != "HTTP/1.0")
+        return refuse(505, "HTTP version not supported: use HTTP/1.1");
+    int contentLengths = 0;
+    for (const auto& [name, value] : request.headers) {
+        if (name.empty() || name.find_first_of(" \t") != std::string::npos)  // RFC 9112 5.1: no space before ':'
+            return refuse(400, "Malformed header field name");
+        if (Poco::icompare(name, "Transfer-Encoding") == 0)
+            return refuse(400, "Transfer-Encoding is not accepted on a GET (no request body here)");
+        if (Poco::icompare(name, "Content-Length") == 0) {
+            ++contentLengths;
+            if (value.find_first_not_of(" 0") != std::string::npos)
+                return refuse(400, "A GET carries no body (Content-Length must be 0)");
+        }
+    }
+    if (contentLengths > 1) return refuse(400, "Duplicate Content-Length");
     if (request.target.size() > limits_.maxUriLength)
         return error(414, "Request target longer than " + std::to_string(limits_.maxUriLength) + " octets");
     size_t headerBytes = 0;

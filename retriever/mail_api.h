@@ -29,6 +29,7 @@ struct ApiRequest {
     std::vector<std::pair<std::string, std::string>> headers;
     bool overTls = true;  // false on a --tls off server
     std::string peer;     // the client's IP address (the guess budget of sources that logged in before)
+    std::string version = "HTTP/1.1";  // as on the request line
     std::string header(const std::string& name) const;  // case-insensitive; "" when absent
 };
 

@@ -90,6 +90,7 @@ public:
             apiRequest.target = request.getURI();
             apiRequest.overTls = ctx_.overTls;
             apiRequest.peer = request.clientAddress().host().toString();
+            apiRequest.version = request.getVersion();
             for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
             result = ctx_.api->handle(apiRequest);
         }

@@ -198,6 +198,13 @@ def http_cases():
         (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nIf-Modified-Since: not a date\r\n\r\n", {200}),
         (b"HEAD / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {200}),
         (b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {404}),
+        # Framing (RFC 9112): what cannot be framed exactly is refused and the connection closed.
+        (b"GET / HTTP/9.9\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {505}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nContent-Length: 0\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nAuthorization: {auth}\r\n\r\n0\r\n\r\n", {400}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding : chunked\r\nAuthorization: {auth}\r\n\r\n0\r\n\r\n", {400}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 39\r\n\r\n"
+         b"GET /mailboxes/ana@447.edu HTTP/1.1\r\n\r\n", {400}),
     ]
 
 
@@ -220,6 +227,23 @@ def http_status(lab, port, request):
         s.close()
 
 
+def count_responses(lab, port, request):
+    s = tls_connect(lab, port)
+    data = b""
+    try:
+        s.sendall(request)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        s.close()
+    return data.count(b"HTTP/1.1 ")
+
+
 @test
 def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
     with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
@@ -230,6 +254,9 @@ def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
         wrong = []
         for number, (request, allowed) in enumerate(http_cases()):
             status = http_status(lab, retriever.port, request.replace(b"{auth}", auth))
+            if b"ana@447.edu HTTP/1.1" in request:
+                # the body is never taken for a second request: exactly one response on that connection
+                assert count_responses(lab, retriever.port, request.replace(b"{auth}", auth)) == 1
             if status not in allowed:
                 wrong.append(f"case {number} {request[:70]!r}: expected one of {sorted(allowed)}, got {status!r}")
             assert http_status(lab, retriever.port, good) == 200, f"not serving after case {number}"
