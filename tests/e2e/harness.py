@@ -63,6 +63,9 @@ class Server:
         self.db = db or lab.path("maillab.db")
         self.log_path = lab.path(program + ".log")
         cmd = [lab.exe(program), "--port=0", f"--db={self.db}", f"--certs={lab.certs}"]
+        # Log lines written at once (the console channel, not the default asynchronous one), so that
+        # a test reading the log while the server runs sees every event that has happened.
+        settings = {"logging.loggers.root.channel": "console", **(settings or {})}
         if settings:
             config = lab.path(program + ".properties")
             with open(config, "w") as f:
