@@ -59,6 +59,18 @@ def ladder(cap, stream, smtp, http, records, out_dir):
             inner = (inner + ": " if inner else "") + r["alert"]
         text = f"TLS {label}" + (f" [{inner}]" if inner else "") + f" ({r['length']} B, {r['time']:.3f} s)"
         events.append((r["frame"], order, r["dir"], text, "#555555"))
+    # TCP's own opening and closing (SYN, SYN-ACK, FIN, RST), from one cached tshark run.
+    flags = cap.fields("tcp.flags.syn == 1 || tcp.flags.fin == 1 || tcp.flags.reset == 1",
+                       ["frame.number", "tcp.stream", "tcp.srcport", "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin",
+                        "tcp.flags.reset", "frame.time_relative"])
+    for f in flags:
+        if f["tcp.stream"] != str(stream):
+            continue
+        on = lambda v: v in ("1", "True")  # noqa: E731 (tshark 4.0 prints 1, 4.2+ True)
+        name = ("SYN-ACK" if on(f["tcp.flags.ack"]) else "SYN") if on(f["tcp.flags.syn"]) else \
+               ("RST" if on(f["tcp.flags.reset"]) else "FIN")
+        events.append((int(f["frame.number"]), -1, cap.direction(f),
+                       f"TCP {name} ({float(f['frame.time_relative'] or 0):.3f} s)", "#999999"))
     for line in smtp:
         if line["stream"] == stream:
             events.append((line["frame"], 10**6, line["dir"], line["text"][:60], "#0b5394"))

@@ -139,6 +139,7 @@ def report_tables_match_the_known_session(lab):
     msc = open(os.path.join(report, sorted(f for f in ladders if f.startswith("ladder-lab-implicit-") and
                                            f.endswith(".msc"))[0])).read()
     assert msc.index("ServerHello") < msc.index("Certificate") < msc.index("Finished"), msc
+    assert msc.index("TCP SYN") < msc.index("TCP SYN-ACK") < msc.index("ClientHello") < msc.index("TCP FIN"), msc
     assert "Protocol Hierarchy Statistics" in md and "TCP Conversations" in md
 
 
