@@ -10,6 +10,7 @@ Capturing needs root or dumpcap's capabilities: dumpcap alone runs under sudo wh
 so); the files are written by you, so they stay readable by you."""
 
 import argparse
+import errno
 import os
 import re
 import select
@@ -51,7 +52,8 @@ def port_available(port):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, port))
         except OSError as e:
-            if family == socket.AF_INET6 and e.errno in (97, 99):  # no IPv6 here: IPv4 is enough
+            if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                # no IPv6 here: IPv4 is enough
                 continue
             return False
     return True

@@ -141,6 +141,17 @@ Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::strin
     return context;
 }
 
+int runServer(Poco::Logger& logger, const std::function<int()>& serve) {
+    try {
+        return serve();
+    } catch (const Poco::SyntaxException& e) {
+        logger.error("event=startup-failed reason=" +
+                     logValue("a setting is not a valid number (" + e.message() + "): check the options and "
+                              "--config file; --help lists them"));
+        return Poco::Util::Application::EXIT_USAGE;
+    }
+}
+
 namespace {
 struct BindFailure {
     int error;

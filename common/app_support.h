@@ -13,6 +13,7 @@
 #include <Poco/Util/LayeredConfiguration.h>
 #include <Poco/Util/OptionSet.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,10 @@ std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::s
                                                                     Poco::Logger& logger);
 // "127.0.0.1:9000 [::1]:9000"
 std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners);
+
+// A server's main() body: a setting that should be a number and is not becomes one startup-failed
+// line and exit 64 (EX_USAGE), not Poco's bare "Syntax error".
+int runServer(Poco::Logger& logger, const std::function<int()>& serve);
 
 // Quotes a log value when it contains spaces or quotes: key="two words". Control characters are
 // escaped (see escapeControl), so a client cannot forge log lines or hide bytes in them.

@@ -161,20 +161,12 @@ protected:
         }
     }
 
-    int main(const std::vector<std::string>& args) override {
+    int main(const std::vector<std::string>&) override {
         if (helpRequested_) return EXIT_OK;
-        try {
-            return serve(args);
-        } catch (const Poco::SyntaxException& e) {
-            // A setting that should be a number is not: one line, and what to do.
-            logger().error("event=startup-failed reason=" +
-                           logValue("a setting is not a valid number (" + e.message() + "): check the options and "
-                                    "--config file; --help lists them"));
-            return EXIT_USAGE;
-        }
+        return runServer(logger(), [this] { return serve(); });
     }
 
-    int serve(const std::vector<std::string>&) {
+    int serve() {
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
         long files = raiseOpenFileLimit();

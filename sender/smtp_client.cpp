@@ -54,8 +54,7 @@ std::string registeredPassword(const ServerReply& reply) {
     return digits;
 }
 
-void SmtpClient::handshake() {
-    Poco::Timespan within = handshakeWithin_ > 0 ? handshakeWithin_ : Poco::Timespan(timeoutSeconds_, 0);
+void SmtpClient::handshake(Poco::Timespan within) {
     socket_ = std::make_unique<Poco::Net::StreamSocket>(startClientTls(*socket_, target_, context_, within));
     secure_ = true;
     tls_ = describeTls(*socket_);
@@ -76,10 +75,8 @@ ServerReply SmtpClient::connect(const Target& target, Poco::Net::Context::Ptr co
     Poco::Timespan left = total - Poco::Timespan(start.elapsed());
     if (left < Poco::Timespan(0, 100000)) left = Poco::Timespan(0, 100000);
     socket_->setReceiveTimeout(left);
-    handshakeWithin_ = left;
-    if (mode == TlsMode::Implicit) handshake();
+    if (mode == TlsMode::Implicit) handshake(left);  // what is left of the connect deadline
     else if (trace_) trace_("*", "plaintext connection (no TLS yet)");
-    handshakeWithin_ = 0;
     state_ = State::Fresh;
     left = total - Poco::Timespan(start.elapsed());
     Poco::Timespan greeting = std::max(Poco::Timespan(0, 100000), std::min(left, Poco::Timespan(greetingSeconds, 0)));
@@ -127,7 +124,7 @@ std::vector<ServerReply> SmtpClient::startTls(const std::string& ehloName) {
     replies.push_back(command("STARTTLS"));
     if (replies.back().code != 220) return replies;
     reader_ = LineReader(65536);  // nothing read in clear may be used after the handshake
-    handshake();
+    handshake(Poco::Timespan(timeoutSeconds_, 0));
     state_ = State::Fresh;
     authenticated_ = false;
     return replies;

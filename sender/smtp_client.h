@@ -66,12 +66,11 @@ private:
     void track(const std::string& verb, const ServerReply& reply);
 
     Trace trace_;
-    void handshake();
+    void handshake(Poco::Timespan within);
     ClientError explain(const std::exception& e) const { return explainFailure(e, target_); }
     Target target_;
     Poco::Net::Context::Ptr context_;
     int timeoutSeconds_ = 30;
-    Poco::Timespan handshakeWithin_{0};  // what is left of the connect deadline for the handshake
 
     std::unique_ptr<Poco::Net::StreamSocket> socket_;
     bool secure_ = false;

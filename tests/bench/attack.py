@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import random
-import select
 import socket
 import ssl
 import subprocess
@@ -25,6 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import Proc  # noqa: E402  (a server started and waited for by its ready line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CANDIDATES = 100_000  # 8 digits ending in 447: 10^5 passwords
@@ -146,16 +148,6 @@ def ipv6():
         return False
 
 
-def start(cmd, log):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("ready port="):
-        proc.kill()
-        raise SystemExit(f"{cmd[0]} did not start: see {log}")
-    return proc, int(line.split("=")[1])
-
-
 def owner_logs_in(bin_dir, port, ca, user, password):
     """The owner logs in from both loopback addresses, so each is a trusted source with a budget
     of its own: the attacker gets those budgets too, the worst case for the measurement."""
@@ -220,8 +212,9 @@ def main():
     with open(config, "w") as f:
         f.write(f"auth.guessRefillSeconds = {args.refill:g}\n")
     common = [f"--db={work}/attack.db", f"--certs={certs}", f"--config={config}"]
-    sender, sport = start([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
-    retriever, rport = start([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
+    retriever = Proc([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    sport, rport = sender.port, retriever.port
     try:
         out = subprocess.run([os.path.join(bin_dir, "senderclient"), "--port", str(sport), "--ca", ca, "--user", "victim"],
                              capture_output=True, text=True, check=True).stdout
@@ -244,10 +237,8 @@ def main():
                   "expected_hours_measured": hours, "expected_hours_by_budget": budget_hours,
                   "attempts_per_second": sum(counts.values()) / args.seconds}
     finally:
-        sender.terminate()
-        retriever.terminate()
-        sender.wait(timeout=30)
-        retriever.wait(timeout=30)
+        sender.stop()
+        retriever.stop()
         subprocess.run(["rm", "-rf", work])
     print(json.dumps(result, indent=1))
     print(f"checked {counts['checked']} guesses (budget allows {allowed:.0f}), refused {counts['refused']} unchecked; "

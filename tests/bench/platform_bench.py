@@ -15,26 +15,19 @@ import argparse
 import json
 import os
 import platform
-import select
 import smtplib
 import ssl
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import Proc  # noqa: E402  (a server started and waited for by its ready line)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def start(cmd, log):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("ready port="):
-        proc.kill()
-        raise SystemExit(f"{cmd[0]} did not start: see {log}")
-    return proc, int(line.split("=")[1])
 
 
 def load(exe, scenario, port, extra, seconds):
@@ -104,8 +97,9 @@ def main():
     certs = os.path.join(work, "certs")
     subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
     ca = os.path.join(certs, "ca.pem")
-    sender, port = start([os.path.join(bin_dir, "senderserver"), "--port=0", f"--db={work}/bench.db",
+    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0", f"--db={work}/bench.db",
                           f"--certs={certs}"], os.path.join(work, "sender.log"))
+    port = sender.port
     try:
         out = subprocess.run([os.path.join(bin_dir, "senderclient"), "--port", str(port), "--ca", ca, "--user", "ana"],
                              capture_output=True, text=True, check=True).stdout
@@ -123,8 +117,7 @@ def main():
         result.update({"smtplib_per_s": py["per_s"], "smtplib_p99_ms": py["p99_ms"],
                        "smtplib_median_ms": py["median_ms"], "smtplib_errors": py["errors"]})
     finally:
-        sender.terminate()
-        sender.wait(timeout=30)
+        sender.stop()
         subprocess.run(["rm", "-rf", work])
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
