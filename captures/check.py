@@ -7,7 +7,7 @@ the capture: say so in the report)."""
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "report"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from analyze import Capture  # noqa: E402
 
 SMTP_SEQUENCE = ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
@@ -39,10 +39,12 @@ def check(path, out=print):
                     "and HTTP inside cannot be read. Capture with --keylog/SSLKEYLOGFILE and `make capture`.")
                 return 2
     smtp = cap.smtp_lines()
-    # A capture of some other program: no maillab banner, no comment of ours.
-    if not cap.commented and not any(line["dir"] == "S" and "maillab" in line["text"] for line in smtp) \
-            and not (cap.has_tls and not cap.secrets):
-        out("  not a maillab session: no maillab greeting (220 ... maillab) and no maillab capture comment")
+    # A capture of some other program (our comment only says which ports were captured): no maillab
+    # greeting and no request for a maillab mailbox. Without keys there is no telling.
+    ours = any(line["dir"] == "S" and line["text"].startswith("220") and "maillab" in line["text"] for line in smtp) or \
+        any(m["uri"].startswith("/mailboxes") for m in cap.http_messages())
+    if not ours and not (cap.has_tls and not cap.secrets):
+        out("  not a maillab session: no maillab greeting (220 ... maillab) and no request for /mailboxes/")
         return 4
     # HELO counts as the greeting step as much as EHLO (the README teaches `helo`).
     commands = [(line["frame"], line["text"].split(" ")[0].upper().replace("HELO", "EHLO")) for line in smtp

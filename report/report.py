@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures"))
 from analyze import Capture  # noqa: E402
 
 MODE_TITLES = {"implicit": "implicit TLS (RFC 8314)", "starttls": "STARTTLS (RFC 3207)", "off": "plaintext"}
@@ -104,79 +104,45 @@ def ladder(cap, stream, smtp, http, records, out_dir):
     return os.path.basename(base)
 
 
+def frames(numbers, most=8):
+    """'frames 3, 5, 9' for an answer, shortened past `most`."""
+    numbers = sorted({int(n) for n in numbers})
+    shown = ", ".join(str(n) for n in numbers[:most]) + (f" and {len(numbers) - most} more" if len(numbers) > most else "")
+    return ("frame " if len(numbers) == 1 else "frames ") + shown if numbers else "no frame"
+
+
 def section(cap, out_dir):
+    """One capture, as the TLS and HTTP labs ask about it: one heading per question, each answered
+    from the capture with the frame numbers to look at in Wireshark, then the tables behind it."""
     title = MODE_TITLES.get(cap.mode, cap.mode)
     totals = cap.totals()
     md = [f"## {os.path.basename(cap.path)}: {title}\n",
           f"SMTP on port {cap.smtp_port}, HTTP on port {cap.http_port}; {totals['packets']} frames, "
           f"{totals['bytes']} bytes, {totals['connections']} TCP connections; "
           f"decryption secrets embedded: {'yes' if cap.secrets else 'no'}.\n"]
-    if cap.has_tls:
-        md.append("### TLS handshakes\n")
-        rows = []
-        handshakes = cap.handshakes()
-        for h in handshakes:
-            rows.append([h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
-                         h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
-                         ", ".join(h.get("offered_suites", [])), ", ".join(h.get("offered_groups", [])),
-                         h.get("chosen_version", ""), h.get("chosen_suite", ""), h.get("chosen_group", ""),
-                         h.get("certificate_subject", ""), h.get("certificate_issuer", "")])
-        md.append(md_table(["conn", "server port", "record version", "ClientHello version", "supported_versions offered",
-                            "cipher suites offered", "key_share offered", "version chosen", "suite chosen",
-                            "group chosen", "certificate subject", "issuer"], rows))
-        md.append("\nThe record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
-                  "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n")
-        md.append("#### The ClientHello in detail\n")
-        md.append(md_table(["conn", "frame", "SNI (server_name)", "ALPN", "supported_groups", "signature algorithms",
-                            "client random (32 bytes)"],
-                           [[h["stream"], h.get("client_hello_frame", ""), h.get("sni", ""), h.get("alpn", ""),
-                             ", ".join(h.get("supported_groups", [])), h.get("signature_algorithms", ""),
-                             h.get("client_random", "")] for h in handshakes]))
-        first = next(iter(handshakes), {})
-        if first.get("certificate_san"):
-            md.append("#### The server's certificate\n")
-            md.append(md_table(["subject", "subjectAltName", "issuer", "valid from", "valid until", "key"],
-                               [[first["certificate_subject"], first["certificate_san"], first["certificate_issuer"],
-                                 first["certificate_not_before"], first["certificate_not_after"],
-                                 first["certificate_key"]]]))
-            md.append("\nIn TLS 1.3 the Certificate message travels encrypted (inside application_data records, "
-                      "RFC 8446 4.4.2): this table comes from the decrypted capture; an eavesdropper sees none of it.\n")
+    handshakes = cap.handshakes() if cap.has_tls else []
     records = cap.tls_records() if cap.has_tls else []
     smtp = cap.smtp_lines()
     http = cap.http_messages()
     streams = sorted({r["stream"] for r in records} | {s["stream"] for s in smtp} | {m["stream"] for m in http})
     if records:
-        md.append("### TLS records\n")
-        first = {}
-        for r in records:
-            first.setdefault(r["stream"], []).append(r)
-        for stream in streams:
-            rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
-                     r["record_version"], r.get("wire_type", r["type"]),
-                     (r["type"] if r.get("wire_type", r["type"]) != r["type"] else ("(encrypted)" if r.get("encrypted") and not cap.secrets else "")),
-                     r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
-                    for r in first.get(stream, [])]
-            if rows:
-                md.append(f"Connection {stream}:\n")
-                md.append(md_table(["frame", "time (s)", "direction", "record version", "type on the wire",
-                                    "inner type (decrypted)", "length", "handshake message or alert"], rows))
-        count = sum(1 for r in records if r.get("wire_type", r["type"]) == "application_data")
-        md.append(f"\n{count} records travel as application_data on the wire; in TLS 1.3 that includes every "
-                  "handshake message after the ServerHello (the certificate among them): an eavesdropper sees "
-                  "neither the certificate nor the record types (RFC 8446 5.2).\n")
-    md.append("### Ladder diagrams\n")
+        md.append(records_question(cap, records, streams))
+    if handshakes:
+        md.append(client_hello_question(handshakes))
+        md.append(server_hello_question(handshakes))
+        md.append(certificate_question(handshakes, records))
+    md.append(application_data_question(cap, records, smtp))
+    md.append("### Q: What does each connection look like, message by message?\n")
+    md.append("One arrow per TCP flag (SYN, FIN, RST), TLS record (type on the wire, then what it decrypts to) "
+              "and SMTP line or HTTP message, in wire order, with the time since the first packet.\n")
     for stream in streams:
         name = ladder(cap, stream, smtp, http, records, out_dir)
         if name:
             md.append(f"Connection {stream} ([SVG]({name}.svg)):\n\n![connection {stream}]({name}.png)\n")
-    md.append("### SMTP conversation (decrypted)\n")
-    if smtp:
-        md.append(md_table(["frame", "conn", "", "line"],
-                           [[s["frame"], s["stream"], s["dir"] + ":", explain_auth(s["text"])] for s in smtp]))
-    else:
-        md.append("Nothing readable: the SMTP connections are encrypted and the capture holds no keys.\n")
-    md.append("### HTTP requests and responses (decrypted)\n")
+    md.append(f"### Q: What did the {'HTTPS' if cap.has_tls else 'HTTP'} GETs ask for, and what came back?\n")
     if http:
+        requests = [m["frame"] for m in http if m["method"]]
+        md.append(f"{len(requests)} requests ({frames(requests)}); the responses follow each on the same connection.\n")
         md.append(md_table(["frame", "conn", "", "request / status", "content type", "Content-Length", "Authorization"],
                            [[m["frame"], m["stream"], m["dir"] + ":",
                              f"{m['method']} {m['uri']}" if m["method"] else f"{m['status']} {m['phrase']}",
@@ -184,9 +150,113 @@ def section(cap, out_dir):
     else:
         md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
     md.append(http_questions(cap))
-    md.append("### Statistics (tshark -z conv,tcp and -z io,phs)\n")
+    md.append("### Q: Which connections and protocols does the capture hold? (tshark -z conv,tcp and -z io,phs)\n")
     md.append("```\n" + cap.stats("conv,tcp").strip() + "\n```\n")
     md.append("```\n" + cap.stats("io,phs").strip() + "\n```\n")
+    return "\n".join(md)
+
+
+def records_question(cap, records, streams):
+    md = ["### Q: Which TLS records does each frame carry, and of what type?\n"]
+    per_frame = {}
+    for r in records:
+        per_frame.setdefault(r["frame"], []).append(r)
+    several = {f: rs for f, rs in per_frame.items() if len(rs) > 1}
+    if several:
+        example, rs = min(several.items())
+        md.append(f"{len(records)} records in {len(per_frame)} frames; {len(several)} frames carry more than one "
+                  f"({frames(several)}). For example frame {example}: "
+                  + ", ".join(r.get("wire_type", r["type"]) for r in rs) + ".\n")
+    else:
+        md.append(f"{len(records)} records in {len(per_frame)} frames, one record per frame.\n")
+    by_stream = {}
+    for r in records:
+        by_stream.setdefault(r["stream"], []).append(r)
+    for stream in streams:
+        rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
+                 r["record_version"], r.get("wire_type", r["type"]),
+                 (r["type"] if r.get("wire_type", r["type"]) != r["type"] else
+                  ("(encrypted)" if r.get("encrypted") and not cap.secrets else "")),
+                 r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
+                for r in by_stream.get(stream, [])]
+        if rows:
+            md.append(f"Connection {stream}:\n")
+            md.append(md_table(["frame", "time (s)", "direction", "record version", "type on the wire",
+                                "inner type (decrypted)", "length", "handshake message or alert"], rows))
+    return "\n".join(md)
+
+
+def client_hello_question(handshakes):
+    first = handshakes[0]
+    md = ["### Q: What does the ClientHello offer?\n",
+          f"In {frames([first.get('client_hello_frame', 0)])} the client offers the versions "
+          f"{', '.join(first.get('offered_versions', [])) or '(none listed)'} (supported_versions), "
+          f"{len(first.get('offered_suites', []))} cipher suites, key shares for "
+          f"{', '.join(first.get('offered_groups', [])) or '(none)'}, the server name (SNI) "
+          f"`{first.get('sni', '')}` and a 32-byte random that starts `{first.get('client_random', '')[:8]}`. "
+          "The record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
+          "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n",
+          md_table(["conn", "frame", "SNI (server_name)", "ALPN", "supported_groups", "signature algorithms",
+                    "client random (32 bytes)"],
+                   [[h["stream"], h.get("client_hello_frame", ""), h.get("sni", ""), h.get("alpn", ""),
+                     ", ".join(h.get("supported_groups", [])), h.get("signature_algorithms", ""),
+                     h.get("client_random", "")] for h in handshakes])]
+    return "\n".join(md)
+
+
+def server_hello_question(handshakes):
+    first = handshakes[0]
+    md = ["### Q: What does the ServerHello choose?\n",
+          f"In {frames([first.get('server_hello_frame', 0)])} the server chooses {first.get('chosen_version', '?')} "
+          f"(in supported_versions; the ServerHello's own version field says {first.get('server_hello_version', '?')}), "
+          f"the suite {first.get('chosen_suite', '?')} and the group {first.get('chosen_group', '?')}. "
+          "Every connection, side by side:\n"]
+    rows = [[h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
+             h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
+             ", ".join(h.get("offered_suites", [])), ", ".join(h.get("offered_groups", [])),
+             h.get("chosen_version", ""), h.get("chosen_suite", ""), h.get("chosen_group", ""),
+             h.get("certificate_subject", ""), h.get("certificate_issuer", "")] for h in handshakes]
+    md.append(md_table(["conn", "server port", "record version", "ClientHello version", "supported_versions offered",
+                        "cipher suites offered", "key_share offered", "version chosen", "suite chosen",
+                        "group chosen", "certificate subject", "issuer"], rows))
+    return "\n".join(md)
+
+
+def certificate_question(handshakes, records):
+    first = handshakes[0]
+    carried = [r["frame"] for r in records if "Certificate" in r.get("handshake", [])]
+    md = ["### Q: What is in the server's certificate, and who can see it?\n"]
+    if first.get("certificate_san"):
+        md.append(f"The Certificate message travels in {frames(carried)}. In TLS 1.3 it is encrypted (inside "
+                  "application_data records, RFC 8446 4.4.2): this table comes from the decrypted capture; an "
+                  "eavesdropper sees none of it.\n")
+        md.append(md_table(["subject", "subjectAltName", "issuer", "valid from", "valid until", "key"],
+                           [[first["certificate_subject"], first["certificate_san"], first["certificate_issuer"],
+                             first["certificate_not_before"], first["certificate_not_after"],
+                             first["certificate_key"]]]))
+    else:
+        md.append("Not readable: in TLS 1.3 the Certificate message is encrypted (RFC 8446 4.4.2) and this capture "
+                  "holds no keys. An eavesdropper learns only the server name the client asked for (SNI).\n")
+    return "\n".join(md)
+
+
+def application_data_question(cap, records, smtp):
+    md = ["### Q: How many application-data records are there, and what SMTP do they carry?\n" if records else
+          "### Q: What SMTP is on the wire?\n"]
+    if records:
+        app = [r for r in records if r.get("wire_type", r["type"]) == "application_data"]
+        real = [r for r in app if r["type"] == "application_data"]
+        md.append(f"{len(app)} records travel as application_data on the wire ({frames([r['frame'] for r in app])}); "
+                  + (f"{len(real)} of them carry application data once decrypted, the others handshake messages "
+                     "and alerts. " if cap.secrets else "")
+                  + "In TLS 1.3 that includes every handshake message after the ServerHello (the certificate among "
+                  "them): an eavesdropper sees neither the certificate nor the record types (RFC 8446 5.2).\n")
+    if smtp:
+        md.append(f"The SMTP dialogue, decrypted: {len(smtp)} lines in {frames([s['frame'] for s in smtp])}.\n")
+        md.append(md_table(["frame", "conn", "", "line"],
+                           [[s["frame"], s["stream"], s["dir"] + ":", explain_auth(s["text"])] for s in smtp]))
+    else:
+        md.append("Nothing readable: the SMTP connections are encrypted and the capture holds no keys.\n")
     return "\n".join(md)
 
 
@@ -199,7 +269,7 @@ def http_questions(cap):
                                            "http.request.line"])
     if not responses and not requests:
         return ""
-    md = ["### HTTP, question by question\n"]
+    md = ["### Q: The HTTP lab's questions: status codes, validators, conditional GETs, long responses\n"]
     codes = {}
     for r in responses:
         codes.setdefault(r["http.response.code"], []).append(r["frame.number"])
@@ -263,7 +333,7 @@ def analyse(job):
 
 
 def comparison(rows):
-    md = ["## Side by side: what an eavesdropper sees\n",
+    md = ["## Q: Plaintext, STARTTLS, implicit TLS: what does an eavesdropper see?\n",
           "The same scripted session (register two users, send one message, read it back) in each mode. "
           "The last three columns are what someone capturing the traffic, without the key log, can read.\n",
           md_table(["mode", "frames", "bytes", "TCP connections", "TLS handshakes", "SMTP lines readable",

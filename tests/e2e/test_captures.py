@@ -128,7 +128,7 @@ def report_tables_match_the_known_session(lab):
     assert "| handshake |  | " in md  # ClientHello/ServerHello: handshake on the wire, nothing inner
     assert "close_notify (0)" in md
     # The HTTP lab's questions: both validators answered 304, and a response in several pieces.
-    assert "If-None-Match in frame" in md and "If-Modified-Since in frame" in md, md[md.find("### HTTP, question"):][:800]
+    assert "If-None-Match in frame" in md and "If-Modified-Since in frame" in md, md[md.find("### Q: The HTTP lab"):][:800]
     assert md.count("answered 304 in frame") >= 6  # two per capture
     assert "reassembled from" in md
     # The Kurose & Ross questions: SNI, supported_groups, the random; the certificate's SAN, validity, key.
@@ -172,40 +172,62 @@ def stock_tshark_decodes_smtp_and_http_in_every_capture(lab):
         assert statuses and set(statuses) == {"200", "304"}, (mode, statuses)
 
 
+class LiveCapture:
+    """`make capture-start` in a terminal: captures two free ports (starting our servers on them if
+    asked) until interrupt() sends Ctrl-C to the whole foreground group, as a terminal does."""
+
+    def __init__(self, lab, name, out_dir, servers):
+        import queue
+        import socket
+        import threading
+        os.makedirs(out_dir, exist_ok=True)
+        self.ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.ports.append(s.getsockname()[1])
+        command = ["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "start", "--ports",
+                   f"{self.ports[0]},{self.ports[1]}", "--name", name, "--out", out_dir]
+        if servers:
+            command += ["--servers", "--build", os.path.relpath(lab.build, ROOT)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        # Lines through a thread: select() on the pipe cannot see lines already read into the text
+        # stream's buffer (which made this wait miss "capture running" when it came with the line before).
+        self.lines = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in iter(self.proc.stdout.readline, "")] +
+                         [self.lines.put("")], daemon=True).start()
+        self.output = ""
+        while "capture running" not in self.output:
+            line = self.lines.get(timeout=120)
+            assert line, self.output
+            self.output += line
+
+    def interrupt(self):
+        """Ctrl-C at the terminal; returns what the capture printed after it."""
+        import signal
+        os.killpg(self.proc.pid, signal.SIGINT)
+        self.proc.wait(timeout=120)
+        rest = ""
+        while not rest.endswith("\x00"):
+            line = self.lines.get(timeout=60)
+            rest += line if line else "\x00"
+        assert self.proc.returncode == 0, self.output + rest
+        return rest
+
+
 @test
 def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     """make capture-start as a student uses it: servers started by it on the lab's own ports, a
     session, then Ctrl-C (SIGINT to the whole foreground group, dumpcap's terminal included): the
     pcapng is written with its secrets and the lab's sequence; a stale pid file is recognised."""
-    import signal
-    import socket
     import uuid
     if not can_capture():
         raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
     name = "t" + uuid.uuid4().hex[:8]
     out_dir = lab.path("live")
-    os.makedirs(out_dir)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    build = os.path.relpath(lab.build, ROOT)
-    proc = subprocess.Popen(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "start", "--ports",
-                             f"{ports[0]},{ports[1]}", "--name", name, "--out", out_dir, "--servers", "--build", build],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    # Lines through a thread: select() on the pipe cannot see lines already read into the text
-    # stream's buffer (which made this wait miss "capture running" when it came with the line before).
-    import queue
-    import threading
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, "")] + [lines.put("")],
-                     daemon=True).start()
-    seen = ""
-    while "capture running" not in seen:
-        line = lines.get(timeout=120)
-        assert line, seen
-        seen += line
+    live = LiveCapture(lab, name, out_dir, servers=True)
+    ports = live.ports
     ca = os.path.join(ROOT, "certs", "ca.pem")
     client = [os.path.join(lab.bin, "senderclient"), "--port", str(ports[0]), "--ca", ca]
     ana = subprocess.run(client + ["--user", "live" + name], capture_output=True, text=True, timeout=60)
@@ -217,13 +239,7 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     got = subprocess.run([os.path.join(lab.bin, "retrieverclient"), "--port", str(ports[1]), "--ca", ca, "--user",
                           "live" + name, "--password", password], capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stderr
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal
-    proc.wait(timeout=120)
-    rest = ""
-    while not rest.endswith("\x00"):
-        line = lines.get(timeout=60)
-        rest += line if line else "\x00"
-    assert proc.returncode == 0, seen + rest
+    rest = live.interrupt()
     final = os.path.join(out_dir, f"{name}.pcapng")
     assert os.path.exists(final) and "with TLS secrets" in rest, rest
     assert not os.path.exists(os.path.join(ROOT, "captures", f".{name}.pid"))
@@ -245,6 +261,49 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "stop", "--name", name],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "stale" in out.stdout and not os.path.exists(stale), out.stdout + out.stderr
+
+
+@test
+def a_capture_of_another_program_is_not_a_maillab_session(lab):
+    """A live capture of other servers on the lab's ports (openssl s_server with its key log, Python's
+    http.server) decrypts, but check-capture says it is not maillab's, and the report still reads it."""
+    import uuid
+    if not can_capture():
+        raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
+    name = "o" + uuid.uuid4().hex[:8]
+    out_dir = lab.path("other")
+    live = LiveCapture(lab, name, out_dir, servers=False)
+    keylog = os.path.join(out_dir, f"{name}.keys.log")
+    ca = os.path.join(ROOT, "certs")
+    tls = subprocess.Popen(["openssl", "s_server", "-accept", str(live.ports[0]), "-www", "-tls1_3", "-keylogfile", keylog,
+                            "-cert", os.path.join(ca, "server.pem"), "-key", os.path.join(ca, "server.key")],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    plain = subprocess.Popen(["/usr/bin/python3", "-u", "-m", "http.server", str(live.ports[1]), "--bind", "127.0.0.1",
+                              "--directory", out_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in tls.stdout:  # s_server's ready line, after notes that differ by OpenSSL version
+            if line.startswith("ACCEPT"):
+                break
+        assert plain.stdout.readline().startswith("Serving HTTP")  # its ready line (-u: unbuffered)
+        got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{live.ports[1]}/"],
+                             capture_output=True, text=True, timeout=30)
+        assert got.stdout == "200", got.stdout + got.stderr
+        got = subprocess.run(["curl", "-s", "--cacert", os.path.join(ca, "ca.pem"),
+                              f"https://localhost:{live.ports[0]}/"], capture_output=True, text=True, timeout=30)
+        assert got.returncode == 0 and "s_server" in got.stdout, got.stderr
+    finally:
+        tls.terminate()
+        plain.terminate()
+        tls.wait()
+        plain.wait()
+    live.interrupt()
+    final = os.path.join(out_dir, f"{name}.pcapng")
+    checked = check(final)
+    assert checked.returncode == 4, checked.stdout + checked.stderr
+    assert "not a maillab session" in checked.stdout and "[ok] HTTP GET" not in checked.stdout, checked.stdout
+    report = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "other", "--out",
+                             lab.path("other-report"), final], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stdout + report.stderr
 
 
 @test

@@ -1,7 +1,11 @@
 """Reads a maillab capture with tshark: which ports carry SMTP and HTTP, in which TLS mode, whether it
 holds decryption secrets, and the rows that check.py and report.py use (TLS handshakes and records,
 SMTP commands and replies, HTTP requests and responses). tshark does the dissecting; this module only
-asks for fields and arranges them."""
+asks for fields and arranges them. It lives with the captures; report/ builds on it.
+
+tshark's start-up (about half a second) is most of its time on a lab capture, so every field any
+question needs is read in one pass per file (Capture.table) and the questions' display filters are
+answered from that table in Python (ROW_FILTERS); a filter not listed there still runs tshark."""
 
 import os
 import re
@@ -29,6 +33,8 @@ HANDSHAKE_TYPES = {"1": "ClientHello", "2": "ServerHello", "4": "NewSessionTicke
 
 
 def name(table, value):
+    if table is GROUPS and value.startswith("0x"):
+        value = str(int(value, 16))  # some tshark versions print the named groups in hex
     return table.get(value, value)
 
 
@@ -40,13 +46,11 @@ def tshark(path, args, check=True):
     return out.stdout
 
 
-def certificate_names(path, decode_args):
+def certificate_names(certificates):
     """Subject and issuer of the first certificate the server sent, read from the certificate's own
     bytes (tshark's tls.handshake.certificate field) by openssl: the same on every tshark version,
     where tshark's verbose text is not. Empty when the certificate is not readable (no keys)."""
-    out = tshark(path, decode_args + ["-Y", "tls.handshake.type == 11", "-T", "fields",
-                                      "-e", "tls.handshake.certificate"], check=False)
-    first = out.split("\n")[0].split(",")[0].replace(":", "").strip()
+    first = certificates.split("|")[0].split(",")[0].replace(":", "").strip()
     if not first:
         return {}
     try:
@@ -76,10 +80,54 @@ def certificate_names(path, decode_args):
     return names
 
 
+# The fields of the one pass. The free-text ones (message data, IMF) come last: if tshark's output
+# of a frame is broken by a line break inside them, the fields before them are still whole.
+TABLE_FIELDS = [
+    "frame.number", "frame.time_relative", "frame.protocols", "tcp.stream", "tcp.srcport", "tcp.dstport",
+    "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
+    "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset", "tcp.segment.count",
+    "tls.record.version", "tls.record.content_type", "tls.record.opaque_type", "tls.record.length",
+    "tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
+    "tls.handshake.extensions_key_share_group", "tls.handshake.ciphersuite", "tls.handshake.extensions_server_name",
+    "tls.handshake.random", "tls.handshake.extensions_supported_group", "tls.handshake.sig_hash_alg",
+    "tls.handshake.extensions_alpn_str", "tls.alert_message.desc", "tls.segment.count",
+    "smtp.command_line", "smtp.response", "smtp.response.code", "smtp.req.command",
+    "http.request.method", "http.request.uri", "http.request.line", "http.response.code", "http.response.phrase",
+    "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization",
+    "tls.handshake.certificate", "smtp.data.fragment", "imf",
+]
+
+
+def _on(value):
+    return value in ("1", "True")  # tshark 4.0 prints booleans as 1, 4.2 and later as True
+
+
+def _has_type(row, kind):
+    return kind in row["tls.handshake.type"].split("|")
+
+
+# The display filters the questions use, as tests on a row of the table (same meaning as in tshark).
+ROW_FILTERS = {
+    "tls": lambda r: "tls" in r["frame.protocols"].split(":"),
+    "smtp": lambda r: "smtp" in r["frame.protocols"].split(":"),
+    "http.request": lambda r: bool(r["http.request.method"]),
+    "http.response": lambda r: bool(r["http.response.code"]),
+    "http.request || http.response": lambda r: bool(r["http.request.method"] or r["http.response.code"]),
+    "tls.handshake.type == 1": lambda r: _has_type(r, "1"),
+    "tls.handshake.type == 11": lambda r: _has_type(r, "11"),
+    "tls.handshake.type == 1 || tls.handshake.type == 2": lambda r: _has_type(r, "1") or _has_type(r, "2"),
+    "tcp.flags.syn == 1 || tcp.flags.fin == 1 || tcp.flags.reset == 1":
+        lambda r: _on(r["tcp.flags.syn"]) or _on(r["tcp.flags.fin"]) or _on(r["tcp.flags.reset"]),
+    "tcp.flags.syn == 1 && tcp.flags.ack == 0": lambda r: _on(r["tcp.flags.syn"]) and not _on(r["tcp.flags.ack"]),
+}
+
+
 class Capture:
     def __init__(self, path):
         self.path = path
-        info = subprocess.run(["capinfos", path], capture_output=True, text=True)
+        # -M: exact numbers (totals() reads them too); one capinfos run per file.
+        info = subprocess.run(["capinfos", "-M", path], capture_output=True, text=True)
+        self.capinfos = info.stdout
         self.truncated = "cut short" in info.stderr
         if info.returncode != 0 and not self.truncated:
             raise RuntimeError(f"not a capture file: {path}: {info.stderr.strip()}")
@@ -90,10 +138,7 @@ class Capture:
             self.mode, self.smtp_port, self.http_port = comment[1], int(comment[2]), int(comment[3])
         else:
             self.mode, self.smtp_port, self.http_port = self._guess()
-        self.has_tls = bool(tshark(path, ["-Y", "tls.handshake.type == 1"] + self._tls_guess_args()).strip())
-
-    def _tls_guess_args(self):
-        return ["-d", f"tcp.port=={self.smtp_port},tls"] if self.mode == "implicit" else []
+        self.has_tls = bool(self.fields("tls.handshake.type == 1", ["frame.number"]))
 
     def _guess(self):
         """A student's capture without our comment: the servers' ports are the SYNs' destinations;
@@ -136,8 +181,17 @@ class Capture:
                 args += ["-d", f"tcp.port=={self.http_port},tls", "-d", f"tls.port=={self.http_port},http"]
         return args
 
+    def table(self):
+        """Every frame with every field of TABLE_FIELDS: the file's one tshark pass."""
+        if "_table" not in self.__dict__:
+            self._table = self._fields("frame", TABLE_FIELDS)
+        return self._table
+
     def fields(self, display_filter, fields, extra=()):
-        # tshark's start-up is most of its time on a lab capture: each question is asked once.
+        """The rows tshark -Y display_filter -e fields... would print, from the one pass when it can."""
+        test = ROW_FILTERS.get(display_filter)
+        if test and not extra and all(f in TABLE_FIELDS for f in fields):
+            return [{f: row[f] for f in fields} for row in self.table() if test(row)]
         key = (display_filter, tuple(fields), tuple(extra))
         cache = self.__dict__.setdefault("_fields_cache", {})
         if key not in cache:
@@ -264,7 +318,8 @@ class Capture:
                 row["chosen_suite"] = name(CIPHER_SUITES, r["tls.handshake.ciphersuite"].split("|")[0])
                 row["chosen_group"] = name(GROUPS, r["tls.handshake.extensions_key_share_group"].split("|")[0])
                 row["server_hello_frame"] = int(r["frame.number"])
-        names = certificate_names(self.path, self.decode_args())
+        certificates = self.fields("tls.handshake.type == 11", ["tls.handshake.certificate"])
+        names = certificate_names(certificates[0]["tls.handshake.certificate"] if certificates else "")
         for row in table.values():
             row["certificate_subject"] = names.get("subject", "(encrypted: no keys)")
             row["certificate_issuer"] = names.get("issuer", "(encrypted: no keys)")
@@ -272,14 +327,28 @@ class Capture:
                 row["certificate_" + key] = names.get(key, "")
         return [table[k] for k in sorted(table)]
 
+    STATS = {"conv,tcp": "TCP Conversations", "io,phs": "Protocol Hierarchy Statistics"}
+
     def stats(self, which):
-        return tshark(self.path, self.decode_args() + ["-q", "-z", which])
+        """tshark's statistics (-z conv,tcp or io,phs): both taps come from one run."""
+        if "_stats" not in self.__dict__:
+            args = self.decode_args() + ["-q"] + [a for tap in self.STATS for a in ("-z", tap)]
+            self._stats, block = {}, None
+            for line in tshark(self.path, args).splitlines():
+                if block is None and line.startswith("====="):
+                    block = [line]
+                elif block is not None:
+                    block.append(line)
+                    if line.startswith("=====") and len(block) > 1:
+                        title = next((t for t, heading in self.STATS.items() if heading in block[1]), block[1])
+                        self._stats[title] = "\n".join(block)
+                        block = None
+        return self._stats.get(which, "")
 
     def totals(self):
-        out = subprocess.run(["capinfos", "-c", "-d", "-M", self.path], capture_output=True, text=True).stdout
-        packets = int((re.search(r"Number of packets:\s*(\d+)", out) or [0, 0])[1])
-        size = int((re.search(r"Data size:\s*(\d+)", out) or [0, 0])[1])
-        streams = len(set(tshark(self.path, ["-T", "fields", "-e", "tcp.stream"]).split()))
+        packets = int((re.search(r"Number of packets:\s*(\d+)", self.capinfos) or [0, 0])[1])
+        size = int((re.search(r"Data size:\s*(\d+)", self.capinfos) or [0, 0])[1])
+        streams = len({row["tcp.stream"] for row in self.table() if row["tcp.stream"]})
         return {"packets": packets, "bytes": size, "connections": streams}
 
     def without_secrets(self):
@@ -289,8 +358,8 @@ class Capture:
         strip_secrets(self.path, path)
         blind = Capture.__new__(Capture)
         blind.__dict__.update(self.__dict__)
-        blind.__dict__.pop("_fields_cache", None)  # the answers of the decrypted file are not its own
-        blind.__dict__.pop("_handshakes", None)
+        for answer in ("_fields_cache", "_handshakes", "_table", "_stats"):
+            blind.__dict__.pop(answer, None)  # the answers of the decrypted file are not its own
         blind.path = path
         blind.secrets = 0
         return blind
