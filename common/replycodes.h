@@ -24,6 +24,7 @@ inline constexpr ReplyCode AuthChallenge{334, ""};
 inline constexpr ReplyCode StartMailInput{354, ""};
 // Transient negative
 inline constexpr ReplyCode TooManyConnections{421, "4.3.2"};
+inline constexpr ReplyCode TooManyFromAddress{421, "4.7.0"};
 inline constexpr ReplyCode ShuttingDown{421, "4.3.2"};
 inline constexpr ReplyCode BareLineFeedAtEnd{421, "4.5.0"};
 inline constexpr ReplyCode Timeout{421, "4.4.2"};

@@ -1,6 +1,8 @@
 // TLS 1.3 context set-up and the NSS key log (the format Wireshark reads: "CLIENT_RANDOM"-style lines).
 #include "tls.h"
 
+#include <Poco/Net/NetException.h>
+
 #include <Poco/Net/AcceptCertificateHandler.h>
 #include <Poco/Net/RejectCertificateHandler.h>
 #include <Poco/Net/SSLManager.h>
@@ -217,6 +219,15 @@ void closeTlsGracefully(SSL* ssl, int fd, int lingerMilliseconds) {
     ERR_clear_error();
 }
 }  // namespace
+
+void sendAll(Poco::Net::StreamSocket& socket, const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+        int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
+        if (n <= 0) throw Poco::Net::ConnectionResetException("send failed");
+        sent += static_cast<size_t>(n);
+    }
+}
 
 void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMilliseconds) {
     try {

@@ -47,6 +47,10 @@ void acceptAlpn(Poco::Net::Context& context, const std::string& protocol);
 // `lingerMilliseconds`. Errors are swallowed: the connection is ending anyway.
 void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMilliseconds);
 
+// Sends every byte (TLS or not: sendBytes may take part of a buffer); throws ConnectionResetException
+// when the peer is gone.
+void sendAll(Poco::Net::StreamSocket& socket, const std::string& bytes);
+
 // Calls Poco::Net::initializeSSL() once and installs certificate handlers that reject, never prompt.
 void initializeTls();
 

@@ -177,6 +177,8 @@ const char* const kInboxStyle =
 
 }  // namespace
 
+ApiResponse errorResponse(int status, const std::string& message) { return error(status, message); }
+
 std::string ApiRequest::header(const std::string& name) const {
     std::string want = lower(name);
     for (const auto& [key, value] : headers)

@@ -42,6 +42,9 @@ struct ApiResponse {
     std::string header(const std::string& name) const;
 };
 
+// The API's one error shape: {"error": {"status": 503, "code": "service_unavailable", "message": ...}}.
+ApiResponse errorResponse(int status, const std::string& message);
+
 class MailApi {
 public:
     MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock = nullptr);

@@ -5,18 +5,22 @@
 
 #include "../common/app_support.h"
 #include "../common/auth.h"
+#include "../common/connection_guard.h"
 #include "../common/store.h"
 #include "../common/tls.h"
 
 #include <Poco/Net/HTTPRequestHandler.h>
 #include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerConnection.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/Net/TCPServer.h>
+#include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
@@ -37,15 +41,17 @@ struct RetrieverContext {
     Poco::Logger* logger = nullptr;
     bool verbose = false;
     bool overTls = true;
-    int maxConnections = 0;
-    std::vector<Poco::Net::HTTPServer*> servers;  // one per listening address
-    int currentConnections() const {
-        int n = 0;
-        for (auto* server : servers) n += server->currentConnections();
-        return n;
-    }
+    std::unique_ptr<ConnectionLimiter> limiter;
+    Watchdog watchdog;  // total deadlines: the handshake, each request head
+    Poco::Timespan handshakeTimeout, requestHeadTimeout, keepAliveTimeout, refusalTimeout;
+    std::atomic<int> refusing{0};
+    int maxRefusalHandshakes = 0;
     std::atomic<unsigned long> nextConnectionId{1};
 };
+
+// The deadline for the request head being read on this thread's connection (one pool thread
+// serves one connection at a time): armed before each head, disarmed once Poco has parsed it.
+thread_local Watchdog::Guard* currentHeadDeadline = nullptr;
 
 // A pool thread serves one connection at a time, for all of its keep-alive requests: a new peer
 // address on this thread is a new connection. That gives log lines a connection id although Poco's
@@ -70,6 +76,7 @@ public:
 
     void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
         unsigned long id = connectionId(ctx_, request);
+        auto& socket = static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
         std::string prefix = "id=" + std::to_string(id) + " ";
         if (ctx_.verbose) {
             ctx_.logger->information(prefix + "C: " + escapeControl(request.getMethod() + " " + request.getURI() + " " +
@@ -78,22 +85,14 @@ public:
                 ctx_.logger->information(prefix + "C: " + escapeControl(name) + ": " +
                                          (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : escapeControl(value)));
         }
-        http::ApiResponse result;
-        if (ctx_.currentConnections() > ctx_.maxConnections) {
-            result.status = 503;
-            result.body = "{\"error\":{\"status\":503,\"code\":\"service_unavailable\",\"message\":\"Too many connections; try again later\"}}";
-            result.headers = {{"Content-Type", "application/json; charset=utf-8"}, {"Retry-After", "5"}};
-            result.closeConnection = true;
-        } else {
-            http::ApiRequest apiRequest;
-            apiRequest.method = request.getMethod();
-            apiRequest.target = request.getURI();
-            apiRequest.overTls = ctx_.overTls;
-            apiRequest.peer = request.clientAddress().host().toString();
-            apiRequest.version = request.getVersion();
-            for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
-            result = ctx_.api->handle(apiRequest);
-        }
+        http::ApiRequest apiRequest;
+        apiRequest.method = request.getMethod();
+        apiRequest.target = request.getURI();
+        apiRequest.overTls = ctx_.overTls;
+        apiRequest.peer = request.clientAddress().host().toString();
+        apiRequest.version = request.getVersion();
+        for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
+        http::ApiResponse result = ctx_.api->handle(apiRequest);
 
         response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
         for (const auto& [name, value] : result.headers) response.set(name, value);
@@ -106,12 +105,11 @@ public:
         response.write(head);
         std::string wire = head.str();
         if (result.status != 304 && request.getMethod() != "HEAD") wire += result.body;  // HEAD: GET's length, no body
-        auto& socket = static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
-        for (size_t sent = 0; sent < wire.size();) {
-            int n = socket.sendBytes(wire.data() + sent, static_cast<int>(wire.size() - sent));
-            if (n <= 0) throw Poco::Net::ConnectionResetException("send failed");
-            sent += static_cast<size_t>(n);
-        }
+        sendAll(socket, wire);
+        // The next request head, if the connection stays: the keep-alive wait, then the head itself.
+        if (currentHeadDeadline && !result.closeConnection)
+            *currentHeadDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
+                                                     ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
 
         ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
                                  logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
@@ -131,11 +129,99 @@ class MailRequestHandlerFactory : public Poco::Net::HTTPRequestHandlerFactory {
 public:
     explicit MailRequestHandlerFactory(RetrieverContext& ctx) : ctx_(ctx) {}
     Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
+        if (currentHeadDeadline) currentHeadDeadline->disarm();  // the head is in: no deadline while we answer
         return new MailRequestHandler(ctx_);
+    }
+
+    // Every connection's loop ends after its current request; idle keep-alive ones close at once.
+    void stopConnections() { serverStopped(this, true); }
+
+private:
+    RetrieverContext& ctx_;
+};
+
+// One connection: admitted by the limiter or refused with 503 at once; then Poco's HTTP/1.1
+// connection loop, with a total deadline on the TLS handshake and on each request head.
+class LimitedHttpConnection : public Poco::Net::TCPServerConnection {
+public:
+    LimitedHttpConnection(const Poco::Net::StreamSocket& socket, RetrieverContext& ctx,
+                          Poco::Net::HTTPServerParams::Ptr params, Poco::Net::HTTPRequestHandlerFactory::Ptr factory)
+        : TCPServerConnection(socket), ctx_(ctx), params_(params), factory_(factory) {}
+
+    void run() override {
+        Poco::Net::StreamSocket& socket = this->socket();
+        std::string peer = socket.peerAddress().toString();
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        int fd = static_cast<int>(socket.impl()->sockfd());
+        if (!slot.admitted()) return refuse(socket, slot.verdict(), peer);
+        Watchdog::Guard deadline = ctx_.watchdog.arm(fd, ctx_.handshakeTimeout);
+        try {
+            if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
+        } catch (const std::exception& e) {
+            ctx_.logger->information("event=disconnect peer=" + peer + " reason=" +
+                                     (deadline.expired() ? std::string("handshake-timeout") : logValue(e.what())));
+            return;
+        }
+        deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
+        currentHeadDeadline = &deadline;
+        std::string ended;
+        try {
+            Poco::Net::HTTPServerConnection(socket, params_, factory_).run();
+        } catch (const std::exception& e) {
+            ended = e.what();  // the peer went away mid-request, or the deadline shut the socket
+        }
+        currentHeadDeadline = nullptr;
+        if (deadline.expired())
+            ctx_.logger->information("event=disconnect peer=" + peer + " reason=request-head-timeout");
+        else if (!ended.empty())
+            ctx_.logger->information("event=disconnect peer=" + peer + " reason=" + logValue(ended));
+    }
+
+private:
+    // 503 at once (RFC 9110 15.6.4), over TLS within a short deadline and only a few at a time (see
+    // the sender's refuse()); past those the connection is just closed.
+    void refuse(Poco::Net::StreamSocket& socket, ConnectionLimiter::Verdict verdict, const std::string& peer) {
+        bool answered = false;
+        if (!ctx_.overTls || ++ctx_.refusing <= ctx_.maxRefusalHandshakes) {
+            try {
+                Watchdog::Guard deadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalTimeout);
+                if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
+                http::ApiResponse busy = http::errorResponse(
+                    503, verdict == ConnectionLimiter::Verdict::TooManyFromAddress
+                        ? "Too many connections from your address; try again later"
+                        : "Too many connections; try again later");
+                std::string wire = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n";
+                for (const auto& [name, value] : busy.headers) wire += name + ": " + value + "\r\n";
+                wire += "Content-Length: " + std::to_string(busy.body.size()) + "\r\n\r\n" + busy.body;
+                sendAll(socket, wire);
+                answered = !deadline.expired();
+                if (answered) closeGracefully(socket, ctx_.overTls, 100);
+            } catch (const std::exception&) {
+            }
+        }
+        if (ctx_.overTls) --ctx_.refusing;
+        ctx_.logger->information("event=refused peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
+                                 " answered=" + (answered ? "503" : "closed"));
+    }
+
+    RetrieverContext& ctx_;
+    Poco::Net::HTTPServerParams::Ptr params_;
+    Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
+};
+
+class LimitedHttpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
+public:
+    LimitedHttpConnectionFactory(RetrieverContext& ctx, Poco::Net::HTTPServerParams::Ptr params,
+                                 Poco::Net::HTTPRequestHandlerFactory::Ptr factory)
+        : ctx_(ctx), params_(params), factory_(factory) {}
+    Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
+        return new LimitedHttpConnection(socket, ctx_, params_, factory_);
     }
 
 private:
     RetrieverContext& ctx_;
+    Poco::Net::HTTPServerParams::Ptr params_;
+    Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
 };
 
 class RetrieverServer : public Poco::Util::ServerApplication {
@@ -173,7 +259,13 @@ protected:
         RetrieverContext ctx;
         ctx.logger = &logger;
         ctx.verbose = cfg.getBool("retriever.verbose");
-        ctx.maxConnections = cfg.getInt("retriever.maxConnections");
+        int maxConnections = cfg.getInt("retriever.maxConnections");
+        ctx.limiter = std::make_unique<ConnectionLimiter>(maxConnections, cfg.getInt("retriever.maxConnectionsPerAddress"));
+        ctx.maxRefusalHandshakes = cfg.getInt("retriever.maxRefusalHandshakes");
+        ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.handshake"), 0);
+        ctx.requestHeadTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.requestHead"), 0);
+        ctx.keepAliveTimeout = Poco::Timespan(cfg.getInt("retriever.keepAliveSeconds"), 0);
+        ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
@@ -211,7 +303,7 @@ protected:
                                        cfg.getInt("retriever.listenBacklog"), tlsContext, plaintext, logger);
         if (listeners.empty()) return EXIT_UNAVAILABLE;
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
-        int threads = ctx.maxConnections + 8;  // headroom: the connection past the limit gets a 503
+        int threads = maxConnections + ctx.maxRefusalHandshakes + 8;  // headroom: those past the limit get a 503
         params->setMaxThreads(threads);
         params->setMaxQueued(cfg.getInt("retriever.listenBacklog"));
         params->setKeepAlive(true);
@@ -221,22 +313,27 @@ protected:
         params->setServerName("localhost");
         params->setSoftwareVersion("maillab-retriever");
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
-        // One HTTPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
-        std::vector<std::unique_ptr<Poco::Net::HTTPServer>> servers;
+        // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool, the limits and
+        // the handler factory; each connection runs Poco's HTTPServerConnection behind our limits.
+        auto* mailHandlers = new MailRequestHandlerFactory(ctx);
+        Poco::Net::HTTPRequestHandlerFactory::Ptr handlers(mailHandlers);
+        std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
         for (auto& listener : listeners) {
-            servers.push_back(std::make_unique<Poco::Net::HTTPServer>(new MailRequestHandlerFactory(ctx), pool, *listener, params));
-            ctx.servers.push_back(servers.back().get());
+            servers.push_back(std::make_unique<Poco::Net::TCPServer>(
+                new LimitedHttpConnectionFactory(ctx, params, handlers), pool,
+                *listener, params));
+            servers.back()->start();
         }
-        for (auto& server : servers) server->start();
 
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + storeOptions.path +
                            " tls=" + mode + " open-files=" + std::to_string(files));
         std::cout << "ready port=" << listeners.front()->address().port() << std::endl;
         waitForTerminationRequest();
         logger.information("event=stopping");
-        // stopAll(true) also closes idle keep-alive connections, so the pool can be joined.
-        for (auto& server : servers) server->stopAll(true);
-        ctx.servers.clear();
+        // Stop accepting, then end every connection's loop (idle keep-alive ones at once), so the pool
+        // can be joined.
+        for (auto& server : servers) server->stop();
+        mailHandlers->stopConnections();
         pool.joinAll();
         logger.information("event=stopped");
         return EXIT_OK;

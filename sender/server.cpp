@@ -5,6 +5,7 @@
 
 #include "../common/app_support.h"
 #include "../common/auth.h"
+#include "../common/connection_guard.h"
 #include "../common/linereader.h"
 #include "../common/store.h"
 #include "../common/tls.h"
@@ -45,7 +46,11 @@ struct SenderContext {
     smtp::SessionLimits limits;
     std::string hostname;
     int maxConnections = 0;
-    Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, sendTimeout;
+    std::unique_ptr<ConnectionLimiter> limiter;
+    Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
+    std::atomic<int> refusing{0};
+    int maxRefusalHandshakes = 0;
+    Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, dataTotalTimeout, sendTimeout, refusalHandshakeTimeout;
     int closeLingerMs = 0;
     bool verbose = false;
     smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
@@ -63,25 +68,25 @@ public:
         : TCPServerConnection(socket), ctx_(context), id_(context.nextId++) {}
 
     void run() override {
-        int active = ++ctx_.active;
         // Implicit TLS: the accepted socket is already a SecureStreamSocket. STARTTLS and plaintext
         // modes start on a plain socket and may be upgraded later.
         Poco::Net::StreamSocket socket = this->socket();
         bool secure = ctx_.tlsMode == smtp::TlsMode::Implicit;
         std::string peer = socket.peerAddress().toString();
-        log("event=connect peer=" + peer + " active=" + std::to_string(active));
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        int active = ctx_.limiter->active();
+        ++ctx_.active;
         try {
             socket.setNoDelay(true);  // replies are whole; never wait on Nagle (see docs/design.md)
             socket.setSendTimeout(ctx_.sendTimeout);
             socket.setReceiveTimeout(ctx_.handshakeTimeout);
-            if (active > ctx_.maxConnections) {
-                // RFC 5321 3.8: 421 when the service cannot take the connection.
-                send(socket, std::string("421 4.3.2 ") + ctx_.hostname + " Too many connections; try again later\r\n");
-                log("event=refused reason=max-connections");
+            if (!slot.admitted()) {
+                refuse(socket, secure, slot.verdict(), peer);
             } else {
+                log("event=connect peer=" + peer + " active=" + std::to_string(active));
                 serve(socket, secure);
+                closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
             }
-            closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
         } catch (const Poco::TimeoutException&) {
             log("event=disconnect reason=handshake-timeout");
         } catch (const Poco::Exception& e) {
@@ -94,20 +99,13 @@ public:
         } catch (...) {
         }
         --ctx_.active;
-        log("event=close");
+        if (slot.admitted()) log("event=close");
     }
 
 private:
     void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
 
-    void send(Poco::Net::StreamSocket& socket, const std::string& bytes) {
-        size_t sent = 0;
-        while (sent < bytes.size()) {
-            int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
-            if (n <= 0) throw Poco::Net::ConnectionResetException("send failed");
-            sent += static_cast<size_t>(n);
-        }
-    }
+    void send(Poco::Net::StreamSocket& socket, const std::string& bytes) { sendAll(socket, bytes); }
 
     // Appends replies to the pending output; verbose mode shows them (passwords redacted).
     void queue(const smtp::Output& output, std::string& pending) {
@@ -145,6 +143,32 @@ private:
         }
     }
 
+    // RFC 5321 3.8: 421 when the service cannot take the connection. Over TLS the reply needs a
+    // handshake: a few refusals at a time get one, bounded by a short deadline; past those (a flood of
+    // sockets that never speak TLS) the connection is closed at once, so refusing costs no thread time.
+    void refuse(Poco::Net::StreamSocket& socket, bool secure, ConnectionLimiter::Verdict verdict, const std::string& peer) {
+        bool fromAddress = verdict == ConnectionLimiter::Verdict::TooManyFromAddress;
+        const smtp::ReplyCode& code = fromAddress ? smtp::TooManyFromAddress : smtp::TooManyConnections;
+        std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
+                            (fromAddress ? " Too many connections from your address; try again later\r\n"
+                                         : " Too many connections; try again later\r\n");
+        bool answered = false;
+        if (!secure || ++ctx_.refusing <= ctx_.maxRefusalHandshakes) {
+            try {
+                Watchdog::Guard deadline =
+                    ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalHandshakeTimeout);
+                if (secure) Poco::Net::SecureStreamSocket(socket).completeHandshake();
+                send(socket, reply);
+                answered = !deadline.expired();
+                if (answered) closeGracefully(socket, secure, 100);
+            } catch (const std::exception&) {
+            }
+        }
+        if (secure) --ctx_.refusing;
+        log("event=refused peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
+            " answered=" + (answered ? "421" : "closed"));
+    }
+
     // The client went away. In DATA, what had arrived is dropped: nothing half-stored, nothing acknowledged.
     void lost(const smtp::Session& session, const std::string& reason) {
         bool inData = session.state() == smtp::Session::State::Data;
@@ -152,10 +176,22 @@ private:
             (inData ? " stored=no" : ""));
     }
 
+    // The TLS handshake within sender.timeout.handshake in all (a per-read timeout alone lets a client
+    // that sends a byte at a time stretch it without end).
+    void handshake(Poco::Net::StreamSocket& socket) {
+        Watchdog::Guard deadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.handshakeTimeout);
+        try {
+            Poco::Net::SecureStreamSocket(socket).completeHandshake();
+        } catch (const Poco::Exception&) {
+            if (deadline.expired()) throw Poco::TimeoutException("handshake");
+            throw;
+        }
+    }
+
     void serve(Poco::Net::StreamSocket& socket, bool& secure) {
         std::string tls;
         if (secure) {
-            Poco::Net::SecureStreamSocket(socket).completeHandshake();
+            handshake(socket);
             tls = describeTls(socket);
             log("event=tls " + tls);
         }
@@ -179,9 +215,21 @@ private:
         LineReader reader(ctx_.limits.maxLineLength);
         char buffer[16384];
         bool closing = false;
+        // RFC 5321 4.5.3.2: a command must arrive whole within sender.timeout.command of the previous
+        // reply (bytes that do not finish a line do not restart the clock); in DATA each block must
+        // come within sender.timeout.data, and the whole message within sender.timeout.dataTotal.
+        using Clock = std::chrono::steady_clock;
+        auto micro = [](const Poco::Timespan& t) { return std::chrono::microseconds(t.totalMicroseconds()); };
+        Clock::time_point commandDeadline = Clock::now() + micro(ctx_.commandTimeout), dataDeadline{};
+        bool inData = false;
         while (!closing) {
-            Wait wait = waitForInput(socket, session.state() == smtp::Session::State::Data ? ctx_.dataTimeout
-                                                                                           : ctx_.commandTimeout);
+            Clock::time_point now = Clock::now();
+            bool nowInData = session.state() == smtp::Session::State::Data;
+            if (nowInData && !inData) dataDeadline = now + micro(ctx_.dataTotalTimeout);
+            inData = nowInData;
+            Clock::time_point until = inData ? std::min(now + micro(ctx_.dataTimeout), dataDeadline) : commandDeadline;
+            Wait wait = waitForInput(socket, Poco::Timespan(std::max<long long>(
+                                                 0, std::chrono::duration_cast<std::chrono::microseconds>(until - now).count())));
             if (wait != Wait::Readable) {
                 queue(wait == Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
                 send(socket, pending);
@@ -215,6 +263,7 @@ private:
                     output = session.onLine(event.line, event.bareLf);
                 }
                 queue(output, pending);
+                commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
                 closing = output.close;
                 if (output.startTls) {
                     send(socket, pending);
@@ -225,7 +274,7 @@ private:
                     reader = LineReader(ctx_.limits.maxLineLength);
                     Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
                     upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
-                    upgraded.completeHandshake();
+                    handshake(upgraded);
                     socket = upgraded;
                     secure = true;
                     std::string description = describeTls(socket);
@@ -301,6 +350,10 @@ protected:
         ctx.hostname = cfg.getString("sender.hostname");
         if (ctx.hostname.empty()) ctx.hostname = Poco::Net::DNS::hostName();
         ctx.maxConnections = cfg.getInt("sender.maxConnections");
+        ctx.limiter = std::make_unique<ConnectionLimiter>(ctx.maxConnections, cfg.getInt("sender.maxConnectionsPerAddress"));
+        ctx.maxRefusalHandshakes = cfg.getInt("sender.maxRefusalHandshakes");
+        ctx.refusalHandshakeTimeout = Poco::Timespan(0, cfg.getInt("sender.timeout.refusalMs") * 1000);
+        ctx.dataTotalTimeout = Poco::Timespan(cfg.getInt("sender.timeout.dataTotal"), 0);
         ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("sender.timeout.handshake"), 0);
         ctx.commandTimeout = Poco::Timespan(cfg.getInt("sender.timeout.command"), 0);
         ctx.dataTimeout = Poco::Timespan(cfg.getInt("sender.timeout.data"), 0);
@@ -345,8 +398,9 @@ protected:
                                        ctx.tlsMode == smtp::TlsMode::Implicit ? ctx.tlsContext : nullptr, plaintext, logger);
         if (listeners.empty()) return EXIT_UNAVAILABLE;
 
-        // Headroom over the limit so the connection past it is answered with 421 rather than queued.
-        int threads = ctx.maxConnections + 8;
+        // Headroom over the limit so the connections past it are answered with 421 (or closed) rather
+        // than queued behind it.
+        int threads = ctx.maxConnections + ctx.maxRefusalHandshakes + 8;
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;

@@ -132,12 +132,7 @@ std::vector<ServerReply> SmtpClient::startTls(const std::string& ehloName) {
 
 void SmtpClient::sendRaw(const std::string& bytes) {
     if (!socket_) throw std::runtime_error("not connected");
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-        int n = socket_->sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
-        if (n <= 0) throw Poco::Net::ConnectionResetException("connection closed by server");
-        sent += static_cast<size_t>(n);
-    }
+    sendAll(*socket_, bytes);
 }
 
 ServerReply SmtpClient::readReply() {

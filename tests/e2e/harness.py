@@ -55,6 +55,11 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# Every server a test started and has not stopped: run() stops them after each test, whatever the
+# test did (an assertion between start and stop must not leave a server running).
+RUNNING = []
+
+
 class Server:
     """One server process on a free port. `settings` become a --config properties file."""
 
@@ -76,6 +81,7 @@ class Server:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env or os.environ.copy())
+        RUNNING.append(self)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("ready port="):
@@ -88,7 +94,16 @@ class Server:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
+    def log_after_stop(self):
+        """The whole log once the server has stopped: every connection's last line is written (a
+        test that just saw its connection close may otherwise read the log before that line)."""
+        self.stop()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
     def stop(self, sig=signal.SIGTERM):
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -209,4 +224,7 @@ def run(lab, selected=None):
             failed += 1
             print(f"FAIL {fn.__name__}", flush=True)
             traceback.print_exc(file=sys.stdout)
+        finally:
+            for server in list(RUNNING):
+                server.stop(signal.SIGKILL)
     return passed, failed, skipped

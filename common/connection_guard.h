@@ -1,0 +1,115 @@
+// What keeps a server's connections from being hoarded (issue: abuse). Both servers run one pool
+// thread per connection, so two things bound what a client can hold:
+//   - ConnectionLimiter: at most `total` connections, and at most `perAddress` from one address;
+//     a connection over either limit is refused at once (421 / 503) instead of taking a thread.
+//   - Watchdog: total deadlines (a TLS handshake, an HTTP request head). Socket timeouts apply to
+//     each read, so a client sending a byte every few seconds stretches them without end; an armed
+//     deadline that passes shuts the socket down, and the blocked read or handshake returns at once.
+#pragma once
+#include <Poco/Timespan.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+namespace maillab {
+
+class ConnectionLimiter {
+public:
+    enum class Verdict { Admitted, TooManyTotal, TooManyFromAddress };
+
+    // Holds one admitted connection's place; the place is given back when the Slot goes.
+    class Slot {
+    public:
+        Slot() = default;
+        Slot(Slot&& other) noexcept;
+        Slot& operator=(Slot&& other) noexcept;
+        Slot(const Slot&) = delete;
+        Slot& operator=(const Slot&) = delete;
+        ~Slot();
+        Verdict verdict() const { return verdict_; }
+        bool admitted() const { return verdict_ == Verdict::Admitted; }
+
+    private:
+        friend class ConnectionLimiter;
+        ConnectionLimiter* owner_ = nullptr;
+        std::string address_;
+        Verdict verdict_ = Verdict::TooManyTotal;
+    };
+
+    // 0 for either limit: no limit of that kind.
+    ConnectionLimiter(int total, int perAddress) : total_(total), perAddress_(perAddress) {}
+
+    // `address` is the peer's IP address without the port.
+    Slot admit(const std::string& address);
+    int active() const;
+    int activeFrom(const std::string& address) const;
+    static const char* describe(Verdict verdict);  // "max-connections", "max-connections-per-address"
+
+private:
+    void release(const std::string& address);
+
+    const int total_, perAddress_;
+    mutable std::mutex mutex_;
+    int active_ = 0;
+    std::map<std::string, int> perAddressActive_;
+};
+
+class Watchdog {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    // One armed deadline; disarmed when it goes (before the socket is closed, so a late firing can
+    // never shut down a descriptor number that was reused).
+    class Guard {
+    public:
+        Guard() = default;
+        Guard(Guard&& other) noexcept;
+        Guard& operator=(Guard&& other) noexcept;
+        Guard(const Guard&) = delete;
+        Guard& operator=(const Guard&) = delete;
+        ~Guard();
+        bool expired() const;  // the deadline passed and the socket was shut down
+        void disarm();
+
+    private:
+        friend class Watchdog;
+        Watchdog* owner_ = nullptr;
+        std::uint64_t id_ = 0;
+    };
+
+    Watchdog();
+    ~Watchdog();
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+
+    // Shuts `fd` down (SHUT_RDWR) if the guard is still armed `within` from now.
+    Guard arm(int fd, Poco::Timespan within);
+
+private:
+    struct Entry {
+        int fd;
+        Clock::time_point at;
+        bool fired = false;
+    };
+    void loop();
+    void disarm(std::uint64_t id);
+    bool fired(std::uint64_t id) const;
+
+    mutable std::mutex mutex_;
+    std::condition_variable wake_;
+    std::map<std::uint64_t, Entry> entries_;
+    std::set<std::pair<Clock::time_point, std::uint64_t>> queue_;
+    std::set<std::uint64_t> firedIds_;  // fired and not yet disarmed: expired() asks
+    std::uint64_t nextId_ = 1;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+}  // namespace maillab
