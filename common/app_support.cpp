@@ -99,6 +99,8 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
     policy.cacheTtlSeconds = config.getInt64("auth.cacheTtlSeconds");
     policy.scrypt = ScryptParams{config.getUInt64("auth.scrypt.n"), config.getUInt64("auth.scrypt.r"),
                                  config.getUInt64("auth.scrypt.p")};
+    policy.maxConcurrentHashes = config.getInt("auth.maxConcurrentHashes");
+    policy.hashWaitMilliseconds = config.getInt64("auth.hashWaitMilliseconds");
     return policy;
 }
 

@@ -6,6 +6,8 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <thread>
 #include <cctype>
 #include <ctime>
 #include <stdexcept>
@@ -20,8 +22,40 @@ bool isValidLocalPart(const std::string& localPart) {
     });
 }
 
+bool HashPlaces::enter(std::chrono::milliseconds wait) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!freed_.wait_for(lock, wait, [&] { return free_ > 0; })) return false;
+    --free_;
+    return true;
+}
+
+void HashPlaces::leave() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++free_;
+    }
+    freed_.notify_one();
+}
+
+namespace {
+// Holds one hash place for the length of one slow hash.
+struct HashPlace {
+    HashPlace(HashPlaces& places, int64_t waitMs) : places_(places) {
+        if (!places_.enter(std::chrono::milliseconds(waitMs)))
+            throw AuthBusy("every password-hash place is busy; try again in a moment");
+    }
+    ~HashPlace() { places_.leave(); }
+    HashPlace(const HashPlace&) = delete;
+    HashPlace& operator=(const HashPlace&) = delete;
+    HashPlaces& places_;
+};
+}  // namespace
+
 Authenticator::Authenticator(Store& store, AuthPolicy policy, Clock clock)
     : store_(store), policy_(std::move(policy)), clock_(std::move(clock)) {
+    int places = policy_.maxConcurrentHashes > 0 ? policy_.maxConcurrentHashes
+                                                 : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    hashPlaces_ = std::make_unique<HashPlaces>(places);
     if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
     if (RAND_bytes(cacheKey_.data(), static_cast<int>(cacheKey_.size())) != 1)
         throw std::runtime_error("RAND_bytes failed");
@@ -115,7 +149,11 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
             !isReservedAddress(email)) {
             std::string newPassword = generateLabPassword();
-            std::string hash = hashPassword(newPassword, policy_.scrypt);
+            std::string hash;
+            {
+                HashPlace place(*hashPlaces_, policy_.hashWaitMilliseconds);
+                hash = hashPassword(newPassword, policy_.scrypt);
+            }
             if (store_.createAccount(email, hash, now)) {
                 remember(Account{email, hash, now}, newPassword, now);  // no need to read it back
                 if (!source.empty()) store_.trustSource(email, sourceKey(source), now);
@@ -123,6 +161,7 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
             }
         }
         // Spend the same slow hash as a real check so timing does not tell which addresses exist.
+        HashPlace place(*hashPlaces_, policy_.hashWaitMilliseconds);
         verifyPassword(password, "scrypt$" + std::to_string(policy_.scrypt.n) + "$" + std::to_string(policy_.scrypt.r) +
                                      "$" + std::to_string(policy_.scrypt.p) + "$AAAAAAAAAAAAAAAAAAAAAA==$" +
                                      std::string(43, 'A') + "=");
@@ -164,7 +203,17 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     // connections, on either server, gets more checks than the budget holds.
     if (double wait = store_.takeGuess(key, burst, refill, now); wait > 0) return throttled(wait);
 
-    if (!password.empty() && verifyPassword(password, account->passwordHash)) {
+    bool right = false;
+    if (!password.empty()) {
+        try {
+            HashPlace place(*hashPlaces_, policy_.hashWaitMilliseconds);
+            right = verifyPassword(password, account->passwordHash);
+        } catch (const AuthBusy&) {
+            store_.returnGuess(key, burst);  // nothing was checked: the guess is not spent
+            throw;
+        }
+    }
+    if (right) {
         store_.returnGuess(key, burst);
         remember(*account, password, now);
         return ok();

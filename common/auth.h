@@ -7,10 +7,12 @@
 
 #include <array>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 
@@ -27,6 +29,30 @@ struct AuthPolicy {
     int64_t guessRefillSeconds = 150;
     int64_t cacheTtlSeconds = 300;   // how long a verified password skips the slow hash
     ScryptParams scrypt;
+    // Slow hashes (16 MiB of scrypt memory each) run at most this many at once, account or not:
+    // memory before login stays bounded whatever the number of connections. 0: one per core.
+    int maxConcurrentHashes = 0;
+    // How long a login waits for a hash place before it is answered "temporarily unavailable".
+    int64_t hashWaitMilliseconds = 10000;
+};
+
+// A counting semaphore of places for slow hashes: enter() waits at most `wait` for a free one.
+class HashPlaces {
+public:
+    explicit HashPlaces(int places) : free_(places) {}
+    bool enter(std::chrono::milliseconds wait);
+    void leave();
+
+private:
+    std::mutex mutex_;
+    std::condition_variable freed_;
+    int free_;
+};
+
+// Thrown by authenticate() when no hash place came free within hashWaitMilliseconds: the server is
+// busy, nothing was checked (the guess, if taken, is given back). SMTP answers 454, HTTP 503.
+struct AuthBusy : std::runtime_error {
+    using std::runtime_error::runtime_error;
 };
 
 enum class AuthOutcome {
@@ -78,6 +104,7 @@ private:
     Store& store_;
     AuthPolicy policy_;
     Clock clock_;
+    std::unique_ptr<HashPlaces> hashPlaces_;
     std::array<unsigned char, 32> cacheKey_;  // random per process: the cache holds no reusable secret
     std::mutex cacheMutex_;
     std::unordered_map<std::string, CacheEntry> cache_;

@@ -47,6 +47,7 @@ struct SenderContext {
     std::string hostname;
     int maxConnections = 0;
     std::unique_ptr<ConnectionLimiter> limiter;
+    std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
@@ -201,6 +202,7 @@ private:
         env.hostname = ctx_.hostname;
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
+        env.dataBudget = ctx_.dataBudget.get();
         // State transitions are the per-command detail: shown with --verbose, beside the C:/S: lines.
         env.log = [this](const std::string& line) {
             if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
@@ -364,6 +366,7 @@ protected:
         ctx.limits.maxRecipients = cfg.getUInt64("smtp.maxRecipients");
         ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
+        ctx.dataBudget = std::make_unique<smtp::DataBudget>(cfg.getUInt64("smtp.maxDataInFlight"));
 
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
         SqliteOptions storeOptions = storeOptionsFrom(cfg);

@@ -113,6 +113,25 @@ Session::Session(Authenticator& auth, Store& store, SessionLimits limits, Sessio
     tlsActive_ = env_.tlsMode == TlsMode::Implicit;
 }
 
+bool DataBudget::take(size_t bytes) {
+    size_t used = inUse_.load();
+    do {
+        if (used + bytes > limit_) return false;
+    } while (!inUse_.compare_exchange_weak(used, used + bytes));
+    return true;
+}
+
+void DataBudget::give(size_t bytes) { inUse_ -= bytes; }
+
+Session::~Session() { releaseData(); }
+
+void Session::releaseData() {
+    data_.clear();
+    data_.shrink_to_fit();
+    if (env_.dataBudget && dataBudgetHeld_) env_.dataBudget->give(dataBudgetHeld_);
+    dataBudgetHeld_ = 0;
+}
+
 void Session::onTlsStarted(const std::string& tlsDescription) {
     tlsActive_ = true;
     env_.tlsDescription = tlsDescription;
@@ -507,7 +526,8 @@ Output Session::cmdRcpt(const std::string& arg) {
 }
 
 Output Session::cmdData(const std::string&) {
-    data_.clear();
+    releaseData();
+    dataOverBudget_ = false;
     dataTooBig_ = false;
     dataLineTooLong_ = false;
     dataBareCr_ = false;
@@ -544,18 +564,35 @@ Output Session::onDataLine(const std::string& line, bool bareLf) {
     std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
     if (data_.size() + text.size() + 2 > limits_.maxMessageSize) {
         dataTooBig_ = true;  // keep reading to the terminator, store nothing
-        data_.clear();
-        data_.shrink_to_fit();
+        releaseData();
     }
-    if (!dataTooBig_) {
+    if (!dataTooBig_ && !dataOverBudget_) {
         data_ += text;
         data_ += "\r\n";
+        // What the buffer holds (its capacity, not only its size) is taken from the server's budget
+        // as it grows; past the budget the message is read to its end and refused with 452.
+        if (env_.dataBudget && data_.capacity() > dataBudgetHeld_) {
+            size_t more = data_.capacity() - dataBudgetHeld_;
+            if (env_.dataBudget->take(more)) {
+                dataBudgetHeld_ += more;
+            } else {
+                dataOverBudget_ = true;
+                releaseData();
+                env_.log("event=data-over-budget in-flight=" + std::to_string(env_.dataBudget->inUse()));
+            }
+        }
     }
     return {};
 }
 
 Output Session::finishMessage() {
     enterState(State::Ready);
+    if (dataOverBudget_) {
+        resetTransaction();
+        // RFC 5321 4.2.2 / RFC 3463 X.3.1: a transient refusal, the client tries again later.
+        return error(InsufficientStorage, "Insufficient system storage: too much mail arriving at once; "
+                                          "message not stored, try again later");
+    }
     if (dataTooBig_) {
         resetTransaction();
         return error(MessageTooBig, "Message size exceeds fixed maximum message size (" +
@@ -597,7 +634,9 @@ Output Session::finishMessage() {
         added += "Message-ID: " + headers.messageId + "\r\n";
     }
     if (!startsWithHeaderField(data_)) added += "\r\n";  // a bare body: keep it out of the header section
-    message.raw = added + data_;
+    // In place: one copy of the message in memory, not two (the budget still counts it until stored).
+    data_.insert(0, added);
+    message.raw = std::move(data_);
     message.from = headers.from.empty() ? mailFrom_ : headers.from;
     message.to = headers.to;
     message.subject = headers.subject;
@@ -605,10 +644,15 @@ Output Session::finishMessage() {
 
     size_t count = recipients_.size();
     size_t size = message.raw.size();
-    resetTransaction();
     try {
         store_.deliver(message);
+        message.raw.clear();
+        message.raw.shrink_to_fit();
+        resetTransaction();
     } catch (const std::exception& e) {
+        message.raw.clear();
+        message.raw.shrink_to_fit();
+        resetTransaction();
         env_.log(std::string("event=store result=error reason=\"") + e.what() + "\"");
         return error(LocalError, "Local error in processing: message not stored; try again later");
     }
@@ -623,8 +667,8 @@ Output Session::finishMessage() {
 void Session::resetTransaction() {
     mailFrom_.clear();
     recipients_.clear();
-    data_.clear();
-    data_.shrink_to_fit();
+    releaseData();
+    dataOverBudget_ = false;
     dataTooBig_ = false;
     dataLineTooLong_ = false;
     dataBareCr_ = false;

@@ -7,6 +7,7 @@
 #include "../common/store.h"
 #include "smtp_syntax.h"
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +23,20 @@ struct SessionLimits {
     int maxErrors = 20;                     // error replies per session before 421
 };
 
+// The bytes of message data every session holds in memory at once, shared by a server's sessions: a
+// message that would take the total past `limit` is read to its end, not kept, and answered 452.
+class DataBudget {
+public:
+    explicit DataBudget(size_t limit) : limit_(limit) {}
+    bool take(size_t bytes);  // false (nothing taken) when it would pass the limit
+    void give(size_t bytes);
+    size_t inUse() const { return inUse_.load(); }
+
+private:
+    const size_t limit_;
+    std::atomic<size_t> inUse_{0};
+};
+
 struct SessionEnv {
     TlsMode tlsMode = TlsMode::Implicit;
     bool allowPlaintextAuth = false;           // --tls off only: let AUTH run in clear, for the lesson
@@ -31,6 +46,7 @@ struct SessionEnv {
     std::function<int64_t()> clock;            // Unix seconds; default: time(nullptr)
     std::function<std::string()> newQueueId;   // default: 12 random hex digits
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
+    DataBudget* dataBudget = nullptr;          // shared by the server's sessions; none: no total limit
 };
 
 struct Reply {
@@ -65,6 +81,9 @@ public:
     };
 
     Session(Authenticator& auth, Store& store, SessionLimits limits, SessionEnv env);
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
 
     Output start();                              // the 220 banner
     // One line, without its ending; `bareLf` when it ended with LF alone. Commands accept a bare LF
@@ -132,6 +151,9 @@ private:
     std::string mailFrom_;
     std::vector<std::string> recipients_;
     std::string data_;
+    void releaseData();  // empties data_ and gives its bytes back to the DataBudget
+    size_t dataBudgetHeld_ = 0;  // bytes of the shared DataBudget this session holds for data_
+    bool dataOverBudget_ = false;
     bool dataTooBig_ = false;
     bool dataLineTooLong_ = false;
     bool dataBareCr_ = false;          // a CR not followed by LF in the content: refused at the end

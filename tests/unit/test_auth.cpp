@@ -187,3 +187,16 @@ TEST_CASE("a cached login also makes its source trusted", "[auth][budget]") {
     CHECK(lab.store->isTrustedSource("dan@447.edu", "127.0.0.1"));
     CHECK(lab.store->isTrustedSource("dan@447.edu", "::1"));
 }
+
+TEST_CASE("hash places: at most N at once, a waiter gets a freed place, past its wait it is refused", "[auth][memory]") {
+    maillab::HashPlaces places(2);
+    CHECK(places.enter(std::chrono::milliseconds(0)));
+    CHECK(places.enter(std::chrono::milliseconds(0)));
+    CHECK_FALSE(places.enter(std::chrono::milliseconds(20)));  // both taken: refused after its wait
+    std::thread leaver([&] { places.leave(); });
+    CHECK(places.enter(std::chrono::seconds(10)));  // the freed place goes to the waiter
+    leaver.join();
+    places.leave();
+    places.leave();
+    CHECK(places.enter(std::chrono::milliseconds(0)));
+}

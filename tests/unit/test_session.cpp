@@ -27,7 +27,7 @@ struct Harness {
     int queued = 0;
     std::unique_ptr<Session> session;
 
-    explicit Harness(SessionLimits l = {}) : limits(l) {
+    explicit Harness(SessionLimits l = {}, DataBudget* budget = nullptr) : limits(l) {
         lab.addUser("ana@447.edu", "11111447");
         lab.addUser("bob@447.edu", "22222447");
         SessionEnv env;
@@ -37,6 +37,7 @@ struct Harness {
         env.clock = [this] { return lab.now; };
         env.newQueueId = [this] { return "QID" + std::to_string(++queued); };
         env.log = [this](const std::string& line) { log.push_back(line); };
+        env.dataBudget = budget;
         session = std::make_unique<Session>(*lab.auth, *lab.store, limits, env);
     }
 
@@ -198,6 +199,44 @@ TEST_CASE("message size limit: declared and actual", "[session][limits]") {
     CHECK(h.say(".").rfind("552 5.3.4 ", 0) == 0);
     CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
     CHECK(h.session->state() == Session::State::Ready);
+}
+
+TEST_CASE("message data past the servers' in-flight budget is read to its end and refused with 452", "[session][limits]") {
+    DataBudget budget(64 * 1024);
+    Harness h({}, &budget);
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    for (int i = 0; i < 200; ++i) CHECK(h.say(std::string(900, 'x')).empty());  // 180 KB: over the budget
+    CHECK(budget.inUse() == 0);  // given back as soon as it was over, not held to the end
+    CHECK(h.say(".").rfind("452 4.3.1 Insufficient system storage", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+    // A message that fits goes through, and its bytes come back after it is stored.
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    h.say("Subject: small");
+    h.say("");
+    h.say("fits");
+    CHECK(budget.inUse() > 0);
+    CHECK(h.say(".").rfind("250 2.0.0", 0) == 0);
+    CHECK(budget.inUse() == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 1);
+}
+
+TEST_CASE("a session that ends in DATA gives its bytes back", "[session][limits]") {
+    DataBudget budget(1024 * 1024);
+    {
+        Harness h({}, &budget);
+        h.login();
+        h.say("MAIL FROM:<ana@447.edu>");
+        h.say("RCPT TO:<bob@447.edu>");
+        h.say("DATA");
+        h.say(std::string(500, 'y'));
+        CHECK(budget.inUse() > 0);
+    }
+    CHECK(budget.inUse() == 0);
 }
 
 TEST_CASE("recipient limit", "[session][limits]") {
