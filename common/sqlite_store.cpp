@@ -357,6 +357,19 @@ public:
         return result;
     }
 
+    std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
+                                                int64_t startBytes) override {
+        Connection c(*this);
+        // raw is a BLOB: substr counts bytes.
+        std::string sql = std::string("SELECT ") + kSummaryColumns +
+                          ", substr(raw, 1, ?4) FROM messages WHERE mailbox = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3";
+        Statement s(*c.handle, sql);
+        s.bind(1, mailbox).bind(2, limit).bind(3, offset).bind(4, startBytes);
+        std::vector<MessageStart> result;
+        while (s.step()) result.push_back(MessageStart{readSummary(s), s.text(10)});
+        return result;
+    }
+
     std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) override {
         Connection c(*this);
         std::string sql =

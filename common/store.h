@@ -49,6 +49,12 @@ struct StoredMessage {
     std::string raw;
 };
 
+// A listed message with the first bytes of its stored text (for previews: never the whole body).
+struct MessageStart {
+    MessageSummary summary;
+    std::string start;
+};
+
 struct MailboxStats {
     int64_t count = 0;
     int64_t newestId = 0;          // 0 when empty
@@ -85,6 +91,9 @@ public:
     // Newest first.
     virtual std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) = 0;
     virtual std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) = 0;
+    // A page of listMessages with the first `startBytes` of each message, in one query.
+    virtual std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
+                                                        int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
 };
 

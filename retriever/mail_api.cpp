@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cctype>
 #include <ctime>
+#include <optional>
 #include <sstream>
 
 namespace maillab::http {
@@ -102,16 +103,42 @@ std::vector<Header> parseHeaders(const std::string& raw, size_t& bodyStart) {
     return headers;
 }
 
+// A listed field (subject, From...) is shown up to this many characters; the whole of it is in the
+// message's own resource. Folded header fields have no length limit, and a listing of 50 must not
+// become hundreds of megabytes.
+constexpr size_t kMaxListedChars = 1000;
+// The first bytes of a message read for its preview, and the characters of body shown.
+constexpr int64_t kPreviewReadBytes = 8192;
+constexpr size_t kPreviewChars = 300;
+
+std::string shortened(const std::string& text, size_t most = kMaxListedChars) {
+    if (text.size() <= most) return text;
+    size_t cut = most;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+    return text.substr(0, cut) + "…";
+}
+
+// The start of the body, from the first bytes of the stored message (headers, blank line, body).
+std::string bodyPreview(const std::string& start, int64_t size) {
+    size_t blank = start.find("\r\n\r\n");
+    if (blank == std::string::npos)
+        return static_cast<int64_t>(start.size()) < size ? "(the header is long: open the message to read it)" : "";
+    std::string body = validUtf8(start.substr(blank + 4));
+    std::string shown = shortened(body, kPreviewChars);
+    if (shown.size() == body.size() && static_cast<int64_t>(start.size()) < size) shown += "…";
+    return shown;
+}
+
 Poco::JSON::Object summaryJson(const MessageSummary& m) {
     Poco::JSON::Object o;
     o.set("id", m.id);
-    o.set("from", validUtf8(m.from));
+    o.set("from", shortened(validUtf8(m.from)));
     // Who really sent it: the account that authenticated (the envelope sender, which submission
     // policy ties to it). The header From above is whatever the sender typed.
-    o.set("authenticated_sender", validUtf8(m.envelopeFrom));
-    o.set("to", validUtf8(m.to));
-    o.set("subject", validUtf8(m.subject));
-    o.set("date", validUtf8(m.date));
+    o.set("authenticated_sender", shortened(validUtf8(m.envelopeFrom)));
+    o.set("to", shortened(validUtf8(m.to)));
+    o.set("subject", shortened(validUtf8(m.subject)));
+    o.set("date", shortened(validUtf8(m.date)));
     o.set("size", m.size);
     o.set("received_at", httpDate(m.receivedAt));
     return o;
@@ -124,6 +151,17 @@ bool parseNumber(const std::string& text, int64_t& value) {
 }
 
 // RFC 9110 13.1.2 If-None-Match (weak comparison), then 13.1.3 If-Modified-Since.
+// ?offset=&limit= of a listing or inbox page; a 400 when either is not a number in range.
+std::optional<ApiResponse> pageFrom(const Poco::URI::QueryParameters& query, int64_t maxPageSize, int64_t& offset,
+                                    int64_t& limit) {
+    for (const auto& [key, value] : query) {
+        if (key == "offset" && !parseNumber(value, offset)) return error(400, "offset must be a number");
+        if (key == "limit" && (!parseNumber(value, limit) || limit < 1 || limit > maxPageSize))
+            return error(400, "limit must be 1 to " + std::to_string(maxPageSize));
+    }
+    return std::nullopt;
+}
+
 bool notModified(const ApiRequest& request, const std::string& etag, int64_t lastModified) {
     std::string inm = request.header("If-None-Match");
     if (!inm.empty()) {
@@ -267,10 +305,26 @@ bool MailApi::cachedListing(const std::string& key, const std::string& etag, std
 }
 
 void MailApi::rememberListing(const std::string& key, const std::string& etag, const std::string& body) {
-    constexpr size_t kMaxEntries = 4096;  // bounded memory: start afresh rather than grow
+    // Bounded in bytes, not entries: a page of long subjects is megabytes. A listing bigger than
+    // an eighth of the cache is not kept; past the bound the cache starts afresh rather than grow.
+    const size_t cost = key.size() + etag.size() + body.size();
+    if (cost > limits_.listingCacheBytes / 8) return;
     std::lock_guard<std::mutex> lock(cacheMutex_);
-    if (listings_.size() >= kMaxEntries && !listings_.count(key)) listings_.clear();
+    if (auto it = listings_.find(key); it != listings_.end()) {
+        listingCacheBytes_ -= key.size() + it->second.etag.size() + it->second.body.size();
+        listings_.erase(it);
+    }
+    if (listingCacheBytes_ + cost > limits_.listingCacheBytes) {
+        listings_.clear();
+        listingCacheBytes_ = 0;
+    }
     listings_[key] = CachedListing{etag, body};
+    listingCacheBytes_ += cost;
+}
+
+size_t MailApi::listingCacheBytes() const {
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    return listingCacheBytes_;
 }
 
 MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock)
@@ -389,11 +443,7 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
         switch (kind) {
             case Kind::List: {
                 int64_t offset = 0, limit = limits_.defaultPageSize;
-                for (const auto& [key, value] : query) {
-                    if (key == "offset" && !parseNumber(value, offset)) return error(400, "offset must be a number");
-                    if (key == "limit" && (!parseNumber(value, limit) || limit < 1 || limit > limits_.maxPageSize))
-                        return error(400, "limit must be 1 to " + std::to_string(limits_.maxPageSize));
-                }
+                if (auto bad = pageFrom(query, limits_.maxPageSize, offset, limit)) return *bad;
                 MailboxStats stats = store_.mailboxStats(mailbox);
                 std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
                                    std::to_string(offset) + "." + std::to_string(limit) + "\"";
@@ -455,31 +505,41 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
                 break;
             }
             case Kind::Inbox: {
+                // Paged like the JSON listing, and each message shown by a preview of its body: the
+                // page never holds whole messages (a 10 MB body would make a 60 MB page of escapes).
+                int64_t offset = 0, limit = limits_.defaultPageSize;
+                if (auto bad = pageFrom(query, limits_.maxPageSize, offset, limit)) return *bad;
                 MailboxStats stats = store_.mailboxStats(mailbox);
-                std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "\"";
+                std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
+                                   std::to_string(offset) + "." + std::to_string(limit) + "\"";
                 std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
                                    htmlEscape(mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
                                    htmlEscape(mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
                                    (stats.count == 1 ? " message" : " messages") +
-                                   (stats.count > limits_.maxPageSize ? " (newest " + std::to_string(limits_.maxPageSize) + " shown)" : "") +
+                                   (stats.count > limit || offset > 0
+                                        ? " (" + std::to_string(std::min(stats.count, offset + 1)) + " to " +
+                                              std::to_string(std::min(stats.count, offset + limit)) + " shown, newest first)"
+                                        : "") +
                                    "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From (header)</th><th>Sent by (authenticated)</th><th>Subject</th><th>Date</th>"
                                    "<th>Size</th></tr></thead><tbody>\n";
                 std::string base = "/mailboxes/" + htmlEscape(mailbox) + "/messages/";  // lab addresses need no escaping in a path
-                for (const auto& m : store_.listMessages(mailbox, 0, limits_.maxPageSize)) {
-                    auto full = store_.getMessage(mailbox, m.id);
-                    size_t bodyStart = 0;
-                    if (full) parseHeaders(full->raw, bodyStart);
+                for (const auto& [m, start] : store_.listMessageStarts(mailbox, offset, limit, kPreviewReadBytes)) {
                     std::string id = std::to_string(m.id);
                     html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
-                            htmlEscape(validUtf8(m.from)) + "</td><td class=\"sender\">" +
-                            htmlEscape(validUtf8(m.envelopeFrom)) + "</td><td class=\"subject\"><details><summary>" +
-                            htmlEscape(validUtf8(m.subject.empty() ? "(no subject)" : m.subject)) +
-                            "</summary><pre class=\"body\">" +
-                            htmlEscape(validUtf8(full ? full->raw.substr(bodyStart) : "")) + "</pre><a href=\"" + base +
-                            id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
-                            htmlEscape(validUtf8(m.date)) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
+                            htmlEscape(shortened(validUtf8(m.from))) + "</td><td class=\"sender\">" +
+                            htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><details><summary>" +
+                            htmlEscape(shortened(validUtf8(m.subject.empty() ? "(no subject)" : m.subject))) +
+                            "</summary><pre class=\"body\">" + htmlEscape(bodyPreview(start, m.size)) + "</pre><a href=\"" +
+                            base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
+                            htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
                 }
-                html += "</tbody></table>\n</body></html>\n";
+                html += "</tbody></table>\n";
+                std::string page = "?limit=" + std::to_string(limit) + "&amp;offset=";
+                if (offset > 0)
+                    html += "<a id=\"newer\" href=\"" + page + std::to_string(std::max<int64_t>(0, offset - limit)) + "\">newer</a>\n";
+                if (offset + limit < stats.count)
+                    html += "<a id=\"older\" href=\"" + page + std::to_string(offset + limit) + "\">older</a>\n";
+                html += "</body></html>\n";
                 ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
                 // The page holds no scripts and loads nothing: say so to the browser.
                 full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");

@@ -21,6 +21,7 @@ struct ApiLimits {
     int64_t defaultPageSize = 50;
     int64_t maxPageSize = 500;
     bool plaintextAuthAllowed = false;  // --tls off only: accept Basic credentials sent in clear
+    size_t listingCacheBytes = 16 * 1024 * 1024;  // the JSON listings kept for repeated GETs, in all
 };
 
 struct ApiRequest {
@@ -49,6 +50,7 @@ class MailApi {
 public:
     MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock = nullptr);
     ApiResponse handle(const ApiRequest& request);
+    size_t listingCacheBytes() const;  // what the listing cache holds now
 
 private:
     // Rendered JSON listings by mailbox, offset and limit, valid while their validator is: new mail
@@ -64,7 +66,8 @@ private:
     Authenticator& auth_;
     ApiLimits limits_;
     std::function<int64_t()> clock_;
-    std::mutex cacheMutex_;
+    mutable std::mutex cacheMutex_;
+    size_t listingCacheBytes_ = 0;
     std::unordered_map<std::string, CachedListing> listings_;
 };
 

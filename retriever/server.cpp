@@ -278,6 +278,7 @@ protected:
         limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");
         limits.defaultPageSize = cfg.getInt64("http.defaultPageSize");
         limits.maxPageSize = cfg.getInt64("http.maxPageSize");
+        limits.listingCacheBytes = cfg.getUInt64("http.listingCacheBytes");
         limits.plaintextAuthAllowed = cfg.getBool("retriever.allowPlaintextAuth");
         std::string mode = cfg.getString("retriever.tls");
         if (mode != "implicit" && mode != "off") {

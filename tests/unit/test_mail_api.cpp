@@ -236,3 +236,47 @@ TEST_CASE("a forged header From is shown beside who really sent the message", "[
     REQUIRE(inbox.status == 200);
     CHECK(inbox.body.find("<td class=\"sender\">ana@447.edu</td>") != std::string::npos);
 }
+
+TEST_CASE("the HTML inbox pages its messages and shows previews, never whole bodies", "[api][html][limits]") {
+    ApiLimits limits;
+    limits.defaultPageSize = 2;
+    ApiHarness h(limits);
+    NewMessage big;
+    big.queueId = "QBIG";
+    big.envelopeFrom = "ana@447.edu";
+    big.recipients = {"bob@447.edu"};
+    big.from = "ana@447.edu";
+    big.subject = std::string(5000, 'S');
+    big.date = "Mon, 23 Nov 2026 10:00:00 +0000";
+    big.receivedAt = 1795000100;
+    big.raw = "Subject: long\r\n\r\n" + std::string(2 * 1024 * 1024, '"');
+    int64_t bigId = h.lab.store->deliver(big).front();
+    auto first = h.get("/");
+    REQUIRE(first.status == 200);
+    CHECK(first.body.find("data-id=\"" + std::to_string(bigId) + "\"") != std::string::npos);  // newest first
+    CHECK(first.body.find("data-id=\"" + std::to_string(h.ids[0]) + "\"") == std::string::npos);  // on a later page
+    CHECK(first.body.size() < 20000);  // a preview of the 2 MB body and a shortened subject, not 12 MB of &quot;
+    CHECK(first.body.find(std::string(1000, 'S') + "…") != std::string::npos);
+    CHECK(first.body.find("id=\"older\" href=\"?limit=2&amp;offset=2\"") != std::string::npos);
+    CHECK(first.body.find("4 messages (1 to 2 shown") != std::string::npos);
+    auto second = h.get("/?limit=2&offset=2");
+    CHECK(second.body.find("data-id=\"" + std::to_string(h.ids[0]) + "\"") != std::string::npos);
+    CHECK(second.body.find("id=\"newer\"") != std::string::npos);
+    CHECK(second.body.find("body 1") != std::string::npos);  // a short body is shown whole
+    CHECK(h.get("/?limit=0").status == 400);
+    // The JSON listing shortens listed fields too; the message itself has them whole.
+    auto listing = h.get("/mailboxes/bob@447.edu/messages?limit=1");
+    CHECK(listing.body.size() < 3000);
+    CHECK(h.get("/mailboxes/bob@447.edu/messages/" + std::to_string(bigId) + "/raw").body.size() > 2 * 1024 * 1024);
+}
+
+TEST_CASE("the listing cache is bounded in bytes", "[api][limits]") {
+    ApiLimits limits;
+    limits.listingCacheBytes = 64 * 1024;
+    ApiHarness h(limits);
+    for (int limit = 1; limit <= 200; ++limit) {
+        REQUIRE(h.get("/mailboxes/bob@447.edu/messages?limit=" + std::to_string(limit)).status == 200);
+        CHECK(h.api->listingCacheBytes() <= limits.listingCacheBytes);
+    }
+    CHECK(h.api->listingCacheBytes() > 0);
+}
