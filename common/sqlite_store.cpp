@@ -425,17 +425,40 @@ private:
 
     // Borrows a pooled connection for the duration of one call.
     struct Connection {
-        explicit Connection(SqliteStore& store) : store(store), handle(store.acquire()), db(handle->db) {}
+        explicit Connection(SqliteStore& store) : store(store), handle((store.checkSharedMemory(), store.acquire())), db(handle->db) {}
         ~Connection() { store.release(handle); }
         SqliteStore& store;
         Handle* handle;
         sqlite3* db;
     };
 
+    // WAL mode maps <db>-shm into memory. If that file is truncated or replaced while in use (another
+    // program, a student's clean-up), the next access to the mapping is a SIGBUS that no error code
+    // can catch: so before each use, its size and inode are compared with what this process has seen,
+    // and a damaged file is refused (451 / 503 and a log line) instead of touched.
+    void checkSharedMemory() {
+        struct stat st {};
+        std::string shm = options_.path + "-shm";
+        if (::stat(shm.c_str(), &st) != 0) {
+            if (shmLargest_ == 0) return;  // not created yet (first open)
+            throw StoreError("the database's shared-memory file " + shm + " was removed while in use; "
+                             "stop every maillab server, then start them again");
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (shmLargest_ != 0 && (st.st_ino != shmInode_ || static_cast<uint64_t>(st.st_size) < shmLargest_))
+            throw StoreError("the database's shared-memory file " + shm + " was truncated or replaced while in use; "
+                             "stop every maillab server, then start them again");
+        shmInode_ = st.st_ino;
+        shmLargest_ = std::max<uint64_t>(shmLargest_, static_cast<uint64_t>(st.st_size));
+    }
+
     void closeAll() {
         for (Handle* h : idle_) delete h;
         idle_.clear();
     }
+
+    ino_t shmInode_ = 0;
+    uint64_t shmLargest_ = 0;
 
     Handle* acquire() {
         {

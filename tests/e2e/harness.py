@@ -63,7 +63,7 @@ RUNNING = []
 class Server:
     """One server process on a free port. `settings` become a --config properties file."""
 
-    def __init__(self, lab, program, settings=None, args=(), db=None, env=None):
+    def __init__(self, lab, program, settings=None, args=(), db=None, env=None, preexec_fn=None):
         self.lab = lab
         self.db = db or lab.path("maillab.db")
         self.log_path = lab.path(program + ".log")
@@ -80,7 +80,7 @@ class Server:
         cmd += list(args)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env or os.environ.copy())
+                                     env=env or os.environ.copy(), preexec_fn=preexec_fn)
         RUNNING.append(self)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline() if ready else ""
