@@ -246,6 +246,7 @@ bench: deps
 bench-attack: deps
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/attack.py --build $(BUILD) $(if $(QUICK),--seconds 10,--seconds 40 --doc docs/benchmarks.md)
+	@/usr/bin/python3 tests/bench/hoard.py --build $(BUILD) $(if $(QUICK),--seconds 5,--seconds 15 --doc docs/benchmarks.md)
 
 # The per-release figures (run in each chroot by `make bench-platforms`; OUT= the JSON file).
 .PHONY: bench-platform

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <malloc.h>
 #include <sstream>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -165,6 +166,11 @@ int runServer(Poco::Logger& logger, const std::function<int()>& serve) {
     ::sigaction(SIGBUS, &action, nullptr);
     // A file size limit reached (ulimit -f) is then a failed write SQLite reports, not a signal death.
     ::signal(SIGXFSZ, SIG_IGN);
+    // Large buffers (scrypt's 16 MiB, a message being received) always come from mmap and go back to
+    // the system when freed. glibc otherwise raises its mmap threshold after the first such free,
+    // and each thread's arena then keeps megabytes it no longer uses: with hundreds of connection
+    // threads that was most of the servers' memory under an AUTH flood or many large messages.
+    ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     try {
         return serve();
     } catch (const Poco::SyntaxException& e) {

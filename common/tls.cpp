@@ -157,6 +157,9 @@ Poco::Net::Context::Ptr makeServerContext(const TlsOptions& options) {
     // is enough for a client that resumes once; each costs an encryption and a record per handshake.
     context->enableSessionCache(false);
     SSL_CTX_set_num_tickets(context->sslContext(), static_cast<size_t>(options.sessionTickets));
+    // An idle connection (a student at a prompt, a keep-alive wait) keeps no 2 x 16 KiB record
+    // buffers: they are freed while nothing is in flight and taken again at the next record.
+    SSL_CTX_set_mode(context->sslContext(), SSL_MODE_RELEASE_BUFFERS);
     static std::once_flag once;
     std::call_once(once, [&] {
         Poco::Net::SSLManager::instance().initializeServer(

@@ -90,8 +90,10 @@ class Bench:
     def load(self, label, scenario, port, extra, count, duration):
         if os.path.exists(self.jsonl):
             os.unlink(self.jsonl)
+        # From 100 loopback addresses, as many clients are: the servers limit connections per address
+        # (64 by default), and the growth runs hold a thousand.
         cmd = [self.exe("maillab-load"), "--scenario", scenario, "--port", str(port), "--count", str(count),
-               "--duration", str(duration), "--json", self.jsonl, "--label", label] + extra
+               "--duration", str(duration), "--json", self.jsonl, "--label", label, "--sources", "100"] + extra
         out = subprocess.run(cmd, capture_output=True, text=True)
         print(out.stdout, end="", flush=True)
         result = json.loads(open(self.jsonl).read().splitlines()[-1])

@@ -57,6 +57,7 @@ struct Options {
     bool keepOpen = false;
     bool resume = false;
     int idle = 0;
+    int sources = 0;  // connect from this many loopback addresses (127.1.x.y), as many clients would
     std::string user, password, to, path = "/";
     std::string ca;
     std::string json;
@@ -86,6 +87,7 @@ struct Shared {
     std::atomic<long> completed{0};
     std::atomic<bool> stop{false};
     std::atomic<int> idleReady{0};
+    std::atomic<unsigned> nextSource{0};
     Clock::time_point hardDeadline = Clock::time_point::max();
 };
 
@@ -204,6 +206,14 @@ private:
         c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         int one = 1;
         setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (s_.opt.sources > 0) {
+            // The servers limit connections per address: many clients come from many addresses.
+            unsigned i = s_.nextSource++ % static_cast<unsigned>(s_.opt.sources);
+            sockaddr_in from{};
+            from.sin_family = AF_INET;
+            from.sin_addr.s_addr = htonl((127u << 24) | (1u << 16) | ((i / 250) << 8) | (i % 250 + 1));
+            if (::bind(c.fd, reinterpret_cast<const sockaddr*>(&from), sizeof from) != 0) error(c, "bind");
+        }
         c.in.clear();
         c.out.clear();
         c.outPos = 0;
@@ -572,7 +582,7 @@ double percentile(std::vector<double>& v, double p) {
 void usage() {
     std::cerr << "usage: maillab-load --scenario smtp|https|handshake --port P [--host H] [--tls implicit|starttls|off]\n"
                  "       [--connections C] [--threads T] [--count N] [--duration S] [--size BYTES] [--keep-open]\n"
-                 "       [--resume] [--idle K] [--user U --password PW --to RCPT] [--path /p] [--ca FILE]\n"
+                 "       [--resume] [--idle K] [--sources N] [--user U --password PW --to RCPT] [--path /p] [--ca FILE]\n"
                  "       [--json FILE] [--label TEXT] [--quiet]\n";
 }
 
@@ -601,6 +611,7 @@ int main(int argc, char** argv) {
         else if (a == "--keep-open") o.keepOpen = true;
         else if (a == "--resume") o.resume = true;
         else if (a == "--idle") o.idle = std::atoi(next().c_str());
+        else if (a == "--sources") o.sources = std::atoi(next().c_str());
         else if (a == "--user") o.user = next();
         else if (a == "--password") o.password = next();
         else if (a == "--to") o.to = next();
