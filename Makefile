@@ -149,9 +149,11 @@ test-deps: deps
 	$(call install_packages,$(TEST_PACKAGES))
 	$(call install_packages,$(OPTIONAL_TEST_PACKAGES),optional)
 
-.PHONY: certs password
+.PHONY: certs password token tokens grade class-senderserver class-retrieverserver
+# HOSTNAME= on the command line: a class server's certificate for that name (docs/instructors.md).
+CLASS_HOST = $(if $(filter command line,$(origin HOSTNAME)),$(HOSTNAME))
 certs: $(BIN)/maillab-certs
-	@$(BIN)/maillab-certs certs
+	@$(BIN)/maillab-certs $(if $(CLASS_HOST),--host $(CLASS_HOST)) certs
 
 # The instructor's reset: a new password for USER (printed once; the old one stops at once).
 # USER= on the command line only (the environment's USER is your login name, not a lab account).
@@ -159,6 +161,29 @@ ACCOUNT = $(if $(filter command line,$(origin USER)),$(USER))
 password: $(BIN)/maillab-admin
 	@test -n "$(ACCOUNT)" || { echo "usage: make password USER=ana [DB=users/maillab.db]"; exit 2; }
 	@$(BIN)/maillab-admin --db $(or $(DB),users/maillab.db) set-password $(ACCOUNT)
+
+# ---- the instructor's kit (docs/instructors.md) -------------------------------------------------
+# One server of each kind for a class: every address, the class settings (provenance on), the
+# certificate for HOSTNAME. Each in its own terminal, like the students' servers.
+class-senderserver: $(BIN)/senderserver $(BIN)/maillab-certs
+	@test -n "$(CLASS_HOST)" || { echo "usage: make class-senderserver HOSTNAME=lab.example.edu [PORT=465]"; exit 2; }
+	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
+	$(BIN)/senderserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(if $(filter command line environment,$(origin PORT)),$(PORT),465) $(ARGS)
+class-retrieverserver: $(BIN)/retrieverserver $(BIN)/maillab-certs
+	@test -n "$(CLASS_HOST)" || { echo "usage: make class-retrieverserver HOSTNAME=lab.example.edu [RPORT=443]"; exit 2; }
+	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
+	$(BIN)/retrieverserver --config=common/class.properties --port=$(if $(filter command line,$(origin RPORT)),$(RPORT),443) $(ARGS)
+# A student's token for the lab message's Subject; SECRET= or users/instructor.secret (made once).
+token:
+	@test -n "$(STUDENT)" || { echo "usage: make token STUDENT=id [SECRET=...]"; exit 2; }
+	@/usr/bin/python3 captures/labtoken.py token --student "$(STUDENT)" $(if $(SECRET),--secret "$(SECRET)")
+tokens:
+	@test -n "$(ROSTER)" || { echo "usage: make tokens ROSTER=roster.csv [SECRET=...]"; exit 2; }
+	@/usr/bin/python3 captures/labtoken.py tokens --roster "$(ROSTER)" $(if $(SECRET),--secret "$(SECRET)")
+# Grades every file in DIR: DIR/grades.csv and DIR/grades.html, a report per capture.
+grade: test-deps
+	@test -n "$(DIR)" || { echo "usage: make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db]"; exit 2; }
+	@/usr/bin/python3 captures/grade.py "$(DIR)" --db $(or $(DB),users/maillab.db) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(SECRET),--secret "$(SECRET)") $(if $(RUBRIC),--rubric "$(RUBRIC)")
 
 # ---- the lab -------------------------------------------------------------------------------
 HOST ?= localhost

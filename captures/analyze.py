@@ -93,7 +93,7 @@ TABLE_FIELDS = [
     "tls.handshake.extensions_alpn_str", "tls.alert_message.desc", "tls.segment.count",
     "smtp.command_line", "smtp.response", "smtp.response.code", "smtp.req.command",
     "http.request.method", "http.request.uri", "http.request.line", "http.response.code", "http.response.phrase",
-    "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization",
+    "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization", "imf.subject",
     "tls.handshake.certificate", "smtp.data.fragment", "imf",
 ]
 

@@ -7,7 +7,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <arpa/inet.h>
 #include <cstdio>
+#include <netdb.h>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -117,7 +120,41 @@ CertPaths CertPaths::inDirectory(const std::string& dir) {
     return {dir + "/ca.pem", dir + "/ca.key", dir + "/server.pem", dir + "/server.key"};
 }
 
-bool ensureCertificates(const CertPaths& paths) {
+std::vector<std::string> serverNames(const std::string& host) {
+    std::vector<std::string> names = {"DNS:localhost", "IP:127.0.0.1", "IP:::1"};
+    auto add = [&](const std::string& name) {
+        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+    };
+    if (host.empty()) return names;
+    in6_addr probe{};
+    bool literal = ::inet_pton(AF_INET, host.c_str(), &probe) == 1 || ::inet_pton(AF_INET6, host.c_str(), &probe) == 1;
+    add((literal ? "IP:" : "DNS:") + host);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (!literal && ::getaddrinfo(host.c_str(), nullptr, &hints, &found) == 0) {
+        for (addrinfo* a = found; a; a = a->ai_next) {
+            char text[INET6_ADDRSTRLEN] = {0};
+            const void* where = a->ai_family == AF_INET
+                                    ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr)
+                                    : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr);
+            if (::inet_ntop(a->ai_family, where, text, sizeof text)) add(std::string("IP:") + text);
+        }
+        ::freeaddrinfo(found);
+    }
+    return names;
+}
+
+namespace {
+// Whether the certificate names `host` (as a DNS name or an address).
+bool certificateNames(X509* cert, const std::string& host) {
+    if (host.empty()) return true;
+    if (X509_check_ip_asc(cert, host.c_str(), 0) == 1) return true;
+    return X509_check_host(cert, host.c_str(), host.size(), X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, nullptr) == 1;
+}
+}  // namespace
+
+bool ensureCertificates(const CertPaths& paths, const std::string& host) {
     auto slash = paths.caCert.rfind('/');
     std::string dir = slash == std::string::npos ? "." : paths.caCert.substr(0, slash);
     if (slash != std::string::npos && slash > 0) ::mkdir(dir.c_str(), 0755);
@@ -132,7 +169,8 @@ bool ensureCertificates(const CertPaths& paths) {
         ~Unlock() { ::close(fd); }  // closing releases the flock
     } unlock{lock};
     bool newCa = !exists(paths.caCert) || !exists(paths.caKey);
-    bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey);
+    bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey) ||
+                     !certificateNames(readCert(paths.serverCert).get(), host);
     if (!newServer) return false;
 
     KeyPtr caKey(nullptr, EVP_PKEY_free);
@@ -155,12 +193,14 @@ bool ensureCertificates(const CertPaths& paths) {
 
     KeyPtr key = newKey();
     // 397 days: the longest validity browsers accept for a server certificate.
-    CertPtr cert = newCert(key.get(), "localhost", 397);
+    CertPtr cert = newCert(key.get(), host.empty() ? "localhost" : host.c_str(), 397);
     X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert.get()));
     addExtension(cert.get(), caCert.get(), NID_basic_constraints, "critical,CA:FALSE");
     addExtension(cert.get(), caCert.get(), NID_key_usage, "critical,digitalSignature");
     addExtension(cert.get(), caCert.get(), NID_ext_key_usage, "serverAuth");
-    addExtension(cert.get(), caCert.get(), NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
+    std::string altNames;
+    for (const std::string& name : serverNames(host)) altNames += (altNames.empty() ? "" : ",") + name;
+    addExtension(cert.get(), caCert.get(), NID_subject_alt_name, altNames.c_str());
     addExtension(cert.get(), caCert.get(), NID_subject_key_identifier, "hash");
     addExtension(cert.get(), caCert.get(), NID_authority_key_identifier, "keyid:always");
     check(X509_sign(cert.get(), caKey.get(), EVP_sha256()) > 0, "server signature");

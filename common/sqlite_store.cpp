@@ -14,7 +14,7 @@ namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -63,6 +63,17 @@ END;
 // Version 3: the guess budgets and the sources trusted per account (replacing the failure count and
 // lock time of v1, which raced: read before the slow hash, written back as an absolute value).
 // Deleting an account deletes both, so a re-registered address starts afresh.
+// Version 4: the TLS sessions a class server saw (store.provenance), for the grader.
+const char* const kSchemaV4 = R"SQL(
+CREATE TABLE IF NOT EXISTS tls_sessions (
+    client_random  TEXT PRIMARY KEY,
+    service        TEXT NOT NULL,
+    peer           TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    account        TEXT NOT NULL DEFAULT ''
+);
+)SQL";
+
 const char* const kSchemaV3 = R"SQL(
 CREATE TABLE IF NOT EXISTS auth_budget (
     key      TEXT PRIMARY KEY,
@@ -310,6 +321,31 @@ public:
         return s.step();
     }
 
+    void recordTlsSession(const TlsSessionRecord& r) override {
+        Connection c(*this);
+        Statement s(*c.handle,
+                    "INSERT OR REPLACE INTO tls_sessions(client_random, service, peer, started_at, account) "
+                    "VALUES(?1, ?2, ?3, ?4, ?5)");
+        s.bind(1, r.clientRandom).bind(2, r.service).bind(3, r.peer).bind(4, r.startedAt).bind(5, r.account);
+        s.step();
+    }
+
+    void setTlsSessionAccount(const std::string& clientRandom, const std::string& account) override {
+        Connection c(*this);
+        Statement s(*c.handle, "UPDATE tls_sessions SET account = ?2 WHERE client_random = ?1");
+        s.bind(1, clientRandom).bind(2, account);
+        s.step();
+    }
+
+    std::optional<TlsSessionRecord> findTlsSession(const std::string& clientRandom) override {
+        Connection c(*this);
+        Statement s(*c.handle,
+                    "SELECT client_random, service, peer, started_at, account FROM tls_sessions WHERE client_random = ?1");
+        s.bind(1, clientRandom);
+        if (!s.step()) return std::nullopt;
+        return TlsSessionRecord{s.text(0), s.text(1), s.text(2), s.integer(3), s.text(4)};
+    }
+
     void trustSource(const std::string& email, const std::string& source, int64_t now) override {
         Connection c(*this);
         Statement s(*c.handle,
@@ -526,6 +562,7 @@ private:
         if (current < 1) exec(db, kSchemaV1);
         if (current < 2) exec(db, kSchemaV2);
         if (current < 3) exec(db, kSchemaV3);
+        if (current < 4) exec(db, kSchemaV4);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }

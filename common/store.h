@@ -55,6 +55,17 @@ struct MessageStart {
     std::string start;
 };
 
+// One TLS session as a class server records it (store.provenance): the ClientHello's random (64 hex
+// digits, as Wireshark shows it), which service, the peer, when, and the account that logged in.
+// The grader matches a capture's sessions against these records.
+struct TlsSessionRecord {
+    std::string clientRandom;
+    std::string service;  // "smtp" or "http"
+    std::string peer;     // address:port
+    int64_t startedAt = 0;
+    std::string account;  // "" until a login in that session
+};
+
 struct MailboxStats {
     int64_t count = 0;
     int64_t newestId = 0;          // 0 when empty
@@ -95,6 +106,11 @@ public:
     virtual std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
                                                         int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
+
+    // Provenance (class servers): a TLS session when its handshake completes, its account at login.
+    virtual void recordTlsSession(const TlsSessionRecord& session) = 0;
+    virtual void setTlsSessionAccount(const std::string& clientRandom, const std::string& account) = 0;
+    virtual std::optional<TlsSessionRecord> findTlsSession(const std::string& clientRandom) = 0;
 };
 
 struct SqliteOptions {

@@ -196,6 +196,20 @@ SSL* sslOf(const Poco::Net::StreamSocket& socket) {
 
 std::string describeTls(const Poco::Net::StreamSocket& socket) { return describeTlsSession(sslOf(socket)); }
 
+std::string clientRandomHex(const Poco::Net::StreamSocket& socket) {
+    SSL* ssl = sslOf(socket);
+    if (!ssl) return "";
+    unsigned char random[SSL3_RANDOM_SIZE];
+    size_t n = SSL_get_client_random(ssl, random, sizeof random);
+    static const char* const kHex = "0123456789abcdef";
+    std::string out;
+    for (size_t i = 0; i < n; ++i) {
+        out += kHex[random[i] >> 4];
+        out += kHex[random[i] & 15];
+    }
+    return out;
+}
+
 void offerAlpn(Poco::Net::Context& context, const std::string& protocol) {
     std::string wire = alpnWire({protocol});
     SSL_CTX_set_alpn_protos(context.sslContext(), reinterpret_cast<const unsigned char*>(wire.data()),

@@ -26,6 +26,7 @@
 #include <Poco/Util/ServerApplication.h>
 
 #include <atomic>
+#include <ctime>
 #include <sstream>
 #include <iostream>
 
@@ -46,12 +47,15 @@ struct RetrieverContext {
     Poco::Timespan handshakeTimeout, requestHeadTimeout, keepAliveTimeout, refusalTimeout;
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
+    bool provenance = false;  // record every TLS session and its account (class servers)
     std::atomic<unsigned long> nextConnectionId{1};
 };
 
 // The deadline for the request head being read on this thread's connection (one pool thread
 // serves one connection at a time): armed before each head, disarmed once Poco has parsed it.
 thread_local Watchdog::Guard* currentHeadDeadline = nullptr;
+// Provenance: this thread's connection's TLS session, and the account already recorded for it.
+thread_local std::string currentClientRandom, currentRecordedAccount;
 
 // A pool thread serves one connection at a time, for all of its keep-alive requests: a new peer
 // address on this thread is a new connection. That gives log lines a connection id although Poco's
@@ -93,6 +97,15 @@ public:
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
+        if (ctx_.provenance && !result.user.empty() && !currentClientRandom.empty() &&
+            result.user != currentRecordedAccount) {
+            try {
+                ctx_.store->setTlsSessionAccount(currentClientRandom, result.user);
+                currentRecordedAccount = result.user;
+            } catch (const std::exception& e) {
+                ctx_.logger->information(prefix + "event=provenance result=error reason=" + logValue(e.what()));
+            }
+        }
 
         response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
         for (const auto& [name, value] : result.headers) response.set(name, value);
@@ -161,6 +174,17 @@ public:
             ctx_.logger->information("event=disconnect peer=" + peer + " reason=" +
                                      (deadline.expired() ? std::string("handshake-timeout") : logValue(e.what())));
             return;
+        }
+        currentClientRandom.clear();
+        currentRecordedAccount.clear();
+        if (ctx_.provenance && ctx_.overTls) {
+            currentClientRandom = clientRandomHex(socket);
+            try {
+                ctx_.store->recordTlsSession(TlsSessionRecord{currentClientRandom, "http", peer,
+                                                              static_cast<int64_t>(std::time(nullptr)), ""});
+            } catch (const std::exception& e) {
+                ctx_.logger->information("event=provenance result=error reason=" + logValue(e.what()));
+            }
         }
         deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
         currentHeadDeadline = &deadline;
@@ -266,6 +290,7 @@ protected:
         ctx.requestHeadTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.requestHead"), 0);
         ctx.keepAliveTimeout = Poco::Timespan(cfg.getInt("retriever.keepAliveSeconds"), 0);
         ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
+        ctx.provenance = cfg.getBool("store.provenance");
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         SqliteOptions storeOptions = storeOptionsFrom(cfg);

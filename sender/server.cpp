@@ -28,6 +28,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <iostream>
 #include <thread>
 
@@ -48,6 +49,7 @@ struct SenderContext {
     int maxConnections = 0;
     std::unique_ptr<ConnectionLimiter> limiter;
     std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
+    bool provenance = false;  // record every TLS session and its account (class servers)
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
@@ -189,12 +191,25 @@ private:
         }
     }
 
+    // Provenance: the session's client_random, peer and time (its account comes at login).
+    void recordTlsSession(const Poco::Net::StreamSocket& socket) {
+        if (!ctx_.provenance) return;
+        clientRandom_ = clientRandomHex(socket);
+        try {
+            ctx_.store->recordTlsSession(TlsSessionRecord{clientRandom_, "smtp", socket.peerAddress().toString(),
+                                                          static_cast<int64_t>(std::time(nullptr)), ""});
+        } catch (const std::exception& e) {
+            log("event=provenance result=error reason=" + logValue(e.what()));
+        }
+    }
+
     void serve(Poco::Net::StreamSocket& socket, bool& secure) {
         std::string tls;
         if (secure) {
             handshake(socket);
             tls = describeTls(socket);
             log("event=tls " + tls);
+            recordTlsSession(socket);
         }
         smtp::SessionEnv env;
         env.tlsMode = ctx_.tlsMode;
@@ -203,6 +218,14 @@ private:
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         env.dataBudget = ctx_.dataBudget.get();
+        env.onLogin = [this](const std::string& account) {
+            if (!ctx_.provenance || clientRandom_.empty()) return;
+            try {
+                ctx_.store->setTlsSessionAccount(clientRandom_, account);
+            } catch (const std::exception& e) {
+                log("event=provenance result=error reason=" + logValue(e.what()));
+            }
+        };
         // State transitions are the per-command detail: shown with --verbose, beside the C:/S: lines.
         env.log = [this](const std::string& line) {
             if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
@@ -281,6 +304,7 @@ private:
                     secure = true;
                     std::string description = describeTls(socket);
                     log("event=tls starttls=yes " + description);
+                    recordTlsSession(socket);
                     session.onTlsStarted(description.substr(0, description.find(" group=")));
                 }
             }
@@ -293,6 +317,7 @@ private:
 
     SenderContext& ctx_;
     unsigned long id_;
+    std::string clientRandom_;  // of this connection's TLS session, when provenance is on
 };
 
 class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
@@ -367,6 +392,7 @@ protected:
         ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
         ctx.dataBudget = std::make_unique<smtp::DataBudget>(cfg.getUInt64("smtp.maxDataInFlight"));
+        ctx.provenance = cfg.getBool("store.provenance");
 
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
         SqliteOptions storeOptions = storeOptionsFrom(cfg);

@@ -427,11 +427,13 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         case AuthOutcome::Ok:
             user_ = result.user;
             env_.log("event=auth user=" + logValue(user_) + " result=ok");
+            if (env_.onLogin) env_.onLogin(user_);
             out.replies.push_back(reply(AuthSucceeded, "Authentication successful"));
             return out;
         case AuthOutcome::Registered: {
             user_ = result.user;
             env_.log("event=auth user=" + logValue(user_) + " result=registered");
+            if (env_.onLogin) env_.onLogin(user_);
             Reply r = reply(AuthSucceeded, "Authentication successful; registered " + user_ +
                                                " with password: " + result.newPassword + " (shown once)");
             r.secret = true;

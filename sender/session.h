@@ -47,6 +47,7 @@ struct SessionEnv {
     std::function<std::string()> newQueueId;   // default: 12 random hex digits
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
     DataBudget* dataBudget = nullptr;          // shared by the server's sessions; none: no total limit
+    std::function<void(const std::string&)> onLogin;  // the account, after AUTH succeeds (provenance)
 };
 
 struct Reply {

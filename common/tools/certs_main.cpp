@@ -1,17 +1,35 @@
-// maillab-certs: creates the lab CA and server certificate under a directory (default certs/) when
-// missing; `make certs` runs it. The servers do the same at start-up.
+// maillab-certs [--host NAME] [DIR]: creates the lab CA and server certificate under DIR (default
+// certs/) when missing; `make certs` runs it. --host (`make certs HOSTNAME=lab.example.edu`) adds a
+// class server's name and addresses to the server certificate, issuing it again from the same CA
+// when it does not name the host yet. The servers do the same at start-up for localhost.
 #include "../certs.h"
 
 #include <iostream>
 
 int main(int argc, char** argv) {
-    std::string dir = argc > 1 ? argv[1] : "certs";
+    std::string dir = "certs", host;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--host" && i + 1 < argc) host = argv[++i];
+        else if (a.rfind("--host=", 0) == 0) host = a.substr(7);
+        else if (a == "--help" || a == "-h") {
+            std::cout << "usage: maillab-certs [--host NAME] [DIR]\n";
+            return 0;
+        } else if (!a.empty() && a[0] == '-') {
+            std::cerr << "maillab-certs: unknown option " << a << " (usage: maillab-certs [--host NAME] [DIR])\n";
+            return 2;
+        } else dir = a;
+    }
     try {
         auto paths = maillab::CertPaths::inDirectory(dir);
-        if (maillab::ensureCertificates(paths))
-            std::cout << "created " << paths.caCert << " (trust this CA) and " << paths.serverCert << "\n";
-        else
-            std::cout << "certificates already present in " << dir << "/\n";
+        if (maillab::ensureCertificates(paths, host)) {
+            std::cout << "created " << paths.serverCert << " for";
+            for (const auto& name : maillab::serverNames(host)) std::cout << " " << name;
+            std::cout << "\nstudents trust " << paths.caCert << " (give them this file)\n";
+        } else {
+            std::cout << "certificates already present in " << dir << "/" << (host.empty() ? "" : " and naming " + host)
+                      << "\n";
+        }
     } catch (const std::exception& e) {
         std::cerr << "maillab-certs: " << e.what() << "\n";
         return 1;

@@ -173,16 +173,17 @@ def stock_tshark_decodes_smtp_and_http_in_every_capture(lab):
 
 
 class LiveCapture:
-    """`make capture-start` in a terminal: captures two free ports (starting our servers on them if
-    asked) until interrupt() sends Ctrl-C to the whole foreground group, as a terminal does."""
+    """`make capture-start` in a terminal: captures two ports (free ones unless given; our servers
+    started on them if asked) until interrupt() sends Ctrl-C to the whole foreground group, as a
+    terminal does."""
 
-    def __init__(self, lab, name, out_dir, servers):
+    def __init__(self, lab, name, out_dir, servers, ports=None):
         import queue
         import socket
         import threading
         os.makedirs(out_dir, exist_ok=True)
-        self.ports = []
-        for _ in range(2):
+        self.ports = list(ports or [])
+        while len(self.ports) < 2:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 self.ports.append(s.getsockname()[1])
@@ -202,6 +203,17 @@ class LiveCapture:
             line = self.lines.get(timeout=120)
             assert line, self.output
             self.output += line
+
+    def abandon(self):
+        """A failed test's clean-up: the capture ends (and removes its pid file) whatever happened."""
+        import signal
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
     def interrupt(self):
         """Ctrl-C at the terminal; returns what the capture printed after it."""

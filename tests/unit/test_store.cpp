@@ -108,7 +108,7 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 3);
+    CHECK(sqlite3_column_int(st, 0) == 4);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);
@@ -142,4 +142,21 @@ TEST_CASE("a version 1 database is migrated: mailbox totals are computed from th
     NewMessage m = message("three", {"bob@447.edu"});
     store->deliver(m);
     CHECK(store->mailboxStats("bob@447.edu").count == 3);
+}
+
+TEST_CASE("provenance: a TLS session is recorded, then given its account", "[store][provenance]") {
+    LabFixture lab;
+    std::string random(64, 'a');
+    CHECK_FALSE(lab.store->findTlsSession(random));
+    lab.store->recordTlsSession(TlsSessionRecord{random, "smtp", "127.0.0.1:40000", 1795000000, ""});
+    auto fresh = lab.store->findTlsSession(random);
+    REQUIRE(fresh);
+    CHECK(fresh->account.empty());
+    CHECK(fresh->service == "smtp");
+    lab.store->setTlsSessionAccount(random, "ana@447.edu");
+    auto found = lab.store->findTlsSession(random);
+    REQUIRE(found);
+    CHECK(found->account == "ana@447.edu");
+    CHECK(found->startedAt == 1795000000);
+    CHECK(found->peer == "127.0.0.1:40000");
 }
