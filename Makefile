@@ -61,6 +61,7 @@ $(OBJ)/gen/$(1)_properties.cpp: $(2)/$(1).properties
 endef
 $(eval $(call embed_properties,senderserver,sender,SenderServer))
 $(eval $(call embed_properties,retrieverserver,retriever,RetrieverServer))
+$(eval $(call embed_properties,shared,common,Shared))
 
 $(OBJ)/gen/%_properties.o: $(OBJ)/gen/%_properties.cpp
 	$(CXX) $(CXXFLAGS) -c $< -o $@
@@ -69,7 +70,7 @@ $(BUILD)/libmaillab.a: $(call obj,$(COMMON_SRC) $(SENDER_LIB_SRC) $(RETRIEVER_LI
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
-$(BIN)/senderserver: $(call obj,sender/server.cpp) $(OBJ)/gen/senderserver_properties.o $(BUILD)/libmaillab.a
+$(BIN)/senderserver: $(call obj,sender/server.cpp) $(OBJ)/gen/senderserver_properties.o $(OBJ)/gen/shared_properties.o $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -77,7 +78,7 @@ $(BIN)/senderclient: $(call obj,sender/client.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
 
-$(BIN)/retrieverserver: $(call obj,retriever/server.cpp) $(OBJ)/gen/retrieverserver_properties.o $(BUILD)/libmaillab.a
+$(BIN)/retrieverserver: $(call obj,retriever/server.cpp) $(OBJ)/gen/retrieverserver_properties.o $(OBJ)/gen/shared_properties.o $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

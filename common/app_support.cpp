@@ -19,10 +19,10 @@
 
 namespace maillab {
 
-void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText) {
+void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText, int priority) {
     std::istringstream in(propertiesText);
     Poco::AutoPtr<Poco::Util::PropertyFileConfiguration> defaults = new Poco::Util::PropertyFileConfiguration(in);
-    config.add(defaults, 1000, false);  // lowest priority: everything else overrides it
+    config.add(defaults, priority, false);  // low priority: everything else overrides it
 }
 
 void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix, const std::string& tlsModes) {
@@ -132,8 +132,9 @@ std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOption
     }
 }
 
-void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDefaults) {
-    loadBuiltinDefaults(app.config(), builtinDefaults);
+void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults) {
+    loadBuiltinDefaults(app.config(), sharedDefaults, 1001);  // under the server's own
+    loadBuiltinDefaults(app.config(), ownDefaults, 1000);
     if (app.config().has("maillab.configFile")) app.loadConfiguration(app.config().getString("maillab.configFile"));
 }
 

@@ -20,8 +20,9 @@
 
 namespace maillab {
 
-// Adds the compiled-in defaults at the lowest priority, so a --config file and options override them.
-void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText);
+// Adds compiled-in defaults at a low priority (1000 and below), so a --config file and options
+// override them; a larger `priority` is consulted later.
+void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText, int priority = 1000);
 
 // The options both servers take; `prefix` is "sender" or "retriever" (--port binds <prefix>.port),
 // `tlsModes` describes the --tls values the server accepts.
@@ -41,8 +42,9 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
 bool ensureServerCertificates(const TlsOptions& tls);
 // A server's start: certificates made when missing, the store opened. Logs and returns nullptr on failure.
 std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger);
-// A server's configuration: the compiled-in defaults, then the --config file when one was given.
-void loadServerConfiguration(Poco::Util::Application& app, const char* builtinDefaults);
+// A server's configuration: the compiled-in defaults (common/shared.properties under the server's
+// own file), then the --config file when one was given.
+void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults);
 
 // Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
 // default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.

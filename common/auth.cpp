@@ -1,5 +1,6 @@
 // Authenticator: registration, verification with a cache of verified credentials, lock-out.
 #include "auth.h"
+#include "text.h"
 
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
@@ -62,8 +63,7 @@ Authenticator::Authenticator(Store& store, AuthPolicy policy, Clock clock)
 }
 
 std::string Authenticator::normalizeUser(const std::string& user) const {
-    std::string email = user;
-    std::transform(email.begin(), email.end(), email.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::string email = text::lowerCase(user);
     if (!email.empty() && email.find('@') == std::string::npos) email += "@" + policy_.labDomain;
     return email;
 }
@@ -71,8 +71,7 @@ std::string Authenticator::normalizeUser(const std::string& user) const {
 bool Authenticator::isLabAddress(const std::string& address) const {
     auto at = address.rfind('@');
     if (at == std::string::npos) return false;
-    std::string domain = address.substr(at + 1);
-    std::transform(domain.begin(), domain.end(), domain.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::string domain = text::lowerCase(address.substr(at + 1));
     return domain == policy_.labDomain && isValidLocalPart(address.substr(0, at));
 }
 
@@ -228,8 +227,7 @@ bool isReservedAddress(const std::string& address) {
     static const char* const kReserved[] = {"postmaster", "abuse",  "hostmaster", "webmaster", "admin",
                                             "administrator", "root", "security", "noreply", "no-reply",
                                             "mailer-daemon", "info", "support"};
-    std::string local = address.substr(0, address.find('@'));
-    std::transform(local.begin(), local.end(), local.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::string local = text::lowerCase(address.substr(0, address.find('@')));
     for (const char* name : kReserved)
         if (local == name) return true;
     return false;

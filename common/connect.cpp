@@ -1,5 +1,6 @@
 // The clients' connect routine and their explanations of failure; see connect.h.
 #include "connect.h"
+#include "text.h"
 
 #include "tls.h"
 
@@ -27,9 +28,8 @@ namespace maillab {
 
 namespace {
 
-bool contains(std::string text, const std::string& lowerNeedle) {
-    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
-    return text.find(lowerNeedle) != std::string::npos;
+bool contains(const std::string& text, const std::string& lowerNeedle) {
+    return text::lowerCase(text).find(lowerNeedle) != std::string::npos;
 }
 
 std::string where(const Target& t) {

@@ -4,7 +4,7 @@
 #include "../common/client_support.h"
 #include "../common/connect.h"
 #include "../common/tls.h"
-#include "../sender/smtp_syntax.h"
+#include "../common/text.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
@@ -201,7 +201,7 @@ void printMessage(const std::string& json, std::ostream& out) {
     auto headers = m->getArray("headers");
     for (size_t i = 0; i < headers->size(); ++i) {
         auto h = headers->getObject(static_cast<unsigned>(i));
-        std::string name = smtp::lowerCase(h->getValue<std::string>("name"));
+        std::string name = text::lowerCase(h->getValue<std::string>("name"));
         if (name == "from" || name == "to" || name == "subject" || name == "date")
             out << h->getValue<std::string>("name") << ": " << h->getValue<std::string>("value") << "\n";
     }
@@ -296,7 +296,7 @@ protected:
     }
 
 private:
-    std::string withDomain(const std::string& name) const { return smtp::lowerCase(maillab::withDomain(name, domain_)); }
+    std::string withDomain(const std::string& name) const { return text::lowerCase(maillab::withDomain(name, domain_)); }
 
     static std::string listPath(const std::string& user, const std::string& query = "") {
         return "/mailboxes/" + user + "/messages" + query;
@@ -348,7 +348,7 @@ private:
         std::cout << "Connected.\n";
         std::string line;
         while (terminal_.line("http> ", line, true)) {
-            std::string word = smtp::lowerCase(line);
+            std::string word = text::lowerCase(line);
             while (!word.empty() && word.back() == ' ') word.pop_back();
             if (word.empty()) continue;
             if (word == "quit" || word == "exit") break;

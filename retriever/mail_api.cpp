@@ -3,7 +3,8 @@
 #include "mail_api.h"
 
 #include "../common/password.h"
-#include "../sender/smtp_syntax.h"
+#include "../common/rfc5322.h"
+#include "../common/text.h"
 
 #include <Poco/DateTimeFormat.h>
 #include <Poco/DateTimeFormatter.h>
@@ -18,14 +19,17 @@
 #include <ctime>
 #include <optional>
 #include <sstream>
+#include <variant>
 
 namespace maillab::http {
 
 namespace {
 
-std::string lower(std::string s) {
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-    return s;
+// A header's value by name, case-insensitive (RFC 9110 5.1); "" when absent.
+std::string findHeader(const std::vector<std::pair<std::string, std::string>>& headers, const std::string& name) {
+    for (const auto& [key, value] : headers)
+        if (text::equalsIgnoringCase(key, name)) return value;
+    return "";
 }
 
 const char* reasonCode(int status) {
@@ -67,41 +71,6 @@ ApiResponse error(int status, const std::string& message) {
     return r;
 }
 
-struct Header {
-    std::string name, value;
-};
-
-// The header section of a stored message, unfolded, and where the body starts.
-std::vector<Header> parseHeaders(const std::string& raw, size_t& bodyStart) {
-    std::vector<Header> headers;
-    size_t pos = 0;
-    bodyStart = raw.size();
-    while (pos < raw.size()) {
-        size_t eol = raw.find("\r\n", pos);
-        if (eol == std::string::npos) eol = raw.size();
-        std::string line = raw.substr(pos, eol - pos);
-        size_t next = std::min(raw.size(), eol + 2);
-        if (line.empty()) {
-            bodyStart = next;
-            return headers;
-        }
-        if ((line[0] == ' ' || line[0] == '\t') && !headers.empty()) {
-            size_t b = line.find_first_not_of(" \t");
-            headers.back().value += " " + (b == std::string::npos ? "" : line.substr(b));
-        } else {
-            size_t colon = line.find(':');
-            if (colon == std::string::npos) {
-                bodyStart = pos;
-                return headers;
-            }
-            std::string value = line.substr(colon + 1);
-            size_t b = value.find_first_not_of(" \t");
-            headers.push_back({line.substr(0, colon), b == std::string::npos ? "" : value.substr(b)});
-        }
-        pos = next;
-    }
-    return headers;
-}
 
 // A listed field (subject, From...) is shown up to this many characters; the whole of it is in the
 // message's own resource. Folded header fields have no length limit, and a listing of 50 must not
@@ -217,19 +186,9 @@ const char* const kInboxStyle =
 
 ApiResponse errorResponse(int status, const std::string& message) { return error(status, message); }
 
-std::string ApiRequest::header(const std::string& name) const {
-    std::string want = lower(name);
-    for (const auto& [key, value] : headers)
-        if (lower(key) == want) return value;
-    return "";
-}
+std::string ApiRequest::header(const std::string& name) const { return findHeader(headers, name); }
 
-std::string ApiResponse::header(const std::string& name) const {
-    std::string want = lower(name);
-    for (const auto& [key, value] : headers)
-        if (lower(key) == want) return value;
-    return "";
-}
+std::string ApiResponse::header(const std::string& name) const { return findHeader(headers, name); }
 
 std::string htmlEscape(const std::string& text) {
     std::string out;
@@ -280,7 +239,7 @@ std::string httpDate(int64_t unixSeconds) {
 }
 
 bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password) {
-    if (value.size() < 6 || lower(value.substr(0, 6)) != "basic ") return false;
+    if (value.size() < 6 || !text::equalsIgnoringCase(value.substr(0, 6), "basic ")) return false;
     std::string encoded = value.substr(6);
     encoded.erase(0, encoded.find_first_not_of(' '));
     std::string decoded;
@@ -332,9 +291,10 @@ MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::funct
     if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
 }
 
-ApiResponse MailApi::handle(const ApiRequest& request) {
-    // Framing first (RFC 9112): what this server cannot frame exactly is refused, and the connection
-    // closed, so that nothing left unread is taken for the next request (request smuggling).
+// Framing first (RFC 9112): what this server cannot frame exactly is refused, and the connection
+// closed, so that nothing left unread is taken for the next request (request smuggling). Then the
+// limits and the method.
+std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) const {
     auto refuse = [&](int status, const std::string& why) {
         ApiResponse r = error(status, why);
         r.closeConnection = true;
@@ -346,9 +306,9 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     for (const auto& [name, value] : request.headers) {
         if (name.empty() || name.find_first_of(" \t") != std::string::npos)  // RFC 9112 5.1: no space before ':'
             return refuse(400, "Malformed header field name");
-        if (Poco::icompare(name, "Transfer-Encoding") == 0)
+        if (text::equalsIgnoringCase(name, "Transfer-Encoding"))
             return refuse(400, "Transfer-Encoding is not accepted on a GET (no request body here)");
-        if (Poco::icompare(name, "Content-Length") == 0) {
+        if (text::equalsIgnoringCase(name, "Content-Length")) {
             ++contentLengths;
             if (value.find_first_not_of(" 0") != std::string::npos)
                 return refuse(400, "A GET carries no body (Content-Length must be 0)");
@@ -366,39 +326,58 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
         r.headers.emplace_back("Allow", "GET, HEAD");
         return r;
     }
+    return std::nullopt;
+}
 
-    // Route. Poco::URI decodes percent-escapes in each segment; nothing from the path reaches SQL
-    // except as a bound parameter, and nothing reaches the file system at all.
+// The resources (docs/retriever.md): each path shape and the member that answers it. {address} is
+// a mailbox (lower-cased), {id} a message number.
+const MailApi::Resource MailApi::kResources[] = {
+    {{}, Kind::Inbox, &MailApi::inboxPage},
+    {{"mailboxes", "{address}"}, Kind::Inbox, &MailApi::inboxPage},
+    {{"mailboxes", "{address}", "messages"}, Kind::List, &MailApi::listing},
+    {{"mailboxes", "{address}", "messages", "{id}"}, Kind::Message, &MailApi::message},
+    {{"mailboxes", "{address}", "messages", "{id}", "raw"}, Kind::Raw, &MailApi::message},
+};
+
+// Finds the resource for the request target. Poco::URI decodes percent-escapes in each segment;
+// nothing from the path reaches SQL except as a bound parameter, and nothing reaches the file system.
+std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& request) const {
     std::vector<std::string> segments;
-    Poco::URI::QueryParameters query;
+    Route found;
     try {
         Poco::URI uri(request.target);
         uri.getPathSegments(segments);
-        query = uri.getQueryParameters();
+        found.query = uri.getQueryParameters();
         if (!uri.getScheme().empty() || request.target.empty() || request.target[0] != '/')
             return error(400, "Request target must be an absolute path");
     } catch (const Poco::Exception&) {
         return error(400, "Malformed request target");
     }
-    enum class Kind { Inbox, List, Message, Raw } kind;
-    std::string mailbox;  // "" = the authenticated user's own
-    int64_t id = 0;
-    if (segments.empty()) {
-        kind = Kind::Inbox;
-    } else if (segments[0] == "mailboxes" && segments.size() >= 2 && segments.size() <= 5) {
-        mailbox = smtp::lowerCase(segments[1]);
-        if (segments.size() == 2) kind = Kind::Inbox;
-        else if (segments[2] != "messages") return error(404, "No such resource");
-        else if (segments.size() == 3) kind = Kind::List;
-        else if (!parseNumber(segments[3], id)) return error(404, "No such message");
-        else if (segments.size() == 4) kind = Kind::Message;
-        else if (segments[4] == "raw") kind = Kind::Raw;
-        else return error(404, "No such resource");
-    } else {
-        return error(404, "No such resource; see /mailboxes/<address>/messages");
+    bool badId = false;
+    for (const Resource& resource : kResources) {
+        if (resource.path.size() != segments.size()) continue;
+        Route candidate = found;
+        bool match = true;
+        for (size_t i = 0; match && i < segments.size(); ++i) {
+            const std::string& want = resource.path[i];
+            if (want == "{address}") candidate.mailbox = text::lowerCase(segments[i]);
+            else if (want == "{id}") badId = !(match = parseNumber(segments[i], candidate.id)) || badId;
+            else match = segments[i] == want;
+        }
+        if (match) {
+            candidate.kind = resource.kind;
+            candidate.answer = resource.answer;
+            return candidate;
+        }
     }
+    if (badId) return error(404, "No such message");
+    if (!segments.empty() && segments[0] == "mailboxes") return error(404, "No such resource");
+    return error(404, "No such resource; see /mailboxes/<address>/messages");
+}
 
-    // Authenticate (RFC 7617). No registration here: accounts are made by the sender.
+// Who asks (RFC 7617 Basic; no registration here: accounts are made by the sender), and whether the
+// mailbox is theirs. Returns the user, or the refusal.
+std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& request, Route& route) {
     std::string user, password;
     std::string authorization = request.header("Authorization");
     auto unauthorized = [&](const std::string& why) {
@@ -430,129 +409,133 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
         r.closeConnection = true;
         return r;
     }
-    const std::string& me = result.user;
-    if (mailbox.empty()) mailbox = me;
-    if (mailbox != me) {
-        ApiResponse r = error(403, "You may read only your own mailbox, " + me);
-        r.user = me;
+    if (route.mailbox.empty()) route.mailbox = result.user;
+    if (route.mailbox != result.user) {
+        ApiResponse r = error(403, "You may read only your own mailbox, " + result.user);
+        r.user = result.user;
         return r;
     }
+    return result.user;
+}
 
+ApiResponse MailApi::handle(const ApiRequest& request) {
+    if (auto refused = checkFraming(request)) return *refused;
+    auto routed = route(request);
+    if (auto* refused = std::get_if<ApiResponse>(&routed)) return *refused;
+    Route& resource = std::get<Route>(routed);
+    auto who = authenticate(request, resource);
+    if (auto* refused = std::get_if<ApiResponse>(&who)) return *refused;
     ApiResponse response;
     try {
-        switch (kind) {
-            case Kind::List: {
-                int64_t offset = 0, limit = limits_.defaultPageSize;
-                if (auto bad = pageFrom(query, limits_.maxPageSize, offset, limit)) return *bad;
-                MailboxStats stats = store_.mailboxStats(mailbox);
-                std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
-                                   std::to_string(offset) + "." + std::to_string(limit) + "\"";
-                std::string key = mailbox + "|" + std::to_string(offset) + "|" + std::to_string(limit);
-                std::string cached;
-                if (cachedListing(key, etag, cached)) {
-                    response = conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag,
-                                                       stats.newestReceivedAt),
-                                           etag, stats.newestReceivedAt);
-                    break;
-                }
-                Poco::JSON::Object body;
-                body.set("mailbox", mailbox);
-                body.set("total", stats.count);
-                body.set("offset", offset);
-                body.set("limit", limit);
-                Poco::JSON::Array list;
-                for (const auto& m : store_.listMessages(mailbox, offset, limit)) list.add(summaryJson(m));
-                body.set("messages", list);
-                std::string base = "/mailboxes/" + mailbox + "/messages";
-                if (offset + limit < stats.count)
-                    body.set("next", base + "?offset=" + std::to_string(offset + limit) + "&limit=" + std::to_string(limit));
-                else
-                    body.set("next", Poco::Dynamic::Var());
-                std::string json = toJson(body);
-                rememberListing(key, etag, json);
-                response = conditional(request, ok("application/json; charset=utf-8", std::move(json), etag, stats.newestReceivedAt),
-                                       etag, stats.newestReceivedAt);
-                break;
-            }
-            case Kind::Message:
-            case Kind::Raw: {
-                auto message = store_.getMessage(mailbox, id);
-                if (!message) return error(404, "No message " + std::to_string(id) + " in " + mailbox);
-                const auto& m = message->summary;
-                // Stored messages never change, so the id is a strong validator.
-                std::string etag = std::string("\"") + (kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
-                ApiResponse full;
-                if (kind == Kind::Raw) {
-                    full = ok("message/rfc822", message->raw, etag, m.receivedAt);
-                    full.headers.emplace_back("Content-Disposition",
-                                              "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
-                } else {
-                    size_t bodyStart = 0;
-                    auto headers = parseHeaders(message->raw, bodyStart);
-                    Poco::JSON::Object body = summaryJson(m);
-                    Poco::JSON::Array headerList;
-                    for (const auto& h : headers) {
-                        Poco::JSON::Object field;
-                        field.set("name", validUtf8(h.name));
-                        field.set("value", validUtf8(h.value));
-                        headerList.add(field);
-                    }
-                    body.set("headers", headerList);
-                    body.set("body", validUtf8(message->raw.substr(bodyStart)));
-                    full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
-                }
-                response = conditional(request, full, etag, m.receivedAt);
-                break;
-            }
-            case Kind::Inbox: {
-                // Paged like the JSON listing, and each message shown by a preview of its body: the
-                // page never holds whole messages (a 10 MB body would make a 60 MB page of escapes).
-                int64_t offset = 0, limit = limits_.defaultPageSize;
-                if (auto bad = pageFrom(query, limits_.maxPageSize, offset, limit)) return *bad;
-                MailboxStats stats = store_.mailboxStats(mailbox);
-                std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
-                                   std::to_string(offset) + "." + std::to_string(limit) + "\"";
-                std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
-                                   htmlEscape(mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
-                                   htmlEscape(mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
-                                   (stats.count == 1 ? " message" : " messages") +
-                                   (stats.count > limit || offset > 0
-                                        ? " (" + std::to_string(std::min(stats.count, offset + 1)) + " to " +
-                                              std::to_string(std::min(stats.count, offset + limit)) + " shown, newest first)"
-                                        : "") +
-                                   "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From (header)</th><th>Sent by (authenticated)</th><th>Subject</th><th>Date</th>"
-                                   "<th>Size</th></tr></thead><tbody>\n";
-                std::string base = "/mailboxes/" + htmlEscape(mailbox) + "/messages/";  // lab addresses need no escaping in a path
-                for (const auto& [m, start] : store_.listMessageStarts(mailbox, offset, limit, kPreviewReadBytes)) {
-                    std::string id = std::to_string(m.id);
-                    html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
-                            htmlEscape(shortened(validUtf8(m.from))) + "</td><td class=\"sender\">" +
-                            htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><details><summary>" +
-                            htmlEscape(shortened(validUtf8(m.subject.empty() ? "(no subject)" : m.subject))) +
-                            "</summary><pre class=\"body\">" + htmlEscape(bodyPreview(start, m.size)) + "</pre><a href=\"" +
-                            base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
-                            htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
-                }
-                html += "</tbody></table>\n";
-                std::string page = "?limit=" + std::to_string(limit) + "&amp;offset=";
-                if (offset > 0)
-                    html += "<a id=\"newer\" href=\"" + page + std::to_string(std::max<int64_t>(0, offset - limit)) + "\">newer</a>\n";
-                if (offset + limit < stats.count)
-                    html += "<a id=\"older\" href=\"" + page + std::to_string(offset + limit) + "\">older</a>\n";
-                html += "</body></html>\n";
-                ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
-                // The page holds no scripts and loads nothing: say so to the browser.
-                full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
-                response = conditional(request, full, etag, stats.newestReceivedAt);
-                break;
-            }
-        }
+        response = (this->*resource.answer)(resource, request);
     } catch (const StoreError&) {
         return error(503, "Mail store busy; try again");
     }
     response.headers.emplace_back("X-Content-Type-Options", "nosniff");
-    response.user = me;
+    response.user = std::get<std::string>(who);
     return response;
+}
+
+ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
+    int64_t offset = 0, limit = limits_.defaultPageSize;
+    if (auto bad = pageFrom(route.query, limits_.maxPageSize, offset, limit)) return *bad;
+    MailboxStats stats = store_.mailboxStats(route.mailbox);
+    std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
+                       std::to_string(offset) + "." + std::to_string(limit) + "\"";
+    std::string key = route.mailbox + "|" + std::to_string(offset) + "|" + std::to_string(limit);
+    std::string cached;
+    if (cachedListing(key, etag, cached)) {
+        return conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag, stats.newestReceivedAt),
+                           etag, stats.newestReceivedAt);
+    }
+    Poco::JSON::Object body;
+    body.set("mailbox", route.mailbox);
+    body.set("total", stats.count);
+    body.set("offset", offset);
+    body.set("limit", limit);
+    Poco::JSON::Array list;
+    for (const auto& m : store_.listMessages(route.mailbox, offset, limit)) list.add(summaryJson(m));
+    body.set("messages", list);
+    std::string base = "/mailboxes/" + route.mailbox + "/messages";
+    if (offset + limit < stats.count)
+        body.set("next", base + "?offset=" + std::to_string(offset + limit) + "&limit=" + std::to_string(limit));
+    else
+        body.set("next", Poco::Dynamic::Var());
+    std::string json = toJson(body);
+    rememberListing(key, etag, json);
+    return conditional(request, ok("application/json; charset=utf-8", std::move(json), etag, stats.newestReceivedAt),
+                       etag, stats.newestReceivedAt);
+}
+
+// One message as JSON (summary, header fields, body) or exactly as stored.
+ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
+    auto message = store_.getMessage(route.mailbox, route.id);
+    if (!message) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
+    const auto& m = message->summary;
+    // Stored messages never change, so the id is a strong validator.
+    std::string etag = std::string("\"") + (route.kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
+    ApiResponse full;
+    if (route.kind == Kind::Raw) {
+        full = ok("message/rfc822", message->raw, etag, m.receivedAt);
+        full.headers.emplace_back("Content-Disposition",
+                                  "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
+    } else {
+        rfc5322::HeaderSection section = rfc5322::parseHeaderSection(message->raw);
+        Poco::JSON::Object body = summaryJson(m);
+        Poco::JSON::Array headerList;
+        for (const auto& h : section.fields) {
+            Poco::JSON::Object field;
+            field.set("name", validUtf8(h.name));
+            field.set("value", validUtf8(h.value));
+            headerList.add(field);
+        }
+        body.set("headers", headerList);
+        body.set("body", validUtf8(message->raw.substr(section.bodyStart)));
+        full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
+    }
+    return conditional(request, full, etag, m.receivedAt);
+}
+
+ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
+    // Paged like the JSON listing, and each message shown by a preview of its body: the
+    // page never holds whole messages (a 10 MB body would make a 60 MB page of escapes).
+    int64_t offset = 0, limit = limits_.defaultPageSize;
+    if (auto bad = pageFrom(route.query, limits_.maxPageSize, offset, limit)) return *bad;
+    MailboxStats stats = store_.mailboxStats(route.mailbox);
+    std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
+                       std::to_string(offset) + "." + std::to_string(limit) + "\"";
+    std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
+                       htmlEscape(route.mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
+                       htmlEscape(route.mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
+                       (stats.count == 1 ? " message" : " messages") +
+                       (stats.count > limit || offset > 0
+                            ? " (" + std::to_string(std::min(stats.count, offset + 1)) + " to " +
+                                  std::to_string(std::min(stats.count, offset + limit)) + " shown, newest first)"
+                            : "") +
+                       "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From (header)</th><th>Sent by (authenticated)</th><th>Subject</th><th>Date</th>"
+                       "<th>Size</th></tr></thead><tbody>\n";
+    std::string base = "/mailboxes/" + htmlEscape(route.mailbox) + "/messages/";  // lab addresses need no escaping in a path
+    for (const auto& [m, start] : store_.listMessageStarts(route.mailbox, offset, limit, kPreviewReadBytes)) {
+        std::string id = std::to_string(m.id);
+        html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
+                htmlEscape(shortened(validUtf8(m.from))) + "</td><td class=\"sender\">" +
+                htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><details><summary>" +
+                htmlEscape(shortened(validUtf8(m.subject.empty() ? "(no subject)" : m.subject))) +
+                "</summary><pre class=\"body\">" + htmlEscape(bodyPreview(start, m.size)) + "</pre><a href=\"" +
+                base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
+                htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
+    }
+    html += "</tbody></table>\n";
+    std::string page = "?limit=" + std::to_string(limit) + "&amp;offset=";
+    if (offset > 0)
+        html += "<a id=\"newer\" href=\"" + page + std::to_string(std::max<int64_t>(0, offset - limit)) + "\">newer</a>\n";
+    if (offset + limit < stats.count)
+        html += "<a id=\"older\" href=\"" + page + std::to_string(offset + limit) + "\">older</a>\n";
+    html += "</body></html>\n";
+    ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
+    // The page holds no scripts and loads nothing: say so to the browser.
+    full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    return conditional(request, full, etag, stats.newestReceivedAt);
 }
 
 }  // namespace maillab::http

@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace maillab::http {
@@ -53,6 +55,30 @@ public:
     size_t listingCacheBytes() const;  // what the listing cache holds now
 
 private:
+    enum class Kind { Inbox, List, Message, Raw };
+    struct Route;
+    using Answer = ApiResponse (MailApi::*)(const Route&, const ApiRequest&);
+    struct Route {
+        Kind kind = Kind::Inbox;
+        std::string mailbox;  // "" = the authenticated user's own
+        int64_t id = 0;
+        std::vector<std::pair<std::string, std::string>> query;
+        Answer answer = nullptr;
+    };
+    struct Resource {
+        std::vector<std::string> path;  // segments; "{address}" and "{id}" match any
+        Kind kind;
+        Answer answer;
+    };
+    static const Resource kResources[];
+
+    std::optional<ApiResponse> checkFraming(const ApiRequest& request) const;
+    std::variant<Route, ApiResponse> route(const ApiRequest& request) const;
+    std::variant<std::string, ApiResponse> authenticate(const ApiRequest& request, Route& route);
+    ApiResponse listing(const Route& route, const ApiRequest& request);
+    ApiResponse message(const Route& route, const ApiRequest& request);
+    ApiResponse inboxPage(const Route& route, const ApiRequest& request);
+
     // Rendered JSON listings by mailbox, offset and limit, valid while their validator is: new mail
     // changes the validator, so a stale body is never served.
     struct CachedListing {

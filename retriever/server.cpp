@@ -31,6 +31,7 @@
 #include <iostream>
 
 extern const char* const kRetrieverServerProperties;  // generated from retrieverserver.properties
+extern const char* const kSharedProperties;  // generated from common/shared.properties
 
 namespace maillab {
 namespace {
@@ -251,7 +252,7 @@ private:
 class RetrieverServer : public Poco::Util::ServerApplication {
 protected:
     void initialize(Application& self) override {
-        loadServerConfiguration(*this, kRetrieverServerProperties);
+        loadServerConfiguration(*this, kSharedProperties, kRetrieverServerProperties);
         ServerApplication::initialize(self);
     }
 
@@ -265,7 +266,8 @@ protected:
         if (applyServerOption(config(), "retriever", name, value)) {
             printHelp(options(), commandName(),
                       "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3).",
-                      "Every setting and its default: retriever/retrieverserver.properties. Resources: docs/retriever.md.");
+                      "Every setting and its default: retriever/retrieverserver.properties and common/shared.properties. "
+                      "Resources: docs/retriever.md.");
             stopOptionsProcessing();
             helpRequested_ = true;
         }

@@ -3,6 +3,7 @@
 // one message, or a registration, without prompts; non-zero exit on failure).
 #include "smtp_client.h"
 #include "smtp_syntax.h"
+#include "../common/text.h"
 
 #include "../common/app_support.h"
 #include "../common/client_support.h"
@@ -28,6 +29,7 @@ using Poco::Util::Option;
 using Poco::Util::OptionSet;
 using smtp::ServerReply;
 using smtp::SmtpClient;
+using namespace smtp::replies;
 
 // Exit codes: connect.h (ClientExit), the same for both lab clients.
 constexpr int kOk = kExitOk, kRefused = kExitRefused, kUsage = kExitUsage;
@@ -135,7 +137,7 @@ private:
 
     int fail(const std::string& step, const ServerReply& reply) {
         std::cerr << "error: " << step << " refused: " << reply.code << " " << reply.text() << "\n";
-        if (reply.code == 530 && reply.text().find("STARTTLS") != std::string::npos)
+        if (reply.code == AuthRequired.code && reply.text().find("STARTTLS") != std::string::npos)
             std::cerr << "       (the server runs with --tls starttls: run this client with --tls starttls too)\n";
         return kRefused;
     }
@@ -155,15 +157,15 @@ private:
         SmtpClient client(trace());
         try {
             ServerReply banner = client.connect(target_, context_, timeout_, greeting_, mode_);
-            if (banner.code != 220) return fail("connection", banner);
+            if (banner.code != ServiceReady.code) return fail("connection", banner);
             if (mode_ == smtp::TlsMode::StartTls) {
                 std::vector<ServerReply> upgrade = client.startTls(Poco::Net::DNS::hostName());
-                if (upgrade.back().code != 220) return fail("STARTTLS", upgrade.back());
+                if (upgrade.back().code != ReadyToStartTls.code) return fail("STARTTLS", upgrade.back());
             }
             ServerReply ehlo = client.command("EHLO " + Poco::Net::DNS::hostName());
-            if (ehlo.code != 250) return fail("EHLO", ehlo);
+            if (ehlo.code != Ok.code) return fail("EHLO", ehlo);
             ServerReply auth = login(client, user, cfg.getString("client.password", ""), true);
-            if (auth.code != 235) return fail("AUTH", auth);
+            if (auth.code != AuthSucceeded.code) return fail("AUTH", auth);
             if (!recipients.empty()) {
                 std::string body;
                 std::string bodyFile = cfg.getString("client.body-file", "");
@@ -182,16 +184,16 @@ private:
                     body = all.str();
                 }
                 ServerReply mail = client.command("MAIL FROM:<" + user + ">");
-                if (mail.code != 250) return fail("MAIL FROM", mail);
+                if (mail.code != SenderOk.code) return fail("MAIL FROM", mail);
                 for (const auto& rcpt : recipients) {
                     ServerReply r = client.command("RCPT TO:<" + rcpt + ">");
-                    if (r.code != 250) return fail("RCPT TO " + rcpt, r);
+                    if (r.code != RecipientOk.code) return fail("RCPT TO " + rcpt, r);
                 }
                 ServerReply data = client.command("DATA");
-                if (data.code != 354) return fail("DATA", data);
+                if (data.code != StartMailInput.code) return fail("DATA", data);
                 ServerReply done =
                     client.sendMessage(buildMessage(user, recipients, cfg.getString("client.subject", ""), body));
-                if (done.code != 250) return fail("message", done);
+                if (done.code != Ok.code) return fail("message", done);
                 std::cout << done.code << " " << done.text() << std::endl;
             }
             client.close();
@@ -225,7 +227,7 @@ private:
 
     // What the session's end means for the student, after a 421 or a lost connection.
     void explainClosed(const ServerReply& last) {
-        if (last.code == 421)
+        if (last.code == kServiceNotAvailable)
             std::cout << "The server closed the session (421): " << last.text()
                       << "\n  If it was stopped, start it again with " << startCommand(target_) << " and reconnect.\n";
     }
@@ -239,7 +241,7 @@ private:
         ServerReply banner = client.connect(target_, context_, timeout_, greeting_, mode_);
         std::cout << (plain ? "Connected (plaintext, no TLS yet)\n" : "Connected: " + client.tlsDescription() + "\n");
         show(banner);
-        if (banner.code != 220) {
+        if (banner.code != ServiceReady.code) {
             explainClosed(banner);
             return kRefused;
         }
@@ -251,7 +253,7 @@ private:
             show(replies[0]);
             std::cout << "C: STARTTLS\n";
             show(replies.back());
-            if (replies.back().code != 220) return kRefused;
+            if (replies.back().code != ReadyToStartTls.code) return kRefused;
             std::cout << "TLS is up: " << client.tlsDescription()
                       << "\n  The server forgot everything said in clear: say EHLO again (RFC 3207 4.2).\n";
         }
@@ -306,7 +308,7 @@ private:
             std::string trimmed = line;
             while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back()))) trimmed.pop_back();
             while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.front()))) trimmed.erase(trimmed.begin());
-            std::string word = smtp::lowerCase(trimmed);
+            std::string word = text::lowerCase(trimmed);
             try {
                 if (word.empty()) continue;
                 if (word == "menu" || word == "?") {
@@ -324,20 +326,20 @@ private:
                     ServerReply reply = login(client, user, password, false);
                     show(reply);
                     last = reply;
-                    if (reply.code == 235) me = user;
+                    if (reply.code == AuthSucceeded.code) me = user;
                     if (!smtp::registeredPassword(reply).empty())
                         std::cout << "  Registered. Keep this password: you need it next time.\n";
                 } else if (word == "mail from" || word == "mail") {
                     std::string from;
                     if (!input.line("  sender [" + me + "]: ", from)) continue;
                     from = from.empty() ? me : withDomain(from);
-                    if (exchange("MAIL FROM:<" + from + ">").code == 250) recipients.clear();
+                    if (exchange("MAIL FROM:<" + from + ">").code == SenderOk.code) recipients.clear();
                 } else if (word == "rcpt to" || word == "rcpt") {
                     std::string to;
                     if (!input.line("  recipient (@" + domain_ + " is added to a bare name): ", to)) continue;
-                    if (exchange("RCPT TO:<" + withDomain(to) + ">").code == 250) recipients.push_back(withDomain(to));
+                    if (exchange("RCPT TO:<" + withDomain(to) + ">").code == RecipientOk.code) recipients.push_back(withDomain(to));
                 } else if (word == "data") {
-                    if (exchange("DATA").code != 354) continue;
+                    if (exchange("DATA").code != StartMailInput.code) continue;
                     std::string subject, body, bodyLine;
                     input.line("  subject: ", subject);
                     std::cout << "  message, ended by a line holding only '.':\n";

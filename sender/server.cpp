@@ -33,6 +33,7 @@
 #include <thread>
 
 extern const char* const kSenderServerProperties;  // generated from senderserver.properties
+extern const char* const kSharedProperties;  // generated from common/shared.properties
 
 namespace maillab {
 namespace {
@@ -334,7 +335,7 @@ private:
 class SenderServer : public Poco::Util::ServerApplication {
 protected:
     void initialize(Application& self) override {
-        loadServerConfiguration(*this, kSenderServerProperties);
+        loadServerConfiguration(*this, kSharedProperties, kSenderServerProperties);
         ServerApplication::initialize(self);
     }
 
@@ -351,7 +352,7 @@ protected:
         ServerApplication::handleOption(name, value);
         if (applyServerOption(config(), "sender", name, value)) {
             printHelp(options(), commandName(), "The maillab SMTP submission server over implicit TLS 1.3.",
-                      "Every setting and its default: sender/senderserver.properties.");
+                      "Every setting and its default: sender/senderserver.properties and common/shared.properties.");
             stopOptionsProcessing();
             helpRequested_ = true;
         }

@@ -3,6 +3,8 @@
 #include "session.h"
 
 #include "smtp_syntax.h"
+#include "../common/rfc5322.h"
+#include "../common/text.h"
 #include "../common/app_support.h"
 #include "../common/password.h"
 
@@ -406,7 +408,7 @@ Output Session::onAuthResponse(const std::string& line) {
     std::string authzid = decoded.substr(0, first);
     std::string user = decoded.substr(first + 1, second - first - 1);
     std::string password = decoded.substr(second + 1);
-    if (!authzid.empty() && lowerCase(authzid) != lowerCase(user)) {
+    if (!authzid.empty() && text::lowerCase(authzid) != text::lowerCase(user)) {
         enterState(State::Ready);
         return error(AuthInvalid, "Authentication credentials invalid: cannot act as another user");
     }
@@ -479,7 +481,7 @@ Output Session::cmdMail(const std::string& arg) {
             return error(ParameterNotRecognized, "MAIL FROM parameter " + key.substr(0, 20) + " not recognized");
         }
     }
-    std::string sender = lowerCase(path->address);
+    std::string sender = text::lowerCase(path->address);
     // Submission policy (RFC 6409 6.1): the envelope sender is the authenticated user's own address.
     if (sender != user_)
         return error(SenderNotOwned, "Sender address rejected: <" + path->address.substr(0, 256) +
@@ -497,7 +499,7 @@ Output Session::cmdRcpt(const std::string& arg) {
     if (!path) return error(SyntaxError, "Syntax: RCPT TO:<address>");
     if (!path->params.empty())
         return error(ParameterNotRecognized, "RCPT TO parameters not recognized");
-    std::string rcpt = lowerCase(path->address);
+    std::string rcpt = text::lowerCase(path->address);
     // RFC 5321 4.5.1: "Postmaster" without a domain must be accepted; it is the lab domain's.
     if (rcpt == "postmaster") rcpt += "@" + auth_.policy().labDomain;
     if (!isValidMailbox(rcpt)) return error(BadAddressSyntax, "Bad recipient address syntax: need user@domain");
@@ -618,7 +620,7 @@ Output Session::finishMessage() {
     message.receivedAt = now;
 
     HeaderSummary headers = summarizeHeaders(data_);
-    std::string date = rfc5322Date(now);
+    std::string date = rfc5322::dateTime(now);
     // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
     // "(Authenticated sender: ...)" as Postfix writes it (smtpd_sasl_authenticated_header): who
     // really sent it, whatever the header From says.

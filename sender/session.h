@@ -3,8 +3,8 @@
 // One command table (kCommands in session.cpp) says what each command needs before it may run.
 #pragma once
 #include "../common/auth.h"
-#include "../common/replycodes.h"
 #include "../common/store.h"
+#include "smtp_replies.h"
 #include "smtp_syntax.h"
 
 #include <atomic>

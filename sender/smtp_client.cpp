@@ -4,6 +4,7 @@
 #include "smtp_syntax.h"
 #include "../common/password.h"
 #include "../common/tls.h"
+#include "../common/text.h"
 
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>
@@ -45,7 +46,7 @@ std::string plainCredentials(const std::string& user, const std::string& passwor
 }
 
 std::string registeredPassword(const ServerReply& reply) {
-    if (reply.code != 235) return "";
+    if (reply.code != AuthSucceeded.code) return "";
     std::string text = reply.text();
     size_t at = text.find("password: ");
     if (at == std::string::npos) return "";
@@ -109,7 +110,7 @@ ServerReply SmtpClient::connect(const Target& target, Poco::Net::Context::Ptr co
                                              "). Is this the retriever's port?");
     }
     socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds_, 0));
-    if (banner.code != 220) state_ = State::Closed;
+    if (banner.code != ServiceReady.code) state_ = State::Closed;
     return banner;
 }
 
@@ -117,12 +118,12 @@ std::vector<ServerReply> SmtpClient::startTls(const std::string& ehloName) {
     std::vector<ServerReply> replies;
     replies.push_back(command("EHLO " + ehloName));
     bool offered = false;
-    for (const auto& line : replies.back().lines) offered = offered || lowerCase(line) == "starttls";
-    if (replies.back().code != 250 || !offered)
+    for (const auto& line : replies.back().lines) offered = offered || text::lowerCase(line) == "starttls";
+    if (replies.back().code != Ok.code || !offered)
         throw ClientError(kExitTls, "the server does not offer STARTTLS: it runs with --tls off (or implicit); run "
                                     "this client with the same --tls");
     replies.push_back(command("STARTTLS"));
-    if (replies.back().code != 220) return replies;
+    if (replies.back().code != ReadyToStartTls.code) return replies;
     reader_ = LineReader(65536);  // nothing read in clear may be used after the handshake
     handshake(Poco::Timespan(timeoutSeconds_, 0));
     state_ = State::Fresh;
@@ -142,7 +143,7 @@ ServerReply SmtpClient::readReply() {
         while (reader_.next(event)) {
             if (trace_) trace_("S", event.line);
             if (addReplyLine(reply, event.line)) {
-                if (reply.code == 421) state_ = State::Closed;
+                if (reply.code == kServiceNotAvailable) state_ = State::Closed;
                 return reply;
             }
         }
@@ -157,7 +158,7 @@ ServerReply SmtpClient::readReply() {
 }
 
 void SmtpClient::track(const std::string& verb, const ServerReply& reply) {
-    if (reply.code == 421 || (verb == "QUIT" && reply.code == 221)) {
+    if (reply.code == kServiceNotAvailable || (verb == "QUIT" && reply.code == Closing.code)) {
         state_ = State::Closed;
         return;
     }
@@ -166,7 +167,7 @@ void SmtpClient::track(const std::string& verb, const ServerReply& reply) {
     else if (verb == "RSET" && state_ != State::Fresh) state_ = State::Ready;
     else if (verb == "MAIL") state_ = State::Mail;
     else if (verb == "RCPT") state_ = State::Rcpt;
-    else if (verb == "AUTH" && reply.code == 235) authenticated_ = true;
+    else if (verb == "AUTH" && reply.code == AuthSucceeded.code) authenticated_ = true;
 }
 
 ServerReply SmtpClient::command(const std::string& line, const std::string& logAs) {
@@ -185,7 +186,7 @@ ServerReply SmtpClient::sendMessage(const std::string& message) {
     if (trace_) trace_("C", ".");
     sendRaw(stuffed + ".\r\n");
     ServerReply reply = readReply();
-    if (reply.code == 421) state_ = State::Closed;
+    if (reply.code == kServiceNotAvailable) state_ = State::Closed;
     else state_ = State::Ready;  // after the final reply to DATA, accepted or not, the transaction is over
     return reply;
 }

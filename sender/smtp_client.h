@@ -4,6 +4,7 @@
 #pragma once
 #include "../common/connect.h"
 #include "../common/linereader.h"
+#include "smtp_replies.h"
 #include "smtp_syntax.h"
 
 #include <Poco/Net/Context.h>
@@ -30,7 +31,10 @@ bool addReplyLine(ServerReply& reply, const std::string& line);
 
 class SmtpClient {
 public:
-    // The same states as the server's session (session.h), as seen from the client.
+    // The server session's states (session.h) that the client needs to say what comes next: before
+    // a connection, banner read (Fresh), greeted (Ready), MAIL and RCPT accepted, and closed. The
+    // server's AUTH and DATA states last one exchange each here (the client sends the whole
+    // response or message in one go), so they have no state of their own.
     enum class State { Disconnected, Fresh, Ready, Mail, Rcpt, Closed };
 
     using Trace = std::function<void(const std::string& direction, const std::string& text)>;

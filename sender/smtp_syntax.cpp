@@ -1,25 +1,16 @@
 // SMTP syntax helpers: command and path parsing, dot-stuffing and header summaries.
 #include "smtp_syntax.h"
 
-#include <algorithm>
+#include "../common/rfc5322.h"
+#include "../common/text.h"
+
 #include <cctype>
-#include <cstdio>
-#include <ctime>
 
 namespace maillab::smtp {
 
 namespace {
-std::string trim(const std::string& s) {
-    size_t b = s.find_first_not_of(" \t");
-    if (b == std::string::npos) return "";
-    size_t e = s.find_last_not_of(" \t");
-    return s.substr(b, e - b + 1);
-}
-
-std::string upperCase(std::string text) {
-    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::toupper(c); });
-    return text;
-}
+using text::trim;
+using text::upperCase;
 
 bool isAtext(unsigned char c) {
     // RFC 5322 3.2.3 atext
@@ -32,11 +23,6 @@ std::optional<TlsMode> parseTlsMode(const std::string& name) {
     if (name == "starttls") return TlsMode::StartTls;
     if (name == "off") return TlsMode::Off;
     return std::nullopt;
-}
-
-std::string lowerCase(std::string text) {
-    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
-    return text;
 }
 
 Command parseCommand(const std::string& line) {
@@ -127,43 +113,13 @@ std::string dotStuff(const std::string& text) {
 
 HeaderSummary summarizeHeaders(const std::string& message) {
     HeaderSummary summary;
-    std::vector<std::pair<std::string, std::string>> fields;
-    size_t pos = 0;
-    while (pos < message.size()) {
-        size_t eol = message.find("\r\n", pos);
-        if (eol == std::string::npos) eol = message.size();
-        std::string line = message.substr(pos, eol - pos);
-        pos = eol + 2;
-        if (line.empty()) break;  // end of the header section
-        if ((line[0] == ' ' || line[0] == '\t') && !fields.empty()) {
-            fields.back().second += " " + trim(line);  // RFC 5322 2.2.3 unfolding
-            continue;
-        }
-        size_t colon = line.find(':');
-        if (colon == std::string::npos) break;  // not a header: the body began without a blank line
-        fields.emplace_back(lowerCase(trim(line.substr(0, colon))), trim(line.substr(colon + 1)));
-    }
-    for (const auto& [name, value] : fields) {
-        if (name == "from" && summary.from.empty()) summary.from = value;
-        else if (name == "to" && summary.to.empty()) summary.to = value;
-        else if (name == "subject" && summary.subject.empty()) summary.subject = value;
-        else if (name == "date" && !summary.hasDate) summary.date = value, summary.hasDate = true;
-        else if (name == "message-id" && !summary.hasMessageId) summary.messageId = value, summary.hasMessageId = true;
-    }
+    rfc5322::HeaderSection section = rfc5322::parseHeaderSection(message);
+    if (const auto* f = section.find("From")) summary.from = f->value;
+    if (const auto* f = section.find("To")) summary.to = f->value;
+    if (const auto* f = section.find("Subject")) summary.subject = f->value;
+    if (const auto* f = section.find("Date")) summary.date = f->value, summary.hasDate = true;
+    if (const auto* f = section.find("Message-ID")) summary.messageId = f->value, summary.hasMessageId = true;
     return summary;
-}
-
-std::string rfc5322Date(long long unixSeconds) {
-    std::time_t t = static_cast<std::time_t>(unixSeconds);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    static const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
-                  months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-    return buf;
 }
 
 }  // namespace maillab::smtp

@@ -33,9 +33,6 @@ std::optional<Path> parsePath(const std::string& argument, const std::string& ke
 // A mailbox "local@domain" with a dot-atom local part and a domain of letters, digits, '-' and '.'.
 bool isValidMailbox(const std::string& address);
 
-// Lower-cases an address (the lab's accounts are case-insensitive).
-std::string lowerCase(std::string text);
-
 // Returns the line with one leading '.' removed (RFC 5321 4.5.2 transparency, receiver side).
 std::string unstuffDataLine(const std::string& line);
 // Prefixes a '.' to every line that begins with one (sender side), joining lines with CRLF.
@@ -46,11 +43,8 @@ struct HeaderSummary {
     bool hasDate = false, hasMessageId = false;
 };
 
-// Reads the header section (up to the first empty line) of an RFC 5322 message in CRLF form,
-// unfolding continuation lines.
+// The fields the store indexes, from the header section (common/rfc5322.h: unfolded, the first of
+// each name).
 HeaderSummary summarizeHeaders(const std::string& message);
-
-// RFC 5322 3.3 date-time for a Unix time, in UTC: "Mon, 23 Nov 2026 13:14:56 +0000".
-std::string rfc5322Date(long long unixSeconds);
 
 }  // namespace maillab::smtp

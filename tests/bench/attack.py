@@ -21,12 +21,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Proc  # noqa: E402  (a server started and waited for by its ready line)
+from bench import lab_servers  # noqa: E402  (a server started and waited for by its ready line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CANDIDATES = 100_000  # 8 digits ending in 447: 10^5 passwords
@@ -198,22 +197,13 @@ def main():
     args = parser.parse_args()
     bin_dir = os.path.join(ROOT, args.build, "bin")
     defaults = {}
-    for line in open(os.path.join(ROOT, "sender", "senderserver.properties")):
+    for line in open(os.path.join(ROOT, "common", "shared.properties")):
         if "=" in line and not line.lstrip().startswith("#"):
             key, value = (x.strip() for x in line.split("=", 1))
             defaults[key] = value
     burst = int(defaults["auth.guessBurst"])
     default_refill = float(defaults["auth.guessRefillSeconds"])
-    work = tempfile.mkdtemp(prefix="maillab-attack-")
-    certs = os.path.join(work, "certs")
-    subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
-    ca = os.path.join(certs, "ca.pem")
-    config = os.path.join(work, "attack.properties")
-    with open(config, "w") as f:
-        f.write(f"auth.guessRefillSeconds = {args.refill:g}\n")
-    common = [f"--db={work}/attack.db", f"--certs={certs}", f"--config={config}"]
-    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
-    retriever = Proc([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    work, ca, sender, retriever = lab_servers(bin_dir, "maillab-attack-", {"auth.guessRefillSeconds": f"{args.refill:g}"})
     sport, rport = sender.port, retriever.port
     try:
         out = subprocess.run([os.path.join(bin_dir, "senderclient"), "--port", str(sport), "--ca", ca, "--user", "victim"],

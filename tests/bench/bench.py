@@ -70,6 +70,21 @@ class Proc:
         self.log.close()
 
 
+def lab_servers(bin_dir, prefix, settings):
+    """A fresh working folder with its own lab CA, and a sender and a retriever on one database
+    there (free ports, `settings` as their --config). Returns (work, ca, sender, retriever)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    certs = os.path.join(work, "certs")
+    subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
+    config = os.path.join(work, "bench.properties")
+    with open(config, "w") as f:
+        f.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    common = [f"--db={work}/bench.db", f"--certs={certs}", f"--config={config}"]
+    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
+    retriever = Proc([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    return work, os.path.join(certs, "ca.pem"), sender, retriever
+
+
 class Bench:
     def __init__(self, args):
         self.args = args

@@ -21,12 +21,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Proc  # noqa: E402
+from bench import lab_servers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -158,6 +157,17 @@ def hoarding(bin_dir, ca, server, kind, password, seconds):
             "load_output": attacked["text"]}
 
 
+def all_at_once(server, client, count):
+    """client(0..count-1) on as many threads at once; the server's peak RSS meanwhile, in MB."""
+    with PeakWatch(server.proc.pid) as memory:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return memory.peak
+
+
 def auth_flood(port, ca, server):
     """200 logins at once with wrong passwords (unknown accounts: a hash is spent either way)."""
     context = ssl.create_default_context(cafile=ca)
@@ -174,13 +184,7 @@ def auth_flood(port, ca, server):
                 s.recv(512)
         except OSError:
             pass
-    with PeakWatch(server.proc.pid) as memory:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return memory.peak
+    return all_at_once(server, one, 200)
 
 
 def big_data(port, ca, password, server):
@@ -205,13 +209,7 @@ def big_data(port, ca, password, server):
                 ready.wait(timeout=120)  # all 40 hold their 10 MB at once
         except (OSError, threading.BrokenBarrierError):
             pass
-    with PeakWatch(server.proc.pid) as memory:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return memory.peak
+    return all_at_once(server, one, 40)
 
 
 def big_inbox(bin_dir, ca, sport, retriever, password):
@@ -292,16 +290,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     bin_dir = os.path.join(ROOT, args.build, "bin")
-    work = tempfile.mkdtemp(prefix="maillab-hoard-")
-    certs = os.path.join(work, "certs")
-    subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
-    ca = os.path.join(certs, "ca.pem")
-    quiet = os.path.join(work, "quiet.properties")
-    with open(quiet, "w") as f:
-        f.write("logging.loggers.root.level = warning\n")
-    common = [f"--db={work}/hoard.db", f"--certs={certs}", f"--config={quiet}"]
-    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
-    retriever = Proc([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    work, ca, sender, retriever = lab_servers(bin_dir, "maillab-hoard-", {"logging.loggers.root.level": "warning"})
     try:
         out = subprocess.run([os.path.join(bin_dir, "senderclient"), "--port", str(sender.port), "--ca", ca,
                               "--user", "ana"], capture_output=True, text=True, check=True).stdout

@@ -2,6 +2,7 @@
 #include "../../common/linereader.h"
 #include "../../sender/smtp_client.h"
 #include "../../sender/smtp_syntax.h"
+#include "../../common/rfc5322.h"
 
 #include "catch.hpp"
 
@@ -83,8 +84,8 @@ TEST_CASE("header summary unfolds and stops at the body", "[syntax][headers]") {
 }
 
 TEST_CASE("RFC 5322 dates", "[syntax]") {
-    CHECK(rfc5322Date(0) == "Thu, 01 Jan 1970 00:00:00 +0000");
-    CHECK(rfc5322Date(1795000000) == "Wed, 18 Nov 2026 11:06:40 +0000");  // python email.utils.formatdate
+    CHECK(rfc5322::dateTime(0) == "Thu, 01 Jan 1970 00:00:00 +0000");
+    CHECK(rfc5322::dateTime(1795000000) == "Wed, 18 Nov 2026 11:06:40 +0000");  // python email.utils.formatdate
 }
 
 TEST_CASE("line reader: CRLF, bare LF, split input, and the length limit", "[linereader]") {

@@ -1,13 +1,19 @@
 // SMTP reply codes and enhanced status codes (RFC 5321 section 4.2, RFC 3463, RFC 2034) shared by
-// the sender server, the sender client and the tests, so that every side names a reply the same way.
+// the sender's server (session.cpp), its clients (smtp_client.cpp, client.cpp) and the unit tests,
+// so that every side names a reply the same way. They live with the protocol that uses them.
 #pragma once
 
 namespace maillab::smtp {
+inline namespace replies {
 
 struct ReplyCode {
     int code;            // three-digit basic code (RFC 5321 4.2.1)
     const char* status;  // enhanced status code (RFC 3463), empty where none is sent (220 banner)
 };
+
+// The basic code a client checks, whatever the enhanced code and text (RFC 5321 4.2.1: the first
+// digit says success, wait, or failure; the client acts on the three digits).
+inline constexpr int kServiceNotAvailable = 421;  // the server is closing the connection (any 421)
 
 // Positive completion
 inline constexpr ReplyCode ServiceReady{220, ""};
@@ -55,4 +61,5 @@ inline constexpr ReplyCode ParameterNotRecognized{555, "5.5.4"};
 inline constexpr ReplyCode EncryptionRequired{538, "5.7.11"};
 inline constexpr ReplyCode BareCarriageReturn{550, "5.6.0"};
 
+}  // namespace replies
 }  // namespace maillab::smtp
