@@ -13,7 +13,6 @@ import argparse
 import errno
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -22,6 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common", "python"))
+from labprocess import ServerProcess, password_from  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -173,20 +175,12 @@ def finish(raw, final, probe_port, keylog, comment, with_keys=True):
     os.chmod(final, 0o644)
 
 
-class ServerProcess:
-    def __init__(self, exe, args, log, port=0):
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen([exe, f"--port={port}"] + args, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("ready port="):
-            raise SystemExit(f"{exe} did not start; see {log}")
-        self.port = int(line.split("=")[1])
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.log.close()
+def server_process(exe, args, log, port=0):
+    """One of our servers on `port` (0: a free one), its ready line waited for."""
+    try:
+        return ServerProcess([exe, f"--port={port}"] + args, log, timeout=30)
+    except RuntimeError as e:
+        raise SystemExit(str(e))
 
 
 def run(cmd, **kw):
@@ -217,9 +211,9 @@ def session(args):
                 "ports; Wireshark then needs the maillab profile (make wireshark-profile) to show SMTP and HTTP")
         say(f"== {mode}: starting servers" + (f" on the standard ports {IANA_PORTS[mode][0]} and {IANA_PORTS[mode][1]}"
                                                if standard else ""))
-        sender = ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
+        sender = server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
                                smtp_port)
-        retriever = ServerProcess(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+        retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
                                   os.path.join(work, "retriever.log"), http_port)
         raw = os.path.join(work, "raw.pcapng")
         final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
@@ -229,8 +223,8 @@ def session(args):
             sc = [os.path.join(bin_dir, "senderclient"), "--port", str(sender.port), "--ca", ca] + m["sclient"]
             rc = [os.path.join(bin_dir, "retrieverclient"), "--port", str(retriever.port), "--ca", ca] + m["rclient"]
             say("   register ana@447.edu and bob@447.edu")
-            ana = run(sc + ["--user", "ana"]).split("password: ")[1].split()[0]
-            bob = run(sc + ["--user", "bob"]).split("password: ")[1].split()[0]
+            ana = password_from(run(sc + ["--user", "ana"]))
+            bob = password_from(run(sc + ["--user", "bob"]))
             body = os.path.join(work, "body.txt")
             with open(body, "w") as f:
                 f.write("Hi Bob,\nthe capture lab starts at ten.\nAna\n")
@@ -309,10 +303,10 @@ def start(args):
         m = MODES[args.mode]
         common = [f"--keylog={keylog}", f"--certs={ROOT}/certs"]
         work = tempfile.mkdtemp(prefix="maillab-live-")
-        servers.append(ServerProcess(os.path.join(bin_dir, "senderserver"), common + m["sender"],
+        servers.append(server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"],
                                      os.path.join(work, "sender.log"), ports[0]))
         if len(ports) > 1:
-            servers.append(ServerProcess(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+            servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
                                          os.path.join(work, "retriever.log"), ports[1]))
         say(f"Started senderserver on {ports[0]}" + (f" and retrieverserver on {ports[1]}" if len(ports) > 1 else "") +
             f" (--tls {args.mode}), writing TLS secrets to {keylog}; logs in {work}.")

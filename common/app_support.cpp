@@ -146,6 +146,31 @@ Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::strin
     return context;
 }
 
+void LabServer::initialize(Application& self) {
+    loadServerConfiguration(*this, description_.sharedDefaults, description_.ownDefaults);
+    ServerApplication::initialize(self);
+}
+
+void LabServer::defineOptions(Poco::Util::OptionSet& options) {
+    ServerApplication::defineOptions(options);
+    addServerOptions(options, description_.prefix, description_.tlsModes);
+}
+
+void LabServer::handleOption(const std::string& name, const std::string& value) {
+    ServerApplication::handleOption(name, value);
+    if (applyServerOption(config(), description_.prefix, name, value)) {
+        printHelp(options(), commandName(), description_.title,
+                  "Every setting and its default: " + description_.settingsFile + " and common/shared.properties.");
+        stopOptionsProcessing();
+        helpRequested_ = true;
+    }
+}
+
+int LabServer::main(const std::vector<std::string>&) {
+    if (helpRequested_) return EXIT_OK;
+    return runServer(logger(), [this] { return serve(); });
+}
+
 namespace {
 // The last resort behind SqliteStore::checkSharedMemory(): if the database's -shm file is cut short
 // between that check and SQLite's access, the mapping faults. One clear line and exit 74 (EX_IOERR)

@@ -12,6 +12,7 @@
 #include <Poco/Util/Application.h>
 #include <Poco/Util/LayeredConfiguration.h>
 #include <Poco/Util/OptionSet.h>
+#include <Poco/Util/ServerApplication.h>
 
 #include <functional>
 #include <memory>
@@ -70,6 +71,34 @@ std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::Serve
 // A server's main() body: a setting that should be a number and is not becomes one startup-failed
 // line and exit 64 (EX_USAGE), not Poco's bare "Syntax error".
 int runServer(Poco::Logger& logger, const std::function<int()>& serve);
+
+// Both servers' Poco application: the compiled-in settings (common/shared.properties under the
+// server's own file), the common options (addServerOptions), --help, and the guarded main
+// (runServer). A server says what it is in the constructor and implements serve(): build its
+// context, listen, print the ready line, wait for the stop.
+class LabServer : public Poco::Util::ServerApplication {
+public:
+    struct Description {
+        std::string prefix;        // "sender" or "retriever": the settings' prefix
+        std::string tlsModes;      // what --tls takes, for --help
+        std::string title;         // the first line of --help
+        std::string settingsFile;  // where the server's own settings are documented
+        const char* ownDefaults;     // the server's .properties, compiled in
+        const char* sharedDefaults;  // common/shared.properties, compiled in (linked into each server)
+    };
+    explicit LabServer(Description description) : description_(std::move(description)) {}
+
+protected:
+    void initialize(Application& self) override;
+    void defineOptions(Poco::Util::OptionSet& options) override;
+    void handleOption(const std::string& name, const std::string& value) override;
+    int main(const std::vector<std::string>& args) override;
+    virtual int serve() = 0;
+
+private:
+    Description description_;
+    bool helpRequested_ = false;
+};
 
 // Quotes a log value when it contains spaces or quotes: key="two words". Control characters are
 // escaped (see escapeControl), so a client cannot forge log lines or hide bytes in them.

@@ -30,7 +30,7 @@
 #include <sstream>
 #include <iostream>
 
-extern const char* const kRetrieverServerProperties;  // generated from retrieverserver.properties
+extern const char* const kRetrieverServerProperties;  // generated from retriever/retrieverserver.properties
 extern const char* const kSharedProperties;  // generated from common/shared.properties
 
 namespace maillab {
@@ -249,36 +249,16 @@ private:
     Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
 };
 
-class RetrieverServer : public Poco::Util::ServerApplication {
+class RetrieverServer : public LabServer {
+public:
+    RetrieverServer()
+        : LabServer({"retriever", "implicit (HTTPS, default) or off (plain HTTP, loopback only)",
+                     "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3). "
+                     "Resources: docs/retriever.md.",
+                     "retriever/retrieverserver.properties", kRetrieverServerProperties, kSharedProperties}) {}
+
 protected:
-    void initialize(Application& self) override {
-        loadServerConfiguration(*this, kSharedProperties, kRetrieverServerProperties);
-        ServerApplication::initialize(self);
-    }
-
-    void defineOptions(Poco::Util::OptionSet& options) override {
-        ServerApplication::defineOptions(options);
-        addServerOptions(options, "retriever", "implicit (HTTPS, default) or off (plain HTTP, loopback only)");
-    }
-
-    void handleOption(const std::string& name, const std::string& value) override {
-        ServerApplication::handleOption(name, value);
-        if (applyServerOption(config(), "retriever", name, value)) {
-            printHelp(options(), commandName(),
-                      "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3).",
-                      "Every setting and its default: retriever/retrieverserver.properties and common/shared.properties. "
-                      "Resources: docs/retriever.md.");
-            stopOptionsProcessing();
-            helpRequested_ = true;
-        }
-    }
-
-    int main(const std::vector<std::string>&) override {
-        if (helpRequested_) return EXIT_OK;
-        return runServer(logger(), [this] { return serve(); });
-    }
-
-    int serve() {
+    int serve() override {
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
         long files = raiseOpenFileLimit();
@@ -366,9 +346,6 @@ protected:
         logger.information("event=stopped");
         return EXIT_OK;
     }
-
-private:
-    bool helpRequested_ = false;
 };
 
 }  // namespace

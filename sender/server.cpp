@@ -32,7 +32,7 @@
 #include <iostream>
 #include <thread>
 
-extern const char* const kSenderServerProperties;  // generated from senderserver.properties
+extern const char* const kSenderServerProperties;  // generated from sender/senderserver.properties
 extern const char* const kSharedProperties;  // generated from common/shared.properties
 
 namespace maillab {
@@ -332,38 +332,22 @@ private:
     SenderContext& ctx_;
 };
 
-class SenderServer : public Poco::Util::ServerApplication {
-protected:
-    void initialize(Application& self) override {
-        loadServerConfiguration(*this, kSharedProperties, kSenderServerProperties);
-        ServerApplication::initialize(self);
-    }
+class SenderServer : public LabServer {
+public:
+    SenderServer()
+        : LabServer({"sender", "implicit (default, RFC 8314), starttls (RFC 3207) or off (plaintext, loopback only)",
+                     "The maillab SMTP submission server over implicit TLS 1.3.", "sender/senderserver.properties",
+                     kSenderServerProperties, kSharedProperties}) {}
 
+protected:
     void defineOptions(OptionSet& options) override {
-        ServerApplication::defineOptions(options);
-        addServerOptions(options, "sender",
-                         "implicit (default, RFC 8314), starttls (RFC 3207) or off (plaintext, loopback only)");
+        LabServer::defineOptions(options);
         Option hostname("hostname", "", "our name in the banner and Received header");
         hostname.required(false).repeatable(false).argument("NAME").binding("sender.hostname");
         options.addOption(hostname);
     }
 
-    void handleOption(const std::string& name, const std::string& value) override {
-        ServerApplication::handleOption(name, value);
-        if (applyServerOption(config(), "sender", name, value)) {
-            printHelp(options(), commandName(), "The maillab SMTP submission server over implicit TLS 1.3.",
-                      "Every setting and its default: sender/senderserver.properties and common/shared.properties.");
-            stopOptionsProcessing();
-            helpRequested_ = true;
-        }
-    }
-
-    int main(const std::vector<std::string>&) override {
-        if (helpRequested_) return EXIT_OK;
-        return runServer(logger(), [this] { return serve(); });
-    }
-
-    int serve() {
+    int serve() override {
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
         long files = raiseOpenFileLimit();
@@ -467,9 +451,6 @@ protected:
         logger.information("event=stopped");
         return EXIT_OK;
     }
-
-private:
-    bool helpRequested_ = false;
 };
 
 }  // namespace

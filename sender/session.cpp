@@ -530,12 +530,7 @@ Output Session::cmdRcpt(const std::string& arg) {
 }
 
 Output Session::cmdData(const std::string&) {
-    releaseData();
-    dataOverBudget_ = false;
-    dataTooBig_ = false;
-    dataLineTooLong_ = false;
-    dataBareCr_ = false;
-    previousDataLineCrlf_ = true;
+    resetData();
     enterState(State::Data);
     Output out;
     out.replies.push_back(reply(StartMailInput, "End data with <CR><LF>.<CR><LF>"));
@@ -671,6 +666,10 @@ Output Session::finishMessage() {
 void Session::resetTransaction() {
     mailFrom_.clear();
     recipients_.clear();
+    resetData();
+}
+
+void Session::resetData() {
     releaseData();
     dataOverBudget_ = false;
     dataTooBig_ = false;

@@ -153,6 +153,7 @@ private:
     std::vector<std::string> recipients_;
     std::string data_;
     void releaseData();  // empties data_ and gives its bytes back to the DataBudget
+    void resetData();    // releaseData() and the message's flags: before DATA and after a transaction
     size_t dataBudgetHeld_ = 0;  // bytes of the shared DataBudget this session holds for data_
     bool dataOverBudget_ = false;
     bool dataTooBig_ = false;

@@ -17,10 +17,8 @@ import base64
 import json
 import os
 import platform
-import select
 import shlex
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -29,6 +27,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "common", "python"))
+from labprocess import ServerProcess, password_from  # noqa: E402
 
 
 def free_port():
@@ -39,35 +39,8 @@ def free_port():
     return port
 
 
-class Proc:
-    def __init__(self, cmd, log, ready_line=True, port=None):
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.port = port
-        if ready_line:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-            line = self.proc.stdout.readline() if ready else ""
-            if not line.startswith("ready port="):
-                self.stop()
-                raise SystemExit(f"{cmd[0]} did not start: see {log}")
-            self.port = int(line.split("=")[1])
-        else:
-            for _ in range(600):  # wait until the port accepts (nginx, s_server print no ready line)
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+# Our servers, aiosmtpd's peer, nginx and s_server: the lab's one way to start a server and wait.
+Proc = ServerProcess
 
 
 def lab_servers(bin_dir, prefix, settings):
@@ -127,7 +100,7 @@ class Bench:
         retriever = Proc([self.exe("retrieverserver"), "--port=0"] + common, os.path.join(self.work, "retriever.log"))
         out = subprocess.run([self.exe("senderclient"), "--port", str(sender.port), "--ca",
                               os.path.join(self.work, "certs", "ca.pem"), "--user", "ana"], capture_output=True, text=True)
-        password = out.stdout.split("password: ")[1].split()[0]
+        password = password_from(out.stdout)
         subprocess.run([self.exe("senderclient"), "--port", str(sender.port), "--ca",
                         os.path.join(self.work, "certs", "ca.pem"), "--user", "bob"], capture_output=True, text=True)
         return sender, retriever, password

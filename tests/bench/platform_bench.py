@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Proc  # noqa: E402  (a server started and waited for by its ready line)
+from bench import Proc, password_from  # noqa: E402  (a server started and waited for by its ready line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -103,7 +103,7 @@ def main():
     try:
         out = subprocess.run([os.path.join(bin_dir, "senderclient"), "--port", str(port), "--ca", ca, "--user", "ana"],
                              capture_output=True, text=True, check=True).stdout
-        password = out.split("password: ")[1].split()[0]
+        password = password_from(out)
         exe = os.path.join(bin_dir, "maillab-load")
         result = versions()
         print(f"{result['release']}: handshakes ...", flush=True)

@@ -3,7 +3,6 @@ port=N" line they print; no sleeps), gives tests a lab directory with certificat
 results. Standard library only, run with Debian's /usr/bin/python3."""
 
 import os
-import select
 import shutil
 import signal
 import socket
@@ -14,6 +13,10 @@ import sys
 import tempfile
 import time
 import traceback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "common", "python"))
+from labprocess import ServerProcess, password_from  # noqa: E402
 
 TESTS = []
 
@@ -78,19 +81,16 @@ class Server:
                     f.write(f"{key} = {value}\n")
             cmd.append(f"--config={config}")
         cmd += list(args)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env or os.environ.copy(), preexec_fn=preexec_fn)
+        try:
+            self.process = ServerProcess(cmd, self.log_path, env=env or os.environ.copy(), preexec_fn=preexec_fn)
+        except RuntimeError as e:
+            raise AssertionError(f"{program} did not start: {e}\n{self.log_text()}")
+        self.proc, self.log, self.port = self.process.proc, self.process.log, self.process.port
         RUNNING.append(self)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("ready port="):
-            self.stop()
-            raise AssertionError(f"{program} did not start: {line!r}\n{self.log_text()}")
-        self.port = int(line.strip().split("=", 1)[1])
 
     def log_text(self):
-        self.log.flush()
+        if hasattr(self, "log") and not self.log.closed:
+            self.log.flush()
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
@@ -104,15 +104,7 @@ class Server:
     def stop(self, sig=signal.SIGTERM):
         if self in RUNNING:
             RUNNING.remove(self)
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+        return self.process.stop(sig)
 
     def __enter__(self):
         return self
@@ -188,10 +180,9 @@ def register(lab, port, user):
     """Registers `user` with our client; returns the password it printed."""
     out = run_client(lab, port, ["--user", user])
     assert out.returncode == 0, out.stderr
-    for line in out.stdout.splitlines():
-        if line.startswith("password: "):
-            return line.split(": ", 1)[1]
-    raise AssertionError("no password printed: " + out.stdout)
+    password = password_from(out.stdout)
+    assert password, "no password printed: " + out.stdout
+    return password
 
 
 def run_client(lab, port, args, input=None, program="senderclient", timeout=60):

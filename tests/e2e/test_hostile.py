@@ -3,7 +3,6 @@ with the reply it must get, and after each a fresh client that must still be ser
 hang, no state leaking between connections). The cases are data: one table per protocol below."""
 
 import base64
-import socket
 import ssl
 
 from harness import Conversation, Server, register, test, tls_connect

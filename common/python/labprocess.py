@@ -1,0 +1,79 @@
+"""What the lab's Python tools share (the e2e harness, the benchmarks, captures): start one of our
+servers and wait for its ready line (no sleeps), stop it, and read the password a registration
+printed. One copy, imported by tests/e2e/harness.py, tests/bench/bench.py and captures/capture.py."""
+
+import os
+import select
+import signal
+import subprocess
+import time
+
+
+class ServerProcess:
+    """A server process whose stdout says "ready port=N" once it listens (ours), or, with
+    `ready_line=False`, one that prints nothing (nginx, openssl s_server): then `port` is polled
+    until it accepts. stderr goes to `log`."""
+
+    def __init__(self, cmd, log, ready_line=True, port=None, timeout=60, **popen):
+        self.cmd = cmd
+        self.log_path = log
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, **popen)
+        self.port = port
+        if ready_line:
+            line = self._first_line(timeout)
+            if not line.startswith("ready port="):
+                self.stop()
+                raise RuntimeError(f"{os.path.basename(cmd[0])} did not start: {line!r}; see {log}")
+            self.port = int(line.split("=", 1)[1])
+        else:
+            import socket
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        self.stop()
+                        raise RuntimeError(f"{os.path.basename(cmd[0])} did not listen on {port}; see {log}")
+                    time.sleep(0.02)
+
+    def _first_line(self, timeout):
+        # Bytes, not a text stream's readline after select: the stream's buffer could hold the line
+        # while select says the pipe is empty.
+        fd = self.proc.stdout.fileno()
+        data = b""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\n", 1)[0].decode(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        """Stops the server (SIGTERM, then SIGKILL after `timeout`); returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+        return self.proc.returncode
+
+
+def password_from(output):
+    """The password a registration printed ("password: 12345447"), or "" when there is none."""
+    for line in output.splitlines():
+        if line.startswith("password: "):
+            return line.split(": ", 1)[1].split()[0]
+    if "password: " in output:
+        return output.split("password: ")[1].split()[0]
+    return ""
