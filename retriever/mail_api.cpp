@@ -436,12 +436,22 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     return response;
 }
 
+// A page of a mailbox (?offset=&limit=), its totals, and its validator: the newest id and the count
+// change with every delivery, so a page's ETag changes exactly when its content can.
+std::variant<MailApi::Page, ApiResponse> MailApi::page(const Route& route, char kind) {
+    Page p;
+    p.limit = limits_.defaultPageSize;
+    if (auto bad = pageFrom(route.query, limits_.maxPageSize, p.offset, p.limit)) return *bad;
+    p.stats = store_.mailboxStats(route.mailbox);
+    p.etag = std::string("\"") + kind + std::to_string(p.stats.newestId) + "." + std::to_string(p.stats.count) + "." +
+             std::to_string(p.offset) + "." + std::to_string(p.limit) + "\"";
+    return p;
+}
+
 ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
-    int64_t offset = 0, limit = limits_.defaultPageSize;
-    if (auto bad = pageFrom(route.query, limits_.maxPageSize, offset, limit)) return *bad;
-    MailboxStats stats = store_.mailboxStats(route.mailbox);
-    std::string etag = "\"L" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
-                       std::to_string(offset) + "." + std::to_string(limit) + "\"";
+    auto paged = page(route, 'L');
+    if (auto* bad = std::get_if<ApiResponse>(&paged)) return *bad;
+    auto& [offset, limit, stats, etag] = std::get<Page>(paged);
     std::string key = route.mailbox + "|" + std::to_string(offset) + "|" + std::to_string(limit);
     std::string cached;
     if (cachedListing(key, etag, cached)) {
@@ -499,11 +509,9 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
 ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     // Paged like the JSON listing, and each message shown by a preview of its body: the
     // page never holds whole messages (a 10 MB body would make a 60 MB page of escapes).
-    int64_t offset = 0, limit = limits_.defaultPageSize;
-    if (auto bad = pageFrom(route.query, limits_.maxPageSize, offset, limit)) return *bad;
-    MailboxStats stats = store_.mailboxStats(route.mailbox);
-    std::string etag = "\"H" + std::to_string(stats.newestId) + "." + std::to_string(stats.count) + "." +
-                       std::to_string(offset) + "." + std::to_string(limit) + "\"";
+    auto paged = page(route, 'H');
+    if (auto* bad = std::get_if<ApiResponse>(&paged)) return *bad;
+    auto& [offset, limit, stats, etag] = std::get<Page>(paged);
     std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
                        htmlEscape(route.mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
                        htmlEscape(route.mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +

@@ -72,6 +72,13 @@ private:
     };
     static const Resource kResources[];
 
+    struct Page {
+        int64_t offset = 0, limit = 0;
+        MailboxStats stats;
+        std::string etag;
+    };
+    std::variant<Page, ApiResponse> page(const Route& route, char kind);
+
     std::optional<ApiResponse> checkFraming(const ApiRequest& request) const;
     std::variant<Route, ApiResponse> route(const ApiRequest& request) const;
     std::variant<std::string, ApiResponse> authenticate(const ApiRequest& request, Route& route);

@@ -69,6 +69,17 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def has_ipv6_loopback():
+    """Whether this machine has ::1 (a container or chroot may have no IPv6 at all)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def password_from(output):
     """The password a registration printed ("password: 12345447"), or "" when there is none."""
     for line in output.splitlines():

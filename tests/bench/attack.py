@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import lab_servers  # noqa: E402  (a server started and waited for by its ready line)
+from labprocess import has_ipv6_loopback  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CANDIDATES = 100_000  # 8 digits ending in 447: 10^5 passwords
@@ -126,7 +127,7 @@ def attack(sender_port, retriever_port, ca, user, seconds, connections, source_l
     threads = []
     for i in range(connections):
         source = source_list[i % len(source_list)]
-        if ":" in source and not ipv6():
+        if ":" in source and not has_ipv6_loopback():
             source = "127.0.0.1"
         fn = smtp_guesser if i % 2 == 0 else http_guesser
         port = sender_port if i % 2 == 0 else retriever_port
@@ -138,19 +139,10 @@ def attack(sender_port, retriever_port, ca, user, seconds, connections, source_l
     return dict(tally.counts)
 
 
-def ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def owner_logs_in(bin_dir, port, ca, user, password):
     """The owner logs in from both loopback addresses, so each is a trusted source with a budget
     of its own: the attacker gets those budgets too, the worst case for the measurement."""
-    for host in ["127.0.0.1"] + (["::1"] if ipv6() else []):
+    for host in ["127.0.0.1"] + (["::1"] if has_ipv6_loopback() else []):
         subprocess.run([os.path.join(bin_dir, "senderclient"), "--host", host, "--servername", "localhost", "--port",
                         str(port), "--ca", ca, "--user", user, "--password", password], check=True,
                        capture_output=True)
@@ -210,7 +202,7 @@ def main():
                              capture_output=True, text=True, check=True).stdout
         password = out.split("password: ")[1].split()[0]
         owner_logs_in(bin_dir, sport, ca, "victim@447.edu", password)
-        buckets = 1 + 1 + (1 if ipv6() else 0)  # everyone else, and each trusted owner address
+        buckets = 1 + 1 + (1 if has_ipv6_loopback() else 0)  # everyone else, and each trusted owner address
         print(f"attacking victim@447.edu: {args.connections} connections over both servers from "
               f"{len(sources(254))} loopback addresses for {args.seconds:g} s (budget: {burst} guesses, one more "
               f"every {args.refill:g} s, in each of {buckets} buckets)", flush=True)

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from harness import Server, register, run_client, test
+from labprocess import has_ipv6_loopback
 
 EXIT_CONNECT, EXIT_TLS, EXIT_PROTOCOL = 3, 4, 5
 
@@ -51,23 +52,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @test
 def servers_listen_on_both_loopback_stacks_and_clients_try_each_address(lab):
     with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
         for port in (sender.port, retriever.port):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            if ipv6_loopback():
+            if has_ipv6_loopback():
                 socket.create_connection(("::1", port), timeout=5).close()
-        hosts = ["127.0.0.1", "localhost"] + (["::1"] if ipv6_loopback() else [])
+        hosts = ["127.0.0.1", "localhost"] + (["::1"] if has_ipv6_loopback() else [])
         for i, host in enumerate(hosts):
             out = run_client(lab, sender.port, ["--host", host, "--servername", "localhost", "--user", f"dual{i}"])
             assert out.returncode == 0, (host, out.stderr)
@@ -76,7 +68,7 @@ def servers_listen_on_both_loopback_stacks_and_clients_try_each_address(lab):
                                                    "--user", f"dual{i}", "--password", password],
                              program="retrieverclient")
             assert out.returncode == 0 and "Mailbox dual" in out.stdout, (host, out.stderr)
-        assert "[::1]" in sender.log_text() or not ipv6_loopback()
+        assert "[::1]" in sender.log_text() or not has_ipv6_loopback()
 
 
 @test
