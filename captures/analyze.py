@@ -134,17 +134,22 @@ class Capture:
         self.commented = "maillab mode=" in info.stdout
         self.secrets = int((re.search(r"Number of decryption secrets in file:\s*(\d+)", info.stdout) or [0, 0])[1])
         comment = re.search(r"maillab mode=(\w+) smtp=(\d+) http=(\d+)", info.stdout)
-        if comment:
+        if comment and comment[1] == "guess":  # a live capture of the student's own servers
+            self.mode, self.smtp_port, self.http_port = self._guess([int(comment[2]), int(comment[3])])
+        elif comment:
             self.mode, self.smtp_port, self.http_port = comment[1], int(comment[2]), int(comment[3])
         else:
             self.mode, self.smtp_port, self.http_port = self._guess()
         self.has_tls = bool(self.fields("tls.handshake.type == 1", ["frame.number"]))
 
-    def _guess(self):
-        """A student's capture without our comment: the servers' ports are the SYNs' destinations;
-        the one whose first server bytes in clear are "220 " speaks SMTP (plaintext or STARTTLS)."""
+    def _guess(self, known_ports=None):
+        """A student's capture without our comment (or one that names only the ports): the servers'
+        ports are the SYNs' destinations; the one whose first server bytes in clear are "220 " speaks
+        SMTP (plaintext or STARTTLS)."""
         rows = tshark(self.path, ["-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0", "-T", "fields", "-e", "tcp.dstport"])
         ports = sorted({int(p) for p in rows.split()})
+        if known_ports:
+            ports = [p for p in ports if p in known_ports] or sorted(p for p in known_ports if p)
         smtp, http, mode = 0, 0, "implicit"
         for port in ports:
             plain = tshark(self.path, ["-d", f"tcp.port=={port},smtp", "-Y", "smtp.response.code == 220"])
@@ -156,7 +161,7 @@ class Capture:
             if port == smtp:
                 continue
             tls = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-Y", "tls.handshake.type == 1"])
-            if not smtp and tls.strip() and not http:
+            if not smtp and tls.strip():
                 # Implicit TLS: tell SMTP from HTTP by what the decrypted server says first.
                 banner = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},smtp",
                                             "-Y", "smtp.response.code == 220"])

@@ -300,7 +300,7 @@ def start(args):
     if args.servers:
         # Started here, after the key log exists and with it: every handshake is decryptable.
         bin_dir = os.path.join(ROOT, args.build, "bin")
-        m = MODES[args.mode]
+        m = MODES[args.mode or "implicit"]
         common = [f"--keylog={keylog}", f"--certs={ROOT}/certs"]
         work = tempfile.mkdtemp(prefix="maillab-live-")
         servers.append(server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"],
@@ -309,7 +309,7 @@ def start(args):
             servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
                                          os.path.join(work, "retriever.log"), ports[1]))
         say(f"Started senderserver on {ports[0]}" + (f" and retrieverserver on {ports[1]}" if len(ports) > 1 else "") +
-            f" (--tls {args.mode}), writing TLS secrets to {keylog}; logs in {work}.")
+            f" (--tls {args.mode or 'implicit'}), writing TLS secrets to {keylog}; logs in {work}.")
     say(f"Capturing tcp ports {','.join(map(str, ports))} on lo into {final}.")
     if not args.servers:
         say("Servers started BEFORE this point do not write the key log: start (or restart) your servers and")
@@ -340,7 +340,9 @@ def start(args):
         except FileNotFoundError:
             pass
     finish(raw, final, probe, keylog,
-           f"maillab mode={args.mode} smtp={ports[0]} http={ports[1] if len(ports) > 1 else 0}")
+           # The mode as known (our servers, or --mode); else check and report tell it from the traffic.
+           f"maillab mode={args.mode or ('implicit' if args.servers else 'guess')} smtp={ports[0]} "
+           f"http={ports[1] if len(ports) > 1 else 0}")
     os.unlink(raw)
     say(f"wrote {final} ({'with' if os.path.getsize(keylog) else 'WITHOUT'} TLS secrets)")
 
@@ -361,7 +363,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["session", "start", "stop"])
     parser.add_argument("--modes", default="implicit,starttls,off")
-    parser.add_argument("--mode", default="implicit", help="for start: the TLS mode your servers use")
+    parser.add_argument("--mode", help="for start: the TLS mode your servers use (default: implicit with --servers, "
+                                       "else told from the traffic)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--ports", default="9000,9100")
     parser.add_argument("--out", default=HERE)

@@ -13,7 +13,9 @@ server". Files that share TLS sessions (a renamed copy) are flagged on both rows
 
 Students are matched by ROSTER (CSV with the columns student,account: a file whose name contains a
 student id is that student's; else the account that logged in), or without a roster by the account
-that logged in. Each row links to the report of that capture (report/report.py), the answer key.
+that logged in. A student's files make one row (a step is done when any of them shows it: the lab's
+capture and its STARTTLS and plaintext comparisons). Each row links to the report of each capture
+(report/report.py), the answer key.
 
 Exit status: 0 when every file was graded (whatever the grades), 2 for a usage error."""
 
@@ -168,6 +170,7 @@ def examine(path, work):
     facts["gets"] = gets
     facts["conditional"] = conditional
     facts["randoms"] = sorted({h["client_random"].lower() for h in handshakes if h.get("client_random")})
+    facts["mode"] = cap.mode
     facts["maillab"] = facts["greeting"] or any(u.startswith("/mailboxes") or u == "/" for u, _ in gets) or \
         any(m["uri"].startswith("/mailboxes") for m in http if m["method"])
     facts["capture"] = cap
@@ -205,6 +208,11 @@ def judge(facts, student, account, rubric, secret, provenance):
            (account and u.startswith(f"/mailboxes/{account}/"))]
     step("get", own, f"no GET of {account or 'the student'}'s own mailbox answered 200")
     step("conditional", facts["conditional"], "no conditional GET answered 304 (If-None-Match or If-Modified-Since)")
+    # The comparison captures some labs ask for: the same session with STARTTLS, and in plaintext.
+    step("starttls_capture", facts["mode"] == "starttls" and facts["greeting"],
+         "no STARTTLS capture (the session on a server started with --tls starttls)")
+    step("plaintext_capture", facts["mode"] == "off" and facts["auth"],
+         "no plaintext capture (the session on a server started with --tls off --allow-plaintext-auth)")
     verdict, own_session = provenance.verdict(facts["randoms"], account)
     if facts.get("shared_with"):
         verdict += "; shares its TLS sessions with " + ", ".join(facts["shared_with"])
@@ -236,6 +244,39 @@ def student_of(name, facts, roster):
     return "", ""
 
 
+def merge(rows, rubric):
+    """One row per student: a step is done when any of the student's files shows it (the lab's main
+    capture and its STARTTLS and plaintext comparisons are separate files)."""
+    by_student, order = {}, []
+    for r in rows:
+        key = r["student"] or "file:" + r["file"]
+        if key not in by_student:
+            order.append(key)
+        by_student.setdefault(key, []).append(r)
+    merged = []
+    for key in order:
+        group = by_student[key]
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        steps = {}
+        for name in {n for r in group for n in r["steps"]}:
+            done = [r for r in group if r["steps"].get(name, (False, ""))[0]]
+            steps[name] = (True, "") if done else (False, "; ".join(sorted({r["steps"][name][1] for r in group
+                                                                               if name in r["steps"]})))
+        first = group[0]
+        merged.append({"student": first["student"], "account": first["account"], "steps": steps,
+                       "file": ", ".join(r["file"] for r in group),
+                       "score": sum(points for name, points, _ in rubric if steps.get(name, (False,))[0]),
+                       "provenance": "; ".join(dict.fromkeys(f"{r['file']}: {r['provenance']}" for r in group)),
+                       "notes": "; ".join(r["notes"] for r in group if r["notes"]),
+                       "accounts": ", ".join(sorted({a for r in group for a in r["accounts"].split(", ") if a})),
+                       "ehlo": ", ".join(sorted({e for r in group for e in r["ehlo"].split(", ") if e})),
+                       "start": min((r["start"] for r in group if r["start"]), default=""),
+                       "reports": [x for r in group for x in r.get("reports", [])]})
+    return merged
+
+
 def write_html(path, rows, rubric, title):
     steps = [name for name, _, _ in rubric]
     total = sum(points for _, points, _ in rubric)
@@ -253,7 +294,7 @@ def write_html(path, rows, rubric, title):
         for s in steps:
             ok, reason = r["steps"].get(s, (False, "not graded"))
             cells.append(f"<td class=\"{'ok' if ok else 'no'}\">{'ok' if ok else html.escape(reason)}</td>")
-        report = f"<a href=\"{html.escape(r['report'])}\">report</a>" if r.get("report") else ""
+        report = " ".join(f"<a href=\"{html.escape(x)}\">report</a>" for x in r.get("reports", []))
         out.append(f"<tr class=\"student\"><td>{html.escape(r['student'])}</td><td>{html.escape(r['file'])}"
                    f"{'<br><i>' + html.escape(r['notes']) + '</i>' if r['notes'] else ''}</td>"
                    f"<td>{r['score']:g} / {total:g}</td>" + "".join(cells) +
@@ -321,11 +362,12 @@ def main():
                 done = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", name,
                                        "--out", reports, cap.path], capture_output=True, text=True)
                 if done.returncode == 0:
-                    row["report"] = os.path.relpath(os.path.join(reports, name, "report.html"), out_dir)
+                    row["reports"] = [os.path.relpath(os.path.join(reports, name, "report.html"), out_dir)]
             with ThreadPoolExecutor(max_workers=2) as pool:
                 list(pool.map(report, zip(facts, rows)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows = merge(rows, rubric)
     steps = [name for name, _, _ in rubric]
     with open(os.path.join(out_dir, "grades.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -336,7 +378,7 @@ def main():
             w.writerow([r["student"], r["file"], f"{r['score']:g}", f"{total:g}"] +
                        ["ok" if r["steps"][s][0] else "missing" for s in steps] +
                        ["; ".join(f"{s}: {r['steps'][s][1]}" for s in steps if not r["steps"][s][0]),
-                        r["provenance"], r["accounts"], r["ehlo"], r["start"], r["notes"], r.get("report", "")])
+                        r["provenance"], r["accounts"], r["ehlo"], r["start"], r["notes"], " ".join(r.get("reports", []))])
     write_html(os.path.join(out_dir, "grades.html"), rows, rubric, f"maillab grades: {os.path.basename(os.path.abspath(args.dir))}")
     print(f"wrote {os.path.join(out_dir, 'grades.csv')} and grades.html ({len(rows)} rows)")
     return 0

@@ -13,6 +13,9 @@ import subprocess
 import sys
 
 from harness import Server, Skip, test
+from labprocess import password_from
+
+passwords = {}  # account -> password, registered once per class server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "captures"))
@@ -54,7 +57,7 @@ def a_class_server_certificate_names_its_host_and_keeps_the_ca(lab):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def student_session(lab, student, account, sender, retriever, out_dir, secret):
+def student_session(lab, student, account, sender, retriever, out_dir, secret, client_args=()):
     """A student's live capture, as the lab asks: capture-start on the class ports, register, send
     the lab message with the token in its Subject, read the mailbox, a conditional GET; Ctrl-C."""
     import uuid
@@ -62,19 +65,21 @@ def student_session(lab, student, account, sender, retriever, out_dir, secret):
     name = f"{student}-{uuid.uuid4().hex[:8]}"  # never a capture name a student's own run could hold
     live = LiveCapture(lab, name, out_dir, servers=False, ports=[sender.port, retriever.port])
     try:
-        return session_steps(lab, student, account, sender, retriever, out_dir, secret, name, live)
+        return session_steps(lab, student, account, sender, retriever, out_dir, secret, name, live, list(client_args))
     except BaseException:
         live.abandon()
         raise
 
 
-def session_steps(lab, name_for_token, account, sender, retriever, out_dir, secret, name, live):
+def session_steps(lab, name_for_token, account, sender, retriever, out_dir, secret, name, live, client_args):
     env = dict(os.environ, SSLKEYLOGFILE=os.path.join(out_dir, f"{name}.keys.log"))
-    sc = [os.path.join(lab.bin, "senderclient"), "--port", str(sender.port), "--ca", lab.ca]
+    sc = [os.path.join(lab.bin, "senderclient"), "--port", str(sender.port), "--ca", lab.ca] + client_args
     rc = [os.path.join(lab.bin, "retrieverclient"), "--port", str(retriever.port), "--ca", lab.ca]
-    out = subprocess.run(sc + ["--user", account], capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
-    password = out.stdout.split("password: ")[1].split()[0]
+    password = passwords.get(account)
+    if not password:
+        out = subprocess.run(sc + ["--user", account], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        password = passwords[account] = password_from(out.stdout)
     sent = subprocess.run(sc + ["--user", account, "--password", password, "--to", account, "--subject",
                                 f"TLS lab {labtoken.token(secret, name_for_token)}"], capture_output=True, text=True, env=env,
                           timeout=60)
@@ -96,6 +101,7 @@ def a_synthetic_class_is_graded_in_one_run(lab):
     if not can_capture():
         raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
     secret = "class secret"
+    passwords.clear()
     work = lab.path("class")
     live = os.path.join(work, "live")
     submissions = os.path.join(work, "submissions")
@@ -106,12 +112,18 @@ def a_synthetic_class_is_graded_in_one_run(lab):
             Server(lab, "retrieverserver", class_settings, db=class_db) as retriever:
         ana = student_session(lab, "ana", "ana", sender, retriever, live, secret)
         bob = student_session(lab, "bob", "bob", sender, retriever, live, secret)
+    # Bob also hands in the STARTTLS comparison capture, made against the class server in that mode.
+    with Server(lab, "senderserver", class_settings, db=class_db, args=["--tls", "starttls"]) as sender, \
+            Server(lab, "retrieverserver", class_settings, db=class_db) as retriever:
+        bob_starttls = student_session(lab, "bob", "bob", sender, retriever, live, secret, ["--tls", "starttls"])
+    passwords.clear()  # another server: new accounts
     # Dave made his capture against a server of his own (another database, same lab CA).
     with Server(lab, "senderserver", class_settings, db=other_db) as sender, \
             Server(lab, "retrieverserver", class_settings, db=other_db) as retriever:
         dave = student_session(lab, "dave", "dave", sender, retriever, live, secret)
     shutil.copy(ana, os.path.join(submissions, "ana.pcapng"))
     shutil.copy(bob, os.path.join(submissions, "bob-lab3.pcapng"))
+    shutil.copy(bob_starttls, os.path.join(submissions, "bob-starttls.pcapng"))
     shutil.copy(ana, os.path.join(submissions, "carol.pcapng"))  # carol hands in ana's file, renamed
     shutil.copy(dave, os.path.join(submissions, "dave.pcapng"))
     data = open(bob, "rb").read()
@@ -124,8 +136,15 @@ def a_synthetic_class_is_graded_in_one_run(lab):
         f.write("student,account\n")
         for s in ("ana", "bob", "carol", "dave", "erin", "frank"):
             f.write(f"{s},{s}@447.edu\n")
+    # This lab asks for the STARTTLS comparison capture too: the default rubric with that row on.
+    rubric = os.path.join(work, "rubric.csv")
+    with open(os.path.join(ROOT, "captures", "rubric.csv")) as f:
+        text = f.read().replace("# starttls_capture,", "starttls_capture,")
+    with open(rubric, "w") as f:
+        f.write(text)
     run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "grade.py"), submissions, "--roster", roster,
-                          "--secret", secret, "--db", class_db], capture_output=True, text=True, timeout=600)
+                          "--secret", secret, "--db", class_db, "--rubric", rubric], capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
     with open(os.path.join(submissions, "grades.csv"), newline="") as f:
         rows = {r["student"]: r for r in csv.DictReader(f)}
@@ -134,9 +153,14 @@ def a_synthetic_class_is_graded_in_one_run(lab):
     for honest in ("ana", "bob"):
         r = rows[honest]
         assert all(r[s] == "ok" for s in everything), (honest, r)
-        assert r["provenance_verdict"].startswith(f"own session of {honest}@447.edu at "), r["provenance_verdict"]
-        assert r["score"] == r["max"] == "100"
-        assert r["report"].endswith("report.html") and os.path.exists(os.path.join(submissions, r["report"]))
+        assert f"own session of {honest}@447.edu at " in r["provenance_verdict"], r["provenance_verdict"]
+        for report in r["report"].split():
+            assert report.endswith("report.html") and os.path.exists(os.path.join(submissions, report))
+    # Bob's two files make one row with every step; Ana did not hand in the comparison capture.
+    assert rows["bob"]["file"] == "bob-lab3.pcapng, bob-starttls.pcapng" and len(rows["bob"]["report"].split()) == 2
+    assert rows["bob"]["starttls_capture"] == "ok" and rows["bob"]["score"] == rows["bob"]["max"] == "105", rows["bob"]
+    assert rows["ana"]["starttls_capture"] == "missing" and rows["ana"]["score"] == "100"
+    assert "no STARTTLS capture" in rows["ana"]["reasons"]
     assert "shares its TLS sessions with carol.pcapng" in rows["ana"]["provenance_verdict"]
     carol = rows["carol"]
     assert carol["provenance_verdict"].startswith("session of another account (ana@447.edu), not carol@447.edu"), carol
