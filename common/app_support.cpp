@@ -248,7 +248,9 @@ std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::s
         if (item.size() > 2 && item.front() == '[' && item.back() == ']') item = item.substr(1, item.size() - 2);
         if (item.empty()) continue;
         Poco::Net::IPAddress host;
-        if (!Poco::Net::IPAddress::tryParse(item, host)) {
+        if (item == "::") {
+            host = Poco::Net::IPAddress(Poco::Net::IPAddress::IPv6);  // every IPv6 address (Poco 1.11 cannot parse "::")
+        } else if (!Poco::Net::IPAddress::tryParse(item, host)) {
             logger.error("event=startup-failed reason=" + logValue("--bind: '" + item + "' is not an IP address"));
             return {};
         }

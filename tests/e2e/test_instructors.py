@@ -175,3 +175,33 @@ def a_synthetic_class_is_graded_in_one_run(lab):
     assert frank["score"] == "0" and "not a capture file" in frank["reasons"], frank
     html = open(os.path.join(submissions, "grades.html")).read()
     assert html.count('<tr class="student">') == 6 and "not captured against this server" in html
+
+
+@test
+def a_class_server_listens_on_every_address_with_the_class_settings(lab):
+    """What `make class-senderserver` starts: common/class.properties (every address, provenance on)."""
+    from labprocess import has_ipv6_loopback
+    settings = {}
+    for line in open(os.path.join(ROOT, "common", "class.properties")):
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = (x.strip() for x in line.split("=", 1))
+            settings[key] = value
+    assert settings["store.provenance"] == "true"
+    with Server(lab, "senderserver", settings) as server:
+        log = server.log_text()
+        assert f"address=0.0.0.0:{server.port}" in log, log
+        assert f"[::]:{server.port}" in log or not has_ipv6_loopback(), log
+        password = run_client_password(lab, server.port, "classy")
+        assert password
+    import sqlite3
+    con = sqlite3.connect(server.db)
+    rows = con.execute("SELECT service, account FROM tls_sessions").fetchall()
+    con.close()
+    assert ("smtp", "classy@447.edu") in rows, rows
+
+
+def run_client_password(lab, port, user):
+    out = subprocess.run([os.path.join(lab.bin, "senderclient"), "--port", str(port), "--ca", lab.ca, "--user", user],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return password_from(out.stdout)
