@@ -98,6 +98,7 @@ Poco::Net::StreamSocket connectToServer(const Target& target, Poco::Timespan tim
         try {
             Poco::Net::StreamSocket socket;
             socket.connect(address, timeout);
+            socket.setNoDelay(true);  // both clients write whole commands and requests: never wait on Nagle
             return socket;
         } catch (const Poco::TimeoutException&) {
             timedOut = true;

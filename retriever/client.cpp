@@ -73,7 +73,6 @@ private:
     void open() {
         Poco::Timestamp start;
         Poco::Net::StreamSocket plain = connectToServer(target_, Poco::Timespan(timeout_, 0));
-        plain.setNoDelay(true);
         // One deadline for connect and handshake: the --timeout is never spent twice.
         Poco::Timespan left = Poco::Timespan(timeout_, 0) - Poco::Timespan(start.elapsed());
         plain.setReceiveTimeout(std::max(left, Poco::Timespan(0, 100000)));

@@ -70,7 +70,6 @@ ServerReply SmtpClient::connect(const Target& target, Poco::Net::Context::Ptr co
     auto start = Poco::Timestamp();
     Poco::Timespan total(timeoutSeconds, 0);
     socket_ = std::make_unique<Poco::Net::StreamSocket>(connectToServer(target_, total));
-    socket_->setNoDelay(true);
     socket_->setSendTimeout(total);
     // One deadline for the handshake and the banner: the --timeout is never spent twice.
     Poco::Timespan left = total - Poco::Timespan(start.elapsed());
