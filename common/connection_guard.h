@@ -96,7 +96,6 @@ private:
     struct Entry {
         int fd;
         Clock::time_point at;
-        bool fired = false;
     };
     void loop();
     void disarm(std::uint64_t id);

@@ -63,17 +63,6 @@ END;
 // Version 3: the guess budgets and the sources trusted per account (replacing the failure count and
 // lock time of v1, which raced: read before the slow hash, written back as an absolute value).
 // Deleting an account deletes both, so a re-registered address starts afresh.
-// Version 4: the TLS sessions a class server saw (store.provenance), for the grader.
-const char* const kSchemaV4 = R"SQL(
-CREATE TABLE IF NOT EXISTS tls_sessions (
-    client_random  TEXT PRIMARY KEY,
-    service        TEXT NOT NULL,
-    peer           TEXT NOT NULL,
-    started_at     INTEGER NOT NULL,
-    account        TEXT NOT NULL DEFAULT ''
-);
-)SQL";
-
 const char* const kSchemaV3 = R"SQL(
 CREATE TABLE IF NOT EXISTS auth_budget (
     key      TEXT PRIMARY KEY,
@@ -91,6 +80,17 @@ CREATE TRIGGER IF NOT EXISTS accounts_forget_auth AFTER DELETE ON accounts BEGIN
     DELETE FROM auth_budget WHERE email = OLD.email;
     DELETE FROM auth_trusted WHERE email = OLD.email;
 END;
+)SQL";
+
+// Version 4: the TLS sessions a class server saw (store.provenance), for the grader.
+const char* const kSchemaV4 = R"SQL(
+CREATE TABLE IF NOT EXISTS tls_sessions (
+    client_random  TEXT PRIMARY KEY,
+    service        TEXT NOT NULL,
+    peer           TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    account        TEXT NOT NULL DEFAULT ''
+);
 )SQL";
 
 // A pooled database connection and the statements prepared on it (preparing costs more than
