@@ -184,7 +184,7 @@ tokens:
 # Grades every file in DIR: DIR/grades.csv and DIR/grades.html, a report per capture.
 grade: test-deps
 	@test -n "$(DIR)" || { echo "usage: make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db]"; exit 2; }
-	@/usr/bin/python3 captures/grade.py "$(DIR)" --db $(or $(DB),users/maillab.db) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(SECRET),--secret "$(SECRET)") $(if $(RUBRIC),--rubric "$(RUBRIC)")
+	@/usr/bin/python3 report/grade.py "$(DIR)" --db $(or $(DB),users/maillab.db) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(SECRET),--secret "$(SECRET)") $(if $(RUBRIC),--rubric "$(RUBRIC)")
 
 # ---- the lab -------------------------------------------------------------------------------
 HOST ?= localhost

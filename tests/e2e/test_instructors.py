@@ -138,11 +138,11 @@ def a_synthetic_class_is_graded_in_one_run(lab):
             f.write(f"{s},{s}@447.edu\n")
     # This lab asks for the STARTTLS comparison capture too: the default rubric with that row on.
     rubric = os.path.join(work, "rubric.csv")
-    with open(os.path.join(ROOT, "captures", "rubric.csv")) as f:
+    with open(os.path.join(ROOT, "report", "rubric.csv")) as f:
         text = f.read().replace("# starttls_capture,", "starttls_capture,")
     with open(rubric, "w") as f:
         f.write(text)
-    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "grade.py"), submissions, "--roster", roster,
+    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "grade.py"), submissions, "--roster", roster,
                           "--secret", secret, "--db", class_db, "--rubric", rubric], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr

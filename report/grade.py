@@ -5,7 +5,7 @@ grades a folder of students' captures in one run and writes DIR/grades.csv and D
 Every file in the folder gets a row, whatever it is (a pcapng with or without embedded keys, with an
 optional <name>.keys.log beside it; a truncated file is read as far as it goes; a text file or a
 capture of another program is said to be one). Per student, a verdict for each step of the rubric
-(captures/rubric.csv: the README's lab by default), with the reason for every failed step; the
+(report/rubric.csv: the README's lab by default), with the reason for every failed step; the
 accounts and EHLO names seen, the start time; and provenance: the capture's TLS client_randoms looked
 up in the class server's record (servers started with store.provenance = true, `make class-servers`):
 "own session of ana@447.edu at 10:42", "session of another account", or "not captured against this
@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "captures"))  # grading builds on the captures' reader, as the report does
 from analyze import Capture  # noqa: E402
 import labtoken  # noqa: E402
 
