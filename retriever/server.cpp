@@ -52,35 +52,24 @@ struct RetrieverContext {
     std::atomic<unsigned long> nextConnectionId{1};
 };
 
-// The deadline for the request head being read on this thread's connection (one pool thread
-// serves one connection at a time): armed before each head, disarmed once Poco has parsed it.
-thread_local Watchdog::Guard* currentHeadDeadline = nullptr;
-// Provenance: this thread's connection's TLS session, and the account already recorded for it.
-thread_local std::string currentClientRandom, currentRecordedAccount;
-
-// A pool thread serves one connection at a time, for all of its keep-alive requests: a new peer
-// address on this thread is a new connection. That gives log lines a connection id although Poco's
-// HTTPServer does not expose its connections.
-unsigned long connectionId(RetrieverContext& ctx, Poco::Net::HTTPServerRequest& request) {
-    thread_local std::string lastPeer;
-    thread_local unsigned long lastId = 0;
-    std::string key = request.clientAddress().toString();
-    if (key != lastPeer || lastId == 0) {
-        lastPeer = key;
-        lastId = ctx.nextConnectionId++;
-        // Poco writes a response's headers and body separately: without TCP_NODELAY the body could
-        // wait for the client's delayed ACK of the headers (Nagle).
-        static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket().setNoDelay(true);
-    }
-    return lastId;
-}
+// What a request handler needs of the connection it runs on. Poco's HTTPServerConnection calls the
+// handlers on the connection's own pool thread, so LimitedHttpConnection::run() points this at its
+// state for as long as it serves the connection.
+struct ConnectionState {
+    unsigned long id = 0;                    // the log lines' connection id
+    Watchdog::Guard* headDeadline = nullptr;  // armed before each request head, disarmed once parsed
+    std::string clientRandom;                // provenance: the TLS session
+    std::string recordedAccount;             // ...and the account already recorded for it
+};
+thread_local ConnectionState* currentConnection = nullptr;
 
 class MailRequestHandler : public Poco::Net::HTTPRequestHandler {
 public:
     explicit MailRequestHandler(RetrieverContext& ctx) : ctx_(ctx) {}
 
     void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
-        unsigned long id = connectionId(ctx_, request);
+        ConnectionState& connection = *currentConnection;
+        unsigned long id = connection.id;
         auto& socket = static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
         std::string prefix = "id=" + std::to_string(id) + " ";
         if (ctx_.verbose) {
@@ -98,11 +87,11 @@ public:
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
-        if (ctx_.provenance && !result.user.empty() && !currentClientRandom.empty() &&
-            result.user != currentRecordedAccount) {
+        if (ctx_.provenance && !result.user.empty() && !connection.clientRandom.empty() &&
+            result.user != connection.recordedAccount) {
             try {
-                ctx_.store->setTlsSessionAccount(currentClientRandom, result.user);
-                currentRecordedAccount = result.user;
+                ctx_.store->setTlsSessionAccount(connection.clientRandom, result.user);
+                connection.recordedAccount = result.user;
             } catch (const std::exception& e) {
                 ctx_.logger->information(prefix + "event=provenance result=error reason=" + logValue(e.what()));
             }
@@ -121,8 +110,8 @@ public:
         if (result.status != 304 && request.getMethod() != "HEAD") wire += result.body;  // HEAD: GET's length, no body
         sendAll(socket, wire);
         // The next request head, if the connection stays: the keep-alive wait, then the head itself.
-        if (currentHeadDeadline && !result.closeConnection)
-            *currentHeadDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
+        if (connection.headDeadline && !result.closeConnection)
+            *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
                                                      ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
 
         ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
@@ -143,7 +132,8 @@ class MailRequestHandlerFactory : public Poco::Net::HTTPRequestHandlerFactory {
 public:
     explicit MailRequestHandlerFactory(RetrieverContext& ctx) : ctx_(ctx) {}
     Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
-        if (currentHeadDeadline) currentHeadDeadline->disarm();  // the head is in: no deadline while we answer
+        if (currentConnection && currentConnection->headDeadline)
+            currentConnection->headDeadline->disarm();  // the head is in: no deadline while we answer
         return new MailRequestHandler(ctx_);
     }
 
@@ -176,26 +166,30 @@ public:
                                      (deadline.expired() ? std::string("handshake-timeout") : logValue(e.what())));
             return;
         }
-        currentClientRandom.clear();
-        currentRecordedAccount.clear();
+        ConnectionState connection;
+        connection.id = ctx_.nextConnectionId++;
         if (ctx_.provenance && ctx_.overTls) {
-            currentClientRandom = clientRandomHex(socket);
+            connection.clientRandom = clientRandomHex(socket);
             try {
-                ctx_.store->recordTlsSession(TlsSessionRecord{currentClientRandom, "http", peer,
+                ctx_.store->recordTlsSession(TlsSessionRecord{connection.clientRandom, "http", peer,
                                                               static_cast<int64_t>(std::time(nullptr)), ""});
             } catch (const std::exception& e) {
                 ctx_.logger->information("event=provenance result=error reason=" + logValue(e.what()));
             }
         }
         deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
-        currentHeadDeadline = &deadline;
+        connection.headDeadline = &deadline;
+        // Poco writes a response's headers and body separately: without TCP_NODELAY the body could
+        // wait for the client's delayed ACK of the headers (Nagle).
+        socket.setNoDelay(true);
+        currentConnection = &connection;
         std::string ended;
         try {
             Poco::Net::HTTPServerConnection(socket, params_, factory_).run();
         } catch (const std::exception& e) {
             ended = e.what();  // the peer went away mid-request, or the deadline shut the socket
         }
-        currentHeadDeadline = nullptr;
+        currentConnection = nullptr;
         if (deadline.expired())
             ctx_.logger->information("event=disconnect peer=" + peer + " reason=request-head-timeout");
         else if (!ended.empty())

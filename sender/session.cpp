@@ -643,16 +643,16 @@ Output Session::finishMessage() {
 
     size_t count = recipients_.size();
     size_t size = message.raw.size();
+    std::optional<std::string> failure;
     try {
         store_.deliver(message);
-        message.raw.clear();
-        message.raw.shrink_to_fit();
-        resetTransaction();
     } catch (const std::exception& e) {
-        message.raw.clear();
-        message.raw.shrink_to_fit();
-        resetTransaction();
-        env_.log(std::string("event=store result=error reason=\"") + e.what() + "\"");
+        failure = e.what();
+    }
+    message.raw = std::string();  // the message's memory goes now; the budget's bytes with the reset
+    resetTransaction();
+    if (failure) {
+        env_.log("event=store result=error reason=" + logValue(*failure));
         return error(LocalError, "Local error in processing: message not stored; try again later");
     }
     env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +

@@ -82,9 +82,5 @@ def has_ipv6_loopback():
 
 def password_from(output):
     """The password a registration printed ("password: 12345447"), or "" when there is none."""
-    for line in output.splitlines():
-        if line.startswith("password: "):
-            return line.split(": ", 1)[1].split()[0]
-    if "password: " in output:
-        return output.split("password: ")[1].split()[0]
-    return ""
+    _, found, rest = output.partition("password: ")
+    return rest.split()[0] if found and rest.split() else ""

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 
-from harness import Server, Skip, test
+from harness import Server, Skip, register, test
 from labprocess import password_from
 
 passwords = {}  # account -> password, registered once per class server
@@ -191,17 +191,10 @@ def a_class_server_listens_on_every_address_with_the_class_settings(lab):
         log = server.log_text()
         assert f"address=0.0.0.0:{server.port}" in log, log
         assert f"[::]:{server.port}" in log or not has_ipv6_loopback(), log
-        password = run_client_password(lab, server.port, "classy")
-        assert password
+        assert register(lab, server.port, "classy")
     import sqlite3
     con = sqlite3.connect(server.db)
     rows = con.execute("SELECT service, account FROM tls_sessions").fetchall()
     con.close()
     assert ("smtp", "classy@447.edu") in rows, rows
 
-
-def run_client_password(lab, port, user):
-    out = subprocess.run([os.path.join(lab.bin, "senderclient"), "--port", str(port), "--ca", lab.ca, "--user", user],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return password_from(out.stdout)
