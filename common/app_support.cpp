@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <malloc.h>
 #include <sstream>
@@ -130,6 +131,40 @@ std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOption
         logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
         return nullptr;
     }
+}
+
+bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Poco::Logger& logger,
+                     ClassRecord& record) {
+    record.provenance = config.getBool("store.provenance");
+    record.stuckSeconds = config.getInt64("class.stuckMinutes") * 60;
+    try {
+        record.roster = loadRoster(config.getString("class.roster"));
+    } catch (const std::exception& e) {
+        logger.error("event=startup-failed reason=" + logValue(std::string(e.what()) + " (class.roster)"));
+        return false;
+    }
+    if (record.provenance) {
+        int64_t days = config.getInt64("store.provenanceDays");
+        try {
+            if (days > 0) {
+                int64_t dropped = store.forgetTlsSessionsBefore(static_cast<int64_t>(std::time(nullptr)) - days * 86400);
+                if (dropped > 0)
+                    logger.information("event=provenance-expired records=" + std::to_string(dropped) + " days=" +
+                                       std::to_string(days));
+            }
+        } catch (const std::exception& e) {
+            logger.warning("event=provenance result=error reason=" + logValue(e.what()));
+        }
+    }
+    if (config.getBool("store.activity")) {
+        Poco::Logger* log = &logger;
+        record.activity = std::make_unique<ActivityRecorder>(
+            store, config.getInt("store.activityFlushMilliseconds"),
+            [log](const std::string& why) { log->warning("event=activity result=error reason=" + logValue(why)); });
+        std::string secretFile = config.getString("class.secretFile");
+        if (!secretFile.empty()) record.tokens = std::make_unique<LabTokens>(secretFile, record.roster);
+    }
+    return true;
 }
 
 void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults) {
@@ -359,6 +394,11 @@ std::string escapeControl(const std::string& text) {
 std::string logValue(const std::string& value) {
     std::string safe = escapeControl(value);
     if (!safe.empty() && safe.find_first_of(" \"=") == std::string::npos) return safe;
+    return quotedLogValue(value);
+}
+
+std::string quotedLogValue(const std::string& value) {
+    std::string safe = escapeControl(value);
     std::string out = "\"";
     for (char c : safe) {
         if (c == '"') out += '\\';

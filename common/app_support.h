@@ -3,6 +3,7 @@
 // the shared settings (store, TLS, authentication), and key=value log formatting.
 #pragma once
 #include "auth.h"
+#include "class_board.h"
 #include "store.h"
 #include "tls.h"
 
@@ -43,6 +44,20 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
 bool ensureServerCertificates(const TlsOptions& tls);
 // A server's start: certificates made when missing, the store opened. Logs and returns nullptr on failure.
 std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger);
+// What a class server keeps for the instructor (common/class.properties): provenance, the class
+// board's activity (class_board.h), lab tokens and the roster.
+struct ClassRecord {
+    bool provenance = false;
+    std::unique_ptr<ActivityRecorder> activity;
+    std::unique_ptr<LabTokens> tokens;
+    Roster roster;
+    int64_t stuckSeconds = 20 * 60;
+};
+// Reads the store.provenance*, store.activity* and class.* settings into `record`, and drops
+// provenance older than store.provenanceDays. Logs and returns false when a setting is unusable.
+bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Poco::Logger& logger,
+                     ClassRecord& record);
+
 // A server's configuration: the compiled-in defaults (common/shared.properties under the server's
 // own file), then the --config file when one was given.
 void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults);
@@ -103,6 +118,8 @@ private:
 // Quotes a log value when it contains spaces or quotes: key="two words". Control characters are
 // escaped (see escapeControl), so a client cannot forge log lines or hide bytes in them.
 std::string logValue(const std::string& value);
+// The same, always in double quotes: for values a client chose (an account name it tried).
+std::string quotedLogValue(const std::string& value);
 // Bytes below 0x20 and 0x7F as \r, \n, \t or \xNN; a backslash as \\. For every line a peer wrote.
 std::string escapeControl(const std::string& text);
 

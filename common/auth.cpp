@@ -154,7 +154,7 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
                 hash = hashPassword(newPassword, policy_.scrypt);
             }
             if (store_.createAccount(email, hash, now)) {
-                remember(Account{email, hash, now}, newPassword, now);  // no need to read it back
+                remember(Account{email, hash, now, ""}, newPassword, now);  // no need to read it back
                 if (!source.empty()) store_.trustSource(email, sourceKey(source), now);
                 return AuthResult{AuthOutcome::Registered, email, newPassword, 0};
             }
@@ -167,12 +167,12 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
     }
 
-    std::optional<Account> account = Account{email, state->passwordHash, 0};
+    std::optional<Account> account = Account{email, state->passwordHash, 0, ""};
     bool trusted = state->trusted;
     const std::string key = trusted ? "pair:" + email + "|" + from : "acct:" + email;
     const double burst = policy_.guessBurst, refill = static_cast<double>(policy_.guessRefillSeconds);
     auto throttled = [&](double wait) {
-        return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999)};
+        return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999), true};
     };
     // Comparing with a cached password is a check too: only with budget left, or the cache would
     // answer a guesser for free. A hit costs nothing.
@@ -219,7 +219,7 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     }
     // The owner's cached password stays: a wrong guess can never match it (the cache holds a MAC
     // of the right one), and dropping it would let a guesser log the owner out.
-    return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
+    return AuthResult{AuthOutcome::BadCredentials, email, "", 0, true};
 }
 
 bool isReservedAddress(const std::string& address) {

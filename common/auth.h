@@ -67,6 +67,9 @@ struct AuthResult {
     std::string user;         // normalized (lower-case) address
     std::string newPassword;  // with Registered only
     int64_t retryAfterSeconds = 0;
+    // For the server's own record only (the class board counts failed logins of real accounts);
+    // never said to the client, whose refusal is the same for both.
+    bool knownAccount = false;
 };
 
 class Authenticator {

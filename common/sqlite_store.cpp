@@ -14,7 +14,7 @@ namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -91,6 +91,34 @@ CREATE TABLE IF NOT EXISTS tls_sessions (
     started_at     INTEGER NOT NULL,
     account        TEXT NOT NULL DEFAULT ''
 );
+)SQL";
+
+// Version 5: provenance keyed by both randoms (the server's is its own choice: a replayed client
+// random cannot take over a classmate's record), inserted once at login and never replaced; the
+// class board's activity counts; account roles (instructor).
+const char* const kSchemaV5 = R"SQL(
+CREATE TABLE IF NOT EXISTS tls_logins (
+    client_random  TEXT NOT NULL,
+    server_random  TEXT NOT NULL,
+    service        TEXT NOT NULL,
+    peer           TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    account        TEXT NOT NULL,
+    PRIMARY KEY (client_random, server_random)
+);
+CREATE INDEX IF NOT EXISTS tls_logins_by_time ON tls_logins(started_at);
+INSERT OR IGNORE INTO tls_logins
+    SELECT client_random, '', service, peer, started_at, account FROM tls_sessions WHERE account <> '';
+DROP TABLE IF EXISTS tls_sessions;
+CREATE TABLE IF NOT EXISTS activity (
+    account   TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    count     INTEGER NOT NULL,
+    first_at  INTEGER NOT NULL,
+    last_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, kind)
+);
+ALTER TABLE accounts ADD COLUMN role TEXT NOT NULL DEFAULT '';
 )SQL";
 
 // A pooled database connection and the statements prepared on it (preparing costs more than
@@ -236,10 +264,26 @@ public:
     std::optional<Account> findAccount(const std::string& email) override {
         Connection c(*this);
         Statement s(*c.handle,
-                    "SELECT email, password_hash, created_at FROM accounts WHERE email = ?1");
+                    "SELECT email, password_hash, created_at, role FROM accounts WHERE email = ?1");
         s.bind(1, email);
         if (!s.step()) return std::nullopt;
-        return Account{s.text(0), s.text(1), s.integer(2)};
+        return Account{s.text(0), s.text(1), s.integer(2), s.text(3)};
+    }
+
+    std::vector<Account> listAccounts() override {
+        Connection c(*this);
+        Statement s(*c.handle, "SELECT email, password_hash, created_at, role FROM accounts ORDER BY email");
+        std::vector<Account> out;
+        while (s.step()) out.push_back(Account{s.text(0), s.text(1), s.integer(2), s.text(3)});
+        return out;
+    }
+
+    bool setRole(const std::string& email, const std::string& role) override {
+        Connection c(*this);
+        Statement s(*c.handle, "UPDATE accounts SET role = ?2 WHERE email = ?1");
+        s.bind(1, email).bind(2, role);
+        s.step();
+        return sqlite3_changes(c.db) == 1;
     }
 
     bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
@@ -321,29 +365,68 @@ public:
         return s.step();
     }
 
-    void recordTlsSession(const TlsSessionRecord& r) override {
+    bool recordTlsLogin(const TlsSessionRecord& r) override {
         Connection c(*this);
         Statement s(*c.handle,
-                    "INSERT OR REPLACE INTO tls_sessions(client_random, service, peer, started_at, account) "
-                    "VALUES(?1, ?2, ?3, ?4, ?5)");
-        s.bind(1, r.clientRandom).bind(2, r.service).bind(3, r.peer).bind(4, r.startedAt).bind(5, r.account);
+                    "INSERT OR IGNORE INTO tls_logins(client_random, server_random, service, peer, started_at, account) "
+                    "VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
+        s.bind(1, r.clientRandom).bind(2, r.serverRandom).bind(3, r.service).bind(4, r.peer).bind(5, r.startedAt)
+            .bind(6, r.account);
         s.step();
+        return sqlite3_changes(c.db) == 1;
     }
 
-    void setTlsSessionAccount(const std::string& clientRandom, const std::string& account) override {
+    std::vector<TlsSessionRecord> findTlsSessions(const std::vector<std::string>& clientRandoms) override {
         Connection c(*this);
-        Statement s(*c.handle, "UPDATE tls_sessions SET account = ?2 WHERE client_random = ?1");
-        s.bind(1, clientRandom).bind(2, account);
-        s.step();
+        std::vector<TlsSessionRecord> out;
+        auto read = [&](Statement& s) {
+            while (s.step()) out.push_back(TlsSessionRecord{s.text(0), s.text(1), s.text(2), s.text(3), s.integer(4), s.text(5)});
+        };
+        const std::string columns = "SELECT client_random, server_random, service, peer, started_at, account FROM tls_logins";
+        if (clientRandoms.empty()) {
+            Statement s(*c.handle, columns + " ORDER BY started_at");
+            read(s);
+            return out;
+        }
+        Statement s(*c.handle, columns + " WHERE client_random = ?1");
+        for (const std::string& random : clientRandoms) {
+            s.bind(1, random);
+            read(s);
+            s.reset();
+        }
+        return out;
     }
 
-    std::optional<TlsSessionRecord> findTlsSession(const std::string& clientRandom) override {
+    int64_t forgetTlsSessionsBefore(int64_t cutoff) override {
         Connection c(*this);
+        Statement s(*c.handle, "DELETE FROM tls_logins WHERE started_at < ?1");
+        s.bind(1, cutoff);
+        s.step();
+        return sqlite3_changes(c.db);
+    }
+
+    void recordActivity(const std::vector<ActivityCount>& counts) override {
+        if (counts.empty()) return;
+        Connection c(*this);
+        Transaction tx(c.db);
         Statement s(*c.handle,
-                    "SELECT client_random, service, peer, started_at, account FROM tls_sessions WHERE client_random = ?1");
-        s.bind(1, clientRandom);
-        if (!s.step()) return std::nullopt;
-        return TlsSessionRecord{s.text(0), s.text(1), s.text(2), s.integer(3), s.text(4)};
+                    "INSERT INTO activity(account, kind, count, first_at, last_at) VALUES(?1, ?2, ?3, ?4, ?5) "
+                    "ON CONFLICT(account, kind) DO UPDATE SET count = count + excluded.count, "
+                    "first_at = min(first_at, excluded.first_at), last_at = max(last_at, excluded.last_at)");
+        for (const ActivityCount& a : counts) {
+            s.bind(1, a.account).bind(2, a.kind).bind(3, a.count).bind(4, a.firstAt).bind(5, a.lastAt);
+            s.step();
+            s.reset();
+        }
+        tx.commit();
+    }
+
+    std::vector<ActivityCount> listActivity() override {
+        Connection c(*this);
+        Statement s(*c.handle, "SELECT account, kind, count, first_at, last_at FROM activity ORDER BY account, kind");
+        std::vector<ActivityCount> out;
+        while (s.step()) out.push_back(ActivityCount{s.text(0), s.text(1), s.integer(2), s.integer(3), s.integer(4)});
+        return out;
     }
 
     void trustSource(const std::string& email, const std::string& source, int64_t now) override {
@@ -563,6 +646,7 @@ private:
         if (current < 2) exec(db, kSchemaV2);
         if (current < 3) exec(db, kSchemaV3);
         if (current < 4) exec(db, kSchemaV4);
+        if (current < 5) exec(db, kSchemaV5);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }

@@ -1,5 +1,6 @@
-// The one narrow interface to the lab's accounts and mailboxes. The sender server writes through it,
-// the retriever reads through it; SqliteStore is the backend, and another would be one new file.
+// The one narrow interface to the lab's accounts, mailboxes, guess budgets, provenance and class
+// activity. The servers and maillab-admin read and write only through it (the grader and the tests
+// through maillab-admin); SqliteStore is the backend.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -24,6 +25,7 @@ struct Account {
     std::string email;         // lower-case address, the account's name
     std::string passwordHash;  // see password.h; never the password itself
     int64_t createdAt = 0;     // Unix seconds
+    std::string role;          // "" (a student) or "instructor" (the class board, /metrics)
 };
 
 // What a message carries into the store: the full RFC 5322 text as stored (headers added by the
@@ -55,15 +57,30 @@ struct MessageStart {
     std::string start;
 };
 
-// One TLS session as a class server records it (store.provenance): the ClientHello's random (64 hex
-// digits, as Wireshark shows it), which service, the peer, when, and the account that logged in.
-// The grader matches a capture's sessions against these records.
+// One authenticated TLS session as a class server records it (store.provenance): the ClientHello's
+// and the ServerHello's randoms (64 hex digits each, as Wireshark shows them), which service, the
+// peer, when, and the account that logged in. The client chooses its random (and a student can
+// replay a classmate's); the server's random is the server's own choice, so the pair names one
+// session of this server, and a capture names it by the same two fields. The grader matches a
+// capture's sessions against these records.
 struct TlsSessionRecord {
     std::string clientRandom;
+    std::string serverRandom;
     std::string service;  // "smtp" or "http"
     std::string peer;     // address:port
     int64_t startedAt = 0;
-    std::string account;  // "" until a login in that session
+    std::string account;
+};
+
+// What the class board counts per account and kind of event ("login", "login_failed", "sent",
+// "lab_message", "mailbox_read", "not_modified"): how often, first and last time. The servers add
+// to these counts in batches (ActivityRecorder).
+struct ActivityCount {
+    std::string account;
+    std::string kind;
+    int64_t count = 0;
+    int64_t firstAt = 0;
+    int64_t lastAt = 0;
 };
 
 struct MailboxStats {
@@ -107,10 +124,22 @@ public:
                                                         int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
 
-    // Provenance (class servers): a TLS session when its handshake completes, its account at login.
-    virtual void recordTlsSession(const TlsSessionRecord& session) = 0;
-    virtual void setTlsSessionAccount(const std::string& clientRandom, const std::string& account) = 0;
-    virtual std::optional<TlsSessionRecord> findTlsSession(const std::string& clientRandom) = 0;
+    // Every account, by address.
+    virtual std::vector<Account> listAccounts() = 0;
+    // "instructor" or "" (student); false when there is no such account.
+    virtual bool setRole(const std::string& email, const std::string& role) = 0;
+
+    // Provenance (class servers): an authenticated TLS session, recorded once per (session, account).
+    // Inserted, never replaced: false when the pair of randoms is on record already.
+    virtual bool recordTlsLogin(const TlsSessionRecord& session) = 0;
+    // The records whose client random is one of `clientRandoms` (all records when empty).
+    virtual std::vector<TlsSessionRecord> findTlsSessions(const std::vector<std::string>& clientRandoms) = 0;
+    // Retention (store.provenanceDays): drops the records older than `cutoff`; returns how many.
+    virtual int64_t forgetTlsSessionsBefore(int64_t cutoff) = 0;
+
+    // The class board's counts: `counts` added to what is recorded, in one transaction.
+    virtual void recordActivity(const std::vector<ActivityCount>& counts) = 0;
+    virtual std::vector<ActivityCount> listActivity() = 0;
 };
 
 struct SqliteOptions {

@@ -196,18 +196,30 @@ SSL* sslOf(const Poco::Net::StreamSocket& socket) {
 
 std::string describeTls(const Poco::Net::StreamSocket& socket) { return describeTlsSession(sslOf(socket)); }
 
+namespace {
+std::string hex(const unsigned char* bytes, size_t n) {
+    static const char* const kHex = "0123456789abcdef";
+    std::string out;
+    for (size_t i = 0; i < n; ++i) {
+        out += kHex[bytes[i] >> 4];
+        out += kHex[bytes[i] & 15];
+    }
+    return out;
+}
+}  // namespace
+
 std::string clientRandomHex(const Poco::Net::StreamSocket& socket) {
     SSL* ssl = sslOf(socket);
     if (!ssl) return "";
     unsigned char random[SSL3_RANDOM_SIZE];
-    size_t n = SSL_get_client_random(ssl, random, sizeof random);
-    static const char* const kHex = "0123456789abcdef";
-    std::string out;
-    for (size_t i = 0; i < n; ++i) {
-        out += kHex[random[i] >> 4];
-        out += kHex[random[i] & 15];
-    }
-    return out;
+    return hex(random, SSL_get_client_random(ssl, random, sizeof random));
+}
+
+std::string serverRandomHex(const Poco::Net::StreamSocket& socket) {
+    SSL* ssl = sslOf(socket);
+    if (!ssl) return "";
+    unsigned char random[SSL3_RANDOM_SIZE];
+    return hex(random, SSL_get_server_random(ssl, random, sizeof random));
 }
 
 void offerAlpn(Poco::Net::Context& context, const std::string& protocol) {

@@ -38,6 +38,8 @@ std::string describeTls(const Poco::Net::StreamSocket& socket);
 // The ClientHello's random of the socket's TLS session, 64 lower-case hex digits (as Wireshark's
 // tls.handshake.random shows it); "" without TLS. Names a TLS session for provenance.
 std::string clientRandomHex(const Poco::Net::StreamSocket& socket);
+// The ServerHello's random, the same way: the server's own choice, which a client cannot replay.
+std::string serverRandomHex(const Poco::Net::StreamSocket& socket);
 
 // ALPN (RFC 7301): a client offers the lab protocol it speaks ("smtp", "http/1.1"); a server
 // accepts its own and refuses, with the no_application_protocol alert, a client that offers only

@@ -190,22 +190,6 @@ std::string ApiRequest::header(const std::string& name) const { return findHeade
 
 std::string ApiResponse::header(const std::string& name) const { return findHeader(headers, name); }
 
-std::string htmlEscape(const std::string& text) {
-    std::string out;
-    out.reserve(text.size());
-    for (char c : text) {
-        switch (c) {
-            case '&': out += "&amp;"; break;
-            case '<': out += "&lt;"; break;
-            case '>': out += "&gt;"; break;
-            case '"': out += "&quot;"; break;
-            case '\'': out += "&#39;"; break;
-            default: out += c;
-        }
-    }
-    return out;
-}
-
 std::string validUtf8(const std::string& text) {
     std::string out;
     out.reserve(text.size());
@@ -286,8 +270,8 @@ size_t MailApi::listingCacheBytes() const {
     return listingCacheBytes_;
 }
 
-MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock)
-    : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)) {
+MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock, ClassView classView)
+    : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)), class_(std::move(classView)) {
     if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
 }
 
@@ -332,11 +316,14 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
 // The resources (docs/retriever.md): each path shape and the member that answers it. {address} is
 // a mailbox (lower-cased), {id} a message number.
 const MailApi::Resource MailApi::kResources[] = {
-    {{}, Kind::Inbox, &MailApi::inboxPage},
-    {{"mailboxes", "{address}"}, Kind::Inbox, &MailApi::inboxPage},
-    {{"mailboxes", "{address}", "messages"}, Kind::List, &MailApi::listing},
-    {{"mailboxes", "{address}", "messages", "{id}"}, Kind::Message, &MailApi::message},
-    {{"mailboxes", "{address}", "messages", "{id}", "raw"}, Kind::Raw, &MailApi::message},
+    {{}, Kind::Inbox, Need::Owner, &MailApi::inboxPage},
+    {{"mailboxes", "{address}"}, Kind::Inbox, Need::Owner, &MailApi::inboxPage},
+    {{"mailboxes", "{address}", "messages"}, Kind::List, Need::Owner, &MailApi::listing},
+    {{"mailboxes", "{address}", "messages", "{id}"}, Kind::Message, Need::Owner, &MailApi::message},
+    {{"mailboxes", "{address}", "messages", "{id}", "raw"}, Kind::Raw, Need::Owner, &MailApi::message},
+    // The class board (class servers): the instructor's account only.
+    {{"class"}, Kind::Board, Need::Instructor, &MailApi::classBoardPage},
+    {{"metrics"}, Kind::Metrics, Need::Instructor, &MailApi::metrics},
 };
 
 // Finds the resource for the request target. Poco::URI decodes percent-escapes in each segment;
@@ -366,6 +353,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
         }
         if (match) {
             candidate.kind = resource.kind;
+            candidate.need = resource.need;
             candidate.answer = resource.answer;
             return candidate;
         }
@@ -396,18 +384,35 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
     try {
         result = auth_.authenticate(user, password, false, request.peer);
     } catch (const std::exception&) {
-        return error(503, "Authentication temporarily unavailable");
+        ApiResponse r = error(503, "Authentication temporarily unavailable");
+        r.triedUser = user;
+        return r;
     }
     if (result.outcome == AuthOutcome::Throttled) {
+        noteActivity(result.user, activity::kLoginFailed);
         ApiResponse r = error(429, "Too many failed logins for this account; no password checked");
         r.headers.emplace_back("Retry-After", std::to_string(result.retryAfterSeconds));
         r.closeConnection = true;
+        r.triedUser = user;
         return r;
     }
     if (result.outcome != AuthOutcome::Ok) {
+        if (result.knownAccount) noteActivity(result.user, activity::kLoginFailed);
         ApiResponse r = unauthorized("Wrong address or password");
         r.closeConnection = true;
+        r.triedUser = user;
         return r;
+    }
+    noteActivity(result.user, activity::kLogin);
+    if (route.need == Need::Instructor) {
+        auto account = store_.findAccount(result.user);
+        if (!account || account->role != "instructor") {
+            ApiResponse r = error(403, "The class board is for the instructor's account, not " + result.user +
+                                           " (the instructor runs: maillab-admin set-role ACCOUNT instructor)");
+            r.user = result.user;
+            return r;
+        }
+        return result.user;
     }
     if (route.mailbox.empty()) route.mailbox = result.user;
     if (route.mailbox != result.user) {
@@ -433,7 +438,32 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     }
     response.headers.emplace_back("X-Content-Type-Options", "nosniff");
     response.user = std::get<std::string>(who);
+    if (resource.need == Need::Owner && response.status == 200) noteActivity(response.user, activity::kMailboxRead);
+    if (response.status == 304) noteActivity(response.user, activity::kNotModified);
     return response;
+}
+
+void MailApi::noteActivity(const std::string& account, const char* kind) {
+    if (class_.activity) class_.activity->note(account, kind, clock_());
+}
+
+ApiResponse MailApi::classBoardPage(const Route&, const ApiRequest&) {
+    Board board = classBoard(store_, class_.roster, clock_(), class_.stuckSeconds);
+    ApiResponse r;
+    r.body = boardHtml(board, class_.refreshSeconds);
+    r.headers.emplace_back("Content-Type", "text/html; charset=utf-8");
+    r.headers.emplace_back("Cache-Control", "no-store");
+    r.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    return r;
+}
+
+ApiResponse MailApi::metrics(const Route&, const ApiRequest&) {
+    Board board = classBoard(store_, class_.roster, clock_(), class_.stuckSeconds);
+    ApiResponse r;
+    r.body = boardMetrics(board);
+    r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    r.headers.emplace_back("Cache-Control", "no-store");
+    return r;
 }
 
 // A page of a mailbox (?offset=&limit=), its totals, and its validator: the newest id and the count

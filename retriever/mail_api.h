@@ -3,7 +3,9 @@
 // call it directly. The resources are documented in docs/retriever.md.
 #pragma once
 #include "../common/auth.h"
+#include "../common/class_board.h"
 #include "../common/store.h"
+#include "../common/text.h"
 
 #include <cstdint>
 #include <functional>
@@ -42,20 +44,33 @@ struct ApiResponse {
     std::string body;           // for HEAD: what GET would send (the server sends only its length)
     bool closeConnection = false;  // after a failed login: the next guess pays a new handshake
     std::string user;           // the authenticated user, for the log; "" when none
+    std::string triedUser;      // a refused login's user name as the client sent it, for the log
     std::string header(const std::string& name) const;
 };
 
 // The API's one error shape: {"error": {"status": 503, "code": "service_unavailable", "message": ...}}.
 ApiResponse errorResponse(int status, const std::string& message);
 
+// What a class server adds (common/class.properties): the board's activity counts, and the roster
+// and stuck time its /class page and /metrics read.
+struct ClassView {
+    ActivityRecorder* activity = nullptr;
+    Roster roster;
+    int64_t stuckSeconds = 20 * 60;
+    int refreshSeconds = 10;
+};
+
 class MailApi {
 public:
-    MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock = nullptr);
+    MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock = nullptr,
+            ClassView classView = {});
     ApiResponse handle(const ApiRequest& request);
     size_t listingCacheBytes() const;  // what the listing cache holds now
 
 private:
-    enum class Kind { Inbox, List, Message, Raw };
+    enum class Kind { Inbox, List, Message, Raw, Board, Metrics };
+    // What a resource needs of the authenticated user: to own the mailbox, or the instructor role.
+    enum class Need { Owner, Instructor };
     struct Route;
     using Answer = ApiResponse (MailApi::*)(const Route&, const ApiRequest&);
     struct Route {
@@ -63,11 +78,13 @@ private:
         std::string mailbox;  // "" = the authenticated user's own
         int64_t id = 0;
         std::vector<std::pair<std::string, std::string>> query;
+        Need need = Need::Owner;
         Answer answer = nullptr;
     };
     struct Resource {
         std::vector<std::string> path;  // segments; "{address}" and "{id}" match any
         Kind kind;
+        Need need;
         Answer answer;
     };
     static const Resource kResources[];
@@ -85,6 +102,9 @@ private:
     ApiResponse listing(const Route& route, const ApiRequest& request);
     ApiResponse message(const Route& route, const ApiRequest& request);
     ApiResponse inboxPage(const Route& route, const ApiRequest& request);
+    ApiResponse classBoardPage(const Route& route, const ApiRequest& request);
+    ApiResponse metrics(const Route& route, const ApiRequest& request);
+    void noteActivity(const std::string& account, const char* kind);
 
     // Rendered JSON listings by mailbox, offset and limit, valid while their validator is: new mail
     // changes the validator, so a stale body is never served.
@@ -99,13 +119,14 @@ private:
     Authenticator& auth_;
     ApiLimits limits_;
     std::function<int64_t()> clock_;
+    ClassView class_;
     mutable std::mutex cacheMutex_;
     size_t listingCacheBytes_ = 0;
     std::unordered_map<std::string, CachedListing> listings_;
 };
 
 // Helpers, public for the tests.
-std::string htmlEscape(const std::string& text);
+using text::htmlEscape;
 std::string validUtf8(const std::string& text);  // invalid sequences become U+FFFD
 std::string httpDate(int64_t unixSeconds);        // RFC 9110 5.6.7 IMF-fixdate
 // Splits "user:password" from an "Authorization: Basic ..." value (RFC 7617); false when malformed.

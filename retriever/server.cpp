@@ -38,6 +38,7 @@ namespace {
 
 struct RetrieverContext {
     std::unique_ptr<Store> store;
+    ClassRecord classRecord;  // provenance, the board's activity (class servers); before api, which uses it
     std::unique_ptr<Authenticator> auth;
     std::unique_ptr<http::MailApi> api;
     Poco::Logger* logger = nullptr;
@@ -48,7 +49,6 @@ struct RetrieverContext {
     Poco::Timespan handshakeTimeout, requestHeadTimeout, keepAliveTimeout, refusalTimeout;
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
-    bool provenance = false;  // record every TLS session and its account (class servers)
     std::atomic<unsigned long> nextConnectionId{1};
 };
 
@@ -58,7 +58,7 @@ struct RetrieverContext {
 struct ConnectionState {
     unsigned long id = 0;                    // the log lines' connection id
     Watchdog::Guard* headDeadline = nullptr;  // armed before each request head, disarmed once parsed
-    std::string clientRandom;                // provenance: the TLS session
+    TlsSessionRecord tlsSession;             // provenance: the TLS session (randoms, peer, time)
     std::string recordedAccount;             // ...and the account already recorded for it
 };
 thread_local ConnectionState* currentConnection = nullptr;
@@ -87,10 +87,12 @@ public:
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
-        if (ctx_.provenance && !result.user.empty() && !connection.clientRandom.empty() &&
+        if (ctx_.classRecord.provenance && !result.user.empty() && !connection.tlsSession.clientRandom.empty() &&
             result.user != connection.recordedAccount) {
             try {
-                ctx_.store->setTlsSessionAccount(connection.clientRandom, result.user);
+                TlsSessionRecord record = connection.tlsSession;
+                record.account = result.user;
+                ctx_.store->recordTlsLogin(record);
                 connection.recordedAccount = result.user;
             } catch (const std::exception& e) {
                 ctx_.logger->information(prefix + "event=provenance result=error reason=" + logValue(e.what()));
@@ -117,7 +119,9 @@ public:
         ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
                                  logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
                                  " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
-                                 (result.user.empty() ? "" : " user=" + result.user));
+                                 (result.user.empty() ? "" : " user=" + result.user) +
+                                 // A refused login names the account tried, quoted: the client chose it.
+                                 (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
         if (ctx_.verbose) {
             ctx_.logger->information(prefix + "S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
             for (const auto& [name, value] : response) ctx_.logger->information(prefix + "S: " + name + ": " + value);
@@ -168,15 +172,9 @@ public:
         }
         ConnectionState connection;
         connection.id = ctx_.nextConnectionId++;
-        if (ctx_.provenance && ctx_.overTls) {
-            connection.clientRandom = clientRandomHex(socket);
-            try {
-                ctx_.store->recordTlsSession(TlsSessionRecord{connection.clientRandom, "http", peer,
-                                                              static_cast<int64_t>(std::time(nullptr)), ""});
-            } catch (const std::exception& e) {
-                ctx_.logger->information("event=provenance result=error reason=" + logValue(e.what()));
-            }
-        }
+        if (ctx_.classRecord.provenance && ctx_.overTls)
+            connection.tlsSession = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "http", peer,
+                                                     static_cast<int64_t>(std::time(nullptr)), ""};
         deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
         connection.headDeadline = &deadline;
         // Poco writes a response's headers and body separately: without TCP_NODELAY the body could
@@ -266,7 +264,6 @@ protected:
         ctx.requestHeadTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.requestHead"), 0);
         ctx.keepAliveTimeout = Poco::Timespan(cfg.getInt("retriever.keepAliveSeconds"), 0);
         ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
-        ctx.provenance = cfg.getBool("store.provenance");
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
@@ -274,6 +271,7 @@ protected:
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
         ctx.auth->ensurePostmaster();
+        if (!openClassRecord(cfg, *ctx.store, logger, ctx.classRecord)) return EXIT_CONFIG;
         http::ApiLimits limits;
         limits.maxUriLength = cfg.getUInt64("http.maxUriLength");
         limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");
@@ -287,7 +285,11 @@ protected:
             return EXIT_USAGE;
         }
         ctx.overTls = mode == "implicit";
-        ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits);
+        http::ClassView classView;
+        classView.activity = ctx.classRecord.activity.get();
+        classView.roster = ctx.classRecord.roster;
+        classView.stuckSeconds = ctx.classRecord.stuckSeconds;
+        ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits, nullptr, classView);
 
         std::string plaintext;
         if (!ctx.overTls)

@@ -5,6 +5,7 @@
 
 #include "../common/app_support.h"
 #include "../common/auth.h"
+#include "../common/class_board.h"
 #include "../common/connection_guard.h"
 #include "../common/linereader.h"
 #include "../common/store.h"
@@ -50,7 +51,7 @@ struct SenderContext {
     int maxConnections = 0;
     std::unique_ptr<ConnectionLimiter> limiter;
     std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
-    bool provenance = false;  // record every TLS session and its account (class servers)
+    ClassRecord classRecord;  // provenance, the board's activity, lab tokens (class servers)
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
@@ -192,13 +193,21 @@ private:
         }
     }
 
-    // Provenance: the session's client_random, peer and time (its account comes at login).
-    void recordTlsSession(const Poco::Net::StreamSocket& socket) {
-        if (!ctx_.provenance) return;
-        clientRandom_ = clientRandomHex(socket);
+    // Provenance: the TLS session's two randoms and its peer; recorded with the account at login.
+    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
+        if (!ctx_.classRecord.provenance) return;
+        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "smtp",
+                                       socket.peerAddress().toString(), static_cast<int64_t>(std::time(nullptr)), ""};
+    }
+
+    void onLogin(const std::string& account) {
+        int64_t now = std::time(nullptr);
+        if (ctx_.classRecord.activity) ctx_.classRecord.activity->note(account, activity::kLogin, now);
+        if (!ctx_.classRecord.provenance || tlsSession_.clientRandom.empty()) return;
+        TlsSessionRecord record = tlsSession_;
+        record.account = account;
         try {
-            ctx_.store->recordTlsSession(TlsSessionRecord{clientRandom_, "smtp", socket.peerAddress().toString(),
-                                                          static_cast<int64_t>(std::time(nullptr)), ""});
+            ctx_.store->recordTlsLogin(record);
         } catch (const std::exception& e) {
             log("event=provenance result=error reason=" + logValue(e.what()));
         }
@@ -210,7 +219,7 @@ private:
             handshake(socket);
             tls = describeTls(socket);
             log("event=tls " + tls);
-            recordTlsSession(socket);
+            noteTlsSession(socket);
         }
         smtp::SessionEnv env;
         env.tlsMode = ctx_.tlsMode;
@@ -219,14 +228,18 @@ private:
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         env.dataBudget = ctx_.dataBudget.get();
-        env.onLogin = [this](const std::string& account) {
-            if (!ctx_.provenance || clientRandom_.empty()) return;
-            try {
-                ctx_.store->setTlsSessionAccount(clientRandom_, account);
-            } catch (const std::exception& e) {
-                log("event=provenance result=error reason=" + logValue(e.what()));
-            }
-        };
+        env.onLogin = [this](const std::string& account) { onLogin(account); };
+        if (ActivityRecorder* recorder = ctx_.classRecord.activity.get()) {
+            env.onLoginFailed = [recorder](const std::string& account) {
+                recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+            };
+            LabTokens* tokens = ctx_.classRecord.tokens.get();
+            env.onQueued = [recorder, tokens](const std::string& account, const std::string& subject) {
+                int64_t now = std::time(nullptr);
+                recorder->note(account, activity::kSent, now);
+                if (tokens && tokens->isLabMessage(account, subject)) recorder->note(account, activity::kLabMessage, now);
+            };
+        }
         // State transitions are the per-command detail: shown with --verbose, beside the C:/S: lines.
         env.log = [this](const std::string& line) {
             if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
@@ -305,7 +318,7 @@ private:
                     secure = true;
                     std::string description = describeTls(socket);
                     log("event=tls starttls=yes " + description);
-                    recordTlsSession(socket);
+                    noteTlsSession(socket);
                     session.onTlsStarted(description.substr(0, description.find(" group=")));
                 }
             }
@@ -318,7 +331,7 @@ private:
 
     SenderContext& ctx_;
     unsigned long id_;
-    std::string clientRandom_;  // of this connection's TLS session, when provenance is on
+    TlsSessionRecord tlsSession_;  // this connection's TLS session, when provenance is on
 };
 
 class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
@@ -377,7 +390,6 @@ protected:
         ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
         ctx.dataBudget = std::make_unique<smtp::DataBudget>(cfg.getUInt64("smtp.maxDataInFlight"));
-        ctx.provenance = cfg.getBool("store.provenance");
 
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
@@ -386,6 +398,7 @@ protected:
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
         ctx.auth->ensurePostmaster();
+        if (!openClassRecord(cfg, *ctx.store, logger, ctx.classRecord)) return EXIT_CONFIG;
 
         std::string mode = cfg.getString("sender.tls");
         if (auto parsed = smtp::parseTlsMode(mode)) {

@@ -445,12 +445,14 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         case AuthOutcome::Throttled:
             // Nothing was checked: the account's guess budget for this source is spent.
             env_.log("event=auth user=" + logValue(result.user) + " result=throttled");
+            if (env_.onLoginFailed) env_.onLoginFailed(result.user);
             return error(AccountLocked, "Too many failed logins for this account; no password checked. Try again in " +
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or from an address you have logged in from before");
         case AuthOutcome::BadCredentials: break;
     }
     env_.log("event=auth user=" + logValue(result.user) + " result=fail");
+    if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user);
     if (++authFailures_ >= limits_.maxAuthFailures) {
         out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));
         out.close = true;
@@ -657,6 +659,7 @@ Output Session::finishMessage() {
     }
     env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +
              " rcpts=" + std::to_string(count) + " size=" + std::to_string(size));
+    if (env_.onQueued) env_.onQueued(user_, message.subject);
     Output out;
     // Sent only after the commit: a 250 means the message is on disk.
     out.replies.push_back(reply(Ok, "Ok: queued as " + message.queueId));

@@ -48,6 +48,10 @@ struct SessionEnv {
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
     DataBudget* dataBudget = nullptr;          // shared by the server's sessions; none: no total limit
     std::function<void(const std::string&)> onLogin;  // the account, after AUTH succeeds (provenance)
+    // The class board's record (common/class_board.h): a refused login of an existing account, and
+    // a message stored (its sender and Subject).
+    std::function<void(const std::string& account)> onLoginFailed;
+    std::function<void(const std::string& account, const std::string& subject)> onQueued;
 };
 
 struct Reply {

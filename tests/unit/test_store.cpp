@@ -108,7 +108,7 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 4);
+    CHECK(sqlite3_column_int(st, 0) == 5);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);
@@ -144,19 +144,44 @@ TEST_CASE("a version 1 database is migrated: mailbox totals are computed from th
     CHECK(store->mailboxStats("bob@447.edu").count == 3);
 }
 
-TEST_CASE("provenance: a TLS session is recorded, then given its account", "[store][provenance]") {
+TEST_CASE("provenance: an authenticated session is recorded by both randoms, never replaced", "[store][provenance]") {
     LabFixture lab;
-    std::string random(64, 'a');
-    CHECK_FALSE(lab.store->findTlsSession(random));
-    lab.store->recordTlsSession(TlsSessionRecord{random, "smtp", "127.0.0.1:40000", 1795000000, ""});
-    auto fresh = lab.store->findTlsSession(random);
-    REQUIRE(fresh);
-    CHECK(fresh->account.empty());
-    CHECK(fresh->service == "smtp");
-    lab.store->setTlsSessionAccount(random, "ana@447.edu");
-    auto found = lab.store->findTlsSession(random);
-    REQUIRE(found);
-    CHECK(found->account == "ana@447.edu");
-    CHECK(found->startedAt == 1795000000);
-    CHECK(found->peer == "127.0.0.1:40000");
+    std::string client(64, 'a'), server(64, 'b'), replayedServer(64, 'c');
+    CHECK(lab.store->findTlsSessions({client}).empty());
+    CHECK(lab.store->recordTlsLogin(TlsSessionRecord{client, server, "smtp", "198.18.0.11:40000", 1795000000, "ana@447.edu"}));
+    // The same pair again (a second login in the session, or a replay) changes nothing.
+    CHECK_FALSE(lab.store->recordTlsLogin(TlsSessionRecord{client, server, "smtp", "198.18.0.66:1", 1795000999, "mallory@447.edu"}));
+    // A replayed client random meets a new server random: a record of its own, the first untouched.
+    CHECK(lab.store->recordTlsLogin(TlsSessionRecord{client, replayedServer, "http", "198.18.0.66:2", 1795000500, "mallory@447.edu"}));
+    auto found = lab.store->findTlsSessions({client});
+    REQUIRE(found.size() == 2);
+    for (const auto& r : found) {
+        if (r.serverRandom == server) {
+            CHECK(r.account == "ana@447.edu");
+            CHECK(r.peer == "198.18.0.11:40000");
+            CHECK(r.startedAt == 1795000000);
+        } else {
+            CHECK(r.serverRandom == replayedServer);
+            CHECK(r.account == "mallory@447.edu");
+        }
+    }
+    CHECK(lab.store->findTlsSessions({}).size() == 2);
+    CHECK(lab.store->forgetTlsSessionsBefore(1795000100) == 1);
+    CHECK(lab.store->findTlsSessions({}).size() == 1);
+}
+
+TEST_CASE("activity counts add up across batches; roles are set on existing accounts only", "[store][board]") {
+    LabFixture lab;
+    lab.store->recordActivity({{"ana@447.edu", "login", 2, 100, 110}, {"ana@447.edu", "sent", 1, 105, 105}});
+    lab.store->recordActivity({{"ana@447.edu", "login", 1, 90, 200}});
+    auto all = lab.store->listActivity();
+    REQUIRE(all.size() == 2);
+    CHECK(all[0].kind == "login");
+    CHECK(all[0].count == 3);
+    CHECK(all[0].firstAt == 90);
+    CHECK(all[0].lastAt == 200);
+    CHECK_FALSE(lab.store->setRole("nobody@447.edu", "instructor"));
+    REQUIRE(lab.store->createAccount("teacher@447.edu", "x", 1));
+    CHECK(lab.store->setRole("teacher@447.edu", "instructor"));
+    CHECK(lab.store->findAccount("teacher@447.edu")->role == "instructor");
 }
