@@ -227,6 +227,8 @@ demo: deps
 MODES ?= implicit,starttls,off
 NAME ?= lab
 comma := ,
+# $(call shq,TEXT): TEXT as one shell word in single quotes (a file name can hold ; $ ` or spaces).
+shq = '$(subst ','\'',$(1))'
 # capture-start captures the ports your servers use: PORT= and RPORT= (the sender's and the
 # retriever's, as for the lab targets), or PORTS=a,b; SERVERS=1 also starts the servers there with
 # the key log; NAME= names the file (default live); MODE= the servers' --tls.
@@ -237,27 +239,50 @@ capture: test-deps
 	@$(MAKE) programs
 	@/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD)
 
+# HOST=lab.example.edu (a class server; docs/student.md): captures on the interface that routes to
+# HOST, only HOST's traffic on those ports (e.g. PORT=465 RPORT=443); the default, localhost, loopback.
 capture-start: test-deps
 	@$(if $(SERVERS),$(MAKE) programs,true)
-	@/usr/bin/python3 captures/capture.py start --ports $(LIVE_PORTS) --name $(LIVE_NAME) --mode $(or $(MODE),implicit) \
-	    --build $(BUILD) $(if $(SERVERS),--servers)
+	@/usr/bin/python3 captures/capture.py start --ports $(call shq,$(LIVE_PORTS)) --name $(call shq,$(LIVE_NAME)) \
+	    --mode $(call shq,$(or $(MODE),implicit)) --host $(call shq,$(HOST)) --build $(call shq,$(BUILD)) $(if $(SERVERS),--servers)
 
 capture-stop:
-	@/usr/bin/python3 captures/capture.py stop --name $(LIVE_NAME)
+	@/usr/bin/python3 captures/capture.py stop --name $(call shq,$(LIVE_NAME))
 
 check-capture:
 	@test -n "$(FILE)" || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng"; exit 2; }
 	@/usr/bin/python3 captures/check.py $(FILE)
 
-# Reports on CAPTURES (default: this NAME's captures, made first if there are none).
+# FILE=captures/live.pcapng: that file alone, into report/<its name>/ (report/live/; NAME= another
+# folder), nothing captured; NAME=live alone does the same for captures/live.pcapng. Otherwise
+# CAPTURES, or this NAME's scripted captures (made first if there are none), into report/<NAME>/.
+REPORT_FILE := $(or $(FILE),$(if $(filter command line,$(origin NAME)),$(if $(wildcard captures/$(NAME)-*.pcapng),,$(wildcard captures/$(NAME).pcapng))))
 report: test-deps
+ifneq ($(REPORT_FILE),)
+	@file=$(call shq,$(REPORT_FILE)); test -f "$$file" || { echo "make report: no such file: $$file"; exit 2; }; \
+	name=$(if $(filter command line,$(origin NAME)),$(call shq,$(NAME)),"$$(basename -- "$$file")"); \
+	name=$${name%.pcapng}; name=$${name%.pcap}; name=$$(printf '%s' "$$name" | tr -c 'A-Za-z0-9._-' '_'); \
+	case "$$name" in ""|.*) name="file-$$name";; esac; \
+	/usr/bin/python3 -m report.report --name="$$name" -- "$$file" && echo "report: open report/$$name/report.html"
+else
 	@if [ -z "$(CAPTURES)" ] && ! ls captures/$(NAME)-*.pcapng >/dev/null 2>&1; then $(MAKE) capture; fi
-	@/usr/bin/python3 report/report.py --name $(NAME) $(or $(CAPTURES),$(wildcard captures/$(NAME)-*.pcapng) $(if $(wildcard captures/$(NAME)-*.pcapng),,captures/$(NAME)-implicit.pcapng captures/$(NAME)-starttls.pcapng captures/$(NAME)-off.pcapng))
+	@/usr/bin/python3 -m report.report --name $(NAME) $(or $(CAPTURES),$(wildcard captures/$(NAME)-*.pcapng) $(if $(wildcard captures/$(NAME)-*.pcapng),,captures/$(NAME)-implicit.pcapng captures/$(NAME)-starttls.pcapng captures/$(NAME)-off.pcapng))
+endif
 
 wireshark-profile:
 	@mkdir -p $(HOME)/.config/wireshark/profiles
 	@cp -r captures/wireshark-profile/maillab $(HOME)/.config/wireshark/profiles/
 	@echo "installed the maillab profile in $(HOME)/.config/wireshark/profiles/maillab"
+
+# ---- a class on one machine ---------------------------------------------------------------------
+# Try the instructor's kit before the term (docs/instructors.md): network namespaces make a class
+# server lab.maillab.test and eight students on a bridge (198.18.0.0/24, nothing outside them),
+# each student captures her own session, the board mid-class, `make grade`, then all torn down.
+# Needs root; under a minute. The files stay in $(BUILD)/classroom/ (submissions/grades.html).
+.PHONY: classroom
+classroom: test-deps
+	@$(MAKE) programs
+	@/usr/bin/python3 tests/classroom.py --build $(call shq,$(BUILD))
 
 # ---- benchmark -------------------------------------------------------------------------------
 # QUICK=1: about a minute, writes to build/ so a CI run leaves docs/benchmarks.md alone.

@@ -4,15 +4,22 @@ Wireshark (the TLS key log is embedded with `editcap --inject-secrets`).
 
   capture.py session [--modes implicit,starttls,off] [--name lab]   a scripted lab session per mode
   capture.py start --ports 9000,9100 [--name live]                  around your own session; Ctrl-C
+  capture.py start --host lab.example.edu --ports 465,443           the same against a class server
   capture.py stop [--name live]                                     or this, from another terminal
+
+With --host, the capture runs on the interface that routes to that host (`ip route get`), and keeps
+only that host's traffic on those ports; without it (or with localhost), loopback. The file embeds
+only the TLS secrets of the connections it holds (a key log shared with a browser stays private).
 
 Capturing needs root or dumpcap's capabilities: dumpcap alone runs under sudo when needed (and we say
 so); the files are written by you, so they stay readable by you."""
 
 import argparse
 import errno
+import ipaddress
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -73,19 +80,81 @@ def dumpcap_needs_sudo():
     return probe.returncode != 0
 
 
-class Dumpcap:
-    """dumpcap on the loopback interface for the given TCP ports. Its pcapng output comes through a
-    pipe that we copy into our own file (so it belongs to the user) while watching for probes: a UDP
-    datagram to a spare port carrying a random token. When a probe's token has come through the
-    pipe, everything sent before the probe has too (loopback keeps order), so the capture is known
-    to have started, or to be complete, without guessing with sleeps."""
+class Target:
+    """Where to capture: the interface, the host's addresses (none: every address on loopback) and
+    where the probes go (see Dumpcap)."""
 
-    def __init__(self, ports, path, progress=False):
-        self.probe_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.probe_sock.bind(("127.0.0.1", 0))
+    def __init__(self, interface="lo", addresses=(), probe_to="127.0.0.1"):
+        self.interface, self.addresses, self.probe_to = interface, list(addresses), probe_to
+
+    def describe(self, host):
+        if not self.addresses:
+            return f"on {self.interface}"
+        shown = ", ".join(self.addresses)
+        return f"on {self.interface}, only the traffic with {host}" + (f" ({shown})" if shown != host else "")
+
+
+def route_interface(address):
+    """The interface the kernel sends `address`'s packets through (`ip route get`), or None."""
+    try:
+        out = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"\bdev (\S+)", out)
+    return found.group(1) if found else None
+
+
+def resolve_target(host):
+    """The capture target for HOST: loopback for localhost and loopback addresses (every address
+    there, as before), else the interface that routes to HOST with a filter for HOST's addresses."""
+    if not host or host.lower() in ("localhost", "localhost.localdomain"):
+        return Target()
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise SystemExit(f"cannot resolve {host}: {e.strerror}. Check the name the instructor gave you "
+                         f"(try `getent hosts {host}`)")
+    addresses = []
+    for info in sorted(infos, key=lambda i: i[0] != socket.AF_INET):  # IPv4 first, as clients mostly do
+        address = info[4][0]
+        if address not in addresses:
+            addresses.append(address)
+    if all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        return Target()
+    interface = route_interface(addresses[0])
+    if interface is None:
+        say(f"note: `ip route get {addresses[0]}` did not name an interface: capturing on every interface (any)")
+        interface = "any"
+    # Addresses of HOST that leave through another interface would not be seen there: keep those
+    # that go the same way.
+    same = [a for a in addresses if a == addresses[0] or route_interface(a) == interface]
+    return Target(interface, same, same[0])
+
+
+class Dumpcap:
+    """dumpcap on one interface (loopback unless told otherwise) for the given TCP ports, and for the
+    target host's addresses when there are some. Its pcapng output comes through a
+    pipe that we copy into our own file (so it belongs to the user) while watching for probes: a UDP
+    datagram to a spare port carrying a random token (to 127.0.0.1 on loopback, else to the target
+    host, through the captured interface). When a probe's token has come through the
+    pipe, everything sent before the probe has too (an interface's packets reach dumpcap in order), so
+    the capture is known to have started, or to be complete, without guessing with sleeps."""
+
+    def __init__(self, ports, path, progress=False, target=None):
+        target = target or Target()
+        family = socket.AF_INET6 if ":" in target.probe_to else socket.AF_INET
+        self.probe_sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.probe_sock.bind(("::" if family == socket.AF_INET6 else ("127.0.0.1" if target.probe_to == "127.0.0.1"
+                                                                       else "0.0.0.0"), 0))
         self.probe_port = self.probe_sock.getsockname()[1]
+        self.probe_to = target.probe_to
         ports_filter = " or ".join(f"tcp port {p}" for p in ports)
-        cmd = ["dumpcap", "-i", "lo", "-f", f"({ports_filter}) or (udp dst port {self.probe_port})", "-w", "-"]
+        if target.addresses:
+            hosts = " or ".join(f"host {a}" for a in target.addresses)
+            capture_filter = f"({hosts}) and ({ports_filter} or udp dst port {self.probe_port})"
+        else:
+            capture_filter = f"({ports_filter}) or (udp dst port {self.probe_port})"
+        cmd = ["dumpcap", "-i", target.interface, "-f", capture_filter, "-w", "-"]
         if dumpcap_needs_sudo():
             say("note: capturing needs root (or dumpcap's capabilities): running dumpcap with sudo")
             cmd = ["sudo"] + cmd
@@ -140,7 +209,7 @@ class Dumpcap:
             self.tokens.add(token)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.probe_sock.sendto(token, ("127.0.0.1", self.probe_port))
+            self.probe_sock.sendto(token, (self.probe_to, self.probe_port))
             with self.changed:
                 if self.changed.wait_for(lambda: token not in self.tokens or self.proc.poll() is not None, 0.2):
                     break
@@ -162,17 +231,55 @@ class Dumpcap:
         return self.probe_port
 
 
-def finish(raw, final, probe_port, keylog, comment, with_keys=True):
-    """Drops the probes, embeds the TLS secrets, adds the comment check.py and report.py read."""
+def secrets_in(capture, keylog, out):
+    """Writes to `out` the key log's lines for connections the capture holds (each line names its
+    connection by the ClientHello's 32-byte random, which is in the file as it went on the wire);
+    returns how many. A key log a browser or another program shares (SSLKEYLOGFILE) stays private."""
+    with open(capture, "rb") as f:
+        data = f.read()
+    kept = 0
+    with open(keylog, errors="replace") as src, open(out, "w") as dst:
+        for line in src:
+            fields = line.split()
+            if len(fields) != 3 or len(fields[1]) != 64:
+                continue
+            try:
+                client_random = bytes.fromhex(fields[1])
+            except ValueError:
+                continue
+            if client_random in data:
+                dst.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+    os.chmod(out, 0o600)
+    return kept
+
+
+def finish(raw, final, probe_port, keylog, comment, with_keys=True, only_captured=False):
+    """Drops the probes, embeds the TLS secrets, adds the comment check.py and report.py read.
+    `only_captured`: embed only the secrets of the connections in the file. Returns how many
+    secrets' lines were embedded (None: the whole key log)."""
     filtered = raw + ".filtered"
     subprocess.run(["tshark", "-r", raw, "-2", "-R", f"not (udp.port == {probe_port})", "-w", filtered, "-F", "pcapng"],
                    check=True, capture_output=True)
     cmd = ["editcap", "--capture-comment", comment]
+    embedded = None
+    chosen = keylog
     if with_keys and keylog and os.path.exists(keylog) and os.path.getsize(keylog) > 0:
-        cmd += ["--inject-secrets", f"tls,{keylog}"]
-    subprocess.run(cmd + [filtered, final], check=True, capture_output=True)
-    os.unlink(filtered)
+        if only_captured:
+            chosen = raw + ".keys"
+            embedded = secrets_in(filtered, keylog, chosen)
+        if embedded is None or embedded > 0:
+            cmd += ["--inject-secrets", f"tls,{chosen}"]
+    else:
+        embedded = 0
+    try:
+        subprocess.run(cmd + [filtered, final], check=True, capture_output=True)
+    finally:
+        os.unlink(filtered)
+        if chosen != keylog and os.path.exists(chosen):
+            os.unlink(chosen)
     os.chmod(final, 0o644)
+    return embedded
 
 
 def server_process(exe, args, log, port=0):
@@ -263,14 +370,15 @@ def session(args):
     return written
 
 
-def pid_file(name):
-    return os.path.join(HERE, f".{name}.pid")
+def pid_file(name, out=HERE):
+    """The running capture's pid file, beside the file it writes (captures/.live.pid by default)."""
+    return os.path.join(out, f".{name}.pid")
 
 
-def running_capture(name):
+def running_capture(name, out=HERE):
     """The pid of the live capture `name`, or None; a pid file left by a capture that is gone (a
     reboot, a kill -9) is recognised by the process's command line and removed, never signalled."""
-    path = pid_file(name)
+    path = pid_file(name, out)
     try:
         pid = int(open(path).read().strip())
     except (FileNotFoundError, ValueError):
@@ -286,14 +394,50 @@ def running_capture(name):
     return None
 
 
+def shown_path(path):
+    """A path as the student types it: relative to where make runs when inside it, quoted for the shell."""
+    rel = os.path.relpath(path)
+    return shlex.quote(path if rel.startswith("..") else rel)
+
+
+def next_steps(final):
+    say("Next:")
+    say(f"    make check-capture FILE={shown_path(final)}     # is the lab's whole sequence there?")
+    say(f"    make report FILE={shown_path(final)}            # the report of this file, in its own folder")
+
+
+def key_log_help(host, ports, keylog, servers):
+    """How to make the programs of the session write the key log the file will embed."""
+    if servers:
+        return
+    quoted = shlex.quote(keylog)
+    say("Write the TLS key log, or the file cannot be decrypted. Programs started BEFORE this point do not")
+    say("write it: start (or restart) them with it, in each terminal:")
+    if host and host not in ("localhost",):
+        smtp, http = ports[0], ports[1] if len(ports) > 1 else ports[0]
+        say(f"    make senderclient HOST={host} PORT={smtp} ARGS=\"--ca ca.pem --keylog {quoted}\"")
+        say(f"    make retrieverclient HOST={host} RPORT={http} ARGS=\"--ca ca.pem --keylog {quoted}\"")
+        say(f"  or, for curl, Python (smtplib, ssl) and our clients alike:")
+        say(f"    export SSLKEYLOGFILE={quoted}")
+    else:
+        say(f"    export SSLKEYLOGFILE={quoted}")
+        say(f"  (our clients and servers also take --keylog {quoted}, e.g. ARGS=\"--keylog ...\")")
+
+
 def start(args):
-    if running_capture(args.name):
+    out = os.path.abspath(args.out)
+    if running_capture(args.name, out):
         raise SystemExit(f"a capture named {args.name} is already running: `make capture-stop NAME={args.name}` first")
     ports = [int(p) for p in args.ports.split(",") if p.strip()]
-    os.makedirs(args.out, exist_ok=True)
-    keylog = os.path.abspath(os.path.join(args.out, f"{args.name}.keys.log"))
-    raw = os.path.join(args.out, f".{args.name}.raw.pcapng")
-    final = os.path.join(args.out, f"{args.name}.pcapng")
+    if not ports:
+        raise SystemExit("no ports to capture: give --ports (make capture-start PORT=465 RPORT=443)")
+    target = resolve_target(args.host)
+    if target.addresses and args.servers:
+        raise SystemExit("--servers starts the servers on this machine: leave out --host (HOST=)")
+    os.makedirs(out, exist_ok=True)
+    keylog = os.path.join(out, f"{args.name}.keys.log")
+    raw = os.path.join(out, f".{args.name}.raw.pcapng")
+    final = os.path.join(out, f"{args.name}.pcapng")
     open(keylog, "a").close()
     os.chmod(keylog, 0o600)
     servers = []
@@ -310,15 +454,12 @@ def start(args):
                                          os.path.join(work, "retriever.log"), ports[1]))
         say(f"Started senderserver on {ports[0]}" + (f" and retrieverserver on {ports[1]}" if len(ports) > 1 else "") +
             f" (--tls {args.mode or 'implicit'}), writing TLS secrets to {keylog}; logs in {work}.")
-    say(f"Capturing tcp ports {','.join(map(str, ports))} on lo into {final}.")
-    if not args.servers:
-        say("Servers started BEFORE this point do not write the key log: start (or restart) your servers and")
-        say("clients with it, in each terminal:")
-        say(f"    export SSLKEYLOGFILE={keylog}")
-    say("Stop with Ctrl-C here, or `make capture-stop" + (f" NAME={args.name}" if args.name != "live" else "") +
-        "` in another terminal. The file is written either way.")
-    cap = Dumpcap(ports, raw, progress=True)
-    with open(pid_file(args.name), "w") as f:
+    say(f"Capturing tcp ports {','.join(map(str, ports))} {target.describe(args.host)} into {shown_path(final)}.")
+    key_log_help(args.host if target.addresses else None, ports, keylog, args.servers)
+    stop_hint = "make capture-stop" + (f" NAME={args.name}" if args.name != "live" else "")
+    say(f"Stop with Ctrl-C here, or `{stop_hint}` in another terminal. The file is written either way.")
+    cap = Dumpcap(ports, raw, progress=True, target=target)
+    with open(pid_file(args.name, out), "w") as f:
         f.write(str(os.getpid()))
     say(f"capture running (pid {os.getpid()})")  # a line scripts and tests wait for
     stopped = threading.Event()
@@ -326,37 +467,51 @@ def start(args):
     signal.signal(signal.SIGTERM, lambda *a: stopped.set())
     signal.signal(signal.SIGHUP, lambda *a: stopped.set())
     try:
-        while not stopped.wait(0.5):
-            if cap.proc.poll() is not None:
-                say("\nwarning: dumpcap stopped on its own; writing what it captured")
-                break
-        say("")
-        probe = cap.stop()
-    finally:
-        for server in servers:
-            server.stop()
         try:
-            os.unlink(pid_file(args.name))
+            while not stopped.wait(0.5):
+                if cap.proc.poll() is not None:
+                    say("\nwarning: dumpcap stopped on its own; writing what it captured")
+                    break
+            say("")
+            probe = cap.stop()
+        finally:
+            for server in servers:
+                server.stop()
+        embedded = finish(raw, final, probe, keylog,
+                          # The mode as known (our servers, or --mode); else check and report tell it from the traffic.
+                          f"maillab mode={args.mode or ('implicit' if args.servers else 'guess')} smtp={ports[0]} "
+                          f"http={ports[1] if len(ports) > 1 else 0}" +
+                          (f" host={args.host} interface={target.interface}" if target.addresses else ""),
+                          only_captured=True)
+        os.unlink(raw)
+    finally:
+        # The pid file goes last: `capture-stop` returns once the file is written.
+        try:
+            os.unlink(pid_file(args.name, out))
         except FileNotFoundError:
             pass
-    finish(raw, final, probe, keylog,
-           # The mode as known (our servers, or --mode); else check and report tell it from the traffic.
-           f"maillab mode={args.mode or ('implicit' if args.servers else 'guess')} smtp={ports[0]} "
-           f"http={ports[1] if len(ports) > 1 else 0}")
-    os.unlink(raw)
-    say(f"wrote {final} ({'with' if os.path.getsize(keylog) else 'WITHOUT'} TLS secrets)")
+    say(f"wrote {shown_path(final)} ({'with' if embedded else 'WITHOUT'} TLS secrets" +
+        (f": {embedded} key log lines of its connections embedded)" if embedded else
+         ": no program wrote the key log for its connections)"))
+    next_steps(final)
 
 
 def stop(args):
-    pid = running_capture(args.name)
+    out = os.path.abspath(args.out)
+    pid = running_capture(args.name, out)
     if pid is None:
         raise SystemExit(f"no capture named {args.name} is running (start one with `make capture-start`)")
     os.kill(pid, signal.SIGTERM)
-    # Wait until it has written its file: the pid file goes last.
-    deadline = time.monotonic() + 60
-    while os.path.exists(pid_file(args.name)) and time.monotonic() < deadline:
+    # Wait until it has written its file (with its secrets): the pid file goes last.
+    deadline = time.monotonic() + 120
+    while os.path.exists(pid_file(args.name, out)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    say(f"capture {args.name} (pid {pid}) finished: {os.path.join(args.out, args.name + '.pcapng')}")
+    final = os.path.join(out, args.name + ".pcapng")
+    if os.path.exists(pid_file(args.name, out)):
+        raise SystemExit(f"capture {args.name} (pid {pid}) has not finished writing {shown_path(final)} after 120 s")
+    say(f"capture {args.name} (pid {pid}) finished: {shown_path(final)}")
+    if os.path.exists(final):
+        next_steps(final)
 
 
 def main():
@@ -367,6 +522,8 @@ def main():
                                        "else told from the traffic)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--ports", default="9000,9100")
+    parser.add_argument("--host", default="", help="start: the server's name or address (a class server): capture on "
+                                                   "the interface that routes there, only its traffic")
     parser.add_argument("--out", default=HERE)
     parser.add_argument("--build", default="build")
     parser.add_argument("--without-keys", action="store_true", help="do not embed the key log (an eavesdropper's file)")
