@@ -167,6 +167,13 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
     }
 
+    // One check per account at a time in this process, and the budget read afresh once it is our
+    // turn: a snapshot read before waiting may be spent by the time we compare (a burst of parallel
+    // guesses would each see the last token and compare with the cached password for free).
+    std::shared_ptr<std::mutex> lock = accountLock(email);
+    std::lock_guard<std::mutex> oneCheckAtATime(*lock);
+    state = store_.loginState(email, from);
+    if (!state) return AuthResult{AuthOutcome::BadCredentials, email, "", 0, false};  // deleted meanwhile
     std::optional<Account> account = Account{email, state->passwordHash, 0, ""};
     bool trusted = state->trusted;
     const std::string key = trusted ? "pair:" + email + "|" + from : "acct:" + email;
@@ -175,7 +182,8 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999), true};
     };
     // Comparing with a cached password is a check too: only with budget left, or the cache would
-    // answer a guesser for free. A hit costs nothing.
+    // answer a guesser for free. A right password costs nothing; a wrong one pays below before its
+    // slow check, so no more comparisons run in this process than the budget holds.
     if (state->hasBucket) {
         double tokens = state->tokens;
         if (refill > 0 && now > state->updated) tokens = std::min(burst, tokens + (now - state->updated) / refill);
@@ -194,9 +202,6 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         return AuthResult{AuthOutcome::Ok, email, "", 0};
     };
     if (cachedOk()) return ok();
-    std::shared_ptr<std::mutex> lock = accountLock(email);
-    std::lock_guard<std::mutex> oneCheckAtATime(*lock);
-    if (cachedOk()) return ok();  // verified while we waited
 
     // The guess is paid for before it is checked, in one transaction: no number of parallel
     // connections, on either server, gets more checks than the budget holds.

@@ -4,6 +4,8 @@
 #include "catch.hpp"
 
 #include <atomic>
+#include <functional>
+#include <utility>
 #include <thread>
 #include <vector>
 #include <sqlite3.h>
@@ -199,4 +201,65 @@ TEST_CASE("hash places: at most N at once, a waiter gets a freed place, past its
     places.leave();
     places.leave();
     CHECK(places.enter(std::chrono::milliseconds(0)));
+}
+
+namespace {
+// A store that runs `hook` once, right after the next loginState() read: what a parallel
+// connection does between a login's read of the budget and its comparison.
+class RacingStore : public Store {
+public:
+    explicit RacingStore(Store& inner) : in_(inner) {}
+    std::function<void()> hook;
+    std::optional<LoginState> loginState(const std::string& e, const std::string& s) override {
+        auto state = in_.loginState(e, s);
+        if (hook) std::exchange(hook, nullptr)();
+        return state;
+    }
+    std::optional<Account> findAccount(const std::string& e) override { return in_.findAccount(e); }
+    bool createAccount(const std::string& e, const std::string& h, int64_t n) override { return in_.createAccount(e, h, n); }
+    bool setPasswordHash(const std::string& e, const std::string& h) override { return in_.setPasswordHash(e, h); }
+    double takeGuess(const std::string& k, double b, double r, int64_t n) override { return in_.takeGuess(k, b, r, n); }
+    void returnGuess(const std::string& k, double b) override { in_.returnGuess(k, b); }
+    bool isTrustedSource(const std::string& e, const std::string& s) override { return in_.isTrustedSource(e, s); }
+    void trustSource(const std::string& e, const std::string& s, int64_t n) override { in_.trustSource(e, s, n); }
+    std::vector<int64_t> deliver(const NewMessage& m) override { return in_.deliver(m); }
+    std::vector<MessageSummary> listMessages(const std::string& m, int64_t o, int64_t l) override { return in_.listMessages(m, o, l); }
+    std::optional<StoredMessage> getMessage(const std::string& m, int64_t id) override { return in_.getMessage(m, id); }
+    std::vector<MessageStart> listMessageStarts(const std::string& m, int64_t o, int64_t l, int64_t b) override {
+        return in_.listMessageStarts(m, o, l, b);
+    }
+    MailboxStats mailboxStats(const std::string& m) override { return in_.mailboxStats(m); }
+    std::vector<Account> listAccounts() override { return in_.listAccounts(); }
+    bool setRole(const std::string& e, const std::string& r) override { return in_.setRole(e, r); }
+    bool recordTlsLogin(const TlsSessionRecord& r) override { return in_.recordTlsLogin(r); }
+    std::vector<TlsSessionRecord> findTlsSessions(const std::vector<std::string>& r) override { return in_.findTlsSessions(r); }
+    int64_t forgetTlsSessionsBefore(int64_t c) override { return in_.forgetTlsSessionsBefore(c); }
+    void recordActivity(const std::vector<ActivityCount>& c) override { in_.recordActivity(c); }
+    std::vector<ActivityCount> listActivity() override { return in_.listActivity(); }
+
+private:
+    Store& in_;
+};
+}  // namespace
+
+TEST_CASE("a cached password is never compared once the budget is spent, even by a login that read it before",
+          "[auth][budget][cache]") {
+    LabFixture lab;
+    lab.addUser("ana@447.edu", "12345447");
+    RacingStore racing(*lab.store);
+    Authenticator server(racing, lab.auth->policy(), [&] { return lab.now; });
+    // The owner logs in through this server from her address: her password is cached there.
+    REQUIRE(server.authenticate("ana@447.edu", "12345447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    // A guesser elsewhere spends the shared bucket down to its last guess.
+    for (int i = 0; i < lab.auth->policy().guessBurst - 1; ++i)
+        REQUIRE(lab.auth->authenticate("ana@447.edu", "00000447", false, "10.0.0.66").outcome == AuthOutcome::BadCredentials);
+    // One of the guesser's logins reads the budget (one guess left); before it compares, a parallel
+    // wrong guess spends that last one. The right password must not then be accepted from the cache.
+    racing.hook = [&] {
+        CHECK(lab.auth->authenticate("ana@447.edu", "99999447", false, "10.0.0.66").outcome == AuthOutcome::BadCredentials);
+    };
+    CHECK(server.authenticate("ana@447.edu", "12345447", false, "10.0.0.66").outcome == AuthOutcome::Throttled);
+    CHECK_FALSE(racing.hook);  // the parallel guess did run in between
+    // The owner, from her own address, is not shut out.
+    CHECK(server.authenticate("ana@447.edu", "12345447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
 }
