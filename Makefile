@@ -186,6 +186,15 @@ grade: test-deps
 	@test -n "$(DIR)" || { echo "usage: make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db]"; exit 2; }
 	@/usr/bin/python3 report/grade.py "$(DIR)" --db $(or $(DB),users/maillab.db) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(SECRET),--secret "$(SECRET)") $(if $(RUBRIC),--rubric "$(RUBRIC)")
 
+# The live class board from the servers' record (refreshes every EVERY seconds; Ctrl-C ends it),
+# and the instructor role that lets an account read it at https://HOST/class and /metrics.
+.PHONY: class-status instructor
+class-status: $(BIN)/maillab-admin
+	@$(BIN)/maillab-admin --db "$(or $(DB),users/maillab.db)" class-status --watch "$(or $(EVERY),5)" $(if $(ROSTER),--roster "$(ROSTER)")
+instructor: $(BIN)/maillab-admin
+	@test -n "$(ACCOUNT)" || { echo "usage: make instructor USER=teacher [DB=users/maillab.db]"; exit 2; }
+	@$(BIN)/maillab-admin --db "$(or $(DB),users/maillab.db)" set-role "$(ACCOUNT)" instructor
+
 # ---- the lab -------------------------------------------------------------------------------
 HOST ?= localhost
 # PORT given on the command line or in the environment is used by every target; otherwise the
