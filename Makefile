@@ -181,10 +181,14 @@ token:
 tokens:
 	@test -n "$(ROSTER)" || { echo "usage: make tokens ROSTER=roster.csv [SECRET=...]"; exit 2; }
 	@/usr/bin/python3 captures/labtoken.py tokens --roster "$(ROSTER)" $(if $(SECRET),--secret "$(SECRET)")
-# Grades every file in DIR: DIR/grades.csv and DIR/grades.html, a report per capture.
+# $(call quoted,VAR): VAR's value as typed (never expanded by make, never by the shell), one word.
+quoted = '$(subst ','\'',$(value $(1)))'
+# Grades every file in DIR: DIR/grades.csv, grades-files.csv and grades.html, a report per capture.
 grade: test-deps
-	@test -n "$(DIR)" || { echo "usage: make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db]"; exit 2; }
-	@/usr/bin/python3 report/grade.py "$(DIR)" --db $(or $(DB),users/maillab.db) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(SECRET),--secret "$(SECRET)") $(if $(RUBRIC),--rubric "$(RUBRIC)")
+	@test -n $(call quoted,DIR) || { echo "usage: make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db] [CERT=certs/server.pem] [RUBRIC=captures/rubric.csv]"; exit 2; }
+	@/usr/bin/python3 -m report.grade --admin $(BIN)/maillab-admin --db $(if $(value DB),$(call quoted,DB),users/maillab.db) \
+	    $(if $(value ROSTER),--roster $(call quoted,ROSTER)) $(if $(value SECRET),--secret $(call quoted,SECRET)) \
+	    $(if $(value RUBRIC),--rubric $(call quoted,RUBRIC)) $(if $(value CERT),--cert $(call quoted,CERT)) -- $(call quoted,DIR)
 
 # The live class board from the servers' record (refreshes every EVERY seconds; Ctrl-C ends it),
 # and the instructor role that lets an account read it at https://HOST/class and /metrics.
@@ -259,8 +263,8 @@ capture-stop:
 	@/usr/bin/python3 captures/capture.py stop --name $(call shq,$(LIVE_NAME))
 
 check-capture:
-	@test -n "$(FILE)" || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng"; exit 2; }
-	@/usr/bin/python3 captures/check.py $(FILE)
+	@test -n $(call quoted,FILE) || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng [RUBRIC=captures/rubric.csv]"; exit 2; }
+	@/usr/bin/python3 -m captures.check $(if $(value RUBRIC),--rubric $(call quoted,RUBRIC)) -- $(call quoted,FILE)
 
 # FILE=captures/live.pcapng: that file alone, into report/<its name>/ (report/live/; NAME= another
 # folder), nothing captured; NAME=live alone does the same for captures/live.pcapng. Otherwise

@@ -93,7 +93,8 @@ TABLE_FIELDS = [
     "tls.handshake.extensions_alpn_str", "tls.alert_message.desc", "tls.segment.count",
     "smtp.command_line", "smtp.response", "smtp.response.code", "smtp.req.command",
     "http.request.method", "http.request.uri", "http.request.line", "http.response.code", "http.response.phrase",
-    "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization", "imf.subject",
+    "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization",
+    "http.request_in", "http.www_authenticate", "http.server", "imf.subject",
     "tls.handshake.certificate", "smtp.data.fragment", "imf",
 ]
 
@@ -125,8 +126,9 @@ ROW_FILTERS = {
 class Capture:
     def __init__(self, path):
         self.path = path
-        # -M: exact numbers (totals() reads them too); one capinfos run per file.
-        info = subprocess.run(["capinfos", "-M", path], capture_output=True, text=True)
+        # -M: exact numbers (totals() reads them too); one capinfos run per file. "--": a file name
+        # that starts with "-" is a file name.
+        info = subprocess.run(["capinfos", "-M", "--", path], capture_output=True, text=True)
         self.capinfos = info.stdout
         self.truncated = "cut short" in info.stderr
         if info.returncode != 0 and not self.truncated:

@@ -1,100 +1,119 @@
-#!/usr/bin/python3
-"""make check-capture FILE=...: checks a capture (ours or a student's) for the lab's sequence: a TLS 1.3
-handshake, then EHLO, AUTH, MAIL, RCPT, DATA, QUIT on SMTP, then the GETs on HTTP. Says what is missing.
-Exit status: 0 all present, 1 something missing, 2 encrypted and no keys to read it (not an error of
-the capture: say so in the report)."""
+"""make check-capture FILE=...: is the lab's sequence in a capture? The same steps, the same rules and
+the same reasons as the instructor's grading (captures/rubric.py on captures/facts.py): what this
+says is complete earns its points when graded, provided the capture was made against the class
+server with your own account (the provenance, which only the instructor can check, with the token).
 
-import os
+  python3 -m captures.check [--rubric FILE] [--csv | --json] FILE...
+
+Exit status (the worst file's): 0 complete, 1 steps missing, 2 undecryptable (no keys),
+3 not a capture file, 4 not a maillab session."""
+
+import argparse
+import json
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from analyze import Capture  # noqa: E402
+from . import facts as capture_facts
+from . import rubric as rules
 
-SMTP_SEQUENCE = ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+WORDS = {0: "complete", 1: "steps missing", 2: "undecryptable", 3: "not a capture", 4: "not maillab"}
+MARKS = {"ok": "[ok]", "missing": "[--]", "n/a": "[n/a]", "instructor": "[..]"}
 
 
-def check(path, out=print):
-    cap = Capture(path)
-    out(f"{path}: mode={cap.mode} smtp port={cap.smtp_port} http port={cap.http_port} "
-        f"secrets={'yes' if cap.secrets else 'no'}")
-    missing = []
-    if cap.truncated:
+def judge(f, steps):
+    """(exit code, verdicts or {}) for one file's facts."""
+    if f.not_capture:
+        return 3, {}
+    verdicts = rules.evaluate(f, steps)
+    candidates = [s for s in f.sessions if s.maillab != "no"]
+    if not candidates:
+        return 4, verdicts
+    if rules.complete(verdicts):
+        return 0, verdicts
+    tls = [s for s in candidates if s.tls]
+    if tls and not any(s.decrypted for s in tls) and not any(s.maillab == "yes" for s in candidates):
+        return 2, verdicts
+    return 1, verdicts
+
+
+def check(path, steps, out=print, work=None):
+    f = capture_facts.read(path, work)
+    shown = capture_facts.printable(path)
+    code, verdicts = judge(f, steps)
+    if code == 3:
+        out(f"{shown}: not a capture file Wireshark can read ({f.not_capture})")
+        return code, f, verdicts
+    out(f"{shown}: mode={f.mode} smtp port={f.smtp_port} http port={f.http_port} "
+        f"secrets={'yes' if f.secrets else 'no'} sessions={len(f.sessions)}")
+    for note in f.notes:
+        out(f"  note: {capture_facts.printable(note)}")
+    if f.truncated:
         out("  warning: the file is cut short in the middle of a packet: checked as far as it reads")
-
-    def item(ok, text):
-        out(f"  [{'ok' if ok else '--'}] {text}")
-        if not ok:
-            missing.append(text)
-
-    if cap.mode == "off":
-        item(not cap.has_tls, "no TLS (a plaintext capture, for comparison)")
-    else:
-        hs = cap.handshakes()
-        tls13 = [h for h in hs if h.get("chosen_version") == "TLS 1.3"]
-        item(bool(tls13), "TLS 1.3 handshake (ServerHello supported_versions = TLS 1.3)")
-        if cap.has_tls and not cap.secrets:
-            smtp = cap.smtp_lines()
-            if not [line for line in smtp if line["dir"] == "C"]:
-                out("  undecryptable: the TLS records are there, but the capture holds no key log, so the SMTP "
-                    "and HTTP inside cannot be read. Capture with --keylog/SSLKEYLOGFILE and `make capture`.")
-                return 2
-    smtp = cap.smtp_lines()
-    # A capture of some other program (our comment only says which ports were captured): no maillab
-    # greeting and no request for a maillab mailbox. Without keys there is no telling.
-    ours = any(line["dir"] == "S" and line["text"].startswith("220") and "maillab" in line["text"] for line in smtp) or \
-        any(m["uri"].startswith("/mailboxes") for m in cap.http_messages())
-    if not ours and not (cap.has_tls and not cap.secrets):
-        out("  not a maillab session: no maillab greeting (220 ... maillab) and no request for /mailboxes/")
-        return 4
-    # HELO counts as the greeting step as much as EHLO (the README teaches `helo`).
-    commands = [(line["frame"], line["text"].split(" ")[0].upper().replace("HELO", "EHLO")) for line in smtp
-                if line["dir"] == "C"]
-    position = 0
-    last_frame = 0
-    for wanted in SMTP_SEQUENCE:
-        found = next(((f, c) for f, c in commands[position:] if c == wanted), None)
-        if found:
-            position = commands.index(found) + 1
-            last_frame = found[0]
-        item(found is not None, f"SMTP {'HELO or EHLO' if wanted == 'EHLO' else wanted}" + ("" if found else f" (not seen after the {SMTP_SEQUENCE[SMTP_SEQUENCE.index(wanted) - 1] if wanted != 'EHLO' else 'handshake'})"))
-    gets = [m for m in cap.http_messages() if m["method"] == "GET" and m["frame"] > last_frame]
-    item(bool(gets), f"HTTP GET after the mail was sent ({len(gets)} seen)")
+    if code == 4:
+        out("  not a maillab session: no maillab greeting (220 ... maillab), no maillab realm and no request for "
+            "/mailboxes/ in it")
+        return code, f, verdicts
+    for step in steps:
+        v = verdicts[step.name]
+        where = f"  (stream{'s' if len(v.streams) > 1 else ''} {', '.join(map(str, v.streams))})" if v.streams else ""
+        generic = rules.MISSING.get(step.name, "").format(who="the student")
+        reason = v.reason if v.reason and v.reason != generic else ""
+        out(f"  {MARKS[v.status]} {step.description}" + (f": {capture_facts.printable(reason)}" if reason else "")
+            + where)
+    if code == 2:
+        out("  undecryptable: the TLS records are there, but the capture holds no key log, so the SMTP and HTTP "
+            "inside cannot be read. Capture with --keylog/SSLKEYLOGFILE (make capture-start does).")
+    missing = [s.description for s in steps if verdicts[s.name].status == "missing"]
     if missing:
         out(f"missing: {', '.join(missing)}")
-        return 1
-    out("all of the lab's sequence is there")
-    return 0
+    else:
+        out("all of the lab's sequence is there (the token and the provenance are checked by the instructor)")
+    return code, f, verdicts
 
 
-def main():
-    if len(sys.argv) < 2:
-        print(__doc__)
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m captures.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*")
+    parser.add_argument("--rubric", help="the rubric CSV (default: captures/rubric.csv)")
+    parser.add_argument("--csv", action="store_true", help="the verdicts as CSV at the end")
+    parser.add_argument("--json", action="store_true", help="only JSON: each file's exit code and step verdicts")
+    args = parser.parse_args(argv)
+    if not args.files:
+        parser.print_usage()
         return 2
-    # Exit status: 0 all there, 1 steps missing, 2 undecryptable (no keys), 3 not a capture file,
-    # 4 a capture of something else (no maillab session in it). --csv: the verdicts as CSV at the end.
-    csv_out = "--csv" in sys.argv
-    if csv_out:
-        sys.argv.remove("--csv")
-    words = {0: "complete", 1: "steps missing", 2: "undecryptable", 3: "not a capture", 4: "not maillab"}
-    worst = 0
+    try:
+        steps = rules.load(args.rubric)
+    except (OSError, ValueError) as e:
+        print(f"rubric: {e}", file=sys.stderr)
+        return 2
+    import shutil
+    import tempfile
+    work = tempfile.mkdtemp(prefix="maillab-check-")
     results = []
-    for path in sys.argv[1:]:
-        try:
-            code = check(path)
-        except (RuntimeError, OSError) as e:
-            print(f"{path}: not a capture file Wireshark can read ({str(e).splitlines()[0][:160]})")
-            code = 3
-        results.append((path, code))
-        worst = max(worst, code)
-    if len(results) > 1:
-        print("\nsummary:")
-        for path, code in results:
-            print(f"  {words[code]:<14} {path}")
-    if csv_out:
-        print("file,verdict,exit")
-        for path, code in results:
-            print(f"{path},{words[code]},{code}")
-    return worst
+    try:
+        for path in args.files:
+            code, f, verdicts = check(path, steps, out=(lambda line: None) if args.json else print, work=work)
+            results.append((path, code, f, verdicts))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps([{"file": path, "exit": code, "verdict": WORDS[code], "not_capture": f.not_capture,
+                           "truncated": f.truncated,
+                           "steps": {n: {"status": v.status, "reason": v.reason, "streams": v.streams}
+                                     for n, v in verdicts.items()}}
+                          for path, code, f, verdicts in results], indent=1))
+    else:
+        if len(results) > 1:
+            print("\nsummary:")
+            for path, code, _, _ in results:
+                print(f"  {WORDS[code]:<14} {capture_facts.printable(path)}")
+        if args.csv:
+            import csv
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(["file", "verdict", "exit"])
+            for path, code, _, _ in results:
+                writer.writerow([capture_facts.csv_cell(capture_facts.printable(path)), WORDS[code], code])
+    return max(code for _, code, _, _ in results)
 
 
 if __name__ == "__main__":

@@ -1,386 +1,624 @@
-#!/usr/bin/python3
 """make grade DIR=submissions/ [ROSTER=roster.csv] [SECRET=...] [DB=users/maillab.db] [RUBRIC=...]:
-grades a folder of students' captures in one run and writes DIR/grades.csv and DIR/grades.html.
+grades a folder of students' captures in one run (docs/instructors.md, "3. Grade a folder").
 
-Every file in the folder gets a row, whatever it is (a pcapng with or without embedded keys, with an
-optional <name>.keys.log beside it; a truncated file is read as far as it goes; a text file or a
-capture of another program is said to be one). Per student, a verdict for each step of the rubric
-(report/rubric.csv: the README's lab by default), with the reason for every failed step; the
-accounts and EHLO names seen, the start time; and provenance: the capture's TLS client_randoms looked
-up in the class server's record (servers started with store.provenance = true, `make class-servers`):
-"own session of ana@447.edu at 10:42", "session of another account", or "not captured against this
-server". Files that share TLS sessions (a renamed copy) are flagged on both rows.
+  python3 -m report.grade DIR [--roster CSV] [--secret TEXT | --secret-file FILE] [--db DB]
+                              [--admin build/bin/maillab-admin] [--cert certs/server.pem ...]
+                              [--rubric captures/rubric.csv] [--out DIR] [--no-reports]
 
-Students are matched by ROSTER (CSV with the columns student,account: a file whose name contains a
-student id is that student's; else the account that logged in), or without a roster by the account
-that logged in. A student's files make one row (a step is done when any of them shows it: the lab's
-capture and its STARTTLS and plaintext comparisons). Each row links to the report of each capture
-(report/report.py), the answer key.
+Each file is read once (captures/facts.py) and judged by the same rules as `make check-capture`
+(captures/rubric.py), with what only the instructor has: the token (HMAC of the student id under
+the instructor's secret) and the class server's record of TLS sessions, read through the store's
+tool (`maillab-admin --db DB tls-sessions --json CLIENT_RANDOM...`, never the database directly). A
+step other than tls13/secrets earns its points only in a TLS session that is on that record for the
+student's account, matched by (client_random, server_random), and whose server certificate (when
+the capture shows it) is the class server's (--cert, by SHA-256 of the DER).
 
-Exit status: 0 when every file was graded (whatever the grades), 2 for a usage error."""
+Every roster student has a row ("no submission" when none); every file in DIR is named with what
+became of it. Written as each file finishes (a stopped run leaves what it had):
+  DIR/grades.csv        one row per student: a column per rubric step (its points or 0), total, max,
+                        files, verdict, reasons
+  DIR/grades-files.csv  one row per file: what became of it, its provenance, each step's status
+  DIR/grades.html       both tables (Content-Security-Policy: no scripts, nothing fetched)
+  DIR/grades-reports/   the report of each capture (python3 -m report.report), linked from the page
+
+Exit status: 0 when the folder was graded (whatever the grades), 2 for a usage error (no folder, no
+class server record, a bad rubric or roster)."""
 
 import argparse
-import base64
+import collections
 import csv
+import hashlib
 import html
+import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "captures"))  # grading builds on the captures' reader, as the report does
-from analyze import Capture  # noqa: E402
-import labtoken  # noqa: E402
+from captures import facts as capture_facts
+from captures import labtoken
+from captures import rubric as rules
+from captures.facts import csv_cell, printable
 
-DEFAULT_RUBRIC = os.path.join(HERE, "rubric.csv")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUTS = ("grades.csv", "grades-files.csv", "grades.html")
+REPORTS = "grades-reports"
+KEY_SUFFIXES = (".keys.log", ".keys")
+BATCH = 200  # client randoms per maillab-admin run
 
 
-def load_rubric(path):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step") and not r["step"].startswith("#")]
-    return [(r["step"].strip(), float(r["points"]), r["description"].strip()) for r in rows]
+class UsageError(Exception):
+    pass
+
+
+# ---- the class server's record ---------------------------------------------------------------------
+
+class Record:
+    """The class server's TLS sessions in which an account logged in, read through maillab-admin for
+    the client randoms the captures name (never the whole table, never sqlite3 directly)."""
+
+    def __init__(self, admin, db):
+        self.admin, self.db = admin, db
+        self.by_pair = {}        # (client_random, server_random) -> record row
+        self.clients = set()     # client randoms on record (any server_random)
+        self.asked = set()
+        self.lock = threading.Lock()
+        if not os.path.isfile(db):
+            raise UsageError(f"no class server database at {printable(db)} (DB=...: the database of the class "
+                             "servers, started with `make class-senderserver`)")
+        if not (os.path.isfile(admin) and os.access(admin, os.X_OK)):
+            raise UsageError(f"no {printable(admin)} (build it with `make`, or --admin PATH)")
+        self._run(["0" * 64])  # the tool answers, and knows tls-sessions
+
+    def _run(self, randoms):
+        done = subprocess.run([self.admin, "--db", self.db, "tls-sessions", "--json"] + randoms,
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise UsageError(f"{printable(self.admin)} tls-sessions failed (exit {done.returncode}): "
+                             f"{printable((done.stderr or done.stdout).strip()[:300])}")
+        try:
+            rows = json.loads(done.stdout or "[]")
+        except ValueError as e:
+            raise UsageError(f"{printable(self.admin)} tls-sessions printed no JSON array ({e})")
+        return [r for r in rows if isinstance(r, dict)]
+
+    def lookup(self, randoms):
+        with self.lock:
+            wanted = sorted({r for r in randoms if re.fullmatch(r"[0-9a-f]{64}", r)} - self.asked)
+            for i in range(0, len(wanted), BATCH):
+                for row in self._run(wanted[i:i + BATCH]):
+                    client = str(row.get("client_random", "")).lower()
+                    server = str(row.get("server_random", "")).lower()
+                    self.clients.add(client)
+                    self.by_pair[(client, server)] = {"account": str(row.get("account", "")).lower(),
+                                                      "service": row.get("service", ""),
+                                                      "peer": row.get("peer", ""),
+                                                      "started_at": row.get("started_at", 0)}
+            self.asked.update(wanted)
+
+    def get(self, session):
+        return self.by_pair.get((session.client_random, session.server_random))
+
+
+# ---- one file ------------------------------------------------------------------------------------
+
+class FileResult:
+    """One entry of DIR and what became of it."""
+
+    def __init__(self, name, path):
+        self.name, self.path = name, path
+        self.kind = "capture"       # capture, keys, folder, refused
+        self.note = ""              # for keys/folder/refused entries
+        self.facts = None
+        self.student = self.account = self.assigned_by = ""
+        self.own = {}               # stream -> "" (counts) or why not
+        self.foreign = {}           # stream -> the account it is on record for
+        self.on_record = []         # streams on record (any account)
+        self.provenance = ""        # in words
+        self.failure = ""           # a file-level reason it earns nothing ("" when it may)
+        self.verdicts = {}
+        self.report = ""            # path of its report, relative to the output folder
+        self.done = False
+
+    @property
+    def shown(self):
+        return printable(self.name)
+
+
+def list_folder(folder, out_dir):
+    """Every entry of the folder, in name order, except the grader's own outputs."""
+    real = os.path.realpath(folder)
+    ours = set(OUTPUTS) | {REPORTS} if os.path.realpath(out_dir) == real else set()
+    entries = []
+    for name in sorted(os.listdir(folder)):
+        if name in ours or (name.startswith(".grades") and ".tmp" in name):
+            continue
+        path = os.path.join(folder, name)
+        r = FileResult(name, path)
+        target = os.path.realpath(path)
+        if os.path.islink(path) and os.path.commonpath([real, target]) != real:
+            r.kind, r.note = "refused", "refused: a link out of the folder"
+        elif os.path.isdir(path):
+            r.kind, r.note = "folder", "skipped: a folder (only the files in DIR itself are graded)"
+        elif name.endswith(KEY_SUFFIXES):
+            r.kind = "keys"
+        entries.append(r)
+    captures = {r.name for r in entries if r.kind == "capture"}
+    for r in entries:
+        if r.kind == "keys":
+            base = r.name[:-len(".keys.log")] if r.name.endswith(".keys.log") else r.name[:-len(".keys")]
+            owners = sorted(c for c in captures if c == base or os.path.splitext(c)[0] == base)
+            if os.path.islink(r.path) and os.path.commonpath([real, os.path.realpath(r.path)]) != real:
+                r.note = "refused: a key log that links out of the folder"
+            elif owners:
+                r.note = "the key log of " + ", ".join(printable(o) for o in owners)
+            else:
+                r.note = "a key log with no capture beside it"
+    return entries
 
 
 def load_roster(path):
     """student id -> account, from a CSV with the columns student,account."""
     if not path:
         return {}
-    with open(path, newline="") as f:
-        return {r["student"].strip().lower(): r["account"].strip().lower() for r in csv.DictReader(f)}
-
-
-def decoded_account(text):
-    """The user of an AUTH PLAIN line or a Basic Authorization value, else ""."""
-    parts = text.split()
     try:
-        if len(parts) >= 3 and parts[0].upper() == "AUTH" and parts[1].upper() == "PLAIN":
-            fields = base64.b64decode(parts[2]).split(b"\0")
-            return fields[1].decode(errors="replace").lower() if len(fields) == 3 else ""
-        if len(parts) == 2 and parts[0].lower() == "basic":
-            return base64.b64decode(parts[1]).decode(errors="replace").split(":", 1)[0].lower()
-    except ValueError:
-        return ""
-    return ""
-
-
-def with_keys_beside(path, work):
-    """The capture with the key log beside it embedded (editcap --inject-secrets), when it has none."""
-    stem = os.path.splitext(path)[0]
-    for keys in (path + ".keys.log", stem + ".keys.log", stem + ".keys"):
-        if os.path.exists(keys) and os.path.getsize(keys) > 0:
-            target = os.path.join(work, os.path.basename(stem) + ".with-keys.pcapng")
-            done = subprocess.run(["editcap", "--inject-secrets", f"tls,{keys}", path, target],
-                                  capture_output=True, text=True)
-            if done.returncode == 0:
-                return target, keys
-    return path, None
-
-
-class Provenance:
-    """The class server's record of TLS sessions (the tls_sessions table), by client_random."""
-
-    def __init__(self, db):
-        self.sessions = {}
-        if db and os.path.exists(db):
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                for random, service, peer, started, account in con.execute(
-                        "SELECT client_random, service, peer, started_at, account FROM tls_sessions"):
-                    self.sessions[random.lower()] = (service, peer, started, account)
-            except sqlite3.OperationalError:
-                pass  # a database from before provenance: nothing recorded
-            finally:
-                con.close()
-
-    def verdict(self, randoms, account):
-        found = [self.sessions[r] for r in randoms if r in self.sessions]
-        if not randoms:
-            return "no TLS sessions in the capture", False
-        if not found:
-            return "not captured against this server (none of its TLS sessions is in the server's record)", False
-        accounts = sorted({a for _, _, _, a in found if a})
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(min(s for _, _, s, _ in found)))
-        if account and accounts and accounts != [account]:
-            return f"session of another account ({', '.join(accounts)}), not {account}", False
-        owner = account or (accounts[0] if accounts else "no account")
-        return f"own session of {owner} at {when} ({len(found)} of {len(randoms)} TLS sessions on record)", True
-
-
-def examine(path, work):
-    """What one file shows: steps seen, accounts, EHLO names, client_randoms, subjects. Never raises."""
-    facts = {"file": os.path.basename(path), "notes": []}
-    if not os.path.isfile(path):
-        facts["error"] = "not a file"
-        return facts
-    readable, keys = with_keys_beside(path, work)
-    if keys:
-        facts["notes"].append(f"keys from {os.path.basename(keys)}")
-    try:
-        cap = Capture(readable)
-    except (RuntimeError, OSError) as e:
-        facts["error"] = "not a capture file Wireshark can read (" + str(e).splitlines()[0][:120] + ")"
-        return facts
-    if cap.truncated:
-        facts["notes"].append("the file is cut short: graded as far as it reads")
-    m = re.search(r"First packet time:\s*(.+)", cap.capinfos)
-    facts["start"] = m[1].strip() if m else ""
-    try:
-        handshakes = cap.handshakes() if cap.has_tls else []
-        smtp = cap.smtp_lines()
-        http = cap.http_messages()
-        subjects = [r["imf.subject"] for r in cap.table() if r.get("imf.subject")]
-    except RuntimeError as e:
-        facts["error"] = "tshark could not read it (" + str(e).splitlines()[0][:120] + ")"
-        return facts
-    client = [s for s in smtp if s["dir"] == "C"]
-    server = [s for s in smtp if s["dir"] == "S"]
-    facts["tls13"] = any(h.get("chosen_version") == "TLS 1.3" for h in handshakes)
-    facts["secrets"] = bool(cap.secrets) and bool(client)
-    facts["encrypted_unread"] = cap.has_tls and not client
-    facts["greeting"] = any(s["text"].startswith("220 ") and "maillab" in s["text"] for s in server)
-    facts["ehlo"] = sorted({s["text"].split(" ", 1)[1] for s in client
-                            if s["text"].upper().startswith(("EHLO ", "HELO ")) and " " in s["text"]})
-    facts["smtp_accounts"] = sorted({decoded_account(s["text"]) for s in client} - {""})
-    facts["auth"] = any(s["text"].startswith("235 ") for s in server)
-    facts["mail"] = any(s["text"].upper().startswith("MAIL FROM") for s in client) and \
-        any(s["text"].startswith("250 2.0.0 Ok: queued as") for s in server)
-    facts["subjects"] = subjects
-    facts["http_accounts"] = sorted({decoded_account(m["authorization"]) for m in http if m["authorization"]} - {""})
-    requests = {}
-    for m in http:
-        if m["method"]:
-            requests.setdefault(m["stream"], []).append(m)
-    gets, conditional = [], False
-    for m in http:
-        if not m["method"] and m["status"]:
-            asked = [q for q in requests.get(m["stream"], []) if q["frame"] < m["frame"]]
-            if asked:
-                q = asked[-1]
-                if m["status"] == "200" and q["method"] == "GET":
-                    gets.append((q["uri"], decoded_account(q["authorization"])))
-                if m["status"] == "304":
-                    conditional = True
-    facts["gets"] = gets
-    facts["conditional"] = conditional
-    facts["randoms"] = sorted({h["client_random"].lower() for h in handshakes if h.get("client_random")})
-    facts["mode"] = cap.mode
-    facts["maillab"] = facts["greeting"] or any(u.startswith("/mailboxes") or u == "/" for u, _ in gets) or \
-        any(m["uri"].startswith("/mailboxes") for m in http if m["method"])
-    facts["capture"] = cap
-    return facts
-
-
-def judge(facts, student, account, rubric, secret, provenance):
-    """The row: each rubric step ok or not, with a reason when not."""
-    row = {"file": facts["file"], "student": student or "", "account": account or ""}
-    steps = {}
-
-    def step(name, ok, reason):
-        steps[name] = (bool(ok), "" if ok else reason)
-
-    if "error" in facts:
-        for name, _, _ in rubric:
-            step(name, False, facts["error"])
-        row.update(steps=steps, provenance=facts["error"], score=0.0, notes="; ".join(facts["notes"]),
-                   accounts="", ehlo="", start="")
-        return row
-    unread = "the TLS records are there but the capture holds no keys (embed them or put NAME.keys.log beside it)"
-    foreign = "" if facts["maillab"] or facts["encrypted_unread"] else \
-        " (no maillab greeting or /mailboxes request: a capture of another program?)"
-    step("tls13", facts["tls13"], "no TLS 1.3 handshake (ServerHello supported_versions)")
-    step("secrets", facts["secrets"], unread if facts["encrypted_unread"] else "no decryption secrets in the capture")
-    step("greeting", facts["greeting"], (unread if facts["encrypted_unread"] else "no 220 maillab greeting") + foreign)
-    step("auth", facts["auth"], unread if facts["encrypted_unread"] else "no AUTH answered 235")
-    step("mail", facts["mail"], unread if facts["encrypted_unread"] else "no MAIL/RCPT/DATA answered 250 (queued)")
-    wanted = labtoken.token(secret, student) if secret and student else ""
-    step("token", wanted and any(wanted in s for s in facts["subjects"]),
-         ("no student id to compute the token for" if not student else
-          f"the token {wanted} is not in the Subject of any message" +
-          (f" (subjects seen: {', '.join(repr(s[:40]) for s in facts['subjects'][:3])})" if facts["subjects"] else "")))
-    own = [u for u, who in facts["gets"] if u == "/" or u.startswith("/?") or
-           (account and u.startswith(f"/mailboxes/{account}/"))]
-    step("get", own, f"no GET of {account or 'the student'}'s own mailbox answered 200")
-    step("conditional", facts["conditional"], "no conditional GET answered 304 (If-None-Match or If-Modified-Since)")
-    # The comparison captures some labs ask for: the same session with STARTTLS, and in plaintext.
-    step("starttls_capture", facts["mode"] == "starttls" and facts["greeting"],
-         "no STARTTLS capture (the session on a server started with --tls starttls)")
-    step("plaintext_capture", facts["mode"] == "off" and facts["auth"],
-         "no plaintext capture (the session on a server started with --tls off --allow-plaintext-auth)")
-    verdict, own_session = provenance.verdict(facts["randoms"], account)
-    if facts.get("shared_with"):
-        verdict += "; shares its TLS sessions with " + ", ".join(facts["shared_with"])
-        # With the student known from the file name, the record says whose sessions they are (the
-        # other file's owner passes, the copy does not); without, nobody can tell who copied whom.
-        own_session = own_session and facts.get("named", False)
-    step("provenance", own_session, verdict)
-    score = sum(points for name, points, _ in rubric if steps.get(name, (False,))[0])
-    row.update(steps=steps, provenance=verdict, score=score, notes="; ".join(facts["notes"]),
-               accounts=", ".join(sorted(set(facts["smtp_accounts"]) | set(facts["http_accounts"]))),
-               ehlo=", ".join(facts["ehlo"]), start=facts.get("start", ""))
-    return row
-
-
-def student_of(name, facts, roster):
-    """(student id, account) for a file: a roster id in the file name, else the account that logged in."""
-    accounts = facts.get("smtp_accounts", []) + facts.get("http_accounts", [])
-    lowered = os.path.splitext(name)[0].lower()
-    for student, account in sorted(roster.items(), key=lambda kv: -len(kv[0])):
-        if re.search(r"(^|[^a-z0-9])" + re.escape(student) + r"($|[^a-z0-9])", lowered):
-            facts["named"] = True
-            return student, account
-    if accounts:
-        account = accounts[0]
-        for student, acc in roster.items():
-            if acc == account:
-                return student, account
-        return account.split("@")[0], account
-    return "", ""
-
-
-def merge(rows, rubric):
-    """One row per student: a step is done when any of the student's files shows it (the lab's main
-    capture and its STARTTLS and plaintext comparisons are separate files)."""
-    by_student, order = {}, []
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UsageError(f"roster {printable(path)}: {e.strerror}")
+    if rows and not {"student", "account"} <= set(rows[0]):
+        raise UsageError(f"roster {printable(path)}: the columns must be student,account")
+    roster = {}
     for r in rows:
-        key = r["student"] or "file:" + r["file"]
-        if key not in by_student:
-            order.append(key)
-        by_student.setdefault(key, []).append(r)
-    merged = []
-    for key in order:
-        group = by_student[key]
-        if len(group) == 1:
-            merged.append(group[0])
+        student, account = (r.get("student") or "").strip().lower(), (r.get("account") or "").strip().lower()
+        if student:
+            roster[student] = account
+    return roster
+
+
+def assign(r, roster, record):
+    """The student a file is for: a roster id in its name, else the account on the class server's
+    record for its sessions, else the account it logged in as. Without a roster: the account."""
+    stem = r.name.lower()
+    for student in sorted(roster, key=len, reverse=True):
+        if re.search(r"(^|[^a-z0-9])" + re.escape(student) + r"($|[^a-z0-9])", stem):
+            return student, roster[student], "its name"
+    f = r.facts
+    recorded = collections.Counter(record.get(s)["account"] for s in f.sessions if record.get(s)) if f else {}
+    seen = [a for a, _ in recorded.most_common()] + (f.accounts() if f else [])
+    by_account = {a: s for s, a in roster.items()}
+    for account in seen:
+        if roster and account in by_account:
+            return by_account[account], account, "its account"
+        if not roster:
+            return account.split("@")[0], account, "its account"
+    return "", "", ""
+
+
+def judge_provenance(r, record, certificates):
+    """Which of the file's sessions count for its student, and the file's provenance in words."""
+    f, account = r.facts, r.account
+    r.own, r.foreign, r.on_record = {}, {}, []
+    mismatched = 0
+    for s in f.sessions:
+        if not s.tls:
+            r.own[s.stream] = "a plaintext connection: no TLS session to look up"
             continue
-        steps = {}
-        for name in {n for r in group for n in r["steps"]}:
-            done = [r for r in group if r["steps"].get(name, (False, ""))[0]]
-            steps[name] = (True, "") if done else (False, "; ".join(sorted({r["steps"][name][1] for r in group
-                                                                               if name in r["steps"]})))
-        first = group[0]
-        merged.append({"student": first["student"], "account": first["account"], "steps": steps,
-                       "file": ", ".join(r["file"] for r in group),
-                       "score": sum(points for name, points, _ in rubric if steps.get(name, (False,))[0]),
-                       "provenance": "; ".join(dict.fromkeys(f"{r['file']}: {r['provenance']}" for r in group)),
-                       "notes": "; ".join(r["notes"] for r in group if r["notes"]),
-                       "accounts": ", ".join(sorted({a for r in group for a in r["accounts"].split(", ") if a})),
-                       "ehlo": ", ".join(sorted({e for r in group for e in r["ehlo"].split(", ") if e})),
-                       "start": min((r["start"] for r in group if r["start"]), default=""),
-                       "reports": [x for r in group for x in r.get("reports", [])]})
-    return merged
+        if not (s.client_random and s.server_random):
+            r.own[s.stream] = "its handshake (ClientHello and ServerHello) is not in the capture"
+            continue
+        row = record.get(s)
+        if row is None:
+            r.own[s.stream] = ("its server_random is not the one on the class server's record"
+                               if s.client_random in record.clients else "not on the class server's record")
+            continue
+        r.on_record.append(s.stream)
+        if s.cert_sha256 and s.cert_sha256 not in certificates:
+            mismatched += 1
+            r.own[s.stream] = "its server certificate is not the class server's"
+        elif not account or row["account"] != account:
+            r.foreign[s.stream] = row["account"]
+            r.own[s.stream] = f"on record for {row['account']}" + (f", not {account}" if account else "")
+        else:
+            r.own[s.stream] = ""
+    own = [s for s in f.sessions if r.own.get(s.stream) == ""]
+    tls = [s for s in f.sessions if s.tls]
+    maillab = [s for s in f.sessions if s.maillab != "no"]
+    if own:
+        first = min(record.get(s)["started_at"] or 0 for s in own)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(first)) if first else "?"
+        r.provenance = f"own TLS sessions of {account} from {when} ({len(own)} of {len(tls)} on record)"
+        r.failure = ""
+    elif r.foreign:
+        owner = collections.Counter(r.foreign.values()).most_common(1)[0][0]
+        r.provenance = f"copy of the TLS sessions of {owner}"
+        r.failure = r.provenance
+    elif mismatched:
+        r.provenance = "not captured against the class server: its server certificate is not the class server's"
+        r.failure = r.provenance
+    elif maillab or tls:
+        r.provenance = ("not captured against the class server" +
+                        (f" (none of its {len(tls)} TLS sessions is on its record)" if tls else
+                         " (plaintext: no TLS session to look up)"))
+        r.failure = r.provenance if not any(s.maillab == "yes" and not s.tls for s in maillab) else ""
+    else:
+        r.provenance = "no maillab session in it"
+        r.failure = r.provenance
 
 
-def write_html(path, rows, rubric, title):
-    steps = [name for name, _, _ in rubric]
-    total = sum(points for _, points, _ in rubric)
-    out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>",
-           "<style>body{font-family:sans-serif;max-width:1240px;margin:0 auto;padding:12px;font-size:14px}"
-           "table{border-collapse:collapse;width:100%;font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px;"
-           "vertical-align:top;overflow-wrap:anywhere}td.ok{background:#e6f4ea}td.no{background:#fce8e6}</style>",
-           "</head><body><h1>" + html.escape(title) + "</h1>",
-           "<p>Steps: " + "; ".join(f"<b>{html.escape(n)}</b> ({p:g}) {html.escape(d)}" for n, p, d in rubric) + "</p>",
-           "<table><thead><tr><th>student</th><th>file</th><th>score</th>" +
-           "".join(f"<th>{html.escape(s)}</th>" for s in steps) +
-           "<th>provenance</th><th>accounts / EHLO / start</th><th>report</th></tr></thead><tbody>"]
-    for r in rows:
-        cells = []
-        for s in steps:
-            ok, reason = r["steps"].get(s, (False, "not graded"))
-            cells.append(f"<td class=\"{'ok' if ok else 'no'}\">{'ok' if ok else html.escape(reason)}</td>")
-        report = " ".join(f"<a href=\"{html.escape(x)}\">report</a>" for x in r.get("reports", []))
-        out.append(f"<tr class=\"student\"><td>{html.escape(r['student'])}</td><td>{html.escape(r['file'])}"
-                   f"{'<br><i>' + html.escape(r['notes']) + '</i>' if r['notes'] else ''}</td>"
-                   f"<td>{r['score']:g} / {total:g}</td>" + "".join(cells) +
-                   f"<td>{html.escape(r['provenance'])}</td><td>{html.escape(r['accounts'])}<br>"
-                   f"{html.escape(r['ehlo'])}<br>{html.escape(r['start'])}</td><td>{report}</td></tr>")
-    out.append("</tbody></table></body></html>")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+def cross_reference(results):
+    """Files that hold the same TLS sessions: a copy names the file it copied, the original names
+    the copy."""
+    holders = collections.defaultdict(set)
+    for r in results:
+        if r.facts and not r.facts.not_capture:
+            for s in r.facts.sessions:
+                if s.client_random and s.server_random:
+                    holders[(s.client_random, s.server_random)].add(r.name)
+    by_name = {r.name: r for r in results}
+    for r in results:
+        if not r.facts or r.facts.not_capture:
+            continue
+        pairs = {(s.client_random, s.server_random) for s in r.facts.sessions if s.client_random and s.server_random}
+        sharing = sorted({n for p in pairs for n in holders[p]} - {r.name})
+        if not sharing:
+            continue
+        if r.foreign and not any(v == "" for v in r.own.values()):
+            owners = set(r.foreign.values())
+            originals = [n for n in sharing if by_name[n].account in owners]
+            if originals:
+                r.provenance += " (file " + ", ".join(printable(n) for n in originals) + ")"
+                r.failure = r.provenance
+        else:
+            copiers = [n for n in sharing if by_name[n].account != r.account or not by_name[n].account]
+            same = [n for n in sharing if n not in copiers]
+            if copiers:
+                r.provenance += "; its TLS sessions were handed in also by " + ", ".join(printable(n) for n in copiers)
+            if same:
+                r.provenance += "; the same TLS sessions as " + ", ".join(printable(n) for n in same)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def grading_for(r, secret):
+    token = labtoken.token(secret, r.student) if secret and r.student else ""
+    reason = "" if token else ("no instructor secret (SECRET=, --secret-file or users/instructor.secret)"
+                               if not secret else "no student id to compute the token for")
+    return rules.Grading(account=r.account, token=token, own=r.own, foreign=set(r.foreign),
+                         summary=r.provenance, no_token_reason=reason)
+
+
+def outcome(r):
+    """What became of the file, in words."""
+    if r.kind != "capture":
+        return r.note
+    if not r.done:
+        return "not graded yet (the run was stopped before this file)"
+    f = r.facts
+    if f.not_capture:
+        head = f"not a capture: {f.not_capture}"
+        return head + (f" (for {r.student})" if r.student else "")
+    if not r.student:
+        return "unassigned: no roster id in its name and no roster account on record or in it"
+    text = f"graded for {r.student}"
+    if f.truncated:
+        text += ": truncated, graded as far as it reads"
+    return text
+
+
+# ---- the grading run -----------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, args):
+        self.folder = os.path.abspath(args.dir)
+        self.out = os.path.abspath(args.out or args.dir)
+        self.steps = rules.load(args.rubric)
+        self.roster = load_roster(args.roster)
+        self.secret = args.secret or ""
+        if not self.secret:
+            path = args.secret_file or labtoken.DEFAULT_SECRET_FILE
+            if os.path.exists(path):
+                self.secret = labtoken.load_secret(None, path, create=False)
+        self.certificates = set()
+        for cert in args.cert or [os.path.join(ROOT, "certs", "server.pem")]:
+            try:
+                self.certificates.add(capture_facts.certificate_sha256(cert))
+            except (OSError, ValueError) as e:
+                raise UsageError(f"the class server's certificate {printable(cert)}: {e} (--cert FILE: the "
+                                 "server.pem that `maillab-certs` wrote for the class servers)")
+        self.record = Record(os.path.abspath(args.admin), os.path.abspath(args.db))
+        self.entries = list_folder(self.folder, self.out)
+        self.lock = threading.Lock()
+        self.title = f"maillab grades: {os.path.basename(self.folder)}"
+
+    def regrade(self):
+        """Every file's student, provenance and verdicts from what is known now."""
+        done = [r for r in self.entries if r.kind == "capture" and r.done]
+        for r in done:
+            r.student, r.account, r.assigned_by = assign(r, self.roster, self.record) if r.facts else ("", "", "")
+            if r.facts.not_capture:
+                r.failure, r.provenance = "not a capture: " + r.facts.not_capture, ""
+            else:
+                judge_provenance(r, self.record, self.certificates)
+        cross_reference(done)
+        for r in done:
+            r.verdicts = rules.evaluate(r.facts, self.steps, grading_for(r, self.secret))
+
+    def students(self):
+        """One row per student: the roster's (in its order) and any other student a file is for."""
+        rows = collections.OrderedDict((s, {"student": s, "account": a, "files": []}) for s, a in self.roster.items())
+        for r in self.entries:
+            if r.kind == "capture" and r.done and r.student:
+                row = rows.setdefault(r.student, {"student": r.student, "account": r.account, "files": []})
+                row["files"].append(r)
+        for row in rows.values():
+            row["steps"], row["total"] = {}, 0.0
+            for step in self.steps:
+                verdicts = [(r, r.verdicts[step.name]) for r in row["files"] if step.name in r.verdicts]
+                earned = [(r, v) for r, v in verdicts if v.ok]
+                if earned:
+                    row["steps"][step.name] = ("ok", step.points, "")
+                    row["total"] += step.points
+                elif not verdicts:
+                    row["steps"][step.name] = ("missing", 0, "no submission")
+                else:
+                    status = "n/a" if all(v.status == "n/a" for _, v in verdicts) else "missing"
+                    reasons = list(dict.fromkeys(v.reason for _, v in verdicts if v.reason))
+                    if len(row["files"]) > 1:
+                        reasons = list(dict.fromkeys(f"{r.shown}: {v.reason}" for r, v in verdicts if v.reason))
+                    row["steps"][step.name] = (status, 0, "; ".join(reasons))
+            files = row["files"]
+            if not files:
+                row["verdict"] = "no submission"
+            else:
+                row["verdict"] = "; ".join(f"{r.shown}: {r.failure or r.provenance}" +
+                                           (" (truncated: graded as far as it reads)" if r.facts.truncated else "")
+                                           for r in files)
+            # One reason for the whole row when every file failed as a whole (shown once, not per step).
+            row["failure"] = "; ".join(dict.fromkeys(
+                (f"{r.shown}: " if len(files) > 1 else "") + r.failure +
+                (" (truncated: graded as far as it reads)" if r.facts.truncated else "") for r in files)) \
+                if files and all(r.failure for r in files) and row["total"] == 0 else ""
+        return list(rows.values())
+
+    # ---- outputs, rewritten as each file finishes ----
+
+    def publish(self):
+        with self.lock:
+            self.regrade()
+            students = self.students()
+            self._write("grades.csv", lambda f: self._students_csv(f, students))
+            self._write("grades-files.csv", lambda f: self._files_csv(f))
+            self._write("grades.html", lambda f: f.write(self._html(students)))
+            return students
+
+    def _write(self, name, fill):
+        target = os.path.join(self.out, name)
+        handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
+        try:
+            with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
+                fill(f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @property
+    def maximum(self):
+        return sum(s.points for s in self.steps)
+
+    def _students_csv(self, f, students):
+        w = csv.writer(f)
+        w.writerow(["student", "account"] + [s.name for s in self.steps] + ["total", "max", "files", "verdict", "reasons"])
+        for row in students:
+            reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in grouped(row)) if row["files"] else ""
+            w.writerow([csv_cell(x) for x in
+                        [row["student"], row["account"]] + [f"{row['steps'][s.name][1]:g}" for s in self.steps] +
+                        [f"{row['total']:g}", f"{self.maximum:g}", " ".join(r.shown for r in row["files"]),
+                         row["verdict"], row["failure"] or reasons]])
+
+    def _files_csv(self, f):
+        w = csv.writer(f)
+        w.writerow(["file", "outcome", "student", "account", "provenance", "truncated", "start", "mode", "sessions",
+                    "sessions_on_record", "accounts_seen", "ehlo", "keys", "notes", "report"] +
+                   [s.name for s in self.steps] + ["reasons"])
+        for r in self.entries:
+            fx = r.facts
+            live = fx is not None and not fx.not_capture
+            w.writerow([csv_cell(printable(x)) for x in [
+                r.name, outcome(r), r.student, r.account, r.provenance,
+                "yes" if live and fx.truncated else "", fx.start if live else "", fx.mode if live else "",
+                len(fx.sessions) if live else "", len(r.on_record) if live else "",
+                " ".join(fx.accounts()) if live else "",
+                " ".join(sorted({e for s in fx.sessions for e in s.ehlo})) if live else "",
+                fx.keys if fx else "", "; ".join(fx.notes) if fx else "", r.report] +
+                [r.verdicts[s.name].status if r.verdicts else "" for s in self.steps] +
+                ["; ".join(f"{n}: {v.reason}" for n, v in r.verdicts.items() if v.status != "ok" and v.reason)]])
+
+    def _html(self, students):
+        e = lambda text: html.escape(printable(text))  # noqa: E731
+        steps = self.steps
+        out = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+               '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+               'style-src \'unsafe-inline\'; img-src \'self\'">',
+               f'<title>{e(self.title)}</title>',
+               "<style>body{font-family:sans-serif;margin:0 auto;padding:12px;font-size:14px;max-width:1800px}"
+               "table{border-collapse:collapse;font-size:12px;margin:8px 0 20px}"
+               "th,td{border:1px solid #bbb;padding:3px 6px;vertical-align:top;text-align:left;overflow-wrap:break-word}"
+               "th{background:#eee}td.num{text-align:right;white-space:nowrap}td.ok{background:#e6f4ea}"
+               "td.no{background:#fce8e6}td.na{background:#f3f3f3;color:#666}tr.why td{border-top:none;color:#444}"
+               "div.scroll{overflow-x:auto}dl{font-size:12px}dt{font-weight:bold;display:inline}dd{display:inline;margin:0 12px 0 4px}"
+               "</style></head><body>",
+               f"<h1>{e(self.title)}</h1>",
+               f"<p>{len([s for s in students if s['files']])} of {len(students)} students handed in; "
+               f"{len(self.entries)} entries in the folder. Steps, points and meaning:</p><dl>" +
+               "".join(f"<dt>{e(s.name)}</dt><dd>{s.points:g}: {e(s.description)}</dd>" for s in steps) + "</dl>",
+               '<h2>Students</h2><div class="scroll"><table id="students"><thead><tr><th>student</th><th>account</th>'
+               "<th>score</th>" + "".join(f"<th>{e(s.name)}</th>" for s in steps) + "<th>files</th></tr></thead><tbody>"]
+        for row in students:
+            cells = [f"<td>{e(row['student'])}</td>", f"<td>{e(row['account'])}</td>",
+                     f'<td class="num">{row["total"]:g} / {self.maximum:g}</td>']
+            if row["failure"] or not row["files"]:
+                cells.append(f'<td class="no" colspan="{len(steps)}">{e(row["failure"] or "no submission")}</td>')
+            else:
+                for s in steps:
+                    status, points, _ = row["steps"][s.name]
+                    css = {"ok": "ok", "n/a": "na"}.get(status, "no")
+                    cells.append(f'<td class="num {css}">{points:g}' + ("" if status != "n/a" else " (n/a)") + "</td>")
+            cells.append("<td>" + "<br>".join(e(r.name) + (" (truncated)" if r.facts.truncated else "")
+                                              for r in row["files"]) + "</td>")
+            out.append('<tr class="student">' + "".join(cells) + "</tr>")
+            why = [] if row["failure"] or not row["files"] else \
+                [f"<b>{e(', '.join(names))}</b>: {e(reason)}" for reason, names in grouped(row)]
+            notes = [e(row["verdict"])] if row["files"] and not row["failure"] else []
+            if why or notes:
+                out.append(f'<tr class="why"><td></td><td colspan="{len(steps) + 3}">' + "<br>".join(notes + why) +
+                           "</td></tr>")
+        out.append("</tbody></table></div>")
+        out.append('<h2>Files</h2><div class="scroll"><table id="files"><thead><tr><th>file</th><th>outcome</th>'
+                   "<th>provenance</th><th>accounts seen</th><th>start</th><th>mode</th><th>report</th></tr></thead><tbody>")
+        for r in self.entries:
+            fx = r.facts
+            live = fx is not None and not fx.not_capture
+            link = f'<a href="{html.escape(urllib.parse.quote(r.report))}">report</a>' if r.report else ""
+            notes = "; ".join(fx.notes) if fx else ""
+            out.append('<tr class="file">' + "".join([
+                f"<td>{e(r.name)}</td>", f"<td>{e(outcome(r))}" + (f"<br><i>{e(notes)}</i>" if notes else "") + "</td>",
+                f"<td>{e(r.provenance)}</td>", f"<td>{e(' '.join(fx.accounts())) if live else ''}</td>",
+                f"<td>{e(fx.start) if live else ''}</td>", f"<td>{e(fx.mode) if live else ''}</td>",
+                f"<td>{link}</td>"]) + "</tr>")
+        out.append("</tbody></table></div></body></html>")
+        return "\n".join(out) + "\n"
+
+    # ---- the steps of the run ----
+
+    def read_all(self, work):
+        captures = [r for r in self.entries if r.kind == "capture"]
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 2)) as pool:
+            futures = {pool.submit(capture_facts.read, r.path, work): r for r in captures}
+            for future in as_completed(futures):
+                r = futures[future]
+                r.facts = future.result()
+                self.record.lookup(r.facts.client_randoms())
+                r.done = True
+                self.publish()
+                print(f"  {r.shown}: {outcome(r)}" + (f"; {printable(r.provenance)}" if r.provenance else ""), flush=True)
+
+    def reports(self):
+        folder = os.path.join(self.out, REPORTS)
+        wanted = [r for r in self.entries if r.kind == "capture" and r.facts and not r.facts.not_capture and
+                  any(s.maillab != "no" or s.tls for s in r.facts.sessions)]
+        if not wanted:
+            return
+        os.makedirs(folder, exist_ok=True)
+        taken = set()
+        names = {r.name: report_folder(r.name, taken) for r in wanted}
+
+        def one(r):
+            name = names[r.name]
+            env = dict(os.environ, PYTHONPATH=ROOT)
+            done = subprocess.run([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--",
+                                   r.facts.readable], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+            if done.returncode == 0:
+                r.report = os.path.relpath(os.path.join(folder, name, "report.html"), self.out)
+                self.publish()
+            else:
+                r.facts.notes.append("no report: " + (done.stderr.strip().splitlines() or ["report.py failed"])[-1][:200])
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(one, wanted))
+
+
+def grouped(row):
+    """[(reason, [steps])]: the steps a row misses, those with the same reason together."""
+    groups = collections.OrderedDict()
+    for name, (status, _, reason) in row["steps"].items():
+        if status != "ok" and reason:
+            groups.setdefault(reason, []).append(name)
+    return list(groups.items())
+
+
+def report_folder(name, taken):
+    """A folder name for a file's report: its name where that is a safe one, else the safe spelling
+    and a hash of the real name (so "x y" and "x_y", or "-x" and "x", never share a folder)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".-") or "capture"
+    if safe != name:
+        safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    while safe in taken:
+        safe += "_"
+    taken.add(safe)
+    return safe
+
+
+def summary(run, students):
+    entries = run.entries
+    captures = [r for r in entries if r.kind == "capture"]
+    assigned = [r for r in captures if r.student]
+    unassigned = [r for r in captures if not r.student]
+    graded = [r for r in assigned if not r.facts.not_capture]
+    truncated = [r for r in graded if r.facts.truncated]
+    not_capture = [r for r in assigned if r.facts.not_capture]
+    unassigned_nc = [r for r in unassigned if r.facts.not_capture]
+    keys = [r for r in entries if r.kind == "keys"]
+    other = [r for r in entries if r.kind in ("folder", "refused")]
+    handed = [s for s in students if s["files"]]
+    parts = [f"{len(graded)} graded" + (f" ({len(truncated)} of them truncated)" if truncated else ""),
+             f"{len(not_capture)} not a capture", f"{len(unassigned)} unassigned" +
+             (f" ({len(unassigned_nc)} of them not a capture)" if unassigned_nc else ""),
+             f"{len(keys)} key log{'s' if len(keys) != 1 else ''}", f"{len(other)} skipped"]
+    return (f"{len(entries)} files ({', '.join(parts)}), {len(students)} students "
+            f"({len(handed)} with a submission, {len(students) - len(handed)} without)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m report.grade", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir")
-    parser.add_argument("--roster")
-    parser.add_argument("--secret")
-    parser.add_argument("--secret-file")
-    parser.add_argument("--db", default=os.path.join(ROOT, "users", "maillab.db"))
-    parser.add_argument("--rubric", default=DEFAULT_RUBRIC)
-    parser.add_argument("--out", help="where grades.csv and grades.html go (default: DIR)")
+    parser.add_argument("--roster", help="CSV with the columns student,account")
+    parser.add_argument("--secret", help="the instructor's token secret (default: --secret-file)")
+    parser.add_argument("--secret-file", help="default users/instructor.secret")
+    parser.add_argument("--db", default=os.path.join(ROOT, "users", "maillab.db"), help="the class servers' database")
+    parser.add_argument("--admin", default=os.path.join(ROOT, "build", "bin", "maillab-admin"),
+                        help="the store's tool that reads the record (default build/bin/maillab-admin)")
+    parser.add_argument("--cert", action="append",
+                        help="the class server's certificate (PEM; default certs/server.pem); repeat for several")
+    parser.add_argument("--rubric", default=rules.DEFAULT_RUBRIC)
+    parser.add_argument("--out", help="where grades.csv, grades-files.csv, grades.html go (default: DIR)")
     parser.add_argument("--no-reports", action="store_true", help="do not write a report per capture")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.isdir(args.dir):
-        print(f"usage: make grade DIR=folder-of-captures (no folder {args.dir})", file=sys.stderr)
+        print(f"usage: make grade DIR=folder-of-captures (no folder {printable(args.dir)})", file=sys.stderr)
         return 2
-    out_dir = args.out or args.dir
-    rubric = load_rubric(args.rubric)
-    roster = load_roster(args.roster)
-    secret = args.secret
-    if not secret:
-        path = args.secret_file or labtoken.DEFAULT_SECRET_FILE
-        secret = labtoken.load_secret(None, path, create=False) if os.path.exists(path) else ""
-    provenance = Provenance(args.db)
-    generated = {"grades.csv", "grades.html"}
-    files = sorted(f for f in os.listdir(args.dir) if not f.startswith(".") and f not in generated and
-                   not f.endswith((".keys.log", ".keys")) and os.path.isfile(os.path.join(args.dir, f)))
-    work = tempfile.mkdtemp(prefix="maillab-grade-")
-    print(f"grading {len(files)} file(s) in {args.dir} ...", flush=True)
     try:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            facts = list(pool.map(lambda f: examine(os.path.join(args.dir, f), work), files))
-        # Copies: TLS sessions (client_randoms) that appear in more than one file.
-        owners = {}
-        for f in facts:
-            for r in f.get("randoms", []):
-                owners.setdefault(r, set()).add(f["file"])
-        for f in facts:
-            others = sorted({o for r in f.get("randoms", []) for o in owners[r]} - {f["file"]})
-            if others:
-                f["shared_with"] = others
-        rows = []
-        for f in facts:
-            student, account = student_of(f["file"], f, roster)
-            rows.append(judge(f, student, account, rubric, secret, provenance))
-            print(f"  {f['file']}: {rows[-1]['score']:g} points; {rows[-1]['provenance']}", flush=True)
+        run = Run(args)
+    except (UsageError, ValueError, OSError) as e:
+        print(f"grade: {printable(e)}", file=sys.stderr)
+        return 2
+    os.makedirs(run.out, exist_ok=True)
+    print(f"grading {len(run.entries)} file(s) in {printable(run.folder)} ...", flush=True)
+    work = tempfile.mkdtemp(prefix="maillab-grade-")
+    try:
+        run.publish()  # every file listed as not graded yet, every roster student as no submission
+        try:
+            run.read_all(work)
+        except UsageError as e:  # the record tool failed half-way: what is graded stays written
+            print(f"grade: {printable(e)}", file=sys.stderr)
+            return 2
         if not args.no_reports:
-            reports = os.path.join(out_dir, "reports")
-            os.makedirs(reports, exist_ok=True)
-
-            def report(pair):
-                f, row = pair
-                cap = f.get("capture")
-                if not cap or not (f.get("maillab") or f.get("encrypted_unread")):
-                    return
-                name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(f["file"])[0])
-                done = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", name,
-                                       "--out", reports, cap.path], capture_output=True, text=True)
-                if done.returncode == 0:
-                    row["reports"] = [os.path.relpath(os.path.join(reports, name, "report.html"), out_dir)]
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                list(pool.map(report, zip(facts, rows)))
+            run.reports()
+        students = run.publish()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = merge(rows, rubric)
-    steps = [name for name, _, _ in rubric]
-    with open(os.path.join(out_dir, "grades.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["student", "file", "score", "max"] + steps + ["reasons", "provenance_verdict", "accounts", "ehlo", "start",
-                                                                   "notes", "report"])
-        total = sum(points for _, points, _ in rubric)
-        for r in rows:
-            w.writerow([r["student"], r["file"], f"{r['score']:g}", f"{total:g}"] +
-                       ["ok" if r["steps"][s][0] else "missing" for s in steps] +
-                       ["; ".join(f"{s}: {r['steps'][s][1]}" for s in steps if not r["steps"][s][0]),
-                        r["provenance"], r["accounts"], r["ehlo"], r["start"], r["notes"], " ".join(r.get("reports", []))])
-    write_html(os.path.join(out_dir, "grades.html"), rows, rubric, f"maillab grades: {os.path.basename(os.path.abspath(args.dir))}")
-    print(f"wrote {os.path.join(out_dir, 'grades.csv')} and grades.html ({len(rows)} rows)")
+    for r in run.entries:
+        if r.kind != "capture":
+            print(f"  {r.shown}: {outcome(r)}")
+    print(f"wrote {printable(os.path.join(run.out, 'grades.csv'))}, grades-files.csv and grades.html")
+    print(summary(run, students))
     return 0
 
 

@@ -5,17 +5,16 @@ TCP conversation and protocol-hierarchy statistics, and a side-by-side of the ca
 STARTTLS, implicit TLS: frames, bytes, what an eavesdropper sees). Written as Markdown and as HTML
 (pandoc).
 
-  report.py captures/lab-implicit.pcapng captures/lab-starttls.pcapng captures/lab-off.pcapng [--name lab]"""
+  python3 -m report.report captures/lab-implicit.pcapng captures/lab-starttls.pcapng captures/lab-off.pcapng [--name lab]
+  (from the repository's top folder; `make report` runs it)"""
 
 import argparse
-import base64
 import os
 import shutil
 import subprocess
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures"))
-from analyze import Capture  # noqa: E402
+from captures.analyze import Capture
+from captures.facts import decode_credentials
 
 MODE_TITLES = {"implicit": "implicit TLS (RFC 8314)", "starttls": "STARTTLS (RFC 3207)", "off": "plaintext"}
 
@@ -29,20 +28,10 @@ def md_table(headers, rows):
 
 
 def explain_auth(text):
-    """AUTH PLAIN's argument is base64, not encryption: show what it decodes to."""
-    parts = text.split()
-    if len(parts) == 2 and parts[0].lower() == "basic":
-        try:
-            return f"{text}  ⟶ base64 of `{base64.b64decode(parts[1]).decode(errors='replace')}`"
-        except ValueError:
-            return text
-    if len(parts) >= 3 and parts[0].upper() == "AUTH" and parts[1].upper() == "PLAIN":
-        try:
-            decoded = base64.b64decode(parts[2]).decode(errors="replace").replace("\0", "\\0")
-            return f"{text}  ⟶ base64 of `{decoded}`"
-        except ValueError:
-            pass
-    return text
+    """AUTH PLAIN's argument and Basic credentials are base64, not encryption: show what they decode
+    to (captures/facts.py's decoder, the one grading uses)."""
+    found = decode_credentials(text)
+    return f"{text}  ⟶ base64 of `{found.decoded}`" if found else text
 
 
 def ladder(cap, stream, smtp, http, records, out_dir):
@@ -358,7 +347,8 @@ def main():
     import concurrent.futures
     import time
     started = time.monotonic()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python3 -m report.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("captures", nargs="+")
     parser.add_argument("--name", default="lab")
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))

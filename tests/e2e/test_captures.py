@@ -44,7 +44,7 @@ def captures(lab):
 
 
 def check(path):
-    return subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), path],
+    return subprocess.run(["/usr/bin/python3", "-m", "captures.check", path],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -93,7 +93,7 @@ def check_finds_what_is_missing_and_guesses_ports_without_our_comment(lab):
 def report_tables_match_the_known_session(lab):
     files = captures(lab)
     out_dir = lab.path("report")
-    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "lab", "--out", out_dir,
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
                           files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     report = os.path.join(out_dir, "lab")
@@ -261,7 +261,7 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     text = os.path.join(out_dir, "notes.txt")
     with open(text, "w") as f:
         f.write("my lab notes\n")
-    batch = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), text, final],
+    batch = subprocess.run(["/usr/bin/python3", "-m", "captures.check", text, final],
                            capture_output=True, text=True, timeout=120)
     assert batch.returncode == 3, batch.stdout + batch.stderr
     assert "not a capture file" in batch.stdout and "summary:" in batch.stdout and "complete" in batch.stdout
@@ -313,7 +313,7 @@ def a_capture_of_another_program_is_not_a_maillab_session(lab):
     checked = check(final)
     assert checked.returncode == 4, checked.stdout + checked.stderr
     assert "not a maillab session" in checked.stdout and "[ok] HTTP GET" not in checked.stdout, checked.stdout
-    report = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "other", "--out",
+    report = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "other", "--out",
                              lab.path("other-report"), final], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "Traceback" not in report.stderr, report.stdout + report.stderr
 
@@ -329,7 +329,7 @@ def the_report_fits_a_1280_px_window(lab):
         raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
     files = captures(lab)
     out_dir = lab.path("report-1280")
-    run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "report", "report.py"), "--name", "lab", "--out",
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out",
                           out_dir, files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -365,7 +365,7 @@ def a_truncated_capture_is_checked_as_far_as_it_reads(lab):
     data = open(files["implicit"], "rb").read()
     with open(cut, "wb") as f:
         f.write(data[: len(data) * 2 // 3])
-    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "check.py"), "--csv", cut],
+    out = subprocess.run(["/usr/bin/python3", "-m", "captures.check", "--csv", cut],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert "cut short" in out.stdout and "[ok] TLS 1.3 handshake" in out.stdout, out.stdout
