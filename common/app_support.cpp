@@ -1,6 +1,7 @@
 // Helpers shared by the lab's Poco applications.
 #include "app_support.h"
 #include "certs.h"
+#include "text.h"
 
 #include <Poco/AutoPtr.h>
 #include <Poco/Net/SecureServerSocket.h>
@@ -349,44 +350,36 @@ std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::Serve
     return text;
 }
 
-namespace {
-// Length of the valid UTF-8 sequence starting at text[i] (1 to 4), or 0 if there is none.
-size_t utf8Length(const std::string& text, size_t i) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
-    if (n == 0 || i + n > text.size()) return 0;
-    for (size_t k = 1; k < n; ++k)
-        if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return 0;
-    return n;
-}
-}  // namespace
-
 std::string escapeControl(const std::string& text) {
     std::string out;
     out.reserve(text.size());
     for (size_t i = 0; i < text.size(); ++i) {
         unsigned char c = static_cast<unsigned char>(text[i]);
-        if (c >= 0x80) {
-            // UTF-8 stays readable; a byte that is not part of it is shown, not written raw.
-            if (size_t n = utf8Length(text, i)) {
-                out.append(text, i, n);
-                i += n - 1;
-            } else {
-                char hex[8];
-                std::snprintf(hex, sizeof hex, "\\x%02X", c);
-                out += hex;
-            }
-            continue;
-        }
+        char hex[12];
         if (c == '\\') out += "\\\\";
         else if (c == '\r') out += "\\r";
         else if (c == '\n') out += "\\n";
         else if (c == '\t') out += "\\t";
-        else if (c < 0x20 || c == 0x7F) {
-            char hex[8];
+        else if (text::isControlAt(text, i) && c >= 0x80) {
+            // A C1 control (ESC's 8-bit twins: CSI, OSC) is shown by its code point, never written.
+            std::snprintf(hex, sizeof hex, "\\u%04X", static_cast<unsigned char>(text[i + 1]));
+            out += hex;
+            ++i;
+        } else if (text::isControlAt(text, i)) {
             std::snprintf(hex, sizeof hex, "\\x%02X", c);
             out += hex;
-        } else out += static_cast<char>(c);
+        } else if (c >= 0x80) {
+            // UTF-8 stays readable; a byte that is not part of it is shown, not written raw.
+            if (size_t n = text::utf8SequenceLength(text, i)) {
+                out.append(text, i, n);
+                i += n - 1;
+            } else {
+                std::snprintf(hex, sizeof hex, "\\x%02X", c);
+                out += hex;
+            }
+        } else {
+            out += static_cast<char>(c);
+        }
     }
     return out;
 }

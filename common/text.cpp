@@ -29,6 +29,29 @@ bool equalsIgnoringCase(const std::string& a, const std::string& b) {
            });
 }
 
+size_t utf8SequenceLength(const std::string& text, size_t i) {
+    auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+    unsigned char c = byte(0);
+    if (c < 0x80) return 1;
+    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || i + n > text.size()) return 0;
+    for (size_t k = 1; k < n; ++k)
+        if ((byte(k) & 0xC0) != 0x80) return 0;
+    // RFC 3629 4: the second byte's range after E0, ED, F0 and F4 (no overlongs, surrogates or > U+10FFFF).
+    if ((c == 0xE0 && byte(1) < 0xA0) || (c == 0xED && byte(1) > 0x9F) || (c == 0xF0 && byte(1) < 0x90) ||
+        (c == 0xF4 && byte(1) > 0x8F))
+        return 0;
+    return n;
+}
+
+bool isControlAt(const std::string& text, size_t i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7F) return true;
+    // C1 (U+0080 to U+009F) is C2 80 to C2 9F in UTF-8: CSI (9B) and OSC (9D) drive terminals too.
+    return c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F &&
+           static_cast<unsigned char>(text[i + 1]) >= 0x80;
+}
+
 std::string htmlEscape(const std::string& text) {
     std::string out;
     out.reserve(text.size());

@@ -193,26 +193,16 @@ std::string ApiResponse::header(const std::string& name) const { return findHead
 std::string validUtf8(const std::string& text) {
     std::string out;
     out.reserve(text.size());
-    size_t i = 0;
-    while (i < text.size()) {
-        unsigned char c = static_cast<unsigned char>(text[i]);
-        size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-        bool valid = length > 0 && i + length <= text.size();
-        for (size_t k = 1; valid && k < length; ++k)
-            valid = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
-        if (valid && length == 2 && c < 0xc2) valid = false;  // overlong
-        if (valid && length == 1 && c < 0x20 && c != '\t' && c != '\r' && c != '\n') {
-            out += "\xEF\xBF\xBD";
-            ++i;
+    for (size_t i = 0; i < text.size();) {
+        size_t length = text::utf8SequenceLength(text, i);
+        bool keptControl = text[i] == '\t' || text[i] == '\r' || text[i] == '\n';
+        if (length == 0 || (text::isControlAt(text, i) && !keptControl)) {
+            out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8, and for a C0/C1 control
+            i += length ? length : 1;
             continue;
         }
-        if (valid) {
-            out.append(text, i, length);
-            i += length;
-        } else {
-            out += "\xEF\xBF\xBD";
-            ++i;
-        }
+        out.append(text, i, length);
+        i += length;
     }
     return out;
 }
@@ -286,8 +276,9 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
     };
     if (request.version != "HTTP/1.1" && request.version != "HTTP/1.0")
         return refuse(505, "HTTP version not supported: use HTTP/1.1");
-    int contentLengths = 0;
+    int contentLengths = 0, hosts = 0;
     for (const auto& [name, value] : request.headers) {
+        if (text::equalsIgnoringCase(name, "Host")) ++hosts;
         if (name.empty() || name.find_first_of(" \t") != std::string::npos)  // RFC 9112 5.1: no space before ':'
             return refuse(400, "Malformed header field name");
         if (text::equalsIgnoringCase(name, "Transfer-Encoding"))
@@ -299,6 +290,10 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
         }
     }
     if (contentLengths > 1) return refuse(400, "Duplicate Content-Length");
+    // RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with more than one, gets 400.
+    if (hosts > 1) return refuse(400, "More than one Host header field");
+    if (hosts == 0 && request.version == "HTTP/1.1")
+        return refuse(400, "An HTTP/1.1 request needs a Host header field (RFC 9112 3.2)");
     if (request.target.size() > limits_.maxUriLength)
         return error(414, "Request target longer than " + std::to_string(limits_.maxUriLength) + " octets");
     size_t headerBytes = 0;

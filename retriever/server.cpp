@@ -100,6 +100,9 @@ public:
         }
 
         response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
+        // RFC 9110 6.2: the status line carries our own version, never the one a request claimed
+        // (Poco copies the request's; HTTP/1.0 clients keep theirs, which Poco's keep-alive reads).
+        if (request.getVersion() != Poco::Net::HTTPMessage::HTTP_1_0) response.setVersion(Poco::Net::HTTPMessage::HTTP_1_1);
         for (const auto& [name, value] : result.headers) response.set(name, value);
         if (result.closeConnection) response.setKeepAlive(false);
         // Every response has a Content-Length, so Wireshark (and keep-alive) can find its end.

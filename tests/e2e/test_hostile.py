@@ -204,10 +204,14 @@ def http_cases():
         (b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding : chunked\r\nAuthorization: {auth}\r\n\r\n0\r\n\r\n", {400}),
         (b"GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 39\r\n\r\n"
          b"GET /mailboxes/ana@447.edu HTTP/1.1\r\n\r\n", {400}),
+        # RFC 9112 3.2: Host once, and required in HTTP/1.1.
+        (b"GET / HTTP/1.1\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nAuthorization: {auth}\r\n\r\n", {400}),
+        (b"GET / HTTP/1.0\r\nAuthorization: {auth}\r\n\r\n", {200}),
     ]
 
 
-def http_status(lab, port, request):
+def http_status(lab, port, request, whole_line=False):
     s = tls_connect(lab, port)
     try:
         s.sendall(request)
@@ -218,6 +222,8 @@ def http_status(lab, port, request):
                 break
             data += chunk
         line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+        if whole_line:
+            return line
         parts = line.split(" ")
         return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else line
     except (OSError, ssl.SSLError) as e:
@@ -260,4 +266,7 @@ def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
                 wrong.append(f"case {number} {request[:70]!r}: expected one of {sorted(allowed)}, got {status!r}")
             assert http_status(lab, retriever.port, good) == 200, f"not serving after case {number}"
         assert not wrong, "\n".join(wrong)
+        # RFC 9110 6.2: the status line names the server's version, not the one the request claimed.
+        line = http_status(lab, retriever.port, b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n", whole_line=True)
+        assert line.startswith("HTTP/1.1 505 "), line
         retriever.check_sanitizers()

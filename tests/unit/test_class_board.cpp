@@ -111,6 +111,7 @@ TEST_CASE("/class and /metrics answer the instructor only; reads and 304s are co
         http::ApiRequest r;
         r.method = "GET";
         r.target = target;
+        r.headers.emplace_back("Host", "lab.maillab.test");
         r.headers.emplace_back("Authorization", "Basic " + base64Encode(user + ":" + password));
         for (auto& h : extra) r.headers.push_back(h);
         return api.handle(r);

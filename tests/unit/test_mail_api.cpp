@@ -41,6 +41,7 @@ struct ApiHarness {
         ApiRequest r;
         r.method = method;
         r.target = target;
+        r.headers.emplace_back("Host", "localhost");
         if (!user.empty()) r.headers.emplace_back("Authorization", "Basic " + base64Encode(user + ":" + password));
         for (auto& h : extra) r.headers.push_back(h);
         return api->handle(r);
@@ -102,6 +103,7 @@ TEST_CASE("authentication: 401 with a challenge, never registration", "[api][aut
     ApiRequest bad;
     bad.method = "GET";
     bad.target = "/";
+    bad.headers.emplace_back("Host", "localhost");
     bad.headers.emplace_back("Authorization", "Basic !!!");
     CHECK(h.api->handle(bad).status == 401);
     // A bare name means the lab domain, as everywhere in the lab.
@@ -128,6 +130,7 @@ TEST_CASE("a spent guess budget gets 429 with Retry-After", "[api][auth]") {
     ApiRequest r;
     r.method = "GET";
     r.target = "/";
+    r.headers.emplace_back("Host", "localhost");
     r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:x"));
     CHECK(api.handle(r).status == 401);
     auto locked = api.handle(r);
@@ -187,10 +190,35 @@ TEST_CASE("errors: 404, 405 with Allow, 414, 431, 400, one JSON shape", "[api][e
     CHECK(h.get("/", "bob@447.edu", "22222447", {}, "HEAD").status == 200);
 }
 
+TEST_CASE("RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host", "[api][framing]") {
+    ApiHarness h;
+    ApiRequest r;
+    r.method = "GET";
+    r.target = "/";
+    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
+    auto missing = h.api->handle(r);
+    CHECK(missing.status == 400);
+    CHECK(missing.closeConnection);
+    r.version = "HTTP/1.0";
+    CHECK(h.api->handle(r).status == 200);  // HTTP/1.0 had no Host
+    r.headers.emplace_back("Host", "a");
+    r.headers.emplace_back("host", "b");
+    CHECK(h.api->handle(r).status == 400);
+}
+
 TEST_CASE("helpers: UTF-8 repair, HTML escaping, HTTP dates, Basic parsing", "[api]") {
     CHECK(validUtf8("caf\xc3\xa9") == "caf\xc3\xa9");
     CHECK(validUtf8("a\xff" "b") == "a\xEF\xBF\xBD" "b");
     CHECK(validUtf8("\xc0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD");
+    // C0 and C1 controls (ESC, CSI U+009B, OSC U+009D) never reach a terminal; tab, CR, LF stay.
+    CHECK(validUtf8("a\x1b[2Jb\xc2\x9b" "31mc\xc2\x9d" "0;x\x07") ==
+          "a\xEF\xBF\xBD[2Jb\xEF\xBF\xBD" "31mc\xEF\xBF\xBD" "0;x\xEF\xBF\xBD");
+    CHECK(validUtf8("a\tb\r\nc\xc2\xa0") == "a\tb\r\nc\xc2\xa0");  // U+00A0 is text
+    // RFC 3629: no surrogates (ED A0 80), nothing past U+10FFFF (F4 90 80 80), no overlong E0 80 80.
+    CHECK(validUtf8("\xed\xa0\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    CHECK(validUtf8("\xf4\x90\x80\x80").find("\xf4") == std::string::npos);
+    CHECK(validUtf8("\xe0\x80\x80").find("\xe0") == std::string::npos);
+    CHECK(validUtf8("\xf0\x9f\x98\x80") == "\xf0\x9f\x98\x80");
     CHECK(htmlEscape("<a href=\"x\">&'") == "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     CHECK(httpDate(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT");  // RFC 9110's example
     std::string user, password;
@@ -206,6 +234,7 @@ TEST_CASE("plain HTTP: credentials refused unless the lab allows them", "[api][a
     ApiRequest r;
     r.method = "GET";
     r.target = "/";
+    r.headers.emplace_back("Host", "localhost");
     r.overTls = false;
     r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
     auto refused = h.api->handle(r);
