@@ -567,7 +567,9 @@ class Classroom:
     def grade(self, net):
         """`make grade`, as docs/instructors.md says, on the instructor's machine."""
         argv = ["make", "-s", "-C", ROOT, "grade", f"DIR={self.submissions}", f"ROSTER={self.roster}",
-                f"SECRET={self.secret}", f"DB={self.db}"]
+                f"SECRET={self.secret}", f"DB={self.db}",
+                # The class server's certificate (the grader checks the sessions were with it).
+                f"CERT={os.path.join(self.labdir, 'certs', 'server.pem')}"]
         out = net.run("teacher", argv, timeout=600)
         self.grade_output = out.stdout + out.stderr
         if out.returncode != 0 or "Traceback" in out.stderr:
@@ -633,14 +635,18 @@ class Classroom:
         return result
 
 
+def shown(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def print_grades(rows):
-    steps = [k for k in next(iter(rows.values())).keys()] if rows else []
     say("classroom: grades (submissions/grades.csv):")
     for student, row in rows.items():
-        reasons = (row.get("reasons") or "").strip()
-        say(f"  {student:6} {row.get('score', '?'):>4}/{row.get('max', '?'):<4} {row.get('file', '') or '(nothing)'}"
-            + (f"  -- {reasons[:150]}" if reasons else ""))
-    return steps
+        total = row.get("total", row.get("score", "?"))
+        files = row.get("files", row.get("file", "")) or "(nothing handed in)"
+        why = (row.get("verdict") or row.get("reasons") or "").strip()
+        say(f"  {student:6} {total:>4} of {row.get('max', '?'):<4} {files:18} {why[:110]}")
 
 
 def main():
@@ -666,7 +672,7 @@ def main():
     t = result["timings"]
     say(f"classroom: done in {time.monotonic() - started:.0f} s (network {t['network']:.1f} s, students "
         f"{t['students']:.1f} s, grading {t['grading']:.1f} s); namespaces, servers and captures gone. "
-        f"Open {os.path.relpath(os.path.join(result['submissions'], 'grades.html'))}")
+        f"Open {shown(os.path.join(result['submissions'], 'grades.html'))}")
     return 0
 
 

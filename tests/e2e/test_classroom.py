@@ -93,11 +93,13 @@ def a_class_on_a_virtual_network_is_graded_and_torn_down(lab):
         for step, value in points.items():
             assert step_points(r, step) in (value, "ok"), (honest, step, r)
         assert score(r) == full and number(r["max"]) == full, (honest, r)
+        assert f"own TLS sessions of {honest}@447.edu" in reasons(r), r
+    assert "carol.pcapng" in reasons(rows["ana"]), rows["ana"]  # the copy is flagged on the original's row too
     # Carol's file is Ana's: its sessions are on record for ana, not carol: nothing that needs the
     # class server counts, and the copy is named on her row.
     carol = rows["carol"]
     assert score(carol) == 0, carol
-    assert "ana@447.edu" in reasons(carol), carol
+    assert "copy" in reasons(carol) and "ana@447.edu" in reasons(carol), carol
     # Dave did the lab against his own servers: a maillab session, TLS 1.3 with its secrets, but
     # none of it on the class server's record.
     dave = rows["dave"]
@@ -110,7 +112,7 @@ def a_class_on_a_virtual_network_is_graded_and_torn_down(lab):
     assert "not captured against this server" in reasons(dave) or "not on the class server" in reasons(dave), dave
     # Erin's file holds curl and Python's http.server: not a maillab session at all.
     erin = rows["erin"]
-    assert score(erin) == 0 and "maillab" in reasons(erin), erin
+    assert score(erin) == 0 and "no maillab session" in reasons(erin), erin
     # Frank's file was cut in half: what it holds before the cut counts (his registration), the
     # end (the conditional GET) is missing, and the row says the file is cut short.
     frank = rows["frank"]
