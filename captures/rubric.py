@@ -164,6 +164,11 @@ def evaluate(facts, rubric, grading=None):
         if n in UNGATED and facts.mode == "off":
             out[n] = Verdict("n/a", "a plaintext capture (for comparison): no TLS in it")
             continue
+        comparison = {"starttls_capture": ("starttls", "STARTTLS"), "plaintext_capture": ("off", "plaintext")}.get(n)
+        if comparison and facts.mode != comparison[0]:
+            out[n] = Verdict("n/a", f"no {comparison[1]} session in this capture (a step of the {comparison[1]} "
+                                    f"comparison capture; this one's mode is {facts.mode})")
+            continue
         if n == "provenance":
             if grading is None:
                 out[n] = Verdict("instructor", "checked by the instructor against the class server's record")

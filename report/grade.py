@@ -17,7 +17,8 @@ Every roster student has a row ("no submission" when none); every file in DIR is
 became of it. Written as each file finishes (a stopped run leaves what it had):
   DIR/grades.csv        one row per student: a column per rubric step (its points or 0), total, max,
                         files, verdict, reasons
-  DIR/grades-files.csv  one row per file: what became of it, its provenance, each step's status
+  DIR/grades-files.csv  one row per file: what became of it (outcome), its provenance_verdict, each
+                        step's status (ok, missing, n/a) and the reasons
   DIR/grades.html       both tables (Content-Security-Policy: no scripts, nothing fetched)
   DIR/grades-reports/   the report of each capture (python3 -m report.report), linked from the page
 
@@ -51,6 +52,7 @@ OUTPUTS = ("grades.csv", "grades-files.csv", "grades.html")
 REPORTS = "grades-reports"
 KEY_SUFFIXES = (".keys.log", ".keys")
 BATCH = 200  # client randoms per maillab-admin run
+CUT = "the file is cut short: graded as far as it reads"
 
 
 class UsageError(Exception):
@@ -244,8 +246,8 @@ def judge_provenance(r, record, certificates):
         r.failure = r.provenance
     elif maillab or tls:
         r.provenance = ("not captured against the class server" +
-                        (f" (none of its {len(tls)} TLS sessions is on its record)" if tls else
-                         " (plaintext: no TLS session to look up)"))
+                        (f": none of its {len(tls)} TLS sessions is on the class server's record" if tls else
+                         ": plaintext, no TLS session to look up"))
         r.failure = r.provenance if not any(s.maillab == "yes" and not s.tls for s in maillab) else ""
     else:
         r.provenance = "no maillab session in it"
@@ -306,7 +308,7 @@ def outcome(r):
         return "unassigned: no roster id in its name and no roster account on record or in it"
     text = f"graded for {r.student}"
     if f.truncated:
-        text += ": truncated, graded as far as it reads"
+        text += ": truncated (" + CUT + ")"
     return text
 
 
@@ -328,8 +330,8 @@ class Run:
             try:
                 self.certificates.add(capture_facts.certificate_sha256(cert))
             except (OSError, ValueError) as e:
-                raise UsageError(f"the class server's certificate {printable(cert)}: {e} (--cert FILE: the "
-                                 "server.pem that `maillab-certs` wrote for the class servers)")
+                raise UsageError(f"the class server's certificate {printable(cert)}: {e} (--cert FILE, or CERT= for make "
+                                 "grade: the server.pem that `maillab-certs` wrote for the class servers)")
         self.record = Record(os.path.abspath(args.admin), os.path.abspath(args.db))
         self.entries = list_folder(self.folder, self.out)
         self.lock = threading.Lock()
@@ -376,12 +378,12 @@ class Run:
                 row["verdict"] = "no submission"
             else:
                 row["verdict"] = "; ".join(f"{r.shown}: {r.failure or r.provenance}" +
-                                           (" (truncated: graded as far as it reads)" if r.facts.truncated else "")
+                                           (" (" + CUT + ")" if r.facts.truncated else "")
                                            for r in files)
             # One reason for the whole row when every file failed as a whole (shown once, not per step).
             row["failure"] = "; ".join(dict.fromkeys(
                 (f"{r.shown}: " if len(files) > 1 else "") + r.failure +
-                (" (truncated: graded as far as it reads)" if r.facts.truncated else "") for r in files)) \
+                (" (" + CUT + ")" if r.facts.truncated else "") for r in files)) \
                 if files and all(r.failure for r in files) and row["total"] == 0 else ""
         return list(rows.values())
 
@@ -425,7 +427,7 @@ class Run:
 
     def _files_csv(self, f):
         w = csv.writer(f)
-        w.writerow(["file", "outcome", "student", "account", "provenance", "truncated", "start", "mode", "sessions",
+        w.writerow(["file", "outcome", "student", "account", "provenance_verdict", "truncated", "start", "mode", "sessions",
                     "sessions_on_record", "accounts_seen", "ehlo", "keys", "notes", "report"] +
                    [s.name for s in self.steps] + ["reasons"])
         for r in self.entries:
