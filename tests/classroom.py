@@ -17,7 +17,7 @@ a run left behind by a killed run (namespaces mlc-<pid>-*, whose pid is gone) is
 Addresses come from 198.18.0.0/15 (RFC 2544, for testing) and exist only inside the namespaces:
 nothing is added to the machine's own network, and nothing outside it is ever contacted. Needs root.
 
-  classroom.py [--build build] [--out build/classroom] [--keep-network]
+  classroom.py [--build build] [--out build/classroom]
 
 Used by tests/e2e/test_classroom.py: Network (namespaces on a bridge) and Classroom (the class)."""
 
@@ -331,12 +331,12 @@ STUDENTS = [
 class Classroom:
     """One class, start to finish: run() returns what the test asserts (the boards, the grades)."""
 
-    def __init__(self, build="build", out=None, secret="classroom secret", keep_network=False):
+    def __init__(self, build="build", out=None, secret="classroom secret", quiet=False):
         self.build = os.path.abspath(os.path.join(ROOT, build))
         self.bin = os.path.join(self.build, "bin")
         self.out = os.path.abspath(out or os.path.join(self.build, "classroom"))
         self.secret = secret
-        self.keep_network = keep_network
+        self.say = (lambda text: None) if quiet else say
         self.timings = {}
         self.servers = []
 
@@ -591,12 +591,12 @@ class Classroom:
         with net:
             self.net = net
             self.timings["network"] = time.monotonic() - t0
-            say(f"classroom: {len(net.hosts)} machines on a bridge ({SUBNET}.0/24, namespaces {net.tag}-*), "
+            self.say(f"classroom: {len(net.hosts)} machines on a bridge ({SUBNET}.0/24, namespaces {net.tag}-*), "
                 f"the class server {SERVER_NAME} at {net.address('lab')}")
             t = time.monotonic()
             self.start_class_server(net)
             self.timings["class server"] = time.monotonic() - t
-            say(f"classroom: senderserver on {SERVER_NAME}:465 and retrieverserver on {SERVER_NAME}:443 "
+            self.say(f"classroom: senderserver on {SERVER_NAME}:465 and retrieverserver on {SERVER_NAME}:443 "
                 f"(common/class.properties); tokens and ca.pem handed out")
             result["board_before"] = self.board(net)
             t = time.monotonic()
@@ -609,7 +609,7 @@ class Classroom:
                 # On a failure or Ctrl-C, the network's clean-up ends what the others still run.
                 pool.shutdown(wait=False, cancel_futures=True)
             self.timings["students"] = time.monotonic() - t
-            say(f"classroom: the students are done ({self.timings['students']:.1f} s): "
+            self.say(f"classroom: the students are done ({self.timings['students']:.1f} s): "
                 + ", ".join(f"{s} {kind}" for s, _, kind in STUDENTS))
 
             def caught_up(board):
@@ -620,9 +620,9 @@ class Classroom:
             result["board_table"] = self.board(net, as_json=False) if result["board_mid"] is not None else None
             result["board_note"] = self.board_note
             if result["board_table"]:
-                say("classroom: the board mid-class (make class-status):\n" + result["board_table"].rstrip())
+                self.say("classroom: the board mid-class (make class-status):\n" + result["board_table"].rstrip())
             elif self.board_note:
-                say(f"classroom: no board: {self.board_note}")
+                self.say(f"classroom: no board: {self.board_note}")
             t = time.monotonic()
             self.collect(results)
             result["grades"] = self.grade(net)

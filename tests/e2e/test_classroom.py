@@ -77,7 +77,7 @@ def a_class_on_a_virtual_network_is_graded_and_torn_down(lab):
     file, the text file and the absent student get what they must; the board shows the class
     mid-way; and no namespace, /etc/netns folder or process is left."""
     needs_namespaces()
-    room = classroom.Classroom(build=os.path.relpath(lab.build, ROOT), out=lab.path("classroom"))
+    room = classroom.Classroom(build=os.path.relpath(lab.build, ROOT), out=lab.path("classroom"), quiet=True)
     result = room.run()
     tag = room.net.tag
     assert leftovers(tag) == [], leftovers(tag)
