@@ -105,6 +105,8 @@ AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const
                                  config.getUInt64("auth.scrypt.p")};
     policy.maxConcurrentHashes = config.getInt("auth.maxConcurrentHashes");
     policy.hashWaitMilliseconds = config.getInt64("auth.hashWaitMilliseconds");
+    policy.registrationBurst = config.getInt("auth.registrationBurst");
+    policy.registrationRefillSeconds = config.getInt64("auth.registrationRefillSeconds");
     return policy;
 }
 
@@ -134,8 +136,8 @@ std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOption
     }
 }
 
-bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Poco::Logger& logger,
-                     ClassRecord& record) {
+bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Authenticator& auth,
+                     Poco::Logger& logger, ClassRecord& record) {
     record.provenance = config.getBool("store.provenance");
     record.stuckSeconds = config.getInt64("class.stuckMinutes") * 60;
     try {
@@ -143,6 +145,15 @@ bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& sto
     } catch (const std::exception& e) {
         logger.error("event=startup-failed reason=" + logValue(std::string(e.what()) + " (class.roster)"));
         return false;
+    }
+    if (config.getBool("auth.registrationRosterOnly")) {
+        if (record.roster.empty()) {
+            logger.error("event=startup-failed reason=\"auth.registrationRosterOnly needs class.roster (student,account)\"");
+            return false;
+        }
+        std::vector<std::string> accounts;
+        for (const auto& [account, student] : record.roster) accounts.push_back(account);
+        auth.restrictRegistrationTo(accounts);
     }
     if (record.provenance) {
         int64_t days = config.getInt64("store.provenanceDays");

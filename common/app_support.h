@@ -55,8 +55,9 @@ struct ClassRecord {
 };
 // Reads the store.provenance*, store.activity* and class.* settings into `record`, and drops
 // provenance older than store.provenanceDays. Logs and returns false when a setting is unusable.
-bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Poco::Logger& logger,
-                     ClassRecord& record);
+// With auth.registrationRosterOnly, only the roster's accounts may register (`auth` is told so).
+bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Authenticator& auth,
+                     Poco::Logger& logger, ClassRecord& record);
 
 // A server's configuration: the compiled-in defaults (common/shared.properties under the server's
 // own file), then the --config file when one was given.

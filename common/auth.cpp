@@ -7,6 +7,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <iterator>
 #include <condition_variable>
 #include <thread>
 #include <cctype>
@@ -133,6 +134,31 @@ std::string sourceKey(const std::string& source) {
 }
 }  // namespace
 
+void Authenticator::restrictRegistrationTo(std::vector<std::string> accounts) {
+    for (auto& a : accounts) a = text::lowerCase(a);
+    std::sort(accounts.begin(), accounts.end());
+    registrationRoster_ = std::move(accounts);
+}
+
+double Authenticator::takeMemoryToken(std::unordered_map<std::string, MemoryBucket>& buckets, const std::string& key,
+                                      double burst, double refillSeconds, int64_t now) {
+    std::lock_guard<std::mutex> lock(memoryBucketsMutex_);
+    // Bounded: past 10,000 keys the full (refilled) buckets go, then, if need be, all of them.
+    if (buckets.size() > 10000) {
+        for (auto it = buckets.begin(); it != buckets.end();)
+            it = refillSeconds > 0 && it->second.tokens + (now - it->second.updated) / refillSeconds >= burst
+                     ? buckets.erase(it) : std::next(it);
+        if (buckets.size() > 10000) buckets.clear();
+    }
+    auto [it, fresh] = buckets.try_emplace(key, MemoryBucket{burst, now});
+    MemoryBucket& b = it->second;
+    if (!fresh && refillSeconds > 0 && now > b.updated) b.tokens = std::min(burst, b.tokens + (now - b.updated) / refillSeconds);
+    b.updated = std::max(b.updated, now);
+    if (b.tokens < 1.0) return refillSeconds > 0 ? std::max(1.0, (1.0 - b.tokens) * refillSeconds) : 1e9;
+    b.tokens -= 1.0;
+    return 0;
+}
+
 void Authenticator::ensurePostmaster() {
     store_.createAccount("postmaster@" + policy_.labDomain, "!no password yet: set by the instructor", clock_());
 }
@@ -147,6 +173,15 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     if (!state) {
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
             !isReservedAddress(email)) {
+            if (!registrationRoster_.empty() &&
+                !std::binary_search(registrationRoster_.begin(), registrationRoster_.end(), email))
+                return AuthResult{AuthOutcome::NotOnRoster, email, "", 0};
+            // Loopback is the student's own machine (and the tests'): her accounts, no one else's.
+            bool loopback = from.rfind("127.", 0) == 0 || from == "::1";
+            if (double wait = loopback ? 0 : takeMemoryToken(registrations_, "reg:" + from, policy_.registrationBurst,
+                                                             static_cast<double>(policy_.registrationRefillSeconds), now);
+                wait > 0)
+                return AuthResult{AuthOutcome::RegistrationLimited, email, "", static_cast<int64_t>(wait + 0.999)};
             std::string newPassword = generateLabPassword();
             std::string hash;
             {
@@ -159,7 +194,13 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
                 return AuthResult{AuthOutcome::Registered, email, newPassword, 0};
             }
         }
-        // Spend the same slow hash as a real check so timing does not tell which addresses exist.
+        // A name with no account is refused as an account's wrong password would be: the same
+        // budget (kept in memory), the same slow hash, so neither the reply nor its timing tells
+        // which names exist.
+        if (double wait = takeMemoryToken(unknownNames_, email, policy_.guessBurst,
+                                          static_cast<double>(policy_.guessRefillSeconds), now);
+            wait > 0)
+            return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999)};
         HashPlace place(*hashPlaces_, policy_.hashWaitMilliseconds);
         verifyPassword(password, "scrypt$" + std::to_string(policy_.scrypt.n) + "$" + std::to_string(policy_.scrypt.r) +
                                      "$" + std::to_string(policy_.scrypt.p) + "$AAAAAAAAAAAAAAAAAAAAAA==$" +

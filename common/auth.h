@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace maillab {
 
@@ -34,6 +35,10 @@ struct AuthPolicy {
     int maxConcurrentHashes = 0;
     // How long a login waits for a hash place before it is answered "temporarily unavailable".
     int64_t hashWaitMilliseconds = 10000;
+    // New accounts per source address: a bucket of registrationBurst that gains one every
+    // registrationRefillSeconds (a script cannot take a class's addresses before the students do).
+    int registrationBurst = 5;
+    int64_t registrationRefillSeconds = 360;
 };
 
 // A counting semaphore of places for slow hashes: enter() waits at most `wait` for a free one.
@@ -60,6 +65,8 @@ enum class AuthOutcome {
     Registered,      // new lab account created; newPassword holds its password, shown once
     BadCredentials,  // unknown user or wrong password (never says which)
     Throttled,       // the guess budget is spent: nothing was checked; retryAfterSeconds says when
+    RegistrationLimited,  // too many new accounts from this address; retryAfterSeconds says when
+    NotOnRoster,          // a class server registers only the roster's accounts
 };
 
 struct AuthResult {
@@ -84,6 +91,8 @@ public:
                             const std::string& source = "");
 
     const AuthPolicy& policy() const { return policy_; }
+    // A class server (class.roster with auth.registrationRosterOnly): only these addresses register.
+    void restrictRegistrationTo(std::vector<std::string> accounts);
     // RFC 5321 4.5.1: postmaster@<lab domain> must exist. Created on first start with no usable
     // password (nobody can log in as it until the instructor sets one); mail to it is kept.
     void ensurePostmaster();
@@ -103,6 +112,18 @@ private:
     std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);
     void remember(const Account& account, const std::string& password, int64_t now);
     void forget(const std::string& email);
+
+    // Buckets kept in memory (this process): names with no account draw on one as an account would,
+    // so a refusal never tells which names exist; and registrations per source address.
+    struct MemoryBucket {
+        double tokens;
+        int64_t updated;
+    };
+    double takeMemoryToken(std::unordered_map<std::string, MemoryBucket>& buckets, const std::string& key,
+                           double burst, double refillSeconds, int64_t now);
+    std::mutex memoryBucketsMutex_;
+    std::unordered_map<std::string, MemoryBucket> unknownNames_, registrations_;
+    std::vector<std::string> registrationRoster_;  // sorted; empty = anyone in the lab domain
 
     Store& store_;
     AuthPolicy policy_;

@@ -351,6 +351,13 @@ public:
         return state;
     }
 
+    void clearGuessBudgets(const std::string& email) override {
+        Connection c(*this);
+        Statement s(*c.handle, "DELETE FROM auth_budget WHERE email = ?1");
+        s.bind(1, email);
+        s.step();
+    }
+
     void returnGuess(const std::string& key, double burst) override {
         Connection c(*this);
         Statement s(*c.handle, "UPDATE auth_budget SET tokens = min(?2, tokens + 1) WHERE key = ?1");

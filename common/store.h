@@ -106,6 +106,9 @@ public:
     virtual double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
     // The account's LoginState for a login from `source`; nullopt when there is no such account.
     virtual std::optional<LoginState> loginState(const std::string& email, const std::string& source) = 0;
+    // The instructor's reset (maillab-admin set-password): every budget of the account full again, so
+    // a guesser who kept the shared one empty no longer keeps the owner out of a new address.
+    virtual void clearGuessBudgets(const std::string& email) = 0;
     // A guess that turned out right is given back: successes cost the owner nothing.
     virtual void returnGuess(const std::string& key, double burst) = 0;
     // Source addresses that have logged in to an account before: they draw on a budget of their own.

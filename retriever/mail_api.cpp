@@ -384,7 +384,7 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
         return r;
     }
     if (result.outcome == AuthOutcome::Throttled) {
-        noteActivity(result.user, activity::kLoginFailed);
+        if (result.knownAccount) noteActivity(result.user, activity::kLoginFailed);
         ApiResponse r = error(429, "Too many failed logins for this account; no password checked");
         r.headers.emplace_back("Retry-After", std::to_string(result.retryAfterSeconds));
         r.closeConnection = true;

@@ -274,7 +274,7 @@ protected:
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
         ctx.auth->ensurePostmaster();
-        if (!openClassRecord(cfg, *ctx.store, logger, ctx.classRecord)) return EXIT_CONFIG;
+        if (!openClassRecord(cfg, *ctx.store, *ctx.auth, logger, ctx.classRecord)) return EXIT_CONFIG;
         http::ApiLimits limits;
         limits.maxUriLength = cfg.getUInt64("http.maxUriLength");
         limits.maxHeaderBytes = cfg.getUInt64("http.maxHeaderBytes");

@@ -398,7 +398,7 @@ protected:
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
         ctx.auth->ensurePostmaster();
-        if (!openClassRecord(cfg, *ctx.store, logger, ctx.classRecord)) return EXIT_CONFIG;
+        if (!openClassRecord(cfg, *ctx.store, *ctx.auth, logger, ctx.classRecord)) return EXIT_CONFIG;
 
         std::string mode = cfg.getString("sender.tls");
         if (auto parsed = smtp::parseTlsMode(mode)) {

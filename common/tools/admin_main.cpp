@@ -5,7 +5,7 @@
 //
 //   maillab-admin [--db users/maillab.db] [--domain 447.edu] COMMAND
 //     set-password EMAIL    a new 8-digit password ending in 447, printed once; the old one stops
-//                           working at once on both servers
+//                           working at once on both servers, and the account's guess budgets are full
 //     set-role EMAIL ROLE   ROLE instructor (the class board and /metrics) or student
 //     list                  the accounts, one per line;  accounts --json: the same as JSON
 //     tls-sessions --json [CLIENT_RANDOM ...]
@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
                           << " (students register themselves: AUTH with an empty password)\n";
                 return 1;
             }
+            store->clearGuessBudgets(email);  // a guesser's spending no longer keeps her out
             std::cout << email << " password: " << password << "\n";
             return 0;
         }

@@ -220,6 +220,7 @@ public:
     bool setPasswordHash(const std::string& e, const std::string& h) override { return in_.setPasswordHash(e, h); }
     double takeGuess(const std::string& k, double b, double r, int64_t n) override { return in_.takeGuess(k, b, r, n); }
     void returnGuess(const std::string& k, double b) override { in_.returnGuess(k, b); }
+    void clearGuessBudgets(const std::string& e) override { in_.clearGuessBudgets(e); }
     bool isTrustedSource(const std::string& e, const std::string& s) override { return in_.isTrustedSource(e, s); }
     void trustSource(const std::string& e, const std::string& s, int64_t n) override { in_.trustSource(e, s, n); }
     std::vector<int64_t> deliver(const NewMessage& m) override { return in_.deliver(m); }
@@ -262,4 +263,44 @@ TEST_CASE("a cached password is never compared once the budget is spent, even by
     CHECK_FALSE(racing.hook);  // the parallel guess did run in between
     // The owner, from her own address, is not shut out.
     CHECK(server.authenticate("ana@447.edu", "12345447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+}
+
+TEST_CASE("a name with no account is refused exactly as an account is, budget included", "[auth][budget]") {
+    LabFixture lab;
+    lab.addUser("ana@447.edu", "12345447");
+    std::vector<AuthOutcome> known, unknown;
+    for (int i = 0; i < lab.auth->policy().guessBurst + 2; ++i) {
+        known.push_back(lab.auth->authenticate("ana@447.edu", "00000447", false, "198.18.0.66").outcome);
+        unknown.push_back(lab.auth->authenticate("nobody@447.edu", "00000447", false, "198.18.0.66").outcome);
+    }
+    CHECK(known == unknown);
+    CHECK(known.back() == AuthOutcome::Throttled);
+}
+
+TEST_CASE("registrations are limited per address (not on loopback), and to the roster when set", "[auth][register]") {
+    LabFixture lab;
+    int burst = lab.auth->policy().registrationBurst;
+    for (int i = 0; i < burst; ++i)
+        CHECK(lab.auth->authenticate("s" + std::to_string(i), "", true, "198.18.0.11").outcome == AuthOutcome::Registered);
+    AuthResult over = lab.auth->authenticate("extra", "", true, "198.18.0.11");
+    CHECK(over.outcome == AuthOutcome::RegistrationLimited);
+    CHECK(over.retryAfterSeconds > 0);
+    CHECK_FALSE(lab.store->findAccount("extra@447.edu"));
+    CHECK(lab.auth->authenticate("extra", "", true, "198.18.0.12").outcome == AuthOutcome::Registered);  // another address
+    for (int i = 0; i < burst + 2; ++i)
+        CHECK(lab.auth->authenticate("local" + std::to_string(i), "", true, "127.0.0.1").outcome == AuthOutcome::Registered);
+    lab.auth->restrictRegistrationTo({"S7@447.edu"});
+    CHECK(lab.auth->authenticate("carol", "", true, "198.18.0.13").outcome == AuthOutcome::NotOnRoster);
+    CHECK(lab.auth->authenticate("s7", "", true, "198.18.0.13").outcome == AuthOutcome::Registered);
+}
+
+TEST_CASE("the instructor's password reset also refills the account's budgets", "[auth][budget]") {
+    LabFixture lab;
+    lab.addUser("ana@447.edu", "12345447");
+    while (lab.auth->authenticate("ana@447.edu", "00000447", false, "198.18.0.66").outcome != AuthOutcome::Throttled) {
+    }
+    CHECK(lab.auth->authenticate("ana@447.edu", "12345447", false, "198.18.0.20").outcome == AuthOutcome::Throttled);
+    lab.store->setPasswordHash("ana@447.edu", hashPassword("54321447", ScryptParams{1024, 8, 1}));
+    lab.store->clearGuessBudgets("ana@447.edu");
+    CHECK(lab.auth->authenticate("ana@447.edu", "54321447", false, "198.18.0.20").outcome == AuthOutcome::Ok);
 }
