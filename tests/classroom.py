@@ -350,6 +350,20 @@ class Classroom:
             time.sleep(1)
         return path
 
+    def tool(self, net, role, argv, **kw):
+        """net.run() for a program of ours: one being rebuilt is briefly missing (exec fails, or `make
+        grade` says so), then it is waited for and the step is run again."""
+        for attempt in range(3):
+            out = net.run(role, argv, **kw)
+            text = out.stdout + out.stderr
+            missing = (out.returncode in (126, 127, 255) and ("not found" in text or "No such file" in text)) or \
+                ("build it with `make`" in text)
+            if not missing or attempt == 2:
+                return out
+            for program in ("senderclient", "retrieverclient", "maillab-admin", "maillab-certs"):
+                self.exe(program)
+        return out
+
     def hosts(self):
         hosts = [Host("lab", 1, [SERVER_NAME, "lab"]), Host("teacher", 2, [f"teacher.{DOMAIN}"])]
         hosts += [Host(s, octet, [f"{s}.{DOMAIN}"]) for s, octet, _ in STUDENTS]
@@ -377,7 +391,7 @@ class Classroom:
             f.write(self.secret + "\n")
         self.secret_file = secret_file
         certs = os.path.join(lab, "certs")
-        made = net.run("lab", [self.exe("maillab-certs"), "--host", SERVER_NAME, certs])
+        made = self.tool(net, "lab", [self.exe("maillab-certs"), "--host", SERVER_NAME, certs])
         if made.returncode != 0:
             raise RuntimeError(f"maillab-certs: {made.stdout}{made.stderr}")
         self.db = os.path.join(lab, "users", "maillab.db")
@@ -407,7 +421,7 @@ class Classroom:
         class-status yet (said once in self.board_note)."""
         argv = [self.exe("maillab-admin"), "--db", self.db, "class-status", "--roster", self.roster,
                 "--secret-file", self.secret_file] + (["--json"] if as_json else [])
-        out = net.run("lab", argv, timeout=60)
+        out = self.tool(net, "lab", argv, timeout=60)
         if out.returncode != 0:
             self.board_note = f"maillab-admin class-status is not available here (exit {out.returncode}: " \
                               f"{(out.stderr or out.stdout).strip()[:300]})"
@@ -430,7 +444,7 @@ class Classroom:
     def client(self, net, student, program, args, env=None, host=SERVER_NAME, port=None, ca=None):
         port = port or (465 if program == "senderclient" else 443)
         argv = [self.exe(program), "--host", host, "--port", str(port), "--ca", ca or self.ca] + list(args)
-        out = net.run(student, argv, env=env, timeout=120)
+        out = self.tool(net, student, argv, env=env, timeout=120)
         return out
 
     def must(self, out, what):
@@ -513,7 +527,7 @@ class Classroom:
         database, her own lab CA from `make certs`), reached by her machine's name."""
         name = f"{student}.{DOMAIN}"
         certs = os.path.join(home, "certs")
-        self.must(net.run(student, [self.exe("maillab-certs"), "--host", name, certs]), f"{student}'s certificates")
+        self.must(self.tool(net, student, [self.exe("maillab-certs"), "--host", name, certs]), f"{student}'s certificates")
         address = net.address(student)
         common = [f"--db={home}/users/maillab.db", f"--certs={certs}", f"--bind={address}"]
         os.makedirs(os.path.join(home, "users"))
@@ -566,11 +580,13 @@ class Classroom:
 
     def grade(self, net):
         """`make grade`, as docs/instructors.md says, on the instructor's machine."""
+        # A make of its own (under `make classroom`, not a sub-make of it: no jobserver to share).
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         argv = ["make", "-s", "-C", ROOT, "grade", f"DIR={self.submissions}", f"ROSTER={self.roster}",
                 f"SECRET={self.secret}", f"DB={self.db}",
                 # The class server's certificate (the grader checks the sessions were with it).
                 f"CERT={os.path.join(self.labdir, 'certs', 'server.pem')}"]
-        out = net.run("teacher", argv, timeout=600)
+        out = self.tool(net, "teacher", argv, timeout=600, env=env)
         self.grade_output = out.stdout + out.stderr
         if out.returncode != 0 or "Traceback" in out.stderr:
             raise RuntimeError(f"make grade failed (exit {out.returncode}):\n{self.grade_output[-4000:]}")
