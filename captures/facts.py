@@ -385,12 +385,15 @@ def _tls(s, frames, from_server):
                 s.cert_sha256 = hashlib.sha256(bytes.fromhex(first)).hexdigest()
             except ValueError:
                 pass
-        # tshark shows the outer type of a TLS 1.3 record only when it decrypted it.
-        if r["tls.record.opaque_type"]:
+        # TLS 1.3 encrypts every handshake message after the ServerHello: tshark names them
+        # (EncryptedExtensions, Certificate, CertificateVerify, Finished) only when it decrypted them.
+        if from_server(r) and any(k in ("8", "11", "15", "20") for k in kinds):
             s.decrypted = True
-    if s.cert_sha256 or (s.tls and any(r["smtp.command_line"] or r["http.request.method"] for r in frames
-                                       if "tls" in r["frame.protocols"].split(":"))):
-        s.decrypted = s.decrypted or s.tls
+    if s.version != "TLS 1.3":
+        s.decrypted = False  # TLS 1.2 and older send these in clear: only what they carry tells
+    if s.tls and any(r["smtp.command_line"] or r["smtp.response"] or r["http.request.method"] or r["http.response.code"]
+                     for r in frames if "tls" in r["frame.protocols"].split(":")):
+        s.decrypted = True
 
 
 def _smtp(s, frames, from_server):
