@@ -240,13 +240,16 @@ demo: deps
 MODES ?= implicit,starttls,off
 NAME ?= lab
 comma := ,
-# $(call shq,TEXT): TEXT as one shell word in single quotes (a file name can hold ; $ ` or spaces).
+# $(call shq,TEXT): text already expanded as one shell word (`quoted` above: a variable as given).
+# The values below read FILE, NAME, PORTS, HOST as given ($(value ...)), and they are not exported
+# (exporting expands them): a '$(...)' in a file name is a file name, never run by make.
 shq = '$(subst ','\'',$(1))'
+unexport FILE NAME PORTS HOST
 # capture-start captures the ports your servers use: PORT= and RPORT= (the sender's and the
 # retriever's, as for the lab targets), or PORTS=a,b; SERVERS=1 also starts the servers there with
 # the key log; NAME= names the file (default live); MODE= the servers' --tls.
-LIVE_PORTS := $(if $(filter command line environment,$(origin PORTS)),$(PORTS),$(if $(filter $(PORT),$(RPORT)),$(PORT),$(PORT)$(comma)$(RPORT)))
-LIVE_NAME := $(if $(filter command line environment,$(origin NAME)),$(NAME),live)
+LIVE_PORTS = $(if $(filter command line environment,$(origin PORTS)),$(value PORTS),$(if $(filter $(value PORT),$(value RPORT)),$(value PORT),$(value PORT)$(comma)$(value RPORT)))
+LIVE_NAME = $(if $(filter command line environment,$(origin NAME)),$(value NAME),live)
 .PHONY: capture capture-start capture-stop check-capture report wireshark-profile
 capture: test-deps
 	@$(MAKE) programs
@@ -257,7 +260,8 @@ capture: test-deps
 capture-start: test-deps
 	@$(if $(SERVERS),$(MAKE) programs,true)
 	@/usr/bin/python3 captures/capture.py start --ports $(call shq,$(LIVE_PORTS)) --name $(call shq,$(LIVE_NAME)) \
-	    --mode $(call shq,$(or $(MODE),implicit)) --host $(call shq,$(HOST)) --build $(call shq,$(BUILD)) $(if $(SERVERS),--servers)
+	    --mode $(if $(value MODE),$(call quoted,MODE),implicit) --host $(call quoted,HOST) --build $(call quoted,BUILD) \
+	    $(if $(value SERVERS),--servers)
 
 capture-stop:
 	@/usr/bin/python3 captures/capture.py stop --name $(call shq,$(LIVE_NAME))
@@ -269,11 +273,11 @@ check-capture:
 # FILE=captures/live.pcapng: that file alone, into report/<its name>/ (report/live/; NAME= another
 # folder), nothing captured; NAME=live alone does the same for captures/live.pcapng. Otherwise
 # CAPTURES, or this NAME's scripted captures (made first if there are none), into report/<NAME>/.
-REPORT_FILE := $(or $(FILE),$(if $(filter command line,$(origin NAME)),$(if $(wildcard captures/$(NAME)-*.pcapng),,$(wildcard captures/$(NAME).pcapng))))
+REPORT_FILE = $(or $(value FILE),$(if $(filter command line,$(origin NAME)),$(if $(wildcard captures/$(value NAME)-*.pcapng),,$(wildcard captures/$(value NAME).pcapng))))
 report: test-deps
 ifneq ($(REPORT_FILE),)
 	@file=$(call shq,$(REPORT_FILE)); test -f "$$file" || { echo "make report: no such file: $$file"; exit 2; }; \
-	name=$(if $(filter command line,$(origin NAME)),$(call shq,$(NAME)),"$$(basename -- "$$file")"); \
+	name=$(if $(filter command line,$(origin NAME)),$(call quoted,NAME),"$$(basename -- "$$file")"); \
 	name=$${name%.pcapng}; name=$${name%.pcap}; name=$$(printf '%s' "$$name" | tr -c 'A-Za-z0-9._-' '_'); \
 	case "$$name" in ""|.*) name="file-$$name";; esac; \
 	/usr/bin/python3 -m report.report --name="$$name" -- "$$file" && echo "report: open report/$$name/report.html"
@@ -295,7 +299,7 @@ wireshark-profile:
 .PHONY: classroom
 classroom: test-deps
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/classroom.py --build $(call shq,$(BUILD))
+	@/usr/bin/python3 tests/classroom.py --build $(call quoted,BUILD)
 
 # ---- benchmark -------------------------------------------------------------------------------
 # QUICK=1: about a minute, writes to build/ so a CI run leaves docs/benchmarks.md alone.

@@ -269,14 +269,16 @@ def make_report_file_reports_that_file_into_its_own_folder(lab):
     work = lab.path("report-file")
     os.makedirs(work)
     plain = os.path.join(work, f"{tag}.pcapng")
-    odd = os.path.join(work, f"it's;touch INJECTED-{tag};`touch INJECTED2-{tag}`.pcapng")
+    # Shell and make syntax in a file name: quotes, ;, backquotes, $(shell ...).
+    odd = os.path.join(work, f"it's;touch INJECTED-{tag};`touch INJECTED2-{tag}`$(shell touch INJECTED3-{tag}).pcapng")
     shutil.copy(source, plain)
     shutil.copy(source, odd)
     lab_report = os.path.join(ROOT, "report", "lab")
     stamp = lambda: os.stat(lab_report).st_mtime_ns if os.path.exists(lab_report) else None  # noqa: E731
     before = (stamp(), sorted(f for f in os.listdir(os.path.join(ROOT, "captures")) if f.endswith(".pcapng")))
+    import re
     made = [os.path.join(ROOT, "report", tag),
-            os.path.join(ROOT, "report", f"it_s_touch_INJECTED-{tag}__touch_INJECTED2-{tag}_")]
+            os.path.join(ROOT, "report", re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(odd)[:-len(".pcapng")]))]
     try:
         out = subprocess.run(["make", "-s", "report", f"FILE={plain}"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
