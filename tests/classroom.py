@@ -238,6 +238,10 @@ class Network:
         for name in reversed(self.made):
             remove_namespace(name)
         self.made = []
+        try:
+            os.rmdir("/etc/netns")  # when nothing else is in it (ip netns exec needs it only for us)
+        except OSError:
+            pass
         self._restore_handlers()
 
     def _install_handlers(self):
