@@ -14,7 +14,7 @@ namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 5;
+constexpr int kSchemaVersion = 6;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -120,6 +120,34 @@ CREATE TABLE IF NOT EXISTS activity (
 );
 ALTER TABLE accounts ADD COLUMN role TEXT NOT NULL DEFAULT '';
 )SQL";
+
+// Version 6: a message's text stored once however many mailboxes it goes to (bodies; a body goes
+// with the last message that uses it), and each mailbox's bytes beside its count, for the quota.
+const char* const kSchemaV6 = R"SQL(
+CREATE TABLE IF NOT EXISTS bodies (
+    id   INTEGER PRIMARY KEY,
+    raw  BLOB NOT NULL
+);
+ALTER TABLE messages ADD COLUMN body_id INTEGER;
+CREATE INDEX IF NOT EXISTS messages_by_body ON messages(body_id) WHERE body_id IS NOT NULL;
+ALTER TABLE mailbox_stats ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE mailbox_stats SET bytes = (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.mailbox = mailbox_stats.mailbox);
+DROP TRIGGER IF EXISTS messages_count;
+CREATE TRIGGER messages_count AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_stats(mailbox, count, newest_id, newest_received_at, bytes)
+        VALUES (NEW.mailbox, 1, NEW.id, NEW.received_at, NEW.size)
+    ON CONFLICT(mailbox) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,
+        newest_id = max(newest_id, excluded.newest_id),
+        newest_received_at = max(newest_received_at, excluded.newest_received_at);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_uncount AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size WHERE mailbox = OLD.mailbox;
+    DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
+END;
+)SQL";
+
+// A message's text: its body row's, or (stored before version 6) its own.
+const char* const kMessageText = "coalesce((SELECT b.raw FROM bodies b WHERE b.id = messages.body_id), messages.raw)";
 
 // A pooled database connection and the statements prepared on it (preparing costs more than
 // running most of the lab's queries).
@@ -487,8 +515,8 @@ public:
                                                 int64_t startBytes) override {
         Connection c(*this);
         // raw is a BLOB: substr counts bytes.
-        std::string sql = std::string("SELECT ") + kSummaryColumns +
-                          ", substr(raw, 1, ?4) FROM messages WHERE mailbox = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3";
+        std::string sql = std::string("SELECT ") + kSummaryColumns + ", substr(" + kMessageText +
+                          ", 1, ?4) FROM messages WHERE mailbox = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3";
         Statement s(*c.handle, sql);
         s.bind(1, mailbox).bind(2, limit).bind(3, offset).bind(4, startBytes);
         std::vector<MessageStart> result;
@@ -499,7 +527,7 @@ public:
     std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) override {
         Connection c(*this);
         std::string sql =
-            std::string("SELECT ") + kSummaryColumns + ", raw FROM messages WHERE mailbox = ?1 AND id = ?2";
+            std::string("SELECT ") + kSummaryColumns + ", " + kMessageText + " FROM messages WHERE mailbox = ?1 AND id = ?2";
         Statement s(*c.handle, sql);
         s.bind(1, mailbox).bind(2, id);
         if (!s.step()) return std::nullopt;
@@ -508,10 +536,11 @@ public:
 
     MailboxStats mailboxStats(const std::string& mailbox) override {
         Connection c(*this);
-        Statement s(*c.handle, "SELECT count, newest_id, newest_received_at FROM mailbox_stats WHERE mailbox = ?1");
+        Statement s(*c.handle,
+                    "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
         s.bind(1, mailbox);
         if (!s.step()) return MailboxStats{};
-        return MailboxStats{s.integer(0), s.integer(1), s.integer(2)};
+        return MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
     }
 
 private:
@@ -526,15 +555,21 @@ private:
         try {
             Connection c(*this);
             Transaction tx(c.db);
+            Statement body(*c.handle, "INSERT INTO bodies(raw) VALUES(?1)");
             Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
-                        "received_at, size, raw) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+                        "received_at, size, raw, body_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
             for (PendingDelivery* p : batch) {
                 const NewMessage& m = *p->message;
+                // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
+                body.bindBlob(1, m.raw);
+                body.step();
+                int64_t bodyId = sqlite3_last_insert_rowid(c.db);
+                body.reset();
                 for (const std::string& mailbox : m.recipients) {
                     s.bind(1, m.queueId).bind(2, mailbox).bind(3, m.envelopeFrom).bind(4, m.from);
                     s.bind(5, m.to).bind(6, m.subject).bind(7, m.date).bind(8, m.receivedAt);
-                    s.bind(9, static_cast<int64_t>(m.raw.size())).bindBlob(10, m.raw);
+                    s.bind(9, static_cast<int64_t>(m.raw.size())).bind(10, bodyId);
                     s.step();
                     p->ids.push_back(sqlite3_last_insert_rowid(c.db));
                     s.reset();
@@ -654,6 +689,7 @@ private:
         if (current < 3) exec(db, kSchemaV3);
         if (current < 4) exec(db, kSchemaV4);
         if (current < 5) exec(db, kSchemaV5);
+        if (current < 6) exec(db, kSchemaV6);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }

@@ -87,6 +87,7 @@ struct MailboxStats {
     int64_t count = 0;
     int64_t newestId = 0;          // 0 when empty
     int64_t newestReceivedAt = 0;  // 0 when empty
+    int64_t bytes = 0;             // the stored size of its messages (the quota counts these)
 };
 
 class Store {

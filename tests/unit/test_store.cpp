@@ -108,7 +108,7 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 5);
+    CHECK(sqlite3_column_int(st, 0) == 6);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);
@@ -139,9 +139,36 @@ TEST_CASE("a version 1 database is migrated: mailbox totals are computed from th
     auto stats = store->mailboxStats("bob@447.edu");
     CHECK(stats.count == 2);
     CHECK(stats.newestReceivedAt == 20);
+    CHECK(stats.bytes == 2);
+    // A message stored before bodies had a table of their own is still read whole.
+    auto old = store->getMessage("bob@447.edu", 1);
+    REQUIRE(old);
+    CHECK(old->raw == "x");
     NewMessage m = message("three", {"bob@447.edu"});
     store->deliver(m);
     CHECK(store->mailboxStats("bob@447.edu").count == 3);
+}
+
+TEST_CASE("a message to many mailboxes is stored once; each mailbox counts its bytes", "[store][quota]") {
+    LabFixture lab;
+    std::vector<std::string> rcpts;
+    for (int i = 0; i < 50; ++i) rcpts.push_back("r" + std::to_string(i) + "@447.edu");
+    NewMessage m = message("big", rcpts);
+    m.raw = "Subject: big\r\n\r\n" + std::string(1 << 20, 'x') + "\r\n";
+    auto ids = lab.store->deliver(m);
+    REQUIRE(ids.size() == 50);
+    CHECK(lab.store->getMessage("r7@447.edu", ids[7])->raw == m.raw);
+    CHECK(lab.store->listMessageStarts("r9@447.edu", 0, 10, 12)[0].start == "Subject: big");
+    CHECK(lab.store->mailboxStats("r3@447.edu").bytes == static_cast<int64_t>(m.raw.size()));
+    // On disk: about one copy (1 MiB), not fifty.
+    sqlite3* db = nullptr;
+    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT sum(length(raw)) FROM bodies", -1, &st, nullptr);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK(sqlite3_column_int64(st, 0) == static_cast<int64_t>(m.raw.size()));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
 }
 
 TEST_CASE("provenance: an authenticated session is recorded by both randoms, never replaced", "[store][provenance]") {
