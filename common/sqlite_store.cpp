@@ -298,6 +298,20 @@ public:
         return Account{s.text(0), s.text(1), s.integer(2), s.text(3)};
     }
 
+    bool deleteAccount(const std::string& email) override {
+        Connection c(*this);
+        Transaction tx(c.db);
+        Statement mail(*c.handle, "DELETE FROM messages WHERE mailbox = ?1");
+        mail.bind(1, email);
+        mail.step();
+        Statement account(*c.handle, "DELETE FROM accounts WHERE email = ?1");
+        account.bind(1, email);
+        account.step();
+        bool deleted = sqlite3_changes(c.db) == 1;
+        tx.commit();
+        return deleted;
+    }
+
     std::vector<Account> listAccounts() override {
         Connection c(*this);
         Statement s(*c.handle, "SELECT email, password_hash, created_at, role FROM accounts ORDER BY email");

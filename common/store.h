@@ -128,6 +128,9 @@ public:
                                                         int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
 
+    // The instructor's removal: the account, its budgets, trusted sources and mailbox, in one
+    // transaction; false when there is none. Its cached password stops working at once (auth.h).
+    virtual bool deleteAccount(const std::string& email) = 0;
     // Every account, by address.
     virtual std::vector<Account> listAccounts() = 0;
     // "instructor" or "" (student); false when there is no such account.

@@ -6,8 +6,10 @@
 //   maillab-admin [--db users/maillab.db] [--domain 447.edu] COMMAND
 //     set-password EMAIL    a new 8-digit password ending in 447, printed once; the old one stops
 //                           working at once on both servers, and the account's guess budgets are full
+//     delete-account EMAIL  the account and its mailbox go; its password stops working at once
 //     set-role EMAIL ROLE   ROLE instructor (the class board and /metrics) or student
 //     list                  the accounts, one per line;  accounts --json: the same as JSON
+//     mailbox EMAIL --json  the mailbox's messages, oldest first, each with its stored text (base64)
 //     tls-sessions --json [CLIENT_RANDOM ...]
 //                           the provenance record (authenticated TLS sessions), all or those named
 //     class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes 20]
@@ -22,6 +24,7 @@
 #include <Poco/JSON/Object.h>
 
 #include <chrono>
+#include <cstdint>
 #include <csignal>
 #include <ctime>
 #include <iostream>
@@ -35,8 +38,8 @@ namespace {
 
 const char* const kUsage =
     "usage: maillab-admin [--db FILE] [--domain DOMAIN] COMMAND\n"
-    "  set-password EMAIL | set-role EMAIL instructor|student | list | accounts --json\n"
-    "  tls-sessions --json [CLIENT_RANDOM ...]\n"
+    "  set-password EMAIL | delete-account EMAIL | set-role EMAIL instructor|student | list | accounts --json\n"
+    "  mailbox EMAIL --json | tls-sessions --json [CLIENT_RANDOM ...]\n"
     "  class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes N]\n";
 
 int usage(const std::string& why = "") {
@@ -116,6 +119,17 @@ int main(int argc, char** argv) {
             std::cout << email << " password: " << password << "\n";
             return 0;
         }
+        if (command == "delete-account" && words.size() == 2) {
+            maillab::AuthPolicy policy;
+            policy.labDomain = domain;
+            std::string email = maillab::Authenticator(*store, policy).normalizeUser(words[1]);
+            if (!store->deleteAccount(email)) {
+                std::cerr << "maillab-admin: no account " << email << " in " << db << "\n";
+                return 1;
+            }
+            std::cout << email << " deleted, with its mailbox\n";
+            return 0;
+        }
         if (command == "set-role" && words.size() == 3) {
             maillab::AuthPolicy policy;
             policy.labDomain = domain;
@@ -148,6 +162,31 @@ int main(int argc, char** argv) {
                 list.add(o);
             }
             if (asJson) std::cout << json(list);
+            return 0;
+        }
+        if (command == "mailbox" && asJson && words.size() == 2) {
+            maillab::AuthPolicy policy;
+            policy.labDomain = domain;
+            std::string email = maillab::Authenticator(*store, policy).normalizeUser(words[1]);
+            auto listed = store->listMessages(email, 0, INT64_MAX);
+            Poco::JSON::Array list;
+            for (auto it = listed.rbegin(); it != listed.rend(); ++it) {
+                auto message = store->getMessage(email, it->id);
+                if (!message) continue;
+                Poco::JSON::Object o;
+                o.set("id", it->id);
+                o.set("queue_id", it->queueId);
+                o.set("envelope_from", it->envelopeFrom);
+                o.set("from", it->from);
+                o.set("to", it->to);
+                o.set("subject", it->subject);
+                o.set("date", it->date);
+                o.set("received_at", it->receivedAt);
+                o.set("size", it->size);
+                o.set("raw_base64", maillab::base64Encode(message->raw));
+                list.add(o);
+            }
+            std::cout << json(list);
             return 0;
         }
         if (command == "tls-sessions" && asJson) {

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -40,6 +39,8 @@ class Lab:
         self.certs = os.path.join(self.dir, "certs")
         subprocess.run([self.exe("maillab-certs"), self.certs], check=True, stdout=subprocess.DEVNULL)
         self.ca = os.path.join(self.certs, "ca.pem")
+        global ADMIN
+        ADMIN = self.exe("maillab-admin")
         self.counter = 0
 
     def exe(self, name):
@@ -190,12 +191,19 @@ def run_client(lab, port, args, input=None, program="senderclient", timeout=60):
                           input=input, capture_output=True, text=True, timeout=timeout)
 
 
+ADMIN = None  # build/bin/maillab-admin, set by Lab: tests read the store only through it
+
+
 def messages(db, mailbox):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT subject, raw FROM messages WHERE mailbox=? ORDER BY id", (mailbox,)).fetchall()
-    finally:
-        con.close()
+    """(subject, stored text) of each message in the mailbox, oldest first, read through the store's
+    own tool (maillab-admin mailbox --json), never by SQL."""
+    import json
+    done = subprocess.run([ADMIN, "--db", db, "mailbox", mailbox, "--json"], capture_output=True, text=True)
+    if done.returncode == 3 and "no such database" in done.stderr:
+        return []
+    assert done.returncode == 0, done.stderr
+    import base64
+    return [(m["subject"], base64.b64decode(m["raw_base64"])) for m in json.loads(done.stdout)]
 
 
 def run(lab, selected=None):

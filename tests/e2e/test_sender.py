@@ -545,11 +545,9 @@ def a_deleted_account_stops_working_at_once_on_both_servers(lab):
         carol = register(lab, sender.port, "carol")
         ok = run_client(lab, retriever.port, ["--user", "carol", "--password", carol], program="retrieverclient")
         assert ok.returncode == 0, ok.stderr  # now cached in both servers
-        import sqlite3
-        con = sqlite3.connect(sender.db)
-        con.execute("DELETE FROM accounts WHERE email='carol@447.edu'")
-        con.commit()
-        con.close()
+        deleted = subprocess.run([lab.exe("maillab-admin"), "--db", sender.db, "delete-account", "carol"],
+                                 capture_output=True, text=True)
+        assert deleted.returncode == 0 and "carol@447.edu deleted" in deleted.stdout, deleted.stderr
         out = run_client(lab, sender.port, ["--user", "carol", "--password", carol, "--to", "carol", "--subject", "x"])
         assert out.returncode == 1 and "535" in out.stderr, out.stderr
         out = run_client(lab, retriever.port, ["--user", "carol", "--password", carol], program="retrieverclient")

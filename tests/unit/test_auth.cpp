@@ -231,6 +231,7 @@ public:
     }
     MailboxStats mailboxStats(const std::string& m) override { return in_.mailboxStats(m); }
     std::vector<Account> listAccounts() override { return in_.listAccounts(); }
+    bool deleteAccount(const std::string& e) override { return in_.deleteAccount(e); }
     bool setRole(const std::string& e, const std::string& r) override { return in_.setRole(e, r); }
     bool recordTlsLogin(const TlsSessionRecord& r) override { return in_.recordTlsLogin(r); }
     std::vector<TlsSessionRecord> findTlsSessions(const std::vector<std::string>& r) override { return in_.findTlsSessions(r); }
