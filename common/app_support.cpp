@@ -11,12 +11,14 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <malloc.h>
 #include <sstream>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 namespace maillab {
@@ -114,6 +116,12 @@ bool ensureServerCertificates(const TlsOptions& tls) {
     size_t slash = tls.caFile.rfind('/');
     std::string caDir = slash == std::string::npos ? "." : tls.caFile.substr(0, slash);
     return ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile});
+}
+
+int64_t freeBytesAt(const std::string& directory) {
+    struct statvfs fs {};
+    if (::statvfs(directory.c_str(), &fs) != 0) return INT64_MAX;
+    return static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
 }
 
 long raiseOpenFileLimit() {

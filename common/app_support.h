@@ -63,6 +63,10 @@ bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& sto
 // own file), then the --config file when one was given.
 void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults);
 
+// Free bytes for an unprivileged writer on the file system holding `directory` (statvfs); a large
+// number when it cannot be read (the check then never refuses mail on a guess).
+int64_t freeBytesAt(const std::string& directory);
+
 // Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
 // default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.
 long raiseOpenFileLimit();

@@ -239,14 +239,40 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     };
     // A right password, cached or checked, makes its source one the owner has logged in from.
     auto ok = [&] {
-        if (!trusted && !from.empty()) store_.trustSource(email, from, now);
+        try {
+            if (!trusted && !from.empty()) store_.trustSource(email, from, now);
+        } catch (const StoreError&) {
+            // A full disk: she is logged in all the same, and trusted next time there is room.
+        }
         return AuthResult{AuthOutcome::Ok, email, "", 0};
     };
     if (cachedOk()) return ok();
 
     // The guess is paid for before it is checked, in one transaction: no number of parallel
     // connections, on either server, gets more checks than the budget holds.
-    if (double wait = store_.takeGuess(key, burst, refill, now); wait > 0) return throttled(wait);
+    // When the database cannot take the write (a full disk, a lock held too long), the guess is paid
+    // from a budget kept in memory instead: logins go on, and still no guess is free.
+    double wait = 0;
+    bool inMemory = false;
+    try {
+        wait = store_.takeGuess(key, burst, refill, now);
+    } catch (const StoreError&) {
+        inMemory = true;
+        wait = takeMemoryToken(memoryBudgets_, key, burst, refill, now);
+    }
+    if (wait > 0) return throttled(wait);
+    auto giveBack = [&] {
+        if (inMemory) {
+            std::lock_guard<std::mutex> lock(memoryBucketsMutex_);
+            auto it = memoryBudgets_.find(key);
+            if (it != memoryBudgets_.end()) it->second.tokens = std::min(burst, it->second.tokens + 1);
+            return;
+        }
+        try {
+            store_.returnGuess(key, burst);
+        } catch (const StoreError&) {
+        }
+    };
 
     bool right = false;
     if (!password.empty()) {
@@ -254,12 +280,12 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
             HashPlace place(*hashPlaces_, policy_.hashWaitMilliseconds);
             right = verifyPassword(password, account->passwordHash);
         } catch (const AuthBusy&) {
-            store_.returnGuess(key, burst);  // nothing was checked: the guess is not spent
+            giveBack();  // nothing was checked: the guess is not spent
             throw;
         }
     }
     if (right) {
-        store_.returnGuess(key, burst);
+        giveBack();
         remember(*account, password, now);
         return ok();
     }

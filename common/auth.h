@@ -123,6 +123,7 @@ private:
                            double burst, double refillSeconds, int64_t now);
     std::mutex memoryBucketsMutex_;
     std::unordered_map<std::string, MemoryBucket> unknownNames_, registrations_;
+    std::unordered_map<std::string, MemoryBucket> memoryBudgets_;  // accounts' budgets while the store cannot write
     std::vector<std::string> registrationRoster_;  // sorted; empty = anyone in the lab domain
 
     Store& store_;

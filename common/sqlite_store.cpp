@@ -698,6 +698,10 @@ private:
         }
         if (current > kSchemaVersion)
             throw StoreError("database schema version " + std::to_string(current) + " is newer than this program");
+        if (current == kSchemaVersion) {
+            tx.commit();  // nothing to write: a server starts on a full disk
+            return;
+        }
         if (current < 1) exec(db, kSchemaV1);
         if (current < 2) exec(db, kSchemaV2);
         if (current < 3) exec(db, kSchemaV3);

@@ -51,6 +51,8 @@ struct SenderContext {
     int maxConnections = 0;
     std::unique_ptr<ConnectionLimiter> limiter;
     std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
+    std::unique_ptr<smtp::SubmissionRates> rates;  // per account and address an hour (class servers)
+    std::string storeDirectory;                    // where the database is: its free space is checked
     ClassRecord classRecord;  // provenance, the board's activity, lab tokens (class servers)
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
     std::atomic<int> refusing{0};
@@ -228,6 +230,8 @@ private:
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         env.dataBudget = ctx_.dataBudget.get();
+        env.rates = ctx_.rates.get();
+        env.freeDiskBytes = [this] { return freeBytesAt(ctx_.storeDirectory); };
         env.onLogin = [this](const std::string& account) { onLogin(account); };
         if (ActivityRecorder* recorder = ctx_.classRecord.activity.get()) {
             env.onLoginFailed = [recorder](const std::string& account) {
@@ -390,9 +394,19 @@ protected:
         ctx.limits.maxAuthFailures = cfg.getInt("smtp.maxAuthFailures");
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
         ctx.dataBudget = std::make_unique<smtp::DataBudget>(cfg.getUInt64("smtp.maxDataInFlight"));
+        ctx.limits.mailboxQuotaBytes = cfg.getInt64("smtp.mailboxQuotaBytes");
+        ctx.limits.minFreeDiskBytes = cfg.getInt64("smtp.minFreeDiskBytes");
+        smtp::SubmissionRates::Limits rates;
+        rates.messagesPerHour = cfg.getInt64("smtp.messagesPerHour");
+        rates.recipientsPerHour = cfg.getInt64("smtp.recipientsPerHour");
+        rates.bytesPerHour = cfg.getInt64("smtp.bytesPerHour");
+        if (rates.messagesPerHour > 0 || rates.recipientsPerHour > 0 || rates.bytesPerHour > 0)
+            ctx.rates = std::make_unique<smtp::SubmissionRates>(rates);
 
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
         SqliteOptions storeOptions = storeOptionsFrom(cfg);
+        size_t slash = storeOptions.path.rfind('/');
+        ctx.storeDirectory = slash == std::string::npos ? "." : storeOptions.path.substr(0, slash + 1);
         TlsOptions tls = tlsOptionsFrom(cfg);
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;

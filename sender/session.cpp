@@ -125,6 +125,48 @@ bool DataBudget::take(size_t bytes) {
 
 void DataBudget::give(size_t bytes) { inUse_ -= bytes; }
 
+int64_t SubmissionRates::perHour(What what) const {
+    return what == What::Messages ? limits_.messagesPerHour : what == What::Recipients ? limits_.recipientsPerHour
+                                                                                        : limits_.bytesPerHour;
+}
+
+SubmissionRates::Bucket& SubmissionRates::bucket(const std::string& key, int64_t now) {
+    if (buckets_.size() > 100000) buckets_.clear();  // bounded: at worst everyone starts afresh
+    auto [it, fresh] = buckets_.try_emplace(key, Bucket{});
+    Bucket& b = it->second;
+    for (int i = 0; i < 3; ++i) {
+        double full = static_cast<double>(perHour(static_cast<What>(i)));
+        b.tokens[i] = fresh ? full : std::min(full, b.tokens[i] + full * static_cast<double>(now - b.updated) / 3600.0);
+    }
+    b.updated = now;
+    return b;
+}
+
+int64_t SubmissionRates::wait(const std::string& account, const std::string& address, What what, int64_t amount,
+                              int64_t now) {
+    double limit = static_cast<double>(perHour(what));
+    if (limit <= 0) return 0;
+    std::lock_guard<std::mutex> lock(mutex_);
+    int64_t longest = 0;
+    for (const std::string& key : {"acct:" + account, "addr:" + address}) {
+        double have = bucket(key, now).tokens[static_cast<int>(what)];
+        double need = std::min(static_cast<double>(amount), limit);  // one larger than an hour's worth waits an hour
+        if (have < need) longest = std::max(longest, static_cast<int64_t>((need - have) * 3600.0 / limit) + 1);
+    }
+    return longest;
+}
+
+void SubmissionRates::charge(const std::string& account, const std::string& address, int64_t recipients, int64_t bytes,
+                             int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const std::string& key : {"acct:" + account, "addr:" + address}) {
+        Bucket& b = bucket(key, now);
+        b.tokens[0] -= 1;
+        b.tokens[1] -= static_cast<double>(recipients);
+        b.tokens[2] -= static_cast<double>(bytes);
+    }
+}
+
 Session::~Session() { releaseData(); }
 
 void Session::releaseData() {
@@ -498,6 +540,15 @@ Output Session::cmdMail(const std::string& arg) {
     if (sender != user_)
         return error(SenderNotOwned, "Sender address rejected: <" + path->address.substr(0, 256) +
                                          "> is not owned by authenticated user " + user_);
+    if (auto refused = storageRefusal()) return *refused;
+    if (env_.rates) {
+        const int64_t now = env_.clock();
+        if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Messages, 1, now))
+            return error(RateLimited, "Submission rate limit: " +
+                                          std::to_string(env_.rates->perHour(SubmissionRates::What::Messages)) +
+                                          " messages an hour from your account and address; try again in " +
+                                          std::to_string((wait + 59) / 60) + " min");
+    }
     mailFrom_ = sender;
     recipients_.clear();
     enterState(State::Mail);
@@ -533,6 +584,16 @@ Output Session::cmdRcpt(const std::string& arg) {
             return error(LocalError, "Local error in processing; try again later");
         }
         if (!exists) return error(UserUnknown, "Recipient address rejected: user unknown <" + rcpt + ">");
+        if (env_.rates) {
+            if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Recipients,
+                                                static_cast<int64_t>(recipients_.size()) + 1, env_.clock()))
+                return error(TooManyRecipients,
+                             "Too many recipients this hour (" +
+                                 std::to_string(env_.rates->perHour(SubmissionRates::What::Recipients)) +
+                                 " an hour from your account and address); try again in " +
+                                 std::to_string((wait + 59) / 60) + " min");
+        }
+        if (auto full = quotaRefusal(rcpt, 0)) return *full;
         recipients_.push_back(rcpt);
     }
     enterState(State::Rcpt);
@@ -655,6 +716,20 @@ Output Session::finishMessage() {
 
     size_t count = recipients_.size();
     size_t size = message.raw.size();
+    std::optional<Output> refusal = storageRefusal();
+    for (size_t i = 0; !refusal && i < recipients_.size(); ++i) refusal = quotaRefusal(recipients_[i], size);
+    if (!refusal && env_.rates) {
+        if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Bytes,
+                                            static_cast<int64_t>(size * count), now))
+            refusal = error(RateLimited, "Submission rate limit: " +
+                                             std::to_string(env_.rates->perHour(SubmissionRates::What::Bytes) >> 20) +
+                                             " MiB an hour from your account and address (each recipient counts); "
+                                             "try again in " + std::to_string((wait + 59) / 60) + " min");
+    }
+    if (refusal) {
+        resetTransaction();
+        return *refusal;
+    }
     std::optional<std::string> failure;
     try {
         store_.deliver(message);
@@ -669,11 +744,43 @@ Output Session::finishMessage() {
     }
     env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +
              " rcpts=" + std::to_string(count) + " size=" + std::to_string(size));
+    if (env_.rates) env_.rates->charge(user_, env_.peerAddress, static_cast<int64_t>(count),
+                                       static_cast<int64_t>(size * count), now);
     if (env_.onQueued) env_.onQueued(user_, message.subject);
     Output out;
     // Sent only after the commit: a 250 means the message is on disk.
     out.replies.push_back(reply(Ok, "Ok: queued as " + message.queueId));
     return out;
+}
+
+std::optional<Output> Session::storageRefusal() {
+    if (!env_.freeDiskBytes || limits_.minFreeDiskBytes <= 0) return std::nullopt;
+    int64_t free = env_.freeDiskBytes();
+    if (free >= limits_.minFreeDiskBytes) return std::nullopt;
+    // New mail stops first, so that logins and reading (which write a little) keep working.
+    env_.log("event=disk-low free=" + std::to_string(free) + " floor=" + std::to_string(limits_.minFreeDiskBytes));
+    return error(InsufficientStorage, "Insufficient system storage: the server's disk is nearly full; "
+                                      "no new mail until there is room (try again later)");
+}
+
+std::optional<Output> Session::quotaRefusal(const std::string& mailbox, size_t adding) {
+    if (limits_.mailboxQuotaBytes <= 0) return std::nullopt;
+    int64_t holds = 0;
+    try {
+        holds = store_.mailboxStats(mailbox).bytes;
+    } catch (const std::exception& e) {
+        env_.log(std::string("event=store result=error reason=") + logValue(e.what()));
+        return error(LocalError, "Local error in processing; try again later");
+    }
+    if (holds + static_cast<int64_t>(adding) <= limits_.mailboxQuotaBytes && holds < limits_.mailboxQuotaBytes)
+        return std::nullopt;
+    // RFC 3463 4.2.2: mailbox full, a transient condition (the owner can make room).
+    auto size = [](int64_t bytes) {
+        return bytes >= (1 << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes) + " bytes";
+    };
+    return error(MailboxFull, "Mailbox full: <" + mailbox + "> holds " + size(holds) + " of its " +
+                                  size(limits_.mailboxQuotaBytes) +
+                                  (adding ? " and this message does not fit" : "") + "; try again later");
 }
 
 void Session::resetTransaction() {

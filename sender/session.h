@@ -10,6 +10,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <mutex>
+#include <unordered_map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +24,34 @@ struct SessionLimits {
     size_t maxRecipients = 100;             // RCPT commands per message (RFC 5321 4.5.3.1.8)
     int maxAuthFailures = 5;                // failed AUTH per session before 421
     int maxErrors = 20;                     // error replies per session before 421
+    int64_t mailboxQuotaBytes = 0;          // stored bytes a mailbox may hold (0: no quota); past it 452 4.2.2
+    int64_t minFreeDiskBytes = 0;           // below this much free disk new mail gets 452 4.3.1
+};
+
+// What accounts and source addresses may submit an hour (class servers), shared by a server's
+// sessions: messages, recipients and bytes, each a token bucket of `perHour` that refills
+// continuously. 0 means no limit. Kept in memory: one sender process per class server.
+class SubmissionRates {
+public:
+    struct Limits {
+        int64_t messagesPerHour = 0, recipientsPerHour = 0, bytesPerHour = 0;
+    };
+    enum class What { Messages = 0, Recipients = 1, Bytes = 2 };
+    explicit SubmissionRates(Limits limits) : limits_(limits) {}
+    // Seconds until `amount` more may be submitted by both the account and the address; 0: now.
+    int64_t wait(const std::string& account, const std::string& address, What what, int64_t amount, int64_t now);
+    void charge(const std::string& account, const std::string& address, int64_t recipients, int64_t bytes, int64_t now);
+    int64_t perHour(What what) const;
+
+private:
+    struct Bucket {
+        double tokens[3];
+        int64_t updated;
+    };
+    Bucket& bucket(const std::string& key, int64_t now);
+    Limits limits_;
+    std::mutex mutex_;
+    std::unordered_map<std::string, Bucket> buckets_;
 };
 
 // The bytes of message data every session holds in memory at once, shared by a server's sessions: a
@@ -47,6 +78,8 @@ struct SessionEnv {
     std::function<std::string()> newQueueId;   // default: 12 random hex digits
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
     DataBudget* dataBudget = nullptr;          // shared by the server's sessions; none: no total limit
+    SubmissionRates* rates = nullptr;          // shared likewise; none: no rate limit
+    std::function<int64_t()> freeDiskBytes;    // free space where mail is stored; none: not checked
     std::function<void(const std::string&)> onLogin;  // the account, after AUTH succeeds (provenance)
     // The class board's record (common/class_board.h): a refused login of an existing account, and
     // a message stored (its sender and Subject).
@@ -157,6 +190,9 @@ private:
     std::vector<std::string> recipients_;
     std::string data_;
     void releaseData();  // empties data_ and gives its bytes back to the DataBudget
+    // New mail refused: the disk is below its floor; the mailbox would pass its quota.
+    std::optional<Output> storageRefusal();
+    std::optional<Output> quotaRefusal(const std::string& mailbox, size_t adding);
     void resetData();    // releaseData() and the message's flags: before DATA and after a transaction
     size_t dataBudgetHeld_ = 0;  // bytes of the shared DataBudget this session holds for data_
     bool dataOverBudget_ = false;

@@ -39,6 +39,8 @@ inline constexpr ReplyCode TooManyErrors{421, "4.7.0"};
 inline constexpr ReplyCode LocalError{451, "4.3.0"};
 inline constexpr ReplyCode TooManyRecipients{452, "4.5.3"};
 inline constexpr ReplyCode InsufficientStorage{452, "4.3.1"};
+inline constexpr ReplyCode MailboxFull{452, "4.2.2"};
+inline constexpr ReplyCode RateLimited{451, "4.7.1"};
 inline constexpr ReplyCode AccountLocked{454, "4.7.0"};
 inline constexpr ReplyCode TemporaryAuthFailure{454, "4.7.0"};
 // Permanent negative

@@ -210,6 +210,10 @@ class RacingStore : public Store {
 public:
     explicit RacingStore(Store& inner) : in_(inner) {}
     std::function<void()> hook;
+    bool diskFull = false;  // every write of the guess budget and trusted sources fails
+    void full() const {
+        if (diskFull) throw StoreError("step: database or disk is full");
+    }
     std::optional<LoginState> loginState(const std::string& e, const std::string& s) override {
         auto state = in_.loginState(e, s);
         if (hook) std::exchange(hook, nullptr)();
@@ -218,11 +222,20 @@ public:
     std::optional<Account> findAccount(const std::string& e) override { return in_.findAccount(e); }
     bool createAccount(const std::string& e, const std::string& h, int64_t n) override { return in_.createAccount(e, h, n); }
     bool setPasswordHash(const std::string& e, const std::string& h) override { return in_.setPasswordHash(e, h); }
-    double takeGuess(const std::string& k, double b, double r, int64_t n) override { return in_.takeGuess(k, b, r, n); }
-    void returnGuess(const std::string& k, double b) override { in_.returnGuess(k, b); }
+    double takeGuess(const std::string& k, double b, double r, int64_t n) override {
+        full();
+        return in_.takeGuess(k, b, r, n);
+    }
+    void returnGuess(const std::string& k, double b) override {
+        full();
+        in_.returnGuess(k, b);
+    }
     void clearGuessBudgets(const std::string& e) override { in_.clearGuessBudgets(e); }
     bool isTrustedSource(const std::string& e, const std::string& s) override { return in_.isTrustedSource(e, s); }
-    void trustSource(const std::string& e, const std::string& s, int64_t n) override { in_.trustSource(e, s, n); }
+    void trustSource(const std::string& e, const std::string& s, int64_t n) override {
+        full();
+        in_.trustSource(e, s, n);
+    }
     std::vector<int64_t> deliver(const NewMessage& m) override { return in_.deliver(m); }
     std::vector<MessageSummary> listMessages(const std::string& m, int64_t o, int64_t l) override { return in_.listMessages(m, o, l); }
     std::optional<StoredMessage> getMessage(const std::string& m, int64_t id) override { return in_.getMessage(m, id); }
@@ -304,4 +317,17 @@ TEST_CASE("the instructor's password reset also refills the account's budgets", 
     lab.store->setPasswordHash("ana@447.edu", hashPassword("54321447", ScryptParams{1024, 8, 1}));
     lab.store->clearGuessBudgets("ana@447.edu");
     CHECK(lab.auth->authenticate("ana@447.edu", "54321447", false, "198.18.0.20").outcome == AuthOutcome::Ok);
+}
+
+TEST_CASE("on a full disk logins go on, and guesses are still paid for (from memory)", "[auth][budget][disk]") {
+    LabFixture lab;
+    lab.addUser("ana@447.edu", "12345447");
+    RacingStore disk(*lab.store);
+    disk.diskFull = true;
+    Authenticator server(disk, lab.auth->policy(), [&] { return lab.now; });
+    CHECK(server.authenticate("ana@447.edu", "12345447", false, "198.18.0.20").outcome == AuthOutcome::Ok);
+    int checked = 0;
+    while (server.authenticate("ana@447.edu", "00000447", false, "198.18.0.66").outcome == AuthOutcome::BadCredentials)
+        ++checked;
+    CHECK(checked == lab.auth->policy().guessBurst);
 }

@@ -27,7 +27,9 @@ struct Harness {
     int queued = 0;
     std::unique_ptr<Session> session;
 
-    explicit Harness(SessionLimits l = {}, DataBudget* budget = nullptr) : limits(l) {
+    int64_t freeDisk = INT64_MAX;
+
+    explicit Harness(SessionLimits l = {}, DataBudget* budget = nullptr, SubmissionRates* rates = nullptr) : limits(l) {
         lab.addUser("ana@447.edu", "11111447");
         lab.addUser("bob@447.edu", "22222447");
         SessionEnv env;
@@ -38,6 +40,8 @@ struct Harness {
         env.newQueueId = [this] { return "QID" + std::to_string(++queued); };
         env.log = [this](const std::string& line) { log.push_back(line); };
         env.dataBudget = budget;
+        env.rates = rates;
+        env.freeDiskBytes = [this] { return freeDisk; };
         session = std::make_unique<Session>(*lab.auth, *lab.store, limits, env);
     }
 
@@ -399,3 +403,86 @@ TEST_CASE("bare LF inside the content is read as CRLF; commands accept it", "[se
     REQUIRE(stored);
     CHECK(stored->raw.find("Subject: lf\r\nline one\r\nline two\r\n") != std::string::npos);
 }
+
+namespace maillab::testing {
+namespace {
+std::string sendOne(Harness& h, const std::vector<std::string>& rcpts, const std::string& body = "hello") {
+    std::string reply = h.say("MAIL FROM:<ana@447.edu>");
+    if (reply.rfind("250", 0) != 0) return reply;
+    for (const auto& r : rcpts) {
+        reply = h.say("RCPT TO:<" + r + ">");
+        if (reply.rfind("250", 0) != 0) {
+            h.say("RSET");
+            return reply;
+        }
+    }
+    h.say("DATA");
+    h.say("Subject: s");
+    h.say("");
+    h.say(body);
+    return h.say(".");
+}
+}  // namespace
+
+TEST_CASE("a mailbox past its quota gets 452 4.2.2 at RCPT, and a message that would pass it at the end", "[session][quota]") {
+    SessionLimits limits;
+    limits.mailboxQuotaBytes = 2000;
+    Harness h(limits);
+    h.login();
+    CHECK(sendOne(h, {"bob@447.edu"}, std::string(900, 'a')).rfind("250 ", 0) == 0);
+    std::string over = sendOne(h, {"bob@447.edu"}, std::string(990, 'b'));
+    CHECK(over.rfind("452 4.2.2 Mailbox full: <bob@447.edu>", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 1);
+    CHECK(sendOne(h, {"bob@447.edu"}, "small").rfind("250 ", 0) == 0);
+    CHECK(sendOne(h, {"bob@447.edu"}, std::string(900, 'c')).rfind("452 4.2.2", 0) == 0);
+    CHECK(sendOne(h, {"ana@447.edu"}, "to another mailbox").rfind("250 ", 0) == 0);
+    // A mailbox already at its quota (the instructor lowered it) is refused at RCPT, before any data.
+    h.limits.mailboxQuotaBytes = 100;
+    Harness lowered(h.limits);
+    lowered.lab.store->deliver(NewMessage{"Q", "ana@447.edu", {"bob@447.edu"}, "", "", "s", "", 1, std::string(200, 'z')});
+    lowered.login();
+    lowered.say("MAIL FROM:<ana@447.edu>");
+    CHECK(lowered.say("RCPT TO:<bob@447.edu>") == "452 4.2.2 Mailbox full: <bob@447.edu> holds 200 bytes of its 100 bytes; try again later");
+}
+
+TEST_CASE("submission rates per account and address: 451 4.7.1 and 452 4.5.3, refilled with time", "[session][rate]") {
+    SubmissionRates rates({3, 5, 1 << 20});
+    Harness h({}, nullptr, &rates);
+    h.login();
+    CHECK(sendOne(h, {"bob@447.edu", "ana@447.edu"}).rfind("250 ", 0) == 0);
+    CHECK(sendOne(h, {"bob@447.edu", "ana@447.edu"}).rfind("250 ", 0) == 0);
+    // Four recipients taken of five: a message to two more is refused at its second RCPT.
+    CHECK(sendOne(h, {"bob@447.edu", "ana@447.edu"}).rfind("452 4.5.3 Too many recipients this hour", 0) == 0);
+    CHECK(sendOne(h, {"bob@447.edu"}).rfind("250 ", 0) == 0);
+    CHECK(sendOne(h, {"bob@447.edu"}).rfind("451 4.7.1 Submission rate limit: 3 messages an hour", 0) == 0);
+    h.lab.now += 3600;
+    CHECK(sendOne(h, {"bob@447.edu"}).rfind("250 ", 0) == 0);
+    // Bytes: each recipient's copy counts.
+    SubmissionRates bytes({0, 0, 3000});
+    Harness b({}, nullptr, &bytes);
+    b.login();
+    CHECK(sendOne(b, {"bob@447.edu", "ana@447.edu"}, std::string(1000, 'x')).rfind("250 ", 0) == 0);
+    CHECK(sendOne(b, {"bob@447.edu"}, std::string(1000, 'x')).rfind("451 4.7.1", 0) == 0);
+}
+
+TEST_CASE("below the free-disk floor new mail gets 452 4.3.1; logins go on", "[session][disk]") {
+    SessionLimits limits;
+    limits.minFreeDiskBytes = 1 << 20;
+    Harness h(limits);
+    h.login();
+    h.freeDisk = 1000;
+    CHECK(h.say("MAIL FROM:<ana@447.edu>").rfind("452 4.3.1 Insufficient system storage", 0) == 0);
+    h.freeDisk = INT64_MAX;
+    CHECK(h.say("MAIL FROM:<ana@447.edu>").rfind("250 ", 0) == 0);
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("DATA");
+    h.say("x");
+    h.freeDisk = 1000;  // the disk filled while the message arrived
+    CHECK(h.say(".").rfind("452 4.3.1", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+    Harness other(limits);
+    other.freeDisk = 1000;
+    other.login();  // logging in needs no room for mail
+}
+
+}  // namespace maillab::testing
