@@ -286,8 +286,8 @@ def server_process(exe, args, log, port=0):
     """One of our servers on `port` (0: a free one), its ready line waited for."""
     try:
         return ServerProcess([exe, f"--port={port}"] + args, log, timeout=30)
-    except RuntimeError as e:
-        raise SystemExit(str(e))
+    except (RuntimeError, OSError) as e:  # OSError: the program is missing or being rebuilt
+        raise SystemExit(f"{os.path.basename(exe)} did not start: {e}")
 
 
 def run(cmd, **kw):
@@ -320,8 +320,12 @@ def session(args):
                                                if standard else ""))
         sender = server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
                                smtp_port)
-        retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
-                                  os.path.join(work, "retriever.log"), http_port)
+        try:
+            retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+                                      os.path.join(work, "retriever.log"), http_port)
+        except BaseException:
+            sender.stop()  # never left holding the port after a failed start
+            raise
         raw = os.path.join(work, "raw.pcapng")
         final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
         try:
@@ -450,8 +454,12 @@ def start(args):
         servers.append(server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"],
                                      os.path.join(work, "sender.log"), ports[0]))
         if len(ports) > 1:
-            servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
-                                         os.path.join(work, "retriever.log"), ports[1]))
+            try:
+                servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+                                             os.path.join(work, "retriever.log"), ports[1]))
+            except BaseException:
+                servers[0].stop()
+                raise
         say(f"Started senderserver on {ports[0]}" + (f" and retrieverserver on {ports[1]}" if len(ports) > 1 else "") +
             f" (--tls {args.mode or 'implicit'}), writing TLS secrets to {keylog}; logs in {work}.")
     say(f"Capturing tcp ports {','.join(map(str, ports))} {target.describe(args.host)} into {shown_path(final)}.")
