@@ -52,7 +52,7 @@ void addExtension(X509* cert, X509* issuer, int nid, const char* value) {
     X509_EXTENSION_free(ext);
 }
 
-CertPtr newCert(EVP_PKEY* key, const char* commonName, long days) {
+CertPtr newCert(EVP_PKEY* key, const char* commonName, long days, long startOffsetSeconds = -3600) {
     CertPtr cert(X509_new(), X509_free);
     check(cert != nullptr, "X509_new");
     X509_set_version(cert.get(), 2);
@@ -62,7 +62,7 @@ CertPtr newCert(EVP_PKEY* key, const char* commonName, long days) {
     BIGNUM* bn = BN_bin2bn(serial, sizeof serial, nullptr);
     BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert.get()));
     BN_free(bn);
-    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), startOffsetSeconds);
     X509_gmtime_adj(X509_getm_notAfter(cert.get()), days * 24 * 3600);
     X509_set_pubkey(cert.get(), key);
     X509_NAME* name = X509_get_subject_name(cert.get());
@@ -154,7 +154,7 @@ bool certificateNames(X509* cert, const std::string& host) {
 }
 }  // namespace
 
-bool ensureCertificates(const CertPaths& paths, const std::string& host) {
+bool ensureCertificates(const CertPaths& paths, const std::string& host, bool expired) {
     auto slash = paths.caCert.rfind('/');
     std::string dir = slash == std::string::npos ? "." : paths.caCert.substr(0, slash);
     if (slash != std::string::npos && slash > 0) ::mkdir(dir.c_str(), 0755);
@@ -170,7 +170,7 @@ bool ensureCertificates(const CertPaths& paths, const std::string& host) {
     } unlock{lock};
     bool newCa = !exists(paths.caCert) || !exists(paths.caKey);
     bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey) ||
-                     !certificateNames(readCert(paths.serverCert).get(), host);
+                     !certificateNames(readCert(paths.serverCert).get(), host) || expired;
     if (!newServer) return false;
 
     KeyPtr caKey(nullptr, EVP_PKEY_free);
@@ -193,7 +193,9 @@ bool ensureCertificates(const CertPaths& paths, const std::string& host) {
 
     KeyPtr key = newKey();
     // 397 days: the longest validity browsers accept for a server certificate.
-    CertPtr cert = newCert(key.get(), host.empty() ? "localhost" : host.c_str(), 397);
+    // Expired (a lab scenario): valid from two days ago to yesterday.
+    CertPtr cert = expired ? newCert(key.get(), host.empty() ? "localhost" : host.c_str(), -1, -2 * 24 * 3600)
+                           : newCert(key.get(), host.empty() ? "localhost" : host.c_str(), 397);
     X509_set_issuer_name(cert.get(), X509_get_subject_name(caCert.get()));
     addExtension(cert.get(), caCert.get(), NID_basic_constraints, "critical,CA:FALSE");
     addExtension(cert.get(), caCert.get(), NID_key_usage, "critical,digitalSignature");

@@ -18,8 +18,9 @@ struct CertPaths {
 // (a class server's name or address, "" for none) is added to the server certificate's names with
 // the addresses it resolves to; a server certificate that does not name it is issued again by the
 // same CA (students keep their ca.pem). Returns true when something was created. Throws
-// std::runtime_error on failure.
-bool ensureCertificates(const CertPaths& paths, const std::string& host = "");
+// std::runtime_error on failure. `expired`: the server certificate is issued again, valid from two
+// days ago until yesterday (a lab scenario, in a folder of its own).
+bool ensureCertificates(const CertPaths& paths, const std::string& host = "", bool expired = false);
 
 // The subjectAltName entries a server certificate for `host` carries: localhost, 127.0.0.1, ::1,
 // and the host with its addresses ("DNS:lab.example.edu", "IP:192.0.2.7").

@@ -1,5 +1,7 @@
 // The clients' connect routine and their explanations of failure; see connect.h.
 #include "connect.h"
+
+#include <openssl/x509_vfy.h>
 #include "text.h"
 
 #include "tls.h"
@@ -177,6 +179,13 @@ ClientError explainFailure(const std::exception& error, const Target& target) {
         return ClientError(kExitTls, "the certificate of " + at + " is not valid for the name '" + target.serverName +
                                          "': connect with a name it carries (e.g. HOST=localhost), or give "
                                          "--servername NAME with the name on the certificate");
+    int verifyError = lastCertificateVerifyError();
+    if (verifyError == X509_V_ERR_CERT_HAS_EXPIRED)
+        return ClientError(kExitTls, "the certificate of " + at + " has expired: the server needs a new one "
+                                         "(make certs on that machine after moving the old certs/server.* away)");
+    if (verifyError == X509_V_ERR_CERT_NOT_YET_VALID)
+        return ClientError(kExitTls, "the certificate of " + at + " is not valid yet: check this computer's clock "
+                                         "(date) and the server's");
     if (contains(text, "certificate verify failed") || contains(text, "unable to get local issuer") ||
         contains(text, "self-signed") || contains(text, "self signed"))
         return ClientError(kExitTls, "the certificate of " + at + " is not signed by the CA in " + target.caFile +

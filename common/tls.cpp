@@ -1,6 +1,9 @@
 // TLS 1.3 context set-up and the NSS key log (the format Wireshark reads: "CLIENT_RANDOM"-style lines).
 #include "tls.h"
 
+#include <Poco/Net/InvalidCertificateHandler.h>
+#include <Poco/Net/VerificationErrorArgs.h>
+
 #include <Poco/Net/NetException.h>
 
 #include <Poco/Net/AcceptCertificateHandler.h>
@@ -168,6 +171,23 @@ Poco::Net::Context::Ptr makeServerContext(const TlsOptions& options) {
     return context;
 }
 
+namespace {
+thread_local int lastVerifyError = 0;
+
+// Poco's RejectCertificateHandler, remembering why: the clients then say "expired" for an expired
+// certificate instead of guessing from OpenSSL's one "certificate verify failed".
+class RecordingRejectHandler : public Poco::Net::InvalidCertificateHandler {
+public:
+    RecordingRejectHandler() : InvalidCertificateHandler(false) {}
+    void onInvalidCertificate(const void*, Poco::Net::VerificationErrorArgs& error) override {
+        lastVerifyError = error.errorNumber();
+        error.setIgnoreError(false);
+    }
+};
+}  // namespace
+
+int lastCertificateVerifyError() { return lastVerifyError; }
+
 Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options) {
     initializeTls();
     Poco::Net::Context::Params params;
@@ -181,8 +201,7 @@ Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options) {
     restrictToTls13(*context);
     static std::once_flag once;
     std::call_once(once, [&] {
-        Poco::Net::SSLManager::instance().initializeClient(
-            nullptr, new Poco::Net::RejectCertificateHandler(false), context);
+        Poco::Net::SSLManager::instance().initializeClient(nullptr, new RecordingRejectHandler, context);
     });
     return context;
 }

@@ -23,6 +23,8 @@ struct TlsOptions {
 Poco::Net::Context::Ptr makeServerContext(const TlsOptions& options);
 // VERIFY_STRICT against the lab CA; the caller's hostname is checked by Poco after the handshake.
 Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options);
+// The X509_V_ERR_* code of the last certificate a client context refused on this thread (0: none).
+int lastCertificateVerifyError();
 
 // Installs a key log callback that appends one NSS line per secret, flushed at once, mode 0600.
 // An empty path means: use SSLKEYLOGFILE when set. Returns the path in use, or "".

@@ -67,11 +67,11 @@ RUNNING = []
 class Server:
     """One server process on a free port. `settings` become a --config properties file."""
 
-    def __init__(self, lab, program, settings=None, args=(), db=None, env=None, preexec_fn=None):
+    def __init__(self, lab, program, settings=None, args=(), db=None, env=None, preexec_fn=None, certs=None):
         self.lab = lab
         self.db = db or lab.path("maillab.db")
         self.log_path = lab.path(program + ".log")
-        cmd = [lab.exe(program), "--port=0", f"--db={self.db}", f"--certs={lab.certs}"]
+        cmd = [lab.exe(program), "--port=0", f"--db={self.db}", f"--certs={certs or lab.certs}"]
         # Log lines written at once (the console channel, not the default asynchronous one), so that
         # a test reading the log while the server runs sees every event that has happened.
         settings = {"logging.loggers.root.channel": "console", **(settings or {})}

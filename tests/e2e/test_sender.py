@@ -8,6 +8,7 @@ import smtplib
 import socket
 import ssl
 import stat
+import shutil
 import subprocess
 import threading
 
@@ -153,6 +154,29 @@ def our_client_rejects_a_wrong_host_certificate(lab):
                               "--user", "ana"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 4
         assert "password:" not in out.stdout
+
+
+@test
+def an_expired_certificate_is_explained_as_expired_by_both_clients(lab):
+    # The lab's CA, and a server certificate it issued that expired yesterday (maillab-certs --expired,
+    # a folder of its own: never the lab's certs/).
+    expired = lab.path("expired-certs")
+    os.makedirs(expired)
+    for name in ("ca.pem", "ca.key"):
+        shutil.copy(os.path.join(lab.certs, name), expired)
+    made = subprocess.run([lab.exe("maillab-certs"), "--expired", expired], capture_output=True, text=True)
+    assert made.returncode == 0 and "expired yesterday" in made.stdout, made.stdout + made.stderr
+    refused = subprocess.run([lab.exe("maillab-certs"), "--expired", "certs"], capture_output=True, text=True,
+                             cwd=lab.dir)
+    assert refused.returncode == 2 and "not certs/" in refused.stderr
+    with Server(lab, "senderserver", certs=expired) as sender, \
+            Server(lab, "retrieverserver", certs=expired, db=sender.db) as retriever:
+        for program, port in (("senderclient", sender.port), ("retrieverclient", retriever.port)):
+            out = subprocess.run([lab.exe(program), "--port", str(port), "--ca", lab.ca, "--user", "ana",
+                                  "--password", "12345447"], capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+            assert out.returncode == 4, (program, out.stderr)
+            assert "has expired" in out.stderr and "not signed" not in out.stderr, (program, out.stderr)
 
 
 @test
