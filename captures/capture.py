@@ -170,7 +170,11 @@ class Dumpcap:
         self.copier = threading.Thread(target=self._copy_output, daemon=True)
         self.copier.start()
         threading.Thread(target=self._read_progress, daemon=True).start()
-        self.sync("start")
+        try:
+            self.sync("start")
+        except BaseException:
+            self.abort()
+            raise
 
     def _copy_output(self):
         while True:
@@ -217,6 +221,12 @@ class Dumpcap:
             raise SystemExit(f"dumpcap stopped: {self.proc.stderr.read().decode(errors='replace')}")
         if token in self.tokens:
             raise SystemExit(f"dumpcap did not deliver the {what} probe within {timeout} s")
+
+    def abort(self):
+        """Ends dumpcap at once when it still runs (after stop() it does not: nothing happens)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -328,6 +338,7 @@ def session(args):
             raise
         raw = os.path.join(work, "raw.pcapng")
         final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
+        cap = None
         try:
             cap = Dumpcap([sender.port, retriever.port], raw)
             say(f"   capturing tcp ports {sender.port} (SMTP) and {retriever.port} (HTTP) on lo")
@@ -363,6 +374,8 @@ def session(args):
                 run(rc + ["--user", "bob", "--password", bob, "--header", header])
             probe = cap.stop()
         finally:
+            if cap is not None:
+                cap.abort()  # a failed step: dumpcap (its own session) must not outlive us
             sender.stop()
             retriever.stop()
         finish(raw, final, probe, keylog, f"maillab mode={mode} smtp={sender.port} http={retriever.port}",
@@ -466,7 +479,12 @@ def start(args):
     key_log_help(args.host if target.addresses else None, ports, keylog, args.servers)
     stop_hint = "make capture-stop" + (f" NAME={args.name}" if args.name != "live" else "")
     say(f"Stop with Ctrl-C here, or `{stop_hint}` in another terminal. The file is written either way.")
-    cap = Dumpcap(ports, raw, progress=True, target=target)
+    try:
+        cap = Dumpcap(ports, raw, progress=True, target=target)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
     with open(pid_file(args.name, out), "w") as f:
         f.write(str(os.getpid()))
     say(f"capture running (pid {os.getpid()})")  # a line scripts and tests wait for
@@ -483,6 +501,7 @@ def start(args):
             say("")
             probe = cap.stop()
         finally:
+            cap.abort()
             for server in servers:
                 server.stop()
         embedded = finish(raw, final, probe, keylog,
