@@ -1,5 +1,6 @@
 // Helpers shared by the lab's Poco applications.
 #include "app_support.h"
+#include "bounded_log.h"
 #include "certs.h"
 #include "text.h"
 
@@ -202,6 +203,7 @@ Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::strin
 }
 
 void LabServer::initialize(Application& self) {
+    BoundedAsyncChannel::registerClass();  // before the logging settings name it
     loadServerConfiguration(*this, description_.sharedDefaults, description_.ownDefaults);
     ServerApplication::initialize(self);
 }

@@ -1,0 +1,48 @@
+// The servers' log channel: Poco's AsyncChannel with a bound. Log lines are written by one thread of
+// their own, off the connections' path; when they arrive faster than the terminal takes them (a
+// --verbose server echoing 10 MB messages line by line), lines past `maxQueuedBytes` are dropped and
+// counted, and one line says how many, instead of the queue growing with the traffic.
+#pragma once
+#include <Poco/AutoPtr.h>
+#include <Poco/Channel.h>
+#include <Poco/Message.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace maillab {
+
+class BoundedAsyncChannel : public Poco::Channel {
+public:
+    BoundedAsyncChannel();
+    void open() override;
+    void close() override;
+    void log(const Poco::Message& message) override;
+    // "channel": the channel written to (by name, from the logging registry); "maxQueuedBytes".
+    void setProperty(const std::string& name, const std::string& value) override;
+    uint64_t dropped() const;
+
+    // Registers the class with Poco's LoggingFactory, so properties can name it (shared.properties).
+    static void registerClass();
+
+protected:
+    ~BoundedAsyncChannel() override;
+
+private:
+    void run();
+    Poco::AutoPtr<Poco::Channel> target_;
+    size_t maxQueuedBytes_ = 16u << 20;
+    mutable std::mutex mutex_;
+    std::condition_variable wake_, drained_;
+    std::deque<Poco::Message> queue_;
+    size_t queuedBytes_ = 0;
+    uint64_t dropped_ = 0, droppedUnreported_ = 0;
+    bool stopping_ = false, running_ = false;
+    std::thread thread_;
+};
+
+}  // namespace maillab
