@@ -239,7 +239,8 @@ def judge_provenance(r, record, certificates):
         r.failure = ""
     elif r.foreign:
         owner = collections.Counter(r.foreign.values()).most_common(1)[0][0]
-        r.provenance = f"copy of the TLS sessions of {owner}"
+        r.provenance = f"copy of the TLS sessions of {owner}" if account else \
+            f"TLS sessions of {owner}, an account not on the roster"
         r.failure = r.provenance
     elif mismatched:
         r.provenance = "not captured against the class server: its server certificate is not the class server's"

@@ -482,9 +482,12 @@ def a_class_server_listens_on_every_address_with_the_class_settings(lab):
         assert f"address=0.0.0.0:{server.port}" in log, log
         assert f"[::]:{server.port}" in log or not has_ipv6_loopback(), log
         assert register(lab, server.port, "classy")
-    import sqlite3
-    con = sqlite3.connect(server.db)
-    rows = con.execute("SELECT service, account FROM tls_sessions").fetchall()
-    con.close()
-    assert ("smtp", "classy@447.edu") in rows, rows
+    # The record, read as the grader reads it: through the store's tool, never the database itself.
+    import json
+    out = subprocess.run([lab.exe("maillab-admin"), "--db", server.db, "tls-sessions", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert any(r["service"] == "smtp" and r["account"] == "classy@447.edu" and len(r["client_random"]) == 64 and
+               len(r["server_random"]) == 64 for r in rows), rows
 
