@@ -548,6 +548,14 @@ public:
         return StoredMessage{readSummary(s), s.text(10)};
     }
 
+    std::optional<MessageSummary> findMessage(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        Statement s(*c.handle, std::string("SELECT ") + kSummaryColumns + " FROM messages WHERE mailbox = ?1 AND id = ?2");
+        s.bind(1, mailbox).bind(2, id);
+        if (!s.step()) return std::nullopt;
+        return readSummary(s);
+    }
+
     MailboxStats mailboxStats(const std::string& mailbox) override {
         Connection c(*this);
         Statement s(*c.handle,

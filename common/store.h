@@ -123,6 +123,8 @@ public:
     // Newest first.
     virtual std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) = 0;
     virtual std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) = 0;
+    // The same without its text (its size, date and validators, before deciding to read it).
+    virtual std::optional<MessageSummary> findMessage(const std::string& mailbox, int64_t id) = 0;
     // A page of listMessages with the first `startBytes` of each message, in one query.
     virtual std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
                                                         int64_t startBytes) = 0;

@@ -29,7 +29,7 @@ bool equalsIgnoringCase(const std::string& a, const std::string& b) {
            });
 }
 
-size_t utf8SequenceLength(const std::string& text, size_t i) {
+size_t utf8SequenceLength(std::string_view text, size_t i) {
     auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
     unsigned char c = byte(0);
     if (c < 0x80) return 1;
@@ -44,7 +44,7 @@ size_t utf8SequenceLength(const std::string& text, size_t i) {
     return n;
 }
 
-bool isControlAt(const std::string& text, size_t i) {
+bool isControlAt(std::string_view text, size_t i) {
     unsigned char c = static_cast<unsigned char>(text[i]);
     if (c < 0x20 || c == 0x7F) return true;
     // C1 (U+0080 to U+009F) is C2 80 to C2 9F in UTF-8: CSI (9B) and OSC (9D) drive terminals too.

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 namespace maillab::text {
 
@@ -13,10 +14,10 @@ bool equalsIgnoringCase(const std::string& a, const std::string& b);
 // UTF-8 (RFC 3629): the length of the well-formed sequence starting at text[i] (1 to 4), or 0 when
 // the bytes there are not one (overlong forms, surrogates and code points past U+10FFFF included).
 // The lab's one UTF-8 decoder: the retriever's text, the logs and the clients' output use it.
-size_t utf8SequenceLength(const std::string& text, size_t i);
+size_t utf8SequenceLength(std::string_view text, size_t i);
 // True for a C0 or C1 control character or DEL at text[i] (a terminal acts on those: ESC, CSI, OSC).
 // Tab, CR and LF count as controls too; callers that keep them say so.
-bool isControlAt(const std::string& text, size_t i);
+bool isControlAt(std::string_view text, size_t i);
 // & < > " ' as character references: safe in HTML text and in quoted attribute values.
 std::string htmlEscape(const std::string& text);
 

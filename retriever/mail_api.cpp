@@ -72,6 +72,10 @@ ApiResponse error(int status, const std::string& message) {
 }
 
 
+// A message's JSON can cost this many times its stored size while it is made and sent: the text,
+// its UTF-8 repair (a control byte becomes three), the JSON and the bytes on the wire.
+constexpr size_t kJsonCostFactor = 6;
+
 // A listed field (subject, From...) is shown up to this many characters; the whole of it is in the
 // message's own resource. Folded header fields have no length limit, and a listing of 50 must not
 // become hundreds of megabytes.
@@ -190,7 +194,7 @@ std::string ApiRequest::header(const std::string& name) const { return findHeade
 
 std::string ApiResponse::header(const std::string& name) const { return findHeader(headers, name); }
 
-std::string validUtf8(const std::string& text) {
+std::string validUtf8(std::string_view text) {
     std::string out;
     out.reserve(text.size());
     for (size_t i = 0; i < text.size();) {
@@ -201,7 +205,7 @@ std::string validUtf8(const std::string& text) {
             i += length ? length : 1;
             continue;
         }
-        out.append(text, i, length);
+        out.append(text.substr(i, length));
         i += length;
     }
     return out;
@@ -261,7 +265,8 @@ size_t MailApi::listingCacheBytes() const {
 }
 
 MailApi::MailApi(Store& store, Authenticator& auth, ApiLimits limits, std::function<int64_t()> clock, ClassView classView)
-    : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)), class_(std::move(classView)) {
+    : store_(store), auth_(auth), limits_(limits), clock_(std::move(clock)), class_(std::move(classView)),
+      responses_(limits.maxResponseBytesInFlight) {
     if (!clock_) clock_ = [] { return static_cast<int64_t>(std::time(nullptr)); };
 }
 
@@ -504,14 +509,27 @@ ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
 
 // One message as JSON (summary, header fields, body) or exactly as stored.
 ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
+    auto found = store_.findMessage(route.mailbox, route.id);
+    if (!found) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
+    const MessageSummary m = *found;
+    // Stored messages never change, so the id is a strong validator: a revalidation is answered
+    // 304 without reading the message at all.
+    std::string etag = std::string("\"") + (route.kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
+    if (notModified(request, etag, m.receivedAt)) return conditional(request, ApiResponse{}, etag, m.receivedAt);
+    // Its place in the response budget first, then the text: 40 parallel GETs of a 10 MB message
+    // wait their turn (503, Retry-After) instead of holding 40 copies at once.
+    size_t cost = static_cast<size_t>(m.size) * (route.kind == Kind::Raw ? 2 : kJsonCostFactor);
+    std::shared_ptr<void> hold = responses_.take(cost);
+    if (!hold) {
+        ApiResponse busy = error(503, "Too many large responses at once; try again in a moment");
+        busy.headers.emplace_back("Retry-After", "2");
+        return busy;
+    }
     auto message = store_.getMessage(route.mailbox, route.id);
     if (!message) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
-    const auto& m = message->summary;
-    // Stored messages never change, so the id is a strong validator.
-    std::string etag = std::string("\"") + (route.kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
     ApiResponse full;
     if (route.kind == Kind::Raw) {
-        full = ok("message/rfc822", message->raw, etag, m.receivedAt);
+        full = ok("message/rfc822", std::move(message->raw), etag, m.receivedAt);
         full.headers.emplace_back("Content-Disposition",
                                   "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
     } else {
@@ -525,10 +543,30 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
             headerList.add(field);
         }
         body.set("headers", headerList);
-        body.set("body", validUtf8(message->raw.substr(section.bodyStart)));
+        std::string text = validUtf8(std::string_view(message->raw).substr(section.bodyStart));
+        message.reset();  // the stored text goes before the JSON is made: one large copy at a time
+        body.set("body", std::move(text));
         full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
     }
-    return conditional(request, full, etag, m.receivedAt);
+    full.hold = std::move(hold);
+    return conditional(request, std::move(full), etag, m.receivedAt);
+}
+
+std::shared_ptr<void> ResponseBudget::take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // One response alone always gets through (else a message larger than the budget is unreadable).
+    if (inUse_ > 0 && inUse_ + bytes > limit_) return nullptr;
+    inUse_ += bytes;
+    // Not null (a null shared_ptr tests false): it points at the budget, and its deleter gives back.
+    return std::shared_ptr<void>(static_cast<void*>(this), [this, bytes](void*) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        inUse_ -= bytes;
+    });
+}
+
+size_t ResponseBudget::inUse() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return inUse_;
 }
 
 ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {

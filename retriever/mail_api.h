@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -26,6 +27,23 @@ struct ApiLimits {
     int64_t maxPageSize = 500;
     bool plaintextAuthAllowed = false;  // --tls off only: accept Basic credentials sent in clear
     size_t listingCacheBytes = 16 * 1024 * 1024;  // the JSON listings kept for repeated GETs, in all
+    // What the responses being built and sent may cost in memory at once (a message's JSON costs up
+    // to kJsonCostFactor times its stored size); a response past it gets 503 and Retry-After.
+    size_t maxResponseBytesInFlight = 128 * 1024 * 1024;
+};
+
+// The bytes of responses in flight, shared by a server's requests (like the sender's DataBudget).
+class ResponseBudget {
+public:
+    explicit ResponseBudget(size_t limit) : limit_(limit) {}
+    // A hold on `bytes` for as long as the returned pointer lives; nullptr when they do not fit.
+    std::shared_ptr<void> take(size_t bytes);
+    size_t inUse() const;
+
+private:
+    size_t limit_;
+    mutable std::mutex mutex_;
+    size_t inUse_ = 0;
 };
 
 struct ApiRequest {
@@ -45,6 +63,7 @@ struct ApiResponse {
     bool closeConnection = false;  // after a failed login: the next guess pays a new handshake
     std::string user;           // the authenticated user, for the log; "" when none
     std::string triedUser;      // a refused login's user name as the client sent it, for the log
+    std::shared_ptr<void> hold;  // the response's place in the ResponseBudget, until it is sent
     std::string header(const std::string& name) const;
 };
 
@@ -66,6 +85,7 @@ public:
             ClassView classView = {});
     ApiResponse handle(const ApiRequest& request);
     size_t listingCacheBytes() const;  // what the listing cache holds now
+    size_t responseBytesInFlight() const { return responses_.inUse(); }
 
 private:
     enum class Kind { Inbox, List, Message, Raw, Board, Metrics };
@@ -120,6 +140,7 @@ private:
     ApiLimits limits_;
     std::function<int64_t()> clock_;
     ClassView class_;
+    ResponseBudget responses_;
     mutable std::mutex cacheMutex_;
     size_t listingCacheBytes_ = 0;
     std::unordered_map<std::string, CachedListing> listings_;
@@ -127,7 +148,7 @@ private:
 
 // Helpers, public for the tests.
 using text::htmlEscape;
-std::string validUtf8(const std::string& text);  // invalid sequences become U+FFFD
+std::string validUtf8(std::string_view text);  // invalid sequences become U+FFFD
 std::string httpDate(int64_t unixSeconds);        // RFC 9110 5.6.7 IMF-fixdate
 // Splits "user:password" from an "Authorization: Basic ..." value (RFC 7617); false when malformed.
 bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password);

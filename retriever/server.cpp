@@ -112,8 +112,14 @@ public:
         std::ostringstream head;
         response.write(head);
         std::string wire = head.str();
-        if (result.status != 304 && request.getMethod() != "HEAD") wire += result.body;  // HEAD: GET's length, no body
-        sendAll(socket, wire);
+        bool withBody = result.status != 304 && request.getMethod() != "HEAD";  // HEAD: GET's length, no body
+        if (withBody && result.body.size() > 65536) {
+            sendAll(socket, wire);  // a large body is not copied behind its headers
+            sendAll(socket, result.body);
+        } else {
+            if (withBody) wire += result.body;
+            sendAll(socket, wire);
+        }
         // The next request head, if the connection stays: the keep-alive wait, then the head itself.
         if (connection.headDeadline && !result.closeConnection)
             *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
@@ -281,6 +287,7 @@ protected:
         limits.defaultPageSize = cfg.getInt64("http.defaultPageSize");
         limits.maxPageSize = cfg.getInt64("http.maxPageSize");
         limits.listingCacheBytes = cfg.getUInt64("http.listingCacheBytes");
+        limits.maxResponseBytesInFlight = cfg.getUInt64("http.maxResponseBytesInFlight");
         limits.plaintextAuthAllowed = cfg.getBool("retriever.allowPlaintextAuth");
         std::string mode = cfg.getString("retriever.tls");
         if (mode != "implicit" && mode != "off") {

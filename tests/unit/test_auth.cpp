@@ -239,6 +239,7 @@ public:
     std::vector<int64_t> deliver(const NewMessage& m) override { return in_.deliver(m); }
     std::vector<MessageSummary> listMessages(const std::string& m, int64_t o, int64_t l) override { return in_.listMessages(m, o, l); }
     std::optional<StoredMessage> getMessage(const std::string& m, int64_t id) override { return in_.getMessage(m, id); }
+    std::optional<MessageSummary> findMessage(const std::string& m, int64_t id) override { return in_.findMessage(m, id); }
     std::vector<MessageStart> listMessageStarts(const std::string& m, int64_t o, int64_t l, int64_t b) override {
         return in_.listMessageStarts(m, o, l, b);
     }

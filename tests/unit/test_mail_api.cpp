@@ -309,3 +309,19 @@ TEST_CASE("the listing cache is bounded in bytes", "[api][limits]") {
     }
     CHECK(h.api->listingCacheBytes() > 0);
 }
+
+TEST_CASE("large responses wait for room in the response budget: 503 with Retry-After, never a copy each", "[api][memory]") {
+    ApiLimits limits;
+    limits.maxResponseBytesInFlight = 100;  // less than one message's JSON: one at a time
+    ApiHarness h(limits);
+    std::string target = "/mailboxes/bob@447.edu/messages/" + std::to_string(h.ids[0]);
+    ApiResponse first = h.get(target);  // still being sent: it keeps its place
+    REQUIRE(first.status == 200);
+    ApiResponse second = h.get(target);
+    CHECK(second.status == 503);
+    CHECK(second.header("Retry-After") == "2");
+    CHECK(h.get(target, "bob@447.edu", "22222447", {{"If-None-Match", first.header("ETag")}}).status == 304);  // costs nothing
+    first = ApiResponse{};  // sent
+    CHECK(h.api->responseBytesInFlight() == 0);
+    CHECK(h.get(target).status == 200);
+}
