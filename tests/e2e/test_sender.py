@@ -608,3 +608,32 @@ def the_instructor_resets_a_password_and_both_servers_see_it_at_once(lab):
         out = subprocess.run([lab.exe("maillab-admin"), "--db", sender.db, "set-password", "nobody"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "no account nobody@447.edu" in out.stderr
+
+
+def tls_sessions(lab, db):
+    import json
+    done = subprocess.run([lab.exe("maillab-admin"), "--db", db, "tls-sessions", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@test
+def provenance_records_authenticated_sessions_only_by_both_randoms(lab):
+    settings = {"store.provenance": "true"}
+    with Server(lab, "senderserver", settings) as sender, \
+            Server(lab, "retrieverserver", settings, db=sender.db) as retriever:
+        ana = register(lab, sender.port, "ana")
+        before = tls_sessions(lab, sender.db)
+        assert [(r["service"], r["account"]) for r in before] == [("smtp", "ana@447.edu")], before
+        # Handshakes that never log in are not written at all (a flood of them costs no fsync).
+        for port in (sender.port, retriever.port) * 20:
+            tls_connect(lab, port).close()
+        assert len(tls_sessions(lab, sender.db)) == 1
+        ok = run_client(lab, retriever.port, ["--user", "ana", "--password", ana], program="retrieverclient")
+        assert ok.returncode == 0, ok.stderr
+        after = tls_sessions(lab, sender.db)
+        assert sorted(r["service"] for r in after) == ["http", "smtp"], after
+        for r in after:
+            assert len(r["client_random"]) == 64 and len(r["server_random"]) == 64, r
+            assert r["client_random"] != r["server_random"]
+            assert r["peer"].startswith(("127.0.0.1:", "[::1]:", "::1")), r
