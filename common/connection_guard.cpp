@@ -9,14 +9,15 @@ ConnectionLimiter::Slot ConnectionLimiter::admit(const std::string& address) {
     Slot slot;
     std::lock_guard<std::mutex> lock(mutex_);
     int& fromAddress = perAddressActive_[address];
-    if (total_ > 0 && active_ >= total_) {
-        slot.verdict_ = Verdict::TooManyTotal;
-    } else if (perAddress_ > 0 && fromAddress >= perAddress_) {
+    if (perAddress_ > 0 && fromAddress >= perAddress_) {
         slot.verdict_ = Verdict::TooManyFromAddress;
+    } else if (total_ > 0 && active_ - pendingEvictions_ >= total_ && !evictOldestWaiting()) {
+        slot.verdict_ = Verdict::TooManyTotal;
     } else {
         slot.verdict_ = Verdict::Admitted;
         slot.owner_ = this;
         slot.address_ = address;
+        slot.id_ = nextId_++;
         ++active_;
         ++fromAddress;
         return slot;
@@ -25,11 +26,51 @@ ConnectionLimiter::Slot ConnectionLimiter::admit(const std::string& address) {
     return slot;
 }
 
-void ConnectionLimiter::release(const std::string& address) {
+bool ConnectionLimiter::evictOldestWaiting() {
+    auto oldest = waiting_.end();
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+        if (oldest == waiting_.end() || it->second.since < oldest->second.since) oldest = it;
+    if (oldest == waiting_.end() || Clock::now() - oldest->second.since < minWaitToEvict_) return false;
+    // Its blocked read returns at once and the connection ends; until its Slot goes, its place
+    // counts as the newcomer's. The fd is still its own: a Slot leaves waiting_ before its socket closes.
+    ::shutdown(oldest->second.fd, SHUT_RDWR);
+    evicted_.insert(oldest->first);
+    waiting_.erase(oldest);
+    ++pendingEvictions_;
+    ++evictions_;
+    return true;
+}
+
+void ConnectionLimiter::release(const Slot& slot) {
     std::lock_guard<std::mutex> lock(mutex_);
     --active_;
-    auto it = perAddressActive_.find(address);
+    waiting_.erase(slot.id_);
+    if (evicted_.erase(slot.id_)) --pendingEvictions_;
+    auto it = perAddressActive_.find(slot.address_);
     if (it != perAddressActive_.end() && --it->second <= 0) perAddressActive_.erase(it);
+}
+
+int ConnectionLimiter::evictions() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return evictions_;
+}
+
+void ConnectionLimiter::Slot::waiting(int fd) {
+    if (!owner_) return;
+    std::lock_guard<std::mutex> lock(owner_->mutex_);
+    if (!owner_->evicted_.count(id_)) owner_->waiting_[id_] = Waiting{Clock::now(), fd};
+}
+
+void ConnectionLimiter::Slot::working() {
+    if (!owner_) return;
+    std::lock_guard<std::mutex> lock(owner_->mutex_);
+    owner_->waiting_.erase(id_);
+}
+
+bool ConnectionLimiter::Slot::evicted() const {
+    if (!owner_) return false;
+    std::lock_guard<std::mutex> lock(owner_->mutex_);
+    return owner_->evicted_.count(id_) > 0;
 }
 
 int ConnectionLimiter::active() const {
@@ -53,23 +94,24 @@ const char* ConnectionLimiter::describe(Verdict verdict) {
 }
 
 ConnectionLimiter::Slot::Slot(Slot&& other) noexcept
-    : owner_(other.owner_), address_(std::move(other.address_)), verdict_(other.verdict_) {
+    : owner_(other.owner_), address_(std::move(other.address_)), verdict_(other.verdict_), id_(other.id_) {
     other.owner_ = nullptr;
 }
 
 ConnectionLimiter::Slot& ConnectionLimiter::Slot::operator=(Slot&& other) noexcept {
     if (this != &other) {
-        if (owner_) owner_->release(address_);
+        if (owner_) owner_->release(*this);
         owner_ = other.owner_;
         address_ = std::move(other.address_);
         verdict_ = other.verdict_;
+        id_ = other.id_;
         other.owner_ = nullptr;
     }
     return *this;
 }
 
 ConnectionLimiter::Slot::~Slot() {
-    if (owner_) owner_->release(address_);
+    if (owner_) owner_->release(*this);
 }
 
 Watchdog::Watchdog() : thread_([this] { loop(); }) {}

@@ -2,6 +2,8 @@
 // thread per connection, so two things bound what a client can hold:
 //   - ConnectionLimiter: at most `total` connections, and at most `perAddress` from one address;
 //     a connection over either limit is refused at once (421 / 503) instead of taking a thread.
+//     When all places are taken, the connection that has waited longest for its client (silent,
+//     or idle at a prompt) gives way to the newcomer, so a few addresses cannot hold every place.
 //   - Watchdog: total deadlines (a TLS handshake, an HTTP request head). Socket timeouts apply to
 //     each read, so a client sending a byte every few seconds stretches them without end; an armed
 //     deadline that passes shuts the socket down, and the blocked read or handshake returns at once.
@@ -35,16 +37,25 @@ public:
         ~Slot();
         Verdict verdict() const { return verdict_; }
         bool admitted() const { return verdict_ == Verdict::Admitted; }
+        // The connection waits for its client on `fd` (from now: the oldest waiting give way first),
+        // or is working for it. Call working() before the socket is closed.
+        void waiting(int fd);
+        void working();
+        // True once this connection gave its place to a newcomer (its socket was shut down).
+        bool evicted() const;
 
     private:
         friend class ConnectionLimiter;
         ConnectionLimiter* owner_ = nullptr;
         std::string address_;
         Verdict verdict_ = Verdict::TooManyTotal;
+        std::uint64_t id_ = 0;
     };
 
-    // 0 for either limit: no limit of that kind.
-    ConnectionLimiter(int total, int perAddress) : total_(total), perAddress_(perAddress) {}
+    // 0 for either limit: no limit of that kind. A connection that has waited for its client at
+    // least `minWaitToEvict` may be shut down to make room when all places are taken.
+    ConnectionLimiter(int total, int perAddress, std::chrono::milliseconds minWaitToEvict = std::chrono::seconds(2))
+        : total_(total), perAddress_(perAddress), minWaitToEvict_(minWaitToEvict) {}
 
     // `address` is the peer's IP address without the port.
     Slot admit(const std::string& address);
@@ -52,13 +63,27 @@ public:
     int activeFrom(const std::string& address) const;
     static const char* describe(Verdict verdict);  // "max-connections", "max-connections-per-address"
 
+    int evictions() const;  // connections shut down to make room, since the start
+
 private:
-    void release(const std::string& address);
+    using Clock = std::chrono::steady_clock;
+    struct Waiting {
+        Clock::time_point since;
+        int fd;
+    };
+    void release(const Slot& slot);
+    bool evictOldestWaiting();  // with mutex_ held
 
     const int total_, perAddress_;
+    const std::chrono::milliseconds minWaitToEvict_;
     mutable std::mutex mutex_;
     int active_ = 0;
+    int pendingEvictions_ = 0;  // shut down, not yet gone: their places are the newcomers'
+    int evictions_ = 0;
+    std::uint64_t nextId_ = 1;
     std::map<std::string, int> perAddressActive_;
+    std::map<std::uint64_t, Waiting> waiting_;
+    std::set<std::uint64_t> evicted_;
 };
 
 class Watchdog {

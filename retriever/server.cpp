@@ -26,6 +26,7 @@
 #include <Poco/Util/ServerApplication.h>
 
 #include <atomic>
+#include <chrono>
 #include <ctime>
 #include <sstream>
 #include <iostream>
@@ -59,6 +60,8 @@ struct ConnectionState {
     unsigned long id = 0;                    // the log lines' connection id
     Watchdog::Guard* headDeadline = nullptr;  // armed before each request head, disarmed once parsed
     TlsSessionRecord tlsSession;             // provenance: the TLS session (randoms, peer, time)
+    ConnectionLimiter::Slot* slot = nullptr;  // waiting while the client is to speak (limits: eviction)
+    int fd = -1;
     std::string recordedAccount;             // ...and the account already recorded for it
 };
 thread_local ConnectionState* currentConnection = nullptr;
@@ -121,6 +124,7 @@ public:
             sendAll(socket, wire);
         }
         // The next request head, if the connection stays: the keep-alive wait, then the head itself.
+        if (connection.slot && !result.closeConnection) connection.slot->waiting(connection.fd);
         if (connection.headDeadline && !result.closeConnection)
             *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
                                                      ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
@@ -147,6 +151,7 @@ public:
     Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
         if (currentConnection && currentConnection->headDeadline)
             currentConnection->headDeadline->disarm();  // the head is in: no deadline while we answer
+        if (currentConnection && currentConnection->slot) currentConnection->slot->working();
         return new MailRequestHandler(ctx_);
     }
 
@@ -171,6 +176,11 @@ public:
         ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
         int fd = static_cast<int>(socket.impl()->sockfd());
         if (!slot.admitted()) return refuse(socket, slot.verdict(), peer);
+        slot.waiting(fd);  // the handshake and each request head wait for the client
+        struct Leave {
+            ConnectionLimiter::Slot& slot;
+            ~Leave() { slot.working(); }  // out of the waiting list before the socket is closed
+        } leave{slot};
         Watchdog::Guard deadline = ctx_.watchdog.arm(fd, ctx_.handshakeTimeout);
         try {
             if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
@@ -181,6 +191,8 @@ public:
         }
         ConnectionState connection;
         connection.id = ctx_.nextConnectionId++;
+        connection.slot = &slot;
+        connection.fd = fd;
         if (ctx_.classRecord.provenance && ctx_.overTls)
             connection.tlsSession = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "http", peer,
                                                      static_cast<int64_t>(std::time(nullptr)), ""};
@@ -197,7 +209,10 @@ public:
             ended = e.what();  // the peer went away mid-request, or the deadline shut the socket
         }
         currentConnection = nullptr;
-        if (deadline.expired())
+        if (slot.evicted())
+            ctx_.logger->information("event=evicted peer=" + peer + " reason=\"the server was full and this "
+                                     "connection waited longest for its client\"");
+        else if (deadline.expired())
             ctx_.logger->information("event=disconnect peer=" + peer + " reason=request-head-timeout");
         else if (!ended.empty())
             ctx_.logger->information("event=disconnect peer=" + peer + " reason=" + logValue(ended));
@@ -267,7 +282,8 @@ protected:
         ctx.logger = &logger;
         ctx.verbose = cfg.getBool("retriever.verbose");
         int maxConnections = cfg.getInt("retriever.maxConnections");
-        ctx.limiter = std::make_unique<ConnectionLimiter>(maxConnections, cfg.getInt("retriever.maxConnectionsPerAddress"));
+        ctx.limiter = std::make_unique<ConnectionLimiter>(maxConnections, cfg.getInt("retriever.maxConnectionsPerAddress"),
+                                                          std::chrono::milliseconds(cfg.getInt("retriever.minWaitToEvictMs")));
         ctx.maxRefusalHandshakes = cfg.getInt("retriever.maxRefusalHandshakes");
         ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.handshake"), 0);
         ctx.requestHeadTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.requestHead"), 0);

@@ -81,6 +81,8 @@ public:
         bool secure = ctx_.tlsMode == smtp::TlsMode::Implicit;
         std::string peer = socket.peerAddress().toString();
         ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        slot_ = &slot;
+        slot.waiting(static_cast<int>(socket.impl()->sockfd()));  // the handshake waits for the client
         int active = ctx_.limiter->active();
         ++ctx_.active;
         try {
@@ -101,6 +103,8 @@ public:
         } catch (const std::exception& e) {
             log(std::string("event=disconnect reason=") + logValue(e.what()));
         }
+        if (slot.evicted()) log("event=evicted reason=\"the server was full and this connection waited longest for its client\"");
+        slot.working();  // out of the waiting list before its descriptor is closed (and reused)
         try {
             socket.close();
         } catch (...) {
@@ -271,8 +275,11 @@ private:
             if (nowInData && !inData) dataDeadline = now + micro(ctx_.dataTotalTimeout);
             inData = nowInData;
             Clock::time_point until = inData ? std::min(now + micro(ctx_.dataTimeout), dataDeadline) : commandDeadline;
+            // Waiting for the client: when the server is full, the longest waiting give way first.
+            slot_->waiting(static_cast<int>(socket.impl()->sockfd()));
             Wait wait = waitForInput(socket, Poco::Timespan(std::max<long long>(
                                                  0, std::chrono::duration_cast<std::chrono::microseconds>(until - now).count())));
+            slot_->working();
             if (wait != Wait::Readable) {
                 queue(wait == Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
                 send(socket, pending);
@@ -290,7 +297,7 @@ private:
                 return;
             }
             if (n <= 0) {
-                lost(session, "eof");
+                lost(session, slot_->evicted() ? "evicted" : "eof");
                 return;
             }
             reader.feed(buffer, static_cast<size_t>(n));
@@ -336,6 +343,7 @@ private:
     SenderContext& ctx_;
     unsigned long id_;
     TlsSessionRecord tlsSession_;  // this connection's TLS session, when provenance is on
+    ConnectionLimiter::Slot* slot_ = nullptr;  // its place, marked waiting while it waits for the client
 };
 
 class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
@@ -379,7 +387,8 @@ protected:
         ctx.hostname = cfg.getString("sender.hostname");
         if (ctx.hostname.empty()) ctx.hostname = Poco::Net::DNS::hostName();
         ctx.maxConnections = cfg.getInt("sender.maxConnections");
-        ctx.limiter = std::make_unique<ConnectionLimiter>(ctx.maxConnections, cfg.getInt("sender.maxConnectionsPerAddress"));
+        ctx.limiter = std::make_unique<ConnectionLimiter>(ctx.maxConnections, cfg.getInt("sender.maxConnectionsPerAddress"),
+                                                          std::chrono::milliseconds(cfg.getInt("sender.minWaitToEvictMs")));
         ctx.maxRefusalHandshakes = cfg.getInt("sender.maxRefusalHandshakes");
         ctx.refusalHandshakeTimeout = Poco::Timespan(0, cfg.getInt("sender.timeout.refusalMs") * 1000);
         ctx.dataTotalTimeout = Poco::Timespan(cfg.getInt("sender.timeout.dataTotal"), 0);

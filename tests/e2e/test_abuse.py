@@ -147,3 +147,36 @@ def one_address_cannot_take_every_http_connection(lab):
         assert other.recv(65536).startswith(b"HTTP/1.1 401 "), "another address is served"
         for s in held + [third, other]:
             s.close()
+
+
+@test
+def a_full_server_makes_room_by_closing_the_longest_silent_connection(lab):
+    """Silent sockets from a few addresses fill every place (each address under its own limit); a
+    newcomer is still served: the connection that waited longest for its client gives way. The same
+    for the retriever, where an idle keep-alive connection gives way."""
+    settings = {"sender.maxConnections": 4, "sender.maxConnectionsPerAddress": 2, "sender.minWaitToEvictMs": 200,
+                "retriever.maxConnections": 2, "retriever.maxConnectionsPerAddress": 0, "retriever.minWaitToEvictMs": 200}
+    with Server(lab, "senderserver", settings) as sender, Server(lab, "retrieverserver", settings, db=sender.db) as retriever:
+        silent = [socket.create_connection(("127.0.0.1", sender.port), source_address=(f"127.0.0.{20 + i // 2}", 0))
+                  for i in range(4)]
+        time.sleep(0.4)  # the attack: they say nothing past minWaitToEvictMs
+        newcomer = Conversation(lab, sender.port, source="127.0.0.30")
+        assert newcomer.banner[0].startswith("220"), newcomer.banner
+        assert closed_or_answered(silent[0], timeout=5) == b"", "the oldest silent socket should have been closed"
+        newcomer.cmd("QUIT")
+        newcomer.close()
+        for s in silent:
+            s.close()
+        assert "event=evicted" in sender.log_after_stop()
+        # The retriever: two idle keep-alive connections hold both places; a third client is served.
+        idle = [tls_connect(lab, retriever.port) for _ in range(2)]
+        for s in idle:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 401"), "an answer, then the connection stays open"
+        time.sleep(0.4)
+        third = tls_connect(lab, retriever.port)
+        third.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert third.recv(4096).startswith(b"HTTP/1.1 401")
+        third.close()
+        for s in idle:
+            s.close()

@@ -31,6 +31,44 @@ TEST_CASE("the limiter refuses past the per-address limit and past the total, an
     CHECK(limiter.activeFrom("10.0.0.1") == 0);  // a refusal takes no place
 }
 
+TEST_CASE("when full, the connection waiting longest for its client gives way; working ones never do") {
+    ConnectionLimiter limiter(2, 0, std::chrono::milliseconds(0));
+    int a[2], b[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
+    auto silent = limiter.admit("198.18.0.66");
+    silent.waiting(a[0]);  // admitted, never spoke
+    auto busy = limiter.admit("198.18.0.11");
+    busy.waiting(b[0]);
+    busy.working();  // a command being answered
+    auto newcomer = limiter.admit("198.18.0.12");
+    CHECK(newcomer.admitted());
+    CHECK(silent.evicted());
+    CHECK_FALSE(busy.evicted());
+    char byte;
+    CHECK(::recv(a[0], &byte, 1, MSG_DONTWAIT) == 0);  // shut down: its read returns at once
+    CHECK(limiter.evictions() == 1);
+    // Nobody waits now (the evicted one is leaving, the others work): the next is refused.
+    newcomer.working();
+    CHECK(limiter.admit("198.18.0.13").verdict() == ConnectionLimiter::Verdict::TooManyTotal);
+    { auto gone = std::move(silent); }  // the evicted connection ends: its place was the newcomer's
+    CHECK(limiter.active() == 2);
+    CHECK(limiter.admit("198.18.0.14").verdict() == ConnectionLimiter::Verdict::TooManyTotal);
+    for (int fd : {a[0], a[1], b[0], b[1]}) ::close(fd);
+}
+
+TEST_CASE("a connection must have waited a while before it gives way") {
+    ConnectionLimiter limiter(1, 0, std::chrono::seconds(60));
+    int a[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
+    auto first = limiter.admit("198.18.0.11");
+    first.waiting(a[0]);
+    CHECK(limiter.admit("198.18.0.12").verdict() == ConnectionLimiter::Verdict::TooManyTotal);
+    CHECK_FALSE(first.evicted());
+    ::close(a[0]);
+    ::close(a[1]);
+}
+
 TEST_CASE("a limit of 0 means no limit of that kind") {
     ConnectionLimiter limiter(0, 0);
     std::vector<ConnectionLimiter::Slot> slots;
