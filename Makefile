@@ -316,6 +316,12 @@ bench-attack: deps
 	@/usr/bin/python3 tests/bench/attack.py --build $(BUILD) $(if $(QUICK),--seconds 10,--seconds 40 --doc docs/benchmarks.md)
 	@/usr/bin/python3 tests/bench/hoard.py --build $(BUILD) $(if $(QUICK),--seconds 5,--seconds 15 --doc docs/benchmarks.md)
 
+# make grade on a class of 60 submissions from the virtual classroom (needs root for the classroom).
+.PHONY: bench-grade
+bench-grade: test-deps
+	@$(MAKE) programs
+	@/usr/bin/python3 tests/bench/grade_bench.py --build $(BUILD) $(if $(QUICK),--students 16,--doc docs/benchmarks.md)
+
 # The per-release figures (run in each chroot by `make bench-platforms`; OUT= the JSON file).
 .PHONY: bench-platform
 bench-platform: deps
