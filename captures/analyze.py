@@ -39,7 +39,7 @@ def name(table, value):
 
 
 def tshark(path, args, check=True):
-    out = subprocess.run(["tshark", "-r", path] + args, capture_output=True, text=True)
+    out = subprocess.run(["tshark", "-r", path] + args, capture_output=True, text=True, errors="replace")
     # A file cut short (a capture stopped hard, a partial download) is read as far as it goes.
     if check and out.returncode != 0 and "cut short" not in out.stderr:
         raise RuntimeError(f"tshark failed on {path}: {out.stderr.strip()}")
@@ -147,30 +147,69 @@ class Capture:
     def _guess(self, known_ports=None):
         """A student's capture without our comment (or one that names only the ports): the servers'
         ports are the SYNs' destinations; the one whose first server bytes in clear are "220 " speaks
-        SMTP (plaintext or STARTTLS)."""
-        rows = tshark(self.path, ["-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0", "-T", "fields", "-e", "tcp.dstport"])
-        ports = sorted({int(p) for p in rows.split()})
+        SMTP (plaintext, or STARTTLS when the client sends STARTTLS); a port whose client opens with a
+        TLS handshake record is TLS, and among those the one whose decrypted server says "220 " first
+        is SMTP over implicit TLS. Read from the TCP payloads of one tshark pass (and one more for the
+        decrypted banner when there is TLS), never one run per port: a capture of SYNs to thousands of
+        ports costs what any capture of its size costs (issue 18 #6)."""
+        out = tshark(self.path, ["-o", "tcp.desegment_tcp_streams:FALSE",
+                                 "-Y", "(tcp.flags.syn == 1 && tcp.flags.ack == 0) || tcp.len > 0",
+                                 "-T", "fields", "-E", "separator=\t", "-e", "tcp.stream", "-e", "tcp.srcport",
+                                 "-e", "tcp.dstport", "-e", "tcp.flags.syn", "-e", "tcp.flags.ack", "-e", "tcp.payload"])
+        server_of, first_server, client_data = {}, {}, {}
+        for line in out.splitlines():
+            values = line.split("\t")
+            if len(values) < 6 or not values[0].isdigit():
+                continue
+            stream, src, dst, syn, ack, payload = values[:6]
+            if _on(syn) and not _on(ack):
+                server_of.setdefault(stream, (int(dst or 0), src))
+                continue
+            known = server_of.get(stream)
+            if not known or not payload:
+                continue
+            try:
+                data = bytes.fromhex(payload.split(",")[0].replace(":", "")[:512])
+            except ValueError:
+                continue
+            if src == known[1]:  # from the client (its port)
+                seen = client_data.setdefault(stream, [])
+                if len(seen) < 8:
+                    seen.append(data)
+            else:
+                first_server.setdefault(stream, data)
+        ports = sorted({port for port, _ in server_of.values()})
         if known_ports:
             ports = [p for p in ports if p in known_ports] or sorted(p for p in known_ports if p)
-        smtp, http, mode = 0, 0, "implicit"
-        for port in ports:
-            plain = tshark(self.path, ["-d", f"tcp.port=={port},smtp", "-Y", "smtp.response.code == 220"])
-            if plain.strip():
-                smtp = port
-                starttls = tshark(self.path, ["-d", f"tcp.port=={port},smtp", "-Y", 'smtp.req.command == "STAR"'])
-                mode = "starttls" if starttls.strip() else "off"
-        for port in ports:
-            if port == smtp:
+        wanted = set(ports)
+        plain_smtp, starttls, tls_ports, http_ports = set(), set(), set(), set()
+        for stream, (port, _) in server_of.items():
+            if port not in wanted:
                 continue
-            tls = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-Y", "tls.handshake.type == 1"])
-            if not smtp and tls.strip():
-                # Implicit TLS: tell SMTP from HTTP by what the decrypted server says first.
-                banner = tshark(self.path, ["-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},smtp",
-                                            "-Y", "smtp.response.code == 220"])
-                if banner.strip():
-                    smtp = port
-                    continue
-            http = http or port
+            sent = client_data.get(stream, [])
+            if first_server.get(stream, b"")[:4] in (b"220 ", b"220-"):
+                plain_smtp.add(port)
+                if any(re.search(rb"(?im)^STARTTLS\s*$", d) for d in sent):
+                    starttls.add(port)
+            if sent and sent[0][:1] == b"\x16" and sent[0][1:2] == b"\x03":
+                tls_ports.add(port)
+            if sent and re.match(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) ", sent[0]):
+                http_ports.add(port)
+        smtp, mode = 0, "implicit"
+        if plain_smtp:
+            smtp = min(plain_smtp)
+            mode = "starttls" if smtp in starttls else "off"
+        elif tls_ports:
+            # Implicit TLS: tell SMTP from HTTP by what the decrypted server says first (one run).
+            args = []
+            for port in sorted(tls_ports):
+                args += ["-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},smtp"]
+            banner = tshark(self.path, args + ["-Y", "smtp.response.code == 220", "-T", "fields", "-e", "tcp.srcport"])
+            found = sorted({int(p) for p in banner.split() if p.isdigit() and int(p) in tls_ports})
+            smtp = found[0] if found else 0
+        others = [p for p in ports if p != smtp]
+        likely = [p for p in others if p in http_ports or p in tls_ports]
+        http = (likely or others or [0])[0]
         return mode, smtp, http
 
     def decode_args(self):

@@ -42,7 +42,7 @@ def check(path, steps, out=print, work=None):
     if code == 3:
         out(f"{shown}: not a capture file Wireshark can read ({f.not_capture})")
         return code, f, verdicts
-    out(f"{shown}: mode={f.mode} smtp port={f.smtp_port} http port={f.http_port} "
+    out(f"{shown}: mode={capture_facts.printable(f.mode)} smtp port={f.smtp_port} http port={f.http_port} "
         f"secrets={'yes' if f.secrets else 'no'} sessions={len(f.sessions)}")
     for note in f.notes:
         out(f"  note: {capture_facts.printable(note)}")

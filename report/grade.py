@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,54 @@ REPORTS = "grades-reports"
 KEY_SUFFIXES = (".keys.log", ".keys")
 BATCH = 200  # client randoms per maillab-admin run
 CUT = "the file is cut short: graded as far as it reads"
+FILE_SECONDS = 120  # a file's time budget (--file-seconds): its reading, then its report
+
+
+def cut_off_reason(seconds, what="reading it"):
+    return f"cut off: {what} took longer than {seconds:g} s (--file-seconds), not graded"
+
+
+def run_bounded(argv, seconds, **kwargs):
+    """(returncode, stdout, stderr) of a command given `seconds`, or None when its time ran out: then
+    it and everything it started (its own process group: tshark, mscgen, pandoc) are killed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        return None
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise
+    return proc.returncode, out, err
+
+
+def read_facts(path, work, seconds):
+    """(facts, "") for one file, read by `python3 -m captures.facts` in a process of its own, or
+    (facts that hold nothing, the cut-off reason) when it took longer than `seconds` (issue 18 #6)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = run_bounded([sys.executable, "-m", "captures.facts", "--work", work, "--", path], seconds, cwd=ROOT, env=env)
+    if done is None:
+        reason = cut_off_reason(seconds)
+        f = capture_facts.FileFacts(path=os.path.abspath(path), name=os.path.basename(path), not_capture=reason)
+        return f, reason
+    code, out, err = done
+    try:
+        if code != 0:
+            raise ValueError((err.strip().splitlines() or [f"exit {code}"])[-1][:200])
+        return capture_facts.from_json(json.loads(out)), ""
+    except (ValueError, TypeError) as e:
+        f = capture_facts.FileFacts(path=os.path.abspath(path), name=os.path.basename(path),
+                                    not_capture=f"could not be read ({printable(e)})")
+        return f, ""
 
 
 class UsageError(Exception):
@@ -126,6 +175,7 @@ class FileResult:
         self.failure = ""           # a file-level reason it earns nothing ("" when it may)
         self.verdicts = {}
         self.report = ""            # path of its report, relative to the output folder
+        self.cut_off = ""           # why the file was cut off (past --file-seconds), "" when it was not
         self.done = False
 
     @property
@@ -302,6 +352,8 @@ def outcome(r):
     if not r.done:
         return "not graded yet (the run was stopped before this file)"
     f = r.facts
+    if r.cut_off:
+        return r.cut_off + (f" (for {r.student})" if r.student else "")
     if f.not_capture:
         head = f"not a capture: {f.not_capture}"
         return head + (f" (for {r.student})" if r.student else "")
@@ -337,19 +389,24 @@ class Run:
         self.entries = list_folder(self.folder, self.out)
         self.lock = threading.Lock()
         self.title = f"maillab grades: {os.path.basename(self.folder)}"
+        self.file_seconds = max(1.0, float(getattr(args, "file_seconds", FILE_SECONDS) or FILE_SECONDS))
 
     def regrade(self):
         """Every file's student, provenance and verdicts from what is known now."""
         done = [r for r in self.entries if r.kind == "capture" and r.done]
         for r in done:
             r.student, r.account, r.assigned_by = assign(r, self.roster, self.record) if r.facts else ("", "", "")
-            if r.facts.not_capture:
+            if r.cut_off:
+                r.failure, r.provenance = r.cut_off, ""
+            elif r.facts.not_capture:
                 r.failure, r.provenance = "not a capture: " + r.facts.not_capture, ""
             else:
                 judge_provenance(r, self.record, self.certificates)
         cross_reference(done)
         for r in done:
-            r.verdicts = rules.evaluate(r.facts, self.steps, grading_for(r, self.secret))
+            r.verdicts = {s.name: rules.Verdict("missing", "the file was cut off (--file-seconds)")
+                          for s in self.steps} if r.cut_off else \
+                rules.evaluate(r.facts, self.steps, grading_for(r, self.secret))
 
     def students(self):
         """One row per student: the roster's (in its order) and any other student a file is for."""
@@ -421,7 +478,7 @@ class Run:
         w.writerow(["student", "account"] + [s.name for s in self.steps] + ["total", "max", "files", "verdict", "reasons"])
         for row in students:
             reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in grouped(row)) if row["files"] else ""
-            w.writerow([csv_cell(x) for x in
+            w.writerow([csv_cell(printable(x)) for x in
                         [row["student"], row["account"]] + [f"{row['steps'][s.name][1]:g}" for s in self.steps] +
                         [f"{row['total']:g}", f"{self.maximum:g}", " ".join(r.shown for r in row["files"]),
                          row["verdict"], row["failure"] or reasons]])
@@ -504,18 +561,20 @@ class Run:
     def read_all(self, work):
         captures = [r for r in self.entries if r.kind == "capture"]
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 2)) as pool:
-            futures = {pool.submit(capture_facts.read, r.path, work): r for r in captures}
+            futures = {pool.submit(read_facts, r.path, work, self.file_seconds): r for r in captures}
             for future in as_completed(futures):
                 r = futures[future]
-                r.facts = future.result()
+                r.facts, r.cut_off = future.result()
                 self.record.lookup(r.facts.client_randoms())
                 r.done = True
                 self.publish()
-                print(f"  {r.shown}: {outcome(r)}" + (f"; {printable(r.provenance)}" if r.provenance else ""), flush=True)
+                print(printable(f"  {r.shown}: {outcome(r)}" + (f"; {r.provenance}" if r.provenance else "")),
+                      flush=True)
 
     def reports(self):
         folder = os.path.join(self.out, REPORTS)
         wanted = [r for r in self.entries if r.kind == "capture" and r.facts and not r.facts.not_capture and
+                  not r.cut_off and
                   any(s.maillab != "no" or s.tls for s in r.facts.sessions)]
         if not wanted:
             return
@@ -526,13 +585,16 @@ class Run:
         def one(r):
             name = names[r.name]
             env = dict(os.environ, PYTHONPATH=ROOT)
-            done = subprocess.run([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--",
-                                   r.facts.readable], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-            if done.returncode == 0:
+            done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--",
+                                r.facts.readable], self.file_seconds, cwd=ROOT, env=env)
+            if done is None:
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                r.facts.notes.append(f"no report: making it took longer than {self.file_seconds:g} s (--file-seconds)")
+            elif done[0] == 0:
                 r.report = os.path.relpath(os.path.join(folder, name, "report.html"), self.out)
-                self.publish()
             else:
-                r.facts.notes.append("no report: " + (done.stderr.strip().splitlines() or ["report.py failed"])[-1][:200])
+                r.facts.notes.append("no report: " + (done[2].strip().splitlines() or ["report.py failed"])[-1][:200])
+            self.publish()
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(one, wanted))
 
@@ -563,16 +625,18 @@ def summary(run, students):
     captures = [r for r in entries if r.kind == "capture"]
     assigned = [r for r in captures if r.student]
     unassigned = [r for r in captures if not r.student]
+    cut = [r for r in assigned if r.cut_off]
     graded = [r for r in assigned if not r.facts.not_capture]
     truncated = [r for r in graded if r.facts.truncated]
-    not_capture = [r for r in assigned if r.facts.not_capture]
-    unassigned_nc = [r for r in unassigned if r.facts.not_capture]
+    not_capture = [r for r in assigned if r.facts.not_capture and not r.cut_off]
+    unassigned_nc = [r for r in unassigned if r.facts.not_capture and not r.cut_off]
     keys = [r for r in entries if r.kind == "keys"]
     other = [r for r in entries if r.kind in ("folder", "refused")]
     handed = [s for s in students if s["files"]]
     parts = [f"{len(graded)} graded" + (f" ({len(truncated)} of them truncated)" if truncated else ""),
-             f"{len(not_capture)} not a capture", f"{len(unassigned)} unassigned" +
-             (f" ({len(unassigned_nc)} of them not a capture)" if unassigned_nc else ""),
+             f"{len(not_capture)} not a capture"] + ([f"{len(cut)} cut off (--file-seconds)"] if cut else []) + \
+        [f"{len(unassigned)} unassigned" +
+         (f" ({len(unassigned_nc)} of them not a capture)" if unassigned_nc else ""),
              f"{len(keys)} key log{'s' if len(keys) != 1 else ''}", f"{len(other)} skipped"]
     return (f"{len(entries)} files ({', '.join(parts)}), {len(students)} students "
             f"({len(handed)} with a submission, {len(students) - len(handed)} without)")
@@ -593,6 +657,9 @@ def main(argv=None):
     parser.add_argument("--rubric", default=rules.DEFAULT_RUBRIC)
     parser.add_argument("--out", help="where grades.csv, grades-files.csv, grades.html go (default: DIR)")
     parser.add_argument("--no-reports", action="store_true", help="do not write a report per capture")
+    parser.add_argument("--file-seconds", type=float, default=FILE_SECONDS, metavar="S",
+                        help=f"a file's time budget: reading it, then its report (default {FILE_SECONDS}); a file "
+                             "that takes longer is cut off, with the reason in its row, and the rest graded")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dir):
         print(f"usage: make grade DIR=folder-of-captures (no folder {printable(args.dir)})", file=sys.stderr)
@@ -619,7 +686,7 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     for r in run.entries:
         if r.kind != "capture":
-            print(f"  {r.shown}: {outcome(r)}")
+            print(printable(f"  {r.shown}: {outcome(r)}"))
     print(f"wrote {printable(os.path.join(run.out, 'grades.csv'))}, grades-files.csv and grades.html")
     print(summary(run, students))
     return 0

@@ -9,29 +9,74 @@ STARTTLS, implicit TLS: frames, bytes, what an eavesdropper sees). Written as Ma
   (from the repository's top folder; `make report` runs it)"""
 
 import argparse
+import html.parser
 import os
+import re
 import shutil
 import subprocess
+import sys
 
 from captures.analyze import Capture
-from captures.facts import decode_credentials
+from captures.facts import decode_credentials, printable
 
 MODE_TITLES = {"implicit": "implicit TLS (RFC 8314)", "starttls": "STARTTLS (RFC 3207)", "off": "plaintext"}
 
 
+# ---- text from a capture, as Markdown that is only text ---------------------------------------------
+# Everything a capture says (an EHLO name, a URI, an SNI, a decoded password, a file name) is data: it
+# reaches pandoc escaped, so that no HTML, link, image or code span can be made of it (pandoc 2.17's
+# gfm reader passes raw HTML whatever -raw_html says). Control characters are shown as \xNN.
+
+class Md(str):
+    """Markdown made here from escaped pieces: md_table() takes it as it is."""
+
+
+def md_text(value):
+    """Any text as Markdown that shows exactly that text: Markdown's active characters (HTML, links,
+    images, code, emphasis, entities) backslash-escaped, control characters written \\xNN."""
+    if isinstance(value, Md):
+        return value
+    return Md(re.sub(r"([\\`*~<>\[\]!&#])", r"\\\1", printable(value)))
+
+
+def md_code(value):
+    """Text as a code span, fenced with more backticks than it holds (so it cannot close early)."""
+    text = printable(value)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return Md("`" * (longest + 1) + pad + text + pad + "`" * (longest + 1))
+
+
+def md_block(text):
+    """Text as a fenced code block (tshark's statistics)."""
+    text = "\n".join(printable(line) for line in str(text).splitlines())
+    longest = max((len(run) for run in re.findall(r"`{3,}|~{3,}", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return Md(f"{fence}\n{text}\n{fence}\n")
+
+
+# Budgets per capture (issue 18 #6): a file of thousands of connections gets a report of a bounded
+# size, each table its first rows and the count of the rest; main() sets them from the command line.
+LIMITS = {"rows": 500, "connections": 50}
+
+
 def md_table(headers, rows):
     def cell(v):
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return md_text(v).replace("|", "\\|")
+    rows = list(rows)
+    shown = rows[:LIMITS["rows"]]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown]
+    more = f"\n(the first {len(shown)} rows; {len(rows) - len(shown)} more left out: `--max-rows`)\n" \
+        if len(rows) > len(shown) else ""
+    return "\n".join(lines) + "\n" + more
 
 
 def explain_auth(text):
     """AUTH PLAIN's argument and Basic credentials are base64, not encryption: show what they decode
     to (captures/facts.py's decoder, the one grading uses)."""
     found = decode_credentials(text)
-    return f"{text}  ⟶ base64 of `{found.decoded}`" if found else text
+    return Md(f"{md_text(text)}  ⟶ base64 of {md_code(found.decoded)}") if found else md_text(text)
 
 
 def ladder(cap, stream, smtp, http, records, out_dir):
@@ -76,21 +121,32 @@ def ladder(cap, stream, smtp, http, records, out_dir):
              for r in syns if r["tcp.stream"] == str(stream)]
     client = f"{ports[0]['ip.src']}:{ports[0]['tcp.srcport']}" if ports else "client"
     server = f"{ports[0]['ip.dst']}:{ports[0]['tcp.dstport']}" if ports else "server"
+    client, server = (printable(x).replace("\\", "\\\\").replace('"', '\\"') for x in (client, server))
     lines = ["msc {", '  hscale = "1.6";', f'  c [label="client {client}"], s [label="server {server}"];']
     for frame, _, direction, text, colour in sorted(events, key=lambda e: (e[0], e[1])):
-        text = text.replace("\\", "\\\\").replace('"', '\\"')
+        text = printable(text).replace("\\", "\\\\").replace('"', '\\"')
         arrow = "c=>s" if direction == "C" else "s=>c"
         lines.append(f'  {arrow} [label="#{frame} {text}", linecolour="{colour}", textcolour="{colour}"];')
     lines.append("}")
     # One name per capture and connection: the plaintext section never shows another capture's ladders.
-    capture_name = os.path.splitext(os.path.basename(cap.path))[0]
-    base = os.path.join(out_dir, f"ladder-{capture_name}-{stream}")
+    base = os.path.join(out_dir, f"ladder-{file_stem(cap.path)}-{stream}")
     with open(base + ".msc", "w") as f:
         f.write("\n".join(lines) + "\n")
     for kind in ("svg", "png"):
         subprocess.run(["mscgen", "-T", kind, "-i", base + ".msc", "-o", f"{base}.{kind}"], check=True,
                        capture_output=True)
     return os.path.basename(base)
+
+
+def file_stem(path):
+    """A capture's name as a file name and link target of the report's own (letters, digits, _ . -);
+    a name that needed changing gets a hash of the real one, so two captures never share ladders."""
+    import hashlib
+    stem = os.path.splitext(os.path.basename(path))[0]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip(".-") or "capture"
+    if safe != stem:
+        safe += "-" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return safe
 
 
 def frames(numbers, most=8):
@@ -100,12 +156,12 @@ def frames(numbers, most=8):
     return ("frame " if len(numbers) == 1 else "frames ") + shown if numbers else "no frame"
 
 
-def section(cap, out_dir):
+def section(cap, out_dir, max_ladders=12):
     """One capture, as the TLS and HTTP labs ask about it: one heading per question, each answered
     from the capture with the frame numbers to look at in Wireshark, then the tables behind it."""
     title = MODE_TITLES.get(cap.mode, cap.mode)
     totals = cap.totals()
-    md = [f"## {os.path.basename(cap.path)}: {title}\n",
+    md = [f"## {md_text(os.path.basename(cap.path))}: {md_text(title)}\n",
           f"SMTP on port {cap.smtp_port}, HTTP on port {cap.http_port}; {totals['packets']} frames, "
           f"{totals['bytes']} bytes, {totals['connections']} TCP connections; "
           f"decryption secrets embedded: {'yes' if cap.secrets else 'no'}.\n"]
@@ -124,7 +180,13 @@ def section(cap, out_dir):
     md.append("### Q: What does each connection look like, message by message?\n")
     md.append("One arrow per TCP flag (SYN, FIN, RST), TLS record (type on the wire, then what it decrypts to) "
               "and SMTP line or HTTP message, in wire order, with the time since the first packet.\n")
-    for stream in streams:
+    # A budget per file: a ladder is a tshark-free mscgen run or two, but a capture of thousands of
+    # connections would make thousands of them (issue 18 #6).
+    drawn = streams[:max(0, max_ladders)]
+    if len(streams) > len(drawn):
+        md.append(f"Drawn: the ladders of the first {len(drawn)} connections; {len(streams) - len(drawn)} more left "
+                  "out (`--max-ladders`).\n")
+    for stream in drawn:
         name = ladder(cap, stream, smtp, http, records, out_dir)
         if name:
             md.append(f"Connection {stream} ([SVG]({name}.svg)):\n\n![connection {stream}]({name}.png)\n")
@@ -140,8 +202,8 @@ def section(cap, out_dir):
         md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
     md.append(http_questions(cap))
     md.append("### Q: Which connections and protocols does the capture hold? (tshark -z conv,tcp and -z io,phs)\n")
-    md.append("```\n" + cap.stats("conv,tcp").strip() + "\n```\n")
-    md.append("```\n" + cap.stats("io,phs").strip() + "\n```\n")
+    md.append(md_block(cap.stats("conv,tcp").strip()))
+    md.append(md_block(cap.stats("io,phs").strip()))
     return "\n".join(md)
 
 
@@ -155,13 +217,17 @@ def records_question(cap, records, streams):
         example, rs = min(several.items())
         md.append(f"{len(records)} records in {len(per_frame)} frames; {len(several)} frames carry more than one "
                   f"({frames(several)}). For example frame {example}: "
-                  + ", ".join(r.get("wire_type", r["type"]) for r in rs) + ".\n")
+                  + md_text(", ".join(r.get("wire_type", r["type"]) for r in rs)) + ".\n")
     else:
         md.append(f"{len(records)} records in {len(per_frame)} frames, one record per frame.\n")
     by_stream = {}
     for r in records:
         by_stream.setdefault(r["stream"], []).append(r)
-    for stream in streams:
+    tabled = [s for s in streams if s in by_stream]
+    if len(tabled) > LIMITS["connections"]:
+        md.append(f"The records of the first {LIMITS['connections']} connections; {len(tabled) - LIMITS['connections']} "
+                  "more left out (`--max-connections`).\n")
+    for stream in tabled[:LIMITS["connections"]]:
         rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
                  r["record_version"], r.get("wire_type", r["type"]),
                  (r["type"] if r.get("wire_type", r["type"]) != r["type"] else
@@ -179,10 +245,11 @@ def client_hello_question(handshakes):
     first = handshakes[0]
     md = ["### Q: What does the ClientHello offer?\n",
           f"In {frames([first.get('client_hello_frame', 0)])} the client offers the versions "
-          f"{', '.join(first.get('offered_versions', [])) or '(none listed)'} (supported_versions), "
+          f"{md_text(', '.join(first.get('offered_versions', [])) or '(none listed)')} (supported_versions), "
           f"{len(first.get('offered_suites', []))} cipher suites, key shares for "
-          f"{', '.join(first.get('offered_groups', [])) or '(none)'}, the server name (SNI) "
-          f"`{first.get('sni', '')}` and a 32-byte random that starts `{first.get('client_random', '')[:8]}`. "
+          f"{md_text(', '.join(first.get('offered_groups', [])) or '(none)')}, the server name (SNI) "
+          f"{md_code(first.get('sni', ''))} and a 32-byte random that starts "
+          f"{md_code(first.get('client_random', '')[:8])}. "
           "The record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
           "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n",
           md_table(["conn", "frame", "SNI (server_name)", "ALPN", "supported_groups", "signature algorithms",
@@ -196,9 +263,10 @@ def client_hello_question(handshakes):
 def server_hello_question(handshakes):
     first = handshakes[0]
     md = ["### Q: What does the ServerHello choose?\n",
-          f"In {frames([first.get('server_hello_frame', 0)])} the server chooses {first.get('chosen_version', '?')} "
-          f"(in supported_versions; the ServerHello's own version field says {first.get('server_hello_version', '?')}), "
-          f"the suite {first.get('chosen_suite', '?')} and the group {first.get('chosen_group', '?')}. "
+          f"In {frames([first.get('server_hello_frame', 0)])} the server chooses "
+          f"{md_text(first.get('chosen_version', '?'))} (in supported_versions; the ServerHello's own version field "
+          f"says {md_text(first.get('server_hello_version', '?'))}), the suite {md_text(first.get('chosen_suite', '?'))} "
+          f"and the group {md_text(first.get('chosen_group', '?'))}. "
           "Every connection, side by side:\n"]
     rows = [[h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
              h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
@@ -262,13 +330,16 @@ def http_questions(cap):
     codes = {}
     for r in responses:
         codes.setdefault(r["http.response.code"], []).append(r["frame.number"])
-    md.append("- **Status codes**: " + "; ".join(f"{code} in frames {', '.join(frames)}" for code, frames in
+    md.append("- **Status codes**: " + "; ".join(f"{md_text(code)} in {frames(numbers)}" for code, numbers in
                                                  sorted(codes.items())) + ".")
     with_lm = [r for r in responses if r["http.last_modified"]]
     if with_lm:
-        md.append(f"- **Last-Modified**: `{with_lm[0]['http.last_modified']}` (frame {with_lm[0]['frame.number']}); "
-                  "**Content-Length** of each response: " +
-                  ", ".join(f"{r['http.content_length_header'] or '-'} (frame {r['frame.number']})" for r in responses) + ".")
+        shown = responses[:8]
+        md.append(f"- **Last-Modified**: {md_code(with_lm[0]['http.last_modified'])} (frame "
+                  f"{md_text(with_lm[0]['frame.number'])}); **Content-Length** of each response: " +
+                  ", ".join(f"{md_text(r['http.content_length_header'] or '-')} (frame {md_text(r['frame.number'])})"
+                            for r in shown) +
+                  (f" and {len(responses) - len(shown)} more" if len(responses) > len(shown) else "") + ".")
     conditional = []
     for q in requests:
         lines = q["http.request.line"]
@@ -276,8 +347,9 @@ def http_questions(cap):
             if header.lower() in lines.lower():
                 answer = next((r for r in responses if r["tcp.stream"] == q["tcp.stream"] and
                                int(r["frame.number"]) > int(q["frame.number"])), None)
-                conditional.append(f"{header} in frame {q['frame.number']} answered "
-                                   f"{answer['http.response.code'] + ' in frame ' + answer['frame.number'] if answer else '(no answer)'}")
+                conditional.append(f"{header} in frame {md_text(q['frame.number'])} answered " +
+                                   (md_text(answer['http.response.code'] + ' in frame ' + answer['frame.number'])
+                                    if answer else '(no answer)'))
     md.append("- **Conditional GETs**: " + ("; ".join(conditional) if conditional else "none in this capture") +
               ". A 304 carries no body: the client's copy is still good (RFC 9110 15.4.5).")
     def pieces(r, field):
@@ -285,7 +357,8 @@ def http_questions(cap):
 
     multi = [r for r in responses if pieces(r, "tcp.segment.count") > 1 or pieces(r, "tls.segment.count") > 1]
     md.append("- **A response spanning several segments**: " +
-              ("; ".join(f"frame {r['frame.number']}: Content-Length {r['http.content_length_header']}, reassembled from "
+              ("; ".join(f"frame {md_text(r['frame.number'])}: Content-Length "
+                         f"{md_text(r['http.content_length_header'])}, reassembled from "
                          + (f"{pieces(r, 'tls.segment.count')} TLS records" if pieces(r, "tls.segment.count") > 1 else "")
                          + (" and " if pieces(r, "tls.segment.count") > 1 and pieces(r, "tcp.segment.count") > 1 else "")
                          + (f"{pieces(r, 'tcp.segment.count')} TCP segments" if pieces(r, "tcp.segment.count") > 1 else "")
@@ -300,7 +373,7 @@ def eavesdropper(cap):
     http = blind.http_messages()
     credentials = [explain_auth(s["text"]) for s in smtp if s["text"].upper().startswith("AUTH ")]
     # The registration reply carries the new password itself: a leaked secret too.
-    credentials += [f"new password in the 235 reply: `{s['text'].split('password: ')[1].split()[0]}`"
+    credentials += [Md(f"new password in the 235 reply: {md_code(s['text'].split('password: ')[1].split()[0])}")
                     for s in smtp if s["dir"] == "S" and s["text"].startswith("235") and "password: " in s["text"]]
     credentials += sorted({explain_auth(m["authorization"]) for m in http if m["authorization"]})
     return len(smtp), len(http), credentials
@@ -309,15 +382,15 @@ def eavesdropper(cap):
 def analyse(job):
     """One capture's section and its row of the side-by-side table (run in a worker process: the
     captures are independent, and tshark is the time)."""
-    path, out_dir = job
+    path, out_dir, max_ladders = job
     cap = Capture(path)
     t = cap.totals()
     smtp_seen, http_seen, credentials = eavesdropper(cap)
     row = [MODE_TITLES.get(cap.mode, cap.mode), t["packets"], t["bytes"], t["connections"],
            len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
-           "; ".join(credentials) if credentials else "nothing"]
-    text = section(cap, out_dir)
-    print(f"  analysed {os.path.basename(path)} ({cap.mode})", flush=True)
+           Md("; ".join(credentials)) if credentials else "nothing"]
+    text = section(cap, out_dir, max_ladders)
+    print(f"  analysed {printable(os.path.basename(path))} ({printable(cap.mode)})", flush=True)
     return cap.mode, os.path.basename(path), text, row
 
 
@@ -332,18 +405,59 @@ def comparison(rows):
 
 # The report's page: wide enough for every column at 1280 px, tables that scroll inside their own box
 # rather than under the text, and the figures no wider than the page.
-PAGE_STYLE = """<style>
-body { max-width: 1240px; margin: 0 auto; padding: 12px; font-size: 15px; }
-table { width: 100%; border-collapse: collapse; font-size: 12px; }
-td, th { border: 1px solid #ccc; padding: 2px 5px; vertical-align: top; overflow-wrap: anywhere; }
-img { max-width: 100%; }
-pre { max-width: 100%; overflow-x: auto; font-size: 12px; }
-nav#TOC { border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }
+# The page runs nothing and fetches nothing but its own images (the ladders' PNGs beside it): whatever
+# a capture holds, a browser shows it as text (issue 18 #5).
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
+                           "form-action 'none'")
+PAGE_STYLE = f"""<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
+<style>
+body {{ max-width: 1240px; margin: 0 auto; padding: 12px; font-size: 15px; }}
+table {{ width: 100%; border-collapse: collapse; font-size: 12px; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 5px; vertical-align: top; overflow-wrap: anywhere; }}
+img {{ max-width: 100%; }}
+pre {{ max-width: 100%; overflow-x: auto; font-size: 12px; }}
+nav#TOC {{ border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }}
 </style>
 """
 
 
+class ActiveContent(html.parser.HTMLParser):
+    """What in a page could run or fetch something: a script, a frame, an event handler, a URL with a
+    scheme (javascript:, http:). The report's own page has none; one that has is not written."""
+    TAGS = {"script", "iframe", "frame", "object", "embed", "form", "base", "link", "svg", "math", "audio", "video"}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.TAGS:
+            self.found.append(f"<{tag}>")
+        for name, value in attrs:
+            if name.startswith("on") or name in ("srcset", "formaction"):
+                self.found.append(f"<{tag} {name}>")
+            elif name in ("href", "src", "action", "data") and re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*:", value or ""):
+                self.found.append(f"<{tag} {name}={value[:40]}>")
+
+
+def active_content(page):
+    finder = ActiveContent()
+    finder.feed(page)
+    finder.close()
+    return finder.found
+
+
 def main():
+    try:
+        return run()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", None)
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        print(f"report: {printable(e)}" + (f": {printable(detail.strip()[-500:])}" if detail else ""), file=sys.stderr)
+        return 1
+
+
+def run():
     import concurrent.futures
     import time
     started = time.monotonic()
@@ -352,7 +466,14 @@ def main():
     parser.add_argument("captures", nargs="+")
     parser.add_argument("--name", default="lab")
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument("--max-ladders", type=int, default=12, metavar="N",
+                        help="draw the ladders of the first N connections of each capture (default 12)")
+    parser.add_argument("--max-connections", type=int, default=LIMITS["connections"], metavar="N",
+                        help=f"a table of TLS records for the first N connections (default {LIMITS['connections']})")
+    parser.add_argument("--max-rows", type=int, default=LIMITS["rows"], metavar="N",
+                        help=f"the first N rows of any other table (default {LIMITS['rows']})")
     args = parser.parse_args()
+    LIMITS.update(rows=max(1, args.max_rows), connections=max(0, args.max_connections))
     out_dir = os.path.join(args.out, args.name)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
@@ -361,12 +482,12 @@ def main():
     # fork on every Python (3.14 defaults to forkserver on Linux): the workers need nothing re-imported.
     with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
                                                 mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(analyse, [(path, out_dir) for path in args.captures]))
+        results = list(pool.map(analyse, [(path, out_dir, args.max_ladders) for path in args.captures]))
     # The main lesson first: implicit TLS, then STARTTLS, then the plaintext comparison.
     order = {"implicit": 0, "starttls": 1, "off": 2}
     results.sort(key=lambda r: order.get(r[0], 3))
-    doc = [f"# maillab capture report: {args.name}\n",
-           "Generated by `make report` from " + ", ".join(f"`{name}`" for _, name, _, _ in results) + ".\n"]
+    doc = [f"# maillab capture report: {md_text(args.name)}\n",
+           "Generated by `make report` from " + ", ".join(md_code(name) for _, name, _, _ in results) + ".\n"]
     if len(results) > 1:
         doc.append(comparison([row for _, _, _, row in results]))
     for _, _, text, _ in results:
@@ -378,12 +499,21 @@ def main():
     with open(style, "w") as f:
         f.write(PAGE_STYLE)
     print("report: writing HTML with pandoc ...", flush=True)
+    # gfm without bare-URL autolinks (a URI from a capture stays text); the text itself came escaped.
+    page = os.path.join(out_dir, "report.html")
     subprocess.run(["pandoc", "--standalone", "--toc", "--toc-depth=3", "--include-in-header", style,
-                    "--metadata", f"title=maillab capture report: {args.name}",
-                    "-f", "gfm", "-t", "html5", "-o", os.path.join(out_dir, "report.html"), md_path],
-                   check=True, cwd=out_dir)
-    print(f"wrote {md_path} and report.html ({len(results)} capture(s)) in {time.monotonic() - started:.0f} s")
+                    "--metadata", f"title=maillab capture report: {printable(args.name)}",
+                    "-f", "gfm-autolink_bare_uris", "-t", "html5", "-o", page, md_path],
+                   check=True, cwd=out_dir, capture_output=True)
+    os.unlink(style)
+    found = active_content(open(page, encoding="utf-8").read())
+    if found:
+        os.unlink(page)
+        raise RuntimeError("report.html would have held active content (not written): " + ", ".join(found[:5]))
+    print(f"wrote {printable(md_path)} and report.html ({len(results)} capture(s)) in "
+          f"{time.monotonic() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

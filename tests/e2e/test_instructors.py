@@ -369,7 +369,8 @@ def odd_file_names_are_graded_apart_and_never_run(lab):
     folder = lab.path("odd names")
     os.makedirs(folder)
     ana = os.path.join(c["submissions"], "ana.pcapng")
-    names = ["x y.pcapng", "x_y.pcapng", "-ana.pcapng", "esc\x1b[31mred.pcapng", "=1+2.pcapng", "$(touch INJECTED).pcapng"]
+    names = ["x y.pcapng", "x_y.pcapng", "-ana.pcapng", "esc\x1b[31mred.pcapng", "=1+2.pcapng", "$(touch INJECTED).pcapng",
+             "--help.pcapng", "osc\x1b]0;owned\x07\u009b2J.pcapng", "@sum.pcapng"]
     for name in names:
         shutil.copy(ana, os.path.join(folder, name))
     os.symlink("/etc/passwd", os.path.join(folder, "x y.keys.log"))
@@ -377,9 +378,13 @@ def odd_file_names_are_graded_apart_and_never_run(lab):
     run = grade(lab, rel, roster=False, cwd=lab.dir)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "\x1b" not in run.stdout + run.stderr and "esc\\x1b[31mred.pcapng" in run.stdout, run.stdout
+    # No C0 or C1 control character at all (OSC, BEL, CSI as one byte) reaches the terminal.
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u0080-\u009f]", run.stdout + run.stderr), run.stdout + run.stderr
+    assert "osc\\x1b]0;owned\\x07\\x9b2J.pcapng" in run.stdout, run.stdout
     assert not os.path.exists(os.path.join(lab.dir, "INJECTED")) and not os.path.exists(os.path.join(ROOT, "INJECTED"))
     files = {r["file"]: r for r in read_csv(os.path.join(folder, "grades-files.csv"))}
-    assert "'=1+2.pcapng" in files and "'-ana.pcapng" in files, sorted(files)
+    assert "'=1+2.pcapng" in files and "'-ana.pcapng" in files and "'@sum.pcapng" in files, sorted(files)
+    assert "'--help.pcapng" in files and files["'--help.pcapng"]["outcome"] == "graded for ana", files["'--help.pcapng"]
     assert files["x y.keys.log"]["outcome"].startswith("refused"), files["x y.keys.log"]
     reports = [files[n]["report"] for n in files if files[n]["report"]]
     assert len(reports) == len(names) == len(set(reports)), reports
