@@ -162,7 +162,11 @@ def a_full_server_makes_room_by_closing_the_longest_silent_connection(lab):
         time.sleep(0.4)  # the attack: they say nothing past minWaitToEvictMs
         newcomer = Conversation(lab, sender.port, source="127.0.0.30")
         assert newcomer.banner[0].startswith("220"), newcomer.banner
-        assert closed_or_answered(silent[0], timeout=5) == b"", "the oldest silent socket should have been closed"
+        # One of them (the one the server saw waiting longest: they came within microseconds) was closed.
+        readable, _, _ = select.select(silent, [], [], 5)
+        assert readable and all(closed_or_answered(s, timeout=1) == b"" for s in readable), \
+            "a silent socket should have been closed to make room"
+        assert len(readable) == 1, f"{len(readable)} closed: only one newcomer came"
         newcomer.cmd("QUIT")
         newcomer.close()
         for s in silent:
