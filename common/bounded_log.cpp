@@ -18,7 +18,7 @@ void BoundedAsyncChannel::registerClass() {
 }
 
 void BoundedAsyncChannel::setProperty(const std::string& name, const std::string& value) {
-    if (name == "channel") target_ = Poco::AutoPtr<Poco::Channel>(Poco::LoggingRegistry::defaultRegistry().channelForName(value), true);
+    if (name == "channel") target_ = Poco::LoggingRegistry::defaultRegistry().channelForName(value);
     else if (name == "maxQueuedBytes") maxQueuedBytes_ = static_cast<size_t>(Poco::NumberParser::parseUnsigned64(value));
     else Channel::setProperty(name, value);
 }

@@ -24,6 +24,7 @@ public:
     void log(const Poco::Message& message) override;
     // "channel": the channel written to (by name, from the logging registry); "maxQueuedBytes".
     void setProperty(const std::string& name, const std::string& value) override;
+    void setChannel(Poco::AutoPtr<Poco::Channel> target) { target_ = std::move(target); }
     uint64_t dropped() const;
 
     // Registers the class with Poco's LoggingFactory, so properties can name it (shared.properties).

@@ -586,7 +586,8 @@ class Classroom:
         """`make grade`, as docs/instructors.md says, on the instructor's machine."""
         # A make of its own (under `make classroom`, not a sub-make of it: no jobserver to share).
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-        argv = ["make", "-s", "-C", ROOT, "grade", f"DIR={self.submissions}", f"ROSTER={self.roster}",
+        # BUILD: the grader reads the record with this build's maillab-admin (build/asan under test-asan).
+        argv = ["make", "-s", "-C", ROOT, "grade", f"BUILD={self.build}", f"DIR={self.submissions}", f"ROSTER={self.roster}",
                 f"SECRET={self.secret}", f"DB={self.db}",
                 # The class server's certificate (the grader checks the sessions were with it).
                 f"CERT={os.path.join(self.labdir, 'certs', 'server.pem')}"]

@@ -4,8 +4,6 @@
 
 #include "catch.hpp"
 
-#include <Poco/LoggingRegistry.h>
-
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -20,7 +18,7 @@ public:
         released.wait(lock, [&] { return open; });
         lines.push_back(m.getText());
     }
-    void release() {
+    void unblock() {
         std::lock_guard<std::mutex> lock(mutex);
         open = true;
         released.notify_all();
@@ -34,15 +32,14 @@ public:
 
 TEST_CASE("a log that falls behind drops and counts lines past its bound, and says so", "[log]") {
     Poco::AutoPtr<StuckChannel> stuck(new StuckChannel);
-    Poco::LoggingRegistry::defaultRegistry().registerChannel("unit-stuck", stuck);
     Poco::AutoPtr<maillab::BoundedAsyncChannel> channel(new maillab::BoundedAsyncChannel);
-    channel->setProperty("channel", "unit-stuck");
+    channel->setChannel(Poco::AutoPtr<Poco::Channel>(stuck.get(), true));
     channel->setProperty("maxQueuedBytes", "100000");
     std::string line(1000, 'x');
     for (int i = 0; i < 1000; ++i) channel->log(Poco::Message("t", line, Poco::Message::PRIO_INFORMATION));
     channel->log(Poco::Message("t", "event=refused reason=important", Poco::Message::PRIO_WARNING));
     CHECK(channel->dropped() >= 850);  // about 100 KB of 1 MB kept
-    stuck->release();
+    stuck->unblock();
     channel->close();
     REQUIRE(!stuck->lines.empty());
     bool said = false, warned = false;
@@ -53,5 +50,4 @@ TEST_CASE("a log that falls behind drops and counts lines past its bound, and sa
     CHECK(said);
     CHECK(warned);  // warnings are never the ones dropped
     CHECK(stuck->lines.size() < 200);
-    Poco::LoggingRegistry::defaultRegistry().unregisterChannel("unit-stuck");
 }
