@@ -223,11 +223,11 @@ def write_doc(path, r):
              "", "The attacker is limited by the budget, not by the machine: more connections or more source "
              "addresses only add refusals. See docs/design.md, \"The guess budget\".", "",
              f"**A burst against a cached password** (issue 18 #2): the owner's password cached in the retriever, "
-             f"one guess left in the shared bucket, {r['burst']['parallel']} guesses at once from other addresses "
-             f"with the right one at a random place, {r['burst']['trials']} times: the right one was accepted in "
-             f"{r['burst']['accepted_trials']} of {r['burst']['trials']} (it came first; it was 7 of 10 before the "
-             f"budget was read again under the account's lock), at most {r['burst']['max_wrong_checked']} wrong "
-             f"guess checked per burst, {r['burst']['free_comparisons']} comparisons not paid for.", end]
+             f"one guess left in the shared bucket, {r['cached_burst']['parallel']} guesses at once from other addresses "
+             f"with the right one at a random place, {r['cached_burst']['trials']} times: the right one was accepted in "
+             f"{r['cached_burst']['accepted_trials']} of {r['cached_burst']['trials']} (it came first; it was 7 of 10 before the "
+             f"budget was read again under the account's lock), at most {r['cached_burst']['max_wrong_checked']} wrong "
+             f"guess checked per burst, {r['cached_burst']['free_comparisons']} comparisons not paid for.", end]
     block = "\n".join(lines)
     text = open(path).read() if os.path.exists(path) else ""
     if begin in text and end in text:
@@ -284,10 +284,10 @@ def main():
         retriever.stop()
         subprocess.run(["rm", "-rf", work])
     print("a burst of parallel guesses against a cached password ...", flush=True)
-    result["burst"] = cached_burst(bin_dir, trials=3 if args.seconds < 20 else 10)
+    result["cached_burst"] = cached_burst(bin_dir, trials=3 if args.seconds < 20 else 10)
     print(json.dumps(result, indent=1))
-    print(f"burst against a cached password: accepted in {result['burst']['accepted_trials']} of "
-          f"{result['burst']['trials']} trials, {result['burst']['free_comparisons']} comparisons not paid for")
+    print(f"burst against a cached password: accepted in {result['cached_burst']['accepted_trials']} of "
+          f"{result['cached_burst']['trials']} trials, {result['cached_burst']['free_comparisons']} comparisons not paid for")
     print(f"checked {counts['checked']} guesses (budget allows {allowed:.0f}), refused {counts['refused']} unchecked; "
           f"at the default settings: {default_rate * 3600:.0f} guesses/hour, expected time to find the password "
           f"{hours:,.0f} h (the budget's own figure: {budget_hours:,.0f} h; target 500 h)")
@@ -296,7 +296,7 @@ def main():
             json.dump(result, f, indent=1)
     if args.doc:
         write_doc(args.doc, result)
-    return 0 if counts["checked"] <= allowed + buckets and hours >= 500 and result["burst"]["free_comparisons"] == 0 else 1
+    return 0 if counts["checked"] <= allowed + buckets and hours >= 500 and result["cached_burst"]["free_comparisons"] == 0 else 1
 
 
 if __name__ == "__main__":
