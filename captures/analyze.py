@@ -7,6 +7,8 @@ tshark's start-up (about half a second) is most of its time on a lab capture, so
 question needs is read in one pass per file (Capture.table) and the questions' display filters are
 answered from that table in Python (ROW_FILTERS); a filter not listed there still runs tshark."""
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -391,6 +393,53 @@ class Capture:
                         block = None
         return self._stats.get(which, "")
 
+    # ---- a read shared between processes (make grade: the facts child reads, the report reuses) ----
+
+    CACHED = ("capinfos", "truncated", "commented", "secrets", "mode", "smtp_port", "http_port", "has_tls")
+
+    def save(self, folder):
+        """Leaves what this read of the file found (capinfos, the mode and ports, the table) in
+        folder, for Capture.load of the same file unchanged (written whole or not at all)."""
+        data = {"version": CACHE_VERSION, "path": os.path.abspath(self.path), "fields": TABLE_FIELDS,
+                "rows": [[row[f] for f in TABLE_FIELDS] for row in self.table()]}
+        data.update({k: getattr(self, k) for k in self.CACHED})
+        target = cache_path(folder, self.path)
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, folder):
+        """The Capture that save() left in folder for this file (same path, size, mtime and inode);
+        without one (or with one that does not fit), the file is read as Capture(path)."""
+        try:
+            with open(cache_path(folder, path), encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("version") != CACHE_VERSION or data.get("path") != os.path.abspath(path) or \
+                    data.get("fields") != TABLE_FIELDS:
+                raise ValueError("not this file's")
+            rows = data["rows"]
+            if not all(isinstance(r, list) and len(r) == len(TABLE_FIELDS) and all(isinstance(v, str) for v in r)
+                       for r in rows):
+                raise ValueError("damaged")
+            types = {"capinfos": str, "truncated": bool, "commented": bool, "secrets": int, "mode": str,
+                     "smtp_port": int, "http_port": int, "has_tls": bool}
+            if not all(type(data[k]) is types[k] for k in cls.CACHED):
+                raise ValueError("damaged")
+            cap = cls.__new__(cls)
+            cap.path = path
+            for k in cls.CACHED:
+                setattr(cap, k, data[k])
+            cap._table = [dict(zip(TABLE_FIELDS, r)) for r in rows]
+            return cap
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(path)
+
     def totals(self):
         packets = int((re.search(r"Number of packets:\s*(\d+)", self.capinfos) or [0, 0])[1])
         size = int((re.search(r"Data size:\s*(\d+)", self.capinfos) or [0, 0])[1])
@@ -409,6 +458,18 @@ class Capture:
         blind.path = path
         blind.secrets = 0
         return blind
+
+
+CACHE_VERSION = 1
+
+
+def cache_path(folder, path):
+    """Where Capture.save leaves a file's read: named by the file's path, size, mtime and inode, so a
+    file changed or replaced since is read again."""
+    st = os.stat(path)
+    ident = "\0".join([str(CACHE_VERSION), os.path.abspath(path), str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)])
+    return os.path.join(folder, hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32] +
+                        ".capture.json")
 
 
 def strip_secrets(source, target):

@@ -114,8 +114,11 @@ def smtp_accounts(lines):
 def printable(text):
     """Text safe to print on a terminal: control characters (ESC among them) and other unprintable
     ones as \\xNN / \\uNNNN escapes; a file name's undecodable bytes arrive as surrogates, shown too."""
+    text = str(text)
+    if text.isprintable():  # the usual case, at C speed (a surrogate is never printable)
+        return text
     out = []
-    for ch in str(text):
+    for ch in text:
         if ch.isprintable() and not 0xDC80 <= ord(ch) <= 0xDCFF:
             out.append(ch)
         elif ord(ch) < 0x100 or 0xDC80 <= ord(ch) <= 0xDCFF:
@@ -268,10 +271,11 @@ def _first(value):
     return value.split("|")[0] if value else ""
 
 
-def read(path, work=None):
+def read(path, work=None, cache=None):
     """The facts of one file. Never raises for a bad file (the reason is in not_capture). work: a
     folder for the copy with the key log beside it embedded (editcap --inject-secrets); without it,
-    a key log beside the file is not used."""
+    a key log beside the file is not used. cache: a folder to leave the read in (Capture.save), for
+    the report of the same file to reuse (make grade: `python3 -m report.report --cache`)."""
     path = os.path.abspath(path)
     f = FileFacts(path=path, name=os.path.basename(path))
     if not os.path.lexists(path):
@@ -303,6 +307,11 @@ def read(path, work=None):
     except (RuntimeError, OSError, ValueError):
         f.not_capture = _sniff(path)
         return f
+    if cache:
+        try:
+            cap.save(cache)
+        except OSError:
+            pass  # the report reads the file itself
     f.truncated = cap.truncated
     f.mode, f.smtp_port, f.http_port, f.secrets = cap.mode, cap.smtp_port, cap.http_port, cap.secrets
     m = re.search(r"First packet time:\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", cap.capinfos)
@@ -326,16 +335,18 @@ def from_json(data):
 
 
 def main(argv=None):
-    """python3 -m captures.facts [--work DIR] -- FILE: the facts of one file as JSON (report.grade
-    reads each file this way, in a process of its own it can stop when the file's time is up)."""
+    """python3 -m captures.facts [--work DIR] [--cache DIR] -- FILE: the facts of one file as JSON
+    (report.grade reads each file this way, in a process of its own it can stop when the file's time
+    is up; with --cache the tshark read is left in DIR for the file's report)."""
     import argparse
     import json
     import sys
     parser = argparse.ArgumentParser(prog="python3 -m captures.facts")
     parser.add_argument("--work", help="a folder for the copy with the key log beside the file embedded")
+    parser.add_argument("--cache", help="a folder to leave the read in, for `report.report --cache` of the same file")
     parser.add_argument("file")
     args = parser.parse_args(argv)
-    json.dump(read(args.file, args.work).to_json(), sys.stdout)
+    json.dump(read(args.file, args.work, args.cache).to_json(), sys.stdout)
     return 0
 
 

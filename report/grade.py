@@ -20,7 +20,8 @@ became of it. Written as each file finishes (a stopped run leaves what it had):
   DIR/grades-files.csv  one row per file: what became of it (outcome), its provenance_verdict, each
                         step's status (ok, missing, n/a) and the reasons
   DIR/grades.html       both tables (Content-Security-Policy: no scripts, nothing fetched)
-  DIR/grades-reports/   the report of each capture (python3 -m report.report), linked from the page
+  DIR/grades-reports/   the report of each capture (python3 -m report.report --for-grading: SVG ladders
+                        only; it reuses the file's tshark read from its facts), linked from the page
 
 Exit status: 0 when the folder was graded (whatever the grades), 2 for a usage error (no folder, no
 class server record, a bad rubric or roster)."""
@@ -84,11 +85,13 @@ def run_bounded(argv, seconds, **kwargs):
     return proc.returncode, out, err
 
 
-def read_facts(path, work, seconds):
+def read_facts(path, work, seconds, cache=None):
     """(facts, "") for one file, read by `python3 -m captures.facts` in a process of its own, or
-    (facts that hold nothing, the cut-off reason) when it took longer than `seconds` (issue 18 #6)."""
+    (facts that hold nothing, the cut-off reason) when it took longer than `seconds` (issue 18 #6).
+    cache: a folder where that process leaves its tshark read for the file's report to reuse."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    done = run_bounded([sys.executable, "-m", "captures.facts", "--work", work, "--", path], seconds, cwd=ROOT, env=env)
+    done = run_bounded([sys.executable, "-m", "captures.facts", "--work", work] + (["--cache", cache] if cache else []) +
+                       ["--", path], seconds, cwd=ROOT, env=env)
     if done is None:
         reason = cut_off_reason(seconds)
         f = capture_facts.FileFacts(path=os.path.abspath(path), name=os.path.basename(path), not_capture=reason)
@@ -558,10 +561,10 @@ class Run:
 
     # ---- the steps of the run ----
 
-    def read_all(self, work):
+    def read_all(self, work, cache=None):
         captures = [r for r in self.entries if r.kind == "capture"]
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 2)) as pool:
-            futures = {pool.submit(read_facts, r.path, work, self.file_seconds): r for r in captures}
+            futures = {pool.submit(read_facts, r.path, work, self.file_seconds, cache): r for r in captures}
             for future in as_completed(futures):
                 r = futures[future]
                 r.facts, r.cut_off = future.result()
@@ -571,7 +574,9 @@ class Run:
                 print(printable(f"  {r.shown}: {outcome(r)}" + (f"; {r.provenance}" if r.provenance else "")),
                       flush=True)
 
-    def reports(self):
+    def reports(self, cache=None):
+        """A report per capture (`report.report --for-grading`: SVG ladders only), each reusing the
+        read its facts left in cache (the run's private work folder) instead of reading it again."""
         folder = os.path.join(self.out, REPORTS)
         wanted = [r for r in self.entries if r.kind == "capture" and r.facts and not r.facts.not_capture and
                   not r.cut_off and
@@ -585,8 +590,9 @@ class Run:
         def one(r):
             name = names[r.name]
             env = dict(os.environ, PYTHONPATH=ROOT)
-            done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--",
-                                r.facts.readable], self.file_seconds, cwd=ROOT, env=env)
+            done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--for-grading"] +
+                               (["--cache", cache] if cache else []) + ["--", r.facts.readable],
+                               self.file_seconds, cwd=ROOT, env=env)
             if done is None:
                 shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                 r.facts.notes.append(f"no report: making it took longer than {self.file_seconds:g} s (--file-seconds)")
@@ -672,15 +678,17 @@ def main(argv=None):
     os.makedirs(run.out, exist_ok=True)
     print(f"grading {len(run.entries)} file(s) in {printable(run.folder)} ...", flush=True)
     work = tempfile.mkdtemp(prefix="maillab-grade-")
+    cache = os.path.join(work, "reads")  # each file's tshark read, left by its facts for its report
+    os.mkdir(cache, 0o700)
     try:
         run.publish()  # every file listed as not graded yet, every roster student as no submission
         try:
-            run.read_all(work)
+            run.read_all(work, None if args.no_reports else cache)
         except UsageError as e:  # the record tool failed half-way: what is graded stays written
             print(f"grade: {printable(e)}", file=sys.stderr)
             return 2
         if not args.no_reports:
-            run.reports()
+            run.reports(cache)
         students = run.publish()
     finally:
         shutil.rmtree(work, ignore_errors=True)

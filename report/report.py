@@ -79,9 +79,10 @@ def explain_auth(text):
     return Md(f"{md_text(text)}  ⟶ base64 of {md_code(found.decoded)}") if found else md_text(text)
 
 
-def ladder(cap, stream, smtp, http, records, out_dir):
+def ladder(cap, stream, smtp, http, records, out_dir, kinds=("svg", "png")):
     """An mscgen message sequence chart of one connection: one arrow per TLS record (with the
-    handshake messages it carries) and per SMTP line or HTTP message it decrypts to."""
+    handshake messages it carries) and per SMTP line or HTTP message it decrypts to. kinds: the
+    images drawn (a report for grading draws the SVG only: mscgen's PNG costs ten times as much)."""
     events = []
     # Wire order: by frame, and within a frame in the order tshark lists the records (never by name).
     for order, r in enumerate(x for x in records if x["stream"] == stream):
@@ -132,7 +133,7 @@ def ladder(cap, stream, smtp, http, records, out_dir):
     base = os.path.join(out_dir, f"ladder-{file_stem(cap.path)}-{stream}")
     with open(base + ".msc", "w") as f:
         f.write("\n".join(lines) + "\n")
-    for kind in ("svg", "png"):
+    for kind in kinds:
         subprocess.run(["mscgen", "-T", kind, "-i", base + ".msc", "-o", f"{base}.{kind}"], check=True,
                        capture_output=True)
     return os.path.basename(base)
@@ -156,9 +157,10 @@ def frames(numbers, most=8):
     return ("frame " if len(numbers) == 1 else "frames ") + shown if numbers else "no frame"
 
 
-def section(cap, out_dir, max_ladders=12):
+def section(cap, out_dir, max_ladders=12, for_grading=False):
     """One capture, as the TLS and HTTP labs ask about it: one heading per question, each answered
-    from the capture with the frame numbers to look at in Wireshark, then the tables behind it."""
+    from the capture with the frame numbers to look at in Wireshark, then the tables behind it.
+    for_grading: the ladders as SVG images only (shown with <img>, which runs nothing in an SVG)."""
     title = MODE_TITLES.get(cap.mode, cap.mode)
     totals = cap.totals()
     md = [f"## {md_text(os.path.basename(cap.path))}: {md_text(title)}\n",
@@ -187,8 +189,10 @@ def section(cap, out_dir, max_ladders=12):
         md.append(f"Drawn: the ladders of the first {len(drawn)} connections; {len(streams) - len(drawn)} more left "
                   "out (`--max-ladders`).\n")
     for stream in drawn:
-        name = ladder(cap, stream, smtp, http, records, out_dir)
-        if name:
+        name = ladder(cap, stream, smtp, http, records, out_dir, ("svg",) if for_grading else ("svg", "png"))
+        if name and for_grading:
+            md.append(f"Connection {stream}:\n\n![connection {stream}]({name}.svg)\n")
+        elif name:
             md.append(f"Connection {stream} ([SVG]({name}.svg)):\n\n![connection {stream}]({name}.png)\n")
     md.append(f"### Q: What did the {'HTTPS' if cap.has_tls else 'HTTP'} GETs ask for, and what came back?\n")
     if http:
@@ -369,8 +373,11 @@ def http_questions(cap):
 def eavesdropper(cap):
     """What someone on the wire, without the key log, can read."""
     blind = cap.without_secrets()
-    smtp = blind.smtp_lines()
-    http = blind.http_messages()
+    try:
+        smtp = blind.smtp_lines()
+        http = blind.http_messages()
+    finally:
+        os.unlink(blind.path)  # the copy without the secrets, in the temporary folder
     credentials = [explain_auth(s["text"]) for s in smtp if s["text"].upper().startswith("AUTH ")]
     # The registration reply carries the new password itself: a leaked secret too.
     credentials += [Md(f"new password in the 235 reply: {md_code(s['text'].split('password: ')[1].split()[0])}")
@@ -381,15 +388,19 @@ def eavesdropper(cap):
 
 def analyse(job):
     """One capture's section and its row of the side-by-side table (run in a worker process: the
-    captures are independent, and tshark is the time)."""
-    path, out_dir, max_ladders = job
-    cap = Capture(path)
-    t = cap.totals()
-    smtp_seen, http_seen, credentials = eavesdropper(cap)
-    row = [MODE_TITLES.get(cap.mode, cap.mode), t["packets"], t["bytes"], t["connections"],
-           len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
-           Md("; ".join(credentials)) if credentials else "nothing"]
-    text = section(cap, out_dir, max_ladders)
+    captures are independent, and tshark is the time). The row (and the eavesdropper's read of a
+    copy without the secrets behind it) only when there is a side-by-side: two captures or more.
+    cache: the folder where `python3 -m captures.facts --cache` left its read of the same file."""
+    path, out_dir, max_ladders, compare, cache, for_grading = job
+    cap = Capture.load(path, cache) if cache else Capture(path)
+    row = None
+    if compare:
+        t = cap.totals()
+        smtp_seen, http_seen, credentials = eavesdropper(cap)
+        row = [MODE_TITLES.get(cap.mode, cap.mode), t["packets"], t["bytes"], t["connections"],
+               len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
+               Md("; ".join(credentials)) if credentials else "nothing"]
+    text = section(cap, out_dir, max_ladders, for_grading)
     print(f"  analysed {printable(os.path.basename(path))} ({printable(cap.mode)})", flush=True)
     return cap.mode, os.path.basename(path), text, row
 
@@ -472,6 +483,12 @@ def run():
                         help=f"a table of TLS records for the first N connections (default {LIMITS['connections']})")
     parser.add_argument("--max-rows", type=int, default=LIMITS["rows"], metavar="N",
                         help=f"the first N rows of any other table (default {LIMITS['rows']})")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="reuse the read of each capture that `python3 -m captures.facts --cache DIR` left there "
+                             "(make grade); a capture without one there is read as usual")
+    parser.add_argument("--for-grading", action="store_true",
+                        help="the report of make grade: the ladders drawn as SVG only (no PNG); the answers and "
+                             "tables are the same as make report's")
     args = parser.parse_args()
     LIMITS.update(rows=max(1, args.max_rows), connections=max(0, args.max_connections))
     out_dir = os.path.join(args.out, args.name)
@@ -480,14 +497,24 @@ def run():
     print(f"report: analysing {len(args.captures)} capture(s) with tshark ...", flush=True)
     import multiprocessing
     # fork on every Python (3.14 defaults to forkserver on Linux): the workers need nothing re-imported.
-    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
-                                                mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(analyse, [(path, out_dir, args.max_ladders) for path in args.captures]))
+    compare = len(args.captures) > 1
+    jobs = [(path, out_dir, args.max_ladders, compare, args.cache, args.for_grading) for path in args.captures]
+    if not compare:  # one capture (make report FILE=..., make grade): no worker to start
+        results = [analyse(jobs[0])]
+    else:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                    mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(analyse, jobs))
     # The main lesson first: implicit TLS, then STARTTLS, then the plaintext comparison.
     order = {"implicit": 0, "starttls": 1, "off": 2}
     results.sort(key=lambda r: order.get(r[0], 3))
     doc = [f"# maillab capture report: {md_text(args.name)}\n",
            "Generated by `make report` from " + ", ".join(md_code(name) for _, name, _, _ in results) + ".\n"]
+    if args.for_grading:
+        doc[-1] = ("Generated by `make grade` from " + ", ".join(md_code(name) for _, name, _, _ in results) +
+                   ". Made for grading: every question's answer and table is the one `make report` gives, and the "
+                   "ladders are drawn as SVG only (no PNG copies). The student's report of a file, PNG ladders "
+                   "included: `make report FILE=...`.\n")
     if len(results) > 1:
         doc.append(comparison([row for _, _, _, row in results]))
     for _, _, text, _ in results:
