@@ -30,8 +30,17 @@ TEST_CASE("the roster maps accounts to student ids; a bad roster says what it ne
     CHECK(studentOf(roster, "ana@447.edu") == "s1");
     CHECK(studentOf(roster, "carol@447.edu") == "carol");
     std::ofstream(dir.path + "/bad.csv") << "id,email\n";
-    CHECK_THROWS_WITH(loadRoster(dir.path + "/bad.csv"), Catch::Matchers::Contains("student,account"));
-    CHECK_THROWS_WITH(loadRoster(dir.path + "/missing.csv"), Catch::Matchers::Contains("missing.csv"));
+    // The refusal names the file and what it needs (no string matchers: Catch2 2 and 3 spell them apart).
+    auto refusal = [](const std::string& path) {
+        try {
+            loadRoster(path);
+        } catch (const std::exception& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    CHECK(refusal(dir.path + "/bad.csv").find("student,account") != std::string::npos);
+    CHECK(refusal(dir.path + "/missing.csv").find("missing.csv") != std::string::npos);
 }
 
 TEST_CASE("the sender tells a lab message by the sender's own token", "[board][token]") {
