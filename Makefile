@@ -3,6 +3,10 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
+# What users type as file names and paths is never exported: exporting a variable expands it, and
+# GNU make 4.4 exports to every $(shell ...) too (the nproc below), so a '$(shell ...)' in a file name
+# would run before any rule. The rules read these with $(value ...) and quote them.
+unexport FILE NAME PORTS HOST DIR ROSTER CAPTURES CERT DB RUBRIC SECRET
 MAKEFLAGS += --no-print-directory
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter -j%,$(MAKEFLAGS)),)
@@ -242,9 +246,8 @@ NAME ?= lab
 comma := ,
 # $(call shq,TEXT): text already expanded as one shell word (`quoted` above: a variable as given).
 # The values below read FILE, NAME, PORTS, HOST as given ($(value ...)), and they are not exported
-# (exporting expands them): a '$(...)' in a file name is a file name, never run by make.
+# (see the top): a '$(...)' in a file name is a file name, never run by make.
 shq = '$(subst ','\'',$(1))'
-unexport FILE NAME PORTS HOST
 # capture-start captures the ports your servers use: PORT= and RPORT= (the sender's and the
 # retriever's, as for the lab targets), or PORTS=a,b; SERVERS=1 also starts the servers there with
 # the key log; NAME= names the file (default live); MODE= the servers' --tls.

@@ -241,7 +241,9 @@ def a_capture_full_of_markup_is_reported_as_text(lab):
     # The capture's text is there, as text.
     assert "EHLO \\<script\\>alert(1)\\</script\\>" in md, md[md.find("EHLO"):][:300]
     text = " ".join(page.split())  # pandoc wraps long lines
-    assert "EHLO &lt;script&gt;alert(1)&lt;/script&gt;\\x1b]0;owned\\x07" in text, text[text.find("EHLO"):][:300]
+    # The control bytes shown escaped: by tshark itself (4.4 and later write BEL as \a) or by the report.
+    assert re.search(r"EHLO &lt;script&gt;alert\(1\)&lt;/script&gt;\\x1b\]0;owned\\(x07|a)", text), \
+        text[text.find("EHLO"):][:300]
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
     lowered = page.lower()
     assert "<script" not in lowered and "<img src=x" not in lowered and "javascript:" not in \
