@@ -152,9 +152,9 @@ double Authenticator::takeMemoryToken(std::unordered_map<std::string, MemoryBuck
     }
     auto [it, fresh] = buckets.try_emplace(key, MemoryBucket{burst, now});
     MemoryBucket& b = it->second;
-    if (!fresh && refillSeconds > 0 && now > b.updated) b.tokens = std::min(burst, b.tokens + (now - b.updated) / refillSeconds);
+    if (!fresh) b.tokens = refilledTokens(b.tokens, b.updated, now, burst, refillSeconds);
     b.updated = std::max(b.updated, now);
-    if (b.tokens < 1.0) return refillSeconds > 0 ? std::max(1.0, (1.0 - b.tokens) * refillSeconds) : 1e9;
+    if (b.tokens < 1.0) return secondsUntilToken(b.tokens, refillSeconds);
     b.tokens -= 1.0;
     return 0;
 }
@@ -226,9 +226,8 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     // answer a guesser for free. A right password costs nothing; a wrong one pays below before its
     // slow check, so no more comparisons run in this process than the budget holds.
     if (state->hasBucket) {
-        double tokens = state->tokens;
-        if (refill > 0 && now > state->updated) tokens = std::min(burst, tokens + (now - state->updated) / refill);
-        if (tokens < 1.0) return throttled(refill > 0 ? std::max(1.0, (1.0 - tokens) * refill) : 1e9);
+        double tokens = refilledTokens(state->tokens, state->updated, now, burst, refill);
+        if (tokens < 1.0) return throttled(secondsUntilToken(tokens, refill));
     }
     auto cachedOk = [&] {
         if (password.empty()) return false;

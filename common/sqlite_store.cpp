@@ -358,10 +358,10 @@ public:
                 updated = read.integer(1);
             }
         }
-        if (refillSeconds > 0 && now > updated) tokens = std::min(burst, tokens + (now - updated) / refillSeconds);
+        tokens = refilledTokens(tokens, updated, now, burst, refillSeconds);
         if (tokens < 1.0) {
             tx.commit();  // nothing written: no fsync for a refused guess
-            return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
+            return secondsUntilToken(tokens, refillSeconds);
         }
         Statement write(*c.handle,
                         "INSERT INTO auth_budget(key, email, tokens, updated) VALUES(?1, ?2, ?3, ?4) "

@@ -2,6 +2,7 @@
 // activity. The servers and maillab-admin read and write only through it (the grader and the tests
 // through maillab-admin); SqliteStore is the backend.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -89,6 +90,16 @@ struct MailboxStats {
     int64_t newestReceivedAt = 0;  // 0 when empty
     int64_t bytes = 0;             // the stored size of its messages (the quota counts these)
 };
+
+// The guess budget's token-bucket arithmetic, one definition for the store's buckets and the ones
+// kept in memory: what a bucket that held `tokens` at `updated` holds at `now` (one more every
+// `refillSeconds`, at most `burst`), and how long until it holds one.
+inline double refilledTokens(double tokens, int64_t updated, int64_t now, double burst, double refillSeconds) {
+    return refillSeconds > 0 && now > updated ? std::min(burst, tokens + (now - updated) / refillSeconds) : tokens;
+}
+inline double secondsUntilToken(double tokens, double refillSeconds) {
+    return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
+}
 
 class Store {
 public:
