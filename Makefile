@@ -34,7 +34,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
           -lssl -lcrypto -lsqlite3 -lpthread
 
 COMMON_SRC := $(wildcard common/*.cpp)
-SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp
+SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 

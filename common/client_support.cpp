@@ -131,6 +131,7 @@ void useUtf8Locale() {
 }  // namespace
 
 bool Terminal::interrupted() { return interruptedFlag != 0; }
+void Terminal::clearInterrupt() { interruptedFlag = 0; }
 void Terminal::watch(int fd) { watchedFd = fd; }
 bool Terminal::serverSpoke() { return serverSpokeFlag; }
 

@@ -46,6 +46,8 @@ public:
     bool secret(const std::string& prompt, std::string& out);
     // True once Ctrl-C was pressed; line() and secret() then return false.
     static bool interrupted();
+    // Ctrl-C handled (the client abandoned what was being typed and carries on): line() reads again.
+    static void clearInterrupt();
     // While waiting for a key, also watch this descriptor (the server's socket, -1: none): when
     // the server speaks unasked (a 421 as it shuts down), line() returns false and serverSpoke()
     // is true, so that the client can show it at once rather than after the next command.

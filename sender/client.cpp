@@ -1,6 +1,8 @@
 // senderclient: the lab's SMTP client. Interactive (a menu of HELO, EHLO, AUTH, MAIL FROM, RCPT TO,
 // DATA, RSET, NOOP, HELP, QUIT with prompts, line editing and history) or scripted (--to/--user:
-// one message, or a registration, without prompts; non-zero exit on failure).
+// one message, or a registration, without prompts; non-zero exit on failure). Files are attached
+// with --attach or the menu's `attach` (compose.h writes the MIME).
+#include "compose.h"
 #include "smtp_client.h"
 #include "smtp_syntax.h"
 #include "../common/text.h"
@@ -50,6 +52,9 @@ protected:
         add("subject", "subject of the message", "TEXT");
         add("body-file", "file holding the message body ('-' = standard input)", "FILE");
         add("greeting-timeout", "seconds to wait for the server's 220 greeting (default 5)", "SECONDS");
+        Option attach("attach", "", "attach FILE to the message (repeatable)");
+        attach.required(false).repeatable(true).argument("FILE");
+        options.addOption(attach);
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
@@ -63,6 +68,8 @@ protected:
             helpRequested_ = true;
         } else if (name == "verbose") {
             verbose_ = true;
+        } else if (name == "attach") {
+            attachPaths_.push_back(value);
         }
     }
 
@@ -126,13 +133,14 @@ private:
         return reply;
     }
 
-    static std::string buildMessage(const std::string& from, const std::vector<std::string>& to,
-                                    const std::string& subject, const std::string& body) {
-        std::string joined;
-        for (const auto& rcpt : to) joined += (joined.empty() ? "" : ", ") + rcpt;
-        std::string message = "From: <" + from + ">\r\nTo: " + joined + "\r\nSubject: " + subject +
-                              "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body;
-        return message;
+    // What the message's headers will say, as a lesson: RFC 2047 words and MIME parts are what
+    // travel; a mail reader turns them back.
+    static void explainEncoding(const smtp::Draft& draft) {
+        if (std::string wire = smtp::encodedSubject(draft.subject); wire != draft.subject)
+            std::cout << "  (the subject is not ASCII: it travels as RFC 2047 encoded words: Subject: " << wire << ")\n";
+        for (const auto& file : draft.attachments)
+            std::cout << "  (attachment " << file.fileName << ": " << file.contentType << ", " << file.bytes.size()
+                      << " bytes, sent base64-encoded in a MIME part of its own, RFC 2045)\n";
     }
 
     int fail(const std::string& step, const ServerReply& reply) {
@@ -183,6 +191,15 @@ private:
                     all << in.rdbuf();
                     body = all.str();
                 }
+                smtp::Draft draft{user, recipients, cfg.getString("client.subject", ""), body, {}};
+                for (const auto& path : attachPaths_) {
+                    try {
+                        draft.attachments.push_back(smtp::readAttachment(path));
+                    } catch (const std::runtime_error& e) {
+                        std::cerr << "error: " << e.what() << "\n";
+                        return kUsage;
+                    }
+                }
                 ServerReply mail = client.command("MAIL FROM:<" + user + ">");
                 if (mail.code != SenderOk.code) return fail("MAIL FROM", mail);
                 for (const auto& rcpt : recipients) {
@@ -191,8 +208,7 @@ private:
                 }
                 ServerReply data = client.command("DATA");
                 if (data.code != StartMailInput.code) return fail("DATA", data);
-                ServerReply done =
-                    client.sendMessage(buildMessage(user, recipients, cfg.getString("client.subject", ""), body));
+                ServerReply done = client.sendMessage(smtp::composeMessage(draft));
                 if (done.code != Ok.code) return fail("message", done);
                 std::cout << done.code << " " << done.text() << std::endl;
             }
@@ -213,7 +229,7 @@ private:
         using S = SmtpClient::State;
         switch (client.state()) {
             case S::Fresh: return "HELO (or EHLO)";
-            case S::Ready: return client.authenticated() ? "MAIL FROM" : "AUTH";
+            case S::Ready: return client.authenticated() ? "MAIL FROM (or QUIT)" : "AUTH";
             case S::Mail: return "RCPT TO";
             case S::Rcpt: return "RCPT TO (another) or DATA";
             default: return "QUIT";
@@ -221,7 +237,8 @@ private:
     }
 
     void printMenu() {
-        std::cout << "Commands: HELO, EHLO, AUTH, MAIL FROM, RCPT TO, DATA, RSET, NOOP, HELP, QUIT\n"
+        std::cout << "Commands: HELO, EHLO, AUTH, MAIL FROM, RCPT TO, DATA, RSET, NOOP, HELP, QUIT; ATTACH (a file, "
+                     "sent with the next message)\n"
                   << "  (type a command alone to be asked for what it needs, or a whole SMTP line to send it as is)\n";
     }
 
@@ -269,8 +286,8 @@ private:
             return failed(e);
         }
         printMenu();
-        std::string me;
-        std::vector<std::string> recipients;  // of the current transaction, for the To: header
+        std::string me;                                // the account logged in with the menu's AUTH
+        std::vector<smtp::Attachment> attachments;  // for the next message
         std::string line;
         int rc = kOk;
         ServerReply last;
@@ -327,34 +344,75 @@ private:
                     show(reply);
                     last = reply;
                     if (reply.code == AuthSucceeded.code) me = user;
+                    if (reply.code == BadSequence.code)
+                        std::cout << "  (one login per session: QUIT and run the client again, or open a second "
+                                     "terminal, to log in or register as someone else)\n";
                     if (!smtp::registeredPassword(reply).empty())
                         std::cout << "  Registered. Keep this password: you need it next time.\n";
                 } else if (word == "mail from" || word == "mail") {
                     std::string from;
+                    if (me.empty() && client.authenticated()) me = withDomain(client.user());  // a raw AUTH line
                     if (!input.line("  sender [" + me + "]: ", from)) continue;
                     from = from.empty() ? me : withDomain(from);
-                    if (exchange("MAIL FROM:<" + from + ">").code == SenderOk.code) recipients.clear();
+                    exchange("MAIL FROM:<" + from + ">");
                 } else if (word == "rcpt to" || word == "rcpt") {
                     std::string to;
                     if (!input.line("  recipient (@" + domain_ + " is added to a bare name): ", to)) continue;
-                    if (exchange("RCPT TO:<" + withDomain(to) + ">").code == RecipientOk.code) recipients.push_back(withDomain(to));
+                    exchange("RCPT TO:<" + withDomain(to) + ">");
+                } else if (word == "attach") {
+                    std::string path;
+                    if (!input.line("  file to attach: ", path) || path.empty()) continue;
+                    try {
+                        attachments.push_back(smtp::readAttachment(path));
+                        const auto& file = attachments.back();
+                        std::cout << "  attached " << file.fileName << " (" << file.contentType << ", "
+                                  << file.bytes.size() << " bytes): it goes with the next message\n";
+                    } catch (const std::runtime_error& e) {
+                        std::cout << "  " << e.what() << "\n";
+                    }
                 } else if (word == "data") {
-                    if (exchange("DATA").code != StartMailInput.code) continue;
-                    std::string subject, body, bodyLine;
-                    input.line("  subject: ", subject);
-                    std::cout << "  message, ended by a line holding only '.':\n";
-                    bool complete = false;
-                    while (input.line("", bodyLine)) {
-                        if (bodyLine == ".") {
-                            complete = true;
-                            break;
+                    // Without a recipient the server refuses DATA: let it say so before anything is typed.
+                    if (client.state() != SmtpClient::State::Rcpt) {
+                        exchange("DATA");
+                        continue;
+                    }
+                    // The message is typed first and DATA sent after it, so that Ctrl-C can still
+                    // abandon it: once DATA is accepted, whatever the client sends is the message.
+                    smtp::Draft draft{withDomain(client.envelopeFrom()), {}, "", "", attachments};
+                    for (const auto& rcpt : client.envelopeRecipients()) draft.to.push_back(withDomain(rcpt));
+                    std::string bodyLine;
+                    bool complete = input.line("  subject: ", draft.subject);
+                    // "Subject: x" typed at the prompt is the subject x.
+                    if (text::lowerCase(draft.subject.substr(0, 8)) == "subject:") {
+                        draft.subject.erase(0, 8);
+                        while (!draft.subject.empty() && draft.subject.front() == ' ') draft.subject.erase(0, 1);
+                    }
+                    if (complete) {
+                        std::cout << "  message, ended by a line holding only '.' (Ctrl-C abandons it):\n";
+                        complete = false;
+                        while (input.line("", bodyLine)) {
+                            if (bodyLine == ".") {
+                                complete = true;
+                                break;
+                            }
+                            draft.body += bodyLine + "\r\n";
                         }
-                        body += bodyLine + "\r\n";
+                    }
+                    if (Terminal::interrupted()) {
+                        Terminal::clearInterrupt();
+                        std::cout << "Message abandoned (Ctrl-C): nothing was sent. Clearing the envelope:\nC: RSET\n";
+                        exchange("RSET");
+                        continue;
                     }
                     if (!complete) std::cout << "  (end of input: sending what was typed)\n";
-                    last = client.sendMessage(buildMessage(me, recipients, subject, body));
+                    explainEncoding(draft);
+                    std::cout << "C: DATA\n";
+                    if (exchange("DATA").code != StartMailInput.code) continue;
+                    std::cout << "C: <the message: headers, a blank line, the text" << (draft.attachments.empty() ? "" : ", the MIME parts")
+                              << ">\nC: .\n";
+                    last = client.sendMessage(smtp::composeMessage(draft));
                     show(last);
-                    recipients.clear();
+                    if (last.code == Ok.code) attachments.clear();
                 } else if (word == "rset" || word == "noop" || word == "help" || word == "quit") {
                     exchange(smtp::parseCommand(trimmed).verb);
                 } else {
@@ -371,6 +429,7 @@ private:
         return rc;
     }
 
+    std::vector<std::string> attachPaths_;  // --attach, in order
     bool helpRequested_ = false;
     bool verbose_ = false;
     std::string host_, domain_;

@@ -387,7 +387,9 @@ Output Session::cmdEhlo(const std::string& arg) {
 }
 
 Output Session::cmdAuth(const std::string& arg) {
-    if (authenticated()) return error(BadSequence, "Bad sequence of commands: already authenticated");  // RFC 4954 4
+    if (authenticated())  // RFC 4954 4: one AUTH per session
+        return error(BadSequence, "Bad sequence of commands: already authenticated as " + user_ +
+                                      "; to log in or register as someone else, QUIT and connect again");
     ReplyCode refusal{0, ""};
     std::string why = authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, refusal);
     if (!why.empty()) return error(refusal, why);
@@ -511,7 +513,10 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         enterState(State::Closed);
         return out;
     }
-    return error(AuthInvalid, "Authentication credentials invalid");
+    // Names only a well-formed lab address back (anything else the client sent stays out of the reply).
+    std::string who = auth_.isLabAddress(result.user) ? result.user.substr(0, result.user.find('@')) : "<you>";
+    return error(AuthInvalid, "Authentication credentials invalid; forgotten password? `make password USER=" + who +
+                                  "` sets a new one (on a class server, ask the instructor)");
 }
 
 Output Session::cmdMail(const std::string& arg) {
@@ -536,10 +541,14 @@ Output Session::cmdMail(const std::string& arg) {
         }
     }
     std::string sender = text::lowerCase(path->address);
+    // A bare name is the lab domain's, as the login takes it (Postfix's append_at_myorigin): a student
+    // who logged in as "ana" may write MAIL FROM:<ana>.
+    if (!sender.empty() && sender.find('@') == std::string::npos) sender += "@" + auth_.policy().labDomain;
     // Submission policy (RFC 6409 6.1): the envelope sender is the authenticated user's own address.
     if (sender != user_)
-        return error(SenderNotOwned, "Sender address rejected: <" + path->address.substr(0, 256) +
-                                         "> is not owned by authenticated user " + user_);
+        return error(SenderNotOwned, "Sender address rejected: <" + sender.substr(0, 256) +
+                                         "> is not owned by authenticated user " + user_ + "; send as <" + user_ +
+                                         ">");
     if (auto refused = storageRefusal()) return *refused;
     if (env_.rates) {
         const int64_t now = env_.clock();
@@ -563,8 +572,9 @@ Output Session::cmdRcpt(const std::string& arg) {
     if (!path->params.empty())
         return error(ParameterNotRecognized, "RCPT TO parameters not recognized");
     std::string rcpt = text::lowerCase(path->address);
-    // RFC 5321 4.5.1: "Postmaster" without a domain must be accepted; it is the lab domain's.
-    if (rcpt == "postmaster") rcpt += "@" + auth_.policy().labDomain;
+    // A bare name is the lab domain's, as at login and MAIL (RFC 5321 4.5.1 requires this much for
+    // "Postmaster"; Postfix appends its origin to every bare recipient).
+    if (!rcpt.empty() && rcpt.find('@') == std::string::npos) rcpt += "@" + auth_.policy().labDomain;
     if (!isValidMailbox(rcpt)) return error(BadAddressSyntax, "Bad recipient address syntax: need user@domain");
     if (!auth_.isLabAddress(rcpt)) {
         auto at = rcpt.rfind('@');
@@ -583,7 +593,9 @@ Output Session::cmdRcpt(const std::string& arg) {
             env_.log(std::string("event=store result=error reason=\"") + e.what() + "\"");
             return error(LocalError, "Local error in processing; try again later");
         }
-        if (!exists) return error(UserUnknown, "Recipient address rejected: user unknown <" + rcpt + ">");
+        if (!exists)
+            return error(UserUnknown, "Recipient address rejected: user unknown <" + rcpt +
+                                          ">: no such account yet (its owner registers by logging in once)");
         if (env_.rates) {
             if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Recipients,
                                                 static_cast<int64_t>(recipients_.size()) + 1, env_.clock()))

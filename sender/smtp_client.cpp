@@ -127,6 +127,7 @@ std::vector<ServerReply> SmtpClient::startTls(const std::string& ehloName) {
     handshake(Poco::Timespan(timeoutSeconds_, 0));
     state_ = State::Fresh;
     authenticated_ = false;
+    user_.clear();
     return replies;
 }
 
@@ -156,26 +157,67 @@ ServerReply SmtpClient::readReply() {
     }
 }
 
-void SmtpClient::track(const std::string& verb, const ServerReply& reply) {
+void SmtpClient::track(const std::string& line, const ServerReply& reply) {
+    const std::string verb = parseCommand(line).verb;
     if (reply.code == kServiceNotAvailable || (verb == "QUIT" && reply.code == Closing.code)) {
         state_ = State::Closed;
         return;
     }
+    // Who is logging in, read from the exchange however it was typed (a raw "AUTH PLAIN <base64>",
+    // PLAIN's response after "334 ", LOGIN's user name after its first challenge).
+    if (verb == "AUTH" && !authenticated_) {
+        Command mechanism = parseCommand(parseCommand(line).argument);
+        authMechanism_ = mechanism.verb;
+        authUser_.clear();
+        if (!mechanism.argument.empty()) noteAuthResponse(mechanism.argument);
+    } else if (awaitingAuthResponse_) {
+        noteAuthResponse(line);
+    }
+    awaitingAuthResponse_ = reply.code == AuthChallenge.code;
+    // 235 ends every AUTH exchange, whatever line it answers (AUTH LOGIN's last is the password).
+    if (reply.code == AuthSucceeded.code) {
+        authenticated_ = true;
+        user_ = authUser_;
+    }
     if (!reply.positive()) return;
-    if (verb == "HELO" || verb == "EHLO") state_ = State::Ready;
-    else if (verb == "RSET" && state_ != State::Fresh) state_ = State::Ready;
-    else if (verb == "MAIL") state_ = State::Mail;
-    else if (verb == "RCPT") state_ = State::Rcpt;
-    else if (verb == "AUTH" && reply.code == AuthSucceeded.code) authenticated_ = true;
+    if (verb == "HELO" || verb == "EHLO" || (verb == "RSET" && state_ != State::Fresh)) {
+        state_ = State::Ready;
+        mailFrom_.clear();
+        recipients_.clear();
+    } else if (verb == "MAIL") {
+        state_ = State::Mail;
+        auto path = parsePath(parseCommand(line).argument, "FROM");
+        mailFrom_ = path ? path->address : "";
+        recipients_.clear();
+    } else if (verb == "RCPT") {
+        state_ = State::Rcpt;
+        auto path = parsePath(parseCommand(line).argument, "TO");
+        if (path && std::find(recipients_.begin(), recipients_.end(), path->address) == recipients_.end())
+            recipients_.push_back(path->address);
+    }
+}
+
+void SmtpClient::noteAuthResponse(const std::string& response) {
+    std::string decoded;
+    try {
+        decoded = base64Decode(response);
+    } catch (const std::exception&) {
+        return;  // the server says what was wrong with it
+    }
+    if (authMechanism_ == "PLAIN") {  // RFC 4616 2: [authzid] NUL authcid NUL passwd
+        auto first = decoded.find('\0'), second = decoded.find('\0', first + 1);
+        if (first != std::string::npos && second != std::string::npos) authUser_ = decoded.substr(first + 1, second - first - 1);
+    } else if (authMechanism_ == "LOGIN" && authUser_.empty()) {
+        authUser_ = decoded.empty() ? " " : decoded;  // the first response is the user name
+    }
 }
 
 ServerReply SmtpClient::command(const std::string& line, const std::string& logAs) {
     if (trace_) trace_("C", logAs.empty() ? line : logAs);
     sendRaw(line + "\r\n");
     ServerReply reply = readReply();
-    std::string verb = parseCommand(line).verb;
     // AUTH continues with 334 challenges; the caller sends the responses with command() too.
-    track(verb, reply);
+    track(line, reply);
     return reply;
 }
 
@@ -187,6 +229,8 @@ ServerReply SmtpClient::sendMessage(const std::string& message) {
     ServerReply reply = readReply();
     if (reply.code == kServiceNotAvailable) state_ = State::Closed;
     else state_ = State::Ready;  // after the final reply to DATA, accepted or not, the transaction is over
+    mailFrom_.clear();
+    recipients_.clear();
     return reply;
 }
 

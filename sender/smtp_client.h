@@ -62,12 +62,19 @@ public:
 
     State state() const { return state_; }
     bool authenticated() const { return authenticated_; }
+    // The name the session logged in with (as sent: maybe bare), once authenticated; else "".
+    const std::string& user() const { return user_; }
+    // The transaction's envelope as the server accepted it, however it was typed (the menu or a raw
+    // "MAIL FROM:<...>" line): the message's From: and To: headers are written from these.
+    const std::string& envelopeFrom() const { return mailFrom_; }
+    const std::vector<std::string>& envelopeRecipients() const { return recipients_; }
     const std::string& tlsDescription() const { return tls_; }
 
 private:
     ServerReply readReply();
     void sendRaw(const std::string& bytes);
-    void track(const std::string& verb, const ServerReply& reply);
+    void track(const std::string& line, const ServerReply& reply);
+    void noteAuthResponse(const std::string& base64Response);
 
     Trace trace_;
     void handshake(Poco::Timespan within);
@@ -81,6 +88,10 @@ private:
     LineReader reader_{65536};
     State state_ = State::Disconnected;
     bool authenticated_ = false;
+    std::string authMechanism_, authUser_, user_;
+    bool awaitingAuthResponse_ = false;
+    std::string mailFrom_;
+    std::vector<std::string> recipients_;
     std::string tls_;
 };
 
