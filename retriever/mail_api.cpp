@@ -347,7 +347,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
         bool match = true;
         for (size_t i = 0; match && i < segments.size(); ++i) {
             const std::string& want = resource.path[i];
-            if (want == "{address}") candidate.mailbox = text::lowerCase(segments[i]);
+            if (want == "{address}") candidate.mailbox = auth_.normalizeUser(segments[i]);  // "ana" is ana@<lab domain>, as at login
             else if (want == "{id}") badId = !(match = parseNumber(segments[i], candidate.id)) || badId;
             else match = segments[i] == want;
         }
@@ -398,7 +398,8 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
     }
     if (result.outcome != AuthOutcome::Ok) {
         if (result.knownAccount) noteActivity(result.user, activity::kLoginFailed);
-        ApiResponse r = unauthorized("Wrong address or password");
+        ApiResponse r = unauthorized("Wrong address or password (the sender's account and password; forgotten it? "
+                                     "`make password USER=<you>` sets a new one, on a class server the instructor)");
         r.closeConnection = true;
         r.triedUser = user;
         return r;
@@ -416,7 +417,8 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
     }
     if (route.mailbox.empty()) route.mailbox = result.user;
     if (route.mailbox != result.user) {
-        ApiResponse r = error(403, "You may read only your own mailbox, " + result.user);
+        ApiResponse r = error(403, "You may read only your own mailbox, " + result.user + ": /mailboxes/" +
+                                       result.user + "/messages");
         r.user = result.user;
         return r;
     }

@@ -128,13 +128,16 @@ std::string composeMessage(const Draft& draft) {
     parts.nextPart(textHeader);
     out << body;
     for (const Attachment& file : draft.attachments) {
-        const std::string fallback = asciiFallback(file.fileName);
+        // An ASCII name as a quoted string; any other as RFC 2231 4 (filename*=UTF-8''...), and in
+        // Content-Type's older name= parameter as an RFC 2047 word, as Thunderbird writes them.
+        const bool ascii = isAscii(file.fileName);
+        const std::string quoted = "\"" + asciiFallback(file.fileName) + "\"";
         Poco::Net::MessageHeader header;
-        header.set("Content-Type", file.contentType + "; name=\"" + fallback + "\"");
+        header.set("Content-Type", file.contentType + "; name=" +
+                                       (ascii ? quoted : "\"" + Poco::Net::MailMessage::encodeWord(file.fileName) + "\""));
         header.set("Content-Transfer-Encoding", "base64");
-        // RFC 2231 4 / RFC 6266 4.3: filename* carries the UTF-8 name; filename the ASCII stand-in.
-        header.set("Content-Disposition", "attachment; filename=\"" + fallback + "\"" +
-                                              (isAscii(file.fileName) ? "" : "; filename*=" + rfc2231(file.fileName)));
+        header.set("Content-Disposition",
+                   "attachment; " + (ascii ? "filename=" + quoted : "filename*=" + rfc2231(file.fileName)));
         parts.nextPart(header);
         {
             Poco::Base64Encoder encoder(out);  // 72-character lines, CRLF (RFC 2045 6.8: at most 76)
