@@ -14,7 +14,7 @@ namespace maillab {
 
 namespace {
 
-constexpr int kSchemaVersion = 6;
+constexpr int kSchemaVersion = 7;
 
 const char* const kSchemaV1 = R"SQL(
 CREATE TABLE IF NOT EXISTS accounts (
@@ -144,6 +144,12 @@ CREATE TRIGGER IF NOT EXISTS messages_uncount AFTER DELETE ON messages BEGIN
     UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size WHERE mailbox = OLD.mailbox;
     DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
 END;
+)SQL";
+
+// Version 7: the story of the session that delivered a message (NewMessage::story), kept with its
+// text: one per delivery, gone with the last copy.
+const char* const kSchemaV7 = R"SQL(
+ALTER TABLE bodies ADD COLUMN story TEXT NOT NULL DEFAULT '';
 )SQL";
 
 // A message's text: its body row's, or (stored before version 6) its own.
@@ -556,6 +562,15 @@ public:
         return readSummary(s);
     }
 
+    std::optional<std::string> messageStory(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        Statement s(*c.handle, "SELECT coalesce((SELECT b.story FROM bodies b WHERE b.id = messages.body_id), '') "
+                               "FROM messages WHERE mailbox = ?1 AND id = ?2");
+        s.bind(1, mailbox).bind(2, id);
+        if (!s.step()) return std::nullopt;
+        return s.text(0);
+    }
+
     MailboxStats mailboxStats(const std::string& mailbox) override {
         Connection c(*this);
         Statement s(*c.handle,
@@ -577,14 +592,14 @@ private:
         try {
             Connection c(*this);
             Transaction tx(c.db);
-            Statement body(*c.handle, "INSERT INTO bodies(raw) VALUES(?1)");
+            Statement body(*c.handle, "INSERT INTO bodies(raw, story) VALUES(?1, ?2)");
             Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
                         "received_at, size, raw, body_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
             for (PendingDelivery* p : batch) {
                 const NewMessage& m = *p->message;
                 // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
-                body.bindBlob(1, m.raw);
+                body.bindBlob(1, m.raw).bind(2, m.story);
                 body.step();
                 int64_t bodyId = sqlite3_last_insert_rowid(c.db);
                 body.reset();
@@ -716,6 +731,7 @@ private:
         if (current < 4) exec(db, kSchemaV4);
         if (current < 5) exec(db, kSchemaV5);
         if (current < 6) exec(db, kSchemaV6);
+        if (current < 7) exec(db, kSchemaV7);
         exec(db, ("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
         tx.commit();
     }

@@ -38,6 +38,9 @@ struct NewMessage {
     std::string from, to, subject, date;  // header fields, unfolded
     int64_t receivedAt = 0;
     std::string raw;
+    // The session that delivered it (issue 19, "a message's own story"): a JSON object written by
+    // the SMTP session (when, peer, TLS, account, the redacted transcript); stored once with the text.
+    std::string story;
 };
 
 struct MessageSummary {
@@ -140,6 +143,9 @@ public:
     virtual std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
                                                         int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
+    // The story of the mailbox's message `id` (NewMessage::story); "" when it has none (stored
+    // before version 7, or by a tool); nullopt when there is no such message.
+    virtual std::optional<std::string> messageStory(const std::string& mailbox, int64_t id) = 0;
 
     // The instructor's removal: the account, its budgets, trusted sources and mailbox, in one
     // transaction; false when there is none. Its cached password stops working at once (auth.h).

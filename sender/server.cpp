@@ -233,6 +233,7 @@ private:
         env.hostname = ctx_.hostname;
         env.peerAddress = socket.peerAddress().host().toString();
         env.tlsDescription = tls.substr(0, tls.find(" group="));
+        if (auto group = tls.find(" group="); group != std::string::npos) env.tlsGroup = tls.substr(group + 7);
         env.dataBudget = ctx_.dataBudget.get();
         env.rates = ctx_.rates.get();
         env.freeDiskBytes = [this] { return freeBytesAt(ctx_.storeDirectory); };
@@ -330,7 +331,9 @@ private:
                     std::string description = describeTls(socket);
                     log("event=tls starttls=yes " + description);
                     noteTlsSession(socket);
-                    session.onTlsStarted(description.substr(0, description.find(" group=")));
+                    auto group = description.find(" group=");
+                    session.onTlsStarted(description.substr(0, group),
+                                         group == std::string::npos ? "" : description.substr(group + 7));
                 }
             }
             if (!pending.empty()) {
@@ -404,6 +407,7 @@ protected:
         ctx.limits.maxErrors = cfg.getInt("smtp.maxErrors");
         ctx.dataBudget = std::make_unique<smtp::DataBudget>(cfg.getUInt64("smtp.maxDataInFlight"));
         ctx.limits.mailboxQuotaBytes = cfg.getInt64("smtp.mailboxQuotaBytes");
+        ctx.limits.maxStoryBytes = cfg.getUInt64("smtp.maxStoryBytes");
         ctx.limits.minFreeDiskBytes = cfg.getInt64("smtp.minFreeDiskBytes");
         smtp::SubmissionRates::Limits rates;
         rates.messagesPerHour = cfg.getInt64("smtp.messagesPerHour");

@@ -8,11 +8,14 @@
 #include "../common/app_support.h"
 #include "../common/password.h"
 
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <sstream>
 #include <vector>
 
 namespace maillab::smtp {
@@ -113,6 +116,7 @@ Session::Session(Authenticator& auth, Store& store, SessionLimits limits, Sessio
     if (!env_.newQueueId) env_.newQueueId = randomQueueId;
     if (!env_.log) env_.log = [](const std::string&) {};
     tlsActive_ = env_.tlsMode == TlsMode::Implicit;
+    startedAt_ = env_.clock();
 }
 
 bool DataBudget::take(size_t bytes) {
@@ -176,9 +180,11 @@ void Session::releaseData() {
     dataBudgetHeld_ = 0;
 }
 
-void Session::onTlsStarted(const std::string& tlsDescription) {
+void Session::onTlsStarted(const std::string& tlsDescription, const std::string& tlsGroup) {
     tlsActive_ = true;
     env_.tlsDescription = tlsDescription;
+    env_.tlsGroup = tlsGroup;
+    noteStory("* TLS handshake after STARTTLS (RFC 3207): " + tlsDescription);
     // RFC 3207 4.2: discard knowledge from the client (its EHLO name, any transaction); it must
     // send EHLO again. AUTH was never offered before TLS, so there is no login to forget.
     heloName_.clear();
@@ -247,7 +253,73 @@ Output Session::start() {
     Output out;
     Reply banner = reply(ServiceReady, env_.hostname + " ESMTP maillab ready");
     out.replies.push_back(banner);
+    if (tlsActive_ && !env_.tlsDescription.empty())
+        noteStory("* TLS handshake first (implicit TLS, RFC 8314): " + env_.tlsDescription);
+    noteReplies(out);
     return out;
+}
+
+void Session::noteStory(std::string line) {
+    if (limits_.maxStoryBytes == 0) return;
+    line = escapeControl(line.substr(0, 1024));
+    const size_t half = limits_.maxStoryBytes / 2;
+    if (storyTail_.empty() && storyHeadBytes_ + line.size() <= half) {
+        storyHeadBytes_ += line.size();
+        storyHead_.push_back(std::move(line));
+        return;
+    }
+    storyTailBytes_ += line.size();
+    storyTail_.push_back(std::move(line));
+    while (storyTailBytes_ > half && storyTailStart_ < storyTail_.size()) {
+        storyTailBytes_ -= storyTail_[storyTailStart_].size();
+        storyTail_[storyTailStart_++].clear();
+        ++storyLeftOut_;
+    }
+    if (storyTailStart_ > 64 && storyTailStart_ * 2 > storyTail_.size()) {  // compact now and then
+        storyTail_.erase(storyTail_.begin(), storyTail_.begin() + static_cast<std::ptrdiff_t>(storyTailStart_));
+        storyTailStart_ = 0;
+    }
+}
+
+void Session::noteClientLine(const std::string& line, State before) {
+    if (before == State::Closed) return;
+    if (before == State::Data) {
+        // The message itself is in the mailbox: the story says how much of it crossed the wire.
+        if (line == ".") {
+            noteStory("C: <the message: " + std::to_string(data_.size()) + " octets, dot-stuffed on the wire>");
+            noteStory("C: .");
+        }
+        return;
+    }
+    noteStory("C: " + redactForLog(line));
+}
+
+void Session::noteReplies(const Output& out) {
+    for (const Reply& r : out.replies) {
+        std::string wire = r.forLog();
+        for (size_t start = 0, end; (end = wire.find("\r\n", start)) != std::string::npos; start = end + 2)
+            noteStory("S: " + wire.substr(start, end - start));
+    }
+}
+
+std::string Session::storyJson(const std::string& queueId) const {
+    Poco::JSON::Object story;
+    story.set("queue_id", queueId);
+    story.set("started_at", startedAt_);
+    story.set("peer", env_.peerAddress);
+    story.set("helo", escapeControl(heloName_));
+    story.set("tls", tlsActive_ ? env_.tlsDescription : std::string());
+    story.set("tls_group", tlsActive_ ? env_.tlsGroup : std::string());
+    story.set("starttls", env_.tlsMode == TlsMode::StartTls);
+    story.set("account", user_);
+    Poco::JSON::Array lines;
+    for (const auto& line : storyHead_) lines.add(line);
+    if (storyLeftOut_) lines.add("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");
+    for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) lines.add(storyTail_[i]);
+    story.set("transcript", lines);
+    std::ostringstream out;
+    story.stringify(out);
+    return out.str();
 }
 
 Output Session::onTimeout() {
@@ -277,8 +349,11 @@ Output Session::onLineTooLong() {
     }
     if (state_ == State::AuthPlain || state_ == State::AuthLoginUser || state_ == State::AuthLoginPassword)
         enterState(State::Ready);
-    return error(LineTooLong,
-                 "Line too long (limit " + std::to_string(limits_.maxLineLength) + " octets including CRLF)");
+    noteStory("C: <a line over " + std::to_string(limits_.maxLineLength) + " octets, discarded>");
+    Output out = error(LineTooLong,
+                       "Line too long (limit " + std::to_string(limits_.maxLineLength) + " octets including CRLF)");
+    noteReplies(out);
+    return out;
 }
 
 std::string Session::redactForLog(const std::string& line) const {
@@ -293,14 +368,19 @@ std::string Session::redactForLog(const std::string& line) const {
 }
 
 Output Session::onLine(const std::string& line, bool bareLf) {
-    switch (state_) {
+    const State before = state_;
+    noteClientLine(line, before);
+    Output out;
+    switch (before) {
         case State::Closed: return {};
-        case State::Data: return onDataLine(line, bareLf);
+        case State::Data: out = onDataLine(line, bareLf); break;
         case State::AuthPlain:
         case State::AuthLoginUser:
-        case State::AuthLoginPassword: return onAuthResponse(line);
-        default: return dispatch(line);
+        case State::AuthLoginPassword: out = onAuthResponse(line); break;
+        default: out = dispatch(line);
     }
+    noteReplies(out);
+    return out;
 }
 
 // Edits between two verbs, where swapping two neighbours counts as one (RCTP -> RCPT); capped at 2.
@@ -725,6 +805,7 @@ Output Session::finishMessage() {
     message.to = headers.to;
     message.subject = headers.subject;
     message.date = headers.hasDate ? headers.date : date;
+    message.story = storyJson(message.queueId);
 
     size_t count = recipients_.size();
     size_t size = message.raw.size();

@@ -26,6 +26,7 @@ struct SessionLimits {
     int maxErrors = 20;                     // error replies per session before 421
     int64_t mailboxQuotaBytes = 0;          // stored bytes a mailbox may hold (0: no quota); past it 452 4.2.2
     int64_t minFreeDiskBytes = 0;           // below this much free disk new mail gets 452 4.3.1
+    size_t maxStoryBytes = 16384;           // of a session's transcript kept with its messages (0: none)
 };
 
 // What accounts and source addresses may submit an hour (class servers), shared by a server's
@@ -74,6 +75,7 @@ struct SessionEnv {
     std::string hostname = "localhost";        // our name in the banner, EHLO and Received
     std::string peerAddress = "127.0.0.1";     // for Received
     std::string tlsDescription;                // e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; "" for plaintext
+    std::string tlsGroup;                      // the key exchange group, e.g. "x25519"; "" for plaintext
     std::function<int64_t()> clock;            // Unix seconds; default: time(nullptr)
     std::function<std::string()> newQueueId;   // default: 12 random hex digits
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
@@ -131,7 +133,7 @@ public:
     Output onTimeout();                          // the idle timer fired
     Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
     // The STARTTLS handshake completed: RFC 3207 4.2 says forget everything learnt before it.
-    void onTlsStarted(const std::string& tlsDescription);
+    void onTlsStarted(const std::string& tlsDescription, const std::string& tlsGroup = "");
     bool tlsActive() const { return tlsActive_; }
 
     State state() const { return state_; }
@@ -200,6 +202,17 @@ private:
     bool dataLineTooLong_ = false;
     bool dataBareCr_ = false;          // a CR not followed by LF in the content: refused at the end
     bool previousDataLineCrlf_ = true;  // the line before (or DATA itself) ended with CRLF
+
+    // The message's own story (issue 19): the session as the wire saw it, kept with each message
+    // it delivers: C:/S: lines with AUTH redacted, message data as one line. The first half of
+    // maxStoryBytes is the session's start; after that the latest lines, the rest counted.
+    void noteStory(std::string line);
+    void noteClientLine(const std::string& line, State before);
+    void noteReplies(const Output& out);
+    std::string storyJson(const std::string& queueId) const;
+    int64_t startedAt_ = 0;
+    std::vector<std::string> storyHead_, storyTail_;
+    size_t storyHeadBytes_ = 0, storyTailBytes_ = 0, storyTailStart_ = 0, storyLeftOut_ = 0;
 };
 
 }  // namespace maillab::smtp

@@ -439,7 +439,7 @@ TEST_CASE("a mailbox past its quota gets 452 4.2.2 at RCPT, and a message that w
     // A mailbox already at its quota (the instructor lowered it) is refused at RCPT, before any data.
     h.limits.mailboxQuotaBytes = 100;
     Harness lowered(h.limits);
-    lowered.lab.store->deliver(NewMessage{"Q", "ana@447.edu", {"bob@447.edu"}, "", "", "s", "", 1, std::string(200, 'z')});
+    lowered.lab.store->deliver(NewMessage{"Q", "ana@447.edu", {"bob@447.edu"}, "", "", "s", "", 1, std::string(200, 'z'), ""});
     lowered.login();
     lowered.say("MAIL FROM:<ana@447.edu>");
     CHECK(lowered.say("RCPT TO:<bob@447.edu>") == "452 4.2.2 Mailbox full: <bob@447.edu> holds 200 bytes of its 100 bytes; try again later");
@@ -486,3 +486,55 @@ TEST_CASE("below the free-disk floor new mail gets 452 4.3.1; logins go on", "[s
 }
 
 }  // namespace maillab::testing
+
+TEST_CASE("each message keeps its session's story: the wire, AUTH redacted, bounded", "[session][story]") {
+    Harness h;
+    h.session->start();
+    h.say("EHLO client");
+    CHECK(h.say("AUTH PLAIN") == "334 ");
+    CHECK(h.say("AGFuYUA0NDcuZWR1ADExMTExNDQ3") == "235 2.7.0 Authentication successful");
+    h.say("MAIL FROM:<ana>");
+    h.say("RCPT TO:<bob@447.edu>");
+    h.say("RCPT TO:<ana@447.edu>");
+    h.say("DATA");
+    h.say("Subject: story");
+    h.say("");
+    h.say("secret body text");
+    CHECK(h.say(".") == "250 2.0.0 Ok: queued as QID1");
+    auto bob = h.lab.store->listMessages("bob@447.edu", 0, 10);
+    auto ana = h.lab.store->listMessages("ana@447.edu", 0, 10);
+    REQUIRE(bob.size() == 1);
+    REQUIRE(ana.size() == 1);
+    auto story = h.lab.store->messageStory("bob@447.edu", bob[0].id);
+    REQUIRE(story);
+    CHECK(*story == *h.lab.store->messageStory("ana@447.edu", ana[0].id));  // one story per delivery
+    CHECK_FALSE(h.lab.store->messageStory("ana@447.edu", bob[0].id + 1000));
+    for (const char* expected :
+         {"\"S: 220 mail.447.edu ESMTP maillab ready\"", "\"C: EHLO client\"", "\"C: <redacted: AUTH response>\"",
+          "\"C: MAIL FROM:<ana>\"", "\"S: 250 2.1.0 Sender <ana@447.edu> ok\"", "\"S: 354 End data with",
+          "\"C: <the message: ", "\"C: .\"", "\"account\":\"ana@447.edu\"", "\"peer\":\"127.0.0.1\"",
+          "\"tls\":\"TLSv1.3 TLS_AES_256_GCM_SHA384\"", "\"queue_id\":\"QID1\""})
+        CHECK(story->find(expected) != std::string::npos);
+    CHECK(story->find("AGFuYUA0NDcuZWR1ADExMTExNDQ3") == std::string::npos);
+    CHECK(story->find("secret body text") == std::string::npos);
+
+    // Bounded: the session's start and its latest lines, the middle counted.
+    SessionLimits small;
+    small.maxStoryBytes = 600;
+    Harness g(small);
+    g.login();
+    for (int i = 0; i < 200; ++i) g.say("NOOP " + std::to_string(i));
+    g.say("MAIL FROM:<ana@447.edu>");
+    g.say("RCPT TO:<bob@447.edu>");
+    g.say("DATA");
+    g.say("x");
+    g.say(".");
+    auto listed = g.lab.store->listMessages("bob@447.edu", 0, 10);
+    REQUIRE(listed.size() == 1);
+    std::string kept = *g.lab.store->messageStory("bob@447.edu", listed[0].id);
+    CHECK(kept.find("\"C: EHLO client\"") != std::string::npos);
+    CHECK(kept.find("lines left out: smtp.maxStoryBytes") != std::string::npos);
+    CHECK(kept.find("\"C: RCPT TO:<bob@447.edu>\"") != std::string::npos);
+    CHECK(kept.find("NOOP 100") == std::string::npos);
+    CHECK(kept.size() < 1400);
+}
