@@ -20,8 +20,23 @@ CIPHER_SUITES = {"0x1301": "TLS_AES_128_GCM_SHA256", "0x1302": "TLS_AES_256_GCM_
                  "0x1303": "TLS_CHACHA20_POLY1305_SHA256", "0x1304": "TLS_AES_128_CCM_SHA256",
                  "0x1305": "TLS_AES_128_CCM_8_SHA256", "0x00ff": "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
                  "0xc02b": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "0xc02c": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-                 "0xc02f": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xc030": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}
-GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048"}
+                 "0xc02f": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xc030": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                 # TLS 1.2 suites a general-purpose client (Python's ssl, a browser) also offers (IANA registry)
+                 "0xcca8": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+                 "0xcca9": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                 "0xccaa": "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "0x009e": "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+                 "0x009f": "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", "0xc023": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+                 "0xc024": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384", "0xc027": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+                 "0xc028": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384", "0x0067": "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
+                 "0x006b": "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256", "0xc009": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+                 "0xc00a": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", "0xc013": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+                 "0xc014": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", "0x0033": "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
+                 "0x0039": "TLS_DHE_RSA_WITH_AES_256_CBC_SHA", "0x009c": "TLS_RSA_WITH_AES_128_GCM_SHA256",
+                 "0x009d": "TLS_RSA_WITH_AES_256_GCM_SHA384", "0x003c": "TLS_RSA_WITH_AES_128_CBC_SHA256",
+                 "0x003d": "TLS_RSA_WITH_AES_256_CBC_SHA256", "0x002f": "TLS_RSA_WITH_AES_128_CBC_SHA",
+                 "0x0035": "TLS_RSA_WITH_AES_256_CBC_SHA"}
+GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048",
+          "257": "ffdhe3072", "258": "ffdhe4096", "259": "ffdhe6144", "260": "ffdhe8192"}
 VERSIONS = {"0x0301": "TLS 1.0", "0x0302": "TLS 1.1", "0x0303": "TLS 1.2", "0x0304": "TLS 1.3"}
 CONTENT_TYPES = {"20": "change_cipher_spec", "21": "alert", "22": "handshake", "23": "application_data"}
 ALERTS = {"0": "close_notify", "10": "unexpected_message", "20": "bad_record_mac", "40": "handshake_failure",
