@@ -572,7 +572,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-s
 PAGE_STYLE = f"""<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
 <style>
 body {{ max-width: 1240px; margin: 0 auto; padding: 12px; font-size: 15px; }}
-a, a:visited {{ color: #0645ad; text-decoration: underline; }}
+a, a:visited, nav#TOC a, nav#TOC a:not(:hover) {{ color: #0645ad; text-decoration: underline; }}
 nav#TOC {{ border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }}
 nav#TOC ul {{ padding-left: 1.4em; }}
 table {{ width: 100%; border-collapse: collapse; font-size: 12px; }}
