@@ -150,9 +150,9 @@ def ladder(cap, stream, smtp, http, records, out_dir, kinds=("svg", "png")):
     client, server = (printable(x).replace("\\", "\\\\").replace('"', '\\"') for x in (client, server))
     # Each label is written above its arrow, centred between the two lifelines, half the chart's width
     # apart: the chart is made wide enough that the longest label stays between them (mscgen's
-    # default chart is 600 px for hscale 1; its font is about 7 px a character).
+    # default chart is 600 px for hscale 1; its PNG font is about 8 px a character).
     longest = max(len(f"#{e[0]} {e[3]}") for e in events)
-    hscale = max(1.6, (longest * 7 + 60) * 2 / 600)
+    hscale = max(1.6, (longest * 8.5 + 60) * 2 / 600)
     lines = ["msc {", f'  hscale = "{hscale:.2f}";', f'  c [label="client {client}"], s [label="server {server}"];']
     for frame, _, direction, text, colour in sorted(events, key=lambda e: (e[0], e[1])):
         text = printable(text).replace("\\", "\\\\").replace('"', '\\"')
