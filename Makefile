@@ -204,7 +204,10 @@ instructor: $(BIN)/maillab-admin
 	@$(BIN)/maillab-admin --db "$(or $(DB),users/maillab.db)" set-role "$(ACCOUNT)" instructor
 
 # ---- the lab -------------------------------------------------------------------------------
-HOST ?= localhost
+# (not `?=`: GNU make 4.3's `unexport` above defines the variable, empty, and `?=` then keeps it empty)
+ifeq ($(value HOST),)
+HOST := localhost
+endif
 # PORT given on the command line or in the environment is used by every target; otherwise the
 # sender's default is 9000 and the retriever's 9100.
 ifeq ($(origin PORT),undefined)
@@ -242,7 +245,9 @@ demo: deps
 
 # ---- captures and reports -------------------------------------------------------------------
 MODES ?= implicit,starttls,off
-NAME ?= lab
+ifeq ($(value NAME),)
+NAME := lab
+endif
 comma := ,
 # $(call shq,TEXT): text already expanded as one shell word (`quoted` above: a variable as given).
 # The values below read FILE, NAME, PORTS, HOST as given ($(value ...)), and they are not exported

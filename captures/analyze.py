@@ -20,8 +20,23 @@ CIPHER_SUITES = {"0x1301": "TLS_AES_128_GCM_SHA256", "0x1302": "TLS_AES_256_GCM_
                  "0x1303": "TLS_CHACHA20_POLY1305_SHA256", "0x1304": "TLS_AES_128_CCM_SHA256",
                  "0x1305": "TLS_AES_128_CCM_8_SHA256", "0x00ff": "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
                  "0xc02b": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "0xc02c": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-                 "0xc02f": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xc030": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}
-GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048"}
+                 "0xc02f": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xc030": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                 # TLS 1.2 suites a general-purpose client (Python's ssl, a browser) also offers (IANA registry)
+                 "0xcca8": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+                 "0xcca9": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                 "0xccaa": "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "0x009e": "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+                 "0x009f": "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", "0xc023": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+                 "0xc024": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384", "0xc027": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+                 "0xc028": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384", "0x0067": "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
+                 "0x006b": "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256", "0xc009": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+                 "0xc00a": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", "0xc013": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+                 "0xc014": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", "0x0033": "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
+                 "0x0039": "TLS_DHE_RSA_WITH_AES_256_CBC_SHA", "0x009c": "TLS_RSA_WITH_AES_128_GCM_SHA256",
+                 "0x009d": "TLS_RSA_WITH_AES_256_GCM_SHA384", "0x003c": "TLS_RSA_WITH_AES_128_CBC_SHA256",
+                 "0x003d": "TLS_RSA_WITH_AES_256_CBC_SHA256", "0x002f": "TLS_RSA_WITH_AES_128_CBC_SHA",
+                 "0x0035": "TLS_RSA_WITH_AES_256_CBC_SHA"}
+GROUPS = {"29": "x25519", "23": "secp256r1", "24": "secp384r1", "25": "secp521r1", "30": "x448", "256": "ffdhe2048",
+          "257": "ffdhe3072", "258": "ffdhe4096", "259": "ffdhe6144", "260": "ffdhe8192"}
 VERSIONS = {"0x0301": "TLS 1.0", "0x0302": "TLS 1.1", "0x0303": "TLS 1.2", "0x0304": "TLS 1.3"}
 CONTENT_TYPES = {"20": "change_cipher_spec", "21": "alert", "22": "handshake", "23": "application_data"}
 ALERTS = {"0": "close_notify", "10": "unexpected_message", "20": "bad_record_mac", "40": "handshake_failure",
@@ -29,6 +44,8 @@ ALERTS = {"0": "close_notify", "10": "unexpected_message", "20": "bad_record_mac
           "48": "unknown_ca", "50": "decode_error", "51": "decrypt_error", "70": "protocol_version",
           "80": "internal_error", "90": "user_canceled", "109": "missing_extension", "112": "unrecognized_name",
           "116": "certificate_required", "120": "no_application_protocol"}
+# RFC 8446 4.1.3: a HelloRetryRequest is a ServerHello whose random is this fixed value.
+HELLO_RETRY_RANDOM = "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
 HANDSHAKE_TYPES = {"1": "ClientHello", "2": "ServerHello", "4": "NewSessionTicket", "8": "EncryptedExtensions",
                    "11": "Certificate", "13": "CertificateRequest", "15": "CertificateVerify", "20": "Finished",
                    "24": "KeyUpdate"}
@@ -49,36 +66,67 @@ def tshark(path, args, check=True):
 
 
 def certificate_names(certificates):
-    """Subject and issuer of the first certificate the server sent, read from the certificate's own
-    bytes (tshark's tls.handshake.certificate field) by openssl: the same on every tshark version,
-    where tshark's verbose text is not. Empty when the certificate is not readable (no keys)."""
-    first = certificates.split("|")[0].split(",")[0].replace(":", "").strip()
-    if not first:
+    """What the lab asks of the certificates the server sent (the first is the server's own), read
+    from their bytes (tshark's tls.handshake.certificate field) by one `openssl x509 -text` each: the
+    same on every tshark version, where tshark's verbose text is not. For the first: subject, issuer,
+    dates, subjectAltName, key ("EC prime256v1 (256 bit)"), the key's own bytes (pub_hex, pub_bytes)
+    and the issuer's signature algorithm; "chain": [(subject, issuer)] of every certificate sent.
+    Empty when the certificates are not readable (TLS 1.3 without keys)."""
+    ders = []
+    for text in re.split(r"[|,]", certificates):  # the certificates of one message (one frame)
+        try:
+            ders.append(bytes.fromhex(text.replace(":", "").strip()))
+        except ValueError:
+            pass
+    ders = [d for d in ders if d]
+    if not ders:
         return {}
-    try:
-        der = bytes.fromhex(first)
-    except ValueError:
-        return {}
-    shown = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-issuer",
-                            "-nameopt", "RFC2253", "-dates", "-ext", "subjectAltName"], input=der, capture_output=True)
-    names = {}
-    lines = shown.stdout.decode(errors="replace").splitlines()
+    names = {"chain": []}
+    for index, der in enumerate(ders[:4]):
+        shown = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text", "-nameopt", "RFC2253"],
+                               input=der, capture_output=True).stdout.decode(errors="replace")
+        one = _certificate_text(shown)
+        names["chain"].append((one.get("subject", "?"), one.get("issuer", "?")))
+        if index == 0:
+            names.update(one)
+            names["der_bytes"] = len(der)
+    return names
+
+
+def _certificate_text(text):
+    """The fields of `openssl x509 -text -nameopt RFC2253` that the lab asks about."""
+    names, lines = {}, text.splitlines()
+    pub, in_pub = [], False
     for i, line in enumerate(lines):
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key in ("subject", "issuer"):
-            names[key] = value.strip()
-        elif key in ("notBefore", "notAfter"):
-            names["not_before" if key == "notBefore" else "not_after"] = value.strip()
+        key, _, value = line.strip().partition(": ")
+        if in_pub:
+            if re.fullmatch(r"[0-9a-f:]+", line.strip()):
+                pub.append(line.strip())
+                continue
+            in_pub = False
+        if key in ("Subject", "Issuer"):
+            names[key.lower()] = value.strip()
+        elif key == "Not Before":
+            names["not_before"] = value.strip()
+        elif key.startswith("Not After"):
+            names["not_after"] = line.split(":", 1)[1].strip()
+        elif key == "Signature Algorithm" and "signature_algorithm" not in names:
+            names["signature_algorithm"] = value.strip()
+        elif key == "Public Key Algorithm":
+            names["key_algorithm"] = value.strip()
+        elif "Public-Key:" in line:
+            names["key_bits"] = line.split("Public-Key:", 1)[1].strip()
+        elif line.strip() in ("pub:", "Modulus:"):
+            in_pub = True
+        elif key == "ASN1 OID":
+            names["curve"] = value.strip()
         elif "Subject Alternative Name" in line and i + 1 < len(lines):
             names["san"] = lines[i + 1].strip()
-    pub = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-pubkey"], input=der, capture_output=True)
-    text = subprocess.run(["openssl", "pkey", "-pubin", "-noout", "-text"], input=pub.stdout,
-                          capture_output=True).stdout.decode(errors="replace")
-    bits = next((l.strip() for l in text.splitlines() if "Public-Key:" in l), "")
-    curve = next((l.split(":", 1)[1].strip() for l in text.splitlines() if "ASN1 OID" in l), "")
-    if bits:
-        names["key"] = ("EC " + curve + " " if curve else "") + bits.replace("Public-Key:", "").strip()
+    if pub:
+        names["pub_hex"] = "".join(pub).replace(":", "")
+        names["pub_bytes"] = len(names["pub_hex"]) // 2
+    if "key_bits" in names:
+        names["key"] = ("EC " + names["curve"] + " " if "curve" in names else "") + names["key_bits"]
     return names
 
 
@@ -87,7 +135,7 @@ def certificate_names(certificates):
 TABLE_FIELDS = [
     "frame.number", "frame.time_relative", "frame.protocols", "tcp.stream", "tcp.srcport", "tcp.dstport",
     "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
-    "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset", "tcp.segment.count",
+    "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset", "tcp.segment.count", "tcp.len",
     "tls.record.version", "tls.record.content_type", "tls.record.opaque_type", "tls.record.length",
     "tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
     "tls.handshake.extensions_key_share_group", "tls.handshake.ciphersuite", "tls.handshake.extensions_server_name",
@@ -96,7 +144,8 @@ TABLE_FIELDS = [
     "smtp.command_line", "smtp.response", "smtp.response.code", "smtp.req.command",
     "http.request.method", "http.request.uri", "http.request.line", "http.response.code", "http.response.phrase",
     "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization",
-    "http.request_in", "http.www_authenticate", "http.server", "imf.subject",
+    "http.request_in", "http.www_authenticate", "http.server", "http.request.version", "http.response.version",
+    "http.accept_language", "http.response.line", "imf.subject",
     "tls.handshake.certificate", "smtp.data.fragment", "imf",
 ]
 
@@ -290,7 +339,7 @@ class Capture:
                  "length": r["http.content_length_header"], "authorization": r["http.authorization"]} for r in rows]
 
     def tls_records(self):
-        rows = self.fields("tls", ["frame.number", "frame.time_relative", "tcp.stream", "tcp.srcport",
+        rows = self.fields("tls", ["frame.number", "frame.time_relative", "tcp.stream", "tcp.srcport", "tcp.dstport",
                                    "tls.record.version", "tls.record.content_type", "tls.record.opaque_type",
                                    "tls.record.length", "tls.handshake.type", "tls.handshake.version",
                                    "tls.handshake.extensions.supported_version", "tls.handshake.extensions_key_share_group",
@@ -307,6 +356,9 @@ class Capture:
             opaque = [t for t in r["tls.record.opaque_type"].split("|") if t]
             first_encrypted = len(types) - len(opaque)
             frame_records = []
+            # What a decrypted application_data record carries: the protocol of the connection's port.
+            ports = {int(r["tcp.srcport"] or 0), int(r["tcp.dstport"] or 0)}
+            carried = "SMTP" if self.smtp_port in ports else "HTTP" if self.http_port in ports else ""
             for i, ctype in enumerate(types):
                 wire = opaque[i - first_encrypted] if i >= first_encrypted else ctype
                 frame_records.append({"frame": int(r["frame.number"]), "time": float(r["frame.time_relative"] or 0),
@@ -315,6 +367,8 @@ class Capture:
                                       "wire_type": name(CONTENT_TYPES, wire),
                                       "type": name(CONTENT_TYPES, ctype),
                                       "encrypted": i >= first_encrypted or ctype == "23",
+                                      "decrypted": i >= first_encrypted,
+                                      "carries": carried if ctype == "23" and i >= first_encrypted else "",
                                       "length": lengths[i] if i < len(lengths) else ""})
             # Handshake messages in order, one per handshake record (TLS 1.3 sends each encrypted
             # handshake message in its own record here); any extra ones go with the last.
@@ -366,12 +420,16 @@ class Capture:
                 row["chosen_suite"] = name(CIPHER_SUITES, r["tls.handshake.ciphersuite"].split("|")[0])
                 row["chosen_group"] = name(GROUPS, r["tls.handshake.extensions_key_share_group"].split("|")[0])
                 row["server_hello_frame"] = int(r["frame.number"])
+                random = r["tls.handshake.random"].split("|")[-1].replace(":", "").lower()
+                if random != HELLO_RETRY_RANDOM:  # RFC 8446 4.1.3: a HelloRetryRequest's random is fixed
+                    row["server_random"] = random
         certificates = self.fields("tls.handshake.type == 11", ["tls.handshake.certificate"])
         names = certificate_names(certificates[0]["tls.handshake.certificate"] if certificates else "")
         for row in table.values():
             row["certificate_subject"] = names.get("subject", "(encrypted: no keys)")
             row["certificate_issuer"] = names.get("issuer", "(encrypted: no keys)")
-            for key in ("san", "not_before", "not_after", "key"):
+            for key in ("san", "not_before", "not_after", "key", "signature_algorithm", "key_algorithm", "pub_hex",
+                        "pub_bytes", "der_bytes", "chain"):
                 row["certificate_" + key] = names.get(key, "")
         return [table[k] for k in sorted(table)]
 
@@ -460,7 +518,7 @@ class Capture:
         return blind
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_path(folder, path):

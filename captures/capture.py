@@ -15,7 +15,9 @@ Capturing needs root or dumpcap's capabilities: dumpcap alone runs under sudo wh
 so); the files are written by you, so they stay readable by you."""
 
 import argparse
+import base64
 import errno
+import http.client
 import ipaddress
 import os
 import re
@@ -23,6 +25,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -307,6 +310,73 @@ def run(cmd, **kw):
     return out.stdout
 
 
+# What the scripted session's own HTTP requests say, as a browser would (the HTTP lab asks for it).
+ACCEPT_LANGUAGE = "en-US,en;q=0.9,pt-BR;q=0.8"
+
+
+def close_gracefully(conn):
+    """Ends an http.client connection as our clients do: close_notify sent and the server's read
+    (TLS), then FIN and the server's FIN read before the socket goes: no RST in the capture."""
+    sock = conn.sock
+    if sock is None:
+        return
+    try:
+        sock.settimeout(5)
+        if isinstance(sock, ssl.SSLSocket):
+            sock = sock.unwrap()
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass  # the server went first: nothing left to do well
+    finally:
+        sock.close()
+        conn.sock = None
+
+
+def http_lab_requests(port, tls, ca, user, password):
+    """The HTTP lab's steps our retriever client does not take, from Python's http.client (as a
+    browser does them): on one connection a GET without credentials, answered 401 with its
+    WWW-Authenticate challenge, then the same GET again with Basic credentials (two requests in
+    series on one connection); then two connections side by side, each request sent before either
+    answer is read (two requests in parallel). Every request names the languages the user reads."""
+    def connect():
+        if tls:
+            context = ssl.create_default_context(cafile=ca)
+            return http.client.HTTPSConnection("localhost", port, timeout=30, context=context)
+        return http.client.HTTPConnection("localhost", port, timeout=30)
+
+    mailbox = f"/mailboxes/{user}/messages"
+    headers = {"Accept": "application/json", "Accept-Language": ACCEPT_LANGUAGE,
+               "User-Agent": "maillab-capture (Python http.client)"}
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    statuses = []
+    serial = connect()
+    try:
+        for extra in ({}, basic):  # the challenge, then the retry with credentials
+            serial.request("GET", mailbox, headers=dict(headers, **extra))
+            response = serial.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        close_gracefully(serial)
+    pair = [connect(), connect()]
+    try:
+        for conn in pair:
+            conn.connect()  # both handshakes first: the two requests then overlap on the wire
+        for conn, uri in zip(pair, (mailbox, mailbox + "/1")):
+            conn.request("GET", uri, headers=dict(headers, **basic))
+        for conn in pair:
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        for conn in pair:
+            close_gracefully(conn)
+    if statuses != [401, 200, 200, 200]:
+        raise SystemExit(f"the HTTP lab's requests got {statuses}, not 401 then 200s: see the retriever's log")
+
+
 def session(args):
     bin_dir = os.path.join(ROOT, args.build, "bin")
     os.makedirs(args.out, exist_ok=True)
@@ -358,6 +428,8 @@ def session(args):
                 for i in range(1600):
                     f.write(f"{i:05d} measurement {'x' * 60}\n")
             run(sc + ["--user", "ana", "--password", ana, "--to", "bob", "--subject", "Lab data", "--body-file", data])
+            say("   bob asks for his mailbox without credentials (401), then with them; two requests in parallel")
+            http_lab_requests(retriever.port, mode != "off", ca, "bob@447.edu", bob)
             say("   bob lists his mailbox and opens the messages")
             run(rc + ["--user", "bob", "--password", bob])
             run(rc + ["--user", "bob", "--password", bob, "--id", "1"])

@@ -27,10 +27,7 @@ import re
 import subprocess
 import time
 
-from .analyze import VERSIONS, Capture, name
-
-# RFC 8446 4.1.3: a HelloRetryRequest is a ServerHello whose random is this fixed value.
-HELLO_RETRY_RANDOM = "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+from .analyze import HELLO_RETRY_RANDOM, VERSIONS, Capture, name  # noqa: F401 (HELLO_RETRY_RANDOM: its old home)
 
 
 # ---- credentials: the one decoder (check, grade and report use it) --------------------------------
@@ -40,6 +37,7 @@ class Credentials:
     mechanism: str  # "PLAIN", "LOGIN" (the user part) or "Basic"
     decoded: str    # what the base64 says, NULs written \0
     account: str    # the user named, lower case ("" when none)
+    raw: bytes = b""  # the decoded bytes themselves (the report marks each NUL separator)
 
 
 def _b64(text):
@@ -56,7 +54,7 @@ def decode_plain(argument):
         return None
     parts = raw.split(b"\0")
     account = parts[1].decode(errors="replace").strip().lower() if len(parts) == 3 else ""
-    return Credentials("PLAIN", raw.decode(errors="replace").replace("\0", "\\0"), account)
+    return Credentials("PLAIN", raw.decode(errors="replace").replace("\0", "\\0"), account, raw)
 
 
 def decode_credentials(text):
@@ -74,7 +72,7 @@ def decode_credentials(text):
         if raw is None:
             return None
         decoded = raw.decode(errors="replace")
-        return Credentials("Basic", decoded, decoded.split(":", 1)[0].strip().lower())
+        return Credentials("Basic", decoded, decoded.split(":", 1)[0].strip().lower(), raw)
     return None
 
 

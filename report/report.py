@@ -9,6 +9,7 @@ STARTTLS, implicit TLS: frames, bytes, what an eavesdropper sees). Written as Ma
   (from the repository's top folder; `make report` runs it)"""
 
 import argparse
+import html
 import html.parser
 import os
 import re
@@ -18,6 +19,11 @@ import sys
 
 from captures.analyze import Capture
 from captures.facts import decode_credentials, printable
+
+try:  # the TLS failure scenarios' explanations (report/scenarios.py), when that part is there
+    from report import scenarios
+except ImportError:
+    scenarios = None
 
 MODE_TITLES = {"implicit": "implicit TLS (RFC 8314)", "starttls": "STARTTLS (RFC 3207)", "off": "plaintext"}
 
@@ -33,10 +39,10 @@ class Md(str):
 
 def md_text(value):
     """Any text as Markdown that shows exactly that text: Markdown's active characters (HTML, links,
-    images, code, emphasis, entities) backslash-escaped, control characters written \\xNN."""
+    images, code, emphasis, entities, {attributes}) backslash-escaped, control characters written \\xNN."""
     if isinstance(value, Md):
         return value
-    return Md(re.sub(r"([\\`*~<>\[\]!&#])", r"\\\1", printable(value)))
+    return Md(re.sub(r"([\\`*~<>\[\]!&#{}])", r"\\\1", printable(value)))
 
 
 def md_code(value):
@@ -72,11 +78,28 @@ def md_table(headers, rows):
     return "\n".join(lines) + "\n" + more
 
 
+# A NUL byte of decoded credentials (AUTH PLAIN's separator, RFC 4616): one marked box, never the
+# two characters \0 run into the text, where "\077277447" would read as an octal escape.
+NUL_MARK = '`\\0`{.nul title="one NUL byte (0x00): the separator of AUTH PLAIN, RFC 4616"}'
+
+
+def decoded_credentials(found):
+    """What credentials decode to, as code spans that may break anywhere (class credential), each NUL
+    byte a marked \\0 box between them."""
+    raw = found.raw or found.decoded.encode()
+    pieces = [md_code(part.decode(errors="replace")) + "{.credential}" if part else "" for part in raw.split(b"\0")]
+    return Md(NUL_MARK.join(pieces))
+
+
 def explain_auth(text):
     """AUTH PLAIN's argument and Basic credentials are base64, not encryption: show what they decode
     to (captures/facts.py's decoder, the one grading uses)."""
     found = decode_credentials(text)
-    return Md(f"{md_text(text)}  ⟶ base64 of {md_code(found.decoded)}") if found else md_text(text)
+    if not found:
+        return md_text(text)
+    words = text.split()
+    return Md(" ".join(md_text(w) for w in words[:-1]) + " " + md_code(words[-1]) + "{.credential} ⟶ base64 of " +
+              decoded_credentials(found))
 
 
 def ladder(cap, stream, smtp, http, records, out_dir, kinds=("svg", "png")):
@@ -88,6 +111,8 @@ def ladder(cap, stream, smtp, http, records, out_dir, kinds=("svg", "png")):
     for order, r in enumerate(x for x in records if x["stream"] == stream):
         label = r.get("wire_type", r["type"])
         inner = r["type"] if r.get("wire_type", r["type"]) != r["type"] else ""
+        if r.get("carries"):
+            inner = r["carries"]
         if r.get("handshake"):
             inner = (inner + ": " if inner else "") + ", ".join(r["handshake"])
         if r.get("alert"):
@@ -123,7 +148,12 @@ def ladder(cap, stream, smtp, http, records, out_dir, kinds=("svg", "png")):
     client = f"{ports[0]['ip.src']}:{ports[0]['tcp.srcport']}" if ports else "client"
     server = f"{ports[0]['ip.dst']}:{ports[0]['tcp.dstport']}" if ports else "server"
     client, server = (printable(x).replace("\\", "\\\\").replace('"', '\\"') for x in (client, server))
-    lines = ["msc {", '  hscale = "1.6";', f'  c [label="client {client}"], s [label="server {server}"];']
+    # Each label is written above its arrow, centred between the two lifelines, half the chart's width
+    # apart: the chart is made wide enough that the longest label stays between them (mscgen's
+    # default chart is 600 px for hscale 1; its PNG font is about 8 px a character).
+    longest = max(len(f"#{e[0]} {e[3]}") for e in events)
+    hscale = max(1.6, (longest * 8.5 + 60) * 2 / 600)
+    lines = ["msc {", f'  hscale = "{hscale:.2f}";', f'  c [label="client {client}"], s [label="server {server}"];']
     for frame, _, direction, text, colour in sorted(events, key=lambda e: (e[0], e[1])):
         text = printable(text).replace("\\", "\\\\").replace('"', '\\"')
         arrow = "c=>s" if direction == "C" else "s=>c"
@@ -198,10 +228,23 @@ def section(cap, out_dir, max_ladders=12, for_grading=False):
     if http:
         requests = [m["frame"] for m in http if m["method"]]
         md.append(f"{len(requests)} requests ({frames(requests)}); the responses follow each on the same connection.\n")
+        def credentials(value):
+            found = decode_credentials(value) if value else None
+            return f"{found.mechanism} ({found.account})" if found else value
         md.append(md_table(["frame", "conn", "", "request / status", "content type", "Content-Length", "Authorization"],
                            [[m["frame"], m["stream"], m["dir"] + ":",
                              f"{m['method']} {m['uri']}" if m["method"] else f"{m['status']} {m['phrase']}",
-                             m["type"], m["length"], m["authorization"]] for m in http]))
+                             m["type"], m["length"], credentials(m["authorization"])] for m in http]))
+        from report import labs
+        exchanges = labs.exchanges(cap)
+        md.append(f"#### The full headers of each exchange\n")
+        md.append("Every request and its response as they were on the wire (headers only; the bodies are in the "
+                  "capture)" + (f"; the first {LIMITS['rows'] // 10} exchanges" if len(exchanges) > LIMITS["rows"] // 10
+                                else "") + ":\n")
+        for x in exchanges[:max(1, LIMITS["rows"] // 10)]:
+            md.append(f"Frames {x['q']['frame.number']} → {x['r']['frame.number'] if x['r'] is not None else '-'} "
+                      f"(connection {x['q']['tcp.stream']}):\n")
+            md.append(labs.headers_block(x))
     else:
         md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
     md.append(http_questions(cap))
@@ -228,21 +271,64 @@ def records_question(cap, records, streams):
     for r in records:
         by_stream.setdefault(r["stream"], []).append(r)
     tabled = [s for s in streams if s in by_stream]
-    if len(tabled) > LIMITS["connections"]:
-        md.append(f"The records of the first {LIMITS['connections']} connections; {len(tabled) - LIMITS['connections']} "
-                  "more left out (`--max-connections`).\n")
-    for stream in tabled[:LIMITS["connections"]]:
+    versions = {}
+    for r in records:
+        versions.setdefault(r["record_version"], []).append(r["frame"])
+    md.append("Record version on the wire: " + "; ".join(f"{md_text(v or '?')} in {frames(f)}" for v, f in versions.items())
+              + " (TLS 1.3 keeps the record header's version at TLS 1.2, the ClientHello's at TLS 1.0: "
+              "legacy_record_version, RFC 8446 5.1).\n")
+    # Connections with the same records (same directions, types and messages, in order) share one table.
+    shapes = {}
+    for stream in tabled:
+        shape = tuple((r["dir"], r.get("wire_type", r["type"]), inner_type(cap, r), tuple(r.get("handshake", [])),
+                       r.get("alert", "")) for r in by_stream[stream])
+        shapes.setdefault(shape, []).append(stream)
+    groups = list(shapes.values())
+    if len(groups) > LIMITS["connections"]:
+        md.append(f"The records of the first {LIMITS['connections']} kinds of connection; "
+                  f"{len(groups) - LIMITS['connections']} more left out (`--max-connections`).\n")
+    for same in groups[:LIMITS["connections"]]:
+        stream = same[0]
+        others = same[1:]
+        md.append(f"Connection {stream}" + (f" (connections {', '.join(map(str, others))} carry the same sequence of "
+                                            "records; only their frames, times and lengths differ)" if others else "")
+                  + ":\n")
         rows = [[r["frame"], f"{r['time']:.6f}", "client → server" if r["dir"] == "C" else "server → client",
-                 r["record_version"], r.get("wire_type", r["type"]),
-                 (r["type"] if r.get("wire_type", r["type"]) != r["type"] else
-                  ("(encrypted)" if r.get("encrypted") and not cap.secrets else "")),
-                 r["length"], ", ".join(r.get("handshake", [])) or r.get("alert", "")]
-                for r in by_stream.get(stream, [])]
-        if rows:
-            md.append(f"Connection {stream}:\n")
-            md.append(md_table(["frame", "time (s)", "direction", "record version", "type on the wire",
-                                "inner type (decrypted)", "length", "handshake message or alert"], rows))
+                 r.get("wire_type", r["type"]), inner_type(cap, r), r["length"],
+                 ", ".join(r.get("handshake", [])) or r.get("alert", "")] for r in by_stream[stream]]
+        md.append(md_table(["frame", "time (s)", "direction", "type on the wire", "inner type (decrypted)", "length",
+                            "handshake message or alert"], rows))
     return "\n".join(md)
+
+
+def inner_type(cap, r):
+    """What a record really is: its inner content type once decrypted (RFC 8446 5.2), with the
+    protocol an application_data record carries; "(encrypted)" without the keys, "" when the type on
+    the wire is already the real one (ClientHello, ServerHello, change_cipher_spec)."""
+    if r.get("carries"):
+        return f"application_data ({r['carries']})"
+    if r.get("wire_type", r["type"]) != r["type"]:
+        return r["type"]
+    if r.get("encrypted") and not r.get("decrypted"):
+        return "(encrypted)" if not cap.secrets else "(not decrypted)"
+    return "(none: in clear)"
+
+
+def distinct_table(handshakes, properties):
+    """One row per distinct value of each property, with the connections (and frames) that share it:
+    ten identical handshakes make one row each, not ten. properties: [(label, key, frame_key)]."""
+    rows = []
+    for label, key, frame_key in properties:
+        values = {}
+        for h in handshakes:
+            value = h.get(key, "")
+            value = ", ".join(value) if isinstance(value, list) else str(value)
+            values.setdefault(value, []).append(h)
+        for value, hs in values.items():
+            rows.append([label, value or "(none)",
+                         f"all {len(hs)}" if len(hs) == len(handshakes) else
+                         f"{len(hs)} of {len(handshakes)}: {frames([h.get(frame_key, 0) for h in hs], most=12)}"])
+    return md_table(["field", "value", "connections (frames)"], rows)
 
 
 def client_hello_question(handshakes):
@@ -256,11 +342,20 @@ def client_hello_question(handshakes):
           f"{md_code(first.get('client_random', '')[:8])}. "
           "The record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
           "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n",
-          md_table(["conn", "frame", "SNI (server_name)", "ALPN", "supported_groups", "signature algorithms",
-                    "client random (32 bytes)"],
-                   [[h["stream"], h.get("client_hello_frame", ""), h.get("sni", ""), h.get("alpn", ""),
-                     ", ".join(h.get("supported_groups", [])), h.get("signature_algorithms", ""),
-                     h.get("client_random", "")] for h in handshakes])]
+          distinct_table(handshakes, [
+              ("record version", "client_record_version", "client_hello_frame"),
+              ("legacy_version (ClientHello version)", "client_hello_version", "client_hello_frame"),
+              ("supported_versions", "offered_versions", "client_hello_frame"),
+              ("cipher suites", "offered_suites", "client_hello_frame"),
+              ("key_share groups", "offered_groups", "client_hello_frame"),
+              ("supported_groups", "supported_groups", "client_hello_frame"),
+              ("signature algorithms (count)", "signature_algorithms", "client_hello_frame"),
+              ("SNI (server_name)", "sni", "client_hello_frame"),
+              ("ALPN", "alpn", "client_hello_frame")]),
+          "Each connection's randoms (32 bytes each, new in every handshake):\n",
+          md_table(["conn", "ClientHello", "client random", "ServerHello", "server random"],
+                   [[h["stream"], h.get("client_hello_frame", ""), h.get("client_random", ""),
+                     h.get("server_hello_frame", ""), h.get("server_random", "")] for h in handshakes])]
     return "\n".join(md)
 
 
@@ -271,15 +366,15 @@ def server_hello_question(handshakes):
           f"{md_text(first.get('chosen_version', '?'))} (in supported_versions; the ServerHello's own version field "
           f"says {md_text(first.get('server_hello_version', '?'))}), the suite {md_text(first.get('chosen_suite', '?'))} "
           f"and the group {md_text(first.get('chosen_group', '?'))}. "
-          "Every connection, side by side:\n"]
-    rows = [[h["stream"], h.get("server_port", ""), h.get("client_record_version", ""),
-             h.get("client_hello_version", ""), ", ".join(h.get("offered_versions", [])),
-             ", ".join(h.get("offered_suites", [])), ", ".join(h.get("offered_groups", [])),
-             h.get("chosen_version", ""), h.get("chosen_suite", ""), h.get("chosen_group", ""),
-             h.get("certificate_subject", ""), h.get("certificate_issuer", "")] for h in handshakes]
-    md.append(md_table(["conn", "server port", "record version", "ClientHello version", "supported_versions offered",
-                        "cipher suites offered", "key_share offered", "version chosen", "suite chosen",
-                        "group chosen", "certificate subject", "issuer"], rows))
+          "Every connection's choice, one row per distinct value:\n"]
+    md.append(distinct_table(handshakes, [
+        ("server port", "server_port", "server_hello_frame"),
+        ("legacy_version (ServerHello version)", "server_hello_version", "server_hello_frame"),
+        ("version chosen (supported_versions)", "chosen_version", "server_hello_frame"),
+        ("cipher suite chosen", "chosen_suite", "server_hello_frame"),
+        ("key_share group chosen", "chosen_group", "server_hello_frame"),
+        ("certificate subject", "certificate_subject", "server_hello_frame"),
+        ("certificate issuer", "certificate_issuer", "server_hello_frame")]))
     return "\n".join(md)
 
 
@@ -291,10 +386,14 @@ def certificate_question(handshakes, records):
         md.append(f"The Certificate message travels in {frames(carried)}. In TLS 1.3 it is encrypted (inside "
                   "application_data records, RFC 8446 4.4.2): this table comes from the decrypted capture; an "
                   "eavesdropper sees none of it.\n")
-        md.append(md_table(["subject", "subjectAltName", "issuer", "valid from", "valid until", "key"],
-                           [[first["certificate_subject"], first["certificate_san"], first["certificate_issuer"],
-                             first["certificate_not_before"], first["certificate_not_after"],
-                             first["certificate_key"]]]))
+        md.append(md_table(["field", "value"], [
+            ["subject", first["certificate_subject"]], ["subjectAltName", first["certificate_san"]],
+            ["issuer (the CA that signed it)", first["certificate_issuer"]],
+            ["signature algorithm (the CA's)", first.get("certificate_signature_algorithm", "")],
+            ["valid from", first["certificate_not_before"]], ["valid until", first["certificate_not_after"]],
+            ["public key", f"{first['certificate_key']}, {first.get('certificate_pub_bytes', '?')} bytes, starting "
+                           f"{first.get('certificate_pub_hex', '')[:16]}"],
+            ["size (DER)", f"{first.get('certificate_der_bytes', '?')} bytes"]]))
     else:
         md.append("Not readable: in TLS 1.3 the Certificate message is encrypted (RFC 8446 4.4.2) and this capture "
                   "holds no keys. An eavesdropper learns only the server name the client asked for (SNI).\n")
@@ -401,8 +500,58 @@ def analyse(job):
                len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
                Md("; ".join(credentials)) if credentials else "nothing"]
     text = section(cap, out_dir, max_ladders, for_grading)
+    from report import labs
+    answers = labs.answers(cap)
+    story = None
+    if scenarios is not None:
+        try:
+            story = scenarios.scenario_section(path)
+        except Exception as e:  # noqa: BLE001 (another helper's module: its failure is said, not fatal)
+            story = f"<p>The scenario's explanation failed: {html.escape(printable(e))}</p>"
     print(f"  analysed {printable(os.path.basename(path))} ({printable(cap.mode)})", flush=True)
-    return cap.mode, os.path.basename(path), text, row
+    return cap.mode, os.path.basename(path), text, row, answers, story
+
+
+def lab_questions(results):
+    """The Kurose & Ross labs, question by question (report/questions.csv): the TLS lab answered from
+    the first capture that answers it (implicit TLS first), the HTTP lab likewise; a linked table of
+    the questions first, then one heading per question, its id the table's anchor."""
+    from report import labs
+    rows = labs.questions()
+    md = ["## The Kurose & Ross labs, question by question {#lab-questions}\n"]
+    sources = {}
+    for lab in ("TLS", "HTTP"):
+        wanted = [q["anchor"] for q in rows if q["lab"] == lab]
+        sources[lab] = next(((name, answers) for _, name, _, _, answers, _ in results
+                             if any(a in answers for a in wanted)), (None, {}))
+    md.append("The questions of the Wireshark labs (v8.1) for TLS and for HTTP, in our words, each answered from "
+              "the capture with the frames to open in Wireshark. " +
+              " ".join(f"The {lab} lab from {md_code(name)}." for lab, (name, _) in sources.items() if name) + "\n")
+    md.append(md_table(["lab", "question", "answered in"],
+                       [[q["lab"], Md(f"Q{q['number']}: " + md_text(q["question"])),
+                         Md(f"[{q['lab']} Q{q['number']}](#{q['anchor']})")] for q in rows]))
+    for lab in ("TLS", "HTTP"):
+        name, answers = sources[lab]
+        md.append(f"### The {lab} lab {{#{lab.lower()}-lab}}\n")
+        if not name:
+            md.append("Not answerable from " + ("these captures: none holds a TLS handshake (capture one with "
+                                                "`make capture`, whose implicit and STARTTLS files do)."
+                                                if lab == "TLS" else "these captures: no HTTP is readable in them."))
+        for q in (q for q in rows if q["lab"] == lab):
+            md.append(f"#### {lab} Q{q['number']}: {md_text(q['question'])} {{#{q['anchor']}}}\n")
+            md.append((answers.get(q["anchor"]) or "Not in this capture.") + "\n")
+    return "\n".join(md)
+
+
+def scenario_stories(results):
+    """The scenario captures' explanations (report/scenarios.py), as HTML blocks."""
+    stories = [(name, story) for _, name, _, _, _, story in results if story]
+    if not stories:
+        return ""
+    md = ["## What went wrong {#what-went-wrong}\n"]
+    for name, story in stories:
+        md.append(f"From {md_code(name)}:\n\n<div class=\"scenario\">\n\n{story}\n\n</div>\n")
+    return "\n".join(md)
 
 
 def comparison(rows):
@@ -423,14 +572,23 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-s
 PAGE_STYLE = f"""<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
 <style>
 body {{ max-width: 1240px; margin: 0 auto; padding: 12px; font-size: 15px; }}
+a, a:visited, nav#TOC a, nav#TOC a:not(:hover) {{ color: #0645ad; text-decoration: underline; }}
+nav#TOC {{ border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }}
+nav#TOC ul {{ padding-left: 1.4em; }}
 table {{ width: 100%; border-collapse: collapse; font-size: 12px; }}
-td, th {{ border: 1px solid #ccc; padding: 2px 5px; vertical-align: top; overflow-wrap: anywhere; }}
+/* A word or a number breaks only when it cannot fit its column alone (break-word leaves the
+   columns' minimum widths alone; "anywhere" let one long cell squeeze the others to a letter). */
+td, th {{ border: 1px solid #ccc; padding: 2px 5px; vertical-align: top; overflow-wrap: break-word; }}
+th {{ hyphens: none; }}
+/* Credentials and other base64 may break anywhere: their column gives way, never the others. */
+code.credential {{ word-break: break-all; }}
+/* A NUL byte of decoded credentials: a marked box, never mistaken for text or an octal escape. */
+code.nul {{ background: #fde8e8; color: #a00000; border: 1px solid #d88; border-radius: 3px; padding: 0 2px;
+           margin: 0 1px; font-weight: bold; }}
 img {{ max-width: 100%; }}
 pre {{ max-width: 100%; overflow-x: auto; font-size: 12px; }}
-nav#TOC {{ border: 1px solid #ccc; padding: 4px 12px; margin-bottom: 16px; }}
 </style>
 """
-
 
 class ActiveContent(html.parser.HTMLParser):
     """What in a page could run or fetch something: a script, a frame, an event handler, a URL with a
@@ -508,16 +666,20 @@ def run():
     # The main lesson first: implicit TLS, then STARTTLS, then the plaintext comparison.
     order = {"implicit": 0, "starttls": 1, "off": 2}
     results.sort(key=lambda r: order.get(r[0], 3))
-    doc = [f"# maillab capture report: {md_text(args.name)}\n",
-           "Generated by `make report` from " + ", ".join(md_code(name) for _, name, _, _ in results) + ".\n"]
+    # The page's one title is pandoc's (--metadata title): no heading of level 1 here.
+    doc = ["Generated by `make report` from " + ", ".join(md_code(name) for _, name, *_ in results) + ".\n"]
     if args.for_grading:
-        doc[-1] = ("Generated by `make grade` from " + ", ".join(md_code(name) for _, name, _, _ in results) +
+        doc[-1] = ("Generated by `make grade` from " + ", ".join(md_code(name) for _, name, *_ in results) +
                    ". Made for grading: every question's answer and table is the one `make report` gives, and the "
                    "ladders are drawn as SVG only (no PNG copies). The student's report of a file, PNG ladders "
                    "included: `make report FILE=...`.\n")
+    stories = scenario_stories(results)
+    if stories:
+        doc.append(stories)
+    doc.append(lab_questions(results))
     if len(results) > 1:
-        doc.append(comparison([row for _, _, _, row in results]))
-    for _, _, text, _ in results:
+        doc.append(comparison([row for _, _, _, row, _, _ in results]))
+    for _, _, text, *_ in results:
         doc.append(text)
     md_path = os.path.join(out_dir, "report.md")
     with open(md_path, "w") as f:
@@ -526,11 +688,12 @@ def run():
     with open(style, "w") as f:
         f.write(PAGE_STYLE)
     print("report: writing HTML with pandoc ...", flush=True)
-    # gfm without bare-URL autolinks (a URI from a capture stays text); the text itself came escaped.
+    # gfm without bare-URL autolinks (a URI from a capture stays text), with {#id .class} attributes
+    # for the questions' anchors and the credentials' cells; the capture's text itself came escaped.
     page = os.path.join(out_dir, "report.html")
     subprocess.run(["pandoc", "--standalone", "--toc", "--toc-depth=3", "--include-in-header", style,
                     "--metadata", f"title=maillab capture report: {printable(args.name)}",
-                    "-f", "gfm-autolink_bare_uris", "-t", "html5", "-o", page, md_path],
+                    "-f", "gfm+attributes-autolink_bare_uris", "-t", "html5", "-o", page, md_path],
                    check=True, cwd=out_dir, capture_output=True)
     os.unlink(style)
     found = active_content(open(page, encoding="utf-8").read())

@@ -100,8 +100,11 @@ def report_tables_match_the_known_session(lab):
     md = open(os.path.join(report, "report.md")).read()
     assert os.path.getsize(os.path.join(report, "report.html")) > 10000
     # Handshake table: TLS 1.3 chosen, the suite and group our contexts prefer, the lab certificate.
-    assert "| TLS 1.3 | TLS_AES_256_GCM_SHA384 | x25519 | CN=localhost,O=maillab | " \
-           "CN=maillab lab CA,O=maillab |" in md
+    # (one row per distinct value, with the connections that share it)
+    for row in ("| version chosen (supported_versions) | TLS 1.3 | all ", "| cipher suite chosen | TLS_AES_256_GCM_SHA384 | all ",
+                "| key_share group chosen | x25519 | all ", "| certificate subject | CN=localhost,O=maillab | all ",
+                "| certificate issuer | CN=maillab lab CA,O=maillab | all "):
+        assert row in md, row
     assert "ClientHello, " not in md or "ServerHello" in md
     # (capture text reaches pandoc escaped: "<" is "\<", never an autolink or HTML)
     for line in ("C: | EHLO ", "C: | AUTH PLAIN ", "C: | MAIL FROM:\\<ana@447.edu\\>", "C: | RCPT TO:\\<bob@447.edu\\>",
@@ -110,10 +113,12 @@ def report_tables_match_the_known_session(lab):
     assert "C: | GET /mailboxes/bob@447.edu/messages |" in md and "S: | 200 OK | application/json" in md
     # Side by side: in plaintext the credentials are readable, with TLS nothing is.
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ") and "readable" not in line}
-    assert "base64 of `\\0ana@447.edu\\0" in rows["plaintext"]
+    # The NUL separators of AUTH PLAIN are marked boxes, never "\\0" run into the digits of a password.
+    assert "base64 of `\\0`{.nul" in rows["plaintext"] and "`ana@447.edu`{.credential}`\\0`{.nul" in rows["plaintext"]
     assert "new password in the 235 reply" in rows["plaintext"]  # registration leaks the password too
     html = open(os.path.join(report, "report.html")).read()
     assert 'id="TOC"' in html and "max-width: 1240px" in html
+    assert html.count("<h1") == 1, "one title"
     # The implicit-TLS section comes first.
     assert md.index("lab-implicit.pcapng: ") < md.index("lab-starttls.pcapng: ") < md.index("lab-off.pcapng: ")
     assert rows["implicit TLS (RFC 8314)"].rstrip().endswith("| 0 | 0 | nothing |")
@@ -126,14 +131,19 @@ def report_tables_match_the_known_session(lab):
     # The TLS 1.3 lesson: after the ServerHello every record is application_data on the wire, and
     # the certificate is only the decrypted inner content.
     assert "| application_data | handshake | " in md and "Certificate" in md
-    assert "| handshake |  | " in md  # ClientHello/ServerHello: handshake on the wire, nothing inner
+    assert "| handshake | (none: in clear) | " in md  # ClientHello/ServerHello: handshake on the wire
+    # Every decrypted record's inner type is filled in, the application data's protocol named.
+    assert "| application_data | application_data (SMTP) |" in md and "| application_data | application_data (HTTP) |" in md
+    assert "| application_data |  |" not in md
     assert "close_notify (0)" in md
     # The HTTP lab's questions: both validators answered 304, and a response in several pieces.
     assert "If-None-Match in frame" in md and "If-Modified-Since in frame" in md, md[md.find("### Q: The HTTP lab"):][:800]
     assert md.count("answered 304 in frame") >= 6  # two per capture
+    # The full headers of each exchange, Accept-Language and the 401 challenge among them.
+    assert "Accept-Language: en-US" in md and "WWW-Authenticate: Basic realm=" in md
     assert "reassembled from" in md
     # The Kurose & Ross questions: SNI, supported_groups, the random; the certificate's SAN, validity, key.
-    assert "| localhost | smtp |" in md and "x25519" in md
+    assert "| SNI (server_name) | localhost | all " in md and "| ALPN | smtp | " in md and "x25519" in md
     assert "DNS:localhost" in md and "IP Address:127.0.0.1" in md and "prime256v1" in md
     # Wire order in the ladder: within the server's first flight, ServerHello before Certificate
     # before Finished.
@@ -170,7 +180,7 @@ def stock_tshark_decodes_smtp_and_http_in_every_capture(lab):
         requests = stock_tshark(files[mode], "http.request", ["http.request.method", "http.request.uri"])
         assert "GET\t/mailboxes/bob@447.edu/messages" in requests, (mode, requests)
         statuses = stock_tshark(files[mode], "http.response", ["http.response.code"]).split()
-        assert statuses and set(statuses) == {"200", "304"}, (mode, statuses)
+        assert statuses and set(statuses) == {"200", "304", "401"}, (mode, statuses)
 
 
 class LiveCapture:
@@ -383,3 +393,131 @@ def a_truncated_capture_is_checked_as_far_as_it_reads(lab):
     assert "cut short" in out.stdout and "[ok] TLS 1.3 handshake" in out.stdout, out.stdout
     assert "Traceback" not in out.stderr
     assert out.stdout.strip().splitlines()[-1].startswith(cut + ","), out.stdout
+
+
+def lab_question_sections(html):
+    """{anchor: the text of its section} of a report page: from the heading with that id to the next
+    heading of any level."""
+    import html as html_module
+    import re
+    sections = {}
+    for m in re.finditer(r'<h4 id="([^"]+)">', html):
+        end = re.search(r"<h[1-6][ >]", html[m.end():])
+        body = html[m.end(): m.end() + end.start() if end else len(html)]
+        sections[m.group(1)] = re.sub(r"\s+", " ", html_module.unescape(re.sub(r"<[^>]+>", "", body)))
+    return sections
+
+
+@test
+def every_lab_question_is_answered_with_frames(lab):
+    """report/questions.csv lists the Kurose & Ross TLS (24) and HTTP (19) questions; a report of
+    `make capture`'s files has a section for each, linked from the table, that answers it with frame
+    numbers, and the answers the issue found missing are there (both randoms, the CA's signature
+    algorithm and the key's bytes, no client certificate, the TLS 1.3 mapping, 401 then Basic,
+    If-Modified-Since's value, serial and parallel, segments and records)."""
+    import csv
+    import re
+    with open(os.path.join(ROOT, "report", "questions.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["lab"] for r in rows].count("TLS") == 24 and [r["lab"] for r in rows].count("HTTP") == 19
+    for lab_name, count in (("TLS", 24), ("HTTP", 19)):
+        assert [int(r["number"]) for r in rows if r["lab"] == lab_name] == list(range(1, count + 1))
+    assert len({r["anchor"] for r in rows}) == len(rows)
+    files = captures(lab)
+    out_dir = lab.path("report-questions")
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
+                          files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    html = open(os.path.join(out_dir, "lab", "report.html")).read()
+    sections = lab_question_sections(html)
+    for r in rows:
+        text = sections.get(r["anchor"])
+        assert text is not None, f"no section {r['anchor']} for {r['lab']} Q{r['number']}"
+        assert f'href="#{r["anchor"]}"' in html, r["anchor"]
+        assert re.search(r"\b[Ff]rames?\s+\d+", text), (r["anchor"], text[:300])
+        assert "Not in this capture" not in text, (r["anchor"], text[:300])
+    randoms = re.findall(r"\b[0-9a-f]{64}\b", sections["tls-7"])
+    assert len(set(randoms)) == 2, sections["tls-7"]
+    assert "ecdsa-with-SHA256" in sections["tls-14"] and "65 bytes" in sections["tls-15"]
+    assert "CN=maillab lab CA" in sections["tls-12"] and "CN=localhost" in sections["tls-12"]
+    assert "No." in sections["tls-16"] and "No." in sections["tls-19"]
+    assert "no ServerHelloDone" in sections["tls-17"] and "EncryptedExtensions" in sections["tls-17"]
+    assert "key_share" in sections["tls-18"] and "change_cipher_spec" in sections["tls-18"]
+    assert "legacy_version" in sections["tls-4"] and "supported_versions" in sections["tls-4"]
+    assert "en-US" in sections["http-2"] and "If-Modified-Since: " in sections["http-10"]
+    assert "304 Not Modified" in sections["http-11"] and "401 Unauthorized" in sections["http-18"]
+    assert "base64, not encryption" in sections["http-19"] and "bob@447.edu:" in sections["http-19"]
+    assert "In series" in sections["http-17"] and "in parallel" in sections["http-17"]
+    assert "TCP segments" in sections["http-15"] and "TLS records" in sections["http-15"]
+    # Plaintext alone: the HTTP lab is answered, the TLS lab says why not.
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "off", "--out", out_dir, files["off"]],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    sections = lab_question_sections(open(os.path.join(out_dir, "off", "report.html")).read())
+    assert "base64, not encryption" in sections["http-19"] and "anyone on the path" in sections["http-19"]
+    assert "Not in this capture" in sections["tls-1"]
+
+
+@test
+def the_report_reads_well_in_chromium(lab):
+    """Headless Chromium at 1280 px: the title once, the contents' entries links that look like links
+    (coloured, underlined), no table cell whose content overflows it, and no header or number cell
+    broken inside a word (each as tall as one line unless it has a space to wrap at)."""
+    import json
+    import re
+    import shutil
+    import tempfile
+    chromium = shutil.which("chromium")
+    if not chromium:
+        raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
+    files = captures(lab)
+    out_dir = lab.path("report-chromium")
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
+                          files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    page = os.path.join(out_dir, "lab", "report.html")
+    html = open(page).read()
+    html = re.sub(r'(<meta http-equiv="Content-Security-Policy" content="[^"]*)"',
+                  lambda m: m[1] + "; script-src 'unsafe-inline'\"", html).replace("</body>", """<script>
+const found = {overflow: [], broken: [], titles: 0, tocLinks: 0, tocStyled: 0, cells: 0};
+found.titles = [...document.querySelectorAll('h1')].length;
+for (const a of document.querySelectorAll('nav#TOC a')) {
+  found.tocLinks++;
+  const s = getComputedStyle(a);
+  if (s.textDecorationLine.includes('underline') && s.color !== getComputedStyle(document.body).color) found.tocStyled++;
+}
+for (const cell of document.querySelectorAll('td, th')) {
+  found.cells++;
+  if (cell.scrollWidth > cell.clientWidth + 1) found.overflow.push(cell.textContent.slice(0, 60));
+  // A cell of one word (a heading word, a number) must be one line: broken words are taller.
+  const text = cell.textContent.trim();
+  if (text && !/\s/.test(text) && !cell.querySelector('code.credential')) {
+    const line = parseFloat(getComputedStyle(cell).lineHeight) || 16;
+    const r = cell.getBoundingClientRect();
+    const range = document.createRange(); range.selectNodeContents(cell);
+    if (range.getClientRects().length > 1 && range.getBoundingClientRect().height > line * 1.5)
+      found.broken.push(text.slice(0, 60));
+  }
+}
+document.body.setAttribute('data-found', JSON.stringify(found));
+</script></body>""")
+    probe = page.replace("report.html", "probe.html")
+    with open(probe, "w") as f:
+        f.write(html)
+    profile = tempfile.mkdtemp(prefix="maillab-chromium-")
+    try:
+        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                              "--window-size=1280,900", "--dump-dom", "file://" + probe],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    import html as html_module
+    m = re.search(r'data-found="([^"]*)"', out.stdout)
+    assert m, out.stderr[-800:]
+    found = json.loads(html_module.unescape(m.group(1)))
+    assert found["titles"] == 1, found["titles"]
+    assert found["tocLinks"] > 10 and found["tocStyled"] == found["tocLinks"], found
+    assert found["cells"] > 100, found["cells"]
+    assert not found["overflow"], f"cells whose content overflows them: {found['overflow'][:10]}"
+    assert not found["broken"], f"words or numbers broken across lines: {found['broken'][:10]}"
