@@ -1,6 +1,7 @@
 // The retriever's resources: JSON mailbox listing, one message as JSON or raw RFC 5322, an HTML inbox;
 // HTTP Basic authentication (RFC 7617), conditional GET (RFC 9110 13), and errors as real HTTP.
 #include "mail_api.h"
+#include "story_view.h"
 
 #include "../common/password.h"
 #include "../common/rfc5322.h"
@@ -321,6 +322,7 @@ const MailApi::Resource MailApi::kResources[] = {
     {{"mailboxes", "{address}", "messages"}, Kind::List, Need::Owner, &MailApi::listing},
     {{"mailboxes", "{address}", "messages", "{id}"}, Kind::Message, Need::Owner, &MailApi::message},
     {{"mailboxes", "{address}", "messages", "{id}", "raw"}, Kind::Raw, Need::Owner, &MailApi::message},
+    {{"mailboxes", "{address}", "messages", "{id}", "story"}, Kind::Story, Need::Owner, &MailApi::story},
     // The class board (class servers): the instructor's account only.
     {{"class"}, Kind::Board, Need::Instructor, &MailApi::classBoardPage},
     {{"metrics"}, Kind::Metrics, Need::Instructor, &MailApi::metrics},
@@ -571,6 +573,25 @@ size_t ResponseBudget::inUse() const {
     return inUse_;
 }
 
+// The session that delivered the message (issue 19): an HTML page, or the stored JSON when the
+// client asks for JSON (Accept: application/json).
+ApiResponse MailApi::story(const Route& route, const ApiRequest& request) {
+    auto found = store_.findMessage(route.mailbox, route.id);
+    if (!found) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
+    std::string etag = "\"S" + std::to_string(found->id) + "\"";  // a stored story never changes
+    if (notModified(request, etag, found->receivedAt)) return conditional(request, ApiResponse{}, etag, found->receivedAt);
+    std::string json = store_.messageStory(route.mailbox, route.id).value_or("");
+    ApiResponse full;
+    if (request.header("Accept").find("application/json") != std::string::npos) {
+        full = ok("application/json; charset=utf-8", json.empty() ? "{}" : json, etag, found->receivedAt);
+    } else {
+        full = ok("text/html; charset=utf-8", storyHtml(json, route.mailbox, route.id), etag, found->receivedAt);
+        full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    }
+    full.headers.emplace_back("Vary", "Accept");
+    return conditional(request, std::move(full), etag, found->receivedAt);
+}
+
 ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     // Paged like the JSON listing, and each message shown by a preview of its body: the
     // page never holds whole messages (a 10 MB body would make a 60 MB page of escapes).
@@ -595,7 +616,8 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
                 htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><details><summary>" +
                 htmlEscape(shortened(validUtf8(m.subject.empty() ? "(no subject)" : m.subject))) +
                 "</summary><pre class=\"body\">" + htmlEscape(bodyPreview(start, m.size)) + "</pre><a href=\"" +
-                base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a></details></td><td>" +
+                base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a> · <a class=\"story\" href=\"" + base +
+                id + "/story\">how it arrived</a></details></td><td>" +
                 htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
     }
     html += "</tbody></table>\n";

@@ -88,7 +88,7 @@ public:
     size_t responseBytesInFlight() const { return responses_.inUse(); }
 
 private:
-    enum class Kind { Inbox, List, Message, Raw, Board, Metrics };
+    enum class Kind { Inbox, List, Message, Raw, Story, Board, Metrics };
     // What a resource needs of the authenticated user: to own the mailbox, or the instructor role.
     enum class Need { Owner, Instructor };
     struct Route;
@@ -122,6 +122,7 @@ private:
     ApiResponse listing(const Route& route, const ApiRequest& request);
     ApiResponse message(const Route& route, const ApiRequest& request);
     ApiResponse inboxPage(const Route& route, const ApiRequest& request);
+    ApiResponse story(const Route& route, const ApiRequest& request);
     ApiResponse classBoardPage(const Route& route, const ApiRequest& request);
     ApiResponse metrics(const Route& route, const ApiRequest& request);
     void noteActivity(const std::string& account, const char* kind);
