@@ -26,6 +26,10 @@
 #include <vector>
 #include <stdexcept>
 #include <sys/socket.h>
+#include <poll.h>
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -293,6 +297,105 @@ void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMillis
         socket.shutdown();
     } catch (const Poco::Exception&) {
     }
+}
+
+namespace {
+// The methods of RFC 9110 9.3 (and PATCH, RFC 5789): a request line on a TLS port starts with one.
+const char* const kHttpMethods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+constexpr unsigned char kTlsHandshakeRecord = 0x16;  // RFC 8446 5.1: ContentType handshake(22)
+constexpr size_t kLongestMethod = 7;                 // "CONNECT", "OPTIONS"
+constexpr size_t kPeekBytes = 64;
+// After bytes that could still become a request line ("GE"), how long to wait for the rest: one
+// segment normally carries the whole line, so this is only for a client typing by hand.
+constexpr int kRequestLineWaitMilliseconds = 300;
+
+bool isMethodPrefix(const std::string& token) {
+    for (const char* method : kHttpMethods)
+        if (std::string(method).compare(0, token.size(), token) == 0) return true;
+    return false;
+}
+}  // namespace
+
+bool mayBecomeHttpRequest(const std::string& bytes) {
+    return !bytes.empty() && bytes.size() <= kLongestMethod && bytes.find(' ') == std::string::npos &&
+           isMethodPrefix(bytes);
+}
+
+FirstBytes classifyFirstBytes(const std::string& bytes) {
+    if (bytes.empty()) return FirstBytes::Silence;
+    if (static_cast<unsigned char>(bytes[0]) == kTlsHandshakeRecord) return FirstBytes::Tls;
+    size_t space = bytes.find(' ');
+    if (space != std::string::npos && space > 0 && space <= kLongestMethod) {
+        std::string method = bytes.substr(0, space);
+        for (const char* known : kHttpMethods)
+            if (method == known) return FirstBytes::HttpRequest;
+    }
+    return FirstBytes::Plaintext;
+}
+
+namespace {
+// Waits up to `milliseconds` for the descriptor to be readable; false on timeout.
+bool waitReadable(int fd, int milliseconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(milliseconds);
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        pollfd pfd{fd, POLLIN, 0};
+        int rc = ::poll(&pfd, 1, static_cast<int>(std::max<long long>(left.count(), 0)));
+        if (rc < 0 && errno == EINTR) continue;
+        return rc != 0;  // an error counts as readable: the read reports it
+    }
+}
+
+std::string peekAvailable(int fd) {
+    char buf[kPeekBytes];
+    ssize_t n;
+    do n = ::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+}  // namespace
+
+FirstBytes peekFirstBytes(int fd, int silenceMilliseconds, std::string& seen) {
+    seen.clear();
+    if (!waitReadable(fd, silenceMilliseconds)) return FirstBytes::Silence;
+    seen = peekAvailable(fd);
+    if (seen.empty()) return FirstBytes::Closed;
+    // A request line typed by hand, or split by the client: wait a moment for its method to end.
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestLineWaitMilliseconds);
+    while (mayBecomeHttpRequest(seen) && std::chrono::steady_clock::now() < until) {
+        std::string before = seen;
+        ::usleep(10 * 1000);  // MSG_PEEK keeps the descriptor readable: poll cannot wait for *more* bytes
+        seen = peekAvailable(fd);
+        if (seen.empty()) seen = before;
+    }
+    return classifyFirstBytes(seen);
+}
+
+std::string answerInClear(int fd, const std::string& answer, int lingerMilliseconds, size_t keep) {
+    std::string received;
+    char buf[4096];
+    auto readWhatCame = [&] {
+        ssize_t n;
+        while ((n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+            if (received.size() < keep) received.append(buf, std::min(static_cast<size_t>(n), keep - received.size()));
+        // The client closed, or the connection failed: nothing more will come.
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    };
+    readWhatCame();
+    size_t sent = 0;
+    while (sent < answer.size()) {
+        ssize_t n = ::send(fd, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        sent += static_cast<size_t>(n);
+    }
+    ::shutdown(fd, SHUT_WR);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(lingerMilliseconds);
+    while (!readWhatCame()) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0 || !waitReadable(fd, static_cast<int>(left.count()))) break;
+    }
+    return received;
 }
 
 std::string describeTlsSession(SSL* ssl) {
