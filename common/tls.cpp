@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/objects.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -71,8 +72,20 @@ int sslFdIndex() {
     return index;
 }
 
+// A client checks the server's name inside the handshake (RFC 6125 via OpenSSL), not only after it
+// as Poco does: a certificate for another host then fails the handshake with the bad_certificate
+// alert the server and a capture can see, instead of a completed handshake and a silent close.
+void checkHostInHandshake(SSL* ssl) {
+    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || !*name) return;
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1) X509_VERIFY_PARAM_set1_host(param, name, 0);
+}
+
 void infoCallback(const SSL* ssl, int where, int) {
     if (!(where & SSL_CB_HANDSHAKE_START) || SSL_get_ex_data(ssl, sslFdIndex())) return;
+    if (!SSL_is_server(ssl)) checkHostInHandshake(const_cast<SSL*>(ssl));
     int fd = SSL_get_fd(ssl);
     if (fd < 0) return;
     SSL_set_ex_data(const_cast<SSL*>(ssl), sslFdIndex(), reinterpret_cast<void*>(static_cast<intptr_t>(fd) + 1));
@@ -88,7 +101,7 @@ std::string alpnWire(const std::vector<std::string>& names) {
 }
 
 // Server side of ALPN: the lab's protocol when the client offers it; a client that offers only
-// protocols of the other lab service gets the fatal no_application_protocol alert (RFC 7301 3.2),
+// protocols of the other lab service (or another mail protocol) gets the fatal no_application_protocol alert (RFC 7301 3.2),
 // so that an HTTPS client on the SMTP port, or ours on the other port, fails at once and says so.
 // A client that offers nothing, or only names we do not know, is served as before.
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
@@ -104,7 +117,11 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
             *outlen = static_cast<unsigned char>(length);
             return SSL_TLSEXT_ERR_OK;
         }
-        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0") foreign = true;
+        // The lab's two protocols and the other mail ones (IANA ALPN ids): a client that speaks only
+        // those has the wrong service; a client's own private names are not ours to judge.
+        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0" || name == "imap" ||
+            name == "pop3")
+            foreign = true;
         i += 1 + length;
     }
     return foreign ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;

@@ -197,7 +197,7 @@ private:
         std::string port = std::to_string(socket.address().port());
         const smtp::ReplyCode& code = smtp::TlsExpectedFirst;
         std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
-                            " This port expects TLS first (implicit TLS, RFC 8314), not plain SMTP: use "
+                            " " + smtp::kTlsExpectedFirstText + " (implicit TLS, RFC 8314), not plain SMTP: use "
                             "smtplib.SMTP_SSL, curl smtps://" + ctx_.hostname + ":" + port +
                             " or openssl s_client -connect " + ctx_.hostname + ":" + port + "\r\n";
         std::string received = answerInClear(fd, reply, ctx_.closeLingerMs);
