@@ -192,8 +192,11 @@ private:
     bool answeredInClear(Poco::Net::StreamSocket& socket) {
         int fd = static_cast<int>(socket.impl()->sockfd());
         std::string seen;
-        FirstBytes kind = peekFirstBytes(fd, ctx_.plaintextHintMs, seen);
+        // The handshake's own deadline comes first when it is the shorter (a hint set above it).
+        int handshakeMs = static_cast<int>(ctx_.handshakeTimeout.totalMilliseconds());
+        FirstBytes kind = peekFirstBytes(fd, std::min(ctx_.plaintextHintMs, handshakeMs), seen);
         if (kind == FirstBytes::Tls || kind == FirstBytes::Closed) return false;  // OpenSSL's, as before
+        if (kind == FirstBytes::Silence && ctx_.plaintextHintMs >= handshakeMs) throw Poco::TimeoutException("handshake");
         std::string port = std::to_string(socket.address().port());
         const smtp::ReplyCode& code = smtp::TlsExpectedFirst;
         std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
