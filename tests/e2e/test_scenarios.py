@@ -5,6 +5,7 @@ the retriever's ALPN check: a client offering only another mail protocol gets no
 a client offering none is served."""
 
 import json
+from html import escape
 import os
 import socket
 import ssl
@@ -70,7 +71,6 @@ def each_tls_failure_scenario_is_captured_decoded_and_explained(lab):
         said = record["clients"][0]["stderr"] + record["clients"][0]["stdout"]
         if name != "tls12-client":
             first_words = [line for line in said.splitlines() if not line.startswith("note: ")][0][:40]
-            from html import escape
             assert escape(first_words) in section, (name, first_words, section)
     text = subprocess.run([sys.executable, "-m", "report.scenarios", os.path.join(out_dir, "scenario-expired.pcapng")],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
