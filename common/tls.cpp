@@ -102,8 +102,8 @@ std::string alpnWire(const std::vector<std::string>& names) {
 
 // Server side of ALPN: the lab's protocol when the client offers it; a client that offers only
 // protocols of the other lab service (or another mail protocol) gets the fatal no_application_protocol
-// alert (RFC 7301 3.2),
-// so that an HTTPS client on the SMTP port, or ours on the other port, fails at once and says so.
+// alert (RFC 7301 3.2), so that an HTTPS client on the SMTP port, or ours on the other port, fails at
+// once and says so.
 // A client that offers nothing, or only names we do not know, is served as before.
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
                void* arg) {
