@@ -6,7 +6,7 @@ SHELL := /bin/bash
 # What users type as file names and paths is never exported: exporting a variable expands it, and
 # GNU make 4.4 exports to every $(shell ...) too (the nproc below), so a '$(shell ...)' in a file name
 # would run before any rule. The rules read these with $(value ...) and quote them.
-unexport FILE NAME PORTS HOST DIR ROSTER CAPTURES CERT DB RUBRIC SECRET
+unexport FILE NAME PORTS HOST DIR ROSTER CAPTURES CERT DB RUBRIC SECRET SCENARIO
 MAKEFLAGS += --no-print-directory
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter -j%,$(MAKEFLAGS)),)
@@ -259,9 +259,11 @@ shq = '$(subst ','\'',$(1))'
 LIVE_PORTS = $(if $(filter command line environment,$(origin PORTS)),$(value PORTS),$(if $(filter $(value PORT),$(value RPORT)),$(value PORT),$(value PORT)$(comma)$(value RPORT)))
 LIVE_NAME = $(if $(filter command line environment,$(origin NAME)),$(value NAME),live)
 .PHONY: capture capture-start capture-stop check-capture report wireshark-profile
+# SCENARIO=wrong-host|unknown-ca|expired|tls12-client|wrong-service|plaintext-on-tls|all: a TLS
+# failure instead of the lab session (captures/scenarios.py), into captures/scenario-<name>.pcapng.
 capture: test-deps
 	@$(MAKE) programs
-	@/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD)
+	@$(if $(value SCENARIO),/usr/bin/python3 -m captures.scenarios --scenario $(call shq,$(value SCENARIO)) --build $(BUILD),/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD))
 
 # HOST=lab.example.edu (a class server; docs/student.md): captures on the interface that routes to
 # HOST, only HOST's traffic on those ports (e.g. PORT=465 RPORT=443); the default, localhost, loopback.
@@ -409,6 +411,6 @@ help:
 	@echo "make deps | test-deps | all | certs | demo | test | test-asan"
 	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
 	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
-	@echo "make capture | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
+	@echo "make capture [SCENARIO=name|all] | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
 	@echo "make bench [QUICK=1]"
 	@echo "make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms   (root)"

@@ -154,7 +154,7 @@ bool certificateNames(X509* cert, const std::string& host) {
 }
 }  // namespace
 
-bool ensureCertificates(const CertPaths& paths, const std::string& host, bool expired) {
+bool ensureCertificates(const CertPaths& paths, const std::string& host, bool expired, bool onlyHost) {
     auto slash = paths.caCert.rfind('/');
     std::string dir = slash == std::string::npos ? "." : paths.caCert.substr(0, slash);
     if (slash != std::string::npos && slash > 0) ::mkdir(dir.c_str(), 0755);
@@ -170,7 +170,7 @@ bool ensureCertificates(const CertPaths& paths, const std::string& host, bool ex
     } unlock{lock};
     bool newCa = !exists(paths.caCert) || !exists(paths.caKey);
     bool newServer = newCa || !exists(paths.serverCert) || !exists(paths.serverKey) ||
-                     !certificateNames(readCert(paths.serverCert).get(), host) || expired;
+                     !certificateNames(readCert(paths.serverCert).get(), host) || expired || onlyHost;
     if (!newServer) return false;
 
     KeyPtr caKey(nullptr, EVP_PKEY_free);
@@ -201,7 +201,9 @@ bool ensureCertificates(const CertPaths& paths, const std::string& host, bool ex
     addExtension(cert.get(), caCert.get(), NID_key_usage, "critical,digitalSignature");
     addExtension(cert.get(), caCert.get(), NID_ext_key_usage, "serverAuth");
     std::string altNames;
-    for (const std::string& name : serverNames(host)) altNames += (altNames.empty() ? "" : ",") + name;
+    std::vector<std::string> names = serverNames(host);
+    if (onlyHost) names.erase(names.begin(), names.begin() + 3);  // the host alone: no localhost, no loopback
+    for (const std::string& name : names) altNames += (altNames.empty() ? "" : ",") + name;
     addExtension(cert.get(), caCert.get(), NID_subject_alt_name, altNames.c_str());
     addExtension(cert.get(), caCert.get(), NID_subject_key_identifier, "hash");
     addExtension(cert.get(), caCert.get(), NID_authority_key_identifier, "keyid:always");

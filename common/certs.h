@@ -19,8 +19,10 @@ struct CertPaths {
 // the addresses it resolves to; a server certificate that does not name it is issued again by the
 // same CA (students keep their ca.pem). Returns true when something was created. Throws
 // std::runtime_error on failure. `expired`: the server certificate is issued again, valid from two
-// days ago until yesterday (a lab scenario, in a folder of its own).
-bool ensureCertificates(const CertPaths& paths, const std::string& host = "", bool expired = false);
+// days ago until yesterday (a lab scenario, in a folder of its own). `onlyHost`: the server
+// certificate is issued again naming `host` alone, not localhost (the wrong-host scenario).
+bool ensureCertificates(const CertPaths& paths, const std::string& host = "", bool expired = false,
+                        bool onlyHost = false);
 
 // The subjectAltName entries a server certificate for `host` carries: localhost, 127.0.0.1, ::1,
 // and the host with its addresses ("DNS:lab.example.edu", "IP:192.0.2.7").

@@ -173,13 +173,15 @@ ClientError explainFailure(const std::exception& error, const Target& target) {
     if (auto* poco = dynamic_cast<const Poco::Exception*>(&error)) text = poco->displayText();
     const std::string at = where(target);
 
-    // The certificate names another host (Poco checks the name after the handshake).
-    if (dynamic_cast<const Poco::Net::CertificateValidationException*>(&error) ||
-        contains(text, "unacceptable certificate") || contains(text, "hostname mismatch"))
-        return ClientError(kExitTls, "the certificate of " + at + " is not valid for the name '" + target.serverName +
-                                         "': connect with a name it carries (e.g. HOST=localhost), or give "
-                                         "--servername NAME with the name on the certificate");
+    // The certificate names another host (checked in the handshake, see tls.cpp, and by Poco after it).
     int verifyError = lastCertificateVerifyError();
+    if (dynamic_cast<const Poco::Net::CertificateValidationException*>(&error) ||
+        contains(text, "unacceptable certificate") || contains(text, "hostname mismatch") ||
+        verifyError == X509_V_ERR_HOSTNAME_MISMATCH || verifyError == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        return ClientError(kExitTls, "the certificate of " + at + " is not valid for the name '" + target.serverName +
+                                         "': connect with a name it carries" +
+                                         (target.serverName == "localhost" ? "" : " (e.g. HOST=localhost)") +
+                                         ", or give --servername NAME with the name on the certificate");
     if (verifyError == X509_V_ERR_CERT_HAS_EXPIRED)
         return ClientError(kExitTls, "the certificate of " + at + " has expired: the server needs a new one "
                                          "(make certs on that machine after moving the old certs/server.* away)");

@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/objects.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,10 @@
 #include <vector>
 #include <stdexcept>
 #include <sys/socket.h>
+#include <poll.h>
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -67,8 +72,20 @@ int sslFdIndex() {
     return index;
 }
 
+// A client checks the server's name inside the handshake (RFC 6125 via OpenSSL), not only after it
+// as Poco does: a certificate for another host then fails the handshake with the bad_certificate
+// alert the server and a capture can see, instead of a completed handshake and a silent close.
+void checkHostInHandshake(SSL* ssl) {
+    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || !*name) return;
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, name) != 1) X509_VERIFY_PARAM_set1_host(param, name, 0);
+}
+
 void infoCallback(const SSL* ssl, int where, int) {
     if (!(where & SSL_CB_HANDSHAKE_START) || SSL_get_ex_data(ssl, sslFdIndex())) return;
+    if (!SSL_is_server(ssl)) checkHostInHandshake(const_cast<SSL*>(ssl));
     int fd = SSL_get_fd(ssl);
     if (fd < 0) return;
     SSL_set_ex_data(const_cast<SSL*>(ssl), sslFdIndex(), reinterpret_cast<void*>(static_cast<intptr_t>(fd) + 1));
@@ -84,8 +101,9 @@ std::string alpnWire(const std::vector<std::string>& names) {
 }
 
 // Server side of ALPN: the lab's protocol when the client offers it; a client that offers only
-// protocols of the other lab service gets the fatal no_application_protocol alert (RFC 7301 3.2),
-// so that an HTTPS client on the SMTP port, or ours on the other port, fails at once and says so.
+// protocols of the other lab service (or another mail protocol) gets the fatal no_application_protocol
+// alert (RFC 7301 3.2), so that an HTTPS client on the SMTP port, or ours on the other port, fails at
+// once and says so.
 // A client that offers nothing, or only names we do not know, is served as before.
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
                void* arg) {
@@ -100,7 +118,11 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
             *outlen = static_cast<unsigned char>(length);
             return SSL_TLSEXT_ERR_OK;
         }
-        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0") foreign = true;
+        // The lab's two protocols and the other mail ones (IANA ALPN ids): a client that speaks only
+        // those has the wrong service; a client's own private names are not ours to judge.
+        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0" || name == "imap" ||
+            name == "pop3")
+            foreign = true;
         i += 1 + length;
     }
     return foreign ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
@@ -293,6 +315,105 @@ void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMillis
         socket.shutdown();
     } catch (const Poco::Exception&) {
     }
+}
+
+namespace {
+// The methods of RFC 9110 9.3 (and PATCH, RFC 5789): a request line on a TLS port starts with one.
+const char* const kHttpMethods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+constexpr unsigned char kTlsHandshakeRecord = 0x16;  // RFC 8446 5.1: ContentType handshake(22)
+constexpr size_t kLongestMethod = 7;                 // "CONNECT", "OPTIONS"
+constexpr size_t kPeekBytes = 64;
+// After bytes that could still become a request line ("GE"), how long to wait for the rest: one
+// segment normally carries the whole line, so this is only for a client typing by hand.
+constexpr int kRequestLineWaitMilliseconds = 300;
+
+bool isMethodPrefix(const std::string& token) {
+    for (const char* method : kHttpMethods)
+        if (std::string(method).compare(0, token.size(), token) == 0) return true;
+    return false;
+}
+}  // namespace
+
+bool mayBecomeHttpRequest(const std::string& bytes) {
+    return !bytes.empty() && bytes.size() <= kLongestMethod && bytes.find(' ') == std::string::npos &&
+           isMethodPrefix(bytes);
+}
+
+FirstBytes classifyFirstBytes(const std::string& bytes) {
+    if (bytes.empty()) return FirstBytes::Silence;
+    if (static_cast<unsigned char>(bytes[0]) == kTlsHandshakeRecord) return FirstBytes::Tls;
+    size_t space = bytes.find(' ');
+    if (space != std::string::npos && space > 0 && space <= kLongestMethod) {
+        std::string method = bytes.substr(0, space);
+        for (const char* known : kHttpMethods)
+            if (method == known) return FirstBytes::HttpRequest;
+    }
+    return FirstBytes::Plaintext;
+}
+
+namespace {
+// Waits up to `milliseconds` for the descriptor to be readable; false on timeout.
+bool waitReadable(int fd, int milliseconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(milliseconds);
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        pollfd pfd{fd, POLLIN, 0};
+        int rc = ::poll(&pfd, 1, static_cast<int>(std::max<long long>(left.count(), 0)));
+        if (rc < 0 && errno == EINTR) continue;
+        return rc != 0;  // an error counts as readable: the read reports it
+    }
+}
+
+std::string peekAvailable(int fd) {
+    char buf[kPeekBytes];
+    ssize_t n;
+    do n = ::recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+}  // namespace
+
+FirstBytes peekFirstBytes(int fd, int silenceMilliseconds, std::string& seen) {
+    seen.clear();
+    if (!waitReadable(fd, silenceMilliseconds)) return FirstBytes::Silence;
+    seen = peekAvailable(fd);
+    if (seen.empty()) return FirstBytes::Closed;
+    // A request line typed by hand, or split by the client: wait a moment for its method to end.
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestLineWaitMilliseconds);
+    while (mayBecomeHttpRequest(seen) && std::chrono::steady_clock::now() < until) {
+        std::string before = seen;
+        ::usleep(10 * 1000);  // MSG_PEEK keeps the descriptor readable: poll cannot wait for *more* bytes
+        seen = peekAvailable(fd);
+        if (seen.empty()) seen = before;
+    }
+    return classifyFirstBytes(seen);
+}
+
+std::string answerInClear(int fd, const std::string& answer, int lingerMilliseconds, size_t keep) {
+    std::string received;
+    char buf[4096];
+    auto readWhatCame = [&] {
+        ssize_t n;
+        while ((n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+            if (received.size() < keep) received.append(buf, std::min(static_cast<size_t>(n), keep - received.size()));
+        // The client closed, or the connection failed: nothing more will come.
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    };
+    readWhatCame();
+    size_t sent = 0;
+    while (sent < answer.size()) {
+        ssize_t n = ::send(fd, answer.data() + sent, answer.size() - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        sent += static_cast<size_t>(n);
+    }
+    ::shutdown(fd, SHUT_WR);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(lingerMilliseconds);
+    while (!readWhatCame()) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0 || !waitReadable(fd, static_cast<int>(left.count()))) break;
+    }
+    return received;
 }
 
 std::string describeTlsSession(SSL* ssl) {

@@ -58,6 +58,32 @@ void closeGracefully(Poco::Net::StreamSocket& socket, bool tls, int lingerMillis
 // when the peer is gone.
 void sendAll(Poco::Net::StreamSocket& socket, const std::string& bytes);
 
+// Plaintext on a TLS port (a student's smtplib.SMTP or curl http:// on the implicit-TLS ports): what
+// the client's first bytes, looked at before OpenSSL reads any, say. A TLS connection opens with a
+// handshake record, content type 22 (0x16, RFC 8446 5.1); anything else is a client speaking in clear.
+enum class FirstBytes {
+    Tls,          // a handshake record: OpenSSL takes it from here
+    HttpRequest,  // "GET / HTTP/1.1...": answered in clear with what to use instead
+    Plaintext,    // other clear text ("EHLO ...", a stray line)
+    Silence,      // nothing within the wait: a client waiting for a banner (SMTP)
+    Closed,       // the client closed (or the socket was shut down) before sending anything
+};
+// Socket-free: the kind of `bytes` (the first bytes a client sent, not empty). "Incomplete" is
+// Plaintext: the caller decides whether to wait for more (see peekFirstBytes).
+FirstBytes classifyFirstBytes(const std::string& bytes);
+// True while `bytes` could still become an HTTP request line (a method token, no space yet).
+bool mayBecomeHttpRequest(const std::string& bytes);
+// Waits up to `silenceMilliseconds` for the client's first bytes on the raw descriptor and looks at
+// them with MSG_PEEK, so that OpenSSL later reads them whole: a TLS client, however slow after its
+// first byte, is unaffected. `seen` gets what was looked at (at most 64 bytes).
+FirstBytes peekFirstBytes(int fd, int silenceMilliseconds, std::string& seen);
+// Answers a client that spoke in clear on a TLS port, on the raw descriptor (no TLS was started):
+// what it sent is read (nobody else will read it, and unread bytes at close would make our close a
+// TCP RST that can destroy the answer before the client reads it), `answer` is sent, then our FIN,
+// and its own close is waited for at most `lingerMilliseconds`. Errors are swallowed: the connection
+// is ending anyway. Returns the first bytes the client had sent (at most `keep`).
+std::string answerInClear(int fd, const std::string& answer, int lingerMilliseconds, size_t keep = 200);
+
 // Calls Poco::Net::initializeSSL() once and installs certificate handlers that reject, never prompt.
 void initializeTls();
 

@@ -21,6 +21,7 @@
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServer.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
+#include <Poco/String.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
@@ -182,6 +183,7 @@ public:
             ~Leave() { slot.working(); }  // out of the waiting list before the socket is closed
         } leave{slot};
         Watchdog::Guard deadline = ctx_.watchdog.arm(fd, ctx_.handshakeTimeout);
+        if (ctx_.overTls && answeredInClear(socket, peer)) return;
         try {
             if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
         } catch (const std::exception& e) {
@@ -219,6 +221,50 @@ public:
     }
 
 private:
+    // Plain HTTP on the HTTPS port (curl http://, a browser's http:// link): a request line where
+    // a ClientHello should be gets a clear-text 400 that names the https:// URL, as nginx does,
+    // instead of a TLS alert the client cannot read ("connection reset"); other clear text is closed.
+    // The bytes are only peeked (within the handshake's deadline): a TLS client is unaffected.
+    // True when the connection was handled so (it is then over).
+    bool answeredInClear(Poco::Net::StreamSocket& socket, const std::string& peer) {
+        int fd = static_cast<int>(socket.impl()->sockfd());
+        std::string seen;
+        FirstBytes kind = peekFirstBytes(fd, static_cast<int>(ctx_.handshakeTimeout.totalMilliseconds()), seen);
+        if (kind == FirstBytes::Tls || kind == FirstBytes::Closed || kind == FirstBytes::Silence) return false;
+        bool http = kind == FirstBytes::HttpRequest;
+        std::string received =
+            answerInClear(fd, http ? plainHttpAnswer(seen, socket.address().port()) : std::string(), kCloseLingerMs);
+        ctx_.logger->information("event=plaintext-on-tls peer=" + peer + " first=" +
+                                 quotedLogValue(received.substr(0, received.find_first_of("\r\n"))) +
+                                 " answered=" + (http ? "400" : "closed"));
+        return true;
+    }
+
+    // The clear-text 400: the request's Host (when it is a plain host[:port]) or localhost, with
+    // this port, in the https:// URL to use instead.
+    static std::string plainHttpAnswer(const std::string& request, int port) {
+        std::string host = "localhost";
+        size_t at = Poco::toLower(request).find("\nhost:");
+        if (at != std::string::npos) {
+            size_t start = request.find_first_not_of(" \t", at + 6);
+            size_t end = request.find_first_of("\r\n", start);
+            std::string value = start == std::string::npos ? "" : request.substr(start, end - start);
+            value = value.substr(0, value.rfind(':') == std::string::npos || value.back() == ']' ? value.size()
+                                                                                                 : value.rfind(':'));
+            bool plain = !value.empty() && value.size() < 256 &&
+                         value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-[]:") ==
+                             std::string::npos;
+            if (plain) host = value;
+        }
+        std::string url = "https://" + host + ":" + std::to_string(port) + "/";
+        std::string body = "This port speaks HTTPS (TLS), not plain HTTP.\nUse " + url +
+                           " instead, e.g.\n  curl --cacert certs/ca.pem " + url + "\n";
+        return "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    }
+
+    static constexpr int kCloseLingerMs = 1000;  // after our FIN, how long to wait for the client's
+
     // 503 at once (RFC 9110 15.6.4), over TLS within a short deadline and only a few at a time (see
     // the sender's refuse()); past those the connection is just closed.
     void refuse(Poco::Net::StreamSocket& socket, ConnectionLimiter::Verdict verdict, const std::string& peer) {

@@ -59,6 +59,7 @@ struct SenderContext {
     int maxRefusalHandshakes = 0;
     Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, dataTotalTimeout, sendTimeout, refusalHandshakeTimeout;
     int closeLingerMs = 0;
+    int plaintextHintMs = 0;  // silence on the implicit-TLS port before the clear-text 421 hint
     bool verbose = false;
     smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
     bool allowPlaintextAuth = false;
@@ -93,8 +94,10 @@ public:
                 refuse(socket, secure, slot.verdict(), peer);
             } else {
                 log("event=connect peer=" + peer + " active=" + std::to_string(active));
-                serve(socket, secure);
-                closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
+                if (!(secure && answeredInClear(socket))) {
+                    serve(socket, secure);
+                    closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
+                }
             }
         } catch (const Poco::TimeoutException&) {
             log("event=disconnect reason=handshake-timeout");
@@ -179,6 +182,36 @@ private:
         log("event=refused peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
             " answered=" + (answered ? "421" : "closed"));
     }
+
+    // Implicit TLS (RFC 8314 3.3): the client speaks TLS first. A plain SMTP client (smtplib.SMTP,
+    // telnet) says nothing and waits for a banner, then times out with no clue; one that speaks
+    // ("EHLO", an HTTP request) would get a TLS alert it cannot read. Both get one line in clear that
+    // names what to use instead, after sender.timeout.plaintextHintMs of silence or at once on clear
+    // text. Bytes are only peeked: a TLS client, however slow after its first byte, is unaffected.
+    // True when the client was answered so (the connection is then over).
+    bool answeredInClear(Poco::Net::StreamSocket& socket) {
+        int fd = static_cast<int>(socket.impl()->sockfd());
+        std::string seen;
+        // The handshake's own deadline comes first when it is the shorter (a hint set above it).
+        int handshakeMs = static_cast<int>(ctx_.handshakeTimeout.totalMilliseconds());
+        FirstBytes kind = peekFirstBytes(fd, std::min(ctx_.plaintextHintMs, handshakeMs), seen);
+        if (kind == FirstBytes::Tls || kind == FirstBytes::Closed) return false;  // OpenSSL's, as before
+        if (kind == FirstBytes::Silence && ctx_.plaintextHintMs >= handshakeMs) throw Poco::TimeoutException("handshake");
+        std::string port = std::to_string(socket.address().port());
+        const smtp::ReplyCode& code = smtp::TlsExpectedFirst;
+        std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
+                            " " + smtp::kTlsExpectedFirstText + " (implicit TLS, RFC 8314), not plain SMTP: use "
+                            "smtplib.SMTP_SSL, curl smtps://" + ctx_.hostname + ":" + port +
+                            " or openssl s_client -connect " + ctx_.hostname + ":" + port + "\r\n";
+        std::string received = answerInClear(fd, reply, ctx_.closeLingerMs);
+        log("event=plaintext-on-tls first=" + (kind == FirstBytes::Silence ? std::string("silence")
+                                                                        : quotedLogValue(firstLine(received))) +
+            " waited_ms=" + std::to_string(kind == FirstBytes::Silence ? ctx_.plaintextHintMs : 0) + " answered=" +
+            std::to_string(code.code));
+        return true;
+    }
+
+    static std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
 
     // The client went away. In DATA, what had arrived is dropped: nothing half-stored, nothing acknowledged.
     void lost(const smtp::Session& session, const std::string& reason) {
@@ -400,6 +433,7 @@ protected:
         ctx.dataTimeout = Poco::Timespan(cfg.getInt("sender.timeout.data"), 0);
         ctx.sendTimeout = Poco::Timespan(cfg.getInt("sender.timeout.send"), 0);
         ctx.closeLingerMs = cfg.getInt("sender.timeout.closeLingerMs");
+        ctx.plaintextHintMs = cfg.getInt("sender.timeout.plaintextHintMs");
         ctx.limits.maxLineLength = cfg.getUInt64("smtp.maxLineLength");
         ctx.limits.maxMessageSize = cfg.getUInt64("smtp.maxMessageSize");
         ctx.limits.maxRecipients = cfg.getUInt64("smtp.maxRecipients");

@@ -110,6 +110,12 @@ ServerReply SmtpClient::connect(const Target& target, Poco::Net::Context::Ptr co
     }
     socket_->setReceiveTimeout(Poco::Timespan(timeoutSeconds_, 0));
     if (banner.code != ServiceReady.code) state_ = State::Closed;
+    // Our server's clear-text hint on its implicit-TLS port: this client spoke (or waited) in clear.
+    if (mode != TlsMode::Implicit && banner.code == TlsExpectedFirst.code && !banner.lines.empty() &&
+        banner.lines.front().find(kTlsExpectedFirstText) != std::string::npos)
+        throw ClientError(kExitTls, target_.host + ":" + std::to_string(target_.port) +
+                                        " expects TLS from the first byte (the server's default, --tls implicit). "
+                                        "Run this client with --tls implicit");
     return banner;
 }
 

@@ -36,6 +36,10 @@ inline constexpr ReplyCode BareLineFeedAtEnd{421, "4.5.0"};
 inline constexpr ReplyCode Timeout{421, "4.4.2"};
 inline constexpr ReplyCode TooManyAuthFailures{421, "4.7.0"};
 inline constexpr ReplyCode TooManyErrors{421, "4.7.0"};
+// Sent in clear to a client that speaks plain SMTP (or says nothing) on the implicit-TLS port.
+inline constexpr ReplyCode TlsExpectedFirst{421, "4.7.0"};
+// Its text begins so; our client recognises it and says to use --tls implicit.
+inline constexpr const char* kTlsExpectedFirstText = "This port expects TLS first";
 inline constexpr ReplyCode LocalError{451, "4.3.0"};
 inline constexpr ReplyCode TooManyRecipients{452, "4.5.3"};
 inline constexpr ReplyCode InsufficientStorage{452, "4.3.1"};
