@@ -505,7 +505,7 @@ def analyse(job):
     story = None
     if scenarios is not None:
         try:
-            story = scenarios.scenario_section(path)
+            story = scenarios.scenario_section(path, cap.capinfos)  # the comment read once, not again
         except Exception as e:  # noqa: BLE001 (another helper's module: its failure is said, not fatal)
             story = f"<p>The scenario's explanation failed: {html.escape(printable(e))}</p>"
     print(f"  analysed {printable(os.path.basename(path))} ({printable(cap.mode)})", flush=True)

@@ -49,9 +49,10 @@ def _comment(path):
     return out.stdout
 
 
-def explain(pcap_path):
-    """The scenario's facts as a dict, or None when the file is not a scenario capture."""
-    comment = _comment(pcap_path)
+def explain(pcap_path, capinfos=None):
+    """The scenario's facts as a dict, or None when the file is not a scenario capture. `capinfos`:
+    the file's capinfos output when the caller has read it already (its comment says the scenario)."""
+    comment = capinfos if capinfos is not None else _comment(pcap_path)
     found = re.search(r"maillab mode=\w+ smtp=(\d+) http=(\d+) scenario=([\w-]+)", comment)
     if not found:
         return None
@@ -171,9 +172,9 @@ def as_text(facts):
     return "\n".join(out) + "\n"
 
 
-def scenario_section(pcap_path: str):
+def scenario_section(pcap_path: str, capinfos=None):
     """HTML for a scenario capture (escaped, no scripts), or None for any other capture."""
-    facts = explain(pcap_path)
+    facts = explain(pcap_path, capinfos)
     if facts is None:
         return None
     e = html.escape

@@ -75,6 +75,15 @@ def each_tls_failure_scenario_is_captured_decoded_and_explained(lab):
     text = subprocess.run([sys.executable, "-m", "report.scenarios", os.path.join(out_dir, "scenario-expired.pcapng")],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert text.returncode == 0 and "certificate_expired (45)" in text.stdout and "client noticed" in text.stdout, text
+    # make report FILE= on a scenario capture: the report's own page holds the explanation.
+    report_dir = os.path.join(out_dir, "reports")
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "expired", "--out", report_dir, "--",
+                          os.path.join(out_dir, "scenario-expired.pcapng")], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    with open(os.path.join(report_dir, "expired", "report.html"), encoding="utf-8") as f:
+        page = f.read()
+    assert "What went wrong" in page and "certificate_expired" in page, page[:2000]
 
 
 @test
