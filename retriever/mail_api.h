@@ -148,7 +148,7 @@ private:
 
 // Helpers, public for the tests.
 using text::htmlEscape;
-std::string validUtf8(std::string_view text);  // invalid sequences become U+FFFD
+using text::validUtf8;  // invalid sequences become U+FFFD
 std::string httpDate(int64_t unixSeconds);        // RFC 9110 5.6.7 IMF-fixdate
 // Splits "user:password" from an "Authorization: Basic ..." value (RFC 7617); false when malformed.
 bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password);
