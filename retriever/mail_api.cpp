@@ -210,7 +210,7 @@ ApiResponse conditional(const ApiRequest& request, ApiResponse full, const std::
 const char* const kInboxStyle =
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;width:100%}"
     "td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}"
-    "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}";
+    "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}#fields th{width:1%;white-space:nowrap;padding-right:2em}";
 
 }  // namespace
 

@@ -605,6 +605,8 @@ std::string safeFileName(const std::string& name, size_t index) {
         unsigned char c = static_cast<unsigned char>(valid[i]);
         if (text::isControlAt(valid, i) || valid.compare(i, length, "\xEF\xBF\xBD") == 0) {
             // a control character, CR, LF, NUL or what was not UTF-8: nothing
+        } else if (c == ' ' && !out.empty() && out.back() == ' ') {
+            // one space for a run (a CR LF that became spaces leaves no trace)
         } else if (length == 1 && std::string("\"<>:|?*%;").find(static_cast<char>(c)) != std::string::npos) {
             out += '_';  // quotes end a quoted-string; the others Windows refuses or shells expand
         } else {
