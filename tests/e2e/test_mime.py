@@ -192,12 +192,13 @@ def mime_message_page_in_chromium(lab):
         assert f'href="/mailboxes/bob@447.edu/messages/{mid}/raw"' in dom
         inbox = chromium(lab, l2, "/", ["--dump-dom"]).stdout
         assert f'{page}">{SUBJECT}</a>' in inbox, inbox[:800]
-        shot = lab.path("message-page.png")
-        chromium(lab, l2, page, [f"--screenshot={shot}", "--window-size=1000,700", "--hide-scrollbars"])
-        with open(shot, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("MAILLAB_SCREENSHOTS"):  # to look at it: MAILLAB_SCREENSHOTS=DIR
-            shutil.copy(shot, os.path.join(os.environ["MAILLAB_SCREENSHOTS"], "message-page.png"))
+        for name, path in (("message-page.png", page), ("inbox.png", "/")):
+            shot = lab.path(name)
+            chromium(lab, l2, path, [f"--screenshot={shot}", "--window-size=1000,700", "--hide-scrollbars"])
+            with open(shot, "rb") as f:
+                assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+            if os.environ.get("MAILLAB_SCREENSHOTS"):  # to look at them: MAILLAB_SCREENSHOTS=DIR
+                shutil.copy(shot, os.path.join(os.environ["MAILLAB_SCREENSHOTS"], name))
 
 
 @test
