@@ -39,8 +39,9 @@ namespace {
 // RFC 2046 5.1.1: a boundary is 1 to 70 characters. Poco's reader asserts on longer ones.
 constexpr size_t kMaxBoundaryLength = 70;
 // Header values are decoded up to this many octets (Poco's decoder copies the rest of the value
-// for each encoded word: a megabyte of words would take minutes); the rest is shown as "…".
-constexpr size_t kMaxDecodedHeaderOctets = 16384;
+// for each encoded word: time grows with the square of the length, and a listing decodes three
+// fields of up to 500 messages); the rest is shown as "…". Real subjects are far shorter.
+constexpr size_t kMaxDecodedHeaderOctets = 4096;
 // A part's header may have this many fields (Poco's own default is 100; real mail stays far below).
 constexpr int kMaxPartHeaderFields = 200;
 // Nothing sensible is longer: a longer file name is cut (in UTF-8, at a character).
