@@ -30,12 +30,12 @@ OBJ := $(BUILD)/obj
 CXX ?= g++
 CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -MMD -MP $(SANFLAGS)
 LDFLAGS += $(SANFLAGS)
-LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -lPocoFoundation \
+LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -lPocoEncodings -lPocoFoundation \
           -lssl -lcrypto -lsqlite3 -lpthread
 
 COMMON_SRC := $(wildcard common/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
-RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp
+RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
@@ -357,8 +357,8 @@ FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp retriever/story_view.cpp
-FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp
+FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view
 FUZZ_PACKAGES := clang
 .SECONDARY: $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.o,$(FUZZ_TARGETS))
 

@@ -52,6 +52,23 @@ bool isControlAt(std::string_view text, size_t i) {
            static_cast<unsigned char>(text[i + 1]) >= 0x80;
 }
 
+std::string validUtf8(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size();) {
+        size_t length = text::utf8SequenceLength(text, i);
+        bool keptControl = text[i] == '\t' || text[i] == '\r' || text[i] == '\n';
+        if (length == 0 || (text::isControlAt(text, i) && !keptControl)) {
+            out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8, and for a C0/C1 control
+            i += length ? length : 1;
+            continue;
+        }
+        out.append(text.substr(i, length));
+        i += length;
+    }
+    return out;
+}
+
 std::string htmlEscape(const std::string& text) {
     std::string out;
     out.reserve(text.size());

@@ -18,6 +18,8 @@ size_t utf8SequenceLength(std::string_view text, size_t i);
 // True for a C0 or C1 control character or DEL at text[i] (a terminal acts on those: ESC, CSI, OSC).
 // Tab, CR and LF count as controls too; callers that keep them say so.
 bool isControlAt(std::string_view text, size_t i);
+// Text safe to show: invalid UTF-8 and C0/C1 controls other than tab, CR and LF become U+FFFD.
+std::string validUtf8(std::string_view text);
 // & < > " ' as character references: safe in HTML text and in quoted attribute values.
 std::string htmlEscape(const std::string& text);
 

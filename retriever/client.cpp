@@ -1,10 +1,13 @@
 // retrieverclient: reads a user's mail from the retriever over HTTPS (TLS 1.3, certificate and host
-// name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]).
+// name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]
+// [--save-attachments DIR]). A message is shown as the server decoded it (MIME: subject, addresses,
+// text, attachments); --raw shows it as sent.
 #include "../common/app_support.h"
 #include "../common/client_support.h"
 #include "../common/connect.h"
 #include "../common/tls.h"
 #include "../common/text.h"
+#include "mime_view.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
@@ -22,12 +25,17 @@
 #include <Poco/Util/OptionException.h>
 #include <Poco/Util/OptionSet.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <vector>
 
 namespace maillab {
@@ -175,6 +183,11 @@ std::string errorMessage(const HttpResult& r) {
     }
 }
 
+// What the server sent is shown on a terminal: no escape sequences (text::validUtf8 makes them U+FFFD).
+std::string shown(const Poco::JSON::Object::Ptr& object, const std::string& key) {
+    return object->has(key) && !object->isNull(key) ? text::validUtf8(object->getValue<std::string>(key)) : "";
+}
+
 void printList(const std::string& json, std::ostream& out) {
     auto object = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
     auto messages = object->getArray("messages");
@@ -186,27 +199,85 @@ void printList(const std::string& json, std::ostream& out) {
         << "subject\n";
     for (size_t i = 0; i < messages->size(); ++i) {
         auto m = messages->getObject(static_cast<unsigned>(i));
-        std::string from = m->getValue<std::string>("from");
-        if (from.size() > 24) from = from.substr(0, 23) + "…";
+        std::string from = shown(m, "from");
+        if (from.size() > 24) {
+            size_t cut = 23;
+            while (cut > 0 && (static_cast<unsigned char>(from[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+            from = from.substr(0, cut) + "…";
+        }
         out << "  " << std::setw(4) << m->getValue<int64_t>("id") << std::setw(33) << m->getValue<std::string>("date")
-            << std::setw(26) << from << m->getValue<std::string>("subject") << "\n";
+            << std::setw(26) << from << shown(m, "subject") << "\n";
     }
     if (!object->isNull("next")) out << "  (more: " << object->getValue<std::string>("next") << ")\n";
 }
 
+// "1.2 MB" for people.
+std::string humanSize(int64_t octets) {
+    if (octets < 1024) return std::to_string(octets) + (octets == 1 ? " byte" : " bytes");
+    std::ostringstream out;
+    out << std::fixed << std::setprecision(1) << (octets < 1024 * 1024 ? octets / 1024.0 : octets / (1024.0 * 1024.0))
+        << (octets < 1024 * 1024 ? " KB" : " MB");
+    return out.str();
+}
+
+// One message as the server decoded it: the header fields people read, its attachments, its text.
 void printMessage(const std::string& json, std::ostream& out) {
     auto m = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
     out << "Message " << m->getValue<int64_t>("id") << " (" << m->getValue<int64_t>("size") << " octets)\n";
-    auto headers = m->getArray("headers");
-    for (size_t i = 0; i < headers->size(); ++i) {
-        auto h = headers->getObject(static_cast<unsigned>(i));
-        std::string name = text::lowerCase(h->getValue<std::string>("name"));
-        if (name == "from" || name == "to" || name == "subject" || name == "date")
-            out << h->getValue<std::string>("name") << ": " << h->getValue<std::string>("value") << "\n";
+    out << "From: " << shown(m, "from") << "\n";
+    out << "To: " << shown(m, "to") << "\n";
+    if (m->has("cc")) out << "Cc: " << shown(m, "cc") << "\n";
+    out << "Subject: " << shown(m, "subject") << "\n";
+    out << "Date: " << shown(m, "date") << "\n";
+    if (m->has("attachments")) {
+        auto attachments = m->getArray("attachments");
+        for (size_t i = 0; i < attachments->size(); ++i) {
+            auto a = attachments->getObject(static_cast<unsigned>(i));
+            if (i == 0) out << "Attachments:\n";
+            std::string name = shown(a, "name");
+            out << "  [" << a->getValue<int64_t>("index") << "] " << (name.empty() ? "(no name)" : name) << " ("
+                << shown(a, "type") << ", " << humanSize(a->getValue<int64_t>("size")) << ")\n";
+        }
     }
-    out << "\n" << m->getValue<std::string>("body");
-    std::string body = m->getValue<std::string>("body");
+    if (m->has("mime_problems")) {
+        auto problems = m->getArray("mime_problems");
+        for (size_t i = 0; i < problems->size(); ++i)
+            out << "Note: " << text::validUtf8(problems->getElement<std::string>(static_cast<unsigned>(i))) << "\n";
+    }
+    if (shown(m, "body_type") == "text/html") out << "(HTML message, shown as its text)\n";
+    std::string body = shown(m, "body");
+    out << "\n" << body;
     if (!body.empty() && body.back() != '\n') out << "\n";
+}
+
+// Writes `bytes` as a new file in the directory `dirFd`, named `name` (already mime::safeFileName:
+// one path component, no dots first) or, when that exists, "name (1).ext", "name (2).ext", ...
+// O_EXCL and O_NOFOLLOW: nothing is overwritten, no symbolic link is followed out of the directory.
+std::string saveNew(int dirFd, const std::string& name, const std::string& bytes) {
+    size_t dot = name.rfind('.');
+    std::string stem = dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
+    std::string extension = dot == std::string::npos || dot == 0 ? "" : name.substr(dot);
+    constexpr int kMaxSuffix = 999;  // then the folder has more copies than anyone wants
+    for (int n = 0; n <= kMaxSuffix; ++n) {
+        std::string candidate = n == 0 ? name : stem + " (" + std::to_string(n) + ")" + extension;
+        int fd = ::openat(dirFd, candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0 && errno == EEXIST) continue;
+        if (fd < 0) throw ClientError(kExitUsage, "cannot create " + candidate + ": " + std::strerror(errno));
+        size_t written = 0;
+        while (written < bytes.size()) {
+            ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                std::string why = std::strerror(errno);
+                ::close(fd);
+                throw ClientError(kExitUsage, "cannot write " + candidate + ": " + why);
+            }
+            written += static_cast<size_t>(n);
+        }
+        if (::close(fd) != 0) throw ClientError(kExitUsage, "cannot write " + candidate + ": " + std::strerror(errno));
+        return candidate;
+    }
+    throw ClientError(kExitUsage, name + " and " + std::to_string(kMaxSuffix) + " numbered copies exist already");
 }
 
 class RetrieverClient : public Poco::Util::Application {
@@ -227,6 +298,8 @@ protected:
         add("limit", "list at most N messages", "N");
         add("json", "print the server's JSON as is", nullptr);
         add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
+        add("save-attachments", "with --id: save the message's attachments in DIR (made if missing; a name "
+            "already there gets a number, nothing is overwritten)", "DIR");
         Poco::Util::Option header("header", "", "add a request header, e.g. 'If-None-Match: \"L5.3\"' (repeatable)");
         header.required(false).repeatable(true).argument("NAME: VALUE");
         options.addOption(header);
@@ -236,7 +309,9 @@ protected:
         Application::handleOption(name, value);
         if (name == "help") {
             printHelp(options(), commandName(),
-                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive.",
+                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive. With "
+                      "--id N it shows one message decoded (subject, addresses, text, attachments; --raw: as sent) "
+                      "and --save-attachments DIR saves its attachments.",
                       "Exit status: 0 done, 1 refused by the server (HTTP error), 2 usage, 3 cannot connect, 4 TLS "
                       "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.");
             stopOptionsProcessing();
@@ -317,6 +392,9 @@ private:
         if (cfg.has("client.id")) {
             path = listPath(user, "/" + cfg.getString("client.id"));
             if (cfg.getBool("client.raw", false)) path += "/raw";
+        } else if (cfg.has("client.save-attachments")) {
+            std::cerr << "error: --save-attachments needs --id N: the message whose attachments to save\n";
+            return kUsage;
         } else {
             std::string query;
             if (cfg.has("client.offset")) query += "offset=" + cfg.getString("client.offset");
@@ -336,7 +414,53 @@ private:
         if (json || cfg.getBool("client.raw", false)) std::cout << r.body << (r.body.empty() || r.body.back() == '\n' ? "" : "\n");
         else if (cfg.has("client.id")) printMessage(r.body, std::cout);
         else printList(r.body, std::cout);
+        if (cfg.has("client.save-attachments") && !cfg.getBool("client.raw", false))
+            return saveAttachments(r.body, cfg.getString("client.save-attachments"), user, password);
         return kOk;
+    }
+
+    // Each attachment of the message (its JSON in `json`) downloaded from its URL into `dir`.
+    int saveAttachments(const std::string& json, const std::string& dir, const std::string& user,
+                        const std::string& password) {
+        auto m = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
+        auto attachments = m->getArray("attachments");
+        if (!attachments || attachments->size() == 0) {
+            std::cout << "No attachments to save.\n";
+            return kOk;
+        }
+        if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+            std::cerr << "error: cannot make the directory " << dir << ": " << std::strerror(errno) << "\n";
+            return kUsage;
+        }
+        int dirFd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dirFd < 0) {
+            std::cerr << "error: " << dir << " is not a directory I can open: " << std::strerror(errno) << "\n";
+            return kUsage;
+        }
+        int result = kOk;
+        try {
+            for (size_t i = 0; i < attachments->size(); ++i) {
+                auto a = attachments->getObject(static_cast<unsigned>(i));
+                int64_t index = a->getValue<int64_t>("index");
+                // The name is made safe here too: the server is not trusted with the local disk.
+                std::string name = mime::safeFileName(a->getValue<std::string>("name"), static_cast<size_t>(index));
+                HttpResult part = connection_->get(a->getValue<std::string>("url"), user, password);
+                if (part.status != 200) {
+                    std::cerr << "error: part " << index << ": " << part.status << " " << part.reason << ": "
+                              << errorMessage(part) << "\n";
+                    result = kRefused;
+                    continue;
+                }
+                std::string saved = saveNew(dirFd, name, part.body);
+                std::cout << "Saved " << dir << (dir.empty() || dir.back() == '/' ? "" : "/") << saved << " ("
+                          << humanSize(static_cast<int64_t>(part.body.size())) << ")\n";
+            }
+        } catch (...) {
+            ::close(dirFd);
+            throw;
+        }
+        ::close(dirFd);
+        return result;
     }
 
     int runInteractive(const std::string& host, int port) {

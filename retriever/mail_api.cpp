@@ -3,6 +3,8 @@
 #include "mail_api.h"
 #include "story_view.h"
 
+#include "mime_view.h"
+
 #include "../common/password.h"
 #include "../common/rfc5322.h"
 #include "../common/text.h"
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <ctime>
 #include <optional>
 #include <sstream>
@@ -92,26 +95,49 @@ std::string shortened(const std::string& text, size_t most = kMaxListedChars) {
     return text.substr(0, cut) + "…";
 }
 
-// The start of the body, from the first bytes of the stored message (headers, blank line, body).
-std::string bodyPreview(const std::string& start, int64_t size) {
-    size_t blank = start.find("\r\n\r\n");
-    if (blank == std::string::npos)
+// The start of the text, from the first bytes of the stored message: decoded as far as they go
+// (a part cut at the end is what it is: the preview says nothing about it).
+std::string bodyPreview(const std::string& start, int64_t size, const mime::Limits& limits) {
+    if (start.find("\r\n\r\n") == std::string::npos)
         return static_cast<int64_t>(start.size()) < size ? "(the header is long: open the message to read it)" : "";
-    std::string body = validUtf8(start.substr(blank + 4));
+    std::string body = mime::viewMessage(start, limits).text;
     std::string shown = shortened(body, kPreviewChars);
     if (shown.size() == body.size() && static_cast<int64_t>(start.size()) < size) shown += "…";
     return shown;
 }
 
+// Every HTML page: no script, nothing loaded from anywhere (its one style is inline), no forms,
+// no <base>, not framed. A mail's text on it is escaped text, and this stops what escaping missed.
+const char* const kPagePolicy =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+// A downloaded part, should a browser still render it: a sandboxed document that runs nothing.
+const char* const kPartPolicy = "default-src 'none'; sandbox";
+
+// "1.2 MB" for people; the JSON has octets.
+std::string humanSize(size_t octets) {
+    const char* units[] = {"bytes", "KB", "MB", "GB"};
+    double value = static_cast<double>(octets);
+    int unit = 0;
+    while (value >= 1024 && unit < 3) {
+        value /= 1024;
+        ++unit;
+    }
+    char text[32];
+    std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+    return text;
+}
+
 Poco::JSON::Object summaryJson(const MessageSummary& m) {
     Poco::JSON::Object o;
     o.set("id", m.id);
-    o.set("from", shortened(validUtf8(m.from)));
+    // Decoded (RFC 2047) and addresses shown one way (mime::displayAddresses): the raw resource
+    // has the fields as written.
+    o.set("from", shortened(mime::displayAddresses(m.from)));
     // Who really sent it: the account that authenticated (the envelope sender, which submission
     // policy ties to it). The header From above is whatever the sender typed.
     o.set("authenticated_sender", shortened(validUtf8(m.envelopeFrom)));
-    o.set("to", shortened(validUtf8(m.to)));
-    o.set("subject", shortened(validUtf8(m.subject)));
+    o.set("to", shortened(mime::displayAddresses(m.to)));
+    o.set("subject", shortened(mime::decodeHeader(m.subject)));
     o.set("date", shortened(validUtf8(m.date)));
     o.set("size", m.size);
     o.set("received_at", httpDate(m.receivedAt));
@@ -185,7 +211,7 @@ ApiResponse conditional(const ApiRequest& request, ApiResponse full, const std::
 const char* const kInboxStyle =
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;width:100%}"
     "td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}"
-    "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}";
+    "pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em}#fields th{width:1%;white-space:nowrap;padding-right:2em}";
 
 }  // namespace
 
@@ -194,23 +220,6 @@ ApiResponse errorResponse(int status, const std::string& message) { return error
 std::string ApiRequest::header(const std::string& name) const { return findHeader(headers, name); }
 
 std::string ApiResponse::header(const std::string& name) const { return findHeader(headers, name); }
-
-std::string validUtf8(std::string_view text) {
-    std::string out;
-    out.reserve(text.size());
-    for (size_t i = 0; i < text.size();) {
-        size_t length = text::utf8SequenceLength(text, i);
-        bool keptControl = text[i] == '\t' || text[i] == '\r' || text[i] == '\n';
-        if (length == 0 || (text::isControlAt(text, i) && !keptControl)) {
-            out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8, and for a C0/C1 control
-            i += length ? length : 1;
-            continue;
-        }
-        out.append(text.substr(i, length));
-        i += length;
-    }
-    return out;
-}
 
 std::string httpDate(int64_t unixSeconds) {
     return Poco::DateTimeFormatter::format(Poco::Timestamp::fromEpochTime(static_cast<std::time_t>(unixSeconds)),
@@ -322,6 +331,8 @@ const MailApi::Resource MailApi::kResources[] = {
     {{"mailboxes", "{address}", "messages"}, Kind::List, Need::Owner, &MailApi::listing},
     {{"mailboxes", "{address}", "messages", "{id}"}, Kind::Message, Need::Owner, &MailApi::message},
     {{"mailboxes", "{address}", "messages", "{id}", "raw"}, Kind::Raw, Need::Owner, &MailApi::message},
+    {{"mailboxes", "{address}", "messages", "{id}", "page"}, Kind::Page, Need::Owner, &MailApi::message},
+    {{"mailboxes", "{address}", "messages", "{id}", "parts", "{part}"}, Kind::Part, Need::Owner, &MailApi::message},
     {{"mailboxes", "{address}", "messages", "{id}", "story"}, Kind::Story, Need::Owner, &MailApi::story},
     // The class board (class servers): the instructor's account only.
     {{"class"}, Kind::Board, Need::Instructor, &MailApi::classBoardPage},
@@ -351,6 +362,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
             const std::string& want = resource.path[i];
             if (want == "{address}") candidate.mailbox = auth_.normalizeUser(segments[i]);  // "ana" is ana@<lab domain>, as at login
             else if (want == "{id}") badId = !(match = parseNumber(segments[i], candidate.id)) || badId;
+            else if (want == "{part}") badId = !(match = parseNumber(segments[i], candidate.part)) || badId;
             else match = segments[i] == want;
         }
         if (match) {
@@ -457,7 +469,7 @@ ApiResponse MailApi::classBoardPage(const Route&, const ApiRequest&) {
     r.body = boardHtml(board, class_.refreshSeconds);
     r.headers.emplace_back("Content-Type", "text/html; charset=utf-8");
     r.headers.emplace_back("Cache-Control", "no-store");
-    r.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    r.headers.emplace_back("Content-Security-Policy", kPagePolicy);
     return r;
 }
 
@@ -511,19 +523,23 @@ ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
                        etag, stats.newestReceivedAt);
 }
 
-// One message as JSON (summary, header fields, body) or exactly as stored.
+// One message: as JSON (summary, header fields, decoded text, parts), exactly as stored, as its own
+// HTML page, or one of its parts as a download.
 ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
     auto found = store_.findMessage(route.mailbox, route.id);
     if (!found) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
     const MessageSummary m = *found;
     // Stored messages never change, so the id is a strong validator: a revalidation is answered
     // 304 without reading the message at all.
-    std::string etag = std::string("\"") + (route.kind == Kind::Raw ? "R" : "M") + std::to_string(m.id) + "\"";
+    const char* tag = route.kind == Kind::Raw ? "R" : route.kind == Kind::Page ? "P" : route.kind == Kind::Part ? "A" : "M";
+    std::string etag = std::string("\"") + tag + std::to_string(m.id) +
+                       (route.kind == Kind::Part ? "." + std::to_string(route.part) : "") + "\"";
     if (notModified(request, etag, m.receivedAt)) return conditional(request, ApiResponse{}, etag, m.receivedAt);
     // Its place in the response budget first, then the text: 40 parallel GETs of a 10 MB message
-    // wait their turn (503, Retry-After) instead of holding 40 copies at once.
-    size_t cost = static_cast<size_t>(m.size) * (route.kind == Kind::Raw ? 2 : kJsonCostFactor);
-    std::shared_ptr<void> hold = responses_.take(cost);
+    // wait their turn (503, Retry-After) instead of holding 40 copies at once. A part costs the
+    // stored text, its decoded copy and the response.
+    size_t factor = route.kind == Kind::Raw ? 2 : route.kind == Kind::Part ? 3 : kJsonCostFactor;
+    std::shared_ptr<void> hold = responses_.take(static_cast<size_t>(m.size) * factor);
     if (!hold) {
         ApiResponse busy = error(503, "Too many large responses at once; try again in a moment");
         busy.headers.emplace_back("Retry-After", "2");
@@ -536,24 +552,109 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
         full = ok("message/rfc822", std::move(message->raw), etag, m.receivedAt);
         full.headers.emplace_back("Content-Disposition",
                                   "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
+    } else if (route.kind == Kind::Part) {
+        mime::View view = mime::viewMessage(message->raw, limits_.mime, static_cast<size_t>(route.part));
+        message.reset();
+        if (!view.partFound)
+            return error(404, "Message " + std::to_string(m.id) + " has no part " + std::to_string(route.part) +
+                                  " (its parts: 1 to " + std::to_string(view.parts.size()) + ")");
+        const mime::Part& part = view.parts[static_cast<size_t>(route.part) - 1];
+        // RFC 6266: always a download, under a name that cannot leave the download folder or the
+        // header line; a type a browser could run is served as octets (and nosniff, in handle()).
+        full = ok(mime::servedContentType(part.contentType, part.charset), std::move(view.partBytes), etag, m.receivedAt);
+        full.headers.emplace_back("Content-Disposition",
+                                  mime::attachmentDisposition(mime::safeFileName(part.fileName, part.index)));
+        full.headers.emplace_back("Content-Security-Policy", kPartPolicy);
     } else {
+        mime::View view = mime::viewMessage(message->raw, limits_.mime);
         rfc5322::HeaderSection section = rfc5322::parseHeaderSection(message->raw);
-        Poco::JSON::Object body = summaryJson(m);
-        Poco::JSON::Array headerList;
-        for (const auto& h : section.fields) {
-            Poco::JSON::Object field;
-            field.set("name", validUtf8(h.name));
-            field.set("value", validUtf8(h.value));
-            headerList.add(field);
+        if (route.kind == Kind::Page) {
+            message.reset();
+            full = ok("text/html; charset=utf-8", messagePage(route, m, view), etag, m.receivedAt);
+            full.headers.emplace_back("Content-Security-Policy", kPagePolicy);
+        } else {
+            Poco::JSON::Object body = summaryJson(m);
+            Poco::JSON::Array headerList;  // the fields as written: the wire, for the lab
+            for (const auto& h : section.fields) {
+                Poco::JSON::Object field;
+                field.set("name", validUtf8(h.name));
+                field.set("value", validUtf8(h.value));
+                headerList.add(field);
+            }
+            message.reset();  // the stored text goes before the JSON is made: one large copy at a time
+            body.set("headers", headerList);
+            if (!view.cc.empty()) body.set("cc", view.cc);
+            std::string base = "/mailboxes/" + route.mailbox + "/messages/" + std::to_string(m.id);
+            body.set("raw", base + "/raw");
+            body.set("page", base + "/page");
+            body.set("body_type", view.textType);
+            Poco::JSON::Array parts, attachments;
+            for (const mime::Part& part : view.parts) {
+                Poco::JSON::Object p;
+                p.set("index", static_cast<int64_t>(part.index));
+                p.set("type", part.contentType);
+                p.set("name", part.fileName);
+                p.set("disposition", part.disposition);
+                p.set("size", static_cast<int64_t>(part.size));
+                p.set("url", base + "/parts/" + std::to_string(part.index));
+                if (part.isTextBody) p.set("text_body", true);
+                parts.add(p);
+                if (part.isAttachment) attachments.add(p);
+            }
+            body.set("attachments", attachments);
+            body.set("parts", parts);
+            Poco::JSON::Array problems;
+            for (const auto& problem : view.problems) problems.add(problem);
+            body.set("mime_problems", problems);
+            body.set("body", std::move(view.text));
+            full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
         }
-        body.set("headers", headerList);
-        std::string text = validUtf8(std::string_view(message->raw).substr(section.bodyStart));
-        message.reset();  // the stored text goes before the JSON is made: one large copy at a time
-        body.set("body", std::move(text));
-        full = ok("application/json; charset=utf-8", toJson(body), etag, m.receivedAt);
     }
     full.hold = std::move(hold);
     return conditional(request, std::move(full), etag, m.receivedAt);
+}
+
+// A message on its own page: decoded header fields, the whole text, its attachments as links, the
+// raw message one click away. Everything from the mail is escaped text.
+std::string MailApi::messagePage(const Route& route, const MessageSummary& m, const mime::View& view) const {
+    std::string base = "/mailboxes/" + htmlEscape(route.mailbox) + "/messages/" + std::to_string(m.id);
+    std::string subject = view.subject.empty() ? "(no subject)" : view.subject;
+    std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + htmlEscape(subject) +
+                       "</title><style>" + kInboxStyle + "</style></head><body>\n<p><a id=\"inbox\" href=\"/mailboxes/" +
+                       htmlEscape(route.mailbox) + "/\">Inbox</a></p>\n<h1 id=\"subject\">" + htmlEscape(subject) +
+                       "</h1>\n<table id=\"fields\">";
+    auto row = [&](const char* id, const char* label, const std::string& value) {
+        if (!value.empty())
+            html += std::string("<tr><th>") + label + "</th><td id=\"" + id + "\">" + htmlEscape(value) + "</td></tr>";
+    };
+    row("from", "From", view.from);
+    row("sender", "Sent by (authenticated)", validUtf8(m.envelopeFrom));
+    row("to", "To", view.to);
+    row("cc", "Cc", view.cc);
+    row("date", "Date", view.date);
+    html += "</table>\n";
+    bool any = false;
+    for (const mime::Part& part : view.parts) {
+        if (!part.isAttachment) continue;
+        if (!any) html += "<h2>Attachments</h2>\n<ul id=\"attachments\">\n";
+        any = true;
+        std::string name = part.fileName.empty() ? "part " + std::to_string(part.index) : part.fileName;
+        html += "<li><a class=\"attachment\" href=\"" + base + "/parts/" + std::to_string(part.index) + "\">" +
+                htmlEscape(name) + "</a> (" + htmlEscape(part.contentType) + ", " + humanSize(part.size) + ")</li>\n";
+    }
+    if (any) html += "</ul>\n";
+    if (view.textType == "text/html")
+        html += "<p class=\"note\">This message is HTML: shown here as its text, nothing of it is run or loaded.</p>\n";
+    html += "<pre id=\"body\">" + htmlEscape(view.text) + "</pre>\n";
+    if (!view.problems.empty()) {
+        html += "<h2>Could not all be decoded</h2>\n<ul id=\"problems\">\n";
+        for (const auto& problem : view.problems) html += "<li>" + htmlEscape(problem) + "</li>\n";
+        html += "</ul>\n";
+    }
+    html += "<p><a id=\"raw\" href=\"" + base + "/raw\">raw</a> (as sent, " + std::to_string(m.size) +
+            " octets) · <a id=\"json\" href=\"" + base + "\">JSON</a> · <a id=\"story\" href=\"" + base +
+            "/story\">how it arrived</a> (the SMTP session that delivered it)</p>\n</body></html>\n";
+    return html;
 }
 
 std::shared_ptr<void> ResponseBudget::take(size_t bytes) {
@@ -586,7 +687,7 @@ ApiResponse MailApi::story(const Route& route, const ApiRequest& request) {
         full = ok("application/json; charset=utf-8", json.empty() ? "{}" : json, etag, found->receivedAt);
     } else {
         full = ok("text/html; charset=utf-8", storyHtml(json, route.mailbox, route.id), etag, found->receivedAt);
-        full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+        full.headers.emplace_back("Content-Security-Policy", kPagePolicy);
     }
     full.headers.emplace_back("Vary", "Accept");
     return conditional(request, std::move(full), etag, found->receivedAt);
@@ -612,12 +713,13 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     for (const auto& [m, start] : store_.listMessageStarts(route.mailbox, offset, limit, kPreviewReadBytes)) {
         std::string id = std::to_string(m.id);
         html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
-                htmlEscape(shortened(validUtf8(m.from))) + "</td><td class=\"sender\">" +
-                htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><details><summary>" +
-                htmlEscape(shortened(validUtf8(m.subject.empty() ? "(no subject)" : m.subject))) +
-                "</summary><pre class=\"body\">" + htmlEscape(bodyPreview(start, m.size)) + "</pre><a href=\"" +
-                base + id + "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a> · <a class=\"story\" href=\"" + base +
-                id + "/story\">how it arrived</a></details></td><td>" +
+                htmlEscape(shortened(mime::displayAddresses(m.from))) + "</td><td class=\"sender\">" +
+                htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><a class=\"open\" href=\"" +
+                base + id + "/page\">" + htmlEscape(shortened(m.subject.empty() ? "(no subject)" : mime::decodeHeader(m.subject))) +
+                "</a><details><summary>preview</summary><pre class=\"body\">" +
+                htmlEscape(bodyPreview(start, m.size, limits_.mime)) + "</pre><a href=\"" + base + id +
+                "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a> · <a class=\"story\" href=\"" + base + id +
+                "/story\">how it arrived</a></details></td><td>" +
                 htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
     }
     html += "</tbody></table>\n";
@@ -629,7 +731,7 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     html += "</body></html>\n";
     ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
     // The page holds no scripts and loads nothing: say so to the browser.
-    full.headers.emplace_back("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    full.headers.emplace_back("Content-Security-Policy", kPagePolicy);
     return conditional(request, full, etag, stats.newestReceivedAt);
 }
 

@@ -6,6 +6,7 @@
 #include "../common/class_board.h"
 #include "../common/store.h"
 #include "../common/text.h"
+#include "mime_view.h"
 
 #include <cstdint>
 #include <functional>
@@ -30,6 +31,7 @@ struct ApiLimits {
     // What the responses being built and sent may cost in memory at once (a message's JSON costs up
     // to kJsonCostFactor times its stored size); a response past it gets 503 and Retry-After.
     size_t maxResponseBytesInFlight = 128 * 1024 * 1024;
+    mime::Limits mime;  // how much of a message's MIME structure its views decode
 };
 
 // The bytes of responses in flight, shared by a server's requests (like the sender's DataBudget).
@@ -88,7 +90,7 @@ public:
     size_t responseBytesInFlight() const { return responses_.inUse(); }
 
 private:
-    enum class Kind { Inbox, List, Message, Raw, Story, Board, Metrics };
+    enum class Kind { Inbox, List, Message, Raw, Page, Part, Story, Board, Metrics };
     // What a resource needs of the authenticated user: to own the mailbox, or the instructor role.
     enum class Need { Owner, Instructor };
     struct Route;
@@ -97,12 +99,13 @@ private:
         Kind kind = Kind::Inbox;
         std::string mailbox;  // "" = the authenticated user's own
         int64_t id = 0;
+        int64_t part = 0;  // a part's index (1, 2, ...) in the order of the message
         std::vector<std::pair<std::string, std::string>> query;
         Need need = Need::Owner;
         Answer answer = nullptr;
     };
     struct Resource {
-        std::vector<std::string> path;  // segments; "{address}" and "{id}" match any
+        std::vector<std::string> path;  // segments; "{address}", "{id}" and "{part}" match any
         Kind kind;
         Need need;
         Answer answer;
@@ -123,6 +126,7 @@ private:
     ApiResponse message(const Route& route, const ApiRequest& request);
     ApiResponse inboxPage(const Route& route, const ApiRequest& request);
     ApiResponse story(const Route& route, const ApiRequest& request);
+    std::string messagePage(const Route& route, const MessageSummary& m, const mime::View& view) const;
     ApiResponse classBoardPage(const Route& route, const ApiRequest& request);
     ApiResponse metrics(const Route& route, const ApiRequest& request);
     void noteActivity(const std::string& account, const char* kind);
@@ -149,7 +153,7 @@ private:
 
 // Helpers, public for the tests.
 using text::htmlEscape;
-std::string validUtf8(std::string_view text);  // invalid sequences become U+FFFD
+using text::validUtf8;  // invalid sequences become U+FFFD
 std::string httpDate(int64_t unixSeconds);        // RFC 9110 5.6.7 IMF-fixdate
 // Splits "user:password" from an "Authorization: Basic ..." value (RFC 7617); false when malformed.
 bool parseBasicAuthorization(const std::string& value, std::string& user, std::string& password);

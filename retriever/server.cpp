@@ -351,6 +351,8 @@ protected:
         limits.listingCacheBytes = cfg.getUInt64("http.listingCacheBytes");
         limits.maxResponseBytesInFlight = cfg.getUInt64("http.maxResponseBytesInFlight");
         limits.plaintextAuthAllowed = cfg.getBool("retriever.allowPlaintextAuth");
+        limits.mime.maxParts = cfg.getUInt64("mime.maxParts");
+        limits.mime.maxDepth = cfg.getUInt64("mime.maxDepth");
         std::string mode = cfg.getString("retriever.tls");
         if (mode != "implicit" && mode != "off") {
             logger.error("event=startup-failed reason=\"--tls must be implicit or off\"");

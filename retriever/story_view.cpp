@@ -28,7 +28,7 @@ std::string storyHtml(const std::string& storyJson, const std::string& mailbox, 
     std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>How message " +
                        std::to_string(id) + " arrived</title><style>" + kStoryStyle + "</style></head><body>\n<h1>How message " +
                        std::to_string(id) + " arrived</h1>\n<p><a href=\"/mailboxes/" + text::htmlEscape(mailbox) +
-                       "\">inbox</a> · <a href=\"" + messagePath + "\">message</a> · <a href=\"" + messagePath +
+                       "\">inbox</a> · <a href=\"" + messagePath + "/page\">message</a> · <a href=\"" + messagePath +
                        "/raw\">raw</a></p>\n";
     Poco::JSON::Object::Ptr story;
     try {

@@ -101,7 +101,7 @@ def curl_reads_json_raw_html_and_gets_the_right_errors(lab):
         assert listing["total"] == 1 and listing["messages"][0]["subject"] == "First <note>"
         mid = listing["messages"][0]["id"]
         code, body = l2.curl(l2.url(f"/mailboxes/bob@447.edu/messages/{mid}"))
-        assert code == 200 and json.loads(body)["body"] == "Hello Bob & friends\r\n"
+        assert code == 200 and json.loads(body)["body"] == "Hello Bob & friends\n"  # decoded text: lines end in \n
         code, body = l2.curl(l2.url(f"/mailboxes/bob@447.edu/messages/{mid}/raw"))
         assert code == 200 and "Subject: First <note>" in body
         code, body = l2.curl(l2.url("/"))

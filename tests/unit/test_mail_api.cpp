@@ -70,7 +70,8 @@ TEST_CASE("one message as JSON and raw", "[api]") {
     std::string id = std::to_string(h.ids[0]);
     auto json = h.get("/mailboxes/bob@447.edu/messages/" + id);
     CHECK(json.status == 200);
-    CHECK(json.body.find("\"body\":\"body 1\\r\\n\"") != std::string::npos);
+    CHECK(json.body.find("\"body\":\"body 1\\n\"") != std::string::npos);  // the decoded text: lines end in "\n"
+    CHECK(json.body.find("\"body_type\":\"text/plain\"") != std::string::npos);
     CHECK(json.body.find("{\"name\":\"Subject\",\"value\":\"Note <1>\"}") != std::string::npos);
     auto raw = h.get("/mailboxes/bob@447.edu/messages/" + id + "/raw");
     CHECK(raw.status == 200);
@@ -324,4 +325,144 @@ TEST_CASE("large responses wait for room in the response budget: 503 with Retry-
     first = ApiResponse{};  // sent
     CHECK(h.api->responseBytesInFlight() == 0);
     CHECK(h.get(target).status == 200);
+}
+
+namespace {
+// Delivers `raw` to bob, indexed as the sender would (From, To, Subject as written); returns its id.
+int64_t deliverRaw(ApiHarness& h, const std::string& raw) {
+    NewMessage m;
+    m.queueId = "QM";
+    m.envelopeFrom = "ana@447.edu";
+    m.recipients = {"bob@447.edu"};
+    auto field = [&](const std::string& name) {
+        size_t at = raw.find(name + ": ");
+        return at == std::string::npos ? std::string() : raw.substr(at + name.size() + 2, raw.find("\r\n", at) - at - name.size() - 2);
+    };
+    m.from = field("From");
+    m.to = field("To");
+    m.subject = field("Subject");
+    m.receivedAt = 1795000200;
+    m.raw = raw;
+    return h.lab.store->deliver(m).front();
+}
+
+const std::string kAttachmentMail =
+    "From: Ana =?utf-8?q?M=C3=BCller?= <ana@447.edu>\r\n"
+    "To: <bob@447.edu>\r\n"
+    "Subject: Diagramm =?utf-8?q?f=C3=BCr?= dich\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=\"XX\"\r\n"
+    "\r\n"
+    "--XX\r\n"
+    "Content-Type: text/plain; charset=\"utf-8\"\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "f=C3=BCr dich\r\n"
+    "--XX\r\n"
+    "Content-Type: image/png\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "Content-Disposition: attachment; filename*=utf-8''Gr%C3%B6%C3%9Fe.png\r\n"
+    "\r\n"
+    "iVBORw0KGgoAAGRhdGE=\r\n"
+    "--XX\r\n"
+    "Content-Type: text/html\r\n"
+    "Content-Disposition: attachment; filename=\"../../etc/passwd\"\r\n"
+    "\r\n"
+    "<script>alert(1)</script>\r\n"
+    "--XX\r\n"
+    "Content-Type: image/svg+xml\r\n"
+    "Content-Disposition: attachment; filename=\"a\\\"\r\n"
+    " X-Evil: 1.svg\"\r\n"
+    "\r\n"
+    "<svg/>\r\n"
+    "--XX--\r\n";
+}  // namespace
+
+TEST_CASE("MIME: the JSON has decoded fields, the text, and the attachments with their URLs", "[api][mime]") {
+    ApiHarness h;
+    std::string id = std::to_string(deliverRaw(h, kAttachmentMail));
+    auto listing = h.get("/mailboxes/bob@447.edu/messages?limit=1");
+    CHECK(listing.body.find("\"subject\":\"Diagramm f\xC3\xBCr dich\"") != std::string::npos);
+    CHECK(listing.body.find("\"from\":\"Ana M\xC3\xBCller <ana@447.edu>\"") != std::string::npos);
+    CHECK(listing.body.find("\"to\":\"bob@447.edu\"") != std::string::npos);  // "<bob@447.edu>" shown as the address
+    auto json = h.get("/mailboxes/bob@447.edu/messages/" + id);
+    REQUIRE(json.status == 200);
+    CHECK(json.body.find("\"body\":\"f\xC3\xBCr dich\"") != std::string::npos);
+    std::string base = "/mailboxes/bob@447.edu/messages/" + id;
+    CHECK(json.body.find("\"name\":\"Gr\xC3\xB6\xC3\x9F" "e.png\"") != std::string::npos);
+    CHECK(json.body.find("\"url\":\"" + base + "/parts/2\"") != std::string::npos);
+    CHECK(json.body.find("\"size\":14") != std::string::npos);
+    CHECK(json.body.find("\"page\":\"" + base + "/page\"") != std::string::npos);
+    // The header fields as written stay: the wire is the lab's subject.
+    CHECK(json.body.find("\"value\":\"Diagramm =?utf-8?q?f=C3=BCr?= dich\"") != std::string::npos);
+}
+
+TEST_CASE("MIME: a part downloads byte for byte, under a safe name and type", "[api][mime]") {
+    ApiHarness h;
+    std::string base = "/mailboxes/bob@447.edu/messages/" + std::to_string(deliverRaw(h, kAttachmentMail));
+    auto png = h.get(base + "/parts/2");
+    REQUIRE(png.status == 200);
+    CHECK(png.body == std::string("\x89PNG\r\n\x1a\n\0\0data", 14));
+    CHECK(png.header("Content-Type") == "image/png");
+    CHECK(png.header("Content-Disposition") ==
+          "attachment; filename=\"Gr____e.png\"; filename*=UTF-8''Gr%C3%B6%C3%9Fe.png");
+    CHECK(png.header("X-Content-Type-Options") == "nosniff");
+    CHECK(png.header("Content-Security-Policy").find("sandbox") != std::string::npos);
+    auto html = h.get(base + "/parts/3");
+    CHECK(html.header("Content-Type") == "application/octet-stream");
+    CHECK(html.header("Content-Disposition") == "attachment; filename=\"passwd\"; filename*=UTF-8''passwd");
+    auto svg = h.get(base + "/parts/4");
+    CHECK(svg.header("Content-Type") == "application/octet-stream");
+    std::string evil = svg.header("Content-Disposition");
+    CHECK(evil.find_first_of("\r\n") == std::string::npos);
+    CHECK(evil.rfind("attachment; filename=\"a_ X-Evil_ 1.svg\";", 0) == 0);
+    CHECK(h.get(base + "/parts/1").header("Content-Type") == "text/plain; charset=utf-8");
+    // Validators, errors, ownership: as for the message itself.
+    CHECK(h.get(base + "/parts/2", "bob@447.edu", "22222447", {{"If-None-Match", png.header("ETag")}}).status == 304);
+    CHECK(h.get(base + "/parts/5").status == 404);
+    CHECK(h.get(base + "/parts/0").status == 404);
+    CHECK(h.get(base + "/parts/x").status == 404);
+    CHECK(h.get(base + "/parts/2", "ana@447.edu", "11111447").status == 403);
+    CHECK(h.get(base + "/parts/2", "").status == 401);
+}
+
+TEST_CASE("MIME: the message page and the inbox show decoded text, never markup, under a strict policy", "[api][mime][html]") {
+    ApiHarness h;
+    std::string base = "/mailboxes/bob@447.edu/messages/" + std::to_string(deliverRaw(h, kAttachmentMail));
+    auto page = h.get(base + "/page");
+    REQUIRE(page.status == 200);
+    CHECK(page.header("Content-Type") == "text/html; charset=utf-8");
+    std::string policy = page.header("Content-Security-Policy");
+    CHECK(policy.find("default-src 'none'") != std::string::npos);
+    CHECK(policy.find("script-src") == std::string::npos);  // none: default-src 'none' forbids scripts
+    CHECK(page.body.find("<h1 id=\"subject\">Diagramm f\xC3\xBCr dich</h1>") != std::string::npos);
+    CHECK(page.body.find("Ana M\xC3\xBCller &lt;ana@447.edu&gt;") != std::string::npos);
+    CHECK(page.body.find("<pre id=\"body\">f\xC3\xBCr dich</pre>") != std::string::npos);
+    CHECK(page.body.find("href=\"" + base + "/parts/2\">Gr\xC3\xB6\xC3\x9F" "e.png</a>") != std::string::npos);
+    CHECK(page.body.find("href=\"" + base + "/raw\"") != std::string::npos);
+    CHECK(page.body.find("<script") == std::string::npos);
+    auto inbox = h.get("/");
+    CHECK(inbox.body.find(base + "/page\">Diagramm f\xC3\xBCr dich</a>") != std::string::npos);
+    CHECK(inbox.header("Content-Security-Policy") == policy);
+
+    std::string htmlMail = "From: ana@447.edu\r\nSubject: html\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+                           "<p>Hello <b>Bob</b></p><script>document.title='pwned'</script>"
+                           "<img src=\"https://evil.example/track.png\"><p>a &lt;tag&gt; as text</p>\r\n";
+    std::string htmlBase = "/mailboxes/bob@447.edu/messages/" + std::to_string(deliverRaw(h, htmlMail));
+    auto htmlPage = h.get(htmlBase + "/page");
+    CHECK(htmlPage.body.find("Hello Bob\na &lt;tag&gt; as text") != std::string::npos);
+    CHECK(htmlPage.body.find("pwned") == std::string::npos);
+    CHECK(htmlPage.body.find("evil.example") == std::string::npos);
+    CHECK(htmlPage.body.find("<img") == std::string::npos);
+}
+
+TEST_CASE("MIME: the limits are the server's settings", "[api][mime][limits]") {
+    ApiLimits limits;
+    limits.mime.maxParts = 2;
+    ApiHarness h(limits);
+    std::string base = "/mailboxes/bob@447.edu/messages/" + std::to_string(deliverRaw(h, kAttachmentMail));
+    auto json = h.get(base);
+    CHECK(json.body.find("more than 2 parts") != std::string::npos);
+    CHECK(h.get(base + "/parts/2").status == 200);
+    CHECK(h.get(base + "/parts/3").status == 404);
 }
