@@ -35,7 +35,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
 
 COMMON_SRC := $(wildcard common/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp
-RETRIEVER_LIB_SRC := retriever/mail_api.cpp
+RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/pop3_session.cpp retriever/autoconfig.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))

@@ -140,6 +140,10 @@ public:
     virtual std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
                                                         int64_t startBytes) = 0;
     virtual MailboxStats mailboxStats(const std::string& mailbox) = 0;
+    // POP3's UPDATE state (RFC 1939 6): these messages of the mailbox removed, all in one
+    // transaction or none (ids not in the mailbox are skipped); the mailbox's count and bytes and
+    // the bodies no message uses any more go with them. Returns how many were removed.
+    virtual int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) = 0;
 
     // The instructor's removal: the account, its budgets, trusted sources and mailbox, in one
     // transaction; false when there is none. Its cached password stops working at once (auth.h).
