@@ -175,8 +175,11 @@ std::string Session::redactForLog(const std::string& line) const {
     return line;
 }
 
-Output Session::onLine(const std::string& line) {
+Output Session::onLine(const std::string& input) {
     if (state_ == State::Closed) return {};
+    // A CR left before the line end (a terminal that sends CR CR LF) is not part of the command.
+    std::string line = input;
+    while (!line.empty() && line.back() == '\r') line.pop_back();
     if (state_ == State::AuthPlain) return onAuthResponse(line);
     return dispatch(line);
 }
