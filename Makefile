@@ -123,7 +123,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # Chromium test then says it was skipped).
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev openssl
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc
-OPTIONAL_TEST_PACKAGES := chromium
+OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one

@@ -100,7 +100,7 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
             *outlen = static_cast<unsigned char>(length);
             return SSL_TLSEXT_ERR_OK;
         }
-        if (name == "smtp" || name == "http/1.1" || name == "h2" || name == "http/1.0") foreign = true;
+        if (name == "smtp" || name == "pop3" || name == "http/1.1" || name == "h2" || name == "http/1.0") foreign = true;
         i += 1 + length;
     }
     return foreign ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
