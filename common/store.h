@@ -67,7 +67,7 @@ struct MessageStart {
 struct TlsSessionRecord {
     std::string clientRandom;
     std::string serverRandom;
-    std::string service;  // "smtp" or "http"
+    std::string service;  // "smtp", "http" or "pop3"
     std::string peer;     // address:port
     int64_t startedAt = 0;
     std::string account;

@@ -193,8 +193,10 @@ def pop3_fetchmail_delivers_to_an_mda_and_leaves_mail_it_has_seen(lab):
         assert https_listing(l2)["total"] == 2
 
 
-def run_in_terminal(cmd, env, timeout=60):
-    """Runs a curses program in a pseudo-terminal to its end; returns (exit status, what it drew)."""
+def run_in_terminal(cmd, env, timeout=60, done=None):
+    """Runs a curses program in a pseudo-terminal to its end; returns (exit status, what it drew).
+    `done()`: the program's work is seen to be over; it then has 10 s more to exit, else it is
+    killed and the status is None."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
     os.close(follower)
@@ -202,6 +204,8 @@ def run_in_terminal(cmd, env, timeout=60):
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
+            if done and done():
+                deadline = min(deadline, time.monotonic() + 10)
             if select.select([leader], [], [], 0.2)[0]:
                 try:
                     screen += os.read(leader, 65536)
@@ -210,6 +214,8 @@ def run_in_terminal(cmd, env, timeout=60):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+            if done and done():
+                return None, screen.decode(errors="replace")
             raise AssertionError("neomutt did not finish: " + screen.decode(errors="replace")[-2000:])
     finally:
         os.close(leader)
@@ -221,7 +227,7 @@ def pop3_neomutt_reads_a_pops_mailbox(lab):
     mutt = shutil.which("neomutt") or shutil.which("mutt")
     if not mutt:
         raise Skip("neither neomutt nor mutt is installed (Debian package neomutt; make test-deps)")
-    with Lab2(lab) as l2:
+    with Lab2(lab, {"retriever.verbose": "true"}) as l2:
         home = lab.path("mutt-home")
         os.makedirs(home)
         saved = os.path.join(home, "saved.mbox")
@@ -232,12 +238,18 @@ def pop3_neomutt_reads_a_pops_mailbox(lab):
                     'set ssl_verify_host=yes\nset ssl_force_tls=yes\n'
                     f'set folder="{home}"\nset mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\n'
                     'set quit=yes\nset move=no\nset delete=no\nset header_cache=""\nset message_cachedir=""\n'
-                    'set mail_check_stats=no\nset beep=no\nset wait_key=no\n')
+                    'set mail_check_stats=no\nset beep=no\nset wait_key=no\nset sleep_time=0\n')
         mailbox = f"pops://bob%40447.edu@localhost:{l2.retriever.pop3_port}/"
         push = f'push "<tag-pattern>~A<enter><tag-prefix><copy-message>{saved}<enter><quit>"'
         env = {**os.environ, "HOME": home, "TERM": "xterm", "LANG": "C.UTF-8", "MAIL": ""}
-        status, screen = run_in_terminal([mutt, "-n", "-F", rc, "-f", mailbox, "-e", push], env)
-        assert status == 0, screen[-2000:]
+        # Seen a few times under AddressSanitizer on a loaded machine: neomutt left its screen after
+        # the server's +OK to QUIT and the server's close (its log says so) and then did not exit.
+        # What is checked is the server's side: the copy, the QUIT, the session closed.
+        def quit_done():
+            after_quit = l2.retriever.log_text().partition("C: QUIT")[2]
+            return "S: +OK" in after_quit and "event=close service=pop3" in after_quit
+        status, screen = run_in_terminal([mutt, "-n", "-F", rc, "-f", mailbox, "-e", push], env, done=quit_done)
+        assert status in (0, None), screen[-2000:]
         with open(saved, "rb") as f:
             copied = f.read()
         assert b"Subject: First <note>" in copied and b"Hello Bob & friends" in copied, copied
