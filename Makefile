@@ -35,7 +35,8 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
 
 COMMON_SRC := $(wildcard common/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
-RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp
+RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/pop3_session.cpp \
+                     retriever/autoconfig.cpp retriever/pop3_server.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
@@ -123,7 +124,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # Chromium test then says it was skipped).
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev openssl
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc
-OPTIONAL_TEST_PACKAGES := chromium
+OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
@@ -177,7 +178,7 @@ class-senderserver: $(BIN)/senderserver $(BIN)/maillab-certs
 class-retrieverserver: $(BIN)/retrieverserver $(BIN)/maillab-certs
 	@test -n "$(CLASS_HOST)" || { echo "usage: make class-retrieverserver HOSTNAME=lab.example.edu [RPORT=443]"; exit 2; }
 	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
-	$(BIN)/retrieverserver --config=common/class.properties --port=$(if $(filter command line,$(origin RPORT)),$(RPORT),443) $(ARGS)
+	$(BIN)/retrieverserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(if $(filter command line,$(origin RPORT)),$(RPORT),443) $(ARGS)
 # A student's token for the lab message's Subject; SECRET= or users/instructor.secret (made once).
 token:
 	@test -n "$(STUDENT)" || { echo "usage: make token STUDENT=id [SECRET=...]"; exit 2; }
@@ -225,10 +226,12 @@ senderserver: $(BIN)/senderserver
 senderclient: $(BIN)/senderclient
 	$(BIN)/senderclient --host $(HOST) --port $(PORT) $(ARGS)
 
-# The retriever's default port is 9100; PORT= overrides it as for the sender.
+# The retriever's default port is 9100; PORT= overrides it as for the sender. It serves POP3 over
+# TLS too, on POP3PORT (default 9995; off to serve none; its ready line names it), and POP3 with
+# STLS on POP3PLAINPORT when given (docs/mail-clients.md).
 retrieverserver: $(BIN)/retrieverserver
 	@mkdir -p users
-	$(BIN)/retrieverserver --port=$(RPORT) $(ARGS)
+	$(BIN)/retrieverserver --port=$(RPORT) $(if $(POP3PORT),--pop3-port=$(POP3PORT)) $(if $(POP3PLAINPORT),--pop3-plain-port=$(POP3PLAINPORT)) $(ARGS)
 
 retrieverclient: $(BIN)/retrieverclient
 	$(BIN)/retrieverclient --host $(HOST) --port $(RPORT) $(ARGS)
@@ -351,14 +354,15 @@ test-asan: test-deps
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 # libFuzzer targets (clang), with AddressSanitizer and UndefinedBehaviorSanitizer: the SMTP session
-# fed by the line reader, the SMTP syntax helpers, and the retriever's MailApi. Each runs
+# fed by the line reader, the SMTP syntax helpers, the retriever's MailApi, and the POP3 session. Each runs
 # FUZZ_SECONDS (60); the corpus grows in build/fuzz/corpus/<target> and a crash is kept there.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp
-FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp \
+                retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/autoconfig.cpp retriever/pop3_session.cpp
+FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3
 FUZZ_PACKAGES := clang
 .SECONDARY: $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.o,$(FUZZ_TARGETS))
 
@@ -410,7 +414,7 @@ clean:
 help:
 	@echo "make deps | test-deps | all | certs | demo | test | test-asan"
 	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
-	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
+	@echo "make retrieverserver PORT=9100 [POP3PORT=9995 POP3PLAINPORT=9110]    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
 	@echo "make capture [SCENARIO=name|all] | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
 	@echo "make bench [QUICK=1]"
 	@echo "make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms   (root)"

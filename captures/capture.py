@@ -401,7 +401,8 @@ def session(args):
         sender = server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
                                smtp_port)
         try:
-            retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+            # No POP3 in the scripted session yet: no listener that could collide with a lab's 9995.
+            retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"] + ["--pop3-port=off"],
                                       os.path.join(work, "retriever.log"), http_port)
         except BaseException:
             sender.stop()  # never left holding the port after a failed start

@@ -580,6 +580,23 @@ public:
         return MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
     }
 
+    int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) override {
+        if (ids.empty()) return 0;
+        Connection c(*this);
+        Transaction tx(c.db);
+        // The triggers of schema 6 (messages_uncount) keep mailbox_stats and bodies right.
+        Statement s(*c.handle, "DELETE FROM messages WHERE mailbox = ?1 AND id = ?2");
+        int64_t removed = 0;
+        for (int64_t id : ids) {
+            s.bind(1, mailbox).bind(2, id);
+            s.step();
+            removed += sqlite3_changes(c.db);
+            s.reset();
+        }
+        tx.commit();
+        return removed;
+    }
+
 private:
     struct PendingDelivery {
         const NewMessage* message;

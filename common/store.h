@@ -70,7 +70,7 @@ struct MessageStart {
 struct TlsSessionRecord {
     std::string clientRandom;
     std::string serverRandom;
-    std::string service;  // "smtp" or "http"
+    std::string service;  // "smtp", "http" or "pop3"
     std::string peer;     // address:port
     int64_t startedAt = 0;
     std::string account;
@@ -146,6 +146,10 @@ public:
     // The story of the mailbox's message `id` (NewMessage::story); "" when it has none (stored
     // before version 7, or by a tool); nullopt when there is no such message.
     virtual std::optional<std::string> messageStory(const std::string& mailbox, int64_t id) = 0;
+    // POP3's UPDATE state (RFC 1939 6): these messages of the mailbox removed, all in one
+    // transaction or none (ids not in the mailbox are skipped); the mailbox's count and bytes and
+    // the bodies no message uses any more go with them. Returns how many were removed.
+    virtual int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) = 0;
 
     // The instructor's removal: the account, its budgets, trusted sources and mailbox, in one
     // transaction; false when there is none. Its cached password stops working at once (auth.h).

@@ -337,6 +337,9 @@ const MailApi::Resource MailApi::kResources[] = {
     // The class board (class servers): the instructor's account only.
     {{"class"}, Kind::Board, Need::Instructor, &MailApi::classBoardPage},
     {{"metrics"}, Kind::Metrics, Need::Instructor, &MailApi::metrics},
+    // Mozilla's autoconfig for mail clients (autoconfig.h), no login: what Thunderbird asks for.
+    {{".well-known", "autoconfig", "mail", "config-v1.1.xml"}, Kind::Autoconfig, Need::Nobody, &MailApi::autoconfig},
+    {{"mail", "config-v1.1.xml"}, Kind::Autoconfig, Need::Nobody, &MailApi::autoconfig},
 };
 
 // Finds the resource for the request target. Poco::URI decodes percent-escapes in each segment;
@@ -444,7 +447,8 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     auto routed = route(request);
     if (auto* refused = std::get_if<ApiResponse>(&routed)) return *refused;
     Route& resource = std::get<Route>(routed);
-    auto who = authenticate(request, resource);
+    auto who = resource.need == Need::Nobody ? std::variant<std::string, ApiResponse>(std::string())
+                                             : authenticate(request, resource);
     if (auto* refused = std::get_if<ApiResponse>(&who)) return *refused;
     ApiResponse response;
     try {
@@ -470,6 +474,14 @@ ApiResponse MailApi::classBoardPage(const Route&, const ApiRequest&) {
     r.headers.emplace_back("Content-Type", "text/html; charset=utf-8");
     r.headers.emplace_back("Cache-Control", "no-store");
     r.headers.emplace_back("Content-Security-Policy", kPagePolicy);
+    return r;
+}
+
+ApiResponse MailApi::autoconfig(const Route&, const ApiRequest& request) {
+    ApiResponse r;
+    r.body = autoconfig::configXml(autoconfig_, autoconfig::hostFor(autoconfig_, request.header("Host")));
+    r.headers.emplace_back("Content-Type", "text/xml; charset=utf-8");
+    r.headers.emplace_back("Cache-Control", "no-cache");
     return r;
 }
 

@@ -2,6 +2,8 @@
 // a response (status, headers, body) out. server.cpp adapts it to Poco's HTTPServer; the unit tests
 // call it directly. The resources are documented in docs/retriever.md.
 #pragma once
+#include "autoconfig.h"
+
 #include "../common/auth.h"
 #include "../common/class_board.h"
 #include "../common/store.h"
@@ -88,11 +90,14 @@ public:
     ApiResponse handle(const ApiRequest& request);
     size_t listingCacheBytes() const;  // what the listing cache holds now
     size_t responseBytesInFlight() const { return responses_.inUse(); }
+    // What the mail-client autoconfig document names (autoconfig.h): set before serving.
+    void setAutoconfig(autoconfig::Settings settings) { autoconfig_ = std::move(settings); }
 
 private:
-    enum class Kind { Inbox, List, Message, Raw, Page, Part, Story, Board, Metrics };
+    enum class Kind { Inbox, List, Message, Raw, Page, Part, Story, Board, Metrics, Autoconfig };
     // What a resource needs of the authenticated user: to own the mailbox, or the instructor role.
-    enum class Need { Owner, Instructor };
+    // Nobody: no login at all (the mail-client autoconfig document).
+    enum class Need { Owner, Instructor, Nobody };
     struct Route;
     using Answer = ApiResponse (MailApi::*)(const Route&, const ApiRequest&);
     struct Route {
@@ -129,6 +134,8 @@ private:
     std::string messagePage(const Route& route, const MessageSummary& m, const mime::View& view) const;
     ApiResponse classBoardPage(const Route& route, const ApiRequest& request);
     ApiResponse metrics(const Route& route, const ApiRequest& request);
+    ApiResponse autoconfig(const Route& route, const ApiRequest& request);
+    autoconfig::Settings autoconfig_;
     void noteActivity(const std::string& account, const char* kind);
 
     // Rendered JSON listings by mailbox, offset and limit, valid while their validator is: new mail

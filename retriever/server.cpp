@@ -1,7 +1,9 @@
 // retrieverserver: the lab's HTTPS server (HTTP/1.1 over TLS 1.3) answering GET requests for each
 // user's stored mail. Poco HTTPServer on a SecureServerSocket; each request goes to the socket-free
-// MailApi (mail_api.h).
+// MailApi (mail_api.h). It also serves POP3 for mail clients (pop3_server.h): implicit TLS on its own
+// port and, when asked, a plaintext port with STLS.
 #include "mail_api.h"
+#include "pop3_server.h"
 
 #include "../common/app_support.h"
 #include "../common/auth.h"
@@ -9,6 +11,7 @@
 #include "../common/store.h"
 #include "../common/tls.h"
 
+#include <Poco/Net/DNS.h>
 #include <Poco/Net/HTTPRequestHandler.h>
 #include <Poco/Net/HTTPRequestHandlerFactory.h>
 #include <Poco/Net/HTTPServerConnection.h>
@@ -23,6 +26,7 @@
 #include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/String.h>
 #include <Poco/ThreadPool.h>
+#include <Poco/Util/Option.h>
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
@@ -311,15 +315,44 @@ private:
     Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
 };
 
+// A POP3 port setting: a number (0: a free one), or "off" (-1). With the HTTPS port 0 (tests,
+// scripts), a POP3 port that is on is picked free too, so that parallel servers never collide.
+bool pop3PortSetting(const Poco::Util::AbstractConfiguration& cfg, const std::string& key, bool allFree, int& port) {
+    std::string value = cfg.getString(key);
+    if (value == "off") {
+        port = -1;
+        return true;
+    }
+    if (value.empty() || value.size() > 5 || value.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(value) > 65535)
+        return false;
+    port = allFree ? 0 : std::stoi(value);
+    return true;
+}
+
 class RetrieverServer : public LabServer {
 public:
     RetrieverServer()
         : LabServer({"retriever", "implicit (HTTPS, default) or off (plain HTTP, loopback only)",
-                     "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3). "
-                     "Resources: docs/retriever.md.",
+                     "The maillab retriever: each user's stored mail over HTTPS (HTTP/1.1 on TLS 1.3) and "
+                     "POP3 for mail clients. Resources: docs/retriever.md; mail clients: docs/mail-clients.md.",
                      "retriever/retrieverserver.properties", kRetrieverServerProperties, kSharedProperties}) {}
 
 protected:
+    void defineOptions(Poco::Util::OptionSet& options) override {
+        LabServer::defineOptions(options);
+        auto add = [&](const char* name, const char* description, const char* argument, const char* property) {
+            Poco::Util::Option option(name, "", description);
+            option.required(false).repeatable(false).argument(argument).binding(property);
+            options.addOption(option);
+        };
+        add("pop3-port", "POP3 over TLS (POP3S) port, or off (default 9995; 0 = any free port)", "PORT", "pop3.port");
+        add("pop3-plain-port", "plaintext POP3 port where STLS comes first, or off (the default)", "PORT",
+            "pop3.plainPort");
+        add("hostname", "our name in the POP3 greeting and the mail-client autoconfig document", "NAME",
+            "retriever.hostname");
+    }
+
     int serve() override {
         auto& cfg = config();
         Poco::Logger& logger = Application::logger();
@@ -364,6 +397,14 @@ protected:
         classView.roster = ctx.classRecord.roster;
         classView.stuckSeconds = ctx.classRecord.stuckSeconds;
         ctx.api = std::make_unique<http::MailApi>(*ctx.store, *ctx.auth, limits, nullptr, classView);
+        int pop3Port = -1, pop3PlainPort = -1;
+        bool allFree = cfg.getInt("retriever.port") == 0;
+        if (!pop3PortSetting(cfg, "pop3.port", allFree, pop3Port) ||
+            !pop3PortSetting(cfg, "pop3.plainPort", allFree, pop3PlainPort)) {
+            logger.error("event=startup-failed reason=\"pop3.port and pop3.plainPort must be a port number or off\"");
+            return EXIT_USAGE;
+        }
+        std::string hostname = cfg.getString("retriever.hostname");
 
         std::string plaintext;
         if (!ctx.overTls)
@@ -380,6 +421,38 @@ protected:
         auto listeners = openListeners(cfg.getString("retriever.bind"), cfg.getInt("retriever.port"),
                                        cfg.getInt("retriever.listenBacklog"), tlsContext, plaintext, logger);
         if (listeners.empty()) return EXIT_UNAVAILABLE;
+
+        // POP3: implicit TLS on its own port (RFC 8314), and a plaintext port where STLS comes
+        // before any credentials (RFC 2595). Both take their TLS from one context offering "pop3".
+        Poco::Net::Context::Ptr pop3Tls;
+        std::vector<std::unique_ptr<Poco::Net::ServerSocket>> pop3Listeners, pop3PlainListeners;
+        if (pop3Port >= 0 || pop3PlainPort >= 0) {
+            try {
+                pop3Tls = serverTlsContext(tls, "pop3", logger);
+            } catch (const std::exception& e) {
+                logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
+                return EXIT_CONFIG;
+            }
+        }
+        if (pop3Port >= 0) {
+            pop3Listeners = openListeners(cfg.getString("retriever.bind"), pop3Port, cfg.getInt("retriever.listenBacklog"),
+                                          pop3Tls, "", logger);
+            if (pop3Listeners.empty()) return EXIT_UNAVAILABLE;
+        }
+        if (pop3PlainPort >= 0) {
+            pop3PlainListeners = openListeners(cfg.getString("retriever.bind"), pop3PlainPort,
+                                               cfg.getInt("retriever.listenBacklog"), nullptr, "", logger);
+            if (pop3PlainListeners.empty()) return EXIT_UNAVAILABLE;
+        }
+        int pop3Bound = pop3Listeners.empty() ? 0 : pop3Listeners.front()->address().port();
+        int pop3PlainBound = pop3PlainListeners.empty() ? 0 : pop3PlainListeners.front()->address().port();
+        autoconfig::Settings mailClients;
+        mailClients.hostname = hostname;
+        mailClients.domain = ctx.auth->policy().labDomain;
+        mailClients.smtpPort = cfg.getInt("autoconfig.smtpPort");
+        mailClients.pop3Port = pop3Bound;
+        mailClients.pop3PlainPort = pop3PlainBound;
+        ctx.api->setAutoconfig(mailClients);
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
         int threads = maxConnections + ctx.maxRefusalHandshakes + 8;  // headroom: those past the limit get a 503
         params->setMaxThreads(threads);
@@ -390,7 +463,8 @@ protected:
         params->setTimeout(Poco::Timespan(cfg.getInt("retriever.timeoutSeconds"), 0));
         params->setServerName("localhost");
         params->setSoftwareVersion("maillab-retriever");
-        Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
+        // POP3 connections share the pool and the limits; their refusals have handshakes of their own.
+        Poco::ThreadPool pool(2, threads + ctx.maxRefusalHandshakes, 60, 256 * 1024);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool, the limits and
         // the handler factory; each connection runs Poco's HTTPServerConnection behind our limits.
         auto* mailHandlers = new MailRequestHandlerFactory(ctx);
@@ -403,15 +477,51 @@ protected:
             servers.back()->start();
         }
 
+        std::unique_ptr<pop3::Service> pop3Service;
+        if (!pop3Listeners.empty() || !pop3PlainListeners.empty()) {
+            pop3::ServiceContext p;
+            p.store = ctx.store.get();
+            p.auth = ctx.auth.get();
+            p.limiter = ctx.limiter.get();
+            p.watchdog = &ctx.watchdog;
+            p.logger = &logger;
+            p.nextId = &ctx.nextConnectionId;
+            p.activity = ctx.classRecord.activity.get();
+            p.provenance = ctx.classRecord.provenance;
+            p.tlsContext = pop3Tls;
+            p.limits.maxLineLength = cfg.getUInt64("pop3.maxLineLength");
+            p.limits.maxBadCommands = cfg.getInt("pop3.maxBadCommands");
+            p.limits.maxAuthFailures = cfg.getInt("pop3.maxAuthFailures");
+            p.limits.maxMessages = cfg.getUInt64("pop3.maxMessages");
+            p.hostname = hostname.empty() ? Poco::Net::DNS::hostName() : hostname;
+            p.implicitTlsPort = pop3Bound ? std::to_string(pop3Bound) : "";
+            p.handshakeTimeout = ctx.handshakeTimeout;
+            p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
+            p.sendTimeout = Poco::Timespan(cfg.getInt("retriever.timeoutSeconds"), 0);
+            p.refusalTimeout = ctx.refusalTimeout;
+            p.maxRefusalHandshakes = ctx.maxRefusalHandshakes;
+            p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
+            p.verbose = ctx.verbose;
+            pop3Service = std::make_unique<pop3::Service>(p);
+            pop3Service->serve(pop3Listeners, true, pool, threads, cfg.getInt("retriever.listenBacklog"));
+            pop3Service->serve(pop3PlainListeners, false, pool, threads, cfg.getInt("retriever.listenBacklog"));
+        }
+
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + storeOptions.path +
-                           " tls=" + mode + " open-files=" + std::to_string(files));
-        std::cout << "ready port=" << listeners.front()->address().port() << std::endl;
+                           " tls=" + mode + " open-files=" + std::to_string(files) +
+                           (pop3Listeners.empty() ? "" : " pop3=" + logValue(describeListeners(pop3Listeners))) +
+                           (pop3PlainListeners.empty() ? "" : " pop3-plain=" + logValue(describeListeners(pop3PlainListeners))));
+        // The ready line: "ready port=N" first (scripts read that far), then the POP3 ports served.
+        std::cout << "ready port=" << listeners.front()->address().port()
+                  << (pop3Bound ? " pop3=" + std::to_string(pop3Bound) : "")
+                  << (pop3PlainBound ? " pop3-plain=" + std::to_string(pop3PlainBound) : "") << std::endl;
         waitForTerminationRequest();
         logger.information("event=stopping");
         // Stop accepting, then end every connection's loop (idle keep-alive ones at once), so the pool
         // can be joined.
         for (auto& server : servers) server->stop();
         mailHandlers->stopConnections();
+        if (pop3Service) pop3Service->stop();  // every POP3 session says so and closes, deleting nothing
         pool.joinAll();
         logger.information("event=stopped");
         return EXIT_OK;

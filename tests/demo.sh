@@ -26,7 +26,8 @@ start() {
   PIDS+=($!)
   local ready
   read -r -t 30 ready <&"$fd" || { echo "$name did not start"; cat "$WORK/$name.log"; exit 1; }
-  printf -v "PORT_OF_$name" '%s' "${ready#ready port=}"
+  ready=${ready#ready port=}
+  printf -v "PORT_OF_$name" '%s' "${ready%% *}"  # the first port; the retriever names its POP3 ones after it
 }
 
 "$BIN/maillab-certs" certs >/dev/null

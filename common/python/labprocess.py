@@ -12,7 +12,8 @@ import time
 class ServerProcess:
     """A server process whose stdout says "ready port=N" once it listens (ours), or, with
     `ready_line=False`, one that prints nothing (nginx, openssl s_server): then `port` is polled
-    until it accepts. stderr goes to `log`."""
+    until it accepts. stderr goes to `log`. The ready line may name more ports after the first
+    (the retriever's "ready port=N pop3=M pop3-plain=K"): `ports` holds them all by name."""
 
     def __init__(self, cmd, log, ready_line=True, port=None, timeout=60, **popen):
         self.cmd = cmd
@@ -20,12 +21,15 @@ class ServerProcess:
         self.log = open(log, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, **popen)
         self.port = port
+        self.ports = {}
         if ready_line:
             line = self._first_line(timeout)
             if not line.startswith("ready port="):
                 self.stop()
                 raise RuntimeError(f"{os.path.basename(cmd[0])} did not start: {line!r}; see {log}")
-            self.port = int(line.split("=", 1)[1])
+            self.ports = {key: int(value) for key, _, value in (item.partition("=") for item in line.split()[1:])
+                          if value.isdigit()}
+            self.port = self.ports["port"]
         else:
             import socket
             deadline = time.monotonic() + timeout

@@ -87,6 +87,9 @@ class Server:
         except RuntimeError as e:
             raise AssertionError(f"{program} did not start: {e}\n{self.log_text()}")
         self.proc, self.log, self.port = self.process.proc, self.process.log, self.process.port
+        # The retriever's POP3 ports from its ready line (None when not served).
+        self.pop3_port = self.process.ports.get("pop3")
+        self.pop3_plain_port = self.process.ports.get("pop3-plain")
         RUNNING.append(self)
 
     def log_text(self):

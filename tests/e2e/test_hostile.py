@@ -3,7 +3,9 @@ with the reply it must get, and after each a fresh client that must still be ser
 hang, no state leaking between connections). The cases are data: one table per protocol below."""
 
 import base64
+import socket
 import ssl
+import time
 
 from harness import Conversation, Server, register, test, tls_connect
 
@@ -270,3 +272,152 @@ def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
         line = http_status(lab, retriever.port, b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n", whole_line=True)
         assert line.startswith("HTTP/1.1 505 "), line
         retriever.check_sanitizers()
+
+
+class Pop3Raw:
+    """A raw POP3 connection (implicit TLS, or the plaintext STLS port) for exact bytes and bad input."""
+
+    def __init__(self, lab, port, tls=True):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost") if tls else raw
+        self.buffer = b""
+        self.greeting = self.line()
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def line(self):
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("server closed the connection; had " + repr(self.buffer[:200]))
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line.decode(errors="replace")
+
+    def block(self):
+        lines = []
+        while (line := self.line()) != ".":
+            lines.append(line)
+        return lines
+
+    def cmd(self, text):
+        self.send(text + "\r\n")
+        return self.line()
+
+    def closed(self):
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buffer += chunk
+        except (ssl.SSLError, ConnectionError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@test
+def hostile_pop3_input_gets_err_or_closure_and_the_server_serves_on(lab):
+    from test_retriever import Lab2
+    with Lab2(lab, {"pop3.plainPort": 0, "pop3.idleTimeoutSeconds": 2}) as l2:
+        port, plain = l2.retriever.pop3_port, l2.retriever.pop3_plain_port
+
+        def serves_on():
+            c = Pop3Raw(lab, port)
+            try:
+                assert c.greeting.startswith("+OK "), c.greeting
+                assert c.cmd("USER bob@447.edu").startswith("+OK")
+                assert c.cmd(f"PASS {l2.bob}").startswith("+OK bob@447.edu has 1 message"), "the server stopped serving"
+                assert c.cmd("QUIT").startswith("+OK")
+            finally:
+                c.close()
+
+        # Not logged in: nothing of the maildrop.
+        c = Pop3Raw(lab, port)
+        for command in ("RETR 1", "LIST", "STAT", "UIDL 1", "TOP 1 10", "DELE 1", "RSET", "NOOP"):
+            reply = c.cmd(command)
+            assert reply.startswith("-ERR ") and "needs a login first" in reply, (command, reply)
+        c.close()
+        # A line of 100 kB, NULs and control bytes, a bare CR: -ERR, and the session goes on.
+        c = Pop3Raw(lab, port)
+        c.send(b"USER " + b"x" * 100000 + b"\r\n")
+        assert c.line().startswith("-ERR Line too long")
+        assert c.cmd("US\0ER bob@447.edu").startswith("-ERR Unknown command US?ER")
+        assert c.cmd("\x1b[31mCAPA").startswith("-ERR Unknown command")
+        assert c.cmd("CAPA").startswith("+OK") and "USER" in c.block()
+        c.close()
+        # 1000 bad commands in one write: 20 answered, then the connection closes.
+        c = Pop3Raw(lab, port)
+        c.send(b"BOGUS\r\n" * 1000)
+        replies = []
+        try:
+            while True:
+                replies.append(c.line())
+        except (EOFError, ConnectionError, ssl.SSLError):
+            pass
+        assert len(replies) == 21 and replies[-1].startswith("-ERR Too many bad commands"), replies[-3:]
+        c.close()
+        # Pipelined commands: every reply, in order, in as few writes as the server likes.
+        c = Pop3Raw(lab, port)
+        c.send(f"USER bob@447.edu\r\nPASS {l2.bob}\r\nSTAT\r\nLIST\r\nUIDL\r\nRETR 1\r\nTOP 1 0\r\nNOOP\r\nQUIT\r\n")
+        assert c.line().startswith("+OK Send PASS")
+        assert c.line().startswith("+OK bob@447.edu has 1 message")
+        assert c.line().startswith("+OK 1 ")
+        assert c.line().startswith("+OK 1 message") and len(c.block()) == 1
+        assert c.line().startswith("+OK Unique-id") and len(c.block()) == 1
+        assert c.line().endswith(" octets") and "Hello Bob & friends" in c.block()
+        assert c.line().startswith("+OK Top") and "Hello Bob & friends" not in c.block()
+        assert c.line() == "+OK Still here"
+        assert c.line().startswith("+OK") and c.closed()
+        c.close()
+        # Three wrong passwords close the connection.
+        c = Pop3Raw(lab, port, tls=True)
+        for i in range(3):
+            c.cmd("USER bob@447.edu")
+            reply = c.cmd(f"PASS 0000{i}447")
+            assert reply.startswith("-ERR [AUTH]"), reply
+        assert c.line().startswith("-ERR [AUTH] Too many failed logins") and c.closed()
+        c.close()
+        # STLS with a command pipelined behind it in clear: the command is dropped, never run in TLS.
+        c = Pop3Raw(lab, plain, tls=False)
+        assert "STLS" in c.greeting
+        assert c.cmd(f"USER bob@447.edu").startswith("-ERR No credentials before TLS")
+        c.send(f"STLS\r\nUSER bob@447.edu\r\n")
+        assert c.line() == "+OK Begin TLS negotiation"
+        c.sock = lab.ssl_context().wrap_socket(c.sock, server_hostname="localhost")
+        c.buffer = b""
+        assert c.cmd(f"PASS {l2.bob}").startswith("-ERR Send USER"), "a plaintext command ran inside TLS"
+        c.close()
+        # TLS garbage on the implicit port, then silence: the idle deadline closes the session.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+        raw.sendall(b"\x16\x03\x01\x00\x05hello" + b"\0" * 100)
+        raw.settimeout(15)
+        try:
+            while raw.recv(4096):
+                pass
+        except (ConnectionError, socket.timeout):
+            pass
+        raw.close()
+        c = Pop3Raw(lab, port)
+        start = time.monotonic()
+        assert c.line().startswith("-ERR Autologout") and c.closed()
+        assert time.monotonic() - start < 10
+        c.close()
+        serves_on()
+        assert l2.retriever.proc.poll() is None, "the retriever died"
+        assert https_ok(l2), "the HTTPS side stopped answering"
+    log = l2.retriever.log_after_stop()
+    assert "event=stls-discarded-plaintext" in log and "event=too-many-bad-commands" in log, log
+
+
+def https_ok(l2):
+    code, _ = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+    return code == 200

@@ -245,6 +245,7 @@ public:
     }
     MailboxStats mailboxStats(const std::string& m) override { return in_.mailboxStats(m); }
     std::optional<std::string> messageStory(const std::string& m, int64_t id) override { return in_.messageStory(m, id); }
+    int64_t deleteMessages(const std::string& m, const std::vector<int64_t>& ids) override { return in_.deleteMessages(m, ids); }
     std::vector<Account> listAccounts() override { return in_.listAccounts(); }
     bool deleteAccount(const std::string& e) override { return in_.deleteAccount(e); }
     bool setRole(const std::string& e, const std::string& r) override { return in_.setRole(e, r); }

@@ -212,3 +212,32 @@ TEST_CASE("activity counts add up across batches; roles are set on existing acco
     CHECK(lab.store->setRole("teacher@447.edu", "instructor"));
     CHECK(lab.store->findAccount("teacher@447.edu")->role == "instructor");
 }
+
+TEST_CASE("deleteMessages removes a mailbox's own messages in one go; counts, bytes and bodies follow",
+          "[store][pop3]") {
+    LabFixture lab;
+    auto shared = lab.store->deliver(message("shared", {"ana@447.edu", "bob@447.edu"}));
+    auto own = lab.store->deliver(message("own", {"bob@447.edu"}));
+    auto third = lab.store->deliver(message("third", {"bob@447.edu"}));
+    REQUIRE(lab.store->mailboxStats("bob@447.edu").count == 3);
+    // Another mailbox's id and an unknown one are skipped, not an error.
+    CHECK(lab.store->deleteMessages("bob@447.edu", {shared[1], own[0], shared[0], 999999}) == 2);
+    CHECK(lab.store->deleteMessages("bob@447.edu", {}) == 0);
+    MailboxStats bob = lab.store->mailboxStats("bob@447.edu");
+    CHECK(bob.count == 1);
+    CHECK(bob.bytes == static_cast<int64_t>(message("third", {}).raw.size()));
+    CHECK_FALSE(lab.store->getMessage("bob@447.edu", own[0]));
+    REQUIRE(lab.store->listMessages("bob@447.edu", 0, 10).size() == 1);
+    CHECK(lab.store->listMessages("bob@447.edu", 0, 10)[0].id == third[0]);
+    // Ana's copy of the shared message keeps its body; the body of "own" went with its only message.
+    CHECK(lab.store->getMessage("ana@447.edu", shared[0])->raw == message("shared", {}).raw);
+    CHECK(lab.store->mailboxStats("ana@447.edu").count == 1);
+    sqlite3* db = nullptr;
+    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT count(*) FROM bodies", -1, &st, nullptr);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK(sqlite3_column_int64(st, 0) == 2);  // shared (ana) and third
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}

@@ -1,0 +1,331 @@
+// The POP3 connections of the retriever (pop3_server.h): admitted by the retriever's limiter or
+// refused at once, the TLS handshake under a total deadline, then lines from a LineReader into the
+// pop3::Session, every reply that a read produced sent together (RFC 2449 PIPELINING), an idle
+// deadline (RFC 1939 3 autologout), STLS as the sender does STARTTLS. Logged as key=value lines
+// with the connection id, service=pop3.
+#include "pop3_server.h"
+
+#include "mail_api.h"
+
+#include "../common/app_support.h"
+#include "../common/linereader.h"
+#include "../common/tls.h"
+
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/Net/TCPServerConnection.h>
+#include <Poco/Net/TCPServerConnectionFactory.h>
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+
+namespace maillab::pop3 {
+
+// Replies are sent once this many bytes are waiting, even in the middle of pipelined commands:
+// a burst of RETRs holds one message at a time, not all of them.
+constexpr size_t kFlushBytes = 64 * 1024;
+
+struct Service::Shared {
+    ServiceContext ctx;
+    MaildropLocks locks;
+    http::ResponseBudget responses;
+    std::atomic<int> refusing{0};
+    int stopPipe[2] = {-1, -1};  // written once at stop: every waiting session wakes up
+    explicit Shared(ServiceContext context) : ctx(std::move(context)), responses(ctx.maxResponseBytesInFlight) {}
+};
+
+namespace {
+
+class Connection : public Poco::Net::TCPServerConnection {
+public:
+    Connection(const Poco::Net::StreamSocket& socket, Service::Shared& shared, bool implicitTls)
+        : TCPServerConnection(socket), s_(shared), ctx_(shared.ctx), implicitTls_(implicitTls), id_((*ctx_.nextId)++) {}
+
+    void run() override {
+        Poco::Net::StreamSocket socket = this->socket();
+        std::string peer = socket.peerAddress().toString();
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        slot_ = &slot;
+        bool secure = implicitTls_;
+        try {
+            socket.setNoDelay(true);  // replies are whole; never wait on Nagle (docs/design.md)
+            socket.setSendTimeout(ctx_.sendTimeout);
+            socket.setReceiveTimeout(ctx_.handshakeTimeout);
+            if (!slot.admitted()) {
+                refuse(socket, slot.verdict(), peer);
+            } else {
+                slot.waiting(static_cast<int>(socket.impl()->sockfd()));  // the handshake waits for the client
+                log("event=connect service=pop3 peer=" + peer + " tls=" + (secure ? "implicit" : "stls-port") +
+                    " active=" + std::to_string(ctx_.limiter->active()));
+                serve(socket, secure);
+                closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: +OK, then our close
+            }
+        } catch (const Poco::TimeoutException&) {
+            log("event=disconnect service=pop3 reason=handshake-timeout");
+        } catch (const Poco::Exception& e) {
+            log("event=disconnect service=pop3 reason=" + logValue(e.displayText()));
+        } catch (const std::exception& e) {
+            log(std::string("event=disconnect service=pop3 reason=") + logValue(e.what()));
+        }
+        if (slot.evicted())
+            log("event=evicted reason=\"the server was full and this connection waited longest for its client\"");
+        slot.working();  // out of the waiting list before its descriptor is closed (and reused)
+        try {
+            socket.close();
+        } catch (...) {
+        }
+        if (slot.admitted()) log("event=close service=pop3");
+    }
+
+private:
+    void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
+
+    // Past the limits: one -ERR at once and close (over TLS only for a few at a time, within a short
+    // deadline, as the HTTPS side answers 503; past those the connection is just closed).
+    void refuse(Poco::Net::StreamSocket& socket, ConnectionLimiter::Verdict verdict, const std::string& peer) {
+        bool answered = false;
+        if (!implicitTls_ || ++s_.refusing <= ctx_.maxRefusalHandshakes) {
+            try {
+                Watchdog::Guard deadline =
+                    ctx_.watchdog->arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalTimeout);
+                if (implicitTls_) Poco::Net::SecureStreamSocket(socket).completeHandshake();
+                sendAll(socket, std::string("-ERR [SYS/TEMP] Too many connections") +
+                                    (verdict == ConnectionLimiter::Verdict::TooManyFromAddress ? " from your address" : "") +
+                                    "; try again later\r\n");
+                answered = !deadline.expired();
+                if (answered) closeGracefully(socket, implicitTls_, 100);
+            } catch (const std::exception&) {
+            }
+        }
+        if (implicitTls_) --s_.refusing;
+        log("event=refused service=pop3 peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
+            " answered=" + (answered ? "-ERR" : "closed"));
+    }
+
+    void handshake(Poco::Net::StreamSocket& socket) {
+        Watchdog::Guard deadline = ctx_.watchdog->arm(static_cast<int>(socket.impl()->sockfd()), ctx_.handshakeTimeout);
+        try {
+            Poco::Net::SecureStreamSocket(socket).completeHandshake();
+        } catch (const Poco::Exception&) {
+            if (deadline.expired()) throw Poco::TimeoutException("handshake");
+            throw;
+        }
+    }
+
+    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
+        if (!ctx_.provenance) return;
+        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "pop3",
+                                       socket.peerAddress().toString(), static_cast<int64_t>(std::time(nullptr)), ""};
+    }
+
+    void onLogin(const std::string& account) {
+        if (ctx_.activity) ctx_.activity->note(account, activity::kLogin, std::time(nullptr));
+        if (!ctx_.provenance || tlsSession_.clientRandom.empty()) return;
+        TlsSessionRecord record = tlsSession_;
+        record.account = account;
+        try {
+            ctx_.store->recordTlsLogin(record);
+        } catch (const std::exception& e) {
+            log("event=provenance result=error reason=" + logValue(e.what()));
+        }
+    }
+
+    enum class Wait { Readable, Timeout, Stopping };
+
+    // The client's next bytes, the idle deadline, or the server's stop, whichever comes first.
+    // Bytes TLS has already decrypted count as readable.
+    Wait waitForInput(Poco::Net::StreamSocket& socket, std::chrono::steady_clock::time_point deadline) {
+        if (socket.available() > 0) return Wait::Readable;
+        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {s_.stopPipe[0], POLLIN, 0}};
+        for (;;) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return Wait::Timeout;
+            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
+            if (rc < 0 && errno == EINTR) continue;
+            if (rc < 0) return Wait::Readable;  // let the read report the error
+            if (rc == 0) continue;
+            if (fds[1].revents) return Wait::Stopping;
+            return Wait::Readable;
+        }
+    }
+
+    void queue(Output& output) {
+        for (Reply& reply : output.replies) {
+            pending_ += reply.wire();
+            if (ctx_.verbose) log("S: " + escapeControl(reply.forLog()));
+        }
+        for (auto& hold : output.holds) holds_.push_back(std::move(hold));
+    }
+
+    void flush(Poco::Net::StreamSocket& socket) {
+        if (!pending_.empty()) sendAll(socket, pending_);
+        pending_.clear();
+        pending_.shrink_to_fit();  // a message's worth of buffer goes back, not kept while idle
+        holds_.clear();           // the response budget's places, given back once sent
+    }
+
+    void serve(Poco::Net::StreamSocket& socket, bool& secure) {
+        if (secure) {
+            handshake(socket);
+            log("event=tls service=pop3 " + describeTls(socket));
+            noteTlsSession(socket);
+        }
+        Env env;
+        env.hostname = ctx_.hostname;
+        env.peerAddress = socket.peerAddress().host().toString();
+        env.tlsActive = secure;
+        env.stlsOffered = !secure;
+        env.implicitTlsPort = ctx_.implicitTlsPort;
+        env.locks = &s_.locks;
+        http::ResponseBudget* budget = &s_.responses;
+        env.reserve = [budget](size_t bytes) { return budget->take(bytes); };
+        env.onLogin = [this](const std::string& account) { onLogin(account); };
+        if (ActivityRecorder* recorder = ctx_.activity) {
+            env.onLoginFailed = [recorder](const std::string& account) {
+                recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+            };
+            env.onRetrieve = [recorder](const std::string& account) {
+                recorder->note(account, activity::kMailboxRead, std::time(nullptr));
+            };
+        }
+        env.log = [this](const std::string& line) {
+            if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
+        };
+        Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
+        Output greeting = session.start();
+        queue(greeting);
+        flush(socket);
+
+        LineReader reader(ctx_.limits.maxLineLength);
+        char buffer[16384];
+        using Clock = std::chrono::steady_clock;
+        auto idle = std::chrono::microseconds(ctx_.idleTimeout.totalMicroseconds());
+        // RFC 1939 3: the autologout timer runs from the last complete command (bytes that do not
+        // finish a line do not restart it).
+        Clock::time_point deadline = Clock::now() + idle;
+        bool closing = false;
+        while (!closing) {
+            slot_->waiting(static_cast<int>(socket.impl()->sockfd()));  // when full, the longest waiting give way
+            Wait wait = waitForInput(socket, deadline);
+            slot_->working();
+            if (wait != Wait::Readable) {
+                Output last = wait == Wait::Stopping ? session.onShutdown() : session.onTimeout();
+                queue(last);
+                flush(socket);
+                return;
+            }
+            int n = 0;
+            try {
+                n = socket.receiveBytes(buffer, sizeof buffer);
+            } catch (const Poco::TimeoutException&) {
+                Output last = session.onTimeout();
+                queue(last);
+                flush(socket);
+                return;
+            } catch (const Poco::Exception& e) {
+                log("event=disconnect service=pop3 reason=" + logValue(e.displayText()) + " state=" +
+                    Session::stateName(session.state()) + " deleted=none");
+                return;
+            }
+            if (n <= 0) {
+                // Gone without QUIT: no UPDATE state, nothing deleted (RFC 1939 6).
+                log(std::string("event=disconnect service=pop3 reason=") + (slot_->evicted() ? "evicted" : "eof") +
+                    " state=" + Session::stateName(session.state()) + " deleted=none");
+                return;
+            }
+            reader.feed(buffer, static_cast<size_t>(n));
+            LineReader::Event event;
+            while (!closing && reader.next(event)) {
+                Output output;
+                if (event.tooLong) {
+                    if (ctx_.verbose) log("C: <line over the length limit, discarded>");
+                    output = session.onLineTooLong();
+                } else {
+                    if (ctx_.verbose) log("C: " + escapeControl(session.redactForLog(event.line)));
+                    output = session.onLine(event.line);
+                }
+                queue(output);
+                deadline = Clock::now() + idle;
+                closing = output.close;
+                if (pending_.size() >= kFlushBytes) flush(socket);
+                if (output.startTls) {
+                    flush(socket);
+                    // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and is
+                    // never executed inside the TLS session.
+                    if (reader.next(event) || reader.hasBufferedBytes()) log("event=stls-discarded-plaintext");
+                    reader = LineReader(ctx_.limits.maxLineLength);
+                    Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
+                    upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
+                    handshake(upgraded);
+                    socket = upgraded;
+                    secure = true;
+                    log("event=tls service=pop3 stls=yes " + describeTls(socket));
+                    noteTlsSession(socket);
+                    session.onTlsStarted();
+                }
+            }
+            flush(socket);
+        }
+    }
+
+    Service::Shared& s_;
+    const ServiceContext& ctx_;
+    bool implicitTls_;
+    unsigned long id_;
+    ConnectionLimiter::Slot* slot_ = nullptr;
+    TlsSessionRecord tlsSession_;
+    std::string pending_;
+    std::vector<std::shared_ptr<void>> holds_;
+};
+
+class ConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
+public:
+    ConnectionFactory(Service::Shared& shared, bool implicitTls) : shared_(shared), implicitTls_(implicitTls) {}
+    Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
+        return new Connection(socket, shared_, implicitTls_);
+    }
+
+private:
+    Service::Shared& shared_;
+    bool implicitTls_;
+};
+
+}  // namespace
+
+Service::Service(ServiceContext context) : shared_(std::make_unique<Shared>(std::move(context))) {
+    if (::pipe(shared_->stopPipe) != 0) throw std::runtime_error("cannot create the POP3 stop pipe");
+}
+
+Service::~Service() {
+    stop();
+    servers_.clear();
+    for (int fd : shared_->stopPipe)
+        if (fd >= 0) ::close(fd);
+}
+
+void Service::serve(std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners, bool implicitTls,
+                    Poco::ThreadPool& pool, int maxThreads, int backlog) {
+    for (auto& listener : listeners) {
+        Poco::Net::TCPServerParams::Ptr params = new Poco::Net::TCPServerParams;
+        params->setMaxThreads(maxThreads);
+        params->setMaxQueued(backlog);
+        servers_.push_back(std::make_unique<Poco::Net::TCPServer>(new ConnectionFactory(*shared_, implicitTls), pool,
+                                                                  *listener, params));
+        servers_.back()->start();
+    }
+}
+
+void Service::stop() {
+    for (auto& server : servers_) server->stop();
+    static const char wake = 'x';
+    if (shared_->stopPipe[1] >= 0 && ::write(shared_->stopPipe[1], &wake, 1) == 1) {
+        ::close(shared_->stopPipe[1]);
+        shared_->stopPipe[1] = -1;  // once: the pipe stays readable for every session
+    }
+}
+
+}  // namespace maillab::pop3

@@ -1,0 +1,90 @@
+// libFuzzer target: bytes from a client, split by the server's own LineReader, drive a whole POP3
+// session (socket-free, retriever/pop3_session.h) over a real SQLite store holding a few messages,
+// half the runs on the plaintext port with STLS. Finds crashes, sanitizer reports and broken
+// invariants: every reply starts "+OK", "-ERR" or "+ ", ends in CRLF, and a multi-line block ends
+// with ".\r\n"; nothing follows a close.
+#include "../../common/auth.h"
+#include "../../common/linereader.h"
+#include "../../common/store.h"
+#include "../../retriever/pop3_session.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <unistd.h>
+
+using namespace maillab;
+
+namespace {
+struct World {
+    std::string dir;
+    std::unique_ptr<Store> store;
+    std::unique_ptr<Authenticator> auth;
+    World() {
+        char pattern[] = "/tmp/maillab-fuzz-XXXXXX";
+        dir = ::mkdtemp(pattern);
+        SqliteOptions options;
+        options.path = dir + "/fuzz.db";
+        options.synchronous = "OFF";
+        store = openSqliteStore(options);
+        AuthPolicy policy;
+        policy.scrypt = ScryptParams{16, 1, 1};  // the fuzzer wants speed, not strength
+        policy.guessBurst = 1000000;
+        auth = std::make_unique<Authenticator>(*store, policy, [] { return int64_t{1795000000}; });
+        store->createAccount("ana@447.edu", hashPassword("11111447", policy.scrypt), 0);
+        store->createAccount("bob@447.edu", hashPassword("22222447", policy.scrypt), 0);
+    }
+    // Bob's maildrop back to three messages (a run's DELE and QUIT may have removed some).
+    void refill() {
+        while (store->mailboxStats("bob@447.edu").count < 3) {
+            NewMessage m;
+            m.queueId = "FUZZ";
+            m.envelopeFrom = "ana@447.edu";
+            m.recipients = {"bob@447.edu"};
+            m.subject = "fuzz";
+            m.raw = "Subject: fuzz\r\n\r\n.line with a dot\r\n..\r\nlast line without an end";
+            store->deliver(m);
+        }
+    }
+};
+
+bool wellFormed(const pop3::Reply& reply) {
+    const std::string& s = reply.status;
+    if (s.rfind("+OK", 0) != 0 && s.rfind("-ERR", 0) != 0 && s != "+ ") return false;
+    if (s.find('\r') != std::string::npos || s.find('\n') != std::string::npos) return false;
+    const std::string& b = reply.block;
+    return b.empty() || (b.size() >= 3 && b.compare(b.size() - 3, 3, ".\r\n") == 0 &&
+                         (b.size() == 3 || (b.size() >= 5 && b.compare(b.size() - 5, 2, "\r\n") == 0)));
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    static World world;
+    static pop3::MaildropLocks locks;
+    world.refill();
+    pop3::Limits limits;
+    limits.maxLineLength = 256;
+    pop3::Env env;
+    env.hostname = "fuzz.447.edu";
+    bool plaintextPort = size > 0 && (data[0] & 1);
+    env.tlsActive = !plaintextPort;
+    env.stlsOffered = plaintextPort;
+    env.locks = &locks;
+    pop3::Session session(*world.auth, *world.store, limits, env);
+    session.start();
+    LineReader reader(limits.maxLineLength);
+    reader.feed(reinterpret_cast<const char*>(data), size);
+    LineReader::Event event;
+    while (reader.next(event)) {
+        pop3::Output out = event.tooLong ? session.onLineTooLong() : session.onLine(event.line);
+        for (const auto& reply : out.replies)
+            if (!wellFormed(reply)) std::abort();
+        if (out.startTls) session.onTlsStarted();
+        if (out.close) {
+            if (!session.onLine("NOOP").replies.empty()) std::abort();  // nothing is read after a close
+            break;
+        }
+    }
+    return 0;
+}
