@@ -291,7 +291,7 @@ protected:
         ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
 
         TlsOptions tls = tlsOptionsFrom(cfg);
-        SqliteOptions storeOptions = storeOptionsFrom(cfg);
+        StoreOptions storeOptions = storeOptionsFrom(cfg);
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
@@ -355,7 +355,7 @@ protected:
             servers.back()->start();
         }
 
-        logger.information("event=listening address=" + describeListeners(listeners) + " db=" + storeOptions.path +
+        logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
                            " tls=" + mode + " open-files=" + std::to_string(files));
         std::cout << "ready port=" << listeners.front()->address().port() << std::endl;
         waitForTerminationRequest();
