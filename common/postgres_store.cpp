@@ -653,6 +653,8 @@ private:
         }
         // A 250 only after the commit is on the database server's disk, whatever its default; bytes
         // come back as hex (Result::bytes); the tables in store.schema when one is given.
+        // Notices ("schema already exists, skipping") are not errors: not written to stderr.
+        PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
         std::string setup = "SET synchronous_commit TO on; SET bytea_output TO hex; SET client_encoding TO 'UTF8'";
         if (!options_.schema.empty()) setup += "; SET search_path TO " + options_.schema;
         PGresult* r = PQexec(conn, setup.c_str());
