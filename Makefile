@@ -342,11 +342,11 @@ bench-platform: deps
 .PHONY: test test-asan
 test: test-deps
 	@$(MAKE) all
-	@/usr/bin/python3 tests/run_tests.py --build $(BUILD)
+	@/usr/bin/python3 tests/run_tests.py --build $(BUILD) --store $(or $(STORE),sqlite)
 
 test-asan: test-deps
 	@$(MAKE) SANITIZE=1 all
-	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan --store $(or $(STORE),sqlite)
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 # libFuzzer targets (clang), with AddressSanitizer and UndefinedBehaviorSanitizer: the SMTP session
