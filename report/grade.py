@@ -123,7 +123,8 @@ class Record:
         self.clients = set()     # client randoms on record (any server_random)
         self.asked = set()
         self.lock = threading.Lock()
-        if not os.path.isfile(db):
+        # store.url: an SQLite file (sqlite:FILE or a bare path) must exist; a PostgreSQL URL is tried.
+        if not db.startswith(("postgresql://", "postgres://")) and not os.path.isfile(db.removeprefix("sqlite:")):
             raise UsageError(f"no class server database at {printable(db)} (DB=...: the database of the class "
                              "servers, started with `make class-senderserver`)")
         if not (os.path.isfile(admin) and os.access(admin, os.X_OK)):
