@@ -28,10 +28,11 @@ BIN := $(BUILD)/bin
 OBJ := $(BUILD)/obj
 
 CXX ?= g++
-CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -MMD -MP $(SANFLAGS)
+# libpq's header (Debian's libpq-dev) lives in its own directory.
+CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -MMD -MP $(SANFLAGS) -I/usr/include/postgresql
 LDFLAGS += $(SANFLAGS)
 LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -lPocoEncodings -lPocoFoundation \
-          -lssl -lcrypto -lsqlite3 -lpthread
+          -lssl -lcrypto -lsqlite3 -lpq -lpthread
 
 COMMON_SRC := $(wildcard common/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
@@ -122,8 +123,8 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # Debian/Ubuntu packages. `make deps` installs what building and running need; the tests, captures
 # and reports add theirs. Chromium is optional: Debian packages it, Ubuntu only as a snap (the
 # Chromium test then says it was skipped).
-BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev openssl
-TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc
+BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
+TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
 
@@ -346,11 +347,11 @@ bench-platform: deps
 .PHONY: test test-asan
 test: test-deps
 	@$(MAKE) all
-	@/usr/bin/python3 tests/run_tests.py --build $(BUILD)
+	@/usr/bin/python3 tests/run_tests.py --build $(BUILD) --store $(or $(STORE),sqlite)
 
 test-asan: test-deps
 	@$(MAKE) SANITIZE=1 all
-	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan --store $(or $(STORE),sqlite)
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 # libFuzzer targets (clang), with AddressSanitizer and UndefinedBehaviorSanitizer: the SMTP session
@@ -359,7 +360,7 @@ test-asan: test-deps
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
-FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I/usr/include/postgresql
 FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp \
                 retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/autoconfig.cpp retriever/pop3_session.cpp
 FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3

@@ -43,7 +43,8 @@ void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix,
     add("port", "p", "TCP port to listen on (0 = any free port, printed on the ready line)", "PORT", prefix + ".port");
     add("bind", "b", "addresses to listen on, comma-separated (default 127.0.0.1,::1: loopback on both stacks)",
         "ADDRS", prefix + ".bind");
-    add("db", "", "SQLite database of accounts and mail (default users/maillab.db)", "FILE", "store.path");
+    add("db", "", "the store: an SQLite file (default users/maillab.db) or postgresql://user@host:port/dbname",
+        "FILE|URL", "store.url");
     add("certs", "", "directory with ca.pem, server.pem, server.key (created if missing)", "DIR", "");
     add("cert", "", "server certificate chain, PEM (default certs/server.pem)", "FILE", "tls.cert");
     add("key", "", "server private key, PEM (default certs/server.key)", "FILE", "tls.key");
@@ -79,11 +80,15 @@ bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::stri
     return name == "help";
 }
 
-SqliteOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
-    SqliteOptions options;
-    options.path = config.getString("store.path");
-    options.busyTimeoutMs = config.getInt("store.busyTimeoutMs");
-    options.synchronous = config.getString("store.synchronous");
+StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
+    StoreOptions options;
+    // store.path, the setting's name before store.url, is still read from older files.
+    options.url = config.has("store.path") ? config.getString("store.path") : config.getString("store.url");
+    options.sqlite.busyTimeoutMs = config.getInt("store.busyTimeoutMs");
+    options.sqlite.synchronous = config.getString("store.synchronous");
+    options.postgres.maxConnections = config.getInt("store.maxConnections");
+    options.postgres.schema = config.getString("store.schema");
+    options.postgres.connectTimeoutSeconds = config.getInt("store.connectTimeoutSeconds");
     return options;
 }
 
@@ -134,11 +139,11 @@ long raiseOpenFileLimit() {
     return static_cast<long>(limit.rlim_cur);
 }
 
-std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger) {
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger) {
     try {
         if (ensureServerCertificates(tls))
             logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
-        return openSqliteStore(store);
+        return openStore(store);
     } catch (const std::exception& e) {
         logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
         return nullptr;

@@ -37,13 +37,14 @@ bool applyServerOption(Poco::Util::LayeredConfiguration& config, const std::stri
 void printHelp(const Poco::Util::OptionSet& options, const std::string& command, const std::string& header,
                const std::string& footer);
 
-SqliteOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
+// store.url (or store.path from older files) and the backends' tuning.
+StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
 // A server's start: certificates made when missing, the store opened. Logs and returns nullptr on failure.
-std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const SqliteOptions& store, Poco::Logger& logger);
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger);
 // What a class server keeps for the instructor (common/class.properties): provenance, the class
 // board's activity (class_board.h), lab tokens and the roster.
 struct ClassRecord {

@@ -1,6 +1,8 @@
 // The one narrow interface to the lab's accounts, mailboxes, guess budgets, provenance and class
 // activity. The servers and maillab-admin read and write only through it (the grader and the tests
-// through maillab-admin); SqliteStore is the backend.
+// through maillab-admin). Two backends, chosen by one setting (store.url, see openStore): SQLite
+// (common/sqlite_store.cpp, the embedded default) and PostgreSQL (common/postgres_store.cpp, for
+// several server instances on several machines sharing one database).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -180,6 +182,34 @@ struct SqliteOptions {
 };
 
 std::unique_ptr<Store> openSqliteStore(const SqliteOptions& options);
+
+struct PostgresOptions {
+    std::string url;          // a libpq connection URI: postgresql://user@host:port/dbname?sslmode=...
+    int maxConnections = 16;  // the pool: at most this many connections; more callers wait their turn
+    // The schema holding the tables, created when missing ("" = the user's default, public): several
+    // classes, or test runs, can share one database.
+    std::string schema;
+    int connectTimeoutSeconds = 5;  // a database that does not answer is a 451 / 503 this soon
+};
+
+std::unique_ptr<Store> openPostgresStore(const PostgresOptions& options);
+
+// What the store.* settings say: which backend (`url`) and each backend's own tuning.
+//   sqlite:users/maillab.db, or a bare path           SQLite (the default)
+//   postgresql://user@host:port/dbname (postgres://)  PostgreSQL, a libpq connection URI
+struct StoreOptions {
+    std::string url = "sqlite:users/maillab.db";
+    SqliteOptions sqlite;      // its path is taken from url
+    PostgresOptions postgres;  // its url is taken from url
+};
+
+// The one way the servers and maillab-admin open the store. Throws StoreError when it cannot.
+std::unique_ptr<Store> openStore(const StoreOptions& options);
+bool isPostgresUrl(const std::string& url);
+// The SQLite file a url names ("" for PostgreSQL).
+std::string sqlitePathOf(const std::string& url);
+// The url as a log line may show it: a PostgreSQL password is replaced by ***.
+std::string describeStoreUrl(const std::string& url);
 
 // Thrown by the store for database errors.
 struct StoreError : std::runtime_error {

@@ -123,7 +123,8 @@ class Record:
         self.clients = set()     # client randoms on record (any server_random)
         self.asked = set()
         self.lock = threading.Lock()
-        if not os.path.isfile(db):
+        # store.url: an SQLite file (sqlite:FILE or a bare path) must exist; a PostgreSQL URL is tried.
+        if not db.startswith(("postgresql://", "postgres://")) and not os.path.isfile(db):
             raise UsageError(f"no class server database at {printable(db)} (DB=...: the database of the class "
                              "servers, started with `make class-senderserver`)")
         if not (os.path.isfile(admin) and os.access(admin, os.X_OK)):
@@ -388,7 +389,8 @@ class Run:
             except (OSError, ValueError) as e:
                 raise UsageError(f"the class server's certificate {printable(cert)}: {e} (--cert FILE, or CERT= for make "
                                  "grade: the server.pem that `maillab-certs` wrote for the class servers)")
-        self.record = Record(os.path.abspath(args.admin), os.path.abspath(args.db))
+        db = args.db if args.db.startswith(("postgresql://", "postgres://")) else os.path.abspath(args.db.removeprefix("sqlite:"))
+        self.record = Record(os.path.abspath(args.admin), db)
         self.entries = list_folder(self.folder, self.out)
         self.lock = threading.Lock()
         self.title = f"maillab grades: {os.path.basename(self.folder)}"
@@ -655,7 +657,8 @@ def main(argv=None):
     parser.add_argument("--roster", help="CSV with the columns student,account")
     parser.add_argument("--secret", help="the instructor's token secret (default: --secret-file)")
     parser.add_argument("--secret-file", help="default users/instructor.secret")
-    parser.add_argument("--db", default=os.path.join(ROOT, "users", "maillab.db"), help="the class servers' database")
+    parser.add_argument("--db", default=os.path.join(ROOT, "users", "maillab.db"),
+                        help="the class servers' database: an SQLite file or their store.url (postgresql://...)")
     parser.add_argument("--admin", default=os.path.join(ROOT, "build", "bin", "maillab-admin"),
                         help="the store's tool that reads the record (default build/bin/maillab-admin)")
     parser.add_argument("--cert", action="append",

@@ -370,7 +370,7 @@ protected:
         ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
 
         TlsOptions tls = tlsOptionsFrom(cfg);
-        SqliteOptions storeOptions = storeOptionsFrom(cfg);
+        StoreOptions storeOptions = storeOptionsFrom(cfg);
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
@@ -507,7 +507,7 @@ protected:
             pop3Service->serve(pop3PlainListeners, false, pool, threads, cfg.getInt("retriever.listenBacklog"));
         }
 
-        logger.information("event=listening address=" + describeListeners(listeners) + " db=" + storeOptions.path +
+        logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
                            " tls=" + mode + " open-files=" + std::to_string(files) +
                            (pop3Listeners.empty() ? "" : " pop3=" + logValue(describeListeners(pop3Listeners))) +
                            (pop3PlainListeners.empty() ? "" : " pop3-plain=" + logValue(describeListeners(pop3PlainListeners))));

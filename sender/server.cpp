@@ -451,9 +451,11 @@ protected:
             ctx.rates = std::make_unique<smtp::SubmissionRates>(rates);
 
         AuthPolicy policy = authPolicyFrom(cfg, "sender.domain");
-        SqliteOptions storeOptions = storeOptionsFrom(cfg);
-        size_t slash = storeOptions.path.rfind('/');
-        ctx.storeDirectory = slash == std::string::npos ? "." : storeOptions.path.substr(0, slash + 1);
+        StoreOptions storeOptions = storeOptionsFrom(cfg);
+        // The free-space check watches the SQLite file's disk; a PostgreSQL server watches its own.
+        std::string storePath = sqlitePathOf(storeOptions.url);
+        size_t slash = storePath.rfind('/');
+        ctx.storeDirectory = storePath.empty() ? "" : slash == std::string::npos ? "." : storePath.substr(0, slash + 1);
         TlsOptions tls = tlsOptionsFrom(cfg);
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;
@@ -502,7 +504,7 @@ protected:
 
         int port = listeners.front()->address().port();
         logger.information("event=listening address=" + describeListeners(listeners) + " domain=" +
-                           policy.labDomain + " db=" + storeOptions.path + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
+                           policy.labDomain + " db=" + logValue(describeStoreUrl(storeOptions.url)) + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
                            std::to_string(ctx.maxConnections) + " open-files=" + std::to_string(files));
         // The ready line: tests and scripts wait for it instead of sleeping.
         std::cout << "ready port=" << port << std::endl;

@@ -22,10 +22,10 @@ for module in sorted(glob.glob(os.path.join(HERE, "e2e", "test_*.py"))):
     importlib.import_module(os.path.splitext(os.path.basename(module))[0])
 
 
-def run_unit(build):
+def run_unit(build, env=None):
     report = tempfile.mktemp(suffix=".xml")
     exe = os.path.join(build, "bin", "unit-tests")
-    proc = subprocess.run([exe, "-r", "junit", "-o", report])
+    proc = subprocess.run([exe, "-r", "junit", "-o", report], env=env)
     passed = failed = 0
     try:
         root = ET.parse(report).getroot()
@@ -53,19 +53,38 @@ def main():
     parser.add_argument("--build", default="build")
     parser.add_argument("--only", nargs="*", help="run only e2e tests whose names contain these")
     parser.add_argument("--no-unit", action="store_true")
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="the backend every test runs on: postgresql starts a throwaway cluster "
+                             "(tests/pg_cluster.py) and removes it at the end")
     args = parser.parse_args()
     os.chdir(os.path.dirname(HERE))
 
-    passed = failed = 0
-    if not args.no_unit:
-        p, f = run_unit(args.build)
-        passed += p
-        failed += f
-    lab = harness.Lab(args.build)
+    cluster = None
+    env = None
+    if args.store == "postgresql":
+        import pg_cluster
+        try:
+            cluster = pg_cluster.Cluster()
+        except pg_cluster.Unavailable as e:
+            print(f"FAIL --store postgresql: {e}")
+            return 1
+        print(f"PostgreSQL cluster in {cluster.dir} on 127.0.0.1:{cluster.port}", flush=True)
+        env = dict(os.environ, MAILLAB_TEST_PG_URL=cluster.new_database("unit"))
     try:
-        p, f, s = harness.run(lab, args.only)
+        passed = failed = 0
+        if not args.no_unit:
+            p, f = run_unit(args.build, env)
+            passed += p
+            failed += f
+        lab = harness.Lab(args.build)
+        lab.postgres = cluster
+        try:
+            p, f, s = harness.run(lab, args.only)
+        finally:
+            lab.cleanup()
     finally:
-        lab.cleanup()
+        if cluster:
+            cluster.stop()
     print(f"end-to-end tests: {p} passed, {f} failed, {s} skipped")
     passed += p
     failed += f

@@ -3,7 +3,8 @@
 // Store interface, never SQL. `make password USER=ana` runs `set-password`, `make class-status`
 // runs `class-status --watch`.
 //
-//   maillab-admin [--db users/maillab.db] [--domain 447.edu] COMMAND
+//   maillab-admin [--db users/maillab.db | --db postgresql://user@host/dbname [--schema NAME]]
+//                 [--domain 447.edu] COMMAND   (--db takes what store.url takes)
 //     set-password EMAIL    a new 8-digit password ending in 447, printed once; the old one stops
 //                           working at once on both servers, and the account's guess budgets are full
 //     delete-account EMAIL  the account and its mailbox go; its password stops working at once
@@ -37,7 +38,7 @@
 namespace {
 
 const char* const kUsage =
-    "usage: maillab-admin [--db FILE] [--domain DOMAIN] COMMAND\n"
+    "usage: maillab-admin [--db FILE|postgresql://user@host/dbname] [--schema NAME] [--domain DOMAIN] COMMAND\n"
     "  set-password EMAIL | delete-account EMAIL | set-role EMAIL instructor|student | list | accounts --json\n"
     "  mailbox EMAIL --json | tls-sessions --json [CLIENT_RANDOM ...]\n"
     "  class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes N]\n";
@@ -59,7 +60,7 @@ volatile std::sig_atomic_t stopWatching = 0;
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string db = "users/maillab.db", domain = "447.edu", roster, secretFile;
+    std::string db = "users/maillab.db", domain = "447.edu", roster, secretFile, schema;
     bool asJson = false;
     int watchSeconds = 0;
     int64_t stuckMinutes = 20;
@@ -72,8 +73,8 @@ int main(int argc, char** argv) {
             return true;
         };
         std::string number;
-        if (a == "--db" || a == "--domain" || a == "--roster" || a == "--secret-file") {
-            if (!value(a == "--db" ? db : a == "--domain" ? domain : a == "--roster" ? roster : secretFile))
+        if (a == "--db" || a == "--domain" || a == "--roster" || a == "--secret-file" || a == "--schema") {
+            if (!value(a == "--db" ? db : a == "--domain" ? domain : a == "--roster" ? roster : a == "--schema" ? schema : secretFile))
                 return usage(a + " needs a value");
         } else if (a.rfind("--db=", 0) == 0) {
             db = a.substr(5);
@@ -97,12 +98,17 @@ int main(int argc, char** argv) {
     }
     if (words.empty()) return usage();
     const std::string& command = words[0];
+    const std::string url = db;
+    db = maillab::describeStoreUrl(url);  // named in messages without a password
     try {
-        maillab::SqliteOptions options;
-        options.path = db;
-        if (::access(db.c_str(), F_OK) != 0 && command != "set-password")
+        maillab::StoreOptions options;
+        options.url = url;
+        options.postgres.schema = schema;
+        options.postgres.maxConnections = 2;
+        std::string file = maillab::sqlitePathOf(url);
+        if (!file.empty() && ::access(file.c_str(), F_OK) != 0 && command != "set-password")
             throw std::runtime_error("no such database (start a server first, or give --db)");
-        auto store = maillab::openSqliteStore(options);
+        auto store = maillab::openStore(options);
         if (command == "set-password" && words.size() == 2) {
             maillab::AuthPolicy policy;
             policy.labDomain = domain;

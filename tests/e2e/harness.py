@@ -42,6 +42,22 @@ class Lab:
         global ADMIN
         ADMIN = self.exe("maillab-admin")
         self.counter = 0
+        self.postgres = None  # a pg_cluster.Cluster when the suite runs on PostgreSQL (run_tests.py --store)
+        self.databases = {}   # on PostgreSQL: the database each SQLite path a test named stands for
+
+    def store(self, path):
+        """The store a test's `path` names: the SQLite file itself, or on PostgreSQL a database of its
+        own made the first time the path is named (so servers given the same path share it)."""
+        if not self.postgres or path.startswith("postgresql://"):
+            return path
+        if path not in self.databases:
+            self.databases[path] = self.postgres.new_database()
+        return self.databases[path]
+
+    def require_sqlite(self, why):
+        """For a test of SQLite itself (its file, WAL, locks): skipped on PostgreSQL, saying why."""
+        if self.postgres:
+            raise Skip(f"SQLite only: {why}")
 
     def exe(self, name):
         return os.path.join(self.bin, name)
@@ -69,7 +85,7 @@ class Server:
 
     def __init__(self, lab, program, settings=None, args=(), db=None, env=None, preexec_fn=None, certs=None):
         self.lab = lab
-        self.db = db or lab.path("maillab.db")
+        self.db = lab.store(db or lab.path("maillab.db"))
         self.log_path = lab.path(program + ".log")
         cmd = [lab.exe(program), "--port=0", f"--db={self.db}", f"--certs={certs or lab.certs}"]
         # Log lines written at once (the console channel, not the default asynchronous one), so that

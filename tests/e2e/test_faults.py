@@ -7,7 +7,7 @@ import os
 import resource
 import sqlite3
 
-from harness import Conversation, Server, messages, register, test
+from harness import Conversation, Server, Skip, messages, register, test
 
 
 def plain(user, password):
@@ -29,6 +29,7 @@ def send(lab, port, password, body):
 
 @test
 def a_shared_memory_file_cut_short_is_refused_not_a_crash(lab):
+    lab.require_sqlite("the WAL's shared-memory file (<db>-shm) is SQLite's")
     with Server(lab, "senderserver") as server:
         ana = register(lab, server.port, "ana")
         assert send(lab, server.port, ana, "before").startswith("250")
@@ -44,6 +45,8 @@ def a_shared_memory_file_cut_short_is_refused_not_a_crash(lab):
 
 @test
 def a_database_locked_by_another_program_gets_451_never_250(lab):
+    lab.require_sqlite("an SQLite write lock held by another program (PostgreSQL writers wait on row locks; "
+                       "its unreachable case is a_postgresql_database_that_goes_away_...)")
     with Server(lab, "senderserver", {"store.busyTimeoutMs": 300}) as server:
         ana = register(lab, server.port, "ana")
         # A first message from this address (127.0.0.1; the client may have registered over ::1): the
@@ -65,6 +68,8 @@ def a_database_locked_by_another_program_gets_451_never_250(lab):
 
 @test
 def a_full_disk_gets_451_and_the_server_serves_on(lab):
+    lab.require_sqlite("the file size limit stands in for a full disk under the server's own SQLite file; "
+                       "a PostgreSQL server writes to its own disk")
     # A file size limit (ulimit -f) stands in for a full file system: writes past it fail with EFBIG.
     limit = 4 * 1024 * 1024
 
@@ -79,3 +84,35 @@ def a_full_disk_gets_451_and_the_server_serves_on(lab):
         assert send(lab, server.port, ana, "small").startswith("250")
         stored = [bytes(raw) for _, raw in messages(server.db, "ana@447.edu")]
         assert len(stored) == 1 and b"small" in stored[0]  # the refused message is not half-stored
+
+
+@test
+def a_postgresql_database_that_goes_away_gets_451_and_is_used_again_when_back(lab):
+    if not lab.postgres:
+        raise Skip("PostgreSQL only (run_tests.py --store postgresql): its server stopped and started again")
+    with Server(lab, "senderserver") as server:
+        ana = register(lab, server.port, "ana")
+        assert send(lab, server.port, ana, "before").startswith("250")
+        lab.postgres.stop_server()
+        try:
+            c = Conversation(lab, server.port)
+            c.cmd("EHLO faults")
+            # The login may be answered from the cache (auth.cacheTtlSeconds) or need the database.
+            reply = c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
+            if reply.startswith("235"):
+                c.cmd("MAIL FROM:<ana@447.edu>")
+                c.cmd("RCPT TO:<ana@447.edu>")
+                c.cmd("DATA")
+                reply = c.cmd("Subject: fault\r\n\r\nwhile away\r\n.")
+                assert reply.startswith("451 4.3.0"), reply
+            else:
+                assert reply.startswith("454 4.7.0"), reply
+            c.close()
+        finally:
+            lab.postgres.start()
+        assert server.proc.poll() is None, "the server died"
+        assert "PostgreSQL database" in server.log_text(), server.log_text()[-2000:]
+        # Back: the next sessions are served on new connections.
+        assert send(lab, server.port, ana, "after").startswith("250")
+        stored = [bytes(raw) for _, raw in messages(server.db, "ana@447.edu")]
+        assert len(stored) == 2 and b"before" in stored[0] and b"after" in stored[1], stored

@@ -138,7 +138,7 @@ def synthetic_class(lab):
     work = lab.path("class")
     live = os.path.join(work, "live")
     class_settings = {"store.provenance": "true"}
-    class_db, other_db = lab.path("class-server.db"), lab.path("other-server.db")
+    class_db, other_db = lab.store(lab.path("class-server.db")), lab.store(lab.path("other-server.db"))
     made = {}
     with Server(lab, "senderserver", class_settings, db=class_db) as sender, \
             Server(lab, "retrieverserver", class_settings, db=class_db) as retriever:

@@ -1,9 +1,13 @@
-// Test fixtures: a temporary SQLite store and an authenticator with a cheap scrypt cost.
+// Test fixtures: a temporary store (SQLite, or PostgreSQL with MAILLAB_TEST_PG_URL) and an
+// authenticator with a cheap scrypt cost.
 #pragma once
 #include "../../common/auth.h"
 #include "../../common/store.h"
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
+
+#include <atomic>
 
 #include <cstdlib>
 #include <memory>
@@ -27,41 +31,79 @@ inline AuthPolicy fastPolicy() {
     return policy;
 }
 
+// The PostgreSQL database the store tests run against too (tests/pg_cluster.py sets it; `make test`
+// with STORE=postgresql), or nullptr: then every fixture is SQLite.
+inline const char* testPostgresUrl() {
+    const char* url = std::getenv("MAILLAB_TEST_PG_URL");
+    return url && *url ? url : nullptr;
+}
+
+// Runs one statement on the test's PostgreSQL database, outside the store (a fixture's clean-up,
+// sabotage, or a look at what is on disk); false when it failed. `value`: the first row's first field.
+inline bool postgresStatement(const std::string& sql, std::string* value = nullptr) {
+    PGconn* conn = PQconnectdb(testPostgresUrl());
+    bool ok = PQstatus(conn) == CONNECTION_OK;
+    PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);  // "drop cascades to ..."
+    if (ok) {
+        PGresult* r = PQexec(conn, sql.c_str());
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (ok && value) *value = PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
+        PQclear(r);
+    }
+    PQfinish(conn);
+    return ok;
+}
+
+// A fresh, empty store opened through openStore (as the servers open theirs): an SQLite file in a
+// temporary directory, or, with MAILLAB_TEST_PG_URL, a PostgreSQL schema of its own, dropped after.
 struct LabFixture {
     TempDir dir;
+    StoreOptions options;
     std::unique_ptr<Store> store;
     int64_t now = 1795000000;
     std::unique_ptr<Authenticator> auth;
 
     explicit LabFixture(AuthPolicy policy = fastPolicy()) {
-        SqliteOptions options;
-        options.path = dir.path + "/test.db";
-        options.synchronous = "NORMAL";
-        store = openSqliteStore(options);
+        if (testPostgresUrl()) {
+            static std::atomic<int> counter{0};
+            options.url = testPostgresUrl();
+            options.postgres.schema = "unit_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
+        } else {
+            options.url = "sqlite:" + dir.path + "/test.db";
+            options.sqlite.synchronous = "NORMAL";
+        }
+        store = openStore(options);
         auth = std::make_unique<Authenticator>(*store, policy, [this] { return now; });
     }
+    ~LabFixture() {
+        auth.reset();
+        store.reset();
+        if (isPostgres()) postgresStatement("DROP SCHEMA IF EXISTS " + options.postgres.schema + " CASCADE");
+    }
+
+    bool isPostgres() const { return !options.postgres.schema.empty(); }
+
+    // Another program's store on the same database (another server, maillab-admin).
+    std::unique_ptr<Store> anotherStore() const { return openStore(options); }
 
     void addUser(const std::string& email, const std::string& password) {
         store->createAccount(email, hashPassword(password, ScryptParams{1024, 8, 1}), now);
     }
 
-    // Changes a stored password behind the Store's back, as another process or an admin would.
-    // False when the database refused.
+    // Changes a stored password behind this Store's back, as another process or an admin would.
+    // False when there is no such account.
     bool setPasswordInDatabase(const std::string& email, const std::string& password) {
-        std::string hash = hashPassword(password, ScryptParams{1024, 8, 1});
-        sqlite3* db = nullptr;
-        sqlite3_open((dir.path + "/test.db").c_str(), &db);
-        std::string sql = "UPDATE accounts SET password_hash='" + hash + "' WHERE email='" + email + "'";
-        bool ok = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK;
-        sqlite3_close(db);
-        return ok;
+        return anotherStore()->setPasswordHash(email, hashPassword(password, ScryptParams{1024, 8, 1}));
     }
-    // As an instructor would with sqlite3: the account goes (and its budgets and trusted sources).
-    bool deleteAccountInDatabase(const std::string& email) {
+    // As an instructor would with maillab-admin: the account goes (and its budgets and trusted sources).
+    bool deleteAccountInDatabase(const std::string& email) { return anotherStore()->deleteAccount(email); }
+
+    // Breaks the store under a running server: its messages table disappears. False when it could not.
+    bool dropMessagesTable() {
+        if (isPostgres()) return postgresStatement("DROP TABLE " + options.postgres.schema + ".messages CASCADE");
         sqlite3* db = nullptr;
         sqlite3_open((dir.path + "/test.db").c_str(), &db);
-        std::string sql = "DELETE FROM accounts WHERE email='" + email + "'";
-        bool ok = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK && sqlite3_changes(db) == 1;
+        bool ok = sqlite3_exec(db, "DROP TABLE messages", nullptr, nullptr, nullptr) == SQLITE_OK;
         sqlite3_close(db);
         return ok;
     }

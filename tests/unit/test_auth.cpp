@@ -8,7 +8,6 @@
 #include <utility>
 #include <thread>
 #include <vector>
-#include <sqlite3.h>
 
 using namespace maillab;
 using maillab::testing::LabFixture;

@@ -6,7 +6,6 @@
 #include "../../sender/session.h"
 
 #include "catch.hpp"
-#include <sqlite3.h>
 
 #include <algorithm>
 #include <dirent.h>
@@ -183,10 +182,7 @@ TEST_CASE("a store failure is a 451, never a 250", "[session][data]") {
     h.say("DATA");
     h.say("hello");
     // Break the store under the session: the messages table disappears.
-    sqlite3* db = nullptr;
-    sqlite3_open((h.lab.dir.path + "/test.db").c_str(), &db);
-    sqlite3_exec(db, "DROP TABLE messages", nullptr, nullptr, nullptr);
-    sqlite3_close(db);
+    REQUIRE(h.lab.dropMessagesTable());
     CHECK(h.say(".").rfind("451 4.3.0 ", 0) == 0);
 }
 

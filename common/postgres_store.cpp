@@ -1,0 +1,780 @@
+// PostgreSQL backend of the Store (libpq), for several sender and retriever instances on several
+// machines sharing one database: prepared statements on a small pool of connections, real
+// transactions, synchronous_commit on (a 250 means on the server's disk), row locks for the guess
+// budget, group commit of deliveries, and a schema version in a table of its own. Keeps every promise
+// the SQLite store makes (store.h); a database that cannot be reached is a StoreError naming it (never
+// its password), and the next call connects again.
+#include "store.h"
+
+#include <libpq-fe.h>
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <locale>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+#include <vector>
+
+namespace maillab {
+
+namespace {
+
+// The same numbering as the SQLite store's: a version names what the store holds, whichever engine.
+constexpr int kSchemaVersion = 7;
+
+// Serialises the creation of the tables when several servers start at once on a new database
+// (pg_advisory_xact_lock: held until that transaction ends). Any number: this one reads "447 21".
+constexpr int64_t kMigrationLock = 44721;
+
+// Version 7, created whole. Every string is BYTEA: the store keeps bytes as SQLite does, so an 8-bit
+// Subject or a NUL is stored as it came instead of turning a delivery into a 451 (TEXT must be valid
+// in the database's encoding), and addresses sort and compare byte by byte as in SQLite.
+// Later versions go in kMigrations, applied in order from the version on record.
+const char* const kSchema = R"SQL(
+CREATE TABLE accounts (
+    email          BYTEA PRIMARY KEY,
+    password_hash  BYTEA NOT NULL,
+    created_at     BIGINT NOT NULL,
+    role           BYTEA NOT NULL DEFAULT ''
+);
+-- A message's text once however many mailboxes it goes to, with the story of the session that
+-- delivered it; it goes with the last message that uses it.
+CREATE TABLE bodies (
+    id     BIGSERIAL PRIMARY KEY,
+    raw    BYTEA NOT NULL,
+    story  BYTEA NOT NULL DEFAULT ''
+);
+CREATE TABLE messages (
+    id             BIGSERIAL PRIMARY KEY,
+    queue_id       BYTEA NOT NULL,
+    mailbox        BYTEA NOT NULL,
+    envelope_from  BYTEA NOT NULL,
+    header_from    BYTEA NOT NULL,
+    header_to      BYTEA NOT NULL,
+    subject        BYTEA NOT NULL,
+    date           BYTEA NOT NULL,
+    received_at    BIGINT NOT NULL,
+    size           BIGINT NOT NULL,
+    body_id        BIGINT NOT NULL REFERENCES bodies(id)
+);
+CREATE INDEX messages_by_mailbox ON messages(mailbox, id);
+CREATE INDEX messages_by_body ON messages(body_id);
+-- Per-mailbox totals kept by triggers: a listing's count, validators and the quota's bytes cost one
+-- row lookup, not a scan of the mailbox.
+CREATE TABLE mailbox_stats (
+    mailbox             BYTEA PRIMARY KEY,
+    count               BIGINT NOT NULL,
+    newest_id           BIGINT NOT NULL,
+    newest_received_at  BIGINT NOT NULL,
+    bytes               BIGINT NOT NULL
+);
+CREATE FUNCTION maillab_messages_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO mailbox_stats AS s (mailbox, count, newest_id, newest_received_at, bytes)
+        VALUES (NEW.mailbox, 1, NEW.id, NEW.received_at, NEW.size)
+    ON CONFLICT (mailbox) DO UPDATE SET count = s.count + 1, bytes = s.bytes + excluded.bytes,
+        newest_id = greatest(s.newest_id, excluded.newest_id),
+        newest_received_at = greatest(s.newest_received_at, excluded.newest_received_at);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_count AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION maillab_messages_count();
+CREATE FUNCTION maillab_messages_uncount() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size WHERE mailbox = OLD.mailbox;
+    DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_uncount AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION maillab_messages_uncount();
+-- The guess budgets (token buckets) and the sources trusted per account; both go with the account.
+CREATE TABLE auth_budget (
+    key      BYTEA PRIMARY KEY,
+    email    BYTEA NOT NULL,
+    tokens   DOUBLE PRECISION NOT NULL,
+    updated  BIGINT NOT NULL
+);
+CREATE INDEX auth_budget_by_email ON auth_budget(email);
+CREATE TABLE auth_trusted (
+    email    BYTEA NOT NULL,
+    source   BYTEA NOT NULL,
+    last_ok  BIGINT NOT NULL,
+    PRIMARY KEY (email, source)
+);
+CREATE FUNCTION maillab_accounts_forget_auth() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM auth_budget WHERE email = OLD.email;
+    DELETE FROM auth_trusted WHERE email = OLD.email;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER accounts_forget_auth AFTER DELETE ON accounts FOR EACH ROW EXECUTE FUNCTION maillab_accounts_forget_auth();
+-- Provenance: authenticated TLS sessions by both randoms, inserted once, never replaced.
+CREATE TABLE tls_logins (
+    client_random  BYTEA NOT NULL,
+    server_random  BYTEA NOT NULL,
+    service        BYTEA NOT NULL,
+    peer           BYTEA NOT NULL,
+    started_at     BIGINT NOT NULL,
+    account        BYTEA NOT NULL,
+    PRIMARY KEY (client_random, server_random)
+);
+CREATE INDEX tls_logins_by_time ON tls_logins(started_at);
+-- The class board's counts.
+CREATE TABLE activity (
+    account   BYTEA NOT NULL,
+    kind      BYTEA NOT NULL,
+    count     BIGINT NOT NULL,
+    first_at  BIGINT NOT NULL,
+    last_at   BIGINT NOT NULL,
+    PRIMARY KEY (account, kind)
+);
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+)SQL";
+
+// Migrations from version 7 on: {the version it makes, its SQL}. None yet.
+struct Migration {
+    int version;
+    const char* sql;
+};
+const Migration kMigrations[] = {{0, nullptr}};
+
+std::string trimmed(std::string text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    return text;
+}
+
+// Statement parameters: strings go as bytes (binary BYTEA), numbers as text, in the C locale.
+class Params {
+public:
+    Params& add(const std::string& bytes) { return push(bytes, 1); }
+    Params& add(int64_t value) { return push(std::to_string(value), 0); }
+    Params& add(double value) {
+        std::ostringstream out;
+        out.imbue(std::locale::classic());
+        out.precision(17);
+        out << value;
+        return push(out.str(), 0);
+    }
+    int count() const { return static_cast<int>(values_.size()); }
+    const char* const* values() {
+        pointers_.clear();
+        for (const std::string& v : values_) pointers_.push_back(v.data());
+        return pointers_.data();
+    }
+    const int* lengths() const { return lengths_.data(); }
+    const int* formats() const { return formats_.data(); }
+
+private:
+    Params& push(std::string value, int format) {
+        lengths_.push_back(static_cast<int>(value.size()));
+        values_.push_back(std::move(value));
+        formats_.push_back(format);
+        return *this;
+    }
+    std::deque<std::string> values_;
+    std::vector<const char*> pointers_;
+    std::vector<int> lengths_, formats_;
+};
+
+int hexDigit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return c - 'A' + 10;
+}
+
+// A statement's rows, in libpq's text format (BYTEA as \x and hex digits: bytea_output is set).
+class Result {
+public:
+    explicit Result(PGresult* result) : result_(result) {}
+    ~Result() { PQclear(result_); }
+    Result(Result&& other) noexcept : result_(other.result_) { other.result_ = nullptr; }
+    Result(const Result&) = delete;
+    Result& operator=(const Result&) = delete;
+
+    PGresult* get() const { return result_; }
+    int rows() const { return PQntuples(result_); }
+    bool isNull(int row, int column) const { return PQgetisnull(result_, row, column) != 0; }
+    std::string bytes(int row, int column) const {
+        const char* p = PQgetvalue(result_, row, column);
+        size_t n = static_cast<size_t>(PQgetlength(result_, row, column));
+        if (n < 2 || p[0] != '\\' || p[1] != 'x') return std::string(p, n);  // a text column
+        std::string out;
+        out.resize((n - 2) / 2);
+        for (size_t i = 0; i < out.size(); ++i)
+            out[i] = static_cast<char>(hexDigit(p[2 + 2 * i]) << 4 | hexDigit(p[3 + 2 * i]));
+        return out;
+    }
+    int64_t integer(int row, int column) const { return std::strtoll(PQgetvalue(result_, row, column), nullptr, 10); }
+    double real(int row, int column) const {
+        std::istringstream in(PQgetvalue(result_, row, column));
+        in.imbue(std::locale::classic());
+        double value = 0;
+        in >> value;
+        return value;
+    }
+    bool boolean(int row, int column) const { return PQgetvalue(result_, row, column)[0] == 't'; }
+    // Rows an INSERT, UPDATE or DELETE touched.
+    int64_t affected() const { return std::strtoll(PQcmdTuples(result_), nullptr, 10); }
+
+private:
+    PGresult* result_;
+};
+
+// A pooled connection and the statements prepared on it (by SQL text: the name is made here).
+struct Handle {
+    PGconn* conn = nullptr;
+    std::unordered_map<std::string, std::string> prepared;
+    bool broken = false;  // the connection failed: closed instead of going back to the pool
+    ~Handle() { PQfinish(conn); }
+};
+
+const char* const kSummaryColumns =
+    "m.id, m.queue_id, m.mailbox, m.envelope_from, m.header_from, m.header_to, m.subject, m.date, m.received_at, m.size";
+
+MessageSummary readSummary(const Result& r, int row) {
+    MessageSummary m;
+    m.id = r.integer(row, 0);
+    m.queueId = r.bytes(row, 1);
+    m.mailbox = r.bytes(row, 2);
+    m.envelopeFrom = r.bytes(row, 3);
+    m.from = r.bytes(row, 4);
+    m.to = r.bytes(row, 5);
+    m.subject = r.bytes(row, 6);
+    m.date = r.bytes(row, 7);
+    m.receivedAt = r.integer(row, 8);
+    m.size = r.integer(row, 9);
+    return m;
+}
+
+bool validSchemaName(const std::string& name) {
+    if (name.empty() || name.size() > 63 || (name[0] >= '0' && name[0] <= '9')) return false;
+    for (char c : name)
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+    return true;
+}
+
+class PostgresStore final : public Store {
+public:
+    explicit PostgresStore(const PostgresOptions& options) : options_(options) {
+        name_ = describe(options.url);
+        if (!options_.schema.empty() && !validSchemaName(options_.schema))
+            throw StoreError("store.schema '" + options_.schema + "': use lower-case letters, digits and _");
+        if (options_.maxConnections < 1) throw StoreError("store.maxConnections must be at least 1");
+        try {
+            Connection c(*this);
+            migrate(c);
+        } catch (...) {
+            closeAll();  // the destructor does not run when the constructor throws
+            throw;
+        }
+    }
+
+    ~PostgresStore() override { closeAll(); }
+
+    std::optional<Account> findAccount(const std::string& email) override {
+        Connection c(*this);
+        Result r = c.run("SELECT email, password_hash, created_at, role FROM accounts WHERE email = $1", Params().add(email));
+        if (r.rows() == 0) return std::nullopt;
+        return Account{r.bytes(0, 0), r.bytes(0, 1), r.integer(0, 2), r.bytes(0, 3)};
+    }
+
+    bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
+        Connection c(*this);
+        return c.run("INSERT INTO accounts(email, password_hash, created_at) VALUES($1, $2, $3) ON CONFLICT DO NOTHING",
+                     Params().add(email).add(passwordHash).add(now))
+                   .affected() == 1;
+    }
+
+    bool setPasswordHash(const std::string& email, const std::string& passwordHash) override {
+        Connection c(*this);
+        return c.run("UPDATE accounts SET password_hash = $2 WHERE email = $1", Params().add(email).add(passwordHash))
+                   .affected() == 1;
+    }
+
+    bool deleteAccount(const std::string& email) override {
+        Connection c(*this);
+        Transaction tx(c);
+        c.run("DELETE FROM messages WHERE mailbox = $1", Params().add(email));
+        bool deleted = c.run("DELETE FROM accounts WHERE email = $1", Params().add(email)).affected() == 1;
+        tx.commit();
+        return deleted;
+    }
+
+    int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) override {
+        // POP3's UPDATE state: all or none, in one transaction; the triggers keep the mailbox's
+        // totals and free a body with its last copy, as in SQLite.
+        Connection c(*this);
+        Transaction tx(c);
+        int64_t removed = 0;
+        for (int64_t id : ids)
+            removed += c.run("DELETE FROM messages WHERE mailbox = $1 AND id = $2", Params().add(mailbox).add(id)).affected();
+        tx.commit();
+        return removed;
+    }
+
+    std::vector<Account> listAccounts() override {
+        Connection c(*this);
+        Result r = c.run("SELECT email, password_hash, created_at, role FROM accounts ORDER BY email");
+        std::vector<Account> out;
+        for (int i = 0; i < r.rows(); ++i) out.push_back(Account{r.bytes(i, 0), r.bytes(i, 1), r.integer(i, 2), r.bytes(i, 3)});
+        return out;
+    }
+
+    bool setRole(const std::string& email, const std::string& role) override {
+        Connection c(*this);
+        return c.run("UPDATE accounts SET role = $2 WHERE email = $1", Params().add(email).add(role)).affected() == 1;
+    }
+
+    double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
+        Connection c(*this);
+        Transaction tx(c);
+        // A bucket that was never used is full. Then the row is locked (FOR UPDATE) until COMMIT:
+        // every instance of both servers that takes from this budget waits its turn, none can race.
+        std::string email = key.substr(key.find(':') + 1, key.find('|') - key.find(':') - 1);
+        c.run("INSERT INTO auth_budget(key, email, tokens, updated) VALUES($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+              Params().add(key).add(email).add(burst).add(now));
+        Result read = c.run("SELECT tokens, updated FROM auth_budget WHERE key = $1 FOR UPDATE", Params().add(key));
+        if (read.rows() != 1) throw StoreError(name_ + ": the guess budget " + key + " vanished");
+        int64_t updated = read.integer(0, 1);
+        double tokens = refilledTokens(read.real(0, 0), updated, now, burst, refillSeconds);
+        if (tokens < 1.0) {
+            tx.commit();
+            return secondsUntilToken(tokens, refillSeconds);
+        }
+        c.run("UPDATE auth_budget SET tokens = $2, updated = $3 WHERE key = $1",
+              Params().add(key).add(tokens - 1.0).add(std::max(now, updated)));
+        tx.commit();
+        return 0;
+    }
+
+    std::optional<LoginState> loginState(const std::string& email, const std::string& source) override {
+        Connection c(*this);
+        // The budget key as Authenticator builds it: pair:<email>|<source> for a trusted source.
+        Result r = c.run(
+            "WITH t(trusted) AS (SELECT EXISTS(SELECT 1 FROM auth_trusted WHERE email = $1 AND source = $2 "
+            "AND $2 <> ''::bytea)) "
+            "SELECT a.password_hash, t.trusted, b.tokens, b.updated FROM accounts a CROSS JOIN t "
+            "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.trusted THEN 'pair:'::bytea || $1 || '|'::bytea || $2 "
+            "ELSE 'acct:'::bytea || $1 END WHERE a.email = $1",
+            Params().add(email).add(source));
+        if (r.rows() == 0) return std::nullopt;
+        LoginState state;
+        state.passwordHash = r.bytes(0, 0);
+        state.trusted = r.boolean(0, 1);
+        state.hasBucket = !r.isNull(0, 2);
+        state.tokens = state.hasBucket ? r.real(0, 2) : 0;
+        state.updated = state.hasBucket ? r.integer(0, 3) : 0;
+        return state;
+    }
+
+    void clearGuessBudgets(const std::string& email) override {
+        Connection c(*this);
+        c.run("DELETE FROM auth_budget WHERE email = $1", Params().add(email));
+    }
+
+    void returnGuess(const std::string& key, double burst) override {
+        Connection c(*this);
+        c.run("UPDATE auth_budget SET tokens = least($2::double precision, tokens + 1) WHERE key = $1",
+              Params().add(key).add(burst));
+    }
+
+    bool isTrustedSource(const std::string& email, const std::string& source) override {
+        Connection c(*this);
+        return c.run("SELECT 1 FROM auth_trusted WHERE email = $1 AND source = $2", Params().add(email).add(source))
+                   .rows() > 0;
+    }
+
+    void trustSource(const std::string& email, const std::string& source, int64_t now) override {
+        Connection c(*this);
+        c.run("INSERT INTO auth_trusted(email, source, last_ok) VALUES($1, $2, $3) "
+              "ON CONFLICT(email, source) DO UPDATE SET last_ok = excluded.last_ok",
+              Params().add(email).add(source).add(now));
+    }
+
+    // Group commit, as in the SQLite store: deliveries that arrive while a commit is running wait and
+    // go into the next transaction together. Every caller returns only after the COMMIT that holds
+    // its rows (synchronous_commit on: in the server's WAL on disk); if that commit fails, every
+    // message in it fails and none is stored. Each instance groups its own deliveries.
+    std::vector<int64_t> deliver(const NewMessage& message) override {
+        PendingDelivery me{&message, {}, nullptr, false};
+        std::unique_lock<std::mutex> lock(commitMutex_);
+        pending_.push_back(&me);
+        while (!me.done) {
+            if (committing_) {
+                commitDone_.wait(lock);
+                continue;
+            }
+            committing_ = true;
+            std::vector<PendingDelivery*> batch;
+            batch.swap(pending_);
+            lock.unlock();
+            commitBatch(batch);
+            lock.lock();
+            for (PendingDelivery* p : batch) p->done = true;
+            committing_ = false;
+            commitDone_.notify_all();
+        }
+        if (me.error) std::rethrow_exception(me.error);
+        return me.ids;
+    }
+
+    std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
+        Connection c(*this);
+        Result r = c.run(std::string("SELECT ") + kSummaryColumns +
+                             " FROM messages m WHERE m.mailbox = $1 ORDER BY m.id DESC LIMIT $2 OFFSET $3",
+                         Params().add(mailbox).add(limit).add(offset));
+        std::vector<MessageSummary> out;
+        for (int i = 0; i < r.rows(); ++i) out.push_back(readSummary(r, i));
+        return out;
+    }
+
+    std::vector<MessageStart> listMessageStarts(const std::string& mailbox, int64_t offset, int64_t limit,
+                                                int64_t startBytes) override {
+        Connection c(*this);
+        Result r = c.run(std::string("SELECT ") + kSummaryColumns +
+                             ", substring(b.raw FROM 1 FOR least($4::bigint, 2147483647)::integer) FROM messages m "
+                             "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox = $1 ORDER BY m.id DESC LIMIT $2 OFFSET $3",
+                         Params().add(mailbox).add(limit).add(offset).add(std::max<int64_t>(startBytes, 0)));
+        std::vector<MessageStart> out;
+        for (int i = 0; i < r.rows(); ++i) out.push_back(MessageStart{readSummary(r, i), r.bytes(i, 10)});
+        return out;
+    }
+
+    std::optional<StoredMessage> getMessage(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        Result r = c.run(std::string("SELECT ") + kSummaryColumns +
+                             ", b.raw FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox = $1 AND m.id = $2",
+                         Params().add(mailbox).add(id));
+        if (r.rows() == 0) return std::nullopt;
+        return StoredMessage{readSummary(r, 0), r.bytes(0, 10)};
+    }
+
+    std::optional<MessageSummary> findMessage(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        Result r = c.run(std::string("SELECT ") + kSummaryColumns + " FROM messages m WHERE m.mailbox = $1 AND m.id = $2",
+                         Params().add(mailbox).add(id));
+        if (r.rows() == 0) return std::nullopt;
+        return readSummary(r, 0);
+    }
+
+    MailboxStats mailboxStats(const std::string& mailbox) override {
+        Connection c(*this);
+        Result r = c.run("SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = $1",
+                         Params().add(mailbox));
+        if (r.rows() == 0) return MailboxStats{};
+        return MailboxStats{r.integer(0, 0), r.integer(0, 1), r.integer(0, 2), r.integer(0, 3)};
+    }
+
+    std::optional<std::string> messageStory(const std::string& mailbox, int64_t id) override {
+        Connection c(*this);
+        Result r = c.run("SELECT b.story FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox = $1 AND m.id = $2",
+                         Params().add(mailbox).add(id));
+        if (r.rows() == 0) return std::nullopt;
+        return r.bytes(0, 0);
+    }
+
+    bool recordTlsLogin(const TlsSessionRecord& s) override {
+        Connection c(*this);
+        return c.run("INSERT INTO tls_logins(client_random, server_random, service, peer, started_at, account) "
+                     "VALUES($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                     Params().add(s.clientRandom).add(s.serverRandom).add(s.service).add(s.peer).add(s.startedAt)
+                         .add(s.account))
+                   .affected() == 1;
+    }
+
+    std::vector<TlsSessionRecord> findTlsSessions(const std::vector<std::string>& clientRandoms) override {
+        Connection c(*this);
+        std::vector<TlsSessionRecord> out;
+        auto read = [&](const Result& r) {
+            for (int i = 0; i < r.rows(); ++i)
+                out.push_back(TlsSessionRecord{r.bytes(i, 0), r.bytes(i, 1), r.bytes(i, 2), r.bytes(i, 3), r.integer(i, 4),
+                                               r.bytes(i, 5)});
+        };
+        const std::string columns = "SELECT client_random, server_random, service, peer, started_at, account FROM tls_logins";
+        if (clientRandoms.empty()) {
+            read(c.run(columns + " ORDER BY started_at"));
+            return out;
+        }
+        for (const std::string& random : clientRandoms) read(c.run(columns + " WHERE client_random = $1", Params().add(random)));
+        return out;
+    }
+
+    int64_t forgetTlsSessionsBefore(int64_t cutoff) override {
+        Connection c(*this);
+        return c.run("DELETE FROM tls_logins WHERE started_at < $1", Params().add(cutoff)).affected();
+    }
+
+    void recordActivity(const std::vector<ActivityCount>& counts) override {
+        if (counts.empty()) return;
+        Connection c(*this);
+        Transaction tx(c);
+        for (const ActivityCount& a : counts)
+            c.run("INSERT INTO activity AS t (account, kind, count, first_at, last_at) VALUES($1, $2, $3, $4, $5) "
+                  "ON CONFLICT(account, kind) DO UPDATE SET count = t.count + excluded.count, "
+                  "first_at = least(t.first_at, excluded.first_at), last_at = greatest(t.last_at, excluded.last_at)",
+                  Params().add(a.account).add(a.kind).add(a.count).add(a.firstAt).add(a.lastAt));
+        tx.commit();
+    }
+
+    std::vector<ActivityCount> listActivity() override {
+        Connection c(*this);
+        Result r = c.run("SELECT account, kind, count, first_at, last_at FROM activity ORDER BY account, kind");
+        std::vector<ActivityCount> out;
+        for (int i = 0; i < r.rows(); ++i)
+            out.push_back(ActivityCount{r.bytes(i, 0), r.bytes(i, 1), r.integer(i, 2), r.integer(i, 3), r.integer(i, 4)});
+        return out;
+    }
+
+private:
+    struct PendingDelivery {
+        const NewMessage* message;
+        std::vector<int64_t> ids;
+        std::exception_ptr error;
+        bool done;
+    };
+
+    // Borrows a pooled connection for one call; runs prepared statements on it.
+    class Connection {
+    public:
+        explicit Connection(PostgresStore& store) : store_(store), handle_(store.acquire()) {}
+        ~Connection() { store_.release(handle_); }
+        Connection(const Connection&) = delete;
+        Connection& operator=(const Connection&) = delete;
+
+        // Prepared once per connection (PQprepare), then PQexecPrepared with the parameters.
+        Result run(const std::string& sql, Params params = Params()) {
+            auto it = handle_->prepared.find(sql);
+            if (it == handle_->prepared.end()) {
+                std::string name = "maillab_" + std::to_string(handle_->prepared.size() + 1);
+                Result prepared(PQprepare(handle_->conn, name.c_str(), sql.c_str(), 0, nullptr));
+                check(prepared, PGRES_COMMAND_OK, "prepare");
+                it = handle_->prepared.emplace(sql, name).first;
+            }
+            Result r(PQexecPrepared(handle_->conn, it->second.c_str(), params.count(), params.values(), params.lengths(),
+                                    params.formats(), 0));
+            if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) check(r, PGRES_COMMAND_OK, "query");
+            return r;
+        }
+        // A statement without parameters or rows (BEGIN, COMMIT, SET): returns its command tag.
+        std::string exec(const char* sql) {
+            Result r(PQexec(handle_->conn, sql));
+            check(r, PGRES_COMMAND_OK, sql);
+            return PQcmdStatus(r.get());
+        }
+        Handle& handle() { return *handle_; }
+
+    private:
+        void check(const Result& r, ExecStatusType expected, const std::string& what) {
+            if (r.get() && PQresultStatus(r.get()) == expected) return;
+            std::string message = r.get() ? PQresultErrorMessage(r.get()) : "";
+            if (message.empty()) message = PQerrorMessage(handle_->conn);
+            if (PQstatus(handle_->conn) != CONNECTION_OK) handle_->broken = true;
+            throw StoreError("PostgreSQL database " + store_.name_ + ": " + what + ": " + trimmed(message));
+        }
+        PostgresStore& store_;
+        Handle* handle_;
+    };
+    friend class Connection;
+
+    // BEGIN ... COMMIT, rolled back unless committed (an exception between leaves nothing behind).
+    class Transaction {
+    public:
+        explicit Transaction(Connection& c) : c_(c) { c_.exec("BEGIN"); }
+        ~Transaction() {
+            if (done_) return;
+            PGresult* r = PQexec(c_.handle().conn, "ROLLBACK");
+            if (PQresultStatus(r) != PGRES_COMMAND_OK) c_.handle().broken = true;
+            PQclear(r);
+        }
+        void commit() {
+            done_ = true;
+            // A transaction that failed answers COMMIT with ROLLBACK: that is no commit.
+            std::string tag = c_.exec("COMMIT");
+            if (tag != "COMMIT") throw StoreError("the transaction was rolled back (" + tag + ")");
+        }
+
+    private:
+        Connection& c_;
+        bool done_ = false;
+    };
+
+    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+        try {
+            Connection c(*this);
+            Transaction tx(c);
+            for (PendingDelivery* p : batch) {
+                const NewMessage& m = *p->message;
+                // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
+                Result body = c.run("INSERT INTO bodies(raw, story) VALUES($1, $2) RETURNING id",
+                                    Params().add(m.raw).add(m.story));
+                int64_t bodyId = body.integer(0, 0);
+                for (const std::string& mailbox : m.recipients) {
+                    Result row = c.run(
+                        "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                        "received_at, size, body_id) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                        Params().add(m.queueId).add(mailbox).add(m.envelopeFrom).add(m.from).add(m.to).add(m.subject)
+                            .add(m.date).add(m.receivedAt).add(static_cast<int64_t>(m.raw.size())).add(bodyId));
+                    p->ids.push_back(row.integer(0, 0));
+                }
+            }
+            tx.commit();
+        } catch (...) {
+            for (PendingDelivery* p : batch) {
+                p->ids.clear();
+                p->error = std::current_exception();
+            }
+        }
+    }
+
+    // "dbname on host:port as user", from the URI (never its password).
+    static std::string describe(const std::string& url) {
+        char* error = nullptr;
+        PQconninfoOption* options = PQconninfoParse(url.c_str(), &error);
+        if (!options) {
+            std::string why = error ? trimmed(error) : "out of memory";
+            PQfreemem(error);
+            throw StoreError("store.url is not a PostgreSQL connection URI (" + why + ")");
+        }
+        std::string db, host, port, user;
+        for (PQconninfoOption* o = options; o->keyword; ++o) {
+            std::string keyword = o->keyword, value = o->val ? o->val : "";
+            if (keyword == "dbname") db = value;
+            if (keyword == "host") host = value;
+            if (keyword == "hostaddr" && host.empty()) host = value;
+            if (keyword == "port") port = value;
+            if (keyword == "user") user = value;
+        }
+        PQconninfoFree(options);
+        std::string name = "'" + (db.empty() ? user : db) + "' on " + (host.empty() ? "the default socket" : host);
+        if (!port.empty()) name += " port " + port;
+        if (!user.empty()) name += " as " + user;
+        return name;
+    }
+
+    PGconn* connect() {
+        std::string timeout = std::to_string(options_.connectTimeoutSeconds);
+        // The URI is expanded in place of dbname: what it says overrides the defaults before it.
+        const char* keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
+        const char* values[] = {timeout.c_str(), "maillab", options_.url.c_str(), nullptr};
+        PGconn* conn = PQconnectdbParams(keywords, values, 1);
+        if (!conn) throw StoreError("cannot reach PostgreSQL database " + name_ + ": out of memory");
+        if (PQstatus(conn) != CONNECTION_OK) {
+            std::string why = trimmed(PQerrorMessage(conn));
+            PQfinish(conn);
+            throw StoreError("cannot reach PostgreSQL database " + name_ + ": " + why);
+        }
+        // A 250 only after the commit is on the database server's disk, whatever its default; bytes
+        // come back as hex (Result::bytes); the tables in store.schema when one is given.
+        // Notices ("schema already exists, skipping") are not errors: not written to stderr.
+        PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+        std::string setup = "SET synchronous_commit TO on; SET bytea_output TO hex; SET client_encoding TO 'UTF8'";
+        if (!options_.schema.empty()) setup += "; SET search_path TO " + options_.schema;
+        PGresult* r = PQexec(conn, setup.c_str());
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        std::string why = ok ? "" : trimmed(PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok) {
+            PQfinish(conn);
+            throw StoreError("PostgreSQL database " + name_ + ": " + why);
+        }
+        return conn;
+    }
+
+    Handle* acquire() {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            // At most maxConnections: a server with more threads than that waits for a free one.
+            poolFree_.wait(lock, [this] { return !idle_.empty() || open_ < options_.maxConnections; });
+            if (!idle_.empty()) {
+                Handle* h = idle_.back();
+                idle_.pop_back();
+                return h;
+            }
+            ++open_;
+        }
+        auto* h = new Handle;
+        try {
+            h->conn = connect();
+        } catch (...) {
+            delete h;
+            std::lock_guard<std::mutex> lock(mutex_);
+            --open_;
+            poolFree_.notify_one();
+            throw;
+        }
+        return h;
+    }
+
+    // A connection that failed, or is left inside a transaction, is closed; and so are the idle
+    // ones, which most likely lost the same server (a restart): the next call connects afresh.
+    void release(Handle* h) {
+        std::vector<Handle*> closing;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (h->broken || PQstatus(h->conn) != CONNECTION_OK || PQtransactionStatus(h->conn) != PQTRANS_IDLE) {
+                closing.push_back(h);
+                closing.insert(closing.end(), idle_.begin(), idle_.end());
+                idle_.clear();
+                open_ -= static_cast<int>(closing.size());
+            } else {
+                idle_.push_back(h);
+            }
+            poolFree_.notify_all();
+        }
+        for (Handle* c : closing) delete c;
+    }
+
+    void closeAll() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (Handle* h : idle_) delete h;
+        open_ -= static_cast<int>(idle_.size());
+        idle_.clear();
+    }
+
+    void migrate(Connection& c) {
+        Transaction tx(c);
+        c.run("SELECT pg_advisory_xact_lock($1)", Params().add(kMigrationLock));
+        if (!options_.schema.empty()) c.exec(("CREATE SCHEMA IF NOT EXISTS " + options_.schema).c_str());
+        bool exists = c.run("SELECT to_regclass('schema_version') IS NOT NULL").boolean(0, 0);
+        if (!exists) {
+            c.exec(kSchema);
+            c.run("INSERT INTO schema_version(version) VALUES($1)", Params().add(static_cast<int64_t>(kSchemaVersion)));
+            tx.commit();
+            return;
+        }
+        Result version = c.run("SELECT max(version) FROM schema_version");
+        int64_t current = version.isNull(0, 0) ? 0 : version.integer(0, 0);
+        if (current > kSchemaVersion)
+            throw StoreError("PostgreSQL database " + name_ + ": schema version " + std::to_string(current) +
+                             " is newer than this program");
+        if (current < 7)
+            throw StoreError("PostgreSQL database " + name_ + ": schema version " + std::to_string(current) +
+                             " was not made by maillab");
+        for (const Migration& m : kMigrations) {
+            if (!m.sql || m.version <= current) continue;
+            c.exec(m.sql);
+        }
+        if (current < kSchemaVersion)
+            c.run("UPDATE schema_version SET version = $1", Params().add(static_cast<int64_t>(kSchemaVersion)));
+        tx.commit();
+    }
+
+    PostgresOptions options_;
+    std::string name_;
+    std::mutex commitMutex_;
+    std::condition_variable commitDone_;
+    std::vector<PendingDelivery*> pending_;
+    bool committing_ = false;
+    std::mutex mutex_;
+    std::condition_variable poolFree_;
+    std::vector<Handle*> idle_;
+    int open_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> openPostgresStore(const PostgresOptions& options) {
+    return std::make_unique<PostgresStore>(options);
+}
+
+}  // namespace maillab
