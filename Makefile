@@ -34,7 +34,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
           -lssl -lcrypto -lsqlite3 -lpthread
 
 COMMON_SRC := $(wildcard common/*.cpp)
-SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
+SENDER_LIB_SRC := sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
@@ -357,7 +357,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp retriever/story_view.cpp
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp retriever/mail_api.cpp retriever/story_view.cpp
 FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api
 FUZZ_PACKAGES := clang
 .SECONDARY: $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.o,$(FUZZ_TARGETS))
