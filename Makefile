@@ -122,7 +122,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # and reports add theirs. Chromium is optional: Debian packages it, Ubuntu only as a snap (the
 # Chromium test then says it was skipped).
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev catch2 libedit-dev openssl
-TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc
+TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc libio-socket-ssl-perl
 OPTIONAL_TEST_PACKAGES := chromium
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
 
