@@ -173,11 +173,11 @@ password: $(BIN)/maillab-admin
 class-senderserver: $(BIN)/senderserver $(BIN)/maillab-certs
 	@test -n "$(CLASS_HOST)" || { echo "usage: make class-senderserver HOSTNAME=lab.example.edu [PORT=465]"; exit 2; }
 	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
-	$(BIN)/senderserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(if $(filter command line environment,$(origin PORT)),$(PORT),465) $(ARGS)
+	$(BIN)/senderserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(call given,PORT,465) $(ARGS)
 class-retrieverserver: $(BIN)/retrieverserver $(BIN)/maillab-certs
 	@test -n "$(CLASS_HOST)" || { echo "usage: make class-retrieverserver HOSTNAME=lab.example.edu [RPORT=443]"; exit 2; }
 	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
-	$(BIN)/retrieverserver --config=common/class.properties --port=$(if $(filter command line,$(origin RPORT)),$(RPORT),443) $(ARGS)
+	$(BIN)/retrieverserver --config=common/class.properties --port=$(call given,RPORT,443) $(ARGS)
 # A student's token for the lab message's Subject; SECRET= or users/instructor.secret (made once).
 token:
 	@test -n "$(STUDENT)" || { echo "usage: make token STUDENT=id [SECRET=...]"; exit 2; }
@@ -208,14 +208,21 @@ instructor: $(BIN)/maillab-admin
 ifeq ($(value HOST),)
 HOST := localhost
 endif
-# PORT given on the command line or in the environment is used by every target; otherwise the
-# sender's default is 9000 and the retriever's 9100.
+# Ports, the same way for every server target: PORT= (the sender's) and RPORT= (the retriever's),
+# each from the command line or the environment. The lab's defaults are 9000 and 9100, and PORT
+# alone moves the retriever too (as in the first labs); the class servers' are 465 and 443, each
+# moved by its own variable only.
 ifeq ($(origin PORT),undefined)
 PORT := 9000
-RPORT := 9100
+LAB_RPORT := 9100
 else
-RPORT := $(PORT)
+LAB_RPORT := $(PORT)
 endif
+ifeq ($(origin RPORT),undefined)
+RPORT := $(LAB_RPORT)
+endif
+# $(call given,VAR,DEFAULT): VAR when the user gave it (command line or environment), else DEFAULT.
+given = $(if $(filter command line environment,$(origin $(1))),$($(1)),$(2))
 
 .PHONY: senderserver senderclient retrieverserver retrieverclient receiverserver receiverclient
 senderserver: $(BIN)/senderserver
@@ -225,7 +232,7 @@ senderserver: $(BIN)/senderserver
 senderclient: $(BIN)/senderclient
 	$(BIN)/senderclient --host $(HOST) --port $(PORT) $(ARGS)
 
-# The retriever's default port is 9100; PORT= overrides it as for the sender.
+# The retriever's port: RPORT=, else PORT=, else 9100 (see "Ports" above).
 retrieverserver: $(BIN)/retrieverserver
 	@mkdir -p users
 	$(BIN)/retrieverserver --port=$(RPORT) $(ARGS)
@@ -407,10 +414,25 @@ clean:
 	rm -rf build
 
 .PHONY: help
+# Every target a user types, by who types it (tests/e2e/test_docs.py checks that none is missing).
+# PORT= and RPORT= are the sender's and the retriever's ports, from the command line or the
+# environment, for every server target alike.
 help:
-	@echo "make deps | test-deps | all | certs | demo | test | test-asan"
-	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
-	@echo "make retrieverserver PORT=9100    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
-	@echo "make capture [SCENARIO=name|all] | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
-	@echo "make bench [QUICK=1]"
-	@echo "make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms   (root)"
+	@echo "Students:"
+	@echo "  make deps | test-deps | all | programs | certs | demo | clean"
+	@echo "  make senderserver [PORT=9000]       make senderclient [PORT=9000] [HOST=localhost]"
+	@echo "  make retrieverserver [RPORT=9100]   make retrieverclient [RPORT=9100] (PORT= alone moves both;"
+	@echo "                                      the older receiverserver, receiverclient work too)"
+	@echo "  make password USER=ana [DB=users/maillab.db]"
+	@echo "Captures and reports:"
+	@echo "  make capture [SCENARIO=name|all] | capture-start [PORT=... RPORT=... HOST=...] | capture-stop"
+	@echo "  make check-capture FILE=... | report [FILE=...|NAME=...] | wireshark-profile"
+	@echo "Instructors (docs/instructors.md):"
+	@echo "  make class-senderserver HOSTNAME=lab.example.edu [PORT=465] | class-retrieverserver HOSTNAME=... [RPORT=443]"
+	@echo "  make token STUDENT=id | tokens ROSTER=roster.csv | grade DIR=submissions/ | class-status | instructor USER=..."
+	@echo "  sudo make classroom   (a class of eight on this machine)"
+	@echo "Tests and benchmarks:"
+	@echo "  make test | test-asan | fuzz [FUZZ_SECONDS=60] | fuzz-build"
+	@echo "  make bench [QUICK=1] | bench-attack | bench-grade"
+	@echo "Platforms (root):"
+	@echo "  make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms"
