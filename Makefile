@@ -35,7 +35,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
           -lssl -lcrypto -lsqlite3 -lpq -lpthread
 
 COMMON_SRC := $(wildcard common/*.cpp)
-SENDER_LIB_SRC := sender/session.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
+SENDER_LIB_SRC := sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/pop3_session.cpp \
                      retriever/autoconfig.cpp retriever/pop3_server.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
@@ -124,7 +124,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # and reports add theirs. Chromium is optional: Debian packages it, Ubuntu only as a snap (the
 # Chromium test then says it was skipped).
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
-TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql
+TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql libio-socket-ssl-perl
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
 
@@ -175,11 +175,11 @@ password: $(BIN)/maillab-admin
 class-senderserver: $(BIN)/senderserver $(BIN)/maillab-certs
 	@test -n "$(CLASS_HOST)" || { echo "usage: make class-senderserver HOSTNAME=lab.example.edu [PORT=465]"; exit 2; }
 	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
-	$(BIN)/senderserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(if $(filter command line environment,$(origin PORT)),$(PORT),465) $(ARGS)
+	$(BIN)/senderserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(call given,PORT,465) $(ARGS)
 class-retrieverserver: $(BIN)/retrieverserver $(BIN)/maillab-certs
 	@test -n "$(CLASS_HOST)" || { echo "usage: make class-retrieverserver HOSTNAME=lab.example.edu [RPORT=443]"; exit 2; }
 	@mkdir -p users && $(BIN)/maillab-certs --host $(CLASS_HOST) certs
-	$(BIN)/retrieverserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(if $(filter command line,$(origin RPORT)),$(RPORT),443) $(ARGS)
+	$(BIN)/retrieverserver --config=common/class.properties --hostname=$(CLASS_HOST) --port=$(call given,RPORT,443) $(ARGS)
 # A student's token for the lab message's Subject; SECRET= or users/instructor.secret (made once).
 token:
 	@test -n "$(STUDENT)" || { echo "usage: make token STUDENT=id [SECRET=...]"; exit 2; }
@@ -210,14 +210,21 @@ instructor: $(BIN)/maillab-admin
 ifeq ($(value HOST),)
 HOST := localhost
 endif
-# PORT given on the command line or in the environment is used by every target; otherwise the
-# sender's default is 9000 and the retriever's 9100.
+# Ports, the same way for every server target: PORT= (the sender's) and RPORT= (the retriever's),
+# each from the command line or the environment. The lab's defaults are 9000 and 9100, and PORT
+# alone moves the retriever too (as in the first labs); the class servers' are 465 and 443, each
+# moved by its own variable only.
 ifeq ($(origin PORT),undefined)
 PORT := 9000
-RPORT := 9100
+LAB_RPORT := 9100
 else
-RPORT := $(PORT)
+LAB_RPORT := $(PORT)
 endif
+ifeq ($(origin RPORT),undefined)
+RPORT := $(LAB_RPORT)
+endif
+# $(call given,VAR,DEFAULT): VAR when the user gave it (command line or environment), else DEFAULT.
+given = $(if $(filter command line environment,$(origin $(1))),$($(1)),$(2))
 
 .PHONY: senderserver senderclient retrieverserver retrieverclient receiverserver receiverclient
 senderserver: $(BIN)/senderserver
@@ -227,7 +234,7 @@ senderserver: $(BIN)/senderserver
 senderclient: $(BIN)/senderclient
 	$(BIN)/senderclient --host $(HOST) --port $(PORT) $(ARGS)
 
-# The retriever's default port is 9100; PORT= overrides it as for the sender. It serves POP3 over
+# The retriever's port: RPORT=, else PORT=, else 9100 (see "Ports" above). It serves POP3 over
 # TLS too, on POP3PORT (default 9995; off to serve none; its ready line names it), and POP3 with
 # STLS on POP3PLAINPORT when given (docs/mail-clients.md).
 retrieverserver: $(BIN)/retrieverserver
@@ -361,7 +368,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I/usr/include/postgresql
-FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/smtp_syntax.cpp \
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp \
                 retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/autoconfig.cpp retriever/pop3_session.cpp
 FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3
 FUZZ_PACKAGES := clang
@@ -412,10 +419,26 @@ clean:
 	rm -rf build
 
 .PHONY: help
+# Every target a user types, by who types it (tests/e2e/test_docs.py checks that none is missing).
+# PORT= and RPORT= are the sender's and the retriever's ports, from the command line or the
+# environment, for every server target alike.
 help:
-	@echo "make deps | test-deps | all | certs | demo | test | test-asan"
-	@echo "make senderserver PORT=9000       make senderclient PORT=9000 [HOST=localhost]"
-	@echo "make retrieverserver PORT=9100 [POP3PORT=9995 POP3PLAINPORT=9110]    make retrieverclient PORT=9100 (also receiverserver, receiverclient)"
-	@echo "make capture [SCENARIO=name|all] | capture-start | capture-stop | check-capture FILE=... | report | wireshark-profile"
-	@echo "make bench [QUICK=1]"
-	@echo "make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms   (root)"
+	@echo "Students:"
+	@echo "  make deps | test-deps | all | programs | certs | demo | clean"
+	@echo "  make senderserver [PORT=9000]       make senderclient [PORT=9000] [HOST=localhost]"
+	@echo "  make retrieverserver [RPORT=9100] [POP3PORT=9995 POP3PLAINPORT=9110]"
+	@echo "  make retrieverclient [RPORT=9100] (PORT= alone moves both;"
+	@echo "                                      the older receiverserver, receiverclient work too)"
+	@echo "  make password USER=ana [DB=users/maillab.db]"
+	@echo "Captures and reports:"
+	@echo "  make capture [SCENARIO=name|all] | capture-start [PORT=... RPORT=... HOST=...] | capture-stop"
+	@echo "  make check-capture FILE=... | report [FILE=...|NAME=...] | wireshark-profile"
+	@echo "Instructors (docs/instructors.md):"
+	@echo "  make class-senderserver HOSTNAME=lab.example.edu [PORT=465] | class-retrieverserver HOSTNAME=... [RPORT=443]"
+	@echo "  make token STUDENT=id | tokens ROSTER=roster.csv | grade DIR=submissions/ | class-status | instructor USER=..."
+	@echo "  sudo make classroom   (a class of eight on this machine)"
+	@echo "Tests and benchmarks:"
+	@echo "  make test | test-asan | fuzz [FUZZ_SECONDS=60] | fuzz-build"
+	@echo "  make bench [QUICK=1] | bench-attack | bench-grade"
+	@echo "Platforms (root):"
+	@echo "  make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms"

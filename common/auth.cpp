@@ -1,4 +1,4 @@
-// Authenticator: registration, verification with a cache of verified credentials, lock-out.
+// Authenticator: registration, verification with a cache of verified credentials, the guess budget.
 #include "auth.h"
 #include "text.h"
 

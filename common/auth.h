@@ -1,6 +1,7 @@
 // Authentication shared by the sender (SMTP AUTH) and the retriever (HTTP Basic): lab registration,
-// scrypt verification, a Dovecot-style cache of verified credentials, and lock-out of accounts that
-// keep failing across connections.
+// scrypt verification, a Dovecot-style cache of verified credentials, and the guess budget: every
+// password check takes a token first (Store::takeGuess), so failures across connections, threads and
+// both servers share one bound (docs/design.md, "The guess budget").
 #pragma once
 #include "password.h"
 #include "store.h"

@@ -7,7 +7,6 @@
 #include "../common/auth.h"
 #include "../common/class_board.h"
 #include "../common/connection_guard.h"
-#include "../common/linereader.h"
 #include "../common/store.h"
 #include "../common/tls.h"
 
@@ -213,9 +212,10 @@ private:
 
     static std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
 
-    // The client went away. In DATA, what had arrived is dropped: nothing half-stored, nothing acknowledged.
+    // The client went away. In a message (DATA or BDAT), what had arrived is dropped: nothing
+    // half-stored, nothing acknowledged.
     void lost(const smtp::Session& session, const std::string& reason) {
-        bool inData = session.state() == smtp::Session::State::Data;
+        bool inData = session.inMessage();
         log("event=disconnect reason=" + logValue(reason) + " state=" + smtp::Session::stateName(session.state()) +
             (inData ? " stored=no" : ""));
     }
@@ -286,6 +286,7 @@ private:
         env.log = [this](const std::string& line) {
             if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
         };
+        if (ctx_.verbose) env.trace = [this](const std::string& line) { log(line); };
         smtp::Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
 
         std::string pending;
@@ -293,22 +294,24 @@ private:
         send(socket, pending);
         pending.clear();
 
-        LineReader reader(ctx_.limits.maxLineLength);
         char buffer[16384];
         bool closing = false;
         // RFC 5321 4.5.3.2: a command must arrive whole within sender.timeout.command of the previous
-        // reply (bytes that do not finish a line do not restart the clock); in DATA each block must
-        // come within sender.timeout.data, and the whole message within sender.timeout.dataTotal.
+        // reply (bytes that do not finish a line do not restart the clock); while message octets
+        // arrive (DATA, a BDAT chunk) each block must come within sender.timeout.data, and the whole
+        // message, all its chunks, within sender.timeout.dataTotal.
         using Clock = std::chrono::steady_clock;
         auto micro = [](const Poco::Timespan& t) { return std::chrono::microseconds(t.totalMicroseconds()); };
         Clock::time_point commandDeadline = Clock::now() + micro(ctx_.commandTimeout), dataDeadline{};
-        bool inData = false;
+        bool inMessage = false;
         while (!closing) {
             Clock::time_point now = Clock::now();
-            bool nowInData = session.state() == smtp::Session::State::Data;
-            if (nowInData && !inData) dataDeadline = now + micro(ctx_.dataTotalTimeout);
-            inData = nowInData;
-            Clock::time_point until = inData ? std::min(now + micro(ctx_.dataTimeout), dataDeadline) : commandDeadline;
+            bool nowInMessage = session.inMessage();
+            if (nowInMessage && !inMessage) dataDeadline = now + micro(ctx_.dataTotalTimeout);
+            inMessage = nowInMessage;
+            Clock::time_point until = session.receivingMessage() ? std::min(now + micro(ctx_.dataTimeout), dataDeadline)
+                                      : inMessage                 ? std::min(commandDeadline, dataDeadline)
+                                                                  : commandDeadline;
             // Waiting for the client: when the server is full, the longest waiting give way first.
             slot_->waiting(static_cast<int>(socket.impl()->sockfd()));
             Wait wait = waitForInput(socket, Poco::Timespan(std::max<long long>(
@@ -334,44 +337,29 @@ private:
                 lost(session, slot_->evicted() ? "evicted" : "eof");
                 return;
             }
-            reader.feed(buffer, static_cast<size_t>(n));
-            LineReader::Event event;
-            // RFC 2920: every command that has arrived is answered, then the replies go out in one write.
-            while (!closing && reader.next(event)) {
-                smtp::Output output;
-                if (event.tooLong) {
-                    if (ctx_.verbose) log("C: <line over the length limit, discarded>");
-                    output = session.onLineTooLong();
-                } else {
-                    if (ctx_.verbose) log("C: " + escapeControl(session.redactForLog(event.line)));
-                    output = session.onLine(event.line, event.bareLf);
-                }
-                queue(output, pending);
-                commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
-                closing = output.close;
-                if (output.startTls) {
-                    send(socket, pending);
-                    pending.clear();
-                    // RFC 3207 5 / CVE-2011-0411: anything pipelined after STARTTLS arrived in clear
-                    // and must not be executed inside the TLS session.
-                    if (reader.next(event) || reader.hasBufferedBytes()) log("event=starttls-discarded-plaintext");
-                    reader = LineReader(ctx_.limits.maxLineLength);
-                    Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
-                    upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
-                    handshake(upgraded);
-                    socket = upgraded;
-                    secure = true;
-                    std::string description = describeTls(socket);
-                    log("event=tls starttls=yes " + description);
-                    noteTlsSession(socket);
-                    auto group = description.find(" group=");
-                    session.onTlsStarted(description.substr(0, group),
-                                         group == std::string::npos ? "" : description.substr(group + 7));
-                }
-            }
+            // The session frames the bytes itself (lines, DATA, BDAT chunks, the STARTTLS discard).
+            // RFC 2920: every input that has arrived is answered, then the replies go out in one write.
+            smtp::Output output = session.onBytes(buffer, static_cast<size_t>(n));
+            queue(output, pending);
+            if (output.inputs) commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
+            closing = output.close;
             if (!pending.empty()) {
                 send(socket, pending);
                 pending.clear();
+            }
+            if (output.startTls) {
+                Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
+                upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
+                handshake(upgraded);
+                socket = upgraded;
+                secure = true;
+                std::string description = describeTls(socket);
+                log("event=tls starttls=yes " + description);
+                noteTlsSession(socket);
+                auto group = description.find(" group=");
+                session.onTlsStarted(description.substr(0, group),
+                                     group == std::string::npos ? "" : description.substr(group + 7));
+                commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
             }
         }
     }

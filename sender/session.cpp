@@ -29,6 +29,7 @@ enum Need : unsigned {
     kMail = 1 << 3,           // MAIL first (RFC 5321 4.1.1.3)
     kRcpt = 1 << 4,           // at least one RCPT first (RFC 5321 4.1.1.4)
     kNoArgument = 1 << 5,     // the command takes no argument
+    kTakesOctets = 1 << 6,    // octets follow the command (BDAT): read even when it is refused
 };
 
 std::string randomQueueId() {
@@ -64,6 +65,8 @@ const Session::CommandSpec Session::kCommands[] = {
     {"RCPT", kGreeting | kAuth | kMail, &Session::cmdRcpt, "RCPT TO:<friend@447.edu>"},
     {"DATA", kGreeting | kAuth | kMail | kRcpt | kNoArgument, &Session::cmdData,
      "DATA: then the message, ended by a line with a single '.'"},
+    {"BDAT", kGreeting | kAuth | kMail | kRcpt | kTakesOctets, &Session::cmdBdat,
+     "BDAT <octets> [LAST]: then exactly that many octets of the message, raw (RFC 3030)"},
     {"RSET", kNoArgument, &Session::cmdRset, "RSET: abandon the current message"},
     {"NOOP", kNone, &Session::cmdNoop, "NOOP: do nothing, reply 250"},
     {"HELP", kNone, &Session::cmdHelp, "HELP [command]: this text"},
@@ -72,7 +75,6 @@ const Session::CommandSpec Session::kCommands[] = {
     {"EXPN", kNone, &Session::cmdNotImplemented, nullptr},
     {"TURN", kNone, &Session::cmdNotImplemented, nullptr},
     {"ETRN", kNone, &Session::cmdNotImplemented, nullptr},
-    {"BDAT", kNone, &Session::cmdNotImplemented, nullptr},
     {"STARTTLS", kGreeting | kNoTransaction, &Session::cmdStartTls, "STARTTLS: start TLS (--tls starttls only)"},
 };
 
@@ -105,13 +107,14 @@ const char* Session::stateName(State s) {
         case State::Mail: return "mail";
         case State::Rcpt: return "rcpt";
         case State::Data: return "data";
+        case State::Bdat: return "bdat";
         case State::Closed: return "closed";
     }
     return "?";
 }
 
 Session::Session(Authenticator& auth, Store& store, SessionLimits limits, SessionEnv env)
-    : auth_(auth), store_(store), limits_(limits), env_(std::move(env)) {
+    : reader_(limits.maxLineLength), auth_(auth), store_(store), limits_(limits), env_(std::move(env)) {
     if (!env_.clock) env_.clock = [] { return static_cast<int64_t>(std::time(nullptr)); };
     if (!env_.newQueueId) env_.newQueueId = randomQueueId;
     if (!env_.log) env_.log = [](const std::string&) {};
@@ -181,6 +184,8 @@ void Session::releaseData() {
 }
 
 void Session::onTlsStarted(const std::string& tlsDescription, const std::string& tlsGroup) {
+    awaitingTls_ = false;
+    reader_ = LineReader(limits_.maxLineLength);
     tlsActive_ = true;
     env_.tlsDescription = tlsDescription;
     env_.tlsGroup = tlsGroup;
@@ -335,7 +340,7 @@ Output Session::onShutdown() {
     Output out;
     // RFC 5321 3.8: a server that must close says 421 first; a message in DATA is not stored.
     out.replies.push_back(reply(ShuttingDown, env_.hostname + " Service shutting down; closing connection" +
-                                                  (state_ == State::Data ? " (message not stored)" : "")));
+                                                  (inMessage() ? " (message not stored)" : "")));
     out.close = true;
     env_.log(std::string("event=shutdown state=") + stateName(state_));
     enterState(State::Closed);
@@ -408,19 +413,23 @@ Output Session::dispatch(const std::string& line) {
     Command command = parseCommand(line);
     for (const CommandSpec& spec : kCommands) {
         if (command.verb != spec.verb) continue;
+        std::optional<Refusal> why;
         if ((spec.needs & kGreeting) && state_ == State::Fresh)
-            return error(BadSequence, "Bad sequence of commands: need EHLO or HELO first");
-        if ((spec.needs & kAuth) && !authenticated())
-            return error(AuthRequired, "Authentication required: need AUTH first");
-        if ((spec.needs & kNoTransaction) && (state_ == State::Mail || state_ == State::Rcpt))
-            return error(BadSequence, std::string("Bad sequence of commands: ") + spec.verb +
-                                          " not allowed during a mail transaction; need RSET first");
-        if ((spec.needs & kMail) && state_ != State::Mail && state_ != State::Rcpt)
-            return error(BadSequence, "Bad sequence of commands: need MAIL first");
-        if ((spec.needs & kRcpt) && state_ != State::Rcpt)
-            return error(BadSequence, "Bad sequence of commands: need RCPT first");
-        if ((spec.needs & kNoArgument) && command.argument.find_first_not_of(' ') != std::string::npos)
-            return error(SyntaxError, std::string("Syntax: ") + spec.verb + " takes no argument");
+            why = Refusal{BadSequence, "Bad sequence of commands: need EHLO or HELO first"};
+        else if ((spec.needs & kAuth) && !authenticated())
+            why = Refusal{AuthRequired, "Authentication required: need AUTH first"};
+        else if ((spec.needs & kNoTransaction) && (state_ == State::Mail || state_ == State::Rcpt))
+            why = Refusal{BadSequence, std::string("Bad sequence of commands: ") + spec.verb +
+                                           " not allowed during a mail transaction; need RSET first"};
+        else if ((spec.needs & kMail) && state_ != State::Mail && state_ != State::Rcpt)
+            why = Refusal{BadSequence, "Bad sequence of commands: need MAIL first"};
+        else if ((spec.needs & kRcpt) && state_ != State::Rcpt)
+            why = Refusal{BadSequence, "Bad sequence of commands: need RCPT first"};
+        else if ((spec.needs & kNoArgument) && command.argument.find_first_not_of(' ') != std::string::npos)
+            why = Refusal{SyntaxError, std::string("Syntax: ") + spec.verb + " takes no argument"};
+        if (why && !(spec.needs & kTakesOctets)) return error(why->code, std::move(why->text));
+        // RFC 3030 2: a refused BDAT still takes its octets, and is answered once they are read.
+        chunkRefusal_ = std::move(why);
         return (this->*spec.handler)(command.argument);
     }
     std::string reply = "Command not recognized: " + command.verb.substr(0, 32);
@@ -456,6 +465,7 @@ Output Session::cmdEhlo(const std::string& arg) {
     r.lines.push_back("8BITMIME");                                         // RFC 6152
     r.lines.push_back("ENHANCEDSTATUSCODES");                              // RFC 2034
     r.lines.push_back("PIPELINING");                                       // RFC 2920
+    r.lines.push_back("CHUNKING");                                         // RFC 3030 (no BINARYMIME)
     if (env_.tlsMode == TlsMode::StartTls && !tlsActive_) r.lines.push_back("STARTTLS");  // RFC 3207
     ReplyCode unused{0, ""};
     if (authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty())
@@ -651,6 +661,9 @@ Output Session::cmdRcpt(const std::string& arg) {
     if (!path) return error(SyntaxError, "Syntax: RCPT TO:<address>");
     if (!path->params.empty())
         return error(ParameterNotRecognized, "RCPT TO parameters not recognized");
+    if (chunks_ > 0)
+        return error(BadSequence, "Bad sequence of commands: RCPT after BDAT; the recipients come before the "
+                                  "message (RSET to start over)");
     std::string rcpt = text::lowerCase(path->address);
     // A bare name is the lab domain's, as at login and MAIL (RFC 5321 4.5.1 requires this much for
     // "Postmaster"; Postfix appends its origin to every bare recipient).
@@ -695,6 +708,9 @@ Output Session::cmdRcpt(const std::string& arg) {
 }
 
 Output Session::cmdData(const std::string&) {
+    if (chunks_ > 0)  // RFC 3030 2: DATA and BDAT are not mixed in one transaction
+        return error(BadSequence, "Bad sequence of commands: DATA after BDAT in the same transaction; "
+                                  "send the rest with BDAT, or RSET to start over");
     resetData();
     enterState(State::Data);
     Output out;
@@ -726,27 +742,30 @@ Output Session::onDataLine(const std::string& line, bool bareLf) {
     // normalize); a bare CR, which other servers may read as a line end, refuses the message.
     if (line.find('\r') != std::string::npos) dataBareCr_ = true;
     std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
-    if (data_.size() + text.size() + 2 > limits_.maxMessageSize) {
-        dataTooBig_ = true;  // keep reading to the terminator, store nothing
+    appendData(text.data(), text.size(), true);
+    return {};
+}
+
+void Session::appendData(const char* data, size_t size, bool crlf) {
+    if (data_.size() + size + (crlf ? 2 : 0) > limits_.maxMessageSize) {
+        dataTooBig_ = true;  // keep reading to the end of the message, store nothing
         releaseData();
     }
-    if (!dataTooBig_ && !dataOverBudget_) {
-        data_ += text;
-        data_ += "\r\n";
-        // What the buffer holds (its capacity, not only its size) is taken from the server's budget
-        // as it grows; past the budget the message is read to its end and refused with 452.
-        if (env_.dataBudget && data_.capacity() > dataBudgetHeld_) {
-            size_t more = data_.capacity() - dataBudgetHeld_;
-            if (env_.dataBudget->take(more)) {
-                dataBudgetHeld_ += more;
-            } else {
-                dataOverBudget_ = true;
-                releaseData();
-                env_.log("event=data-over-budget in-flight=" + std::to_string(env_.dataBudget->inUse()));
-            }
+    if (dataTooBig_ || dataOverBudget_) return;
+    data_.append(data, size);
+    if (crlf) data_ += "\r\n";
+    // What the buffer holds (its capacity, not only its size) is taken from the server's budget
+    // as it grows; past the budget the message is read to its end and refused with 452.
+    if (env_.dataBudget && data_.capacity() > dataBudgetHeld_) {
+        size_t more = data_.capacity() - dataBudgetHeld_;
+        if (env_.dataBudget->take(more)) {
+            dataBudgetHeld_ += more;
+        } else {
+            dataOverBudget_ = true;
+            releaseData();
+            env_.log("event=data-over-budget in-flight=" + std::to_string(env_.dataBudget->inUse()));
         }
     }
-    return {};
 }
 
 Output Session::finishMessage() {
@@ -889,6 +908,7 @@ void Session::resetData() {
     dataLineTooLong_ = false;
     dataBareCr_ = false;
     previousDataLineCrlf_ = true;
+    chunks_ = 0;
 }
 
 Output Session::cmdRset(const std::string&) {

@@ -1,8 +1,10 @@
-// The SMTP submission session as a socket-free state machine: lines in, replies out. The server's
-// connection handler feeds it what arrives over TLS; the unit and golden tests feed it directly.
-// One command table (kCommands in session.cpp) says what each command needs before it may run.
+// The SMTP submission session as a socket-free state machine: bytes in, replies out. It owns its
+// framing (lines with a length limit, DATA's dot-terminated lines, BDAT's counted octets, the
+// STARTTLS plaintext discard), so the server, the fuzz target and the tests all make one call,
+// onBytes. One command table (kCommands in session.cpp) says what each command needs before it runs.
 #pragma once
 #include "../common/auth.h"
+#include "../common/linereader.h"
 #include "../common/store.h"
 #include "smtp_replies.h"
 #include "smtp_syntax.h"
@@ -79,6 +81,7 @@ struct SessionEnv {
     std::function<int64_t()> clock;            // Unix seconds; default: time(nullptr)
     std::function<std::string()> newQueueId;   // default: 12 random hex digits
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
+    std::function<void(const std::string&)> trace;  // each client input as "C: ..." (--verbose); none: not traced
     DataBudget* dataBudget = nullptr;          // shared by the server's sessions; none: no total limit
     SubmissionRates* rates = nullptr;          // shared likewise; none: no rate limit
     std::function<int64_t()> freeDiskBytes;    // free space where mail is stored; none: not checked
@@ -104,6 +107,7 @@ struct Output {
     std::vector<Reply> replies;
     bool close = false;     // the server closes the connection after sending the replies
     bool startTls = false;  // after sending the replies, the server starts the TLS handshake
+    size_t inputs = 0;      // client lines and BDAT chunks completed: each restarts the command clock
 };
 
 class Session {
@@ -117,6 +121,7 @@ public:
         Mail,              // MAIL accepted, no RCPT yet
         Rcpt,              // at least one RCPT accepted
         Data,              // 354 sent, collecting message lines
+        Bdat,              // BDAT read: taking exactly its octets, raw (RFC 3030 2)
         Closed,            // QUIT or a fatal error; no further input is read
     };
 
@@ -126,10 +131,12 @@ public:
     Session& operator=(const Session&) = delete;
 
     Output start();                              // the 220 banner
-    // One line, without its ending; `bareLf` when it ended with LF alone. Commands accept a bare LF
-    // (students type into `openssl s_client`); DATA ends only at <CRLF>.<CRLF>.
-    Output onLine(const std::string& line, bool bareLf = false);
-    Output onLineTooLong();                      // the reader discarded a line over maxLineLength
+    // What the client sent, as it arrived (any split): the replies to every input it completes, in
+    // order (RFC 2920). Lines end with CRLF or a bare LF (students type into `openssl s_client`);
+    // DATA ends only at <CRLF>.<CRLF>; BDAT's octets are counted, never parsed. Nothing after a
+    // close is read, and nothing after STARTTLS until onTlsStarted (RFC 3207 5, CVE-2011-0411).
+    Output onBytes(const char* data, size_t size);
+    Output onBytes(const std::string& bytes) { return onBytes(bytes.data(), bytes.size()); }
     Output onTimeout();                          // the idle timer fired
     Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
     // The STARTTLS handshake completed: RFC 3207 4.2 says forget everything learnt before it.
@@ -137,9 +144,13 @@ public:
     bool tlsActive() const { return tlsActive_; }
 
     State state() const { return state_; }
+    // Message octets are arriving (DATA's lines or a BDAT chunk): the server's data timeouts apply.
+    bool receivingMessage() const { return state_ == State::Data || state_ == State::Bdat; }
+    // A message has begun (DATA, or BDAT chunks so far): losing the connection loses it.
+    bool inMessage() const { return receivingMessage() || chunks_ > 0; }
     bool authenticated() const { return !user_.empty(); }
     const std::string& user() const { return user_; }
-    // What a log may show of a line before it is given to onLine (AUTH payloads hidden).
+    // What a log may show of a line before the session reads it (AUTH payloads hidden).
     std::string redactForLog(const std::string& line) const;
 
     static const char* stateName(State s);
@@ -149,6 +160,9 @@ private:
     struct CommandSpec;
     static const CommandSpec kCommands[];
 
+    // One line, without its ending; `bareLf` when it ended with LF alone.
+    Output onLine(const std::string& line, bool bareLf);
+    Output onLineTooLong();  // the reader discarded a line over maxLineLength
     Output dispatch(const std::string& line);
     Output onDataLine(const std::string& line, bool bareLf);
     Output onAuthResponse(const std::string& line);
@@ -165,6 +179,7 @@ private:
     Output cmdMail(const std::string& arg);
     Output cmdRcpt(const std::string& arg);
     Output cmdData(const std::string& arg);
+    Output cmdBdat(const std::string& arg);
     Output cmdRset(const std::string& arg);
     Output cmdNoop(const std::string& arg);
     Output cmdHelp(const std::string& arg);
@@ -172,6 +187,27 @@ private:
     Output cmdQuit(const std::string& arg);
     Output cmdStartTls(const std::string& arg);
     Output cmdNotImplemented(const std::string& arg);
+
+    // BDAT (RFC 3030): the chunk being read, and why it is refused once read (a refused BDAT still
+    // takes its octets, so the bytes after it are read as what they are).
+    struct Refusal {
+        ReplyCode code;
+        std::string text;
+        bool endsTransaction = false;
+    };
+    void takeChunkOctets(const char* data, size_t size);
+    Output chunkDone();
+    size_t chunkLeft_ = 0, chunkSize_ = 0;
+    bool chunkLast_ = false;
+    State chunkReturn_ = State::Ready;    // where a refused chunk leaves the session
+    std::optional<Refusal> chunkRefusal_;
+    size_t chunks_ = 0;                   // chunks accepted in this transaction
+
+    // Adds message octets to data_ within maxMessageSize and the DataBudget; `crlf` adds a line end.
+    void appendData(const char* data, size_t size, bool crlf);
+
+    LineReader reader_;
+    bool awaitingTls_ = false;  // STARTTLS answered 220: until the handshake, bytes are discarded
 
     Authenticator& auth_;
     Store& store_;

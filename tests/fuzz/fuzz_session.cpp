@@ -1,8 +1,7 @@
-// libFuzzer target: bytes from a client, split by the server's own LineReader, drive a whole SMTP
-// session (socket-free) over a real SQLite store. Finds crashes, sanitizer reports and broken
+// libFuzzer target: bytes from a client drive a whole SMTP session (socket-free) through its one
+// entry, onBytes (the session frames them: lines, DATA, BDAT chunks), over a real SQLite store. Finds crashes, sanitizer reports and broken
 // invariants: every reply is a well-formed reply line, and no input ends in an abort.
 #include "../../common/auth.h"
-#include "../../common/linereader.h"
 #include "../../common/store.h"
 #include "../../sender/session.h"
 
@@ -10,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <utility>
 #include <unistd.h>
 
 using namespace maillab;
@@ -45,13 +45,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     env.clock = [] { return int64_t{1795000000}; };
     env.newQueueId = [] { return std::string("FUZZ"); };
     env.log = [](const std::string&) {};
+    // Some inputs run in STARTTLS mode, so the plaintext discard after STARTTLS is fuzzed too.
+    if (size % 4 == 3) env.tlsMode = smtp::TlsMode::StartTls;
     smtp::Session session(*world.auth, *world.store, limits, env);
     session.start();
-    LineReader reader(limits.maxLineLength);
-    reader.feed(reinterpret_cast<const char*>(data), size);
-    LineReader::Event event;
-    while (reader.next(event)) {
-        smtp::Output out = event.tooLong ? session.onLineTooLong() : session.onLine(event.line, event.bareLf);
+    // Split where the input says (its first byte), so framing across reads is fuzzed too.
+    size_t split = size ? data[0] % (size + 1) : 0;
+    const char* bytes = reinterpret_cast<const char*>(data);
+    for (auto [from, count] : {std::pair<size_t, size_t>{0, split}, {split, size - split}}) {
+        smtp::Output out = session.onBytes(bytes + from, count);
         for (const auto& reply : out.replies) {
             std::string wire = reply.wire();
             // Every reply: three digits, then ' ' or '-', and CRLF line ends (RFC 5321 4.2).
@@ -59,6 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             if (wire[0] < '2' || wire[0] > '5') std::abort();
         }
         if (out.close) break;
+        if (out.startTls) session.onTlsStarted("TLSv1.3 fuzz");
     }
     return 0;
 }

@@ -2,12 +2,12 @@
 #include "fixtures.h"
 #include "golden.h"
 
-#include "../../common/linereader.h"
 #include "../../sender/session.h"
 
 #include "catch.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <dirent.h>
 #include <fstream>
 #include <sstream>
@@ -28,7 +28,9 @@ struct Harness {
 
     int64_t freeDisk = INT64_MAX;
 
-    explicit Harness(SessionLimits l = {}, DataBudget* budget = nullptr, SubmissionRates* rates = nullptr) : limits(l) {
+    explicit Harness(SessionLimits l = {}, DataBudget* budget = nullptr, SubmissionRates* rates = nullptr,
+                     TlsMode mode = TlsMode::Implicit)
+        : limits(l) {
         lab.addUser("ana@447.edu", "11111447");
         lab.addUser("bob@447.edu", "22222447");
         SessionEnv env;
@@ -41,6 +43,7 @@ struct Harness {
         env.dataBudget = budget;
         env.rates = rates;
         env.freeDiskBytes = [this] { return freeDisk; };
+        env.tlsMode = mode;
         session = std::make_unique<Session>(*lab.auth, *lab.store, limits, env);
     }
 
@@ -57,11 +60,15 @@ struct Harness {
         }
         return result;
     }
+    // One line as the client sends it (CRLF added), through the session's one entry.
+    Output send(const std::string& line) { return session->onBytes(line + "\r\n"); }
     // The first line of the replies to one input line.
     std::string say(const std::string& line) {
-        auto l = lines(session->onLine(line));
+        auto l = lines(send(line));
         return l.empty() ? "" : l.front();
     }
+    // A line one octet over the limit.
+    Output tooLong() { return session->onBytes(std::string(limits.maxLineLength - 1, 'x') + "\r\n"); }
     void login() {
         say("EHLO client");
         REQUIRE(say("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3") == "235 2.7.0 Authentication successful");
@@ -80,6 +87,33 @@ std::vector<std::string> goldenFiles(const std::string& directory) {
     }
     std::sort(files.begin(), files.end());
     return files;
+}
+
+// "C~: " lines: the bytes as sent, nothing added; \r \n \t \\ and \xHH stand for themselves.
+bool unescapeGolden(const std::string& text, std::string& bytes) {
+    for (size_t i = 0; i < text.size(); ++i) {
+        if (text[i] != '\\') {
+            bytes += text[i];
+            continue;
+        }
+        if (++i == text.size()) return false;
+        switch (text[i]) {
+            case 'r': bytes += '\r'; break;
+            case 'n': bytes += '\n'; break;
+            case 't': bytes += '\t'; break;
+            case '\\': bytes += '\\'; break;
+            case 'x':
+                if (i + 2 >= text.size()) return false;
+                if (!std::isxdigit(static_cast<unsigned char>(text[i + 1])) ||
+                    !std::isxdigit(static_cast<unsigned char>(text[i + 2])))
+                    return false;
+                bytes += static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16));
+                i += 2;
+                break;
+            default: return false;
+        }
+    }
+    return true;
 }
 
 GoldenResult replayGolden(const std::string& path) {
@@ -101,9 +135,13 @@ GoldenResult replayGolden(const std::string& path) {
         if (line.empty() || line[0] == '#') continue;
         if (line.rfind("C: ", 0) == 0 || line == "C:") {
             if (!pending.empty()) return {false, where + "unexpected server line before input: " + pending.front()};
-            feed(h.session->onLine(line.size() > 3 ? line.substr(3) : ""));
+            feed(h.send(line.size() > 3 ? line.substr(3) : ""));
+        } else if (line.rfind("C~: ", 0) == 0) {
+            std::string bytes;
+            if (!unescapeGolden(line.substr(4), bytes)) return {false, where + "bad escape in: " + line};
+            feed(h.session->onBytes(bytes));
         } else if (line == "C!: toolong") {
-            feed(h.session->onLineTooLong());
+            feed(h.tooLong());
         } else if (line == "C!: timeout") {
             feed(h.session->onTimeout());
         } else if (line.rfind("S: ", 0) == 0) {
@@ -253,12 +291,12 @@ TEST_CASE("recipient limit", "[session][limits]") {
 TEST_CASE("line length limit, in commands and in data", "[session][limits]") {
     Harness h;
     h.login();
-    auto out = Harness::lines(h.session->onLineTooLong());
+    auto out = Harness::lines(h.tooLong());
     CHECK(out.front().rfind("500 5.5.6 Line too long", 0) == 0);
     h.say("MAIL FROM:<ana@447.edu>");
     h.say("RCPT TO:<bob@447.edu>");
     h.say("DATA");
-    CHECK(Harness::lines(h.session->onLineTooLong()).empty());
+    CHECK(Harness::lines(h.tooLong()).empty());
     CHECK(h.say(".").rfind("500 5.5.6 ", 0) == 0);
     CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
 }
@@ -271,18 +309,18 @@ TEST_CASE("AUTH failures close the session at the limit", "[session][auth]") {
     std::string bad = "AUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n";  // ana@447.edu / wrong
     CHECK(h.say(bad).rfind("535 5.7.8 Authentication credentials invalid; forgotten password?", 0) == 0);
     CHECK(h.say(bad).rfind("535 5.7.8 Authentication credentials invalid; forgotten password?", 0) == 0);
-    Output last = h.session->onLine(bad);
+    Output last = h.send(bad);
     CHECK(Harness::lines(last).front().rfind("421 4.7.0 ", 0) == 0);
     CHECK(last.close);
     CHECK(h.session->state() == Session::State::Closed);
-    CHECK(Harness::lines(h.session->onLine("NOOP")).empty());
+    CHECK(Harness::lines(h.send("NOOP")).empty());
 }
 
 TEST_CASE("registration over AUTH carries on authenticated, and the password never reaches the log", "[session][auth]") {
     Harness h;
     h.say("EHLO c");
     // AUTH PLAIN \0carol@447.edu\0 (empty password)
-    Output out = h.session->onLine("AUTH PLAIN AGNhcm9sQDQ0Ny5lZHUA");
+    Output out = h.send("AUTH PLAIN AGNhcm9sQDQ0Ny5lZHUA");
     REQUIRE(out.replies.size() == 1);
     CHECK(out.replies[0].secret);
     std::string wire = out.replies[0].wire();
@@ -318,7 +356,7 @@ TEST_CASE("too many errors close the session", "[session][limits]") {
     h.say("BOGUS");
     h.say("BOGUS");
     h.say("BOGUS");
-    Output out = h.session->onLine("BOGUS");
+    Output out = h.send("BOGUS");
     CHECK(out.close);
     CHECK(Harness::lines(out).back().rfind("421 4.7.0 Too many errors", 0) == 0);
 }
@@ -339,22 +377,17 @@ std::string escaped(const std::string& bytes) {
     return out;
 }
 
-// Feeds raw bytes through the server's own LineReader into the session, as the server does, and
-// returns every reply line plus whether the session closed.
+// Feeds raw bytes to the session's one entry, as the server does, and returns every reply line
+// plus whether the session closed.
 struct Wire {
     std::vector<std::string> replies;
     bool closed = false;
 };
 Wire feedBytes(Harness& h, const std::string& bytes) {
     Wire wire;
-    maillab::LineReader reader(1000);
-    reader.feed(bytes.data(), bytes.size());
-    maillab::LineReader::Event event;
-    while (!wire.closed && reader.next(event)) {
-        Output out = event.tooLong ? h.session->onLineTooLong() : h.session->onLine(event.line, event.bareLf);
-        for (auto& l : Harness::lines(out)) wire.replies.push_back(l);
-        wire.closed = out.close;
-    }
+    Output out = h.session->onBytes(bytes);
+    for (auto& l : Harness::lines(out)) wire.replies.push_back(l);
+    wire.closed = out.close;
     return wire;
 }
 }  // namespace
@@ -457,8 +490,8 @@ TEST_CASE("submission rates per account and address: 451 4.7.1 and 452 4.5.3, re
     SubmissionRates bytes({0, 0, 3000});
     Harness b({}, nullptr, &bytes);
     b.login();
-    CHECK(sendOne(b, {"bob@447.edu", "ana@447.edu"}, std::string(1000, 'x')).rfind("250 ", 0) == 0);
-    CHECK(sendOne(b, {"bob@447.edu"}, std::string(1000, 'x')).rfind("451 4.7.1", 0) == 0);
+    CHECK(sendOne(b, {"bob@447.edu", "ana@447.edu"}, std::string(990, 'x')).rfind("250 ", 0) == 0);
+    CHECK(sendOne(b, {"bob@447.edu"}, std::string(990, 'x')).rfind("451 4.7.1", 0) == 0);
 }
 
 TEST_CASE("below the free-disk floor new mail gets 452 4.3.1; logins go on", "[session][disk]") {
@@ -533,4 +566,126 @@ TEST_CASE("each message keeps its session's story: the wire, AUTH redacted, boun
     CHECK(kept.find("\"C: RCPT TO:<bob@447.edu>\"") != std::string::npos);
     CHECK(kept.find("NOOP 100") == std::string::npos);
     CHECK(kept.size() < 1400);
+}
+
+// ---- the session's own framing, and CHUNKING (RFC 3030) ----------------------------------------------
+
+namespace {
+std::string storedRaw(Harness& h, const std::string& mailbox) {
+    auto listed = h.lab.store->listMessages(mailbox, 0, 10);
+    if (listed.empty()) return "";
+    auto stored = h.lab.store->getMessage(mailbox, listed.front().id);
+    return stored ? stored->raw : "";
+}
+std::vector<std::string> answer(Harness& h, const std::string& bytes) { return Harness::lines(h.session->onBytes(bytes)); }
+}  // namespace
+
+TEST_CASE("bytes split anywhere give the same replies: the session frames them", "[session][framing]") {
+    const std::string wire = "EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nMAIL FROM:<ana@447.edu>\r\n"
+                             "RCPT TO:<bob@447.edu>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 3 LAST\r\nxyzDATA\r\n";
+    Harness whole;
+    std::vector<std::string> expected = answer(whole, wire);
+    REQUIRE(expected.size() >= 5);
+    CHECK(expected.back() == "503 5.5.1 Bad sequence of commands: need MAIL first");  // "DATA" after the chunk "xyz"
+    Harness single;
+    std::vector<std::string> got;
+    size_t inputs = 0;
+    for (char c : wire) {
+        Output out = single.session->onBytes(std::string(1, c));
+        inputs += out.inputs;
+        for (auto& l : Harness::lines(out)) got.push_back(l);
+    }
+    CHECK(got == expected);
+    CHECK(inputs == 9);  // seven lines and two chunks: each restarts the server's command clock
+    CHECK(storedRaw(single, "bob@447.edu") == storedRaw(whole, "bob@447.edu"));
+}
+
+TEST_CASE("BDAT stores the octets as sent: no dot-stuffing; line ends made CRLF", "[session][bdat]") {
+    Harness h;
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    const std::string first = "Subject: raw\r\n\r\n.\r\n..two dots\r\nbare\rcr";
+    CHECK(answer(h, "BDAT " + std::to_string(first.size()) + "\r\n" + first) ==
+          std::vector<std::string>{"250 2.0.0 Ok: " + std::to_string(first.size()) + " octets received, " +
+                                   std::to_string(first.size()) + " in all"});
+    // The CR ending one chunk and the LF starting the next are one line end.
+    CHECK(answer(h, "BDAT 15 LAST\r\n\nbare\nlf\r\n\xc3\xa9t\xc3\xa9") == std::vector<std::string>{"250 2.0.0 Ok: queued as QID1"});
+    std::string raw = storedRaw(h, "bob@447.edu");
+    CHECK(raw.find("\r\nSubject: raw\r\n\r\n.\r\n..two dots\r\nbare\r\ncr\r\nbare\r\nlf\r\n\xc3\xa9t\xc3\xa9\r\n") !=
+          std::string::npos);
+    CHECK(h.session->state() == Session::State::Ready);
+}
+
+TEST_CASE("BDAT over the size limit: read, refused 552, and the stream stays in step", "[session][bdat][limits]") {
+    SessionLimits limits;
+    limits.maxMessageSize = 100;
+    Harness h(limits);
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    std::string big = "QUIT\r\n" + std::string(194, 'q');
+    auto got = answer(h, "BDAT 200 LAST\r\n" + big + "NOOP\r\n");
+    REQUIRE(got.size() == 2);
+    CHECK(got[0] == "552 5.3.4 Message size exceeds fixed maximum message size (100 octets); not stored");
+    CHECK(got[1] == "250 2.0.0 Ok");
+    CHECK(h.session->state() == Session::State::Ready);
+    // The limit counts the chunks together; after the refusal, chunks already pipelined are read
+    // and refused (RFC 3030 2) until the client starts a new transaction.
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    got = answer(h, "BDAT 60\r\n" + std::string(60, 'a') + "BDAT 60\r\n" + std::string(60, 'b') + "BDAT 6 LAST\r\nRSET\r\nNOOP\r\n");
+    REQUIRE(got.size() == 4);
+    CHECK(got[0].rfind("250 2.0.0 Ok: 60 octets received", 0) == 0);
+    CHECK(got[1].rfind("552 5.3.4 ", 0) == 0);
+    CHECK(got[2] == "503 5.5.1 Bad sequence of commands: need MAIL first");
+    CHECK(got[3] == "250 2.0.0 Ok");
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+    // Too many digits to count: refused at once.
+    CHECK(h.say("BDAT 1234567890123456789").rfind("501 5.5.4 Syntax: BDAT", 0) == 0);
+}
+
+TEST_CASE("BDAT chunks count against the server's DataBudget", "[session][bdat][limits]") {
+    DataBudget budget(64);
+    Harness h({}, &budget);
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    auto got = answer(h, "BDAT 100\r\n" + std::string(100, 'z'));
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].rfind("452 4.3.1 Insufficient system storage", 0) == 0);
+    CHECK(budget.inUse() == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+}
+
+TEST_CASE("a BDAT message's story notes each chunk by its size", "[session][bdat][story]") {
+    Harness h;
+    h.login();
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<bob@447.edu>");
+    answer(h, "BDAT 12\r\nSubject: s\r\n");
+    answer(h, "BDAT 8 LAST\r\n\r\nsecret");
+    auto listed = h.lab.store->listMessages("bob@447.edu", 0, 1);
+    REQUIRE(listed.size() == 1);
+    std::string story = *h.lab.store->messageStory("bob@447.edu", listed[0].id);
+    for (const char* expected : {"\"C: BDAT 12\"", "\"C: <12 octets>\"", "\"S: 250 2.0.0 Ok: 12 octets received, 12 in all\"",
+                                 "\"C: BDAT 8 LAST\"", "\"C: <8 octets>\""})
+        CHECK(story.find(expected) != std::string::npos);
+    CHECK(story.find("secret") == std::string::npos);
+}
+
+TEST_CASE("after STARTTLS the session discards what was pipelined in clear (RFC 3207 5)", "[session][starttls]") {
+    Harness h({}, nullptr, nullptr, TlsMode::StartTls);
+    Output out = h.session->onBytes(std::string("EHLO c\r\nSTARTTLS\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nEHL"));
+    CHECK(out.startTls);
+    auto got = Harness::lines(out);
+    REQUIRE(!got.empty());
+    CHECK(got.back() == "220 2.0.0 Ready to start TLS");
+    CHECK(std::find(h.log.begin(), h.log.end(), "event=starttls-discarded-plaintext octets=44") != h.log.end());
+    // Before the handshake completes nothing is read; after it the client starts afresh.
+    CHECK(Harness::lines(h.session->onBytes(std::string("NOOP\r\n"))).empty());
+    h.session->onTlsStarted("TLSv1.3 TLS_AES_256_GCM_SHA384");
+    CHECK(h.say("NOOP") == "250 2.0.0 Ok");
+    CHECK(h.say("MAIL FROM:<ana@447.edu>") == "503 5.5.1 Bad sequence of commands: need EHLO or HELO first");
+    CHECK_FALSE(h.session->authenticated());
 }

@@ -1,0 +1,154 @@
+// The SMTP session's framing: the bytes a client sends become lines (commands, DATA's content) or
+// BDAT chunks (RFC 3030) here and nowhere else, so the server, the fuzz target and the tests all
+// make one call. The commands themselves are in session.cpp.
+#include "session.h"
+
+#include "../common/app_support.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+namespace maillab::smtp {
+
+namespace {
+void append(Output& into, Output&& from) {
+    for (Reply& r : from.replies) into.replies.push_back(std::move(r));
+    into.close = into.close || from.close;
+    into.startTls = into.startTls || from.startTls;
+}
+
+// RFC 5322 2.3: CR and LF appear in a message only together. BDAT's octets are not lines, so a bare
+// CR or LF in them ends no command and smuggles nothing; the message is stored with CRLF line ends
+// (as DATA stores it) and ending with one, for the readers of the mailbox.
+void normalizeLineEnds(std::string& message) {
+    bool bare = false;
+    for (size_t i = 0; i < message.size() && !bare; ++i)
+        bare = message[i] == '\r' ? (i + 1 == message.size() || message[i + 1] != '\n')
+                                  : message[i] == '\n' && (i == 0 || message[i - 1] != '\r');
+    if (bare) {
+        std::string fixed;
+        fixed.reserve(message.size() + message.size() / 64 + 2);
+        for (size_t i = 0; i < message.size(); ++i) {
+            char c = message[i];
+            if (c == '\r') {
+                fixed += "\r\n";
+                if (i + 1 < message.size() && message[i + 1] == '\n') ++i;
+            } else if (c == '\n') {
+                fixed += "\r\n";
+            } else {
+                fixed += c;
+            }
+        }
+        message.swap(fixed);
+    }
+    if (!message.empty() && (message.size() < 2 || message.compare(message.size() - 2, 2, "\r\n") != 0))
+        message += "\r\n";
+}
+}  // namespace
+
+Output Session::onBytes(const char* data, size_t size) {
+    Output all;
+    const char* end = data + size;
+    while (data < end && state_ != State::Closed && !all.close) {
+        if (awaitingTls_) {
+            // RFC 3207 5 / CVE-2011-0411: bytes pipelined after STARTTLS arrived in clear; none may
+            // run inside the TLS session that follows.
+            env_.log("event=starttls-discarded-plaintext octets=" + std::to_string(end - data));
+            break;
+        }
+        if (state_ == State::Bdat) {
+            size_t n = std::min(chunkLeft_, static_cast<size_t>(end - data));
+            takeChunkOctets(data, n);
+            data += n;
+            if (chunkLeft_ > 0) break;
+            ++all.inputs;
+            Output out = chunkDone();
+            noteReplies(out);
+            append(all, std::move(out));
+            continue;
+        }
+        // One line at a time: after a BDAT command the next bytes are octets, not lines.
+        const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+        const char* next = newline ? newline + 1 : end;
+        reader_.feed(data, static_cast<size_t>(next - data));
+        data = next;
+        LineReader::Event event;
+        if (!reader_.next(event)) break;  // no line end yet: the rest waits in the reader
+        ++all.inputs;
+        if (env_.trace)
+            env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")
+                                     : "C: " + escapeControl(redactForLog(event.line)));
+        append(all, event.tooLong ? onLineTooLong() : onLine(event.line, event.bareLf));
+        if (all.startTls) {
+            awaitingTls_ = true;
+            reader_ = LineReader(limits_.maxLineLength);
+        }
+    }
+    return all;
+}
+
+Output Session::cmdBdat(const std::string& arg) {
+    // RFC 3030 2: BDAT SP chunk-size [SP "LAST"]. Without a size the octets that follow cannot be
+    // counted: 501 at once (they will be read as commands, and refused as such).
+    std::string size = arg.substr(0, arg.find(' '));
+    std::string rest = size.size() < arg.size() ? arg.substr(size.size() + 1) : "";
+    bool last = rest.size() == 4 && std::equal(rest.begin(), rest.end(), "LAST",
+                                               [](char a, char b) { return std::toupper(static_cast<unsigned char>(a)) == b; });
+    if (size.empty() || size.size() > 18 || size.find_first_not_of("0123456789") != std::string::npos ||
+        (!rest.empty() && !last)) {
+        chunkRefusal_.reset();
+        return error(SyntaxError, "Syntax: BDAT <octets> [LAST], the size in decimal digits (at most 18)");
+    }
+    chunkSize_ = chunkLeft_ = static_cast<size_t>(std::stoull(size));
+    chunkLast_ = last;
+    chunkReturn_ = state_;
+    // RFC 1870 / RFC 3030 4: a chunk that would take the message past the limit is read and refused.
+    if (!chunkRefusal_ && data_.size() + chunkSize_ > limits_.maxMessageSize)
+        chunkRefusal_ = Refusal{MessageTooBig, "Message size exceeds fixed maximum message size (" +
+                                                   std::to_string(limits_.maxMessageSize) + " octets); not stored",
+                                true};
+    enterState(State::Bdat);
+    if (chunkLeft_ == 0) return chunkDone();
+    return {};
+}
+
+void Session::takeChunkOctets(const char* data, size_t size) {
+    chunkLeft_ -= size;
+    if (!chunkRefusal_) appendData(data, size, false);  // no dot-stuffing, no lines: the octets as sent
+}
+
+Output Session::chunkDone() {
+    noteStory("C: <" + std::to_string(chunkSize_) + " octets>");
+    if (env_.trace) env_.trace("C: <" + std::to_string(chunkSize_) + " octets of BDAT data>");
+    if (chunkRefusal_) {
+        Refusal refusal = std::move(*chunkRefusal_);
+        chunkRefusal_.reset();
+        if (refusal.endsTransaction) {
+            // RFC 3030 2: the transaction has failed; BDATs already pipelined after it are read and
+            // refused (503, no MAIL) until the client starts again.
+            resetTransaction();
+            enterState(State::Ready);
+        } else {
+            enterState(chunkReturn_);
+        }
+        return error(refusal.code, std::move(refusal.text));
+    }
+    ++chunks_;
+    // Too big or over the server's budget: refused now, not at LAST (finishMessage says which).
+    if (chunkLast_ || dataTooBig_ || dataOverBudget_) {
+        if (chunkLast_ && !dataTooBig_ && !dataOverBudget_) {
+            size_t before = data_.size();
+            normalizeLineEnds(data_);
+            if (data_.size() > before) appendData("", 0, false);  // the budget counts what grew
+        }
+        return finishMessage();
+    }
+    enterState(State::Rcpt);
+    Output out;
+    out.replies.push_back(reply(Ok, "Ok: " + std::to_string(chunkSize_) + " octets received, " +
+                                        std::to_string(data_.size()) + " in all"));
+    return out;
+}
+
+}  // namespace maillab::smtp
