@@ -497,7 +497,7 @@ def pop3_question(cap, http):
         records = sum(len([t for t in r["tls.record.content_type"].split("|") if t]) for r in table
                       if r["tcp.stream"] == str(stream))
         kind = "POP3 with STLS" if clear else "POP3S (implicit TLS)"
-        shown = "; ".join(p["dir"] + ": " + p["text"] for p in clear)
+        shown = "; ".join(p["dir"] + ": " + (p["text"][:40] + "…" if len(p["text"]) > 40 else p["text"]) for p in clear)
         seen = (f"in clear: {shown} "
                 f"({frames([p['frame'] for p in clear])}); then {records} TLS records" if clear else
                 f"nothing but {records} TLS records: not even that it is POP3 (the port says so)")
