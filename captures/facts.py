@@ -394,8 +394,10 @@ def _sessions(cap, rows):
         realm = any('realm="maillab' in r["http.www_authenticate"] for r in frames)
         mailboxes = any(x["uri"].startswith("/mailboxes/") and x["status"] in ("200", "304", "401", "403")
                         for x in s.http)
-        pop_greeting = any(l["dir"] == "S" and l["text"].startswith("+OK") and "maillab POP3" in l["text"]
-                           for l in s.pop[:1])
+        # A POP3 greeting in clear before STLS says maillab, but not that its TLS part could be read:
+        # a file without keys stays "unknown" (check then says undecryptable).
+        pop_greeting = (not s.tls or s.decrypted) and any(
+            l["dir"] == "S" and l["text"].startswith("+OK") and "maillab POP3" in l["text"] for l in s.pop[:1])
         if s.greeting or realm or mailboxes or pop_greeting:
             s.maillab = "yes"
         elif s.tls and not s.decrypted:
