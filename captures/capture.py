@@ -324,6 +324,12 @@ def close_gracefully(conn):
     sock = conn.sock
     if sock is None:
         return
+    conn.sock = None
+    close_socket_gracefully(sock)
+
+
+def close_socket_gracefully(sock):
+    """close_gracefully's steps on a socket (poplib's too): close_notify both ways, then both FINs."""
     try:
         sock.settimeout(5)
         if isinstance(sock, ssl.SSLSocket):
@@ -335,7 +341,6 @@ def close_gracefully(conn):
         pass  # the server went first: nothing left to do well
     finally:
         sock.close()
-        conn.sock = None
 
 
 def http_lab_requests(port, tls, ca, user, password):
@@ -399,10 +404,14 @@ def pop3_lab_retrievals(pop3_port, plain_port, ca, keylog, user, password):
             client.pass_(password)
             client.stat()
             _, lines, _ = client.retr(1)
-            client.quit()
+            client._shortcmd("QUIT")  # not quit(): it closes before the server's close_notify is read
+            sock, client.sock = client.sock, None
+            client.file.close()
+            close_socket_gracefully(sock)
             return b"\r\n".join(lines)
         except BaseException:
-            client.close()
+            if client.sock is not None:
+                client.close()
             raise
 
     try:
