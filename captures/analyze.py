@@ -145,7 +145,9 @@ TABLE_FIELDS = [
     "http.request.method", "http.request.uri", "http.request.line", "http.response.code", "http.response.phrase",
     "http.content_type", "http.content_length_header", "http.last_modified", "http.authorization",
     "http.request_in", "http.www_authenticate", "http.server", "http.request.version", "http.response.version",
-    "http.accept_language", "http.response.line", "imf.subject",
+    "http.accept_language", "http.response.line",
+    "pop.request.command", "pop.request.parameter", "pop.response.indicator", "pop.response.description",
+    "imf.subject",
     "tls.handshake.certificate", "smtp.data.fragment", "imf",
 ]
 
@@ -162,6 +164,7 @@ def _has_type(row, kind):
 ROW_FILTERS = {
     "tls": lambda r: "tls" in r["frame.protocols"].split(":"),
     "smtp": lambda r: "smtp" in r["frame.protocols"].split(":"),
+    "pop": lambda r: "pop" in r["frame.protocols"].split(":"),
     "http.request": lambda r: bool(r["http.request.method"]),
     "http.response": lambda r: bool(r["http.response.code"]),
     "http.request || http.response": lambda r: bool(r["http.request.method"] or r["http.response.code"]),
@@ -308,9 +311,39 @@ class Capture:
             rows.append(dict(zip(fields, values + [""] * (len(fields) - len(values)))))
         return rows
 
+    def pop3_ports(self):
+        """The POP3 ports the comment names after the others (capture.py's `pop3=N pop3-plain=K`):
+        (implicit TLS, plaintext with STLS), 0 for one not named. Read from capinfos, so a cached
+        read knows them too."""
+        found = re.search(r"maillab mode=\w+ smtp=\d+ http=\d+ pop3=(\d+)(?: pop3-plain=(\d+))?", self.capinfos)
+        return (int(found[1]), int(found[2] or 0)) if found else (0, 0)
+
     def direction(self, row):
         """'C' for client to server, 'S' for server to client."""
-        return "S" if int(row["tcp.srcport"] or 0) in (self.smtp_port, self.http_port) else "C"
+        servers = (self.smtp_port, self.http_port) + tuple(p for p in self.pop3_ports() if p)
+        return "S" if int(row["tcp.srcport"] or 0) in servers else "C"
+
+    def pop3_lines(self):
+        """The POP3 dialogue as tshark decodes it: {"frame", "stream", "dir", "text", "clear"}, clear
+        when the line went on the wire in plaintext (before STLS), not inside TLS."""
+        out = []
+        for r in self.fields("pop", ["frame.number", "tcp.stream", "tcp.srcport", "frame.protocols",
+                                     "pop.request.command", "pop.request.parameter", "pop.response.indicator",
+                                     "pop.response.description"]):
+            if r["pop.request.command"]:
+                text = (r["pop.request.command"].split("|")[0] + " " + r["pop.request.parameter"].split("|")[0]).strip()
+            elif r["pop.response.indicator"]:
+                text = (r["pop.response.indicator"].split("|")[0] + " " +
+                        r["pop.response.description"].split("|")[0]).strip()
+            else:
+                continue  # a continuation (message data, a multi-line list)
+            out.append({"frame": int(r["frame.number"]), "stream": int(r["tcp.stream"]), "dir": self.direction(r),
+                        "text": text, "clear": "tls" not in r["frame.protocols"].split(":")})
+        return out
+
+    def stream_bytes(self, stream):
+        """TCP payload bytes of one connection, both ways (what went on the wire above TCP)."""
+        return sum(int(r["tcp.len"] or 0) for r in self.table() if r["tcp.stream"] == str(stream))
 
     def smtp_lines(self):
         rows = self.fields("smtp", ["frame.number", "tcp.stream", "tcp.srcport", "smtp.command_line", "smtp.response",

@@ -55,6 +55,10 @@ MODES = {
 # computer; the capture comment says so. Where a port cannot be had (not root, or taken by another
 # server), they fall back to free ports and Wireshark needs the maillab profile.
 IANA_PORTS = {"implicit": (465, 443), "starttls": (587, 443), "off": (25, 80)}
+# POP3 in the implicit mode's capture (the mail-client comparison): POP3S on 995 (RFC 8314) and
+# plaintext POP3 with STLS on 110 (RFC 1939, RFC 2595), where stock tshark dissects POP.
+POP3_PORTS = (995, 110)
+POP3_MODES = ("implicit",)
 
 
 def port_available(port):
@@ -320,6 +324,12 @@ def close_gracefully(conn):
     sock = conn.sock
     if sock is None:
         return
+    conn.sock = None
+    close_socket_gracefully(sock)
+
+
+def close_socket_gracefully(sock):
+    """close_gracefully's steps on a socket (poplib's too): close_notify both ways, then both FINs."""
     try:
         sock.settimeout(5)
         if isinstance(sock, ssl.SSLSocket):
@@ -331,7 +341,6 @@ def close_gracefully(conn):
         pass  # the server went first: nothing left to do well
     finally:
         sock.close()
-        conn.sock = None
 
 
 def http_lab_requests(port, tls, ca, user, password):
@@ -377,6 +386,50 @@ def http_lab_requests(port, tls, ca, user, password):
         raise SystemExit(f"the HTTP lab's requests got {statuses}, not 401 then 200s: see the retriever's log")
 
 
+def pop3_lab_retrievals(pop3_port, plain_port, ca, keylog, user, password):
+    """The mail client's way to the same message (RFC 1939), from Python's poplib: RETR 1 over
+    implicit TLS (POP3S) and over a plaintext connection upgraded by STLS (RFC 2595: CAPA, then STLS,
+    then the credentials). Both write their TLS secrets to the session's key log. Returns the two
+    message texts, which must be the same."""
+    import poplib
+
+    def context():
+        c = ssl.create_default_context(cafile=ca)
+        c.keylog_filename = keylog
+        return c
+
+    def fetch(client):
+        try:
+            client.user(user)
+            client.pass_(password)
+            client.stat()
+            _, lines, _ = client.retr(1)
+            client._shortcmd("QUIT")  # not quit(): it closes before the server's close_notify is read
+            sock, client.sock = client.sock, None
+            client.file.close()
+            close_socket_gracefully(sock)
+            return b"\r\n".join(lines)
+        except BaseException:
+            if client.sock is not None:
+                client.close()
+            raise
+
+    try:
+        implicit = fetch(poplib.POP3_SSL("localhost", pop3_port, context=context(), timeout=30))
+        plain = poplib.POP3("localhost", plain_port, timeout=30)
+        try:
+            plain.stls(context=context())  # asks CAPA first, as RFC 2595 clients do
+        except BaseException:
+            plain.close()
+            raise
+        upgraded = fetch(plain)
+    except (poplib.error_proto, OSError) as e:
+        raise SystemExit(f"POP3 retrieval failed: {e}: see the retriever's log")
+    if implicit != upgraded:
+        raise SystemExit("POP3S and STLS returned different messages for RETR 1: see the retriever's log")
+    return implicit, upgraded
+
+
 def session(args):
     bin_dir = os.path.join(ROOT, args.build, "bin")
     os.makedirs(args.out, exist_ok=True)
@@ -391,9 +444,12 @@ def session(args):
         keylog = os.path.join(work, "keys.log")
         common = [f"--db={work}/lab.db", f"--certs={ROOT}/certs", f"--keylog={keylog}"]
         smtp_port, http_port = IANA_PORTS[mode]
-        standard = not args.free_ports and port_available(smtp_port) and port_available(http_port)
+        with_pop3 = mode in POP3_MODES
+        pop3_port, pop3_plain_port = POP3_PORTS if with_pop3 else (0, 0)
+        standard = not args.free_ports and all(port_available(p) for p in (smtp_port, http_port) +
+                                                ((pop3_port, pop3_plain_port) if with_pop3 else ()))
         if not standard:
-            smtp_port = http_port = 0
+            smtp_port = http_port = pop3_port = pop3_plain_port = 0
             say("   note: the standard ports are not available here (run as root, or free them): using free "
                 "ports; Wireshark then needs the maillab profile (make wireshark-profile) to show SMTP and HTTP")
         say(f"== {mode}: starting servers" + (f" on the standard ports {IANA_PORTS[mode][0]} and {IANA_PORTS[mode][1]}"
@@ -401,8 +457,11 @@ def session(args):
         sender = server_process(os.path.join(bin_dir, "senderserver"), common + m["sender"], os.path.join(work, "sender.log"),
                                smtp_port)
         try:
-            # No POP3 in the scripted session yet: no listener that could collide with a lab's 9995.
-            retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"] + ["--pop3-port=off"],
+            # POP3 only where this mode's capture retrieves by POP3: elsewhere no listener that
+            # could collide with a lab's 9995.
+            pop3 = [f"--pop3-port={pop3_port}", f"--pop3-plain-port={pop3_plain_port}"] if with_pop3 else \
+                ["--pop3-port=off"]
+            retriever = server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"] + pop3,
                                       os.path.join(work, "retriever.log"), http_port)
         except BaseException:
             sender.stop()  # never left holding the port after a failed start
@@ -411,8 +470,10 @@ def session(args):
         final = os.path.join(args.out, f"{args.name}-{mode}.pcapng")
         cap = None
         try:
-            cap = Dumpcap([sender.port, retriever.port], raw)
-            say(f"   capturing tcp ports {sender.port} (SMTP) and {retriever.port} (HTTP) on lo")
+            pop3_ports = [retriever.ports[k] for k in ("pop3", "pop3-plain") if retriever.ports.get(k)]
+            cap = Dumpcap([sender.port, retriever.port] + pop3_ports, raw)
+            say(f"   capturing tcp ports {sender.port} (SMTP) and {retriever.port} (HTTP)" +
+                (f" and {pop3_ports[0]} (POP3S) and {pop3_ports[1]} (POP3, STLS)" if with_pop3 else "") + " on lo")
             sc = [os.path.join(bin_dir, "senderclient"), "--port", str(sender.port), "--ca", ca] + m["sclient"]
             rc = [os.path.join(bin_dir, "retrieverclient"), "--port", str(retriever.port), "--ca", ca] + m["rclient"]
             say("   register ana@447.edu and bob@447.edu")
@@ -445,13 +506,20 @@ def session(args):
             for header in ([f"If-None-Match: {etag.group(1)}"] if etag else []) + \
                           ([f"If-Modified-Since: {modified.group(1)}"] if modified else []):
                 run(rc + ["--user", "bob", "--password", bob, "--header", header])
+            if with_pop3:
+                say("   bob's mail client retrieves message 1 by POP3: over implicit TLS, then by STLS")
+                pop3_lab_retrievals(retriever.ports["pop3"], retriever.ports["pop3-plain"], ca, keylog,
+                                    "bob@447.edu", bob)
             probe = cap.stop()
         finally:
             if cap is not None:
                 cap.abort()  # a failed step: dumpcap (its own session) must not outlive us
             sender.stop()
             retriever.stop()
-        finish(raw, final, probe, keylog, f"maillab mode={mode} smtp={sender.port} http={retriever.port}",
+        # POP3's ports come after the ones every reader of the comment knows (analyze.py, report).
+        comment = f"maillab mode={mode} smtp={sender.port} http={retriever.port}" + \
+            (f" pop3={retriever.ports['pop3']} pop3-plain={retriever.ports['pop3-plain']}" if with_pop3 else "")
+        finish(raw, final, probe, keylog, comment,
                with_keys=not args.without_keys)
         shutil.rmtree(work, ignore_errors=True)
         say(f"   wrote {final}")

@@ -156,6 +156,8 @@ class Session:
     ehlo: list = dataclasses.field(default_factory=list)      # the HELO/EHLO names
     subjects: list = dataclasses.field(default_factory=list)  # the Subjects of the messages sent
     first_frame: int = 0
+    pop: list = dataclasses.field(default_factory=list)       # POP3 lines {"frame", "dir", "text", "clear"}
+    #                                                             (clear: in plaintext, before STLS)
 
 
 @dataclasses.dataclass
@@ -353,7 +355,8 @@ def _sessions(cap, rows):
     for r in rows:
         if r["tcp.stream"].isdigit():
             streams.setdefault(int(r["tcp.stream"]), []).append(r)
-    server_ports = {p for p in (cap.smtp_port, cap.http_port) if p}
+    pop3_ports = {p for p in cap.pop3_ports() if p}
+    server_ports = {p for p in (cap.smtp_port, cap.http_port) if p} | pop3_ports
     out = []
     for stream, frames in sorted(streams.items()):
         s = Session(stream=stream, first_frame=int(frames[0]["frame.number"]))
@@ -378,18 +381,24 @@ def _sessions(cap, rows):
             return r["tcp.srcport"] == server_port
 
         s.service = "smtp" if int(server_port or 0) == cap.smtp_port and cap.smtp_port else \
-            "http" if int(server_port or 0) == cap.http_port and cap.http_port else ""
+            "http" if int(server_port or 0) == cap.http_port and cap.http_port else \
+            "pop3" if int(server_port or 0) in pop3_ports else ""
         _tls(s, frames, from_server)
         _smtp(s, frames, from_server)
         _http(s, frames, from_server)
+        _pop(s, frames, from_server)
         if not s.service:
-            s.service = "smtp" if s.smtp else "http" if s.http else ""
+            s.service = "smtp" if s.smtp else "http" if s.http else "pop3" if s.pop else ""
         s.accounts = sorted(set(smtp_accounts(s.smtp)) | {x["account"] for x in s.http if x["account"]})
         s.greeting = any(l["dir"] == "S" and l["text"].startswith("220") and "maillab" in l["text"] for l in s.smtp)
         realm = any('realm="maillab' in r["http.www_authenticate"] for r in frames)
         mailboxes = any(x["uri"].startswith("/mailboxes/") and x["status"] in ("200", "304", "401", "403")
                         for x in s.http)
-        if s.greeting or realm or mailboxes:
+        # A POP3 greeting in clear before STLS says maillab, but not that its TLS part could be read:
+        # a file without keys stays "unknown" (check then says undecryptable).
+        pop_greeting = (not s.tls or s.decrypted) and any(
+            l["dir"] == "S" and l["text"].startswith("+OK") and "maillab POP3" in l["text"] for l in s.pop[:1])
+        if s.greeting or realm or mailboxes or pop_greeting:
             s.maillab = "yes"
         elif s.tls and not s.decrypted:
             s.maillab = "unknown"
@@ -425,7 +434,7 @@ def _tls(s, frames, from_server):
     if s.version != "TLS 1.3":
         s.decrypted = False  # TLS 1.2 and older send these in clear: only what they carry tells
     if s.tls and any(r["smtp.command_line"] or r["smtp.response"] or r["http.request.method"] or r["http.response.code"]
-                     for r in frames if "tls" in r["frame.protocols"].split(":")):
+                     or r["pop.request.command"] or r["pop.response.indicator"] for r in frames if "tls" in r["frame.protocols"].split(":")):
         s.decrypted = True
 
 
@@ -446,6 +455,23 @@ def _smtp(s, frames, from_server):
         words = line["text"].split(" ", 1)
         if line["dir"] == "C" and words[0].upper() in ("EHLO", "HELO") and len(words) == 2 and words[1] not in s.ehlo:
             s.ehlo.append(words[1])
+
+
+def _pop(s, frames, from_server):
+    """The POP3 commands and the first line of each reply (continuations, the message itself, are left
+    out); clear: the line crossed the wire in plaintext (before STLS), not inside TLS."""
+    for r in frames:
+        protocols = r["frame.protocols"].split(":")
+        if "pop" not in protocols:
+            continue
+        if r["pop.request.command"]:
+            text = r["pop.request.command"].split("|")[0] + " " + r["pop.request.parameter"].split("|")[0]
+        elif r["pop.response.indicator"]:
+            text = r["pop.response.indicator"].split("|")[0] + " " + r["pop.response.description"].split("|")[0]
+        else:
+            continue
+        s.pop.append({"frame": int(r["frame.number"]), "dir": "S" if from_server(r) else "C", "text": text.strip(),
+                      "clear": "tls" not in protocols})
 
 
 def _http(s, frames, from_server):

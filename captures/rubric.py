@@ -26,7 +26,7 @@ DEFAULT_RUBRIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rubri
 
 # The steps the rules know, in the default rubric's order, with the optional comparison captures.
 KNOWN_STEPS = ("tls13", "secrets", "greeting", "auth", "mail", "token", "get", "conditional", "provenance",
-               "starttls_capture", "plaintext_capture")
+               "starttls_capture", "plaintext_capture", "pop3s", "pop3_stls")
 # Steps that count in any maillab session (not only in the student's own recorded sessions).
 UNGATED = ("tls13", "secrets")
 
@@ -91,6 +91,31 @@ def _mail_sent(s):
     return seen == 3 and any(l["text"].startswith("250") and "queued" in l["text"] for l in _server(s, "250"))
 
 
+def _pop_answered(s, verb, clear=None):
+    """A POP3 command `verb` answered +OK (the next server line); clear: only one sent in plaintext
+    (True) or only one inside TLS (False)."""
+    for i, line in enumerate(s.pop):
+        if line["dir"] == "C" and line["text"].upper().split(" ", 1)[0] == verb and \
+                (clear is None or line["clear"] == clear):
+            reply = next((l for l in s.pop[i + 1:] if l["dir"] == "S"), None)
+            if reply and reply["text"].startswith("+OK"):
+                return True
+    return False
+
+
+def _pop_retrieved(s):
+    """RETR answered +OK inside TLS (RFC 1939 7), after a login inside TLS."""
+    return _pop_answered(s, "RETR", clear=False) and \
+        (_pop_answered(s, "PASS", clear=False) or _pop_answered(s, "AUTH", clear=False))
+
+
+def _pop_upgraded(s):
+    """STLS sent in plaintext and answered +OK (RFC 2595 4), no credentials before it."""
+    return _pop_answered(s, "STLS", clear=True) and \
+        not any(l["clear"] and l["dir"] == "C" and l["text"].upper().split(" ", 1)[0] in ("USER", "PASS", "AUTH", "APOP")
+                for l in s.pop)
+
+
 def _own_mailbox(uri, account):
     path = urllib.parse.unquote(uri.split("?", 1)[0]).lower()
     if path == "/":
@@ -118,6 +143,10 @@ def _shows(step, s, account, token):
                    _own_mailbox(x["uri"], account or x["account"]) for x in s.http)
     if step == "conditional":
         return any(x["conditional"] and x["status"] == "304" for x in s.http)
+    if step == "pop3s":
+        return s.tls and not any(l["clear"] for l in s.pop) and _pop_retrieved(s)
+    if step == "pop3_stls":
+        return s.tls and _pop_upgraded(s) and _pop_retrieved(s)
     if step == "starttls_capture":
         return s.tls and s.greeting and bool(_client(s, "STARTTLS"))
     if step == "plaintext_capture":
@@ -133,6 +162,9 @@ MISSING = {
     "mail": "no MAIL FROM, RCPT TO and DATA answered 250 (queued)",
     "get": "no GET of {who}'s own mailbox answered 200",
     "conditional": "no conditional GET (If-None-Match or If-Modified-Since) answered 304",
+    "pop3s": "no POP3 RETR answered +OK over implicit TLS (POP3S; make capture retrieves by POP3 in its "
+             "implicit capture)",
+    "pop3_stls": "no POP3 session upgraded by STLS whose RETR was answered +OK inside TLS",
     "starttls_capture": "no STARTTLS session (a server started with --tls starttls)",
     "plaintext_capture": "no plaintext session with AUTH answered 235 (--tls off --allow-plaintext-auth)",
 }

@@ -248,6 +248,7 @@ def section(cap, out_dir, max_ladders=12, for_grading=False):
     else:
         md.append("Nothing readable: the HTTP connections are encrypted and the capture holds no keys.\n")
     md.append(http_questions(cap))
+    md.append(pop3_question(cap, http))
     md.append("### Q: Which connections and protocols does the capture hold? (tshark -z conv,tcp and -z io,phs)\n")
     md.append(md_block(cap.stats("conv,tcp").strip()))
     md.append(md_block(cap.stats("io,phs").strip()))
@@ -466,6 +467,50 @@ def http_questions(cap):
                          + (" and " if pieces(r, "tls.segment.count") > 1 and pieces(r, "tcp.segment.count") > 1 else "")
                          + (f"{pieces(r, 'tcp.segment.count')} TCP segments" if pieces(r, "tcp.segment.count") > 1 else "")
                          for r in multi) if multi else "none (every response fitted one segment)") + ".\n")
+    return "\n".join(md)
+
+
+POP3_HEADING = "### Q: The same message by HTTPS GET and by POP3 RETR: commands, bytes, what an eavesdropper sees\n"
+
+
+def pop3_question(cap, http):
+    """The mail client's way to message 1 (POP3 RETR, over implicit TLS and after STLS) beside the
+    browser's (HTTPS GET), from the same one read of the file; "" for a capture without POP3."""
+    pop = cap.pop3_lines()
+    if not pop:
+        return ""
+    md = [POP3_HEADING]
+    rows = []
+    get = next((m for m in http if m["method"] == "GET" and m["uri"].split("?")[0].endswith("/messages/1")), None)
+    if get:
+        answer = next((m for m in http if m["stream"] == get["stream"] and not m["method"] and m["frame"] > get["frame"]),
+                      None)
+        rows.append(["HTTPS GET", get["stream"], f"GET {get['uri']} → {answer['status'] if answer else '-'}",
+                     cap.stream_bytes(get["stream"]), "TLS records only (the request, its URI and the Basic "
+                     "credentials are inside them)"])
+    table = cap.table()
+    for stream in sorted({p["stream"] for p in pop}):
+        lines = [p for p in pop if p["stream"] == stream]
+        clear = [p for p in lines if p["clear"]]
+        # the password stays out of the report's table (its session ladder shows the line)
+        commands = ["PASS …" if p["text"].upper().startswith("PASS ") else p["text"] for p in lines if p["dir"] == "C"]
+        records = sum(len([t for t in r["tls.record.content_type"].split("|") if t]) for r in table
+                      if r["tcp.stream"] == str(stream))
+        kind = "POP3 with STLS" if clear else "POP3S (implicit TLS)"
+        shown = "; ".join(p["dir"] + ": " + (p["text"][:40] + "…" if len(p["text"]) > 40 else p["text"]) for p in clear)
+        seen = (f"in clear: {shown} "
+                f"({frames([p['frame'] for p in clear])}); then {records} TLS records" if clear else
+                f"nothing but {records} TLS records: not even that it is POP3 (the port says so)")
+        rows.append([kind, stream, ", ".join(commands), cap.stream_bytes(stream), seen])
+    md.append("Bob's message 1 fetched three ways: by the browser's way (one HTTPS GET of its URI) and by a mail "
+              "client's (POP3: USER, PASS, STAT, RETR 1, QUIT; RFC 1939), over implicit TLS on its own port "
+              "(RFC 8314) and on the plaintext port after STLS (RFC 2595). Bytes: the TCP payload of the whole "
+              "connection, both ways, TLS handshake included.\n")
+    md.append(md_table(["how", "conn", "commands", "bytes on the wire", "what an eavesdropper sees"], rows))
+    md.append("With STLS the capabilities and the upgrade itself (CAPA, STLS, +OK) cross the wire in clear: an "
+              "attacker on the path can delete STLS from the list and keep the client in plaintext unless the "
+              "client insists on TLS (RFC 2595 2.2, RFC 8314 3); the credentials go only after the upgrade. With "
+              "implicit TLS the first byte is a TLS record.\n")
     return "\n".join(md)
 
 

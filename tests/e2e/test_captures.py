@@ -521,3 +521,46 @@ document.body.setAttribute('data-found', JSON.stringify(found));
     assert found["cells"] > 100, found["cells"]
     assert not found["overflow"], f"cells whose content overflows them: {found['overflow'][:10]}"
     assert not found["broken"], f"words or numbers broken across lines: {found['broken'][:10]}"
+
+
+@test
+def pop3_in_the_capture_decodes_in_stock_tshark_and_the_report_compares_it(lab):
+    """make capture's implicit capture also retrieves message 1 by POP3S on 995 and by STLS on 110:
+    stock tshark (an empty HOME: no profile, no -d/-o) decodes RETR and its +OK with the embedded
+    keys; the optional POP3 steps are found; the report compares the GET and the RETR."""
+    files = captures(lab)
+    info = subprocess.run(["capinfos", files["implicit"]], capture_output=True, text=True).stdout
+    if "http=443" not in info:
+        raise Skip("the standard ports were not free here: stock tshark needs them to decode POP")
+    assert "maillab mode=implicit smtp=465 http=443 pop3=995 pop3-plain=110" in info, info
+    home = lab.path("empty-home")
+    os.makedirs(home)
+    shown = subprocess.run(["tshark", "-r", files["implicit"], "-Y", "pop"], capture_output=True, text=True,
+                           env=dict(os.environ, HOME=home), timeout=120).stdout
+    for line in ("C: RETR 1", "S: +OK", "C: STLS", "S: +OK Begin TLS"):
+        assert line in shown, line + "\n" + shown
+    # Decrypted on 995: RETR inside TLS, on a connection to port 995.
+    retr = subprocess.run(["tshark", "-r", files["implicit"], "-Y", 'pop.request.command == "RETR" && tcp.port == 995',
+                           "-T", "fields", "-e", "frame.protocols"], capture_output=True, text=True,
+                          env=dict(os.environ, HOME=home), timeout=120).stdout
+    assert ":tls:pop" in retr, retr
+    import sys
+    sys.path.insert(0, ROOT)
+    from captures import facts, rubric
+    read = facts.read(files["implicit"])
+    steps = rubric.load() + [rubric.Step("pop3s", 5, ""), rubric.Step("pop3_stls", 5, "")]
+    verdicts = rubric.evaluate(read, steps)
+    assert verdicts["pop3s"].ok and verdicts["pop3_stls"].ok, verdicts
+    assert "pop3s" not in {s.name for s in rubric.load()}  # optional: not in the default rubric
+    # The other modes have no POP3: the optional steps are missing there, nothing else changes.
+    off = rubric.evaluate(facts.read(files["starttls"]), steps)
+    assert not off["pop3s"].ok and off["get"].ok
+    out_dir = lab.path("report-pop3")
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
+                          files["implicit"]], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    md = open(os.path.join(out_dir, "lab", "report.md")).read()
+    section = md.split("The same message by HTTPS GET and by POP3 RETR")[1]
+    for row in ("| HTTPS GET |", "| POP3S (implicit TLS) |", "| POP3 with STLS |", "RETR 1", "C: STLS",
+                "nothing but "):
+        assert row in section, row
