@@ -24,6 +24,14 @@ def login_terminal(lab, server, user, password):
     return term, seen
 
 
+def start_message_to(term, recipient):
+    """The menu's MAIL FROM (the default sender), RCPT TO and DATA, up to the subject prompt."""
+    for typed, wait in [("mail from\r", "sender"), ("\r", "smtp> "), ("rcpt to\r", "recipient"),
+                        (recipient + "\r", "smtp> "), ("data\r", "subject: ")]:
+        term.type(typed)
+        term.expect(wait)
+
+
 @test
 def ctrl_c_while_typing_a_message_abandons_it_and_the_session_goes_on(lab):
     with Server(lab, "senderserver") as server:
@@ -31,16 +39,7 @@ def ctrl_c_while_typing_a_message_abandons_it_and_the_session_goes_on(lab):
         term, seen = login_terminal(lab, server, "ana", ana)
         # The hint follows the session's real state, also after an AUTH typed as a raw line.
         assert "next: MAIL FROM" in seen, seen
-        term.type("mail from\r")
-        term.expect("sender")
-        term.type("\r")
-        term.expect("smtp> ")
-        term.type("rcpt to\r")
-        term.expect("recipient")
-        term.type("bob\r")
-        term.expect("smtp> ")
-        term.type("data\r")
-        term.expect("subject: ")
+        start_message_to(term, "bob")
         term.type("half a thought\r")
         term.expect("'.'")
         term.type("this must never arrive\r")
@@ -50,16 +49,7 @@ def ctrl_c_while_typing_a_message_abandons_it_and_the_session_goes_on(lab):
         assert "C: RSET" in seen and "250 2.0.0" in seen, seen
         assert "354" not in seen, seen
         # The session is still usable: a whole message goes through afterwards.
-        term.type("mail from\r")
-        term.expect("sender")
-        term.type("\r")
-        term.expect("smtp> ")
-        term.type("rcpt to\r")
-        term.expect("recipient")
-        term.type("bob\r")
-        term.expect("smtp> ")
-        term.type("data\r")
-        term.expect("subject: ")
+        start_message_to(term, "bob")
         term.type("the second\r")
         term.expect("'.'")
         term.type("kept\r.\r")
