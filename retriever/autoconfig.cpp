@@ -3,7 +3,7 @@
 // the outgoing SMTP server; the user name is the whole address, the password sent inside TLS.
 #include "autoconfig.h"
 
-#include "../common/text.h"
+#include "../common/net/text.h"
 
 namespace maillab::autoconfig {
 

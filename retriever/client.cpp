@@ -2,11 +2,11 @@
 // name checked). Interactive (GET, HELP, QUIT) or scripted (--user/--password [--id N] [--json|--raw]
 // [--save-attachments DIR]). A message is shown as the server decoded it (MIME: subject, addresses,
 // text, attachments); --raw shows it as sent.
-#include "../common/app_support.h"
-#include "../common/client_support.h"
-#include "../common/connect.h"
-#include "../common/tls.h"
-#include "../common/text.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/client_support.h"
+#include "../common/net/connect.h"
+#include "../common/net/tls.h"
+#include "../common/net/text.h"
 #include "mime_view.h"
 
 #include <Poco/JSON/Array.h>

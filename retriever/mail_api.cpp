@@ -5,9 +5,9 @@
 
 #include "mime_view.h"
 
-#include "../common/password.h"
-#include "../common/rfc5322.h"
-#include "../common/text.h"
+#include "../common/lab/password.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
 
 #include <Poco/DateTimeFormat.h>
 #include <Poco/DateTimeFormatter.h>

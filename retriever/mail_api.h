@@ -4,10 +4,10 @@
 #pragma once
 #include "autoconfig.h"
 
-#include "../common/auth.h"
-#include "../common/class_board.h"
-#include "../common/store.h"
-#include "../common/text.h"
+#include "../common/lab/auth.h"
+#include "../common/lab/class_board.h"
+#include "../common/lab/store.h"
+#include "../common/net/text.h"
 #include "mime_view.h"
 
 #include <cstdint>

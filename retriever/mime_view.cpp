@@ -10,8 +10,8 @@
 // View::problems with what was decoded before it kept.
 #include "mime_view.h"
 
-#include "../common/rfc5322.h"
-#include "../common/text.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
 
 #include <Poco/Base64Decoder.h>
 #include <Poco/Encodings.h>

@@ -7,9 +7,9 @@
 
 #include "mail_api.h"
 
-#include "../common/app_support.h"
-#include "../common/linereader.h"
-#include "../common/tls.h"
+#include "../common/lab/app_support.h"
+#include "../common/net/linereader.h"
+#include "../common/net/tls.h"
 
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureStreamSocket.h>

@@ -5,10 +5,10 @@
 #pragma once
 #include "pop3_session.h"
 
-#include "../common/auth.h"
-#include "../common/class_board.h"
-#include "../common/connection_guard.h"
-#include "../common/store.h"
+#include "../common/lab/auth.h"
+#include "../common/lab/class_board.h"
+#include "../common/net/connection_guard.h"
+#include "../common/lab/store.h"
 
 #include <Poco/Logger.h>
 #include <Poco/Net/Context.h>

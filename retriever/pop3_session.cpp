@@ -3,9 +3,9 @@
 // (STLS), RFC 3206 (AUTH and SYS response codes). No sockets here: see pop3_server.cpp.
 #include "pop3_session.h"
 
-#include "../common/app_support.h"
-#include "../common/password.h"
-#include "../common/text.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/password.h"
+#include "../common/net/text.h"
 
 #include <algorithm>
 #include <cctype>

@@ -3,10 +3,10 @@
 // (sender/session.h). pop3_server.cpp feeds it what arrives over TLS; the unit and golden tests and
 // the fuzz target feed it directly. One command table (kCommands in pop3_session.cpp) says what each
 // command needs before it may run. Accounts, the guess budget and the mail are the ones the sender
-// and the HTTPS side use (common/auth.h, common/store.h): a user reads only her own maildrop.
+// and the HTTPS side use (common/lab/auth.h, common/lab/store.h): a user reads only her own maildrop.
 #pragma once
-#include "../common/auth.h"
-#include "../common/store.h"
+#include "../common/lab/auth.h"
+#include "../common/lab/store.h"
 
 #include <cstdint>
 #include <functional>

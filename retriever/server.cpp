@@ -5,11 +5,11 @@
 #include "mail_api.h"
 #include "pop3_server.h"
 
-#include "../common/app_support.h"
-#include "../common/auth.h"
-#include "../common/connection_guard.h"
-#include "../common/store.h"
-#include "../common/tls.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/auth.h"
+#include "../common/net/connection_guard.h"
+#include "../common/lab/store.h"
+#include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/HTTPRequestHandler.h>

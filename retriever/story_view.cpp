@@ -1,8 +1,8 @@
 // storyHtml: the story JSON made readable, every value escaped.
 #include "story_view.h"
 
-#include "../common/rfc5322.h"
-#include "../common/text.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>

@@ -5,12 +5,12 @@
 #include "compose.h"
 #include "smtp_client.h"
 #include "smtp_syntax.h"
-#include "../common/text.h"
+#include "../common/net/text.h"
 
-#include "../common/app_support.h"
-#include "../common/client_support.h"
-#include "../common/connect.h"
-#include "../common/tls.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/client_support.h"
+#include "../common/net/connect.h"
+#include "../common/net/tls.h"
 
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/DNS.h>

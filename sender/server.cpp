@@ -3,12 +3,12 @@
 // socket-free smtp::Session (session.h).
 #include "session.h"
 
-#include "../common/app_support.h"
-#include "../common/auth.h"
-#include "../common/class_board.h"
-#include "../common/connection_guard.h"
-#include "../common/store.h"
-#include "../common/tls.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/auth.h"
+#include "../common/lab/class_board.h"
+#include "../common/net/connection_guard.h"
+#include "../common/lab/store.h"
+#include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>

@@ -3,10 +3,10 @@
 #include "session.h"
 
 #include "smtp_syntax.h"
-#include "../common/rfc5322.h"
-#include "../common/text.h"
-#include "../common/app_support.h"
-#include "../common/password.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
+#include "../common/lab/app_support.h"
+#include "../common/lab/password.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>

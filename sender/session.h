@@ -3,9 +3,9 @@
 // STARTTLS plaintext discard), so the server, the fuzz target and the tests all make one call,
 // onBytes. One command table (kCommands in session.cpp) says what each command needs before it runs.
 #pragma once
-#include "../common/auth.h"
-#include "../common/linereader.h"
-#include "../common/store.h"
+#include "../common/lab/auth.h"
+#include "../common/net/linereader.h"
+#include "../common/lab/store.h"
 #include "smtp_replies.h"
 #include "smtp_syntax.h"
 
@@ -86,7 +86,7 @@ struct SessionEnv {
     SubmissionRates* rates = nullptr;          // shared likewise; none: no rate limit
     std::function<int64_t()> freeDiskBytes;    // free space where mail is stored; none: not checked
     std::function<void(const std::string&)> onLogin;  // the account, after AUTH succeeds (provenance)
-    // The class board's record (common/class_board.h): a refused login of an existing account, and
+    // The class board's record (common/lab/class_board.h): a refused login of an existing account, and
     // a message stored (its sender and Subject).
     std::function<void(const std::string& account)> onLoginFailed;
     std::function<void(const std::string& account, const std::string& subject)> onQueued;

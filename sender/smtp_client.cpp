@@ -2,9 +2,9 @@
 #include "smtp_client.h"
 
 #include "smtp_syntax.h"
-#include "../common/password.h"
-#include "../common/tls.h"
-#include "../common/text.h"
+#include "../common/lab/password.h"
+#include "../common/net/tls.h"
+#include "../common/net/text.h"
 
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>

@@ -2,8 +2,8 @@
 // sends commands, reads (multi-line) replies, and mirrors the server's session state so that the
 // interactive client can say what comes next.
 #pragma once
-#include "../common/connect.h"
-#include "../common/linereader.h"
+#include "../common/net/connect.h"
+#include "../common/net/linereader.h"
 #include "smtp_replies.h"
 #include "smtp_syntax.h"
 

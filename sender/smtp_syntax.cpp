@@ -1,8 +1,8 @@
 // SMTP syntax helpers: command and path parsing, dot-stuffing and header summaries.
 #include "smtp_syntax.h"
 
-#include "../common/rfc5322.h"
-#include "../common/text.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
 
 #include <cctype>
 

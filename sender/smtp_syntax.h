@@ -43,7 +43,7 @@ struct HeaderSummary {
     bool hasDate = false, hasMessageId = false;
 };
 
-// The fields the store indexes, from the header section (common/rfc5322.h: unfolded, the first of
+// The fields the store indexes, from the header section (common/net/rfc5322.h: unfolded, the first of
 // each name).
 HeaderSummary summarizeHeaders(const std::string& message);
 

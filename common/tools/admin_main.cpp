@@ -16,10 +16,10 @@
 //     class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes 20]
 //                           the live class board
 // Exit status: 0 done, 1 no such account, 2 usage, 3 the database cannot be opened or read.
-#include "../auth.h"
-#include "../class_board.h"
-#include "../password.h"
-#include "../store.h"
+#include "../lab/auth.h"
+#include "../lab/class_board.h"
+#include "../lab/password.h"
+#include "../lab/store.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>

@@ -5,7 +5,7 @@
 // --expired DIR: a server certificate that expired yesterday, for the lab's TLS failure scenario
 // (never in certs/, the lab's own folder). --only-host NAME DIR: a server certificate that names NAME
 // alone, not localhost, for the wrong-host scenario (a client that connects to localhost refuses it).
-#include "../certs.h"
+#include "../net/certs.h"
 
 #include <iostream>
 

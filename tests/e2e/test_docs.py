@@ -142,3 +142,31 @@ def every_server_target_takes_its_ports_the_same_way(lab):
     # PORT alone moves the lab's retriever too; the class retriever keeps its own.
     assert "--port=2003" in command("retrieverserver", args=["PORT=2003"])
     assert "--port=443" in command("class-retrieverserver", args=["PORT=2003"])
+
+
+@test
+def common_keeps_its_two_floors(lab):
+    """common/net is the generic network floor: nothing in it may include the lab's own floor
+    (common/lab), the protocol folders or the tools; sender/ and retriever/ never include each other."""
+    include = re.compile(r'#include "([^"]+)"')
+    upward = []
+    sources = []
+    for top in ("common", "sender", "retriever"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            sources += [os.path.relpath(os.path.join(folder, f), ROOT) for f in files if f.endswith((".h", ".cpp"))]
+    for path in sources:
+        folder = os.path.dirname(path)
+        rules = {"common/net": ("common/lab", "common/tools", "sender", "retriever"),
+                 "common/lab": ("common/tools", "sender", "retriever"),
+                 "sender": ("retriever",), "retriever": ("sender",)}.get(folder, ())
+        with open(os.path.join(ROOT, path), encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                m = include.search(line)
+                if not m:
+                    continue
+                target = os.path.normpath(os.path.join(folder, m.group(1)))
+                if any(target == r or target.startswith(r + "/") for r in rules):
+                    upward.append(f"{path}:{number} includes {target}")
+    assert os.path.isdir(os.path.join(ROOT, "common/net")) and os.path.isdir(os.path.join(ROOT, "common/lab")), \
+        "common/ should hold its two floors, net/ and lab/"
+    assert not upward, "an include points up or sideways:\n" + "\n".join(upward)

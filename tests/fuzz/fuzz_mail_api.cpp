@@ -1,9 +1,9 @@
 // libFuzzer target: the retriever's socket-free MailApi on arbitrary requests. The input's first
 // line is "METHOD TARGET", the following lines "Name: value" headers. Every answer must carry a
 // status the API documents and a body that is not larger than the mailbox could make it.
-#include "../../common/auth.h"
-#include "../../common/password.h"
-#include "../../common/store.h"
+#include "../../common/lab/auth.h"
+#include "../../common/lab/password.h"
+#include "../../common/lab/store.h"
 #include "../../retriever/mail_api.h"
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // libFuzzer target: the MIME view on arbitrary stored messages. Whatever the input, the view must
 // come back (no exception, no crash, no hang), stay within its limits, and give valid UTF-8 text
 // and file names that are safe to write; every listed part must be downloadable by its index.
-#include "../../common/text.h"
+#include "../../common/net/text.h"
 #include "../../retriever/mime_view.h"
 
 #include <cstdint>

@@ -3,9 +3,9 @@
 // half the runs on the plaintext port with STLS. Finds crashes, sanitizer reports and broken
 // invariants: every reply starts "+OK", "-ERR" or "+ ", ends in CRLF, and a multi-line block ends
 // with ".\r\n"; nothing follows a close.
-#include "../../common/auth.h"
-#include "../../common/linereader.h"
-#include "../../common/store.h"
+#include "../../common/lab/auth.h"
+#include "../../common/net/linereader.h"
+#include "../../common/lab/store.h"
 #include "../../retriever/pop3_session.h"
 
 #include <cstdint>

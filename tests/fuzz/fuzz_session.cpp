@@ -1,8 +1,8 @@
 // libFuzzer target: bytes from a client drive a whole SMTP session (socket-free) through its one
 // entry, onBytes (the session frames them: lines, DATA, BDAT chunks), over a real SQLite store. Finds crashes, sanitizer reports and broken
 // invariants: every reply is a well-formed reply line, and no input ends in an abort.
-#include "../../common/auth.h"
-#include "../../common/store.h"
+#include "../../common/lab/auth.h"
+#include "../../common/lab/store.h"
 #include "../../sender/session.h"
 
 #include <cstdint>

@@ -1,8 +1,8 @@
 // Test fixtures: a temporary store (SQLite, or PostgreSQL with MAILLAB_TEST_PG_URL) and an
 // authenticator with a cheap scrypt cost.
 #pragma once
-#include "../../common/auth.h"
-#include "../../common/store.h"
+#include "../../common/lab/auth.h"
+#include "../../common/lab/store.h"
 
 #include <libpq-fe.h>
 #include <sqlite3.h>

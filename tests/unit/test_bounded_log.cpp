@@ -1,6 +1,6 @@
 // The servers' asynchronous log channel keeps a bounded queue: a slow terminal costs dropped
 // informational lines (counted and said), never memory that grows with the traffic.
-#include "../../common/bounded_log.h"
+#include "../../common/net/bounded_log.h"
 
 #include "catch.hpp"
 

@@ -2,8 +2,8 @@
 // board's rows and hints, its renderings, and the retriever's /class and /metrics for instructors only.
 #include "fixtures.h"
 
-#include "../../common/class_board.h"
-#include "../../common/password.h"
+#include "../../common/lab/class_board.h"
+#include "../../common/lab/password.h"
 #include "../../retriever/mail_api.h"
 
 #include "catch.hpp"

@@ -2,7 +2,7 @@
 // (a passed deadline shuts the socket down; a disarmed one never fires).
 #include "catch.hpp"
 
-#include "../../common/connection_guard.h"
+#include "../../common/net/connection_guard.h"
 
 #include <sys/socket.h>
 #include <unistd.h>

@@ -2,7 +2,7 @@
 // an HTTP request line, other clear text, or nothing; and that peeking leaves the bytes for OpenSSL.
 #include "catch.hpp"
 
-#include "../../common/tls.h"
+#include "../../common/net/tls.h"
 
 #include <sys/socket.h>
 #include <unistd.h>

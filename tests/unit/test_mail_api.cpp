@@ -1,7 +1,7 @@
 // The retriever's resources without sockets: routing, Basic auth, ownership, conditional GET, errors.
 #include "fixtures.h"
 
-#include "../../common/password.h"
+#include "../../common/lab/password.h"
 #include "../../retriever/mail_api.h"
 
 #include "catch.hpp"

@@ -1,5 +1,5 @@
 // Password generation, scrypt hashing and base64.
-#include "../../common/password.h"
+#include "../../common/lab/password.h"
 
 #include "catch.hpp"
 

@@ -1,8 +1,8 @@
 // SMTP syntax: commands, paths, mailboxes, dot-stuffing, headers, and the line reader.
-#include "../../common/linereader.h"
+#include "../../common/net/linereader.h"
 #include "../../sender/smtp_client.h"
 #include "../../sender/smtp_syntax.h"
-#include "../../common/rfc5322.h"
+#include "../../common/net/rfc5322.h"
 
 #include "catch.hpp"
 

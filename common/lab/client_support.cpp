@@ -1,7 +1,7 @@
 // Shared client plumbing; see client_support.h.
 #include "client_support.h"
 
-#include "tls.h"
+#include "../net/tls.h"
 
 #include <Poco/Exception.h>
 #include <Poco/NumberParser.h>

@@ -1,6 +1,6 @@
 // Authenticator: registration, verification with a cache of verified credentials, the guess budget.
 #include "auth.h"
-#include "text.h"
+#include "../net/text.h"
 
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>

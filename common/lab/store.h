@@ -1,7 +1,7 @@
 // The one narrow interface to the lab's accounts, mailboxes, guess budgets, provenance and class
 // activity. The servers and maillab-admin read and write only through it (the grader and the tests
 // through maillab-admin). Two backends, chosen by one setting (store.url, see openStore): SQLite
-// (common/sqlite_store.cpp, the embedded default) and PostgreSQL (common/postgres_store.cpp, for
+// (common/lab/sqlite_store.cpp, the embedded default) and PostgreSQL (common/lab/postgres_store.cpp, for
 // several server instances on several machines sharing one database).
 #pragma once
 #include <algorithm>

@@ -2,7 +2,7 @@
 // four renderings (terminal, JSON, HTML page, Prometheus metrics). See class_board.h.
 #include "class_board.h"
 
-#include "text.h"
+#include "../net/text.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>

@@ -5,7 +5,7 @@
 #include "auth.h"
 #include "class_board.h"
 #include "store.h"
-#include "tls.h"
+#include "../net/tls.h"
 
 #include <Poco/Logger.h>
 #include <Poco/Net/ServerSocket.h>

@@ -1,8 +1,8 @@
 // Helpers shared by the lab's Poco applications.
 #include "app_support.h"
-#include "bounded_log.h"
-#include "certs.h"
-#include "text.h"
+#include "../net/bounded_log.h"
+#include "../net/certs.h"
+#include "../net/text.h"
 
 #include <Poco/AutoPtr.h>
 #include <Poco/Net/SecureServerSocket.h>
