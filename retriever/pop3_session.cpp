@@ -3,7 +3,7 @@
 // (STLS), RFC 3206 (AUTH and SYS response codes). No sockets here: see pop3_server.cpp.
 #include "pop3_session.h"
 
-#include "../common/lab/app_support.h"
+#include "../common/net/log_text.h"
 #include "../common/lab/password.h"
 #include "../common/net/text.h"
 

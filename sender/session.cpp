@@ -5,7 +5,7 @@
 #include "smtp_syntax.h"
 #include "../common/net/rfc5322.h"
 #include "../common/net/text.h"
-#include "../common/lab/app_support.h"
+#include "../common/net/log_text.h"
 #include "../common/lab/password.h"
 
 #include <Poco/JSON/Array.h>

@@ -3,7 +3,7 @@
 // make one call. The commands themselves are in session.cpp.
 #include "session.h"
 
-#include "../common/lab/app_support.h"
+#include "../common/net/log_text.h"
 
 #include <algorithm>
 #include <cctype>

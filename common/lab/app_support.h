@@ -5,6 +5,7 @@
 #include "auth.h"
 #include "class_board.h"
 #include "store.h"
+#include "../net/log_text.h"
 #include "../net/tls.h"
 
 #include <Poco/Logger.h>
@@ -120,13 +121,5 @@ private:
     Description description_;
     bool helpRequested_ = false;
 };
-
-// Quotes a log value when it contains spaces or quotes: key="two words". Control characters are
-// escaped (see escapeControl), so a client cannot forge log lines or hide bytes in them.
-std::string logValue(const std::string& value);
-// The same, always in double quotes: for values a client chose (an account name it tried).
-std::string quotedLogValue(const std::string& value);
-// Bytes below 0x20 and 0x7F as \r, \n, \t or \xNN; a backslash as \\. For every line a peer wrote.
-std::string escapeControl(const std::string& text);
 
 }  // namespace maillab

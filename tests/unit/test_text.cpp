@@ -1,6 +1,6 @@
 // The lab's one UTF-8 decoder and what the logs and terminals get from client text: no control
 // character, C0 or C1, is ever written raw.
-#include "../../common/lab/app_support.h"
+#include "../../common/net/log_text.h"
 #include "../../common/net/text.h"
 
 #include "catch.hpp"
