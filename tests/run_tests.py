@@ -28,8 +28,19 @@ from tests.e2e import harness  # noqa: E402
 
 # Every tests/e2e/test_*.py registers its tests when imported: a new module cannot be forgotten.
 # (Sorted, so the order is the same on every machine.)
+# The short names of the days of sys.path insertions, each with its full name now.
+FULL_NAMES = {"harness": "tests.e2e.harness", "labprocess": "captures.labprocess", "bench": "tests.bench.bench",
+              "attack": "tests.bench.attack", "classroom": "tests.classroom", "pg_cluster": "tests.pg_cluster"}
 for module in sorted(glob.glob(os.path.join(HERE, "e2e", "test_*.py"))):
-    importlib.import_module("tests.e2e." + os.path.splitext(os.path.basename(module))[0])
+    name = "tests.e2e." + os.path.splitext(os.path.basename(module))[0]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        short = e.name or ""
+        if short in FULL_NAMES or short.startswith("test_"):
+            sys.exit(f"{name}: `{short}` is not found by its short name: import it by its full name from the "
+                     f"repository root, {FULL_NAMES.get(short, 'tests.e2e.' + short)} (captures/__init__.py)")
+        raise
 
 
 def run_unit(build, env=None):
