@@ -183,10 +183,10 @@ class-retrieverserver: $(BIN)/retrieverserver $(BIN)/maillab-certs
 # A student's token for the lab message's Subject; SECRET= or users/instructor.secret (made once).
 token:
 	@test -n "$(STUDENT)" || { echo "usage: make token STUDENT=id [SECRET=...]"; exit 2; }
-	@/usr/bin/python3 captures/labtoken.py token --student "$(STUDENT)" $(if $(SECRET),--secret "$(SECRET)")
+	@/usr/bin/python3 -m captures.labtoken token --student "$(STUDENT)" $(if $(SECRET),--secret "$(SECRET)")
 tokens:
 	@test -n "$(ROSTER)" || { echo "usage: make tokens ROSTER=roster.csv [SECRET=...]"; exit 2; }
-	@/usr/bin/python3 captures/labtoken.py tokens --roster "$(ROSTER)" $(if $(SECRET),--secret "$(SECRET)")
+	@/usr/bin/python3 -m captures.labtoken tokens --roster "$(ROSTER)" $(if $(SECRET),--secret "$(SECRET)")
 # $(call quoted,VAR): VAR's value as typed (never expanded by make, never by the shell), one word.
 quoted = '$(subst ','\'',$(value $(1)))'
 # Grades every file in DIR: DIR/grades.csv, grades-files.csv and grades.html, a report per capture.
@@ -274,18 +274,18 @@ LIVE_NAME = $(if $(filter command line environment,$(origin NAME)),$(value NAME)
 # failure instead of the lab session (captures/scenarios.py), into captures/scenario-<name>.pcapng.
 capture: test-deps
 	@$(MAKE) programs
-	@$(if $(value SCENARIO),/usr/bin/python3 -m captures.scenarios --scenario $(call shq,$(value SCENARIO)) --build $(BUILD),/usr/bin/python3 captures/capture.py session --modes $(MODES) --name $(NAME) --build $(BUILD))
+	@$(if $(value SCENARIO),/usr/bin/python3 -m captures.scenarios --scenario $(call shq,$(value SCENARIO)) --build $(BUILD),/usr/bin/python3 -m captures.capture session --modes $(MODES) --name $(NAME) --build $(BUILD))
 
 # HOST=lab.example.edu (a class server; docs/student.md): captures on the interface that routes to
 # HOST, only HOST's traffic on those ports (e.g. PORT=465 RPORT=443); the default, localhost, loopback.
 capture-start: test-deps
 	@$(if $(SERVERS),$(MAKE) programs,true)
-	@/usr/bin/python3 captures/capture.py start --ports $(call shq,$(LIVE_PORTS)) --name $(call shq,$(LIVE_NAME)) \
+	@/usr/bin/python3 -m captures.capture start --ports $(call shq,$(LIVE_PORTS)) --name $(call shq,$(LIVE_NAME)) \
 	    --mode $(if $(value MODE),$(call quoted,MODE),implicit) --host $(call quoted,HOST) --build $(call quoted,BUILD) \
 	    $(if $(value SERVERS),--servers)
 
 capture-stop:
-	@/usr/bin/python3 captures/capture.py stop --name $(call shq,$(LIVE_NAME))
+	@/usr/bin/python3 -m captures.capture stop --name $(call shq,$(LIVE_NAME))
 
 check-capture:
 	@test -n $(call quoted,FILE) || { echo "usage: make check-capture FILE=captures/lab-implicit.pcapng [RUBRIC=captures/rubric.csv]"; exit 2; }
@@ -320,7 +320,7 @@ wireshark-profile:
 .PHONY: classroom
 classroom: test-deps
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/classroom.py --build $(call quoted,BUILD)
+	@/usr/bin/python3 -m tests.classroom --build $(call quoted,BUILD)
 
 # ---- benchmark -------------------------------------------------------------------------------
 # QUICK=1: about a minute, writes to build/ so a CI run leaves docs/benchmarks.md alone.
@@ -328,37 +328,37 @@ classroom: test-deps
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
+	@/usr/bin/python3 -m tests.bench.bench --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 
 # The password guesser against the guess budget (about a minute): docs/benchmarks.md's section.
 .PHONY: bench-attack
 bench-attack: deps
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/bench/attack.py --build $(BUILD) $(if $(QUICK),--seconds 10,--seconds 40 --doc docs/benchmarks.md)
-	@/usr/bin/python3 tests/bench/hoard.py --build $(BUILD) $(if $(QUICK),--seconds 5,--seconds 15 --doc docs/benchmarks.md)
+	@/usr/bin/python3 -m tests.bench.attack --build $(BUILD) $(if $(QUICK),--seconds 10,--seconds 40 --doc docs/benchmarks.md)
+	@/usr/bin/python3 -m tests.bench.hoard --build $(BUILD) $(if $(QUICK),--seconds 5,--seconds 15 --doc docs/benchmarks.md)
 
 # make grade on a class of 60 submissions from the virtual classroom (needs root for the classroom).
 .PHONY: bench-grade
 bench-grade: test-deps
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/bench/grade_bench.py --build $(BUILD) $(if $(QUICK),--students 16,--doc docs/benchmarks.md)
+	@/usr/bin/python3 -m tests.bench.grade_bench --build $(BUILD) $(if $(QUICK),--students 16,--doc docs/benchmarks.md)
 
 # The per-release figures (run in each chroot by `make bench-platforms`; OUT= the JSON file).
 .PHONY: bench-platform
 bench-platform: deps
 	$(call install_packages,python3)
 	@$(MAKE) programs
-	@/usr/bin/python3 tests/bench/platform_bench.py --build $(BUILD) --out $(or $(OUT),$(BUILD)/platform-bench.json)
+	@/usr/bin/python3 -m tests.bench.platform_bench --build $(BUILD) --out $(or $(OUT),$(BUILD)/platform-bench.json)
 
 # ---- tests ---------------------------------------------------------------------------------
 .PHONY: test test-asan
 test: test-deps
 	@$(MAKE) all
-	@/usr/bin/python3 tests/run_tests.py --build $(BUILD) --store $(or $(STORE),sqlite)
+	@/usr/bin/python3 -m tests.run_tests --build $(BUILD) --store $(or $(STORE),sqlite)
 
 test-asan: test-deps
 	@$(MAKE) SANITIZE=1 all
-	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 tests/run_tests.py --build build/asan --store $(or $(STORE),sqlite)
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 /usr/bin/python3 -m tests.run_tests --build build/asan --store $(or $(STORE),sqlite)
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 # libFuzzer targets (clang), with AddressSanitizer and UndefinedBehaviorSanitizer: the SMTP session
@@ -409,7 +409,7 @@ test-platforms:
 # The same, then the per-release benchmark (make bench-platform in each) and its table.
 bench-platforms:
 	@bash tests/platforms.sh --bench $(RELEASES)
-	@/usr/bin/python3 tests/bench/platform_table.py .platforms/results $(RELEASES)
+	@/usr/bin/python3 -m tests.bench.platform_table .platforms/results $(RELEASES)
 
 clean-platforms:
 	@bash tests/platforms.sh --clean

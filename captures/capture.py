@@ -2,10 +2,11 @@
 """Captures the lab's traffic into captures/<name>.pcapng files that open already decrypted in
 Wireshark (the TLS key log is embedded with `editcap --inject-secrets`).
 
-  capture.py session [--modes implicit,starttls,off] [--name lab]   a scripted lab session per mode
-  capture.py start --ports 9000,9100 [--name live]                  around your own session; Ctrl-C
-  capture.py start --host lab.example.edu --ports 465,443           the same against a class server
-  capture.py stop [--name live]                                     or this, from another terminal
+From the repository root (the make targets capture, capture-start and capture-stop run these):
+  python3 -m captures.capture session [--modes implicit,starttls,off] [--name lab]   a scripted lab session per mode
+  python3 -m captures.capture start --ports 9000,9100 [--name live]        around your own session; Ctrl-C
+  python3 -m captures.capture start --host lab.example.edu --ports 465,443 the same against a class server
+  python3 -m captures.capture stop [--name live]                           or this, from another terminal
 
 With --host, the capture runs on the interface that routes to that host (`ip route get`), and keeps
 only that host's traffic on those ports; without it (or with localhost), loopback. The file embeds
@@ -32,8 +33,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common", "python"))
-from labprocess import ServerProcess, password_from  # noqa: E402
+from captures.labprocess import ServerProcess, password_from
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -545,7 +545,7 @@ def running_capture(name, out=HERE):
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
     except OSError:
         cmdline = b""
-    if b"capture.py" in cmdline and b" start" in cmdline:
+    if (b"captures.capture" in cmdline or b"capture.py" in cmdline) and b" start" in cmdline:
         return pid
     os.unlink(path)
     say(f"note: removed a stale pid file ({path}: pid {pid} is not a running capture)")

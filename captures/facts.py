@@ -27,7 +27,10 @@ import re
 import subprocess
 import time
 
-from .analyze import HELLO_RETRY_RANDOM, VERSIONS, Capture, name  # noqa: F401 (HELLO_RETRY_RANDOM: its old home)
+# The package's one door for reading a capture: check, report and grade import from here, never from
+# analyze; the report's ladders and transcripts need the whole reading (Capture), the scenarios' pages
+# tshark's alert names (ALERTS) and one tshark call on the same terms (tshark).
+from .analyze import ALERTS, HELLO_RETRY_RANDOM, VERSIONS, Capture, name, tshark  # noqa: F401 (re-exported)
 
 
 # ---- credentials: the one decoder (check, grade and report use it) --------------------------------

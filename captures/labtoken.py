@@ -8,8 +8,8 @@ made for anyone.
 The secret is SECRET (any text) or the file users/instructor.secret, created on first use with 32
 random bytes (0600). Keep it out of the students' reach; a new secret makes new tokens for everyone.
 
-  labtoken.py token --student ana [--secret TEXT | --secret-file users/instructor.secret]
-  labtoken.py tokens --roster roster.csv   (one line per student: id,token)"""
+  python3 -m captures.labtoken token --student ana [--secret TEXT | --secret-file users/instructor.secret]
+  python3 -m captures.labtoken tokens --roster roster.csv   (one line per student: id,token)"""
 
 import argparse
 import csv

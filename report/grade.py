@@ -89,9 +89,8 @@ def read_facts(path, work, seconds, cache=None):
     """(facts, "") for one file, read by `python3 -m captures.facts` in a process of its own, or
     (facts that hold nothing, the cut-off reason) when it took longer than `seconds` (issue 18 #6).
     cache: a folder where that process leaves its tshark read for the file's report to reuse."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
     done = run_bounded([sys.executable, "-m", "captures.facts", "--work", work] + (["--cache", cache] if cache else []) +
-                       ["--", path], seconds, cwd=ROOT, env=env)
+                       ["--", path], seconds, cwd=ROOT)  # a module, from the repository root (captures/__init__.py)
     if done is None:
         reason = cut_off_reason(seconds)
         f = capture_facts.FileFacts(path=os.path.abspath(path), name=os.path.basename(path), not_capture=reason)
@@ -591,10 +590,9 @@ class Run:
 
         def one(r):
             name = names[r.name]
-            env = dict(os.environ, PYTHONPATH=ROOT)
             done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--for-grading"] +
                                (["--cache", cache] if cache else []) + ["--", r.facts.readable],
-                               self.file_seconds, cwd=ROOT, env=env)
+                               self.file_seconds, cwd=ROOT)
             if done is None:
                 shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                 r.facts.notes.append(f"no report: making it took longer than {self.file_seconds:g} s (--file-seconds)")

@@ -17,8 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from captures.analyze import Capture
-from captures.facts import decode_credentials, printable
+from captures.facts import Capture, decode_credentials, printable
 
 try:  # the TLS failure scenarios' explanations (report/scenarios.py), when that part is there
     from report import scenarios

@@ -18,8 +18,7 @@ import re
 import subprocess
 import sys
 
-from captures.analyze import ALERTS, tshark
-from captures.facts import printable
+from captures.facts import ALERTS, printable, tshark
 
 # RFC 8446 6: an alert's level. And what each alert of the scenarios means, with where it is defined.
 LEVELS = {"1": "warning", "2": "fatal"}

@@ -4,7 +4,7 @@ machines: a switch (a bridge), the class server `lab.maillab.test` (198.18.0.1) 
 senderserver on 465 and retrieverserver on 443 with common/class.properties, an instructor
 (198.18.0.2) and eight students (198.18.0.11 ...), each with her own address, her own /etc/hosts
 (`ip netns exec` bind-mounts /etc/netns/<name>/hosts) and her own capture of her own interface
-(captures/capture.py start --host lab.maillab.test, the code behind `make capture-start HOST=`).
+(python3 -m captures.capture start --host lab.maillab.test, the code behind `make capture-start HOST=`).
 
 The class: ana and bob do the lab honestly; carol registers and hands in ana's file renamed; dave
 does the lab against servers on his own "laptop" (his namespace, his own database and CA); erin hands
@@ -17,7 +17,7 @@ a run left behind by a killed run (namespaces mlc-<pid>-*, whose pid is gone) is
 Addresses come from 198.18.0.0/15 (RFC 2544, for testing) and exist only inside the namespaces:
 nothing is added to the machine's own network, and nothing outside it is ever contacted. Needs root.
 
-  classroom.py [--build build] [--out build/classroom]
+  python3 -m tests.classroom [--build build] [--out build/classroom]
 
 Used by tests/e2e/test_classroom.py: Network (namespaces on a bridge) and Classroom (the class)."""
 
@@ -37,8 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "common", "python"))
-from labprocess import ServerProcess, password_from  # noqa: E402
+from captures.labprocess import ServerProcess, password_from
 
 PREFIX = "mlc-"          # every namespace of ours: mlc-<pid of the run>-<role>
 SUBNET = "198.18.0"      # RFC 2544 benchmarking addresses, /24, inside the namespaces only
@@ -271,16 +270,16 @@ class Network:
 
 
 class Capture:
-    """A student's `make capture-start HOST=... PORT=... RPORT=...` (captures/capture.py start) in her
+    """A student's `make capture-start HOST=... PORT=... RPORT=...` (captures.capture start) in her
     namespace, ended by Ctrl-C to its process group as a terminal does."""
 
     def __init__(self, net, role, host, ports, name, out_dir):
         self.net, self.final = net, os.path.join(out_dir, f"{name}.pcapng")
         self.keylog = os.path.join(out_dir, f"{name}.keys.log")
-        self.proc = net.popen(role, [PY, os.path.join(ROOT, "captures", "capture.py"), "start", "--host", host,
+        self.proc = net.popen(role, [PY, "-m", "captures.capture", "start", "--host", host,
                                      "--ports", ",".join(map(str, ports)), "--name", name, "--out", out_dir,
                                      "--mode", "implicit"],  # as make capture-start passes it
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.output = self._until("capture running")
@@ -413,10 +412,10 @@ class Classroom:
             f.write("student,account\n")
             for s, _, _ in STUDENTS:
                 f.write(f"{s},{s}@447.edu\n")
-        tokens = net.run("teacher", [PY, os.path.join(ROOT, "captures", "labtoken.py"), "tokens", "--roster", self.roster,
-                                     "--secret", self.secret])
+        tokens = net.run("teacher", [PY, "-m", "captures.labtoken", "tokens", "--roster", self.roster,
+                                     "--secret", self.secret], cwd=ROOT)
         if tokens.returncode != 0:
-            raise RuntimeError(f"labtoken.py tokens: {tokens.stderr}")
+            raise RuntimeError(f"captures.labtoken tokens: {tokens.stderr}")
         self.tokens = dict(line.split(",", 1) for line in tokens.stdout.split())
 
     # ---- the board -----------------------------------------------------------------------------

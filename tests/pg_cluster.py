@@ -8,7 +8,7 @@ stop() stops it and removes the directory: nothing is left running or on disk.
         url = pg.new_database()      # postgresql://maillab@127.0.0.1:PORT/t001, empty
 
 As a command, for a shell or another tool:
-    /usr/bin/python3 tests/pg_cluster.py run -- COMMAND...   the command with MAILLAB_TEST_PG_URL set
+    /usr/bin/python3 -m tests.pg_cluster run -- COMMAND...   the command with MAILLAB_TEST_PG_URL set
 Standard library only."""
 
 import glob

@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """Runs every test: the Catch2 unit tests (counted per test case from their JUnit report) and the
-end-to-end tests in tests/e2e. Ends with the line `N passed, N failed` and a non-zero exit on failure."""
+end-to-end tests in tests/e2e. Ends with the line `N passed, N failed` and a non-zero exit on failure.
+
+`make test` runs it as `python3 -m tests.run_tests` from the repository root, where the lab's Python
+packages are (captures, report, tests: see captures/__init__.py). Run as a file (`python3
+tests/run_tests.py`, from anywhere) it becomes that same command first."""
 
 import argparse
+import glob
+import importlib
 import os
 import subprocess
 import sys
@@ -10,16 +16,31 @@ import tempfile
 import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "e2e"))
+ROOT = os.path.dirname(HERE)
 
-import harness  # noqa: E402
+if __name__ == "__main__" and not __package__:
+    # As a file, Python looks for imports in tests/ only, where `tests.e2e` is not: the repository
+    # root is the one place the packages are found from, so restart there as the module.
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "tests.run_tests"] + sys.argv[1:])
+
+from tests.e2e import harness  # noqa: E402
 
 # Every tests/e2e/test_*.py registers its tests when imported: a new module cannot be forgotten.
 # (Sorted, so the order is the same on every machine.)
-import glob  # noqa: E402
-import importlib  # noqa: E402
+# The short names of the days of sys.path insertions, each with its full name now.
+FULL_NAMES = {"harness": "tests.e2e.harness", "labprocess": "captures.labprocess", "bench": "tests.bench.bench",
+              "attack": "tests.bench.attack", "classroom": "tests.classroom", "pg_cluster": "tests.pg_cluster"}
 for module in sorted(glob.glob(os.path.join(HERE, "e2e", "test_*.py"))):
-    importlib.import_module(os.path.splitext(os.path.basename(module))[0])
+    name = "tests.e2e." + os.path.splitext(os.path.basename(module))[0]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        short = e.name or ""
+        if short in FULL_NAMES or short.startswith("test_"):
+            sys.exit(f"{name}: `{short}` is not found by its short name: import it by its full name from the "
+                     f"repository root, {FULL_NAMES.get(short, 'tests.e2e.' + short)} (captures/__init__.py)")
+        raise
 
 
 def run_unit(build, env=None):
@@ -57,12 +78,12 @@ def main():
                         help="the backend every test runs on: postgresql starts a throwaway cluster "
                              "(tests/pg_cluster.py) and removes it at the end")
     args = parser.parse_args()
-    os.chdir(os.path.dirname(HERE))
+    os.chdir(ROOT)
 
     cluster = None
     env = None
     if args.store == "postgresql":
-        import pg_cluster
+        from tests import pg_cluster
         try:
             cluster = pg_cluster.Cluster()
         except pg_cluster.Unavailable as e:

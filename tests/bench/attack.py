@@ -9,7 +9,7 @@ As a benchmark it runs the real servers with a faster refill (the budget's shape
 measures the checked-guess rate, and scales it back to the default settings: the expected time to
 find one account's password is 50,000 guesses (half of the 100,000 lab passwords) at that rate.
 
-  attack.py --build build [--seconds 30] [--connections 64] [--refill 2] [--out FILE.json]"""
+  python3 -m tests.bench.attack --build build [--seconds 30] [--connections 64] [--refill 2] [--out FILE.json]"""
 
 import argparse
 import base64
@@ -24,9 +24,7 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import lab_servers  # noqa: E402  (a server started and waited for by its ready line)
-from labprocess import has_ipv6_loopback  # noqa: E402
+from captures.labprocess import has_ipv6_loopback, lab_servers  # servers started and waited for by their ready lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CANDIDATES = 100_000  # 8 digits ending in 447: 10^5 passwords

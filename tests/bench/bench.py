@@ -19,43 +19,18 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 
+from captures.labprocess import ServerProcess, free_port, password_from
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "common", "python"))
-from labprocess import ServerProcess, password_from  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 # Our servers, aiosmtpd's peer, nginx and s_server: the lab's one way to start a server and wait.
 Proc = ServerProcess
-
-
-def lab_servers(bin_dir, prefix, settings):
-    """A fresh working folder with its own lab CA, and a sender and a retriever on one database
-    there (free ports, `settings` as their --config). Returns (work, ca, sender, retriever)."""
-    work = tempfile.mkdtemp(prefix=prefix)
-    certs = os.path.join(work, "certs")
-    subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
-    config = os.path.join(work, "bench.properties")
-    with open(config, "w") as f:
-        f.writelines(f"{key} = {value}\n" for key, value in settings.items())
-    common = [f"--db={work}/bench.db", f"--certs={certs}", f"--config={config}"]
-    sender = Proc([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
-    retriever = Proc([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
-    return work, os.path.join(certs, "ca.pem"), sender, retriever
 
 
 class Bench:

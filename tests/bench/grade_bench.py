@@ -45,8 +45,8 @@ def main():
     if not os.path.isdir(submissions):
         if os.geteuid() != 0:
             sys.exit("bench-grade needs the virtual classroom's files: run `sudo make classroom` first")
-        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "classroom.py"), "--build", build,
-                        "--out", classroom], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["/usr/bin/python3", "-m", "tests.classroom", "--build", build,
+                        "--out", classroom], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     lab = os.path.join(classroom, "lab")
     secret_file = os.path.join(lab, "users", "instructor.secret")
     handed = sorted(f for f in os.listdir(submissions)

@@ -14,7 +14,7 @@ their default settings, and what a legitimate client sees meanwhile.
      under 256 MB each.
   3. Disk: what one account can put on disk with one message to 20 mailboxes (stored once).
 
-  hoard.py [--build build] [--seconds 10] [--doc docs/benchmarks.md]"""
+  python3 -m tests.bench.hoard [--build build] [--seconds 10] [--doc docs/benchmarks.md]"""
 
 import argparse
 import base64
@@ -27,8 +27,7 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import lab_servers  # noqa: E402
+from captures.labprocess import lab_servers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

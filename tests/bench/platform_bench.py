@@ -9,7 +9,7 @@ chroot) and written as one JSON object:
     Python's smtplib, the client students use, 20 threads at once; rate and 99th percentile
   - versions of Poco, OpenSSL, Python and the release, for the table.
 
-  platform_bench.py --build build --out FILE [--seconds N]"""
+  python3 -m tests.bench.platform_bench --build build --out FILE [--seconds N]"""
 
 import argparse
 import json
@@ -19,13 +19,11 @@ import smtplib
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Proc, password_from  # noqa: E402  (a server started and waited for by its ready line)
+from captures.labprocess import ServerProcess as Proc, password_from  # a server started and waited for by its ready line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -4,7 +4,7 @@ into the table of docs/benchmarks.md, between its `platforms` markers, with each
 Debian 12's (the release the lab was first built on). Prints the table; exits 1 when a ratio on
 another release is below 0.9, the issue's bar.
 
-  platform_table.py RESULTS_DIR release [release ...]"""
+  python3 -m tests.bench.platform_table RESULTS_DIR release [release ...]"""
 
 import datetime
 import json

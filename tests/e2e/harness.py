@@ -13,9 +13,7 @@ import tempfile
 import time
 import traceback
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "common", "python"))
-from labprocess import ServerProcess, password_from  # noqa: E402
+from captures.labprocess import ServerProcess, password_from
 
 TESTS = []
 

@@ -8,7 +8,7 @@ import select
 import socket
 import time
 
-from harness import Conversation, Server, test, tls_connect
+from tests.e2e.harness import Conversation, Server, test, tls_connect
 
 
 def closed_or_answered(sock, timeout=10):

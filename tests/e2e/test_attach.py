@@ -5,8 +5,8 @@ import email
 import email.policy
 import os
 
-from harness import Server, messages, register, run_client, test
-from test_clients import TerminalSession, terminal_env
+from tests.e2e.harness import Server, messages, register, run_client, test
+from tests.e2e.test_clients import TerminalSession, terminal_env
 
 
 def read_back(db, mailbox):

@@ -6,7 +6,7 @@ import base64
 import shutil
 import subprocess
 
-from harness import Conversation, Server, Skip, messages, register, test
+from tests.e2e.harness import Conversation, Server, Skip, messages, register, test
 
 # Net::SMTP's bdat/bdatlast write the BDAT command and its octets themselves; it turns them on only
 # with MAIL FROM BODY=BINARYMIME (which maillab does not offer: RFC 3030 3 lets CHUNKING stand alone),

@@ -5,7 +5,7 @@ without keys is reported as undecryptable rather than as an error."""
 import os
 import subprocess
 
-from harness import Skip, test
+from tests.e2e.harness import Skip, test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,15 +29,15 @@ def captures(lab):
         out_dir = lab.path("captures")
         os.makedirs(out_dir)
         build = os.path.relpath(lab.build, ROOT)
-        run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "session", "--out", out_dir,
-                              "--build", build], capture_output=True, text=True, timeout=300)
+        run = subprocess.run(["/usr/bin/python3", "-m", "captures.capture", "session", "--out", out_dir,
+                              "--build", build], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert run.returncode == 0, run.stdout + run.stderr
         for mode in ("implicit", "starttls", "off"):
             _captures[mode] = os.path.join(out_dir, f"lab-{mode}.pcapng")
             assert os.path.getsize(_captures[mode]) > 1000
-        run = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "session", "--out", out_dir,
+        run = subprocess.run(["/usr/bin/python3", "-m", "captures.capture", "session", "--out", out_dir,
                               "--build", build, "--modes", "implicit", "--name", "nokeys", "--without-keys"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert run.returncode == 0, run.stdout + run.stderr
         _captures["nokeys"] = os.path.join(out_dir, "nokeys-implicit.pcapng")
     return _captures
@@ -198,12 +198,12 @@ class LiveCapture:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 self.ports.append(s.getsockname()[1])
-        command = ["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "start", "--ports",
+        command = ["/usr/bin/python3", "-m", "captures.capture", "start", "--ports",
                    f"{self.ports[0]},{self.ports[1]}", "--name", name, "--out", out_dir]
         if servers:
             command += ["--servers", "--build", os.path.relpath(lab.build, ROOT)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=ROOT)
         # Lines through a thread: select() on the pipe cannot see lines already read into the text
         # stream's buffer (which made this wait miss "capture running" when it came with the line before).
         self.lines = queue.Queue()
@@ -287,8 +287,8 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     stale = os.path.join(ROOT, "captures", f".{name}.pid")
     with open(stale, "w") as f:
         f.write("1")
-    out = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "captures", "capture.py"), "stop", "--name", name],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["/usr/bin/python3", "-m", "captures.capture", "stop", "--name", name],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode != 0 and "stale" in out.stdout and not os.path.exists(stale), out.stdout + out.stderr
 
 
@@ -544,8 +544,6 @@ def pop3_in_the_capture_decodes_in_stock_tshark_and_the_report_compares_it(lab):
                            "-T", "fields", "-e", "frame.protocols"], capture_output=True, text=True,
                           env=dict(os.environ, HOME=home), timeout=120).stdout
     assert ":tls:pop" in retr, retr
-    import sys
-    sys.path.insert(0, ROOT)
     from captures import facts, rubric
     read = facts.read(files["implicit"])
     steps = rubric.load() + [rubric.Step("pop3s", 5, ""), rubric.Step("pop3_stls", 5, "")]

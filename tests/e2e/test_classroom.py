@@ -11,22 +11,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 
-from harness import Skip, test
-from labprocess import ServerProcess, password_from
+from captures.labprocess import ServerProcess, password_from
+from tests import classroom
+from tests.e2e.harness import Skip, test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import classroom  # noqa: E402
 
 
 def needs_namespaces():
     why = classroom.available()
     if why:
         raise Skip(why)
-    from test_captures import can_capture
+    from tests.e2e.test_captures import can_capture
     if not can_capture():
         raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
 
@@ -263,7 +261,7 @@ def capture_start_with_host_captures_only_that_hosts_traffic(lab):
 def make_report_file_reports_that_file_into_its_own_folder(lab):
     """`make report FILE=...` reports exactly that file, into report/<its name>/: no scripted capture
     is made, report/lab/ is not touched, and a file name is a file name (nothing in it runs)."""
-    from test_captures import captures
+    from tests.e2e.test_captures import captures
     source = captures(lab)["implicit"]  # skips without capture rights
     tag = "mlcr" + uuid.uuid4().hex[:8]
     work = lab.path("report-file")

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import time
 
-from harness import Server, register, run_client, test
-from labprocess import has_ipv6_loopback
+from tests.e2e.harness import Server, register, run_client, test
+from captures.labprocess import has_ipv6_loopback
 
 EXIT_CONNECT, EXIT_TLS, EXIT_PROTOCOL = 3, 4, 5
 
@@ -302,7 +302,7 @@ def terminal_env():
 
 @test
 def typed_utf8_reaches_the_mailbox_and_ctrl_c_says_quit(lab):
-    from harness import messages
+    from tests.e2e.harness import messages
     with Server(lab, "senderserver") as server:
         bob = register(lab, server.port, "bob")
         assert bob

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 
-from harness import test
+from tests.e2e.harness import test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

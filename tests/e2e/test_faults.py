@@ -7,7 +7,7 @@ import os
 import resource
 import sqlite3
 
-from harness import Conversation, Server, Skip, messages, register, test
+from tests.e2e.harness import Conversation, Server, Skip, messages, register, test
 
 
 def plain(user, password):

@@ -8,8 +8,8 @@ import email.policy
 import smtplib
 import subprocess
 
-from harness import Server, messages, register, test
-from test_clients import TerminalSession, terminal_env
+from tests.e2e.harness import Server, messages, register, test
+from tests.e2e.test_clients import TerminalSession, terminal_env
 
 
 def login_terminal(lab, server, user, password):

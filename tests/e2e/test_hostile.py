@@ -7,7 +7,7 @@ import socket
 import ssl
 import time
 
-from harness import Conversation, Server, register, test, tls_connect
+from tests.e2e.harness import Conversation, Server, register, test, tls_connect
 
 
 def b64(text):
@@ -333,7 +333,7 @@ class Pop3Raw:
 
 @test
 def hostile_pop3_input_gets_err_or_closure_and_the_server_serves_on(lab):
-    from test_retriever import Lab2
+    from tests.e2e.test_retriever import Lab2
     with Lab2(lab, {"pop3.plainPort": 0, "pop3.idleTimeoutSeconds": 2}) as l2:
         port, plain = l2.retriever.pop3_port, l2.retriever.pop3_plain_port
 

@@ -11,16 +11,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
-from harness import Server, Skip, register, test
-from labprocess import password_from
+from captures import labtoken
+from captures.labprocess import password_from
+from tests.e2e.harness import Server, Skip, register, test
 
 passwords = {}  # account -> password, registered once per class server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)  # the captures package
-from captures import labtoken  # noqa: E402
 
 
 @test
@@ -62,7 +60,7 @@ def student_session(lab, student, account, sender, retriever, out_dir, secret, c
     """A student's live capture, as the lab asks: capture-start on the class ports, register, send
     the lab message with the token in its Subject, read the mailbox, a conditional GET; Ctrl-C."""
     import uuid
-    from test_captures import LiveCapture
+    from tests.e2e.test_captures import LiveCapture
     name = f"{student}-{uuid.uuid4().hex[:8]}"  # never a capture name a student's own run could hold
     live = LiveCapture(lab, name, out_dir, servers=False, ports=[sender.port, retriever.port])
     try:
@@ -108,7 +106,7 @@ _class = {}
 def unrelated_capture(lab, out_dir):
     """curl fetching / from Python's http.server, captured like a student's session."""
     import uuid
-    from test_captures import LiveCapture
+    from tests.e2e.test_captures import LiveCapture
     name = "u" + uuid.uuid4().hex[:8]
     live = LiveCapture(lab, name, out_dir, servers=False)
     web = subprocess.Popen(["/usr/bin/python3", "-u", "-m", "http.server", str(live.ports[1]), "--bind", "127.0.0.1",
@@ -129,7 +127,7 @@ def unrelated_capture(lab, out_dir):
 
 
 def synthetic_class(lab):
-    from test_captures import can_capture
+    from tests.e2e.test_captures import can_capture
     if not can_capture():
         raise Skip("capturing needs root or dumpcap's capabilities (CI runs as root)")
     if _class:
@@ -335,7 +333,6 @@ def a_fake_record_decides_by_both_randoms(lab):
     session whose client_random is on record with another server_random does not count."""
     c = synthetic_class(lab)
     import json
-    sys.path.insert(0, ROOT)
     from captures import facts
     f = facts.read(c["made"]["ana"])
     rows = [{"client_random": s.client_random, "server_random": s.server_random, "service": s.service,
@@ -475,7 +472,7 @@ document.body.setAttribute('data-measured', document.querySelectorAll('th').leng
 @test
 def a_class_server_listens_on_every_address_with_the_class_settings(lab):
     """What `make class-senderserver` starts: common/class.properties (every address, provenance on)."""
-    from labprocess import has_ipv6_loopback
+    from captures.labprocess import has_ipv6_loopback
     settings = {}
     for line in open(os.path.join(ROOT, "common", "class.properties")):
         if "=" in line and not line.lstrip().startswith("#"):

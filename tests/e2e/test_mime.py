@@ -18,8 +18,8 @@ import urllib.parse
 import zlib
 from email.message import EmailMessage
 
-from harness import Skip, run_client, test
-from test_retriever import Lab2, basic
+from tests.e2e.harness import Skip, run_client, test
+from tests.e2e.test_retriever import Lab2, basic
 
 SUBJECT = "Diagramm für dich: Größe und Übersicht ✓"
 TEXT = ("Hallo Bob, hier ist das Diagramm für dich. Grüße aus Zürich!\n"

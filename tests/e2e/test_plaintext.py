@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import time
 
-from harness import Server, test
+from tests.e2e.harness import Server, test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

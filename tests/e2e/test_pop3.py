@@ -15,8 +15,8 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 
-from harness import Skip, test, tls_connect
-from test_retriever import Lab2
+from tests.e2e.harness import Skip, test, tls_connect
+from tests.e2e.test_retriever import Lab2
 
 # A body whose lines start with '.', which POP3 must byte-stuff (RFC 1939 3) and clients unstuff.
 DOTTED = "first line\n.a line starting with a dot\n..two dots\n.\nlast line\n"
@@ -261,7 +261,7 @@ def pop3_autoconfig_names_the_smtp_and_pop3_ports_without_login(lab):
     # A retriever told where the sender is (autoconfig.smtpPort), with the STLS port on too.
     with Lab2(lab, {"pop3.plainPort": 0}) as l2:
         l2.retriever.stop()
-        from harness import Server
+        from tests.e2e.harness import Server
         l2.retriever = Server(lab, "retrieverserver", {"pop3.plainPort": 0, "autoconfig.smtpPort": l2.sender.port},
                               db=l2.sender.db)
         for path in ("/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=bob%40447.edu",
@@ -293,7 +293,7 @@ def pop3_retriever_with_pop3_off_serves_https_only(lab):
     with Lab2(lab, {"pop3.port": "off"}) as l2:
         assert l2.retriever.pop3_port is None and l2.retriever.pop3_plain_port is None
         assert https_listing(l2)["total"] == 1
-    from harness import Server
+    from tests.e2e.harness import Server
     bad = None
     try:
         bad = Server(lab, "retrieverserver", {"pop3.port": "nine"})

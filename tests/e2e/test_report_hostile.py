@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from harness import Skip, test
+from tests.e2e.harness import Skip, test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = "/usr/bin/python3"

@@ -9,11 +9,10 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 
-from harness import Conversation, Server, Skip, register, run_client, test, tls_connect
+from tests.e2e.harness import Conversation, Server, Skip, register, run_client, test, tls_connect
 
 
 class Lab2:
@@ -296,8 +295,7 @@ def a_parallel_guessing_attack_on_both_servers_gets_no_more_than_the_budget(lab)
     loopback addresses. Checked guesses never exceed the budget, and the owner still gets in
     afterwards from where she logged in before. (A guesser that also uses the owner's own address
     spends her budget there too: docs/design.md, "On one machine".)"""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-    import attack
+    from tests.bench import attack
     settings = {"auth.guessBurst": 4, "auth.guessRefillSeconds": 3600}
     with Server(lab, "senderserver", settings) as sender, \
             Server(lab, "retrieverserver", settings, db=sender.db) as retriever:

@@ -14,12 +14,11 @@ import subprocess
 import sys
 import tempfile
 
-from harness import Server, Skip, test
+from captures import capture
+from report import scenarios as report_scenarios
+from tests.e2e.harness import Server, Skip, test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
-from captures import capture  # noqa: E402
-from report import scenarios as report_scenarios  # noqa: E402
 
 # What each scenario must show: the alert tshark names, or the server's clear-text answers.
 EXPECTED = {

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 
-from harness import Conversation, Server, messages, register, run_client, test, tls_connect
+from tests.e2e.harness import Conversation, Server, messages, register, run_client, test, tls_connect
 
 
 def curl_send(lab, url, user, password, rcpt, body_file, *extra):

@@ -8,7 +8,7 @@ import re
 import smtplib
 import subprocess
 
-from harness import Server, register, test
+from tests.e2e.harness import Server, register, test
 
 
 def get(lab, port, path, user, password, accept=None):

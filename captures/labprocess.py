@@ -1,11 +1,15 @@
-"""What the lab's Python tools share (the e2e harness, the benchmarks, captures): start one of our
-servers and wait for its ready line (no sleeps), stop it, and read the password a registration
-printed. One copy, imported by tests/e2e/harness.py, tests/bench/bench.py and captures/capture.py."""
+"""What the lab's Python tools share (the e2e harness, the benchmarks, captures, the classroom): start
+one of our servers and wait for its ready line (no sleeps), stop it, read the password a registration
+printed, and the benchmarks' pair of servers on a fresh CA. One copy, imported from the repository
+root as `captures.labprocess` (by tests/e2e/harness.py, tests/bench/*.py, tests/classroom.py and
+captures/capture.py)."""
 
 import os
 import select
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 
 
@@ -31,7 +35,6 @@ class ServerProcess:
                           if value.isdigit()}
             self.port = self.ports["port"]
         else:
-            import socket
             deadline = time.monotonic() + timeout
             while True:
                 try:
@@ -75,7 +78,6 @@ class ServerProcess:
 
 def has_ipv6_loopback():
     """Whether this machine has ::1 (a container or chroot may have no IPv6 at all)."""
-    import socket
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
@@ -88,3 +90,27 @@ def password_from(output):
     """The password a registration printed ("password: 12345447"), or "" when there is none."""
     _, found, rest = output.partition("password: ")
     return rest.split()[0] if found and rest.split() else ""
+
+
+def free_port():
+    """A loopback TCP port free at the time of asking (for servers that cannot take port 0: nginx)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def lab_servers(bin_dir, prefix, settings):
+    """A fresh working folder with its own lab CA, and a sender and a retriever on one database
+    there (free ports, `settings` as their --config). Returns (work, ca, sender, retriever)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    certs = os.path.join(work, "certs")
+    subprocess.run([os.path.join(bin_dir, "maillab-certs"), certs], check=True, stdout=subprocess.DEVNULL)
+    config = os.path.join(work, "bench.properties")
+    with open(config, "w") as f:
+        f.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    common = [f"--db={work}/bench.db", f"--certs={certs}", f"--config={config}"]
+    sender = ServerProcess([os.path.join(bin_dir, "senderserver"), "--port=0"] + common, f"{work}/sender.log")
+    retriever = ServerProcess([os.path.join(bin_dir, "retrieverserver"), "--port=0"] + common, f"{work}/retriever.log")
+    return work, os.path.join(certs, "ca.pem"), sender, retriever
