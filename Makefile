@@ -126,7 +126,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql libio-socket-ssl-perl
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
-BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
+BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox postgresql
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
 # at a time, going on when apt cannot install one.

@@ -89,6 +89,36 @@ struct ActivityCount {
     int64_t lastAt = 0;
 };
 
+// A source address an account has logged in from before (it draws on a guess budget of its own).
+struct TrustedSource {
+    std::string email;
+    std::string source;
+    int64_t lastOk = 0;  // the last login from there, Unix seconds
+};
+
+// Moving a class's database into another store (maillab-admin migrate, common/lab/migrate_store.h): the
+// target's side. Everything added through it is ONE transaction on the target: the servers see none
+// of it, and nothing of it stays after a failure, until commit(); destroyed without commit(), it is
+// rolled back. It holds one of the store's connections until then (SQLite: the write lock), so it
+// must not outlive its store.
+class StoreImport {
+public:
+    virtual ~StoreImport() = default;
+    // The account as it was: the same password hash (its password keeps working), creation time and
+    // role. False when the address is taken in the target already (kept there as it is).
+    virtual bool addAccount(const Account& account) = 0;
+    // One stored text and story (NewMessage::story) for every mailbox in message.recipients, as
+    // deliver() stores them. `ids`, one per recipient, keeps the source's numbering (links and POP3
+    // UIDs stay the same; they must be free in the target); empty: the target numbers them.
+    virtual std::vector<int64_t> addMessage(const NewMessage& message, const std::vector<int64_t>& ids) = 0;
+    virtual void addTrustedSource(const TrustedSource& trusted) = 0;
+    // False when the pair of randoms is on record already (Store::recordTlsLogin).
+    virtual bool addTlsLogin(const TlsSessionRecord& session) = 0;
+    // Added to what is recorded (Store::recordActivity).
+    virtual void addActivity(const std::vector<ActivityCount>& counts) = 0;
+    virtual void commit() = 0;
+};
+
 struct MailboxStats {
     int64_t count = 0;
     int64_t newestId = 0;          // 0 when empty
@@ -172,6 +202,14 @@ public:
     // The class board's counts: `counts` added to what is recorded, in one transaction.
     virtual void recordActivity(const std::vector<ActivityCount>& counts) = 0;
     virtual std::vector<ActivityCount> listActivity() = 0;
+
+    // Moving the store (common/lab/migrate_store.h). The mailboxes holding at least one message, by name
+    // (a mailbox is not always an account's: listAccounts() alone could miss one).
+    virtual std::vector<std::string> listMailboxes() = 0;
+    // Every account's trusted sources, by account.
+    virtual std::vector<TrustedSource> listTrustedSources() = 0;
+    // The one transaction a move into this store writes in (StoreImport).
+    virtual std::unique_ptr<StoreImport> beginImport() = 0;
 };
 
 struct SqliteOptions {

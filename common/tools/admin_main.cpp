@@ -15,9 +15,15 @@
 //                           the provenance record (authenticated TLS sessions), all or those named
 //     class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes 20]
 //                           the live class board
-// Exit status: 0 done, 1 no such account, 2 usage, 3 the database cannot be opened or read.
+//     migrate --from URL --to URL [--into-nonempty]
+//                           moves a class's database (its SQLite file) into another store (PostgreSQL),
+//                           in one transaction on the target; says how many of each it moved
+//                           (docs/deploy.md, "Moving a class's database"). --from defaults to --db.
+// Exit status: 0 done, 1 no such account, 2 usage, 3 the database cannot be opened or read (or the
+// move failed), 4 migrate refused a target that holds something already.
 #include "../lab/auth.h"
 #include "../lab/class_board.h"
+#include "../lab/migrate_store.h"
 #include "../lab/password.h"
 #include "../lab/store.h"
 
@@ -29,6 +35,7 @@
 #include <csignal>
 #include <ctime>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -41,7 +48,8 @@ const char* const kUsage =
     "usage: maillab-admin [--db FILE|postgresql://user@host/dbname] [--schema NAME] [--domain DOMAIN] COMMAND\n"
     "  set-password EMAIL | delete-account EMAIL | set-role EMAIL instructor|student | list | accounts --json\n"
     "  mailbox EMAIL --json | tls-sessions --json [CLIENT_RANDOM ...]\n"
-    "  class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes N]\n";
+    "  class-status [--json] [--roster roster.csv] [--watch SECONDS] [--stuck-minutes N]\n"
+    "  migrate --from sqlite:users/maillab.db --to postgresql://user@host/dbname [--into-nonempty]\n";
 
 int usage(const std::string& why = "") {
     if (!why.empty()) std::cerr << "maillab-admin: " << why << "\n";
@@ -57,11 +65,70 @@ std::string json(const Poco::JSON::Array& array) {
 
 volatile std::sig_atomic_t stopWatching = 0;
 
+maillab::StoreOptions storeOptions(const std::string& url, const std::string& schema) {
+    maillab::StoreOptions options;
+    options.url = url;
+    options.postgres.schema = schema;
+    options.postgres.maxConnections = 2;
+    return options;
+}
+
+// migrate: the source must exist (an SQLite file is created when opened, and would move nothing);
+// the target is created when it is an SQLite file, and must be empty unless --into-nonempty.
+int migrate(const std::string& fromUrl, const std::string& toUrl, const std::string& schema, bool intoNonEmpty) {
+    const std::string fromName = maillab::describeStoreUrl(fromUrl), toName = maillab::describeStoreUrl(toUrl);
+    std::string file = maillab::sqlitePathOf(fromUrl);
+    if (!file.empty() && ::access(file.c_str(), F_OK) != 0) {
+        std::cerr << "maillab-admin: no database " << fromName << " to move (give --from sqlite:FILE)\n";
+        return 3;
+    }
+    if (maillab::sqlitePathOf(fromUrl) == maillab::sqlitePathOf(toUrl) && (!file.empty() || fromUrl == toUrl)) {
+        std::cerr << "maillab-admin: --from and --to name the same database\n";
+        return 2;
+    }
+    std::unique_ptr<maillab::Store> source, target;
+    try {
+        source = maillab::openStore(storeOptions(fromUrl, schema));
+    } catch (const std::exception& e) {
+        std::cerr << "maillab-admin: cannot use " << fromName << ": " << e.what() << "\n";
+        return 3;
+    }
+    try {
+        target = maillab::openStore(storeOptions(toUrl, schema));
+    } catch (const std::exception& e) {
+        std::cerr << "maillab-admin: cannot use " << toName << ": " << e.what() << "\n";
+        return 3;
+    }
+    try {
+        maillab::MigrationOptions options;
+        options.intoNonEmpty = intoNonEmpty;
+        maillab::MigrationCounts counts = maillab::migrateStore(*source, *target, options);
+        std::cout << "moved " << fromName << " into " << toName << " (one transaction):\n"
+                  << maillab::describeMigration(counts)
+                  << "guess budgets were not moved: they start full (they refill within minutes anyway)\n"
+                  << "next: set store.url = " << toName << " for every server, and start them\n";
+        return 0;
+    } catch (const maillab::MigrationMismatch& e) {
+        std::cerr << "maillab-admin: the move into " << toName << " was committed, but " << e.what()
+                  << ": a server was still using one of them. Stop every server, empty the target (a new "
+                  << "database or schema) and run the same command again\n";
+        return 3;
+    } catch (const maillab::MigrationRefused& e) {
+        std::cerr << "maillab-admin: " << toName << ": " << e.what() << "\n";
+        return 4;
+    } catch (const std::exception& e) {
+        std::cerr << "maillab-admin: moving " << fromName << " into " << toName << " failed: " << e.what()
+                  << "\nnothing was kept in " << toName << " (the move is one transaction): fix the cause and "
+                  << "run the same command again\n";
+        return 3;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string db = "users/maillab.db", domain = "447.edu", roster, secretFile, schema;
-    bool asJson = false;
+    std::string db = "users/maillab.db", domain = "447.edu", roster, secretFile, schema, from, to;
+    bool asJson = false, intoNonEmpty = false;
     int watchSeconds = 0;
     int64_t stuckMinutes = 20;
     std::vector<std::string> words;
@@ -73,7 +140,11 @@ int main(int argc, char** argv) {
             return true;
         };
         std::string number;
-        if (a == "--db" || a == "--domain" || a == "--roster" || a == "--secret-file" || a == "--schema") {
+        if (a == "--from" || a == "--to") {
+            if (!value(a == "--from" ? from : to)) return usage(a + " needs a database (sqlite:FILE or postgresql://...)");
+        } else if (a == "--into-nonempty") {
+            intoNonEmpty = true;
+        } else if (a == "--db" || a == "--domain" || a == "--roster" || a == "--secret-file" || a == "--schema") {
             if (!value(a == "--db" ? db : a == "--domain" ? domain : a == "--roster" ? roster : a == "--schema" ? schema : secretFile))
                 return usage(a + " needs a value");
         } else if (a.rfind("--db=", 0) == 0) {
@@ -98,6 +169,11 @@ int main(int argc, char** argv) {
     }
     if (words.empty()) return usage();
     const std::string& command = words[0];
+    if (command == "migrate") {
+        if (words.size() != 1) return usage("migrate takes --from and --to, nothing else");
+        if (to.empty()) return usage("migrate needs --to (the database to move into, e.g. postgresql://user@host/dbname)");
+        return migrate(from.empty() ? db : from, to, schema, intoNonEmpty);
+    }
     const std::string url = db;
     db = maillab::describeStoreUrl(url);  // named in messages without a password
     try {

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """The benchmark's peer SMTP server: Debian's aiosmtpd with implicit TLS and AUTH PLAIN/LOGIN, storing
 each message durably in SQLite (WAL, synchronous=FULL, one copy per recipient) before its 250, the
-same promise maillab's sender makes. Prints "ready port=N" like the lab's servers.
+same promise maillab's sender makes. Prints "ready port=N" like the lab's servers. Its SQLite file is
+the peer's own (a table of its own, written as an aiosmtpd handler would): it is not maillab's store,
+which only maillab's servers and maillab-admin read and write.
 
   aiosmtpd_peer.py --cert server.pem --key server.key --db peer.db --user ana@447.edu --password PW"""
 

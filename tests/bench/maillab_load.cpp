@@ -48,6 +48,7 @@ struct Options {
     std::string scenario = "smtp";
     std::string host = "127.0.0.1";
     int port = 9000;
+    std::vector<int> morePorts;  // --port A,B,...: connections go to each in turn (several instances, no balancer)
     std::string tls = "implicit";
     int connections = 1;
     int threads = 2;
@@ -80,7 +81,8 @@ struct Stats {
 struct Shared {
     Options opt;
     SSL_CTX* ctx = nullptr;
-    sockaddr_in addr{};
+    std::vector<sockaddr_in> addrs;  // one per port, taken in turn
+    std::atomic<unsigned> nextAddr{0};
     std::string body;  // prebuilt, dot-stuffed, with the terminating ".\r\n"
     std::string authLine;
     std::atomic<long> started{0};
@@ -224,7 +226,8 @@ private:
         c.tStart = c.tPhase = Clock::now();
         ++active_;
         c.phase = Conn::Phase::Connecting;
-        int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&s_.addr), sizeof s_.addr);
+        const sockaddr_in& to = s_.addrs[s_.nextAddr++ % s_.addrs.size()];
+        int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to);
         epoll_event ev{};
         ev.events = EPOLLOUT;
         ev.data.u64 = index;
@@ -580,7 +583,7 @@ double percentile(std::vector<double>& v, double p) {
 }
 
 void usage() {
-    std::cerr << "usage: maillab-load --scenario smtp|https|handshake --port P [--host H] [--tls implicit|starttls|off]\n"
+    std::cerr << "usage: maillab-load --scenario smtp|https|handshake --port P[,P2...] [--host H] [--tls implicit|starttls|off]\n"
                  "       [--connections C] [--threads T] [--count N] [--duration S] [--size BYTES] [--keep-open]\n"
                  "       [--resume] [--idle K] [--sources N] [--user U --password PW --to RCPT] [--path /p] [--ca FILE]\n"
                  "       [--json FILE] [--label TEXT] [--quiet]\n";
@@ -601,7 +604,12 @@ int main(int argc, char** argv) {
         };
         if (a == "--scenario") o.scenario = next();
         else if (a == "--host") o.host = next();
-        else if (a == "--port") o.port = std::atoi(next().c_str());
+        else if (a == "--port") {
+            std::string list = next();
+            o.port = std::atoi(list.c_str());
+            for (size_t comma = list.find(','); comma != std::string::npos; comma = list.find(',', comma + 1))
+                o.morePorts.push_back(std::atoi(list.c_str() + comma + 1));
+        }
         else if (a == "--tls") o.tls = next();
         else if (a == "--connections") o.connections = std::atoi(next().c_str());
         else if (a == "--threads") o.threads = std::atoi(next().c_str());
@@ -650,9 +658,15 @@ int main(int argc, char** argv) {
         SSL_CTX_set_verify(s.ctx, SSL_VERIFY_NONE, nullptr);  // measuring, not trusting: no CA store at all
     }
     if (o.resume) SSL_CTX_set_session_cache_mode(s.ctx, SSL_SESS_CACHE_CLIENT);
-    s.addr.sin_family = AF_INET;
-    s.addr.sin_port = htons(static_cast<uint16_t>(o.port));
-    inet_pton(AF_INET, o.host.c_str(), &s.addr.sin_addr);
+    std::vector<int> ports{o.port};
+    ports.insert(ports.end(), o.morePorts.begin(), o.morePorts.end());
+    for (int port : ports) {
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<uint16_t>(port));
+        inet_pton(AF_INET, o.host.c_str(), &addr.sin_addr);
+        s.addrs.push_back(addr);
+    }
     if (o.scenario == "smtp") {
         s.authLine = "AUTH PLAIN " + base64(std::string("\0", 1) + o.user + std::string("\0", 1) + o.password) + "\r\n";
         std::string text = "From: <" + o.user + ">\r\nTo: <" + o.to + ">\r\nSubject: load\r\n\r\n";

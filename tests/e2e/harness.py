@@ -45,9 +45,10 @@ class Lab:
 
     def store(self, path):
         """The store a test's `path` names: the SQLite file itself, or on PostgreSQL a database of its
-        own made the first time the path is named (so servers given the same path share it)."""
-        if not self.postgres or path.startswith("postgresql://"):
-            return path
+        own made the first time the path is named (so servers given the same path share it).
+        sqlite:FILE is SQLite on either backend."""
+        if not self.postgres or path.startswith("postgresql://") or path.startswith("sqlite:"):
+            return path  # sqlite:FILE: a test that needs SQLite whatever the suite's backend
         if path not in self.databases:
             self.databases[path] = self.postgres.new_database()
         return self.databases[path]

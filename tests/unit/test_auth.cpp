@@ -253,6 +253,9 @@ public:
     int64_t forgetTlsSessionsBefore(int64_t c) override { return in_.forgetTlsSessionsBefore(c); }
     void recordActivity(const std::vector<ActivityCount>& c) override { in_.recordActivity(c); }
     std::vector<ActivityCount> listActivity() override { return in_.listActivity(); }
+    std::vector<std::string> listMailboxes() override { return in_.listMailboxes(); }
+    std::vector<TrustedSource> listTrustedSources() override { return in_.listTrustedSources(); }
+    std::unique_ptr<StoreImport> beginImport() override { return in_.beginImport(); }
 
 private:
     Store& in_;
