@@ -8,6 +8,7 @@
 #include "../common/auth.h"
 #include "../common/class_board.h"
 #include "../common/connection_guard.h"
+#include "../common/proxy_protocol.h"
 #include "../common/store.h"
 
 #include <Poco/Logger.h>
@@ -35,6 +36,7 @@ struct ServiceContext {
     ActivityRecorder* activity = nullptr;          // the class board (class servers); none: not kept
     bool provenance = false;                       // record authenticated TLS sessions (class servers)
     Poco::Net::Context::Ptr tlsContext;            // implicit TLS and STLS
+    proxy::Settings proxy;                         // the balancers whose PROXY headers name the client
     Limits limits;
     std::string hostname = "localhost";
     std::string implicitTlsPort;  // named when the plaintext port refuses credentials; "" when off
