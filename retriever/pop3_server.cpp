@@ -47,8 +47,14 @@ public:
 
     void run() override {
         Poco::Net::StreamSocket socket = this->socket();
-        std::string peer = socket.peerAddress().toString();
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        // Behind a balancer the client is the one its PROXY header names, from here on.
+        client_ = proxy::readProxyHeader(static_cast<int>(socket.impl()->sockfd()), socket.peerAddress(), ctx_.proxy);
+        if (!client_.ok) {
+            log("event=proxy-refused service=pop3 " + client_.forLog() + " reason=" + logValue(client_.error));
+            return;
+        }
+        std::string peer = client_.address + (client_.via.empty() ? "" : " via=" + client_.via);
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client_.host);
         slot_ = &slot;
         bool secure = implicitTls_;
         try {
@@ -118,8 +124,8 @@ private:
 
     void noteTlsSession(const Poco::Net::StreamSocket& socket) {
         if (!ctx_.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "pop3",
-                                       socket.peerAddress().toString(), static_cast<int64_t>(std::time(nullptr)), ""};
+        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "pop3", client_.address,
+                                       static_cast<int64_t>(std::time(nullptr)), ""};
     }
 
     void onLogin(const std::string& account) {
@@ -176,7 +182,7 @@ private:
         }
         Env env;
         env.hostname = ctx_.hostname;
-        env.peerAddress = socket.peerAddress().host().toString();
+        env.peerAddress = client_.host;
         env.tlsActive = secure;
         env.stlsOffered = !secure;
         env.implicitTlsPort = ctx_.implicitTlsPort;
@@ -278,6 +284,7 @@ private:
     unsigned long id_;
     ConnectionLimiter::Slot* slot_ = nullptr;
     TlsSessionRecord tlsSession_;
+    proxy::Peer client_;  // who the connection is for: the socket's peer, or the client a balancer named
     std::string pending_;
     std::vector<std::shared_ptr<void>> holds_;
 };

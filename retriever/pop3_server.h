@@ -8,6 +8,7 @@
 #include "../common/lab/auth.h"
 #include "../common/lab/class_board.h"
 #include "../common/net/connection_guard.h"
+#include "../common/net/proxy_protocol.h"
 #include "../common/lab/store.h"
 
 #include <Poco/Logger.h>
@@ -35,6 +36,7 @@ struct ServiceContext {
     ActivityRecorder* activity = nullptr;          // the class board (class servers); none: not kept
     bool provenance = false;                       // record authenticated TLS sessions (class servers)
     Poco::Net::Context::Ptr tlsContext;            // implicit TLS and STLS
+    proxy::Settings proxy;                         // the balancers whose PROXY headers name the client
     Limits limits;
     std::string hostname = "localhost";
     std::string implicitTlsPort;  // named when the plaintext port refuses credentials; "" when off

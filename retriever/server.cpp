@@ -8,6 +8,7 @@
 #include "../common/lab/app_support.h"
 #include "../common/lab/auth.h"
 #include "../common/net/connection_guard.h"
+#include "../common/net/proxy_protocol.h"
 #include "../common/lab/store.h"
 #include "../common/net/tls.h"
 
@@ -56,6 +57,7 @@ struct RetrieverContext {
     std::atomic<int> refusing{0};
     int maxRefusalHandshakes = 0;
     std::atomic<unsigned long> nextConnectionId{1};
+    proxy::Settings proxy;  // the balancers whose PROXY headers name the client (docs/balancer.md)
 };
 
 // What a request handler needs of the connection it runs on. Poco's HTTPServerConnection calls the
@@ -67,6 +69,7 @@ struct ConnectionState {
     TlsSessionRecord tlsSession;             // provenance: the TLS session (randoms, peer, time)
     ConnectionLimiter::Slot* slot = nullptr;  // waiting while the client is to speak (limits: eviction)
     int fd = -1;
+    proxy::Peer client;                      // the socket's peer, or the client a balancer named
     std::string recordedAccount;             // ...and the account already recorded for it
 };
 thread_local ConnectionState* currentConnection = nullptr;
@@ -91,7 +94,7 @@ public:
         apiRequest.method = request.getMethod();
         apiRequest.target = request.getURI();
         apiRequest.overTls = ctx_.overTls;
-        apiRequest.peer = request.clientAddress().host().toString();
+        apiRequest.peer = connection.client.host;
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
@@ -134,7 +137,7 @@ public:
             *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
                                                      ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
 
-        ctx_.logger->information(prefix + "event=request peer=" + request.clientAddress().toString() + " method=" +
+        ctx_.logger->information(prefix + "event=request " + connection.client.forLog() + " method=" +
                                  logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
                                  " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
                                  (result.user.empty() ? "" : " user=" + result.user) +
@@ -177,9 +180,15 @@ public:
 
     void run() override {
         Poco::Net::StreamSocket& socket = this->socket();
-        std::string peer = socket.peerAddress().toString();
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
         int fd = static_cast<int>(socket.impl()->sockfd());
+        // Behind a balancer the client is the one its PROXY header names, from here on.
+        proxy::Peer client = proxy::readProxyHeader(fd, socket.peerAddress(), ctx_.proxy);
+        if (!client.ok) {
+            ctx_.logger->information("event=proxy-refused " + client.forLog() + " reason=" + logValue(client.error));
+            return;
+        }
+        std::string peer = client.address + (client.via.empty() ? "" : " via=" + client.via);
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client.host);
         if (!slot.admitted()) return refuse(socket, slot.verdict(), peer);
         slot.waiting(fd);  // the handshake and each request head wait for the client
         struct Leave {
@@ -199,8 +208,9 @@ public:
         connection.id = ctx_.nextConnectionId++;
         connection.slot = &slot;
         connection.fd = fd;
+        connection.client = client;
         if (ctx_.classRecord.provenance && ctx_.overTls)
-            connection.tlsSession = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "http", peer,
+            connection.tlsSession = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "http", client.address,
                                                      static_cast<int64_t>(std::time(nullptr)), ""};
         deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
         connection.headDeadline = &deadline;
@@ -392,6 +402,12 @@ protected:
             return EXIT_USAGE;
         }
         ctx.overTls = mode == "implicit";
+        try {
+            ctx.proxy = proxySettingsFrom(cfg);
+        } catch (const std::exception& e) {
+            logger.error("event=startup-failed reason=" + logValue(e.what()));
+            return EXIT_CONFIG;
+        }
         http::ClassView classView;
         classView.activity = ctx.classRecord.activity.get();
         classView.roster = ctx.classRecord.roster;
@@ -489,6 +505,7 @@ protected:
             p.activity = ctx.classRecord.activity.get();
             p.provenance = ctx.classRecord.provenance;
             p.tlsContext = pop3Tls;
+            p.proxy = ctx.proxy;
             p.limits.maxLineLength = cfg.getUInt64("pop3.maxLineLength");
             p.limits.maxBadCommands = cfg.getInt("pop3.maxBadCommands");
             p.limits.maxAuthFailures = cfg.getInt("pop3.maxAuthFailures");

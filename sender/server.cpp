@@ -7,6 +7,7 @@
 #include "../common/lab/auth.h"
 #include "../common/lab/class_board.h"
 #include "../common/net/connection_guard.h"
+#include "../common/net/proxy_protocol.h"
 #include "../common/lab/store.h"
 #include "../common/net/tls.h"
 
@@ -63,6 +64,7 @@ struct SenderContext {
     smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
     bool allowPlaintextAuth = false;
     Poco::Net::Context::Ptr tlsContext;  // for STARTTLS
+    proxy::Settings proxy;  // the balancers whose PROXY headers name the client (docs/balancer.md)
     Poco::Logger* logger = nullptr;
     std::atomic<int> active{0};
     int stopPipe[2] = {-1, -1};  // written once at shutdown: every connection's wait wakes up
@@ -79,8 +81,15 @@ public:
         // modes start on a plain socket and may be upgraded later.
         Poco::Net::StreamSocket socket = this->socket();
         bool secure = ctx_.tlsMode == smtp::TlsMode::Implicit;
-        std::string peer = socket.peerAddress().toString();
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(socket.peerAddress().host().toString());
+        // Behind a balancer the client is the one its PROXY header names, from here on.
+        client_ = proxy::readProxyHeader(static_cast<int>(socket.impl()->sockfd()), socket.peerAddress(), ctx_.proxy);
+        if (!client_.ok) {
+            log("event=proxy-refused " + client_.forLog() + " reason=" + logValue(client_.error));
+            socket.close();
+            return;
+        }
+        std::string peer = client_.address + (client_.via.empty() ? "" : " via=" + client_.via);
+        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client_.host);
         slot_ = &slot;
         slot.waiting(static_cast<int>(socket.impl()->sockfd()));  // the handshake waits for the client
         int active = ctx_.limiter->active();
@@ -235,8 +244,8 @@ private:
     // Provenance: the TLS session's two randoms and its peer; recorded with the account at login.
     void noteTlsSession(const Poco::Net::StreamSocket& socket) {
         if (!ctx_.classRecord.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "smtp",
-                                       socket.peerAddress().toString(), static_cast<int64_t>(std::time(nullptr)), ""};
+        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "smtp", client_.address,
+                                       static_cast<int64_t>(std::time(nullptr)), ""};
     }
 
     void onLogin(const std::string& account) {
@@ -264,7 +273,7 @@ private:
         env.tlsMode = ctx_.tlsMode;
         env.allowPlaintextAuth = ctx_.allowPlaintextAuth;
         env.hostname = ctx_.hostname;
-        env.peerAddress = socket.peerAddress().host().toString();
+        env.peerAddress = client_.host;
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         if (auto group = tls.find(" group="); group != std::string::npos) env.tlsGroup = tls.substr(group + 7);
         env.dataBudget = ctx_.dataBudget.get();
@@ -367,6 +376,7 @@ private:
     SenderContext& ctx_;
     unsigned long id_;
     TlsSessionRecord tlsSession_;  // this connection's TLS session, when provenance is on
+    proxy::Peer client_;           // who the connection is for: the socket's peer, or the client a balancer named
     ConnectionLimiter::Slot* slot_ = nullptr;  // its place, marked waiting while it waits for the client
 };
 
@@ -459,6 +469,12 @@ protected:
             return EXIT_USAGE;
         }
         ctx.allowPlaintextAuth = cfg.getBool("sender.allowPlaintextAuth");
+        try {
+            ctx.proxy = proxySettingsFrom(cfg);
+        } catch (const std::exception& e) {
+            logger.error("event=startup-failed reason=" + logValue(e.what()));
+            return EXIT_CONFIG;
+        }
         try {
             ctx.tlsContext = serverTlsContext(tls, "smtp", logger);
         } catch (const std::exception& e) {

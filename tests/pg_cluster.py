@@ -2,6 +2,8 @@
 """A throwaway PostgreSQL cluster for the tests: initdb and pg_ctl (Debian's postgresql package) in a
 temporary directory, as an unprivileged user (`nobody` when run as root: PostgreSQL refuses root),
 listening on 127.0.0.1 at a free port and on a unix socket in that directory; no system service.
+Another address and a wrapper for its commands put it on a namespaced host (tests/e2e/test_balancer.py:
+Cluster(listen="198.18.0.5", wrap=lambda argv: net.cmd("db", argv))).
 stop() stops it and removes the directory: nothing is left running or on disk.
 
     with Cluster() as pg:            # or: pg = Cluster(); ...; pg.stop()
@@ -44,13 +46,15 @@ class Unavailable(Exception):
 
 
 class Cluster:
-    def __init__(self, max_connections=300):
+    def __init__(self, max_connections=300, listen="127.0.0.1", wrap=None):
         self.bin = postgres_bin()
         if not self.bin:
             raise Unavailable("no PostgreSQL server here (install the Debian package postgresql)")
         self.dir = tempfile.mkdtemp(prefix="maillab-pg-")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgresql.log")
+        self.listen = listen
+        self.wrap = wrap or (lambda argv: argv)  # where pg_ctl and psql run (a network namespace)
         self.port = free_port()
         self.counter = 0
         self.running = False
@@ -62,7 +66,11 @@ class Cluster:
         try:
             self._as_owner([os.path.join(self.bin, "initdb"), "-D", self.data, "-U", USER, "--auth=trust",
                             "-E", "UTF8", "--locale=C", "--no-sync"])
-            self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
+            if listen != "127.0.0.1":
+                # initdb trusts loopback only; a namespaced host's clients are on its own subnet.
+                with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                    f.write("host all all samenet trust\n")
+            self.options = (f"-c listen_addresses={listen} -p {self.port} -k {self.dir} "
                             f"-c max_connections={max_connections}")
             self.start()
         except BaseException:
@@ -72,7 +80,7 @@ class Cluster:
     def _as_owner(self, argv, check=True):
         if self.run_as:
             argv = ["runuser", "-u", self.run_as, "--"] + argv
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=self.dir)
+        done = subprocess.run(self.wrap(argv), capture_output=True, text=True, cwd=self.dir)
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stdout}{done.stderr}{self.log_text()}")
         return done
@@ -103,7 +111,7 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database):
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{USER}@{self.listen}:{self.port}/{database}"
 
     def new_database(self, prefix="t"):
         """A new empty database; its URL."""
@@ -114,8 +122,8 @@ class Cluster:
 
     def sql(self, database, statement):
         """Runs one statement with psql (the tests' own back door, never the servers')."""
-        done = subprocess.run([os.path.join(self.bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
-                               "-d", self.url(database), "-c", statement], capture_output=True, text=True)
+        done = subprocess.run(self.wrap([os.path.join(self.bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
+                                         "-d", self.url(database), "-c", statement]), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"psql {statement!r}: {done.stderr}")
         return done.stdout

@@ -18,6 +18,7 @@
 #include <iostream>
 #include <malloc.h>
 #include <sstream>
+#include <stdexcept>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -100,6 +101,18 @@ TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
     tls.keyLogFile = config.getString("tls.keylog");
     tls.sessionTickets = config.getInt("tls.sessionTickets");
     return tls;
+}
+
+proxy::Settings proxySettingsFrom(const Poco::Util::AbstractConfiguration& config) {
+    proxy::Settings settings;
+    settings.trusted = proxy::TrustedPeers::parse(config.getString("proxy.trustedAddresses", ""));
+    settings.timeoutMs = config.getInt("proxy.headerTimeoutMs", 3000);
+    long long maxBytes = config.getInt64("proxy.maxHeaderBytes", 4096);
+    if (settings.timeoutMs <= 0 || maxBytes < 232 || maxBytes > 65551)
+        throw std::invalid_argument("proxy.headerTimeoutMs must be over 0 and proxy.maxHeaderBytes from 232 (a v2 "
+                                    "header with unix addresses) to 65551 (the largest v2 header)");
+    settings.maxBytes = static_cast<size_t>(maxBytes);
+    return settings;
 }
 
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey) {

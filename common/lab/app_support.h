@@ -4,6 +4,7 @@
 #pragma once
 #include "auth.h"
 #include "class_board.h"
+#include "../net/proxy_protocol.h"
 #include "store.h"
 #include "../net/log_text.h"
 #include "../net/tls.h"
@@ -41,6 +42,9 @@ void printHelp(const Poco::Util::OptionSet& options, const std::string& command,
 // store.url (or store.path from older files) and the backends' tuning.
 StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);
+// proxy.trustedAddresses, proxy.headerTimeoutMs, proxy.maxHeaderBytes. Throws std::invalid_argument
+// naming a bad entry or value.
+proxy::Settings proxySettingsFrom(const Poco::Util::AbstractConfiguration& config);
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
