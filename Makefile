@@ -126,7 +126,10 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql libio-socket-ssl-perl
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
-BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox
+BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox linux-perf
+# MailDev, the bench's npm peer, needs node and npm: Debian's when none is installed (a node from
+# elsewhere, with its own npm, is kept). MailDev 3 needs node 20: Debian 12's 18 makes the bench skip it.
+BENCH_NODE_PACKAGES := nodejs npm
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
 # at a time, going on when apt cannot install one.
@@ -327,8 +330,13 @@ classroom: test-deps
 .PHONY: bench
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then $(MAKE) --no-print-directory bench-node-deps; fi
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
+
+.PHONY: bench-node-deps
+bench-node-deps:
+	$(call install_packages,$(BENCH_NODE_PACKAGES),optional)
 
 # The password guesser against the guess budget (about a minute): docs/benchmarks.md's section.
 .PHONY: bench-attack

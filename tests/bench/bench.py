@@ -10,7 +10,10 @@ the harness working; CI checks that it runs, not how fast.
      handshakes without resumption, and the physical bound from `openssl speed` (X25519, P-256)
   4. the retriever under keep-alive GETs, beside nginx serving the same bytes over TLS 1.3 (wrk and ours)
   5. growth: GETs against mailboxes of 1k/10k/100k messages; sender sessions at 1, 20, 200 connections
-     and with 1000 idle connections beside 20 active ones"""
+     and with 1000 idle connections beside 20 active ones
+  6. MailDev from npm beside maillab in interleaved rounds (tests/bench/maildev_peer.py)
+The servers' cost per request (CPU µs, system calls, context switches) is measured beside the runs of
+1-4 (tests/bench/server_cost.py)."""
 
 import argparse
 import base64
