@@ -129,6 +129,7 @@ OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox linux-perf
 # MailDev, the bench's npm peer, needs node and npm: Debian's when none is installed (a node from
 # elsewhere, with its own npm, is kept). MailDev 3 needs node 20: Debian 12's 18 makes the bench skip it.
+# QUICK=1 installs neither: it runs MailDev only when an earlier full run installed it.
 BENCH_NODE_PACKAGES := nodejs npm
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
@@ -330,7 +331,7 @@ classroom: test-deps
 .PHONY: bench
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
-	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then $(MAKE) --no-print-directory bench-node-deps; fi
+	$(if $(QUICK),,@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then $(MAKE) --no-print-directory bench-node-deps; fi)
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 
