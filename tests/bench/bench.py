@@ -95,6 +95,8 @@ class Bench:
         result = json.loads(open(self.jsonl).read().splitlines()[-1])
         if meter:
             result["cost"] = meter.finish(result["completed"])
+            if not self.quick:
+                result["cost"]["syscalls"] = server_cost.syscalls_per_request(meter.pids, cmd)
             print(server_cost.describe(result["cost"]), flush=True)
         shown = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c.replace(self.work, "$WORK") for c in cmd]
         result["command"] = " ".join(shlex.quote(c) if not c.startswith("$WORK") else c for c in shown)

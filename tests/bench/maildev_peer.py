@@ -132,7 +132,7 @@ def compare(b):
         return {"skipped": why}
     _, _, maildev_version, node_version = found
     print(f"MailDev {maildev_version} on node {node_version}", flush=True)
-    rounds, d = (1, 2) if b.quick else (3, 5)
+    rounds, d = (1, 1) if b.quick else (3, 5)
     sender, retriever, password = b.maillab("maildev-compare.db")
     ca = os.path.join(b.work, "certs", "ca.pem")
     servers = []
@@ -182,10 +182,10 @@ def compare(b):
                     res = b.load(f"{who} {what}, round {n + 1}", scenario, port, extra, count, d, pids)
                     b.results.pop()  # shown in its own section, not among the bench's runs
                     runs[key][who].append(res)
-                    commands[(key, who)] = res["command"]
+                    commands.setdefault((key, who), res["command"])
         return {"rounds": rounds, "seconds": d, "maildev": maildev_version, "node": node_version,
                 "figures": [(key, what) for key, what, *_ in figures], "runs": runs, "bytes": sizes,
-                "commands": [commands[k] for k in sorted(commands)]}
+                "commands": list(commands.values())}
     finally:
         for s in servers:
             s.stop()
@@ -207,6 +207,17 @@ def errors_of(results):
     return ", ".join(f"{k}: {v}" for k, v in total.items()) or "none"
 
 
+def cost_text(costs):
+    """The server's cost per message or request, the median of the rounds: CPU µs, system calls
+    (when perf counted them), context switches."""
+    if not costs:
+        return "–"
+    calls = [c["syscalls"] for c in costs if c.get("syscalls") is not None]
+    return (f"{median([c['cpu_us'] for c in costs]):,.0f} µs CPU, "
+            + (f"{median(calls):.1f} system calls, " if calls else "")
+            + f"{median([c['ctxsw'] for c in costs]):.1f} context switches")
+
+
 def report_lines(m, size):
     """docs/benchmarks.md's MailDev section."""
     if not m:
@@ -216,18 +227,18 @@ def report_lines(m, size):
         return lines + [f"Not measured in this run: {m['skipped']}."]
     lines += [f"MailDev {m['maildev']} (npm, on node {m['node']}) beside maillab, {m['rounds']} interleaved round"
               f"{'s' if m['rounds'] > 1 else ''} of {m['seconds']} s per figure (maillab first in odd rounds, "
-              "MailDev first in even ones); the median round, every round, and the server's CPU time per "
-              f"message or request (median round). Same generator, same {size}-octet messages, same AUTH PLAIN.", "",
-              "| figure | maillab | MailDev | maillab / MailDev | server µs per message or request (maillab / MailDev) "
+              "MailDev first in even ones): the median round, every round, and each server's cost per "
+              f"message or request (medians; measured as in the section above). Same generator, same {size}-octet messages, same AUTH PLAIN.", "",
+              "| figure | maillab | MailDev | maillab / MailDev | maillab's cost | MailDev's cost "
               "| rounds (maillab; MailDev) | errors (maillab; MailDev) |",
-              "|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|"]
     for key, what in m["figures"]:
         ours, theirs = m["runs"][key]["maillab"], m["runs"][key]["MailDev"]
         a, b = median([r["per_second"] for r in ours]), median([r["per_second"] for r in theirs])
-        cost = lambda rs: median([r["cost"]["cpu_us"] for r in rs]) if all(r.get("cost") for r in rs) else 0  # noqa: E731
+        cost = lambda rs: cost_text([r["cost"] for r in rs if r.get("cost")])  # noqa: E731
         each = lambda rs: ", ".join(f"{r['per_second']:,.0f}" for r in rs)  # noqa: E731
         lines.append(f"| {what} | {a:,.0f} | {b:,.0f} | {a / b if b else float('inf'):.1f}× | "
-                     f"{cost(ours):.0f} / {cost(theirs):.0f} | {each(ours)}; {each(theirs)} | "
+                     f"{cost(ours)} | {cost(theirs)} | {each(ours)}; {each(theirs)} | "
                      f"{errors_of(ours)}; {errors_of(theirs)} |")
     sizes = m.get("bytes") or {}
     lines += ["",

@@ -4,15 +4,16 @@ change shows where it moved the cost and not only the rate.
 
   meter = Meter([pid, ...])        # before the run: every thread of these processes
   ...the load...
-  cost = meter.finish(completed)   # {"cpu_us": ..., "ctxsw": ..., "syscalls": ... or None}
+  cost = meter.finish(completed)   # {"cpu_us": ..., "ctxsw": ..., "syscalls": None}
+  cost["syscalls"] = syscalls_per_request([pid, ...], load_command)
 
 CPU: utime + stime of /proc/PID/stat (every thread's, the exited ones' included), in clock ticks.
 Context switches: voluntary + nonvoluntary of /proc/PID/task/*/status, summed over the threads
 alive at each end (a thread born and gone inside the run is missed; the servers keep their pools).
-System calls: `perf stat -e raw_syscalls:sys_enter` attached to the processes for the run, when perf
-is installed and allowed to (root, or kernel.perf_event_paranoid <= 1); None otherwise. Counting the
-tracepoint costs the server a little per call, the same for every server measured."""
+System calls: a second, short run of the same load with `perf stat -e raw_syscalls:sys_enter` attached
+(syscalls_per_request), when perf is installed and allowed to (root, or perf_event_paranoid <= 1)."""
 
+import json
 import os
 import shutil
 import signal
@@ -70,38 +71,55 @@ class Meter:
         self.pids = list(pids)
         self.cpu = sum(cpu_ticks(p) for p in self.pids)
         self.ctxsw = sum(context_switches(p) for p in self.pids)
-        self.perf = None
-        if perf_usable():
-            self.perf_out = tempfile.NamedTemporaryFile(prefix="maillab-perf-", suffix=".csv", delete=False).name
-            self.perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-o", self.perf_out,
-                                          "-p", ",".join(str(p) for p in self.pids)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.3)  # perf has no ready signal; attaching to every thread takes it a moment
 
     def finish(self, completed):
         cpu = sum(cpu_ticks(p) for p in self.pids) - self.cpu
         ctxsw = sum(context_switches(p) for p in self.pids) - self.ctxsw
-        syscalls = None
-        if self.perf:
-            self.perf.send_signal(signal.SIGINT)  # perf stat prints its counts when interrupted
-            try:
-                self.perf.wait(timeout=10)
-                for line in open(self.perf_out):
-                    parts = line.strip().split(",")
-                    if len(parts) > 2 and "raw_syscalls:sys_enter" in parts[2] and parts[0].isdigit():
-                        syscalls = int(parts[0])
-            except (subprocess.TimeoutExpired, OSError):
-                self.perf.kill()
-            finally:
-                os.unlink(self.perf_out)
         n = max(completed, 1)
-        return {"cpu_us": cpu * 1e6 / TICKS / n, "ctxsw": ctxsw / n,
-                "syscalls": syscalls / n if syscalls is not None else None, "completed": completed}
+        return {"cpu_us": cpu * 1e6 / TICKS / n, "ctxsw": ctxsw / n, "syscalls": None, "completed": completed}
+
+
+def syscalls_per_request(pids, cmd, seconds=2):
+    """System calls per request of the servers `pids` under the maillab-load command `cmd`, run again
+    for `seconds` with `perf stat -e raw_syscalls:sys_enter` attached: a run of its own, because
+    counting the tracepoint slows a server by up to a fifth (nginx's static GETs: 11,100/s -> 8,800/s
+    measured here) and the rates must not carry that. None when perf cannot count."""
+    if not perf_usable():
+        return None
+    cmd = list(cmd)
+    json_path = cmd[cmd.index("--json") + 1] + ".syscalls"
+    cmd[cmd.index("--duration") + 1] = str(seconds)
+    cmd[cmd.index("--json") + 1] = json_path
+    cmd.append("--quiet")
+    out_path = tempfile.NamedTemporaryFile(prefix="maillab-perf-", suffix=".csv", delete=False).name
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-o", out_path,
+                             "-p", ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)  # perf has no ready signal; attaching to every thread takes it a moment
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        perf.send_signal(signal.SIGINT)  # perf stat writes its counts when interrupted
+        perf.wait(timeout=10)
+        completed = json.loads(open(json_path).read().splitlines()[-1])["completed"]
+        for line in open(out_path):
+            parts = line.strip().split(",")
+            if len(parts) > 2 and "raw_syscalls:sys_enter" in parts[2] and parts[0].isdigit() and completed:
+                return int(parts[0]) / completed
+        return None
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError, KeyError):
+        return None
+    finally:
+        if perf.poll() is None:
+            perf.kill()
+            perf.wait()
+        for path in (out_path, json_path):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def describe(cost):
     """One line for the bench's output."""
-    sc = f"{cost['syscalls']:.1f} system calls" if cost.get("syscalls") is not None else "system calls not counted (no perf)"
+    sc = (f"{cost['syscalls']:.1f} system calls" if cost.get("syscalls") is not None
+          else "system calls not counted (QUICK, or no perf)")
     return f"  server cost per request: {cost['cpu_us']:.1f} µs CPU, {sc}, {cost['ctxsw']:.1f} context switches"
 
 
@@ -112,7 +130,8 @@ def report_lines(results):
         return []
     lines = ["", "## Per-request cost on the server", "",
              "Server CPU time (utime + stime of every thread, /proc/PID/stat), system calls (`perf stat -e "
-             "raw_syscalls:sys_enter -p PID` during the run) and context switches (voluntary + nonvoluntary, "
+             "raw_syscalls:sys_enter -p PID` during a second, 2 s run of the same load: counting slows a server "
+             "by up to a fifth, so not during the run whose rate is shown) and context switches (voluntary + nonvoluntary, "
              "/proc/PID/task/*/status) per message, request or handshake of the run; nginx's are its workers'. "
              "The load generator's own cost is not in them.", "",
              "| run | server CPU µs | system calls | context switches |", "|---|---|---|---|"]
