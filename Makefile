@@ -131,6 +131,7 @@ BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox linu
 # elsewhere, with its own npm, is kept). MailDev 3 needs node 20: Debian 12's 18 makes the bench skip it.
 # QUICK=1 installs neither: it runs MailDev only when an earlier full run installed it.
 BENCH_NODE_PACKAGES := nodejs npm
+HAVE_NODE_AND_NPM = $(shell command -v node >/dev/null && command -v npm >/dev/null && echo yes)
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
 # at a time, going on when apt cannot install one.
@@ -331,13 +332,9 @@ classroom: test-deps
 .PHONY: bench
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
-	$(if $(QUICK),,@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then $(MAKE) --no-print-directory bench-node-deps; fi)
+	$(call install_packages,$(if $(QUICK)$(HAVE_NODE_AND_NPM),,$(BENCH_NODE_PACKAGES)),optional)
 	@$(MAKE) programs
 	@/usr/bin/python3 tests/bench/bench.py --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
-
-.PHONY: bench-node-deps
-bench-node-deps:
-	$(call install_packages,$(BENCH_NODE_PACKAGES),optional)
 
 # The password guesser against the guess budget (about a minute): docs/benchmarks.md's section.
 .PHONY: bench-attack
