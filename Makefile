@@ -126,7 +126,12 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql libio-socket-ssl-perl haproxy
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
-BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox postgresql
+BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox postgresql linux-perf
+# MailDev, the bench's npm peer, needs node and npm: Debian's when none is installed (a node from
+# elsewhere, with its own npm, is kept). MailDev 3 needs node 20: Debian 12's 18 makes the bench skip it.
+# QUICK=1 installs neither: it runs MailDev only when an earlier full run installed it.
+BENCH_NODE_PACKAGES := nodejs npm
+HAVE_NODE_AND_NPM = $(shell command -v node >/dev/null && command -v npm >/dev/null && echo yes)
 
 # $(1): packages to install when missing (with sudo when not root); $(2) non-empty: optional, one
 # at a time, going on when apt cannot install one.
@@ -327,6 +332,7 @@ classroom: test-deps
 .PHONY: bench
 bench: deps
 	$(call install_packages,$(BENCH_PACKAGES))
+	$(call install_packages,$(if $(QUICK)$(HAVE_NODE_AND_NPM),,$(BENCH_NODE_PACKAGES)),optional)
 	@$(MAKE) programs
 	@/usr/bin/python3 -m tests.bench.bench --build $(BUILD) $(if $(QUICK),--quick --out $(BUILD)/benchmarks-quick.md)
 

@@ -13,6 +13,9 @@ the harness working; CI checks that it runs, not how fast.
      and with 1000 idle connections beside 20 active ones
   6. PostgreSQL (a throwaway cluster, tests/pg_cluster.py): the sender's sessions and kept-open messages
      on PostgreSQL beside SQLite, and two sender instances sharing it beside one
+  7. MailDev from npm beside maillab in interleaved rounds (tests/bench/maildev_peer.py)
+The servers' cost per request (CPU µs, system calls, context switches) is measured beside the runs of
+1-4 (tests/bench/server_cost.py).
 
 The servers' store is read and written only by the servers and maillab-admin (never SQL from here)."""
 
@@ -31,6 +34,7 @@ import time
 from captures.labprocess import ServerProcess, free_port, password_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.bench import maildev_peer, server_cost
 
 # Our servers, aiosmtpd's peer, nginx and s_server: the lab's one way to start a server and wait.
 Proc = ServerProcess
@@ -53,9 +57,11 @@ class Bench:
     def exe(self, name):
         return os.path.join(self.bin, name)
 
-    def load(self, label, scenario, port, extra, count, duration):
+    def load(self, label, scenario, port, extra, count, duration, meter=None):
+        """One maillab-load run; `meter`: the server's pids, whose per-request cost is then measured."""
         if os.path.exists(self.jsonl):
             os.unlink(self.jsonl)
+        meter = server_cost.Meter(meter) if meter else None
         # From 100 loopback addresses, as many clients are: the servers limit connections per address
         # (64 by default), and the growth runs hold a thousand.
         cmd = [self.exe("maillab-load"), "--scenario", scenario, "--port", str(port), "--count", str(count),
@@ -63,6 +69,11 @@ class Bench:
         out = subprocess.run(cmd, capture_output=True, text=True)
         print(out.stdout, end="", flush=True)
         result = json.loads(open(self.jsonl).read().splitlines()[-1])
+        if meter:
+            result["cost"] = meter.finish(result["completed"])
+            if not self.quick:
+                result["cost"]["syscalls"] = server_cost.syscalls_per_request(meter.pids, cmd)
+            print(server_cost.describe(result["cost"]), flush=True)
         shown = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c.replace(self.work, "$WORK") for c in cmd]
         result["command"] = " ".join(shlex.quote(c) if not c.startswith("$WORK") else c for c in shown)
         self.results.append(result)
@@ -83,12 +94,15 @@ class Bench:
                         os.path.join(self.work, "certs", "ca.pem"), "--user", "bob"], capture_output=True, text=True)
         return sender, retriever, password
 
-    def smtp_runs(self, who, port, password):
+    def smtp_runs(self, who, port, password, pids=None):
         user = ["--user", "ana@447.edu", "--password", password, "--to", "ana@447.edu", "--size", str(self.size)]
         d = self.n(8, 3)
-        a = self.load(f"{who} new connection per message, c=1", "smtp", port, user + ["--connections", "1"], 100000, d)
-        b = self.load(f"{who} new connection per message, c=20", "smtp", port, user + ["--connections", "20"], 100000, d)
-        c = self.load(f"{who} kept open, c=20", "smtp", port, user + ["--connections", "20", "--keep-open"], 1000000, d)
+        a = self.load(f"{who} new connection per message, c=1", "smtp", port, user + ["--connections", "1"], 100000, d,
+                      pids)
+        b = self.load(f"{who} new connection per message, c=20", "smtp", port, user + ["--connections", "20"], 100000, d,
+                      pids)
+        c = self.load(f"{who} kept open, c=20", "smtp", port, user + ["--connections", "20", "--keep-open"], 1000000, d,
+                      pids)
         return a, b, c
 
     def run(self):
@@ -96,13 +110,13 @@ class Bench:
         d = self.n(8, 3)
         print("== 1. maillab sender", flush=True)
         sender, retriever, password = self.maillab("maillab.db")
-        r["sender"] = self.smtp_runs("maillab", sender.port, password)
+        r["sender"] = self.smtp_runs("maillab", sender.port, password, [sender.proc.pid])
 
         print("== 2. aiosmtpd peer", flush=True)
         peer = Proc(["/usr/bin/python3", os.path.join(ROOT, "tests", "bench", "aiosmtpd_peer.py"), "--cert", self.cert,
                      "--key", self.key, "--db", os.path.join(self.work, "peer.db"), "--user", "ana@447.edu",
                      "--password", password], os.path.join(self.work, "peer.log"))
-        r["peer"] = self.smtp_runs("aiosmtpd", peer.port, password)
+        r["peer"] = self.smtp_runs("aiosmtpd", peer.port, password, [peer.proc.pid])
         peer.stop()
 
         print("== 3. TLS 1.3 handshake ceiling", flush=True)
@@ -131,11 +145,11 @@ http {{
         ceiling = Proc(["nginx", "-c", conf, "-g", "daemon off;"], os.path.join(self.work, "nginx-handshake.log"),
                        ready_line=False, port=port)
         r["ceiling"] = self.load("nginx (all cores) full handshakes, c=20", "handshake", port, ["--connections", "20"],
-                                 1000000, d)
+                                 1000000, d, server_cost.children(ceiling.proc.pid))
         ceiling.stop()
         r["crypto"] = crypto_bound()
         r["sender_handshake"] = self.load("maillab sender handshakes only, c=20", "handshake", sender.port,
-                                          ["--connections", "20"], 1000000, d)
+                                          ["--connections", "20"], 1000000, d, [sender.proc.pid])
 
         print("== 4. retriever vs nginx", flush=True)
         r["http"] = self.http_runs(sender, retriever, password, d)
@@ -148,6 +162,8 @@ http {{
 
         print("== 6. PostgreSQL", flush=True)
         r["postgresql"] = self.postgresql_runs()
+        print("== 7. MailDev (npm), interleaved with maillab", flush=True)
+        r["maildev"] = maildev_peer.compare(self)
         return r
 
     def http_runs(self, sender, retriever, password, d):
@@ -195,8 +211,10 @@ http {{
                      port=nginx_port)
         out = {}
         creds = ["--user", "bob@447.edu", "--password", password, "--path", path, "--connections", "20"]
-        out["retriever_ours"] = self.load("retriever keep-alive GETs, c=20", "https", retriever.port, creds, 10000000, d)
-        out["nginx_ours"] = self.load("nginx static, same bytes, c=20", "https", nginx_port, creds, 10000000, d)
+        out["retriever_ours"] = self.load("retriever keep-alive GETs, c=20", "https", retriever.port, creds, 10000000, d,
+                                          [retriever.proc.pid])
+        out["nginx_ours"] = self.load("nginx static, same bytes, c=20", "https", nginx_port, creds, 10000000, d,
+                                      server_cost.children(nginx.proc.pid))
         out["retriever_wrk"] = self.wrk("retriever (wrk)", retriever.port, path, auth, d)
         out["nginx_wrk"] = self.wrk("nginx static (wrk)", nginx_port, path, auth, d)
         out["bytes"] = len(body)
@@ -414,6 +432,8 @@ def write_report(b, r, out_path, quick):
         errors = {k: v for k, v in res.get("errors", {}).items() if not k.startswith("(info)")}
         lines.append(f"| {res['label']} | {res['per_second']:.1f} | {lat(res, phase) if phase else '–'} | "
                      f"{', '.join(f'{k}: {v}' for k, v in errors.items()) or 'none'} |")
+    lines += server_cost.report_lines(b.results)
+    lines += maildev_peer.report_lines(r.get("maildev"), b.size)
     c = r.get("crypto") or {}
     if c:
         lines += ["", "## The handshake ceiling and the physical bound", "",

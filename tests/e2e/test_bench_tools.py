@@ -1,0 +1,49 @@
+"""The benchmark's own tools work (their figures are measured in `make bench`, never asserted here):
+the per-request cost meter reads a real server's CPU time and context switches, and the preload
+that MailDev runs with answers smtp-server's reverse DNS lookups itself, so no query leaves loopback."""
+
+import os
+import subprocess
+import time
+
+from tests.bench import server_cost
+from tests.e2e.harness import Server, Skip, register, run_client, test
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+@test
+def the_cost_meter_counts_a_servers_cpu_time_and_context_switches(lab):
+    with Server(lab, "senderserver") as sender:
+        password = register(lab, sender.port, "ana")
+        meter = server_cost.Meter([sender.proc.pid])
+        for _ in range(3):  # sessions whose TLS handshakes and scrypt take the server some CPU
+            out = run_client(lab, sender.port, ["--user", "ana", "--password", password])
+            assert out.returncode == 0, out.stderr
+        cost = meter.finish(3)
+        assert cost["completed"] == 3
+        assert cost["cpu_us"] > 0, cost
+        assert cost["ctxsw"] > 0, cost
+        assert cost["syscalls"] is None  # counted only by syscalls_per_request, in a run of its own
+        assert "µs CPU" in server_cost.describe(cost)
+
+
+@test
+def the_maildev_preload_answers_reverse_dns_at_once_with_no_name(lab):
+    node = "node" if subprocess.run(["sh", "-c", "command -v node"], capture_output=True).returncode == 0 else None
+    if not node:
+        raise Skip("node is not installed (make bench installs Debian's nodejs for the MailDev comparison)")
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) has no PTR record: without the preload, node would ask the
+    # resolver and wait for its answer.
+    script = ("const dns = require('node:dns');"
+              "dns.reverse('192.0.2.1', (err, names) => console.log(JSON.stringify({err: err && err.code, names})));"
+              "dns.promises.reverse('192.0.2.1').then(names => console.log(JSON.stringify({promise: names})));")
+    started = time.monotonic()
+    out = subprocess.run([node, "--require", os.path.join(BENCH, "maildev_no_reverse_dns.cjs"), "-e", script],
+                         capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, MAILLAB_REVERSE_DNS_COUNT="1"))
+    assert out.returncode == 0, out.stderr
+    assert '{"err":null,"names":[]}' in out.stdout, out.stdout
+    assert '{"promise":[]}' in out.stdout, out.stdout
+    assert "reverse lookups answered locally: 1" in out.stderr, out.stderr
+    assert time.monotonic() - started < 10, "the lookup waited for a resolver"
