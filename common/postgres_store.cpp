@@ -4,6 +4,7 @@
 // budget, group commit of deliveries, and a schema version in a table of its own. Keeps every promise
 // the SQLite store makes (store.h); a database that cannot be reached is a StoreError naming it (never
 // its password), and the next call connects again.
+#include "group_commit.h"
 #include "store.h"
 
 #include <libpq-fe.h>
@@ -406,32 +407,10 @@ public:
               Params().add(email).add(source).add(now));
     }
 
-    // Group commit, as in the SQLite store: deliveries that arrive while a commit is running wait and
-    // go into the next transaction together. Every caller returns only after the COMMIT that holds
-    // its rows (synchronous_commit on: in the server's WAL on disk); if that commit fails, every
-    // message in it fails and none is stored. Each instance groups its own deliveries.
-    std::vector<int64_t> deliver(const NewMessage& message) override {
-        PendingDelivery me{&message, {}, nullptr, false};
-        std::unique_lock<std::mutex> lock(commitMutex_);
-        pending_.push_back(&me);
-        while (!me.done) {
-            if (committing_) {
-                commitDone_.wait(lock);
-                continue;
-            }
-            committing_ = true;
-            std::vector<PendingDelivery*> batch;
-            batch.swap(pending_);
-            lock.unlock();
-            commitBatch(batch);
-            lock.lock();
-            for (PendingDelivery* p : batch) p->done = true;
-            committing_ = false;
-            commitDone_.notify_all();
-        }
-        if (me.error) std::rethrow_exception(me.error);
-        return me.ids;
-    }
+    // Group commit (group_commit.h, the SQLite store's too): every caller returns only after the
+    // COMMIT that holds its rows (synchronous_commit on: in the server's WAL on disk). Each instance
+    // groups its own deliveries.
+    std::vector<int64_t> deliver(const NewMessage& message) override { return groupCommit_.deliver(message); }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
         Connection c(*this);
@@ -541,12 +520,6 @@ public:
     }
 
 private:
-    struct PendingDelivery {
-        const NewMessage* message;
-        std::vector<int64_t> ids;
-        std::exception_ptr error;
-        bool done;
-    };
 
     // Borrows a pooled connection for one call; runs prepared statements on it.
     class Connection {
@@ -613,11 +586,11 @@ private:
         bool done_ = false;
     };
 
-    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+    void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
         try {
             Connection c(*this);
             Transaction tx(c);
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 const NewMessage& m = *p->message;
                 // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
                 Result body = c.run("INSERT INTO bodies(raw, story) VALUES($1, $2) RETURNING id",
@@ -634,7 +607,7 @@ private:
             }
             tx.commit();
         } catch (...) {
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 p->ids.clear();
                 p->error = std::current_exception();
             }
@@ -794,10 +767,7 @@ private:
 
     PostgresOptions options_;
     std::string name_;
-    std::mutex commitMutex_;
-    std::condition_variable commitDone_;
-    std::vector<PendingDelivery*> pending_;
-    bool committing_ = false;
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::condition_variable poolFree_;
     std::vector<Handle*> idle_;

@@ -1,5 +1,6 @@
 // SQLite backend of the Store: WAL journal, BEGIN IMMEDIATE for writes, a busy timeout, a small pool of
 // connections shared by the server's threads, and a schema versioned with PRAGMA user_version.
+#include "group_commit.h"
 #include "store.h"
 
 #include <sqlite3.h>
@@ -559,32 +560,9 @@ public:
         s.step();
     }
 
-    // Group commit: deliveries that arrive while a commit is running wait and go into the next
-    // transaction together, so one fsync covers many messages under load and none waits at low
-    // load. Every caller returns only after the commit that holds its rows (a 250 means on disk);
-    // if that commit fails, every message in it fails and none is stored.
-    std::vector<int64_t> deliver(const NewMessage& message) override {
-        PendingDelivery me{&message, {}, nullptr, false};
-        std::unique_lock<std::mutex> lock(commitMutex_);
-        pending_.push_back(&me);
-        while (!me.done) {
-            if (committing_) {
-                commitDone_.wait(lock);
-                continue;
-            }
-            committing_ = true;
-            std::vector<PendingDelivery*> batch;
-            batch.swap(pending_);
-            lock.unlock();
-            commitBatch(batch);
-            lock.lock();
-            for (PendingDelivery* p : batch) p->done = true;
-            committing_ = false;
-            commitDone_.notify_all();
-        }
-        if (me.error) std::rethrow_exception(me.error);
-        return me.ids;
-    }
+    // Group commit (group_commit.h, the PostgreSQL store's too): one transaction and one fsync for
+    // every delivery waiting; each caller returns after the commit that holds its rows.
+    std::vector<int64_t> deliver(const NewMessage& message) override { return groupCommit_.deliver(message); }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
         Connection c(*this);
@@ -664,14 +642,8 @@ public:
     }
 
 private:
-    struct PendingDelivery {
-        const NewMessage* message;
-        std::vector<int64_t> ids;
-        std::exception_ptr error;
-        bool done;
-    };
 
-    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+    void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
         try {
             Connection c(*this);
             Transaction tx(c.db);
@@ -679,7 +651,7 @@ private:
             Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
                         "received_at, size, raw, body_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 const NewMessage& m = *p->message;
                 // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
                 body.bindBlob(1, m.raw).bind(2, m.story);
@@ -697,7 +669,7 @@ private:
             }
             tx.commit();
         } catch (...) {
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 p->ids.clear();
                 p->error = std::current_exception();
             }
@@ -821,10 +793,7 @@ private:
 
     SqliteOptions options_;
     GenerationFile generations_;
-    std::mutex commitMutex_;
-    std::condition_variable commitDone_;
-    std::vector<PendingDelivery*> pending_;
-    bool committing_ = false;
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::vector<Handle*> idle_;
 };
