@@ -1,7 +1,7 @@
 // The store, on SQLite (and on PostgreSQL too with MAILLAB_TEST_PG_URL: see fixtures.h): accounts,
 // delivery to several mailboxes, listing, lookup, schema version.
 #include "fixtures.h"
-#include "group_commit.h"
+#include "../../common/group_commit.h"
 
 #include "catch.hpp"
 
