@@ -137,12 +137,15 @@ public:
             *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
                                                      ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
 
-        ctx_.logger->information(prefix + "event=request " + connection.client.forLog() + " method=" +
-                                 logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
-                                 " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
-                                 (result.user.empty() ? "" : " user=" + result.user) +
-                                 // A refused login names the account tried, quoted: the client chose it.
-                                 (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
+        // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose:
+        // at tens of thousands of GETs a second the line cost a tenth of each request (issue 22).
+        if (ctx_.verbose || result.status >= 400)
+            ctx_.logger->information(prefix + "event=request " + connection.client.forLog() + " method=" +
+                                     logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
+                                     " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
+                                     (result.user.empty() ? "" : " user=" + result.user) +
+                                     // A refused login names the account tried, quoted: the client chose it.
+                                     (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
         if (ctx_.verbose) {
             ctx_.logger->information(prefix + "S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
             for (const auto& [name, value] : response) ctx_.logger->information(prefix + "S: " + name + ": " + value);

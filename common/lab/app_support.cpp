@@ -221,7 +221,8 @@ Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::strin
 }
 
 void LabServer::initialize(Application& self) {
-    BoundedAsyncChannel::registerClass();  // before the logging settings name it
+    BoundedAsyncChannel::registerClass();  // before the logging settings name them
+    StderrLineChannel::registerClass();
     loadServerConfiguration(*this, description_.sharedDefaults, description_.ownDefaults);
     ServerApplication::initialize(self);
 }

@@ -3,7 +3,9 @@
 #include "../net/text.h"
 
 #include <openssl/crypto.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -76,15 +78,54 @@ bool Authenticator::isLabAddress(const std::string& address) const {
     return domain == policy_.labDomain && isValidLocalPart(address.substr(0, at));
 }
 
+namespace {
+// One HMAC context per thread, set up once with the cache key: HMAC() one-shot fetched SHA-256 and
+// built a context on every call. The key is per Authenticator, so a thread that meets another one
+// (the tests run several) sets it up again.
+struct ThreadMac {
+    EVP_MAC_CTX* ctx = nullptr;
+    bool keyed = false;
+    std::array<unsigned char, 32> key{};  // compared by value: a new Authenticator may reuse an address
+    ThreadMac() = default;
+    ~ThreadMac() { EVP_MAC_CTX_free(ctx); }
+    ThreadMac(const ThreadMac&) = delete;
+    ThreadMac& operator=(const ThreadMac&) = delete;
+};
+}  // namespace
+
 Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::string& password,
                                            const std::string& hash) const {
     // Keyed by the stored hash too, so a changed password invalidates the entry by itself.
-    std::string input = email + '\0' + password + '\0' + hash;
+    static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    static thread_local ThreadMac mine;
     Mac mac{};
-    unsigned int length = 0;
-    HMAC(EVP_sha256(), cacheKey_.data(), static_cast<int>(cacheKey_.size()),
-         reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac.data(), &length);
-    OPENSSL_cleanse(input.data(), input.size());
+    size_t length = 0;
+    bool ok = hmac != nullptr;
+    if (ok && !mine.ctx) ok = (mine.ctx = EVP_MAC_CTX_new(hmac)) != nullptr;
+    if (ok) {
+        char digest[] = "SHA256";
+        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+        // A null key starts again with the key already set (EVP_MAC_init(3)).
+        bool sameKey = mine.keyed && mine.key == cacheKey_;
+        ok = EVP_MAC_init(mine.ctx, sameKey ? nullptr : cacheKey_.data(), sameKey ? 0 : cacheKey_.size(),
+                          sameKey ? nullptr : params) == 1;
+    }
+    mine.keyed = ok;  // after a failure, set up afresh next time
+    if (ok) mine.key = cacheKey_;
+    static const unsigned char zero = 0;
+    auto add = [&](const void* data, size_t size) {
+        ok = ok && EVP_MAC_update(mine.ctx, static_cast<const unsigned char*>(data), size) == 1;
+    };
+    add(email.data(), email.size());
+    add(&zero, 1);
+    add(password.data(), password.size());
+    add(&zero, 1);
+    add(hash.data(), hash.size());
+    ok = ok && EVP_MAC_final(mine.ctx, mac.data(), &length, mac.size()) == 1 && length == mac.size();
+    if (!ok) {
+        mine.keyed = false;
+        throw std::runtime_error("HMAC-SHA256 of the credential cache failed (OpenSSL)");
+    }
     return mac;
 }
 
@@ -107,11 +148,55 @@ std::optional<std::string> Authenticator::cachedHash(const std::string& email, c
     return entry.hash;
 }
 
-void Authenticator::remember(const Account& account, const std::string& password, int64_t now) {
+std::optional<uint64_t> Authenticator::generation(const std::string& email) {
+    std::optional<uint64_t> stored = store_.credentialGeneration(email);
+    if (!stored) return std::nullopt;
+    return *stored + (memoryGuesses_.load() << 32);
+}
+
+bool Authenticator::freshCacheHit(const std::string& email, const std::string& password, const std::string& source,
+                                  int64_t now) {
+    if (policy_.cacheTtlSeconds <= 0 || password.empty()) return false;
+    Mac expected;
+    std::string hash;
+    std::optional<uint64_t> checked;
+    {
+        std::lock_guard<std::mutex> lock(cacheMutex_);
+        auto it = cache_.find(email);
+        if (it == cache_.end() || it->second.expires <= now || !it->second.checkedGeneration ||
+            it->second.checkedSource != source)
+            return false;
+        expected = it->second.mac;
+        hash = it->second.hash;
+        checked = it->second.checkedGeneration;
+    }
+    // The one read: a changed password, a removed account or a guess taken (by any process or
+    // instance) since the entry was checked sends this login the full way.
+    std::optional<uint64_t> now_generation = generation(email);
+    if (!now_generation || *now_generation != *checked) return false;
+    Mac mac = cacheMac(email, password, hash);
+    if (CRYPTO_memcmp(expected.data(), mac.data(), mac.size()) != 0) return false;
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    auto it = cache_.find(email);
+    if (it != cache_.end() && it->second.hash == hash) it->second.expires = now + policy_.cacheTtlSeconds;
+    return true;
+}
+
+void Authenticator::markChecked(const std::string& email, const std::string& hash, const std::string& source,
+                                std::optional<uint64_t> generation) {
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    auto it = cache_.find(email);
+    if (it == cache_.end() || it->second.hash != hash) return;
+    it->second.checkedSource = source;
+    it->second.checkedGeneration = generation;
+}
+
+void Authenticator::remember(const Account& account, const std::string& password, int64_t now,
+                             const std::string& source, std::optional<uint64_t> generation) {
     if (policy_.cacheTtlSeconds <= 0) return;
     Mac mac = cacheMac(account.email, password, account.passwordHash);
     std::lock_guard<std::mutex> lock(cacheMutex_);
-    cache_[account.email] = CacheEntry{mac, account.passwordHash, now + policy_.cacheTtlSeconds};
+    cache_[account.email] = CacheEntry{mac, account.passwordHash, now + policy_.cacheTtlSeconds, source, generation};
 }
 
 std::shared_ptr<std::mutex> Authenticator::accountLock(const std::string& email) {
@@ -168,6 +253,9 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
     const std::string from = sourceKey(source);
+    // The owner's next request on a password already checked from here: one counter read, no
+    // account, no budget (CacheEntry says why that is enough).
+    if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
     // One read for the hash, the source's standing and its bucket (the hot path of every login).
     std::optional<LoginState> state = store_.loginState(email, from);
     if (!state) {
@@ -213,6 +301,8 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     // guesses would each see the last token and compare with the cached password for free).
     std::shared_ptr<std::mutex> lock = accountLock(email);
     std::lock_guard<std::mutex> oneCheckAtATime(*lock);
+    // Read before the account: a change committed after this read bumps past it (GenerationFile).
+    std::optional<uint64_t> generationBefore = generation(email);
     state = store_.loginState(email, from);
     if (!state) return AuthResult{AuthOutcome::BadCredentials, email, "", 0, false};  // deleted meanwhile
     std::optional<Account> account = Account{email, state->passwordHash, 0, ""};
@@ -234,7 +324,10 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         auto hash = cachedHash(email, password, now);
         // Only while the account still holds the very hash it was verified against: a changed
         // password, a deleted account or a re-registration (a new salt) ends it at once.
-        return hash && account->passwordHash == *hash;
+        if (!hash || account->passwordHash != *hash) return false;
+        // Checked against the account and a budget with a guess left: fresh until the next change.
+        markChecked(email, *hash, from, generationBefore);
+        return true;
     };
     // A right password, cached or checked, makes its source one the owner has logged in from.
     auto ok = [&] {
@@ -258,6 +351,7 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     } catch (const StoreError&) {
         inMemory = true;
         wait = takeMemoryToken(memoryBudgets_, key, burst, refill, now);
+        ++memoryGuesses_;  // no store to count it in: this process's fresh hits end all the same
     }
     if (wait > 0) return throttled(wait);
     auto giveBack = [&] {

@@ -7,6 +7,7 @@
 #include "store.h"
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -107,11 +108,26 @@ private:
         Mac mac;
         std::string hash;  // the stored hash the password was verified against
         int64_t expires;
+        // The fresh hit (no database read): the source and the credential generation (read before
+        // the account) with which the entry was last checked against the account and its budget.
+        // A hit from that source while the generation is unchanged needs nothing else: the password
+        // is the same, the account still there, and no guess has been taken from its budgets since.
+        std::string checkedSource;
+        std::optional<uint64_t> checkedGeneration;
     };
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
     // The cached verification of this password, if any: the stored hash it was checked against.
     std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);
-    void remember(const Account& account, const std::string& password, int64_t now);
+    void remember(const Account& account, const std::string& password, int64_t now,
+                  const std::string& source = "", std::optional<uint64_t> generation = std::nullopt);
+    // The entry was just checked against the account read at `generation`, from `source`.
+    void markChecked(const std::string& email, const std::string& hash, const std::string& source,
+                     std::optional<uint64_t> generation);
+    // A cached login that needs no database read (CacheEntry); false: take the full path.
+    bool freshCacheHit(const std::string& email, const std::string& password, const std::string& source, int64_t now);
+    // The store's generation, plus this process's own guesses paid from memory (memoryBudgets_).
+    std::optional<uint64_t> generation(const std::string& email);
+    std::atomic<uint64_t> memoryGuesses_{0};
     void forget(const std::string& email);
 
     // Buckets kept in memory (this process): names with no account draw on one as an account would,

@@ -4,6 +4,7 @@
 // budget, group commit of deliveries, and a schema version in a table of its own. Keeps every promise
 // the SQLite store makes (store.h); a database that cannot be reached is a StoreError naming it (never
 // its password), and the next call connects again.
+#include "group_commit.h"
 #include "store.h"
 
 #include <libpq-fe.h>
@@ -287,8 +288,12 @@ public:
 
     bool setPasswordHash(const std::string& email, const std::string& passwordHash) override {
         Connection c(*this);
-        return c.run("UPDATE accounts SET password_hash = $2 WHERE email = $1", Params().add(email).add(passwordHash))
-                   .affected() == 1;
+        Transaction tx(c);
+        bool changed = c.run("UPDATE accounts SET password_hash = $2 WHERE email = $1", Params().add(email).add(passwordHash))
+                           .affected() == 1;
+        bumpGeneration(c, email);
+        tx.commit();
+        return changed;
     }
 
     bool deleteAccount(const std::string& email) override {
@@ -296,6 +301,7 @@ public:
         Transaction tx(c);
         c.run("DELETE FROM messages WHERE mailbox = $1", Params().add(email));
         bool deleted = c.run("DELETE FROM accounts WHERE email = $1", Params().add(email)).affected() == 1;
+        bumpGeneration(c, email);
         tx.commit();
         return deleted;
     }
@@ -343,19 +349,29 @@ public:
         }
         c.run("UPDATE auth_budget SET tokens = $2, updated = $3 WHERE key = $1",
               Params().add(key).add(tokens - 1.0).add(std::max(now, updated)));
+        // A guess taken: a cached password must not be compared again before the budget is read.
+        bumpGeneration(c, email);
         tx.commit();
         return 0;
+    }
+
+    // One primary-key read: every instance sees another's change as soon as it is committed (the
+    // bump is in the same transaction as the change, so the counter and the row move together).
+    std::optional<uint64_t> credentialGeneration(const std::string& email) override {
+        Connection c(*this);
+        Result r = c.run("SELECT generation FROM auth_generation WHERE slot = $1",
+                         Params().add(static_cast<int64_t>(credentialSlot(email))));
+        return r.rows() == 0 ? 0 : static_cast<uint64_t>(r.integer(0, 0));
     }
 
     std::optional<LoginState> loginState(const std::string& email, const std::string& source) override {
         Connection c(*this);
         // The budget key as Authenticator builds it: pair:<email>|<source> for a trusted source.
         Result r = c.run(
-            "WITH t(trusted) AS (SELECT EXISTS(SELECT 1 FROM auth_trusted WHERE email = $1 AND source = $2 "
-            "AND $2 <> ''::bytea)) "
-            "SELECT a.password_hash, t.trusted, b.tokens, b.updated FROM accounts a CROSS JOIN t "
-            "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.trusted THEN 'pair:'::bytea || $1 || '|'::bytea || $2 "
-            "ELSE 'acct:'::bytea || $1 END WHERE a.email = $1",
+            "SELECT a.password_hash, t.email IS NOT NULL, b.tokens, b.updated FROM accounts a "
+            "LEFT JOIN auth_trusted t ON t.email = $1 AND t.source = $2 AND $2 <> ''::bytea "
+            "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.email IS NOT NULL THEN 'pair:'::bytea || $1 || '|'::bytea "
+            "|| $2 ELSE 'acct:'::bytea || $1 END WHERE a.email = $1",
             Params().add(email).add(source));
         if (r.rows() == 0) return std::nullopt;
         LoginState state;
@@ -391,32 +407,10 @@ public:
               Params().add(email).add(source).add(now));
     }
 
-    // Group commit, as in the SQLite store: deliveries that arrive while a commit is running wait and
-    // go into the next transaction together. Every caller returns only after the COMMIT that holds
-    // its rows (synchronous_commit on: in the server's WAL on disk); if that commit fails, every
-    // message in it fails and none is stored. Each instance groups its own deliveries.
-    std::vector<int64_t> deliver(const NewMessage& message) override {
-        PendingDelivery me{&message, {}, nullptr, false};
-        std::unique_lock<std::mutex> lock(commitMutex_);
-        pending_.push_back(&me);
-        while (!me.done) {
-            if (committing_) {
-                commitDone_.wait(lock);
-                continue;
-            }
-            committing_ = true;
-            std::vector<PendingDelivery*> batch;
-            batch.swap(pending_);
-            lock.unlock();
-            commitBatch(batch);
-            lock.lock();
-            for (PendingDelivery* p : batch) p->done = true;
-            committing_ = false;
-            commitDone_.notify_all();
-        }
-        if (me.error) std::rethrow_exception(me.error);
-        return me.ids;
-    }
+    // Group commit (group_commit.h, the SQLite store's too): every caller returns only after the
+    // COMMIT that holds its rows (synchronous_commit on: in the server's WAL on disk). Each instance
+    // groups its own deliveries.
+    std::vector<int64_t> deliver(const NewMessage& message) override { return groupCommit_.deliver(message); }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
         Connection c(*this);
@@ -561,13 +555,6 @@ private:
     static bool insertTlsLogin(Connection& c, const TlsSessionRecord& s);
     static void addActivityCounts(Connection& c, const std::vector<ActivityCount>& counts);
 
-    struct PendingDelivery {
-        const NewMessage* message;
-        std::vector<int64_t> ids;
-        std::exception_ptr error;
-        bool done;
-    };
-
     // Borrows a pooled connection for one call; runs prepared statements on it.
     class Connection {
     public:
@@ -633,11 +620,11 @@ private:
         bool done_ = false;
     };
 
-    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+    void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
         try {
             Connection c(*this);
             Transaction tx(c);
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 const NewMessage& m = *p->message;
                 // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
                 Result body = c.run("INSERT INTO bodies(raw, story) VALUES($1, $2) RETURNING id",
@@ -654,7 +641,7 @@ private:
             }
             tx.commit();
         } catch (...) {
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 p->ids.clear();
                 p->error = std::current_exception();
             }
@@ -766,6 +753,14 @@ private:
         idle_.clear();
     }
 
+    // Inside the caller's transaction, after the change itself: the slot's row is always the last lock
+    // taken (after the budget's or the account's), so two changes never wait on each other in a cycle.
+    void bumpGeneration(Connection& c, const std::string& email) {
+        c.run("INSERT INTO auth_generation(slot, generation) VALUES($1, 1) "
+              "ON CONFLICT (slot) DO UPDATE SET generation = auth_generation.generation + 1",
+              Params().add(static_cast<int64_t>(credentialSlot(email))));
+    }
+
     void migrate(Connection& c) {
         Transaction tx(c);
         c.run("SELECT pg_advisory_xact_lock($1)", Params().add(kMigrationLock));
@@ -774,6 +769,7 @@ private:
         if (!exists) {
             c.exec(kSchema);
             c.run("INSERT INTO schema_version(version) VALUES($1)", Params().add(static_cast<int64_t>(kSchemaVersion)));
+            createGenerations(c);
             tx.commit();
             return;
         }
@@ -791,15 +787,21 @@ private:
         }
         if (current < kSchemaVersion)
             c.run("UPDATE schema_version SET version = $1", Params().add(static_cast<int64_t>(kSchemaVersion)));
+        createGenerations(c);
         tx.commit();
+    }
+
+    // The credential generations (Store::credentialGeneration): not part of the numbered schema (SQLite
+    // keeps them in a file beside the database), created by whichever instance opens the database
+    // first. A missing row is generation 0.
+    static void createGenerations(Connection& c) {
+        if (!c.run("SELECT to_regclass('auth_generation') IS NULL").boolean(0, 0)) return;
+        c.exec("CREATE TABLE auth_generation (slot INTEGER PRIMARY KEY, generation BIGINT NOT NULL)");
     }
 
     PostgresOptions options_;
     std::string name_;
-    std::mutex commitMutex_;
-    std::condition_variable commitDone_;
-    std::vector<PendingDelivery*> pending_;
-    bool committing_ = false;
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::condition_variable poolFree_;
     std::vector<Handle*> idle_;

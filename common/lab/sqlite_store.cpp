@@ -1,5 +1,6 @@
 // SQLite backend of the Store: WAL journal, BEGIN IMMEDIATE for writes, a busy timeout, a small pool of
 // connections shared by the server's threads, and a schema versioned with PRAGMA user_version.
+#include "group_commit.h"
 #include "store.h"
 
 #include <sqlite3.h>
@@ -8,7 +9,10 @@
 #include <exception>
 #include <mutex>
 #include <unordered_map>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace maillab {
 
@@ -304,9 +308,62 @@ MessageSummary readSummary(const Statement& s) {
     return m;
 }
 
+// The credential generations (Store::credentialGeneration) of every process on one database file:
+// kCredentialSlots 8-byte counters in a file beside it, <db>-generations. A cached login reads its
+// slot with one pread: no SQLite, no lock, no -shm, and no mapping that a truncated file could turn
+// into a SIGBUS. A change bumps the slot under flock (so no two processes lose a bump) after the
+// commit that made it, so a login that read the old counter either read the old row too (and its
+// entry is ended by the bump) or the new one. Made at full size with posix_fallocate, so a bump
+// never meets a full disk. Removing the file while servers run is the same mistake as removing the
+// -shm file: they keep the one they opened (docs/design.md, "Credential cache").
+class GenerationFile {
+public:
+    explicit GenerationFile(const std::string& databasePath) : path_(databasePath + "-generations") {
+        if (databasePath.empty() || databasePath == ":memory:" || databasePath.rfind("file:", 0) == 0) return;
+        fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd_ < 0) return;  // a read-only folder: every cached login reads the account instead
+        struct stat st {};
+        off_t size = static_cast<off_t>(kCredentialSlots * sizeof(uint64_t));
+        if (::fstat(fd_, &st) != 0 || (st.st_size < size && ::posix_fallocate(fd_, 0, size) != 0)) {
+            ::close(fd_);
+            fd_ = -1;
+        }
+    }
+    ~GenerationFile() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    GenerationFile(const GenerationFile&) = delete;
+    GenerationFile& operator=(const GenerationFile&) = delete;
+
+    std::optional<uint64_t> read(uint32_t slot) const {
+        uint64_t value = 0;
+        if (fd_ < 0 || ::pread(fd_, &value, sizeof value, static_cast<off_t>(slot) * sizeof value) != sizeof value)
+            return std::nullopt;  // cut short by someone: no cached login is trusted on it
+        return value;
+    }
+
+    void bump(uint32_t slot) {
+        if (fd_ < 0) return;
+        ::flock(fd_, LOCK_EX);
+        uint64_t value = 0;
+        off_t at = static_cast<off_t>(slot) * sizeof value;
+        bool ok = ::pread(fd_, &value, sizeof value, at) == sizeof value;
+        ++value;
+        ok = ok && ::pwrite(fd_, &value, sizeof value, at) == sizeof value;
+        ::flock(fd_, LOCK_UN);
+        if (!ok)
+            throw StoreError("the change is stored, but " + path_ + " could not be updated: the servers may accept "
+                             "the old password from their caches for up to auth.cacheTtlSeconds; restart them");
+    }
+
+private:
+    std::string path_;
+    int fd_ = -1;
+};
+
 class SqliteStore final : public Store {
 public:
-    explicit SqliteStore(const SqliteOptions& options) : options_(options) {
+    explicit SqliteStore(const SqliteOptions& options) : options_(options), generations_(options.path) {
         try {
             Connection c(*this);
             migrate(c.db);
@@ -338,6 +395,7 @@ public:
         account.step();
         bool deleted = sqlite3_changes(c.db) == 1;
         tx.commit();
+        generations_.bump(credentialSlot(email));
         return deleted;
     }
 
@@ -370,7 +428,9 @@ public:
         Statement s(*c.handle, "UPDATE accounts SET password_hash = ?2 WHERE email = ?1");
         s.bind(1, email).bind(2, passwordHash);
         s.step();
-        return sqlite3_changes(c.db) == 1;
+        bool changed = sqlite3_changes(c.db) == 1;
+        generations_.bump(credentialSlot(email));  // after the commit (autocommit): see GenerationFile
+        return changed;
     }
 
     double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) override {
@@ -399,17 +459,24 @@ public:
             .bind(3, tokens - 1.0).bind(4, std::max(now, updated));
         write.step();
         tx.commit();
+        // A guess taken: a cached password must not be compared again before the budget is read.
+        generations_.bump(credentialSlot(key.substr(key.find(':') + 1, key.find('|') - key.find(':') - 1)));
         return 0;
+    }
+
+    std::optional<uint64_t> credentialGeneration(const std::string& email) override {
+        return generations_.read(credentialSlot(email));
     }
 
     std::optional<LoginState> loginState(const std::string& email, const std::string& source) override {
         Connection c(*this);
         // The budget key as Authenticator builds it: pair:<email>|<source> for a trusted source.
+        // Three index searches and nothing materialized (EXPLAIN QUERY PLAN; the CTE this replaced
+        // was built into a temporary table on every login).
         Statement s(*c.handle,
-                    "WITH t(trusted) AS (SELECT EXISTS(SELECT 1 FROM auth_trusted WHERE email = ?1 AND source = ?2 "
-                    "AND ?2 <> '')) "
-                    "SELECT a.password_hash, t.trusted, b.tokens, b.updated FROM accounts a, t "
-                    "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.trusted THEN 'pair:' || ?1 || '|' || ?2 "
+                    "SELECT a.password_hash, t.email IS NOT NULL, b.tokens, b.updated FROM accounts a "
+                    "LEFT JOIN auth_trusted t ON t.email = ?1 AND t.source = ?2 AND ?2 <> '' "
+                    "LEFT JOIN auth_budget b ON b.key = CASE WHEN t.email IS NOT NULL THEN 'pair:' || ?1 || '|' || ?2 "
                     "ELSE 'acct:' || ?1 END WHERE a.email = ?1");
         s.bind(1, email).bind(2, source);
         if (!s.step()) return std::nullopt;
@@ -502,32 +569,9 @@ public:
         s.step();
     }
 
-    // Group commit: deliveries that arrive while a commit is running wait and go into the next
-    // transaction together, so one fsync covers many messages under load and none waits at low
-    // load. Every caller returns only after the commit that holds its rows (a 250 means on disk);
-    // if that commit fails, every message in it fails and none is stored.
-    std::vector<int64_t> deliver(const NewMessage& message) override {
-        PendingDelivery me{&message, {}, nullptr, false};
-        std::unique_lock<std::mutex> lock(commitMutex_);
-        pending_.push_back(&me);
-        while (!me.done) {
-            if (committing_) {
-                commitDone_.wait(lock);
-                continue;
-            }
-            committing_ = true;
-            std::vector<PendingDelivery*> batch;
-            batch.swap(pending_);
-            lock.unlock();
-            commitBatch(batch);
-            lock.lock();
-            for (PendingDelivery* p : batch) p->done = true;
-            committing_ = false;
-            commitDone_.notify_all();
-        }
-        if (me.error) std::rethrow_exception(me.error);
-        return me.ids;
-    }
+    // Group commit (group_commit.h, the PostgreSQL store's too): one transaction and one fsync for
+    // every delivery waiting; each caller returns after the commit that holds its rows.
+    std::vector<int64_t> deliver(const NewMessage& message) override { return groupCommit_.deliver(message); }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
         Connection c(*this);
@@ -644,14 +688,7 @@ private:
         std::unique_ptr<Transaction> tx_;
     };
 
-    struct PendingDelivery {
-        const NewMessage* message;
-        std::vector<int64_t> ids;
-        std::exception_ptr error;
-        bool done;
-    };
-
-    void commitBatch(const std::vector<PendingDelivery*>& batch) {
+    void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
         try {
             Connection c(*this);
             Transaction tx(c.db);
@@ -659,7 +696,7 @@ private:
             Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
                         "received_at, size, raw, body_id) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 const NewMessage& m = *p->message;
                 // The text once, however many mailboxes: 100 recipients of 10 MB are 10 MB on disk.
                 body.bindBlob(1, m.raw).bind(2, m.story);
@@ -677,7 +714,7 @@ private:
             }
             tx.commit();
         } catch (...) {
-            for (PendingDelivery* p : batch) {
+            for (GroupCommit::Delivery* p : batch) {
                 p->ids.clear();
                 p->error = std::current_exception();
             }
@@ -800,10 +837,8 @@ private:
     }
 
     SqliteOptions options_;
-    std::mutex commitMutex_;
-    std::condition_variable commitDone_;
-    std::vector<PendingDelivery*> pending_;
-    bool committing_ = false;
+    GenerationFile generations_;
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::vector<Handle*> idle_;
 };

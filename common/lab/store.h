@@ -136,6 +136,16 @@ inline double secondsUntilToken(double tokens, double refillSeconds) {
     return refillSeconds > 0 ? std::max(1.0, (1.0 - tokens) * refillSeconds) : 1e9;
 }
 
+// Credential generations (docs/design.md, "Credential cache"): each account's changes are counted
+// in one of kCredentialSlots counters, chosen by a hash of its address (accounts that share a slot
+// see each other's changes: more than happened, never fewer).
+constexpr uint32_t kCredentialSlots = 4096;
+inline uint32_t credentialSlot(const std::string& email) {
+    uint32_t h = 2166136261u;  // FNV-1a
+    for (unsigned char c : email) h = (h ^ c) * 16777619u;
+    return h % kCredentialSlots;
+}
+
 class Store {
 public:
     virtual ~Store() = default;
@@ -144,13 +154,21 @@ public:
     // False when the account exists already (two registrations racing: only one wins).
     virtual bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) = 0;
     // The instructor's reset: a new hash for an existing account (false when there is none). Both
-    // servers see it at their next login check (auth.h: the cache is bound to the stored hash).
+    // servers see it at their next login check (auth.h: the cache is bound to the stored hash and to
+    // the credential generation, which this changes).
     virtual bool setPasswordHash(const std::string& email, const std::string& passwordHash) = 0;
     // Guess budgets (docs/design.md, "The guess budget"): a token bucket per key holding at most
     // `burst` guesses and gaining one every `refillSeconds`. takeGuess() takes one in a single write
     // transaction, so every connection of both servers draws on the same count and none can race
-    // another; it returns 0 when a guess was taken, else the seconds until the next one.
+    // another; it returns 0 when a guess was taken (that changes the generation), else the seconds
+    // until the next one.
     virtual double takeGuess(const std::string& key, double burst, double refillSeconds, int64_t now) = 0;
+    // The credential generation of the account's slot: a number that changes, for every process and
+    // instance on this store, whenever its password is changed, it is removed, or a guess is taken
+    // from one of its budgets (the calls above and below that do so say "changes the generation").
+    // A cached login is accepted on this one cheap read (auth.h). nullopt: cannot tell (the cache
+    // then reads the account as before).
+    virtual std::optional<uint64_t> credentialGeneration(const std::string& email) = 0;
     // The account's LoginState for a login from `source`; nullopt when there is no such account.
     virtual std::optional<LoginState> loginState(const std::string& email, const std::string& source) = 0;
     // The instructor's reset (maillab-admin set-password): every budget of the account full again, so
@@ -184,7 +202,8 @@ public:
     virtual int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) = 0;
 
     // The instructor's removal: the account, its budgets, trusted sources and mailbox, in one
-    // transaction; false when there is none. Its cached password stops working at once (auth.h).
+    // transaction; false when there is none. Its cached password stops working at once (auth.h):
+    // this changes the generation.
     virtual bool deleteAccount(const std::string& email) = 0;
     // Every account, by address.
     virtual std::vector<Account> listAccounts() = 0;

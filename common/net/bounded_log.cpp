@@ -6,6 +6,9 @@
 #include <Poco/LoggingRegistry.h>
 #include <Poco/NumberParser.h>
 
+#include <cerrno>
+#include <unistd.h>
+
 namespace maillab {
 
 BoundedAsyncChannel::BoundedAsyncChannel() = default;
@@ -85,6 +88,27 @@ void BoundedAsyncChannel::run() {
             target_->log(message);
         }
         lock.lock();
+    }
+}
+
+void StderrLineChannel::registerClass() {
+    Poco::LoggingFactory::defaultFactory().registerChannelClass(
+        "StderrLineChannel", new Poco::Instantiator<StderrLineChannel, Poco::Channel>);
+}
+
+void StderrLineChannel::log(const Poco::Message& message) {
+    std::string line;
+    line.reserve(message.getText().size() + 1);
+    line += message.getText();
+    line += '\n';
+    const char* p = line.data();
+    size_t left = line.size();
+    while (left > 0) {
+        ssize_t n = ::write(2, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;  // stderr closed or full: the line is lost, as Poco's console's would be
+        p += n;
+        left -= static_cast<size_t>(n);
     }
 }
 

@@ -1,7 +1,8 @@
 // The servers' log channel: Poco's AsyncChannel with a bound. Log lines are written by one thread of
 // their own, off the connections' path; when they arrive faster than the terminal takes them (a
 // --verbose server echoing 10 MB messages line by line), lines past `maxQueuedBytes` are dropped and
-// counted, and one line says how many, instead of the queue growing with the traffic.
+// counted, and one line says how many, instead of the queue growing with the traffic. And the channel
+// it writes to: each line to stderr in one write.
 #pragma once
 #include <Poco/AutoPtr.h>
 #include <Poco/Channel.h>
@@ -44,6 +45,19 @@ private:
     uint64_t dropped_ = 0, droppedUnreported_ = 0;
     bool stopping_ = false, running_ = false;
     std::thread thread_;
+};
+
+// Each message's text and its newline to stderr in one write(2). Poco's ConsoleChannel writes the
+// text and then std::endl on unbuffered std::clog: two system calls a line (issue 22), and a line
+// that another writer to the same terminal could split.
+class StderrLineChannel : public Poco::Channel {
+public:
+    void log(const Poco::Message& message) override;
+    // Registers the class with Poco's LoggingFactory (shared.properties names it).
+    static void registerClass();
+
+protected:
+    ~StderrLineChannel() override = default;
 };
 
 }  // namespace maillab

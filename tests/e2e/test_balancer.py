@@ -228,7 +228,7 @@ class Site:
         for role in SENDERS:
             self.start(role, "senderserver", common + [f"--hostname={NAME}", "--port=465"])
         for role in RETRIEVERS:
-            self.start(role, "retrieverserver", common + ["--port=443"])
+            self.start(role, "retrieverserver", common + ["--port=443", "--verbose"])
         cfg = os.path.join(self.dir, "haproxy.cfg")
         with open(cfg, "w") as f:
             f.write(HAPROXY_CFG.format(lb=net.address(BALANCER), **{r: net.address(r) for r in SENDERS + RETRIEVERS}))
@@ -307,7 +307,7 @@ def several_instances_behind_haproxy_share_one_store_and_see_the_students_addres
                        "p.pass_(sys.argv[4]); print(p.stat()); p.quit()")
         pop = net.run(STUDENT, [PY, "-c", import_pop3, site.ca, NAME, USER, password], timeout=60)
         assert pop.returncode == 0, pop.stdout + pop.stderr
-        retrievers_log = site.log("r1") + site.log("r2")
+        retrievers_log = site.log("r1") + site.log("r2")  # with --verbose: a line per request
         assert f"event=request peer={student}:" in retrievers_log and f"via={balancer}:" in retrievers_log, retrievers_log[-3000:]
         assert "service=pop3 peer=" + student in retrievers_log, retrievers_log[-3000:]
 

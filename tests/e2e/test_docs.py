@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Named in the docs, made at run time, so absent from a fresh checkout: each with why.
 MADE_AT_RUN_TIME = {
     "build/*": "the build's output (make all, make classroom, make bench QUICK=1)",
-    "users/maillab.db*": "the store, created by the first server that starts (with its -wal/-shm files)",
+    "users/maillab.db*": "the store, created by the first server that starts (with its -wal/-shm/-generations files)",
     "users/instructor.secret": "the token secret, made by the first make token",
     "certs/*.pem": "the lab CA and server certificate, made by make certs or the first server start",
     "captures/*.pcapng": "captures, made by make capture and make capture-start",

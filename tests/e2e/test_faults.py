@@ -37,7 +37,17 @@ def a_shared_memory_file_cut_short_is_refused_not_a_crash(lab):
         c = Conversation(lab, server.port)
         c.cmd("EHLO faults")
         reply = c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
-        assert reply.startswith("454 4.7.0"), reply
+        if reply.startswith("235"):
+            # A fresh cached login reads no database (docs/design.md, "Credential cache"): the damaged
+            # file is met, and refused, at the mailbox's first use instead.
+            replies = [c.cmd("MAIL FROM:<ana@447.edu>"), c.cmd("RCPT TO:<ana@447.edu>")]
+            if replies[-1].startswith("250"):
+                c.cmd("DATA")
+                replies.append(c.cmd("Subject: fault\r\n\r\nafter\r\n."))
+            reply = replies[-1]
+            assert reply.startswith("4"), replies
+        else:
+            assert reply.startswith("454 4.7.0"), reply
         c.close()
         assert server.proc.poll() is None, "the server died"
         assert "was truncated or replaced while in use" in server.log_text()

@@ -213,11 +213,14 @@ public:
     void full() const {
         if (diskFull) throw StoreError("step: database or disk is full");
     }
+    int loginStateReads = 0;
     std::optional<LoginState> loginState(const std::string& e, const std::string& s) override {
+        ++loginStateReads;
         auto state = in_.loginState(e, s);
         if (hook) std::exchange(hook, nullptr)();
         return state;
     }
+    std::optional<uint64_t> credentialGeneration(const std::string& e) override { return in_.credentialGeneration(e); }
     std::optional<Account> findAccount(const std::string& e) override { return in_.findAccount(e); }
     bool createAccount(const std::string& e, const std::string& h, int64_t n) override { return in_.createAccount(e, h, n); }
     bool setPasswordHash(const std::string& e, const std::string& h) override { return in_.setPasswordHash(e, h); }
@@ -335,4 +338,55 @@ TEST_CASE("on a full disk logins go on, and guesses are still paid for (from mem
     while (server.authenticate("ana@447.edu", "00000447", false, "198.18.0.66").outcome == AuthOutcome::BadCredentials)
         ++checked;
     CHECK(checked == lab.auth->policy().guessBurst);
+}
+
+TEST_CASE("a fresh cached login reads no account, and another process's change still ends it at once",
+          "[auth][cache][generation]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.cacheTtlSeconds = 600;
+    LabFixture lab(policy);
+    lab.addUser("ana@447.edu", "11111447");
+    RacingStore counting(*lab.store);
+    Authenticator server(counting, policy, [&] { return lab.now; });
+    // Checked by the slow hash, then once against the account from the cache: fresh from then on.
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    int reads = counting.loginStateReads;
+    for (int i = 0; i < 5; ++i)
+        REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    CHECK(counting.loginStateReads == reads);  // no database read of the account
+    // Another address is not fresh: its budget was never read for this entry.
+    CHECK(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.2").outcome == AuthOutcome::Ok);
+    CHECK(counting.loginStateReads > reads);
+    // A wrong password is never accepted, fresh or not.
+    CHECK(server.authenticate("ana@447.edu", "11111448", false, "10.0.0.2").outcome == AuthOutcome::BadCredentials);
+    // Another process (maillab-admin, the other server, another instance) changes the password.
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
+    CHECK(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::BadCredentials);
+    CHECK(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    // ...or removes the account.
+    REQUIRE(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    REQUIRE(lab.deleteAccountInDatabase("ana@447.edu"));
+    CHECK(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::BadCredentials);
+}
+
+TEST_CASE("a fresh cached login stops once another process's guesses spend its budget", "[auth][cache][generation]") {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    policy.cacheTtlSeconds = 600;
+    policy.guessRefillSeconds = 1000000;
+    LabFixture lab(policy);
+    lab.addUser("ana@447.edu", "11111447");
+    Authenticator server(*lab.store, policy, [&] { return lab.now; });
+    for (int i = 0; i < 3; ++i)
+        REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    // A guesser on the same address, through another process's store, spends that address's budget.
+    auto other = lab.anotherStore();
+    Authenticator guesser(*other, policy, [&] { return lab.now; });
+    for (int i = 0; i < policy.guessBurst; ++i)
+        REQUIRE(guesser.authenticate("ana@447.edu", "0000044" + std::to_string(i), false, "10.0.0.1").outcome ==
+                AuthOutcome::BadCredentials);
+    // The cached password is no longer compared for free: the budget is read, and it is empty.
+    CHECK(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Throttled);
 }

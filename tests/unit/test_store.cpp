@@ -1,10 +1,14 @@
 // The store, on SQLite (and on PostgreSQL too with MAILLAB_TEST_PG_URL: see fixtures.h): accounts,
 // delivery to several mailboxes, listing, lookup, schema version.
 #include "fixtures.h"
+#include "../../common/lab/group_commit.h"
 
 #include "catch.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <set>
 #include <sqlite3.h>
 
 #include <thread>
@@ -257,4 +261,45 @@ TEST_CASE("deleteMessages removes a mailbox's own messages in one go; counts, by
     CHECK(sqlite3_column_int64(st, 0) == 2);  // shared (ana) and third
     sqlite3_finalize(st);
     sqlite3_close(db);
+}
+
+TEST_CASE("group commit: one commit for every waiter, each woken with its own result", "[store][group-commit]") {
+    std::atomic<int> commits{0};
+    std::atomic<int64_t> nextId{1};
+    GroupCommit group([&](const std::vector<GroupCommit::Delivery*>& batch) {
+        ++commits;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));  // an fsync: others arrive meanwhile
+        bool fail = batch.front()->message->queueId == "FAIL";
+        for (GroupCommit::Delivery* d : batch) {
+            if (fail) d->error = std::make_exception_ptr(StoreError("disk full"));
+            else d->ids.push_back(nextId++);
+        }
+    });
+    const int threads = 16, each = 20;
+    std::vector<std::thread> workers;
+    std::atomic<int> delivered{0};
+    std::vector<std::vector<int64_t>> ids(threads);
+    for (int t = 0; t < threads; ++t)
+        workers.emplace_back([&, t] {
+            for (int i = 0; i < each; ++i) {
+                NewMessage m;
+                m.queueId = "Q" + std::to_string(t);
+                auto got = group.deliver(m);
+                if (got.size() == 1) ids[t].push_back(got[0]);
+                ++delivered;
+            }
+        });
+    for (auto& w : workers) w.join();
+    CHECK(delivered == threads * each);
+    std::set<int64_t> all;
+    for (auto& v : ids) all.insert(v.begin(), v.end());
+    CHECK(all.size() == static_cast<size_t>(threads * each));  // every caller its own id, none lost
+    CHECK(commits < threads * each);                           // grouped
+    // A failed commit fails its caller (and whoever shared it), and the next one goes on.
+    NewMessage bad;
+    bad.queueId = "FAIL";
+    CHECK_THROWS_AS(group.deliver(bad), StoreError);
+    NewMessage good;
+    good.queueId = "Q";
+    CHECK(group.deliver(good).size() == 1);
 }
