@@ -376,7 +376,7 @@ FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I/usr/include/postgresql
 FUZZ_LIB_SRC := $(filter-out common/tools/% common/lab/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp \
                 retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/autoconfig.cpp retriever/pop3_session.cpp
-FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3
+FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3 fuzz_proxy
 FUZZ_PACKAGES := clang
 .SECONDARY: $(patsubst %.cpp,$(FUZZ_DIR)/obj/%.o,$(FUZZ_LIB_SRC)) $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.o,$(FUZZ_TARGETS))
 
