@@ -35,7 +35,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
           -lssl -lcrypto -lsqlite3 -lpq -lpthread
 
 COMMON_SRC := $(wildcard common/net/*.cpp common/lab/*.cpp)
-SENDER_LIB_SRC := sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
+SENDER_LIB_SRC := sender/session.cpp sender/session_bytes.cpp sender/session_message.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/pop3_session.cpp \
                      retriever/autoconfig.cpp retriever/pop3_server.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
@@ -374,7 +374,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_DIR := build/fuzz
 FUZZ_CXX := clang++
 FUZZ_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -I/usr/include/postgresql
-FUZZ_LIB_SRC := $(filter-out common/tools/% common/lab/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/session_bytes.cpp sender/smtp_syntax.cpp \
+FUZZ_LIB_SRC := $(filter-out common/tools/% common/lab/client_support.cpp,$(COMMON_SRC)) sender/session.cpp sender/session_bytes.cpp sender/session_message.cpp sender/smtp_syntax.cpp \
                 retriever/mail_api.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/autoconfig.cpp retriever/pop3_session.cpp
 FUZZ_TARGETS := fuzz_session fuzz_syntax fuzz_mail_api fuzz_mime_view fuzz_pop3 fuzz_proxy
 FUZZ_PACKAGES := clang

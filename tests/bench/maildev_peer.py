@@ -25,6 +25,8 @@ import socket
 import subprocess
 import time
 
+from captures.labprocess import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PACKAGE = "maildev@3"
@@ -32,14 +34,6 @@ NODE_MAJOR_NEEDED = 20   # MailDev 3.0's package.json: "engines": {"node": ">=20
 LISTED = 200             # messages in the mailbox that the listing GETs read
 PAGE = 50                # maillab's http.defaultPageSize; MailDev is asked for the same number
 PRELOAD = os.path.join(HERE, "maildev_no_reverse_dns.cjs")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, proc, timeout=60):

@@ -1,0 +1,272 @@
+// The SMTP session's message: DATA lines (dot-unstuffing, the in-flight budget), finishing a message
+// (Received, the header summary) and storing it (Store::deliver: the 250 only after the commit, the
+// quota and the disk refusals), and the message's story (the session's transcript, stored with it).
+// Split from session.cpp, which keeps the command table, the states and the commands.
+#include "session.h"
+
+#include "smtp_syntax.h"
+#include "../common/net/rfc5322.h"
+#include "../common/net/text.h"
+#include "../common/net/log_text.h"
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <sstream>
+#include <vector>
+
+namespace maillab::smtp {
+
+namespace {
+bool startsWithHeaderField(const std::string& message) {
+    // RFC 5322 2.2: field-name is printable US-ASCII except ':' followed by ':'.
+    size_t i = 0;
+    while (i < message.size() && message[i] > 32 && message[i] < 127 && message[i] != ':') ++i;
+    return i > 0 && i < message.size() && message[i] == ':';
+}
+}  // namespace
+
+void Session::noteStory(std::string line) {
+    if (limits_.maxStoryBytes == 0) return;
+    line = escapeControl(line.substr(0, 1024));
+    const size_t half = limits_.maxStoryBytes / 2;
+    if (storyTail_.empty() && storyHeadBytes_ + line.size() <= half) {
+        storyHeadBytes_ += line.size();
+        storyHead_.push_back(std::move(line));
+        return;
+    }
+    storyTailBytes_ += line.size();
+    storyTail_.push_back(std::move(line));
+    while (storyTailBytes_ > half && storyTailStart_ < storyTail_.size()) {
+        storyTailBytes_ -= storyTail_[storyTailStart_].size();
+        storyTail_[storyTailStart_++].clear();
+        ++storyLeftOut_;
+    }
+    if (storyTailStart_ > 64 && storyTailStart_ * 2 > storyTail_.size()) {  // compact now and then
+        storyTail_.erase(storyTail_.begin(), storyTail_.begin() + static_cast<std::ptrdiff_t>(storyTailStart_));
+        storyTailStart_ = 0;
+    }
+}
+
+void Session::noteClientLine(const std::string& line, State before) {
+    if (before == State::Closed) return;
+    if (before == State::Data) {
+        // The message itself is in the mailbox: the story says how much of it crossed the wire.
+        if (line == ".") {
+            noteStory("C: <the message: " + std::to_string(data_.size()) + " octets, dot-stuffed on the wire>");
+            noteStory("C: .");
+        }
+        return;
+    }
+    noteStory("C: " + redactForLog(line));
+}
+
+void Session::noteReplies(const Output& out) {
+    for (const Reply& r : out.replies) {
+        std::string wire = r.forLog();
+        for (size_t start = 0, end; (end = wire.find("\r\n", start)) != std::string::npos; start = end + 2)
+            noteStory("S: " + wire.substr(start, end - start));
+    }
+}
+
+std::string Session::storyJson(const std::string& queueId) const {
+    Poco::JSON::Object story;
+    story.set("queue_id", queueId);
+    story.set("started_at", startedAt_);
+    story.set("peer", env_.peerAddress);
+    story.set("helo", escapeControl(heloName_));
+    story.set("tls", tlsActive_ ? env_.tlsDescription : std::string());
+    story.set("tls_group", tlsActive_ ? env_.tlsGroup : std::string());
+    story.set("starttls", env_.tlsMode == TlsMode::StartTls);
+    story.set("account", user_);
+    Poco::JSON::Array lines;
+    for (const auto& line : storyHead_) lines.add(line);
+    if (storyLeftOut_) lines.add("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");
+    for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) lines.add(storyTail_[i]);
+    story.set("transcript", lines);
+    std::ostringstream out;
+    story.stringify(out);
+    return out.str();
+}
+
+Output Session::onDataLine(const std::string& line, bool bareLf) {
+    bool previousCrlf = previousDataLineCrlf_;
+    previousDataLineCrlf_ = !bareLf;
+    if (line == ".") {
+        // RFC 5321 4.1.1.4 and 2.3.8: only <CRLF>.<CRLF> ends the data. A "." with a bare LF on either
+        // side is how SMTP smuggling (CVE-2023-51764/51765) hides a second message: what follows must
+        // not run as commands, and the message is not stored. It is also what `openssl s_client`
+        // sends without -crlf, so the reply says so; the connection closes either way.
+        if (!bareLf && previousCrlf) return finishMessage();
+        Output out;
+        out.replies.push_back(reply(BareLineFeedAtEnd,
+                                    "Bare <LF> around the ending \".\" (only <CRLF>.<CRLF> ends DATA, RFC 5321 "
+                                    "2.3.8); message not stored, closing connection. With openssl s_client use "
+                                    "-crlf"));
+        out.close = true;
+        env_.log("event=bare-lf-at-end-of-data stored=no");
+        resetTransaction();
+        enterState(State::Closed);
+        return out;
+    }
+    // Elsewhere in the content a bare LF is read as CRLF (Postfix's smtpd_forbid_bare_newline =
+    // normalize); a bare CR, which other servers may read as a line end, refuses the message.
+    if (line.find('\r') != std::string::npos) dataBareCr_ = true;
+    std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
+    appendData(text.data(), text.size(), true);
+    return {};
+}
+
+void Session::appendData(const char* data, size_t size, bool crlf) {
+    if (data_.size() + size + (crlf ? 2 : 0) > limits_.maxMessageSize) {
+        dataTooBig_ = true;  // keep reading to the end of the message, store nothing
+        releaseData();
+    }
+    if (dataTooBig_ || dataOverBudget_) return;
+    data_.append(data, size);
+    if (crlf) data_ += "\r\n";
+    // What the buffer holds (its capacity, not only its size) is taken from the server's budget
+    // as it grows; past the budget the message is read to its end and refused with 452.
+    if (env_.dataBudget && data_.capacity() > dataBudgetHeld_) {
+        size_t more = data_.capacity() - dataBudgetHeld_;
+        if (env_.dataBudget->take(more)) {
+            dataBudgetHeld_ += more;
+        } else {
+            dataOverBudget_ = true;
+            releaseData();
+            env_.log("event=data-over-budget in-flight=" + std::to_string(env_.dataBudget->inUse()));
+        }
+    }
+}
+
+Output Session::finishMessage() {
+    enterState(State::Ready);
+    if (dataOverBudget_) {
+        resetTransaction();
+        // RFC 5321 4.2.2 / RFC 3463 X.3.1: a transient refusal, the client tries again later.
+        return error(InsufficientStorage, "Insufficient system storage: too much mail arriving at once; "
+                                          "message not stored, try again later");
+    }
+    if (dataTooBig_) {
+        resetTransaction();
+        return error(MessageTooBig, "Message size exceeds fixed maximum message size (" +
+                                        std::to_string(limits_.maxMessageSize) + " octets); not stored");
+    }
+    if (dataLineTooLong_) {
+        resetTransaction();
+        return error(LineTooLong, "Message has a line over " + std::to_string(limits_.maxLineLength) +
+                                      " octets (RFC 5321 4.5.3.1.6); not stored");
+    }
+    if (dataBareCr_) {
+        resetTransaction();
+        return error(BareCarriageReturn, "Message contains a bare <CR> (RFC 5321 2.3.8: CR only before LF); not stored");
+    }
+
+    const int64_t now = env_.clock();
+    NewMessage message;
+    message.queueId = env_.newQueueId();
+    message.envelopeFrom = mailFrom_;
+    message.recipients = recipients_;
+    message.receivedAt = now;
+
+    HeaderSummary headers = summarizeHeaders(data_);
+    std::string date = rfc5322::dateTime(now);
+    // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
+    // "(Authenticated sender: ...)" as Postfix writes it (smtpd_sasl_authenticated_header): who
+    // really sent it, whatever the header From says.
+    std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\t(Authenticated sender: " +
+                        user_ + ")\r\n\tby " + env_.hostname +
+                        " (maillab) with " + std::string(tlsActive_ ? "ESMTPSA" : "ESMTPA") +
+                        " id " + message.queueId + "\r\n\t";
+    if (tlsActive_ && !env_.tlsDescription.empty()) added += "(" + env_.tlsDescription + ")\r\n\t";
+    if (recipients_.size() == 1) added += "for <" + recipients_[0] + ">";
+    added += "; " + date + "\r\n";
+    // RFC 6409 8.2/8.3: a submission server may add a missing Date and Message-ID.
+    if (!headers.hasDate) added += "Date: " + date + "\r\n";
+    if (!headers.hasMessageId) {
+        headers.messageId = "<" + message.queueId + "." + std::to_string(now) + "@" + env_.hostname + ">";
+        added += "Message-ID: " + headers.messageId + "\r\n";
+    }
+    if (!startsWithHeaderField(data_)) added += "\r\n";  // a bare body: keep it out of the header section
+    // In place: one copy of the message in memory, not two (the budget still counts it until stored).
+    data_.insert(0, added);
+    message.raw = std::move(data_);
+    message.from = headers.from.empty() ? mailFrom_ : headers.from;
+    message.to = headers.to;
+    message.subject = headers.subject;
+    message.date = headers.hasDate ? headers.date : date;
+    message.story = storyJson(message.queueId);
+
+    size_t count = recipients_.size();
+    size_t size = message.raw.size();
+    std::optional<Output> refusal = storageRefusal();
+    for (size_t i = 0; !refusal && i < recipients_.size(); ++i) refusal = quotaRefusal(recipients_[i], size);
+    if (!refusal && env_.rates) {
+        if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Bytes,
+                                            static_cast<int64_t>(size * count), now))
+            refusal = error(RateLimited, "Submission rate limit: " +
+                                             std::to_string(env_.rates->perHour(SubmissionRates::What::Bytes) >> 20) +
+                                             " MiB an hour from your account and address (each recipient counts); "
+                                             "try again in " + std::to_string((wait + 59) / 60) + " min");
+    }
+    if (refusal) {
+        resetTransaction();
+        return *refusal;
+    }
+    std::optional<std::string> failure;
+    try {
+        store_.deliver(message);
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    message.raw = std::string();  // the message's memory goes now; the budget's bytes with the reset
+    resetTransaction();
+    if (failure) {
+        env_.log("event=store result=error reason=" + logValue(*failure));
+        return error(LocalError, "Local error in processing: message not stored; try again later");
+    }
+    env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +
+             " rcpts=" + std::to_string(count) + " size=" + std::to_string(size));
+    if (env_.rates) env_.rates->charge(user_, env_.peerAddress, static_cast<int64_t>(count),
+                                       static_cast<int64_t>(size * count), now);
+    if (env_.onQueued) env_.onQueued(user_, message.subject);
+    Output out;
+    // Sent only after the commit: a 250 means the message is on disk.
+    out.replies.push_back(reply(Ok, "Ok: queued as " + message.queueId));
+    return out;
+}
+
+std::optional<Output> Session::storageRefusal() {
+    if (!env_.freeDiskBytes || limits_.minFreeDiskBytes <= 0) return std::nullopt;
+    int64_t free = env_.freeDiskBytes();
+    if (free >= limits_.minFreeDiskBytes) return std::nullopt;
+    // New mail stops first, so that logins and reading (which write a little) keep working.
+    env_.log("event=disk-low free=" + std::to_string(free) + " floor=" + std::to_string(limits_.minFreeDiskBytes));
+    return error(InsufficientStorage, "Insufficient system storage: the server's disk is nearly full; "
+                                      "no new mail until there is room (try again later)");
+}
+
+std::optional<Output> Session::quotaRefusal(const std::string& mailbox, size_t adding) {
+    if (limits_.mailboxQuotaBytes <= 0) return std::nullopt;
+    int64_t holds = 0;
+    try {
+        holds = store_.mailboxStats(mailbox).bytes;
+    } catch (const std::exception& e) {
+        env_.log(std::string("event=store result=error reason=") + logValue(e.what()));
+        return error(LocalError, "Local error in processing; try again later");
+    }
+    if (holds + static_cast<int64_t>(adding) <= limits_.mailboxQuotaBytes && holds < limits_.mailboxQuotaBytes)
+        return std::nullopt;
+    // RFC 3463 4.2.2: mailbox full, a transient condition (the owner can make room).
+    auto size = [](int64_t bytes) {
+        return bytes >= (1 << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes) + " bytes";
+    };
+    return error(MailboxFull, "Mailbox full: <" + mailbox + "> holds " + size(holds) + " of its " +
+                                  size(limits_.mailboxQuotaBytes) +
+                                  (adding ? " and this message does not fit" : "") + "; try again later");
+}
+
+}  // namespace maillab::smtp
