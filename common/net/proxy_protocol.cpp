@@ -83,21 +83,17 @@ Result parseV2(const unsigned char* bytes, size_t size, size_t maxBytes) {
     if (transport != kTransportStream && !(family == kFamilyUnix && transport == kTransportUnspec))
         return invalid("PROXY v2 header for a transport other than TCP (" + std::to_string(transport) + ")");
     // Whatever follows the address block is TLVs (2.2.x): skipped, all of them (the length covers them).
-    if (family == kFamilyInet) {
-        if (blockBytes < kInetBlockBytes) return invalid("PROXY v2 TCP4 header shorter than its addresses");
-        header.sourceAddress = addressText(AF_INET, block);
-        header.destinationAddress = addressText(AF_INET, block + 4);
-        header.sourcePort = portAt(block + 8);
-        header.destinationPort = portAt(block + 10);
-        header.hasAddresses = true;
-        return result;
-    }
-    if (family == kFamilyInet6) {
-        if (blockBytes < kInet6BlockBytes) return invalid("PROXY v2 TCP6 header shorter than its addresses");
-        header.sourceAddress = addressText(AF_INET6, block);
-        header.destinationAddress = addressText(AF_INET6, block + 16);
-        header.sourcePort = portAt(block + 32);
-        header.destinationPort = portAt(block + 34);
+    if (family == kFamilyInet || family == kFamilyInet6) {
+        // 2.2: source address, destination address, source port, destination port (network order).
+        bool v6 = family == kFamilyInet6;
+        size_t addressBytes = v6 ? 16 : 4;
+        if (blockBytes < (v6 ? kInet6BlockBytes : kInetBlockBytes))
+            return invalid(std::string("PROXY v2 ") + (v6 ? "TCP6" : "TCP4") + " header shorter than its addresses");
+        int af = v6 ? AF_INET6 : AF_INET;
+        header.sourceAddress = addressText(af, block);
+        header.destinationAddress = addressText(af, block + addressBytes);
+        header.sourcePort = portAt(block + 2 * addressBytes);
+        header.destinationPort = portAt(block + 2 * addressBytes + 2);
         header.hasAddresses = true;
         return result;
     }

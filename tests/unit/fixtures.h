@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 namespace maillab::testing {
 
@@ -108,5 +109,20 @@ struct LabFixture {
         return ok;
     }
 };
+
+// A message from ana to the given mailboxes, as the SMTP session would hand it to Store::deliver.
+inline NewMessage sampleMessage(const std::string& subject, std::vector<std::string> rcpts) {
+    NewMessage m;
+    m.queueId = "Q" + subject;
+    m.envelopeFrom = "ana@447.edu";
+    m.recipients = std::move(rcpts);
+    m.from = "ana@447.edu";
+    m.to = "bob@447.edu";
+    m.subject = subject;
+    m.date = "Mon, 23 Nov 2026 10:00:00 +0000";
+    m.receivedAt = 1000;
+    m.raw = "Subject: " + subject + "\r\n\r\nbody\r\n";
+    return m;
+}
 
 }  // namespace maillab::testing

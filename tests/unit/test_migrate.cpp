@@ -13,14 +13,7 @@ using maillab::testing::LabFixture;
 
 namespace {
 NewMessage delivery(const std::string& subject, std::vector<std::string> rcpts, int64_t at) {
-    NewMessage m;
-    m.queueId = "Q" + subject;
-    m.envelopeFrom = "ana@447.edu";
-    m.recipients = std::move(rcpts);
-    m.from = "ana@447.edu";
-    m.to = "bob@447.edu";
-    m.subject = subject;
-    m.date = "Mon, 23 Nov 2026 10:00:00 +0000";
+    NewMessage m = maillab::testing::sampleMessage(subject, std::move(rcpts));
     m.receivedAt = at;
     m.raw = "Subject: " + subject + "\r\n\r\n8-bit \xe9 and a NUL " + std::string(1, '\0') + "\r\n";
     m.story = "{\"peer\":\"127.0.0.1:4000\",\"subject\":\"" + subject + "\"}";

@@ -18,17 +18,7 @@ using maillab::testing::LabFixture;
 
 namespace {
 NewMessage message(const std::string& subject, std::vector<std::string> rcpts) {
-    NewMessage m;
-    m.queueId = "Q" + subject;
-    m.envelopeFrom = "ana@447.edu";
-    m.recipients = std::move(rcpts);
-    m.from = "ana@447.edu";
-    m.to = "bob@447.edu";
-    m.subject = subject;
-    m.date = "Mon, 23 Nov 2026 10:00:00 +0000";
-    m.receivedAt = 1000;
-    m.raw = "Subject: " + subject + "\r\n\r\nbody\r\n";
-    return m;
+    return maillab::testing::sampleMessage(subject, std::move(rcpts));
 }
 }  // namespace
 
