@@ -1,12 +1,13 @@
-// What the lab's programs share around Poco::Util: the built-in defaults (each program's .properties
-// file, compiled in so the binary works from any directory), the servers' common options, reading
-// the shared settings (store, TLS, authentication), and key=value log formatting.
+// The lab's server scaffolding on top of the network floor (common/net/server_runtime.h): the options
+// both servers take, --help, the store and authentication settings, opening the store (certificates
+// made when missing), what a class server keeps for the instructor, and the guarded main (LabServer).
 #pragma once
 #include "auth.h"
 #include "class_board.h"
 #include "../net/proxy_protocol.h"
 #include "store.h"
 #include "../net/log_text.h"
+#include "../net/server_runtime.h"
 #include "../net/tls.h"
 
 #include <Poco/Logger.h>
@@ -24,10 +25,6 @@
 
 namespace maillab {
 
-// Adds compiled-in defaults at a low priority (1000 and below), so a --config file and options
-// override them; a larger `priority` is consulted later.
-void loadBuiltinDefaults(Poco::Util::LayeredConfiguration& config, const char* propertiesText, int priority = 1000);
-
 // The options both servers take; `prefix` is "sender" or "retriever" (--port binds <prefix>.port),
 // `tlsModes` describes the --tls values the server accepts.
 void addServerOptions(Poco::Util::OptionSet& options, const std::string& prefix, const std::string& tlsModes);
@@ -41,10 +38,6 @@ void printHelp(const Poco::Util::OptionSet& options, const std::string& command,
 
 // store.url (or store.path from older files) and the backends' tuning.
 StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
-TlsOptions tlsOptionsFrom(const Poco::Util::AbstractConfiguration& config);
-// proxy.trustedAddresses, proxy.headerTimeoutMs, proxy.maxHeaderBytes. Throws std::invalid_argument
-// naming a bad entry or value.
-proxy::Settings proxySettingsFrom(const Poco::Util::AbstractConfiguration& config);
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
@@ -64,35 +57,6 @@ struct ClassRecord {
 // With auth.registrationRosterOnly, only the roster's accounts may register (`auth` is told so).
 bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Authenticator& auth,
                      Poco::Logger& logger, ClassRecord& record);
-
-// A server's configuration: the compiled-in defaults (common/shared.properties under the server's
-// own file), then the --config file when one was given.
-void loadServerConfiguration(Poco::Util::Application& app, const char* sharedDefaults, const char* ownDefaults);
-
-// Free bytes for an unprivileged writer on the file system holding `directory` (statvfs); a large
-// number when it cannot be read (the check then never refuses mail on a guess).
-int64_t freeBytesAt(const std::string& directory);
-
-// Raises the open-file limit to the hard limit: every connection is a descriptor, and the soft
-// default (often 1024) is below what sender.maxConnections allows. Returns the new soft limit.
-long raiseOpenFileLimit();
-
-// The server's TLS context, with its key log when asked for (and said so in the log).
-// `alpn` is the protocol the server speaks ("smtp", "http/1.1"): see acceptAlpn() in tls.h.
-Poco::Net::Context::Ptr serverTlsContext(const TlsOptions& tls, const std::string& alpn, Poco::Logger& logger);
-
-// The listening sockets, one per address in `addresses` ("127.0.0.1,::1", as --bind takes them),
-// all on one port; port 0 picks one that every address can take. TLS from the first byte when
-// `tlsContext` is given, else in clear; a service with no TLS at all (`plaintextWarning` non-empty)
-// listens on loopback only and logs the warning. A port in use is refused (no SO_REUSEPORT: one
-// server per port). ::1 is skipped with a warning where the machine has no IPv6. Returns an empty
-// list, after logging why, when an address cannot be had.
-std::vector<std::unique_ptr<Poco::Net::ServerSocket>> openListeners(const std::string& addresses, int port,
-                                                                    int backlog, Poco::Net::Context::Ptr tlsContext,
-                                                                    const std::string& plaintextWarning,
-                                                                    Poco::Logger& logger);
-// "127.0.0.1:9000 [::1]:9000"
-std::string describeListeners(const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners);
 
 // A server's main() body: a setting that should be a number and is not becomes one startup-failed
 // line and exit 64 (EX_USAGE), not Poco's bare "Syntax error".
