@@ -280,16 +280,21 @@ std::string saveNew(int dirFd, const std::string& name, const std::string& bytes
     throw ClientError(kExitUsage, name + " and " + std::to_string(kMaxSuffix) + " numbered copies exist already");
 }
 
-class RetrieverClient : public Poco::Util::Application {
+class RetrieverClient : public ClientApplication {
+public:
+    RetrieverClient()
+        : ClientApplication("implicit (HTTPS, default) or off (plain HTTP), as the server runs",
+                            "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive. With "
+                            "--id N it shows one message decoded (subject, addresses, text, attachments; --raw: as sent) "
+                            "and --save-attachments DIR saves its attachments.",
+                            "Exit status: 0 done, 1 refused by the server (HTTP error), 2 usage, 3 cannot connect, 4 TLS "
+                            "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.") {}
+
 protected:
     void defineOptions(Poco::Util::OptionSet& options) override {
-        Application::defineOptions(options);
-        addClientOptions(options, "implicit (HTTPS, default) or off (plain HTTP), as the server runs");
+        ClientApplication::defineOptions(options);
         auto add = [&](const char* name, const char* description, const char* argument) {
-            Poco::Util::Option option(name, "", description);
-            option.required(false).repeatable(false);
-            if (argument) option.argument(argument).binding(std::string("client.") + name);
-            options.addOption(option);
+            addClientOption(options, name, description, argument);
         };
         add("user", "read this account's mailbox", "EMAIL");
         add("password", "the account's password", "PASSWORD");
@@ -306,17 +311,8 @@ protected:
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
-        Application::handleOption(name, value);
-        if (name == "help") {
-            printHelp(options(), commandName(),
-                      "The maillab retriever client (HTTPS on TLS 1.3). Without --user it is interactive. With "
-                      "--id N it shows one message decoded (subject, addresses, text, attachments; --raw: as sent) "
-                      "and --save-attachments DIR saves its attachments.",
-                      "Exit status: 0 done, 1 refused by the server (HTTP error), 2 usage, 3 cannot connect, 4 TLS "
-                      "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.");
-            stopOptionsProcessing();
-            helpRequested_ = true;
-        } else if (name == "verbose" || name == "json" || name == "raw") {
+        ClientApplication::handleOption(name, value);
+        if (name == "verbose" || name == "json" || name == "raw") {
             config().setBool("client." + name, true);
         } else if (name == "header") {
             size_t colon = value.find(':');
@@ -329,25 +325,17 @@ protected:
     }
 
     int main(const std::vector<std::string>&) override {
-        if (helpRequested_) return kOk;
+        if (helpRequested()) return kOk;
         auto& cfg = config();
-        std::string host = cfg.getString("client.host", "localhost");
-        int port = 0, timeout = 0;
+        ClientSettings common;
         try {
-            port = numberOption(cfg, "client.port", 9100, 1, 65535, "--port");
-            timeout = numberOption(cfg, "client.timeout", 30, 1, 86400, "--timeout");
+            common = settings(9100, "http");
         } catch (const std::invalid_argument& e) {
             std::cerr << "error: " << e.what() << "\n";
             return kUsage;
         }
-        domain_ = cfg.getString("client.domain", "447.edu");
-        Target target;
-        target.host = host;
-        target.port = port;
-        target.serverName = cfg.getString("client.servername", host);
-        target.service = "http";
-        target.tlsMode = cfg.getString("client.tls", "implicit");
-        target.caFile = cfg.getString("client.ca", "certs/ca.pem");
+        domain_ = common.domain;
+        const Target& target = common.target;
         if (target.tlsMode != "implicit" && target.tlsMode != "off") {
             std::cerr << "error: --tls must be implicit (HTTPS) or off (plain HTTP), as the server runs\n";
             return kUsage;
@@ -357,11 +345,11 @@ protected:
             context = clientContext(target.caFile, cfg.getString("client.keylog", ""), "http/1.1");
             if (!context) return kExitTls;
         }
-        connection_ = std::make_unique<RetrieverConnection>(target, context, timeout,
+        connection_ = std::make_unique<RetrieverConnection>(target, context, common.timeout,
                                                             cfg.getBool("client.verbose", false));
         connection_->extraHeaders_ = headers_;
         try {
-            return cfg.has("client.user") ? runScripted() : runInteractive(host, port);
+            return cfg.has("client.user") ? runScripted() : runInteractive(target.host, target.port);
         } catch (const std::exception& e) {
             ClientError error = explainFailure(e, target);
             std::cerr << "error: " << error.what() << "\n";
@@ -507,7 +495,6 @@ private:
         return kOk;
     }
 
-    bool helpRequested_ = false;
     std::vector<std::pair<std::string, std::string>> headers_;
     Terminal terminal_;
     std::string domain_;

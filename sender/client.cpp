@@ -36,15 +36,19 @@ using namespace smtp::replies;
 // Exit codes: connect.h (ClientExit), the same for both lab clients.
 constexpr int kOk = kExitOk, kRefused = kExitRefused, kUsage = kExitUsage;
 
-class SenderClient : public Poco::Util::Application {
+class SenderClient : public ClientApplication {
+public:
+    SenderClient()
+        : ClientApplication("implicit (default), starttls or off, as the server runs",
+                            "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.",
+                            "Exit status: 0 done, 1 refused by the server, 2 usage, 3 cannot connect, 4 TLS "
+                            "(certificate, --tls mismatch), 5 not an SMTP server or the server went away.") {}
+
 protected:
     void defineOptions(OptionSet& options) override {
-        Application::defineOptions(options);
-        addClientOptions(options, "implicit (default), starttls or off, as the server runs");
+        ClientApplication::defineOptions(options);
         auto add = [&](const char* name, const char* description, const char* argument) {
-            Option option(name, "", description);
-            option.required(false).repeatable(false).argument(argument).binding(std::string("client.") + name);
-            options.addOption(option);
+            addClientOption(options, name, description, argument);
         };
         add("user", "log in as EMAIL; without --password an unknown lab address registers", "EMAIL");
         add("password", "password for --user", "PASSWORD");
@@ -58,15 +62,8 @@ protected:
     }
 
     void handleOption(const std::string& name, const std::string& value) override {
-        Application::handleOption(name, value);
-        if (name == "help") {
-            printHelp(options(), commandName(),
-                      "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.",
-                      "Exit status: 0 done, 1 refused by the server, 2 usage, 3 cannot connect, 4 TLS "
-                      "(certificate, --tls mismatch), 5 not an SMTP server or the server went away.");
-            stopOptionsProcessing();
-            helpRequested_ = true;
-        } else if (name == "verbose") {
+        ClientApplication::handleOption(name, value);
+        if (name == "verbose") {
             verbose_ = true;
         } else if (name == "attach") {
             attachPaths_.push_back(value);
@@ -74,30 +71,24 @@ protected:
     }
 
     int main(const std::vector<std::string>&) override {
-        if (helpRequested_) return kOk;
+        if (helpRequested()) return kOk;
         auto& cfg = config();
-        host_ = cfg.getString("client.host", "localhost");
         try {
-            port_ = numberOption(cfg, "client.port", 9000, 1, 65535, "--port");
-            timeout_ = numberOption(cfg, "client.timeout", 30, 1, 86400, "--timeout");
+            ClientSettings common = settings(9000, "smtp");
+            target_ = common.target;
+            timeout_ = common.timeout;
+            domain_ = common.domain;
             greeting_ = numberOption(cfg, "client.greeting-timeout", 5, 1, 3600, "--greeting-timeout");
         } catch (const std::invalid_argument& e) {
             std::cerr << "error: " << e.what() << "\n";
             return kUsage;
         }
-        domain_ = cfg.getString("client.domain", "447.edu");
-        auto mode = smtp::parseTlsMode(cfg.getString("client.tls", "implicit"));
+        auto mode = smtp::parseTlsMode(target_.tlsMode);
         if (!mode) {
             std::cerr << "error: --tls must be implicit, starttls or off (the same as the server's)\n";
             return kUsage;
         }
         mode_ = *mode;
-        target_.host = host_;
-        target_.port = port_;
-        target_.serverName = cfg.getString("client.servername", host_);
-        target_.service = "smtp";
-        target_.tlsMode = cfg.getString("client.tls", "implicit");
-        target_.caFile = cfg.getString("client.ca", "certs/ca.pem");
         if (mode_ != smtp::TlsMode::Off) {
             context_ = clientContext(target_.caFile, cfg.getString("client.keylog", ""), "smtp");
             if (!context_) return kExitTls;
@@ -251,7 +242,7 @@ private:
 
     int connectInteractive(SmtpClient& client) {
         bool plain = mode_ != smtp::TlsMode::Implicit;
-        std::cout << "Connecting to " << host_ << ":" << port_
+        std::cout << "Connecting to " << target_.host << ":" << target_.port
                   << (mode_ == smtp::TlsMode::Implicit ? " over TLS 1.3 (implicit TLS) ...\n"
                       : mode_ == smtp::TlsMode::StartTls ? " in plaintext; STARTTLS will upgrade to TLS 1.3 ...\n"
                                                         : " in PLAINTEXT (--tls off): everything typed crosses the wire readable ...\n");
@@ -430,10 +421,8 @@ private:
     }
 
     std::vector<std::string> attachPaths_;  // --attach, in order
-    bool helpRequested_ = false;
     bool verbose_ = false;
-    std::string host_, domain_;
-    int port_ = 9000;
+    std::string domain_;
     int timeout_ = 30;
     int greeting_ = 5;
     smtp::TlsMode mode_ = smtp::TlsMode::Implicit;

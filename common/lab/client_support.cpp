@@ -1,6 +1,7 @@
 // Shared client plumbing; see client_support.h.
 #include "client_support.h"
 
+#include "app_support.h"
 #include "../net/tls.h"
 
 #include <Poco/Exception.h>
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <utility>
 #include <iostream>
 
 namespace maillab {
@@ -47,12 +49,17 @@ int numberOption(const Poco::Util::AbstractConfiguration& config, const std::str
     return value;
 }
 
+void addClientOption(Poco::Util::OptionSet& options, const char* name, const std::string& description,
+                     const char* argument) {
+    Poco::Util::Option option(name, "", description);
+    option.required(false).repeatable(false);
+    if (argument) option.argument(argument).binding(std::string("client.") + name);
+    options.addOption(option);
+}
+
 void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsModes) {
     auto add = [&](const char* name, const std::string& description, const char* argument) {
-        Poco::Util::Option option(name, "", description);
-        option.required(false).repeatable(false);
-        if (argument) option.argument(argument).binding(std::string("client.") + name);
-        options.addOption(option);
+        addClientOption(options, name, description, argument);
     };
     add("help", "print this help and exit", nullptr);
     add("host", "server to connect to (default localhost)", "HOST");
@@ -64,6 +71,38 @@ void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsMode
     add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
     add("tls", tlsModes, "MODE");
     add("verbose", "print the raw exchange and the negotiated TLS parameters", nullptr);
+}
+
+ClientApplication::ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter)
+    : tlsModes_(std::move(tlsModes)), helpHeader_(std::move(helpHeader)), helpFooter_(std::move(helpFooter)) {}
+
+void ClientApplication::defineOptions(Poco::Util::OptionSet& options) {
+    Application::defineOptions(options);
+    addClientOptions(options, tlsModes_);
+}
+
+void ClientApplication::handleOption(const std::string& name, const std::string& value) {
+    Application::handleOption(name, value);
+    if (name == "help") {
+        printHelp(options(), commandName(), helpHeader_, helpFooter_);
+        stopOptionsProcessing();
+        helpRequested_ = true;
+    }
+}
+
+ClientSettings ClientApplication::settings(int defaultPort, const std::string& service) const {
+    const auto& cfg = config();
+    ClientSettings settings;
+    Target& target = settings.target;
+    target.host = cfg.getString("client.host", "localhost");
+    target.port = numberOption(cfg, "client.port", defaultPort, 1, 65535, "--port");
+    settings.timeout = numberOption(cfg, "client.timeout", 30, 1, 86400, "--timeout");
+    target.serverName = cfg.getString("client.servername", target.host);
+    target.service = service;
+    target.tlsMode = cfg.getString("client.tls", "implicit");
+    target.caFile = cfg.getString("client.ca", "certs/ca.pem");
+    settings.domain = cfg.getString("client.domain", "447.edu");
+    return settings;
 }
 
 std::string withDomain(std::string name, const std::string& domain) {

@@ -1,7 +1,10 @@
-// What the lab's two clients share: their common options, the terminal (libedit line editing and
-// history at a terminal, plain lines from a pipe, passwords without echo), bare names completed with
-// the lab domain, and the TLS context with a clear message when the CA is missing.
+// What the lab's two clients share: the application around them (their common options, --help,
+// the connection settings those options give), the terminal (libedit line editing and history at a
+// terminal, plain lines from a pipe, passwords without echo), bare names completed with the lab
+// domain, and the TLS context with a clear message when the CA is missing.
 #pragma once
+#include "../net/connect.h"
+
 #include <Poco/Net/Context.h>
 #include <Poco/AutoPtr.h>
 #include <Poco/Util/AbstractConfiguration.h>
@@ -29,6 +32,38 @@ int numberOption(const Poco::Util::AbstractConfiguration& config, const std::str
 // --help, --host, --port, --servername, --ca, --domain, --keylog, --timeout, --tls, --verbose; each
 // value lands in the configuration as client.<name>. `tlsModes` describes the --tls values.
 void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsModes);
+
+// One more option of a client; its value lands in the configuration as client.<name>. `argument`
+// nullptr: a flag without a value, for the application's handleOption.
+void addClientOption(Poco::Util::OptionSet& options, const char* name, const std::string& description,
+                     const char* argument);
+
+// What a client connects to and how long it waits, from the common options.
+struct ClientSettings {
+    Target target;        // --host, --port, --servername, --ca, and --tls as given
+    int timeout = 30;     // --timeout, seconds
+    std::string domain;   // --domain, added to a bare user name
+};
+
+// The Poco application both clients are: the common options (addClientOptions), --help in the
+// client's own words, and the settings those options give. A client adds its own options after
+// this class's defineOptions, handles them after its handleOption, and starts main() with
+// `if (helpRequested()) return kExitOk;`.
+class ClientApplication : public Poco::Util::Application {
+protected:
+    // `tlsModes`: what --tls takes; `helpHeader`, `helpFooter`: --help's words before and after the options.
+    ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter);
+    void defineOptions(Poco::Util::OptionSet& options) override;
+    void handleOption(const std::string& name, const std::string& value) override;
+    bool helpRequested() const { return helpRequested_; }
+    // For a server of `service` ("smtp", "http") whose port is `defaultPort` unless --port says
+    // otherwise. Throws std::invalid_argument naming a bad --port or --timeout.
+    ClientSettings settings(int defaultPort, const std::string& service) const;
+
+private:
+    std::string tlsModes_, helpHeader_, helpFooter_;
+    bool helpRequested_ = false;
+};
 
 // "ana" -> "ana@447.edu"; surrounding spaces dropped; an address with '@' is left as it is.
 std::string withDomain(std::string name, const std::string& domain);

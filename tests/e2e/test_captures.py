@@ -335,44 +335,50 @@ def a_capture_of_another_program_is_not_a_maillab_session(lab):
     assert report.returncode == 0 and "Traceback" not in report.stderr, report.stdout + report.stderr
 
 
-@test
-def the_report_fits_a_1280_px_window(lab):
-    """Rendered by headless Chromium at 1280 px: no table wider than the page (every column visible
-    without a scrollbar), and a table of contents."""
+def report_in_chromium(lab, out_name, script):
+    """The lab report of the three captures, laid out by headless Chromium at 1280 px with `script` run at
+    the end of its body; returns Chromium's run (its stdout: the DOM the script left). The page itself
+    allows no script (its Content-Security-Policy): the copy Chromium reads extends that policy by
+    inline scripts only."""
+    import re
     import shutil
     import tempfile
     chromium = shutil.which("chromium")
     if not chromium:
         raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
     files = captures(lab)
-    out_dir = lab.path("report-1280")
-    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out",
-                          out_dir, files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True,
-                         timeout=300)
+    out_dir = lab.path(out_name)
+    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
+                          files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     page = os.path.join(out_dir, "lab", "report.html")
     probe = page.replace("report.html", "probe.html")
-    # The same page with a script that marks every table wider than the body (the page itself allows
-    # no script: its Content-Security-Policy, which the copy extends by inline scripts only).
-    import re
     html = open(page).read()
     assert re.search(r'<meta http-equiv="Content-Security-Policy" content="default-src \'none\';', html)
     html = re.sub(r'(<meta http-equiv="Content-Security-Policy" content="[^"]*)"',
-                  lambda m: m[1] + "; script-src 'unsafe-inline'\"", html).replace("</body>", """<script>
+                  lambda m: m[1] + "; script-src 'unsafe-inline'\"", html)
+    with open(probe, "w") as f:
+        f.write(html.replace("</body>", "<script>" + script + "</script></body>"))
+    profile = tempfile.mkdtemp(prefix="maillab-chromium-")
+    try:
+        return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                               "--window-size=1280,900", "--dump-dom", "file://" + probe],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@test
+def the_report_fits_a_1280_px_window(lab):
+    """Rendered by headless Chromium at 1280 px: no table wider than the page (every column visible
+    without a scrollbar), and a table of contents."""
+    # A script that marks every table wider than the body.
+    out = report_in_chromium(lab, "report-1280", """
 for (const t of document.querySelectorAll('table'))
   if (t.getBoundingClientRect().right > document.body.getBoundingClientRect().right + 1) t.setAttribute('data-overflow', 'yes');
 document.body.setAttribute('data-checked', document.querySelectorAll('table').length);
-</script></body>""")
-    with open(probe, "w") as f:
-        f.write(html)
-    profile = tempfile.mkdtemp(prefix="maillab-chromium-")
-    try:
-        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                              "--window-size=1280,900", "--dump-dom", "file://" + probe],
-                             capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+""")
     dom = out.stdout
     assert 'data-checked="' in dom, out.stderr[-800:]
     assert int(dom.split('data-checked="')[1].split('"')[0]) >= 8
@@ -465,20 +471,7 @@ def the_report_reads_well_in_chromium(lab):
     broken inside a word (each as tall as one line unless it has a space to wrap at)."""
     import json
     import re
-    import shutil
-    import tempfile
-    chromium = shutil.which("chromium")
-    if not chromium:
-        raise Skip("chromium is not installed (make test-deps installs it where the distribution packages it)")
-    files = captures(lab)
-    out_dir = lab.path("report-chromium")
-    run = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "lab", "--out", out_dir,
-                          files["implicit"], files["starttls"], files["off"]], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    page = os.path.join(out_dir, "lab", "report.html")
-    html = open(page).read()
-    html = re.sub(r'(<meta http-equiv="Content-Security-Policy" content="[^"]*)"',
-                  lambda m: m[1] + "; script-src 'unsafe-inline'\"", html).replace("</body>", """<script>
+    out = report_in_chromium(lab, "report-chromium", """
 const found = {overflow: [], broken: [], titles: 0, tocLinks: 0, tocStyled: 0, cells: 0};
 found.titles = [...document.querySelectorAll('h1')].length;
 for (const a of document.querySelectorAll('nav#TOC a')) {
@@ -500,18 +493,7 @@ for (const cell of document.querySelectorAll('td, th')) {
   }
 }
 document.body.setAttribute('data-found', JSON.stringify(found));
-</script></body>""")
-    probe = page.replace("report.html", "probe.html")
-    with open(probe, "w") as f:
-        f.write(html)
-    profile = tempfile.mkdtemp(prefix="maillab-chromium-")
-    try:
-        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                              "--window-size=1280,900", "--dump-dom", "file://" + probe],
-                             capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+""")
     import html as html_module
     m = re.search(r'data-found="([^"]*)"', out.stdout)
     assert m, out.stderr[-800:]

@@ -159,22 +159,31 @@ def pop3_curl_pop3s_lists_and_retrieves(lab):
         assert untrusted.returncode != 0
 
 
+def client_home(lab, name, rc_name, rc_text):
+    """A home directory of its own for a mail client (`HOME` while it runs: nothing of the machine's
+    user is read), holding its configuration file `rc_name`, readable by its owner only (fetchmail
+    refuses one that others can read). Returns (home, the configuration file's path)."""
+    home = lab.path(name)
+    os.makedirs(home)
+    rc = os.path.join(home, rc_name)
+    with open(rc, "w") as f:
+        f.write(rc_text(home))
+    os.chmod(rc, 0o600)
+    return home, rc
+
+
 @test
 def pop3_fetchmail_delivers_to_an_mda_and_leaves_mail_it_has_seen(lab):
     if not shutil.which("fetchmail"):
         raise Skip("fetchmail is not installed (Debian package fetchmail; make test-deps)")
     with Lab2(lab) as l2:
         l2.send("ana", l2.ana, "bob", "Dots", DOTTED)
-        home = lab.path("fetchmail-home")
-        os.makedirs(home)
+        home, rc = client_home(lab, "fetchmail-home", "fetchmailrc", lambda home: (
+            f'poll localhost protocol POP3 service {l2.retriever.pop3_port} uidl\n'
+            f'  user "bob@447.edu" there with password "{l2.bob}" is "{os.environ.get("USER", "root")}" here\n'
+            f'  ssl sslcertck sslcertfile "{lab.ca}" sslproto "TLS1.3+"\n'
+            f'  keep mda "/bin/sh -c \'cat >> {os.path.join(home, "delivered.mbox")}\'"\n'))
         out = os.path.join(home, "delivered.mbox")
-        rc = os.path.join(home, "fetchmailrc")
-        with open(rc, "w") as f:
-            f.write(f'poll localhost protocol POP3 service {l2.retriever.pop3_port} uidl\n'
-                    f'  user "bob@447.edu" there with password "{l2.bob}" is "{os.environ.get("USER", "root")}" here\n'
-                    f'  ssl sslcertck sslcertfile "{lab.ca}" sslproto "TLS1.3+"\n'
-                    f'  keep mda "/bin/sh -c \'cat >> {out}\'"\n')
-        os.chmod(rc, 0o600)
 
         def fetch():
             return subprocess.run(["fetchmail", "--nodetach", "--nosyslog", "-v", "-f", rc,
@@ -228,17 +237,14 @@ def pop3_neomutt_reads_a_pops_mailbox(lab):
     if not mutt:
         raise Skip("neither neomutt nor mutt is installed (Debian package neomutt; make test-deps)")
     with Lab2(lab, {"retriever.verbose": "true"}) as l2:
-        home = lab.path("mutt-home")
-        os.makedirs(home)
+        home, rc = client_home(lab, "mutt-home", "muttrc", lambda home: (
+            f'set pop_user="bob@447.edu"\nset pop_pass="{l2.bob}"\n'
+            f'set ssl_ca_certificates_file="{lab.ca}"\nset certificate_file="{lab.ca}"\n'
+            'set ssl_verify_host=yes\nset ssl_force_tls=yes\n'
+            f'set folder="{home}"\nset mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\n'
+            'set quit=yes\nset move=no\nset delete=no\nset header_cache=""\nset message_cachedir=""\n'
+            'set mail_check_stats=no\nset beep=no\nset wait_key=no\nset sleep_time=0\n'))
         saved = os.path.join(home, "saved.mbox")
-        rc = os.path.join(home, "muttrc")
-        with open(rc, "w") as f:
-            f.write(f'set pop_user="bob@447.edu"\nset pop_pass="{l2.bob}"\n'
-                    f'set ssl_ca_certificates_file="{lab.ca}"\nset certificate_file="{lab.ca}"\n'
-                    'set ssl_verify_host=yes\nset ssl_force_tls=yes\n'
-                    f'set folder="{home}"\nset mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\n'
-                    'set quit=yes\nset move=no\nset delete=no\nset header_cache=""\nset message_cachedir=""\n'
-                    'set mail_check_stats=no\nset beep=no\nset wait_key=no\nset sleep_time=0\n')
         mailbox = f"pops://bob%40447.edu@localhost:{l2.retriever.pop3_port}/"
         push = f'push "<tag-pattern>~A<enter><tag-prefix><copy-message>{saved}<enter><quit>"'
         env = {**os.environ, "HOME": home, "TERM": "xterm", "LANG": "C.UTF-8", "MAIL": ""}

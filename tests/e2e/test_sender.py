@@ -15,11 +15,27 @@ import threading
 from tests.e2e.harness import Conversation, Server, messages, register, run_client, test, tls_connect
 
 
-def curl_send(lab, url, user, password, rcpt, body_file, *extra):
-    """curl as a mail client: one message from `user` to `rcpt`, the server checked against the lab CA."""
-    return subprocess.run(["curl", "-sS", "--cacert", lab.ca, "--url", url, "--user", f"{user}:{password}",
-                           "--mail-from", user, "--mail-rcpt", rcpt, "--upload-file", body_file, *extra],
-                          capture_output=True, text=True, timeout=60)
+def curl_sends(lab, server, url, password, rcpt, message, *extra):
+    """curl as a mail client: `message` from ana to `rcpt`, the server checked against the lab CA. The send
+    must succeed; returns the subjects in `rcpt`'s mailbox after it."""
+    body = lab.path("curl-message.txt")
+    with open(body, "w") as f:
+        f.write(message)
+    out = subprocess.run(["curl", "-sS", "--cacert", lab.ca, "--url", url, "--user", f"ana@447.edu:{password}",
+                          "--mail-from", "ana@447.edu", "--mail-rcpt", rcpt, "--upload-file", body, *extra],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [s for s, _ in messages(server.db, rcpt)]
+
+
+def ana_writes_to(lab, port, password, rcpt):
+    """A connection on which ana has logged in (AUTH PLAIN) and named `rcpt`: the next command is DATA."""
+    c = Conversation(lab, port)
+    c.cmd("EHLO x")
+    c.cmd("AUTH PLAIN " + plain("ana@447.edu", password))
+    c.cmd("MAIL FROM:<ana@447.edu>")
+    c.cmd(f"RCPT TO:<{rcpt}>")
+    return c
 
 
 def plain(user, password):
@@ -57,12 +73,8 @@ def curl_sends_over_smtps(lab):
     with Server(lab, "senderserver") as server:
         ana = register(lab, server.port, "ana")
         register(lab, server.port, "bob")
-        body = lab.path("mail.txt")
-        with open(body, "w") as f:
-            f.write("From: ana@447.edu\r\nTo: bob@447.edu\r\nSubject: via curl\r\n\r\nhello from curl\r\n")
-        out = curl_send(lab, f"smtps://localhost:{server.port}", "ana@447.edu", ana, "bob@447.edu", body)
-        assert out.returncode == 0, out.stderr
-        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["via curl"]
+        message = "From: ana@447.edu\r\nTo: bob@447.edu\r\nSubject: via curl\r\n\r\nhello from curl\r\n"
+        assert curl_sends(lab, server, f"smtps://localhost:{server.port}", ana, "bob@447.edu", message) == ["via curl"]
 
 
 @test
@@ -269,20 +281,12 @@ def garbage_and_bad_commands_get_errors_not_crashes(lab):
 def disconnect_mid_data_stores_nothing(lab):
     with Server(lab, "senderserver") as server:
         ana = register(lab, server.port, "ana")
-        c = Conversation(lab, server.port)
-        c.cmd("EHLO x")
-        c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
-        c.cmd("MAIL FROM:<ana@447.edu>")
-        c.cmd("RCPT TO:<ana@447.edu>")
+        c = ana_writes_to(lab, server.port, ana, "ana@447.edu")
         assert c.cmd("DATA").startswith("354")
         c.send("Subject: half\r\n\r\nonly half of the mess")
         c.sock.close()
         # A message sent after it on another connection is stored; the half one never is.
-        c2 = Conversation(lab, server.port)
-        c2.cmd("EHLO x")
-        c2.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
-        c2.cmd("MAIL FROM:<ana@447.edu>")
-        c2.cmd("RCPT TO:<ana@447.edu>")
+        c2 = ana_writes_to(lab, server.port, ana, "ana@447.edu")
         c2.cmd("DATA")
         assert c2.cmd("Subject: whole\r\n\r\nall of it\r\n.").startswith("250 ")
         c2.close()
@@ -375,11 +379,7 @@ def too_many_connections_get_421(lab):
 def a_250_survives_kill_9(lab):
     server = Server(lab, "senderserver")
     ana = register(lab, server.port, "ana")
-    c = Conversation(lab, server.port)
-    c.cmd("EHLO x")
-    c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
-    c.cmd("MAIL FROM:<ana@447.edu>")
-    c.cmd("RCPT TO:<ana@447.edu>")
+    c = ana_writes_to(lab, server.port, ana, "ana@447.edu")
     c.cmd("DATA")
     assert c.cmd("Subject: durable\r\n\r\nkeep me\r\n.").startswith("250 2.0.0")
     server.stop(signal.SIGKILL)
@@ -466,11 +466,8 @@ def starttls_mode_upgrades_and_forgets_the_plaintext_part(lab):
         assert first.startswith(b"503 5.5.1 Bad sequence of commands: need EHLO"), first
         tls.close()
         assert "event=starttls-discarded-plaintext" in server.log_text()
-        body = lab.path("b.txt")
-        open(body, "w").write("Subject: via STARTTLS\r\n\r\nhi\r\n")
-        curl = curl_send(lab, f"smtp://localhost:{server.port}", "ana@447.edu", ana, "ana@447.edu", body, "--ssl-reqd")
-        assert curl.returncode == 0, curl.stderr
-        assert [s for s, _ in messages(server.db, "ana@447.edu")] == ["via STARTTLS"]
+        assert curl_sends(lab, server, f"smtp://localhost:{server.port}", ana, "ana@447.edu",
+                          "Subject: via STARTTLS\r\n\r\nhi\r\n", "--ssl-reqd") == ["via STARTTLS"]
 
 
 @test
@@ -504,11 +501,7 @@ def no_smtp_smuggling_through_the_real_server(lab):
         ana = register(lab, server.port, "ana")
         register(lab, server.port, "bob")
         for variant in variants:
-            c = Conversation(lab, server.port)
-            c.cmd("EHLO x")
-            c.cmd("AUTH PLAIN " + plain("ana@447.edu", ana))
-            c.cmd("MAIL FROM:<ana@447.edu>")
-            c.cmd("RCPT TO:<bob@447.edu>")
+            c = ana_writes_to(lab, server.port, ana, "bob@447.edu")
             assert c.cmd("DATA").startswith("354")
             c.send("Subject: first\r\n\r\nhello" + variant + smuggled)
             replies = []

@@ -1,9 +1,8 @@
 // libFuzzer target: the retriever's socket-free MailApi on arbitrary requests. The input's first
 // line is "METHOD TARGET", the following lines "Name: value" headers. Every answer must carry a
 // status the API documents and a body that is not larger than the mailbox could make it.
-#include "../../common/lab/auth.h"
-#include "../../common/lab/password.h"
-#include "../../common/lab/store.h"
+#include "fuzz_world.h"
+
 #include "../../retriever/mail_api.h"
 
 #include <cstdint>
@@ -12,37 +11,18 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 
 using namespace maillab;
 
 namespace {
-struct World {
-    std::unique_ptr<Store> store;
-    std::unique_ptr<Authenticator> auth;
+struct World : fuzzing::FuzzWorld {
     std::unique_ptr<http::MailApi> api;
     World() {
-        char pattern[] = "/tmp/maillab-fuzz-XXXXXX";
-        std::string dir = ::mkdtemp(pattern);
-        SqliteOptions options;
-        options.path = dir + "/fuzz.db";
-        options.synchronous = "OFF";
-        store = openSqliteStore(options);
-        AuthPolicy policy;
-        policy.scrypt = ScryptParams{16, 1, 1};
-        policy.guessBurst = 1000000;
-        auth = std::make_unique<Authenticator>(*store, policy, [] { return int64_t{1795000000}; });
-        store->createAccount("bob@447.edu", hashPassword("22222447", policy.scrypt), 0);
-        NewMessage m;
-        m.queueId = "Q1";
-        m.envelopeFrom = "ana@447.edu";
-        m.recipients = {"bob@447.edu"};
+        NewMessage m = toBob("Q1", "hello", "From: Ana <ana@447.edu>\r\nSubject: hello\r\n\r\nbody\r\n");
         m.from = "Ana <ana@447.edu>";
-        m.subject = "hello";
-        m.receivedAt = 1795000000;
-        m.raw = "From: Ana <ana@447.edu>\r\nSubject: hello\r\n\r\nbody\r\n";
+        m.receivedAt = fuzzing::kFuzzNow;
         store->deliver(m);
-        api = std::make_unique<http::MailApi>(*store, *auth, http::ApiLimits{}, [] { return int64_t{1795000000}; });
+        api = std::make_unique<http::MailApi>(*store, *auth, http::ApiLimits{}, [] { return fuzzing::kFuzzNow; });
     }
 };
 }  // namespace

@@ -3,49 +3,23 @@
 // half the runs on the plaintext port with STLS. Finds crashes, sanitizer reports and broken
 // invariants: every reply starts "+OK", "-ERR" or "+ ", ends in CRLF, and a multi-line block ends
 // with ".\r\n"; nothing follows a close.
-#include "../../common/lab/auth.h"
+#include "fuzz_world.h"
+
 #include "../../common/net/linereader.h"
-#include "../../common/lab/store.h"
 #include "../../retriever/pop3_session.h"
 
 #include <cstdint>
 #include <cstdlib>
-#include <memory>
 #include <string>
-#include <unistd.h>
 
 using namespace maillab;
 
 namespace {
-struct World {
-    std::string dir;
-    std::unique_ptr<Store> store;
-    std::unique_ptr<Authenticator> auth;
-    World() {
-        char pattern[] = "/tmp/maillab-fuzz-XXXXXX";
-        dir = ::mkdtemp(pattern);
-        SqliteOptions options;
-        options.path = dir + "/fuzz.db";
-        options.synchronous = "OFF";
-        store = openSqliteStore(options);
-        AuthPolicy policy;
-        policy.scrypt = ScryptParams{16, 1, 1};  // the fuzzer wants speed, not strength
-        policy.guessBurst = 1000000;
-        auth = std::make_unique<Authenticator>(*store, policy, [] { return int64_t{1795000000}; });
-        store->createAccount("ana@447.edu", hashPassword("11111447", policy.scrypt), 0);
-        store->createAccount("bob@447.edu", hashPassword("22222447", policy.scrypt), 0);
-    }
+struct World : fuzzing::FuzzWorld {
     // Bob's maildrop back to three messages (a run's DELE and QUIT may have removed some).
     void refill() {
-        while (store->mailboxStats("bob@447.edu").count < 3) {
-            NewMessage m;
-            m.queueId = "FUZZ";
-            m.envelopeFrom = "ana@447.edu";
-            m.recipients = {"bob@447.edu"};
-            m.subject = "fuzz";
-            m.raw = "Subject: fuzz\r\n\r\n.line with a dot\r\n..\r\nlast line without an end";
-            store->deliver(m);
-        }
+        while (store->mailboxStats("bob@447.edu").count < 3)
+            store->deliver(toBob("FUZZ", "fuzz", "Subject: fuzz\r\n\r\n.line with a dot\r\n..\r\nlast line without an end"));
     }
 };
 

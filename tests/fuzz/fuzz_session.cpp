@@ -1,43 +1,19 @@
 // libFuzzer target: bytes from a client drive a whole SMTP session (socket-free) through its one
 // entry, onBytes (the session frames them: lines, DATA, BDAT chunks), over a real SQLite store. Finds crashes, sanitizer reports and broken
 // invariants: every reply is a well-formed reply line, and no input ends in an abort.
-#include "../../common/lab/auth.h"
-#include "../../common/lab/store.h"
+#include "fuzz_world.h"
+
 #include "../../sender/session.h"
 
 #include <cstdint>
 #include <cstdlib>
-#include <memory>
 #include <string>
 #include <utility>
-#include <unistd.h>
 
 using namespace maillab;
 
-namespace {
-struct World {
-    std::string dir;
-    std::unique_ptr<Store> store;
-    std::unique_ptr<Authenticator> auth;
-    World() {
-        char pattern[] = "/tmp/maillab-fuzz-XXXXXX";
-        dir = ::mkdtemp(pattern);
-        SqliteOptions options;
-        options.path = dir + "/fuzz.db";
-        options.synchronous = "OFF";
-        store = openSqliteStore(options);
-        AuthPolicy policy;
-        policy.scrypt = ScryptParams{16, 1, 1};  // the fuzzer wants speed, not strength
-        policy.guessBurst = 1000000;
-        auth = std::make_unique<Authenticator>(*store, policy, [] { return int64_t{1795000000}; });
-        store->createAccount("ana@447.edu", hashPassword("11111447", policy.scrypt), 0);
-        store->createAccount("bob@447.edu", hashPassword("22222447", policy.scrypt), 0);
-    }
-};
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    static World world;
+    static fuzzing::FuzzWorld world;
     smtp::SessionLimits limits;
     limits.maxMessageSize = 4096;
     smtp::SessionEnv env;

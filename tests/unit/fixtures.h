@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -98,6 +99,30 @@ struct LabFixture {
     }
     // As an instructor would with maillab-admin: the account goes (and its budgets and trusted sources).
     bool deleteAccountInDatabase(const std::string& email) { return anotherStore()->deleteAccount(email); }
+
+    // A value the database holds behind the store's back (the Store interface does not say): the
+    // first column of the first row of `SELECT what FROM table`, in this fixture's database;
+    // nullopt when the query failed or found no row.
+    std::optional<std::string> selectValue(const std::string& what, const std::string& table) const {
+        if (isPostgres()) {
+            std::string value;
+            if (!postgresStatement("SELECT " + what + " FROM " + options.postgres.schema + "." + table, &value))
+                return std::nullopt;
+            return value;
+        }
+        sqlite3* db = nullptr;
+        sqlite3_open((dir.path + "/test.db").c_str(), &db);
+        sqlite3_stmt* st = nullptr;
+        std::optional<std::string> value;
+        if (sqlite3_prepare_v2(db, ("SELECT " + what + " FROM " + table).c_str(), -1, &st, nullptr) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            const unsigned char* text = sqlite3_column_text(st, 0);
+            value = text ? reinterpret_cast<const char*>(text) : "";
+        }
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return value;
+    }
 
     // Breaks the store under a running server: its messages table disappears. False when it could not.
     bool dropMessagesTable() {

@@ -12,6 +12,32 @@
 using namespace maillab;
 using maillab::testing::LabFixture;
 
+namespace {
+// fastPolicy() with the settings a test is about changed by `change`.
+template <typename Change>
+AuthPolicy fastPolicyWith(Change change) {
+    AuthPolicy policy = maillab::testing::fastPolicy();
+    change(policy);
+    return policy;
+}
+
+// A lab where ana@447.edu has the password 11111447.
+struct AnaLab : LabFixture {
+    explicit AnaLab(AuthPolicy policy = maillab::testing::fastPolicy()) : LabFixture(policy) {
+        addUser("ana@447.edu", "11111447");
+    }
+};
+
+// Another process (maillab-admin, the other server) changes ana's password from 11111447 to 22222447
+// in the database: `server` refuses the old one and takes the new one at once, whatever it has cached.
+void checkPasswordChangeSeen(LabFixture& lab, Authenticator& server, bool mayRegister = true,
+                             const std::string& source = "") {
+    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
+    CHECK(server.authenticate("ana@447.edu", "11111447", mayRegister, source).outcome == AuthOutcome::BadCredentials);
+    CHECK(server.authenticate("ana@447.edu", "22222447", mayRegister, source).outcome == AuthOutcome::Ok);
+}
+}  // namespace
+
 TEST_CASE("an unknown lab address with an empty password registers", "[auth]") {
     LabFixture lab;
     auto r = lab.auth->authenticate("Ana", "");
@@ -39,11 +65,8 @@ TEST_CASE("no registration outside the lab domain, with a password, or when disa
 }
 
 TEST_CASE("the guess budget: burst, then one guess per refill period, nothing checked while spent", "[auth][budget]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.guessBurst = 3;
-    policy.guessRefillSeconds = 60;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.guessBurst = 3; p.guessRefillSeconds = 60; });
+    AnaLab lab(policy);
     for (int i = 0; i < 3; ++i)
         CHECK(lab.auth->authenticate("ana@447.edu", "x", false, "127.0.0.9").outcome == AuthOutcome::BadCredentials);
     auto spent = lab.auth->authenticate("ana@447.edu", "y", false, "127.0.0.9");
@@ -57,22 +80,17 @@ TEST_CASE("the guess budget: burst, then one guess per refill period, nothing ch
 }
 
 TEST_CASE("a right password costs nothing", "[auth][budget]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.guessBurst = 2;
-    policy.cacheTtlSeconds = 0;  // every check reaches the budget
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    // No cache: every check reaches the budget.
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.guessBurst = 2; p.cacheTtlSeconds = 0; });
+    AnaLab lab(policy);
     for (int i = 0; i < 10; ++i) CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
     CHECK(lab.auth->authenticate("ana@447.edu", "x").outcome == AuthOutcome::BadCredentials);
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
 }
 
 TEST_CASE("others' failures do not shut out the owner at an address she logged in from", "[auth][budget]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.guessBurst = 3;
-    policy.guessRefillSeconds = 3600;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.guessBurst = 3; p.guessRefillSeconds = 3600; });
+    AnaLab lab(policy);
     REQUIRE(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.0.0.5").outcome == AuthOutcome::Ok);
     // An attacker from many other addresses spends the account's shared budget...
     for (int i = 0; i < 20; ++i)
@@ -85,11 +103,8 @@ TEST_CASE("others' failures do not shut out the owner at an address she logged i
 }
 
 TEST_CASE("parallel guesses never get more checks than the budget", "[auth][budget]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.guessBurst = 7;
-    policy.guessRefillSeconds = 3600;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.guessBurst = 7; p.guessRefillSeconds = 3600; });
+    AnaLab lab(policy);
     // Two authenticators over one database file: the two servers.
     Authenticator second(*lab.store, policy, [&] { return lab.now; });
     std::atomic<int> checked{0};
@@ -115,8 +130,7 @@ TEST_CASE("role addresses cannot be self-registered", "[auth]") {
 }
 
 TEST_CASE("a deleted or re-registered account's old password stops working at once", "[auth][cache]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 600;
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 600; });
     LabFixture lab(policy);
     auto first = lab.auth->authenticate("carol@447.edu", "");
     REQUIRE(first.outcome == AuthOutcome::Registered);
@@ -132,34 +146,27 @@ TEST_CASE("a deleted or re-registered account's old password stops working at on
 }
 
 TEST_CASE("the credential cache accepts the same password and never a different one", "[auth][cache]") {
-    LabFixture lab;
-    lab.addUser("ana@447.edu", "11111447");
+    AnaLab lab;
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);  // cached
     CHECK(lab.auth->authenticate("ana@447.edu", "11111448").outcome == AuthOutcome::BadCredentials);
-    // The wrong password above dropped the cache entry: a hash changed in the database (another
-    // process, an admin) is seen at once.
-    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::BadCredentials);
-    CHECK(lab.auth->authenticate("ana@447.edu", "22222447").outcome == AuthOutcome::Ok);
+    // The wrong password above dropped the cache entry: a hash changed in the database is seen at once.
+    checkPasswordChangeSeen(lab, *lab.auth);
 }
 
 TEST_CASE("a changed password is seen at once, cache or not", "[auth][cache]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 600;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
-    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
-    CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::BadCredentials);
-    CHECK(lab.auth->authenticate("ana@447.edu", "22222447").outcome == AuthOutcome::Ok);
+    for (int64_t cacheTtl : {0, 600}) {
+        CAPTURE(cacheTtl);
+        AuthPolicy policy = fastPolicyWith([cacheTtl](AuthPolicy& p) { p.cacheTtlSeconds = cacheTtl; });
+        AnaLab lab(policy);
+        CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
+        checkPasswordChangeSeen(lab, *lab.auth);
+    }
 }
 
 TEST_CASE("the cache expires after its TTL", "[auth][cache]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 10;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 10; });
+    AnaLab lab(policy);
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);
     lab.now += 11;
     CHECK(lab.auth->authenticate("ana@447.edu", "11111447").outcome == AuthOutcome::Ok);  // slow path again
@@ -177,9 +184,7 @@ TEST_CASE("address helpers", "[auth]") {
 }
 
 TEST_CASE("a cached login also makes its source trusted", "[auth][budget]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.guessBurst = 1;
-    policy.guessRefillSeconds = 3600;
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.guessBurst = 1; p.guessRefillSeconds = 3600; });
     LabFixture lab(policy);
     auto reg = lab.auth->authenticate("dan@447.edu", "", true, "::1");
     REQUIRE(reg.outcome == AuthOutcome::Registered);
@@ -342,10 +347,8 @@ TEST_CASE("on a full disk logins go on, and guesses are still paid for (from mem
 
 TEST_CASE("a fresh cached login reads no account, and another process's change still ends it at once",
           "[auth][cache][generation]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 600;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 600; });
+    AnaLab lab(policy);
     RacingStore counting(*lab.store);
     Authenticator server(counting, policy, [&] { return lab.now; });
     // Checked by the slow hash, then once against the account from the cache: fresh from then on.
@@ -363,9 +366,7 @@ TEST_CASE("a fresh cached login reads no account, and another process's change s
     // Another process (maillab-admin, the other server, another instance) changes the password.
     REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
     REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
-    REQUIRE(lab.setPasswordInDatabase("ana@447.edu", "22222447"));
-    CHECK(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::BadCredentials);
-    CHECK(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
+    checkPasswordChangeSeen(lab, server, false, "10.0.0.1");
     // ...or removes the account.
     REQUIRE(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::Ok);
     REQUIRE(lab.deleteAccountInDatabase("ana@447.edu"));
@@ -373,11 +374,8 @@ TEST_CASE("a fresh cached login reads no account, and another process's change s
 }
 
 TEST_CASE("a fresh cached login stops once another process's guesses spend its budget", "[auth][cache][generation]") {
-    AuthPolicy policy = maillab::testing::fastPolicy();
-    policy.cacheTtlSeconds = 600;
-    policy.guessRefillSeconds = 1000000;
-    LabFixture lab(policy);
-    lab.addUser("ana@447.edu", "11111447");
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 600; p.guessRefillSeconds = 1000000; });
+    AnaLab lab(policy);
     Authenticator server(*lab.store, policy, [&] { return lab.now; });
     for (int i = 0; i < 3; ++i)
         REQUIRE(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Ok);

@@ -6,8 +6,6 @@
 
 #include "catch.hpp"
 
-#include <sqlite3.h>
-
 using namespace maillab;
 using maillab::testing::LabFixture;
 
@@ -22,19 +20,9 @@ NewMessage delivery(const std::string& subject, std::vector<std::string> rcpts, 
 
 // How many texts the store holds (looked at behind the store's back: the interface does not say).
 int64_t storedTexts(LabFixture& lab) {
-    if (lab.isPostgres()) {
-        std::string n;
-        REQUIRE(maillab::testing::postgresStatement("SELECT count(*) FROM " + lab.options.postgres.schema + ".bodies", &n));
-        return std::stoll(n);
-    }
-    sqlite3* db = nullptr;
-    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db, "SELECT count(*) FROM bodies", -1, &st, nullptr);
-    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return n;
+    auto n = lab.selectValue("count(*)", "bodies");
+    REQUIRE(n);
+    return std::stoll(*n);
 }
 
 // A class's store after a few days: three accounts (one instructor), a message to two mailboxes, one

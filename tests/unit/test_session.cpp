@@ -73,6 +73,16 @@ struct Harness {
         say("EHLO client");
         REQUIRE(say("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3") == "235 2.7.0 Authentication successful");
     }
+    // The envelope most tests send in: from ana, to bob (the replies are the tests' business).
+    void envelope() {
+        say("MAIL FROM:<ana@447.edu>");
+        say("RCPT TO:<bob@447.edu>");
+    }
+    // That envelope and DATA: what follows is the message.
+    void startMessage() {
+        envelope();
+        REQUIRE(say("DATA").rfind("354 ", 0) == 0);
+    }
 };
 }  // namespace
 
@@ -215,9 +225,7 @@ TEST_CASE("a 250 after DATA means the message is in the store", "[session][data]
 TEST_CASE("a store failure is a 451, never a 250", "[session][data]") {
     Harness h;
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
-    h.say("DATA");
+    h.startMessage();
     h.say("hello");
     // Break the store under the session: the messages table disappears.
     REQUIRE(h.lab.dropMessagesTable());
@@ -243,17 +251,13 @@ TEST_CASE("message data past the servers' in-flight budget is read to its end an
     DataBudget budget(64 * 1024);
     Harness h({}, &budget);
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
-    h.say("DATA");
+    h.startMessage();
     for (int i = 0; i < 200; ++i) CHECK(h.say(std::string(900, 'x')).empty());  // 180 KB: over the budget
     CHECK(budget.inUse() == 0);  // given back as soon as it was over, not held to the end
     CHECK(h.say(".").rfind("452 4.3.1 Insufficient system storage", 0) == 0);
     CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
     // A message that fits goes through, and its bytes come back after it is stored.
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
-    h.say("DATA");
+    h.startMessage();
     h.say("Subject: small");
     h.say("");
     h.say("fits");
@@ -268,9 +272,7 @@ TEST_CASE("a session that ends in DATA gives its bytes back", "[session][limits]
     {
         Harness h({}, &budget);
         h.login();
-        h.say("MAIL FROM:<ana@447.edu>");
-        h.say("RCPT TO:<bob@447.edu>");
-        h.say("DATA");
+        h.startMessage();
         h.say(std::string(500, 'y'));
         CHECK(budget.inUse() > 0);
     }
@@ -293,9 +295,7 @@ TEST_CASE("line length limit, in commands and in data", "[session][limits]") {
     h.login();
     auto out = Harness::lines(h.tooLong());
     CHECK(out.front().rfind("500 5.5.6 Line too long", 0) == 0);
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
-    h.say("DATA");
+    h.startMessage();
     CHECK(Harness::lines(h.tooLong()).empty());
     CHECK(h.say(".").rfind("500 5.5.6 ", 0) == 0);
     CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
@@ -603,8 +603,7 @@ TEST_CASE("bytes split anywhere give the same replies: the session frames them",
 TEST_CASE("BDAT stores the octets as sent: no dot-stuffing; line ends made CRLF", "[session][bdat]") {
     Harness h;
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
+    h.envelope();
     const std::string first = "Subject: raw\r\n\r\n.\r\n..two dots\r\nbare\rcr";
     CHECK(answer(h, "BDAT " + std::to_string(first.size()) + "\r\n" + first) ==
           std::vector<std::string>{"250 2.0.0 Ok: " + std::to_string(first.size()) + " octets received, " +
@@ -622,8 +621,7 @@ TEST_CASE("BDAT over the size limit: read, refused 552, and the stream stays in 
     limits.maxMessageSize = 100;
     Harness h(limits);
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
+    h.envelope();
     std::string big = "QUIT\r\n" + std::string(194, 'q');
     auto got = answer(h, "BDAT 200 LAST\r\n" + big + "NOOP\r\n");
     REQUIRE(got.size() == 2);
@@ -632,8 +630,7 @@ TEST_CASE("BDAT over the size limit: read, refused 552, and the stream stays in 
     CHECK(h.session->state() == Session::State::Ready);
     // The limit counts the chunks together; after the refusal, chunks already pipelined are read
     // and refused (RFC 3030 2) until the client starts a new transaction.
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
+    h.envelope();
     got = answer(h, "BDAT 60\r\n" + std::string(60, 'a') + "BDAT 60\r\n" + std::string(60, 'b') + "BDAT 6 LAST\r\nRSET\r\nNOOP\r\n");
     REQUIRE(got.size() == 4);
     CHECK(got[0].rfind("250 2.0.0 Ok: 60 octets received", 0) == 0);
@@ -649,8 +646,7 @@ TEST_CASE("BDAT chunks count against the server's DataBudget", "[session][bdat][
     DataBudget budget(64);
     Harness h({}, &budget);
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
+    h.envelope();
     auto got = answer(h, "BDAT 100\r\n" + std::string(100, 'z'));
     REQUIRE(got.size() == 1);
     CHECK(got[0].rfind("452 4.3.1 Insufficient system storage", 0) == 0);
@@ -661,8 +657,7 @@ TEST_CASE("BDAT chunks count against the server's DataBudget", "[session][bdat][
 TEST_CASE("a BDAT message's story notes each chunk by its size", "[session][bdat][story]") {
     Harness h;
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
+    h.envelope();
     answer(h, "BDAT 12\r\nSubject: s\r\n");
     answer(h, "BDAT 8 LAST\r\n\r\nsecret");
     auto listed = h.lab.store->listMessages("bob@447.edu", 0, 1);

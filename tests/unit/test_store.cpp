@@ -160,20 +160,9 @@ TEST_CASE("a message to many mailboxes is stored once; each mailbox counts its b
     CHECK(lab.store->listMessageStarts("r9@447.edu", 0, 10, 12)[0].start == "Subject: big");
     CHECK(lab.store->mailboxStats("r3@447.edu").bytes == static_cast<int64_t>(m.raw.size()));
     // On disk: about one copy (1 MiB), not fifty.
-    if (lab.isPostgres()) {
-        std::string stored;
-        REQUIRE(maillab::testing::postgresStatement("SELECT sum(length(raw)) FROM " + lab.options.postgres.schema + ".bodies", &stored));
-        CHECK(stored == std::to_string(m.raw.size()));
-        return;
-    }
-    sqlite3* db = nullptr;
-    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db, "SELECT sum(length(raw)) FROM bodies", -1, &st, nullptr);
-    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
-    CHECK(sqlite3_column_int64(st, 0) == static_cast<int64_t>(m.raw.size()));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    auto stored = lab.selectValue("sum(length(raw))", "bodies");
+    REQUIRE(stored);
+    CHECK(*stored == std::to_string(m.raw.size()));
 }
 
 TEST_CASE("provenance: an authenticated session is recorded by both randoms, never replaced", "[store][provenance]") {
@@ -237,20 +226,9 @@ TEST_CASE("deleteMessages removes a mailbox's own messages in one go; counts, by
     // Ana's copy of the shared message keeps its body; the body of "own" went with its only message.
     CHECK(lab.store->getMessage("ana@447.edu", shared[0])->raw == message("shared", {}).raw);
     CHECK(lab.store->mailboxStats("ana@447.edu").count == 1);
-    std::string bodies;
-    if (lab.isPostgres()) {
-        REQUIRE(maillab::testing::postgresStatement("SELECT count(*) FROM " + lab.options.postgres.schema + ".bodies", &bodies));
-        CHECK(bodies == "2");  // shared (ana) and third
-        return;
-    }
-    sqlite3* db = nullptr;
-    sqlite3_open((lab.dir.path + "/test.db").c_str(), &db);
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db, "SELECT count(*) FROM bodies", -1, &st, nullptr);
-    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
-    CHECK(sqlite3_column_int64(st, 0) == 2);  // shared (ana) and third
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    auto bodies = lab.selectValue("count(*)", "bodies");
+    REQUIRE(bodies);
+    CHECK(*bodies == "2");  // shared (ana) and third
 }
 
 TEST_CASE("group commit: one commit for every waiter, each woken with its own result", "[store][group-commit]") {
