@@ -13,14 +13,11 @@
 #include "../common/net/tls.h"
 
 #include <Poco/Net/NetException.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServerConnection.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
 
-#include <poll.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <ctime>
 
@@ -93,25 +90,6 @@ private:
         }
     }
 
-    enum class Wait { Readable, Timeout, Stopping };
-
-    // The client's next bytes, the idle deadline, or the server's stop, whichever comes first.
-    // Bytes TLS has already decrypted count as readable.
-    Wait waitForInput(Poco::Net::StreamSocket& socket, std::chrono::steady_clock::time_point deadline) {
-        if (socket.available() > 0) return Wait::Readable;
-        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {s_.stopPipe[0], POLLIN, 0}};
-        for (;;) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return Wait::Timeout;
-            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
-            if (rc < 0 && errno == EINTR) continue;
-            if (rc < 0) return Wait::Readable;  // let the read report the error
-            if (rc == 0) continue;
-            if (fds[1].revents) return Wait::Stopping;
-            return Wait::Readable;
-        }
-    }
-
     void queue(Output& output) {
         for (Reply& reply : output.replies) {
             pending_ += reply.wire();
@@ -165,11 +143,9 @@ private:
         Clock::time_point deadline = Clock::now() + idle;
         bool closing = false;
         while (!closing) {
-            connection.slot.waiting(connection.fd);  // when full, the longest waiting give way
-            Wait wait = waitForInput(socket, deadline);
-            connection.slot.working();
-            if (wait != Wait::Readable) {
-                Output last = wait == Wait::Stopping ? session.onShutdown() : session.onTimeout();
+            AdmittedConnection::Wait wait = connection.waitForClient(deadline, s_.stopPipe[0]);
+            if (wait != AdmittedConnection::Wait::Readable) {
+                Output last = wait == AdmittedConnection::Wait::Stopping ? session.onShutdown() : session.onTimeout();
                 queue(last);
                 flush(socket);
                 return;

@@ -15,7 +15,6 @@
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServer.h>
 #include <Poco/Net/TCPServerConnection.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
@@ -24,11 +23,9 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
-#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <ctime>
 #include <iostream>
@@ -102,26 +99,6 @@ private:
                     start = end + 2;
                 }
             }
-        }
-    }
-
-    enum class Wait { Readable, Timeout, Stopping };
-
-    // Waits for the client's next bytes, the command timeout, or the server's stop, whichever
-    // comes first. Bytes TLS has already decrypted count as readable (SSL_pending).
-    Wait waitForInput(Poco::Net::StreamSocket& socket, const Poco::Timespan& timeout) {
-        if (socket.available() > 0) return Wait::Readable;
-        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {ctx_.stopPipe[0], POLLIN, 0}};
-        auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(timeout.totalMicroseconds());
-        for (;;) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return Wait::Timeout;
-            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
-            if (rc < 0 && errno == EINTR) continue;
-            if (rc < 0) return Wait::Readable;  // let the read report the error
-            if (rc == 0) continue;
-            if (fds[1].revents) return Wait::Stopping;
-            return Wait::Readable;
         }
     }
 
@@ -209,13 +186,9 @@ private:
             Clock::time_point until = session.receivingMessage() ? std::min(now + micro(ctx_.dataTimeout), dataDeadline)
                                       : inMessage                 ? std::min(commandDeadline, dataDeadline)
                                                                   : commandDeadline;
-            // Waiting for the client: when the server is full, the longest waiting give way first.
-            connection.slot.waiting(connection.fd);
-            Wait wait = waitForInput(socket, Poco::Timespan(std::max<long long>(
-                                                 0, std::chrono::duration_cast<std::chrono::microseconds>(until - now).count())));
-            connection.slot.working();
-            if (wait != Wait::Readable) {
-                queue(wait == Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
+            AdmittedConnection::Wait wait = connection.waitForClient(until, ctx_.stopPipe[0]);
+            if (wait != AdmittedConnection::Wait::Readable) {
+                queue(wait == AdmittedConnection::Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
                 send(socket, pending);
                 return;
             }

@@ -7,7 +7,10 @@
 #include <Poco/Exception.h>
 #include <Poco/Net/SecureStreamSocket.h>
 
+#include <poll.h>
+
 #include <algorithm>
+#include <cerrno>
 
 namespace maillab {
 
@@ -66,8 +69,29 @@ void AdmittedConnection::startTls(const Poco::Net::Context::Ptr& context) {
     upgraded.setReceiveTimeout(gate_.settings().handshakeTimeout);
     gate_.handshake(upgraded, gate_.settings().handshakeTimeout);
     socket = upgraded;
+    fd = static_cast<int>(socket.impl()->sockfd());
     secure = true;
     tls = describeTls(socket);
+}
+
+AdmittedConnection::Wait AdmittedConnection::waitForClient(std::chrono::steady_clock::time_point deadline, int stopFd) {
+    if (socket.available() > 0) return Wait::Readable;
+    struct Waiting {
+        ConnectionLimiter::Slot& slot;
+        ~Waiting() { slot.working(); }
+    } waiting{slot};
+    slot.waiting(fd);
+    pollfd fds[2] = {{fd, POLLIN, 0}, {stopFd, POLLIN, 0}};
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return Wait::Timeout;
+        int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
+        if (rc < 0 && errno == EINTR) continue;
+        if (rc < 0) return Wait::Readable;  // let the read report the error
+        if (rc == 0) continue;
+        if (fds[1].revents) return Wait::Stopping;
+        return Wait::Readable;
+    }
 }
 
 void ConnectionGate::handshake(Poco::Net::StreamSocket& socket, Poco::Timespan within) const {

@@ -18,6 +18,7 @@
 #include <Poco/Util/AbstractConfiguration.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -124,6 +125,12 @@ public:
     // deadline; the socket becomes the TLS one. Throws Poco::TimeoutException("handshake") when the
     // deadline passed, else what the handshake threw.
     void startTls(const Poco::Net::Context::Ptr& context);
+
+    enum class Wait { Readable, Timeout, Stopping };
+    // The client's next bytes, `deadline`, or the server's stop (`stopFd` readable), whichever comes
+    // first; meanwhile the connection counts as waiting for its client (when the server is full, the
+    // longest waiting give way). Bytes TLS has already decrypted count as readable (SSL_pending).
+    Wait waitForClient(std::chrono::steady_clock::time_point deadline, int stopFd);
 
 private:
     friend class ConnectionGate;
