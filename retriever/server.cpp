@@ -57,7 +57,7 @@ struct RetrieverContext {
 };
 
 // What a request handler needs of the connection it runs on. Poco's HTTPServerConnection calls the
-// handlers on the connection's own pool thread, so LimitedHttpConnection::run() points this at its
+// handlers on the connection's own pool thread, so LimitedHttpConnection::serve() points this at its
 // state for as long as it serves the connection.
 struct ConnectionState {
     const ConnectionLog* log = nullptr;      // the connection's lines: "id=N ..."

@@ -124,7 +124,8 @@ void ConnectionGate::run(Poco::Net::StreamSocket socket, const std::function<voi
                 AdmittedConnection admitted(socket, implicitTls_, client, slot, log, *this);
                 bool answered = false;
                 if (implicitTls_) {
-                    // One deadline for the whole way to TLS: the look at the first bytes, then the handshake.
+                    // One deadline for the whole way to TLS, the look at the first bytes included: a
+                    // client cannot add a silence to a handshake it then trickles.
                     Watchdog::Guard deadline = watchdog_.arm(fd, settings_.handshakeTimeout);
                     answered = answeredInClear(socket, log);
                     if (!answered) {
@@ -140,6 +141,7 @@ void ConnectionGate::run(Poco::Net::StreamSocket socket, const std::function<voi
             }
         }
     } catch (const Poco::TimeoutException&) {
+        // A handshake's, the first or STARTTLS/STLS: the protocols answer their own read deadlines.
         log.peerEvent("disconnect", "reason=handshake-timeout");
     } catch (const Poco::Exception& e) {
         log.peerEvent("disconnect", "reason=" + logValue(e.displayText()));
