@@ -9,6 +9,7 @@
 #include "mail_api.h"
 
 #include "../common/lab/app_support.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/linereader.h"
 #include "../common/net/tls.h"
 
@@ -60,7 +61,8 @@ namespace {
 class Connection : public Poco::Net::TCPServerConnection {
 public:
     Connection(const Poco::Net::StreamSocket& socket, Service::Shared& shared, ConnectionGate& gate)
-        : TCPServerConnection(socket), s_(shared), ctx_(shared.ctx), gate_(gate) {}
+        : TCPServerConnection(socket), s_(shared), ctx_(shared.ctx), gate_(gate),
+          provenance_(ctx_.provenance ? ctx_.store : nullptr, "pop3") {}
 
     void run() override {
         gate_.run(socket(), [this](AdmittedConnection& connection) {
@@ -72,22 +74,9 @@ public:
 private:
     void log(const std::string& text) { connection_->log.line(text); }
 
-    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
-        if (!ctx_.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "pop3", connection_->client.address,
-                                       static_cast<int64_t>(std::time(nullptr)), ""};
-    }
-
     void onLogin(const std::string& account) {
         if (ctx_.activity) ctx_.activity->note(account, activity::kLogin, std::time(nullptr));
-        if (!ctx_.provenance || tlsSession_.clientRandom.empty()) return;
-        TlsSessionRecord record = tlsSession_;
-        record.account = account;
-        try {
-            ctx_.store->recordTlsLogin(record);
-        } catch (const std::exception& e) {
-            log("event=provenance result=error reason=" + logValue(e.what()));
-        }
+        provenance_.recordLogin(account, connection_->log);
     }
 
     void queue(Output& output) {
@@ -107,7 +96,7 @@ private:
 
     void serve(AdmittedConnection& connection) {
         Poco::Net::StreamSocket& socket = connection.socket;
-        if (connection.secure) noteTlsSession(socket);
+        if (connection.secure) provenance_.noteSession(socket, connection.client.address);
         Env env;
         env.hostname = ctx_.hostname;
         env.peerAddress = connection.client.host;
@@ -193,7 +182,7 @@ private:
                     reader = LineReader(ctx_.limits.maxLineLength);
                     connection.startTls(ctx_.tlsContext);
                     connection.log.event("tls", "stls=yes " + connection.tls);
-                    noteTlsSession(socket);
+                    provenance_.noteSession(socket, connection.client.address);
                     session.onTlsStarted();
                 }
             }
@@ -205,7 +194,7 @@ private:
     const ServiceContext& ctx_;
     ConnectionGate& gate_;
     AdmittedConnection* connection_ = nullptr;  // the socket, its client, its place and its log, once admitted
-    TlsSessionRecord tlsSession_;
+    TlsProvenance provenance_;  // the TLS session a login is recorded with (class servers)
     std::string pending_;
     std::vector<std::shared_ptr<void>> holds_;
 };

@@ -10,6 +10,7 @@
 #include "../common/lab/auth.h"
 #include "../common/net/guarded_connection.h"
 #include "../common/lab/store.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
@@ -62,11 +63,10 @@ struct RetrieverContext {
 struct ConnectionState {
     const ConnectionLog* log = nullptr;      // the connection's lines: "id=N ..."
     Watchdog::Guard* headDeadline = nullptr;  // armed before each request head, disarmed once parsed
-    TlsSessionRecord tlsSession;             // provenance: the TLS session (randoms, peer, time)
+    TlsProvenance* provenance = nullptr;     // the TLS session a login is recorded with (class servers)
     ConnectionLimiter::Slot* slot = nullptr;  // waiting while the client is to speak (limits: eviction)
     int fd = -1;
     proxy::Peer client;                      // the socket's peer, or the client a balancer named
-    std::string recordedAccount;             // ...and the account already recorded for it
 };
 thread_local ConnectionState* currentConnection = nullptr;
 
@@ -92,17 +92,7 @@ public:
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
-        if (ctx_.classRecord.provenance && !result.user.empty() && !connection.tlsSession.clientRandom.empty() &&
-            result.user != connection.recordedAccount) {
-            try {
-                TlsSessionRecord record = connection.tlsSession;
-                record.account = result.user;
-                ctx_.store->recordTlsLogin(record);
-                connection.recordedAccount = result.user;
-            } catch (const std::exception& e) {
-                log.line("event=provenance result=error reason=" + logValue(e.what()));
-            }
-        }
+        connection.provenance->recordLogin(result.user, log);
 
         response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
         // RFC 9110 6.2: the status line carries our own version, never the one a request claimed
@@ -187,10 +177,9 @@ private:
         connection.slot = &admitted.slot;
         connection.fd = admitted.fd;
         connection.client = admitted.client;
-        if (ctx_.classRecord.provenance && admitted.secure)
-            connection.tlsSession = TlsSessionRecord{clientRandomHex(admitted.socket), serverRandomHex(admitted.socket),
-                                                     "http", admitted.client.address,
-                                                     static_cast<int64_t>(std::time(nullptr)), ""};
+        TlsProvenance provenance(ctx_.classRecord.provenance ? ctx_.store.get() : nullptr, "http");
+        if (admitted.secure) provenance.noteSession(admitted.socket, admitted.client.address);
+        connection.provenance = &provenance;
         Watchdog::Guard deadline = ctx_.watchdog.arm(admitted.fd, ctx_.requestHeadTimeout);
         connection.headDeadline = &deadline;
         currentConnection = &connection;

@@ -10,6 +10,7 @@
 #include "../common/lab/class_board.h"
 #include "../common/net/guarded_connection.h"
 #include "../common/lab/store.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
@@ -67,7 +68,8 @@ struct SenderContext {
 class SmtpConnection : public Poco::Net::TCPServerConnection {
 public:
     SmtpConnection(const Poco::Net::StreamSocket& socket, SenderContext& context)
-        : TCPServerConnection(socket), ctx_(context) {}
+        : TCPServerConnection(socket), ctx_(context),
+          provenance_(context.classRecord.provenance ? context.store.get() : nullptr, "smtp") {}
 
     // The gate (common/net/guarded_connection.h) admits or refuses with 421, answers clear text on
     // the implicit-TLS port and completes the handshake; STARTTLS and plaintext modes start on a
@@ -110,30 +112,15 @@ private:
             (inData ? " stored=no" : ""));
     }
 
-    // Provenance: the TLS session's two randoms and its peer; recorded with the account at login.
-    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
-        if (!ctx_.classRecord.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "smtp", connection_->client.address,
-                                       static_cast<int64_t>(std::time(nullptr)), ""};
-    }
-
     void onLogin(const std::string& account) {
-        int64_t now = std::time(nullptr);
-        if (ctx_.classRecord.activity) ctx_.classRecord.activity->note(account, activity::kLogin, now);
-        if (!ctx_.classRecord.provenance || tlsSession_.clientRandom.empty()) return;
-        TlsSessionRecord record = tlsSession_;
-        record.account = account;
-        try {
-            ctx_.store->recordTlsLogin(record);
-        } catch (const std::exception& e) {
-            log("event=provenance result=error reason=" + logValue(e.what()));
-        }
+        if (ctx_.classRecord.activity) ctx_.classRecord.activity->note(account, activity::kLogin, std::time(nullptr));
+        provenance_.recordLogin(account, connection_->log);
     }
 
     void serve(AdmittedConnection& connection) {
         Poco::Net::StreamSocket& socket = connection.socket;
         const std::string& tls = connection.tls;
-        if (connection.secure) noteTlsSession(socket);
+        if (connection.secure) provenance_.noteSession(socket, connection.client.address);
         smtp::SessionEnv env;
         env.tlsMode = ctx_.tlsMode;
         env.allowPlaintextAuth = ctx_.allowPlaintextAuth;
@@ -220,7 +207,7 @@ private:
             if (output.startTls) {
                 connection.startTls(ctx_.tlsContext);
                 connection.log.event("tls", "starttls=yes " + tls);
-                noteTlsSession(socket);
+                provenance_.noteSession(socket, connection.client.address);
                 auto group = tls.find(" group=");
                 session.onTlsStarted(tls.substr(0, group), group == std::string::npos ? "" : tls.substr(group + 7));
                 commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
@@ -230,7 +217,7 @@ private:
 
     SenderContext& ctx_;
     AdmittedConnection* connection_ = nullptr;  // the socket, its client, its place and its log, once admitted
-    TlsSessionRecord tlsSession_;  // this connection's TLS session, when provenance is on
+    TlsProvenance provenance_;  // the TLS session a login is recorded with (class servers)
 };
 
 class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
