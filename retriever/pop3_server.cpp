@@ -1,5 +1,6 @@
-// The POP3 connections of the retriever (pop3_server.h): admitted by the retriever's limiter or
-// refused at once, the TLS handshake under a total deadline, then lines from a LineReader into the
+// The POP3 connections of the retriever (pop3_server.h): the connection gate
+// (common/net/guarded_connection.h) admits them by the retriever's limiter or refuses with -ERR, and
+// completes the TLS handshake under a total deadline; then lines from a LineReader into the
 // pop3::Session, every reply that a read produced sent together (RFC 2449 PIPELINING), an idle
 // deadline (RFC 1939 3 autologout), STLS as the sender does STARTTLS. Logged as key=value lines
 // with the connection id, service=pop3.
@@ -8,18 +9,16 @@
 #include "mail_api.h"
 
 #include "../common/lab/app_support.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/linereader.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/NetException.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServerConnection.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
 
-#include <poll.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <ctime>
 
@@ -33,130 +32,51 @@ struct Service::Shared {
     ServiceContext ctx;
     MaildropLocks locks;
     http::ResponseBudget responses;
-    std::atomic<int> refusing{0};
+    // The POP3S port's and the STLS port's: refusals over TLS have handshakes of their own, apart
+    // from the HTTPS side's (the retriever's pool has room for both).
+    ConnectionGate implicitGate, plainGate;
     int stopPipe[2] = {-1, -1};  // written once at stop: every waiting session wakes up
-    explicit Shared(ServiceContext context) : ctx(std::move(context)), responses(ctx.maxResponseBytesInFlight) {}
+    explicit Shared(ServiceContext context)
+        : ctx(std::move(context)), responses(ctx.maxResponseBytesInFlight),
+          implicitGate(ctx.gate, guardedProtocol(true), true, *ctx.limiter, *ctx.watchdog, *ctx.logger, *ctx.nextId),
+          plainGate(ctx.gate, guardedProtocol(false), false, *ctx.limiter, *ctx.watchdog, *ctx.logger, *ctx.nextId) {}
 };
+
+GuardedProtocol guardedProtocol(bool implicitTls) {
+    GuardedProtocol protocol;
+    protocol.service = "pop3";
+    protocol.connectNote = implicitTls ? "tls=implicit" : "tls=stls-port";
+    protocol.refusedAs = "-ERR";
+    // RFC 3206 4: SYS/TEMP, a passing problem of the system: try again later.
+    protocol.refusal = [](ConnectionLimiter::Verdict verdict) {
+        return std::string("-ERR [SYS/TEMP] Too many connections") +
+               (verdict == ConnectionLimiter::Verdict::TooManyFromAddress ? " from your address" : "") +
+               "; try again later\r\n";
+    };
+    return protocol;  // clear text on the POP3S port gets OpenSSL's alert, as before
+}
 
 namespace {
 
 class Connection : public Poco::Net::TCPServerConnection {
 public:
-    Connection(const Poco::Net::StreamSocket& socket, Service::Shared& shared, bool implicitTls)
-        : TCPServerConnection(socket), s_(shared), ctx_(shared.ctx), implicitTls_(implicitTls), id_((*ctx_.nextId)++) {}
+    Connection(const Poco::Net::StreamSocket& socket, Service::Shared& shared, ConnectionGate& gate)
+        : TCPServerConnection(socket), s_(shared), ctx_(shared.ctx), gate_(gate),
+          provenance_(ctx_.provenance ? ctx_.store : nullptr, "pop3") {}
 
     void run() override {
-        Poco::Net::StreamSocket socket = this->socket();
-        // Behind a balancer the client is the one its PROXY header names, from here on.
-        client_ = proxy::readProxyHeader(static_cast<int>(socket.impl()->sockfd()), socket.peerAddress(), ctx_.proxy);
-        if (!client_.ok) {
-            log("event=proxy-refused service=pop3 " + client_.forLog() + " reason=" + logValue(client_.error));
-            return;
-        }
-        std::string peer = client_.address + (client_.via.empty() ? "" : " via=" + client_.via);
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client_.host);
-        slot_ = &slot;
-        bool secure = implicitTls_;
-        try {
-            socket.setNoDelay(true);  // replies are whole; never wait on Nagle (docs/design.md)
-            socket.setSendTimeout(ctx_.sendTimeout);
-            socket.setReceiveTimeout(ctx_.handshakeTimeout);
-            if (!slot.admitted()) {
-                refuse(socket, slot.verdict(), peer);
-            } else {
-                slot.waiting(static_cast<int>(socket.impl()->sockfd()));  // the handshake waits for the client
-                log("event=connect service=pop3 peer=" + peer + " tls=" + (secure ? "implicit" : "stls-port") +
-                    " active=" + std::to_string(ctx_.limiter->active()));
-                serve(socket, secure);
-                closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: +OK, then our close
-            }
-        } catch (const Poco::TimeoutException&) {
-            log("event=disconnect service=pop3 reason=handshake-timeout");
-        } catch (const Poco::Exception& e) {
-            log("event=disconnect service=pop3 reason=" + logValue(e.displayText()));
-        } catch (const std::exception& e) {
-            log(std::string("event=disconnect service=pop3 reason=") + logValue(e.what()));
-        }
-        if (slot.evicted())
-            log("event=evicted reason=\"the server was full and this connection waited longest for its client\"");
-        slot.working();  // out of the waiting list before its descriptor is closed (and reused)
-        try {
-            socket.close();
-        } catch (...) {
-        }
-        if (slot.admitted()) log("event=close service=pop3");
+        gate_.run(socket(), [this](AdmittedConnection& connection) {
+            connection_ = &connection;
+            serve(connection);
+        });
     }
 
 private:
-    void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
-
-    // Past the limits: one -ERR at once and close (over TLS only for a few at a time, within a short
-    // deadline, as the HTTPS side answers 503; past those the connection is just closed).
-    void refuse(Poco::Net::StreamSocket& socket, ConnectionLimiter::Verdict verdict, const std::string& peer) {
-        bool answered = false;
-        if (!implicitTls_ || ++s_.refusing <= ctx_.maxRefusalHandshakes) {
-            try {
-                Watchdog::Guard deadline =
-                    ctx_.watchdog->arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalTimeout);
-                if (implicitTls_) Poco::Net::SecureStreamSocket(socket).completeHandshake();
-                sendAll(socket, std::string("-ERR [SYS/TEMP] Too many connections") +
-                                    (verdict == ConnectionLimiter::Verdict::TooManyFromAddress ? " from your address" : "") +
-                                    "; try again later\r\n");
-                answered = !deadline.expired();
-                if (answered) closeGracefully(socket, implicitTls_, 100);
-            } catch (const std::exception&) {
-            }
-        }
-        if (implicitTls_) --s_.refusing;
-        log("event=refused service=pop3 peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
-            " answered=" + (answered ? "-ERR" : "closed"));
-    }
-
-    void handshake(Poco::Net::StreamSocket& socket) {
-        Watchdog::Guard deadline = ctx_.watchdog->arm(static_cast<int>(socket.impl()->sockfd()), ctx_.handshakeTimeout);
-        try {
-            Poco::Net::SecureStreamSocket(socket).completeHandshake();
-        } catch (const Poco::Exception&) {
-            if (deadline.expired()) throw Poco::TimeoutException("handshake");
-            throw;
-        }
-    }
-
-    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
-        if (!ctx_.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "pop3", client_.address,
-                                       static_cast<int64_t>(std::time(nullptr)), ""};
-    }
+    void log(const std::string& text) { connection_->log.line(text); }
 
     void onLogin(const std::string& account) {
         if (ctx_.activity) ctx_.activity->note(account, activity::kLogin, std::time(nullptr));
-        if (!ctx_.provenance || tlsSession_.clientRandom.empty()) return;
-        TlsSessionRecord record = tlsSession_;
-        record.account = account;
-        try {
-            ctx_.store->recordTlsLogin(record);
-        } catch (const std::exception& e) {
-            log("event=provenance result=error reason=" + logValue(e.what()));
-        }
-    }
-
-    enum class Wait { Readable, Timeout, Stopping };
-
-    // The client's next bytes, the idle deadline, or the server's stop, whichever comes first.
-    // Bytes TLS has already decrypted count as readable.
-    Wait waitForInput(Poco::Net::StreamSocket& socket, std::chrono::steady_clock::time_point deadline) {
-        if (socket.available() > 0) return Wait::Readable;
-        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {s_.stopPipe[0], POLLIN, 0}};
-        for (;;) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return Wait::Timeout;
-            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
-            if (rc < 0 && errno == EINTR) continue;
-            if (rc < 0) return Wait::Readable;  // let the read report the error
-            if (rc == 0) continue;
-            if (fds[1].revents) return Wait::Stopping;
-            return Wait::Readable;
-        }
+        provenance_.recordLogin(account, connection_->log);
     }
 
     void queue(Output& output) {
@@ -174,17 +94,14 @@ private:
         holds_.clear();           // the response budget's places, given back once sent
     }
 
-    void serve(Poco::Net::StreamSocket& socket, bool& secure) {
-        if (secure) {
-            handshake(socket);
-            log("event=tls service=pop3 " + describeTls(socket));
-            noteTlsSession(socket);
-        }
+    void serve(AdmittedConnection& connection) {
+        Poco::Net::StreamSocket& socket = connection.socket;
+        if (connection.secure) provenance_.noteSession(socket, connection.client.address);
         Env env;
         env.hostname = ctx_.hostname;
-        env.peerAddress = client_.host;
-        env.tlsActive = secure;
-        env.stlsOffered = !secure;
+        env.peerAddress = connection.client.host;
+        env.tlsActive = connection.secure;
+        env.stlsOffered = !connection.secure;
         env.implicitTlsPort = ctx_.implicitTlsPort;
         env.locks = &s_.locks;
         http::ResponseBudget* budget = &s_.responses;
@@ -215,11 +132,9 @@ private:
         Clock::time_point deadline = Clock::now() + idle;
         bool closing = false;
         while (!closing) {
-            slot_->waiting(static_cast<int>(socket.impl()->sockfd()));  // when full, the longest waiting give way
-            Wait wait = waitForInput(socket, deadline);
-            slot_->working();
-            if (wait != Wait::Readable) {
-                Output last = wait == Wait::Stopping ? session.onShutdown() : session.onTimeout();
+            AdmittedConnection::Wait wait = connection.waitForClient(deadline, s_.stopPipe[0]);
+            if (wait != AdmittedConnection::Wait::Readable) {
+                Output last = wait == AdmittedConnection::Wait::Stopping ? session.onShutdown() : session.onTimeout();
                 queue(last);
                 flush(socket);
                 return;
@@ -233,14 +148,15 @@ private:
                 flush(socket);
                 return;
             } catch (const Poco::Exception& e) {
-                log("event=disconnect service=pop3 reason=" + logValue(e.displayText()) + " state=" +
-                    Session::stateName(session.state()) + " deleted=none");
+                connection.log.event("disconnect", "reason=" + logValue(e.displayText()) + " state=" +
+                                                       Session::stateName(session.state()) + " deleted=none");
                 return;
             }
             if (n <= 0) {
                 // Gone without QUIT: no UPDATE state, nothing deleted (RFC 1939 6).
-                log(std::string("event=disconnect service=pop3 reason=") + (slot_->evicted() ? "evicted" : "eof") +
-                    " state=" + Session::stateName(session.state()) + " deleted=none");
+                connection.log.event("disconnect", std::string("reason=") +
+                                                       (connection.slot.evicted() ? "evicted" : "eof") + " state=" +
+                                                       Session::stateName(session.state()) + " deleted=none");
                 return;
             }
             reader.feed(buffer, static_cast<size_t>(n));
@@ -264,13 +180,9 @@ private:
                     // never executed inside the TLS session.
                     if (reader.next(event) || reader.hasBufferedBytes()) log("event=stls-discarded-plaintext");
                     reader = LineReader(ctx_.limits.maxLineLength);
-                    Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
-                    upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
-                    handshake(upgraded);
-                    socket = upgraded;
-                    secure = true;
-                    log("event=tls service=pop3 stls=yes " + describeTls(socket));
-                    noteTlsSession(socket);
+                    connection.startTls(ctx_.tlsContext);
+                    connection.log.event("tls", "stls=yes " + connection.tls);
+                    provenance_.noteSession(socket, connection.client.address);
                     session.onTlsStarted();
                 }
             }
@@ -280,25 +192,23 @@ private:
 
     Service::Shared& s_;
     const ServiceContext& ctx_;
-    bool implicitTls_;
-    unsigned long id_;
-    ConnectionLimiter::Slot* slot_ = nullptr;
-    TlsSessionRecord tlsSession_;
-    proxy::Peer client_;  // who the connection is for: the socket's peer, or the client a balancer named
+    ConnectionGate& gate_;
+    AdmittedConnection* connection_ = nullptr;  // the socket, its client, its place and its log, once admitted
+    TlsProvenance provenance_;  // the TLS session a login is recorded with (class servers)
     std::string pending_;
     std::vector<std::shared_ptr<void>> holds_;
 };
 
 class ConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
 public:
-    ConnectionFactory(Service::Shared& shared, bool implicitTls) : shared_(shared), implicitTls_(implicitTls) {}
+    ConnectionFactory(Service::Shared& shared, ConnectionGate& gate) : shared_(shared), gate_(gate) {}
     Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
-        return new Connection(socket, shared_, implicitTls_);
+        return new Connection(socket, shared_, gate_);
     }
 
 private:
     Service::Shared& shared_;
-    bool implicitTls_;
+    ConnectionGate& gate_;
 };
 
 }  // namespace
@@ -320,7 +230,7 @@ void Service::serve(std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& liste
         Poco::Net::TCPServerParams::Ptr params = new Poco::Net::TCPServerParams;
         params->setMaxThreads(maxThreads);
         params->setMaxQueued(backlog);
-        servers_.push_back(std::make_unique<Poco::Net::TCPServer>(new ConnectionFactory(*shared_, implicitTls), pool,
+        servers_.push_back(std::make_unique<Poco::Net::TCPServer>(new ConnectionFactory(*shared_, implicitTls ? shared_->implicitGate : shared_->plainGate), pool,
                                                                   *listener, params));
         servers_.back()->start();
     }

@@ -7,8 +7,7 @@
 
 #include "../common/lab/auth.h"
 #include "../common/lab/class_board.h"
-#include "../common/net/connection_guard.h"
-#include "../common/net/proxy_protocol.h"
+#include "../common/net/guarded_connection.h"
 #include "../common/lab/store.h"
 
 #include <Poco/Logger.h>
@@ -30,22 +29,24 @@ struct ServiceContext {
     Store* store = nullptr;
     Authenticator* auth = nullptr;
     ConnectionLimiter* limiter = nullptr;  // the retriever's: HTTPS and POP3 connections count together
-    Watchdog* watchdog = nullptr;
+    Watchdog* watchdog = nullptr;               // the gate's deadlines: the handshakes, the refusals
     Poco::Logger* logger = nullptr;
     std::atomic<unsigned long>* nextId = nullptr;  // the connection ids of the log, shared with HTTPS
     ActivityRecorder* activity = nullptr;          // the class board (class servers); none: not kept
     bool provenance = false;                       // record authenticated TLS sessions (class servers)
     Poco::Net::Context::Ptr tlsContext;            // implicit TLS and STLS
-    proxy::Settings proxy;                         // the balancers whose PROXY headers name the client
+    GateSettings gate;                             // PROXY header, handshake and refusal deadlines, shared with HTTPS
     Limits limits;
     std::string hostname = "localhost";
     std::string implicitTlsPort;  // named when the plaintext port refuses credentials; "" when off
-    Poco::Timespan handshakeTimeout, idleTimeout, sendTimeout, refusalTimeout;
-    int maxRefusalHandshakes = 8;
+    Poco::Timespan idleTimeout;
     size_t maxResponseBytesInFlight = 128 * 1024 * 1024;
-    int closeLingerMs = 1000;
     bool verbose = false;
 };
+
+// The POP3 words of the connection gate: "-ERR [SYS/TEMP]" (RFC 3206) past the connection limits,
+// service=pop3 in the log, the port's kind on the connect line.
+GuardedProtocol guardedProtocol(bool implicitTls);
 
 class Service {
 public:

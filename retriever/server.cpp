@@ -1,15 +1,16 @@
 // retrieverserver: the lab's HTTPS server (HTTP/1.1 over TLS 1.3) answering GET requests for each
-// user's stored mail. Poco HTTPServer on a SecureServerSocket; each request goes to the socket-free
-// MailApi (mail_api.h). It also serves POP3 for mail clients (pop3_server.h): implicit TLS on its own
+// user's stored mail. Each connection passes the connection gate (common/net/guarded_connection.h)
+// and runs Poco's HTTPServerConnection; each request goes to the socket-free MailApi (mail_api.h). It also serves POP3 for mail clients (pop3_server.h): implicit TLS on its own
 // port and, when asked, a plaintext port with STLS.
+#include "http_guard.h"
 #include "mail_api.h"
 #include "pop3_server.h"
 
 #include "../common/lab/app_support.h"
 #include "../common/lab/auth.h"
-#include "../common/net/connection_guard.h"
-#include "../common/net/proxy_protocol.h"
+#include "../common/net/guarded_connection.h"
 #include "../common/lab/store.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
@@ -22,7 +23,6 @@
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServer.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/String.h>
@@ -48,29 +48,25 @@ struct RetrieverContext {
     ClassRecord classRecord;  // provenance, the board's activity (class servers); before api, which uses it
     std::unique_ptr<Authenticator> auth;
     std::unique_ptr<http::MailApi> api;
-    Poco::Logger* logger = nullptr;
     bool verbose = false;
     bool overTls = true;
     std::unique_ptr<ConnectionLimiter> limiter;
     Watchdog watchdog;  // total deadlines: the handshake, each request head
-    Poco::Timespan handshakeTimeout, requestHeadTimeout, keepAliveTimeout, refusalTimeout;
-    std::atomic<int> refusing{0};
-    int maxRefusalHandshakes = 0;
-    std::atomic<unsigned long> nextConnectionId{1};
-    proxy::Settings proxy;  // the balancers whose PROXY headers name the client (docs/balancer.md)
+    Poco::Timespan requestHeadTimeout, keepAliveTimeout;
+    std::atomic<unsigned long> nextConnectionId{1};  // the log lines' connection ids, HTTPS and POP3 together
+    std::unique_ptr<ConnectionGate> gate;  // PROXY header, limits (503), plain HTTP on the HTTPS port, the handshake
 };
 
 // What a request handler needs of the connection it runs on. Poco's HTTPServerConnection calls the
-// handlers on the connection's own pool thread, so LimitedHttpConnection::run() points this at its
+// handlers on the connection's own pool thread, so LimitedHttpConnection::serve() points this at its
 // state for as long as it serves the connection.
 struct ConnectionState {
-    unsigned long id = 0;                    // the log lines' connection id
+    const ConnectionLog* log = nullptr;      // the connection's lines: "id=N ..."
     Watchdog::Guard* headDeadline = nullptr;  // armed before each request head, disarmed once parsed
-    TlsSessionRecord tlsSession;             // provenance: the TLS session (randoms, peer, time)
+    TlsProvenance* provenance = nullptr;     // the TLS session a login is recorded with (class servers)
     ConnectionLimiter::Slot* slot = nullptr;  // waiting while the client is to speak (limits: eviction)
     int fd = -1;
     proxy::Peer client;                      // the socket's peer, or the client a balancer named
-    std::string recordedAccount;             // ...and the account already recorded for it
 };
 thread_local ConnectionState* currentConnection = nullptr;
 
@@ -80,15 +76,13 @@ public:
 
     void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
         ConnectionState& connection = *currentConnection;
-        unsigned long id = connection.id;
+        const ConnectionLog& log = *connection.log;
         auto& socket = static_cast<Poco::Net::HTTPServerRequestImpl&>(request).socket();
-        std::string prefix = "id=" + std::to_string(id) + " ";
         if (ctx_.verbose) {
-            ctx_.logger->information(prefix + "C: " + escapeControl(request.getMethod() + " " + request.getURI() + " " +
-                                                                    request.getVersion()));
+            log.line("C: " + escapeControl(request.getMethod() + " " + request.getURI() + " " + request.getVersion()));
             for (const auto& [name, value] : request)
-                ctx_.logger->information(prefix + "C: " + escapeControl(name) + ": " +
-                                         (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : escapeControl(value)));
+                log.line("C: " + escapeControl(name) + ": " +
+                         (Poco::icompare(name, "Authorization") == 0 ? "<redacted>" : escapeControl(value)));
         }
         http::ApiRequest apiRequest;
         apiRequest.method = request.getMethod();
@@ -98,17 +92,7 @@ public:
         apiRequest.version = request.getVersion();
         for (const auto& header : request) apiRequest.headers.emplace_back(header.first, header.second);
         http::ApiResponse result = ctx_.api->handle(apiRequest);
-        if (ctx_.classRecord.provenance && !result.user.empty() && !connection.tlsSession.clientRandom.empty() &&
-            result.user != connection.recordedAccount) {
-            try {
-                TlsSessionRecord record = connection.tlsSession;
-                record.account = result.user;
-                ctx_.store->recordTlsLogin(record);
-                connection.recordedAccount = result.user;
-            } catch (const std::exception& e) {
-                ctx_.logger->information(prefix + "event=provenance result=error reason=" + logValue(e.what()));
-            }
-        }
+        connection.provenance->recordLogin(result.user, log);
 
         response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(result.status));
         // RFC 9110 6.2: the status line carries our own version, never the one a request claimed
@@ -140,15 +124,15 @@ public:
         // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose:
         // at tens of thousands of GETs a second the line cost a tenth of each request (issue 22).
         if (ctx_.verbose || result.status >= 400)
-            ctx_.logger->information(prefix + "event=request " + connection.client.forLog() + " method=" +
-                                     logValue(request.getMethod()) + " path=" + logValue(request.getURI().substr(0, 200)) +
-                                     " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
-                                     (result.user.empty() ? "" : " user=" + result.user) +
-                                     // A refused login names the account tried, quoted: the client chose it.
-                                     (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
+            log.peerEvent("request", "method=" + logValue(request.getMethod()) + " path=" +
+                                         logValue(request.getURI().substr(0, 200)) + " status=" + std::to_string(result.status) +
+                                         " bytes=" + std::to_string(result.body.size()) +
+                                         (result.user.empty() ? "" : " user=" + result.user) +
+                                         // A refused login names the account tried, quoted: the client chose it.
+                                         (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
         if (ctx_.verbose) {
-            ctx_.logger->information(prefix + "S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
-            for (const auto& [name, value] : response) ctx_.logger->information(prefix + "S: " + name + ": " + value);
+            log.line("S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
+            for (const auto& [name, value] : response) log.line("S: " + name + ": " + value);
         }
     }
 
@@ -173,8 +157,9 @@ private:
     RetrieverContext& ctx_;
 };
 
-// One connection: admitted by the limiter or refused with 503 at once; then Poco's HTTP/1.1
-// connection loop, with a total deadline on the TLS handshake and on each request head.
+// One connection: the gate (common/net/guarded_connection.h) admits it or refuses with 503, answers
+// plain HTTP on the HTTPS port and completes the handshake; then Poco's HTTP/1.1 connection loop,
+// with a total deadline on each request head.
 class LimitedHttpConnection : public Poco::Net::TCPServerConnection {
 public:
     LimitedHttpConnection(const Poco::Net::StreamSocket& socket, RetrieverContext& ctx,
@@ -182,130 +167,34 @@ public:
         : TCPServerConnection(socket), ctx_(ctx), params_(params), factory_(factory) {}
 
     void run() override {
-        Poco::Net::StreamSocket& socket = this->socket();
-        int fd = static_cast<int>(socket.impl()->sockfd());
-        // Behind a balancer the client is the one its PROXY header names, from here on.
-        proxy::Peer client = proxy::readProxyHeader(fd, socket.peerAddress(), ctx_.proxy);
-        if (!client.ok) {
-            ctx_.logger->information("event=proxy-refused " + client.forLog() + " reason=" + logValue(client.error));
-            return;
-        }
-        std::string peer = client.address + (client.via.empty() ? "" : " via=" + client.via);
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client.host);
-        if (!slot.admitted()) return refuse(socket, slot.verdict(), peer);
-        slot.waiting(fd);  // the handshake and each request head wait for the client
-        struct Leave {
-            ConnectionLimiter::Slot& slot;
-            ~Leave() { slot.working(); }  // out of the waiting list before the socket is closed
-        } leave{slot};
-        Watchdog::Guard deadline = ctx_.watchdog.arm(fd, ctx_.handshakeTimeout);
-        if (ctx_.overTls && answeredInClear(socket, peer)) return;
-        try {
-            if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
-        } catch (const std::exception& e) {
-            ctx_.logger->information("event=disconnect peer=" + peer + " reason=" +
-                                     (deadline.expired() ? std::string("handshake-timeout") : logValue(e.what())));
-            return;
-        }
+        ctx_.gate->run(socket(), [this](AdmittedConnection& admitted) { serve(admitted); });
+    }
+
+private:
+    void serve(AdmittedConnection& admitted) {
         ConnectionState connection;
-        connection.id = ctx_.nextConnectionId++;
-        connection.slot = &slot;
-        connection.fd = fd;
-        connection.client = client;
-        if (ctx_.classRecord.provenance && ctx_.overTls)
-            connection.tlsSession = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "http", client.address,
-                                                     static_cast<int64_t>(std::time(nullptr)), ""};
-        deadline = ctx_.watchdog.arm(fd, ctx_.requestHeadTimeout);
+        connection.log = &admitted.log;
+        connection.slot = &admitted.slot;
+        connection.fd = admitted.fd;
+        connection.client = admitted.client;
+        TlsProvenance provenance(ctx_.classRecord.provenance ? ctx_.store.get() : nullptr, "http");
+        if (admitted.secure) provenance.noteSession(admitted.socket, admitted.client.address);
+        connection.provenance = &provenance;
+        Watchdog::Guard deadline = ctx_.watchdog.arm(admitted.fd, ctx_.requestHeadTimeout);
         connection.headDeadline = &deadline;
-        // Poco writes a response's headers and body separately: without TCP_NODELAY the body could
-        // wait for the client's delayed ACK of the headers (Nagle).
-        socket.setNoDelay(true);
         currentConnection = &connection;
         std::string ended;
         try {
-            Poco::Net::HTTPServerConnection(socket, params_, factory_).run();
+            Poco::Net::HTTPServerConnection(admitted.socket, params_, factory_).run();
         } catch (const std::exception& e) {
             ended = e.what();  // the peer went away mid-request, or the deadline shut the socket
         }
         currentConnection = nullptr;
-        if (slot.evicted())
-            ctx_.logger->information("event=evicted peer=" + peer + " reason=\"the server was full and this "
-                                     "connection waited longest for its client\"");
-        else if (deadline.expired())
-            ctx_.logger->information("event=disconnect peer=" + peer + " reason=request-head-timeout");
+        if (admitted.slot.evicted()) return;  // the gate says so
+        if (deadline.expired())
+            admitted.log.peerEvent("disconnect", "reason=request-head-timeout");
         else if (!ended.empty())
-            ctx_.logger->information("event=disconnect peer=" + peer + " reason=" + logValue(ended));
-    }
-
-private:
-    // Plain HTTP on the HTTPS port (curl http://, a browser's http:// link): a request line where
-    // a ClientHello should be gets a clear-text 400 that names the https:// URL, as nginx does,
-    // instead of a TLS alert the client cannot read ("connection reset"); other clear text is closed.
-    // The bytes are only peeked (within the handshake's deadline): a TLS client is unaffected.
-    // True when the connection was handled so (it is then over).
-    bool answeredInClear(Poco::Net::StreamSocket& socket, const std::string& peer) {
-        int fd = static_cast<int>(socket.impl()->sockfd());
-        std::string seen;
-        FirstBytes kind = peekFirstBytes(fd, static_cast<int>(ctx_.handshakeTimeout.totalMilliseconds()), seen);
-        if (kind == FirstBytes::Tls || kind == FirstBytes::Closed || kind == FirstBytes::Silence) return false;
-        bool http = kind == FirstBytes::HttpRequest;
-        std::string received =
-            answerInClear(fd, http ? plainHttpAnswer(seen, socket.address().port()) : std::string(), kCloseLingerMs);
-        ctx_.logger->information("event=plaintext-on-tls peer=" + peer + " first=" +
-                                 quotedLogValue(received.substr(0, received.find_first_of("\r\n"))) +
-                                 " answered=" + (http ? "400" : "closed"));
-        return true;
-    }
-
-    // The clear-text 400: the request's Host (when it is a plain host[:port]) or localhost, with
-    // this port, in the https:// URL to use instead.
-    static std::string plainHttpAnswer(const std::string& request, int port) {
-        std::string host = "localhost";
-        size_t at = Poco::toLower(request).find("\nhost:");
-        if (at != std::string::npos) {
-            size_t start = request.find_first_not_of(" \t", at + 6);
-            size_t end = request.find_first_of("\r\n", start);
-            std::string value = start == std::string::npos ? "" : request.substr(start, end - start);
-            value = value.substr(0, value.rfind(':') == std::string::npos || value.back() == ']' ? value.size()
-                                                                                                 : value.rfind(':'));
-            bool plain = !value.empty() && value.size() < 256 &&
-                         value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-[]:") ==
-                             std::string::npos;
-            if (plain) host = value;
-        }
-        std::string url = "https://" + host + ":" + std::to_string(port) + "/";
-        std::string body = "This port speaks HTTPS (TLS), not plain HTTP.\nUse " + url +
-                           " instead, e.g.\n  curl --cacert certs/ca.pem " + url + "\n";
-        return "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
-               std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
-    }
-
-    static constexpr int kCloseLingerMs = 1000;  // after our FIN, how long to wait for the client's
-
-    // 503 at once (RFC 9110 15.6.4), over TLS within a short deadline and only a few at a time (see
-    // the sender's refuse()); past those the connection is just closed.
-    void refuse(Poco::Net::StreamSocket& socket, ConnectionLimiter::Verdict verdict, const std::string& peer) {
-        bool answered = false;
-        if (!ctx_.overTls || ++ctx_.refusing <= ctx_.maxRefusalHandshakes) {
-            try {
-                Watchdog::Guard deadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalTimeout);
-                if (ctx_.overTls) Poco::Net::SecureStreamSocket(socket).completeHandshake();
-                http::ApiResponse busy = http::errorResponse(
-                    503, verdict == ConnectionLimiter::Verdict::TooManyFromAddress
-                        ? "Too many connections from your address; try again later"
-                        : "Too many connections; try again later");
-                std::string wire = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n";
-                for (const auto& [name, value] : busy.headers) wire += name + ": " + value + "\r\n";
-                wire += "Content-Length: " + std::to_string(busy.body.size()) + "\r\n\r\n" + busy.body;
-                sendAll(socket, wire);
-                answered = !deadline.expired();
-                if (answered) closeGracefully(socket, ctx_.overTls, 100);
-            } catch (const std::exception&) {
-            }
-        }
-        if (ctx_.overTls) --ctx_.refusing;
-        ctx_.logger->information("event=refused peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
-                                 " answered=" + (answered ? "503" : "closed"));
+            admitted.log.peerEvent("disconnect", "reason=" + logValue(ended));
     }
 
     RetrieverContext& ctx_;
@@ -371,16 +260,14 @@ protected:
         Poco::Logger& logger = Application::logger();
         long files = raiseOpenFileLimit();
         RetrieverContext ctx;
-        ctx.logger = &logger;
         ctx.verbose = cfg.getBool("retriever.verbose");
         int maxConnections = cfg.getInt("retriever.maxConnections");
-        ctx.limiter = std::make_unique<ConnectionLimiter>(maxConnections, cfg.getInt("retriever.maxConnectionsPerAddress"),
-                                                          std::chrono::milliseconds(cfg.getInt("retriever.minWaitToEvictMs")));
-        ctx.maxRefusalHandshakes = cfg.getInt("retriever.maxRefusalHandshakes");
-        ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.handshake"), 0);
+        ctx.limiter = connectionLimiterFrom(cfg, "retriever");
+        // HTTPS and POP3 share the limits and deadlines; each has its own gate (its words, its refusals).
+        GateSettings gate = gateSettingsFrom(cfg, "retriever");
+        gate.sendTimeout = Poco::Timespan(cfg.getInt("retriever.timeoutSeconds"), 0);
         ctx.requestHeadTimeout = Poco::Timespan(cfg.getInt("retriever.timeout.requestHead"), 0);
         ctx.keepAliveTimeout = Poco::Timespan(cfg.getInt("retriever.keepAliveSeconds"), 0);
-        ctx.refusalTimeout = Poco::Timespan(0, cfg.getInt("retriever.timeout.refusalMs") * 1000);
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         StoreOptions storeOptions = storeOptionsFrom(cfg);
@@ -406,7 +293,7 @@ protected:
         }
         ctx.overTls = mode == "implicit";
         try {
-            ctx.proxy = proxySettingsFrom(cfg);
+            gate.proxy = proxySettingsFrom(cfg);
         } catch (const std::exception& e) {
             logger.error("event=startup-failed reason=" + logValue(e.what()));
             return EXIT_CONFIG;
@@ -473,7 +360,7 @@ protected:
         mailClients.pop3PlainPort = pop3PlainBound;
         ctx.api->setAutoconfig(mailClients);
         Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
-        int threads = maxConnections + ctx.maxRefusalHandshakes + 8;  // headroom: those past the limit get a 503
+        int threads = maxConnections + gate.maxRefusalHandshakes + 8;  // headroom: those past the limit get a 503
         params->setMaxThreads(threads);
         params->setMaxQueued(cfg.getInt("retriever.listenBacklog"));
         params->setKeepAlive(true);
@@ -483,9 +370,11 @@ protected:
         params->setServerName("localhost");
         params->setSoftwareVersion("maillab-retriever");
         // POP3 connections share the pool and the limits; their refusals have handshakes of their own.
-        Poco::ThreadPool pool(2, threads + ctx.maxRefusalHandshakes, 60, 256 * 1024);
+        Poco::ThreadPool pool(2, threads + gate.maxRefusalHandshakes, 60, 256 * 1024);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool, the limits and
         // the handler factory; each connection runs Poco's HTTPServerConnection behind our limits.
+        ctx.gate = std::make_unique<ConnectionGate>(gate, http::guardedProtocol(), ctx.overTls, *ctx.limiter, ctx.watchdog,
+                                                    logger, ctx.nextConnectionId);
         auto* mailHandlers = new MailRequestHandlerFactory(ctx);
         Poco::Net::HTTPRequestHandlerFactory::Ptr handlers(mailHandlers);
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
@@ -508,18 +397,14 @@ protected:
             p.activity = ctx.classRecord.activity.get();
             p.provenance = ctx.classRecord.provenance;
             p.tlsContext = pop3Tls;
-            p.proxy = ctx.proxy;
+            p.gate = gate;
             p.limits.maxLineLength = cfg.getUInt64("pop3.maxLineLength");
             p.limits.maxBadCommands = cfg.getInt("pop3.maxBadCommands");
             p.limits.maxAuthFailures = cfg.getInt("pop3.maxAuthFailures");
             p.limits.maxMessages = cfg.getUInt64("pop3.maxMessages");
             p.hostname = hostname.empty() ? Poco::Net::DNS::hostName() : hostname;
             p.implicitTlsPort = pop3Bound ? std::to_string(pop3Bound) : "";
-            p.handshakeTimeout = ctx.handshakeTimeout;
             p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
-            p.sendTimeout = Poco::Timespan(cfg.getInt("retriever.timeoutSeconds"), 0);
-            p.refusalTimeout = ctx.refusalTimeout;
-            p.maxRefusalHandshakes = ctx.maxRefusalHandshakes;
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
             pop3Service = std::make_unique<pop3::Service>(p);

@@ -1,20 +1,21 @@
 // senderserver: the lab's SMTP submission server over implicit TLS 1.3 (RFC 8314). A Poco
-// ServerApplication; each connection runs SmtpConnection::run() on a pool thread and drives a
-// socket-free smtp::Session (session.h).
+// ServerApplication; each connection runs SmtpConnection::run() on a pool thread: the connection gate
+// (common/net/guarded_connection.h) admits it and completes TLS, then it drives a socket-free
+// smtp::Session (session.h).
 #include "session.h"
+#include "smtp_guard.h"
 
 #include "../common/lab/app_support.h"
 #include "../common/lab/auth.h"
 #include "../common/lab/class_board.h"
-#include "../common/net/connection_guard.h"
-#include "../common/net/proxy_protocol.h"
+#include "../common/net/guarded_connection.h"
 #include "../common/lab/store.h"
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/TCPServer.h>
 #include <Poco/Net/TCPServerConnection.h>
 #include <Poco/Net/TCPServerConnectionFactory.h>
@@ -23,11 +24,9 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
-#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <ctime>
 #include <iostream>
@@ -50,82 +49,42 @@ struct SenderContext {
     std::string hostname;
     int maxConnections = 0;
     std::unique_ptr<ConnectionLimiter> limiter;
+    std::unique_ptr<ConnectionGate> gate;  // PROXY header, limits (421), clear text, the handshake
     std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
     std::unique_ptr<smtp::SubmissionRates> rates;  // per account and address an hour (class servers)
     std::string storeDirectory;                    // where the database is: its free space is checked
     ClassRecord classRecord;  // provenance, the board's activity, lab tokens (class servers)
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
-    std::atomic<int> refusing{0};
-    int maxRefusalHandshakes = 0;
-    Poco::Timespan handshakeTimeout, commandTimeout, dataTimeout, dataTotalTimeout, sendTimeout, refusalHandshakeTimeout;
-    int closeLingerMs = 0;
-    int plaintextHintMs = 0;  // silence on the implicit-TLS port before the clear-text 421 hint
+    Poco::Timespan commandTimeout, dataTimeout, dataTotalTimeout;
     bool verbose = false;
     smtp::TlsMode tlsMode = smtp::TlsMode::Implicit;
     bool allowPlaintextAuth = false;
     Poco::Net::Context::Ptr tlsContext;  // for STARTTLS
-    proxy::Settings proxy;  // the balancers whose PROXY headers name the client (docs/balancer.md)
-    Poco::Logger* logger = nullptr;
     std::atomic<int> active{0};
     int stopPipe[2] = {-1, -1};  // written once at shutdown: every connection's wait wakes up
-    std::atomic<unsigned long> nextId{1};
+    std::atomic<unsigned long> nextId{1};  // the log lines' connection ids
 };
 
 class SmtpConnection : public Poco::Net::TCPServerConnection {
 public:
     SmtpConnection(const Poco::Net::StreamSocket& socket, SenderContext& context)
-        : TCPServerConnection(socket), ctx_(context), id_(context.nextId++) {}
+        : TCPServerConnection(socket), ctx_(context),
+          provenance_(context.classRecord.provenance ? context.store.get() : nullptr, "smtp") {}
 
+    // The gate (common/net/guarded_connection.h) admits or refuses with 421, answers clear text on
+    // the implicit-TLS port and completes the handshake; STARTTLS and plaintext modes start on a
+    // plain socket and may be upgraded later.
     void run() override {
-        // Implicit TLS: the accepted socket is already a SecureStreamSocket. STARTTLS and plaintext
-        // modes start on a plain socket and may be upgraded later.
-        Poco::Net::StreamSocket socket = this->socket();
-        bool secure = ctx_.tlsMode == smtp::TlsMode::Implicit;
-        // Behind a balancer the client is the one its PROXY header names, from here on.
-        client_ = proxy::readProxyHeader(static_cast<int>(socket.impl()->sockfd()), socket.peerAddress(), ctx_.proxy);
-        if (!client_.ok) {
-            log("event=proxy-refused " + client_.forLog() + " reason=" + logValue(client_.error));
-            socket.close();
-            return;
-        }
-        std::string peer = client_.address + (client_.via.empty() ? "" : " via=" + client_.via);
-        ConnectionLimiter::Slot slot = ctx_.limiter->admit(client_.host);
-        slot_ = &slot;
-        slot.waiting(static_cast<int>(socket.impl()->sockfd()));  // the handshake waits for the client
-        int active = ctx_.limiter->active();
         ++ctx_.active;
-        try {
-            socket.setNoDelay(true);  // replies are whole; never wait on Nagle (see docs/design.md)
-            socket.setSendTimeout(ctx_.sendTimeout);
-            socket.setReceiveTimeout(ctx_.handshakeTimeout);
-            if (!slot.admitted()) {
-                refuse(socket, secure, slot.verdict(), peer);
-            } else {
-                log("event=connect peer=" + peer + " active=" + std::to_string(active));
-                if (!(secure && answeredInClear(socket))) {
-                    serve(socket, secure);
-                    closeGracefully(socket, secure, ctx_.closeLingerMs);  // we speak last: 221, then our close
-                }
-            }
-        } catch (const Poco::TimeoutException&) {
-            log("event=disconnect reason=handshake-timeout");
-        } catch (const Poco::Exception& e) {
-            log("event=disconnect reason=" + logValue(e.displayText()));
-        } catch (const std::exception& e) {
-            log(std::string("event=disconnect reason=") + logValue(e.what()));
-        }
-        if (slot.evicted()) log("event=evicted reason=\"the server was full and this connection waited longest for its client\"");
-        slot.working();  // out of the waiting list before its descriptor is closed (and reused)
-        try {
-            socket.close();
-        } catch (...) {
-        }
+        ctx_.gate->run(socket(), [this](AdmittedConnection& connection) {
+            connection_ = &connection;
+            serve(connection);
+        });
         --ctx_.active;
-        if (slot.admitted()) log("event=close");
     }
 
 private:
-    void log(const std::string& text) { ctx_.logger->information("id=" + std::to_string(id_) + " " + text); }
+    void log(const std::string& text) { connection_->log.line(text); }
 
     void send(Poco::Net::StreamSocket& socket, const std::string& bytes) { sendAll(socket, bytes); }
 
@@ -145,82 +104,6 @@ private:
         }
     }
 
-    enum class Wait { Readable, Timeout, Stopping };
-
-    // Waits for the client's next bytes, the command timeout, or the server's stop, whichever
-    // comes first. Bytes TLS has already decrypted count as readable (SSL_pending).
-    Wait waitForInput(Poco::Net::StreamSocket& socket, const Poco::Timespan& timeout) {
-        if (socket.available() > 0) return Wait::Readable;
-        pollfd fds[2] = {{static_cast<int>(socket.impl()->sockfd()), POLLIN, 0}, {ctx_.stopPipe[0], POLLIN, 0}};
-        auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(timeout.totalMicroseconds());
-        for (;;) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return Wait::Timeout;
-            int rc = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 3600 * 1000)));
-            if (rc < 0 && errno == EINTR) continue;
-            if (rc < 0) return Wait::Readable;  // let the read report the error
-            if (rc == 0) continue;
-            if (fds[1].revents) return Wait::Stopping;
-            return Wait::Readable;
-        }
-    }
-
-    // RFC 5321 3.8: 421 when the service cannot take the connection. Over TLS the reply needs a
-    // handshake: a few refusals at a time get one, bounded by a short deadline; past those (a flood of
-    // sockets that never speak TLS) the connection is closed at once, so refusing costs no thread time.
-    void refuse(Poco::Net::StreamSocket& socket, bool secure, ConnectionLimiter::Verdict verdict, const std::string& peer) {
-        bool fromAddress = verdict == ConnectionLimiter::Verdict::TooManyFromAddress;
-        const smtp::ReplyCode& code = fromAddress ? smtp::TooManyFromAddress : smtp::TooManyConnections;
-        std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
-                            (fromAddress ? " Too many connections from your address; try again later\r\n"
-                                         : " Too many connections; try again later\r\n");
-        bool answered = false;
-        if (!secure || ++ctx_.refusing <= ctx_.maxRefusalHandshakes) {
-            try {
-                Watchdog::Guard deadline =
-                    ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.refusalHandshakeTimeout);
-                if (secure) Poco::Net::SecureStreamSocket(socket).completeHandshake();
-                send(socket, reply);
-                answered = !deadline.expired();
-                if (answered) closeGracefully(socket, secure, 100);
-            } catch (const std::exception&) {
-            }
-        }
-        if (secure) --ctx_.refusing;
-        log("event=refused peer=" + peer + " reason=" + ConnectionLimiter::describe(verdict) +
-            " answered=" + (answered ? "421" : "closed"));
-    }
-
-    // Implicit TLS (RFC 8314 3.3): the client speaks TLS first. A plain SMTP client (smtplib.SMTP,
-    // telnet) says nothing and waits for a banner, then times out with no clue; one that speaks
-    // ("EHLO", an HTTP request) would get a TLS alert it cannot read. Both get one line in clear that
-    // names what to use instead, after sender.timeout.plaintextHintMs of silence or at once on clear
-    // text. Bytes are only peeked: a TLS client, however slow after its first byte, is unaffected.
-    // True when the client was answered so (the connection is then over).
-    bool answeredInClear(Poco::Net::StreamSocket& socket) {
-        int fd = static_cast<int>(socket.impl()->sockfd());
-        std::string seen;
-        // The handshake's own deadline comes first when it is the shorter (a hint set above it).
-        int handshakeMs = static_cast<int>(ctx_.handshakeTimeout.totalMilliseconds());
-        FirstBytes kind = peekFirstBytes(fd, std::min(ctx_.plaintextHintMs, handshakeMs), seen);
-        if (kind == FirstBytes::Tls || kind == FirstBytes::Closed) return false;  // OpenSSL's, as before
-        if (kind == FirstBytes::Silence && ctx_.plaintextHintMs >= handshakeMs) throw Poco::TimeoutException("handshake");
-        std::string port = std::to_string(socket.address().port());
-        const smtp::ReplyCode& code = smtp::TlsExpectedFirst;
-        std::string reply = std::to_string(code.code) + " " + code.status + " " + ctx_.hostname +
-                            " " + smtp::kTlsExpectedFirstText + " (implicit TLS, RFC 8314), not plain SMTP: use "
-                            "smtplib.SMTP_SSL, curl smtps://" + ctx_.hostname + ":" + port +
-                            " or openssl s_client -connect " + ctx_.hostname + ":" + port + "\r\n";
-        std::string received = answerInClear(fd, reply, ctx_.closeLingerMs);
-        log("event=plaintext-on-tls first=" + (kind == FirstBytes::Silence ? std::string("silence")
-                                                                        : quotedLogValue(firstLine(received))) +
-            " waited_ms=" + std::to_string(kind == FirstBytes::Silence ? ctx_.plaintextHintMs : 0) + " answered=" +
-            std::to_string(code.code));
-        return true;
-    }
-
-    static std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
-
     // The client went away. In a message (DATA or BDAT), what had arrived is dropped: nothing
     // half-stored, nothing acknowledged.
     void lost(const smtp::Session& session, const std::string& reason) {
@@ -229,51 +112,20 @@ private:
             (inData ? " stored=no" : ""));
     }
 
-    // The TLS handshake within sender.timeout.handshake in all (a per-read timeout alone lets a client
-    // that sends a byte at a time stretch it without end).
-    void handshake(Poco::Net::StreamSocket& socket) {
-        Watchdog::Guard deadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()), ctx_.handshakeTimeout);
-        try {
-            Poco::Net::SecureStreamSocket(socket).completeHandshake();
-        } catch (const Poco::Exception&) {
-            if (deadline.expired()) throw Poco::TimeoutException("handshake");
-            throw;
-        }
-    }
-
-    // Provenance: the TLS session's two randoms and its peer; recorded with the account at login.
-    void noteTlsSession(const Poco::Net::StreamSocket& socket) {
-        if (!ctx_.classRecord.provenance) return;
-        tlsSession_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), "smtp", client_.address,
-                                       static_cast<int64_t>(std::time(nullptr)), ""};
-    }
-
     void onLogin(const std::string& account) {
-        int64_t now = std::time(nullptr);
-        if (ctx_.classRecord.activity) ctx_.classRecord.activity->note(account, activity::kLogin, now);
-        if (!ctx_.classRecord.provenance || tlsSession_.clientRandom.empty()) return;
-        TlsSessionRecord record = tlsSession_;
-        record.account = account;
-        try {
-            ctx_.store->recordTlsLogin(record);
-        } catch (const std::exception& e) {
-            log("event=provenance result=error reason=" + logValue(e.what()));
-        }
+        if (ctx_.classRecord.activity) ctx_.classRecord.activity->note(account, activity::kLogin, std::time(nullptr));
+        provenance_.recordLogin(account, connection_->log);
     }
 
-    void serve(Poco::Net::StreamSocket& socket, bool& secure) {
-        std::string tls;
-        if (secure) {
-            handshake(socket);
-            tls = describeTls(socket);
-            log("event=tls " + tls);
-            noteTlsSession(socket);
-        }
+    void serve(AdmittedConnection& connection) {
+        Poco::Net::StreamSocket& socket = connection.socket;
+        const std::string& tls = connection.tls;
+        if (connection.secure) provenance_.noteSession(socket, connection.client.address);
         smtp::SessionEnv env;
         env.tlsMode = ctx_.tlsMode;
         env.allowPlaintextAuth = ctx_.allowPlaintextAuth;
         env.hostname = ctx_.hostname;
-        env.peerAddress = client_.host;
+        env.peerAddress = connection.client.host;
         env.tlsDescription = tls.substr(0, tls.find(" group="));
         if (auto group = tls.find(" group="); group != std::string::npos) env.tlsGroup = tls.substr(group + 7);
         env.dataBudget = ctx_.dataBudget.get();
@@ -321,13 +173,9 @@ private:
             Clock::time_point until = session.receivingMessage() ? std::min(now + micro(ctx_.dataTimeout), dataDeadline)
                                       : inMessage                 ? std::min(commandDeadline, dataDeadline)
                                                                   : commandDeadline;
-            // Waiting for the client: when the server is full, the longest waiting give way first.
-            slot_->waiting(static_cast<int>(socket.impl()->sockfd()));
-            Wait wait = waitForInput(socket, Poco::Timespan(std::max<long long>(
-                                                 0, std::chrono::duration_cast<std::chrono::microseconds>(until - now).count())));
-            slot_->working();
-            if (wait != Wait::Readable) {
-                queue(wait == Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
+            AdmittedConnection::Wait wait = connection.waitForClient(until, ctx_.stopPipe[0]);
+            if (wait != AdmittedConnection::Wait::Readable) {
+                queue(wait == AdmittedConnection::Wait::Stopping ? session.onShutdown() : session.onTimeout(), pending);
                 send(socket, pending);
                 return;
             }
@@ -343,7 +191,7 @@ private:
                 return;
             }
             if (n <= 0) {
-                lost(session, slot_->evicted() ? "evicted" : "eof");
+                lost(session, connection.slot.evicted() ? "evicted" : "eof");
                 return;
             }
             // The session frames the bytes itself (lines, DATA, BDAT chunks, the STARTTLS discard).
@@ -357,27 +205,19 @@ private:
                 pending.clear();
             }
             if (output.startTls) {
-                Poco::Net::SecureStreamSocket upgraded = Poco::Net::SecureStreamSocket::attach(socket, ctx_.tlsContext);
-                upgraded.setReceiveTimeout(ctx_.handshakeTimeout);
-                handshake(upgraded);
-                socket = upgraded;
-                secure = true;
-                std::string description = describeTls(socket);
-                log("event=tls starttls=yes " + description);
-                noteTlsSession(socket);
-                auto group = description.find(" group=");
-                session.onTlsStarted(description.substr(0, group),
-                                     group == std::string::npos ? "" : description.substr(group + 7));
+                connection.startTls(ctx_.tlsContext);
+                connection.log.event("tls", "starttls=yes " + tls);
+                provenance_.noteSession(socket, connection.client.address);
+                auto group = tls.find(" group=");
+                session.onTlsStarted(tls.substr(0, group), group == std::string::npos ? "" : tls.substr(group + 7));
                 commandDeadline = Clock::now() + micro(ctx_.commandTimeout);
             }
         }
     }
 
     SenderContext& ctx_;
-    unsigned long id_;
-    TlsSessionRecord tlsSession_;  // this connection's TLS session, when provenance is on
-    proxy::Peer client_;           // who the connection is for: the socket's peer, or the client a balancer named
-    ConnectionLimiter::Slot* slot_ = nullptr;  // its place, marked waiting while it waits for the client
+    AdmittedConnection* connection_ = nullptr;  // the socket, its client, its place and its log, once admitted
+    TlsProvenance provenance_;  // the TLS session a login is recorded with (class servers)
 };
 
 class SmtpConnectionFactory : public Poco::Net::TCPServerConnectionFactory {
@@ -412,7 +252,6 @@ protected:
         long files = raiseOpenFileLimit();
 
         SenderContext ctx;
-        ctx.logger = &logger;
         if (::pipe(ctx.stopPipe) != 0) {
             logger.error("event=startup-failed reason=\"cannot create the stop pipe\"");
             return EXIT_OSERR;
@@ -421,17 +260,13 @@ protected:
         ctx.hostname = cfg.getString("sender.hostname");
         if (ctx.hostname.empty()) ctx.hostname = Poco::Net::DNS::hostName();
         ctx.maxConnections = cfg.getInt("sender.maxConnections");
-        ctx.limiter = std::make_unique<ConnectionLimiter>(ctx.maxConnections, cfg.getInt("sender.maxConnectionsPerAddress"),
-                                                          std::chrono::milliseconds(cfg.getInt("sender.minWaitToEvictMs")));
-        ctx.maxRefusalHandshakes = cfg.getInt("sender.maxRefusalHandshakes");
-        ctx.refusalHandshakeTimeout = Poco::Timespan(0, cfg.getInt("sender.timeout.refusalMs") * 1000);
+        ctx.limiter = connectionLimiterFrom(cfg, "sender");
+        GateSettings gate = gateSettingsFrom(cfg, "sender");
+        gate.sendTimeout = Poco::Timespan(cfg.getInt("sender.timeout.send"), 0);
+        gate.closeLingerMs = cfg.getInt("sender.timeout.closeLingerMs");
         ctx.dataTotalTimeout = Poco::Timespan(cfg.getInt("sender.timeout.dataTotal"), 0);
-        ctx.handshakeTimeout = Poco::Timespan(cfg.getInt("sender.timeout.handshake"), 0);
         ctx.commandTimeout = Poco::Timespan(cfg.getInt("sender.timeout.command"), 0);
         ctx.dataTimeout = Poco::Timespan(cfg.getInt("sender.timeout.data"), 0);
-        ctx.sendTimeout = Poco::Timespan(cfg.getInt("sender.timeout.send"), 0);
-        ctx.closeLingerMs = cfg.getInt("sender.timeout.closeLingerMs");
-        ctx.plaintextHintMs = cfg.getInt("sender.timeout.plaintextHintMs");
         ctx.limits.maxLineLength = cfg.getUInt64("smtp.maxLineLength");
         ctx.limits.maxMessageSize = cfg.getUInt64("smtp.maxMessageSize");
         ctx.limits.maxRecipients = cfg.getUInt64("smtp.maxRecipients");
@@ -470,7 +305,7 @@ protected:
         }
         ctx.allowPlaintextAuth = cfg.getBool("sender.allowPlaintextAuth");
         try {
-            ctx.proxy = proxySettingsFrom(cfg);
+            gate.proxy = proxySettingsFrom(cfg);
         } catch (const std::exception& e) {
             logger.error("event=startup-failed reason=" + logValue(e.what()));
             return EXIT_CONFIG;
@@ -481,6 +316,9 @@ protected:
             logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
             return EXIT_CONFIG;
         }
+        ctx.gate = std::make_unique<ConnectionGate>(
+            gate, smtp::guardedProtocol(ctx.hostname, cfg.getInt("sender.timeout.plaintextHintMs")),
+            ctx.tlsMode == smtp::TlsMode::Implicit, *ctx.limiter, ctx.watchdog, logger, ctx.nextId);
         std::string plaintext;
         if (ctx.tlsMode == smtp::TlsMode::Off)
             plaintext = "PLAINTEXT MODE: everything on this port, passwords included, crosses the wire unencrypted. "
@@ -494,7 +332,7 @@ protected:
 
         // Headroom over the limit so the connections past it are answered with 421 (or closed) rather
         // than queued behind it.
-        int threads = ctx.maxConnections + ctx.maxRefusalHandshakes + 8;
+        int threads = ctx.maxConnections + gate.maxRefusalHandshakes + 8;
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;

@@ -50,7 +50,8 @@ def smtplib_without_tls_on_the_implicit_port_gets_a_clear_421_in_seconds(lab):
                                            server_hostname="localhost") as t:
             assert t.recv(1000).startswith(b"220 ")
         log = server.log_after_stop()
-    assert "event=plaintext-on-tls first=silence" in log and 'first="EHLO student"' in log, log
+    assert "event=plaintext-on-tls peer=" in log and "first=silence answered=421" in log, log
+    assert 'first="EHLO student" answered=421' in log, log
 
 
 @test
