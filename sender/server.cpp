@@ -312,6 +312,10 @@ protected:
         }
         try {
             ctx.tlsContext = serverTlsContext(tls, "smtp", logger);
+            // A client that pipelines (RFC 2920) or streams DATA sends several records at once: read
+            // them in one read() instead of a header and a body read each. waitForClient() asks
+            // SSL_has_pending, so the records read ahead are never left waiting behind a poll().
+            SSL_CTX_set_read_ahead(ctx.tlsContext->sslContext(), 1);
         } catch (const std::exception& e) {
             logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
             return EXIT_CONFIG;

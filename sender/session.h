@@ -241,14 +241,16 @@ private:
 
     // The message's own story (issue 19): the session as the wire saw it, kept with each message
     // it delivers: C:/S: lines with AUTH redacted, message data as one line. The first half of
-    // maxStoryBytes is the session's start; after that the latest lines, the rest counted.
+    // maxStoryBytes is the session's start up to its first MAIL; after that this transaction's latest
+    // lines, the rest counted (earlier transactions on the connection apart).
     void noteStory(std::string line);
     void noteClientLine(const std::string& line, State before);
     void noteReplies(const Output& out);
     std::string storyJson(const std::string& queueId) const;
     int64_t startedAt_ = 0;
     std::vector<std::string> storyHead_, storyTail_;
-    size_t storyHeadBytes_ = 0, storyTailBytes_ = 0, storyTailStart_ = 0, storyLeftOut_ = 0;
+    size_t storyHeadBytes_ = 0, storyTailBytes_ = 0, storyTailStart_ = 0, storyLeftOut_ = 0, storyEarlier_ = 0;
+    bool storyInTransaction_ = false;  // a MAIL was seen: the head is closed, each MAIL restarts the tail
 };
 
 }  // namespace maillab::smtp

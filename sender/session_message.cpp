@@ -11,6 +11,7 @@
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <Poco/String.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -33,7 +34,7 @@ void Session::noteStory(std::string line) {
     if (limits_.maxStoryBytes == 0) return;
     line = escapeControl(line.substr(0, 1024));
     const size_t half = limits_.maxStoryBytes / 2;
-    if (storyTail_.empty() && storyHeadBytes_ + line.size() <= half) {
+    if (storyTail_.empty() && !storyInTransaction_ && storyHeadBytes_ + line.size() <= half) {
         storyHeadBytes_ += line.size();
         storyHead_.push_back(std::move(line));
         return;
@@ -61,6 +62,17 @@ void Session::noteClientLine(const std::string& line, State before) {
         }
         return;
     }
+    // Each message's story is the session's start and its own transaction: on a connection kept open
+    // for thousands of messages, the ones before are counted, not copied into every story (they made
+    // each stored story a full smtp.maxStoryBytes and cost more CPU than the delivery itself).
+    if (line.size() >= 4 && Poco::icompare(line.substr(0, 4), "MAIL") == 0) {
+        if (storyInTransaction_) {
+            storyEarlier_ += storyTail_.size() - storyTailStart_ + storyLeftOut_;
+            storyTail_.clear();
+            storyTailBytes_ = storyTailStart_ = storyLeftOut_ = 0;
+        }
+        storyInTransaction_ = true;
+    }
     noteStory("C: " + redactForLog(line));
 }
 
@@ -84,6 +96,8 @@ std::string Session::storyJson(const std::string& queueId) const {
     story.set("account", user_);
     Poco::JSON::Array lines;
     for (const auto& line : storyHead_) lines.add(line);
+    if (storyEarlier_)
+        lines.add("... (" + std::to_string(storyEarlier_) + " lines of earlier messages on this connection left out) ...");
     if (storyLeftOut_) lines.add("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");
     for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) lines.add(storyTail_[i]);
     story.set("transcript", lines);

@@ -72,10 +72,17 @@ void AdmittedConnection::startTls(const Poco::Net::Context::Ptr& context) {
     fd = static_cast<int>(socket.impl()->sockfd());
     secure = true;
     tls = describeTls(socket);
+    ssl_ = nullptr;
+}
+
+bool AdmittedConnection::tlsHoldsBytes() {
+    if (!secure) return false;
+    if (!ssl_) ssl_ = sslOf(socket);
+    return ssl_ && SSL_has_pending(ssl_) == 1;
 }
 
 AdmittedConnection::Wait AdmittedConnection::waitForClient(std::chrono::steady_clock::time_point deadline, int stopFd) {
-    if (socket.available() > 0) return Wait::Readable;
+    if (tlsHoldsBytes() || socket.available() > 0) return Wait::Readable;
     struct Waiting {
         ConnectionLimiter::Slot& slot;
         ~Waiting() { slot.working(); }

@@ -129,14 +129,18 @@ public:
     enum class Wait { Readable, Timeout, Stopping };
     // The client's next bytes, `deadline`, or the server's stop (`stopFd` readable), whichever comes
     // first; meanwhile the connection counts as waiting for its client (when the server is full, the
-    // longest waiting give way). Bytes TLS has already decrypted count as readable (SSL_pending).
+    // longest waiting give way). Bytes TLS already holds count as readable: decrypted ones, and with
+    // read-ahead the records it read past the one it decrypted (SSL_has_pending), which poll() on
+    // the socket would no longer see.
     Wait waitForClient(std::chrono::steady_clock::time_point deadline, int stopFd);
 
 private:
     friend class ConnectionGate;
     AdmittedConnection(Poco::Net::StreamSocket& s, bool isSecure, const proxy::Peer& peer,
                        ConnectionLimiter::Slot& place, const ConnectionLog& connectionLog, const ConnectionGate& gate);
+    bool tlsHoldsBytes();
     const ConnectionGate& gate_;
+    SSL* ssl_ = nullptr;  // found once (sslOf takes a lock), again after startTls()
 };
 
 // The gate of one listening service (an implicit-TLS port, or a clear one). Thread-safe: each

@@ -566,6 +566,34 @@ TEST_CASE("each message keeps its session's story: the wire, AUTH redacted, boun
     CHECK(kept.find("\"C: RCPT TO:<bob@447.edu>\"") != std::string::npos);
     CHECK(kept.find("NOOP 100") == std::string::npos);
     CHECK(kept.size() < 1400);
+
+    // A connection kept open for many messages: each story is the session's start and its own
+    // transaction, the earlier ones counted (not the full smtp.maxStoryBytes of them each time).
+    Harness k;
+    k.login();
+    for (int i = 0; i < 30; ++i) {
+        k.say("MAIL FROM:<ana@447.edu>");
+        k.say("RCPT TO:<bob@447.edu>");
+        k.say("DATA");
+        k.say("Subject: number " + std::to_string(i));
+        k.say("");
+        k.say("x");
+        REQUIRE(k.say(".").rfind("250 ", 0) == 0);
+    }
+    auto many = k.lab.store->listMessages("bob@447.edu", 0, 50);
+    REQUIRE(many.size() == 30);
+    std::string first = *k.lab.store->messageStory("bob@447.edu", many.back().id);
+    std::string last = *k.lab.store->messageStory("bob@447.edu", many.front().id);
+    CHECK(first.find("earlier messages") == std::string::npos);
+    for (const std::string* story : {&first, &last}) {
+        CHECK(story->find("\"C: EHLO client\"") != std::string::npos);
+        CHECK(story->find("\"C: AUTH PLAIN ") != std::string::npos);
+        CHECK(story->find("\"C: RCPT TO:<bob@447.edu>\"") != std::string::npos);
+        CHECK(story->find("\"C: .\"") != std::string::npos);
+    }
+    // 29 earlier messages, 9 lines each: MAIL, 250, RCPT, 250, DATA, 354, the message, ".", 250.
+    CHECK(last.find("... (261 lines of earlier messages on this connection left out) ...") != std::string::npos);
+    CHECK(last.size() < first.size() + 200);
 }
 
 // ---- the session's own framing, and CHUNKING (RFC 3030) ----------------------------------------------
