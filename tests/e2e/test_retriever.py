@@ -308,3 +308,46 @@ def a_parallel_guessing_attack_on_both_servers_gets_no_more_than_the_budget(lab)
         out = run_client(lab, sender.port, ["--host", "127.0.0.1", "--servername", "localhost", "--user", "victim",
                                             "--password", password])
         assert out.returncode == 0, out.stderr
+
+
+@test
+def the_event_loop_core_serves_keep_alive_gets_401_and_503(lab):
+    """retriever.core = events: curl and http.client GETs over TLS 1.3 on kept-open connections, a
+    401 without credentials, and a 503 past maxConnections, as the thread core answers them."""
+    with Lab2(lab, {"retriever.core": "events", "retriever.maxConnections": 2}) as l2:
+        assert "core=events" in l2.retriever.log_text()
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"), l2.url("/mailboxes/bob@447.edu/messages/1"))
+        assert code == 200 and '"subject":"First <note>"' in body, body
+        conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+        auth = {"Authorization": basic("bob@447.edu", l2.bob)}
+        for _ in range(5):
+            conn.request("GET", "/mailboxes/bob@447.edu/messages", headers=auth)
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Connection") == "Keep-Alive", resp.getheaders()
+            assert resp.getheader("Server") == "maillab-retriever"
+            assert json.loads(resp.read())["total"] == 1
+        assert conn.sock.version() == "TLSv1.3"
+        conn.request("GET", "/mailboxes/bob@447.edu/messages")
+        resp = conn.getresponse()
+        assert resp.status == 401 and resp.getheader("WWW-Authenticate", "").startswith("Basic realm=")
+        resp.read()
+        # A wrong password takes the slow hash on a worker; the answer closes the connection.
+        conn.request("GET", "/mailboxes/bob@447.edu/messages", headers={"Authorization": basic("bob@447.edu", "wrong")})
+        resp = conn.getresponse()
+        assert resp.status == 401 and resp.getheader("Connection") == "Close"
+        resp.read()
+        conn.close()
+        held = []
+        for _ in range(2):
+            c = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+            c.request("GET", "/mailboxes/bob@447.edu/messages", headers=auth)
+            assert c.getresponse().read()
+            held.append(c)
+        code, body = l2.curl(l2.url("/mailboxes/bob@447.edu/messages"))
+        assert code == 503 and "service_unavailable" in body, (code, body)
+        for c in held:
+            c.close()
+        log = l2.retriever.log_after_stop()
+        assert "event=refused" in log and "answered=503" in log, log
+        ids = {line.split("id=")[1].split()[0] for line in log.splitlines() if "event=request" in line and "status=401" in line}
+        assert len(ids) == 1, ids  # both 401s came over the kept-open connection
