@@ -3,6 +3,7 @@
 
 #include "../common/net/log_text.h"
 #include "../common/net/text.h"
+#include "../common/net/tls.h"
 
 #include <Poco/Net/HTTPResponse.h>
 
@@ -406,6 +407,14 @@ void EventServer::start(const std::vector<int>& listeners) {
     core.proxyRefused = [&shared](const proxy::Peer& peer) {
         shared.settings.logger->information("event=proxy-refused " + peer.forLog() + " reason=" + logValue(peer.error));
     };
+    if (s.plainHttpAnswer)
+        core.clearText = [&shared](net::Connection& connection, const std::string& seen) {
+            bool http = classifyFirstBytes(seen) == FirstBytes::HttpRequest;
+            std::string first = seen.substr(0, seen.find_first_of("\r\n"));
+            shared.settings.logger->information("event=plaintext-on-tls " + connection.peer().forLog() + " first=" +
+                                                quotedLogValue(first) + " answered=" + (http ? "400" : "closed"));
+            return http ? shared.settings.plainHttpAnswer(seen, connection.localPort()) : std::string();
+        };
     core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {
         const Settings& s = shared.settings;
         ConnectionLimiter::Slot slot = s.limiter->admit(connection.peer().host);

@@ -45,6 +45,9 @@ struct Settings {
     int workers = 2;  // retriever.events.workers: threads for requests that may be slow
     // True when MailApi answers this request without a slow hash: it then runs on the loop.
     std::function<bool(const http::ApiRequest&)> quick;
+    // Plain HTTP on the HTTPS port: the clear-text 400 naming the https:// URL (server.cpp's), from the
+    // request's first bytes and our port. Unset: such clients just fail their handshake.
+    std::function<std::string(const std::string& request, int port)> plainHttpAnswer;
     std::string software = "maillab-retriever";  // the Server header, as Poco's HTTPServerParams sets it
 };
 

@@ -258,6 +258,7 @@ private:
         return true;
     }
 
+public:
     // The clear-text 400: the request's Host (when it is a plain host[:port]) or localhost, with
     // this port, in the https:// URL to use instead.
     static std::string plainHttpAnswer(const std::string& request, int port) {
@@ -281,6 +282,7 @@ private:
                std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
     }
 
+private:
     static constexpr int kCloseLingerMs = 1000;  // after our FIN, how long to wait for the client's
 
     // 503 at once (RFC 9110 15.6.4), over TLS within a short deadline and only a few at a time (see
@@ -355,6 +357,7 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     s.proxy = ctx.proxy;
     s.threads = cfg.getInt("retriever.events.threads");
     s.workers = cfg.getInt("retriever.events.workers");
+    s.plainHttpAnswer = &LimitedHttpConnection::plainHttpAnswer;
     Authenticator* auth = ctx.auth.get();
     // On the loop: requests without credentials, and logins the cache verifies (no slow hash). A store
     // across the network (PostgreSQL) may be slow at every query: then every request goes to a worker.
