@@ -104,16 +104,30 @@ public:
     }
 
     void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        if (busy_ || !pending_.empty()) {
+        if (busy_ || draining_ || !pending_.empty()) {
             pending_.append(data, size);  // the next request, pipelined: parsed once this one is answered
-            if (!busy_) parsePending(connection);
+            if (!busy_ && !draining_) parsePending(connection);
             return;
         }
         feed(connection, data, size);
     }
 
+    // The client reads our answer slowly: each write that goes on restarts timeoutSeconds (as Poco's
+    // send timeout); once all is sent, the keep-alive wait for the next request begins.
+    void onWritten(net::Connection& connection, bool drained) override {
+        if (!draining_) return;
+        if (!drained) return connection.setDeadline(s_.firstRequestWait);
+        draining_ = false;
+        if (!keepAlive_) return;
+        awaitRequest(connection, s_.keepAliveTimeout);
+        if (!pending_.empty()) parsePending(connection);
+    }
+
     void onDeadline(net::Connection& connection) override {
-        if (headStarted_) {
+        if (draining_) {
+            s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=send-timeout");
+            timedOut_ = true;
+        } else if (headStarted_) {
             s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=request-head-timeout");
             timedOut_ = true;
         }
@@ -320,9 +334,19 @@ private:
                 start = stop + 2;
             }
         }
+        keepAlive_ = keepAlive;
+        if (keepAlive) {
+            http_parser_init(&parser_, HTTP_REQUEST);
+            parser_.data = this;
+        }
+        if (connection.bytesQueued() > 0) {
+            // Not all of it left yet: the next wait starts once the client has read it (onWritten).
+            draining_ = true;
+            connection.setDeadline(s_.firstRequestWait);
+            if (!keepAlive) connection.closeAfterSend();
+            return;
+        }
         if (!keepAlive) return connection.closeAfterSend();
-        http_parser_init(&parser_, HTTP_REQUEST);
-        parser_.data = this;
         awaitRequest(connection, s_.keepAliveTimeout);
         if (!pending_.empty()) parsePending(connection);
     }
@@ -338,6 +362,8 @@ private:
     int requests_ = 0;
     bool busy_ = false, headStarted_ = false, fieldOpen_ = false, refusedHead_ = false, hasBody_ = false;
     bool timedOut_ = false;
+    bool draining_ = false;   // an answer is still being sent (the client reads slowly)
+    bool keepAlive_ = true;
     net::Clock::time_point waitStarted_;
     milliseconds firstWait_{0};
     TlsSessionRecord tlsSession_;
@@ -354,6 +380,7 @@ public:
         if (shared_.settings.overTls) --shared_.refusing;
     }
     void onReady(net::Connection& connection) override {
+        connection.setDeadline(shared_.settings.refusalTimeout);  // the answer too, not only the handshake
         http::ApiResponse busy = http::errorResponse(
             503, verdict_ == ConnectionLimiter::Verdict::TooManyFromAddress ? "Too many connections from your address; try again later"
                                                                             : "Too many connections; try again later");

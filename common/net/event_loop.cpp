@@ -357,12 +357,16 @@ void Connection::flush() {
             n = static_cast<int>(sent);
         }
         outSent_ += static_cast<size_t>(n);
+        if (wantWrite_ && protocol_ && state_ == State::Open && outSent_ < out_.size()) protocol_->onWritten(*this, false);
+        if (state_ == State::Closed) return;
     }
     out_.clear();
     outSent_ = 0;
     if (wantWrite_) {
         wantWrite_ = false;
         updateInterest();
+        if (protocol_ && state_ == State::Open) protocol_->onWritten(*this, true);
+        if (state_ == State::Closed) return;
     }
     if (closeWhenSent_ && !shutDown_ && state_ != State::Closed) {
         shutDown_ = true;

@@ -50,6 +50,8 @@ public:
     virtual void onReady(Connection&) {}
     // Decrypted bytes from the client, in order.
     virtual void onBytes(Connection& connection, const char* data, size_t size) = 0;
+    // A send that had to wait for the client to read made progress (drained: nothing is queued now).
+    virtual void onWritten(Connection&, bool /*drained*/) {}
     // The deadline set with Connection::setDeadline passed. The default closes the connection.
     virtual void onDeadline(Connection& connection);
     // The connection is over; the protocol is destroyed right after, before the socket is closed.

@@ -351,3 +351,34 @@ def the_event_loop_core_serves_keep_alive_gets_401_and_503(lab):
         assert "event=refused" in log and "answered=503" in log, log
         ids = {line.split("id=")[1].split()[0] for line in log.splitlines() if "event=request" in line and "status=401" in line}
         assert len(ids) == 1, ids  # both 401s came over the kept-open connection
+
+
+@test
+def the_event_loop_core_waits_for_a_slow_reader_of_a_large_answer(lab):
+    """retriever.core = events: a client that reads an 8 MB raw message slowly keeps its connection
+    past keepAliveSeconds (the keep-alive wait starts once the answer has left), and then gets its
+    next answer on the same connection."""
+    import time
+    with Lab2(lab, {"retriever.core": "events", "retriever.keepAliveSeconds": 1}) as l2:
+        l2.send("ana", l2.ana, "bob", "Big", "x" * 70 + "\n" * 1 + ("y" * 76 + "\n") * (8 * 1024 * 1024 // 77))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", l2.retriever.port))
+        sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        request = (f"GET /mailboxes/bob@447.edu/messages/2/raw HTTP/1.1\r\nHost: localhost\r\n"
+                   f"Authorization: {basic('bob@447.edu', l2.bob)}\r\n\r\n").encode()
+        sock.sendall(request)
+        time.sleep(2.5)  # past keepAliveSeconds with most of the answer unsent
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+        assert length > 8_000_000, head
+        while len(body) < length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(body)} of {length} bytes"
+            body += chunk
+        sock.sendall(request.replace(b"/2/raw", b"/1"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK"), "the connection stays for the next request"
+        sock.close()
