@@ -307,16 +307,8 @@ private:
         size_t length = result.status == 304 ? 0 : result.body.size();
         bool withBody = result.status != 304 && request_.method != "HEAD";  // HEAD: GET's length, no body
         std::string wire = responseHead(result, http10, keepAlive, dateNow(), s_.software, length);
-        if (withBody && result.body.size() > kLargeBody) {
-            connection.send(std::move(wire));  // a large body is not copied behind its headers
-            connection.send(std::move(result.body));
-        } else {
-            if (withBody) wire += result.body;
-            connection.send(std::move(wire));
-        }
-        hold_ = result.hold;  // the response's place in the budget, until the next one
-
         // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose.
+        // Written before the answer leaves: whoever reads the answer finds its line in the log.
         if (s_.verbose || result.status >= 400)
             s_.logger->information(prefix_ + "event=request " + connection.peer().forLog() + " method=" +
                                    logValue(request_.method) + " path=" + logValue(request_.target.substr(0, 200)) +
@@ -334,6 +326,15 @@ private:
                 start = stop + 2;
             }
         }
+        if (withBody && result.body.size() > kLargeBody) {
+            connection.send(std::move(wire));  // a large body is not copied behind its headers
+            connection.send(std::move(result.body));
+        } else {
+            if (withBody) wire += result.body;
+            connection.send(std::move(wire));
+        }
+        hold_ = result.hold;  // the response's place in the budget, until the next one
+
         keepAlive_ = keepAlive;
         if (keepAlive) {
             http_parser_init(&parser_, HTTP_REQUEST);
