@@ -29,6 +29,7 @@ constexpr size_t kReadBytes = 16 * 1024 + 512;  // one TLS record's plaintext (R
 constexpr int kMaxEvents = 256;
 constexpr int kAcceptsPerWake = 32;  // then the other loops (and this loop's connections) get a turn
 constexpr size_t kPeekBytes = 64;
+constexpr std::chrono::milliseconds kListenerPause{100};  // out of descriptors: accept again after this
 // epoll_event.data: a connection's address (even: aligned), or an odd tag: the wake-up descriptor, a listener.
 constexpr uint64_t kWakeTag = 1;
 uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
@@ -447,9 +448,29 @@ void EventLoop::disarm(Connection& connection) {
     connection.armed_ = false;
 }
 
+void EventLoop::pauseListeners() {
+    if (listenersPaused_) return;
+    for (int listener : listeners_) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, listener, nullptr);
+    listenersPaused_ = true;
+    listenersResume_ = Clock::now() + kListenerPause;
+}
+
+void EventLoop::resumeListeners() {
+    if (!listenersPaused_ || Clock::now() < listenersResume_) return;
+    listenersPaused_ = false;
+    for (size_t i = 0; i < listeners_.size(); ++i) {
+        epoll_event listen{};
+        listen.events = EPOLLIN | EPOLLEXCLUSIVE;
+        listen.data.u64 = listenerTag(i);
+        ::epoll_ctl(epoll_, EPOLL_CTL_ADD, listeners_[i], &listen);
+    }
+}
+
 int EventLoop::waitMilliseconds() const {
-    if (timers_.empty()) return -1;
-    auto left = timers_.begin()->first - Clock::now();
+    if (timers_.empty() && !listenersPaused_) return -1;
+    Clock::time_point next = timers_.empty() ? listenersResume_ : timers_.begin()->first;
+    if (listenersPaused_) next = std::min(next, listenersResume_);
+    auto left = next - Clock::now();
     if (left <= Clock::duration::zero()) return 0;
     return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(left).count()) + 1;
 }
@@ -481,7 +502,12 @@ void EventLoop::accept(int listener) {
         sockaddr_storage address{};
         socklen_t length = sizeof address;
         int fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&address), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;  // EAGAIN: another loop took it, or none left; EMFILE: the next wake tries again
+        if (fd < 0) {
+            // Out of descriptors: the listener stays readable, so stop watching it for a moment instead
+            // of spinning (the pending client waits in the backlog). EAGAIN: another loop took it.
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) pauseListeners();
+            return;
+        }
         int one = 1;
         // A response leaves in one write; Nagle would hold the next one for the client's delayed ACK.
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -561,6 +587,7 @@ void EventLoop::run() {
             }
         }
         expireTimers();
+        resumeListeners();
         for (uint64_t id : finished_) destroy(id);
         finished_.clear();
     }

@@ -158,6 +158,8 @@ public:
 private:
     friend class Connection;
     void accept(int listener);
+    void pauseListeners();   // out of descriptors: not watched for a moment (no busy loop)
+    void resumeListeners();
     void watch(Connection& connection, uint32_t events);
     void arm(Connection& connection, Clock::time_point at);
     void disarm(Connection& connection);
@@ -172,6 +174,8 @@ private:
     int epoll_ = -1;
     int wake_ = -1;  // eventfd: post() and stop()
     std::atomic<bool> stopping_{false};
+    bool listenersPaused_ = false;
+    Clock::time_point listenersResume_;
     std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
     std::multimap<Clock::time_point, uint64_t> timers_;
     std::vector<uint64_t> finished_;  // closed during this round: destroyed at its end

@@ -382,3 +382,33 @@ def the_event_loop_core_waits_for_a_slow_reader_of_a_large_answer(lab):
         sock.sendall(request.replace(b"/2/raw", b"/1"))
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK"), "the connection stays for the next request"
         sock.close()
+
+
+@test
+def the_event_loop_core_out_of_descriptors_waits_instead_of_spinning(lab):
+    """retriever.core = events with 64 descriptors: clients past them wait in the backlog while the
+    loops sleep (no busy accept loop), and are served once descriptors are free again."""
+    import resource
+    import time
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    with Server(lab, "retrieverserver", {"retriever.core": "events", "retriever.maxConnectionsPerAddress": 0,
+                                         "retriever.events.threads": 1}, preexec_fn=few_files) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(80)]
+
+        def cpu():
+            with open(f"/proc/{server.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu()
+        time.sleep(1.0)
+        assert cpu() - before < 0.5, "the loop spun while out of descriptors"
+        for s in held:
+            s.close()
+        conn = http.client.HTTPSConnection("localhost", server.port, context=lab.ssl_context(), timeout=30)
+        conn.request("GET", "/mailboxes/bob@447.edu/messages")
+        assert conn.getresponse().status == 401
+        conn.close()
