@@ -391,6 +391,11 @@ def the_event_loop_core_out_of_descriptors_waits_instead_of_spinning(lab):
     import resource
     import time
 
+    if os.path.basename(lab.build) == "asan":
+        # UBSan's vptr check tests memory with a pipe: with every descriptor taken it fails, and every
+        # new virtual call is reported as "invalid vptr" (sanitizer_common's IsAccessibleMemoryRange).
+        raise Skip("under the sanitizers: UBSan needs a spare descriptor for its own checks")
+
     def few_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
