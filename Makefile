@@ -32,12 +32,12 @@ CXX ?= g++
 CXXFLAGS += -std=c++17 $(OPT) -Wall -Wextra -MMD -MP $(SANFLAGS) -I/usr/include/postgresql
 LDFLAGS += $(SANFLAGS)
 LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -lPocoEncodings -lPocoFoundation \
-          -lssl -lcrypto -lsqlite3 -lpq -lpthread
+          -lssl -lcrypto -lsqlite3 -lpq -lhttp_parser -lpthread
 
 COMMON_SRC := $(wildcard common/net/*.cpp common/lab/*.cpp)
 SENDER_LIB_SRC := sender/session.cpp sender/smtp_guard.cpp sender/session_bytes.cpp sender/session_message.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/http_guard.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/pop3_session.cpp \
-                     retriever/autoconfig.cpp retriever/pop3_server.cpp
+                     retriever/autoconfig.cpp retriever/pop3_server.cpp retriever/event_server.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))
@@ -123,7 +123,7 @@ $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
 # Debian/Ubuntu packages. `make deps` installs what building and running need; the tests, captures
 # and reports add theirs. Chromium is optional: Debian packages it, Ubuntu only as a snap (the
 # Chromium test then says it was skipped).
-BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl
+BUILD_PACKAGES := g++ make libpoco-dev libssl-dev libsqlite3-dev libpq-dev catch2 libedit-dev openssl libhttp-parser-dev
 TEST_PACKAGES := curl python3 ca-certificates tshark mscgen pandoc postgresql libio-socket-ssl-perl haproxy
 OPTIONAL_TEST_PACKAGES := chromium fetchmail neomutt
 BENCH_PACKAGES := curl python3 python3-aiosmtpd nginx-light wrk gnuplot-nox postgresql linux-perf

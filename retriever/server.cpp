@@ -2,6 +2,7 @@
 // user's stored mail. Each connection passes the connection gate (common/net/guarded_connection.h)
 // and runs Poco's HTTPServerConnection; each request goes to the socket-free MailApi (mail_api.h). It also serves POP3 for mail clients (pop3_server.h): implicit TLS on its own
 // port and, when asked, a plaintext port with STLS.
+#include "event_server.h"
 #include "http_guard.h"
 #include "mail_api.h"
 #include "pop3_server.h"
@@ -217,6 +218,52 @@ private:
     Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
 };
 
+// retriever.core = events: the HTTPS port on the event-loop core (event_server.h), with the same
+// context, limits and deadlines as the thread core below.
+std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext& ctx, const GateSettings& gate, Poco::Logger& logger,
+                                                                 const Poco::Util::AbstractConfiguration& cfg,
+                                                                 Poco::Net::Context::Ptr tlsContext, bool remoteStore,
+                                                                 const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners) {
+    using std::chrono::milliseconds;
+    retriever_events::Settings s;
+    s.api = ctx.api.get();
+    s.store = ctx.store.get();
+    s.provenance = ctx.classRecord.provenance;
+    s.logger = &logger;
+    s.verbose = ctx.verbose;
+    s.overTls = ctx.overTls;
+    s.tls = tlsContext ? tlsContext->sslContext() : nullptr;
+    s.limiter = ctx.limiter.get();
+    s.nextConnectionId = &ctx.nextConnectionId;
+    s.handshakeTimeout = milliseconds(gate.handshakeTimeout.totalMilliseconds());
+    s.requestHeadTimeout = milliseconds(ctx.requestHeadTimeout.totalMilliseconds());
+    s.firstRequestWait = milliseconds(cfg.getInt("retriever.timeoutSeconds") * 1000L);
+    s.keepAliveTimeout = milliseconds(ctx.keepAliveTimeout.totalMilliseconds());
+    s.refusalTimeout = milliseconds(gate.refusalTimeout.totalMilliseconds());
+    s.maxRefusalHandshakes = gate.maxRefusalHandshakes;
+    s.maxKeepAliveRequests = cfg.getInt("retriever.maxKeepAliveRequests");
+    s.proxy = gate.proxy;
+    s.threads = cfg.getInt("retriever.events.threads");
+    s.workers = cfg.getInt("retriever.events.workers");
+    s.plainHttpAnswer = &http::plainHttpAnswer;
+    s.refusal = http::guardedProtocol().refusal;
+    Authenticator* auth = ctx.auth.get();
+    // On the loop: requests without credentials, and logins the cache verifies (no slow hash). A store
+    // across the network (PostgreSQL) may be slow at every query: then every request goes to a worker.
+    s.quick = [auth, remoteStore](const http::ApiRequest& request) {
+        if (remoteStore) return false;
+        std::string authorization = request.header("Authorization");
+        std::string user, password;
+        if (authorization.empty() || !http::parseBasicAuthorization(authorization, user, password)) return true;
+        return auth->verifiesFromCache(user, password);
+    };
+    std::vector<int> fds;
+    for (const auto& listener : listeners) fds.push_back(static_cast<int>(listener->impl()->sockfd()));
+    auto server = std::make_unique<retriever_events::EventServer>(std::move(s));
+    server->start(fds);
+    return server;
+}
+
 // A POP3 port setting: a number (0: a free one), or "off" (-1). With the HTTPS port 0 (tests,
 // scripts), a POP3 port that is on is picked free too, so that parallel servers never collide.
 bool pop3PortSetting(const Poco::Util::AbstractConfiguration& cfg, const std::string& key, bool allFree, int& port) {
@@ -292,6 +339,11 @@ protected:
             return EXIT_USAGE;
         }
         ctx.overTls = mode == "implicit";
+        std::string core = cfg.getString("retriever.core");
+        if (core != "threads" && core != "events") {
+            logger.error("event=startup-failed reason=\"retriever.core must be threads or events\"");
+            return EXIT_USAGE;
+        }
         try {
             gate.proxy = proxySettingsFrom(cfg);
         } catch (const std::exception& e) {
@@ -378,7 +430,11 @@ protected:
         auto* mailHandlers = new MailRequestHandlerFactory(ctx);
         Poco::Net::HTTPRequestHandlerFactory::Ptr handlers(mailHandlers);
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
+        std::unique_ptr<retriever_events::EventServer> events;
+        if (core == "events")
+            events = startEventServer(ctx, gate, logger, cfg, tlsContext, storeOptions.url.rfind("postgresql:", 0) == 0, listeners);
         for (auto& listener : listeners) {
+            if (events) break;
             servers.push_back(std::make_unique<Poco::Net::TCPServer>(
                 new LimitedHttpConnectionFactory(ctx, params, handlers), pool,
                 *listener, params));
@@ -413,7 +469,8 @@ protected:
         }
 
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
-                           " tls=" + mode + " open-files=" + std::to_string(files) +
+                           " tls=" + mode + " core=" + core +
+                           (events ? " loops=" + std::to_string(events->threads()) : "") + " open-files=" + std::to_string(files) +
                            (pop3Listeners.empty() ? "" : " pop3=" + logValue(describeListeners(pop3Listeners))) +
                            (pop3PlainListeners.empty() ? "" : " pop3-plain=" + logValue(describeListeners(pop3PlainListeners))));
         // The ready line: "ready port=N" first (scripts read that far), then the POP3 ports served.
@@ -426,6 +483,7 @@ protected:
         // can be joined.
         for (auto& server : servers) server->stop();
         mailHandlers->stopConnections();
+        if (events) events->stop();
         if (pop3Service) pop3Service->stop();  // every POP3 session says so and closes, deleting nothing
         pool.joinAll();
         logger.information("event=stopped");

@@ -129,6 +129,20 @@ Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::
     return mac;
 }
 
+bool Authenticator::verifiesFromCache(const std::string& user, const std::string& password) {
+    if (policy_.cacheTtlSeconds <= 0) return false;
+    std::string email = normalizeUser(user);
+    CacheEntry entry;
+    {
+        std::lock_guard<std::mutex> lock(cacheMutex_);
+        auto it = cache_.find(email);
+        if (it == cache_.end() || it->second.expires <= clock_()) return false;
+        entry = it->second;
+    }
+    Mac mac = cacheMac(email, password, entry.hash);
+    return CRYPTO_memcmp(entry.mac.data(), mac.data(), mac.size()) == 0;
+}
+
 std::optional<std::string> Authenticator::cachedHash(const std::string& email, const std::string& password,
                                                      int64_t now) {
     if (policy_.cacheTtlSeconds <= 0) return std::nullopt;

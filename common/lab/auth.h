@@ -92,6 +92,11 @@ public:
     AuthResult authenticate(const std::string& user, const std::string& password, bool mayRegister = true,
                             const std::string& source = "");
 
+    // True when this password is in the cache of verified credentials, so that authenticate() will
+    // run no slow hash: an event-loop server answers such a request on its loop and hands the others
+    // to a worker (retriever/event_server.h). Changes nothing; the check itself is one HMAC.
+    bool verifiesFromCache(const std::string& user, const std::string& password);
+
     const AuthPolicy& policy() const { return policy_; }
     // A class server (class.roster with auth.registrationRosterOnly): only these addresses register.
     void restrictRegistrationTo(std::vector<std::string> accounts);

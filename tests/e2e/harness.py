@@ -90,6 +90,11 @@ class Server:
         # Log lines written at once (the console channel, not the default asynchronous one), so that
         # a test reading the log while the server runs sees every event that has happened.
         settings = {"logging.loggers.root.channel": "console", **(settings or {})}
+        # MAILLAB_RETRIEVER_CORE=events runs every retriever a test starts on the event-loop core
+        # (unless the test chose one itself).
+        core = os.environ.get("MAILLAB_RETRIEVER_CORE")
+        if program == "retrieverserver" and core and "retriever.core" not in settings:
+            settings["retriever.core"] = core
         if settings:
             config = lab.path(program + ".properties")
             with open(config, "w") as f:

@@ -1,0 +1,663 @@
+// The event-loop core: see event_loop.h. Level-triggered epoll, one descriptor per connection
+// watched for reading (and for writing only while a write or handshake waits for room); OpenSSL on
+// the raw descriptor with read-ahead, so a TLS record costs one read instead of two.
+#include "event_loop.h"
+
+#include "tls.h"
+
+#include <openssl/err.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+namespace maillab::net {
+
+namespace {
+
+constexpr size_t kReadBytes = 16 * 1024 + 512;  // one TLS record's plaintext (RFC 8446 5.1: 2^14) and then some
+constexpr int kMaxEvents = 256;
+constexpr int kAcceptsPerWake = 32;  // then the other loops (and this loop's connections) get a turn
+constexpr size_t kPeekBytes = 64;
+constexpr std::chrono::milliseconds kListenerPause{100};  // out of descriptors: accept again after this
+// epoll_event.data: a connection's address (even: aligned), or an odd tag: the wake-up descriptor, a listener.
+constexpr uint64_t kWakeTag = 1;
+uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
+
+// The reason OpenSSL gives for the error it just reported, and the error queue emptied (the next
+// SSL call on this thread must start from an empty queue).
+std::string tlsError(int sslError) {
+    unsigned long code = ERR_get_error();
+    std::string reason;
+    if (code != 0) {
+        char text[256];
+        ERR_error_string_n(code, text, sizeof text);
+        reason = text;
+    } else if (sslError == SSL_ERROR_SYSCALL) {
+        reason = errno != 0 ? std::strerror(errno) : "connection closed without close_notify";
+    } else {
+        reason = "TLS error " + std::to_string(sslError);
+    }
+    ERR_clear_error();
+    return reason;
+}
+
+// "host" and "host:port" ("[v6]:port") of a socket address, as Poco's SocketAddress writes them.
+void describe(const sockaddr_storage& address, std::string& host, std::string& hostPort) {
+    char text[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (address.ss_family == AF_INET) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(&address);
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+        port = ntohs(in->sin_port);
+        host = text;
+        hostPort = host + ":" + std::to_string(port);
+    } else {
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address);
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+        port = ntohs(in6->sin6_port);
+        host = text;
+        hostPort = "[" + host + "]:" + std::to_string(port);
+    }
+}
+
+}  // namespace
+
+void Protocol::onDeadline(Connection& connection) { connection.close("deadline"); }
+
+// ---- Connection ---------------------------------------------------------------------------------
+
+Connection::Connection(EventLoop& loop, int fd, uint64_t id) : loop_(loop), fd_(fd), id_(id) {}
+
+Connection::~Connection() {
+    protocol_.reset();  // its limiter slot leaves the waiting list before the descriptor can be reused
+    if (ssl_) SSL_free(ssl_);
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void Connection::send(std::string bytes) {
+    if (state_ != State::Open || closeWhenSent_) return;
+    if (out_.empty()) {
+        out_ = std::move(bytes);
+        outSent_ = 0;
+    } else {
+        out_ += bytes;
+    }
+    flush();
+}
+
+void Connection::closeAfterSend() {
+    if (state_ == State::Closed || state_ == State::Lingering) return;
+    closeWhenSent_ = true;
+    if (bytesQueued() == 0) flush();
+}
+
+void Connection::close(const std::string& reason) {
+    if (state_ == State::Closed) return;
+    Ending ending;
+    ending.phase = state_ == State::Proxy ? Phase::Proxy
+                   : state_ == State::ClearTextCheck ? Phase::ClearTextCheck
+                   : state_ == State::Handshake ? Phase::Handshake
+                                                : Phase::Open;
+    ending.reason = reason;
+    ending.deadline = deadlinePassed_;
+    finish(ending);
+}
+
+void Connection::setDeadline(std::chrono::milliseconds within) {
+    if (state_ == State::Closed) return;
+    loop_.arm(*this, Clock::now() + within);
+}
+
+void Connection::clearDeadline() { loop_.disarm(*this); }
+
+void Connection::pauseReading() {
+    paused_ = true;
+    updateInterest();
+}
+
+void Connection::resumeReading() {
+    if (!paused_) return;
+    paused_ = false;
+    updateInterest();
+    // OpenSSL may hold bytes already read from the socket: epoll would not say so.
+    if (state_ == State::Open && ssl_ && SSL_has_pending(ssl_)) readTls();
+}
+
+void Connection::updateInterest() {
+    if (state_ == State::Closed) return;
+    uint32_t events = 0;
+    if (!paused_ || state_ != State::Open) events |= EPOLLIN;
+    if (wantWrite_ || readBlockedOnWrite_) events |= EPOLLOUT;
+    if (events != interest_) {
+        interest_ = events;
+        loop_.watch(*this, events);
+    }
+}
+
+void Connection::onEvents(uint32_t events) {
+    switch (state_) {
+    case State::Proxy:
+        readProxy();
+        break;
+    case State::ClearTextCheck:
+        checkClearText();
+        break;
+    case State::Handshake:
+        handshake();
+        break;
+    case State::Open:
+        if (wantWrite_ && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) flush();
+        if (state_ == State::Open && (readBlockedOnWrite_ || (!paused_ && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))))) {
+            readBlockedOnWrite_ = false;
+            readTls();
+        }
+        break;
+    case State::Lingering: {
+        if (wantWrite_) {
+            flush();
+            if (state_ != State::Lingering || wantWrite_) break;
+        }
+        char buf[4096];
+        ssize_t n;
+        while ((n = ::recv(fd_, buf, sizeof buf, 0)) > 0) {
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) finish(Ending{Phase::Open, "", false, true});
+        break;
+    }
+    case State::Closed:
+        break;
+    }
+}
+
+// PROXY header (proxy_protocol.h): read exactly what the parser says it needs at least, so the
+// client's own bytes (its ClientHello) stay in the socket for OpenSSL.
+void Connection::readProxy() {
+    const proxy::Settings& settings = loop_.settings().proxy;
+    for (;;) {
+        proxy::Result result = proxy::parse(proxyBytes_.data(), proxyBytes_.size(), settings.maxBytes);
+        if (result.status == proxy::Status::Invalid) return proxyFailed(result.error);
+        if (result.status == proxy::Status::Complete) {
+            const proxy::Header& header = result.header;
+            if (header.hasAddresses && !header.local) {
+                peer_.via = peer_.address;
+                peer_.host = header.sourceAddress;
+                bool v6 = header.sourceAddress.find(':') != std::string::npos;
+                peer_.address = (v6 ? "[" + header.sourceAddress + "]" : header.sourceAddress) + ":" +
+                                std::to_string(header.sourcePort);
+            }
+            clearDeadline();
+            return startTls();
+        }
+        size_t want = std::max(result.needed, proxyBytes_.size() + 1) - proxyBytes_.size();
+        char buf[512];
+        ssize_t n = ::recv(fd_, buf, std::min(want, sizeof buf), 0);
+        if (n > 0) {
+            proxyBytes_.append(buf, static_cast<size_t>(n));
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+        return proxyFailed(n == 0 ? "closed before its PROXY header was complete" : std::strerror(errno));
+    }
+}
+
+void Connection::proxyFailed(const std::string& error) {
+    peer_.ok = false;
+    peer_.error = error;
+    close("PROXY header: " + error);
+    if (loop_.settings().proxyRefused) loop_.settings().proxyRefused(peer_);
+}
+
+// After the PROXY header (or at once): the server's protocol, then TLS or the clear-text check.
+void Connection::startTls() {
+    const CoreSettings& settings = loop_.settings();
+    setDeadline(settings.handshakeTimeout);
+    protocol_ = settings.open ? settings.open(*this) : nullptr;
+    if (!protocol_) return close("refused");
+    if (state_ == State::Closed) return;
+    if (!settings.tls) {
+        state_ = State::Open;
+        clearDeadline();
+        updateInterest();
+        protocol_->onReady(*this);
+        if (state_ == State::Open) readTls();
+        return;
+    }
+    state_ = settings.clearText ? State::ClearTextCheck : State::Handshake;
+    ssl_ = SSL_new(settings.tls);
+    if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
+    SSL_set_accept_state(ssl_);
+    SSL_set_read_ahead(ssl_, 1);  // one read per record (header and body together), more when they came
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    if (state_ == State::ClearTextCheck) checkClearText();
+    else handshake();
+}
+
+// Plain text on the TLS port: a TLS client's first byte is 0x16 (RFC 8446 5.1); it is only peeked.
+// Other bytes are nobody's but ours: they are read (so no busy loop on a peeked descriptor).
+void Connection::checkClearText() {
+    char buf[kPeekBytes];
+    if (proxyBytes_.empty()) {
+        ssize_t n = ::recv(fd_, buf, 1, MSG_PEEK);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+        if (n <= 0) return finish(Ending{Phase::ClearTextCheck, n == 0 ? "" : std::strerror(errno), false, n == 0});
+        if (static_cast<unsigned char>(buf[0]) == 0x16) {
+            state_ = State::Handshake;
+            return handshake();
+        }
+    }
+    for (;;) {
+        ssize_t n = ::recv(fd_, buf, kPeekBytes - std::min(kPeekBytes, proxyBytes_.size()), 0);
+        if (n > 0) proxyBytes_.append(buf, static_cast<size_t>(n));
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) && mayBecomeHttpRequest(proxyBytes_))
+            return;  // "GE": wait for the rest of the method (within the handshake deadline)
+        if (n > 0 && proxyBytes_.size() < kPeekBytes && mayBecomeHttpRequest(proxyBytes_)) continue;
+        break;
+    }
+    std::string answer = loop_.settings().clearText(*this, proxyBytes_);
+    if (state_ != State::ClearTextCheck) return;
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+    state_ = State::Lingering;  // what the client sends now is read and dropped
+    out_ = answer;
+    outSent_ = 0;
+    closeWhenSent_ = true;
+    flush();
+}
+
+void Connection::handshake() {
+    int rc = SSL_do_handshake(ssl_);
+    if (rc == 1) {
+        state_ = State::Open;
+        clearDeadline();
+        wantWrite_ = false;
+        updateInterest();
+        protocol_->onReady(*this);
+        if (state_ == State::Open && !paused_) readTls();  // the request may have come with the handshake
+        return;
+    }
+    int error = SSL_get_error(ssl_, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        wantWrite_ = error == SSL_ERROR_WANT_WRITE;
+        updateInterest();
+        return;
+    }
+    std::string reason = tlsError(error);
+    finish(Ending{Phase::Handshake, reason, false, false});
+}
+
+void Connection::readTls() {
+    std::vector<char>& buffer = loop_.readBuffer_;
+    for (;;) {
+        if (state_ != State::Open || paused_) return;
+        int n;
+        if (ssl_) {
+            n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
+        } else {
+            ssize_t got = ::recv(fd_, buffer.data(), buffer.size(), 0);
+            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+            if (got <= 0) return finish(Ending{Phase::Open, got == 0 ? "" : std::strerror(errno), false, got == 0});
+            n = static_cast<int>(got);
+        }
+        if (n > 0) {
+            protocol_->onBytes(*this, buffer.data(), static_cast<size_t>(n));
+            // Level-triggered: bytes still in the socket wake us again; bytes OpenSSL already holds do not.
+            if (ssl_ && SSL_has_pending(ssl_)) continue;
+            if (!ssl_ && static_cast<size_t>(n) == buffer.size()) continue;
+            return;
+        }
+        int error = SSL_get_error(ssl_, n);
+        if (error == SSL_ERROR_WANT_READ) return;
+        if (error == SSL_ERROR_WANT_WRITE) {
+            readBlockedOnWrite_ = true;
+            updateInterest();
+            return;
+        }
+        if (error == SSL_ERROR_ZERO_RETURN) return finish(Ending{Phase::Open, "", false, true});
+        errno = 0;
+        std::string reason = tlsError(error);
+        // A client that just closes (no close_notify) is how most clients end a keep-alive connection.
+        bool eof = reason.find("unexpected eof") != std::string::npos || reason == "connection closed without close_notify";
+        return finish(Ending{Phase::Open, reason, false, eof});
+    }
+}
+
+void Connection::flush() {
+    while (outSent_ < out_.size()) {
+        size_t left = std::min(out_.size() - outSent_, static_cast<size_t>(INT_MAX));
+        int n;
+        if (ssl_) {
+            n = SSL_write(ssl_, out_.data() + outSent_, static_cast<int>(left));
+            if (n <= 0) {
+                int error = SSL_get_error(ssl_, n);
+                if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
+                    wantWrite_ = true;
+                    updateInterest();
+                    return;
+                }
+                return finish(Ending{Phase::Open, tlsError(error), false, false});
+            }
+        } else {
+            ssize_t sent = ::send(fd_, out_.data() + outSent_, left, MSG_NOSIGNAL);
+            if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                wantWrite_ = true;
+                updateInterest();
+                return;
+            }
+            if (sent < 0) return finish(Ending{Phase::Open, std::strerror(errno), false, false});
+            n = static_cast<int>(sent);
+        }
+        outSent_ += static_cast<size_t>(n);
+        if (wantWrite_ && protocol_ && state_ == State::Open && outSent_ < out_.size()) protocol_->onWritten(*this, false);
+        if (state_ == State::Closed) return;
+    }
+    out_.clear();
+    outSent_ = 0;
+    if (wantWrite_) {
+        wantWrite_ = false;
+        updateInterest();
+        if (protocol_ && state_ == State::Open) protocol_->onWritten(*this, true);
+        if (state_ == State::Closed) return;
+    }
+    if (closeWhenSent_ && !shutDown_ && state_ != State::Closed) {
+        shutDown_ = true;
+        // Our close (close_notify and FIN), then the client's FIN read within the linger time: closing
+        // with its bytes unread would be a TCP RST that can destroy our last answer before it is read.
+        if (ssl_) {
+            SSL_shutdown(ssl_);
+            ERR_clear_error();
+        }
+        ::shutdown(fd_, SHUT_WR);
+        state_ = State::Lingering;
+        paused_ = false;
+        updateInterest();
+        setDeadline(std::chrono::milliseconds(loop_.settings().lingerMilliseconds));
+    }
+}
+
+void Connection::finish(Ending ending) {
+    if (state_ == State::Closed) return;
+    bool wasOpen = state_ == State::Open;
+    state_ = State::Closed;
+    loop_.disarm(*this);
+    if (ending.reason.empty() && deadlinePassed_) ending.deadline = true;
+    if (wasOpen && ssl_ && ending.peerClosed) {
+        SSL_shutdown(ssl_);  // our close_notify in answer to the client's close, as a blocking socket would
+        ERR_clear_error();
+    }
+    ::epoll_ctl(loop_.epoll_, EPOLL_CTL_DEL, fd_, nullptr);
+    if (protocol_) protocol_->onClosed(*this, ending);
+    loop_.finished_.push_back(id_);
+}
+
+// ---- EventLoop ----------------------------------------------------------------------------------
+
+EventLoop::EventLoop(const CoreSettings& settings, const std::vector<int>& listeners, std::atomic<uint64_t>& ids)
+    : settings_(settings), listeners_(listeners), ids_(ids), readBuffer_(kReadBytes) {
+    epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
+    wake_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_ < 0 || wake_ < 0) throw std::runtime_error(std::string("event loop: ") + std::strerror(errno));
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u64 = kWakeTag;
+    ::epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &event);
+    for (size_t i = 0; i < listeners_.size(); ++i) {
+        epoll_event listen{};
+        // EPOLLEXCLUSIVE: one waiting loop is woken per new connection, not all of them.
+        listen.events = EPOLLIN | EPOLLEXCLUSIVE;
+        listen.data.u64 = listenerTag(i);
+        if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, listeners_[i], &listen) != 0)
+            throw std::runtime_error(std::string("event loop: watching a listener: ") + std::strerror(errno));
+    }
+}
+
+EventLoop::~EventLoop() {
+    connections_.clear();
+    if (wake_ >= 0) ::close(wake_);
+    if (epoll_ >= 0) ::close(epoll_);
+}
+
+void EventLoop::watch(Connection& connection, uint32_t events) {
+    epoll_event event{};
+    event.events = events;
+    event.data.ptr = &connection;
+    if (::epoll_ctl(epoll_, EPOLL_CTL_MOD, connection.fd_, &event) != 0 && errno == ENOENT)
+        ::epoll_ctl(epoll_, EPOLL_CTL_ADD, connection.fd_, &event);
+}
+
+void EventLoop::arm(Connection& connection, Clock::time_point at) {
+    disarm(connection);
+    connection.timer_ = timers_.emplace(at, connection.id_);
+    connection.armed_ = true;
+    connection.deadlinePassed_ = false;
+}
+
+void EventLoop::disarm(Connection& connection) {
+    if (!connection.armed_) return;
+    timers_.erase(connection.timer_);
+    connection.armed_ = false;
+}
+
+void EventLoop::pauseListeners() {
+    if (listenersPaused_) return;
+    for (int listener : listeners_) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, listener, nullptr);
+    listenersPaused_ = true;
+    listenersResume_ = Clock::now() + kListenerPause;
+}
+
+void EventLoop::resumeListeners() {
+    if (!listenersPaused_ || Clock::now() < listenersResume_) return;
+    listenersPaused_ = false;
+    for (size_t i = 0; i < listeners_.size(); ++i) {
+        epoll_event listen{};
+        listen.events = EPOLLIN | EPOLLEXCLUSIVE;
+        listen.data.u64 = listenerTag(i);
+        ::epoll_ctl(epoll_, EPOLL_CTL_ADD, listeners_[i], &listen);
+    }
+}
+
+int EventLoop::waitMilliseconds() const {
+    if (timers_.empty() && !listenersPaused_) return -1;
+    Clock::time_point next = timers_.empty() ? listenersResume_ : timers_.begin()->first;
+    if (listenersPaused_) next = std::min(next, listenersResume_);
+    auto left = next - Clock::now();
+    if (left <= Clock::duration::zero()) return 0;
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(left).count()) + 1;
+}
+
+void EventLoop::expireTimers() {
+    auto now = Clock::now();
+    while (!timers_.empty() && timers_.begin()->first <= now) {
+        uint64_t id = timers_.begin()->second;
+        timers_.erase(timers_.begin());
+        auto found = connections_.find(id);
+        if (found == connections_.end()) continue;
+        Connection& connection = *found->second;
+        connection.armed_ = false;
+        connection.deadlinePassed_ = true;
+        if (connection.state_ == Connection::State::Lingering) {
+            connection.finish(Ending{Phase::Open, "", false, false});
+        } else if (connection.state_ == Connection::State::Proxy) {
+            connection.proxyFailed("no complete PROXY header within " + std::to_string(settings_.proxy.timeoutMs) + " ms");
+        } else if (connection.state_ == Connection::State::Open) {
+            connection.protocol_->onDeadline(connection);
+        } else {
+            connection.close("deadline");
+        }
+    }
+}
+
+void EventLoop::accept(int listener) {
+    for (int i = 0; i < kAcceptsPerWake; ++i) {
+        sockaddr_storage address{};
+        socklen_t length = sizeof address;
+        int fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&address), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            // Out of descriptors: the listener stays readable, so stop watching it for a moment instead
+            // of spinning (the pending client waits in the backlog). EAGAIN: another loop took it.
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) pauseListeners();
+            return;
+        }
+        int one = 1;
+        // A response leaves in one write; Nagle would hold the next one for the client's delayed ACK.
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        uint64_t id = ids_++;
+        auto owned = std::make_unique<Connection>(*this, fd, id);
+        Connection& connection = *owned;
+        connections_.emplace(id, std::move(owned));
+        describe(address, connection.peer_.host, connection.peer_.address);
+        sockaddr_storage local{};
+        socklen_t localLength = sizeof local;
+        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &localLength) == 0)
+            connection.localPort_ = ntohs(local.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&local)->sin_port
+                                                                   : reinterpret_cast<sockaddr_in6*>(&local)->sin6_port);
+        connection.interest_ = EPOLLIN;
+        epoll_event event{};
+        event.events = EPOLLIN;
+        event.data.ptr = &connection;
+        ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event);
+        std::string host = connection.peer_.host;
+        if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // an IPv4 client on a dual-stack socket
+        if (!settings_.proxy.trusted.empty() && settings_.proxy.trusted.contains(host)) {
+            connection.state_ = Connection::State::Proxy;
+            arm(connection, Clock::now() + std::chrono::milliseconds(settings_.proxy.timeoutMs));
+            connection.readProxy();
+        } else {
+            connection.startTls();
+        }
+    }
+}
+
+void EventLoop::post(uint64_t connectionId, std::function<void(Connection&)> work) {
+    {
+        std::lock_guard<std::mutex> lock(postMutex_);
+        posted_.emplace_back(connectionId, std::move(work));
+    }
+    uint64_t one = 1;
+    ssize_t written = ::write(wake_, &one, sizeof one);
+    (void)written;  // a full counter still wakes the loop
+}
+
+void EventLoop::drainPosts() {
+    uint64_t count;
+    ssize_t n = ::read(wake_, &count, sizeof count);
+    (void)n;
+    std::vector<std::pair<uint64_t, std::function<void(Connection&)>>> work;
+    {
+        std::lock_guard<std::mutex> lock(postMutex_);
+        work.swap(posted_);
+    }
+    for (auto& [id, job] : work) {
+        auto found = connections_.find(id);
+        if (found != connections_.end() && found->second->state_ != Connection::State::Closed) job(*found->second);
+    }
+}
+
+void EventLoop::destroy(uint64_t id) {
+    auto found = connections_.find(id);
+    if (found == connections_.end()) return;
+    connections_.erase(found);
+}
+
+void EventLoop::run() {
+    std::vector<epoll_event> events(kMaxEvents);
+    while (!stopping_) {
+        int n = ::epoll_wait(epoll_, events.data(), kMaxEvents, waitMilliseconds());
+        if (n < 0 && errno != EINTR) break;
+        for (int i = 0; i < n; ++i) {
+            uint64_t tag = events[i].data.u64;
+            if (tag == kWakeTag) {
+                drainPosts();
+            } else if (tag & 1) {
+                accept(listeners_[(tag - 3) / 2]);
+            } else {
+                // Closed connections live until the end of this round: an event still queued finds them.
+                auto* connection = static_cast<Connection*>(events[i].data.ptr);
+                if (connection->state_ != Connection::State::Closed) connection->onEvents(events[i].events);
+            }
+        }
+        expireTimers();
+        resumeListeners();
+        for (uint64_t id : finished_) destroy(id);
+        finished_.clear();
+    }
+    // Stopping: every connection ends (an idle keep-alive one at once), its protocol told so.
+    for (auto& [id, connection] : connections_) connection->finish(Ending{Phase::Open, "server stopping", false, false});
+    finished_.clear();
+    connections_.clear();
+}
+
+void EventLoop::stop() {
+    stopping_ = true;
+    uint64_t one = 1;
+    ssize_t written = ::write(wake_, &one, sizeof one);
+    (void)written;
+}
+
+// ---- EventCore ----------------------------------------------------------------------------------
+
+EventCore::EventCore(CoreSettings settings) : settings_(std::move(settings)) {}
+
+EventCore::~EventCore() { stop(); }
+
+void EventCore::start(const std::vector<int>& listeners) {
+    for (int fd : listeners) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    int threads = settings_.threads > 0 ? settings_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    for (int i = 0; i < threads; ++i) loops_.push_back(std::make_unique<EventLoop>(settings_, listeners, ids_));
+    for (auto& loop : loops_) threads_.emplace_back([&loop] { loop->run(); });
+}
+
+// The loops stay (stopped) until the core goes: a worker finishing late may still post to one.
+void EventCore::stop() {
+    for (auto& loop : loops_) loop->stop();
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+}
+
+// ---- WorkerPool ---------------------------------------------------------------------------------
+
+WorkerPool::WorkerPool(int threads) {
+    for (int i = 0; i < std::max(1, threads); ++i)
+        threads_.emplace_back([this] {
+            for (;;) {
+                std::function<void()> job;
+                {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    ready_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+                    if (jobs_.empty()) return;
+                    job = std::move(jobs_.front());
+                    jobs_.pop_front();
+                }
+                job();
+            }
+        });
+}
+
+WorkerPool::~WorkerPool() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+    }
+    ready_.notify_all();
+    for (auto& thread : threads_) thread.join();
+}
+
+void WorkerPool::run(std::function<void()> job) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        jobs_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+}
+
+}  // namespace maillab::net

@@ -1,0 +1,222 @@
+// The event-loop core (issue 22): a few threads, each running an epoll loop over non-blocking
+// sockets and non-blocking OpenSSL, instead of one pool thread per connection. A server gives it its
+// listening sockets, its SSL_CTX and a factory of protocol objects; the core accepts, reads a PROXY
+// header from a trusted balancer, does the TLS handshake, and then calls the connection's Protocol
+// with the bytes that arrived, writing whatever the protocol sends. Deadlines are timers in the loop
+// (no Watchdog thread); slow work goes to a WorkerPool and comes back with EventLoop::post().
+//
+// An idle connection costs a Connection, its SSL and its buffers: no thread, no stack.
+// Everything about one connection happens on its loop's thread; post() is the one way in from others.
+#pragma once
+#include "proxy_protocol.h"
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace maillab::net {
+
+using Clock = std::chrono::steady_clock;
+class Connection;
+class EventLoop;
+
+// Where a connection was when it ended, for the server's log line.
+enum class Phase { Proxy, ClearTextCheck, Handshake, Open };
+
+struct Ending {
+    Phase phase = Phase::Open;
+    std::string reason;     // "" for an orderly close by either side
+    bool deadline = false;  // the connection's deadline passed
+    bool peerClosed = false;  // the client closed (EOF or close_notify)
+};
+
+// What a server runs on each connection. Every call comes on the connection's loop thread.
+class Protocol {
+public:
+    virtual ~Protocol() = default;
+    // The TLS handshake is done (at once without TLS): the connection may speak first.
+    virtual void onReady(Connection&) {}
+    // Decrypted bytes from the client, in order.
+    virtual void onBytes(Connection& connection, const char* data, size_t size) = 0;
+    // A send that had to wait for the client to read made progress (drained: nothing is queued now).
+    virtual void onWritten(Connection&, bool /*drained*/) {}
+    // The deadline set with Connection::setDeadline passed. The default closes the connection.
+    virtual void onDeadline(Connection& connection);
+    // The connection is over; the protocol is destroyed right after, before the socket is closed.
+    virtual void onClosed(Connection&, const Ending&) {}
+};
+
+struct CoreSettings {
+    int threads = 0;           // loop threads; 0: one per core
+    SSL_CTX* tls = nullptr;    // the server's context (from Poco: context->sslContext()); null: clear text
+    std::chrono::milliseconds handshakeTimeout{30000};  // total, from accept to a finished handshake
+    proxy::Settings proxy;     // balancers whose PROXY headers name the client
+    int lingerMilliseconds = 100;  // after our FIN at closeAfterSend(), how long to wait for the client's
+    // After accept (and the PROXY header): the protocol for this connection. The handshake deadline is
+    // armed before the call; the factory may set another (a refusal's shorter one). nullptr: close.
+    std::function<std::unique_ptr<Protocol>(Connection&)> open;
+    // A trusted balancer sent no valid PROXY header in time: for the log. The connection is closed.
+    std::function<void(const proxy::Peer&)> proxyRefused;
+    // With TLS, when set: the client's first bytes were not a TLS record. `seen` holds them; the
+    // answer (possibly "") is sent in clear and the connection closed (RFC 8446 5.1: records start 0x16).
+    std::function<std::string(Connection&, const std::string& seen)> clearText;
+};
+
+// One client connection, owned by its loop.
+class Connection {
+public:
+    Connection(EventLoop& loop, int fd, uint64_t id);
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    uint64_t id() const { return id_; }  // unique in the process: post() finds the connection by it
+    int fd() const { return fd_; }
+    EventLoop& loop() { return loop_; }
+    const proxy::Peer& peer() const { return peer_; }
+    SSL* ssl() const { return ssl_; }
+    int localPort() const { return localPort_; }
+
+    // Queues bytes for the client and writes as many as the socket takes now.
+    void send(std::string bytes);
+    // After what is queued: close_notify and FIN, then wait up to the linger time for the client's FIN.
+    void closeAfterSend();
+    // Ends the connection now (what is queued is dropped).
+    void close(const std::string& reason = "");
+    // One deadline per connection (a later call replaces it); on expiry Protocol::onDeadline runs.
+    void setDeadline(std::chrono::milliseconds within);
+    void clearDeadline();
+    bool deadlinePassed() const { return deadlinePassed_; }
+    // While work for this connection runs elsewhere, its bytes wait in the socket.
+    void pauseReading();
+    void resumeReading();
+    size_t bytesQueued() const { return out_.size() - outSent_; }
+
+private:
+    friend class EventLoop;
+    enum class State { Proxy, ClearTextCheck, Handshake, Open, Lingering, Closed };
+    void onEvents(uint32_t events);
+    void readProxy();
+    void proxyFailed(const std::string& error);  // logged by the server (CoreSettings::proxyRefused), then closed
+    void checkClearText();
+    void handshake();
+    void readTls();
+    void flush();
+    void startTls();
+    void updateInterest();
+    void finish(Ending ending);
+
+    EventLoop& loop_;
+    int fd_;
+    uint64_t id_;
+    int localPort_ = 0;
+    State state_ = State::Proxy;
+    SSL* ssl_ = nullptr;
+    proxy::Peer peer_;
+    std::unique_ptr<Protocol> protocol_;
+    std::string proxyBytes_;
+    std::string out_;
+    size_t outSent_ = 0;
+    bool paused_ = false;
+    bool closeWhenSent_ = false;
+    bool shutDown_ = false;  // our close_notify and FIN are sent
+    bool wantWrite_ = false;   // the socket (or OpenSSL) must become writable before we go on
+    bool readBlockedOnWrite_ = false;
+    uint32_t interest_ = 0;
+    bool deadlinePassed_ = false;
+    bool armed_ = false;
+    std::multimap<Clock::time_point, uint64_t>::iterator timer_;
+};
+
+// One thread's loop. Built and run by EventCore.
+class EventLoop {
+public:
+    EventLoop(const CoreSettings& settings, const std::vector<int>& listeners, std::atomic<uint64_t>& ids);
+    ~EventLoop();
+    EventLoop(const EventLoop&) = delete;
+    EventLoop& operator=(const EventLoop&) = delete;
+
+    // From any thread: runs `work` on this loop with the connection, if it is still open.
+    void post(uint64_t connectionId, std::function<void(Connection&)> work);
+    void run();
+    void stop();  // from any thread: every connection is closed and run() returns
+    const CoreSettings& settings() const { return settings_; }
+    size_t connections() const { return connections_.size(); }
+
+private:
+    friend class Connection;
+    void accept(int listener);
+    void pauseListeners();   // out of descriptors: not watched for a moment (no busy loop)
+    void resumeListeners();
+    void watch(Connection& connection, uint32_t events);
+    void arm(Connection& connection, Clock::time_point at);
+    void disarm(Connection& connection);
+    void expireTimers();
+    void drainPosts();
+    void destroy(uint64_t id);  // after Connection::finish
+    int waitMilliseconds() const;
+
+    const CoreSettings& settings_;
+    std::vector<int> listeners_;
+    std::atomic<uint64_t>& ids_;
+    int epoll_ = -1;
+    int wake_ = -1;  // eventfd: post() and stop()
+    std::atomic<bool> stopping_{false};
+    bool listenersPaused_ = false;
+    Clock::time_point listenersResume_;
+    std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
+    std::multimap<Clock::time_point, uint64_t> timers_;
+    std::vector<uint64_t> finished_;  // closed during this round: destroyed at its end
+    std::mutex postMutex_;
+    std::vector<std::pair<uint64_t, std::function<void(Connection&)>>> posted_;
+    std::vector<char> readBuffer_;
+};
+
+// The loops of one server, sharing its listening sockets (each loop accepts: EPOLLEXCLUSIVE).
+class EventCore {
+public:
+    explicit EventCore(CoreSettings settings);
+    ~EventCore();
+    // `listeners`: bound, listening sockets (made non-blocking here; the caller keeps them open).
+    void start(const std::vector<int>& listeners);
+    void stop();  // closes every connection and joins the loops (which stay until the core goes)
+    int threads() const { return static_cast<int>(loops_.size()); }
+
+private:
+    CoreSettings settings_;
+    std::atomic<uint64_t> ids_{1};
+    std::vector<std::unique_ptr<EventLoop>> loops_;
+    std::vector<std::thread> threads_;
+};
+
+// A few threads for work that may block (a slow hash, a store that is far away): the loop hands the
+// job over and the job posts its result back to the connection's loop.
+class WorkerPool {
+public:
+    explicit WorkerPool(int threads);
+    ~WorkerPool();  // finishes the queued jobs, then joins
+    WorkerPool(const WorkerPool&) = delete;
+    WorkerPool& operator=(const WorkerPool&) = delete;
+    void run(std::function<void()> job);
+
+private:
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::deque<std::function<void()>> jobs_;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace maillab::net

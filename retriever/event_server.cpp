@@ -1,0 +1,465 @@
+// The retriever's HTTPS GETs on the event-loop core: see event_server.h.
+#include "event_server.h"
+
+#include "../common/net/log_text.h"
+#include "../common/net/text.h"
+#include "../common/net/tls.h"
+
+#include <Poco/Net/HTTPResponse.h>
+
+#include <http_parser.h>
+
+#include <climits>
+#include <ctime>
+#include <mutex>
+
+namespace maillab::retriever_events {
+
+namespace {
+
+using namespace std::chrono;
+using text::equalsIgnoringCase;
+
+// Poco's HTTP request limits, kept so the two cores refuse the same heads (a bare 400, then close):
+// Poco::Net::MessageHeader and HTTPRequest.
+constexpr size_t kMaxFields = 100;
+constexpr size_t kMaxNameLength = 256;
+constexpr size_t kMaxValueLength = 8192;
+constexpr size_t kMaxMethodLength = 32;
+constexpr size_t kMaxUriLength = 16384;
+constexpr size_t kLargeBody = 65536;
+const char* const kBareBadRequest = "HTTP/1.1 400 Bad Request\r\nConnection: Close\r\n\r\n";
+
+// RFC 9110 6.6.1: the Date header, IMF-fixdate; made once per second per thread.
+const std::string& dateNow() {
+    thread_local time_t made = 0;
+    thread_local std::string text;
+    time_t now = std::time(nullptr);
+    if (now != made) {
+        made = now;
+        text = http::httpDate(static_cast<int64_t>(now));
+    }
+    return text;
+}
+
+std::string hex(const unsigned char* bytes, size_t size) {
+    static const char digits[] = "0123456789abcdef";
+    std::string out;
+    for (size_t i = 0; i < size; ++i) {
+        out += digits[bytes[i] >> 4];
+        out += digits[bytes[i] & 15];
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,
+                         const std::string& software, size_t contentLength) {
+    std::string head;
+    head.reserve(256 + 64 * response.headers.size());
+    head += http10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    head += std::to_string(response.status);
+    head += ' ';
+    head += Poco::Net::HTTPResponse::getReasonForStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(response.status));
+    head += "\r\nDate: " + date;
+    head += keepAlive ? "\r\nConnection: Keep-Alive" : "\r\nConnection: Close";
+    if (!software.empty()) head += "\r\nServer: " + software;
+    for (const auto& [name, value] : response.headers) head += "\r\n" + name + ": " + value;
+    head += "\r\nContent-Length: " + std::to_string(contentLength) + "\r\n\r\n";
+    return head;
+}
+
+struct EventServer::Shared {
+    Settings settings;
+    std::unique_ptr<net::WorkerPool> workers;
+    std::unique_ptr<net::EventCore> core;
+    std::atomic<int> refusing{0};
+    http_parser_settings parserSettings{};
+};
+
+namespace {
+
+// One admitted HTTP connection: bytes in, http-parser frames each request head, MailApi answers.
+class HttpConnection : public net::Protocol {
+public:
+    HttpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
+        : shared_(shared), s_(shared.settings), slot_(std::move(slot)) {
+        slot_.waiting(connection.fd());  // the handshake waits for the client
+        http_parser_init(&parser_, HTTP_REQUEST);
+        parser_.data = this;
+    }
+
+    void onReady(net::Connection& connection) override {
+        id_ = (*s_.nextConnectionId)++;
+        prefix_ = "id=" + std::to_string(id_) + " ";
+        if (s_.provenance && connection.ssl()) {
+            unsigned char client[32], server[32];
+            size_t c = SSL_get_client_random(connection.ssl(), client, sizeof client);
+            size_t v = SSL_get_server_random(connection.ssl(), server, sizeof server);
+            tlsSession_ = TlsSessionRecord{hex(client, c), hex(server, v), "http", connection.peer().address,
+                                           static_cast<int64_t>(std::time(nullptr)), ""};
+        }
+        awaitRequest(connection, s_.firstRequestWait);
+    }
+
+    void onBytes(net::Connection& connection, const char* data, size_t size) override {
+        if (busy_ || draining_ || !pending_.empty()) {
+            pending_.append(data, size);  // the next request, pipelined: parsed once this one is answered
+            if (!busy_ && !draining_) parsePending(connection);
+            return;
+        }
+        feed(connection, data, size);
+    }
+
+    // The client reads our answer slowly: each write that goes on restarts timeoutSeconds (as Poco's
+    // send timeout); once all is sent, the keep-alive wait for the next request begins.
+    void onWritten(net::Connection& connection, bool drained) override {
+        if (!draining_) return;
+        if (!drained) return connection.setDeadline(s_.firstRequestWait);
+        draining_ = false;
+        if (!keepAlive_) return;
+        awaitRequest(connection, s_.keepAliveTimeout);
+        if (!pending_.empty()) parsePending(connection);
+    }
+
+    void onDeadline(net::Connection& connection) override {
+        if (draining_) {
+            s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=send-timeout");
+            timedOut_ = true;
+        } else if (headStarted_) {
+            s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=request-head-timeout");
+            timedOut_ = true;
+        }
+        connection.close("deadline");  // before any byte: the keep-alive (or first-request) wait ended
+    }
+
+    void onClosed(net::Connection& connection, const net::Ending& ending) override {
+        slot_.working();  // out of the waiting list before the socket is closed
+        if (timedOut_) return;
+        std::string peer = connection.peer().address + (connection.peer().via.empty() ? "" : " via=" + connection.peer().via);
+        if (slot_.evicted()) {
+            s_.logger->information("event=evicted peer=" + peer + " reason=\"the server was full and this "
+                                   "connection waited longest for its client\"");
+        } else if (ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck) {
+            if (!ending.peerClosed)
+                s_.logger->information("event=disconnect peer=" + peer + " reason=" +
+                                       (ending.deadline ? std::string("handshake-timeout") : logValue(ending.reason)));
+        } else if (!ending.reason.empty() && !ending.peerClosed && ending.reason != "server stopping" &&
+                   ending.reason != "deadline") {
+            s_.logger->information("event=disconnect peer=" + peer + " reason=" + logValue(ending.reason));
+        }
+    }
+
+private:
+    // Waiting for a request's first byte (`wait`), then for the rest of its head (requestHeadTimeout
+    // in all, counted from the end of the previous answer, as the thread core's watchdog does).
+    void awaitRequest(net::Connection& connection, milliseconds wait) {
+        headStarted_ = false;
+        waitStarted_ = net::Clock::now();
+        firstWait_ = wait;
+        connection.setDeadline(wait);
+        slot_.waiting(connection.fd());
+    }
+
+    void feed(net::Connection& connection, const char* data, size_t size) {
+        if (!headStarted_ && size > 0) {
+            headStarted_ = true;
+            // The head's total from the start of the wait: the keep-alive wait, then the head itself.
+            auto end = waitStarted_ + (requests_ == 0 ? s_.requestHeadTimeout : firstWait_ + s_.requestHeadTimeout);
+            connection.setDeadline(duration_cast<milliseconds>(std::max(end - net::Clock::now(), net::Clock::duration(1))));
+        }
+        size_t parsed = http_parser_execute(&parser_, &shared_.parserSettings, data, size);
+        if (HTTP_PARSER_ERRNO(&parser_) == HPE_PAUSED) {
+            pending_.assign(data + parsed, size - parsed);
+            return dispatch(connection);
+        }
+        if (HTTP_PARSER_ERRNO(&parser_) != HPE_OK || parsed != size || refusedHead_) {
+            // Poco's MessageException: a bare 400, and the connection ends.
+            connection.send(kBareBadRequest);
+            connection.closeAfterSend();
+        }
+    }
+
+    void parsePending(net::Connection& connection) {
+        std::string rest = std::move(pending_);
+        pending_.clear();
+        if (!rest.empty()) feed(connection, rest.data(), rest.size());
+    }
+
+    // ---- http-parser callbacks ----
+    static HttpConnection& self(http_parser* parser) { return *static_cast<HttpConnection*>(parser->data); }
+
+public:
+    static int onMessageBegin(http_parser* parser) {
+        HttpConnection& c = self(parser);
+        c.request_ = http::ApiRequest{};
+        c.request_.overTls = c.s_.overTls;
+        c.fieldOpen_ = false;
+        c.refusedHead_ = false;
+        return 0;
+    }
+    static int onUrl(http_parser* parser, const char* at, size_t length) {
+        HttpConnection& c = self(parser);
+        c.request_.target.append(at, length);
+        if (c.request_.target.size() > kMaxUriLength) return c.refuseHead();
+        return 0;
+    }
+    static int onHeaderField(http_parser* parser, const char* at, size_t length) {
+        HttpConnection& c = self(parser);
+        if (!c.fieldOpen_) {
+            if (c.request_.headers.size() >= kMaxFields) return c.refuseHead();
+            c.request_.headers.emplace_back();
+            c.fieldOpen_ = true;
+        }
+        c.request_.headers.back().first.append(at, length);
+        if (c.request_.headers.back().first.size() > kMaxNameLength) return c.refuseHead();
+        return 0;
+    }
+    static int onHeaderValue(http_parser* parser, const char* at, size_t length) {
+        HttpConnection& c = self(parser);
+        c.fieldOpen_ = false;
+        if (c.request_.headers.empty()) return c.refuseHead();
+        c.request_.headers.back().second.append(at, length);
+        if (c.request_.headers.back().second.size() > kMaxValueLength) return c.refuseHead();
+        return 0;
+    }
+    static int onHeadersComplete(http_parser* parser) {
+        HttpConnection& c = self(parser);
+        c.request_.method = http_method_str(static_cast<http_method>(parser->method));
+        if (c.request_.method.size() > kMaxMethodLength) return c.refuseHead();
+        c.request_.version = "HTTP/" + std::to_string(parser->http_major) + "." + std::to_string(parser->http_minor);
+        for (auto& [name, value] : c.request_.headers) {
+            while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.pop_back();
+        }
+        // A head that announces a body is answered at once (MailApi refuses it and the connection
+        // closes): no waiting for a body nobody reads.
+        c.hasBody_ = (parser->flags & F_CHUNKED) || (parser->content_length > 0 && parser->content_length != ULLONG_MAX);
+        if (c.hasBody_) http_parser_pause(parser, 1);
+        return 0;
+    }
+    static int onMessageComplete(http_parser* parser) {
+        if (HTTP_PARSER_ERRNO(parser) != HPE_PAUSED) http_parser_pause(parser, 1);
+        return 0;
+    }
+
+private:
+    int refuseHead() {
+        refusedHead_ = true;
+        return -1;
+    }
+
+    bool keepAliveRequested() const {
+        std::string connection = request_.header("Connection");
+        if (request_.version == "HTTP/1.0") return equalsIgnoringCase(connection, "keep-alive");
+        return !equalsIgnoringCase(connection, "close");
+    }
+
+    void dispatch(net::Connection& connection) {
+        connection.clearDeadline();  // the head is in: no deadline while we answer
+        slot_.working();
+        ++requests_;
+        request_.peer = connection.peer().host;
+        if (s_.verbose) {
+            s_.logger->information(prefix_ + "C: " + escapeControl(request_.method + " " + request_.target + " " + request_.version));
+            for (const auto& [name, value] : request_.headers)
+                s_.logger->information(prefix_ + "C: " + escapeControl(name) + ": " +
+                                       (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
+        }
+        if (!s_.quick || s_.quick(request_)) return respond(connection, s_.api->handle(request_));
+        // May run the slow hash: on a worker, the loop serving its other connections meanwhile.
+        busy_ = true;
+        connection.pauseReading();
+        net::EventLoop* loop = &connection.loop();
+        uint64_t id = connection.id();
+        http::MailApi* api = s_.api;
+        shared_.workers->run([loop, id, api, request = request_, self = this] {
+            auto result = std::make_shared<http::ApiResponse>();
+            try {
+                *result = api->handle(request);
+            } catch (const std::exception&) {
+                *result = http::errorResponse(500, "Internal error");
+                result->closeConnection = true;
+            }
+            // Runs only while the connection is open, and so while this protocol object lives.
+            loop->post(id, [self, result](net::Connection& connection) {
+                self->busy_ = false;
+                connection.resumeReading();
+                self->respond(connection, std::move(*result));
+            });
+        });
+    }
+
+    void respond(net::Connection& connection, http::ApiResponse result) {
+        if (s_.provenance && !result.user.empty() && !tlsSession_.clientRandom.empty() && result.user != recordedAccount_) {
+            try {
+                TlsSessionRecord record = tlsSession_;
+                record.account = result.user;
+                s_.store->recordTlsLogin(record);
+                recordedAccount_ = result.user;
+            } catch (const std::exception& e) {
+                s_.logger->information(prefix_ + "event=provenance result=error reason=" + logValue(e.what()));
+            }
+        }
+        bool http10 = request_.version == "HTTP/1.0";
+        bool mayKeep = s_.maxKeepAliveRequests <= 0 || requests_ < s_.maxKeepAliveRequests;
+        bool keepAlive = keepAliveRequested() && mayKeep && !result.closeConnection && !hasBody_;
+        size_t length = result.status == 304 ? 0 : result.body.size();
+        bool withBody = result.status != 304 && request_.method != "HEAD";  // HEAD: GET's length, no body
+        std::string wire = responseHead(result, http10, keepAlive, dateNow(), s_.software, length);
+        // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose.
+        // Written before the answer leaves: whoever reads the answer finds its line in the log.
+        if (s_.verbose || result.status >= 400)
+            s_.logger->information(prefix_ + "event=request " + connection.peer().forLog() + " method=" +
+                                   logValue(request_.method) + " path=" + logValue(request_.target.substr(0, 200)) +
+                                   " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
+                                   (result.user.empty() ? "" : " user=" + result.user) +
+                                   (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
+        if (s_.verbose) {
+            size_t end = wire.find("\r\n\r\n");
+            std::string head = wire.substr(0, end);
+            size_t start = 0;
+            while (start < head.size()) {
+                size_t stop = head.find("\r\n", start);
+                if (stop == std::string::npos) stop = head.size();
+                s_.logger->information(prefix_ + "S: " + head.substr(start, stop - start));
+                start = stop + 2;
+            }
+        }
+        if (withBody && result.body.size() > kLargeBody) {
+            connection.send(std::move(wire));  // a large body is not copied behind its headers
+            connection.send(std::move(result.body));
+        } else {
+            if (withBody) wire += result.body;
+            connection.send(std::move(wire));
+        }
+        hold_ = result.hold;  // the response's place in the budget, until the next one
+
+        keepAlive_ = keepAlive;
+        if (keepAlive) {
+            http_parser_init(&parser_, HTTP_REQUEST);
+            parser_.data = this;
+        }
+        if (connection.bytesQueued() > 0) {
+            // Not all of it left yet: the next wait starts once the client has read it (onWritten).
+            draining_ = true;
+            connection.setDeadline(s_.firstRequestWait);
+            if (!keepAlive) connection.closeAfterSend();
+            return;
+        }
+        if (!keepAlive) return connection.closeAfterSend();
+        awaitRequest(connection, s_.keepAliveTimeout);
+        if (!pending_.empty()) parsePending(connection);
+    }
+
+    EventServer::Shared& shared_;
+    const Settings& s_;
+    ConnectionLimiter::Slot slot_;
+    http_parser parser_{};
+    http::ApiRequest request_;
+    std::string pending_;
+    unsigned long id_ = 0;
+    std::string prefix_;
+    int requests_ = 0;
+    bool busy_ = false, headStarted_ = false, fieldOpen_ = false, refusedHead_ = false, hasBody_ = false;
+    bool timedOut_ = false;
+    bool draining_ = false;   // an answer is still being sent (the client reads slowly)
+    bool keepAlive_ = true;
+    net::Clock::time_point waitStarted_;
+    milliseconds firstWait_{0};
+    TlsSessionRecord tlsSession_;
+    std::string recordedAccount_;
+    std::shared_ptr<void> hold_;
+};
+
+// Past the connection limits: 503 at once (RFC 9110 15.6.4), over TLS after a handshake within
+// refusalTimeout and only maxRefusalHandshakes at a time (past those the connection is just closed).
+class Refusal : public net::Protocol {
+public:
+    Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict) : shared_(shared), verdict_(verdict) {}
+    ~Refusal() override {
+        if (shared_.settings.overTls) --shared_.refusing;
+    }
+    void onReady(net::Connection& connection) override {
+        connection.setDeadline(shared_.settings.refusalTimeout);  // the answer too, not only the handshake
+        std::string wire = shared_.settings.refusal(verdict_);  // the thread core's words (http_guard)
+        connection.send(std::move(wire));
+        answered_ = true;
+        connection.closeAfterSend();
+    }
+    void onBytes(net::Connection&, const char*, size_t) override {}  // the request is not read
+    void onClosed(net::Connection& connection, const net::Ending& ending) override {
+        bool answered = answered_ && !(ending.deadline && ending.phase != net::Phase::Open);
+        shared_.settings.logger->information("event=refused " + connection.peer().forLog() + " reason=" +
+                                             ConnectionLimiter::describe(verdict_) + " answered=" + (answered ? "503" : "closed"));
+    }
+
+private:
+    EventServer::Shared& shared_;
+    ConnectionLimiter::Verdict verdict_;
+    bool answered_ = false;
+};
+
+}  // namespace
+
+EventServer::EventServer(Settings settings) : shared_(std::make_unique<Shared>()) {
+    shared_->settings = std::move(settings);
+    http_parser_settings& p = shared_->parserSettings;
+    http_parser_settings_init(&p);
+    p.on_message_begin = &HttpConnection::onMessageBegin;
+    p.on_url = &HttpConnection::onUrl;
+    p.on_header_field = &HttpConnection::onHeaderField;
+    p.on_header_value = &HttpConnection::onHeaderValue;
+    p.on_headers_complete = &HttpConnection::onHeadersComplete;
+    p.on_message_complete = &HttpConnection::onMessageComplete;
+}
+
+EventServer::~EventServer() { stop(); }
+
+int EventServer::threads() const { return shared_->core ? shared_->core->threads() : 0; }
+
+void EventServer::start(const std::vector<int>& listeners) {
+    Shared& shared = *shared_;
+    const Settings& s = shared.settings;
+    shared.workers = std::make_unique<net::WorkerPool>(s.workers);
+    net::CoreSettings core;
+    core.threads = s.threads;
+    core.tls = s.overTls ? s.tls : nullptr;
+    core.handshakeTimeout = s.handshakeTimeout;
+    core.proxy = s.proxy;
+    core.proxyRefused = [&shared](const proxy::Peer& peer) {
+        shared.settings.logger->information("event=proxy-refused " + peer.forLog() + " reason=" + logValue(peer.error));
+    };
+    if (s.plainHttpAnswer)
+        core.clearText = [&shared](net::Connection& connection, const std::string& seen) {
+            bool http = classifyFirstBytes(seen) == FirstBytes::HttpRequest;
+            std::string first = seen.substr(0, seen.find_first_of("\r\n"));
+            shared.settings.logger->information("event=plaintext-on-tls " + connection.peer().forLog() + " first=" +
+                                                quotedLogValue(first) + " answered=" + (http ? "400" : "closed"));
+            return http ? shared.settings.plainHttpAnswer(seen, connection.localPort()) : std::string();
+        };
+    core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {
+        const Settings& s = shared.settings;
+        ConnectionLimiter::Slot slot = s.limiter->admit(connection.peer().host);
+        if (slot.admitted()) return std::make_unique<HttpConnection>(shared, std::move(slot), connection);
+        ConnectionLimiter::Verdict verdict = slot.verdict();
+        if (s.overTls && ++shared.refusing > s.maxRefusalHandshakes) {
+            --shared.refusing;
+            s.logger->information("event=refused " + connection.peer().forLog() + " reason=" +
+                                  ConnectionLimiter::describe(verdict) + " answered=closed");
+            return nullptr;
+        }
+        connection.setDeadline(s.refusalTimeout);
+        return std::make_unique<Refusal>(shared, verdict);
+    };
+    shared.core = std::make_unique<net::EventCore>(core);
+    shared.core->start(listeners);
+}
+
+void EventServer::stop() {
+    if (shared_->core) shared_->core->stop();  // no loop takes a worker's answer any more
+    shared_->workers.reset();                  // the jobs still queued run, their answers dropped
+    shared_->core.reset();
+}
+
+}  // namespace maillab::retriever_events

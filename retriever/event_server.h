@@ -1,0 +1,74 @@
+// The retriever's HTTPS GETs on the event-loop core (common/net/event_loop.h), chosen with
+// retriever.core = events: HTTP/1.1 framing by Node's http-parser (Debian's libhttp-parser-dev), each
+// request answered by the socket-free MailApi, with the bytes, limits, deadlines, refusals and log
+// lines of the thread-per-connection server (retriever/server.cpp). A request whose credentials are
+// in the cache (or that carries none) is answered on its loop; one that may run the slow hash goes
+// to a small worker pool and its answer is sent by the loop. docs/design.md says what is not here yet.
+#pragma once
+#include "mail_api.h"
+
+#include "../common/lab/store.h"
+#include "../common/net/connection_guard.h"
+#include "../common/net/event_loop.h"
+#include "../common/net/proxy_protocol.h"
+
+#include <Poco/Logger.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace maillab::retriever_events {
+
+struct Settings {
+    http::MailApi* api = nullptr;
+    Store* store = nullptr;          // provenance: the TLS session of each login
+    bool provenance = false;
+    Poco::Logger* logger = nullptr;
+    bool verbose = false;
+    bool overTls = true;
+    SSL_CTX* tls = nullptr;          // the context server.cpp built (Poco's Context::sslContext())
+    ConnectionLimiter* limiter = nullptr;
+    std::atomic<unsigned long>* nextConnectionId = nullptr;  // the log lines' id=, shared with POP3
+    std::chrono::milliseconds handshakeTimeout{30000};    // retriever.timeout.handshake
+    std::chrono::milliseconds requestHeadTimeout{30000};  // retriever.timeout.requestHead: each head, total
+    std::chrono::milliseconds firstRequestWait{30000};    // retriever.timeoutSeconds: the first byte of the first request
+    std::chrono::milliseconds keepAliveTimeout{15000};    // retriever.keepAliveSeconds: the first byte of a later one
+    std::chrono::milliseconds refusalTimeout{1000};       // retriever.timeout.refusalMs
+    int maxRefusalHandshakes = 8;
+    int maxKeepAliveRequests = 1000;  // the last one is answered "Connection: Close"; 0: no limit
+    proxy::Settings proxy;
+    int threads = 0;  // retriever.events.threads: loop threads (0: one per core)
+    int workers = 2;  // retriever.events.workers: threads for requests that may be slow
+    // True when MailApi answers this request without a slow hash: it then runs on the loop.
+    std::function<bool(const http::ApiRequest&)> quick;
+    // Plain HTTP on the HTTPS port: the clear-text 400 naming the https:// URL (server.cpp's), from the
+    // request's first bytes and our port. Unset: such clients just fail their handshake.
+    std::function<std::string(const std::string& request, int port)> plainHttpAnswer;
+    std::function<std::string(ConnectionLimiter::Verdict)> refusal;  // the 503's bytes
+    std::string software = "maillab-retriever";  // the Server header, as Poco's HTTPServerParams sets it
+};
+
+class EventServer {
+public:
+    explicit EventServer(Settings settings);
+    ~EventServer();
+    void start(const std::vector<int>& listeners);
+    void stop();  // every connection ends (idle keep-alive ones at once); the loops and workers join
+    int threads() const;
+
+    struct Shared;  // the settings, the loops and the workers (event_server.cpp)
+
+private:
+    std::unique_ptr<Shared> shared_;
+};
+
+// The response head Poco's HTTPServer writes for the thread core, byte for byte: status line, Date,
+// Connection, Server, the resource's headers, Content-Length. Socket-free, for the unit tests.
+std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,
+                         const std::string& software, size_t contentLength);
+
+}  // namespace maillab::retriever_events
