@@ -103,6 +103,20 @@ public:
         if (result.closeConnection) response.setKeepAlive(false);
         // Every response has a Content-Length, so Wireshark (and keep-alive) can find its end.
         response.setContentLength(static_cast<std::streamsize>(result.status == 304 ? 0 : result.body.size()));
+        // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose:
+        // at tens of thousands of GETs a second the line cost a tenth of each request (issue 22).
+        // Written before the answer leaves, so a client holding the answer finds its line.
+        if (ctx_.verbose || result.status >= 400)
+            log.peerEvent("request", "method=" + logValue(request.getMethod()) + " path=" +
+                                         logValue(request.getURI().substr(0, 200)) + " status=" + std::to_string(result.status) +
+                                         " bytes=" + std::to_string(result.body.size()) +
+                                         (result.user.empty() ? "" : " user=" + result.user) +
+                                         // A refused login names the account tried, quoted: the client chose it.
+                                         (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
+        if (ctx_.verbose) {
+            log.line("S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
+            for (const auto& [name, value] : response) log.line("S: " + name + ": " + value);
+        }
         // Headers and body leave in one write: one TLS record and one segment where Poco's
         // sendBuffer() makes two. (Poco's connection loop needs only getKeepAlive() afterwards.)
         std::ostringstream head;
@@ -121,20 +135,6 @@ public:
         if (connection.headDeadline && !result.closeConnection)
             *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
                                                      ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
-
-        // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose:
-        // at tens of thousands of GETs a second the line cost a tenth of each request (issue 22).
-        if (ctx_.verbose || result.status >= 400)
-            log.peerEvent("request", "method=" + logValue(request.getMethod()) + " path=" +
-                                         logValue(request.getURI().substr(0, 200)) + " status=" + std::to_string(result.status) +
-                                         " bytes=" + std::to_string(result.body.size()) +
-                                         (result.user.empty() ? "" : " user=" + result.user) +
-                                         // A refused login names the account tried, quoted: the client chose it.
-                                         (result.triedUser.empty() ? "" : " tried=" + quotedLogValue(result.triedUser.substr(0, 200))));
-        if (ctx_.verbose) {
-            log.line("S: HTTP/1.1 " + std::to_string(result.status) + " " + response.getReason());
-            for (const auto& [name, value] : response) log.line("S: " + name + ": " + value);
-        }
     }
 
 private:

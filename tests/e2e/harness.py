@@ -90,8 +90,8 @@ class Server:
         # Log lines written at once (the console channel, not the default asynchronous one), so that
         # a test reading the log while the server runs sees every event that has happened.
         settings = {"logging.loggers.root.channel": "console", **(settings or {})}
-        # MAILLAB_RETRIEVER_CORE=events runs every retriever a test starts on the event-loop core
-        # (unless the test chose one itself).
+        # MAILLAB_RETRIEVER_CORE=threads|events runs every retriever a test starts on that core
+        # (unless the test chose one itself); the default is retrieverserver.properties' (events).
         core = os.environ.get("MAILLAB_RETRIEVER_CORE")
         if program == "retrieverserver" and core and "retriever.core" not in settings:
             settings["retriever.core"] = core
