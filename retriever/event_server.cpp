@@ -1,6 +1,7 @@
 // The retriever's HTTPS GETs on the event-loop core: see event_server.h.
 #include "event_server.h"
 
+#include "../common/net/guarded_connection.h"
 #include "../common/net/log_text.h"
 #include "../common/net/text.h"
 #include "../common/net/tls.h"
@@ -84,15 +85,14 @@ namespace {
 class HttpConnection : public net::Protocol {
 public:
     HttpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
-        : shared_(shared), s_(shared.settings), slot_(std::move(slot)) {
+        : shared_(shared), s_(shared.settings), slot_(std::move(slot)), log_(s_.logger, (*s_.nextConnectionId)++, "") {
+        log_.setPeer(connection.peer());
         slot_.waiting(connection.fd());  // the handshake waits for the client
         http_parser_init(&parser_, HTTP_REQUEST);
         parser_.data = this;
     }
 
     void onReady(net::Connection& connection) override {
-        id_ = (*s_.nextConnectionId)++;
-        prefix_ = "id=" + std::to_string(id_) + " ";
         if (s_.provenance && connection.ssl()) {
             unsigned char client[32], server[32];
             size_t c = SSL_get_client_random(connection.ssl(), client, sizeof client);
@@ -125,29 +125,26 @@ public:
 
     void onDeadline(net::Connection& connection) override {
         if (draining_) {
-            s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=send-timeout");
+            log_.peerEvent("disconnect", "reason=send-timeout");
             timedOut_ = true;
         } else if (headStarted_) {
-            s_.logger->information("event=disconnect " + connection.peer().forLog() + " reason=request-head-timeout");
+            log_.peerEvent("disconnect", "reason=request-head-timeout");
             timedOut_ = true;
         }
         connection.close("deadline");  // before any byte: the keep-alive (or first-request) wait ended
     }
 
-    void onClosed(net::Connection& connection, const net::Ending& ending) override {
+    void onClosed(net::Connection&, const net::Ending& ending) override {
         slot_.working();  // out of the waiting list before the socket is closed
         if (timedOut_) return;
-        std::string peer = connection.peer().address + (connection.peer().via.empty() ? "" : " via=" + connection.peer().via);
         if (slot_.evicted()) {
-            s_.logger->information("event=evicted peer=" + peer + " reason=\"the server was full and this "
-                                   "connection waited longest for its client\"");
+            log_.peerEvent("evicted", "reason=\"the server was full and this connection waited longest for its client\"");
         } else if (ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck) {
             if (!ending.peerClosed)
-                s_.logger->information("event=disconnect peer=" + peer + " reason=" +
-                                       (ending.deadline ? std::string("handshake-timeout") : logValue(ending.reason)));
+                log_.peerEvent("disconnect", "reason=" + (ending.deadline ? std::string("handshake-timeout") : logValue(ending.reason)));
         } else if (!ending.reason.empty() && !ending.peerClosed && ending.reason != "server stopping" &&
                    ending.reason != "deadline") {
-            s_.logger->information("event=disconnect peer=" + peer + " reason=" + logValue(ending.reason));
+            log_.peerEvent("disconnect", "reason=" + logValue(ending.reason));
         }
     }
 
@@ -261,10 +258,10 @@ private:
         ++requests_;
         request_.peer = connection.peer().host;
         if (s_.verbose) {
-            s_.logger->information(prefix_ + "C: " + escapeControl(request_.method + " " + request_.target + " " + request_.version));
+            log_.line("C: " + escapeControl(request_.method + " " + request_.target + " " + request_.version));
             for (const auto& [name, value] : request_.headers)
-                s_.logger->information(prefix_ + "C: " + escapeControl(name) + ": " +
-                                       (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
+                log_.line("C: " + escapeControl(name) + ": " +
+                          (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
         }
         if (!s_.quick || s_.quick(request_)) return respond(connection, s_.api->handle(request_));
         // May run the slow hash: on a worker, the loop serving its other connections meanwhile.
@@ -298,7 +295,7 @@ private:
                 s_.store->recordTlsLogin(record);
                 recordedAccount_ = result.user;
             } catch (const std::exception& e) {
-                s_.logger->information(prefix_ + "event=provenance result=error reason=" + logValue(e.what()));
+                log_.event("provenance", "result=error reason=" + logValue(e.what()));
             }
         }
         bool http10 = request_.version == "HTTP/1.0";
@@ -310,7 +307,7 @@ private:
         // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose.
         // Written before the answer leaves: whoever reads the answer finds its line in the log.
         if (s_.verbose || result.status >= 400)
-            s_.logger->information(prefix_ + "event=request " + connection.peer().forLog() + " method=" +
+            log_.peerEvent("request", "method=" +
                                    logValue(request_.method) + " path=" + logValue(request_.target.substr(0, 200)) +
                                    " status=" + std::to_string(result.status) + " bytes=" + std::to_string(result.body.size()) +
                                    (result.user.empty() ? "" : " user=" + result.user) +
@@ -322,7 +319,7 @@ private:
             while (start < head.size()) {
                 size_t stop = head.find("\r\n", start);
                 if (stop == std::string::npos) stop = head.size();
-                s_.logger->information(prefix_ + "S: " + head.substr(start, stop - start));
+                log_.line("S: " + head.substr(start, stop - start));
                 start = stop + 2;
             }
         }
@@ -358,8 +355,7 @@ private:
     http_parser parser_{};
     http::ApiRequest request_;
     std::string pending_;
-    unsigned long id_ = 0;
-    std::string prefix_;
+    ConnectionLog log_;  // "id=N ...", the same lines as the thread core's gate (guarded_connection.h)
     int requests_ = 0;
     bool busy_ = false, headStarted_ = false, fieldOpen_ = false, refusedHead_ = false, hasBody_ = false;
     bool timedOut_ = false;
@@ -376,7 +372,8 @@ private:
 // refusalTimeout and only maxRefusalHandshakes at a time (past those the connection is just closed).
 class Refusal : public net::Protocol {
 public:
-    Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict) : shared_(shared), verdict_(verdict) {}
+    Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict, ConnectionLog log)
+        : shared_(shared), verdict_(verdict), log_(std::move(log)) {}
     ~Refusal() override {
         if (shared_.settings.overTls) --shared_.refusing;
     }
@@ -388,15 +385,16 @@ public:
         connection.closeAfterSend();
     }
     void onBytes(net::Connection&, const char*, size_t) override {}  // the request is not read
-    void onClosed(net::Connection& connection, const net::Ending& ending) override {
+    void onClosed(net::Connection&, const net::Ending& ending) override {
         bool answered = answered_ && !(ending.deadline && ending.phase != net::Phase::Open);
-        shared_.settings.logger->information("event=refused " + connection.peer().forLog() + " reason=" +
-                                             ConnectionLimiter::describe(verdict_) + " answered=" + (answered ? "503" : "closed"));
+        log_.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict_) +
+                                      " answered=" + (answered ? "503" : "closed"));
     }
 
 private:
     EventServer::Shared& shared_;
     ConnectionLimiter::Verdict verdict_;
+    ConnectionLog log_;
     bool answered_ = false;
 };
 
@@ -428,14 +426,17 @@ void EventServer::start(const std::vector<int>& listeners) {
     core.handshakeTimeout = s.handshakeTimeout;
     core.proxy = s.proxy;
     core.proxyRefused = [&shared](const proxy::Peer& peer) {
-        shared.settings.logger->information("event=proxy-refused " + peer.forLog() + " reason=" + logValue(peer.error));
+        ConnectionLog log(shared.settings.logger, (*shared.settings.nextConnectionId)++, "");
+        log.setPeer(peer);
+        log.peerEvent("proxy-refused", "reason=" + logValue(peer.error));
     };
     if (s.plainHttpAnswer)
         core.clearText = [&shared](net::Connection& connection, const std::string& seen) {
             bool http = classifyFirstBytes(seen) == FirstBytes::HttpRequest;
             std::string first = seen.substr(0, seen.find_first_of("\r\n"));
-            shared.settings.logger->information("event=plaintext-on-tls " + connection.peer().forLog() + " first=" +
-                                                quotedLogValue(first) + " answered=" + (http ? "400" : "closed"));
+            ConnectionLog log(shared.settings.logger, (*shared.settings.nextConnectionId)++, "");
+            log.setPeer(connection.peer());
+            log.peerEvent("plaintext-on-tls", "first=" + quotedLogValue(first) + " answered=" + (http ? "400" : "closed"));
             return http ? shared.settings.plainHttpAnswer(seen, connection.localPort()) : std::string();
         };
     core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {
@@ -443,14 +444,15 @@ void EventServer::start(const std::vector<int>& listeners) {
         ConnectionLimiter::Slot slot = s.limiter->admit(connection.peer().host);
         if (slot.admitted()) return std::make_unique<HttpConnection>(shared, std::move(slot), connection);
         ConnectionLimiter::Verdict verdict = slot.verdict();
+        ConnectionLog log(s.logger, (*s.nextConnectionId)++, "");
+        log.setPeer(connection.peer());
         if (s.overTls && ++shared.refusing > s.maxRefusalHandshakes) {
             --shared.refusing;
-            s.logger->information("event=refused " + connection.peer().forLog() + " reason=" +
-                                  ConnectionLimiter::describe(verdict) + " answered=closed");
+            log.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict) + " answered=closed");
             return nullptr;
         }
         connection.setDeadline(s.refusalTimeout);
-        return std::make_unique<Refusal>(shared, verdict);
+        return std::make_unique<Refusal>(shared, verdict, std::move(log));
     };
     shared.core = std::make_unique<net::EventCore>(core);
     shared.core->start(listeners);

@@ -247,7 +247,7 @@ void Connection::startTls() {
 // Other bytes are nobody's but ours: they are read (so no busy loop on a peeked descriptor).
 void Connection::checkClearText() {
     char buf[kPeekBytes];
-    if (proxyBytes_.empty()) {
+    if (firstBytes_.empty()) {
         ssize_t n = ::recv(fd_, buf, 1, MSG_PEEK);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
         if (n <= 0) return finish(Ending{Phase::ClearTextCheck, n == 0 ? "" : std::strerror(errno), false, n == 0});
@@ -257,14 +257,14 @@ void Connection::checkClearText() {
         }
     }
     for (;;) {
-        ssize_t n = ::recv(fd_, buf, kPeekBytes - std::min(kPeekBytes, proxyBytes_.size()), 0);
-        if (n > 0) proxyBytes_.append(buf, static_cast<size_t>(n));
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) && mayBecomeHttpRequest(proxyBytes_))
+        ssize_t n = ::recv(fd_, buf, kPeekBytes - std::min(kPeekBytes, firstBytes_.size()), 0);
+        if (n > 0) firstBytes_.append(buf, static_cast<size_t>(n));
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) && mayBecomeHttpRequest(firstBytes_))
             return;  // "GE": wait for the rest of the method (within the handshake deadline)
-        if (n > 0 && proxyBytes_.size() < kPeekBytes && mayBecomeHttpRequest(proxyBytes_)) continue;
+        if (n > 0 && firstBytes_.size() < kPeekBytes && mayBecomeHttpRequest(firstBytes_)) continue;
         break;
     }
-    std::string answer = loop_.settings().clearText(*this, proxyBytes_);
+    std::string answer = loop_.settings().clearText(*this, firstBytes_);
     if (state_ != State::ClearTextCheck) return;
     SSL_free(ssl_);
     ssl_ = nullptr;

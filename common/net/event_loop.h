@@ -127,6 +127,7 @@ private:
     proxy::Peer peer_;
     std::unique_ptr<Protocol> protocol_;
     std::string proxyBytes_;
+    std::string firstBytes_;  // clear text on the TLS port, read to be answered (never the PROXY header's)
     std::string out_;
     size_t outSent_ = 0;
     bool paused_ = false;
