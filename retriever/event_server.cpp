@@ -43,16 +43,6 @@ const std::string& dateNow() {
     return text;
 }
 
-std::string hex(const unsigned char* bytes, size_t size) {
-    static const char digits[] = "0123456789abcdef";
-    std::string out;
-    for (size_t i = 0; i < size; ++i) {
-        out += digits[bytes[i] >> 4];
-        out += digits[bytes[i] & 15];
-    }
-    return out;
-}
-
 }  // namespace
 
 std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,
@@ -94,10 +84,8 @@ public:
 
     void onReady(net::Connection& connection) override {
         if (s_.provenance && connection.ssl()) {
-            unsigned char client[32], server[32];
-            size_t c = SSL_get_client_random(connection.ssl(), client, sizeof client);
-            size_t v = SSL_get_server_random(connection.ssl(), server, sizeof server);
-            tlsSession_ = TlsSessionRecord{hex(client, c), hex(server, v), "http", connection.peer().address,
+            tlsSession_ = TlsSessionRecord{clientRandomHex(connection.ssl()), serverRandomHex(connection.ssl()), "http",
+                                           connection.peer().address,
                                            static_cast<int64_t>(std::time(nullptr)), ""};
         }
         awaitRequest(connection, s_.firstRequestWait);

@@ -97,23 +97,21 @@ void writeCert(const std::string& path, X509* cert) {
     writePem(path, false, [cert](FILE* f) { return PEM_write_X509(f, cert); });
 }
 
-KeyPtr readKey(const std::string& path) {
+// A PEM file's one object (a key, a certificate); check() throws naming the file when it cannot be read.
+template <class T>
+std::unique_ptr<T, void (*)(T*)> readPem(const std::string& path, T* (*read)(FILE*, T**, pem_password_cb*, void*),
+                                         void (*release)(T*)) {
     FILE* f = std::fopen(path.c_str(), "r");
     check(f != nullptr, path.c_str());
-    KeyPtr key(PEM_read_PrivateKey(f, nullptr, nullptr, nullptr), EVP_PKEY_free);
+    std::unique_ptr<T, void (*)(T*)> object(read(f, nullptr, nullptr, nullptr), release);
     std::fclose(f);
-    check(key != nullptr, path.c_str());
-    return key;
+    check(object != nullptr, path.c_str());
+    return object;
 }
 
-CertPtr readCert(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "r");
-    check(f != nullptr, path.c_str());
-    CertPtr cert(PEM_read_X509(f, nullptr, nullptr, nullptr), X509_free);
-    std::fclose(f);
-    check(cert != nullptr, path.c_str());
-    return cert;
-}
+KeyPtr readKey(const std::string& path) { return readPem<EVP_PKEY>(path, PEM_read_PrivateKey, EVP_PKEY_free); }
+
+CertPtr readCert(const std::string& path) { return readPem<X509>(path, PEM_read_X509, X509_free); }
 }  // namespace
 
 CertPaths CertPaths::inDirectory(const std::string& dir) {

@@ -249,19 +249,21 @@ std::string hex(const unsigned char* bytes, size_t n) {
 }
 }  // namespace
 
-std::string clientRandomHex(const Poco::Net::StreamSocket& socket) {
-    SSL* ssl = sslOf(socket);
+std::string clientRandomHex(SSL* ssl) {
     if (!ssl) return "";
     unsigned char random[SSL3_RANDOM_SIZE];
     return hex(random, SSL_get_client_random(ssl, random, sizeof random));
 }
 
-std::string serverRandomHex(const Poco::Net::StreamSocket& socket) {
-    SSL* ssl = sslOf(socket);
+std::string clientRandomHex(const Poco::Net::StreamSocket& socket) { return clientRandomHex(sslOf(socket)); }
+
+std::string serverRandomHex(SSL* ssl) {
     if (!ssl) return "";
     unsigned char random[SSL3_RANDOM_SIZE];
     return hex(random, SSL_get_server_random(ssl, random, sizeof random));
 }
+
+std::string serverRandomHex(const Poco::Net::StreamSocket& socket) { return serverRandomHex(sslOf(socket)); }
 
 void offerAlpn(Poco::Net::Context& context, const std::string& protocol) {
     std::string wire = alpnWire({protocol});

@@ -42,6 +42,9 @@ std::string describeTls(const Poco::Net::StreamSocket& socket);
 std::string clientRandomHex(const Poco::Net::StreamSocket& socket);
 // The ServerHello's random, the same way: the server's own choice, which a client cannot replay.
 std::string serverRandomHex(const Poco::Net::StreamSocket& socket);
+// The same of a TLS connection held by its SSL* (the event core's); "" for nullptr.
+std::string clientRandomHex(SSL* ssl);
+std::string serverRandomHex(SSL* ssl);
 
 // ALPN (RFC 7301): a client offers the lab protocol it speaks ("smtp", "http/1.1"); a server
 // accepts its own and refuses, with the no_application_protocol alert, a client that offers only
