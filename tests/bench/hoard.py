@@ -137,11 +137,12 @@ def hoarding(bin_dir, ca, server, kind, password, seconds):
     stop, samples, failures = threading.Event(), [], []
     prober = threading.Thread(target=probe, args=(server.port, ca, kind, "127.0.0.200", stop, samples, failures))
     def probe_once_held(load_proc):
-        # The prober starts once the idle sessions are open (the server has a thread for each): the
-        # target is a new client's wait while they are held, not while 1,000 handshakes are made.
+        # The prober starts once the idle sessions are open (the server holds a descriptor for each,
+        # on either core; the thread core also a thread): the target is a new client's wait while
+        # they are held, not while 1,000 handshakes are made.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and load_proc.poll() is None:
-            if len(os.listdir(f"/proc/{server.proc.pid}/task")) >= 1000:
+            if len(os.listdir(f"/proc/{server.proc.pid}/fd")) >= 1000:
                 break
             time.sleep(0.1)
         prober.start()
