@@ -251,7 +251,17 @@ private:
                 log_.line("C: " + escapeControl(name) + ": " +
                           (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
         }
-        if (!s_.quick || s_.quick(request_)) return respond(connection, s_.api->handle(request_));
+        if (!s_.quick || s_.quick(request_)) {
+            // On the loop an exception would end every connection (the process): one 500, this one closed.
+            http::ApiResponse result;
+            try {
+                result = s_.api->handle(request_);
+            } catch (const std::exception&) {
+                result = http::errorResponse(500, "Internal error");
+                result.closeConnection = true;
+            }
+            return respond(connection, std::move(result));
+        }
         // May run the slow hash: on a worker, the loop serving its other connections meanwhile.
         busy_ = true;
         connection.pauseReading();
@@ -268,9 +278,11 @@ private:
             }
             // Runs only while the connection is open, and so while this protocol object lives.
             loop->post(id, [self, result](net::Connection& connection) {
+                // Answer first: reading resumed before would hand a pipelined request that OpenSSL
+                // already holds to the parser still paused on this one (answered twice).
                 self->busy_ = false;
-                connection.resumeReading();
                 self->respond(connection, std::move(*result));
+                if (!self->busy_) connection.resumeReading();
             });
         });
     }

@@ -160,6 +160,7 @@ void Connection::onEvents(uint32_t events) {
         if (wantWrite_ && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) flush();
         if (state_ == State::Open && (readBlockedOnWrite_ || (!paused_ && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))))) {
             readBlockedOnWrite_ = false;
+            updateInterest();  // else EPOLLOUT stays armed on a writable socket: a busy loop
             readTls();
         }
         break;
