@@ -65,7 +65,7 @@ void Session::noteClientLine(const std::string& line, State before) {
     // Each message's story is the session's start and its own transaction: on a connection kept open
     // for thousands of messages, the ones before are counted, not copied into every story (they made
     // each stored story a full smtp.maxStoryBytes and cost more CPU than the delivery itself).
-    if (line.size() >= 4 && Poco::icompare(line.substr(0, 4), "MAIL") == 0) {
+    if (line.size() >= 4 && Poco::icompare(line, 0, 4, "MAIL") == 0) {
         if (storyInTransaction_) {
             storyEarlier_ += storyTail_.size() - storyTailStart_ + storyLeftOut_;
             storyTail_.clear();

@@ -117,7 +117,6 @@ void ConnectionGate::run(Poco::Net::StreamSocket socket, const std::function<voi
             log.peerEvent("proxy-refused", "reason=" + logValue(client.error));
         } else {
             slot = limiter_.admit(client.host);
-            int active = limiter_.active();
             socket.setNoDelay(true);  // replies are whole; never wait on Nagle (docs/design.md)
             if (settings_.sendTimeout.totalMicroseconds() > 0) socket.setSendTimeout(settings_.sendTimeout);
             socket.setReceiveTimeout(settings_.handshakeTimeout);
@@ -127,7 +126,7 @@ void ConnectionGate::run(Poco::Net::StreamSocket socket, const std::function<voi
                 slot.waiting(fd);  // the handshake waits for the client: when full, the longest waiting give way
                 if (protocol_.logsEveryConnection)
                     log.peerEvent("connect", (protocol_.connectNote.empty() ? "" : protocol_.connectNote + " ") +
-                                                 "active=" + std::to_string(active));
+                                                 "active=" + std::to_string(limiter_.active()));
                 AdmittedConnection admitted(socket, implicitTls_, client, slot, log, *this);
                 bool answered = false;
                 if (implicitTls_) {
