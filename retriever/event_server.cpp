@@ -1,6 +1,7 @@
 // The retriever's HTTPS GETs on the event-loop core: see event_server.h.
 #include "event_server.h"
 
+#include "../common/lab/tls_provenance.h"
 #include "../common/net/guarded_connection.h"
 #include "../common/net/log_text.h"
 #include "../common/net/text.h"
@@ -83,11 +84,7 @@ public:
     }
 
     void onReady(net::Connection& connection) override {
-        if (s_.provenance && connection.ssl()) {
-            tlsSession_ = TlsSessionRecord{clientRandomHex(connection.ssl()), serverRandomHex(connection.ssl()), "http",
-                                           connection.peer().address,
-                                           static_cast<int64_t>(std::time(nullptr)), ""};
-        }
+        if (connection.ssl()) provenance_.noteSession(connection.ssl(), connection.peer().address);
         awaitRequest(connection, s_.firstRequestWait);
     }
 
@@ -288,16 +285,7 @@ private:
     }
 
     void respond(net::Connection& connection, http::ApiResponse result) {
-        if (s_.provenance && !result.user.empty() && !tlsSession_.clientRandom.empty() && result.user != recordedAccount_) {
-            try {
-                TlsSessionRecord record = tlsSession_;
-                record.account = result.user;
-                s_.store->recordTlsLogin(record);
-                recordedAccount_ = result.user;
-            } catch (const std::exception& e) {
-                log_.event("provenance", "result=error reason=" + logValue(e.what()));
-            }
-        }
+        provenance_.recordLogin(result.user, log_);
         bool http10 = request_.version == "HTTP/1.0";
         bool mayKeep = s_.maxKeepAliveRequests <= 0 || requests_ < s_.maxKeepAliveRequests;
         bool keepAlive = keepAliveRequested() && mayKeep && !result.closeConnection && !hasBody_;
@@ -356,6 +344,7 @@ private:
     http::ApiRequest request_;
     std::string pending_;
     ConnectionLog log_;  // "id=N ...", the same lines as the thread core's gate (guarded_connection.h)
+    TlsProvenance provenance_{s_.provenance ? s_.store : nullptr, "http"};  // class servers: the login's TLS session
     int requests_ = 0;
     bool busy_ = false, headStarted_ = false, fieldOpen_ = false, refusedHead_ = false, hasBody_ = false;
     bool timedOut_ = false;
@@ -363,8 +352,6 @@ private:
     bool keepAlive_ = true;
     net::Clock::time_point waitStarted_;
     milliseconds firstWait_{0};
-    TlsSessionRecord tlsSession_;
-    std::string recordedAccount_;
     std::shared_ptr<void> hold_;
 };
 

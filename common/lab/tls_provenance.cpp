@@ -9,8 +9,12 @@
 namespace maillab {
 
 void TlsProvenance::noteSession(const Poco::Net::StreamSocket& socket, const std::string& peer) {
+    if (store_) noteSession(sslOf(socket), peer);
+}
+
+void TlsProvenance::noteSession(SSL* ssl, const std::string& peer) {
     if (!store_) return;
-    session_ = TlsSessionRecord{clientRandomHex(socket), serverRandomHex(socket), service_, peer,
+    session_ = TlsSessionRecord{clientRandomHex(ssl), serverRandomHex(ssl), service_, peer,
                                 static_cast<int64_t>(std::time(nullptr)), ""};
     recorded_.clear();
 }

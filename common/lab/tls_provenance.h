@@ -19,6 +19,7 @@ public:
 
     // After each handshake (the first, STARTTLS, STLS): the session later logins are recorded with.
     void noteSession(const Poco::Net::StreamSocket& socket, const std::string& peer);
+    void noteSession(SSL* ssl, const std::string& peer);  // the event core's connections
     // `account` logged in over the session noted last: recorded once per account; a store error is
     // logged (the login itself stands).
     void recordLogin(const std::string& account, const ConnectionLog& log);
