@@ -92,7 +92,7 @@ $(BIN)/retrieverclient: $(call obj,retriever/client.cpp) $(BUILD)/libmaillab.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
 
-$(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp)
+$(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp common/lab/password.cpp)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ -lssl -lcrypto -lpthread
 
