@@ -72,37 +72,37 @@ $(eval $(call embed_properties,shared,common,Shared))
 $(OBJ)/gen/%_properties.o: $(OBJ)/gen/%_properties.cpp
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# Every program links the same way: its objects and libraries ($^) into $@, then $(1), the
+# system libraries it needs.
+define link
+@mkdir -p $(dir $@)
+$(CXX) $(LDFLAGS) $^ -o $@ $(1)
+endef
+
 $(BUILD)/libmaillab.a: $(call obj,$(COMMON_SRC) $(SENDER_LIB_SRC) $(RETRIEVER_LIB_SRC))
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
 $(BIN)/senderserver: $(call obj,sender/server.cpp) $(OBJ)/gen/senderserver_properties.o $(OBJ)/gen/shared_properties.o $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(call link,$(LDLIBS))
 
 $(BIN)/senderclient: $(call obj,sender/client.cpp) $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
+	$(call link,$(LDLIBS) -ledit)
 
 $(BIN)/retrieverserver: $(call obj,retriever/server.cpp) $(OBJ)/gen/retrieverserver_properties.o $(OBJ)/gen/shared_properties.o $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(call link,$(LDLIBS))
 
 $(BIN)/retrieverclient: $(call obj,retriever/client.cpp) $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) -ledit
+	$(call link,$(LDLIBS) -ledit)
 
-$(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp)
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ -lssl -lcrypto -lpthread
+$(BIN)/maillab-load: $(call obj,tests/bench/maillab_load.cpp common/lab/password.cpp)
+	$(call link,-lssl -lcrypto -lpthread)
 
 $(BIN)/maillab-admin: $(call obj,common/tools/admin_main.cpp) $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(call link,$(LDLIBS))
 
 $(BIN)/maillab-certs: $(call obj,common/tools/certs_main.cpp) $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(call link,$(LDLIBS))
 
 $(call obj,$(UNIT_SRC)): CXXFLAGS += -DMAILLAB_GOLDEN_DIR='"$(CURDIR)/tests/golden"'
 
@@ -114,8 +114,7 @@ $(OBJ)/tests/unit/main.o: CXXFLAGS += -Wno-maybe-uninitialized
 CATCH_LIBS := $(if $(wildcard /usr/include/catch2/catch.hpp),,-lCatch2Main -lCatch2)
 
 $(BIN)/unit-tests: $(call obj,$(UNIT_SRC)) $(BUILD)/libmaillab.a
-	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CATCH_LIBS)
+	$(call link,$(LDLIBS) $(CATCH_LIBS))
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

@@ -314,11 +314,12 @@ def inner_type(cap, r):
     return "(none: in clear)"
 
 
-def distinct_table(handshakes, properties):
+def distinct_table(handshakes, frame_key, properties):
     """One row per distinct value of each property, with the connections (and frames) that share it:
-    ten identical handshakes make one row each, not ten. properties: [(label, key, frame_key)]."""
+    ten identical handshakes make one row each, not ten. properties: [(label, key)], all fields of
+    the one message whose frame number each handshake holds under frame_key."""
     rows = []
-    for label, key, frame_key in properties:
+    for label, key in properties:
         values = {}
         for h in handshakes:
             value = h.get(key, "")
@@ -342,16 +343,16 @@ def client_hello_question(handshakes):
           f"{md_code(first.get('client_random', '')[:8])}. "
           "The record and ClientHello versions say TLS 1.0/1.2 for compatibility with middleboxes "
           "(RFC 8446 4.1.2, 5.1); the real version is negotiated in supported_versions.\n",
-          distinct_table(handshakes, [
-              ("record version", "client_record_version", "client_hello_frame"),
-              ("legacy_version (ClientHello version)", "client_hello_version", "client_hello_frame"),
-              ("supported_versions", "offered_versions", "client_hello_frame"),
-              ("cipher suites", "offered_suites", "client_hello_frame"),
-              ("key_share groups", "offered_groups", "client_hello_frame"),
-              ("supported_groups", "supported_groups", "client_hello_frame"),
-              ("signature algorithms (count)", "signature_algorithms", "client_hello_frame"),
-              ("SNI (server_name)", "sni", "client_hello_frame"),
-              ("ALPN", "alpn", "client_hello_frame")]),
+          distinct_table(handshakes, "client_hello_frame", [
+              ("record version", "client_record_version"),
+              ("legacy_version (ClientHello version)", "client_hello_version"),
+              ("supported_versions", "offered_versions"),
+              ("cipher suites", "offered_suites"),
+              ("key_share groups", "offered_groups"),
+              ("supported_groups", "supported_groups"),
+              ("signature algorithms (count)", "signature_algorithms"),
+              ("SNI (server_name)", "sni"),
+              ("ALPN", "alpn")]),
           "Each connection's randoms (32 bytes each, new in every handshake):\n",
           md_table(["conn", "ClientHello", "client random", "ServerHello", "server random"],
                    [[h["stream"], h.get("client_hello_frame", ""), h.get("client_random", ""),
@@ -367,14 +368,14 @@ def server_hello_question(handshakes):
           f"says {md_text(first.get('server_hello_version', '?'))}), the suite {md_text(first.get('chosen_suite', '?'))} "
           f"and the group {md_text(first.get('chosen_group', '?'))}. "
           "Every connection's choice, one row per distinct value:\n"]
-    md.append(distinct_table(handshakes, [
-        ("server port", "server_port", "server_hello_frame"),
-        ("legacy_version (ServerHello version)", "server_hello_version", "server_hello_frame"),
-        ("version chosen (supported_versions)", "chosen_version", "server_hello_frame"),
-        ("cipher suite chosen", "chosen_suite", "server_hello_frame"),
-        ("key_share group chosen", "chosen_group", "server_hello_frame"),
-        ("certificate subject", "certificate_subject", "server_hello_frame"),
-        ("certificate issuer", "certificate_issuer", "server_hello_frame")]))
+    md.append(distinct_table(handshakes, "server_hello_frame", [
+        ("server port", "server_port"),
+        ("legacy_version (ServerHello version)", "server_hello_version"),
+        ("version chosen (supported_versions)", "chosen_version"),
+        ("cipher suite chosen", "chosen_suite"),
+        ("key_share group chosen", "chosen_group"),
+        ("certificate subject", "certificate_subject"),
+        ("certificate issuer", "certificate_issuer")]))
     return "\n".join(md)
 
 

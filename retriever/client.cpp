@@ -21,9 +21,7 @@
 #include <Poco/StreamCopier.h>
 #include <Poco/Timestamp.h>
 #include <Poco/Util/Application.h>
-#include <Poco/Util/Option.h>
 #include <Poco/Util/OptionException.h>
-#include <Poco/Util/OptionSet.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -288,28 +286,20 @@ public:
                             "--id N it shows one message decoded (subject, addresses, text, attachments; --raw: as sent) "
                             "and --save-attachments DIR saves its attachments.",
                             "Exit status: 0 done, 1 refused by the server (HTTP error), 2 usage, 3 cannot connect, 4 TLS "
-                            "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.") {}
+                            "(certificate, --tls mismatch), 5 not an HTTP server or the server went away.",
+                            {{"user", "read this account's mailbox", "EMAIL"},
+                             {"password", "the account's password", "PASSWORD"},
+                             {"id", "show one message", "N"},
+                             {"offset", "skip this many of the newest messages in the list", "N"},
+                             {"limit", "list at most N messages", "N"},
+                             {"json", "print the server's JSON as is"},
+                             {"raw", "with --id: print the message as stored (RFC 5322)"},
+                             {"save-attachments", "with --id: save the message's attachments in DIR (made if missing; "
+                              "a name already there gets a number, nothing is overwritten)", "DIR"},
+                             {"header", "add a request header, e.g. 'If-None-Match: \"L5.3\"' (repeatable)",
+                              "NAME: VALUE", kRepeatable}}) {}
 
 protected:
-    void defineOptions(Poco::Util::OptionSet& options) override {
-        ClientApplication::defineOptions(options);
-        auto add = [&](const char* name, const char* description, const char* argument) {
-            addClientOption(options, name, description, argument);
-        };
-        add("user", "read this account's mailbox", "EMAIL");
-        add("password", "the account's password", "PASSWORD");
-        add("id", "show one message", "N");
-        add("offset", "skip this many of the newest messages in the list", "N");
-        add("limit", "list at most N messages", "N");
-        add("json", "print the server's JSON as is", nullptr);
-        add("raw", "with --id: print the message as stored (RFC 5322)", nullptr);
-        add("save-attachments", "with --id: save the message's attachments in DIR (made if missing; a name "
-            "already there gets a number, nothing is overwritten)", "DIR");
-        Poco::Util::Option header("header", "", "add a request header, e.g. 'If-None-Match: \"L5.3\"' (repeatable)");
-        header.required(false).repeatable(true).argument("NAME: VALUE");
-        options.addOption(header);
-    }
-
     void handleOption(const std::string& name, const std::string& value) override {
         ClientApplication::handleOption(name, value);
         if (name == "verbose" || name == "json" || name == "raw") {

@@ -406,33 +406,27 @@ Output Session::cmdStat(const std::vector<std::string>&, const std::string&) {
 }
 
 Output Session::cmdList(const std::vector<std::string>& args, const std::string&) {
-    if (!args.empty()) {
-        Output refusal;
-        const Entry* entry = message(args[0], refusal);
-        if (!entry) return refusal;
-        return ok(args[0] + " " + std::to_string(entry->size));
-    }
-    std::string block;
-    for (size_t i = 0; i < messages_.size(); ++i)
-        if (!messages_[i].deleted) block += std::to_string(i + 1) + " " + std::to_string(messages_[i].size) + "\r\n";
-    block += ".\r\n";
-    return ok(plural(liveCount(), "message") + " (" + std::to_string(liveBytes()) + " octets)", block);
+    return listing(args, &Entry::size, plural(liveCount(), "message") + " (" + std::to_string(liveBytes()) + " octets)");
 }
 
 Output Session::cmdUidl(const std::vector<std::string>& args, const std::string&) {
     // RFC 1939 7: the store's id names the message for good (never reused), so a client that leaves
     // mail on the server knows what it has already fetched.
+    return listing(args, &Entry::id, "Unique-id listing follows");
+}
+
+Output Session::listing(const std::vector<std::string>& args, int64_t Entry::*field, const std::string& heading) {
     if (!args.empty()) {
         Output refusal;
         const Entry* entry = message(args[0], refusal);
         if (!entry) return refusal;
-        return ok(args[0] + " " + std::to_string(entry->id));
+        return ok(args[0] + " " + std::to_string(entry->*field));
     }
     std::string block;
     for (size_t i = 0; i < messages_.size(); ++i)
-        if (!messages_[i].deleted) block += std::to_string(i + 1) + " " + std::to_string(messages_[i].id) + "\r\n";
+        if (!messages_[i].deleted) block += std::to_string(i + 1) + " " + std::to_string(messages_[i].*field) + "\r\n";
     block += ".\r\n";
-    return ok("Unique-id listing follows", block);
+    return ok(heading, block);
 }
 
 Output Session::sendText(const Entry& entry, bool whole, int64_t bodyLines) {

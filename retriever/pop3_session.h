@@ -126,6 +126,9 @@ private:
     const Entry* message(const std::string& number, Output& refusal);
     int64_t liveCount() const;
     int64_t liveBytes() const;
+    // LIST and UIDL (RFC 1939 5, 7): "n value" for the message args[0] names, or a line of it for
+    // every message not marked deleted under `heading`; `field`: the value (its size, its id).
+    Output listing(const std::vector<std::string>& args, int64_t Entry::*field, const std::string& heading);
     Output sendText(const Entry& entry, bool whole, int64_t bodyLines);
     Output update();
 

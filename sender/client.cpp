@@ -15,8 +15,6 @@
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/DNS.h>
 #include <Poco/Util/Application.h>
-#include <Poco/Util/Option.h>
-#include <Poco/Util/OptionSet.h>
 
 
 #include <cstdio>
@@ -27,8 +25,6 @@
 namespace maillab {
 namespace {
 
-using Poco::Util::Option;
-using Poco::Util::OptionSet;
 using smtp::ServerReply;
 using smtp::SmtpClient;
 using namespace smtp::replies;
@@ -42,25 +38,16 @@ public:
         : ClientApplication("implicit (default), starttls or off, as the server runs",
                             "The maillab SMTP client (implicit TLS 1.3). With no --user/--to it is interactive.",
                             "Exit status: 0 done, 1 refused by the server, 2 usage, 3 cannot connect, 4 TLS "
-                            "(certificate, --tls mismatch), 5 not an SMTP server or the server went away.") {}
+                            "(certificate, --tls mismatch), 5 not an SMTP server or the server went away.",
+                            {{"user", "log in as EMAIL; without --password an unknown lab address registers", "EMAIL"},
+                             {"password", "password for --user", "PASSWORD"},
+                             {"to", "send one message to these recipients (comma-separated)", "LIST"},
+                             {"subject", "subject of the message", "TEXT"},
+                             {"body-file", "file holding the message body ('-' = standard input)", "FILE"},
+                             {"greeting-timeout", "seconds to wait for the server's 220 greeting (default 5)", "SECONDS"},
+                             {"attach", "attach FILE to the message (repeatable)", "FILE", kRepeatable}}) {}
 
 protected:
-    void defineOptions(OptionSet& options) override {
-        ClientApplication::defineOptions(options);
-        auto add = [&](const char* name, const char* description, const char* argument) {
-            addClientOption(options, name, description, argument);
-        };
-        add("user", "log in as EMAIL; without --password an unknown lab address registers", "EMAIL");
-        add("password", "password for --user", "PASSWORD");
-        add("to", "send one message to these recipients (comma-separated)", "LIST");
-        add("subject", "subject of the message", "TEXT");
-        add("body-file", "file holding the message body ('-' = standard input)", "FILE");
-        add("greeting-timeout", "seconds to wait for the server's 220 greeting (default 5)", "SECONDS");
-        Option attach("attach", "", "attach FILE to the message (repeatable)");
-        attach.required(false).repeatable(true).argument("FILE");
-        options.addOption(attach);
-    }
-
     void handleOption(const std::string& name, const std::string& value) override {
         ClientApplication::handleOption(name, value);
         if (name == "verbose") {

@@ -49,36 +49,42 @@ int numberOption(const Poco::Util::AbstractConfiguration& config, const std::str
     return value;
 }
 
-void addClientOption(Poco::Util::OptionSet& options, const char* name, const std::string& description,
-                     const char* argument) {
-    Poco::Util::Option option(name, "", description);
-    option.required(false).repeatable(false);
-    if (argument) option.argument(argument).binding(std::string("client.") + name);
-    options.addOption(option);
-}
-
-void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsModes) {
-    auto add = [&](const char* name, const std::string& description, const char* argument) {
-        addClientOption(options, name, description, argument);
+std::vector<ClientOption> commonClientOptions(const std::string& tlsModes) {
+    return {
+        {"help", "print this help and exit"},
+        {"host", "server to connect to (default localhost)", "HOST"},
+        {"port", "server port", "PORT"},
+        {"servername", "name the certificate must carry (default: --host)", "NAME"},
+        {"ca", "CA certificate to trust (default certs/ca.pem)", "FILE"},
+        {"domain", "domain added to a bare user name (default 447.edu)", "DOMAIN"},
+        {"keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE"},
+        {"timeout", "seconds to wait for the server (default 30)", "SECONDS"},
+        {"tls", tlsModes, "MODE"},
+        {"verbose", "print the raw exchange and the negotiated TLS parameters"},
     };
-    add("help", "print this help and exit", nullptr);
-    add("host", "server to connect to (default localhost)", "HOST");
-    add("port", "server port", "PORT");
-    add("servername", "name the certificate must carry (default: --host)", "NAME");
-    add("ca", "CA certificate to trust (default certs/ca.pem)", "FILE");
-    add("domain", "domain added to a bare user name (default 447.edu)", "DOMAIN");
-    add("keylog", "append TLS secrets to FILE for Wireshark (also SSLKEYLOGFILE)", "FILE");
-    add("timeout", "seconds to wait for the server (default 30)", "SECONDS");
-    add("tls", tlsModes, "MODE");
-    add("verbose", "print the raw exchange and the negotiated TLS parameters", nullptr);
 }
 
-ClientApplication::ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter)
-    : tlsModes_(std::move(tlsModes)), helpHeader_(std::move(helpHeader)), helpFooter_(std::move(helpFooter)) {}
+void addClientOptions(Poco::Util::OptionSet& options, const std::vector<ClientOption>& clientOptions) {
+    for (const ClientOption& o : clientOptions) {
+        Poco::Util::Option option(o.name, "", o.description);
+        option.required(false).repeatable(o.repeatable);
+        if (o.argument) option.argument(o.argument);
+        if (o.argument && !o.repeatable) option.binding(std::string("client.") + o.name);
+        options.addOption(option);
+    }
+}
+
+ClientApplication::ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter,
+                                     std::vector<ClientOption> ownOptions)
+    : tlsModes_(std::move(tlsModes)),
+      helpHeader_(std::move(helpHeader)),
+      helpFooter_(std::move(helpFooter)),
+      ownOptions_(std::move(ownOptions)) {}
 
 void ClientApplication::defineOptions(Poco::Util::OptionSet& options) {
     Application::defineOptions(options);
-    addClientOptions(options, tlsModes_);
+    addClientOptions(options, commonClientOptions(tlsModes_));
+    addClientOptions(options, ownOptions_);
 }
 
 void ClientApplication::handleOption(const std::string& name, const std::string& value) {

@@ -12,6 +12,7 @@
 #include <Poco/Util/OptionSet.h>
 
 #include <string>
+#include <vector>
 
 namespace maillab {
 
@@ -29,14 +30,21 @@ int runClient(Poco::Util::Application& app, int argc, char** argv);
 int numberOption(const Poco::Util::AbstractConfiguration& config, const std::string& key, int fallback, int low,
                  int high, const std::string& option);
 
-// --help, --host, --port, --servername, --ca, --domain, --keylog, --timeout, --tls, --verbose; each
-// value lands in the configuration as client.<name>. `tlsModes` describes the --tls values.
-void addClientOptions(Poco::Util::OptionSet& options, const std::string& tlsModes);
+// One option of a client. Its value lands in the configuration as client.<name>, unless it is a
+// flag (`argument` nullptr) or repeatable: those are for the application's handleOption.
+struct ClientOption {
+    const char* name;
+    std::string description;
+    const char* argument = nullptr;  // what --help shows after the name
+    bool repeatable = false;
+};
+constexpr bool kRepeatable = true;
 
-// One more option of a client; its value lands in the configuration as client.<name>. `argument`
-// nullptr: a flag without a value, for the application's handleOption.
-void addClientOption(Poco::Util::OptionSet& options, const char* name, const std::string& description,
-                     const char* argument);
+// The options every lab client takes: --help, --host, --port, --servername, --ca, --domain,
+// --keylog, --timeout, --tls, --verbose. `tlsModes` describes the --tls values.
+std::vector<ClientOption> commonClientOptions(const std::string& tlsModes);
+
+void addClientOptions(Poco::Util::OptionSet& options, const std::vector<ClientOption>& clientOptions);
 
 // What a client connects to and how long it waits, from the common options.
 struct ClientSettings {
@@ -45,14 +53,16 @@ struct ClientSettings {
     std::string domain;   // --domain, added to a bare user name
 };
 
-// The Poco application both clients are: the common options (addClientOptions), --help in the
-// client's own words, and the settings those options give. A client adds its own options after
-// this class's defineOptions, handles them after its handleOption, and starts main() with
+// The Poco application both clients are: the common options (commonClientOptions) and the
+// client's own after them, --help in the client's own words, and the settings those options give.
+// A client handles its options after this class's handleOption and starts main() with
 // `if (helpRequested()) return kExitOk;`.
 class ClientApplication : public Poco::Util::Application {
 protected:
-    // `tlsModes`: what --tls takes; `helpHeader`, `helpFooter`: --help's words before and after the options.
-    ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter);
+    // `tlsModes`: what --tls takes; `helpHeader`, `helpFooter`: --help's words before and after the
+    // options; `ownOptions`: the client's own, in --help's order.
+    ClientApplication(std::string tlsModes, std::string helpHeader, std::string helpFooter,
+                      std::vector<ClientOption> ownOptions);
     void defineOptions(Poco::Util::OptionSet& options) override;
     void handleOption(const std::string& name, const std::string& value) override;
     bool helpRequested() const { return helpRequested_; }
@@ -62,6 +72,7 @@ protected:
 
 private:
     std::string tlsModes_, helpHeader_, helpFooter_;
+    std::vector<ClientOption> ownOptions_;
     bool helpRequested_ = false;
 };
 

@@ -7,6 +7,7 @@
 #include "group_commit.h"
 #include "postgres_schema.h"
 #include "store.h"
+#include "store_import.h"
 
 #include <libpq-fe.h>
 
@@ -415,28 +416,57 @@ public:
         return out;
     }
 
-    std::unique_ptr<StoreImport> beginImport() override { return std::make_unique<Import>(*this); }
+    std::unique_ptr<StoreImport> beginImport() override {
+        return std::make_unique<TransactionImport<ImportWrites>>(*this);
+    }
 
 private:
     class Connection;
     class Transaction;
 
-    // A move into this store (store.h, StoreImport): one transaction on one pooled connection, held
-    // until commit() or rolled back when destroyed.
-    class Import final : public StoreImport {
-    public:
-        explicit Import(PostgresStore& store);
-        bool addAccount(const Account& a) override;
-        std::vector<int64_t> addMessage(const NewMessage& m, const std::vector<int64_t>& ids) override;
-        void addTrustedSource(const TrustedSource& t) override;
-        bool addTlsLogin(const TlsSessionRecord& r) override;
-        void addActivity(const std::vector<ActivityCount>& counts) override;
-        void commit() override;
-
-    private:
-        std::unique_ptr<Connection> c_;
-        std::unique_ptr<Transaction> tx_;
-        bool numbered_ = false;  // ids were given: the sequence must be moved past them before COMMIT
+    // A move into this store (store_import.h): the SQL of each kind of row, on the import's one
+    // connection and transaction.
+    struct ImportWrites {
+        using Connection = PostgresStore::Connection;
+        using Transaction = PostgresStore::Transaction;
+        static std::unique_ptr<Transaction> begin(Connection& c) { return std::make_unique<Transaction>(c); }
+        static bool addAccount(Connection& c, const Account& a) {
+            return c.run("INSERT INTO accounts(email, password_hash, created_at, role) VALUES($1, $2, $3, $4) "
+                         "ON CONFLICT DO NOTHING",
+                         Params().add(a.email).add(a.passwordHash).add(a.createdAt).add(a.role))
+                       .affected() == 1;
+        }
+        static std::vector<int64_t> addMessage(Connection& c, const NewMessage& m, const std::vector<int64_t>& ids) {
+            int64_t bodyId =
+                c.run("INSERT INTO bodies(raw, story) VALUES($1, $2) RETURNING id", Params().add(m.raw).add(m.story))
+                    .integer(0, 0);
+            std::vector<int64_t> out;
+            for (size_t i = 0; i < m.recipients.size(); ++i) {
+                Params p;
+                p.add(m.queueId).add(m.recipients[i]).add(m.envelopeFrom).add(m.from).add(m.to).add(m.subject)
+                    .add(m.date).add(m.receivedAt).add(static_cast<int64_t>(m.raw.size())).add(bodyId);
+                const char* numbered =
+                    "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                    "received_at, size, body_id, id) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+                const char* fresh =
+                    "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                    "received_at, size, body_id) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+                if (!ids.empty()) p.add(ids[i]);
+                out.push_back(c.run(ids.empty() ? fresh : numbered, std::move(p)).integer(0, 0));
+            }
+            return out;
+        }
+        static void addTrustedSource(Connection& c, const TrustedSource& t) {
+            c.run("INSERT INTO auth_trusted AS t (email, source, last_ok) VALUES($1, $2, $3) "
+                  "ON CONFLICT(email, source) DO UPDATE SET last_ok = greatest(t.last_ok, excluded.last_ok)",
+                  Params().add(t.email).add(t.source).add(t.lastOk));
+        }
+        static bool addTlsLogin(Connection& c, const TlsSessionRecord& r) { return insertTlsLogin(c, r); }
+        static void addActivity(Connection& c, const std::vector<ActivityCount>& counts) { addActivityCounts(c, counts); }
+        static void afterNumberedMessages(Connection& c) {
+            // Rows given their ids do not advance the id sequence: the next delivery is numbered past them.
+            c.run("SELECT setval(pg_get_serial_sequence('messages', 'id'), (SELECT max(id) FROM messages))");
+        }
     };
 
     // The writes the store's own methods share with an import.
@@ -709,59 +739,6 @@ void PostgresStore::addActivityCounts(Connection& c, const std::vector<ActivityC
               "ON CONFLICT(account, kind) DO UPDATE SET count = t.count + excluded.count, "
               "first_at = least(t.first_at, excluded.first_at), last_at = greatest(t.last_at, excluded.last_at)",
               Params().add(a.account).add(a.kind).add(a.count).add(a.firstAt).add(a.lastAt));
-}
-
-PostgresStore::Import::Import(PostgresStore& store)
-    : c_(std::make_unique<Connection>(store)), tx_(std::make_unique<Transaction>(*c_)) {}
-
-bool PostgresStore::Import::addAccount(const Account& a) {
-    return c_->run("INSERT INTO accounts(email, password_hash, created_at, role) VALUES($1, $2, $3, $4) "
-                   "ON CONFLICT DO NOTHING",
-                   Params().add(a.email).add(a.passwordHash).add(a.createdAt).add(a.role))
-               .affected() == 1;
-}
-
-std::vector<int64_t> PostgresStore::Import::addMessage(const NewMessage& m, const std::vector<int64_t>& ids) {
-    if (!ids.empty() && ids.size() != m.recipients.size())
-        throw StoreError("import: " + std::to_string(ids.size()) + " ids for " + std::to_string(m.recipients.size()) +
-                         " recipients");
-    int64_t bodyId = c_->run("INSERT INTO bodies(raw, story) VALUES($1, $2) RETURNING id", Params().add(m.raw).add(m.story))
-                         .integer(0, 0);
-    std::vector<int64_t> out;
-    for (size_t i = 0; i < m.recipients.size(); ++i) {
-        Params p;
-        p.add(m.queueId).add(m.recipients[i]).add(m.envelopeFrom).add(m.from).add(m.to).add(m.subject).add(m.date)
-            .add(m.receivedAt).add(static_cast<int64_t>(m.raw.size())).add(bodyId);
-        const char* numbered =
-            "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, received_at, "
-            "size, body_id, id) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
-        const char* fresh =
-            "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, received_at, "
-            "size, body_id) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
-        if (!ids.empty()) {
-            p.add(ids[i]);
-            numbered_ = true;
-        }
-        out.push_back(c_->run(ids.empty() ? fresh : numbered, std::move(p)).integer(0, 0));
-    }
-    return out;
-}
-
-void PostgresStore::Import::addTrustedSource(const TrustedSource& t) {
-    c_->run("INSERT INTO auth_trusted AS t (email, source, last_ok) VALUES($1, $2, $3) "
-            "ON CONFLICT(email, source) DO UPDATE SET last_ok = greatest(t.last_ok, excluded.last_ok)",
-            Params().add(t.email).add(t.source).add(t.lastOk));
-}
-
-bool PostgresStore::Import::addTlsLogin(const TlsSessionRecord& r) { return insertTlsLogin(*c_, r); }
-
-void PostgresStore::Import::addActivity(const std::vector<ActivityCount>& counts) { addActivityCounts(*c_, counts); }
-
-void PostgresStore::Import::commit() {
-    // Rows given their ids do not advance the id sequence: the next delivery must be numbered past them.
-    if (numbered_)
-        c_->run("SELECT setval(pg_get_serial_sequence('messages', 'id'), (SELECT max(id) FROM messages))");
-    tx_->commit();
 }
 
 }  // namespace

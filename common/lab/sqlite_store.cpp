@@ -3,6 +3,7 @@
 #include "group_commit.h"
 #include "sqlite_schema.h"
 #include "store.h"
+#include "store_import.h"
 
 #include <sqlite3.h>
 
@@ -133,7 +134,7 @@ private:
 const char* const kSummaryColumns =
     "id, queue_id, mailbox, envelope_from, header_from, header_to, subject, date, received_at, size";
 
-// The writes the store's own methods share with an import (SqliteStore::Import).
+// The writes the store's own methods share with an import (SqliteStore::ImportWrites).
 bool insertTlsLogin(Handle& handle, const TlsSessionRecord& r) {
     Statement s(handle,
                 "INSERT OR IGNORE INTO tls_logins(client_random, server_random, service, peer, started_at, account) "
@@ -529,26 +530,58 @@ public:
         return out;
     }
 
-    std::unique_ptr<StoreImport> beginImport() override { return std::make_unique<Import>(*this); }
+    std::unique_ptr<StoreImport> beginImport() override {
+        return std::make_unique<TransactionImport<ImportWrites>>(*this);
+    }
 
 private:
     struct Connection;
 
-    // A move into this store (store.h, StoreImport): one BEGIN IMMEDIATE transaction on one pooled
-    // connection, held until commit() or rolled back when destroyed.
-    class Import final : public StoreImport {
-    public:
-        explicit Import(SqliteStore& store);
-        bool addAccount(const Account& a) override;
-        std::vector<int64_t> addMessage(const NewMessage& m, const std::vector<int64_t>& ids) override;
-        void addTrustedSource(const TrustedSource& t) override;
-        bool addTlsLogin(const TlsSessionRecord& r) override;
-        void addActivity(const std::vector<ActivityCount>& counts) override;
-        void commit() override;
-
-    private:
-        std::unique_ptr<Connection> c_;
-        std::unique_ptr<Transaction> tx_;
+    // A move into this store (store_import.h): the SQL of each kind of row, in one BEGIN IMMEDIATE
+    // transaction on the import's one connection.
+    struct ImportWrites {
+        using Connection = SqliteStore::Connection;
+        using Transaction = maillab::Transaction;
+        static std::unique_ptr<Transaction> begin(Connection& c) { return std::make_unique<Transaction>(c.db); }
+        static bool addAccount(Connection& c, const Account& a) {
+            Statement s(*c.handle,
+                        "INSERT OR IGNORE INTO accounts(email, password_hash, created_at, role) VALUES(?1, ?2, ?3, ?4)");
+            s.bind(1, a.email).bind(2, a.passwordHash).bind(3, a.createdAt).bind(4, a.role);
+            s.step();
+            return sqlite3_changes(c.db) == 1;
+        }
+        static std::vector<int64_t> addMessage(Connection& c, const NewMessage& m, const std::vector<int64_t>& ids) {
+            Statement body(*c.handle, "INSERT INTO bodies(raw, story) VALUES(?1, ?2)");
+            body.bindBlob(1, m.raw).bind(2, m.story);
+            body.step();
+            int64_t bodyId = sqlite3_last_insert_rowid(c.db);
+            // ?11 left unbound (NULL) numbers the row as deliver() does.
+            Statement s(*c.handle,
+                        "INSERT INTO messages(id, queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
+                        "received_at, size, raw, body_id) VALUES(?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
+            std::vector<int64_t> out;
+            for (size_t i = 0; i < m.recipients.size(); ++i) {
+                s.bind(1, m.queueId).bind(2, m.recipients[i]).bind(3, m.envelopeFrom).bind(4, m.from).bind(5, m.to);
+                s.bind(6, m.subject).bind(7, m.date).bind(8, m.receivedAt).bind(9, static_cast<int64_t>(m.raw.size()));
+                s.bind(10, bodyId);
+                if (!ids.empty()) s.bind(11, ids[i]);
+                s.step();
+                out.push_back(sqlite3_last_insert_rowid(c.db));
+                s.reset();
+            }
+            return out;
+        }
+        static void addTrustedSource(Connection& c, const TrustedSource& t) {
+            Statement s(*c.handle,
+                        "INSERT INTO auth_trusted(email, source, last_ok) VALUES(?1, ?2, ?3) "
+                        "ON CONFLICT(email, source) DO UPDATE SET last_ok = max(last_ok, excluded.last_ok)");
+            s.bind(1, t.email).bind(2, t.source).bind(3, t.lastOk);
+            s.step();
+        }
+        static bool addTlsLogin(Connection& c, const TlsSessionRecord& r) { return insertTlsLogin(*c.handle, r); }
+        static void addActivity(Connection& c, const std::vector<ActivityCount>& counts) { addActivityCounts(*c.handle, counts); }
+        // SQLite numbers a new row past the largest id there is: nothing to move.
+        static void afterNumberedMessages(Connection&) {}
     };
 
     void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
@@ -700,56 +733,6 @@ private:
     std::mutex mutex_;
     std::vector<Handle*> idle_;
 };
-
-SqliteStore::Import::Import(SqliteStore& store)
-    : c_(std::make_unique<Connection>(store)), tx_(std::make_unique<Transaction>(c_->db)) {}
-
-bool SqliteStore::Import::addAccount(const Account& a) {
-    Statement s(*c_->handle,
-                "INSERT OR IGNORE INTO accounts(email, password_hash, created_at, role) VALUES(?1, ?2, ?3, ?4)");
-    s.bind(1, a.email).bind(2, a.passwordHash).bind(3, a.createdAt).bind(4, a.role);
-    s.step();
-    return sqlite3_changes(c_->db) == 1;
-}
-
-std::vector<int64_t> SqliteStore::Import::addMessage(const NewMessage& m, const std::vector<int64_t>& ids) {
-    if (!ids.empty() && ids.size() != m.recipients.size())
-        throw StoreError("import: " + std::to_string(ids.size()) + " ids for " + std::to_string(m.recipients.size()) +
-                         " recipients");
-    Statement body(*c_->handle, "INSERT INTO bodies(raw, story) VALUES(?1, ?2)");
-    body.bindBlob(1, m.raw).bind(2, m.story);
-    body.step();
-    int64_t bodyId = sqlite3_last_insert_rowid(c_->db);
-    // ?11 left unbound (NULL) numbers the row as deliver() does.
-    Statement s(*c_->handle,
-                "INSERT INTO messages(id, queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
-                "received_at, size, raw, body_id) VALUES(?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, x'', ?10)");
-    std::vector<int64_t> out;
-    for (size_t i = 0; i < m.recipients.size(); ++i) {
-        s.bind(1, m.queueId).bind(2, m.recipients[i]).bind(3, m.envelopeFrom).bind(4, m.from).bind(5, m.to);
-        s.bind(6, m.subject).bind(7, m.date).bind(8, m.receivedAt).bind(9, static_cast<int64_t>(m.raw.size()));
-        s.bind(10, bodyId);
-        if (!ids.empty()) s.bind(11, ids[i]);
-        s.step();
-        out.push_back(sqlite3_last_insert_rowid(c_->db));
-        s.reset();
-    }
-    return out;
-}
-
-void SqliteStore::Import::addTrustedSource(const TrustedSource& t) {
-    Statement s(*c_->handle,
-                "INSERT INTO auth_trusted(email, source, last_ok) VALUES(?1, ?2, ?3) "
-                "ON CONFLICT(email, source) DO UPDATE SET last_ok = max(last_ok, excluded.last_ok)");
-    s.bind(1, t.email).bind(2, t.source).bind(3, t.lastOk);
-    s.step();
-}
-
-bool SqliteStore::Import::addTlsLogin(const TlsSessionRecord& r) { return insertTlsLogin(*c_->handle, r); }
-
-void SqliteStore::Import::addActivity(const std::vector<ActivityCount>& counts) { addActivityCounts(*c_->handle, counts); }
-
-void SqliteStore::Import::commit() { tx_->commit(); }
 
 }  // namespace
 

@@ -128,13 +128,21 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
     return foreign ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
 }
 
-void restrictToTls13(Poco::Net::Context& context) {
-    SSL_CTX* ctx = context.sslContext();
+// A context of the lab's one kind, for the server or the client: OpenSSL's default ciphers, no
+// default CA store (a server that does not verify clients has no use for it, and loading it costs
+// on every handshake; a client trusts the lab CA alone) and TLS 1.3 only.
+Poco::Net::Context::Ptr newTls13Context(Poco::Net::Context::Usage usage, Poco::Net::Context::Params params) {
+    initializeTls();
+    params.loadDefaultCAs = false;
+    params.cipherList = "DEFAULT";
+    Poco::Net::Context::Ptr context = new Poco::Net::Context(usage, params);
+    SSL_CTX* ctx = context->sslContext();
     // RFC 8314 implicit TLS, lab rule: TLS 1.3 only.
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1)
         throw std::runtime_error("cannot require TLS 1.3");
     SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384");
     SSL_CTX_set_info_callback(ctx, infoCallback);
+    return context;
 }
 }  // namespace
 
@@ -167,17 +175,11 @@ std::string enableKeyLog(Poco::Net::Context& context, const std::string& path) {
 }
 
 Poco::Net::Context::Ptr makeServerContext(const TlsOptions& options) {
-    initializeTls();
     Poco::Net::Context::Params params;
     params.privateKeyFile = options.keyFile;
     params.certificateFile = options.certFile;
     params.verificationMode = Poco::Net::Context::VERIFY_NONE;
-    // No default CA store: a server that does not verify clients has no use for it, and loading it
-    // costs on every handshake.
-    params.loadDefaultCAs = false;
-    params.cipherList = "DEFAULT";
-    Poco::Net::Context::Ptr context = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, params);
-    restrictToTls13(*context);
+    Poco::Net::Context::Ptr context = newTls13Context(Poco::Net::Context::TLS_SERVER_USE, params);
     // Without a session cache, TLS 1.3 session tickets still allow stateless resumption. One ticket
     // is enough for a client that resumes once; each costs an encryption and a record per handshake.
     context->enableSessionCache(false);
@@ -211,16 +213,12 @@ public:
 int lastCertificateVerifyError() { return lastVerifyError; }
 
 Poco::Net::Context::Ptr makeClientContext(const TlsOptions& options) {
-    initializeTls();
     Poco::Net::Context::Params params;
     params.caLocation = options.caFile;
     // VERIFY_STRICT: chain and hostname are checked even for localhost (VERIFY_RELAXED skips the
     // hostname check for localhost in Poco 1.11).
     params.verificationMode = Poco::Net::Context::VERIFY_STRICT;
-    params.loadDefaultCAs = false;
-    params.cipherList = "DEFAULT";
-    Poco::Net::Context::Ptr context = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, params);
-    restrictToTls13(*context);
+    Poco::Net::Context::Ptr context = newTls13Context(Poco::Net::Context::TLS_CLIENT_USE, params);
     static std::once_flag once;
     std::call_once(once, [&] {
         Poco::Net::SSLManager::instance().initializeClient(nullptr, new RecordingRejectHandler, context);

@@ -7,6 +7,8 @@
 //   handshake  connect, TLS 1.3 handshake, close: the ceiling for anything over TLS
 // Bounded by --count and --duration. Reports throughput, per-phase latency (p50/p90/p99/max) and
 // errors by kind, as a table and as JSON (--json FILE), with a progress line while it runs.
+#include "../../common/lab/password.h"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -92,14 +94,6 @@ struct Shared {
     std::atomic<unsigned> nextSource{0};
     Clock::time_point hardDeadline = Clock::time_point::max();
 };
-
-std::string base64(const std::string& in) {
-    std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
-    out.resize(static_cast<size_t>(n));
-    return out;
-}
 
 // One connection's life, as a small state machine driven by epoll events.
 struct Conn {
@@ -668,7 +662,8 @@ int main(int argc, char** argv) {
         s.addrs.push_back(addr);
     }
     if (o.scenario == "smtp") {
-        s.authLine = "AUTH PLAIN " + base64(std::string("\0", 1) + o.user + std::string("\0", 1) + o.password) + "\r\n";
+        s.authLine = "AUTH PLAIN " +
+                     maillab::base64Encode(std::string("\0", 1) + o.user + std::string("\0", 1) + o.password) + "\r\n";
         std::string text = "From: <" + o.user + ">\r\nTo: <" + o.to + ">\r\nSubject: load\r\n\r\n";
         std::string line = "The quick brown fox jumps over the lazy dog; maillab load line.";
         while (text.size() < o.size) text += (text.size() % 7 == 0 ? "." : "") + line + "\r\n";  // some lines dot-stuffed
@@ -683,7 +678,7 @@ int main(int argc, char** argv) {
         }
         s.body = stuffed + ".\r\n";
     } else if (o.scenario == "https") {
-        s.authLine = base64(o.user + ":" + o.password);
+        s.authLine = maillab::base64Encode(o.user + ":" + o.password);
     }
 
     auto t0 = Clock::now();

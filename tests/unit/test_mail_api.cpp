@@ -46,14 +46,20 @@ struct ApiHarness {
         for (auto& h : extra) r.headers.push_back(h);
         return api->handle(r);
     }
+
+    // A GET as bob that must be answered 200 with this Content-Type (both checked here).
+    ApiResponse served(const std::string& target, const std::string& contentType) {
+        ApiResponse r = get(target);
+        CHECK(r.status == 200);
+        CHECK(r.header("Content-Type") == contentType);
+        return r;
+    }
 };
 }  // namespace
 
 TEST_CASE("listing: own mailbox, newest first, paged, JSON", "[api]") {
     ApiHarness h;
-    auto r = h.get("/mailboxes/bob@447.edu/messages");
-    CHECK(r.status == 200);
-    CHECK(r.header("Content-Type") == "application/json; charset=utf-8");
+    auto r = h.served("/mailboxes/bob@447.edu/messages", "application/json; charset=utf-8");
     CHECK(r.body.find("\"total\":3") != std::string::npos);
     CHECK(r.body.find("Note <3>") < r.body.find("Note <1>"));
     auto page = h.get("/mailboxes/bob%40447.edu/messages?offset=1&limit=1");
@@ -73,17 +79,13 @@ TEST_CASE("one message as JSON and raw", "[api]") {
     CHECK(json.body.find("\"body\":\"body 1\\n\"") != std::string::npos);  // the decoded text: lines end in "\n"
     CHECK(json.body.find("\"body_type\":\"text/plain\"") != std::string::npos);
     CHECK(json.body.find("{\"name\":\"Subject\",\"value\":\"Note <1>\"}") != std::string::npos);
-    auto raw = h.get("/mailboxes/bob@447.edu/messages/" + id + "/raw");
-    CHECK(raw.status == 200);
-    CHECK(raw.header("Content-Type") == "message/rfc822");
+    auto raw = h.served("/mailboxes/bob@447.edu/messages/" + id + "/raw", "message/rfc822");
     CHECK(raw.body.rfind("From: Ana <ana@447.edu>\r\n", 0) == 0);
 }
 
 TEST_CASE("the HTML inbox escapes what it shows", "[api][html]") {
     ApiHarness h;
-    auto r = h.get("/");
-    CHECK(r.status == 200);
-    CHECK(r.header("Content-Type") == "text/html; charset=utf-8");
+    auto r = h.served("/", "text/html; charset=utf-8");
     CHECK(r.body.find("Note &lt;1&gt;") != std::string::npos);
     CHECK(r.body.find("Note <1>") == std::string::npos);
     CHECK(r.body.find("data-id=\"" + std::to_string(h.ids[2]) + "\"") != std::string::npos);

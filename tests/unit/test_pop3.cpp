@@ -81,6 +81,15 @@ std::string first(const Output& out) {
 
 std::string say(Session& s, const std::string& line) { return first(s.onLine(line)); }
 
+// Each line in turn, and the first line of its reply checked against the one given (the failure
+// names the line).
+void checkReplies(Session& s, const std::vector<std::pair<std::string, std::string>>& linesAndReplies) {
+    for (const auto& [line, reply] : linesAndReplies) {
+        INFO("C: " << line);
+        CHECK(say(s, line) == reply);
+    }
+}
+
 void login(Session& s, const std::string& user = "bob@447.edu", const std::string& password = "22222447") {
     REQUIRE(say(s, "USER " + user) == "+OK Send PASS for " + user);
     REQUIRE(say(s, "PASS " + password).rfind("+OK ", 0) == 0);
@@ -126,30 +135,34 @@ TEST_CASE("POP3: commands in the wrong state, bad arguments and unknown commands
     Pop3Lab p;
     p.limits.maxBadCommands = 100;
     auto s = p.session();
-    CHECK(say(*s, "STAT") == "-ERR STAT needs a login first: USER and PASS, or AUTH PLAIN");
-    CHECK(say(*s, "RETR 1") == "-ERR RETR needs a login first: USER and PASS, or AUTH PLAIN");
-    CHECK(say(*s, "PASS 22222447") == "-ERR Send USER <address> first (RFC 1939 7)");
-    CHECK(say(*s, "USER") == "-ERR Syntax: USER <you@447.edu>");
-    CHECK(say(*s, "FOO bar") == "-ERR Unknown command FOO; CAPA lists what this server does");
-    CHECK(say(*s, "") == "-ERR Empty command; try CAPA");
-    CHECK(say(*s, "APOP bob@447.edu c4c9334bac560ecc979e58001b3e22fb") ==
-          "-ERR APOP is not offered: use USER and PASS, or AUTH PLAIN, over TLS");
-    CHECK(say(*s, std::string("RE\0TR 1", 7)) == "-ERR Unknown command RE?TR; CAPA lists what this server does");
+    // Each line and the first line of its reply: before login, then after.
+    checkReplies(*s, {
+        {"STAT", "-ERR STAT needs a login first: USER and PASS, or AUTH PLAIN"},
+        {"RETR 1", "-ERR RETR needs a login first: USER and PASS, or AUTH PLAIN"},
+        {"PASS 22222447", "-ERR Send USER <address> first (RFC 1939 7)"},
+        {"USER", "-ERR Syntax: USER <you@447.edu>"},
+        {"FOO bar", "-ERR Unknown command FOO; CAPA lists what this server does"},
+        {"", "-ERR Empty command; try CAPA"},
+        {"APOP bob@447.edu c4c9334bac560ecc979e58001b3e22fb",
+         "-ERR APOP is not offered: use USER and PASS, or AUTH PLAIN, over TLS"},
+        {std::string("RE\0TR 1", 7), "-ERR Unknown command RE?TR; CAPA lists what this server does"},
+    });
     login(*s);
-    CHECK(say(*s, "USER ana@447.edu") == "-ERR USER is not allowed after login (RFC 1939 4)");
-    CHECK(say(*s, "AUTH PLAIN") == "-ERR AUTH is not allowed after login (RFC 1939 4)");
-    CHECK(say(*s, "STLS") == "-ERR STLS is not allowed after login (RFC 1939 4)");
-    CHECK(say(*s, "RETR") == "-ERR Syntax: RETR <msg>");
-    CHECK(say(*s, "RETR 1 2") == "-ERR Syntax: RETR <msg>");
-    CHECK(say(*s, "RETR 0") == "-ERR No such message 0; this maildrop has messages 1 to 3");
-    CHECK(say(*s, "RETR 4") == "-ERR No such message 4; this maildrop has messages 1 to 3");
-    CHECK(say(*s, "RETR -1") == "-ERR No such message -1; this maildrop has messages 1 to 3");
-    CHECK(say(*s, "RETR +1") == "-ERR No such message +1; this maildrop has messages 1 to 3");
-    CHECK(say(*s, "LIST 99999999999999999999") ==
-          "-ERR No such message 99999999999999999999; this maildrop has messages 1 to 3");
-    CHECK(say(*s, "TOP 1") == "-ERR Syntax: TOP <msg> <lines>");
-    CHECK(say(*s, "TOP 1 x") == "-ERR Syntax: TOP <msg> <lines>, lines a number 0 or more");
-    CHECK(say(*s, "NOOP now") == "-ERR Syntax: NOOP");
+    checkReplies(*s, {
+        {"USER ana@447.edu", "-ERR USER is not allowed after login (RFC 1939 4)"},
+        {"AUTH PLAIN", "-ERR AUTH is not allowed after login (RFC 1939 4)"},
+        {"STLS", "-ERR STLS is not allowed after login (RFC 1939 4)"},
+        {"RETR", "-ERR Syntax: RETR <msg>"},
+        {"RETR 1 2", "-ERR Syntax: RETR <msg>"},
+        {"RETR 0", "-ERR No such message 0; this maildrop has messages 1 to 3"},
+        {"RETR 4", "-ERR No such message 4; this maildrop has messages 1 to 3"},
+        {"RETR -1", "-ERR No such message -1; this maildrop has messages 1 to 3"},
+        {"RETR +1", "-ERR No such message +1; this maildrop has messages 1 to 3"},
+        {"LIST 99999999999999999999", "-ERR No such message 99999999999999999999; this maildrop has messages 1 to 3"},
+        {"TOP 1", "-ERR Syntax: TOP <msg> <lines>"},
+        {"TOP 1 x", "-ERR Syntax: TOP <msg> <lines>, lines a number 0 or more"},
+        {"NOOP now", "-ERR Syntax: NOOP"},
+    });
     CHECK(s->state() == Session::State::Transaction);  // none of it ended the session
 }
 
