@@ -72,11 +72,36 @@ struct EventServer::Shared {
 
 namespace {
 
+// What a protocol of this server logs with: the clear-text check finds the connection's own id here.
+class LoggedProtocol : public net::Protocol {
+public:
+    explicit LoggedProtocol(ConnectionLog log) : log_(std::move(log)) {}
+    const ConnectionLog& log() const { return log_; }
+    // Clear text on the TLS port: whether this connection answers it (a refused one is just closed,
+    // as the thread core's gate refuses before it looks at the first bytes).
+    virtual bool answersClearText() const { return true; }
+
+protected:
+    ConnectionLog log_;
+};
+
+// The 503 of a login that could not be checked in time (the thread core's, mail_api.cpp's words).
+http::ApiResponse authenticationBusy(const std::string& triedUser) {
+    http::ApiResponse busy = http::errorResponse(503, "Authentication temporarily unavailable");
+    busy.triedUser = triedUser;
+    return busy;
+}
+
 // One admitted HTTP connection: bytes in, http-parser frames each request head, MailApi answers.
-class HttpConnection : public net::Protocol {
+// One request at a time: while its answer drains or a worker has it, reading pauses (the client's
+// next requests wait in the socket, TCP's flow control holds the rest), and what one read brought
+// past it waits in pending_, parsed from pendingOffset_ once the answer is out.
+class HttpConnection : public LoggedProtocol {
 public:
     HttpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
-        : shared_(shared), s_(shared.settings), slot_(std::move(slot)), log_(s_.logger, (*s_.nextConnectionId)++, "") {
+        : LoggedProtocol(ConnectionLog(shared.settings.logger, (*shared.settings.nextConnectionId)++, "")),
+          shared_(shared), s_(shared.settings), slot_(std::move(slot)),
+          provenance_(std::make_shared<TlsProvenance>(s_.provenance ? s_.store : nullptr, "http")) {
         log_.setPeer(connection.peer());
         slot_.waiting(connection.fd());  // the handshake waits for the client
         http_parser_init(&parser_, HTTP_REQUEST);
@@ -84,17 +109,24 @@ public:
     }
 
     void onReady(net::Connection& connection) override {
-        if (connection.ssl()) provenance_.noteSession(connection.ssl(), connection.peer().address);
+        if (connection.ssl()) provenance_->noteSession(connection.ssl(), connection.peer().address);
         awaitRequest(connection, s_.firstRequestWait);
     }
 
     void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        if (busy_ || draining_ || !pending_.empty()) {
-            pending_.append(data, size);  // the next request, pipelined: parsed once this one is answered
-            if (!busy_ && !draining_) parsePending(connection);
+        if (pendingOffset_ < pending_.size() || !readyForRequest()) {
+            // Not expected (reading pauses first), but never unbounded.
+            if (pending_.size() - pendingOffset_ + size > s_.maxPendingBytes) return tooMuchPending(connection);
+            pending_.append(data, size);
+            if (readyForRequest()) continueInput(connection);
             return;
         }
-        feed(connection, data, size);
+        size_t used = parseRequests(connection, data, size);
+        if (used < size && !closing_) {
+            if (size - used > s_.maxPendingBytes) return tooMuchPending(connection);
+            pending_.assign(data + used, size - used);  // the next requests, pipelined: after this answer
+            pendingOffset_ = 0;
+        }
     }
 
     // The client reads our answer slowly: each write that goes on restarts timeoutSeconds (as Poco's
@@ -103,9 +135,10 @@ public:
         if (!draining_) return;
         if (!drained) return connection.setDeadline(s_.firstRequestWait);
         draining_ = false;
+        hold_.reset();  // sent: its share of http.maxResponseBytesInFlight is free
         if (!keepAlive_) return;
         awaitRequest(connection, s_.keepAliveTimeout);
-        if (!pending_.empty()) parsePending(connection);
+        continueInput(connection);
     }
 
     void onDeadline(net::Connection& connection) override {
@@ -120,6 +153,7 @@ public:
     }
 
     void onClosed(net::Connection&, const net::Ending& ending) override {
+        closing_ = true;
         slot_.working();  // out of the waiting list before the socket is closed
         if (timedOut_) return;
         if (slot_.evicted()) {
@@ -144,7 +178,38 @@ private:
         slot_.waiting(connection.fd());
     }
 
-    void feed(net::Connection& connection, const char* data, size_t size) {
+    // No answer is draining or being made, and the connection goes on: the next request may be read.
+    bool readyForRequest() const { return !busy_ && !draining_ && keepAlive_ && !closing_; }
+
+    // Requests in data, one after another (a loop, not a call per request), each answered before the
+    // next is parsed; stops where one must wait (a worker, an answer draining) or the connection
+    // ends. Returns the bytes used.
+    size_t parseRequests(net::Connection& connection, const char* data, size_t size) {
+        size_t offset = 0;
+        while (offset < size && readyForRequest()) offset += feed(connection, data + offset, size - offset);
+        return closing_ ? size : offset;
+    }
+
+    // An answer is out (or a worker's was sent): the requests that waited in pending_, then, once none
+    // is left and the connection is ready for one, reading again.
+    void continueInput(net::Connection& connection) {
+        if (pendingOffset_ < pending_.size())
+            pendingOffset_ += parseRequests(connection, pending_.data() + pendingOffset_, pending_.size() - pendingOffset_);
+        if (pendingOffset_ >= pending_.size() || closing_) {
+            pending_.clear();
+            pending_.shrink_to_fit();
+            pendingOffset_ = 0;
+        }
+        if (readyForRequest() && pending_.empty()) connection.resumeReading();
+    }
+
+    void tooMuchPending(net::Connection& connection) {
+        badRequest(connection, "More than " + std::to_string(s_.maxPendingBytes) +
+                                   " bytes of pipelined requests ahead of their answers (retriever.events.maxPendingBytes)");
+    }
+
+    // One request head (or part of one) from data; returns the bytes the parser took.
+    size_t feed(net::Connection& connection, const char* data, size_t size) {
         if (!headStarted_ && size > 0) {
             headStarted_ = true;
             // The head's total from the start of the wait: the keep-alive wait, then the head itself.
@@ -153,20 +218,30 @@ private:
         }
         size_t parsed = http_parser_execute(&parser_, &shared_.parserSettings, data, size);
         if (HTTP_PARSER_ERRNO(&parser_) == HPE_PAUSED) {
-            pending_.assign(data + parsed, size - parsed);
-            return dispatch(connection);
+            dispatch(connection);
+            return parsed;
         }
         if (HTTP_PARSER_ERRNO(&parser_) != HPE_OK || parsed != size || refusedHead_) {
-            // Poco's MessageException: a bare 400, and the connection ends.
-            connection.send(kBareBadRequest);
-            connection.closeAfterSend();
+            // Where Poco's MessageException gives a bare 400, the answer says what was wrong.
+            std::string why = !refusedWhy_.empty() ? refusedWhy_
+                              : std::string("Malformed request head: ") +
+                                    http_errno_description(HTTP_PARSER_ERRNO(&parser_)) +
+                                    " (RFC 9112: request line, header fields, CRLF)";
+            badRequest(connection, why);
+            return size;
         }
+        return size;
     }
 
-    void parsePending(net::Connection& connection) {
-        std::string rest = std::move(pending_);
-        pending_.clear();
-        if (!rest.empty()) feed(connection, rest.data(), rest.size());
+    // A 400 that ends the connection, saying why (the API's error shape).
+    void badRequest(net::Connection& connection, const std::string& why) {
+        if (closing_) return;
+        closing_ = true;
+        http::ApiResponse result = http::errorResponse(400, why);
+        std::string wire = responseHead(result, false, false, dateNow(), s_.software, result.body.size()) + result.body;
+        log_.peerEvent("request", "status=400 reason=" + quotedLogValue(why));
+        connection.send(std::move(wire));
+        connection.closeAfterSend();
     }
 
     // ---- http-parser callbacks ----
@@ -179,37 +254,42 @@ public:
         c.request_.overTls = c.s_.overTls;
         c.fieldOpen_ = false;
         c.refusedHead_ = false;
+        c.refusedWhy_.clear();
         return 0;
     }
     static int onUrl(http_parser* parser, const char* at, size_t length) {
         HttpConnection& c = self(parser);
         c.request_.target.append(at, length);
-        if (c.request_.target.size() > kMaxUriLength) return c.refuseHead();
+        if (c.request_.target.size() > kMaxUriLength)
+            return c.refuseHead("Request target longer than " + std::to_string(kMaxUriLength) + " bytes");
         return 0;
     }
     static int onHeaderField(http_parser* parser, const char* at, size_t length) {
         HttpConnection& c = self(parser);
         if (!c.fieldOpen_) {
-            if (c.request_.headers.size() >= kMaxFields) return c.refuseHead();
+            if (c.request_.headers.size() >= kMaxFields)
+                return c.refuseHead("More than " + std::to_string(kMaxFields) + " header fields");
             c.request_.headers.emplace_back();
             c.fieldOpen_ = true;
         }
         c.request_.headers.back().first.append(at, length);
-        if (c.request_.headers.back().first.size() > kMaxNameLength) return c.refuseHead();
+        if (c.request_.headers.back().first.size() > kMaxNameLength)
+            return c.refuseHead("Header field name longer than " + std::to_string(kMaxNameLength) + " bytes");
         return 0;
     }
     static int onHeaderValue(http_parser* parser, const char* at, size_t length) {
         HttpConnection& c = self(parser);
         c.fieldOpen_ = false;
-        if (c.request_.headers.empty()) return c.refuseHead();
+        if (c.request_.headers.empty()) return c.refuseHead("Header field value without a name");
         c.request_.headers.back().second.append(at, length);
-        if (c.request_.headers.back().second.size() > kMaxValueLength) return c.refuseHead();
+        if (c.request_.headers.back().second.size() > kMaxValueLength)
+            return c.refuseHead("Header field value longer than " + std::to_string(kMaxValueLength) + " bytes");
         return 0;
     }
     static int onHeadersComplete(http_parser* parser) {
         HttpConnection& c = self(parser);
         c.request_.method = http_method_str(static_cast<http_method>(parser->method));
-        if (c.request_.method.size() > kMaxMethodLength) return c.refuseHead();
+        if (c.request_.method.size() > kMaxMethodLength) return c.refuseHead("Method name too long");
         c.request_.version = "HTTP/" + std::to_string(parser->http_major) + "." + std::to_string(parser->http_minor);
         for (auto& [name, value] : c.request_.headers) {
             while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.pop_back();
@@ -226,8 +306,9 @@ public:
     }
 
 private:
-    int refuseHead() {
+    int refuseHead(std::string why) {
         refusedHead_ = true;
+        refusedWhy_ = std::move(why);
         return -1;
     }
 
@@ -235,6 +316,17 @@ private:
         std::string connection = request_.header("Connection");
         if (request_.version == "HTTP/1.0") return equalsIgnoringCase(connection, "keep-alive");
         return !equalsIgnoringCase(connection, "close");
+    }
+
+    static http::ApiResponse handle(http::MailApi& api, const http::ApiRequest& request) {
+        try {
+            return api.handle(request);
+        } catch (const std::exception&) {
+            // On the loop an exception would end every connection (the process): one 500, this one closed.
+            http::ApiResponse result = http::errorResponse(500, "Internal error");
+            result.closeConnection = true;
+            return result;
+        }
     }
 
     void dispatch(net::Connection& connection) {
@@ -248,44 +340,54 @@ private:
                 log_.line("C: " + escapeControl(name) + ": " +
                           (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
         }
-        if (!s_.quick || s_.quick(request_)) {
-            // On the loop an exception would end every connection (the process): one 500, this one closed.
-            http::ApiResponse result;
-            try {
-                result = s_.api->handle(request_);
-            } catch (const std::exception&) {
-                result = http::errorResponse(500, "Internal error");
-                result.closeConnection = true;
-            }
-            return respond(connection, std::move(result));
-        }
-        // May run the slow hash: on a worker, the loop serving its other connections meanwhile.
+        if (s_.workersOnly) return toWorker(connection, std::nullopt, "");
+        // On the loop, MailApi answers what needs no waiting; what would wait comes back handOff.
+        request_.mayWait = false;
+        http::ApiResponse result = handle(*s_.api, request_);
+        request_.mayWait = true;
+        if (result.handOff) return toWorker(connection, std::nullopt, result.triedUser);
+        // Recording the login's TLS session is a store write: on a worker, before the answer leaves.
+        if (provenance_->wouldRecord(result.user)) return toWorker(connection, std::move(result), "");
+        respond(connection, std::move(result));
+    }
+
+    // The request (or, with `answered`, only its provenance record) on a worker, the loop serving its
+    // other connections meanwhile; reading paused until the answer is sent. A full queue, or a wait
+    // past workerWait, is the thread core's answer to a login that found no hash place: 503.
+    void toWorker(net::Connection& connection, std::optional<http::ApiResponse> answered, const std::string& triedUser) {
         busy_ = true;
         connection.pauseReading();
         net::EventLoop* loop = &connection.loop();
         uint64_t id = connection.id();
         http::MailApi* api = s_.api;
-        shared_.workers->run([loop, id, api, request = request_, self = this] {
-            auto result = std::make_shared<http::ApiResponse>();
-            try {
-                *result = api->handle(request);
-            } catch (const std::exception&) {
-                *result = http::errorResponse(500, "Internal error");
-                result->closeConnection = true;
-            }
+        auto done = [loop, id, self = this](http::ApiResponse result) {
+            auto shared = std::make_shared<http::ApiResponse>(std::move(result));
             // Runs only while the connection is open, and so while this protocol object lives.
-            loop->post(id, [self, result](net::Connection& connection) {
+            loop->post(id, [self, shared](net::Connection& connection) {
                 // Answer first: reading resumed before would hand a pipelined request that OpenSSL
                 // already holds to the parser still paused on this one (answered twice).
                 self->busy_ = false;
-                self->respond(connection, std::move(*result));
-                if (!self->busy_) connection.resumeReading();
+                self->respond(connection, std::move(*shared));
+                self->continueInput(connection);
             });
-        });
+        };
+        auto answeredShared = answered ? std::make_shared<http::ApiResponse>(std::move(*answered)) : nullptr;
+        // The worker touches only copies and shared state: the connection may close meanwhile.
+        bool queued = shared_.workers->run(
+            [done, api, request = request_, answeredShared, provenance = provenance_, log = log_]() mutable {
+                http::ApiResponse result = answeredShared ? std::move(*answeredShared) : handle(*api, request);
+                provenance->recordLogin(result.user, log);
+                done(std::move(result));
+            },
+            // A request that waited too long is answered 503; a login's record, done, still runs.
+            answeredShared ? std::function<void()>() : std::function<void()>([done, triedUser] { done(authenticationBusy(triedUser)); }));
+        if (queued) return;
+        busy_ = false;
+        respond(connection, authenticationBusy(triedUser));
     }
 
     void respond(net::Connection& connection, http::ApiResponse result) {
-        provenance_.recordLogin(result.user, log_);
+        if (closing_) return;
         bool http10 = request_.version == "HTTP/1.0";
         bool mayKeep = s_.maxKeepAliveRequests <= 0 || requests_ < s_.maxKeepAliveRequests;
         bool keepAlive = keepAliveRequested() && mayKeep && !result.closeConnection && !hasBody_;
@@ -318,7 +420,6 @@ private:
             if (withBody) wire += result.body;
             connection.send(std::move(wire));
         }
-        hold_ = result.hold;  // the response's place in the budget, until the next one
 
         keepAlive_ = keepAlive;
         if (keepAlive) {
@@ -326,15 +427,18 @@ private:
             parser_.data = this;
         }
         if (connection.bytesQueued() > 0) {
-            // Not all of it left yet: the next wait starts once the client has read it (onWritten).
+            // Not all of it left yet: the next wait starts once the client has read it (onWritten);
+            // till then its place in the response budget is held, and nothing more is read.
+            hold_ = std::move(result.hold);
             draining_ = true;
+            connection.pauseReading();
             connection.setDeadline(s_.firstRequestWait);
             if (!keepAlive) connection.closeAfterSend();
             return;
         }
+        // All sent: result (and its place in the budget) goes now.
         if (!keepAlive) return connection.closeAfterSend();
         awaitRequest(connection, s_.keepAliveTimeout);
-        if (!pending_.empty()) parsePending(connection);
     }
 
     EventServer::Shared& shared_;
@@ -342,30 +446,37 @@ private:
     ConnectionLimiter::Slot slot_;
     http_parser parser_{};
     http::ApiRequest request_;
-    std::string pending_;
-    ConnectionLog log_;  // "id=N ...", the same lines as the thread core's gate (guarded_connection.h)
-    TlsProvenance provenance_{s_.provenance ? s_.store : nullptr, "http"};  // class servers: the login's TLS session
+    std::string pending_;       // bytes read past the request being answered
+    size_t pendingOffset_ = 0;  // where in pending_ the next request starts
+    // The login's TLS session (class servers), shared with a worker that records it.
+    std::shared_ptr<TlsProvenance> provenance_;
     int requests_ = 0;
     bool busy_ = false, headStarted_ = false, fieldOpen_ = false, refusedHead_ = false, hasBody_ = false;
+    std::string refusedWhy_;  // the limit a head passed, for its 400
     bool timedOut_ = false;
     bool draining_ = false;   // an answer is still being sent (the client reads slowly)
     bool keepAlive_ = true;
+    bool closing_ = false;    // a 400 or the end: nothing more is parsed or answered
     net::Clock::time_point waitStarted_;
     milliseconds firstWait_{0};
-    std::shared_ptr<void> hold_;
+    std::shared_ptr<void> hold_;  // the draining answer's place in http.maxResponseBytesInFlight
 };
 
-// Past the connection limits: 503 at once (RFC 9110 15.6.4), over TLS after a handshake within
-// refusalTimeout and only maxRefusalHandshakes at a time (past those the connection is just closed).
-class Refusal : public net::Protocol {
+// Past the connection limits: 503 at once (RFC 9110 15.6.4), over TLS after a handshake, the
+// handshake and the answer within refusalTimeout in all (from the accept), and only
+// maxRefusalHandshakes at a time (past those the connection is just closed).
+class Refusal : public LoggedProtocol {
 public:
     Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict, ConnectionLog log)
-        : shared_(shared), verdict_(verdict), log_(std::move(log)) {}
+        : LoggedProtocol(std::move(log)), shared_(shared), verdict_(verdict),
+          deadline_(net::Clock::now() + shared.settings.refusalTimeout) {}
     ~Refusal() override {
         if (shared_.settings.overTls) --shared_.refusing;
     }
+    bool answersClearText() const override { return false; }
     void onReady(net::Connection& connection) override {
-        connection.setDeadline(shared_.settings.refusalTimeout);  // the answer too, not only the handshake
+        // The handshake's end cleared the deadline: what is left of the same one, not a new one.
+        connection.setDeadline(duration_cast<milliseconds>(std::max(deadline_ - net::Clock::now(), net::Clock::duration(1))));
         std::string wire = shared_.settings.refusal(verdict_);  // the thread core's words (http_guard)
         connection.send(std::move(wire));
         answered_ = true;
@@ -381,7 +492,7 @@ public:
 private:
     EventServer::Shared& shared_;
     ConnectionLimiter::Verdict verdict_;
-    ConnectionLog log_;
+    net::Clock::time_point deadline_;
     bool answered_ = false;
 };
 
@@ -406,7 +517,7 @@ int EventServer::threads() const { return shared_->core ? shared_->core->threads
 void EventServer::start(const std::vector<int>& listeners) {
     Shared& shared = *shared_;
     const Settings& s = shared.settings;
-    shared.workers = std::make_unique<net::WorkerPool>(s.workers);
+    shared.workers = std::make_unique<net::WorkerPool>(s.workers, s.maxQueuedRequests, s.workerWait);
     net::CoreSettings core;
     core.threads = s.threads;
     core.tls = s.overTls ? s.tls : nullptr;
@@ -419,11 +530,13 @@ void EventServer::start(const std::vector<int>& listeners) {
     };
     if (s.plainHttpAnswer)
         core.clearText = [&shared](net::Connection& connection, const std::string& seen) {
+            // The connection's own log (its one id); a refused one says answered=closed in its refusal line.
+            const auto& protocol = static_cast<const LoggedProtocol&>(*connection.protocol());
+            if (!protocol.answersClearText()) return std::string();
             bool http = classifyFirstBytes(seen) == FirstBytes::HttpRequest;
             std::string first = seen.substr(0, seen.find_first_of("\r\n"));
-            ConnectionLog log(shared.settings.logger, (*shared.settings.nextConnectionId)++, "");
-            log.setPeer(connection.peer());
-            log.peerEvent("plaintext-on-tls", "first=" + quotedLogValue(first) + " answered=" + (http ? "400" : "closed"));
+            protocol.log().peerEvent("plaintext-on-tls", "first=" + quotedLogValue(first) +
+                                                             " answered=" + (http ? "400" : "closed") + " waited_ms=0");
             return http ? shared.settings.plainHttpAnswer(seen, connection.localPort()) : std::string();
         };
     core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {

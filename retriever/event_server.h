@@ -1,9 +1,10 @@
 // The retriever's HTTPS GETs on the event-loop core (common/net/event_loop.h), chosen with
 // retriever.core = events: HTTP/1.1 framing by Node's http-parser (Debian's libhttp-parser-dev), each
 // request answered by the socket-free MailApi, with the bytes, limits, deadlines, refusals and log
-// lines of the thread-per-connection server (retriever/server.cpp). A request whose credentials are
-// in the cache (or that carries none) is answered on its loop; one that may run the slow hash goes
-// to a small worker pool and its answer is sent by the loop. docs/design.md says what is not here yet.
+// lines of the thread-per-connection server (retriever/server.cpp). MailApi answers on the loop
+// what it can answer without waiting (ApiRequest::mayWait: a cached login, none at all); a request
+// that would wait (a slow hash, an account's check held by another thread, a store write) goes to a
+// small bounded worker pool and its answer is sent by the loop. docs/design.md says what is not here yet.
 #pragma once
 #include "mail_api.h"
 
@@ -43,8 +44,18 @@ struct Settings {
     proxy::Settings proxy;
     int threads = 0;  // retriever.events.threads: loop threads (0: one per core)
     int workers = 2;  // retriever.events.workers: threads for requests that may be slow
-    // True when MailApi answers this request without a slow hash: it then runs on the loop.
-    std::function<bool(const http::ApiRequest&)> quick;
+    // retriever.events.maxQueuedRequests: requests waiting for a worker; past it a request gets 503.
+    size_t maxQueuedRequests = 1024;
+    // auth.hashWaitMilliseconds: a request that waited this long for a worker gets 503, as a login
+    // waiting this long for a hash place does on the thread core.
+    std::chrono::milliseconds workerWait{10000};
+    // retriever.events.maxPendingBytes: bytes read past the request being answered (pipelined ones).
+    // Reading pauses while an answer drains or a worker runs, so one read (16 KiB) is the most that
+    // waits; past this limit the connection gets 400 and is closed.
+    size_t maxPendingBytes = 65536;
+    // Every request to a worker (a store across the network, where every query may be slow); else
+    // MailApi answers on the loop unless it would wait (ApiRequest::mayWait).
+    bool workersOnly = false;
     // Plain HTTP on the HTTPS port: the clear-text 400 naming the https:// URL (server.cpp's), from the
     // request's first bytes and our port. Unset: such clients just fail their handshake.
     std::function<std::string(const std::string& request, int port)> plainHttpAnswer;

@@ -399,7 +399,16 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
         return error(403, "Credentials sent without TLS are refused (start the server with --allow-plaintext-auth to see why)");
     AuthResult result;
     try {
-        result = auth_.authenticate(user, password, false, request.peer);
+        if (request.mayWait) {
+            result = auth_.authenticate(user, password, false, request.peer);
+        } else if (std::optional<AuthResult> atOnce = auth_.authenticateWithoutWaiting(user, password, request.peer)) {
+            result = std::move(*atOnce);
+        } else {
+            ApiResponse later;
+            later.handOff = true;
+            later.triedUser = user;
+            return later;
+        }
     } catch (const std::exception&) {
         ApiResponse r = error(503, "Authentication temporarily unavailable");
         r.triedUser = user;

@@ -57,6 +57,9 @@ struct ApiRequest {
     bool overTls = true;  // false on a --tls off server
     std::string peer;     // the client's IP address (the guess budget of sources that logged in before)
     std::string version = "HTTP/1.1";  // as on the request line
+    // False on an event loop, which must not wait: a login that would (the account's check held by
+    // another thread, a slow hash, a store write) is not run, and the response says handOff.
+    bool mayWait = true;
     std::string header(const std::string& name) const;  // case-insensitive; "" when absent
 };
 
@@ -68,6 +71,9 @@ struct ApiResponse {
     std::string user;           // the authenticated user, for the log; "" when none
     std::string triedUser;      // a refused login's user name as the client sent it, for the log
     std::shared_ptr<void> hold;  // the response's place in the ResponseBudget, until it is sent
+    // With mayWait false: nothing was answered nor changed; handle the request again where waiting is
+    // allowed (triedUser names the login's user, for a 503 if that cannot be done in time).
+    bool handOff = false;
     std::string header(const std::string& name) const;
 };
 

@@ -247,16 +247,12 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     s.workers = cfg.getInt("retriever.events.workers");
     s.plainHttpAnswer = &http::plainHttpAnswer;
     s.refusal = http::guardedProtocol().refusal;
-    Authenticator* auth = ctx.auth.get();
-    // On the loop: requests without credentials, and logins the cache verifies (no slow hash). A store
-    // across the network (PostgreSQL) may be slow at every query: then every request goes to a worker.
-    s.quick = [auth, remoteStore](const http::ApiRequest& request) {
-        if (remoteStore) return false;
-        std::string authorization = request.header("Authorization");
-        std::string user, password;
-        if (authorization.empty() || !http::parseBasicAuthorization(authorization, user, password)) return true;
-        return auth->verifiesFromCache(user, password);
-    };
+    s.maxQueuedRequests = static_cast<size_t>(cfg.getInt64("retriever.events.maxQueuedRequests"));
+    s.workerWait = milliseconds(cfg.getInt64("auth.hashWaitMilliseconds"));
+    s.maxPendingBytes = static_cast<size_t>(cfg.getInt64("retriever.events.maxPendingBytes"));
+    // A store across the network (PostgreSQL) may be slow at every query: then every request goes to
+    // a worker. Else MailApi answers on the loop whatever needs no waiting (ApiRequest::mayWait).
+    s.workersOnly = remoteStore;
     std::vector<int> fds;
     for (const auto& listener : listeners) fds.push_back(static_cast<int>(listener->impl()->sockfd()));
     auto server = std::make_unique<retriever_events::EventServer>(std::move(s));

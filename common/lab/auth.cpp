@@ -264,15 +264,29 @@ void Authenticator::ensurePostmaster() {
 
 AuthResult Authenticator::authenticate(const std::string& user, const std::string& password, bool mayRegister,
                                        const std::string& source) {
+    return *check(user, password, mayRegister, source, true);
+}
+
+std::optional<AuthResult> Authenticator::authenticateWithoutWaiting(const std::string& user, const std::string& password,
+                                                                    const std::string& source) {
+    return check(user, password, false, source, false);
+}
+
+std::optional<AuthResult> Authenticator::check(const std::string& user, const std::string& password, bool mayRegister,
+                                               const std::string& source, bool mayWait) {
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
     const std::string from = sourceKey(source);
     // The owner's next request on a password already checked from here: one counter read, no
     // account, no budget (CacheEntry says why that is enough).
     if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
+    // Not in the cache: a slow hash (and a guess paid for) follows, or a registration. One HMAC says
+    // so before any read of the store.
+    if (!mayWait && !verifiesFromCache(email, password)) return std::nullopt;
     // One read for the hash, the source's standing and its bucket (the hot path of every login).
     std::optional<LoginState> state = store_.loginState(email, from);
     if (!state) {
+        if (!mayWait) return std::nullopt;  // a registration or the unknown name's slow hash
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
             !isReservedAddress(email)) {
             if (!registrationRoster_.empty() &&
@@ -314,7 +328,12 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
     // turn: a snapshot read before waiting may be spent by the time we compare (a burst of parallel
     // guesses would each see the last token and compare with the cached password for free).
     std::shared_ptr<std::mutex> lock = accountLock(email);
-    std::lock_guard<std::mutex> oneCheckAtATime(*lock);
+    std::unique_lock<std::mutex> oneCheckAtATime(*lock, std::defer_lock);
+    if (mayWait) {
+        oneCheckAtATime.lock();
+    } else if (!oneCheckAtATime.try_lock()) {
+        return std::nullopt;  // another check of this account runs (a wrong password's slow hash may take long)
+    }
     // Read before the account: a change committed after this read bumps past it (GenerationFile).
     std::optional<uint64_t> generationBefore = generation(email);
     state = store_.loginState(email, from);
@@ -352,7 +371,10 @@ AuthResult Authenticator::authenticate(const std::string& user, const std::strin
         }
         return AuthResult{AuthOutcome::Ok, email, "", 0};
     };
+    // Making the source trusted is a store write: not where no waiting is allowed.
+    if (!mayWait && !trusted && !from.empty()) return std::nullopt;
     if (cachedOk()) return ok();
+    if (!mayWait) return std::nullopt;  // a guess to pay for and a slow hash
 
     // The guess is paid for before it is checked, in one transaction: no number of parallel
     // connections, on either server, gets more checks than the budget holds.

@@ -97,6 +97,14 @@ public:
     // to a worker (retriever/event_server.h). Changes nothing; the check itself is one HMAC.
     bool verifiesFromCache(const std::string& user, const std::string& password);
 
+    // authenticate() for an event loop, which must never wait: the same answer when it can be given
+    // at once (a cached password, checked against the account under its lock), or nothing when it
+    // would wait for the account's check (another thread holds it: a wrong password's slow hash),
+    // run a slow hash, or write to the store (a source to trust). Nothing then was changed: the
+    // caller runs authenticate() where waiting is allowed (retriever/event_server.cpp).
+    std::optional<AuthResult> authenticateWithoutWaiting(const std::string& user, const std::string& password,
+                                                         const std::string& source = "");
+
     const AuthPolicy& policy() const { return policy_; }
     // A class server (class.roster with auth.registrationRosterOnly): only these addresses register.
     void restrictRegistrationTo(std::vector<std::string> accounts);
@@ -109,6 +117,9 @@ public:
 
 private:
     using Mac = std::array<unsigned char, 32>;
+    // Both of the above: with mayWait false, nullopt where authenticate() would wait or write.
+    std::optional<AuthResult> check(const std::string& user, const std::string& password, bool mayRegister,
+                                    const std::string& source, bool mayWait);
     struct CacheEntry {
         Mac mac;
         std::string hash;  // the stored hash the password was verified against

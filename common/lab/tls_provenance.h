@@ -23,6 +23,10 @@ public:
     // `account` logged in over the session noted last: recorded once per account; a store error is
     // logged (the login itself stands).
     void recordLogin(const std::string& account, const ConnectionLog& log);
+    // True when recordLogin(account) would write to the store (an event loop hands that to a worker).
+    bool wouldRecord(const std::string& account) const {
+        return store_ && !session_.clientRandom.empty() && !account.empty() && account != recorded_;
+    }
 
 private:
     Store* store_;

@@ -36,7 +36,9 @@ uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
 
 // The reason OpenSSL gives for the error it just reported, and the error queue emptied (the next
 // SSL call on this thread must start from an empty queue).
-std::string tlsError(int sslError) {
+// `sysError`: errno as the failed SSL call left it (SSL_ERROR_SYSCALL: the socket's own error; 0 when
+// the client just closed), saved before anything else can change it.
+std::string tlsError(int sslError, int sysError = 0) {
     unsigned long code = ERR_get_error();
     std::string reason;
     if (code != 0) {
@@ -44,7 +46,7 @@ std::string tlsError(int sslError) {
         ERR_error_string_n(code, text, sizeof text);
         reason = text;
     } else if (sslError == SSL_ERROR_SYSCALL) {
-        reason = errno != 0 ? std::strerror(errno) : "connection closed without close_notify";
+        reason = sysError != 0 ? std::strerror(sysError) : "connection closed without close_notify";
     } else {
         reason = "TLS error " + std::to_string(sslError);
     }
@@ -158,6 +160,15 @@ void Connection::onEvents(uint32_t events) {
         break;
     case State::Open:
         if (wantWrite_ && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) flush();
+        if (state_ == State::Open && paused_ && !wantWrite_ && !readBlockedOnWrite_ && (events & (EPOLLERR | EPOLLHUP))) {
+            // Reading is paused (a worker has the request), but epoll reports a hang-up or an error
+            // whatever we watch, each time we wait: the client is gone, and no answer can reach it.
+            // Ended now, instead of spinning until the worker's answer (which then finds no connection).
+            int error = 0;
+            socklen_t length = sizeof error;
+            ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &error, &length);
+            return finish(Ending{Phase::Open, error != 0 ? std::strerror(error) : "", false, error == 0});
+        }
         if (state_ == State::Open && (readBlockedOnWrite_ || (!paused_ && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))))) {
             readBlockedOnWrite_ = false;
             updateInterest();  // else EPOLLOUT stays armed on a writable socket: a busy loop
@@ -277,7 +288,9 @@ void Connection::checkClearText() {
 }
 
 void Connection::handshake() {
+    errno = 0;
     int rc = SSL_do_handshake(ssl_);
+    int sysError = errno;
     if (rc == 1) {
         state_ = State::Open;
         clearDeadline();
@@ -293,7 +306,7 @@ void Connection::handshake() {
         updateInterest();
         return;
     }
-    std::string reason = tlsError(error);
+    std::string reason = tlsError(error, sysError);
     finish(Ending{Phase::Handshake, reason, false, false});
 }
 
@@ -302,8 +315,11 @@ void Connection::readTls() {
     for (;;) {
         if (state_ != State::Open || paused_) return;
         int n;
+        int sysError = 0;
         if (ssl_) {
+            errno = 0;
             n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
+            sysError = errno;  // the socket's error, if any, before anything else can change errno
         } else {
             ssize_t got = ::recv(fd_, buffer.data(), buffer.size(), 0);
             if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
@@ -325,8 +341,7 @@ void Connection::readTls() {
             return;
         }
         if (error == SSL_ERROR_ZERO_RETURN) return finish(Ending{Phase::Open, "", false, true});
-        errno = 0;
-        std::string reason = tlsError(error);
+        std::string reason = tlsError(error, sysError);
         // A client that just closes (no close_notify) is how most clients end a keep-alive connection.
         bool eof = reason.find("unexpected eof") != std::string::npos || reason == "connection closed without close_notify";
         return finish(Ending{Phase::Open, reason, false, eof});
@@ -338,15 +353,17 @@ void Connection::flush() {
         size_t left = std::min(out_.size() - outSent_, static_cast<size_t>(INT_MAX));
         int n;
         if (ssl_) {
+            errno = 0;
             n = SSL_write(ssl_, out_.data() + outSent_, static_cast<int>(left));
             if (n <= 0) {
+                int sysError = errno;
                 int error = SSL_get_error(ssl_, n);
                 if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
                     wantWrite_ = true;
                     updateInterest();
                     return;
                 }
-                return finish(Ending{Phase::Open, tlsError(error), false, false});
+                return finish(Ending{Phase::Open, tlsError(error, sysError), false, false});
             }
         } else {
             ssize_t sent = ::send(fd_, out_.data() + outSent_, left, MSG_NOSIGNAL);
@@ -368,7 +385,8 @@ void Connection::flush() {
         wantWrite_ = false;
         updateInterest();
         if (protocol_ && state_ == State::Open) protocol_->onWritten(*this, true);
-        if (state_ == State::Closed) return;
+        // The protocol may have sent its next answer meanwhile: a close then waits for that one too.
+        if (state_ == State::Closed || bytesQueued() > 0) return;
     }
     if (closeWhenSent_ && !shutDown_ && state_ != State::Closed) {
         shutDown_ = true;
@@ -627,11 +645,12 @@ void EventCore::stop() {
 
 // ---- WorkerPool ---------------------------------------------------------------------------------
 
-WorkerPool::WorkerPool(int threads) {
+WorkerPool::WorkerPool(int threads, size_t maxQueued, std::chrono::milliseconds maxWait)
+    : maxQueued_(maxQueued), maxWait_(maxWait) {
     for (int i = 0; i < std::max(1, threads); ++i)
         threads_.emplace_back([this] {
             for (;;) {
-                std::function<void()> job;
+                Job job;
                 {
                     std::unique_lock<std::mutex> lock(mutex_);
                     ready_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
@@ -639,7 +658,9 @@ WorkerPool::WorkerPool(int threads) {
                     job = std::move(jobs_.front());
                     jobs_.pop_front();
                 }
-                job();
+                bool late = maxWait_.count() > 0 && job.late && Clock::now() - job.queued > maxWait_;
+                if (late) job.late();
+                else job.work();
             }
         });
 }
@@ -653,12 +674,14 @@ WorkerPool::~WorkerPool() {
     for (auto& thread : threads_) thread.join();
 }
 
-void WorkerPool::run(std::function<void()> job) {
+bool WorkerPool::run(std::function<void()> job, std::function<void()> late) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        jobs_.push_back(std::move(job));
+        if (maxQueued_ > 0 && jobs_.size() >= maxQueued_) return false;
+        jobs_.push_back(Job{std::move(job), std::move(late), Clock::now()});
     }
     ready_.notify_one();
+    return true;
 }
 
 }  // namespace maillab::net

@@ -87,6 +87,7 @@ public:
     EventLoop& loop() { return loop_; }
     const proxy::Peer& peer() const { return peer_; }
     SSL* ssl() const { return ssl_; }
+    Protocol* protocol() const { return protocol_.get(); }
     int localPort() const { return localPort_; }
 
     // Queues bytes for the client and writes as many as the socket takes now.
@@ -203,19 +204,28 @@ private:
 };
 
 // A few threads for work that may block (a slow hash, a store that is far away): the loop hands the
-// job over and the job posts its result back to the connection's loop.
+// job over and the job posts its result back to the connection's loop. Bounded like the threads it
+// stands for: at most maxQueued jobs wait (0: no bound), and a job that waited longer than maxWait
+// (0: no limit) runs its `late` instead (the server's "busy, try again").
 class WorkerPool {
 public:
-    explicit WorkerPool(int threads);
+    explicit WorkerPool(int threads, size_t maxQueued = 0, std::chrono::milliseconds maxWait = std::chrono::milliseconds(0));
     ~WorkerPool();  // finishes the queued jobs, then joins
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
-    void run(std::function<void()> job);
+    // False, and nothing queued, when maxQueued jobs are waiting already.
+    bool run(std::function<void()> job, std::function<void()> late = nullptr);
 
 private:
+    struct Job {
+        std::function<void()> work, late;
+        Clock::time_point queued;
+    };
+    const size_t maxQueued_;
+    const std::chrono::milliseconds maxWait_;
     std::mutex mutex_;
     std::condition_variable ready_;
-    std::deque<std::function<void()>> jobs_;
+    std::deque<Job> jobs_;
     bool stopping_ = false;
     std::vector<std::thread> threads_;
 };

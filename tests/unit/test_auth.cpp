@@ -388,3 +388,26 @@ TEST_CASE("a fresh cached login stops once another process's guesses spend its b
     // The cached password is no longer compared for free: the budget is read, and it is empty.
     CHECK(server.authenticate("ana@447.edu", "11111447", false, "10.0.0.1").outcome == AuthOutcome::Throttled);
 }
+
+TEST_CASE("an event loop's login never waits: a cached password at once, anything else handed back", "[auth][events]") {
+    AnaLab lab;
+    // Not in the cache: a slow hash (and a guess) would follow, so nothing is done.
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("ana@447.edu", "11111447", "10.0.0.5"));
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("ana@447.edu", "wrong", "10.0.0.5"));
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("nobody@447.edu", "x", "10.0.0.5"));
+    REQUIRE(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.0.0.5").outcome == AuthOutcome::Ok);
+    // Cached and checked from a trusted source: answered without waiting, and fresh afterwards.
+    for (int i = 0; i < 3; ++i) {
+        auto r = lab.auth->authenticateWithoutWaiting("ana@447.edu", "11111447", "10.0.0.5");
+        REQUIRE(r);
+        CHECK(r->outcome == AuthOutcome::Ok);
+    }
+    // From a source not yet trusted, the login would write (trustSource): handed back, then done the
+    // full way, after which that source too is answered at once.
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("ana@447.edu", "11111447", "10.0.0.6"));
+    REQUIRE(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.0.0.6").outcome == AuthOutcome::Ok);
+    auto again = lab.auth->authenticateWithoutWaiting("ana@447.edu", "11111447", "10.0.0.6");
+    REQUIRE(again);
+    CHECK(again->outcome == AuthOutcome::Ok);
+    // The account's check held by another thread (a wrong password's slow hash): tests/e2e/test_event_core_abuse.py.
+}
