@@ -38,6 +38,7 @@ struct Pop3Lab {
     MaildropLocks locks;
     std::vector<int64_t> ids;
     std::vector<std::string> log;
+    std::vector<std::string> traced;  // the C: lines a --verbose log shows
     Limits limits;
 
     Pop3Lab() {
@@ -56,6 +57,7 @@ struct Pop3Lab {
         env.implicitTlsPort = "9995";
         env.locks = &locks;
         env.log = [this](const std::string& line) { log.push_back(line); };
+        env.trace = [this](const std::string& line) { traced.push_back(line); };
         return std::make_unique<Session>(*lab.auth, *lab.store, limits, env);
     }
 };
@@ -443,6 +445,107 @@ TEST_CASE("POP3: a message removed behind the session's back is refused, not a c
     CHECK(say(*s, "RETR 1") == "-ERR That message was removed from the server during this session");
     say(*s, "DELE 1");
     CHECK(startsWith(say(*s, "QUIT"), "+OK"));  // already gone: nothing more to remove
+}
+
+TEST_CASE("POP3 framing: a command split across reads is answered once its line ends", "[pop3][framing]") {
+    Pop3Lab p;
+    auto s = p.session();
+    Output part = s->onBytes("US");
+    CHECK(part.replies.empty());
+    CHECK(part.inputs == 0);  // no complete line: the autologout timer is not restarted
+    CHECK(s->onBytes("ER bob@44").replies.empty());
+    Output user = s->onBytes("7.edu\r");
+    CHECK(user.replies.empty());  // the CR alone ends nothing
+    user = s->onBytes("\n");
+    CHECK(lines(user) == std::vector<std::string>{"+OK Send PASS for bob@447.edu"});
+    CHECK(user.inputs == 1);
+    CHECK(startsWith(first(s->onBytes("PASS 22222447\n")), "+OK bob@447.edu has 3 messages"));  // bare LF
+    CHECK(p.traced == std::vector<std::string>{"C: USER bob@447.edu", "C: PASS <redacted>"});
+}
+
+TEST_CASE("POP3 framing: pipelined commands in one read are answered in order (RFC 2449 6.6)", "[pop3][framing]") {
+    Pop3Lab p;
+    auto s = p.session();
+    auto capa = lines(send(*s, "CAPA"));
+    REQUIRE(std::find(capa.begin(), capa.end(), "PIPELINING") != capa.end());
+    Output out = s->onBytes("USER bob@447.edu\r\nPASS 22222447\r\nSTAT\r\nLIST 1\r\nNOOP\r\n");
+    CHECK(out.inputs == 5);
+    auto got = lines(out);
+    REQUIRE(got.size() == 5);
+    CHECK(got[0] == "+OK Send PASS for bob@447.edu");
+    CHECK(startsWith(got[1], "+OK bob@447.edu has 3 messages"));
+    CHECK(got[2] == "+OK 3 " + std::to_string(p.lab.store->mailboxStats("bob@447.edu").bytes));
+    CHECK(startsWith(got[3], "+OK 1 "));
+    CHECK(got[4] == "+OK Still here");
+}
+
+TEST_CASE("POP3 framing: a line over the limit is refused unread, the next line is read", "[pop3][framing]") {
+    Pop3Lab p;
+    p.limits.maxLineLength = 20;  // 18 octets and CRLF
+    auto s = p.session();
+    const std::string refusal = "-ERR Line too long (the limit is 20 octets including CRLF, RFC 2449 4)";
+    CHECK(first(s->onBytes(std::string(18, 'X') + "\r\n")) == "-ERR Unknown command XXXXXXXXXXXXXXXXXX; CAPA lists what this server does");
+    CHECK(first(tooLong(*s, p.limits.maxLineLength)) == refusal);
+    // Over the limit before its end arrives, then the rest and a good line in the next read.
+    CHECK(s->onBytes(std::string(30, 'A')).replies.empty());
+    Output out = s->onBytes("USER bob@447.edu\r\nCAPA\r\n");
+    auto got = lines(out);
+    REQUIRE(got.size() >= 2);
+    CHECK(got[0] == refusal);  // the USER was part of the long line: not run
+    CHECK(got[1] == "+OK Capability list follows");
+    CHECK(p.traced.back() == "C: CAPA");
+    CHECK(p.traced[p.traced.size() - 2] == "C: <line over the length limit, discarded>");
+}
+
+TEST_CASE("POP3 framing: what is pipelined after STLS is discarded, never run inside TLS", "[pop3][framing]") {
+    // RFC 2595 / CVE-2011-0411: those bytes came in clear; an attacker in the middle could have added them.
+    Pop3Lab p;
+    auto s = p.session(false);
+    const std::string after = "USER bob@447.edu\r\nCAPA\r\nNOO";
+    Output stls = s->onBytes("STLS\r\n" + after);
+    CHECK(lines(stls) == std::vector<std::string>{"+OK Begin TLS negotiation"});
+    CHECK(stls.startTls);
+    CHECK(stls.inputs == 1);
+    CHECK(stls.discardedOctets == after.size());
+    CHECK(s->onBytes("P\r\n").discardedOctets == 3);  // still before the handshake: dropped too
+    s->onTlsStarted();
+    // The USER was not run, and the reader starts fresh: no half line from before TLS joins this one.
+    CHECK(say(*s, "PASS 22222447") == "-ERR Send USER <address> first (RFC 1939 7)");
+    CHECK(say(*s, "NOOP") == "-ERR NOOP needs a login first: USER and PASS, or AUTH PLAIN");
+    CHECK(p.traced == std::vector<std::string>{"C: STLS", "C: PASS <redacted>", "C: NOOP"});
+}
+
+TEST_CASE("POP3 framing: bytes after QUIT are not read", "[pop3][framing]") {
+    Pop3Lab p;
+    auto s = p.session();
+    login(*s);
+    Output out = s->onBytes("DELE 1\r\nQUIT\r\nDELE 2\r\nRETR 3\r\n");
+    auto got = lines(out);
+    REQUIRE(got.size() == 2);
+    CHECK(got[1] == "+OK mail.447.edu maillab POP3 server signing off (2 messages left)");
+    CHECK(out.close);
+    CHECK(out.inputs == 2);
+    CHECK(p.lab.store->mailboxStats("bob@447.edu").count == 2);  // DELE 2 came after QUIT: not run
+    CHECK(s->onBytes("NOOP\r\n").replies.empty());
+}
+
+TEST_CASE("POP3 framing: pipelined RETRs are answered a batch of replies at a time", "[pop3][framing]") {
+    // The server sends each batch before the next is made: a burst of RETRs does not hold every
+    // message in memory at once.
+    Pop3Lab p;
+    p.lab.store->deliver(mail("bob@447.edu", "big", std::string(Session::kBatchBytes, 'b') + "\r\n"));
+    auto s = p.session();
+    login(*s);
+    Output batch = s->onBytes("RETR 4\r\nRETR 4\r\nNOOP\r\n");
+    REQUIRE(batch.replies.size() == 1);
+    CHECK(batch.more);
+    CHECK(batch.inputs == 1);
+    Output rest = s->onBytes(nullptr, 0);
+    REQUIRE(rest.replies.size() == 1);
+    CHECK(rest.more);
+    rest = s->onBytes("NOOP\r\n");  // new bytes come after the ones held
+    CHECK(lines(rest) == std::vector<std::string>{"+OK Still here", "+OK Still here"});
+    CHECK_FALSE(rest.more);
 }
 
 TEST_CASE("POP3 golden transcripts replay exactly", "[pop3][golden]") {
