@@ -1,4 +1,4 @@
-// libFuzzer target: bytes from a client, given in pieces the input chooses to the session's one entry,
+// libFuzzer target: bytes from a client, in pieces the input chooses, given to the session's one entry,
 // onBytes (the session frames them, as for the server), drive a whole POP3 session (socket-free,
 // retriever/pop3_session.h) over a real SQLite store holding a few messages, half the runs on the
 // plaintext port with STLS. Finds crashes, sanitizer reports and broken invariants: every reply
@@ -48,10 +48,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     env.locks = &locks;
     pop3::Session session(*world.auth, *world.store, limits, env);
     session.start();
-    // The first byte also says how the rest arrives: in reads of 1 to 16 octets, or all at once.
+    // The first byte (still part of the input) also says how it arrives: in reads of 1 to 16
+    // octets, or all at once, so framing across reads is fuzzed too.
     size_t piece = size > 0 ? (data[0] >> 1) % 17 : 0;
     const char* bytes = reinterpret_cast<const char*>(data);
-    for (size_t from = size > 0 ? 1 : 0; from < size;) {
+    for (size_t from = 0; from < size;) {
         size_t count = piece == 0 ? size - from : std::min(piece, size - from);
         pop3::Output out = session.onBytes(bytes + from, count);
         from += count;
