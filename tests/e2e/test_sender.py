@@ -376,6 +376,43 @@ def too_many_connections_get_421(lab):
 
 
 @test
+def the_event_core_holds_idle_sessions_without_a_thread_each(lab):
+    """sender.core = events: 50 TLS sessions, greeted and then idle, add no thread to the server (on the
+    thread core each holds one); a session pipelining AUTH, the envelope, and then its message with QUIT
+    gets every reply in order (the password check and the delivery run on the workers, the bytes after
+    them wait); and when the server stops, every idle session is told 421 (RFC 5321 3.8)."""
+    with Server(lab, "senderserver", {"sender.core": "events"}) as server:
+        assert "core=events" in server.log_text()
+        ana = register(lab, server.port, "ana")  # the loops, the workers and the store have all run
+        register(lab, server.port, "bob")
+
+        def threads():
+            return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+        before = threads()
+        idle = [Conversation(lab, server.port) for _ in range(50)]
+        assert all(c.banner[0].startswith("220") for c in idle)
+        assert threads() == before, (before, threads())
+
+        c = Conversation(lab, server.port)
+        c.send(f"EHLO x\r\nAUTH PLAIN {plain('ana@447.edu', ana)}\r\nMAIL FROM:<ana@447.edu>\r\n"
+               "RCPT TO:<bob@447.edu>\r\nDATA\r\n")
+        replies = [c.reply()[-1] for _ in range(5)]
+        assert [r[:3] for r in replies] == ["250", "235", "250", "250", "354"], replies
+        c.send("Subject: pipelined\r\n\r\nhello\r\n.\r\nNOOP\r\nQUIT\r\n")
+        replies = [c.reply()[-1] for _ in range(3)]
+        assert [r[:3] for r in replies] == ["250", "250", "221"], replies
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["pipelined"]
+        assert threads() == before, (before, threads())
+        server.stop()
+        assert all(c.reply()[-1].startswith("421 4.3.2") for c in idle)
+        for c in idle:
+            c.close()
+        log = server.log_after_stop()
+        assert log.count("event=shutdown state=fresh") == 50, log[-3000:]
+
+
+@test
 def a_250_survives_kill_9(lab):
     server = Server(lab, "senderserver")
     ana = register(lab, server.port, "ana")
