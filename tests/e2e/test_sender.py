@@ -413,6 +413,31 @@ def the_event_core_holds_idle_sessions_without_a_thread_each(lab):
 
 
 @test
+def a_proxy_header_names_the_client_on_both_cores(lab):
+    """proxy.trustedAddresses: a PROXY v1 header from the trusted balancer names the client in the log
+    lines, on either core; a trusted peer that sends no header in time is closed and logged."""
+    for core in ("threads", "events"):
+        settings = {"sender.core": core, "proxy.trustedAddresses": "127.0.0.1", "proxy.headerTimeoutMs": 500}
+        with Server(lab, "senderserver", settings) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 465\r\n")
+            sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            assert sock.recv(4096).startswith(b"220 "), core
+            sock.sendall(b"QUIT\r\n")
+            assert sock.recv(4096).startswith(b"221 "), core
+            sock.close()
+            silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            try:
+                assert silent.recv(100) == b"", core  # closed once headerTimeoutMs has passed
+            except ConnectionResetError:
+                pass
+            silent.close()
+            log = server.log_after_stop()
+            assert "event=connect peer=192.0.2.7:5555 via=127.0.0.1:" in log, (core, log)
+            assert "event=proxy-refused peer=127.0.0.1:" in log, (core, log)
+
+
+@test
 def a_250_survives_kill_9(lab):
     server = Server(lab, "senderserver")
     ana = register(lab, server.port, "ana")
