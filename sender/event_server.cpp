@@ -33,6 +33,11 @@ struct EventServer::Shared {
 
 namespace {
 
+// Replies queued for a client that does not read them: past this, reading pauses until they have left
+// (a client pipelining NOOPs without reading would otherwise grow our queue without end; on threads the
+// blocked send does the same, within sender.timeout.send).
+constexpr size_t kMaxQueuedReplyBytes = 64 * 1024;
+
 std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
 
 // What a worker may still use after its connection has ended: the session, and what the session's
@@ -107,8 +112,8 @@ public:
     }
 
     void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        if (busy_ || closing_) {
-            if (busy_) early_.append(data, size);  // not expected (reading is paused): kept in order
+        if (busy_ || drainingOut_ || closing_) {
+            if (!closing_) early_.append(data, size);  // not expected (reading is paused): kept in order
             return;
         }
         slot_.working();
@@ -116,7 +121,21 @@ public:
         respond(connection, held_->session->onBytes(data, size));
     }
 
+    // Our replies waited for the client to read them (drained: all have left).
+    void onWritten(net::Connection& connection, bool drained) override {
+        if (!drainingOut_) return;
+        if (!drained) return connection.setDeadline(s_.sendTimeout);  // each write that goes on restarts it
+        drainingOut_ = false;
+        awaitClient(connection);
+        if (!busy_) resume(connection);
+    }
+
     void onDeadline(net::Connection& connection) override {
+        if (drainingOut_) {
+            held_->log.peerEvent("disconnect", "reason=send-timeout");
+            timedOut_ = true;
+            return connection.close("deadline");
+        }
         if (closing_ || busy_) return connection.close("deadline");  // our last reply was not read in time
         timedOut_ = true;
         respond(connection, held_->session->onTimeout());  // RFC 5321 4.5.3.2: 421, then close
@@ -191,6 +210,11 @@ private:
             shutdownWhenDone_ = false;
             return shutdown(connection);
         }
+        if (connection.bytesQueued() > kMaxQueuedReplyBytes) {
+            drainingOut_ = true;  // onWritten resumes reading once the client has read them
+            connection.pauseReading();
+            return connection.setDeadline(s_.sendTimeout);
+        }
         awaitClient(connection);
     }
 
@@ -244,13 +268,18 @@ private:
     void workDone(net::Connection& connection, smtp::Output output) {
         busy_ = false;
         respond(connection, std::move(output));  // answered first, then reading resumes (in order)
-        if (busy_ || closing_) return;
-        connection.resumeReading();
+        if (busy_ || closing_ || drainingOut_) return;
+        resume(connection);
+    }
+
+    void resume(net::Connection& connection) {
         if (!early_.empty()) {
             std::string early = std::move(early_);
             early_.clear();
             onBytes(connection, early.data(), early.size());
+            if (busy_ || closing_ || drainingOut_) return;
         }
+        connection.resumeReading();
     }
 
     EventServer::Shared& shared_;
@@ -263,6 +292,7 @@ private:
     bool inMessage_ = false;
     bool busy_ = false;             // an input is on a worker
     bool closing_ = false;          // our last reply is queued: the connection closes after it
+    bool drainingOut_ = false;      // over kMaxQueuedReplyBytes queued: reading waits for the client to read
     bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, answeredInClear_ = false, closed_ = false;
 };
 

@@ -438,6 +438,48 @@ def a_proxy_header_names_the_client_on_both_cores(lab):
 
 
 @test
+def a_client_that_never_reads_its_replies_is_not_read_either(lab):
+    """A client pipelining NOOPs without reading a reply cannot make the server queue replies without
+    end: once they back up, the server stops reading from it (the thread core's send blocks; the event
+    core pauses reading past 64 KiB queued), so it sits idle while the client's send stalls, instead of
+    reading all of it. Others are served meanwhile."""
+    import time
+
+    def cpu_ticks(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    for core in ("threads", "events"):
+        with Server(lab, "senderserver", {"sender.core": core}) as server:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", server.port))
+            sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            flood = b"NOOP\r\n" * (12 * 1024 * 1024 // 6)  # ~30 MB of replies if all were read
+
+            def send():
+                try:
+                    sock.sendall(flood)
+                except OSError:
+                    pass
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            deadline, idle = time.monotonic() + 60, False
+            while time.monotonic() < deadline and sender.is_alive() and not idle:
+                before = cpu_ticks(server.proc.pid)
+                time.sleep(1)
+                idle = sender.is_alive() and cpu_ticks(server.proc.pid) - before <= 2
+            assert idle, f"{core}: the server read every NOOP and queued the replies"
+            other = Conversation(lab, server.port)
+            assert other.cmd("NOOP").startswith("250"), core
+            other.close()
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: ends the blocked send
+            sender.join(10)
+            sock.close()
+
+
+@test
 def a_250_survives_kill_9(lab):
     server = Server(lab, "senderserver")
     ana = register(lab, server.port, "ana")
