@@ -51,7 +51,7 @@ struct Settings {
     int maxRefusalHandshakes = 8;
     proxy::Settings proxy;
     int threads = 0;                 // sender.events.threads: loop threads (0: one per core)
-    int workers = 2;                 // sender.events.workers: threads for AUTH and the end of a message
+    int workers = 16;                // sender.events.workers: threads for AUTH and the end of a message
     bool everyInputOnWorkers = false;  // a store across the network (PostgreSQL): any query may be slow
 };
 
