@@ -575,6 +575,30 @@ def starttls_mode_upgrades_and_forgets_the_plaintext_part(lab):
 
 
 @test
+def a_starttls_handshake_that_never_comes_ends_at_the_handshake_deadline(lab):
+    """--tls=starttls: after the 220 to STARTTLS (RFC 3207 4) a client that starts no handshake is
+    closed once sender.timeout.handshake has passed, and logged handshake-timeout, on either core; the
+    plain SMTP pipelined after STARTTLS is never answered (RFC 3207 5)."""
+    import time
+    for core in ("threads", "events"):
+        with Server(lab, "senderserver", {"sender.core": core, "sender.timeout.handshake": 1},
+                    args=["--tls=starttls"]) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220 "), core
+            raw.sendall(b"EHLO x\r\nSTARTTLS\r\nNOOP\r\n")
+            lines = [f.readline()]
+            while not lines[-1].startswith(b"220 "):
+                lines.append(f.readline())
+            started = time.monotonic()
+            assert f.read() == b"", core  # no reply to NOOP: the TLS handshake's turn, then the close
+            assert 0.5 < time.monotonic() - started < 5, core
+            raw.close()
+            assert "event=disconnect peer=127.0.0.1:" in server.log_after_stop() and \
+                "reason=handshake-timeout" in server.log_text(), core
+
+
+@test
 def plaintext_mode_refuses_auth_unless_allowed_and_stays_on_loopback(lab):
     with Server(lab, "senderserver") as tls_server:
         ana = register(lab, tls_server.port, "ana")
