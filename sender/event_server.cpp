@@ -5,6 +5,7 @@
 #include "smtp_replies.h"
 
 #include "../common/lab/tls_provenance.h"
+#include "../common/net/event_gate.h"
 #include "../common/net/log_text.h"
 #include "../common/net/tls.h"
 
@@ -21,9 +22,9 @@ class SmtpConnection;
 
 struct EventServer::Shared {
     Settings settings;
+    std::unique_ptr<net::EventGate> gate;  // admission, refusals (421) and the proxy-refused line; outlives the core
     std::unique_ptr<net::WorkerPool> workers;
     std::unique_ptr<net::EventCore> core;
-    std::atomic<int> refusing{0};
     std::atomic<bool> stopping{false};
     // The admitted connections, by connection id: stop() tells each to say 421; the clear-text answer
     // logs under its connection's id. Touched once when a connection opens and once when it ends.
@@ -51,7 +52,7 @@ struct Held {
 
 // One admitted SMTP connection: banner on ready, bytes into the Session, its replies out in one send
 // per read (RFC 2920), slow inputs on a worker.
-class SmtpConnection : public net::Protocol {
+class SmtpConnection : public net::GatedProtocol {
 public:
     SmtpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
         : shared_(shared), s_(shared.settings), slot_(std::move(slot)),
@@ -69,7 +70,7 @@ public:
         shared_.open.erase(id_);
     }
 
-    const ConnectionLog& log() const { return held_->log; }
+    const ConnectionLog& log() const override { return held_->log; }
     void answeredInClear() { answeredInClear_ = true; }
 
     void onReady(net::Connection& connection) override {
@@ -296,35 +297,6 @@ private:
     bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, answeredInClear_ = false, closed_ = false;
 };
 
-// Past the connection limits: 421 at once (RFC 5321 3.8), over implicit TLS after a handshake within
-// refusalTimeout and only maxRefusalHandshakes at a time (past those the connection is just closed).
-class Refusal : public net::Protocol {
-public:
-    Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict, ConnectionLog log)
-        : shared_(shared), verdict_(verdict), log_(std::move(log)) {}
-    ~Refusal() override {
-        if (shared_.settings.implicitTls) --shared_.refusing;
-    }
-    void onReady(net::Connection& connection) override {
-        connection.setDeadline(shared_.settings.refusalTimeout);  // the answer too, not only the handshake
-        connection.send(shared_.settings.words.refusal(verdict_));  // smtp_guard.cpp's words
-        answered_ = true;
-        connection.closeAfterSend();
-    }
-    void onBytes(net::Connection&, const char*, size_t) override {}
-    void onClosed(net::Connection&, const net::Ending& ending) override {
-        bool answered = answered_ && !(ending.deadline && ending.phase != net::Phase::Open);
-        log_.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict_) +
-                                      " answered=" + (answered ? shared_.settings.words.refusedAs : "closed"));
-    }
-
-private:
-    EventServer::Shared& shared_;
-    ConnectionLimiter::Verdict verdict_;
-    ConnectionLog log_;
-    bool answered_ = false;
-};
-
 }  // namespace
 
 EventServer::EventServer(Settings settings) : shared_(std::make_unique<Shared>()) { shared_->settings = std::move(settings); }
@@ -348,11 +320,6 @@ void EventServer::start(const std::vector<int>& listeners) {
     core.handshakeTimeout = s.handshakeTimeout;
     core.proxy = s.proxy;
     core.lingerMilliseconds = s.closeLingerMs;
-    core.proxyRefused = [&shared](const proxy::Peer& peer) {
-        ConnectionLog log(shared.settings.logger, (*shared.settings.nextConnectionId)++, "");
-        log.setPeer(peer);
-        log.peerEvent("proxy-refused", "reason=" + logValue(peer.error));
-    };
     if (s.implicitTls && s.words.clearText) {
         // RFC 8314 3.3: clear text ("EHLO"), or silence past the hint (a plain client waiting for a
         // banner), on the implicit-TLS port gets one line in clear naming what to use instead.
@@ -373,21 +340,12 @@ void EventServer::start(const std::vector<int>& listeners) {
             return reply ? reply->wire : std::string();
         };
     }
-    core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {
-        const Settings& s = shared.settings;
-        ConnectionLimiter::Slot slot = s.limiter->admit(connection.peer().host);
-        if (slot.admitted()) return std::make_unique<SmtpConnection>(shared, std::move(slot), connection);
-        ConnectionLimiter::Verdict verdict = slot.verdict();
-        ConnectionLog log(s.logger, (*s.nextConnectionId)++, "");
-        log.setPeer(connection.peer());
-        if (s.implicitTls && ++shared.refusing > s.maxRefusalHandshakes) {
-            --shared.refusing;
-            log.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict) + " answered=closed");
-            return nullptr;
-        }
-        connection.setDeadline(s.refusalTimeout);
-        return std::make_unique<Refusal>(shared, verdict, std::move(log));
-    };
+    // Admission and refusals (common/net/event_gate.h): the 421 in smtp_guard.cpp's words, RFC 5321 3.8.
+    shared.gate = std::make_unique<net::EventGate>(net::EventGateSettings{
+        s.logger, s.nextConnectionId, s.limiter, s.implicitTls, s.maxRefusalHandshakes, s.refusalTimeout, s.words.refusal, s.words.refusedAs});
+    shared.gate->install(core, [&shared](net::Connection& connection, ConnectionLimiter::Slot slot) {
+        return std::make_unique<SmtpConnection>(shared, std::move(slot), connection);
+    });
     shared.core = std::make_unique<net::EventCore>(core);
     shared.core->start(listeners);
 }
