@@ -324,6 +324,7 @@ def the_event_loop_core_retriever_answers_a_cheap_request_while_workers_read_lar
     before the last of the large ones (each large one was made on the loop, holding every other
     connection and the accepts)."""
     import select
+    lab.require_sqlite("on PostgreSQL every request goes to a worker: nothing heavy runs on the loop")
     with Lab2(lab, dict(EVENTS, **{"retriever.events.workers": 2})) as l2:
         big_message(l2, 3)
         auth = basic("bob@447.edu", l2.bob)
