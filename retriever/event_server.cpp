@@ -2,6 +2,7 @@
 #include "event_server.h"
 
 #include "../common/lab/tls_provenance.h"
+#include "../common/net/event_gate.h"
 #include "../common/net/guarded_connection.h"
 #include "../common/net/log_text.h"
 #include "../common/net/text.h"
@@ -64,25 +65,22 @@ std::string responseHead(const http::ApiResponse& response, bool http10, bool ke
 
 struct EventServer::Shared {
     Settings settings;
+    std::unique_ptr<net::EventGate> gate;  // admission, refusals (503) and the proxy-refused line; outlives the core
     std::unique_ptr<net::WorkerPool> workers;  // logins that wait (a slow hash, a held check), workersOnly requests
     // A logged-in user's work: a heavy resource's rest, the login's provenance record. Apart from
     // the logins' hashes, so a flood of unknown names (a hash each) never stalls students who are in.
     std::unique_ptr<net::WorkerPool> answers;
     std::unique_ptr<net::EventCore> core;
-    std::atomic<int> refusing{0};
     http_parser_settings parserSettings{};
 };
 
 namespace {
 
 // What a protocol of this server logs with: the clear-text check finds the connection's own id here.
-class LoggedProtocol : public net::Protocol {
+class LoggedProtocol : public net::GatedProtocol {
 public:
     explicit LoggedProtocol(ConnectionLog log) : log_(std::move(log)) {}
-    const ConnectionLog& log() const { return log_; }
-    // Clear text on the TLS port: whether this connection answers it (a refused one is just closed,
-    // as the thread core's gate refuses before it looks at the first bytes).
-    virtual bool answersClearText() const { return true; }
+    const ConnectionLog& log() const override { return log_; }
 
 protected:
     ConnectionLog log_;
@@ -504,40 +502,6 @@ private:
     std::shared_ptr<void> hold_;  // the draining answer's place in http.maxResponseBytesInFlight
 };
 
-// Past the connection limits: 503 at once (RFC 9110 15.6.4), over TLS after a handshake, the
-// handshake and the answer within refusalTimeout in all (from the accept), and only
-// maxRefusalHandshakes at a time (past those the connection is just closed).
-class Refusal : public LoggedProtocol {
-public:
-    Refusal(EventServer::Shared& shared, ConnectionLimiter::Verdict verdict, ConnectionLog log)
-        : LoggedProtocol(std::move(log)), shared_(shared), verdict_(verdict),
-          deadline_(net::Clock::now() + shared.settings.refusalTimeout) {}
-    ~Refusal() override {
-        if (shared_.settings.overTls) --shared_.refusing;
-    }
-    bool answersClearText() const override { return false; }
-    void onReady(net::Connection& connection) override {
-        // The handshake's end cleared the deadline: what is left of the same one, not a new one.
-        connection.setDeadline(duration_cast<milliseconds>(std::max(deadline_ - net::Clock::now(), net::Clock::duration(1))));
-        std::string wire = shared_.settings.refusal(verdict_);  // the thread core's words (http_guard)
-        connection.send(std::move(wire));
-        answered_ = true;
-        connection.closeAfterSend();
-    }
-    void onBytes(net::Connection&, const char*, size_t) override {}  // the request is not read
-    void onClosed(net::Connection&, const net::Ending& ending) override {
-        bool answered = answered_ && !(ending.deadline && ending.phase != net::Phase::Open);
-        log_.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict_) +
-                                      " answered=" + (answered ? "503" : "closed"));
-    }
-
-private:
-    EventServer::Shared& shared_;
-    ConnectionLimiter::Verdict verdict_;
-    net::Clock::time_point deadline_;
-    bool answered_ = false;
-};
-
 }  // namespace
 
 EventServer::EventServer(Settings settings) : shared_(std::make_unique<Shared>()) {
@@ -568,15 +532,10 @@ void EventServer::start(const std::vector<int>& listeners) {
     core.tls = s.overTls ? s.tls : nullptr;
     core.handshakeTimeout = s.handshakeTimeout;
     core.proxy = s.proxy;
-    core.proxyRefused = [&shared](const proxy::Peer& peer) {
-        ConnectionLog log(shared.settings.logger, (*shared.settings.nextConnectionId)++, "");
-        log.setPeer(peer);
-        log.peerEvent("proxy-refused", "reason=" + logValue(peer.error));
-    };
     if (s.plainHttpAnswer)
         core.clearText = [&shared](net::Connection& connection, const std::string& seen) {
             // The connection's own log (its one id); a refused one says answered=closed in its refusal line.
-            const auto& protocol = static_cast<const LoggedProtocol&>(*connection.protocol());
+            const net::GatedProtocol& protocol = net::EventGate::protocolOf(connection);
             if (!protocol.answersClearText()) return std::string();
             bool http = classifyFirstBytes(seen) == FirstBytes::HttpRequest;
             std::string first = seen.substr(0, seen.find_first_of("\r\n"));
@@ -584,21 +543,12 @@ void EventServer::start(const std::vector<int>& listeners) {
                                                              " answered=" + (http ? "400" : "closed") + " waited_ms=0");
             return http ? shared.settings.plainHttpAnswer(seen, connection.localPort()) : std::string();
         };
-    core.open = [&shared](net::Connection& connection) -> std::unique_ptr<net::Protocol> {
-        const Settings& s = shared.settings;
-        ConnectionLimiter::Slot slot = s.limiter->admit(connection.peer().host);
-        if (slot.admitted()) return std::make_unique<HttpConnection>(shared, std::move(slot), connection);
-        ConnectionLimiter::Verdict verdict = slot.verdict();
-        ConnectionLog log(s.logger, (*s.nextConnectionId)++, "");
-        log.setPeer(connection.peer());
-        if (s.overTls && ++shared.refusing > s.maxRefusalHandshakes) {
-            --shared.refusing;
-            log.peerEvent("refused", std::string("reason=") + ConnectionLimiter::describe(verdict) + " answered=closed");
-            return nullptr;
-        }
-        connection.setDeadline(s.refusalTimeout);
-        return std::make_unique<Refusal>(shared, verdict, std::move(log));
-    };
+    // Admission and refusals (common/net/event_gate.h): the 503 in http_guard.cpp's words, RFC 9110 15.6.4.
+    shared.gate = std::make_unique<net::EventGate>(net::EventGateSettings{
+        s.logger, s.nextConnectionId, s.limiter, s.overTls, s.maxRefusalHandshakes, s.refusalTimeout, s.refusal, "503"});
+    shared.gate->install(core, [&shared](net::Connection& connection, ConnectionLimiter::Slot slot) {
+        return std::make_unique<HttpConnection>(shared, std::move(slot), connection);
+    });
     shared.core = std::make_unique<net::EventCore>(core);
     shared.core->start(listeners);
 }

@@ -1,7 +1,7 @@
 // The POP3 connections of the retriever (pop3_server.h): the connection gate
 // (common/net/guarded_connection.h) admits them by the retriever's limiter or refuses with -ERR, and
-// completes the TLS handshake under a total deadline; then lines from a LineReader into the
-// pop3::Session, every reply that a read produced sent together (RFC 2449 PIPELINING), an idle
+// completes the TLS handshake under a total deadline; then every read into the pop3::Session
+// (which frames it), every reply that a read produced sent together (RFC 2449 PIPELINING), an idle
 // deadline (RFC 1939 3 autologout), STLS as the sender does STARTTLS. Logged as key=value lines
 // with the connection id, service=pop3.
 #include "pop3_server.h"
@@ -10,7 +10,6 @@
 
 #include "../common/lab/app_support.h"
 #include "../common/lab/tls_provenance.h"
-#include "../common/net/linereader.h"
 #include "../common/net/tls.h"
 
 #include <Poco/Net/NetException.h>
@@ -23,10 +22,6 @@
 #include <ctime>
 
 namespace maillab::pop3 {
-
-// Replies are sent once this many bytes are waiting, even in the middle of pipelined commands:
-// a burst of RETRs holds one message at a time, not all of them.
-constexpr size_t kFlushBytes = 64 * 1024;
 
 struct Service::Shared {
     ServiceContext ctx;
@@ -118,12 +113,12 @@ private:
         env.log = [this](const std::string& line) {
             if (ctx_.verbose || line.rfind("event=state", 0) != 0) log(line);
         };
+        if (ctx_.verbose) env.trace = [this](const std::string& line) { log(line); };
         Session session(*ctx_.auth, *ctx_.store, ctx_.limits, env);
         Output greeting = session.start();
         queue(greeting);
         flush(socket);
 
-        LineReader reader(ctx_.limits.maxLineLength);
         char buffer[16384];
         using Clock = std::chrono::steady_clock;
         auto idle = std::chrono::microseconds(ctx_.idleTimeout.totalMicroseconds());
@@ -159,34 +154,29 @@ private:
                                                        Session::stateName(session.state()) + " deleted=none");
                 return;
             }
-            reader.feed(buffer, static_cast<size_t>(n));
-            LineReader::Event event;
-            while (!closing && reader.next(event)) {
-                Output output;
-                if (event.tooLong) {
-                    if (ctx_.verbose) log("C: <line over the length limit, discarded>");
-                    output = session.onLineTooLong();
-                } else {
-                    if (ctx_.verbose) log("C: " + escapeControl(session.redactForLog(event.line)));
-                    output = session.onLine(event.line);
-                }
+            // The session frames the bytes itself (lines, the length limit, the STLS discard) and
+            // answers every line that arrived (RFC 2449 6.6), a batch of replies at a time: a burst of
+            // RETRs holds one batch in memory, not all of them.
+            Output output = session.onBytes(buffer, static_cast<size_t>(n));
+            for (;;) {
                 queue(output);
-                deadline = Clock::now() + idle;
+                if (output.inputs) deadline = Clock::now() + idle;
                 closing = output.close;
-                if (pending_.size() >= kFlushBytes) flush(socket);
-                if (output.startTls) {
-                    flush(socket);
-                    // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and is
-                    // never executed inside the TLS session.
-                    if (reader.next(event) || reader.hasBufferedBytes()) log("event=stls-discarded-plaintext");
-                    reader = LineReader(ctx_.limits.maxLineLength);
-                    connection.startTls(ctx_.tlsContext);
-                    connection.log.event("tls", "stls=yes " + connection.tls);
-                    provenance_.noteSession(socket, connection.client.address);
-                    session.onTlsStarted();
-                }
+                if (!output.more) break;
+                flush(socket);
+                output = session.onBytes(nullptr, 0);
             }
             flush(socket);
+            if (output.startTls) {
+                // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and was
+                // never executed; the session dropped it.
+                if (output.discardedOctets)
+                    log("event=stls-discarded-plaintext octets=" + std::to_string(output.discardedOctets));
+                connection.startTls(ctx_.tlsContext);
+                connection.log.event("tls", "stls=yes " + connection.tls);
+                provenance_.noteSession(socket, connection.client.address);
+                session.onTlsStarted();
+            }
         }
     }
 

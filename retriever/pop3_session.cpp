@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <optional>
 
 namespace maillab::pop3 {
@@ -126,7 +127,7 @@ const char* Session::stateName(State s) {
 }
 
 Session::Session(Authenticator& auth, Store& store, Limits limits, Env env)
-    : auth_(auth), store_(store), limits_(limits), env_(std::move(env)) {
+    : reader_(limits.maxLineLength), auth_(auth), store_(store), limits_(limits), env_(std::move(env)) {
     if (!env_.log) env_.log = [](const std::string&) {};
 }
 
@@ -175,6 +176,61 @@ std::string Session::redactForLog(const std::string& line) const {
     return line;
 }
 
+namespace {
+void append(Output& into, Output&& from) {
+    for (Reply& r : from.replies) into.replies.push_back(std::move(r));
+    for (auto& hold : from.holds) into.holds.push_back(std::move(hold));
+    into.close = into.close || from.close;
+    into.startTls = into.startTls || from.startTls;
+}
+}  // namespace
+
+Output Session::onBytes(const char* data, size_t size) {
+    // A call that stopped at kBatchBytes left the rest of its bytes: they come first.
+    std::string held;
+    if (!unread_.empty()) {
+        held.swap(unread_);
+        if (size > 0) held.append(data, size);
+        data = held.data();
+        size = held.size();
+    }
+    Output all;
+    size_t replyBytes = 0;
+    const char* end = data + size;
+    while (data < end && state_ != State::Closed && !all.close) {
+        if (awaitingTls_) {
+            // RFC 2595 / CVE-2011-0411: bytes pipelined after STLS arrived in clear; none may run
+            // inside the TLS session that follows.
+            all.discardedOctets += static_cast<size_t>(end - data);
+            break;
+        }
+        if (replyBytes >= kBatchBytes) {
+            unread_.assign(data, static_cast<size_t>(end - data));
+            all.more = true;
+            break;
+        }
+        // One line at a time, so that what follows STLS or a close is never given to the reader.
+        const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+        const char* next = newline ? newline + 1 : end;
+        reader_.feed(data, static_cast<size_t>(next - data));
+        data = next;
+        LineReader::Event event;
+        if (!reader_.next(event)) break;  // no line end yet: the rest waits in the reader
+        ++all.inputs;
+        if (env_.trace)
+            env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")
+                                     : "C: " + escapeControl(redactForLog(event.line)));
+        Output out = event.tooLong ? onLineTooLong() : onLine(event.line);
+        for (const Reply& reply : out.replies) replyBytes += reply.status.size() + 2 + reply.block.size();
+        append(all, std::move(out));
+        if (all.startTls) {
+            awaitingTls_ = true;
+            reader_ = LineReader(limits_.maxLineLength);
+        }
+    }
+    return all;
+}
+
 Output Session::onLine(const std::string& input) {
     if (state_ == State::Closed) return {};
     // A CR left before the line end (a terminal that sends CR CR LF) is not part of the command.
@@ -209,6 +265,8 @@ Output Session::onShutdown() {
 
 void Session::onTlsStarted() {
     env_.tlsActive = true;
+    awaitingTls_ = false;
+    reader_ = LineReader(limits_.maxLineLength);  // nothing read in clear is part of a line in TLS
     pendingUser_.clear();  // RFC 2595 4: nothing learnt before TLS carries over
 }
 

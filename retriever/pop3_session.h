@@ -1,12 +1,14 @@
 // The POP3 session (RFC 1939, RFC 2449 CAPA, RFC 5034 AUTH PLAIN, RFC 2595 STLS, RFC 3206 response
-// codes) as a socket-free state machine: lines in, replies out, like the SMTP session
-// (sender/session.h). pop3_server.cpp feeds it what arrives over TLS; the unit and golden tests and
-// the fuzz target feed it directly. One command table (kCommands in pop3_session.cpp) says what each
+// codes) as a socket-free state machine: bytes in, replies out, like the SMTP session
+// (sender/session.h). It owns its framing (lines with a length limit, the STLS plaintext discard), so
+// pop3_server.cpp, the unit and golden tests and the fuzz target all make one call, onBytes, with
+// what the client sent. One command table (kCommands in pop3_session.cpp) says what each
 // command needs before it may run. Accounts, the guess budget and the mail are the ones the sender
 // and the HTTPS side use (common/lab/auth.h, common/lab/store.h): a user reads only her own maildrop.
 #pragma once
 #include "../common/lab/auth.h"
 #include "../common/lab/store.h"
+#include "../common/net/linereader.h"
 
 #include <cstdint>
 #include <functional>
@@ -51,6 +53,8 @@ struct Env {
     // nullptr when the bytes do not fit now. None: no budget.
     std::function<std::shared_ptr<void>(size_t bytes)> reserve;
     std::function<void(const std::string&)> log;  // key=value event lines (no connection id)
+    // Each client line as "C: ..." (passwords and AUTH hidden), as it is read (--verbose); none: not traced.
+    std::function<void(const std::string&)> trace;
     // The class board's record: a login, a refused login of an existing account, a message read.
     std::function<void(const std::string& account)> onLogin;
     std::function<void(const std::string& account)> onLoginFailed;
@@ -72,6 +76,13 @@ struct Output {
     bool close = false;     // the server closes the connection after sending the replies
     bool startTls = false;  // after sending the replies, the server starts the TLS handshake (STLS)
     std::vector<std::shared_ptr<void>> holds;  // budget places for the replies, until they are sent
+    size_t inputs = 0;  // client lines completed: each restarts the autologout timer (RFC 1939 3)
+    // After STLS: octets that arrived in clear after it in the same bytes, dropped unread (RFC 2595,
+    // CVE-2011-0411: nothing pipelined before the handshake runs inside TLS).
+    size_t discardedOctets = 0;
+    // The replies reached kBatchBytes with lines still unanswered: send these, then call onBytes
+    // again (with no new bytes, or the next ones), so pipelined RETRs hold one batch at a time.
+    bool more = false;
 };
 
 class Session {
@@ -88,18 +99,24 @@ public:
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
+    // Replies past this many octets end an onBytes call early (Output::more).
+    static constexpr size_t kBatchBytes = 64 * 1024;
+
     Output start();  // the +OK greeting
-    // One line without its ending (CRLF or a bare LF: students type into openssl s_client).
-    Output onLine(const std::string& line);
-    Output onLineTooLong();  // the reader discarded a line over maxLineLength
+    // What the client sent, as it arrived (any split): the replies to every line it completes, in
+    // order (RFC 2449 6.6 PIPELINING). Lines end with CRLF or a bare LF (students type into
+    // `openssl s_client`); a line over maxLineLength is refused, not read. Nothing after a close is
+    // read, and nothing after STLS until onTlsStarted (RFC 2595, CVE-2011-0411).
+    Output onBytes(const char* data, size_t size);
+    Output onBytes(const std::string& bytes) { return onBytes(bytes.data(), bytes.size()); }
     Output onTimeout();      // the autologout timer fired (RFC 1939 3): no UPDATE, nothing deleted
     Output onShutdown();     // the server is stopping: nothing deleted
-    void onTlsStarted();     // the STLS handshake completed (RFC 2595 4: forget what came before)
+    void onTlsStarted();     // the STLS handshake completed (RFC 2595 4: forget what came before; read anew)
 
     State state() const { return state_; }
     bool tlsActive() const { return env_.tlsActive; }
     const std::string& user() const { return user_; }
-    // What a log may show of a line before it is given to onLine (passwords and AUTH hidden).
+    // What a log may show of a line before the session reads it (passwords and AUTH hidden).
     std::string redactForLog(const std::string& line) const;
 
     static const char* stateName(State s);
@@ -115,6 +132,9 @@ private:
         bool deleted = false;
     };
 
+    // One line without its ending; the reader's report of a line over maxLineLength.
+    Output onLine(const std::string& line);
+    Output onLineTooLong();
     Output dispatch(const std::string& line);
     void enterState(State next);
     Output ok(const std::string& text, std::string block = std::string());
@@ -147,6 +167,10 @@ private:
     Output cmdDele(const std::vector<std::string>&, const std::string&);
     Output cmdRset(const std::vector<std::string>&, const std::string&);
     Output cmdNoop(const std::vector<std::string>&, const std::string&);
+
+    LineReader reader_;
+    bool awaitingTls_ = false;  // STLS answered +OK: until the handshake, bytes are discarded
+    std::string unread_;        // bytes left when a call stopped at kBatchBytes, read first next time
 
     Authenticator& auth_;
     Store& store_;

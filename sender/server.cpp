@@ -1,7 +1,9 @@
 // senderserver: the lab's SMTP submission server over implicit TLS 1.3 (RFC 8314). A Poco
 // ServerApplication; each connection runs SmtpConnection::run() on a pool thread: the connection gate
 // (common/net/guarded_connection.h) admits it and completes TLS, then it drives a socket-free
-// smtp::Session (session.h).
+// smtp::Session (session.h). With sender.core = events the same sessions run on the event-loop core
+// instead (event_server.h).
+#include "event_server.h"
 #include "session.h"
 #include "smtp_guard.h"
 
@@ -231,6 +233,64 @@ private:
     SenderContext& ctx_;
 };
 
+// sender.core = events: the listeners on the event-loop core (event_server.h), with the same sessions,
+// limits, deadlines and words as the thread core.
+std::unique_ptr<sender_events::EventServer> startEventServer(SenderContext& ctx, const GateSettings& gate,
+                                                             const Poco::Util::AbstractConfiguration& cfg, Poco::Logger& logger,
+                                                             bool remoteStore,
+                                                             const std::vector<std::unique_ptr<Poco::Net::ServerSocket>>& listeners) {
+    using std::chrono::milliseconds;
+    auto ms = [](const Poco::Timespan& t) { return milliseconds(t.totalMilliseconds()); };
+    sender_events::Settings s;
+    s.auth = ctx.auth.get();
+    s.store = ctx.store.get();
+    s.limits = ctx.limits;
+    s.env.tlsMode = ctx.tlsMode;
+    s.env.allowPlaintextAuth = ctx.allowPlaintextAuth;
+    s.env.hostname = ctx.hostname;
+    s.env.dataBudget = ctx.dataBudget.get();
+    s.env.rates = ctx.rates.get();
+    std::string storeDirectory = ctx.storeDirectory;
+    s.env.freeDiskBytes = [storeDirectory] { return freeBytesAt(storeDirectory); };
+    if (ActivityRecorder* recorder = ctx.classRecord.activity.get()) {
+        s.onLogin = [recorder](const std::string& account) { recorder->note(account, activity::kLogin, std::time(nullptr)); };
+        s.env.onLoginFailed = [recorder](const std::string& account) {
+            recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+        };
+        LabTokens* tokens = ctx.classRecord.tokens.get();
+        s.env.onQueued = [recorder, tokens](const std::string& account, const std::string& subject) {
+            int64_t now = std::time(nullptr);
+            recorder->note(account, activity::kSent, now);
+            if (tokens && tokens->isLabMessage(account, subject)) recorder->note(account, activity::kLabMessage, now);
+        };
+    }
+    s.provenance = ctx.classRecord.provenance;
+    s.logger = &logger;
+    s.verbose = ctx.verbose;
+    s.implicitTls = ctx.tlsMode == smtp::TlsMode::Implicit;
+    s.tls = ctx.tlsMode == smtp::TlsMode::Off ? nullptr : ctx.tlsContext->sslContext();
+    s.limiter = ctx.limiter.get();
+    s.nextConnectionId = &ctx.nextId;
+    s.words = smtp::guardedProtocol(ctx.hostname, cfg.getInt("sender.timeout.plaintextHintMs"));
+    s.handshakeTimeout = ms(gate.handshakeTimeout);
+    s.refusalTimeout = ms(gate.refusalTimeout);
+    s.commandTimeout = ms(ctx.commandTimeout);
+    s.dataTimeout = ms(ctx.dataTimeout);
+    s.dataTotalTimeout = ms(ctx.dataTotalTimeout);
+    s.sendTimeout = ms(gate.sendTimeout);
+    s.closeLingerMs = gate.closeLingerMs;
+    s.maxRefusalHandshakes = gate.maxRefusalHandshakes;
+    s.proxy = gate.proxy;
+    s.threads = cfg.getInt("sender.events.threads");
+    s.workers = cfg.getInt("sender.events.workers");
+    s.everyInputOnWorkers = remoteStore;
+    std::vector<int> fds;
+    for (const auto& listener : listeners) fds.push_back(static_cast<int>(listener->impl()->sockfd()));
+    auto server = std::make_unique<sender_events::EventServer>(std::move(s));
+    server->start(fds);
+    return server;
+}
+
 class SenderServer : public LabServer {
 public:
     SenderServer()
@@ -320,6 +380,11 @@ protected:
             logger.error("event=startup-failed reason=" + logValue(std::string("TLS set-up: ") + e.what()));
             return EXIT_CONFIG;
         }
+        std::string core = cfg.getString("sender.core");
+        if (core != "threads" && core != "events") {
+            logger.error("event=startup-failed reason=\"sender.core must be threads or events\"");
+            return EXIT_CONFIG;
+        }
         ctx.gate = std::make_unique<ConnectionGate>(
             gate, smtp::guardedProtocol(ctx.hostname, cfg.getInt("sender.timeout.plaintextHintMs")),
             ctx.tlsMode == smtp::TlsMode::Implicit, *ctx.limiter, ctx.watchdog, logger, ctx.nextId);
@@ -338,9 +403,13 @@ protected:
         // than queued behind it.
         int threads = ctx.maxConnections + gate.maxRefusalHandshakes + 8;
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
+        std::unique_ptr<sender_events::EventServer> events;
+        if (core == "events")
+            events = startEventServer(ctx, gate, cfg, logger, storeOptions.url.rfind("postgresql:", 0) == 0, listeners);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
         for (auto& listener : listeners) {
+            if (events) break;
             Poco::Net::TCPServerParams::Ptr params = new Poco::Net::TCPServerParams;
             params->setMaxThreads(threads);
             params->setMaxQueued(cfg.getInt("sender.listenBacklog"));
@@ -351,11 +420,19 @@ protected:
         int port = listeners.front()->address().port();
         logger.information("event=listening address=" + describeListeners(listeners) + " domain=" +
                            policy.labDomain + " db=" + logValue(describeStoreUrl(storeOptions.url)) + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
-                           std::to_string(ctx.maxConnections) + " open-files=" + std::to_string(files));
+                           std::to_string(ctx.maxConnections) + " core=" + core +
+                           (events ? " loops=" + std::to_string(events->threads()) : "") + " open-files=" + std::to_string(files));
         // The ready line: tests and scripts wait for it instead of sleeping.
         std::cout << "ready port=" << port << std::endl;
 
         waitForTerminationRequest();
+        if (events) {
+            logger.information("event=stopping active=" + std::to_string(events->sessions()));
+            // Every session answers 421 and closes (RFC 5321 3.8); a message being stored gets its 250 first.
+            events->stop(std::chrono::seconds(cfg.getInt("sender.shutdownGraceSeconds")));
+            logger.information("event=stopped");
+            return EXIT_OK;
+        }
         logger.information("event=stopping active=" + std::to_string(ctx.active.load()));
         // Every waiting session answers 421 and closes (RFC 5321 3.8) instead of vanishing.
         if (::write(ctx.stopPipe[1], "x", 1) != 1) logger.warning("event=warning note=\"cannot signal the sessions\"");

@@ -108,6 +108,9 @@ struct Output {
     bool close = false;     // the server closes the connection after sending the replies
     bool startTls = false;  // after sending the replies, the server starts the TLS handshake
     size_t inputs = 0;      // client lines and BDAT chunks completed: each restarts the command clock
+    // With Session::setDeferSlowWork: an input that may block (a password check, storing a message)
+    // is waiting, with every byte after it, for resumeDeferred(); the replies are those before it.
+    bool deferred = false;
 };
 
 class Session {
@@ -137,6 +140,14 @@ public:
     // close is read, and nothing after STARTTLS until onTlsStarted (RFC 3207 5, CVE-2011-0411).
     Output onBytes(const char* data, size_t size);
     Output onBytes(const std::string& bytes) { return onBytes(bytes.data(), bytes.size()); }
+    // The event core (event_server.cpp): its loop must not block, so with this on onBytes stops before
+    // an input that may (an AUTH password check or registration: scrypt; the end of DATA or BDAT LAST:
+    // Store::deliver waits for the group commit's fsync) and says Output::deferred. resumeDeferred()
+    // then runs that input and the bytes after it, blocking as it must: on a worker thread, while the
+    // server reads nothing more for this session.
+    void setDeferSlowWork(bool on) { deferSlowWork_ = on; }
+    Output resumeDeferred();
+    bool hasDeferred() const { return deferredLine_.has_value() || !deferredBytes_.empty(); }
     Output onTimeout();                          // the idle timer fired
     Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
     // The STARTTLS handshake completed: RFC 3207 4.2 says forget everything learnt before it.
@@ -208,6 +219,14 @@ private:
 
     LineReader reader_;
     bool awaitingTls_ = false;  // STARTTLS answered 220: until the handshake, bytes are discarded
+
+    // onBytes' framing; `mayBlock` false: stop before a slow input (setDeferSlowWork).
+    Output frame(const char* data, size_t size, bool mayBlock);
+    void takeLine(LineReader::Event& event, Output& all);
+    bool mayBlockOn(const LineReader::Event& event) const;
+    bool deferSlowWork_ = false;
+    std::optional<LineReader::Event> deferredLine_;  // framed, not yet run
+    std::string deferredBytes_;                      // not yet framed
 
     Authenticator& auth_;
     Store& store_;

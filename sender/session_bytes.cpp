@@ -4,6 +4,7 @@
 #include "session.h"
 
 #include "../common/net/log_text.h"
+#include "../common/net/text.h"
 
 #include <algorithm>
 #include <cctype>
@@ -16,6 +17,8 @@ void append(Output& into, Output&& from) {
     for (Reply& r : from.replies) into.replies.push_back(std::move(r));
     into.close = into.close || from.close;
     into.startTls = into.startTls || from.startTls;
+    into.inputs += from.inputs;
+    into.deferred = into.deferred || from.deferred;
 }
 
 // RFC 5322 2.3: CR and LF appear in a message only together. BDAT's octets are not lines, so a bare
@@ -48,6 +51,62 @@ void normalizeLineEnds(std::string& message) {
 }  // namespace
 
 Output Session::onBytes(const char* data, size_t size) {
+    if (hasDeferred()) {  // a caller that did not wait for resumeDeferred(): kept in order behind it
+        deferredBytes_.append(data, size);
+        Output waiting;
+        waiting.deferred = true;
+        return waiting;
+    }
+    return frame(data, size, !deferSlowWork_);
+}
+
+Output Session::resumeDeferred() {
+    Output all;
+    if (deferredLine_) {
+        LineReader::Event event = std::move(*deferredLine_);
+        deferredLine_.reset();
+        takeLine(event, all);
+    }
+    std::string rest = std::move(deferredBytes_);
+    deferredBytes_.clear();
+    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), true));
+    return all;
+}
+
+// Would this input block (a password check, storing a message)? Decided before it runs, from the
+// state and the line alone; a false yes only costs a trip to a worker.
+bool Session::mayBlockOn(const LineReader::Event& event) const {
+    if (event.tooLong) return false;
+    switch (state_) {
+        case State::AuthPlain:
+        case State::AuthLoginPassword: return true;
+        case State::AuthLoginUser: return false;
+        case State::Data: return event.line == ".";
+        case State::Closed: return false;
+        default: break;
+    }
+    Command command = parseCommand(event.line);
+    if (command.verb == "AUTH") return command.argument.find(' ') != std::string::npos;  // an initial response
+    if (command.verb == "BDAT") {
+        std::string upper = text::upperCase(command.argument);
+        return upper.size() >= 4 && upper.compare(upper.size() - 4, 4, "LAST") == 0;
+    }
+    return false;
+}
+
+void Session::takeLine(LineReader::Event& event, Output& all) {
+    ++all.inputs;
+    if (env_.trace)
+        env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")
+                                 : "C: " + escapeControl(redactForLog(event.line)));
+    append(all, event.tooLong ? onLineTooLong() : onLine(event.line, event.bareLf));
+    if (all.startTls) {
+        awaitingTls_ = true;
+        reader_ = LineReader(limits_.maxLineLength);
+    }
+}
+
+Output Session::frame(const char* data, size_t size, bool mayBlock) {
     Output all;
     const char* end = data + size;
     while (data < end && state_ != State::Closed && !all.close) {
@@ -59,6 +118,11 @@ Output Session::onBytes(const char* data, size_t size) {
         }
         if (state_ == State::Bdat) {
             size_t n = std::min(chunkLeft_, static_cast<size_t>(end - data));
+            if (!mayBlock && n == chunkLeft_ && chunkLast_ && !chunkRefusal_) {  // this read ends the message
+                deferredBytes_.assign(data, end);
+                all.deferred = true;
+                break;
+            }
             takeChunkOctets(data, n);
             data += n;
             if (chunkLeft_ > 0) break;
@@ -75,15 +139,13 @@ Output Session::onBytes(const char* data, size_t size) {
         data = next;
         LineReader::Event event;
         if (!reader_.next(event)) break;  // no line end yet: the rest waits in the reader
-        ++all.inputs;
-        if (env_.trace)
-            env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")
-                                     : "C: " + escapeControl(redactForLog(event.line)));
-        append(all, event.tooLong ? onLineTooLong() : onLine(event.line, event.bareLf));
-        if (all.startTls) {
-            awaitingTls_ = true;
-            reader_ = LineReader(limits_.maxLineLength);
+        if (!mayBlock && mayBlockOn(event)) {
+            deferredLine_ = std::move(event);
+            deferredBytes_.assign(data, end);
+            all.deferred = true;
+            break;
         }
+        takeLine(event, all);
     }
     return all;
 }

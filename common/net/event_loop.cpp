@@ -239,7 +239,8 @@ void Connection::proxyFailed(const std::string& error) {
 // After the PROXY header (or at once): the server's protocol, then TLS or the clear-text check.
 void Connection::startTls() {
     const CoreSettings& settings = loop_.settings();
-    setDeadline(settings.handshakeTimeout);
+    acceptedAt_ = Clock::now();
+    loop_.arm(*this, acceptedAt_ + settings.handshakeTimeout);
     protocol_ = settings.open ? settings.open(*this) : nullptr;
     if (!protocol_) return close("refused");
     if (state_ == State::Closed) return;
@@ -252,6 +253,11 @@ void Connection::startTls() {
         return;
     }
     state_ = settings.clearText ? State::ClearTextCheck : State::Handshake;
+    if (state_ == State::ClearTextCheck && settings.silenceHint.count() > 0 && settings.silenceHint < settings.handshakeTimeout &&
+        armed_ && timer_->first == acceptedAt_ + settings.handshakeTimeout) {
+        loop_.arm(*this, acceptedAt_ + settings.silenceHint);  // the factory left the handshake's deadline: hint first
+        silenceHintArmed_ = true;
+    }
     ssl_ = SSL_new(settings.tls);
     if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
     SSL_set_accept_state(ssl_);
@@ -270,6 +276,10 @@ void Connection::checkClearText() {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
         if (n <= 0) return finish(Ending{Phase::ClearTextCheck, n == 0 ? "" : std::strerror(errno), false, n == 0});
         if (static_cast<unsigned char>(buf[0]) == 0x16) {
+            if (silenceHintArmed_) {
+                silenceHintArmed_ = false;
+                loop_.arm(*this, acceptedAt_ + loop_.settings().handshakeTimeout);
+            }
             state_ = State::Handshake;
             return handshake();
         }
@@ -291,6 +301,42 @@ void Connection::checkClearText() {
     outSent_ = 0;
     closeWhenSent_ = true;
     flush();
+}
+
+// CoreSettings::silenceHint passed in the clear-text check: a client that has sent nothing is answered
+// in clear (a plain SMTP client waiting for a banner); one whose bytes just came is looked at as usual.
+void Connection::silenceHintPassed() {
+    silenceHintArmed_ = false;
+    loop_.arm(*this, acceptedAt_ + loop_.settings().handshakeTimeout);
+    char first;
+    if (!firstBytes_.empty() || ::recv(fd_, &first, 1, MSG_PEEK | MSG_DONTWAIT) > 0) return checkClearText();
+    std::string answer = loop_.settings().clearText(*this, firstBytes_);
+    if (state_ != State::ClearTextCheck) return;
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+    state_ = State::Lingering;  // what the client sends now is read and dropped
+    out_ = answer;
+    outSent_ = 0;
+    closeWhenSent_ = true;
+    flush();
+}
+
+void Connection::startTlsAfterSend(SSL_CTX* context) {
+    if (state_ != State::Open || ssl_ || closeWhenSent_) return;
+    tlsAfterSend_ = context;
+    if (bytesQueued() == 0) flush();
+}
+
+// STARTTLS: the same set-up as an implicit-TLS accept, on the open clear connection.
+void Connection::beginTls(SSL_CTX* context) {
+    state_ = State::Handshake;
+    setDeadline(loop_.settings().handshakeTimeout);
+    ssl_ = SSL_new(context);
+    if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
+    SSL_set_accept_state(ssl_);
+    SSL_set_read_ahead(ssl_, 1);
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    handshake();
 }
 
 void Connection::handshake() {
@@ -399,6 +445,11 @@ void Connection::flush() {
         if (protocol_ && state_ == State::Open) protocol_->onWritten(*this, true);
         // The protocol may have sent its next answer meanwhile: a close then waits for that one too.
         if (state_ == State::Closed || bytesQueued() > 0) return;
+    }
+    if (tlsAfterSend_ && state_ == State::Open && !closeWhenSent_) {
+        SSL_CTX* context = tlsAfterSend_;
+        tlsAfterSend_ = nullptr;
+        return beginTls(context);
     }
     if (closeWhenSent_ && !shutDown_ && state_ != State::Closed) {
         shutDown_ = true;
@@ -523,6 +574,8 @@ void EventLoop::expireTimers() {
                 connection.proxyFailed("no complete PROXY header within " + std::to_string(settings_.proxy.timeoutMs) + " ms");
             } else if (connection.state_ == Connection::State::Open) {
                 connection.protocol_->onDeadline(connection);
+            } else if (connection.state_ == Connection::State::ClearTextCheck && connection.silenceHintArmed_) {
+                connection.silenceHintPassed();
             } else {
                 connection.close("deadline");
             }

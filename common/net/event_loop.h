@@ -46,7 +46,8 @@ struct Ending {
 class Protocol {
 public:
     virtual ~Protocol() = default;
-    // The TLS handshake is done (at once without TLS): the connection may speak first.
+    // The TLS handshake is done (at once without TLS): the connection may speak first. Called again
+    // when a handshake begun by Connection::startTlsAfterSend (STARTTLS) completes.
     virtual void onReady(Connection&) {}
     // Decrypted bytes from the client, in order.
     virtual void onBytes(Connection& connection, const char* data, size_t size) = 0;
@@ -72,6 +73,9 @@ struct CoreSettings {
     // With TLS, when set: the client's first bytes were not a TLS record. `seen` holds them; the
     // answer (possibly "") is sent in clear and the connection closed (RFC 8446 5.1: records start 0x16).
     std::function<std::string(Connection&, const std::string& seen)> clearText;
+    // With clearText: a client silent this long after the accept gets clearText(connection, "") (a plain
+    // SMTP client waits for a banner). 0, or at or above handshakeTimeout: silence meets that deadline.
+    std::chrono::milliseconds silenceHint{0};
 };
 
 // One client connection, owned by its loop.
@@ -104,6 +108,9 @@ public:
     void pauseReading();
     void resumeReading();
     size_t bytesQueued() const { return out_.size() - outSent_; }
+    // STARTTLS (RFC 3207) on a clear connection: once what is queued is sent, a server TLS handshake on
+    // this socket within the core's handshakeTimeout; Protocol::onReady runs again when it completes.
+    void startTlsAfterSend(SSL_CTX* context);
 
 private:
     friend class EventLoop;
@@ -141,6 +148,11 @@ private:
     bool deadlinePassed_ = false;
     bool armed_ = false;
     std::multimap<Clock::time_point, uint64_t>::iterator timer_;
+    SSL_CTX* tlsAfterSend_ = nullptr;  // startTlsAfterSend: the handshake begins once out_ is sent
+    bool silenceHintArmed_ = false;    // the deadline is CoreSettings::silenceHint, not the handshake's
+    Clock::time_point acceptedAt_;
+    void beginTls(SSL_CTX* context);
+    void silenceHintPassed();
 };
 
 // One thread's loop. Built and run by EventCore.

@@ -95,6 +95,10 @@ class Server:
         core = os.environ.get("MAILLAB_RETRIEVER_CORE")
         if program == "retrieverserver" and core and "retriever.core" not in settings:
             settings["retriever.core"] = core
+        # MAILLAB_SENDER_CORE the same for every sender (sender.core in senderserver.properties).
+        sender_core = os.environ.get("MAILLAB_SENDER_CORE")
+        if program == "senderserver" and sender_core and "sender.core" not in settings:
+            settings["sender.core"] = sender_core
         if settings:
             config = lab.path(program + ".properties")
             with open(config, "w") as f:

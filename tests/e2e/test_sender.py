@@ -376,6 +376,110 @@ def too_many_connections_get_421(lab):
 
 
 @test
+def the_event_core_holds_idle_sessions_without_a_thread_each(lab):
+    """sender.core = events: 50 TLS sessions, greeted and then idle, add no thread to the server (on the
+    thread core each holds one); a session pipelining AUTH, the envelope, and then its message with QUIT
+    gets every reply in order (the password check and the delivery run on the workers, the bytes after
+    them wait); and when the server stops, every idle session is told 421 (RFC 5321 3.8)."""
+    with Server(lab, "senderserver", {"sender.core": "events"}) as server:
+        assert "core=events" in server.log_text()
+        ana = register(lab, server.port, "ana")  # the loops, the workers and the store have all run
+        register(lab, server.port, "bob")
+
+        def threads():
+            return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+        before = threads()
+        idle = [Conversation(lab, server.port) for _ in range(50)]
+        assert all(c.banner[0].startswith("220") for c in idle)
+        assert threads() == before, (before, threads())
+
+        c = Conversation(lab, server.port)
+        c.send(f"EHLO x\r\nAUTH PLAIN {plain('ana@447.edu', ana)}\r\nMAIL FROM:<ana@447.edu>\r\n"
+               "RCPT TO:<bob@447.edu>\r\nDATA\r\n")
+        replies = [c.reply()[-1] for _ in range(5)]
+        assert [r[:3] for r in replies] == ["250", "235", "250", "250", "354"], replies
+        c.send("Subject: pipelined\r\n\r\nhello\r\n.\r\nNOOP\r\nQUIT\r\n")
+        replies = [c.reply()[-1] for _ in range(3)]
+        assert [r[:3] for r in replies] == ["250", "250", "221"], replies
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["pipelined"]
+        assert threads() == before, (before, threads())
+        server.stop()
+        assert all(c.reply()[-1].startswith("421 4.3.2") for c in idle)
+        for c in idle:
+            c.close()
+        log = server.log_after_stop()
+        assert log.count("event=shutdown state=fresh") == 50, log[-3000:]
+
+
+@test
+def a_proxy_header_names_the_client_on_both_cores(lab):
+    """proxy.trustedAddresses: a PROXY v1 header from the trusted balancer names the client in the log
+    lines, on either core; a trusted peer that sends no header in time is closed and logged."""
+    for core in ("threads", "events"):
+        settings = {"sender.core": core, "proxy.trustedAddresses": "127.0.0.1", "proxy.headerTimeoutMs": 500}
+        with Server(lab, "senderserver", settings) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 465\r\n")
+            sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            assert sock.recv(4096).startswith(b"220 "), core
+            sock.sendall(b"QUIT\r\n")
+            assert sock.recv(4096).startswith(b"221 "), core
+            sock.close()
+            silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            try:
+                assert silent.recv(100) == b"", core  # closed once headerTimeoutMs has passed
+            except ConnectionResetError:
+                pass
+            silent.close()
+            log = server.log_after_stop()
+            assert "event=connect peer=192.0.2.7:5555 via=127.0.0.1:" in log, (core, log)
+            assert "event=proxy-refused peer=127.0.0.1:" in log, (core, log)
+
+
+@test
+def a_client_that_never_reads_its_replies_is_not_read_either(lab):
+    """A client pipelining NOOPs without reading a reply cannot make the server queue replies without
+    end: once they back up, the server stops reading from it (the thread core's send blocks; the event
+    core pauses reading past 64 KiB queued), so it sits idle while the client's send stalls, instead of
+    reading all of it. Others are served meanwhile."""
+    import time
+
+    def cpu_ticks(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    for core in ("threads", "events"):
+        with Server(lab, "senderserver", {"sender.core": core}) as server:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", server.port))
+            sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            flood = b"NOOP\r\n" * (12 * 1024 * 1024 // 6)  # ~30 MB of replies if all were read
+
+            def send():
+                try:
+                    sock.sendall(flood)
+                except OSError:
+                    pass
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            deadline, idle = time.monotonic() + 60, False
+            while time.monotonic() < deadline and sender.is_alive() and not idle:
+                before = cpu_ticks(server.proc.pid)
+                time.sleep(1)
+                idle = sender.is_alive() and cpu_ticks(server.proc.pid) - before <= 2
+            assert idle, f"{core}: the server read every NOOP and queued the replies"
+            other = Conversation(lab, server.port)
+            assert other.cmd("NOOP").startswith("250"), core
+            other.close()
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: ends the blocked send
+            sender.join(10)
+            sock.close()
+
+
+@test
 def a_250_survives_kill_9(lab):
     server = Server(lab, "senderserver")
     ana = register(lab, server.port, "ana")
@@ -468,6 +572,30 @@ def starttls_mode_upgrades_and_forgets_the_plaintext_part(lab):
         assert "event=starttls-discarded-plaintext" in server.log_text()
         assert curl_sends(lab, server, f"smtp://localhost:{server.port}", ana, "ana@447.edu",
                           "Subject: via STARTTLS\r\n\r\nhi\r\n", "--ssl-reqd") == ["via STARTTLS"]
+
+
+@test
+def a_starttls_handshake_that_never_comes_ends_at_the_handshake_deadline(lab):
+    """--tls=starttls: after the 220 to STARTTLS (RFC 3207 4) a client that starts no handshake is
+    closed once sender.timeout.handshake has passed, and logged handshake-timeout, on either core; the
+    plain SMTP pipelined after STARTTLS is never answered (RFC 3207 5)."""
+    import time
+    for core in ("threads", "events"):
+        with Server(lab, "senderserver", {"sender.core": core, "sender.timeout.handshake": 1},
+                    args=["--tls=starttls"]) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220 "), core
+            raw.sendall(b"EHLO x\r\nSTARTTLS\r\nNOOP\r\n")
+            lines = [f.readline()]
+            while not lines[-1].startswith(b"220 "):
+                lines.append(f.readline())
+            started = time.monotonic()
+            assert f.read() == b"", core  # no reply to NOOP: the TLS handshake's turn, then the close
+            assert 0.5 < time.monotonic() - started < 5, core
+            raw.close()
+            assert "event=disconnect peer=127.0.0.1:" in server.log_after_stop() and \
+                "reason=handshake-timeout" in server.log_text(), core
 
 
 @test

@@ -1,13 +1,14 @@
-// libFuzzer target: bytes from a client, split by the server's own LineReader, drive a whole POP3
-// session (socket-free, retriever/pop3_session.h) over a real SQLite store holding a few messages,
-// half the runs on the plaintext port with STLS. Finds crashes, sanitizer reports and broken
-// invariants: every reply starts "+OK", "-ERR" or "+ ", ends in CRLF, and a multi-line block ends
-// with ".\r\n"; nothing follows a close.
+// libFuzzer target: bytes from a client, in pieces the input chooses, given to the session's one entry,
+// onBytes (the session frames them, as for the server), drive a whole POP3 session (socket-free,
+// retriever/pop3_session.h) over a real SQLite store holding a few messages, half the runs on the
+// plaintext port with STLS. Finds crashes, sanitizer reports and broken invariants: every reply
+// starts "+OK", "-ERR" or "+ ", ends in CRLF, and a multi-line block ends with ".\r\n"; nothing
+// follows a close; after STLS the rest of those bytes is discarded, not answered.
 #include "fuzz_world.h"
 
-#include "../../common/net/linereader.h"
 #include "../../retriever/pop3_session.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -47,16 +48,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     env.locks = &locks;
     pop3::Session session(*world.auth, *world.store, limits, env);
     session.start();
-    LineReader reader(limits.maxLineLength);
-    reader.feed(reinterpret_cast<const char*>(data), size);
-    LineReader::Event event;
-    while (reader.next(event)) {
-        pop3::Output out = event.tooLong ? session.onLineTooLong() : session.onLine(event.line);
-        for (const auto& reply : out.replies)
-            if (!wellFormed(reply)) std::abort();
+    // The first byte (still part of the input) also says how it arrives: in reads of 1 to 16
+    // octets, or all at once, so framing across reads is fuzzed too.
+    size_t piece = size > 0 ? (data[0] >> 1) % 17 : 0;
+    const char* bytes = reinterpret_cast<const char*>(data);
+    for (size_t from = 0; from < size;) {
+        size_t count = piece == 0 ? size - from : std::min(piece, size - from);
+        pop3::Output out = session.onBytes(bytes + from, count);
+        from += count;
+        for (;;) {
+            for (const auto& reply : out.replies)
+                if (!wellFormed(reply)) std::abort();
+            if (out.discardedOctets && !out.startTls) std::abort();  // only STLS drops what follows it
+            if (!out.more) break;
+            out = session.onBytes(nullptr, 0);
+        }
         if (out.startTls) session.onTlsStarted();
         if (out.close) {
-            if (!session.onLine("NOOP").replies.empty()) std::abort();  // nothing is read after a close
+            if (!session.onBytes("NOOP\r\n").replies.empty()) std::abort();  // nothing is read after a close
             break;
         }
     }

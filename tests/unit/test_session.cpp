@@ -712,3 +712,51 @@ TEST_CASE("after STARTTLS the session discards what was pipelined in clear (RFC 
     CHECK(h.say("MAIL FROM:<ana@447.edu>") == "503 5.5.1 Bad sequence of commands: need EHLO or HELO first");
     CHECK_FALSE(h.session->authenticated());
 }
+
+// The event core's split (sender/event_server.cpp): with setDeferSlowWork the loop's onBytes stops
+// before each input that blocks, and resumeDeferred (a worker's) runs it and what followed. The replies
+// must be the very bytes of one uninterrupted onBytes per read, and nothing slow may run before the resume.
+TEST_CASE("deferred slow inputs give the same replies, and run only when resumed", "[session][events]") {
+    using maillab::testing::Harness;
+    const std::vector<std::string> reads = {
+        "EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nMAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n",
+        "Subject: one\r\n\r\nbody\r\n.",
+        "\r\nMAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 22\r\nSubject: two\r\n\r\nbody\r\nBDAT 0 LAST\r\n",
+        "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 24 LAST\r\nSubject: three\r\n\r\nbo",
+        "dy\r\nNOOP\r\nQUIT\r\n",
+    };
+    Harness plain, split;
+    split.session->setDeferSlowWork(true);
+    std::string plainWire, splitWire;
+    auto wire = [](const maillab::smtp::Output& out) {
+        std::string bytes;
+        for (const auto& reply : out.replies) bytes += reply.wire();
+        return bytes;
+    };
+    int deferrals = 0;
+    for (const std::string& bytes : reads) {
+        plainWire += wire(plain.session->onBytes(bytes));
+        size_t storedBefore = split.lab.store->listMessages("bob@447.edu", 0, 10).size();
+        bool loggedInBefore = split.session->authenticated();
+        maillab::smtp::Output out = split.session->onBytes(bytes);
+        splitWire += wire(out);
+        while (out.deferred) {
+            ++deferrals;
+            // Nothing slow has run on the "loop": no login, no message stored.
+            CHECK(split.session->authenticated() == loggedInBefore);
+            CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == storedBefore);
+            CHECK(split.session->hasDeferred());
+            out = split.session->resumeDeferred();
+            splitWire += wire(out);
+            storedBefore = split.lab.store->listMessages("bob@447.edu", 0, 10).size();
+            loggedInBefore = split.session->authenticated();
+        }
+        CHECK_FALSE(split.session->hasDeferred());
+    }
+    // AUTH; the "." of DATA, its CRLF in the next read (the BDAT 0 LAST behind it runs in the same
+    // resume); BDAT 24 LAST; the read that completes its chunk.
+    CHECK(deferrals == 4);
+    CHECK(splitWire == plainWire);
+    CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == 3);
+    CHECK(plainWire.find("221 ") != std::string::npos);
+}
