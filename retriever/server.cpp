@@ -32,6 +32,7 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -245,6 +246,9 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     s.proxy = gate.proxy;
     s.threads = cfg.getInt("retriever.events.threads");
     s.workers = cfg.getInt("retriever.events.workers");
+    // 0: automatic. With every request on a worker (a remote store), as many as the store has
+    // connections (store.maxConnections): the thread core runs that many queries at once too.
+    if (s.workers <= 0) s.workers = remoteStore ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
     s.plainHttpAnswer = &http::plainHttpAnswer;
     s.refusal = http::guardedProtocol().refusal;
     s.maxQueuedRequests = static_cast<size_t>(cfg.getInt64("retriever.events.maxQueuedRequests"));
@@ -466,7 +470,7 @@ protected:
 
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
                            " tls=" + mode + " core=" + core +
-                           (events ? " loops=" + std::to_string(events->threads()) : "") + " open-files=" + std::to_string(files) +
+                           (events ? " loops=" + std::to_string(events->threads()) + " workers=" + std::to_string(events->workers()) : "") + " open-files=" + std::to_string(files) +
                            (pop3Listeners.empty() ? "" : " pop3=" + logValue(describeListeners(pop3Listeners))) +
                            (pop3PlainListeners.empty() ? "" : " pop3-plain=" + logValue(describeListeners(pop3PlainListeners))));
         // The ready line: "ready port=N" first (scripts read that far), then the POP3 ports served.
