@@ -70,6 +70,9 @@ struct EventServer::Shared {
     // A logged-in user's work: a heavy resource's rest, the login's provenance record. Apart from
     // the logins' hashes, so a flood of unknown names (a hash each) never stalls students who are in.
     std::unique_ptr<net::WorkerPool> answers;
+    // The first answer of each TLS session on a class server waits for its provenance record (a short
+    // store write): a lane of its own, ahead of no heavy answer and no hash.
+    std::unique_ptr<net::WorkerPool> records;
     std::unique_ptr<net::EventCore> core;
     http_parser_settings parserSettings{};
 };
@@ -365,7 +368,7 @@ private:
         // Recording the login's TLS session is a store write: on a worker, before the answer leaves.
         if (provenance_->wouldRecord(result.user)) {
             auto answered = std::make_shared<http::ApiResponse>(std::move(result));
-            return toWorker(connection, *shared_.answers, [answered] { return std::move(*answered); }, Late::Never, "", answered);
+            return toWorker(connection, *shared_.records, [answered] { return std::move(*answered); }, Late::Never, "", answered);
         }
         respond(connection, std::move(result));
     }
@@ -420,10 +423,12 @@ private:
             late == Late::Never ? std::function<void()>()
                                 : std::function<void()>([done, answer = lateAnswer(late, triedUser)] { done(answer); }));
         if (queued) return;
-        busy_ = false;
+        // A full queue: answered as a worker's answer is, through the loop's posts (still busy, reading
+        // paused). Answering here would resume reading inside the parse that dispatched this request:
+        // the same request parsed again (a 503 per level while the queue stays full), or a pipelined
+        // read overwriting the buffer being parsed.
         if (answered) log_.peerEvent("provenance", "recorded=no reason=\"no worker free to record it\"");
-        respond(connection, answered ? std::move(*answered) : lateAnswer(late, triedUser));
-        continueInput(connection);  // the client's next request (keep-alive) is read: respond() does not resume
+        done(answered ? std::move(*answered) : lateAnswer(late, triedUser));
     }
 
     void respond(net::Connection& connection, http::ApiResponse result) {
@@ -526,7 +531,10 @@ void EventServer::start(const std::vector<int>& listeners) {
     Shared& shared = *shared_;
     const Settings& s = shared.settings;
     shared.workers = std::make_unique<net::WorkerPool>(s.workers, s.maxQueuedRequests, s.workerWait);
-    shared.answers = std::make_unique<net::WorkerPool>(s.workers, s.maxQueuedRequests, s.workerWait);
+    if (!s.workersOnly) {  // with workersOnly every request, its answer and its record, is one worker's job
+        shared.answers = std::make_unique<net::WorkerPool>(s.answerWorkers, s.maxQueuedRequests, s.workerWait);
+        shared.records = std::make_unique<net::WorkerPool>(1, s.maxQueuedRequests, milliseconds(0));
+    }
     net::CoreSettings core;
     core.threads = s.threads;
     core.tls = s.overTls ? s.tls : nullptr;
@@ -557,6 +565,7 @@ void EventServer::stop() {
     if (shared_->core) shared_->core->stop();  // no loop takes a worker's answer any more
     shared_->workers.reset();                  // the jobs still queued run, their answers dropped
     shared_->answers.reset();
+    shared_->records.reset();
     shared_->core.reset();
 }
 

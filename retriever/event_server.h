@@ -46,6 +46,9 @@ struct Settings {
     // retriever.events.workers: threads for requests that may be slow (server.cpp resolves its 0,
     // automatic: 2, or store.maxConnections when workersOnly), in each of the two pools.
     int workers = 2;
+    // Threads for a logged-in user's heavy answers (a whole message, a page): decoding is CPU work, so
+    // one per core (retriever.events.answerWorkers, 0: automatic), as the thread core spreads it.
+    int answerWorkers = 2;
     // retriever.events.maxQueuedRequests: requests waiting for a worker; past it a request gets 503.
     size_t maxQueuedRequests = 1024;
     // auth.hashWaitMilliseconds: a request that waited this long for a worker gets 503, as a login

@@ -474,7 +474,7 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
             try {
                 finished = rest();
             } catch (const StoreError&) {
-                return error(503, "Mail store busy; try again");
+                finished = error(503, "Mail store busy; try again");
             }
             finishAnswer(finished, resource, user);
             return finished;

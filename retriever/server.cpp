@@ -37,6 +37,7 @@
 #include <chrono>
 #include <ctime>
 #include <sstream>
+#include <thread>
 #include <iostream>
 
 extern const char* const kRetrieverServerProperties;  // generated from retriever/retrieverserver.properties
@@ -249,6 +250,8 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     // 0: automatic. With every request on a worker (a remote store), as many as the store has
     // connections (store.maxConnections): the thread core runs that many queries at once too.
     if (s.workers <= 0) s.workers = remoteStore ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+    s.answerWorkers = cfg.getInt("retriever.events.answerWorkers");
+    if (s.answerWorkers <= 0) s.answerWorkers = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
     s.plainHttpAnswer = &http::plainHttpAnswer;
     s.refusal = http::guardedProtocol().refusal;
     s.maxQueuedRequests = static_cast<size_t>(cfg.getInt64("retriever.events.maxQueuedRequests"));

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sysexits.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -700,7 +701,7 @@ void EventLoop::run() {
             // Not expected (EBADF, EINVAL, EFAULT: a bug); a loop that just returned would leave its
             // connections and its share of the accepts unserved, silently. The process stops instead.
             std::cerr << "event loop: epoll_wait: " << std::strerror(errno) << "; stopping the process" << std::endl;
-            std::abort();
+            std::_Exit(EX_SOFTWARE);  // sysexits.h: an internal error (70)
         }
         for (int i = 0; i < n; ++i) {
             uint64_t tag = events[i].data.u64;
@@ -711,6 +712,8 @@ void EventLoop::run() {
                     accept(listeners_[(tag - 3) / 2]);
                 } catch (const std::exception& e) {  // before the connection existed (bad_alloc): the client sees a close
                     std::cerr << "event loop: exception accepting a connection: " << e.what() << std::endl;
+                } catch (...) {
+                    std::cerr << "event loop: exception accepting a connection" << std::endl;
                 }
             } else {
                 // Closed connections live until the end of this round: an event still queued finds them.

@@ -387,6 +387,50 @@ def the_event_loop_core_retriever_reads_the_next_request_after_a_full_queue_503(
 
 
 @test
+def the_event_loop_core_retriever_answers_pipelined_requests_once_each_while_the_queue_is_full(lab):
+    """A message (made on a worker) with two requests pipelined behind it that each need a login
+    worker, while the login queue is full: 200, 503, 503 in order, then the next request's own answer,
+    nothing more. (The queue-full 503 was once answered inside the parse of the waiting requests that
+    dispatched it: the same request parsed again, a 503 per level while the queue stayed full, until
+    the stack ran out.)"""
+    lab.require_sqlite("the test holds SQLite's write lock to keep a worker busy")
+    settings = dict(EVENTS, **{"retriever.verbose": "true", "retriever.events.workers": 1,
+                               "retriever.events.maxQueuedRequests": 1, "store.busyTimeoutMs": 60000})
+    with Lab2(lab, settings) as l2:
+        port = l2.retriever.port
+        auth = basic("bob@447.edu", l2.bob)
+        piped = tls_connect(lab, port)
+        piped.sendall(get("/mailboxes/bob@447.edu/messages", auth))
+        assert answer(piped)[0] == 200  # bob's login cached, this address trusted
+        lock = WriteLock(l2.sender.db)
+        try:
+            socks = []
+            for n in (1, 2):  # one on the worker (its guess waits for the store), one queued
+                s = tls_connect(lab, port)
+                # ana's guesses: bob's own check is not held, so his cached login is answered on the loop
+                s.sendall(get(f"/mailboxes/ana@447.edu/messages?n={n}", basic("ana@447.edu", f"wrong{n}")))
+                wait_for_log(l2.retriever, f"C: GET /mailboxes/ana@447.edu/messages?n={n}")
+                socks.append(s)
+            piped.sendall(get("/mailboxes/bob@447.edu/messages/1", auth) +
+                          b"".join(get(f"/mailboxes/ana@447.edu/messages?p={n}", basic("ana@447.edu", f"bad{n}"))
+                                   for n in (1, 2)))
+            answers = [answer(piped) for _ in range(3)]
+            statuses = [a[0] for a in answers]
+            assert statuses == [200, 503, 503], [(a[0], a[2][:200]) for a in answers]
+            piped.sendall(get("/"))
+            assert answer(piped)[0] == 401
+            assert no_answer_yet(piped), "a request was answered more than once"
+        finally:
+            lock.release()
+        assert [answer(s)[0] for s in socks] == [401, 401]
+        log = l2.retriever.log_text()
+        for n in (1, 2):
+            assert log.count(f"C: GET /mailboxes/ana@447.edu/messages?p={n} ") == 1, log[-3000:]
+        for s in socks + [piped]:
+            s.close()
+
+
+@test
 def the_event_loop_core_retriever_records_provenance_while_logins_fill_the_worker_queue(lab):
     """Class-server provenance on: each login's TLS session is recorded (a store write, on a worker).
     With the login workers busy and their queue full (here wrong passwords whose guesses wait for the
