@@ -237,13 +237,15 @@ private:
         slot_.working();
         if (s_.everyInputOnWorkers) return runOnWorker(connection, std::string(data, size));
         smtp::Output all;
-        size_t at = 0;
+        size_t at = 0, replyBytes = 0;
         while (at < size) {
             size_t slice = std::min(kFrameSlice, size - at);
-            append(all, held_->session->onBytes(data + at, slice));
+            smtp::Output out = held_->session->onBytes(data + at, slice);
+            replyBytes += wireSize(out);
+            append(all, std::move(out));
             at += slice;
             if (all.close) return respond(connection, std::move(all));  // the session reads nothing after it
-            if (all.deferred || wireSize(all) > kMaxQueuedReplyBytes) break;
+            if (all.deferred || replyBytes > kMaxQueuedReplyBytes) break;
         }
         // The rest waits: behind the deferred input's job, or for these replies to leave.
         if (at < size) early_.insert(0, data + at, size - at);
