@@ -508,6 +508,8 @@ void EventServer::start(const std::vector<int>& listeners) {
     shared.core->start(listeners);
 }
 
+void EventServer::dropUnstartedJobs() { shared_->dropUnstartedJobs = true; }
+
 void EventServer::stop(milliseconds grace) {
     Shared& shared = *shared_;
     if (shared.core && !shared.stopping.exchange(true)) {

@@ -430,6 +430,7 @@ protected:
 
         waitForTerminationRequest();
         if (events) {
+            events->dropUnstartedJobs();  // before the line: whoever reads "stopping" finds no job started after it
             logger.information("event=stopping active=" + std::to_string(events->sessions()));
             // Every session answers 421 and closes (RFC 5321 3.8); a message being stored gets its 250 first.
             events->stop(std::chrono::seconds(cfg.getInt("sender.shutdownGraceSeconds")));
