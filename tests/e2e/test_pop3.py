@@ -309,3 +309,55 @@ def pop3_retriever_with_pop3_off_serves_https_only(lab):
     finally:
         if bad:
             bad.stop()
+
+
+@test
+def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
+    """retriever.core = events serves POP3 on the event core too: 30 POP3S sessions, greeted and then
+    idle, add no thread to the server (on threads each holds one); a session pipelining its login, STAT,
+    RETR and QUIT gets every reply in order (the password check and the RETR run on the workers); STLS on
+    the plaintext port drops what was pipelined after it; and when the server stops, every idle session
+    is told -ERR [SYS/TEMP] (RFC 3206) and nothing is deleted."""
+    from tests.e2e.test_hostile import Pop3Raw
+    with Lab2(lab, {"retriever.core": "events", "pop3.plainPort": 0}) as l2:
+        server = l2.retriever
+        assert "core=events" in server.log_text()
+        warm = pop3s(lab, l2)  # the loops, the workers and the store have all run
+        warm.user("bob@447.edu")
+        warm.pass_(l2.bob)
+        warm.retr(1)
+        warm.quit()
+
+        def threads():
+            return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+        before = threads()
+        idle = [Pop3Raw(lab, server.pop3_port) for _ in range(30)]
+        assert all(c.greeting.startswith("+OK") for c in idle)
+        assert threads() == before, (before, threads())
+
+        c = Pop3Raw(lab, server.pop3_port)
+        c.send(f"USER bob@447.edu\r\nPASS {l2.bob}\r\nSTAT\r\nRETR 1\r\nNOOP\r\nQUIT\r\n")
+        assert [c.line()[:3] for _ in range(4)] == ["+OK"] * 4
+        assert any("Hello Bob & friends" in line for line in c.block())
+        assert c.line().startswith("+OK") and c.line().startswith("+OK")
+        c.close()
+
+        plain = Pop3Raw(lab, server.pop3_plain_port, tls=False)
+        plain.send("STLS\r\nNOOP\r\n")
+        assert plain.line().startswith("+OK")
+        plain.sock = lab.ssl_context().wrap_socket(plain.sock, server_hostname="localhost")
+        assert plain.cmd("USER bob@447.edu").startswith("+OK")
+        assert plain.cmd(f"PASS {l2.bob}").startswith("+OK")
+        assert plain.cmd("QUIT").startswith("+OK")
+        plain.close()
+        assert threads() == before, (before, threads())
+
+        server.stop()
+        assert all(c.line().startswith("-ERR [SYS/TEMP]") for c in idle)
+        for c in idle:
+            c.close()
+        log = server.log_after_stop()
+        assert "event=stls-discarded-plaintext octets=6" in log, log[-3000:]
+        assert "event=tls service=pop3 stls=yes" in log, log[-3000:]
+        assert log.count("event=close service=pop3") == 33, log[-3000:]
