@@ -315,7 +315,8 @@ def pop3_retriever_with_pop3_off_serves_https_only(lab):
 def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
     """retriever.core = events serves POP3 on the event core too: 30 POP3S sessions, greeted and then
     idle, add no thread to the server (on threads each holds one); a session pipelining its login, STAT,
-    RETR and QUIT gets every reply in order (the password check and the RETR run on the workers); STLS on
+    RETR and QUIT gets every reply in order (the password check and the RETR run on the workers), eight
+    pipelined RETRs of a 60 kB message too (a batch at a time, each once the last has left); STLS on
     the plaintext port drops what was pipelined after it; and when the server stops, every idle session
     is told -ERR [SYS/TEMP] (RFC 3206) and nothing is deleted."""
     from tests.e2e.test_hostile import Pop3Raw
@@ -342,6 +343,15 @@ def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
         assert any("Hello Bob & friends" in line for line in c.block())
         assert c.line().startswith("+OK") and c.line().startswith("+OK")
         c.close()
+        # Pipelined RETRs of a 60 kB message: sent a batch (64 KiB) at a time as the client reads them.
+        l2.send("ana", l2.ana, "bob", "Big", "".join(f"line {i} of the big one\n" for i in range(2500)))
+        c = Pop3Raw(lab, server.pop3_port)
+        c.send(f"USER bob@447.edu\r\nPASS {l2.bob}\r\n" + "RETR 2\r\n" * 8 + "QUIT\r\n")
+        assert c.line().startswith("+OK") and c.line().startswith("+OK bob@447.edu has 2 messages")
+        for _ in range(8):
+            assert c.line().endswith(" octets") and c.block()[-1] == "line 2499 of the big one"
+        assert c.line().startswith("+OK") and c.closed()
+        c.close()
 
         plain = Pop3Raw(lab, server.pop3_plain_port, tls=False)
         plain.send("STLS\r\nNOOP\r\n")
@@ -360,4 +370,4 @@ def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
         log = server.log_after_stop()
         assert "event=stls-discarded-plaintext octets=6" in log, log[-3000:]
         assert "event=tls service=pop3 stls=yes" in log, log[-3000:]
-        assert log.count("event=close service=pop3") == 33, log[-3000:]
+        assert log.count("event=close service=pop3") == 34, log[-3000:]
