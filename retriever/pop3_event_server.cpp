@@ -99,7 +99,8 @@ public:
             held_->provenance.noteSession(ssl, connection.peer().address);
             held_->session->onTlsStarted();
             lineStart_.clear();
-            return awaitClient(connection);
+            awaitClient(connection);
+            return resume(connection);  // reading was paused if STLS was answered on a worker
         }
         if (ssl) {
             held_->log.event("tls", describeTlsSession(ssl));
@@ -270,8 +271,9 @@ private:
         if (output.startTls) {
             // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and was never
             // executed; the session dropped it. The handshake starts once the +OK has left.
-            if (output.discardedOctets)
-                held_->log.line("event=stls-discarded-plaintext octets=" + std::to_string(output.discardedOctets));
+            size_t discarded = output.discardedOctets + early_.size();  // early_: read while a worker had STLS
+            early_.clear();
+            if (discarded) held_->log.line("event=stls-discarded-plaintext octets=" + std::to_string(discarded));
             connection.setDeadline(milliseconds(ctx_.gate.handshakeTimeout.totalMilliseconds()));
             return connection.startTlsAfterSend(shared_.tls);
         }
