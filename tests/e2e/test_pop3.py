@@ -371,3 +371,29 @@ def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
         assert "event=stls-discarded-plaintext octets=6" in log, log[-3000:]
         assert "event=tls service=pop3 stls=yes" in log, log[-3000:]
         assert log.count("event=close service=pop3") == 34, log[-3000:]
+
+
+@test
+def pop3_refuses_past_the_limit_in_its_own_words_on_both_cores(lab):
+    """On either core POP3 shares the retriever's connection limiter with HTTPS and refuses in POP3's
+    words (RFC 3206 -ERR [SYS/TEMP]) with service=pop3 in the log; an idle session meets the autologout
+    deadline (RFC 1939 3) and nothing is deleted."""
+    from tests.e2e.test_hostile import Pop3Raw
+    for core in ("threads", "events"):
+        settings = {"retriever.core": core, "retriever.maxConnections": 2, "retriever.minWaitToEvictMs": 60000,
+                    "pop3.idleTimeoutSeconds": 1}
+        with Lab2(lab, settings) as l2:
+            held = [Pop3Raw(lab, l2.retriever.pop3_port) for _ in range(2)]
+            refused = Pop3Raw(lab, l2.retriever.pop3_port)
+            assert refused.greeting.startswith("-ERR [SYS/TEMP] Too many connections"), (core, refused.greeting)
+            assert refused.closed()
+            refused.close()
+            start = time.monotonic()
+            for c in held:
+                assert c.line().startswith("-ERR Autologout") and c.closed(), core
+                c.close()
+            assert time.monotonic() - start < 10, core
+            assert https_listing(l2)["total"] == 1, core
+            log = l2.retriever.log_after_stop()
+            assert "event=refused service=pop3 peer=" in log and "answered=-ERR" in log, (core, log[-3000:])
+            assert log.count("event=autologout state=authorization") == 2, (core, log[-3000:])
