@@ -95,6 +95,7 @@ public:
     void onReady(net::Connection& connection) override {
         SSL* ssl = connection.ssl();
         if (held_->session) {  // STLS done (RFC 2595 4: the session forgets what came before)
+            tlsStarting_ = false;
             held_->log.event("tls", "stls=yes " + describeTlsSession(ssl));
             held_->provenance.noteSession(ssl, connection.peer().address);
             held_->session->onTlsStarted();
@@ -147,6 +148,11 @@ public:
             ended_ = true;
             return connection.close("deadline");
         }
+        if (tlsStarting_) {  // the +OK to STLS was not read in time: the handshake never began
+            held_->log.peerEvent("disconnect", "reason=handshake-timeout");
+            ended_ = true;
+            return connection.close("deadline");
+        }
         if (closing_ || busy_ || !held_->session) return connection.close("deadline");  // our last reply was not read in time
         answer(connection, held_->session->onTimeout());  // RFC 1939 3: autologout, nothing deleted
     }
@@ -158,7 +164,7 @@ public:
             shutdownWhenDone_ = true;
             return;
         }
-        if (!held_->session) return connection.close("server stopping");  // still in its handshake
+        if (!held_->session || tlsStarting_) return connection.close("server stopping");  // in a handshake
         stopped_ = true;
         continuing_ = drainingOut_ = false;  // what is queued goes first, then the last word
         answer(connection, held_->session->onShutdown());
@@ -274,6 +280,7 @@ private:
             size_t discarded = output.discardedOctets + early_.size();  // early_: read while a worker had STLS
             early_.clear();
             if (discarded) held_->log.line("event=stls-discarded-plaintext octets=" + std::to_string(discarded));
+            tlsStarting_ = true;
             connection.setDeadline(milliseconds(ctx_.gate.handshakeTimeout.totalMilliseconds()));
             return connection.startTlsAfterSend(shared_.tls);
         }
@@ -375,6 +382,7 @@ private:
     bool continuing_ = false;     // a batch waits to leave before the next one is made
     bool drainingOut_ = false;    // over kMaxQueuedReplyBytes queued: reading waits for the client to read
     bool closing_ = false;        // our last reply is queued: the connection closes after it
+    bool tlsStarting_ = false;    // STLS answered: the handshake begins once the +OK has left
     bool stopped_ = false, shutdownWhenDone_ = false, ended_ = false, closed_ = false;
 };
 
