@@ -66,7 +66,13 @@ std::string responseHead(const http::ApiResponse& response, bool http10, bool ke
 struct EventServer::Shared {
     Settings settings;
     std::unique_ptr<net::EventGate> gate;  // admission, refusals (503) and the proxy-refused line; outlives the core
-    std::unique_ptr<net::WorkerPool> workers;
+    std::unique_ptr<net::WorkerPool> workers;  // logins that wait (a slow hash, a held check), workersOnly requests
+    // A logged-in user's work: a heavy resource's rest, the login's provenance record. Apart from
+    // the logins' hashes, so a flood of unknown names (a hash each) never stalls students who are in.
+    std::unique_ptr<net::WorkerPool> answers;
+    // The first answer of each TLS session on a class server waits for its provenance record (a short
+    // store write): a lane of its own, ahead of no heavy answer and no hash.
+    std::unique_ptr<net::WorkerPool> records;
     std::unique_ptr<net::EventCore> core;
     http_parser_settings parserSettings{};
 };
@@ -87,6 +93,13 @@ protected:
 http::ApiResponse authenticationBusy(const std::string& triedUser) {
     http::ApiResponse busy = http::errorResponse(503, "Authentication temporarily unavailable");
     busy.triedUser = triedUser;
+    return busy;
+}
+
+// The 503 of a request that waited too long, or found no place, for a worker and needs no slow login.
+http::ApiResponse serverBusy() {
+    http::ApiResponse busy = http::errorResponse(503, "Server busy: too many requests waiting; try again in a moment");
+    busy.headers.emplace_back("Retry-After", "2");
     return busy;
 }
 
@@ -338,26 +351,46 @@ private:
                 log_.line("C: " + escapeControl(name) + ": " +
                           (equalsIgnoringCase(name, "Authorization") ? "<redacted>" : escapeControl(value)));
         }
-        if (s_.workersOnly) return toWorker(connection, std::nullopt, "");
+        // The whole request on a worker (a copy: the connection may close meanwhile).
+        auto whole = [this] { return std::function<http::ApiResponse()>([api = s_.api, request = request_] { return handle(*api, request); }); };
+        if (s_.workersOnly) {
+            // Its cause, if it waits too long: the login when there is one (the thread core's words), else the queue.
+            bool login = !request_.header("Authorization").empty();
+            return toWorker(connection, *shared_.workers, whole(), login ? Late::Login : Late::Busy, "");
+        }
         // On the loop, MailApi answers what needs no waiting; what would wait comes back handOff.
         request_.mayWait = false;
         http::ApiResponse result = handle(*s_.api, request_);
         request_.mayWait = true;
-        if (result.handOff) return toWorker(connection, std::nullopt, result.triedUser);
+        // The login checked, the rest heavy (a whole message, a page): on a worker, apart from the hashes.
+        if (result.handOff && result.rest) return toWorker(connection, *shared_.answers, std::move(result.rest), Late::Busy, "");
+        if (result.handOff) return toWorker(connection, *shared_.workers, whole(), Late::Login, result.triedUser);
         // Recording the login's TLS session is a store write: on a worker, before the answer leaves.
-        if (provenance_->wouldRecord(result.user)) return toWorker(connection, std::move(result), "");
+        if (provenance_->wouldRecord(result.user)) {
+            auto answered = std::make_shared<http::ApiResponse>(std::move(result));
+            return toWorker(connection, *shared_.records, [answered] { return std::move(*answered); }, Late::Never, "", answered);
+        }
         respond(connection, std::move(result));
     }
 
-    // The request (or, with `answered`, only its provenance record) on a worker, the loop serving its
-    // other connections meanwhile; reading paused until the answer is sent. A full queue, or a wait
-    // past workerWait, is the thread core's answer to a login that found no hash place: 503.
-    void toWorker(net::Connection& connection, std::optional<http::ApiResponse> answered, const std::string& triedUser) {
+    // What a request that waited past workerWait is answered: the thread core's answer to a login that
+    // found no hash place in time, a busy server's, or nothing (a finished answer whose record waited).
+    enum class Late { Login, Busy, Never };
+
+    http::ApiResponse lateAnswer(Late late, const std::string& triedUser) const {
+        return late == Late::Login ? authenticationBusy(triedUser) : serverBusy();
+    }
+
+    // `make` (the request, or the rest of its answer) on a worker of `pool`, then the login's
+    // provenance record, the loop serving its other connections meanwhile; reading paused until the
+    // answer is sent. A full queue is answered at once (`answered`, when only its record was left,
+    // goes without the record) and reading goes on.
+    void toWorker(net::Connection& connection, net::WorkerPool& pool, std::function<http::ApiResponse()> make, Late late,
+                  const std::string& triedUser, std::shared_ptr<http::ApiResponse> answered = nullptr) {
         busy_ = true;
         connection.pauseReading();
         net::EventLoop* loop = &connection.loop();
         uint64_t id = connection.id();
-        http::MailApi* api = s_.api;
         auto done = [loop, id, self = this](http::ApiResponse result) {
             auto shared = std::make_shared<http::ApiResponse>(std::move(result));
             // Runs only while the connection is open, and so while this protocol object lives.
@@ -369,19 +402,33 @@ private:
                 self->continueInput(connection);
             });
         };
-        auto answeredShared = answered ? std::make_shared<http::ApiResponse>(std::move(*answered)) : nullptr;
         // The worker touches only copies and shared state: the connection may close meanwhile.
-        bool queued = shared_.workers->run(
-            [done, api, request = request_, answeredShared, provenance = provenance_, log = log_]() mutable {
-                http::ApiResponse result = answeredShared ? std::move(*answeredShared) : handle(*api, request);
-                provenance->recordLogin(result.user, log);
+        bool queued = pool.run(
+            [done, make, provenance = provenance_, log = log_]() mutable {
+                http::ApiResponse result;
+                try {
+                    result = make();
+                } catch (const std::exception&) {  // bad_alloc, a Poco exception: this request's 500, not the process
+                    result = http::errorResponse(500, "Internal error");
+                    result.closeConnection = true;
+                }
+                try {
+                    provenance->recordLogin(result.user, log);
+                } catch (const std::exception& e) {
+                    log.peerEvent("provenance", "recorded=no reason=" + logValue(e.what()));
+                }
                 done(std::move(result));
             },
             // A request that waited too long is answered 503; a login's record, done, still runs.
-            answeredShared ? std::function<void()>() : std::function<void()>([done, triedUser] { done(authenticationBusy(triedUser)); }));
+            late == Late::Never ? std::function<void()>()
+                                : std::function<void()>([done, answer = lateAnswer(late, triedUser)] { done(answer); }));
         if (queued) return;
-        busy_ = false;
-        respond(connection, authenticationBusy(triedUser));
+        // A full queue: answered as a worker's answer is, through the loop's posts (still busy, reading
+        // paused). Answering here would resume reading inside the parse that dispatched this request:
+        // the same request parsed again (a 503 per level while the queue stays full), or a pipelined
+        // read overwriting the buffer being parsed.
+        if (answered) log_.peerEvent("provenance", "recorded=no reason=\"no worker free to record it\"");
+        done(answered ? std::move(*answered) : lateAnswer(late, triedUser));
     }
 
     void respond(net::Connection& connection, http::ApiResponse result) {
@@ -478,10 +525,16 @@ EventServer::~EventServer() { stop(); }
 
 int EventServer::threads() const { return shared_->core ? shared_->core->threads() : 0; }
 
+int EventServer::workers() const { return shared_->settings.workers; }
+
 void EventServer::start(const std::vector<int>& listeners) {
     Shared& shared = *shared_;
     const Settings& s = shared.settings;
     shared.workers = std::make_unique<net::WorkerPool>(s.workers, s.maxQueuedRequests, s.workerWait);
+    if (!s.workersOnly) {  // with workersOnly every request, its answer and its record, is one worker's job
+        shared.answers = std::make_unique<net::WorkerPool>(s.answerWorkers, s.maxQueuedRequests, s.workerWait);
+        shared.records = std::make_unique<net::WorkerPool>(1, s.maxQueuedRequests, milliseconds(0));
+    }
     net::CoreSettings core;
     core.threads = s.threads;
     core.tls = s.overTls ? s.tls : nullptr;
@@ -511,6 +564,8 @@ void EventServer::start(const std::vector<int>& listeners) {
 void EventServer::stop() {
     if (shared_->core) shared_->core->stop();  // no loop takes a worker's answer any more
     shared_->workers.reset();                  // the jobs still queued run, their answers dropped
+    shared_->answers.reset();
+    shared_->records.reset();
     shared_->core.reset();
 }
 

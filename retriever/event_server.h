@@ -43,7 +43,12 @@ struct Settings {
     int maxKeepAliveRequests = 1000;  // the last one is answered "Connection: Close"; 0: no limit
     proxy::Settings proxy;
     int threads = 0;  // retriever.events.threads: loop threads (0: one per core)
-    int workers = 2;  // retriever.events.workers: threads for requests that may be slow
+    // retriever.events.workers: threads for requests that may be slow (server.cpp resolves its 0,
+    // automatic: 2, or store.maxConnections when workersOnly), in each of the two pools.
+    int workers = 2;
+    // Threads for a logged-in user's heavy answers (a whole message, a page): decoding is CPU work, so
+    // one per core (retriever.events.answerWorkers, 0: automatic), as the thread core spreads it.
+    int answerWorkers = 2;
     // retriever.events.maxQueuedRequests: requests waiting for a worker; past it a request gets 503.
     size_t maxQueuedRequests = 1024;
     // auth.hashWaitMilliseconds: a request that waited this long for a worker gets 503, as a login
@@ -70,6 +75,7 @@ public:
     void start(const std::vector<int>& listeners);
     void stop();  // every connection ends (idle keep-alive ones at once); the loops and workers join
     int threads() const;
+    int workers() const;  // the threads of each worker pool (logins; logged-in users' heavy answers)
 
     struct Shared;  // the settings, the loops and the workers (event_server.cpp)
 

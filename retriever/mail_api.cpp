@@ -465,18 +465,51 @@ ApiResponse MailApi::handle(const ApiRequest& request) {
     } catch (const StoreError&) {
         return error(503, "Mail store busy; try again");
     }
-    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
-    response.user = std::get<std::string>(who);
-    if (resource.need == Need::Owner && response.status == 200) noteActivity(response.user, activity::kMailboxRead);
-    if (response.status == 304) noteActivity(response.user, activity::kNotModified);
+    const std::string& user = std::get<std::string>(who);
+    if (response.handOff) {
+        // The rest on a worker: the login is not checked again (nor its activity noted twice).
+        response.user = user;
+        response.rest = [this, resource, user, rest = std::move(response.rest)]() {
+            ApiResponse finished;
+            try {
+                finished = rest();
+            } catch (const StoreError&) {
+                finished = error(503, "Mail store busy; try again");
+            }
+            finishAnswer(finished, resource, user);
+            return finished;
+        };
+        return response;
+    }
+    finishAnswer(response, resource, user);
     return response;
+}
+
+void MailApi::finishAnswer(ApiResponse& response, const Route& route, const std::string& user) {
+    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    response.user = user;
+    if (route.need == Need::Owner && response.status == 200) noteActivity(response.user, activity::kMailboxRead);
+    if (response.status == 304) noteActivity(response.user, activity::kNotModified);
+}
+
+// An event loop answers only what is cheap (errors, 304s, cached listings, autoconfig); a resource
+// that reads or builds much (a whole message of up to 10 MB, its MIME decoding, an HTML page, the
+// class board) would hold every other connection of the loop meanwhile, so its rest goes to a worker.
+ApiResponse MailApi::onWorker(const Route& route, const ApiRequest& request) {
+    ApiResponse later;
+    later.handOff = true;
+    ApiRequest waiting = request;
+    waiting.mayWait = true;
+    later.rest = [this, route, waiting = std::move(waiting)]() { return (this->*route.answer)(route, waiting); };
+    return later;
 }
 
 void MailApi::noteActivity(const std::string& account, const char* kind) {
     if (class_.activity) class_.activity->note(account, kind, clock_());
 }
 
-ApiResponse MailApi::classBoardPage(const Route&, const ApiRequest&) {
+ApiResponse MailApi::classBoardPage(const Route& route, const ApiRequest& request) {
+    if (!request.mayWait) return onWorker(route, request);
     Board board = classBoard(store_, class_.roster, clock_(), class_.stuckSeconds);
     ApiResponse r;
     r.body = boardHtml(board, class_.refreshSeconds);
@@ -494,7 +527,8 @@ ApiResponse MailApi::autoconfig(const Route&, const ApiRequest& request) {
     return r;
 }
 
-ApiResponse MailApi::metrics(const Route&, const ApiRequest&) {
+ApiResponse MailApi::metrics(const Route& route, const ApiRequest& request) {
+    if (!request.mayWait) return onWorker(route, request);
     Board board = classBoard(store_, class_.roster, clock_(), class_.stuckSeconds);
     ApiResponse r;
     r.body = boardMetrics(board);
@@ -525,6 +559,7 @@ ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
         return conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag, stats.newestReceivedAt),
                            etag, stats.newestReceivedAt);
     }
+    if (!request.mayWait) return onWorker(route, request);  // a page of summaries to read and render
     Poco::JSON::Object body;
     body.set("mailbox", route.mailbox);
     body.set("total", stats.count);
@@ -556,6 +591,7 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
     std::string etag = std::string("\"") + tag + std::to_string(m.id) +
                        (route.kind == Kind::Part ? "." + std::to_string(route.part) : "") + "\"";
     if (notModified(request, etag, m.receivedAt)) return conditional(request, ApiResponse{}, etag, m.receivedAt);
+    if (!request.mayWait) return onWorker(route, request);
     // Its place in the response budget first, then the text: 40 parallel GETs of a 10 MB message
     // wait their turn (503, Retry-After) instead of holding 40 copies at once. A part costs the
     // stored text, its decoded copy and the response.
@@ -702,6 +738,7 @@ ApiResponse MailApi::story(const Route& route, const ApiRequest& request) {
     if (!found) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
     std::string etag = "\"S" + std::to_string(found->id) + "\"";  // a stored story never changes
     if (notModified(request, etag, found->receivedAt)) return conditional(request, ApiResponse{}, etag, found->receivedAt);
+    if (!request.mayWait) return onWorker(route, request);
     std::string json = store_.messageStory(route.mailbox, route.id).value_or("");
     ApiResponse full;
     if (request.header("Accept").find("application/json") != std::string::npos) {
@@ -720,6 +757,9 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     auto paged = page(route, 'H');
     if (auto* bad = std::get_if<ApiResponse>(&paged)) return *bad;
     auto& [offset, limit, stats, etag] = std::get<Page>(paged);
+    if (notModified(request, etag, stats.newestReceivedAt))
+        return conditional(request, ApiResponse{}, etag, stats.newestReceivedAt);
+    if (!request.mayWait) return onWorker(route, request);  // previews of up to maxPageSize messages
     std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
                        htmlEscape(route.mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
                        htmlEscape(route.mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +

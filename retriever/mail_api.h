@@ -74,6 +74,10 @@ struct ApiResponse {
     // With mayWait false: nothing was answered nor changed; handle the request again where waiting is
     // allowed (triedUser names the login's user, for a 503 if that cannot be done in time).
     bool handOff = false;
+    // With handOff, when set: the login and the route were checked on the loop, and what is left is
+    // work too heavy for it (a whole message read and decoded, a page built): a worker calls this
+    // for the response, instead of handling the request again.
+    std::function<ApiResponse()> rest;
     std::string header(const std::string& name) const;
 };
 
@@ -141,6 +145,10 @@ private:
     ApiResponse classBoardPage(const Route& route, const ApiRequest& request);
     ApiResponse metrics(const Route& route, const ApiRequest& request);
     ApiResponse autoconfig(const Route& route, const ApiRequest& request);
+    // With mayWait false (an event loop): the handOff whose `rest` answers the route on a worker.
+    ApiResponse onWorker(const Route& route, const ApiRequest& request);
+    // What every answer gets once made: nosniff, the user, the reader's activity.
+    void finishAnswer(ApiResponse& response, const Route& route, const std::string& user);
     autoconfig::Settings autoconfig_;
     void noteActivity(const std::string& account, const char* kind);
 

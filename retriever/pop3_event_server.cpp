@@ -406,7 +406,7 @@ void EventService::start(const std::vector<int>& implicitTls, const std::vector<
     Shared& shared = *shared_;
     const ServiceContext& c = shared.ctx;
     shared.tls = c.tlsContext ? c.tlsContext->sslContext() : nullptr;
-    shared.workers = std::make_unique<net::WorkerPool>(shared.events.workers);
+    shared.workers = std::make_unique<net::WorkerPool>(std::max(1, shared.events.workers));
     auto startCore = [&shared, &c](const std::vector<int>& listeners, bool overTls) {
         net::CoreSettings core;
         core.threads = shared.events.threads;

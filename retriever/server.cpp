@@ -33,10 +33,12 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
 #include <sstream>
+#include <thread>
 #include <iostream>
 
 extern const char* const kRetrieverServerProperties;  // generated from retriever/retrieverserver.properties
@@ -246,6 +248,11 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     s.proxy = gate.proxy;
     s.threads = cfg.getInt("retriever.events.threads");
     s.workers = cfg.getInt("retriever.events.workers");
+    // 0: automatic. With every request on a worker (a remote store), as many as the store has
+    // connections (store.maxConnections): the thread core runs that many queries at once too.
+    if (s.workers <= 0) s.workers = remoteStore ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+    s.answerWorkers = cfg.getInt("retriever.events.answerWorkers");
+    if (s.answerWorkers <= 0) s.answerWorkers = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
     s.plainHttpAnswer = &http::plainHttpAnswer;
     s.refusal = http::guardedProtocol().refusal;
     s.maxQueuedRequests = static_cast<size_t>(cfg.getInt64("retriever.events.maxQueuedRequests"));
@@ -462,8 +469,11 @@ protected:
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
             if (core == "events") {  // POP3 on the event core too (pop3_event_server.h)
-                pop3::EventSettings e{cfg.getInt("retriever.events.threads"), cfg.getInt("retriever.events.workers"),
-                                      storeOptions.url.rfind("postgresql:", 0) == 0, std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"))};
+                bool remote = storeOptions.url.rfind("postgresql:", 0) == 0;
+                int workers = cfg.getInt("retriever.events.workers");  // 0: automatic, as for HTTPS
+                if (workers <= 0) workers = remote ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+                pop3::EventSettings e{cfg.getInt("retriever.events.threads"), workers, remote,
+                                      std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"))};
                 std::vector<int> tlsFds, plainFds;
                 for (const auto& l : pop3Listeners) tlsFds.push_back(static_cast<int>(l->impl()->sockfd()));
                 for (const auto& l : pop3PlainListeners) plainFds.push_back(static_cast<int>(l->impl()->sockfd()));
@@ -478,7 +488,7 @@ protected:
 
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
                            " tls=" + mode + " core=" + core +
-                           (events ? " loops=" + std::to_string(events->threads()) : "") + " open-files=" + std::to_string(files) +
+                           (events ? " loops=" + std::to_string(events->threads()) + " workers=" + std::to_string(events->workers()) : "") + " open-files=" + std::to_string(files) +
                            (pop3Listeners.empty() ? "" : " pop3=" + logValue(describeListeners(pop3Listeners))) +
                            (pop3PlainListeners.empty() ? "" : " pop3-plain=" + logValue(describeListeners(pop3PlainListeners))));
         // The ready line: "ready port=N" first (scripts read that far), then the POP3 ports served.

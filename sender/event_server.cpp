@@ -23,7 +23,14 @@ class SmtpConnection;
 struct EventServer::Shared {
     Settings settings;
     std::unique_ptr<net::EventGate> gate;  // admission, refusals (421) and the proxy-refused line; outlives the core
-    std::unique_ptr<net::WorkerPool> workers;
+    // Two lanes, so that deliveries never wait behind password checks (a flood of fresh-name AUTHs
+    // each waits for a hash place): AUTH on authWorkers, the end of a message (and on PostgreSQL
+    // every read) on deliveryWorkers. Each bounded by maxQueuedJobs and workerWait.
+    std::unique_ptr<net::WorkerPool> authWorkers, deliveryWorkers;
+    // Set when stop() begins: a job not yet started does nothing but tell its session 421 (RFC 5321
+    // 3.8). A delivery that has not started gets no 250, so it stays the client's (RFC 5321 6.1) and
+    // is not stored: a commit with no 250 would be stored again when the client retries.
+    std::atomic<bool> dropUnstartedJobs{false};
     std::unique_ptr<net::EventCore> core;
     std::atomic<bool> stopping{false};
     // The admitted connections, by connection id: stop() tells each to say 421; the clear-text answer
@@ -38,6 +45,39 @@ namespace {
 // (a client pipelining NOOPs without reading would otherwise grow our queue without end; on threads the
 // blocked send does the same, within sender.timeout.send).
 constexpr size_t kMaxQueuedReplyBytes = 64 * 1024;
+// A read goes to the session in slices of this size, so that framing stops once the replies of one
+// read pass kMaxQueuedReplyBytes (an idle connection would otherwise keep the capacity of its largest
+// batch); what is left waits in early_ until the replies have left.
+constexpr size_t kFrameSlice = 4096;
+
+// The replies to `from` after those of `into` (what Session's own append does).
+void append(smtp::Output& into, smtp::Output&& from) {
+    for (smtp::Reply& r : from.replies) into.replies.push_back(std::move(r));
+    into.close = into.close || from.close;
+    into.startTls = into.startTls || from.startTls;
+    into.inputs += from.inputs;
+    into.deferred = from.deferred;
+}
+
+size_t wireSize(const smtp::Output& output) {
+    size_t bytes = 0;
+    for (const smtp::Reply& reply : output.replies)
+        for (const std::string& line : reply.lines) bytes += line.size() + 12;  // "250-2.0.0 " and CRLF
+    return bytes;
+}
+
+// An input that failed in a way the session did not foresee (an exception out of it, bad_alloc among
+// them): the thread core's answer, 421 4.3.0 and close, so that one connection's failure ends only it.
+smtp::Output localErrorAndClose(const std::string& hostname) {
+    smtp::Output output;
+    smtp::Reply reply;
+    reply.code = 421;
+    reply.status = smtp::LocalError.status;
+    reply.lines.push_back(hostname + " Local error in processing; closing connection");
+    output.replies.push_back(std::move(reply));
+    output.close = true;
+    return output;
+}
 
 std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
 
@@ -48,6 +88,9 @@ struct Held {
     ConnectionLog log;
     TlsProvenance provenance;
     std::unique_ptr<smtp::Session> session;
+    // Set by the loop when the connection ends: a job that has not started for it does nothing (an AUTH
+    // is not hashed; a message with no 250 sent is not stored, RFC 5321 6.1) and lets go of the session.
+    std::atomic<bool> gone{false};
 };
 
 // One admitted SMTP connection: banner on ready, bytes into the Session, its replies out in one send
@@ -71,9 +114,78 @@ public:
     }
 
     const ConnectionLog& log() const override { return held_->log; }
-    void answeredInClear() { answeredInClear_ = true; }
+    void answeredInClear() const { answeredInClear_ = true; }  // on the loop thread, before any read
 
     void onReady(net::Connection& connection) override {
+        guarded(connection, [&] { ready(connection); });
+    }
+    void onBytes(net::Connection& connection, const char* data, size_t size) override {
+        guarded(connection, [&] { bytes(connection, data, size); });
+    }
+    void onWritten(net::Connection& connection, bool drained) override {
+        guarded(connection, [&] { written(connection, drained); });
+    }
+    void onDeadline(net::Connection& connection) override {
+        guarded(connection, [&] { deadline(connection); });
+    }
+    void shutdown(net::Connection& connection) {
+        guarded(connection, [&] { stop(connection); });
+    }
+
+    void onClosed(net::Connection&, const net::Ending& ending) override {
+        closed_ = true;
+        held_->gone = true;  // a job still queued for it does nothing
+        slot_.working();  // out of the waiting list before the socket is closed
+        const ConnectionLog& log = held_->log;
+        bool handshaking = ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck;
+        std::string reason = slot_.evicted() ? "evicted" : ending.peerClosed || ending.reason.empty() ? "eof" : ending.reason;
+        if (answeredInClear_ || closing_ || timedOut_ || stopped_ || ending.reason == "server stopping") {
+            // our own close: the reply said why
+        } else if (handshaking) {
+            if (ending.deadline) log.peerEvent("disconnect", "reason=handshake-timeout");
+            else if (!ending.peerClosed) log.peerEvent("disconnect", "reason=" + logValue(ending.reason));
+        } else if (busy_) {
+            // The client went away while an input of its was on a worker: the state when it went there.
+            // A job not yet started stores nothing; one running may still store (no 250 reaches anyone).
+            log.line("event=disconnect reason=" + logValue(reason) + " state=" + jobState_ + " working=yes");
+        } else if (held_->session) {
+            // The client went away. In a message, what had arrived is dropped: nothing half-stored.
+            const smtp::Session& session = *held_->session;
+            log.line("event=disconnect reason=" + logValue(reason) + " state=" + smtp::Session::stateName(session.state()) +
+                     (session.inMessage() ? " stored=no" : ""));
+        }
+        if (slot_.evicted())
+            log.peerEvent("evicted", "reason=\"the server was full and this connection waited longest for its client\"");
+        log.event("close");
+    }
+
+private:
+    // Every call the loop makes into this connection goes through here: an exception (bad_alloc, or a
+    // failure the session did not foresee) ends this connection with 421 4.3.0, not the process.
+    template <typename Call>
+    void guarded(net::Connection& connection, Call&& call) {
+        try {
+            call();
+        } catch (const std::exception& e) {
+            failed(connection, e.what());
+        } catch (...) {
+            failed(connection, "unknown exception");
+        }
+    }
+
+    void failed(net::Connection& connection, const std::string& what) {
+        try {
+            held_->log.line("event=error reason=" + logValue(what) + " answered=421");
+            if (closed_ || closing_) return;
+            if (busy_) return connection.close("local error");  // the session is a worker's: nothing more is said
+            respond(connection, localErrorAndClose(s_.env.hostname));
+        } catch (...) {
+            if (!closed_) connection.close("local error");  // not even the 421 could be sent
+        }
+    }
+
+    void ready(net::Connection& connection) {
+        handshaking_ = false;
         SSL* ssl = connection.ssl();
         std::string tls = ssl ? describeTlsSession(ssl) : "";
         if (ssl) held_->provenance.noteSession(ssl, connection.peer().address);
@@ -83,6 +195,10 @@ public:
             held_->log.event("tls", "starttls=yes " + tls);
             held_->session->onTlsStarted(description, groupName);
             commandDeadline_ = net::Clock::now() + s_.commandTimeout;
+            if (shutdownWhenDone_ || shared_.stopping) {  // stop() came during the handshake: said now, in TLS
+                shutdownWhenDone_ = false;
+                return stop(connection);
+            }
             return awaitClient(connection);
         }
         if (ssl) held_->log.event("tls", tls);
@@ -102,7 +218,8 @@ public:
             held->provenance.recordLogin(account, held->log);
         };
         held_->session = std::make_unique<smtp::Session>(*s_.auth, *s_.store, s_.limits, env);
-        held_->session->setDeferSlowWork(!s_.everyInputOnWorkers);
+        // On PostgreSQL too: a read's job stops before an AUTH, which goes to the AUTH lane.
+        held_->session->setDeferSlowWork(true);
         commandDeadline_ = net::Clock::now() + s_.commandTimeout;
         smtp::Output banner = held_->session->start();
         if (shared_.stopping) {  // accepted while the server stops: it says so instead
@@ -112,18 +229,32 @@ public:
         respond(connection, std::move(banner));
     }
 
-    void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        if (busy_ || drainingOut_ || closing_) {
-            if (!closing_) early_.append(data, size);  // not expected (reading is paused): kept in order
+    void bytes(net::Connection& connection, const char* data, size_t size) {
+        if (busy_ || drainingOut_ || closing_ || handshaking_) {
+            if (!closing_ && !handshaking_) early_.append(data, size);  // not expected (reading is paused): kept in order
             return;
         }
         slot_.working();
         if (s_.everyInputOnWorkers) return runOnWorker(connection, std::string(data, size));
-        respond(connection, held_->session->onBytes(data, size));
+        smtp::Output all;
+        size_t at = 0, replyBytes = 0;
+        while (at < size) {
+            size_t slice = std::min(kFrameSlice, size - at);
+            smtp::Output out = held_->session->onBytes(data + at, slice);
+            replyBytes += wireSize(out);
+            append(all, std::move(out));
+            at += slice;
+            if (all.close) return respond(connection, std::move(all));  // the session reads nothing after it
+            if (all.deferred || replyBytes > kMaxQueuedReplyBytes) break;
+        }
+        // The rest waits: behind the deferred input's job, or for these replies to leave.
+        if (at < size) early_.insert(0, data + at, size - at);
+        respond(connection, std::move(all));
+        if (!early_.empty() && !busy_ && !closing_ && !drainingOut_ && !handshaking_ && !closed_) resume(connection);
     }
 
     // Our replies waited for the client to read them (drained: all have left).
-    void onWritten(net::Connection& connection, bool drained) override {
+    void written(net::Connection& connection, bool drained) {
         if (!drainingOut_) return;
         if (!drained) return connection.setDeadline(s_.sendTimeout);  // each write that goes on restarts it
         drainingOut_ = false;
@@ -131,7 +262,7 @@ public:
         if (!busy_) resume(connection);
     }
 
-    void onDeadline(net::Connection& connection) override {
+    void deadline(net::Connection& connection) {
         if (drainingOut_) {
             held_->log.peerEvent("disconnect", "reason=send-timeout");
             timedOut_ = true;
@@ -142,10 +273,11 @@ public:
         respond(connection, held_->session->onTimeout());  // RFC 5321 4.5.3.2: 421, then close
     }
 
-    // stop(): RFC 5321 3.8, 421 and close; a session whose input is on a worker answers it first.
-    void shutdown(net::Connection& connection) {
+    // stop(): RFC 5321 3.8, 421 and close; a session whose input is on a worker answers it first, one
+    // in a STARTTLS handshake once it is done (in TLS).
+    void stop(net::Connection& connection) {
         if (closing_) return;
-        if (busy_) {
+        if (busy_ || handshaking_) {
             shutdownWhenDone_ = true;
             return;
         }
@@ -154,29 +286,6 @@ public:
         respond(connection, held_->session->onShutdown());
     }
 
-    void onClosed(net::Connection&, const net::Ending& ending) override {
-        closed_ = true;
-        slot_.working();  // out of the waiting list before the socket is closed
-        const ConnectionLog& log = held_->log;
-        bool handshaking = ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck;
-        if (answeredInClear_ || closing_ || timedOut_ || stopped_ || ending.reason == "server stopping") {
-            // our own close: the reply said why
-        } else if (handshaking) {
-            if (ending.deadline) log.peerEvent("disconnect", "reason=handshake-timeout");
-            else if (!ending.peerClosed) log.peerEvent("disconnect", "reason=" + logValue(ending.reason));
-        } else if (!busy_ && held_->session) {
-            // The client went away. In a message, what had arrived is dropped: nothing half-stored.
-            const smtp::Session& session = *held_->session;
-            std::string reason = slot_.evicted() ? "evicted" : ending.peerClosed || ending.reason.empty() ? "eof" : ending.reason;
-            log.line("event=disconnect reason=" + logValue(reason) + " state=" + smtp::Session::stateName(session.state()) +
-                     (session.inMessage() ? " stored=no" : ""));
-        }
-        if (slot_.evicted())
-            log.peerEvent("evicted", "reason=\"the server was full and this connection waited longest for its client\"");
-        log.event("close");
-    }
-
-private:
     // The replies to one read in one send (RFC 2920; also one TLS record per batch), then what the
     // output asks: close, STARTTLS, a slow input on a worker, or the next wait for the client.
     void respond(net::Connection& connection, smtp::Output output) {
@@ -203,13 +312,15 @@ private:
         if (output.startTls) {
             // RFC 3207 4: the handshake starts once the 220 has left; the session discarded what was
             // pipelined after STARTTLS.
+            // A stop() meanwhile (shutdownWhenDone_) is said once TLS is up: ready() checks it.
+            handshaking_ = true;
             connection.setDeadline(s_.handshakeTimeout);
             return connection.startTlsAfterSend(s_.tls);
         }
         if (output.deferred) return runOnWorker(connection, "");
         if (shutdownWhenDone_) {
             shutdownWhenDone_ = false;
-            return shutdown(connection);
+            return stop(connection);
         }
         if (connection.bytesQueued() > kMaxQueuedReplyBytes) {
             drainingOut_ = true;  // onWritten resumes reading once the client has read them
@@ -244,26 +355,68 @@ private:
         slot_.working();
         connection.clearDeadline();  // the server is working: no client deadline meanwhile (as on threads)
         connection.pauseReading();
+        smtp::Session& session = *held_->session;
+        jobState_ = smtp::Session::stateName(session.state());
+        bool raw = !bytes.empty();  // on PostgreSQL: a read, any of whose commands may query the store
+        bool auth = !raw && session.deferredIsAuth();
+        net::WorkerPool& lane = auth ? *shared_.authWorkers : *shared_.deliveryWorkers;
         net::EventLoop* loop = &connection.loop();
         uint64_t id = connection.id();
         std::shared_ptr<Held> held = held_;
         std::string hostname = s_.env.hostname;
-        shared_.workers->run([loop, id, held, hostname, bytes = std::move(bytes), self = this] {
-            auto output = std::make_shared<smtp::Output>();
+        EventServer::Shared* shared = &shared_;
+        // Runs only while the connection is open, and so while this protocol object lives.
+        auto answer = [loop, id, self = this](std::shared_ptr<smtp::Output> output) {
+            loop->post(id, [self, output](net::Connection& connection) {
+                self->guarded(connection, [&] { self->workDone(connection, std::move(*output)); });
+            });
+        };
+        // A worker's exception ends this connection (421 4.3.0), never the worker or the process.
+        auto onWorker = [held, hostname, answer](const char* lane, auto&& work) {
             try {
-                *output = bytes.empty() ? held->session->resumeDeferred() : held->session->onBytes(bytes);
-            } catch (const std::exception& e) {
-                held->log.line("event=error reason=" + logValue(e.what()));
-                smtp::Reply reply;
-                reply.code = smtp::LocalError.code;
-                reply.status = smtp::LocalError.status;
-                reply.lines.push_back(hostname + " Local error in processing; closing connection");
-                output->replies.push_back(std::move(reply));
-                output->close = true;
+                auto output = std::make_shared<smtp::Output>();
+                try {
+                    *output = work();
+                } catch (const std::exception& e) {
+                    held->log.line("event=error reason=" + logValue(e.what()) + " lane=" + lane + " answered=421");
+                    *output = localErrorAndClose(hostname);
+                } catch (...) {
+                    held->log.line(std::string("event=error reason=\"unknown exception\" lane=") + lane + " answered=421");
+                    *output = localErrorAndClose(hostname);
+                }
+                answer(output);
+            } catch (...) {
+                // Not even the answer could be posted (out of memory): the connection's deadline ends it.
             }
-            // Runs only while the connection is open, and so while this protocol object lives.
-            loop->post(id, [self, output](net::Connection& connection) { self->workDone(connection, std::move(*output)); });
-        });
+        };
+        const char* laneName = auth ? "auth" : "delivery";
+        auto work = [held, shared, bytes = std::move(bytes), onWorker, laneName] {
+            // Gone before its turn: nothing is checked or stored (RFC 5321 6.1: no 250 was sent, the
+            // message is still the client's), and the session's memory goes with this job.
+            if (held->gone) return;
+            onWorker(laneName, [&]() -> smtp::Output {
+                smtp::Session& session = *held->session;
+                if (shared->dropUnstartedJobs) return session.onShutdown();  // RFC 5321 3.8: 421, nothing run
+                if (bytes.empty()) return session.resumeDeferred();
+                smtp::Output output = session.onBytes(bytes);
+                // Its reads stay in this lane; an AUTH goes back to the loop, for the AUTH lane.
+                while (output.deferred && !output.close && !session.deferredIsAuth()) append(output, session.resumeDeferred());
+                return output;
+            });
+        };
+        // Waited past auth.hashWaitMilliseconds: answered busy as the thread core answers a login that
+        // found no hash place (454 4.7.0) or a delivery that failed (451 4.3.0), and nothing run.
+        std::function<void()> late;
+        if (!raw)
+            late = [held, onWorker, laneName] {
+                if (held->gone) return;
+                held->log.line(std::string("event=workers-busy lane=") + laneName + " reason=late");
+                onWorker(laneName, [&] { return held->session->refuseDeferred(); });
+            };
+        if (lane.run(std::move(work), std::move(late))) return;
+        // sender.events.maxQueuedJobs are waiting already: busy, at once.
+        held_->log.line(std::string("event=workers-busy lane=") + laneName + " reason=full");
+        workDone(connection, raw ? localErrorAndClose(hostname) : session.refuseDeferred());
     }
 
     void workDone(net::Connection& connection, smtp::Output output) {
@@ -294,7 +447,10 @@ private:
     bool busy_ = false;             // an input is on a worker
     bool closing_ = false;          // our last reply is queued: the connection closes after it
     bool drainingOut_ = false;      // over kMaxQueuedReplyBytes queued: reading waits for the client to read
-    bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, answeredInClear_ = false, closed_ = false;
+    bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, closed_ = false;
+    mutable bool answeredInClear_ = false;  // the core's clear-text check answered it (it sees a const protocol)
+    bool handshaking_ = false;      // STARTTLS's handshake: ready() runs when it is done
+    std::string jobState_;          // the session's state when its input went to a worker (the disconnect line)
 };
 
 }  // namespace
@@ -313,7 +469,8 @@ size_t EventServer::sessions() const {
 void EventServer::start(const std::vector<int>& listeners) {
     Shared& shared = *shared_;
     const Settings& s = shared.settings;
-    shared.workers = std::make_unique<net::WorkerPool>(s.workers);
+    shared.deliveryWorkers = std::make_unique<net::WorkerPool>(s.workers, s.maxQueuedJobs, s.workerWait);
+    shared.authWorkers = std::make_unique<net::WorkerPool>(s.authWorkers, s.maxQueuedJobs, s.workerWait);
     net::CoreSettings core;
     core.threads = s.threads;
     core.tls = s.implicitTls ? s.tls : nullptr;
@@ -329,10 +486,11 @@ void EventServer::start(const std::vector<int>& listeners) {
             bool silent = seen.empty();
             std::optional<ClearTextReply> reply =
                 s.words.clearText(silent ? FirstBytes::Silence : classifyFirstBytes(seen), seen, connection.localPort());
-            std::lock_guard<std::mutex> lock(shared.openMutex);  // the loop's own connection: it stays open meanwhile
-            auto found = shared.open.find(connection.id());
-            if (found == shared.open.end()) return reply ? reply->wire : std::string();
-            SmtpConnection& smtp = *found->second.second;
+            // A connection the limiter refused is just closed (its refusal line says answered=closed).
+            const net::GatedProtocol& protocol = net::EventGate::protocolOf(connection);
+            if (!protocol.answersClearText()) return std::string();
+            // Admitted: the protocol is ours (the refusal says no to clear text), on its own loop thread.
+            const auto& smtp = static_cast<const SmtpConnection&>(protocol);
             if (reply) smtp.answeredInClear();
             smtp.log().peerEvent("plaintext-on-tls", "first=" + (silent ? std::string("silence") : quotedLogValue(firstLine(seen))) +
                                                          " answered=" + (reply ? reply->answered : "closed") +
@@ -353,6 +511,7 @@ void EventServer::start(const std::vector<int>& listeners) {
 void EventServer::stop(milliseconds grace) {
     Shared& shared = *shared_;
     if (shared.core && !shared.stopping.exchange(true)) {
+        shared.dropUnstartedJobs = true;  // those running finish (a delivery's 250 is sent), within grace
         {
             std::lock_guard<std::mutex> lock(shared.openMutex);
             for (auto& [id, where] : shared.open) {
@@ -365,7 +524,9 @@ void EventServer::stop(milliseconds grace) {
         while (sessions() > 0 && steady_clock::now() < until) std::this_thread::sleep_for(milliseconds(20));
     }
     if (shared.core) shared.core->stop();  // every connection still open ends; no loop takes a worker's answer
-    shared.workers.reset();                // the jobs still queued run (a message is stored), answers dropped
+    // The jobs still queued do nothing (dropUnstartedJobs); the running ones end, their answers dropped.
+    shared.authWorkers.reset();
+    shared.deliveryWorkers.reset();
     shared.core.reset();
 }
 

@@ -51,7 +51,10 @@ struct Settings {
     int maxRefusalHandshakes = 8;
     proxy::Settings proxy;
     int threads = 0;                 // sender.events.threads: loop threads (0: one per core)
-    int workers = 16;                // sender.events.workers: threads for AUTH and the end of a message
+    int workers = 16;                // sender.events.workers: threads for the end of a message (and, on PostgreSQL, every read)
+    int authWorkers = 4;             // sender.events.authWorkers: threads for AUTH (password checks, registrations)
+    size_t maxQueuedJobs = 256;      // sender.events.maxQueuedJobs: jobs waiting for each lane's workers (past it: busy)
+    std::chrono::milliseconds workerWait{10000};  // auth.hashWaitMilliseconds: a job that waited longer answers busy
     bool everyInputOnWorkers = false;  // a store across the network (PostgreSQL): any query may be slow
 };
 

@@ -283,6 +283,9 @@ std::unique_ptr<sender_events::EventServer> startEventServer(SenderContext& ctx,
     s.proxy = gate.proxy;
     s.threads = cfg.getInt("sender.events.threads");
     s.workers = cfg.getInt("sender.events.workers");
+    s.authWorkers = cfg.getInt("sender.events.authWorkers");
+    s.maxQueuedJobs = static_cast<size_t>(std::max(1, cfg.getInt("sender.events.maxQueuedJobs")));
+    s.workerWait = milliseconds(cfg.getInt64("auth.hashWaitMilliseconds"));
     s.everyInputOnWorkers = remoteStore;
     std::vector<int> fds;
     for (const auto& listener : listeners) fds.push_back(static_cast<int>(listener->impl()->sockfd()));

@@ -482,6 +482,11 @@ Output Session::onAuthResponse(const std::string& line) {
 
 Output Session::finishAuth(const std::string& user, const std::string& password) {
     enterState(State::Ready);
+    if (refuseSlowWork_) {  // the event core had no worker for it in time: as AuthBusy below, nothing checked
+        refuseSlowWork_ = false;
+        env_.log("event=auth result=error reason=\"no worker free in time: the server is busy\"");
+        return error(TemporaryAuthFailure, "Temporary authentication failure; try again later");
+    }
     AuthResult result;
     try {
         result = auth_.authenticate(user, password, true, env_.peerAddress);

@@ -147,6 +147,13 @@ public:
     // server reads nothing more for this session.
     void setDeferSlowWork(bool on) { deferSlowWork_ = on; }
     Output resumeDeferred();
+    // The deferred input is not run: the server had no worker for it in time. It is answered as the
+    // thread core answers a server too busy for it (an AUTH: 454 4.7.0, no hash place; the end of a
+    // message: 451 4.3.0, not stored), and the bytes after it are framed again (a later slow input
+    // is deferred in turn). Never blocks.
+    Output refuseDeferred();
+    // Whether the deferred input is a password check (else the end of a message): its worker lane.
+    bool deferredIsAuth() const;
     bool hasDeferred() const { return deferredLine_.has_value() || !deferredBytes_.empty(); }
     Output onTimeout();                          // the idle timer fired
     Output onShutdown();                         // the server is stopping (RFC 5321 3.8: 421, then close)
@@ -225,6 +232,7 @@ private:
     void takeLine(LineReader::Event& event, Output& all);
     bool mayBlockOn(const LineReader::Event& event) const;
     bool deferSlowWork_ = false;
+    bool refuseSlowWork_ = false;  // inside refuseDeferred(): the password check or delivery answers busy
     std::optional<LineReader::Event> deferredLine_;  // framed, not yet run
     std::string deferredBytes_;                      // not yet framed
 

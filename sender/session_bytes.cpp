@@ -73,6 +73,28 @@ Output Session::resumeDeferred() {
     return all;
 }
 
+Output Session::refuseDeferred() {
+    Output all;
+    refuseSlowWork_ = true;
+    if (deferredLine_) {
+        LineReader::Event event = std::move(*deferredLine_);
+        deferredLine_.reset();
+        takeLine(event, all);
+    }
+    std::string rest = std::move(deferredBytes_);
+    deferredBytes_.clear();
+    // A BDAT LAST whose octets are in `rest` is refused as they end (the flag is still set); a slow
+    // line after the refused input is deferred again, for a worker of its own.
+    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), !deferSlowWork_));
+    refuseSlowWork_ = false;
+    return all;
+}
+
+bool Session::deferredIsAuth() const {
+    if (state_ == State::AuthPlain || state_ == State::AuthLoginPassword) return true;
+    return deferredLine_ && !deferredLine_->tooLong && state_ != State::Data && parseCommand(deferredLine_->line).verb == "AUTH";
+}
+
 // Would this input block (a password check, storing a message)? Decided before it runs, from the
 // state and the line alone; a false yes only costs a trip to a worker.
 bool Session::mayBlockOn(const LineReader::Event& event) const {
@@ -118,7 +140,7 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
         }
         if (state_ == State::Bdat) {
             size_t n = std::min(chunkLeft_, static_cast<size_t>(end - data));
-            if (!mayBlock && n == chunkLeft_ && chunkLast_ && !chunkRefusal_) {  // this read ends the message
+            if (!mayBlock && !refuseSlowWork_ && n == chunkLeft_ && chunkLast_ && !chunkRefusal_) {  // this read ends the message
                 deferredBytes_.assign(data, end);
                 all.deferred = true;
                 break;

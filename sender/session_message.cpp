@@ -158,6 +158,14 @@ void Session::appendData(const char* data, size_t size, bool crlf) {
 
 Output Session::finishMessage() {
     enterState(State::Ready);
+    if (refuseSlowWork_) {
+        // The event core had no worker for it in time. RFC 5321 6.1: the message is ours only once
+        // 250 is sent; a transient refusal leaves it with the client, which tries again.
+        refuseSlowWork_ = false;
+        resetTransaction();
+        env_.log("event=store result=error reason=\"no worker free in time: the server is busy\"");
+        return error(LocalError, "Local error in processing: message not stored; try again later");
+    }
     if (dataOverBudget_) {
         resetTransaction();
         // RFC 5321 4.2.2 / RFC 3463 X.3.1: a transient refusal, the client tries again later.

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sysexits.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,7 +20,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <iostream>
 
 namespace maillab::net {
 
@@ -30,6 +34,9 @@ constexpr int kMaxEvents = 256;
 constexpr int kAcceptsPerWake = 32;  // then the other loops (and this loop's connections) get a turn
 constexpr size_t kPeekBytes = 64;
 constexpr std::chrono::milliseconds kListenerPause{100};  // out of descriptors: accept again after this
+// A drained answer's buffer is kept for the next one up to this size; a larger one (a big message's
+// body, moved in by send) is freed: idle keep-alive connections must not each hold their last answer.
+constexpr size_t kKeptOutputBytes = 64 * 1024;
 // epoll_event.data: a connection's address (even: aligned), or an odd tag: the wake-up descriptor, a listener.
 constexpr uint64_t kWakeTag = 1;
 uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
@@ -139,8 +146,8 @@ void Connection::resumeReading() {
 void Connection::updateInterest() {
     if (state_ == State::Closed) return;
     uint32_t events = 0;
-    if (!paused_ || state_ != State::Open) events |= EPOLLIN;
-    if (wantWrite_ || readBlockedOnWrite_) events |= EPOLLOUT;
+    if (!paused_ || state_ != State::Open || writeBlockedOnRead_) events |= EPOLLIN;
+    if ((wantWrite_ && !writeBlockedOnRead_) || readBlockedOnWrite_) events |= EPOLLOUT;
     if (events != interest_) {
         interest_ = events;
         loop_.watch(*this, events);
@@ -159,7 +166,7 @@ void Connection::onEvents(uint32_t events) {
         handshake();
         break;
     case State::Open:
-        if (wantWrite_ && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) flush();
+        if (wantWrite_ && (events & ((writeBlockedOnRead_ ? EPOLLIN : EPOLLOUT) | EPOLLERR | EPOLLHUP))) flush();
         if (state_ == State::Open && paused_ && !wantWrite_ && !readBlockedOnWrite_ && (events & (EPOLLERR | EPOLLHUP))) {
             // Reading is paused (a worker has the request), but epoll reports a hang-up or an error
             // whatever we watch, each time we wait: the client is gone, and no answer can reach it.
@@ -406,6 +413,9 @@ void Connection::flush() {
                 int error = SSL_get_error(ssl_, n);
                 if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
                     wantWrite_ = true;
+                    // WANT_READ: OpenSSL must read (a post-handshake message) before it writes again;
+                    // waiting for writability would spin on a socket that is always writable.
+                    writeBlockedOnRead_ = error == SSL_ERROR_WANT_READ;
                     updateInterest();
                     return;
                 }
@@ -422,10 +432,13 @@ void Connection::flush() {
             n = static_cast<int>(sent);
         }
         outSent_ += static_cast<size_t>(n);
+        writeBlockedOnRead_ = false;
         if (wantWrite_ && protocol_ && state_ == State::Open && outSent_ < out_.size()) protocol_->onWritten(*this, false);
         if (state_ == State::Closed) return;
     }
+    writeBlockedOnRead_ = false;
     out_.clear();
+    if (out_.capacity() > kKeptOutputBytes) std::string().swap(out_);
     outSent_ = 0;
     if (wantWrite_) {
         wantWrite_ = false;
@@ -555,16 +568,22 @@ void EventLoop::expireTimers() {
         Connection& connection = *found->second;
         connection.armed_ = false;
         connection.deadlinePassed_ = true;
-        if (connection.state_ == Connection::State::Lingering) {
-            connection.finish(Ending{Phase::Open, "", false, false});
-        } else if (connection.state_ == Connection::State::Proxy) {
-            connection.proxyFailed("no complete PROXY header within " + std::to_string(settings_.proxy.timeoutMs) + " ms");
-        } else if (connection.state_ == Connection::State::Open) {
-            connection.protocol_->onDeadline(connection);
-        } else if (connection.state_ == Connection::State::ClearTextCheck && connection.silenceHintArmed_) {
-            connection.silenceHintPassed();
-        } else {
-            connection.close("deadline");
+        try {
+            if (connection.state_ == Connection::State::Lingering) {
+                connection.finish(Ending{Phase::Open, "", false, false});
+            } else if (connection.state_ == Connection::State::Proxy) {
+                connection.proxyFailed("no complete PROXY header within " + std::to_string(settings_.proxy.timeoutMs) + " ms");
+            } else if (connection.state_ == Connection::State::Open) {
+                connection.protocol_->onDeadline(connection);
+            } else if (connection.state_ == Connection::State::ClearTextCheck && connection.silenceHintArmed_) {
+                connection.silenceHintPassed();
+            } else {
+                connection.close("deadline");
+            }
+        } catch (const std::exception& e) {
+            contain(id, "deadline", e.what());
+        } catch (...) {
+            contain(id, "deadline", "unknown exception");
         }
     }
 }
@@ -598,14 +617,20 @@ void EventLoop::accept(int listener) {
         event.events = EPOLLIN;
         event.data.ptr = &connection;
         ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event);
-        std::string host = connection.peer_.host;
-        if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // an IPv4 client on a dual-stack socket
-        if (!settings_.proxy.trusted.empty() && settings_.proxy.trusted.contains(host)) {
-            connection.state_ = Connection::State::Proxy;
-            arm(connection, Clock::now() + std::chrono::milliseconds(settings_.proxy.timeoutMs));
-            connection.readProxy();
-        } else {
-            connection.startTls();
+        try {
+            std::string host = connection.peer_.host;
+            if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // an IPv4 client on a dual-stack socket
+            if (!settings_.proxy.trusted.empty() && settings_.proxy.trusted.contains(host)) {
+                connection.state_ = Connection::State::Proxy;
+                arm(connection, Clock::now() + std::chrono::milliseconds(settings_.proxy.timeoutMs));
+                connection.readProxy();
+            } else {
+                connection.startTls();
+            }
+        } catch (const std::exception& e) {
+            contain(id, "accept", e.what());
+        } catch (...) {
+            contain(id, "accept", "unknown exception");
         }
     }
 }
@@ -631,8 +656,35 @@ void EventLoop::drainPosts() {
     }
     for (auto& [id, job] : work) {
         auto found = connections_.find(id);
-        if (found != connections_.end() && found->second->state_ != Connection::State::Closed) job(*found->second);
+        if (found == connections_.end() || found->second->state_ == Connection::State::Closed) continue;
+        try {
+            job(*found->second);
+        } catch (const std::exception& e) {
+            contain(id, "posted job", e.what());
+        } catch (...) {
+            contain(id, "posted job", "unknown exception");
+        }
     }
+}
+
+// The connection's protocol or our own code threw (a protocol's bug, bad_alloc): only this connection
+// ends, with a line on stderr (the protocol's log may be what threw); the loop goes on with the rest.
+void EventLoop::contain(uint64_t id, const char* where, const char* what) {
+    std::cerr << "event loop: connection " << id << ": exception in " << where << ": " << what
+              << "; the connection is closed" << std::endl;
+    auto found = connections_.find(id);
+    if (found == connections_.end()) return;
+    Connection& connection = *found->second;
+    try {
+        connection.close(std::string("internal error: ") + what);
+    } catch (...) {
+        // Its onClosed threw (now or in the first place): closed without it, as below.
+    }
+    if (std::find(finished_.begin(), finished_.end(), id) != finished_.end()) return;
+    connection.state_ = Connection::State::Closed;
+    disarm(connection);
+    ::epoll_ctl(epoll_, EPOLL_CTL_DEL, connection.fd_, nullptr);
+    finished_.push_back(id);  // the protocol is destroyed with the connection, at the round's end
 }
 
 void EventLoop::destroy(uint64_t id) {
@@ -645,17 +697,35 @@ void EventLoop::run() {
     std::vector<epoll_event> events(kMaxEvents);
     while (!stopping_) {
         int n = ::epoll_wait(epoll_, events.data(), kMaxEvents, waitMilliseconds());
-        if (n < 0 && errno != EINTR) break;
+        if (n < 0 && errno != EINTR) {
+            // Not expected (EBADF, EINVAL, EFAULT: a bug); a loop that just returned would leave its
+            // connections and its share of the accepts unserved, silently. The process stops instead.
+            std::cerr << "event loop: epoll_wait: " << std::strerror(errno) << "; stopping the process" << std::endl;
+            std::_Exit(EX_SOFTWARE);  // sysexits.h: an internal error (70)
+        }
         for (int i = 0; i < n; ++i) {
             uint64_t tag = events[i].data.u64;
             if (tag == kWakeTag) {
                 drainPosts();
             } else if (tag & 1) {
-                accept(listeners_[(tag - 3) / 2]);
+                try {
+                    accept(listeners_[(tag - 3) / 2]);
+                } catch (const std::exception& e) {  // before the connection existed (bad_alloc): the client sees a close
+                    std::cerr << "event loop: exception accepting a connection: " << e.what() << std::endl;
+                } catch (...) {
+                    std::cerr << "event loop: exception accepting a connection" << std::endl;
+                }
             } else {
                 // Closed connections live until the end of this round: an event still queued finds them.
                 auto* connection = static_cast<Connection*>(events[i].data.ptr);
-                if (connection->state_ != Connection::State::Closed) connection->onEvents(events[i].events);
+                if (connection->state_ == Connection::State::Closed) continue;
+                try {
+                    connection->onEvents(events[i].events);
+                } catch (const std::exception& e) {
+                    contain(connection->id_, "events", e.what());
+                } catch (...) {
+                    contain(connection->id_, "events", "unknown exception");
+                }
             }
         }
         expireTimers();
@@ -712,8 +782,16 @@ WorkerPool::WorkerPool(int threads, size_t maxQueued, std::chrono::milliseconds 
                     jobs_.pop_front();
                 }
                 bool late = maxWait_.count() > 0 && job.late && Clock::now() - job.queued > maxWait_;
-                if (late) job.late();
-                else job.work();
+                // A job answers its connection itself (servers catch their own errors into a 500); a throw
+                // that still gets here (bad_alloc posting the answer) is logged and dropped, not the process.
+                try {
+                    if (late) job.late();
+                    else job.work();
+                } catch (const std::exception& e) {
+                    std::cerr << "worker: a job threw: " << e.what() << "; dropped" << std::endl;
+                } catch (...) {
+                    std::cerr << "worker: a job threw; dropped" << std::endl;
+                }
             }
         });
 }

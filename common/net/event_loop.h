@@ -143,6 +143,7 @@ private:
     bool shutDown_ = false;  // our close_notify and FIN are sent
     bool wantWrite_ = false;   // the socket (or OpenSSL) must become writable before we go on
     bool readBlockedOnWrite_ = false;
+    bool writeBlockedOnRead_ = false;  // SSL_write said WANT_READ: the socket must become readable
     uint32_t interest_ = 0;
     bool deadlinePassed_ = false;
     bool armed_ = false;
@@ -180,6 +181,8 @@ private:
     void expireTimers();
     void drainPosts();
     void destroy(uint64_t id);  // after Connection::finish
+    // A throw out of one connection's work (bad_alloc, a protocol's bug): logged, that connection ended.
+    void contain(uint64_t id, const char* where, const char* what);
     int waitMilliseconds() const;
 
     const CoreSettings& settings_;

@@ -216,6 +216,18 @@ def cost_text(costs):
             + f"{median([c['ctxsw'] for c in costs]):.1f} context switches")
 
 
+def targets(m):
+    """Issue 22: ahead of MailDev on every figure (median rounds); none when MailDev was not run."""
+    if not m or m.get("skipped"):
+        return []
+    rows = []
+    for key, what in m["figures"]:
+        ours = median([r["per_second"] for r in m["runs"][key]["maillab"]])
+        theirs = median([r["per_second"] for r in m["runs"][key]["MailDev"]])
+        rows.append((f"{what} vs MailDev", ours / theirs if theirs else float("inf"), 1.0))
+    return rows
+
+
 def report_lines(m, size):
     """docs/benchmarks.md's MailDev section."""
     if not m:

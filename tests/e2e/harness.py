@@ -91,7 +91,7 @@ class Server:
         # a test reading the log while the server runs sees every event that has happened.
         settings = {"logging.loggers.root.channel": "console", **(settings or {})}
         # MAILLAB_RETRIEVER_CORE=threads|events runs every retriever a test starts on that core
-        # (unless the test chose one itself); the default is retrieverserver.properties' (threads).
+        # (unless the test chose one itself); the default is retrieverserver.properties' (events).
         core = os.environ.get("MAILLAB_RETRIEVER_CORE")
         if program == "retrieverserver" and core and "retriever.core" not in settings:
             settings["retriever.core"] = core

@@ -287,3 +287,197 @@ def the_event_loop_core_retriever_says_why_a_request_head_is_refused(lab):
             assert status == 400 and headers.get("connection") == "Close", (status, headers)
             assert why in json.loads(body)["error"]["message"], body
             s.close()
+
+
+def big_message(l2, megabytes):
+    """Bob's message 2: `megabytes` MB of text, sent through the sender."""
+    l2.send("ana", l2.ana, "bob", "Big", ("y" * 76 + "\n") * (megabytes * 1024 * 1024 // 77))
+
+
+@test
+def the_event_loop_core_retriever_frees_an_idle_connections_last_large_answer(lab):
+    """Keep-alive connections that each fetched a 6 MB message and then sit idle: the answer's buffer
+    is freed once sent (it was kept until the connection's next answer, outside the response budget,
+    so 64 connections could hold 64 large answers), and the server's memory stays bounded."""
+    with Lab2(lab, dict(EVENTS)) as l2:
+        big_message(l2, 6)
+        raw = get("/mailboxes/bob@447.edu/messages/2/raw", basic("bob@447.edu", l2.bob))
+        idle = []
+        for n in range(12):
+            s = tls_connect(lab, l2.retriever.port, timeout=30)
+            s.sendall(raw)
+            status, _, body = answer(s)
+            assert status == 200 and len(body) > 6_000_000, (status, len(body))
+            idle.append(s)  # kept open, idle
+            if n == 0:
+                before = rss_kb(l2.retriever.proc.pid)  # one answer made and sent: the allocator is warm
+        grown = rss_kb(l2.retriever.proc.pid) - before
+        assert grown < 24 * 1024, f"RSS grew {grown} kB with 11 more idle connections that had fetched 6 MB each"
+        for s in idle:
+            s.close()
+
+
+@test
+def the_event_loop_core_retriever_answers_a_cheap_request_while_workers_read_large_messages(lab):
+    """Four clients ask for a 3 MB message as JSON (read, MIME-decoded, rendered: work for a
+    worker), then another asks for its cached listing: on the single loop that listing is answered
+    before the last of the large ones (each large one was made on the loop, holding every other
+    connection and the accepts)."""
+    import select
+    lab.require_sqlite("on PostgreSQL every request goes to a worker: nothing heavy runs on the loop")
+    with Lab2(lab, dict(EVENTS, **{"retriever.events.workers": 2})) as l2:
+        big_message(l2, 3)
+        auth = basic("bob@447.edu", l2.bob)
+        socks = []
+        for _ in range(5):  # each logs in first: its login is cached, its listing too
+            s = tls_connect(lab, l2.retriever.port, timeout=30)
+            s.sendall(get("/mailboxes/bob@447.edu/messages", auth))
+            assert answer(s)[0] == 200
+            socks.append(s)
+        large, cheap = socks[:4], socks[4]
+        for s in large:
+            s.sendall(get("/mailboxes/bob@447.edu/messages/2", auth))
+        cheap.sendall(get("/mailboxes/bob@447.edu/messages", auth))
+        order, waiting = [], {s.fileno(): s for s in socks}
+        while waiting:
+            ready, _, _ = select.select(list(waiting), [], [], 30)
+            assert ready, f"no answer within 30 s; answered so far: {order}"
+            for fd in ready:
+                order.append(socks.index(waiting.pop(fd)))
+        assert order.index(4) < order.index(3), f"first bytes of each answer, in order (4: the listing): {order}"
+        statuses = [answer(s)[0] for s in socks]
+        assert statuses == [200] * 5, statuses
+        for s in socks:
+            s.close()
+
+
+@test
+def the_event_loop_core_retriever_reads_the_next_request_after_a_full_queue_503(lab):
+    """The worker queue is full: the 503 is sent at once and the connection stays usable, its next
+    keep-alive request read and answered (reading stayed paused after the 503: never answered)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep a worker busy")
+    settings = dict(EVENTS, **{"retriever.verbose": "true", "retriever.events.workers": 1,
+                               "retriever.events.maxQueuedRequests": 1, "store.busyTimeoutMs": 60000})
+    with Lab2(lab, settings) as l2:
+        port = l2.retriever.port
+        lock = WriteLock(l2.sender.db)
+        try:
+            socks = []
+            for n in (1, 2):  # one on the worker (its guess waits for the store), one queued
+                s = tls_connect(lab, port)
+                s.sendall(get(f"/mailboxes/bob@447.edu/messages?n={n}", basic("bob@447.edu", f"wrong{n}")))
+                wait_for_log(l2.retriever, f"C: GET /mailboxes/bob@447.edu/messages?n={n}")
+                socks.append(s)
+            third = tls_connect(lab, port)
+            third.sendall(get("/mailboxes/bob@447.edu/messages?n=3", basic("bob@447.edu", "wrong3")))
+            status, headers, _ = answer(third)
+            assert status == 503 and headers.get("connection") == "Keep-Alive", (status, headers)
+            third.sendall(get("/"))
+            third.settimeout(10)
+            try:
+                status = answer(third)[0]
+            except socket.timeout:
+                raise AssertionError("the request after the queue-full 503 was never read")
+            assert status == 401
+        finally:
+            lock.release()
+        assert [answer(s)[0] for s in socks] == [401, 401]
+        for s in socks + [third]:
+            s.close()
+
+
+@test
+def the_event_loop_core_retriever_answers_pipelined_requests_once_each_while_the_queue_is_full(lab):
+    """A message (made on a worker) with two requests pipelined behind it that each need a login
+    worker, while the login queue is full: 200, 503, 503 in order, then the next request's own answer,
+    nothing more. (The queue-full 503 was once answered inside the parse of the waiting requests that
+    dispatched it: the same request parsed again, a 503 per level while the queue stayed full, until
+    the stack ran out.)"""
+    lab.require_sqlite("the test holds SQLite's write lock to keep a worker busy")
+    settings = dict(EVENTS, **{"retriever.verbose": "true", "retriever.events.workers": 1,
+                               "retriever.events.maxQueuedRequests": 1, "store.busyTimeoutMs": 60000})
+    with Lab2(lab, settings) as l2:
+        port = l2.retriever.port
+        auth = basic("bob@447.edu", l2.bob)
+        piped = tls_connect(lab, port)
+        piped.sendall(get("/mailboxes/bob@447.edu/messages", auth))
+        assert answer(piped)[0] == 200  # bob's login cached, this address trusted
+        lock = WriteLock(l2.sender.db)
+        try:
+            socks = []
+            for n in (1, 2):  # one on the worker (its guess waits for the store), one queued
+                s = tls_connect(lab, port)
+                # ana's guesses: bob's own check is not held, so his cached login is answered on the loop
+                s.sendall(get(f"/mailboxes/ana@447.edu/messages?n={n}", basic("ana@447.edu", f"wrong{n}")))
+                wait_for_log(l2.retriever, f"C: GET /mailboxes/ana@447.edu/messages?n={n}")
+                socks.append(s)
+            piped.sendall(get("/mailboxes/bob@447.edu/messages/1", auth) +
+                          b"".join(get(f"/mailboxes/ana@447.edu/messages?p={n}", basic("ana@447.edu", f"bad{n}"))
+                                   for n in (1, 2)))
+            answers = [answer(piped) for _ in range(3)]
+            statuses = [a[0] for a in answers]
+            assert statuses == [200, 503, 503], [(a[0], a[2][:200]) for a in answers]
+            piped.sendall(get("/"))
+            assert answer(piped)[0] == 401
+            assert no_answer_yet(piped), "a request was answered more than once"
+        finally:
+            lock.release()
+        assert [answer(s)[0] for s in socks] == [401, 401]
+        log = l2.retriever.log_text()
+        for n in (1, 2):
+            assert log.count(f"C: GET /mailboxes/ana@447.edu/messages?p={n} ") == 1, log[-3000:]
+        for s in socks + [piped]:
+            s.close()
+
+
+@test
+def the_event_loop_core_retriever_records_provenance_while_logins_fill_the_worker_queue(lab):
+    """Class-server provenance on: each login's TLS session is recorded (a store write, on a worker).
+    With the login workers busy and their queue full (here wrong passwords whose guesses wait for the
+    store; a flood of unknown names does the same with a hash each), a student whose login is cached
+    still gets a 200: the record goes to its own workers (it shared the logins' queue: 503)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep a worker busy")
+    settings = dict(EVENTS, **{"retriever.verbose": "true", "retriever.events.workers": 1,
+                               "retriever.events.maxQueuedRequests": 1, "store.busyTimeoutMs": 60000,
+                               "store.provenance": "true"})
+    with Lab2(lab, settings) as l2:
+        port = l2.retriever.port
+        ana = get("/mailboxes/ana@447.edu/messages", basic("ana@447.edu", l2.ana))
+        first = tls_connect(lab, port)
+        first.sendall(ana)
+        assert answer(first)[0] == 200  # ana's password cached, this address trusted
+        first.close()
+        lock = WriteLock(l2.sender.db)
+        try:
+            socks = []
+            for n in (1, 2):
+                s = tls_connect(lab, port)
+                s.sendall(get(f"/mailboxes/bob@447.edu/messages?n={n}", basic("bob@447.edu", f"wrong{n}")))
+                wait_for_log(l2.retriever, f"C: GET /mailboxes/bob@447.edu/messages?n={n}")
+                socks.append(s)
+            cached = tls_connect(lab, port)  # a new TLS session: its record is a store write
+            cached.sendall(ana)
+            assert no_answer_yet(cached), "answered before its record could be written (or 503 at once)"
+        finally:
+            lock.release()
+        status, _, body = answer(cached)
+        assert status == 200, (status, body)
+        assert [answer(s)[0] for s in socks] == [401, 401]
+        for s in socks + [cached]:
+            s.close()
+
+
+@test
+def the_event_loop_core_retriever_sizes_its_workers_by_the_store(lab):
+    """retriever.events.workers 0 (the default): 2 workers per pool on SQLite, where the loop answers
+    what it can; on PostgreSQL, where every request goes to a worker, store.maxConnections of them
+    (2 would have let 2 queries run where the thread core runs 16)."""
+    settings = dict(EVENTS, **{"store.maxConnections": 5})
+    with Server(lab, "retrieverserver", settings) as server:
+        s = tls_connect(lab, server.port)
+        s.sendall(get("/"))
+        assert answer(s)[0] == 401
+        s.close()
+        log = server.log_after_stop()
+    want = "workers=5" if lab.postgres else "workers=2"
+    assert want in log, log[-2000:]

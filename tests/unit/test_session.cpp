@@ -760,3 +760,47 @@ TEST_CASE("deferred slow inputs give the same replies, and run only when resumed
     CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == 3);
     CHECK(plainWire.find("221 ") != std::string::npos);
 }
+
+// The event core with no worker free in time (sender.events.maxQueuedJobs, auth.hashWaitMilliseconds):
+// refuseDeferred answers the deferred input busy, in the thread core's words, and runs nothing slow;
+// the session stays in step and the bytes after it are framed (a later slow input is deferred again).
+TEST_CASE("a deferred input refused for want of a worker: 454 or 451, nothing checked or stored", "[session][events]") {
+    using maillab::testing::Harness;
+    Harness h;
+    h.session->setDeferSlowWork(true);
+    auto codes = [](const maillab::smtp::Output& out) {
+        std::string all;
+        for (const auto& reply : out.replies) all += reply.wire();
+        return all;
+    };
+    maillab::smtp::Output out = h.session->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nNOOP\r\n");
+    REQUIRE(out.deferred);
+    CHECK(h.session->deferredIsAuth());
+    out = h.session->refuseDeferred();
+    std::string wire = codes(out);
+    CHECK(wire.find("454 4.7.0 Temporary authentication failure; try again later") != std::string::npos);
+    CHECK(wire.find("250 2.0.0") != std::string::npos);  // the NOOP behind it
+    CHECK_FALSE(h.session->authenticated());
+    CHECK_FALSE(h.session->hasDeferred());
+
+    // Authenticated (a worker ran it), then a message whose end finds no worker: 451, not stored.
+    out = h.session->onBytes("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n");
+    REQUIRE(out.deferred);
+    out = h.session->resumeDeferred();
+    REQUIRE(h.session->authenticated());
+    out = h.session->onBytes("MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+                             "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 9 LAST\r\n");
+    REQUIRE(out.deferred);
+    CHECK_FALSE(h.session->deferredIsAuth());
+    out = h.session->refuseDeferred();
+    wire = codes(out);
+    CHECK(wire.find("451 4.3.0 Local error in processing: message not stored; try again later") != std::string::npos);
+    CHECK(out.deferred);  // the BDAT LAST behind it waits for a worker of its own
+    out = h.session->onBytes("Subject:y");
+    CHECK(out.deferred);
+    out = h.session->refuseDeferred();  // a BDAT chunk's end refused as its octets end
+    CHECK(codes(out).find("451 4.3.0") != std::string::npos);
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).empty());
+    out = h.session->onBytes("NOOP\r\n");
+    CHECK(codes(out).rfind("250 ", 0) == 0);
+}

@@ -1,0 +1,158 @@
+"""The sender on the event core (sender.core = events, sender/event_server.cpp) under abuse a review
+found it did not withstand: queued jobs of clients that hung up, an unbounded worker queue, deliveries
+waiting behind password checks, and a stop that stored a message whose 250 was never sent. Each test
+failed on the earlier core; each asserts an order or a count, never a time."""
+
+import signal
+import time
+
+from tests.e2e.harness import Conversation, Server, messages, register, test
+from tests.e2e.test_event_core_abuse import WriteLock, no_answer_yet, reset, wait_for_log
+from tests.e2e.test_sender import plain
+
+EVENTS = {"sender.core": "events", "sender.events.threads": 1}
+
+
+def greeted(lab, port, *lines):
+    """A session that said EHLO and then `lines` in the same write: once the EHLO's reply is read, the
+    slow input behind it (an AUTH, a message's end) is queued for a worker."""
+    c = Conversation(lab, port)
+    c.send("EHLO x\r\n" + "".join(line + "\r\n" for line in lines))
+    assert c.reply()[-1].startswith("250 "), "EHLO"
+    return c
+
+
+def in_message(lab, port, user, password, subject):
+    """An authenticated session inside DATA, its 354 read."""
+    c = Conversation(lab, port)
+    assert c.cmd("EHLO x").startswith("250")
+    assert c.cmd(f"AUTH PLAIN {plain(user, password)}").startswith("235")
+    assert c.cmd(f"MAIL FROM:<{user}>").startswith("250")
+    assert c.cmd("RCPT TO:<bob@447.edu>").startswith("250")
+    assert c.cmd("DATA").startswith("354")
+    c.send(f"Subject: {subject}\r\n\r\nhello\r\n")
+    return c
+
+
+def wait_for_count(server, text, count, within=30):
+    """Polls the server's log until `text` is in it `count` times (not a sleep)."""
+    end = time.monotonic() + within
+    while server.log_text().count(text) < count:
+        assert time.monotonic() < end, f"never logged {count} times: {text}\n{server.log_text()[-3000:]}"
+        time.sleep(0.02)
+
+
+@test
+def the_event_core_sender_drops_the_queued_auth_of_a_client_that_hung_up(lab):
+    """One AUTH worker, busy (a wrong password's guess waits for SQLite's write lock); three clients
+    send AUTH PLAIN for fresh names and reset. Each is logged leaving while its input was on a worker
+    (event=disconnect ... working=yes), and none of their names is ever checked: the jobs of a gone
+    connection are dropped before hashing (was: each ran its scrypt for no one)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the AUTH worker busy")
+    settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "store.busyTimeoutMs": 30000,
+                               "auth.hashWaitMilliseconds": 60000})
+    with Server(lab, "senderserver", settings) as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        lock = WriteLock(server.db)
+        try:
+            busy = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong')}")
+            for n in range(3):
+                gone = greeted(lab, server.port, f"AUTH PLAIN {plain(f'fresh{n}@447.edu', 'guess')}")
+                reset(gone.sock)
+            wait_for_count(server, "working=yes", 3)
+        finally:
+            lock.release()
+        assert busy.reply()[-1].startswith("535"), "the busy worker's guess"
+        # Queued behind the three (one worker, in order): once it is answered, they have had their turn.
+        last = greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', ana)}")
+        assert last.reply()[-1].startswith("235")
+        log = server.log_after_stop()
+        assert log.count("working=yes") == 3, log[-3000:]
+        assert "fresh" not in log, log[-3000:]
+
+
+@test
+def the_event_core_sender_bounds_its_auth_queue_and_answers_454_when_full_or_late(lab):
+    """sender.events.maxQueuedJobs = 1 and one AUTH worker, busy: a second AUTH waits in the queue, a
+    third finds it full and is answered 454 4.7.0 at once; the queued one is answered 454 4.7.0 once
+    it has waited past auth.hashWaitMilliseconds, as the thread core answers a login that found no
+    hash place (was: every AUTH queued without bound, and waited for its turn however long). The wait
+    limit is 1 ms so that the queued one is late whatever the machine's speed: it waits for the lock."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the AUTH worker busy")
+    settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "sender.events.maxQueuedJobs": 1,
+                               "auth.hashWaitMilliseconds": 1, "store.busyTimeoutMs": 30000})
+    with Server(lab, "senderserver", settings) as server:
+        register(lab, server.port, "bob")
+        lock = WriteLock(server.db)
+        try:
+            busy = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong1')}")
+            queued = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong2')}")
+            full = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong3')}")
+            assert full.reply()[-1] == "454 4.7.0 Temporary authentication failure; try again later"
+            assert full.cmd("NOOP").startswith("250"), "the session goes on"
+            assert no_answer_yet(queued.sock), "the queued one waits for the worker"
+        finally:
+            lock.release()
+        assert busy.reply()[-1].startswith("535")
+        # It waited while the first held the worker (waiting for the lock): past the limit, late.
+        assert queued.reply()[-1] == "454 4.7.0 Temporary authentication failure; try again later"
+        log = server.log_after_stop()
+        assert log.count("event=workers-busy lane=auth reason=full") == 1, log[-3000:]
+        assert log.count("event=workers-busy lane=auth reason=late") == 1, log[-3000:]
+
+
+@test
+def the_event_core_sender_stores_a_message_while_fresh_name_logins_flood_the_auth_lane(lab):
+    """One worker for deliveries, one for AUTH and one hash at a time: 40 clients each send AUTH PLAIN
+    for a fresh name (a slow hash each, queued in order). An authenticated client's message still gets
+    its 250 before the last of those logins is answered: deliveries have their own lane (was: one
+    queue, the 250 waited for every password check before it)."""
+    settings = dict(EVENTS, **{"sender.events.workers": 1, "sender.events.authWorkers": 1,
+                               "auth.maxConcurrentHashes": 1, "auth.hashWaitMilliseconds": 600000})
+    with Server(lab, "senderserver", settings) as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        sender = in_message(lab, server.port, "ana@447.edu", ana, "through the flood")
+        flood = [greeted(lab, server.port, f"AUTH PLAIN {plain(f'fresh{n}@447.edu', 'guess')}") for n in range(40)]
+        sender.send(".\r\n")
+        assert sender.reply()[-1].startswith("250 2.0.0 Ok: queued as")
+        assert no_answer_yet(flood[-1].sock), "the last login of the flood was answered before the 250"
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["through the flood"]
+        for c in flood:
+            assert c.reply()[-1].startswith("535"), "every login of the flood is answered in the end"
+            c.close()
+
+
+@test
+def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
+    """One delivery worker, busy (its commit waits for SQLite's write lock), and a second message
+    queued behind it when the server is told to stop. The running one is stored and answered 250, then
+    421; the queued one is not run: 421 4.3.2 and not stored, so the client's retry stores it once
+    (RFC 5321 6.1: it is ours only once 250 is sent; was: stored with no 250, so stored twice)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the delivery worker busy")
+    settings = dict(EVENTS, **{"sender.events.workers": 1, "store.busyTimeoutMs": 30000,
+                               "sender.shutdownGraceSeconds": 60})
+    with Server(lab, "senderserver", settings) as server:
+        ana = register(lab, server.port, "ana")
+        register(lab, server.port, "bob")
+        first = in_message(lab, server.port, "ana@447.edu", ana, "running")
+        second = in_message(lab, server.port, "ana@447.edu", ana, "queued")
+        probe = Conversation(lab, server.port)
+        lock = WriteLock(server.db)
+        try:
+            first.send(".\r\n")
+            second.send(".\r\n")
+            # One loop: a reply to the probe sent after both means the loop has read both ends.
+            assert probe.cmd("NOOP").startswith("250")
+            assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for_log(server, "event=stopping")
+        finally:
+            lock.release()
+        assert first.reply()[-1].startswith("250 2.0.0 Ok: queued as"), "a running delivery finishes"
+        assert first.reply()[-1].startswith("421 4.3.2")
+        assert second.reply()[-1].startswith("421 4.3.2"), "a queued delivery is not run at a stop"
+        assert probe.reply()[-1].startswith("421 4.3.2")
+        server.log_after_stop()
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["running"]

@@ -1,0 +1,123 @@
+// The event-loop core (common/net/event_loop.h) when a protocol throws: on reading, in a posted job,
+// at a deadline, or a worker's job. Only that connection ends; the loop, its other connections and
+// the workers go on (a throw there used to end the process). Clear text, one loop, loopback sockets.
+#include "catch.hpp"
+
+#include "../../common/net/event_loop.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <future>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+using maillab::net::Connection;
+
+// Echoes what it reads, except the commands that make it throw where the loop calls it.
+class ThrowingProtocol : public maillab::net::Protocol {
+public:
+    void onBytes(Connection& connection, const char* data, size_t size) override {
+        std::string text(data, size);
+        if (text == "throw") throw std::runtime_error("a protocol's bug");
+        if (text == "nomem") throw std::bad_alloc();
+        if (text == "post") {
+            connection.loop().post(connection.id(), [](Connection&) { throw std::runtime_error("a posted job's bug"); });
+            return;
+        }
+        if (text == "deadline") {
+            throwAtDeadline_ = true;
+            connection.setDeadline(std::chrono::milliseconds(1));
+            return;
+        }
+        connection.send(text);
+    }
+    void onDeadline(Connection& connection) override {
+        if (throwAtDeadline_) throw std::runtime_error("a deadline's bug");
+        Protocol::onDeadline(connection);
+    }
+
+private:
+    bool throwAtDeadline_ = false;
+};
+
+int listenOnLoopback(int& port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    port = ntohs(address.sin_port);
+    return fd;
+}
+
+int connectTo(int port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval wait{10, 0};  // a failure is a failed check, not a hung test
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    return fd;
+}
+
+// What the server sends back for `text`: its echo, or "" when it closed the connection.
+std::string exchange(int fd, const std::string& text) {
+    REQUIRE(::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size()));
+    char buffer[64];
+    ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+    return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : std::string();
+}
+
+}  // namespace
+
+TEST_CASE("event loop: a throw ends only its connection; the loop and the others go on", "[events]") {
+    maillab::net::CoreSettings settings;
+    settings.threads = 1;
+    settings.lingerMilliseconds = 10;
+    settings.open = [](Connection&) { return std::make_unique<ThrowingProtocol>(); };
+    int port = 0;
+    int listener = listenOnLoopback(port);
+    {
+        maillab::net::EventCore core(settings);
+        core.start({listener});
+        int bystander = connectTo(port);
+        CHECK(exchange(bystander, "hello") == "hello");
+        for (const char* command : {"throw", "nomem", "post", "deadline"}) {
+            for (bool greeted : {false, true}) {  // the bytes read at the accept, or later on their own event
+                INFO(command << (greeted ? " after a first exchange" : " at once"));
+                int doomed = connectTo(port);
+                if (greeted) CHECK(exchange(doomed, "hi") == "hi");
+                CHECK(exchange(doomed, command).empty());  // closed, not answered
+                ::close(doomed);
+                CHECK(exchange(bystander, "still here") == "still here");
+                int fresh = connectTo(port);  // and the loop still accepts
+                CHECK(exchange(fresh, "new") == "new");
+                ::close(fresh);
+            }
+        }
+        ::close(bystander);
+    }
+    ::close(listener);
+}
+
+TEST_CASE("worker pool: a job that throws is dropped, the workers go on", "[events]") {
+    maillab::net::WorkerPool pool(1);
+    REQUIRE(pool.run([] { throw std::runtime_error("a job's bug"); }));
+    std::promise<int> after;
+    REQUIRE(pool.run([&after] { after.set_value(447); }));
+    auto result = after.get_future();
+    REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(result.get() == 447);
+}
