@@ -37,7 +37,7 @@ LDLIBS := -lPocoNetSSL -lPocoCrypto -lPocoUtil -lPocoNet -lPocoXML -lPocoJSON -l
 COMMON_SRC := $(wildcard common/net/*.cpp common/lab/*.cpp)
 SENDER_LIB_SRC := sender/event_server.cpp sender/session.cpp sender/smtp_guard.cpp sender/session_bytes.cpp sender/session_message.cpp sender/smtp_syntax.cpp sender/smtp_client.cpp sender/compose.cpp
 RETRIEVER_LIB_SRC := retriever/mail_api.cpp retriever/http_guard.cpp retriever/story_view.cpp retriever/mime_view.cpp retriever/pop3_session.cpp \
-                     retriever/autoconfig.cpp retriever/pop3_server.cpp retriever/event_server.cpp
+                     retriever/autoconfig.cpp retriever/pop3_server.cpp retriever/pop3_event_server.cpp retriever/event_server.cpp
 UNIT_SRC := $(wildcard tests/unit/*.cpp)
 
 obj = $(patsubst %.cpp,$(OBJ)/%.o,$(1))

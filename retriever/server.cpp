@@ -5,6 +5,7 @@
 #include "event_server.h"
 #include "http_guard.h"
 #include "mail_api.h"
+#include "pop3_event_server.h"
 #include "pop3_server.h"
 
 #include "../common/lab/app_support.h"
@@ -445,6 +446,7 @@ protected:
         }
 
         std::unique_ptr<pop3::Service> pop3Service;
+        std::unique_ptr<pop3::EventService> pop3Events;
         if (!pop3Listeners.empty() || !pop3PlainListeners.empty()) {
             pop3::ServiceContext p;
             p.store = ctx.store.get();
@@ -466,9 +468,22 @@ protected:
             p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
-            pop3Service = std::make_unique<pop3::Service>(p);
-            pop3Service->serve(pop3Listeners, true, pool, threads, cfg.getInt("retriever.listenBacklog"));
-            pop3Service->serve(pop3PlainListeners, false, pool, threads, cfg.getInt("retriever.listenBacklog"));
+            if (core == "events") {  // POP3 on the event core too (pop3_event_server.h)
+                bool remote = storeOptions.url.rfind("postgresql:", 0) == 0;
+                int workers = cfg.getInt("retriever.events.workers");  // 0: automatic, as for HTTPS
+                if (workers <= 0) workers = remote ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+                pop3::EventSettings e{cfg.getInt("retriever.events.threads"), workers, remote,
+                                      std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"))};
+                std::vector<int> tlsFds, plainFds;
+                for (const auto& l : pop3Listeners) tlsFds.push_back(static_cast<int>(l->impl()->sockfd()));
+                for (const auto& l : pop3PlainListeners) plainFds.push_back(static_cast<int>(l->impl()->sockfd()));
+                pop3Events = std::make_unique<pop3::EventService>(p, e);
+                pop3Events->start(tlsFds, plainFds);
+            } else {
+                pop3Service = std::make_unique<pop3::Service>(p);
+                pop3Service->serve(pop3Listeners, true, pool, threads, cfg.getInt("retriever.listenBacklog"));
+                pop3Service->serve(pop3PlainListeners, false, pool, threads, cfg.getInt("retriever.listenBacklog"));
+            }
         }
 
         logger.information("event=listening address=" + describeListeners(listeners) + " db=" + logValue(describeStoreUrl(storeOptions.url)) +
@@ -488,6 +503,7 @@ protected:
         mailHandlers->stopConnections();
         if (events) events->stop();
         if (pop3Service) pop3Service->stop();  // every POP3 session says so and closes, deleting nothing
+        if (pop3Events) pop3Events->stop();
         pool.joinAll();
         logger.information("event=stopped");
         return EXIT_OK;

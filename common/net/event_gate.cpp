@@ -43,7 +43,7 @@ private:
 };
 
 ConnectionLog EventGate::newLog(const proxy::Peer& peer) const {
-    ConnectionLog log(settings_.logger, (*settings_.nextConnectionId)++, "");
+    ConnectionLog log(settings_.logger, (*settings_.nextConnectionId)++, service_);
     log.setPeer(peer);
     return log;
 }

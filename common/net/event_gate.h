@@ -42,7 +42,9 @@ public:
     // Builds the protocol of an admitted connection (its Slot is its place in the limiter).
     using Admit = std::function<std::unique_ptr<GatedProtocol>(Connection&, ConnectionLimiter::Slot)>;
 
-    explicit EventGate(EventGateSettings settings) : settings_(std::move(settings)) {}
+    // `service`: service= in the refusal's and proxy-refused lines, for a server's second protocol ("pop3").
+    explicit EventGate(EventGateSettings settings, std::string service = "")
+        : settings_(std::move(settings)), service_(std::move(service)) {}
     EventGate(const EventGate&) = delete;
     EventGate& operator=(const EventGate&) = delete;
 
@@ -58,6 +60,7 @@ private:
     std::unique_ptr<Protocol> open(Connection& connection, const Admit& admit);
 
     EventGateSettings settings_;
+    std::string service_;
     std::atomic<int> refusing_{0};  // refusals in their handshake or answer now (over TLS)
 };
 

@@ -309,3 +309,91 @@ def pop3_retriever_with_pop3_off_serves_https_only(lab):
     finally:
         if bad:
             bad.stop()
+
+
+@test
+def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
+    """retriever.core = events serves POP3 on the event core too: 30 POP3S sessions, greeted and then
+    idle, add no thread to the server (on threads each holds one); a session pipelining its login, STAT,
+    RETR and QUIT gets every reply in order (the password check and the RETR run on the workers), eight
+    pipelined RETRs of a 60 kB message too (a batch at a time, each once the last has left); STLS on
+    the plaintext port drops what was pipelined after it; and when the server stops, every idle session
+    is told -ERR [SYS/TEMP] (RFC 3206) and nothing is deleted."""
+    from tests.e2e.test_hostile import Pop3Raw
+    with Lab2(lab, {"retriever.core": "events", "pop3.plainPort": 0}) as l2:
+        server = l2.retriever
+        assert "core=events" in server.log_text()
+        warm = pop3s(lab, l2)  # the loops, the workers and the store have all run
+        warm.user("bob@447.edu")
+        warm.pass_(l2.bob)
+        warm.retr(1)
+        warm.quit()
+
+        def threads():
+            return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+        before = threads()
+        idle = [Pop3Raw(lab, server.pop3_port) for _ in range(30)]
+        assert all(c.greeting.startswith("+OK") for c in idle)
+        assert threads() == before, (before, threads())
+
+        c = Pop3Raw(lab, server.pop3_port)
+        c.send(f"USER bob@447.edu\r\nPASS {l2.bob}\r\nSTAT\r\nRETR 1\r\nNOOP\r\nQUIT\r\n")
+        assert [c.line()[:3] for _ in range(4)] == ["+OK"] * 4
+        assert any("Hello Bob & friends" in line for line in c.block())
+        assert c.line().startswith("+OK") and c.line().startswith("+OK")
+        c.close()
+        # Pipelined RETRs of a 60 kB message: sent a batch (64 KiB) at a time as the client reads them.
+        l2.send("ana", l2.ana, "bob", "Big", "".join(f"line {i} of the big one\n" for i in range(2500)))
+        c = Pop3Raw(lab, server.pop3_port)
+        c.send(f"USER bob@447.edu\r\nPASS {l2.bob}\r\n" + "RETR 2\r\n" * 8 + "QUIT\r\n")
+        assert c.line().startswith("+OK") and c.line().startswith("+OK bob@447.edu has 2 messages")
+        for _ in range(8):
+            assert c.line().endswith(" octets") and c.block()[-1] == "line 2499 of the big one"
+        assert c.line().startswith("+OK") and c.closed()
+        c.close()
+
+        plain = Pop3Raw(lab, server.pop3_plain_port, tls=False)
+        plain.send("STLS\r\nNOOP\r\n")
+        assert plain.line().startswith("+OK")
+        plain.sock = lab.ssl_context().wrap_socket(plain.sock, server_hostname="localhost")
+        assert plain.cmd("USER bob@447.edu").startswith("+OK")
+        assert plain.cmd(f"PASS {l2.bob}").startswith("+OK")
+        assert plain.cmd("QUIT").startswith("+OK")
+        plain.close()
+        assert threads() == before, (before, threads())
+
+        server.stop()
+        assert all(c.line().startswith("-ERR [SYS/TEMP]") for c in idle)
+        for c in idle:
+            c.close()
+        log = server.log_after_stop()
+        assert "event=stls-discarded-plaintext octets=6" in log, log[-3000:]
+        assert "event=tls service=pop3 stls=yes" in log, log[-3000:]
+        assert log.count("event=close service=pop3") == 34, log[-3000:]
+
+
+@test
+def pop3_refuses_past_the_limit_in_its_own_words_on_both_cores(lab):
+    """On either core POP3 shares the retriever's connection limiter with HTTPS and refuses in POP3's
+    words (RFC 3206 -ERR [SYS/TEMP]) with service=pop3 in the log; an idle session meets the autologout
+    deadline (RFC 1939 3) and nothing is deleted."""
+    from tests.e2e.test_hostile import Pop3Raw
+    for core in ("threads", "events"):
+        settings = {"retriever.core": core, "retriever.maxConnections": 2, "retriever.minWaitToEvictMs": 60000,
+                    "pop3.idleTimeoutSeconds": 1}
+        with Lab2(lab, settings) as l2:
+            held = [Pop3Raw(lab, l2.retriever.pop3_port) for _ in range(2)]
+            refused = Pop3Raw(lab, l2.retriever.pop3_port)
+            assert refused.greeting.startswith("-ERR [SYS/TEMP] Too many connections"), (core, refused.greeting)
+            assert refused.closed()
+            refused.close()
+            start = time.monotonic()
+            for c in held:
+                assert c.line().startswith("-ERR Autologout") and c.closed(), core
+                c.close()
+            assert time.monotonic() - start < 10, core
+            assert https_listing(l2)["total"] == 1, core
+            log = l2.retriever.log_after_stop()
+            assert "event=refused service=pop3 peer=" in log and "answered=-ERR" in log, (core, log[-3000:])
+            assert log.count("event=autologout state=authorization") == 2, (core, log[-3000:])
