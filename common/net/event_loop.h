@@ -9,6 +9,7 @@
 // Everything about one connection happens on its loop's thread; post() is the one way in from others.
 #pragma once
 #include "proxy_protocol.h"
+#include "worker_pool.h"
 
 #include <openssl/ssl.h>
 
@@ -215,33 +216,6 @@ private:
     CoreSettings settings_;
     std::atomic<uint64_t> ids_{1};
     std::vector<std::unique_ptr<EventLoop>> loops_;
-    std::vector<std::thread> threads_;
-};
-
-// A few threads for work that may block (a slow hash, a store that is far away): the loop hands the
-// job over and the job posts its result back to the connection's loop. Bounded like the threads it
-// stands for: at most maxQueued jobs wait (0: no bound), and a job that waited longer than maxWait
-// (0: no limit) runs its `late` instead (the server's "busy, try again").
-class WorkerPool {
-public:
-    explicit WorkerPool(int threads, size_t maxQueued = 0, std::chrono::milliseconds maxWait = std::chrono::milliseconds(0));
-    ~WorkerPool();  // finishes the queued jobs, then joins
-    WorkerPool(const WorkerPool&) = delete;
-    WorkerPool& operator=(const WorkerPool&) = delete;
-    // False, and nothing queued, when maxQueued jobs are waiting already.
-    bool run(std::function<void()> job, std::function<void()> late = nullptr);
-
-private:
-    struct Job {
-        std::function<void()> work, late;
-        Clock::time_point queued;
-    };
-    const size_t maxQueued_;
-    const std::chrono::milliseconds maxWait_;
-    std::mutex mutex_;
-    std::condition_variable ready_;
-    std::deque<Job> jobs_;
-    bool stopping_ = false;
     std::vector<std::thread> threads_;
 };
 
