@@ -348,6 +348,11 @@ protected:
             logger.error("event=startup-failed reason=\"retriever.core must be threads or events\"");
             return EXIT_USAGE;
         }
+        std::string pop3Core = cfg.getString("pop3.core");
+        if (pop3Core != "threads" && pop3Core != "events") {
+            logger.error("event=startup-failed reason=\"pop3.core must be threads or events\"");
+            return EXIT_USAGE;
+        }
         try {
             gate.proxy = proxySettingsFrom(cfg);
         } catch (const std::exception& e) {
@@ -468,7 +473,7 @@ protected:
             p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
-            if (core == "events") {  // POP3 on the event core too (pop3_event_server.h)
+            if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; opt-in: design.md)
                 bool remote = storeOptions.url.rfind("postgresql:", 0) == 0;
                 int workers = cfg.getInt("retriever.events.workers");  // 0: automatic, as for HTTPS
                 if (workers <= 0) workers = remote ? std::max(1, cfg.getInt("store.maxConnections")) : 2;

@@ -313,14 +313,14 @@ def pop3_retriever_with_pop3_off_serves_https_only(lab):
 
 @test
 def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
-    """retriever.core = events serves POP3 on the event core too: 30 POP3S sessions, greeted and then
+    """pop3.core = events serves POP3 on the event core: 30 POP3S sessions, greeted and then
     idle, add no thread to the server (on threads each holds one); a session pipelining its login, STAT,
     RETR and QUIT gets every reply in order (the password check and the RETR run on the workers), eight
     pipelined RETRs of a 60 kB message too (a batch at a time, each once the last has left); STLS on
     the plaintext port drops what was pipelined after it; and when the server stops, every idle session
     is told -ERR [SYS/TEMP] (RFC 3206) and nothing is deleted."""
     from tests.e2e.test_hostile import Pop3Raw
-    with Lab2(lab, {"retriever.core": "events", "pop3.plainPort": 0}) as l2:
+    with Lab2(lab, {"pop3.core": "events", "pop3.plainPort": 0}) as l2:
         server = l2.retriever
         assert "core=events" in server.log_text()
         warm = pop3s(lab, l2)  # the loops, the workers and the store have all run
@@ -380,7 +380,7 @@ def pop3_refuses_past_the_limit_in_its_own_words_on_both_cores(lab):
     deadline (RFC 1939 3) and nothing is deleted."""
     from tests.e2e.test_hostile import Pop3Raw
     for core in ("threads", "events"):
-        settings = {"retriever.core": core, "retriever.maxConnections": 2, "retriever.minWaitToEvictMs": 60000,
+        settings = {"retriever.core": core, "pop3.core": core, "retriever.maxConnections": 2, "retriever.minWaitToEvictMs": 60000,
                     "pop3.idleTimeoutSeconds": 1}
         with Lab2(lab, settings) as l2:
             held = [Pop3Raw(lab, l2.retriever.pop3_port) for _ in range(2)]
