@@ -210,12 +210,8 @@ Output Session::onBytes(const char* data, size_t size) {
             break;
         }
         // One line at a time, so that what follows STLS or a close is never given to the reader.
-        const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
-        const char* next = newline ? newline + 1 : end;
-        reader_.feed(data, static_cast<size_t>(next - data));
-        data = next;
         LineReader::Event event;
-        if (!reader_.next(event)) break;  // no line end yet: the rest waits in the reader
+        if (!reader_.nextFrom(data, end, event)) break;  // no line end yet: the rest waits in the reader
         ++all.inputs;
         if (env_.trace)
             env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")

@@ -230,6 +230,7 @@ private:
     // onBytes' framing; `mayBlock` false: stop before a slow input (setDeferSlowWork).
     Output frame(const char* data, size_t size, bool mayBlock);
     void takeLine(LineReader::Event& event, Output& all);
+    Output runDeferred(bool mayBlock);  // the deferred input and the bytes after it (resume or refuse)
     bool mayBlockOn(const LineReader::Event& event) const;
     bool deferSlowWork_ = false;
     bool refuseSlowWork_ = false;  // inside refuseDeferred(): the password check or delivery answers busy

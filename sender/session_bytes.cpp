@@ -60,7 +60,7 @@ Output Session::onBytes(const char* data, size_t size) {
     return frame(data, size, !deferSlowWork_);
 }
 
-Output Session::resumeDeferred() {
+Output Session::runDeferred(bool mayBlock) {
     Output all;
     if (deferredLine_) {
         LineReader::Event event = std::move(*deferredLine_);
@@ -69,23 +69,17 @@ Output Session::resumeDeferred() {
     }
     std::string rest = std::move(deferredBytes_);
     deferredBytes_.clear();
-    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), true));
+    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), mayBlock));
     return all;
 }
 
+Output Session::resumeDeferred() { return runDeferred(true); }
+
 Output Session::refuseDeferred() {
-    Output all;
+    // A BDAT LAST whose octets are in the deferred bytes is refused as they end (the flag is still
+    // set); a slow line after the refused input is deferred again, for a worker of its own.
     refuseSlowWork_ = true;
-    if (deferredLine_) {
-        LineReader::Event event = std::move(*deferredLine_);
-        deferredLine_.reset();
-        takeLine(event, all);
-    }
-    std::string rest = std::move(deferredBytes_);
-    deferredBytes_.clear();
-    // A BDAT LAST whose octets are in `rest` is refused as they end (the flag is still set); a slow
-    // line after the refused input is deferred again, for a worker of its own.
-    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), !deferSlowWork_));
+    Output all = runDeferred(!deferSlowWork_);
     refuseSlowWork_ = false;
     return all;
 }
@@ -155,12 +149,8 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
             continue;
         }
         // One line at a time: after a BDAT command the next bytes are octets, not lines.
-        const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
-        const char* next = newline ? newline + 1 : end;
-        reader_.feed(data, static_cast<size_t>(next - data));
-        data = next;
         LineReader::Event event;
-        if (!reader_.next(event)) break;  // no line end yet: the rest waits in the reader
+        if (!reader_.nextFrom(data, end, event)) break;  // no line end yet: the rest waits in the reader
         if (!mayBlock && mayBlockOn(event)) {
             deferredLine_ = std::move(event);
             deferredBytes_.assign(data, end);

@@ -293,6 +293,11 @@ void Connection::checkClearText() {
         if (n > 0 && firstBytes_.size() < kPeekBytes && mayBecomeHttpRequest(firstBytes_)) continue;
         break;
     }
+    answerInClear();
+}
+
+// The server's answer to clear text on the TLS port (or to silence), sent in clear; then the close.
+void Connection::answerInClear() {
     std::string answer = loop_.settings().clearText(*this, firstBytes_);
     if (state_ != State::ClearTextCheck) return;
     SSL_free(ssl_);
@@ -311,15 +316,7 @@ void Connection::silenceHintPassed() {
     loop_.arm(*this, acceptedAt_ + loop_.settings().handshakeTimeout);
     char first;
     if (!firstBytes_.empty() || ::recv(fd_, &first, 1, MSG_PEEK | MSG_DONTWAIT) > 0) return checkClearText();
-    std::string answer = loop_.settings().clearText(*this, firstBytes_);
-    if (state_ != State::ClearTextCheck) return;
-    SSL_free(ssl_);
-    ssl_ = nullptr;
-    state_ = State::Lingering;  // what the client sends now is read and dropped
-    out_ = answer;
-    outSent_ = 0;
-    closeWhenSent_ = true;
-    flush();
+    answerInClear();
 }
 
 void Connection::startTlsAfterSend(SSL_CTX* context) {

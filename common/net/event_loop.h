@@ -120,6 +120,7 @@ private:
     void readProxy();
     void proxyFailed(const std::string& error);  // logged by the server (CoreSettings::proxyRefused), then closed
     void checkClearText();
+    void answerInClear();
     void handshake();
     void readTls();
     void flush();

@@ -41,4 +41,12 @@ bool LineReader::next(Event& event) {
     return true;
 }
 
+bool LineReader::nextFrom(const char*& data, const char* end, Event& event) {
+    const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+    const char* next = newline ? newline + 1 : end;
+    feed(data, static_cast<size_t>(next - data));
+    data = next;
+    return this->next(event);
+}
+
 }  // namespace maillab

@@ -1,4 +1,5 @@
-// Splits a byte stream into protocol lines with a length limit, for the SMTP server and client.
+// Splits a byte stream into protocol lines with a length limit, for the SMTP and POP3 sessions and the
+// SMTP client.
 // A line ends with CRLF; a bare LF is accepted too (students type into `openssl s_client`, which sends
 // LF), and a trailing CR is removed. A line over the limit is discarded and reported once.
 #pragma once
@@ -23,6 +24,10 @@ public:
     // Takes the next complete line (or too-long report); false when none is complete yet.
     bool next(Event& event);
     bool hasBufferedBytes() const { return !partial_.empty(); }
+    // Feeds `data` up to and including its first LF only (advancing `data`), then takes that line if it
+    // is complete: a session that must not read past a line (what follows STARTTLS, BDAT's octets, a
+    // close) frames this way. False: no line end yet, the bytes wait in the reader.
+    bool nextFrom(const char*& data, const char* end, Event& event);
 
 private:
     size_t maxLength_;
