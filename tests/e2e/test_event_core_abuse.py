@@ -90,6 +90,25 @@ class WriteLock:
             self.db = None
 
 
+def wrong_password_request(lab, l2, n, user="bob"):
+    """A new connection that asks for `user`'s messages (?n=`n`) with wrong password `n`: a login
+    whose guess is checked on a worker. Returns its socket, the answer unread."""
+    s = tls_connect(lab, l2.retriever.port)
+    s.sendall(get(f"/mailboxes/{user}@447.edu/messages?n={n}", basic(f"{user}@447.edu", f"wrong{n}")))
+    return s
+
+
+def fill_the_login_worker_and_its_queue(lab, l2, user="bob"):
+    """Two wrong passwords for `user`, with the test holding SQLite's write lock (WriteLock) and the
+    retriever at one login worker and one queued request: the first is on the worker (its guess waits
+    for the store), the second queued. Each is waited for in the verbose log. Returns their sockets."""
+    socks = []
+    for n in (1, 2):
+        socks.append(wrong_password_request(lab, l2, n, user))
+        wait_for_log(l2.retriever, f"C: GET /mailboxes/{user}@447.edu/messages?n={n}")
+    return socks
+
+
 def reset(sock):
     """Closes with a TCP RST (SO_LINGER 0), as a client that crashes or a middlebox does."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -201,17 +220,10 @@ def the_event_loop_core_retriever_answers_503_when_its_workers_are_full_or_late(
                                "retriever.events.maxQueuedRequests": 1, "auth.hashWaitMilliseconds": 1000,
                                "store.busyTimeoutMs": 3000})
     with Lab2(lab, settings) as l2:
-        port = l2.retriever.port
         lock = WriteLock(l2.sender.db)
         try:
-            socks = []
-            for n in (1, 2):
-                s = tls_connect(lab, port)
-                s.sendall(get(f"/mailboxes/bob@447.edu/messages?n={n}", basic("bob@447.edu", f"wrong{n}")))
-                wait_for_log(l2.retriever, f"C: GET /mailboxes/bob@447.edu/messages?n={n}")
-                socks.append(s)
-            third = tls_connect(lab, port)
-            third.sendall(get("/mailboxes/bob@447.edu/messages?n=3", basic("bob@447.edu", "wrong3")))
+            socks = fill_the_login_worker_and_its_queue(lab, l2)
+            third = wrong_password_request(lab, l2, 3)
             statuses = [answer(s) for s in socks + [third]]
         finally:
             lock.release()
@@ -359,17 +371,10 @@ def the_event_loop_core_retriever_reads_the_next_request_after_a_full_queue_503(
     settings = dict(EVENTS, **{"retriever.verbose": "true", "retriever.events.workers": 1,
                                "retriever.events.maxQueuedRequests": 1, "store.busyTimeoutMs": 60000})
     with Lab2(lab, settings) as l2:
-        port = l2.retriever.port
         lock = WriteLock(l2.sender.db)
         try:
-            socks = []
-            for n in (1, 2):  # one on the worker (its guess waits for the store), one queued
-                s = tls_connect(lab, port)
-                s.sendall(get(f"/mailboxes/bob@447.edu/messages?n={n}", basic("bob@447.edu", f"wrong{n}")))
-                wait_for_log(l2.retriever, f"C: GET /mailboxes/bob@447.edu/messages?n={n}")
-                socks.append(s)
-            third = tls_connect(lab, port)
-            third.sendall(get("/mailboxes/bob@447.edu/messages?n=3", basic("bob@447.edu", "wrong3")))
+            socks = fill_the_login_worker_and_its_queue(lab, l2)
+            third = wrong_password_request(lab, l2, 3)
             status, headers, _ = answer(third)
             assert status == 503 and headers.get("connection") == "Keep-Alive", (status, headers)
             third.sendall(get("/"))
@@ -404,13 +409,8 @@ def the_event_loop_core_retriever_answers_pipelined_requests_once_each_while_the
         assert answer(piped)[0] == 200  # bob's login cached, this address trusted
         lock = WriteLock(l2.sender.db)
         try:
-            socks = []
-            for n in (1, 2):  # one on the worker (its guess waits for the store), one queued
-                s = tls_connect(lab, port)
-                # ana's guesses: bob's own check is not held, so his cached login is answered on the loop
-                s.sendall(get(f"/mailboxes/ana@447.edu/messages?n={n}", basic("ana@447.edu", f"wrong{n}")))
-                wait_for_log(l2.retriever, f"C: GET /mailboxes/ana@447.edu/messages?n={n}")
-                socks.append(s)
+            # ana's guesses: bob's own check is not held, so his cached login is answered on the loop
+            socks = fill_the_login_worker_and_its_queue(lab, l2, "ana")
             piped.sendall(get("/mailboxes/bob@447.edu/messages/1", auth) +
                           b"".join(get(f"/mailboxes/ana@447.edu/messages?p={n}", basic("ana@447.edu", f"bad{n}"))
                                    for n in (1, 2)))
@@ -449,12 +449,7 @@ def the_event_loop_core_retriever_records_provenance_while_logins_fill_the_worke
         first.close()
         lock = WriteLock(l2.sender.db)
         try:
-            socks = []
-            for n in (1, 2):
-                s = tls_connect(lab, port)
-                s.sendall(get(f"/mailboxes/bob@447.edu/messages?n={n}", basic("bob@447.edu", f"wrong{n}")))
-                wait_for_log(l2.retriever, f"C: GET /mailboxes/bob@447.edu/messages?n={n}")
-                socks.append(s)
+            socks = fill_the_login_worker_and_its_queue(lab, l2)
             cached = tls_connect(lab, port)  # a new TLS session: its record is a store write
             cached.sendall(ana)
             assert no_answer_yet(cached), "answered before its record could be written (or 503 at once)"

@@ -13,6 +13,13 @@ from tests.e2e.test_sender import plain
 EVENTS = {"sender.core": "events", "sender.events.threads": 1}
 
 
+def register_ana_and_bob(lab, server):
+    """ana, who sends, and bob, who receives: registered on `server`. Returns ana's password."""
+    ana = register(lab, server.port, "ana")
+    register(lab, server.port, "bob")
+    return ana
+
+
 def greeted(lab, port, *lines):
     """A session that said EHLO and then `lines` in the same write: once the EHLO's reply is read, the
     slow input behind it (an AUTH, a message's end) is queued for a worker."""
@@ -52,8 +59,7 @@ def the_event_core_sender_drops_the_queued_auth_of_a_client_that_hung_up(lab):
     settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "store.busyTimeoutMs": 30000,
                                "auth.hashWaitMilliseconds": 60000})
     with Server(lab, "senderserver", settings) as server:
-        ana = register(lab, server.port, "ana")
-        register(lab, server.port, "bob")
+        ana = register_ana_and_bob(lab, server)
         lock = WriteLock(server.db)
         try:
             busy = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong')}")
@@ -111,8 +117,7 @@ def the_event_core_sender_stores_a_message_while_fresh_name_logins_flood_the_aut
     settings = dict(EVENTS, **{"sender.events.workers": 1, "sender.events.authWorkers": 1,
                                "auth.maxConcurrentHashes": 1, "auth.hashWaitMilliseconds": 600000})
     with Server(lab, "senderserver", settings) as server:
-        ana = register(lab, server.port, "ana")
-        register(lab, server.port, "bob")
+        ana = register_ana_and_bob(lab, server)
         sender = in_message(lab, server.port, "ana@447.edu", ana, "through the flood")
         flood = [greeted(lab, server.port, f"AUTH PLAIN {plain(f'fresh{n}@447.edu', 'guess')}") for n in range(40)]
         sender.send(".\r\n")
@@ -134,8 +139,7 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
     settings = dict(EVENTS, **{"sender.events.workers": 1, "store.busyTimeoutMs": 30000,
                                "sender.shutdownGraceSeconds": 60})
     with Server(lab, "senderserver", settings) as server:
-        ana = register(lab, server.port, "ana")
-        register(lab, server.port, "bob")
+        ana = register_ana_and_bob(lab, server)
         first = in_message(lab, server.port, "ana@447.edu", ana, "running")
         second = in_message(lab, server.port, "ana@447.edu", ana, "queued")
         probe = Conversation(lab, server.port)

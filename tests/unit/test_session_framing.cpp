@@ -1,0 +1,223 @@
+// The SMTP session's own framing of the bytes it is given: split anywhere, CHUNKING (RFC 3030 BDAT),
+// what STARTTLS discards, and the event core's deferred slow inputs (resumed or refused by a worker).
+// Split from tests/unit/test_session.cpp, whose Harness it shares (tests/unit/session_harness.h).
+#include "session_harness.h"
+
+#include "../../sender/session.h"
+
+#include "catch.hpp"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+using namespace maillab;
+using namespace maillab::smtp;
+using maillab::testing::Harness;
+
+// ---- the session's own framing, and CHUNKING (RFC 3030) ----------------------------------------------
+
+namespace {
+std::string storedRaw(Harness& h, const std::string& mailbox) {
+    auto listed = h.lab.store->listMessages(mailbox, 0, 10);
+    if (listed.empty()) return "";
+    auto stored = h.lab.store->getMessage(mailbox, listed.front().id);
+    return stored ? stored->raw : "";
+}
+std::vector<std::string> answer(Harness& h, const std::string& bytes) { return Harness::lines(h.session->onBytes(bytes)); }
+}  // namespace
+
+TEST_CASE("bytes split anywhere give the same replies: the session frames them", "[session][framing]") {
+    const std::string wire = "EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nMAIL FROM:<ana@447.edu>\r\n"
+                             "RCPT TO:<bob@447.edu>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 3 LAST\r\nxyzDATA\r\n";
+    Harness whole;
+    std::vector<std::string> expected = answer(whole, wire);
+    REQUIRE(expected.size() >= 5);
+    CHECK(expected.back() == "503 5.5.1 Bad sequence of commands: need MAIL first");  // "DATA" after the chunk "xyz"
+    Harness single;
+    std::vector<std::string> got;
+    size_t inputs = 0;
+    for (char c : wire) {
+        Output out = single.session->onBytes(std::string(1, c));
+        inputs += out.inputs;
+        for (auto& l : Harness::lines(out)) got.push_back(l);
+    }
+    CHECK(got == expected);
+    CHECK(inputs == 9);  // seven lines and two chunks: each restarts the server's command clock
+    CHECK(storedRaw(single, "bob@447.edu") == storedRaw(whole, "bob@447.edu"));
+}
+
+TEST_CASE("BDAT stores the octets as sent: no dot-stuffing; line ends made CRLF", "[session][bdat]") {
+    Harness h;
+    h.login();
+    h.envelope();
+    const std::string first = "Subject: raw\r\n\r\n.\r\n..two dots\r\nbare\rcr";
+    CHECK(answer(h, "BDAT " + std::to_string(first.size()) + "\r\n" + first) ==
+          std::vector<std::string>{"250 2.0.0 Ok: " + std::to_string(first.size()) + " octets received, " +
+                                   std::to_string(first.size()) + " in all"});
+    // The CR ending one chunk and the LF starting the next are one line end.
+    CHECK(answer(h, "BDAT 15 LAST\r\n\nbare\nlf\r\n\xc3\xa9t\xc3\xa9") == std::vector<std::string>{"250 2.0.0 Ok: queued as QID1"});
+    std::string raw = storedRaw(h, "bob@447.edu");
+    CHECK(raw.find("\r\nSubject: raw\r\n\r\n.\r\n..two dots\r\nbare\r\ncr\r\nbare\r\nlf\r\n\xc3\xa9t\xc3\xa9\r\n") !=
+          std::string::npos);
+    CHECK(h.session->state() == Session::State::Ready);
+}
+
+TEST_CASE("BDAT over the size limit: read, refused 552, and the stream stays in step", "[session][bdat][limits]") {
+    SessionLimits limits;
+    limits.maxMessageSize = 100;
+    Harness h(limits);
+    h.login();
+    h.envelope();
+    std::string big = "QUIT\r\n" + std::string(194, 'q');
+    auto got = answer(h, "BDAT 200 LAST\r\n" + big + "NOOP\r\n");
+    REQUIRE(got.size() == 2);
+    CHECK(got[0] == "552 5.3.4 Message size exceeds fixed maximum message size (100 octets); not stored");
+    CHECK(got[1] == "250 2.0.0 Ok");
+    CHECK(h.session->state() == Session::State::Ready);
+    // The limit counts the chunks together; after the refusal, chunks already pipelined are read
+    // and refused (RFC 3030 2) until the client starts a new transaction.
+    h.envelope();
+    got = answer(h, "BDAT 60\r\n" + std::string(60, 'a') + "BDAT 60\r\n" + std::string(60, 'b') + "BDAT 6 LAST\r\nRSET\r\nNOOP\r\n");
+    REQUIRE(got.size() == 4);
+    CHECK(got[0].rfind("250 2.0.0 Ok: 60 octets received", 0) == 0);
+    CHECK(got[1].rfind("552 5.3.4 ", 0) == 0);
+    CHECK(got[2] == "503 5.5.1 Bad sequence of commands: need MAIL first");
+    CHECK(got[3] == "250 2.0.0 Ok");
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+    // Too many digits to count: refused at once.
+    CHECK(h.say("BDAT 1234567890123456789").rfind("501 5.5.4 Syntax: BDAT", 0) == 0);
+}
+
+TEST_CASE("BDAT chunks count against the server's DataBudget", "[session][bdat][limits]") {
+    DataBudget budget(64);
+    Harness h({}, &budget);
+    h.login();
+    h.envelope();
+    auto got = answer(h, "BDAT 100\r\n" + std::string(100, 'z'));
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].rfind("452 4.3.1 Insufficient system storage", 0) == 0);
+    CHECK(budget.inUse() == 0);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
+}
+
+TEST_CASE("a BDAT message's story notes each chunk by its size", "[session][bdat][story]") {
+    Harness h;
+    h.login();
+    h.envelope();
+    answer(h, "BDAT 12\r\nSubject: s\r\n");
+    answer(h, "BDAT 8 LAST\r\n\r\nsecret");
+    auto listed = h.lab.store->listMessages("bob@447.edu", 0, 1);
+    REQUIRE(listed.size() == 1);
+    std::string story = *h.lab.store->messageStory("bob@447.edu", listed[0].id);
+    for (const char* expected : {"\"C: BDAT 12\"", "\"C: <12 octets>\"", "\"S: 250 2.0.0 Ok: 12 octets received, 12 in all\"",
+                                 "\"C: BDAT 8 LAST\"", "\"C: <8 octets>\""})
+        CHECK(story.find(expected) != std::string::npos);
+    CHECK(story.find("secret") == std::string::npos);
+}
+
+TEST_CASE("after STARTTLS the session discards what was pipelined in clear (RFC 3207 5)", "[session][starttls]") {
+    Harness h({}, nullptr, nullptr, TlsMode::StartTls);
+    Output out = h.session->onBytes(std::string("EHLO c\r\nSTARTTLS\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nEHL"));
+    CHECK(out.startTls);
+    auto got = Harness::lines(out);
+    REQUIRE(!got.empty());
+    CHECK(got.back() == "220 2.0.0 Ready to start TLS");
+    CHECK(std::find(h.log.begin(), h.log.end(), "event=starttls-discarded-plaintext octets=44") != h.log.end());
+    // Before the handshake completes nothing is read; after it the client starts afresh.
+    CHECK(Harness::lines(h.session->onBytes(std::string("NOOP\r\n"))).empty());
+    h.session->onTlsStarted("TLSv1.3 TLS_AES_256_GCM_SHA384");
+    CHECK(h.say("NOOP") == "250 2.0.0 Ok");
+    CHECK(h.say("MAIL FROM:<ana@447.edu>") == "503 5.5.1 Bad sequence of commands: need EHLO or HELO first");
+    CHECK_FALSE(h.session->authenticated());
+}
+
+// The event core's split (sender/event_server.cpp): with setDeferSlowWork the loop's onBytes stops
+// before each input that blocks, and resumeDeferred (a worker's) runs it and what followed. The replies
+// must be the very bytes of one uninterrupted onBytes per read, and nothing slow may run before the resume.
+TEST_CASE("deferred slow inputs give the same replies, and run only when resumed", "[session][events]") {
+    const std::vector<std::string> reads = {
+        "EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nMAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n",
+        "Subject: one\r\n\r\nbody\r\n.",
+        "\r\nMAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 22\r\nSubject: two\r\n\r\nbody\r\nBDAT 0 LAST\r\n",
+        "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 24 LAST\r\nSubject: three\r\n\r\nbo",
+        "dy\r\nNOOP\r\nQUIT\r\n",
+    };
+    Harness plain, split;
+    split.session->setDeferSlowWork(true);
+    std::string plainWire, splitWire;
+    auto wire = [](const maillab::smtp::Output& out) {
+        std::string bytes;
+        for (const auto& reply : out.replies) bytes += reply.wire();
+        return bytes;
+    };
+    int deferrals = 0;
+    for (const std::string& bytes : reads) {
+        plainWire += wire(plain.session->onBytes(bytes));
+        size_t storedBefore = split.lab.store->listMessages("bob@447.edu", 0, 10).size();
+        bool loggedInBefore = split.session->authenticated();
+        maillab::smtp::Output out = split.session->onBytes(bytes);
+        splitWire += wire(out);
+        while (out.deferred) {
+            ++deferrals;
+            // Nothing slow has run on the "loop": no login, no message stored.
+            CHECK(split.session->authenticated() == loggedInBefore);
+            CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == storedBefore);
+            CHECK(split.session->hasDeferred());
+            out = split.session->resumeDeferred();
+            splitWire += wire(out);
+            storedBefore = split.lab.store->listMessages("bob@447.edu", 0, 10).size();
+            loggedInBefore = split.session->authenticated();
+        }
+        CHECK_FALSE(split.session->hasDeferred());
+    }
+    // AUTH; the "." of DATA, its CRLF in the next read (the BDAT 0 LAST behind it runs in the same
+    // resume); BDAT 24 LAST; the read that completes its chunk.
+    CHECK(deferrals == 4);
+    CHECK(splitWire == plainWire);
+    CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == 3);
+    CHECK(plainWire.find("221 ") != std::string::npos);
+}
+
+// The event core with no worker free in time (sender.events.maxQueuedJobs, auth.hashWaitMilliseconds):
+// refuseDeferred answers the deferred input busy, in the thread core's words, and runs nothing slow;
+// the session stays in step and the bytes after it are framed (a later slow input is deferred again).
+TEST_CASE("a deferred input refused for want of a worker: 454 or 451, nothing checked or stored", "[session][events]") {
+    Harness h;
+    h.session->setDeferSlowWork(true);
+    auto codes = [](const maillab::smtp::Output& out) {
+        std::string all;
+        for (const auto& reply : out.replies) all += reply.wire();
+        return all;
+    };
+    maillab::smtp::Output out = h.session->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nNOOP\r\n");
+    REQUIRE(out.deferred);
+    CHECK(h.session->deferredIsAuth());
+    out = h.session->refuseDeferred();
+    std::string wire = codes(out);
+    CHECK(wire.find("454 4.7.0 Temporary authentication failure; try again later") != std::string::npos);
+    CHECK(wire.find("250 2.0.0") != std::string::npos);  // the NOOP behind it
+    CHECK_FALSE(h.session->authenticated());
+    CHECK_FALSE(h.session->hasDeferred());
+
+    // Authenticated (a worker ran it), then a message whose end finds no worker: 451, not stored.
+    out = h.session->onBytes("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n");
+    REQUIRE(out.deferred);
+    out = h.session->resumeDeferred();
+    REQUIRE(h.session->authenticated());
+    out = h.session->onBytes("MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+                             "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 9 LAST\r\n");
+    REQUIRE(out.deferred);
+    CHECK_FALSE(h.session->deferredIsAuth());
+    out = h.session->refuseDeferred();
+    wire = codes(out);
+    CHECK(wire.find("451 4.3.0 Local error in processing: message not stored; try again later") != std::string::npos);
+    CHECK(out.deferred);  // the BDAT LAST behind it waits for a worker of its own
+    out = h.session->onBytes("Subject:y");
+    CHECK(out.deferred);
+    out = h.session->refuseDeferred();  // a BDAT chunk's end refused as its octets end
+    CHECK(codes(out).find("451 4.3.0") != std::string::npos);
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).empty());
+    out = h.session->onBytes("NOOP\r\n");
+    CHECK(codes(out).rfind("250 ", 0) == 0);
+}
