@@ -192,6 +192,10 @@ private:
         size_t group = tls.find(" group=");
         std::string description = tls.substr(0, group), groupName = group == std::string::npos ? "" : tls.substr(group + 7);
         if (held_->session) {  // STARTTLS done (RFC 3207 4.2: the session forgets what came before)
+            if (!early_.empty()) {  // plaintext from before the handshake (RFC 3207 5): discarded, logged
+                held_->session->onBytes(early_.data(), early_.size());
+                early_.clear();
+            }
             held_->log.event("tls", "starttls=yes " + tls);
             held_->session->onTlsStarted(description, groupName);
             commandDeadline_ = net::Clock::now() + s_.commandTimeout;
@@ -245,6 +249,14 @@ private:
             append(all, std::move(out));
             at += slice;
             if (all.close) return respond(connection, std::move(all));  // the session reads nothing after it
+            if (all.startTls) {
+                // RFC 3207 5 / CVE-2011-0411: the rest of this read is plaintext pipelined after
+                // STARTTLS: given to the session now, which discards it (one log line), never kept in
+                // early_ to run once TLS is up.
+                if (at < size) append(all, held_->session->onBytes(data + at, size - at));
+                at = size;
+                break;
+            }
             if (all.deferred || replyBytes > kMaxQueuedReplyBytes) break;
         }
         // The rest waits: behind the deferred input's job, or for these replies to leave.

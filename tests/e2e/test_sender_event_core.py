@@ -169,3 +169,32 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
         stored = sorted(s for s, _ in messages(server.db, "bob@447.edu"))
         assert stored == sorted(acknowledged), f"stored {stored}, acknowledged with 250 {acknowledged}"
         assert "queued" not in acknowledged or "running" in acknowledged, "one delivery worker: in order"
+
+
+@test
+def plaintext_behind_starttls_past_the_reply_cap_never_runs_inside_tls(lab):
+    """RFC 3207 5 (CVE-2011-0411), on both cores: one read holding 500 EHLOs (over 64 KiB of replies,
+    the event core's cap on replies queued per read), STARTTLS, then plain commands. Those commands
+    arrived in clear: after the handshake none of them has run (no 221 for the pipelined QUIT; the
+    session inside TLS starts fresh and needs EHLO). The event core once kept them past the cap and ran
+    them once TLS was up."""
+    import socket
+    for core in ("threads", "events"):
+        with Server(lab, "senderserver", {"sender.core": core}, args=["--tls=starttls"]) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220 "), core
+            raw.sendall(b"EHLO x\r\n" * 500 + b"STARTTLS\r\n" + b"NOOP\r\n" * 2000 + b"QUIT\r\n")
+            while True:
+                line = f.readline()
+                assert line, f"{core}: closed before the 220 to STARTTLS"
+                if line.startswith(b"220 "):
+                    break
+            tls = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b"MAIL FROM:<ana@447.edu>\r\n")
+            first = tls.recv(1000)
+            assert first.startswith(b"503 5.5.1 Bad sequence of commands: need EHLO"), (core, first)
+            tls.sendall(b"QUIT\r\n")
+            assert tls.recv(1000).startswith(b"221 "), core
+            tls.close()
+            assert "event=starttls-discarded-plaintext" in server.log_after_stop(), core
