@@ -136,7 +136,8 @@ def the_event_loop_core_retriever_bounds_a_pipelining_client_that_never_reads(la
         except (socket.timeout, ssl.SSLError, OSError):
             pass  # the server stopped reading: TCP's flow control holds the rest with us
         grown = rss_kb(server.proc.pid) - before
-        assert grown < 24 * 1024, f"RSS grew {grown} kB after {sent} bytes of pipelined requests"
+        # (Under ASan the quarantine holds what was freed: the bound is checked by the plain builds.)
+        assert lab.sanitized or grown < 24 * 1024, f"RSS grew {grown} kB after {sent} bytes of pipelined requests"
         assert sent < limit, "the server read every pipelined request while its answers waited"
         probe.sendall(get("/"))
         assert answer(probe)[0] == 401, "another client is still served"
@@ -324,7 +325,9 @@ def the_event_loop_core_retriever_frees_an_idle_connections_last_large_answer(la
             if n == 0:
                 before = rss_kb(l2.retriever.proc.pid)  # one answer made and sent: the allocator is warm
         grown = rss_kb(l2.retriever.proc.pid) - before
-        assert grown < 24 * 1024, f"RSS grew {grown} kB with 11 more idle connections that had fetched 6 MB each"
+        # (Under ASan the quarantine holds what was freed: the bound is checked by the plain builds.)
+        assert lab.sanitized or grown < 24 * 1024, \
+            f"RSS grew {grown} kB with 11 more idle connections that had fetched 6 MB each"
         for s in idle:
             s.close()
 
