@@ -321,8 +321,7 @@ def pop3_on_the_event_core_holds_idle_sessions_without_a_thread_each(lab):
     is told -ERR [SYS/TEMP] (RFC 3206) and nothing is deleted."""
     from tests.e2e.test_hostile import Pop3Raw
     with Lab2(lab, {"pop3.core": "events", "pop3.plainPort": 0}) as l2:
-        server = l2.retriever
-        assert "core=events" in server.log_text()
+        server = l2.retriever  # (its listening line's core= is the HTTPS core's: the thread count below tells POP3's)
         warm = pop3s(lab, l2)  # the loops, the workers and the store have all run
         warm.user("bob@447.edu")
         warm.pass_(l2.bob)
