@@ -110,10 +110,9 @@ http::ApiResponse serverBusy() {
 class HttpConnection : public LoggedProtocol {
 public:
     HttpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
-        : LoggedProtocol(ConnectionLog(shared.settings.logger, (*shared.settings.nextConnectionId)++, "")),
+        : LoggedProtocol(shared.gate->newLog(connection.peer())),
           shared_(shared), s_(shared.settings), slot_(std::move(slot)),
           provenance_(std::make_shared<TlsProvenance>(s_.provenance ? s_.store : nullptr, "http")) {
-        log_.setPeer(connection.peer());
         slot_.waiting(connection.fd());  // the handshake waits for the client
         http_parser_init(&parser_, HTTP_REQUEST);
         parser_.data = this;

@@ -221,6 +221,14 @@ private:
     Poco::Net::HTTPRequestHandlerFactory::Ptr factory_;
 };
 
+// retriever.events.workers, 0: automatic. With every request on a worker (a remote store), as many as
+// the store has connections (store.maxConnections): the thread core runs that many queries at once too.
+int eventWorkers(const Poco::Util::AbstractConfiguration& cfg, bool remoteStore) {
+    int workers = cfg.getInt("retriever.events.workers");
+    if (workers > 0) return workers;
+    return remoteStore ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+}
+
 // retriever.core = events: the HTTPS port on the event-loop core (event_server.h), with the same
 // context, limits and deadlines as the thread core below.
 std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext& ctx, const GateSettings& gate, Poco::Logger& logger,
@@ -247,10 +255,7 @@ std::unique_ptr<retriever_events::EventServer> startEventServer(RetrieverContext
     s.maxKeepAliveRequests = cfg.getInt("retriever.maxKeepAliveRequests");
     s.proxy = gate.proxy;
     s.threads = cfg.getInt("retriever.events.threads");
-    s.workers = cfg.getInt("retriever.events.workers");
-    // 0: automatic. With every request on a worker (a remote store), as many as the store has
-    // connections (store.maxConnections): the thread core runs that many queries at once too.
-    if (s.workers <= 0) s.workers = remoteStore ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+    s.workers = eventWorkers(cfg, remoteStore);
     s.answerWorkers = cfg.getInt("retriever.events.answerWorkers");
     if (s.answerWorkers <= 0) s.answerWorkers = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
     s.plainHttpAnswer = &http::plainHttpAnswer;
@@ -441,7 +446,7 @@ protected:
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
         std::unique_ptr<retriever_events::EventServer> events;
         if (core == "events")
-            events = startEventServer(ctx, gate, logger, cfg, tlsContext, storeOptions.url.rfind("postgresql:", 0) == 0, listeners);
+            events = startEventServer(ctx, gate, logger, cfg, tlsContext, isPostgresUrl(storeOptions.url), listeners);
         for (auto& listener : listeners) {
             if (events) break;
             servers.push_back(std::make_unique<Poco::Net::TCPServer>(
@@ -474,9 +479,8 @@ protected:
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
             if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; opt-in: design.md)
-                bool remote = storeOptions.url.rfind("postgresql:", 0) == 0;
-                int workers = cfg.getInt("retriever.events.workers");  // 0: automatic, as for HTTPS
-                if (workers <= 0) workers = remote ? std::max(1, cfg.getInt("store.maxConnections")) : 2;
+                bool remote = isPostgresUrl(storeOptions.url);
+                int workers = eventWorkers(cfg, remote);
                 pop3::EventSettings e{cfg.getInt("retriever.events.threads"), workers, remote,
                                       std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"))};
                 std::vector<int> tlsFds, plainFds;

@@ -84,7 +84,7 @@ std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.f
 // What a worker may still use after its connection has ended: the session, and what the session's
 // callbacks reach (the connection's log and provenance). The connection and each job hold it.
 struct Held {
-    Held(Poco::Logger* logger, unsigned long id, Store* provenanceStore) : log(logger, id, ""), provenance(provenanceStore, "smtp") {}
+    Held(ConnectionLog connectionLog, Store* provenanceStore) : log(std::move(connectionLog)), provenance(provenanceStore, "smtp") {}
     ConnectionLog log;
     TlsProvenance provenance;
     std::unique_ptr<smtp::Session> session;
@@ -99,9 +99,8 @@ class SmtpConnection : public net::GatedProtocol {
 public:
     SmtpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
         : shared_(shared), s_(shared.settings), slot_(std::move(slot)),
-          held_(std::make_shared<Held>(s_.logger, (*s_.nextConnectionId)++, s_.provenance ? s_.store : nullptr)),
+          held_(std::make_shared<Held>(shared.gate->newLog(connection.peer()), s_.provenance ? s_.store : nullptr)),
           id_(connection.id()) {
-        held_->log.setPeer(connection.peer());
         held_->log.peerEvent("connect", "active=" + std::to_string(s_.limiter->active()));
         slot_.waiting(connection.fd());  // the handshake waits for the client: when full, the longest waiting give way
         std::lock_guard<std::mutex> lock(shared_.openMutex);

@@ -63,10 +63,10 @@ public:
     explicit EventServer(Settings settings);
     ~EventServer();
     void start(const std::vector<int>& listeners);
-    // RFC 5321 3.8: every session answers 421 and closes (one whose message is being stored gets its
-    // 250 first); after `grace` those still open are closed, then the loops and workers join.
     // From now on a queued job that has not started does nothing but answer 421 (stop() does this too).
     void dropUnstartedJobs();
+    // RFC 5321 3.8: every session answers 421 and closes (one whose message is being stored gets its
+    // 250 first); after `grace` those still open are closed, then the loops and workers join.
     void stop(std::chrono::milliseconds grace);
     int threads() const;
     size_t sessions() const;  // connections admitted and not yet ended

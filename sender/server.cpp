@@ -408,7 +408,7 @@ protected:
         Poco::ThreadPool pool(2, threads, 60, 256 * 1024);
         std::unique_ptr<sender_events::EventServer> events;
         if (core == "events")
-            events = startEventServer(ctx, gate, cfg, logger, storeOptions.url.rfind("postgresql:", 0) == 0, listeners);
+            events = startEventServer(ctx, gate, cfg, logger, isPostgresUrl(storeOptions.url), listeners);
         // One TCPServer per listening address (127.0.0.1 and ::1), sharing the pool and the limits.
         std::vector<std::unique_ptr<Poco::Net::TCPServer>> servers;
         for (auto& listener : listeners) {
