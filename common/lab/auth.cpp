@@ -177,12 +177,12 @@ bool Authenticator::freshCacheHit(const std::string& email, const std::string& p
     {
         std::lock_guard<std::mutex> lock(cacheMutex_);
         auto it = cache_.find(email);
-        if (it == cache_.end() || it->second.expires <= now || !it->second.checkedGeneration ||
-            it->second.checkedSource != source)
-            return false;
+        if (it == cache_.end() || it->second.expires <= now) return false;
+        for (const CacheEntry::Checked& c : it->second.checked)
+            if (c.source == source) checked = c.generation;
+        if (!checked) return false;
         expected = it->second.mac;
         hash = it->second.hash;
-        checked = it->second.checkedGeneration;
     }
     // The one read: a changed password, a removed account or a guess taken (by any process or
     // instance) since the entry was checked sends this login the full way.
@@ -200,9 +200,12 @@ void Authenticator::markChecked(const std::string& email, const std::string& has
                                 std::optional<uint64_t> generation) {
     std::lock_guard<std::mutex> lock(cacheMutex_);
     auto it = cache_.find(email);
-    if (it == cache_.end() || it->second.hash != hash) return;
-    it->second.checkedSource = source;
-    it->second.checkedGeneration = generation;
+    if (it == cache_.end() || it->second.hash != hash || !generation) return;
+    std::vector<CacheEntry::Checked>& checked = it->second.checked;
+    auto same = std::find_if(checked.begin(), checked.end(), [&](const CacheEntry::Checked& c) { return c.source == source; });
+    if (same != checked.end()) checked.erase(same);
+    if (checked.size() >= kCheckedSources) checked.erase(checked.begin());  // the longest unchecked goes
+    checked.push_back(CacheEntry::Checked{source, *generation});
 }
 
 void Authenticator::remember(const Account& account, const std::string& password, int64_t now,
@@ -210,7 +213,9 @@ void Authenticator::remember(const Account& account, const std::string& password
     if (policy_.cacheTtlSeconds <= 0) return;
     Mac mac = cacheMac(account.email, password, account.passwordHash);
     std::lock_guard<std::mutex> lock(cacheMutex_);
-    cache_[account.email] = CacheEntry{mac, account.passwordHash, now + policy_.cacheTtlSeconds, source, generation};
+    CacheEntry entry{mac, account.passwordHash, now + policy_.cacheTtlSeconds, {}};
+    if (generation) entry.checked.push_back(CacheEntry::Checked{source, *generation});
+    cache_[account.email] = std::move(entry);
 }
 
 std::shared_ptr<std::mutex> Authenticator::accountLock(const std::string& email) {

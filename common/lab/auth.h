@@ -128,9 +128,15 @@ private:
         // the account) with which the entry was last checked against the account and its budget.
         // A hit from that source while the generation is unchanged needs nothing else: the password
         // is the same, the account still there, and no guess has been taken from its budgets since.
-        std::string checkedSource;
-        std::optional<uint64_t> checkedGeneration;
+        // Up to kCheckedSources sources, the latest checked last: an owner's phone and laptop (and a
+        // class behind several NAT addresses) do not take turns sending each other the full way.
+        struct Checked {
+            std::string source;
+            uint64_t generation;
+        };
+        std::vector<Checked> checked;
     };
+    static constexpr size_t kCheckedSources = 16;
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
     // The cached verification of this password, if any: the stored hash it was checked against.
     std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);

@@ -467,6 +467,7 @@ private:
             // Rows given their ids do not advance the id sequence: the next delivery is numbered past them.
             c.run("SELECT setval(pg_get_serial_sequence('messages', 'id'), (SELECT max(id) FROM messages))");
         }
+        static void afterCommit(Connection&) {}  // no totals are kept in memory here: nothing to end
     };
 
     // The writes the store's own methods share with an import.

@@ -7,6 +7,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -180,6 +181,12 @@ MessageSummary readSummary(const Statement& s) {
 // entry is ended by the bump) or the new one. Made at full size with posix_fallocate, so a bump
 // never meets a full disk. Removing the file while servers run is the same mistake as removing the
 // -shm file: they keep the one they opened (docs/design.md, "Credential cache").
+// After the credential slots come kMailboxSlots more, one per hash of a mailbox's address, bumped
+// after every commit that adds or removes its messages: a mailbox's totals (the listing's validator,
+// the quota's bytes) are kept in memory while its slot is unchanged (SqliteStore::mailboxStats).
+constexpr uint32_t kMailboxSlots = 4096;
+uint32_t mailboxSlot(const std::string& mailbox) { return kCredentialSlots + credentialSlot(mailbox) % kMailboxSlots; }
+
 class GenerationFile {
 public:
     explicit GenerationFile(const std::string& databasePath) : path_(databasePath + "-generations") {
@@ -187,7 +194,8 @@ public:
         fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd_ < 0) return;  // a read-only folder: every cached login reads the account instead
         struct stat st {};
-        off_t size = static_cast<off_t>(kCredentialSlots * sizeof(uint64_t));
+        // A file made by an earlier version (credential slots only) grows: its servers read the first part.
+        off_t size = static_cast<off_t>((kCredentialSlots + kMailboxSlots) * sizeof(uint64_t));
         if (::fstat(fd_, &st) != 0 || (st.st_size < size && ::posix_fallocate(fd_, 0, size) != 0)) {
             ::close(fd_);
             fd_ = -1;
@@ -207,22 +215,50 @@ public:
     }
 
     void bump(uint32_t slot) {
-        if (fd_ < 0) return;
-        ::flock(fd_, LOCK_EX);
-        uint64_t value = 0;
-        off_t at = static_cast<off_t>(slot) * sizeof value;
-        bool ok = ::pread(fd_, &value, sizeof value, at) == sizeof value;
-        ++value;
-        ok = ok && ::pwrite(fd_, &value, sizeof value, at) == sizeof value;
-        ::flock(fd_, LOCK_UN);
-        if (!ok)
+        if (!bumpAll({slot}))
             throw StoreError("the change is stored, but " + path_ + " could not be updated: the servers may accept "
                              "the old password from their caches for up to auth.cacheTtlSeconds; restart them");
     }
 
+    // The mailboxes' slots after a commit that changed their messages. Never throws: the messages are
+    // stored (a delivery's 250 must follow); a slot that could not be bumped stops this process
+    // trusting the file (every read goes to SQLite), and the next successful bump ends other
+    // processes' stale totals (the -shm file's rule: nothing but maillab writes beside the database).
+    void bumpMailboxes(const std::vector<uint32_t>& slots) noexcept {
+        if (!bumpAll(slots)) disabled_ = true;
+    }
+
+    std::vector<uint32_t> everyMailboxSlot() const {
+        std::vector<uint32_t> slots(kMailboxSlots);
+        for (uint32_t i = 0; i < kMailboxSlots; ++i) slots[i] = kCredentialSlots + i;
+        return slots;
+    }
+
+    bool trusted() const { return fd_ >= 0 && !disabled_; }
+
 private:
+    // Each slot + 1 under one flock (so no two processes lose a bump); false if any failed.
+    bool bumpAll(const std::vector<uint32_t>& slots) noexcept {
+        if (fd_ < 0) return true;
+        if (::flock(fd_, LOCK_EX) != 0) return false;
+        bool ok = true;
+        for (uint32_t slot : slots) {
+            uint64_t value = 0;
+            off_t at = static_cast<off_t>(slot) * sizeof value;
+            if (::pread(fd_, &value, sizeof value, at) != sizeof value) {
+                ok = false;
+                continue;
+            }
+            ++value;
+            ok = ::pwrite(fd_, &value, sizeof value, at) == sizeof value && ok;
+        }
+        ::flock(fd_, LOCK_UN);
+        return ok;
+    }
+
     std::string path_;
     int fd_ = -1;
+    std::atomic<bool> disabled_{false};
 };
 
 class SqliteStore final : public Store {
@@ -259,6 +295,7 @@ public:
         account.step();
         bool deleted = sqlite3_changes(c.db) == 1;
         tx.commit();
+        generations_.bumpMailboxes({mailboxSlot(email)});
         generations_.bump(credentialSlot(email));
         return deleted;
     }
@@ -488,13 +525,31 @@ public:
         return s.text(0);
     }
 
+    // Every listing asks (its validator) and every RCPT (the quota): answered from memory while the
+    // mailbox's slot in the generations file is unchanged. The slot is read before the row: a commit
+    // after that read bumps it after, so totals read too early are never trusted again.
     MailboxStats mailboxStats(const std::string& mailbox) override {
-        Connection c(*this);
-        Statement s(*c.handle,
-                    "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
-        s.bind(1, mailbox);
-        if (!s.step()) return MailboxStats{};
-        return MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
+        std::optional<uint64_t> generation;
+        if (generations_.trusted()) generation = generations_.read(mailboxSlot(mailbox));
+        if (generation) {
+            std::lock_guard<std::mutex> lock(statsMutex_);
+            auto it = statsCache_.find(mailbox);
+            if (it != statsCache_.end() && it->second.generation == *generation) return it->second.stats;
+        }
+        MailboxStats stats;
+        {
+            Connection c(*this);
+            Statement s(*c.handle,
+                        "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
+            s.bind(1, mailbox);
+            if (s.step()) stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
+        }
+        if (generation) {
+            std::lock_guard<std::mutex> lock(statsMutex_);
+            if (statsCache_.size() >= kStatsCacheEntries) statsCache_.clear();  // bounded: a few hundred KB
+            statsCache_[mailbox] = CachedStats{*generation, stats};
+        }
+        return stats;
     }
 
     int64_t deleteMessages(const std::string& mailbox, const std::vector<int64_t>& ids) override {
@@ -511,6 +566,7 @@ public:
             s.reset();
         }
         tx.commit();
+        generations_.bumpMailboxes({mailboxSlot(mailbox)});
         return removed;
     }
 
@@ -582,6 +638,10 @@ private:
         static void addActivity(Connection& c, const std::vector<ActivityCount>& counts) { addActivityCounts(*c.handle, counts); }
         // SQLite numbers a new row past the largest id there is: nothing to move.
         static void afterNumberedMessages(Connection&) {}
+        // Any mailbox may have changed: every mailbox slot (a rare, whole-store move).
+        static void afterCommit(Connection& c) {
+            c.store.generations_.bumpMailboxes(c.store.generations_.everyMailboxSlot());
+        }
     };
 
     void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
@@ -614,7 +674,12 @@ private:
                 p->ids.clear();
                 p->error = std::current_exception();
             }
+            return;
         }
+        std::vector<uint32_t> slots;
+        for (GroupCommit::Delivery* p : batch)
+            for (const std::string& mailbox : p->message->recipients) slots.push_back(mailboxSlot(mailbox));
+        generations_.bumpMailboxes(slots);
     }
 
     // Borrows a pooled connection for the duration of one call.
@@ -729,6 +794,14 @@ private:
 
     SqliteOptions options_;
     GenerationFile generations_;
+    // mailboxStats' memory: the totals read at a slot's generation.
+    struct CachedStats {
+        uint64_t generation;
+        MailboxStats stats;
+    };
+    static constexpr size_t kStatsCacheEntries = 16384;
+    std::mutex statsMutex_;
+    std::unordered_map<std::string, CachedStats> statsCache_;
     GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::vector<Handle*> idle_;

@@ -7,6 +7,7 @@
 //   addAccount, addMessage, addTrustedSource,    StoreImport's writes, each taking the Connection first
 //   addTlsLogin, addActivity                     (addMessage's ids: checked here, one per recipient)
 //   afterNumberedMessages(Connection&)           before COMMIT, when messages came with their ids
+//   afterCommit(Connection&)                     after COMMIT (the SQLite store's mailbox generations)
 #pragma once
 #include "store.h"
 
@@ -43,6 +44,7 @@ public:
     void commit() override {
         if (numbered_) Writes::afterNumberedMessages(*c_);
         tx_->commit();
+        Writes::afterCommit(*c_);
     }
 
 private:

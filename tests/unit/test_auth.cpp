@@ -373,6 +373,35 @@ TEST_CASE("a fresh cached login reads no account, and another process's change s
     CHECK(server.authenticate("ana@447.edu", "22222447", false, "10.0.0.1").outcome == AuthOutcome::BadCredentials);
 }
 
+TEST_CASE("a fresh cached login stays fresh from each of the owner's recent addresses, up to kCheckedSources",
+          "[auth][cache][generation]") {
+    AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 600; });
+    AnaLab lab(policy);
+    RacingStore counting(*lab.store);
+    Authenticator server(counting, policy, [&] { return lab.now; });
+    auto from = [](int i) { return "10.0.1." + std::to_string(i); };
+    const int recent = 16;  // Authenticator::kCheckedSources
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(0)).outcome == AuthOutcome::Ok);
+    for (int i = 0; i < recent; ++i)  // each address checked once against the account and its budget
+        REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(i)).outcome == AuthOutcome::Ok);
+    int reads = counting.loginStateReads;
+    // Taking turns (a laptop and a phone, connections from a class's NAT addresses): no read.
+    for (int round = 0; round < 3; ++round)
+        for (int i = 0; i < recent; ++i)
+            REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(i)).outcome == AuthOutcome::Ok);
+    CHECK(counting.loginStateReads == reads);
+    // One more address is checked, and the one checked longest ago is no longer fresh.
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(recent)).outcome == AuthOutcome::Ok);
+    int fullPath = counting.loginStateReads - reads;
+    CHECK(fullPath > 0);
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(0)).outcome == AuthOutcome::Ok);
+    CHECK(counting.loginStateReads == reads + 2 * fullPath);
+    // The newest are still fresh.
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(recent)).outcome == AuthOutcome::Ok);
+    REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(recent - 1)).outcome == AuthOutcome::Ok);
+    CHECK(counting.loginStateReads == reads + 2 * fullPath);
+}
+
 TEST_CASE("a fresh cached login stops once another process's guesses spend its budget", "[auth][cache][generation]") {
     AuthPolicy policy = fastPolicyWith([](AuthPolicy& p) { p.cacheTtlSeconds = 600; p.guessRefillSeconds = 1000000; });
     AnaLab lab(policy);

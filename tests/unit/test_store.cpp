@@ -271,3 +271,36 @@ TEST_CASE("group commit: one commit for every waiter, each woken with its own re
     good.queueId = "Q";
     CHECK(group.deliver(good).size() == 1);
 }
+
+TEST_CASE("SQLite: a mailbox's totals kept in memory end with every change another process commits",
+          "[store][generations]") {
+    // Two stores on one file are two processes (the sender delivers, the retriever lists): each keeps
+    // the totals it read while the mailbox's slot in <db>-generations is unchanged.
+    maillab::testing::TempDir dir;
+    SqliteOptions options;
+    options.path = dir.path + "/shared.db";
+    auto sender = openSqliteStore(options);
+    auto retriever = openSqliteStore(options);
+    CHECK(retriever->mailboxStats("bob@447.edu").count == 0);  // read, and kept
+    auto first = sender->deliver(message("one", {"bob@447.edu", "ana@447.edu"}));
+    CHECK(retriever->mailboxStats("bob@447.edu").count == 1);
+    CHECK(retriever->mailboxStats("bob@447.edu").newestId == first[0]);
+    CHECK(retriever->mailboxStats("ana@447.edu").count == 1);
+    auto second = sender->deliver(message("two", {"bob@447.edu"}));
+    CHECK(retriever->mailboxStats("bob@447.edu").count == 2);
+    CHECK(retriever->mailboxStats("bob@447.edu").newestId == second[0]);
+    CHECK(sender->deleteMessages("bob@447.edu", {first[0]}) == 1);
+    CHECK(retriever->mailboxStats("bob@447.edu").count == 1);
+    sender->createAccount("ana@447.edu", "h", 1);
+    CHECK(sender->deleteAccount("ana@447.edu"));
+    CHECK(retriever->mailboxStats("ana@447.edu").count == 0);
+
+    // A whole-store move into it (maillab-admin migrate) ends every mailbox's kept totals.
+    CHECK(retriever->mailboxStats("carol@447.edu").count == 0);
+    {
+        auto import = sender->beginImport();
+        import->addMessage(message("moved", {"carol@447.edu"}), {});
+        import->commit();
+    }
+    CHECK(retriever->mailboxStats("carol@447.edu").count == 1);
+}
