@@ -9,8 +9,7 @@
 #include "../common/net/text.h"
 #include "../common/net/log_text.h"
 
-#include <Poco/JSON/Array.h>
-#include <Poco/JSON/Object.h>
+#include <Poco/JSONString.h>
 #include <Poco/String.h>
 
 #include <algorithm>
@@ -84,26 +83,54 @@ void Session::noteReplies(const Output& out) {
     }
 }
 
+// The story as Poco::JSON::Object would write it (keys sorted, no spaces; each string escaped by
+// Poco::toJSON, as Object's stringify does), built as one string: an Object and its Dynamic::Var
+// copies cost an eighth of a kept-open message's CPU (perf, issue 22). tests/unit/test_session.cpp
+// parses it back.
 std::string Session::storyJson(const std::string& queueId) const {
-    Poco::JSON::Object story;
-    story.set("queue_id", queueId);
-    story.set("started_at", startedAt_);
-    story.set("peer", env_.peerAddress);
-    story.set("helo", escapeControl(heloName_));
-    story.set("tls", tlsActive_ ? env_.tlsDescription : std::string());
-    story.set("tls_group", tlsActive_ ? env_.tlsGroup : std::string());
-    story.set("starttls", env_.tlsMode == TlsMode::StartTls);
-    story.set("account", user_);
-    Poco::JSON::Array lines;
-    for (const auto& line : storyHead_) lines.add(line);
+    size_t size = 256 + queueId.size() + env_.peerAddress.size() + heloName_.size() + user_.size();
+    for (const auto& line : storyHead_) size += line.size() + 4;
+    for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) size += storyTail_[i].size() + 4;
+    std::string out;
+    out.reserve(size + size / 8);
+    auto string = [&out](const std::string& value) { out += Poco::toJSON(value, Poco::JSON_WRAP_STRINGS); };
+    auto key = [&out, &string](const char* name) {
+        out += out.size() == 1 ? "" : ",";
+        string(name);
+        out += ':';
+    };
+    out += '{';
+    key("account");
+    string(user_);
+    key("helo");
+    string(escapeControl(heloName_));
+    key("peer");
+    string(env_.peerAddress);
+    key("queue_id");
+    string(queueId);
+    key("started_at");
+    out += std::to_string(startedAt_);
+    key("starttls");
+    out += env_.tlsMode == TlsMode::StartTls ? "true" : "false";
+    key("tls");
+    string(tlsActive_ ? env_.tlsDescription : std::string());
+    key("tls_group");
+    string(tlsActive_ ? env_.tlsGroup : std::string());
+    key("transcript");
+    out += '[';
+    bool first = true;
+    auto line = [&](const std::string& text) {
+        if (!first) out += ',';
+        first = false;
+        string(text);
+    };
+    for (const auto& l : storyHead_) line(l);
     if (storyEarlier_)
-        lines.add("... (" + std::to_string(storyEarlier_) + " lines of earlier messages on this connection left out) ...");
-    if (storyLeftOut_) lines.add("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");
-    for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) lines.add(storyTail_[i]);
-    story.set("transcript", lines);
-    std::ostringstream out;
-    story.stringify(out);
-    return out.str();
+        line("... (" + std::to_string(storyEarlier_) + " lines of earlier messages on this connection left out) ...");
+    if (storyLeftOut_) line("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");
+    for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) line(storyTail_[i]);
+    out += "]}";
+    return out;
 }
 
 Output Session::onDataLine(const std::string& line, bool bareLf) {
