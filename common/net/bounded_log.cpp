@@ -23,6 +23,7 @@ void BoundedAsyncChannel::registerClass() {
 void BoundedAsyncChannel::setProperty(const std::string& name, const std::string& value) {
     if (name == "channel") target_ = Poco::LoggingRegistry::defaultRegistry().channelForName(value);
     else if (name == "maxQueuedBytes") maxQueuedBytes_ = static_cast<size_t>(Poco::NumberParser::parseUnsigned64(value));
+    else if (name == "lingerMs") linger_ = std::chrono::milliseconds(Poco::NumberParser::parseUnsigned(value));
     else Channel::setProperty(name, value);
 }
 
@@ -70,23 +71,34 @@ uint64_t BoundedAsyncChannel::dropped() const {
 
 void BoundedAsyncChannel::run() {
     std::unique_lock<std::mutex> lock(mutex_);
+    std::deque<Poco::Message> batch;
     for (;;) {
         wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
         if (queue_.empty() && stopping_) return;
-        Poco::Message message = std::move(queue_.front());
-        queue_.pop_front();
-        queuedBytes_ -= message.getText().size() + 64;
+        if (linger_.count() > 0 && !stopping_) {
+            // Let the next lines join this batch: while this thread sleeps here, not on wake_, a
+            // connection's log() notifies no one (no futex call) and one write takes them all.
+            lock.unlock();
+            std::this_thread::sleep_for(linger_);
+            lock.lock();
+        }
+        // Everything waiting, written together (StderrLineChannel::Batch): one write for the lines of
+        // many connections, and the queue's lock held only for the swap.
+        batch.swap(queue_);
+        queuedBytes_ = 0;
         uint64_t unreported = droppedUnreported_;
         droppedUnreported_ = 0;
         lock.unlock();
         if (target_) {
+            StderrLineChannel::Batch together;
             if (unreported)
-                target_->log(Poco::Message(message.getSource(),
+                target_->log(Poco::Message(batch.front().getSource(),
                                            "event=log-dropped lines=" + std::to_string(unreported) +
                                                " note=\"the log fell behind (--verbose?); those lines were not written\"",
                                            Poco::Message::PRIO_WARNING));
-            target_->log(message);
+            for (const Poco::Message& message : batch) target_->log(message);
         }
+        batch.clear();
         lock.lock();
     }
 }
@@ -96,20 +108,49 @@ void StderrLineChannel::registerClass() {
         "StderrLineChannel", new Poco::Instantiator<StderrLineChannel, Poco::Channel>);
 }
 
+namespace {
+thread_local std::string* gathering = nullptr;  // the thread's open Batch, if any
+
+// Whole lines to stderr; a batch larger than this goes in several writes (a terminal or pipe takes
+// a bounded write at once, and a line never waits behind megabytes of others).
+constexpr size_t kBatchWriteBytes = 64 * 1024;
+
+void writeStderr(const char* p, size_t left) {
+    while (left > 0) {
+        ssize_t n = ::write(2, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;  // stderr closed or full: the lines are lost, as Poco's console's would be
+        p += n;
+        left -= static_cast<size_t>(n);
+    }
+}
+}  // namespace
+
+StderrLineChannel::Batch::Batch() {
+    if (!gathering) gathering = &lines_;
+}
+
+StderrLineChannel::Batch::~Batch() {
+    if (gathering != &lines_) return;
+    gathering = nullptr;
+    writeStderr(lines_.data(), lines_.size());
+}
+
 void StderrLineChannel::log(const Poco::Message& message) {
+    if (gathering) {
+        if (!gathering->empty() && gathering->size() + message.getText().size() + 1 > kBatchWriteBytes) {
+            writeStderr(gathering->data(), gathering->size());
+            gathering->clear();
+        }
+        *gathering += message.getText();
+        *gathering += '\n';
+        return;
+    }
     std::string line;
     line.reserve(message.getText().size() + 1);
     line += message.getText();
     line += '\n';
-    const char* p = line.data();
-    size_t left = line.size();
-    while (left > 0) {
-        ssize_t n = ::write(2, p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return;  // stderr closed or full: the line is lost, as Poco's console's would be
-        p += n;
-        left -= static_cast<size_t>(n);
-    }
+    writeStderr(line.data(), line.size());
 }
 
 }  // namespace maillab

@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 namespace {
 // A channel that holds every write until released: a terminal nobody reads.
 class StuckChannel : public Poco::Channel {
@@ -50,4 +54,33 @@ TEST_CASE("a log that falls behind drops and counts lines past its bound, and sa
     CHECK(said);
     CHECK(warned);  // warnings are never the ones dropped
     CHECK(stuck->lines.size() < 200);
+}
+
+TEST_CASE("the lines waiting for the log's thread reach stderr in one write, whole and in order", "[log]") {
+    // stderr is a file for this test; a Batch holds the thread's lines until it ends.
+    char path[] = "/tmp/maillab-log-batch-XXXXXX";
+    int file = ::mkstemp(path);
+    REQUIRE(file >= 0);
+    int saved = ::dup(2);
+    ::dup2(file, 2);
+    auto size = [&] { return static_cast<long>(::lseek(file, 0, SEEK_END)); };
+    Poco::AutoPtr<maillab::StderrLineChannel> console(new maillab::StderrLineChannel);
+    long during = -1;
+    {
+        maillab::StderrLineChannel::Batch together;
+        for (int i = 0; i < 3; ++i) console->log(Poco::Message("t", "line " + std::to_string(i), Poco::Message::PRIO_INFORMATION));
+        during = size();
+    }
+    long after = size();
+    console->log(Poco::Message("t", "alone", Poco::Message::PRIO_INFORMATION));  // no batch: at once
+    long alone = size();
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::string text(static_cast<size_t>(alone), '\0');
+    REQUIRE(::pread(file, &text[0], text.size(), 0) == alone);
+    ::close(file);
+    ::unlink(path);
+    CHECK(during == 0);
+    CHECK(after == static_cast<long>(std::string("line 0\nline 1\nline 2\n").size()));
+    CHECK(text == "line 0\nline 1\nline 2\nalone\n");
 }
