@@ -128,7 +128,8 @@ private:
         // the account) with which the entry was last checked against the account and its budget.
         // A hit from that source while the generation is unchanged needs nothing else: the password
         // is the same, the account still there, and no guess has been taken from its budgets since.
-        // Up to kCheckedSources sources, the latest checked last: an owner's phone and laptop (and a
+        // Up to kCheckedSources sources, the latest checked last (more than the connections one client
+        // opens at once: a round robin over more would miss every time): an owner's phone and laptop (and a
         // class behind several NAT addresses) do not take turns sending each other the full way.
         struct Checked {
             std::string source;
@@ -136,7 +137,7 @@ private:
         };
         std::vector<Checked> checked;
     };
-    static constexpr size_t kCheckedSources = 16;
+    static constexpr size_t kCheckedSources = 32;
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
     // The cached verification of this password, if any: the stored hash it was checked against.
     std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);

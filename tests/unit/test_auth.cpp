@@ -380,7 +380,7 @@ TEST_CASE("a fresh cached login stays fresh from each of the owner's recent addr
     RacingStore counting(*lab.store);
     Authenticator server(counting, policy, [&] { return lab.now; });
     auto from = [](int i) { return "10.0.1." + std::to_string(i); };
-    const int recent = 16;  // Authenticator::kCheckedSources
+    const int recent = 32;  // Authenticator::kCheckedSources
     REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(0)).outcome == AuthOutcome::Ok);
     for (int i = 0; i < recent; ++i)  // each address checked once against the account and its budget
         REQUIRE(server.authenticate("ana@447.edu", "11111447", false, from(i)).outcome == AuthOutcome::Ok);
