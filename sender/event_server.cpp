@@ -6,6 +6,7 @@
 
 #include "../common/lab/tls_provenance.h"
 #include "../common/net/event_gate.h"
+#include "../common/net/guarded_call.h"
 #include "../common/net/log_text.h"
 #include "../common/net/tls.h"
 
@@ -163,13 +164,7 @@ private:
     // failure the session did not foresee) ends this connection with 421 4.3.0, not the process.
     template <typename Call>
     void guarded(net::Connection& connection, Call&& call) {
-        try {
-            call();
-        } catch (const std::exception& e) {
-            failed(connection, e.what());
-        } catch (...) {
-            failed(connection, "unknown exception");
-        }
+        net::guardedCall(call, [&](const std::string& what) { failed(connection, what); });
     }
 
     void failed(net::Connection& connection, const std::string& what) {

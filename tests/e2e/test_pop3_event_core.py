@@ -1,0 +1,140 @@
+"""The retriever's POP3 on the event core (pop3.core = events, retriever/pop3_event_server.cpp) under
+the abuse a review found it did not withstand (docs/design.md "POP3 on the event core"): plaintext
+read after STLS's answer reaching the session, an unbounded worker queue that kept the logins of
+clients that hung up, and a stop that ran every queued job (a queued QUIT deleted). Each test failed
+on the earlier core; each asserts an order or a count, never a time."""
+
+import signal
+import socket
+import time
+
+from tests.e2e.harness import messages, test
+from tests.e2e.test_event_core_abuse import WriteLock, no_answer_yet, reset, wait_for_log
+from tests.e2e.test_hostile import Pop3Raw
+from tests.e2e.test_retriever import Lab2
+from tests.e2e.test_sender_event_core import wait_for_count
+
+# One loop per POP3 port kind: a probe's reply on the same port means the loop has read what was sent before it.
+EVENTS = {"pop3.core": "events", "pop3.plainPort": 0, "retriever.events.threads": 1}
+BUSY = "-ERR [SYS/TEMP] The server is busy; try again shortly"
+
+
+def probed(probe):
+    """A CAPA round trip on `probe`: the loop it shares has read every byte sent before it."""
+    assert probe.cmd("CAPA").startswith("+OK")
+    probe.block()
+
+
+def logging_in(lab, port, probe, user, password):
+    """A POP3S session that sent USER and PASS in one write (a read that goes to the auth lane), its
+    answer unread; `probe` (on the same port) makes sure the loop has read it."""
+    c = Pop3Raw(lab, port)
+    c.send(f"USER {user}\r\nPASS {password}\r\n")
+    probed(probe)
+    return c
+
+
+def logged_in(lab, port, user, password):
+    c = Pop3Raw(lab, port)
+    assert c.cmd(f"USER {user}").startswith("+OK")
+    assert c.cmd(f"PASS {password}").startswith("+OK"), user
+    return c
+
+
+@test
+def pop3_event_core_drops_the_queued_login_of_a_client_that_hung_up(lab):
+    """One auth worker, busy (a wrong password's guess waits for SQLite's write lock); three clients
+    send USER and PASS for fresh names and reset. Each is logged leaving while its read was on a worker
+    (state=authorization working=yes), and none of their names is ever checked: the jobs of a gone
+    connection do nothing (was: a scrypt each for no one, and the line had no state=)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the auth worker busy")
+    settings = dict(EVENTS, **{"pop3.events.authWorkers": 1, "store.busyTimeoutMs": 30000,
+                               "auth.hashWaitMilliseconds": 60000, "retriever.events.workers": 1})
+    with Lab2(lab, settings) as l2:
+        server = l2.retriever
+        probe = Pop3Raw(lab, server.pop3_port)
+        lock = WriteLock(server.db)
+        try:
+            busy = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong")
+            for n in range(3):
+                gone = logging_in(lab, server.pop3_port, probe, f"fresh{n}@447.edu", "guess")
+                reset(gone.sock)
+            wait_for_count(server, "working=yes", 3)
+        finally:
+            lock.release()
+        assert busy.line().startswith("+OK") and busy.line().startswith("-ERR"), "the busy worker's guess"
+        # Queued behind the three (one worker, in order): once it is answered, they have had their turn.
+        last = logging_in(lab, server.pop3_port, probe, "ana@447.edu", l2.ana)
+        assert last.line().startswith("+OK") and last.line().startswith("+OK ana@447.edu has")
+        log = server.log_after_stop()
+        assert log.count("state=authorization working=yes") == 3, log[-3000:]
+        assert "fresh" not in log, log[-3000:]
+
+
+@test
+def pop3_event_core_bounds_its_auth_lane_and_answers_sys_temp_when_full_or_late(lab):
+    """pop3.events.maxQueuedJobs = 1 and one auth worker, busy: a second login waits in the queue, a
+    third finds it full and is answered -ERR [SYS/TEMP] (RFC 3206) at once and closed; the queued one
+    is answered the same once it has waited past auth.hashWaitMilliseconds (was: every login queued
+    without bound, however long). The wait limit is 500 ms: the first login reaches the idle worker
+    well within it even under ASan, and the queued one is held past it before the lock is released."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the auth worker busy")
+    settings = dict(EVENTS, **{"pop3.events.authWorkers": 1, "pop3.events.maxQueuedJobs": 1,
+                               "auth.hashWaitMilliseconds": 500, "store.busyTimeoutMs": 30000})
+    with Lab2(lab, settings) as l2:
+        server = l2.retriever
+        probe = Pop3Raw(lab, server.pop3_port)
+        lock = WriteLock(server.db)
+        try:
+            busy = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong1")
+            queued = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong2")
+            queued_at = time.monotonic()
+            full = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong3")
+            assert full.line() == BUSY
+            assert full.closed(), "closed after the -ERR"
+            assert no_answer_yet(queued.sock), "the queued one waits for the worker"
+            # The behaviour under test is a wait limit passing: the queued job must have waited past it.
+            while time.monotonic() - queued_at < 0.6:
+                time.sleep(0.05)
+        finally:
+            lock.release()
+        assert busy.line().startswith("+OK") and busy.line().startswith("-ERR")
+        assert queued.line() == BUSY and queued.closed()
+        log = server.log_after_stop()
+        assert log.count("event=workers-busy lane=auth reason=full") == 1, log[-3000:]
+        assert log.count("event=workers-busy lane=auth reason=late") == 1, log[-3000:]
+
+
+@test
+def pop3_event_core_stop_runs_no_queued_quit(lab):
+    """One retrieval worker, busy (bob's QUIT deletes, waiting for SQLite's write lock), and ana's
+    QUIT (after DELE 1) queued behind it when the server is told to stop. Ana's QUIT is not run: she
+    is told -ERR [SYS/TEMP] and her message stays (was: run once the client had been closed, deleting
+    with no +OK sent). Bob's message is deleted exactly when his QUIT got its +OK."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the retrieval worker busy")
+    settings = dict(EVENTS, **{"retriever.events.workers": 1, "store.busyTimeoutMs": 30000})
+    with Lab2(lab, settings) as l2:
+        server = l2.retriever
+        l2.send("bob", l2.bob, "ana", "For ana", "hello ana\n")
+        first = logged_in(lab, server.pop3_port, "bob@447.edu", l2.bob)
+        second = logged_in(lab, server.pop3_port, "ana@447.edu", l2.ana)
+        assert first.cmd("DELE 1").startswith("+OK") and second.cmd("DELE 1").startswith("+OK")
+        probe = Pop3Raw(lab, server.pop3_port)
+        lock = WriteLock(server.db)
+        try:
+            first.send("QUIT\r\n")
+            probed(probe)
+            second.send("QUIT\r\n")
+            probed(probe)
+            assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
+            server.proc.send_signal(signal.SIGTERM)
+            # The probe's -ERR says POP3's stop has begun (no queued job starts from then on).
+            assert probe.line().startswith("-ERR [SYS/TEMP]")
+        finally:
+            lock.release()
+        bob_quit = first.line()
+        assert bob_quit.startswith("+OK") or bob_quit.startswith("-ERR [SYS/TEMP]"), bob_quit
+        assert second.line().startswith("-ERR [SYS/TEMP] The server is shutting down; no messages deleted")
+        server.log_after_stop()
+        assert len(messages(server.db, "ana@447.edu")) == 1, "a queued QUIT deleted"
+        assert len(messages(server.db, "bob@447.edu")) == (0 if bob_quit.startswith("+OK") else 1), bob_quit
