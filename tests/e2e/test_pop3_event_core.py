@@ -6,6 +6,7 @@ on the earlier core; each asserts an order or a count, never a time."""
 
 import signal
 import socket
+import ssl
 import time
 
 from tests.e2e.harness import messages, test
@@ -138,3 +139,53 @@ def pop3_event_core_stop_runs_no_queued_quit(lab):
         server.log_after_stop()
         assert len(messages(server.db, "ana@447.edu")) == 1, "a queued QUIT deleted"
         assert len(messages(server.db, "bob@447.edu")) == (0 if bob_quit.startswith("+OK") else 1), bob_quit
+
+
+@test
+def pop3_event_core_never_runs_plaintext_read_after_stls_inside_tls(lab):
+    """RFC 2595 4 / CVE-2011-0411. A client with a tiny receive window sends 480 CAPAs and STLS in one
+    write: the replies (59 kB, under one batch) do not all fit in the socket, so the +OK to STLS waits
+    in the server and the handshake has not begun when the client sends USER and PASS in clear. Those
+    octets are dropped and counted (event=stls-discarded-plaintext); after the handshake the session
+    inside TLS is not logged in. Was: that read went to a worker, which ran it (here: behind a login
+    holding the one auth worker) once the handshake had ended, logging the client in inside TLS."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the auth worker busy")
+    settings = dict(EVENTS, **{"pop3.events.authWorkers": 1, "retriever.events.workers": 1,
+                               "store.busyTimeoutMs": 30000, "auth.hashWaitMilliseconds": 60000})
+    with Lab2(lab, settings) as l2:
+        server = l2.retriever
+        probe = Pop3Raw(lab, server.pop3_port)
+        plain_probe = Pop3Raw(lab, server.pop3_plain_port, tls=False)
+        injected = f"USER bob@447.edu\r\nPASS {l2.bob}\r\n".encode()
+        lock = WriteLock(server.db)
+        try:
+            busy = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong")
+            # Small segments and a small window: what the server can leave in the socket stays well
+            # under the 59 kB of replies (about 25-40 kB on Linux's loopback).
+            raw = socket.socket()
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 256)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            raw.settimeout(30)
+            raw.connect(("127.0.0.1", server.pop3_plain_port))
+            c = Pop3Raw.__new__(Pop3Raw)
+            c.sock, c.buffer = raw, b""
+            assert c.line().startswith("+OK")
+            c.send(b"CAPA\r\n" * 480 + b"STLS\r\n")
+            probed(plain_probe)  # the plain port's loop has read the CAPAs and STLS
+            c.send(injected)     # in clear, after STLS was answered
+            probed(plain_probe)
+            for _ in range(480):
+                assert c.line().startswith("+OK") and c.block()[-1] == "IMPLEMENTATION maillab"
+            assert c.line().startswith("+OK Begin TLS")
+            try:
+                c.sock = lab.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            except ssl.SSLError as e:
+                raise AssertionError(f"STLS handshake: {e}\n{server.log_text()[-3000:]}")
+        finally:
+            lock.release()
+        assert busy.line().startswith("+OK") and busy.line().startswith("-ERR")
+        assert c.cmd("STAT").startswith("-ERR"), "plaintext from before the handshake logged in inside TLS"
+        assert c.cmd("USER bob@447.edu").startswith("+OK") and c.cmd(f"PASS {l2.bob}").startswith("+OK")
+        assert c.cmd("QUIT").startswith("+OK")
+        log = server.log_after_stop()
+        assert f"event=stls-discarded-plaintext octets={len(injected)}" in log, log[-3000:]
