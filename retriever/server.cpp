@@ -478,7 +478,7 @@ protected:
             p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
-            if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; opt-in: design.md)
+            if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; the default: design.md)
                 bool remote = isPostgresUrl(storeOptions.url);
                 int workers = eventWorkers(cfg, remote);
                 pop3::EventSettings e;
