@@ -144,7 +144,7 @@ def pop3_event_core_stop_runs_no_queued_quit(lab):
 @test
 def pop3_event_core_never_runs_plaintext_read_after_stls_inside_tls(lab):
     """RFC 2595 4 / CVE-2011-0411. A client with a tiny receive window sends 480 CAPAs and STLS in one
-    write: the replies (59 kB, under one batch) do not all fit in the socket, so the +OK to STLS waits
+    write: the replies (61 kB, under one batch) do not all fit in the socket, so the +OK to STLS waits
     in the server and the handshake has not begun when the client sends USER and PASS in clear. Those
     octets are dropped and counted (event=stls-discarded-plaintext); after the handshake the session
     inside TLS is not logged in. Was: that read went to a worker, which ran it (here: behind a login
@@ -161,7 +161,7 @@ def pop3_event_core_never_runs_plaintext_read_after_stls_inside_tls(lab):
         try:
             busy = logging_in(lab, server.pop3_port, probe, "bob@447.edu", "wrong")
             # Small segments and a small window: what the server can leave in the socket stays well
-            # under the 59 kB of replies (about 25-40 kB on Linux's loopback).
+            # under the 61 kB of replies (about 15-40 kB on Linux's loopback).
             raw = socket.socket()
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 256)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
@@ -189,3 +189,23 @@ def pop3_event_core_never_runs_plaintext_read_after_stls_inside_tls(lab):
         assert c.cmd("QUIT").startswith("+OK")
         log = server.log_after_stop()
         assert f"event=stls-discarded-plaintext octets={len(injected)}" in log, log[-3000:]
+
+
+@test
+def pop3_event_core_stop_during_stls_is_said_inside_tls(lab):
+    """STLS answered, then the server is told to stop before the client's handshake: once TLS is up the
+    session says -ERR [SYS/TEMP] (nothing deleted) inside it, as a session that was idle does (was: the
+    stop closed it mid-STLS without a word, the client's handshake failing)."""
+    with Lab2(lab, EVENTS) as l2:
+        server = l2.retriever
+        probe = Pop3Raw(lab, server.pop3_port)
+        c = Pop3Raw(lab, server.pop3_plain_port, tls=False)
+        assert c.cmd("STLS").startswith("+OK Begin TLS")
+        server.proc.send_signal(signal.SIGTERM)
+        # The probe's -ERR says POP3's stop has begun: every session has been told.
+        assert probe.line().startswith("-ERR [SYS/TEMP]")
+        c.sock = lab.ssl_context().wrap_socket(c.sock, server_hostname="localhost")
+        assert c.line().startswith("-ERR [SYS/TEMP] The server is shutting down; no messages deleted")
+        assert c.closed()
+        log = server.log_after_stop()
+        assert "event=tls service=pop3 stls=yes" in log, log[-3000:]
