@@ -4,9 +4,12 @@ read after STLS's answer reaching the session, an unbounded worker queue that ke
 clients that hung up, and a stop that ran every queued job (a queued QUIT deleted). Each test failed
 on the earlier core; each asserts an order or a count, never a time."""
 
+import fcntl
 import signal
 import socket
 import ssl
+import struct
+import termios
 import time
 
 from tests.e2e.harness import messages, test
@@ -24,6 +27,15 @@ def probed(probe):
     """A CAPA round trip on `probe`: the loop it shares has read every byte sent before it."""
     assert probe.cmd("CAPA").startswith("+OK")
     probe.block()
+
+
+def delivered(sock, within=30):
+    """Polls until no byte written to `sock` is unsent or unacknowledged (SIOCOUTQ is 0): the server's
+    socket holds them all. A small congestion window may otherwise keep the last ones back past a probe."""
+    end = time.monotonic() + within
+    while struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < end, "the server never took what was sent"
+        time.sleep(0.01)
 
 
 def logging_in(lab, port, probe, user, password):
@@ -171,9 +183,11 @@ def pop3_event_core_never_runs_plaintext_read_after_stls_inside_tls(lab):
             c.sock, c.buffer = raw, b""
             assert c.line().startswith("+OK")
             c.send(b"CAPA\r\n" * 480 + b"STLS\r\n")
+            delivered(raw)
             probed(plain_probe)  # the plain port's loop has read the CAPAs and STLS
             c.send(injected)     # in clear, after STLS was answered
-            probed(plain_probe)
+            delivered(raw)
+            probed(plain_probe)  # and has read these (dropped; before, given to a worker)
             for _ in range(480):
                 assert c.line().startswith("+OK") and c.block()[-1] == "IMPLEMENTATION maillab"
             assert c.line().startswith("+OK Begin TLS")
