@@ -9,6 +9,7 @@
 #include "../common/lab/tls_provenance.h"
 #include "../common/net/event_gate.h"
 #include "../common/net/guarded_call.h"
+#include "../common/net/worker_job.h"
 #include "../common/net/log_text.h"
 #include "../common/net/tls.h"
 
@@ -433,27 +434,12 @@ private:
         };
         // A job's exception ends its connection with -ERR [SYS/TEMP], never the worker or the process;
         // one around posting the answer (out of memory) tries once more with a bare close, so that the
-        // paused connection is not left to wait for an answer that never comes.
+        // paused connection is not left to wait for an answer that never comes (common/net/worker_job.h).
         auto onWorker = [held, post, laneName, loop, id](auto&& work) {
-            try {
-                auto output = std::make_shared<Output>();
-                try {
-                    *output = work();
-                } catch (const std::exception& e) {
-                    held->log.line("event=error reason=" + logValue(e.what()) + " lane=" + laneName + " answered=-ERR");
-                    *output = temporaryFailureAndClose("Local error in processing; closing connection");
-                } catch (...) {
-                    held->log.line(std::string("event=error reason=\"unknown exception\" lane=") + laneName + " answered=-ERR");
-                    *output = temporaryFailureAndClose("Local error in processing; closing connection");
-                }
-                post(output);
-            } catch (...) {
-                try {
-                    loop->post(id, [](net::Connection& connection) { connection.close("local error"); });
-                } catch (...) {
-                    // Nothing more can be done from here; the client's close still ends it (EPOLLHUP).
-                }
-            }
+            net::answerFromWorker<Output>(*loop, id, work, [&](const std::string& what) {
+                held->log.line("event=error reason=" + logValue(what) + " lane=" + laneName + " answered=-ERR");
+                return temporaryFailureAndClose("Local error in processing; closing connection");
+            }, post);
         };
         auto work = [held, shared, bytes = std::move(bytes), onWorker] {
             // Gone before its turn: no password is hashed, no message read, no QUIT deletes, and the
