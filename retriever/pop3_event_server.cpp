@@ -8,6 +8,8 @@
 #include "../common/lab/app_support.h"
 #include "../common/lab/tls_provenance.h"
 #include "../common/net/event_gate.h"
+#include "../common/net/guarded_call.h"
+#include "../common/net/worker_job.h"
 #include "../common/net/log_text.h"
 #include "../common/net/tls.h"
 
@@ -32,7 +34,12 @@ struct EventService::Shared {
     SSL_CTX* tls = nullptr;  // POP3S and STLS
     // The POP3S port's and the STLS port's: each its own refusals (over TLS or not); both outlive the cores.
     std::unique_ptr<net::EventGate> implicitGate, plainGate;
-    std::unique_ptr<net::WorkerPool> workers;
+    // Two lanes (EventSettings): logins on authWorkers, RETR, TOP and QUIT on retrievalWorkers; each
+    // bounded by maxQueuedJobs and workerWait, past which a read is answered -ERR [SYS/TEMP] (RFC 3206).
+    std::unique_ptr<net::WorkerPool> authWorkers, retrievalWorkers;
+    // Set when stop() begins: a job not yet started runs nothing but the session's -ERR [SYS/TEMP]
+    // (a queued QUIT enters no UPDATE state, RFC 1939 6: nothing is deleted).
+    std::atomic<bool> dropUnstartedJobs{false};
     std::unique_ptr<net::EventCore> implicitCore, plainCore;
     std::atomic<bool> stopping{false};
     // The admitted connections (two cores: their connection ids may repeat, so keyed by the object):
@@ -65,7 +72,19 @@ struct Held {
     ConnectionLog log;
     TlsProvenance provenance;
     std::unique_ptr<Session> session;
+    // Set by the loop when the connection ends: a job that has not started for it does nothing (no
+    // password is hashed, no QUIT deletes) and lets go of the session.
+    std::atomic<bool> gone{false};
 };
+
+// RFC 3206: the server's trouble, not the client's; the connection closes (the session never saw the
+// read, so nothing it asked for was done, and nothing is deleted).
+Output temporaryFailureAndClose(const std::string& text) {
+    Output output;
+    output.replies.push_back(Reply{"-ERR [SYS/TEMP] " + text, ""});
+    output.close = true;
+    return output;
+}
 
 // One admitted POP3 connection: the greeting on ready, bytes into the Session, the replies to one read
 // in one send (RFC 2449 6.6 PIPELINING), slow reads on a worker, the autologout deadline (RFC 1939 3).
@@ -93,13 +112,86 @@ public:
     const ConnectionLog& log() const override { return held_->log; }
 
     void onReady(net::Connection& connection) override {
+        guarded(connection, [&] { ready(connection); });
+    }
+    void onBytes(net::Connection& connection, const char* data, size_t size) override {
+        guarded(connection, [&] { bytes(connection, data, size); });
+    }
+    void onWritten(net::Connection& connection, bool drained) override {
+        guarded(connection, [&] { written(connection, drained); });
+    }
+    void onDeadline(net::Connection& connection) override {
+        guarded(connection, [&] { deadline(connection); });
+    }
+    void shutdown(net::Connection& connection) {
+        guarded(connection, [&] { stop(connection); });
+    }
+
+    void onClosed(net::Connection&, const net::Ending& ending) override {
+        closed_ = true;
+        held_->gone = true;  // a job still queued for it does nothing
+        slot_.working();  // out of the waiting list before the socket is closed
+        const ConnectionLog& log = held_->log;
+        if (tlsStarting_) logDiscardedPlaintext();  // the handshake never came
+        bool handshaking = ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck;
+        std::string reason = slot_.evicted() ? "evicted" : ending.peerClosed || ending.reason.empty() ? "eof" : ending.reason;
+        if (closing_ || ended_ || ending.reason == "server stopping") {
+            // our own close: the reply (or a line already) said why
+        } else if (handshaking) {
+            if (ending.deadline) log.peerEvent("disconnect", "reason=handshake-timeout");
+            else if (!ending.peerClosed) log.peerEvent("disconnect", "reason=" + logValue(ending.reason));
+        } else if (busy_) {
+            // Gone while a read of its was on a worker: the state when it went there. A job not yet
+            // started does nothing; one running may still log in or delete (no reply reaches anyone).
+            log.event("disconnect", "reason=" + logValue(reason) + " state=" + jobState_ + " working=yes");
+        } else if (held_->session) {
+            // Gone without QUIT: no UPDATE state, nothing deleted (RFC 1939 6).
+            log.event("disconnect", "reason=" + logValue(reason) + " state=" + std::string(Session::stateName(held_->session->state())) +
+                                        " deleted=none");
+        }
+        if (slot_.evicted())
+            log.peerEvent("evicted", "reason=\"the server was full and this connection waited longest for its client\"");
+        log.event("close");
+    }
+
+private:
+    // Every call the loop makes into this connection goes through here, a worker's answer included: an
+    // exception ends this connection with -ERR [SYS/TEMP] (RFC 3206), never the loop or the process,
+    // and never leaves it paused with no one to resume it.
+    template <typename Call>
+    void guarded(net::Connection& connection, Call&& call) {
+        net::guardedCall(call, [&](const std::string& what) { failed(connection, what); });
+    }
+
+    void failed(net::Connection& connection, const std::string& what) {
+        try {
+            held_->log.line("event=error reason=" + logValue(what) + " answered=-ERR");
+            if (closed_ || closing_) return;
+            ended_ = true;
+            // The session is a worker's, or TLS is half set up: nothing more is said.
+            if (busy_ || tlsStarting_ || !held_->session) return connection.close("local error");
+            answer(connection, temporaryFailureAndClose("Local error in processing; closing connection"));
+        } catch (...) {
+            if (!closed_) connection.close("local error");  // not even the -ERR could be sent
+        }
+    }
+
+    void ready(net::Connection& connection) {
         SSL* ssl = connection.ssl();
         if (held_->session) {  // STLS done (RFC 2595 4: the session forgets what came before)
+            // Never expected: no read goes to a worker once STLS is answered (bytes() drops them), and
+            // STLS is answered only with no job running. Were one running, it has the session.
+            if (busy_) return failed(connection, "the STLS handshake ended while a job had the session");
             tlsStarting_ = false;
+            logDiscardedPlaintext();
             held_->log.event("tls", "stls=yes " + describeTlsSession(ssl));
             held_->provenance.noteSession(ssl, connection.peer().address);
             held_->session->onTlsStarted();
             lineStart_.clear();
+            if (shutdownWhenDone_ || shared_.stopping) {  // stop() came during the handshake: said now, in TLS
+                shutdownWhenDone_ = false;
+                return stop(connection);
+            }
             awaitClient(connection);
             return resume(connection);  // reading was paused if STLS was answered on a worker
         }
@@ -116,7 +208,13 @@ public:
         answer(connection, held_->session->start());
     }
 
-    void onBytes(net::Connection& connection, const char* data, size_t size) override {
+    void bytes(net::Connection& connection, const char* data, size_t size) {
+        if (tlsStarting_) {
+            // RFC 2595 4 / CVE-2011-0411: STLS is answered and the handshake has not begun (our +OK is
+            // still queued): these octets came in clear and never reach the session (nor a worker).
+            stlsDiscarded_ += size;
+            return;
+        }
         if (busy_ || continuing_ || drainingOut_ || closing_) {
             if (!closing_) early_.append(data, size);  // not expected (reading is paused): kept in order
             return;
@@ -129,7 +227,7 @@ public:
     }
 
     // Our replies waited for the client to read them (drained: all have left).
-    void onWritten(net::Connection& connection, bool drained) override {
+    void written(net::Connection& connection, bool drained) {
         if (drained) holds_.clear();  // the response budget's places, given back once sent
         if (!continuing_ && !drainingOut_) return;
         if (!drained) return connection.setDeadline(sendTimeout_);  // each write that goes on restarts it
@@ -142,7 +240,7 @@ public:
         if (!busy_) resume(connection);
     }
 
-    void onDeadline(net::Connection& connection) override {
+    void deadline(net::Connection& connection) {
         if (continuing_ || drainingOut_) {
             held_->log.peerEvent("disconnect", "reason=send-timeout");
             ended_ = true;
@@ -157,41 +255,27 @@ public:
         answer(connection, held_->session->onTimeout());  // RFC 1939 3: autologout, nothing deleted
     }
 
-    // stop(): -ERR [SYS/TEMP] and close, nothing deleted; a session whose read is on a worker answers it first.
-    void shutdown(net::Connection& connection) {
+    // stop(): -ERR [SYS/TEMP] and close, nothing deleted; a session whose read is on a worker answers it
+    // first, one in a STLS handshake once it is done (in TLS).
+    void stop(net::Connection& connection) {
         if (closing_) return;
-        if (busy_) {
+        if (busy_ || tlsStarting_) {
             shutdownWhenDone_ = true;
             return;
         }
-        if (!held_->session || tlsStarting_) return connection.close("server stopping");  // in a handshake
+        if (!held_->session) return connection.close("server stopping");  // in its handshake
         stopped_ = true;
         continuing_ = drainingOut_ = false;  // what is queued goes first, then the last word
         answer(connection, held_->session->onShutdown());
     }
 
-    void onClosed(net::Connection&, const net::Ending& ending) override {
-        closed_ = true;
-        slot_.working();  // out of the waiting list before the socket is closed
-        const ConnectionLog& log = held_->log;
-        bool handshaking = ending.phase == net::Phase::Handshake || ending.phase == net::Phase::ClearTextCheck;
-        if (closing_ || ended_ || ending.reason == "server stopping") {
-            // our own close: the reply (or a line already) said why
-        } else if (handshaking) {
-            if (ending.deadline) log.peerEvent("disconnect", "reason=handshake-timeout");
-            else if (!ending.peerClosed) log.peerEvent("disconnect", "reason=" + logValue(ending.reason));
-        } else if (held_->session) {
-            // Gone without QUIT: no UPDATE state, nothing deleted (RFC 1939 6).
-            std::string reason = slot_.evicted() ? "evicted" : ending.peerClosed || ending.reason.empty() ? "eof" : ending.reason;
-            log.event("disconnect", "reason=" + logValue(reason) +
-                                        (busy_ ? std::string() : " state=" + std::string(Session::stateName(held_->session->state())) + " deleted=none"));
-        }
-        if (slot_.evicted())
-            log.peerEvent("evicted", "reason=\"the server was full and this connection waited longest for its client\"");
-        log.event("close");
+    // What came in clear after STLS, dropped unread: the session's count (the rest of STLS's read) and
+    // ours (every read until the handshake began). One line, once the handshake has ended or failed.
+    void logDiscardedPlaintext() {
+        if (stlsDiscarded_) held_->log.line("event=stls-discarded-plaintext octets=" + std::to_string(stlsDiscarded_));
+        stlsDiscarded_ = 0;
     }
 
-private:
     Env sessionEnv(net::Connection& connection, bool secure) {
         Env env;
         env.hostname = ctx_.hostname;
@@ -277,9 +361,10 @@ private:
         if (output.startTls) {
             // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and was never
             // executed; the session dropped it. The handshake starts once the +OK has left.
-            size_t discarded = output.discardedOctets + early_.size();  // early_: read while a worker had STLS
+            // From here on bytes() drops every read until the handshake (no job runs now: STLS is
+            // answered on the loop, or by a job that has ended); ready() logs the count.
+            stlsDiscarded_ = output.discardedOctets + early_.size();  // early_: read while a worker had STLS
             early_.clear();
-            if (discarded) held_->log.line("event=stls-discarded-plaintext octets=" + std::to_string(discarded));
             tlsStarting_ = true;
             connection.setDeadline(milliseconds(ctx_.gate.handshakeTimeout.totalMilliseconds()));
             return connection.startTlsAfterSend(shared_.tls);
@@ -323,9 +408,16 @@ private:
     }
 
     // `bytes` (or, empty, the next batch of the last read) into the session on a worker; the loop serves
-    // its other connections and this one reads nothing until the replies are sent.
+    // its other connections and this one reads nothing until the replies are sent. A read that may log
+    // in goes to the auth lane, any other to the retrieval lane; a full lane, or a job that waited past
+    // auth.hashWaitMilliseconds, is answered -ERR [SYS/TEMP] (RFC 3206) and closed, nothing run.
     void runOnWorker(net::Connection& connection, std::string bytes) {
         if (closed_) return;
+        const Session& session = *held_->session;
+        bool auth = session.state() == Session::State::Authorization || session.state() == Session::State::AuthPlain;
+        net::WorkerPool& lane = auth ? *shared_.authWorkers : *shared_.retrievalWorkers;
+        const char* laneName = auth ? "auth" : "retrieval";
+        jobState_ = Session::stateName(session.state());
         busy_ = true;
         slot_.working();
         connection.clearDeadline();  // the server is working: no client deadline meanwhile (as on threads)
@@ -333,28 +425,45 @@ private:
         net::EventLoop* loop = &connection.loop();
         uint64_t id = connection.id();
         std::shared_ptr<Held> held = held_;
-        shared_.workers->run([loop, id, held, bytes = std::move(bytes), self = this] {
-            auto output = std::make_shared<Output>();
-            auto failure = std::make_shared<std::string>();
-            try {
-                *output = held->session->onBytes(bytes.data(), bytes.size());
-            } catch (const std::exception& e) {
-                *failure = e.what();
-            }
-            // Runs only while the connection is open, and so while this protocol object lives.
-            loop->post(id, [self, output, failure](net::Connection& connection) {
-                self->workDone(connection, std::move(*output), *failure);
+        EventService::Shared* shared = &shared_;
+        // Runs only while the connection is open, and so while this protocol object lives.
+        auto post = [loop, id, self = this](std::shared_ptr<Output> output) {
+            loop->post(id, [self, output](net::Connection& connection) {
+                self->guarded(connection, [&] { self->workDone(connection, std::move(*output)); });
             });
-        });
+        };
+        // A job's exception ends its connection with -ERR [SYS/TEMP], never the worker or the process;
+        // one around posting the answer (out of memory) tries once more with a bare close, so that the
+        // paused connection is not left to wait for an answer that never comes (common/net/worker_job.h).
+        auto onWorker = [held, post, laneName, loop, id](auto&& work) {
+            net::answerFromWorker<Output>(*loop, id, work, [&](const std::string& what) {
+                held->log.line("event=error reason=" + logValue(what) + " lane=" + laneName + " answered=-ERR");
+                return temporaryFailureAndClose("Local error in processing; closing connection");
+            }, post);
+        };
+        auto work = [held, shared, bytes = std::move(bytes), onWorker] {
+            // Gone before its turn: no password is hashed, no message read, no QUIT deletes, and the
+            // session's memory goes with this job.
+            if (held->gone) return;
+            onWorker([&]() -> Output {
+                Session& session = *held->session;
+                if (shared->dropUnstartedJobs) return session.onShutdown();  // the server stops: nothing run, nothing deleted
+                return session.onBytes(bytes.data(), bytes.size());
+            });
+        };
+        std::function<void()> late = [held, onWorker, laneName] {
+            if (held->gone) return;
+            held->log.line(std::string("event=workers-busy lane=") + laneName + " reason=late");
+            onWorker([] { return temporaryFailureAndClose("The server is busy; try again shortly"); });
+        };
+        if (lane.run(std::move(work), std::move(late))) return;
+        // pop3.events.maxQueuedJobs are waiting already: busy, at once.
+        held_->log.line(std::string("event=workers-busy lane=") + laneName + " reason=full");
+        workDone(connection, temporaryFailureAndClose("The server is busy; try again shortly"));
     }
 
-    void workDone(net::Connection& connection, Output output, const std::string& failure) {
+    void workDone(net::Connection& connection, Output output) {
         busy_ = false;
-        if (!failure.empty()) {
-            held_->log.peerEvent("disconnect", "reason=" + logValue(failure));
-            ended_ = true;
-            return connection.close(failure);
-        }
         answer(connection, std::move(output));  // answered first, then reading resumes (in order)
     }
 
@@ -384,6 +493,8 @@ private:
     bool closing_ = false;        // our last reply is queued: the connection closes after it
     bool tlsStarting_ = false;    // STLS answered: the handshake begins once the +OK has left
     bool stopped_ = false, shutdownWhenDone_ = false, ended_ = false, closed_ = false;
+    size_t stlsDiscarded_ = 0;    // octets that came in clear after STLS (logged once the handshake ends)
+    std::string jobState_;        // the session's state when its read went to a worker (the disconnect line)
 };
 
 }  // namespace
@@ -406,7 +517,9 @@ void EventService::start(const std::vector<int>& implicitTls, const std::vector<
     Shared& shared = *shared_;
     const ServiceContext& c = shared.ctx;
     shared.tls = c.tlsContext ? c.tlsContext->sslContext() : nullptr;
-    shared.workers = std::make_unique<net::WorkerPool>(std::max(1, shared.events.workers));
+    const EventSettings& e = shared.events;
+    shared.retrievalWorkers = std::make_unique<net::WorkerPool>(std::max(1, e.workers), e.maxQueuedJobs, e.workerWait);
+    shared.authWorkers = std::make_unique<net::WorkerPool>(std::max(1, e.authWorkers), e.maxQueuedJobs, e.workerWait);
     auto startCore = [&shared, &c](const std::vector<int>& listeners, bool overTls) {
         net::CoreSettings core;
         core.threads = shared.events.threads;
@@ -435,6 +548,7 @@ void EventService::stop() {
     Shared& shared = *shared_;
     bool running = shared.implicitCore || shared.plainCore;
     if (running && !shared.stopping.exchange(true)) {
+        shared.dropUnstartedJobs = true;  // those running finish (a QUIT's UPDATE and its +OK), within grace
         {
             std::lock_guard<std::mutex> lock(shared.openMutex);
             for (auto& [connection, where] : shared.open) {
@@ -449,7 +563,9 @@ void EventService::stop() {
     // Every connection still open ends; no loop takes a worker's answer.
     if (shared.implicitCore) shared.implicitCore->stop();
     if (shared.plainCore) shared.plainCore->stop();
-    shared.workers.reset();  // the jobs still queued run, answers dropped
+    // The jobs still queued do nothing (dropUnstartedJobs); the running ones end, their answers dropped.
+    shared.authWorkers.reset();
+    shared.retrievalWorkers.reset();
     shared.implicitCore.reset();
     shared.plainCore.reset();
 }

@@ -17,7 +17,12 @@ namespace maillab::pop3 {
 // The event core's own settings; the rest is the thread service's ServiceContext.
 struct EventSettings {
     int threads = 0;                   // retriever.events.threads: loops per port kind (0: one per core)
-    int workers = 2;                   // retriever.events.workers
+    // Two bounded lanes, so that a flood of logins (a password hash each) never holds up a RETR or a
+    // QUIT: a read in the AUTHORIZATION state (PASS, AUTH) on authWorkers, the others on workers.
+    int workers = 2;                   // retriever.events.workers: RETR, TOP, QUIT (on PostgreSQL every read)
+    int authWorkers = 2;               // pop3.events.authWorkers: the reads that may log in
+    size_t maxQueuedJobs = 256;        // pop3.events.maxQueuedJobs: jobs waiting in each lane (past it: busy)
+    std::chrono::milliseconds workerWait{10000};  // auth.hashWaitMilliseconds: a job that waited longer answers busy
     bool everyInputOnWorkers = false;  // a store across the network (PostgreSQL): any query may be slow
     std::chrono::milliseconds shutdownGrace{5000};  // stop(): how long the last replies may take to leave
 };
@@ -31,7 +36,8 @@ public:
 
     // `implicitTls`: the POP3S listeners; `plain`: the STLS port's. Bound and listening; kept open by the caller.
     void start(const std::vector<int>& implicitTls, const std::vector<int>& plain);
-    // Every session says the server is stopping (-ERR [SYS/TEMP], nothing deleted) and closes; after
+    // Every session says the server is stopping (-ERR [SYS/TEMP], nothing deleted) and closes; a job
+    // queued and not yet started runs nothing (a queued QUIT deletes nothing) and says so too; after
     // the grace those still open are closed, then the loops and workers join.
     void stop();
     int threads() const;

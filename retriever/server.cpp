@@ -478,11 +478,17 @@ protected:
             p.idleTimeout = Poco::Timespan(cfg.getInt("pop3.idleTimeoutSeconds"), 0);
             p.maxResponseBytesInFlight = cfg.getUInt64("pop3.maxResponseBytesInFlight");
             p.verbose = ctx.verbose;
-            if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; opt-in: design.md)
+            if (pop3Core == "events") {  // POP3 on the event core (pop3_event_server.h; the default: design.md)
                 bool remote = isPostgresUrl(storeOptions.url);
                 int workers = eventWorkers(cfg, remote);
-                pop3::EventSettings e{cfg.getInt("retriever.events.threads"), workers, remote,
-                                      std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"))};
+                pop3::EventSettings e;
+                e.threads = cfg.getInt("retriever.events.threads");
+                e.workers = workers;
+                e.authWorkers = std::max(1, cfg.getInt("pop3.events.authWorkers"));
+                e.maxQueuedJobs = static_cast<size_t>(std::max(1, cfg.getInt("pop3.events.maxQueuedJobs")));
+                e.workerWait = std::chrono::milliseconds(cfg.getInt64("auth.hashWaitMilliseconds"));
+                e.everyInputOnWorkers = remote;
+                e.shutdownGrace = std::chrono::seconds(cfg.getInt("retriever.timeoutSeconds"));
                 std::vector<int> tlsFds, plainFds;
                 for (const auto& l : pop3Listeners) tlsFds.push_back(static_cast<int>(l->impl()->sockfd()));
                 for (const auto& l : pop3PlainListeners) plainFds.push_back(static_cast<int>(l->impl()->sockfd()));

@@ -6,6 +6,8 @@
 
 #include "../common/lab/tls_provenance.h"
 #include "../common/net/event_gate.h"
+#include "../common/net/guarded_call.h"
+#include "../common/net/worker_job.h"
 #include "../common/net/log_text.h"
 #include "../common/net/tls.h"
 
@@ -163,13 +165,7 @@ private:
     // failure the session did not foresee) ends this connection with 421 4.3.0, not the process.
     template <typename Call>
     void guarded(net::Connection& connection, Call&& call) {
-        try {
-            call();
-        } catch (const std::exception& e) {
-            failed(connection, e.what());
-        } catch (...) {
-            failed(connection, "unknown exception");
-        }
+        net::guardedCall(call, [&](const std::string& what) { failed(connection, what); });
     }
 
     void failed(net::Connection& connection, const std::string& what) {
@@ -382,23 +378,13 @@ private:
                 self->guarded(connection, [&] { self->workDone(connection, std::move(*output)); });
             });
         };
-        // A worker's exception ends this connection (421 4.3.0), never the worker or the process.
-        auto onWorker = [held, hostname, answer](const char* lane, auto&& work) {
-            try {
-                auto output = std::make_shared<smtp::Output>();
-                try {
-                    *output = work();
-                } catch (const std::exception& e) {
-                    held->log.line("event=error reason=" + logValue(e.what()) + " lane=" + lane + " answered=421");
-                    *output = localErrorAndClose(hostname);
-                } catch (...) {
-                    held->log.line(std::string("event=error reason=\"unknown exception\" lane=") + lane + " answered=421");
-                    *output = localErrorAndClose(hostname);
-                }
-                answer(output);
-            } catch (...) {
-                // Not even the answer could be posted (out of memory): the connection's deadline ends it.
-            }
+        // A worker's exception ends this connection (421 4.3.0), never the worker or the process
+        // (common/net/worker_job.h: if not even that can be posted, a bare close).
+        auto onWorker = [held, hostname, answer, loop, id](const char* lane, auto&& work) {
+            net::answerFromWorker<smtp::Output>(*loop, id, work, [&](const std::string& what) {
+                held->log.line("event=error reason=" + logValue(what) + " lane=" + lane + " answered=421");
+                return localErrorAndClose(hostname);
+            }, answer);
         };
         const char* laneName = auth ? "auth" : "delivery";
         auto work = [held, shared, bytes = std::move(bytes), onWorker, laneName] {

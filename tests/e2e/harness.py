@@ -102,6 +102,10 @@ class Server:
         sender_core = os.environ.get("MAILLAB_SENDER_CORE")
         if program == "senderserver" and sender_core and "sender.core" not in settings:
             settings["sender.core"] = sender_core
+        # MAILLAB_POP3_CORE the same for every retriever's POP3 ports (pop3.core in retrieverserver.properties).
+        pop3_core = os.environ.get("MAILLAB_POP3_CORE")
+        if program == "retrieverserver" and pop3_core and "pop3.core" not in settings:
+            settings["pop3.core"] = pop3_core
         if settings:
             config = lab.path(program + ".properties")
             with open(config, "w") as f:
