@@ -276,25 +276,27 @@ private:
     // Our replies waited for the client to read them (drained: all have left). sender.timeout.send has
     // the thread core's meaning: there a blocked send (SO_SNDTIMEO, sendAll's loop) fails once one send
     // call has waited that long in all without moving every byte; a call that moved some returns them
-    // and the next call waits afresh. So here each sendTimeout window must move some bytes: a write that
-    // goes on is noted, and the deadline is re-armed when the window ends, not on every partial write.
+    // and the next call waits afresh. So here each sendTimeout window must move some bytes, for replies
+    // that wait with reading paused and for our last reply alike: a write that goes on is noted, and the
+    // deadline is re-armed when the window ends, not on every partial write.
     void written(net::Connection& connection, bool drained) {
-        if (!drainingOut_) return;
+        if (!drainingOut_ && !closing_) return;
         if (!drained) {
             drainMoved_ = true;
             return;
         }
+        if (closing_) return;  // the core closes now, after its linger
         drainingOut_ = false;
         awaitClient(connection);
         if (!busy_) resume(connection);
     }
 
     void deadline(net::Connection& connection) {
+        if ((drainingOut_ || closing_) && drainMoved_) {  // bytes left in this window: the next one (written())
+            drainMoved_ = false;
+            return connection.setDeadline(s_.sendTimeout);
+        }
         if (drainingOut_) {
-            if (drainMoved_) {  // bytes left in this window: the next one (see written())
-                drainMoved_ = false;
-                return connection.setDeadline(s_.sendTimeout);
-            }
             held_->log.peerEvent("disconnect", "reason=send-timeout");
             timedOut_ = true;
             return connection.close("deadline");
@@ -344,7 +346,8 @@ private:
         if (!wire.empty()) connection.send(std::move(wire));
         if (output.close) {
             closing_ = true;
-            connection.setDeadline(s_.sendTimeout);  // for our last reply to be read; then the core's linger
+            drainMoved_ = false;
+            connection.setDeadline(s_.sendTimeout);  // for our last reply to be read (written()); then the core's linger
             return connection.closeAfterSend();
         }
         if (output.startTls) {
@@ -515,7 +518,7 @@ private:
     bool busy_ = false;             // an input is on a worker
     bool closing_ = false;          // our last reply is queued: the connection closes after it
     bool drainingOut_ = false;      // over kMaxQueuedReplyBytes queued: reading waits for the client to read
-    bool drainMoved_ = false;       // while draining: some bytes left in this sender.timeout.send window
+    bool drainMoved_ = false;       // draining or closing: some bytes left in this sender.timeout.send window
     bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, closed_ = false;
     mutable bool answeredInClear_ = false;  // the core's clear-text check answered it (it sees a const protocol)
     bool handshaking_ = false;      // STARTTLS's handshake: ready() runs when it is done
