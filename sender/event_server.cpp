@@ -224,6 +224,7 @@ private:
             held_->log.event("tls", "starttls=yes " + tls);
             held_->session->onTlsStarted(description, groupName);
             commandDeadline_ = net::Clock::now() + s_.commandTimeout;
+            connection.resumeReading();  // paused if a worker framed the STARTTLS (PostgreSQL): read in TLS now
             if (shutdownWhenDone_ || shared_.stopping) {  // stop() came during the handshake: said now, in TLS
                 shutdownWhenDone_ = false;
                 return stop(connection);
