@@ -205,7 +205,10 @@ def plaintext_behind_starttls_past_the_reply_cap_never_runs_inside_tls(lab):
             tls.sendall(b"QUIT\r\n")
             assert tls.recv(1000).startswith(b"221 "), core
             tls.close()
-            assert "event=starttls-discarded-plaintext" in server.log_after_stop(), core
+            # One line per STARTTLS, whatever slices the read was framed in (review 2, finding 5: the
+            # event core logged the rest of the STARTTLS's slice and the rest of the read apart).
+            log = server.log_after_stop()
+            assert log.count("event=starttls-discarded-plaintext") == 1, (core, log[-3000:])
 
 
 @test
