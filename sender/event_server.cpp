@@ -59,6 +59,7 @@ void append(smtp::Output& into, smtp::Output&& from) {
     into.startTls = into.startTls || from.startTls;
     into.inputs += from.inputs;
     into.deferred = from.deferred;
+    into.discardedOctets += from.discardedOctets;
 }
 
 size_t wireSize(const smtp::Output& output) {
@@ -82,6 +83,35 @@ smtp::Output localErrorAndClose(const std::string& hostname) {
 }
 
 std::string firstLine(const std::string& bytes) { return bytes.substr(0, bytes.find_first_of("\r\n")); }
+
+// One read (or what is left of one), framed the same way on the loop and, on PostgreSQL, on a worker:
+// in kFrameSlice slices, stopping at a close, before a deferred input, or once the replies pass
+// kMaxQueuedReplyBytes; what is not framed is moved to `rest`, to be framed once these replies are
+// sent (and the deferred input's job is done). After STARTTLS the rest of the read is given to the
+// session, which discards it (RFC 3207 5 / CVE-2011-0411): never kept, to run once TLS is up.
+smtp::Output frameRead(smtp::Session& session, const char* data, size_t size, std::string& rest) {
+    smtp::Output all;
+    size_t at = 0, replyBytes = 0;
+    while (at < size) {
+        size_t slice = std::min(kFrameSlice, size - at);
+        smtp::Output out = session.onBytes(data + at, slice);
+        replyBytes += wireSize(out);
+        append(all, std::move(out));
+        at += slice;
+        if (all.close) {  // the session reads nothing after it
+            at = size;
+            break;
+        }
+        if (all.startTls) {
+            if (at < size) append(all, session.onBytes(data + at, size - at));
+            at = size;
+            break;
+        }
+        if (all.deferred || replyBytes > kMaxQueuedReplyBytes) break;
+    }
+    rest.assign(data + at, size - at);
+    return all;
+}
 
 // What a worker may still use after its connection has ended: the session, and what the session's
 // callbacks reach (the connection's log and provenance). The connection and each job hold it.
@@ -187,13 +217,10 @@ private:
         size_t group = tls.find(" group=");
         std::string description = tls.substr(0, group), groupName = group == std::string::npos ? "" : tls.substr(group + 7);
         if (held_->session) {  // STARTTLS done (RFC 3207 4.2: the session forgets what came before)
-            if (!early_.empty()) {  // plaintext from before the handshake (RFC 3207 5): discarded, logged
-                held_->session->onBytes(early_.data(), early_.size());
-                early_.clear();
-            }
             held_->log.event("tls", "starttls=yes " + tls);
             held_->session->onTlsStarted(description, groupName);
             commandDeadline_ = net::Clock::now() + s_.commandTimeout;
+            connection.resumeReading();  // paused if a worker framed the STARTTLS (PostgreSQL): read in TLS now
             if (shutdownWhenDone_ || shared_.stopping) {  // stop() came during the handshake: said now, in TLS
                 shutdownWhenDone_ = false;
                 return stop(connection);
@@ -235,47 +262,50 @@ private:
         }
         slot_.working();
         if (s_.everyInputOnWorkers) return runOnWorker(connection, std::string(data, size));
-        smtp::Output all;
-        size_t at = 0, replyBytes = 0;
-        while (at < size) {
-            size_t slice = std::min(kFrameSlice, size - at);
-            smtp::Output out = held_->session->onBytes(data + at, slice);
-            replyBytes += wireSize(out);
-            append(all, std::move(out));
-            at += slice;
-            if (all.close) return respond(connection, std::move(all));  // the session reads nothing after it
-            if (all.startTls) {
-                // RFC 3207 5 / CVE-2011-0411: the rest of this read is plaintext pipelined after
-                // STARTTLS: given to the session now, which discards it (one log line), never kept in
-                // early_ to run once TLS is up.
-                if (at < size) append(all, held_->session->onBytes(data + at, size - at));
-                at = size;
-                break;
-            }
-            if (all.deferred || replyBytes > kMaxQueuedReplyBytes) break;
-        }
         // The rest waits: behind the deferred input's job, or for these replies to leave.
-        if (at < size) early_.insert(0, data + at, size - at);
-        respond(connection, std::move(all));
+        std::string rest;
+        smtp::Output output = frameRead(*held_->session, data, size, rest);
+        early_.insert(0, rest);
+        respond(connection, std::move(output));
         if (!early_.empty() && !busy_ && !closing_ && !drainingOut_ && !handshaking_ && !closed_) resume(connection);
     }
 
-    // Our replies waited for the client to read them (drained: all have left).
+    // Our replies waited for the client to read them (drained: all have left). sender.timeout.send has
+    // the thread core's meaning: there a blocked send (SO_SNDTIMEO, sendAll's loop) fails once one send
+    // call has waited that long in all without moving every byte; a call that moved some returns them
+    // and the next call waits afresh. So here each sendTimeout window must move some bytes, for replies
+    // that wait with reading paused and for our last reply alike: a write that goes on is noted, and the
+    // deadline is re-armed when the window ends, not on every partial write.
     void written(net::Connection& connection, bool drained) {
-        if (!drainingOut_) return;
-        if (!drained) return connection.setDeadline(s_.sendTimeout);  // each write that goes on restarts it
+        if (!drainingOut_ && !closing_) return;
+        if (!drained) {
+            drainMoved_ = true;
+            return;
+        }
+        if (closing_) return;  // the core closes now, after its linger
         drainingOut_ = false;
         awaitClient(connection);
         if (!busy_) resume(connection);
     }
 
     void deadline(net::Connection& connection) {
+        if ((drainingOut_ || closing_) && drainMoved_) {  // bytes left in this window: the next one (written())
+            drainMoved_ = false;
+            return connection.setDeadline(s_.sendTimeout);
+        }
         if (drainingOut_) {
             held_->log.peerEvent("disconnect", "reason=send-timeout");
             timedOut_ = true;
             return connection.close("deadline");
         }
-        if (closing_ || busy_) return connection.close("deadline");  // our last reply was not read in time
+        if (closing_) return connection.close("deadline");  // our last reply was not read in time
+        if (busy_) {
+            // The backstop (runOnWorker): its job's answer never came. The session is still the
+            // worker's, so the 421 is built here; the answer, if it comes, finds the connection closing.
+            held_->log.line(std::string("event=error reason=\"no answer from its worker in time\" lane=") + laneName_ +
+                            " state=" + jobState_ + " working=yes answered=421");
+            return respond(connection, localErrorAndClose(s_.env.hostname));
+        }
         timedOut_ = true;
         respond(connection, held_->session->onTimeout());  // RFC 5321 4.5.3.2: 421, then close
     }
@@ -313,12 +343,18 @@ private:
         if (!wire.empty()) connection.send(std::move(wire));
         if (output.close) {
             closing_ = true;
-            connection.setDeadline(s_.sendTimeout);  // for our last reply to be read; then the core's linger
+            drainMoved_ = false;
+            connection.setDeadline(s_.sendTimeout);  // for our last reply to be read (written()); then the core's linger
             return connection.closeAfterSend();
         }
         if (output.startTls) {
-            // RFC 3207 4: the handshake starts once the 220 has left; the session discarded what was
-            // pipelined after STARTTLS.
+            // RFC 3207 4: the handshake starts once the 220 has left. RFC 3207 5 / CVE-2011-0411: what
+            // was pipelined after STARTTLS arrived in clear and never runs: the session dropped the rest
+            // of its read, and early_ (read while a worker had the input before it) goes too. One line
+            // per STARTTLS, however many slices or reads it came in.
+            size_t discarded = output.discardedOctets + early_.size();
+            early_.clear();
+            if (discarded) held_->log.line("event=starttls-discarded-plaintext octets=" + std::to_string(discarded));
             // A stop() meanwhile (shutdownWhenDone_) is said once TLS is up: ready() checks it.
             handshaking_ = true;
             connection.setDeadline(s_.handshakeTimeout);
@@ -331,6 +367,7 @@ private:
         }
         if (connection.bytesQueued() > kMaxQueuedReplyBytes) {
             drainingOut_ = true;  // onWritten resumes reading once the client has read them
+            drainMoved_ = false;
             connection.pauseReading();
             return connection.setDeadline(s_.sendTimeout);
         }
@@ -354,13 +391,19 @@ private:
         slot_.waiting(connection.fd());  // waiting for the client: when the server is full, the longest waiting give way
     }
 
-    // The deferred input (and what followed it), or `bytes` when every input goes to the workers, on a
-    // worker; the loop serves its other connections and this one reads nothing until the replies are sent.
+    // The deferred input alone, or `bytes` when every input goes to the workers, on a worker; the loop
+    // serves its other connections and this one reads nothing until the replies are sent. What followed
+    // the deferred input comes back unframed and is framed again here (frameRead, deferral on), so the
+    // next slow input goes to the lane it needs and the framing limits hold for it.
     void runOnWorker(net::Connection& connection, std::string bytes) {
         if (closed_) return;  // a send failed and ended the connection: nothing more is done for it
         busy_ = true;
         slot_.working();
-        connection.clearDeadline();  // the server is working: no client deadline meanwhile (as on threads)
+        // No client deadline while the server works (as on threads), but a backstop: a job's answer
+        // comes within the longest a job may take (its wait for a worker, auth.hashWaitMilliseconds,
+        // then the work itself, bounded here by sender.timeout.command). An answer that could not be
+        // posted would otherwise leave this connection paused, and its slot working, for ever.
+        connection.setDeadline(s_.workerWait + s_.commandTimeout);
         connection.pauseReading();
         smtp::Session& session = *held_->session;
         jobState_ = smtp::Session::stateName(session.state());
@@ -373,53 +416,75 @@ private:
         std::string hostname = s_.env.hostname;
         EventServer::Shared* shared = &shared_;
         // Runs only while the connection is open, and so while this protocol object lives.
-        auto answer = [loop, id, self = this](std::shared_ptr<smtp::Output> output) {
-            loop->post(id, [self, output](net::Connection& connection) {
-                self->guarded(connection, [&] { self->workDone(connection, std::move(*output)); });
+        auto answer = [loop, id, self = this](std::shared_ptr<smtp::Output> output, std::shared_ptr<std::string> after) {
+            loop->post(id, [self, output, after](net::Connection& connection) {
+                self->guarded(connection, [&] { self->workDone(connection, std::move(*output), std::move(*after)); });
             });
         };
         // A worker's exception ends this connection (421 4.3.0), never the worker or the process
-        // (common/net/worker_job.h: if not even that can be posted, a bare close).
+        // (common/net/worker_job.h: if not even that can be posted, a bare close; else the backstop
+        // deadline ends it). `after`: the bytes that followed the deferred input, framed again on the loop.
         auto onWorker = [held, hostname, answer, loop, id](const char* lane, auto&& work) {
-            net::answerFromWorker<smtp::Output>(*loop, id, work, [&](const std::string& what) {
-                held->log.line("event=error reason=" + logValue(what) + " lane=" + lane + " answered=421");
-                return localErrorAndClose(hostname);
-            }, answer);
+            auto after = std::make_shared<std::string>();
+            net::answerFromWorker<smtp::Output>(
+                *loop, id, [&] { return work(*after); },
+                [&](const std::string& what) {
+                    held->log.line("event=error reason=" + logValue(what) + " lane=" + lane + " answered=421");
+                    return localErrorAndClose(hostname);
+                },
+                [&](std::shared_ptr<smtp::Output> output) { answer(std::move(output), after); });
         };
         const char* laneName = auth ? "auth" : "delivery";
+        laneName_ = laneName;
         auto work = [held, shared, bytes = std::move(bytes), onWorker, laneName] {
             // Gone before its turn: nothing is checked or stored (RFC 5321 6.1: no 250 was sent, the
             // message is still the client's), and the session's memory goes with this job.
             if (held->gone) return;
-            onWorker(laneName, [&]() -> smtp::Output {
+            onWorker(laneName, [&](std::string& after) -> smtp::Output {
                 smtp::Session& session = *held->session;
                 if (shared->dropUnstartedJobs) return session.onShutdown();  // RFC 5321 3.8: 421, nothing run
-                if (bytes.empty()) return session.resumeDeferred();
-                smtp::Output output = session.onBytes(bytes);
-                // Its reads stay in this lane; an AUTH goes back to the loop, for the AUTH lane.
-                while (output.deferred && !output.close && !session.deferredIsAuth()) append(output, session.resumeDeferred());
+                if (bytes.empty()) return session.resumeDeferred(after);
+                // A read, framed as the loop frames one (the same slices and reply cap). A message's end
+                // in it runs here, alone (this is its lane); an AUTH goes back to the loop, for the AUTH
+                // lane; what follows either goes back to the loop too.
+                smtp::Output output = frameRead(session, bytes.data(), bytes.size(), after);
+                if (output.deferred && !output.close && !session.deferredIsAuth()) {
+                    std::string following;
+                    append(output, session.resumeDeferred(following));
+                    after.insert(0, following);
+                }
                 return output;
             });
         };
         // Waited past auth.hashWaitMilliseconds: answered busy as the thread core answers a login that
-        // found no hash place (454 4.7.0) or a delivery that failed (451 4.3.0), and nothing run.
+        // found no hash place (454 4.7.0) or a delivery that failed (451 4.3.0), and nothing run; while
+        // the server stops, 421 as every other session hears (RFC 5321 3.8).
         std::function<void()> late;
         if (!raw)
-            late = [held, onWorker, laneName] {
+            late = [held, shared, onWorker, laneName] {
                 if (held->gone) return;
-                held->log.line(std::string("event=workers-busy lane=") + laneName + " reason=late");
-                onWorker(laneName, [&] { return held->session->refuseDeferred(); });
+                onWorker(laneName, [&](std::string& after) -> smtp::Output {
+                    if (shared->dropUnstartedJobs) return held->session->onShutdown();
+                    held->log.line(std::string("event=workers-busy lane=") + laneName + " reason=late");
+                    return held->session->refuseDeferred(after);
+                });
             };
         if (lane.run(std::move(work), std::move(late))) return;
         // sender.events.maxQueuedJobs are waiting already: busy, at once.
         held_->log.line(std::string("event=workers-busy lane=") + laneName + " reason=full");
-        workDone(connection, raw ? localErrorAndClose(hostname) : session.refuseDeferred());
+        if (raw) return workDone(connection, localErrorAndClose(hostname), "");
+        std::string after;
+        smtp::Output refused = session.refuseDeferred(after);
+        workDone(connection, std::move(refused), std::move(after));
     }
 
-    void workDone(net::Connection& connection, smtp::Output output) {
+    // A job's answer (on the loop): its replies, then what followed its input, framed again.
+    void workDone(net::Connection& connection, smtp::Output output, std::string after) {
+        if (closing_ || closed_) return;  // the backstop answered 421 already: nothing more is said
         busy_ = false;
+        early_.insert(0, after);
         respond(connection, std::move(output));  // answered first, then reading resumes (in order)
-        if (busy_ || closing_ || drainingOut_) return;
+        if (busy_ || closing_ || drainingOut_ || handshaking_) return;
         resume(connection);
     }
 
@@ -444,10 +509,12 @@ private:
     bool busy_ = false;             // an input is on a worker
     bool closing_ = false;          // our last reply is queued: the connection closes after it
     bool drainingOut_ = false;      // over kMaxQueuedReplyBytes queued: reading waits for the client to read
+    bool drainMoved_ = false;       // draining or closing: some bytes left in this sender.timeout.send window
     bool timedOut_ = false, stopped_ = false, shutdownWhenDone_ = false, closed_ = false;
     mutable bool answeredInClear_ = false;  // the core's clear-text check answered it (it sees a const protocol)
     bool handshaking_ = false;      // STARTTLS's handshake: ready() runs when it is done
     std::string jobState_;          // the session's state when its input went to a worker (the disconnect line)
+    const char* laneName_ = "";     // the lane of the job that has it
 };
 
 }  // namespace

@@ -207,6 +207,10 @@ private:
                 pending.clear();
             }
             if (output.startTls) {
+                // RFC 3207 5 / CVE-2011-0411: what was pipelined after STARTTLS arrived in clear and
+                // was never run; the session dropped it.
+                if (output.discardedOctets)
+                    log("event=starttls-discarded-plaintext octets=" + std::to_string(output.discardedOctets));
                 connection.startTls(ctx_.tlsContext);
                 connection.log.event("tls", "starttls=yes " + tls);
                 provenance_.noteSession(socket, connection.client.address);

@@ -111,6 +111,9 @@ struct Output {
     // With Session::setDeferSlowWork: an input that may block (a password check, storing a message)
     // is waiting, with every byte after it, for resumeDeferred(); the replies are those before it.
     bool deferred = false;
+    // After STARTTLS: octets that arrived in clear after it, dropped unread (RFC 3207 5, CVE-2011-0411).
+    // The server logs them, once per STARTTLS (event=starttls-discarded-plaintext).
+    size_t discardedOctets = 0;
 };
 
 class Session {
@@ -143,15 +146,17 @@ public:
     // The event core (event_server.cpp): its loop must not block, so with this on onBytes stops before
     // an input that may (an AUTH password check or registration: scrypt; the end of DATA or BDAT LAST:
     // Store::deliver waits for the group commit's fsync) and says Output::deferred. resumeDeferred()
-    // then runs that input and the bytes after it, blocking as it must: on a worker thread, while the
-    // server reads nothing more for this session.
+    // then runs that input alone, blocking as it must: on a worker thread, while the server reads
+    // nothing more for this session. The bytes after it are moved to `after`, not framed: the caller
+    // gives them to onBytes again (so a later slow input is deferred in turn, for its own lane, and the
+    // caller's framing limits apply to them).
     void setDeferSlowWork(bool on) { deferSlowWork_ = on; }
-    Output resumeDeferred();
+    Output resumeDeferred(std::string& after);
     // The deferred input is not run: the server had no worker for it in time. It is answered as the
     // thread core answers a server too busy for it (an AUTH: 454 4.7.0, no hash place; the end of a
-    // message: 451 4.3.0, not stored), and the bytes after it are framed again (a later slow input
-    // is deferred in turn). Never blocks.
-    Output refuseDeferred();
+    // message: 451 4.3.0, not stored); the bytes after it are moved to `after`, as resumeDeferred's.
+    // Never blocks.
+    Output refuseDeferred(std::string& after);
     // Whether the deferred input is a password check (else the end of a message): its worker lane.
     bool deferredIsAuth() const;
     bool hasDeferred() const { return deferredLine_.has_value() || !deferredBytes_.empty(); }
@@ -230,7 +235,7 @@ private:
     // onBytes' framing; `mayBlock` false: stop before a slow input (setDeferSlowWork).
     Output frame(const char* data, size_t size, bool mayBlock);
     void takeLine(LineReader::Event& event, Output& all);
-    Output runDeferred(bool mayBlock);  // the deferred input and the bytes after it (resume or refuse)
+    Output runDeferred(bool refuse, std::string& after);  // the deferred input alone (resume or refuse)
     bool mayBlockOn(const LineReader::Event& event) const;
     bool deferSlowWork_ = false;
     bool refuseSlowWork_ = false;  // inside refuseDeferred(): the password check or delivery answers busy

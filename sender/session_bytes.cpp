@@ -19,6 +19,7 @@ void append(Output& into, Output&& from) {
     into.startTls = into.startTls || from.startTls;
     into.inputs += from.inputs;
     into.deferred = into.deferred || from.deferred;
+    into.discardedOctets += from.discardedOctets;
 }
 
 // RFC 5322 2.3: CR and LF appear in a message only together. BDAT's octets are not lines, so a bare
@@ -60,29 +61,39 @@ Output Session::onBytes(const char* data, size_t size) {
     return frame(data, size, !deferSlowWork_);
 }
 
-Output Session::runDeferred(bool mayBlock) {
+Output Session::runDeferred(bool refuse, std::string& after) {
+    // Only the deferred input runs here (a worker's call): what followed it goes back to the caller
+    // unframed, to be framed again with deferral on, so that the next slow input is deferred for the
+    // worker lane it needs (an AUTH pipelined behind a message's end is no delivery's job, five AUTHs
+    // are five jobs) and the caller's framing limits apply to it.
     Output all;
-    if (deferredLine_) {
-        LineReader::Event event = std::move(*deferredLine_);
-        deferredLine_.reset();
-        takeLine(event, all);
-    }
-    std::string rest = std::move(deferredBytes_);
+    refuseSlowWork_ = refuse;
+    std::string bytes = std::move(deferredBytes_);
     deferredBytes_.clear();
-    if (!rest.empty() && state_ != State::Closed && !all.close) append(all, frame(rest.data(), rest.size(), mayBlock));
-    return all;
-}
-
-Output Session::resumeDeferred() { return runDeferred(true); }
-
-Output Session::refuseDeferred() {
-    // A BDAT LAST whose octets are in the deferred bytes is refused as they end (the flag is still
-    // set); a slow line after the refused input is deferred again, for a worker of its own.
-    refuseSlowWork_ = true;
-    Output all = runDeferred(!deferSlowWork_);
+    size_t used = 0;
+    try {
+        if (deferredLine_) {
+            LineReader::Event event = std::move(*deferredLine_);
+            deferredLine_.reset();
+            takeLine(event, all);
+        } else if (state_ == State::Bdat && !bytes.empty()) {
+            // A BDAT LAST chunk's end: the octets that complete it are the input (frame stops there).
+            used = std::min(chunkLeft_, bytes.size());
+            all = frame(bytes.data(), used, true);
+        }
+    } catch (...) {
+        refuseSlowWork_ = false;
+        throw;
+    }
     refuseSlowWork_ = false;
+    after = bytes.substr(used);
     return all;
 }
+
+Output Session::resumeDeferred(std::string& after) { return runDeferred(false, after); }
+
+// A BDAT LAST whose octets are in the deferred bytes is refused as they end (the flag is still set).
+Output Session::refuseDeferred(std::string& after) { return runDeferred(true, after); }
 
 bool Session::deferredIsAuth() const {
     if (state_ == State::AuthPlain || state_ == State::AuthLoginPassword) return true;
@@ -104,8 +115,12 @@ bool Session::mayBlockOn(const LineReader::Event& event) const {
     Command command = parseCommand(event.line);
     if (command.verb == "AUTH") return command.argument.find(' ') != std::string::npos;  // an initial response
     if (command.verb == "BDAT") {
+        // Only BDAT 0 LAST ends a message on its line; a LAST chunk with octets ends where they do
+        // (deferred in frame's BDAT branch), so its line runs on the loop.
         std::string upper = text::upperCase(command.argument);
-        return upper.size() >= 4 && upper.compare(upper.size() - 4, 4, "LAST") == 0;
+        std::string size = upper.substr(0, upper.find(' '));
+        return upper.size() >= 4 && upper.compare(upper.size() - 4, 4, "LAST") == 0 && !size.empty() &&
+               size.find_first_not_of('0') == std::string::npos;
     }
     return false;
 }
@@ -129,7 +144,7 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
         if (awaitingTls_) {
             // RFC 3207 5 / CVE-2011-0411: bytes pipelined after STARTTLS arrived in clear; none may
             // run inside the TLS session that follows.
-            env_.log("event=starttls-discarded-plaintext octets=" + std::to_string(end - data));
+            all.discardedOctets += static_cast<size_t>(end - data);
             break;
         }
         if (state_ == State::Bdat) {

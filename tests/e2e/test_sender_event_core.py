@@ -1,12 +1,15 @@
-"""The sender on the event core (sender.core = events, sender/event_server.cpp) under abuse a review
+"""The sender on the event core (sender.core = events, sender/event_server.cpp) under abuse two reviews
 found it did not withstand: queued jobs of clients that hung up, an unbounded worker queue, deliveries
-waiting behind password checks, and a stop that stored a message whose 250 was never sent. Each test
-failed on the earlier core; each asserts an order or a count, never a time."""
+waiting behind password checks, a stop that stored a message whose 250 was never sent (the first);
+a worker that ran everything pipelined behind its input, a job whose answer never came, PostgreSQL's
+reads outside the framing limits, and a late job during stop (the second).
+Each test failed on the earlier core; each asserts an order or a count, or a deadline at second scale."""
 
 import signal
+import socket
 import time
 
-from tests.e2e.harness import Conversation, Server, messages, register, test
+from tests.e2e.harness import Conversation, Server, Skip, messages, register, test
 from tests.e2e.test_event_core_abuse import WriteLock, no_answer_yet, reset, wait_for_log
 from tests.e2e.test_sender import plain
 
@@ -184,7 +187,6 @@ def plaintext_behind_starttls_past_the_reply_cap_never_runs_inside_tls(lab):
     arrived in clear: after the handshake none of them has run (no 221 for the pipelined QUIT; the
     session inside TLS starts fresh and needs EHLO). The event core once kept them past the cap and ran
     them once TLS was up."""
-    import socket
     for core in ("threads", "events"):
         with Server(lab, "senderserver", {"sender.core": core}, args=["--tls=starttls"]) as server:
             raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
@@ -203,4 +205,121 @@ def plaintext_behind_starttls_past_the_reply_cap_never_runs_inside_tls(lab):
             tls.sendall(b"QUIT\r\n")
             assert tls.recv(1000).startswith(b"221 "), core
             tls.close()
-            assert "event=starttls-discarded-plaintext" in server.log_after_stop(), core
+            # One line per STARTTLS, whatever slices the read was framed in (review 2, finding 5: the
+            # event core logged the rest of the STARTTLS's slice and the rest of the read apart).
+            log = server.log_after_stop()
+            assert log.count("event=starttls-discarded-plaintext") == 1, (core, log[-3000:])
+
+
+@test
+def the_event_core_sender_resumes_one_pipelined_auth_per_job(lab):
+    """Review 2, finding 2: one AUTH worker, its first job waiting for SQLite's write lock. X pipelined
+    two wrong AUTHs, then Y sent one right AUTH. A worker runs the deferred input alone and the loop
+    frames what followed it again, so X's second AUTH is a job of its own, queued behind Y's: Y's login
+    is logged between X's two (was: X's job ran both hashes before Y's turn, and a delivery pipelined
+    behind an AUTH ran on the AUTH lane)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the AUTH worker busy")
+    settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "store.busyTimeoutMs": 30000,
+                               "auth.hashWaitMilliseconds": 60000})
+    with Server(lab, "senderserver", settings) as server:
+        ana = register_ana_and_bob(lab, server)
+        before = len(server.log_text())
+        probe = Conversation(lab, server.port)
+        lock = WriteLock(server.db)
+        try:
+            x = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong1')}",
+                        f"AUTH PLAIN {plain('bob@447.edu', 'wrong2')}")
+            y = greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', ana)}")
+            # One loop: the probe's reply means it has read Y's AUTH and queued its job.
+            assert probe.cmd("NOOP").startswith("250")
+        finally:
+            lock.release()
+        assert x.reply()[-1].startswith("535") and x.reply()[-1].startswith("535")
+        assert y.reply()[-1].startswith("235")
+        log = server.log_after_stop()[before:]
+        users = [line.split("user=")[1].split()[0] for line in log.splitlines() if "event=auth user=" in line]
+        assert [u.strip('"') for u in users] == ["bob@447.edu", "ana@447.edu", "bob@447.edu"], log[-3000:]
+
+
+@test
+def the_event_core_sender_ends_a_connection_whose_job_never_answers(lab):
+    """Review 2, finding 3: a job that gives no answer (its post failed, or it is stuck) once left its
+    connection paused for ever, its slot working and never evicted. A backstop deadline, the longest a
+    job may take (auth.hashWaitMilliseconds + sender.timeout.command, here 0.5 + 1 s), ends it with
+    421 4.3.0, logged, while the worker is still stuck on SQLite's write lock (was: no answer at all
+    until the lock went)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the AUTH worker stuck")
+    settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "store.busyTimeoutMs": 30000,
+                               "auth.hashWaitMilliseconds": 500, "sender.timeout.command": 1})
+    with Server(lab, "senderserver", settings) as server:
+        register(lab, server.port, "bob")
+        lock = WriteLock(server.db)
+        try:
+            stuck = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong')}")
+            last = stuck.reply()[-1]  # within Conversation's 10 s, the lock still held
+            assert last.startswith("421 4.3.0"), last
+            assert stuck.closed()
+        finally:
+            lock.release()
+        log = server.log_after_stop()
+        assert 'reason="no answer from its worker in time" lane=auth state=ready working=yes answered=421' in log, log[-3000:]
+
+
+@test
+def the_event_core_sender_answers_a_late_job_421_while_stopping(lab):
+    """Review 2, finding 7: one AUTH worker, busy (its guess waits for SQLite's write lock), a second
+    AUTH queued past auth.hashWaitMilliseconds when the server is told to stop. The late job answers
+    421 as every session of a stopping server does (RFC 5321 3.8; was: 454, as if the server were only
+    busy, and the session went on)."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the AUTH worker busy")
+    settings = dict(EVENTS, **{"sender.events.authWorkers": 1, "auth.hashWaitMilliseconds": 500,
+                               "store.busyTimeoutMs": 30000, "sender.shutdownGraceSeconds": 60})
+    with Server(lab, "senderserver", settings) as server:
+        register(lab, server.port, "bob")
+        probe = Conversation(lab, server.port)
+        lock = WriteLock(server.db)
+        try:
+            busy = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong1')}")
+            queued = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong2')}")
+            queued_at = time.monotonic()
+            assert probe.cmd("NOOP").startswith("250"), "the loop has queued both"
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for_log(server, "event=stopping")
+            # The behaviour under test is a wait limit passing: the queued job must have waited past it.
+            while time.monotonic() - queued_at < 0.6:
+                time.sleep(0.05)
+        finally:
+            lock.release()
+        assert busy.reply()[-1].startswith("535"), "the running guess is answered"
+        assert busy.reply()[-1].startswith("421 4.3.2")
+        last = queued.reply()[-1]
+        assert last.startswith("421 4.3.2"), last
+        assert probe.reply()[-1].startswith("421 4.3.2")
+        log = server.log_after_stop()
+        assert "reason=late" not in log, log[-3000:]
+
+
+@test
+def the_event_core_sender_frames_postgresql_reads_within_the_reply_cap(lab):
+    """Review 2, finding 4: on PostgreSQL every read goes to a worker; it is framed there as the loop
+    frames one (4 KiB slices, stopping once the replies pass 64 KiB, the rest framed after they are
+    sent). 2,048 EHLOs in one TLS record (one read; replies of about 190 bytes each, so one 4 KiB slice
+    of 512 passes 64 KiB): with --verbose the inputs one batch frames are logged (C:) before its replies
+    (S:), so no run of C: lines is longer than a slice (was, on PostgreSQL: the whole read, 2,048, in
+    one batch). On SQLite the loop frames, with the same limits."""
+    with Server(lab, "senderserver", EVENTS, args=["--verbose"]) as server:
+        c = Conversation(lab, server.port)
+        c.send(b"EHLO x\r\n" * 2048)  # 16 KiB: one TLS record
+        for _ in range(2048):
+            assert c.reply()[-1] == "250 HELP"
+        assert c.cmd("QUIT").startswith("221")
+        log = server.log_after_stop()
+        runs, run = [], 0
+        for line in log.splitlines():
+            if "C: EHLO x" in line:
+                run += 1
+            elif " S: " in line and run:
+                runs.append(run)
+                run = 0
+        assert sum(runs) == 2048, sum(runs)
+        assert max(runs) <= 4096 // len("EHLO x\r\n"), runs  # a slice's replies pass 64 KiB: it stops there

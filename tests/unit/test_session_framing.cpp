@@ -123,9 +123,11 @@ TEST_CASE("after STARTTLS the session discards what was pipelined in clear (RFC 
     auto got = Harness::lines(out);
     REQUIRE(!got.empty());
     CHECK(got.back() == "220 2.0.0 Ready to start TLS");
-    CHECK(std::find(h.log.begin(), h.log.end(), "event=starttls-discarded-plaintext octets=44") != h.log.end());
+    CHECK(out.discardedOctets == 44);  // the server logs them, once per STARTTLS
     // Before the handshake completes nothing is read; after it the client starts afresh.
-    CHECK(Harness::lines(h.session->onBytes(std::string("NOOP\r\n"))).empty());
+    Output later = h.session->onBytes(std::string("NOOP\r\n"));
+    CHECK(Harness::lines(later).empty());
+    CHECK(later.discardedOctets == 6);
     h.session->onTlsStarted("TLSv1.3 TLS_AES_256_GCM_SHA384");
     CHECK(h.say("NOOP") == "250 2.0.0 Ok");
     CHECK(h.say("MAIL FROM:<ana@447.edu>") == "503 5.5.1 Bad sequence of commands: need EHLO or HELO first");
@@ -133,7 +135,8 @@ TEST_CASE("after STARTTLS the session discards what was pipelined in clear (RFC 
 }
 
 // The event core's split (sender/event_server.cpp): with setDeferSlowWork the loop's onBytes stops
-// before each input that blocks, and resumeDeferred (a worker's) runs it and what followed. The replies
+// before each input that blocks, and resumeDeferred (a worker's) runs it alone; what followed is framed
+// again by the caller (deferral on: the next slow input is deferred in turn). The replies
 // must be the very bytes of one uninterrupted onBytes per read, and nothing slow may run before the resume.
 TEST_CASE("deferred slow inputs give the same replies, and run only when resumed", "[session][events]") {
     const std::vector<std::string> reads = {
@@ -164,15 +167,20 @@ TEST_CASE("deferred slow inputs give the same replies, and run only when resumed
             CHECK(split.session->authenticated() == loggedInBefore);
             CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == storedBefore);
             CHECK(split.session->hasDeferred());
-            out = split.session->resumeDeferred();
+            std::string after;
+            out = split.session->resumeDeferred(after);
+            splitWire += wire(out);
+            CHECK_FALSE(out.deferred);
+            CHECK_FALSE(split.session->hasDeferred());
+            out = split.session->onBytes(after);
             splitWire += wire(out);
             storedBefore = split.lab.store->listMessages("bob@447.edu", 0, 10).size();
             loggedInBefore = split.session->authenticated();
         }
         CHECK_FALSE(split.session->hasDeferred());
     }
-    // AUTH; the "." of DATA, its CRLF in the next read (the BDAT 0 LAST behind it runs in the same
-    // resume); BDAT 24 LAST; the read that completes its chunk.
+    // AUTH; the "." of DATA, its CRLF in the next read; the BDAT 0 LAST behind it (an input of its
+    // own); the read that completes BDAT 24 LAST's chunk (its line is no slow input: its octets are).
     CHECK(deferrals == 4);
     CHECK(splitWire == plainWire);
     CHECK(split.lab.store->listMessages("bob@447.edu", 0, 10).size() == 3);
@@ -193,31 +201,71 @@ TEST_CASE("a deferred input refused for want of a worker: 454 or 451, nothing ch
     maillab::smtp::Output out = h.session->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nNOOP\r\n");
     REQUIRE(out.deferred);
     CHECK(h.session->deferredIsAuth());
-    out = h.session->refuseDeferred();
+    std::string after;
+    out = h.session->refuseDeferred(after);
     std::string wire = codes(out);
-    CHECK(wire.find("454 4.7.0 Temporary authentication failure; try again later") != std::string::npos);
-    CHECK(wire.find("250 2.0.0") != std::string::npos);  // the NOOP behind it
+    CHECK(wire == "454 4.7.0 Temporary authentication failure; try again later\r\n");
+    CHECK(after == "NOOP\r\n");  // not run: the caller frames it again
+    CHECK(codes(h.session->onBytes(after)).rfind("250 2.0.0", 0) == 0);
     CHECK_FALSE(h.session->authenticated());
     CHECK_FALSE(h.session->hasDeferred());
 
     // Authenticated (a worker ran it), then a message whose end finds no worker: 451, not stored.
     out = h.session->onBytes("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n");
     REQUIRE(out.deferred);
-    out = h.session->resumeDeferred();
+    out = h.session->resumeDeferred(after);
     REQUIRE(h.session->authenticated());
     out = h.session->onBytes("MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
                              "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nBDAT 9 LAST\r\n");
     REQUIRE(out.deferred);
     CHECK_FALSE(h.session->deferredIsAuth());
-    out = h.session->refuseDeferred();
+    out = h.session->refuseDeferred(after);
     wire = codes(out);
     CHECK(wire.find("451 4.3.0 Local error in processing: message not stored; try again later") != std::string::npos);
-    CHECK(out.deferred);  // the BDAT LAST behind it waits for a worker of its own
+    out = h.session->onBytes(after);
+    CHECK_FALSE(out.deferred);  // MAIL, RCPT, BDAT 9 LAST: nothing slow until its octets end
     out = h.session->onBytes("Subject:y");
-    CHECK(out.deferred);
-    out = h.session->refuseDeferred();  // a BDAT chunk's end refused as its octets end
+    CHECK(out.deferred);  // the BDAT LAST's end waits for a worker of its own
+    out = h.session->refuseDeferred(after);  // a BDAT chunk's end refused as its octets end
     CHECK(codes(out).find("451 4.3.0") != std::string::npos);
     CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).empty());
     out = h.session->onBytes("NOOP\r\n");
     CHECK(codes(out).rfind("250 ", 0) == 0);
+}
+
+// Review of the event core (issue 22, finding 2): the worker that resumes a deferred input runs that
+// input alone. Five AUTHs pipelined are five deferrals, each resumed alone (was: the first resume ran
+// all five hashes in one AUTH job), and a message's end pipelined behind an AUTH is deferred again,
+// for the delivery lane (was: stored by the AUTH job).
+TEST_CASE("resumeDeferred runs the deferred input alone; the next slow input is deferred again", "[session][events]") {
+    Harness h;
+    h.session->setDeferSlowWork(true);
+    const std::string wrong = "AUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n\r\n";  // ana@447.edu, "wrong"
+    Output out = h.session->onBytes("EHLO c\r\n" + wrong + wrong + wrong + "NOOP\r\n");
+    int resumes = 0;
+    std::string after;
+    while (out.deferred) {
+        CHECK(h.session->deferredIsAuth());
+        Output ran = h.session->resumeDeferred(after);
+        ++resumes;
+        CHECK(Harness::lines(ran).size() == 1);  // one AUTH's answer, nothing behind it
+        out = h.session->onBytes(after);
+    }
+    CHECK(resumes == 3);
+    CHECK(Harness::lines(out) == std::vector<std::string>{"250 2.0.0 Ok"});
+
+    out = h.session->onBytes("AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\nMAIL FROM:<ana@447.edu>\r\n"
+                             "RCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nNOOP\r\n");
+    REQUIRE(out.deferred);
+    REQUIRE(h.session->deferredIsAuth());
+    h.session->resumeDeferred(after);
+    REQUIRE(h.session->authenticated());
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).empty());  // not stored by the AUTH's resume
+    out = h.session->onBytes(after);
+    REQUIRE(out.deferred);
+    CHECK_FALSE(h.session->deferredIsAuth());  // the message's end: the delivery lane's
+    Output stored = h.session->resumeDeferred(after);
+    CHECK(Harness::lines(stored).size() == 1);
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).size() == 1);
+    CHECK(after == "NOOP\r\n");
 }
