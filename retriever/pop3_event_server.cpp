@@ -88,7 +88,7 @@ Output temporaryFailureAndClose(const std::string& text) {
 
 // One admitted POP3 connection: the greeting on ready, bytes into the Session, the replies to one read
 // in one send (RFC 2449 6.6 PIPELINING), slow reads on a worker, the autologout deadline (RFC 1939 3).
-class Pop3Connection : public net::GatedProtocol {
+class Pop3Connection : public net::BarrierProtocol {
 public:
     Pop3Connection(EventService::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection, bool implicitTls)
         : shared_(shared), ctx_(shared.ctx), slot_(std::move(slot)),
@@ -110,22 +110,6 @@ public:
     }
 
     const ConnectionLog& log() const override { return held_->log; }
-
-    void onReady(net::Connection& connection) override {
-        guarded(connection, [&] { ready(connection); });
-    }
-    void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        guarded(connection, [&] { bytes(connection, data, size); });
-    }
-    void onWritten(net::Connection& connection, bool drained) override {
-        guarded(connection, [&] { written(connection, drained); });
-    }
-    void onDeadline(net::Connection& connection) override {
-        guarded(connection, [&] { deadline(connection); });
-    }
-    void shutdown(net::Connection& connection) {
-        guarded(connection, [&] { stop(connection); });
-    }
 
     void onClosed(net::Connection&, const net::Ending& ending) override {
         closed_ = true;
@@ -158,12 +142,7 @@ private:
     // Every call the loop makes into this connection goes through here, a worker's answer included: an
     // exception ends this connection with -ERR [SYS/TEMP] (RFC 3206), never the loop or the process,
     // and never leaves it paused with no one to resume it.
-    template <typename Call>
-    void guarded(net::Connection& connection, Call&& call) {
-        net::guardedCall(call, [&](const std::string& what) { failed(connection, what); });
-    }
-
-    void failed(net::Connection& connection, const std::string& what) {
+    void failed(net::Connection& connection, const std::string& what) override {
         try {
             held_->log.line("event=error reason=" + logValue(what) + " answered=-ERR");
             if (closed_ || closing_) return;
@@ -176,7 +155,7 @@ private:
         }
     }
 
-    void ready(net::Connection& connection) {
+    void ready(net::Connection& connection) override {
         SSL* ssl = connection.ssl();
         if (held_->session) {  // STLS done (RFC 2595 4: the session forgets what came before)
             // Never expected: no read goes to a worker once STLS is answered (bytes() drops them), and
@@ -208,7 +187,7 @@ private:
         answer(connection, held_->session->start());
     }
 
-    void bytes(net::Connection& connection, const char* data, size_t size) {
+    void bytes(net::Connection& connection, const char* data, size_t size) override {
         if (tlsStarting_) {
             // RFC 2595 4 / CVE-2011-0411: STLS is answered and the handshake has not begun (our +OK is
             // still queued): these octets came in clear and never reach the session (nor a worker).
@@ -227,7 +206,7 @@ private:
     }
 
     // Our replies waited for the client to read them (drained: all have left).
-    void written(net::Connection& connection, bool drained) {
+    void written(net::Connection& connection, bool drained) override {
         if (drained) holds_.clear();  // the response budget's places, given back once sent
         if (!continuing_ && !drainingOut_) return;
         if (!drained) return connection.setDeadline(sendTimeout_);  // each write that goes on restarts it
@@ -240,7 +219,7 @@ private:
         if (!busy_) resume(connection);
     }
 
-    void deadline(net::Connection& connection) {
+    void deadline(net::Connection& connection) override {
         if (continuing_ || drainingOut_) {
             held_->log.peerEvent("disconnect", "reason=send-timeout");
             ended_ = true;
@@ -257,7 +236,7 @@ private:
 
     // stop(): -ERR [SYS/TEMP] and close, nothing deleted; a session whose read is on a worker answers it
     // first, one in a STLS handshake once it is done (in TLS).
-    void stop(net::Connection& connection) {
+    void stop(net::Connection& connection) override {
         if (closing_) return;
         if (busy_ || tlsStarting_) {
             shutdownWhenDone_ = true;
@@ -429,7 +408,7 @@ private:
         // Runs only while the connection is open, and so while this protocol object lives.
         auto post = [loop, id, self = this](std::shared_ptr<Output> output) {
             loop->post(id, [self, output](net::Connection& connection) {
-                self->guarded(connection, [&] { self->workDone(connection, std::move(*output)); });
+                self->barrier(connection, [&] { self->workDone(connection, std::move(*output)); });
             });
         };
         // A job's exception ends its connection with -ERR [SYS/TEMP], never the worker or the process;

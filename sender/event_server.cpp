@@ -127,7 +127,7 @@ struct Held {
 
 // One admitted SMTP connection: banner on ready, bytes into the Session, its replies out in one send
 // per read (RFC 2920), slow inputs on a worker.
-class SmtpConnection : public net::GatedProtocol {
+class SmtpConnection : public net::BarrierProtocol {
 public:
     SmtpConnection(EventServer::Shared& shared, ConnectionLimiter::Slot slot, net::Connection& connection)
         : shared_(shared), s_(shared.settings), slot_(std::move(slot)),
@@ -146,22 +146,6 @@ public:
 
     const ConnectionLog& log() const override { return held_->log; }
     void answeredInClear() const { answeredInClear_ = true; }  // on the loop thread, before any read
-
-    void onReady(net::Connection& connection) override {
-        guarded(connection, [&] { ready(connection); });
-    }
-    void onBytes(net::Connection& connection, const char* data, size_t size) override {
-        guarded(connection, [&] { bytes(connection, data, size); });
-    }
-    void onWritten(net::Connection& connection, bool drained) override {
-        guarded(connection, [&] { written(connection, drained); });
-    }
-    void onDeadline(net::Connection& connection) override {
-        guarded(connection, [&] { deadline(connection); });
-    }
-    void shutdown(net::Connection& connection) {
-        guarded(connection, [&] { stop(connection); });
-    }
 
     void onClosed(net::Connection&, const net::Ending& ending) override {
         closed_ = true;
@@ -193,12 +177,7 @@ public:
 private:
     // Every call the loop makes into this connection goes through here: an exception (bad_alloc, or a
     // failure the session did not foresee) ends this connection with 421 4.3.0, not the process.
-    template <typename Call>
-    void guarded(net::Connection& connection, Call&& call) {
-        net::guardedCall(call, [&](const std::string& what) { failed(connection, what); });
-    }
-
-    void failed(net::Connection& connection, const std::string& what) {
+    void failed(net::Connection& connection, const std::string& what) override {
         try {
             held_->log.line("event=error reason=" + logValue(what) + " answered=421");
             if (closed_ || closing_) return;
@@ -209,7 +188,7 @@ private:
         }
     }
 
-    void ready(net::Connection& connection) {
+    void ready(net::Connection& connection) override {
         handshaking_ = false;
         SSL* ssl = connection.ssl();
         std::string tls = ssl ? describeTlsSession(ssl) : "";
@@ -255,7 +234,7 @@ private:
         respond(connection, std::move(banner));
     }
 
-    void bytes(net::Connection& connection, const char* data, size_t size) {
+    void bytes(net::Connection& connection, const char* data, size_t size) override {
         if (busy_ || drainingOut_ || closing_ || handshaking_) {
             if (!closing_ && !handshaking_) early_.append(data, size);  // not expected (reading is paused): kept in order
             return;
@@ -276,7 +255,7 @@ private:
     // and the next call waits afresh. So here each sendTimeout window must move some bytes, for replies
     // that wait with reading paused and for our last reply alike: a write that goes on is noted, and the
     // deadline is re-armed when the window ends, not on every partial write.
-    void written(net::Connection& connection, bool drained) {
+    void written(net::Connection& connection, bool drained) override {
         if (!drainingOut_ && !closing_) return;
         if (!drained) {
             drainMoved_ = true;
@@ -288,7 +267,7 @@ private:
         if (!busy_) resume(connection);
     }
 
-    void deadline(net::Connection& connection) {
+    void deadline(net::Connection& connection) override {
         if ((drainingOut_ || closing_) && drainMoved_) {  // bytes left in this window: the next one (written())
             drainMoved_ = false;
             return connection.setDeadline(s_.sendTimeout);
@@ -312,7 +291,7 @@ private:
 
     // stop(): RFC 5321 3.8, 421 and close; a session whose input is on a worker answers it first, one
     // in a STARTTLS handshake once it is done (in TLS).
-    void stop(net::Connection& connection) {
+    void stop(net::Connection& connection) override {
         if (closing_) return;
         if (busy_ || handshaking_) {
             shutdownWhenDone_ = true;
@@ -418,7 +397,7 @@ private:
         // Runs only while the connection is open, and so while this protocol object lives.
         auto answer = [loop, id, self = this](std::shared_ptr<smtp::Output> output, std::shared_ptr<std::string> after) {
             loop->post(id, [self, output, after](net::Connection& connection) {
-                self->guarded(connection, [&] { self->workDone(connection, std::move(*output), std::move(*after)); });
+                self->barrier(connection, [&] { self->workDone(connection, std::move(*output), std::move(*after)); });
             });
         };
         // A worker's exception ends this connection (421 4.3.0), never the worker or the process

@@ -7,6 +7,7 @@
 #pragma once
 #include "connection_guard.h"
 #include "event_loop.h"
+#include "guarded_call.h"
 #include "guarded_connection.h"
 
 #include <atomic>
@@ -24,6 +25,44 @@ public:
     // Clear text on the TLS port: whether this connection answers it (a refused one is just closed,
     // as the thread core's gate refuses before it looks at the first bytes).
     virtual bool answersClearText() const { return true; }
+};
+
+// A gated connection whose loop callbacks each run inside the event core's exception barrier
+// (guarded_call.h): an exception ends only this connection, in the protocol's own words (failed()),
+// not the loop. The SMTP and POP3 connections give the five steps; the barrier is written once here.
+class BarrierProtocol : public GatedProtocol {
+public:
+    void onReady(Connection& connection) final {
+        barrier(connection, [&] { ready(connection); });
+    }
+    void onBytes(Connection& connection, const char* data, size_t size) final {
+        barrier(connection, [&] { bytes(connection, data, size); });
+    }
+    void onWritten(Connection& connection, bool drained) final {
+        barrier(connection, [&] { written(connection, drained); });
+    }
+    void onDeadline(Connection& connection) final {
+        barrier(connection, [&] { deadline(connection); });
+    }
+    // The server stops: called through the loop for each open connection.
+    void shutdown(Connection& connection) {
+        barrier(connection, [&] { stop(connection); });
+    }
+
+protected:
+    // Answers (421, -ERR [SYS/TEMP]) and closes; a throw out of it is the loop's to contain.
+    virtual void failed(Connection& connection, const std::string& what) = 0;
+    template <typename Call>
+    void barrier(Connection& connection, Call&& call) {
+        guardedCall(call, [&](const std::string& what) { failed(connection, what); });
+    }
+
+private:
+    virtual void ready(Connection& connection) = 0;
+    virtual void bytes(Connection& connection, const char* data, size_t size) = 0;
+    virtual void written(Connection& connection, bool drained) = 0;
+    virtual void deadline(Connection& connection) = 0;
+    virtual void stop(Connection& connection) = 0;
 };
 
 struct EventGateSettings {
