@@ -7,6 +7,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
@@ -676,9 +677,13 @@ private:
             }
             return;
         }
+        // One bump per mailbox however many of the batch's messages it got (kept-open delivery to one
+        // mailbox batches many): a changed counter is all a reader needs to see.
         std::vector<uint32_t> slots;
         for (GroupCommit::Delivery* p : batch)
             for (const std::string& mailbox : p->message->recipients) slots.push_back(mailboxSlot(mailbox));
+        std::sort(slots.begin(), slots.end());
+        slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
         generations_.bumpMailboxes(slots);
     }
 
