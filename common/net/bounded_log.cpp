@@ -83,9 +83,10 @@ void BoundedAsyncChannel::run() {
             lock.lock();
         }
         // Everything waiting, written together (StderrLineChannel::Batch): one write for the lines of
-        // many connections, and the queue's lock held only for the swap.
+        // many connections, and the queue's lock held only for the swap. The lines in hand still
+        // count against maxQueuedBytes until written: the bound is on all unwritten lines.
         batch.swap(queue_);
-        queuedBytes_ = 0;
+        size_t batchBytes = queuedBytes_;
         uint64_t unreported = droppedUnreported_;
         droppedUnreported_ = 0;
         lock.unlock();
@@ -100,6 +101,7 @@ void BoundedAsyncChannel::run() {
         }
         batch.clear();
         lock.lock();
+        queuedBytes_ -= batchBytes;
     }
 }
 

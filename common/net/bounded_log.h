@@ -24,7 +24,8 @@ public:
     void open() override;
     void close() override;
     void log(const Poco::Message& message) override;
-    // "channel": the channel written to (by name, from the logging registry); "maxQueuedBytes";
+    // "channel": the channel written to (by name, from the logging registry); "maxQueuedBytes" (all
+    // lines not yet written, queued or in the writing thread's hands);
     // "lingerMs": how long the thread waits after a line for more to write with it (0: none).
     void setProperty(const std::string& name, const std::string& value) override;
     void setChannel(Poco::AutoPtr<Poco::Channel> target) { target_ = std::move(target); }
