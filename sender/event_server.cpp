@@ -222,6 +222,7 @@ private:
             if (noteLogin) noteLogin(account);
             held->provenance.recordLogin(account, held->log);
         };
+        env.loginWouldWait = [held](const std::string& account) { return held->provenance.wouldRecord(account); };
         held_->session = std::make_unique<smtp::Session>(*s_.auth, *s_.store, s_.limits, env);
         // On PostgreSQL too: a read's job stops before an AUTH, which goes to the AUTH lane.
         held_->session->setDeferSlowWork(true);

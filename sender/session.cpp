@@ -208,7 +208,7 @@ Output Session::cmdStartTls(const std::string& arg) {
 
 // Why AUTH may not run now, or "" when it may: RFC 3207 (not before STARTTLS) and RFC 4954 4
 // (538 when the mechanism would expose a password without encryption).
-static std::string authRefusal(TlsMode mode, bool tlsActive, bool allowPlaintext, ReplyCode& code) {
+std::string authRefusal(TlsMode mode, bool tlsActive, bool allowPlaintext, ReplyCode& code) {
     if (tlsActive) return "";
     if (mode == TlsMode::StartTls) {
         code = AuthRequired;
@@ -463,21 +463,25 @@ Output Session::onAuthResponse(const std::string& line) {
         pendingLoginUser_.clear();
         return finishAuth(user, decoded);
     }
-    // PLAIN (RFC 4616 2): [authzid] NUL authcid NUL passwd
-    size_t first = decoded.find('\0');
-    size_t second = first == std::string::npos ? std::string::npos : decoded.find('\0', first + 1);
-    if (second == std::string::npos) {
+    std::optional<PlainCredentials> credentials = parsePlainResponse(decoded);
+    if (!credentials) {
         enterState(State::Ready);
         return error(SyntaxError, "AUTH PLAIN response must be authzid NUL user NUL password");
     }
-    std::string authzid = decoded.substr(0, first);
-    std::string user = decoded.substr(first + 1, second - first - 1);
-    std::string password = decoded.substr(second + 1);
-    if (!authzid.empty() && text::lowerCase(authzid) != text::lowerCase(user)) {
+    if (!credentials->authzid.empty() && text::lowerCase(credentials->authzid) != text::lowerCase(credentials->user)) {
         enterState(State::Ready);
         return error(AuthInvalid, "Authentication credentials invalid: cannot act as another user");
     }
-    return finishAuth(user, password);
+    return finishAuth(credentials->user, credentials->password);
+}
+
+std::optional<PlainCredentials> parsePlainResponse(const std::string& decoded) {
+    // RFC 4616 2: [authzid] NUL authcid NUL passwd
+    size_t first = decoded.find('\0');
+    size_t second = first == std::string::npos ? std::string::npos : decoded.find('\0', first + 1);
+    if (second == std::string::npos) return std::nullopt;
+    return PlainCredentials{decoded.substr(0, first), decoded.substr(first + 1, second - first - 1),
+                            decoded.substr(second + 1)};
 }
 
 Output Session::finishAuth(const std::string& user, const std::string& password) {
@@ -489,7 +493,11 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
     }
     AuthResult result;
     try {
-        result = auth_.authenticate(user, password, true, env_.peerAddress);
+        if (authAtOnce_ && authAtOnce_->user == user && authAtOnce_->password == password)
+            result = std::move(authAtOnce_->result);  // answered on the event loop (authAnswerableAtOnce)
+        else
+            result = auth_.authenticate(user, password, true, env_.peerAddress);
+        authAtOnce_.reset();
     } catch (const std::exception& e) {
         env_.log(std::string("event=auth result=error reason=\"") + e.what() + "\"");
         return error(TemporaryAuthFailure, "Temporary authentication failure; try again later");

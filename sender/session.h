@@ -86,6 +86,9 @@ struct SessionEnv {
     SubmissionRates* rates = nullptr;          // shared likewise; none: no rate limit
     std::function<int64_t()> freeDiskBytes;    // free space where mail is stored; none: not checked
     std::function<void(const std::string&)> onLogin;  // the account, after AUTH succeeds (provenance)
+    // Whether onLogin(account) would wait (a store write: a class server's provenance): such a login
+    // is not answered on an event loop. None: it never waits.
+    std::function<bool(const std::string& account)> loginWouldWait;
     // The class board's record (common/lab/class_board.h): a refused login of an existing account, and
     // a message stored (its sender and Subject).
     std::function<void(const std::string& account)> onLoginFailed;
@@ -115,6 +118,15 @@ struct Output {
     // The server logs them, once per STARTTLS (event=starttls-discarded-plaintext).
     size_t discardedOctets = 0;
 };
+
+// An AUTH PLAIN response, decoded (RFC 4616 2: [authzid] NUL authcid NUL passwd); nullopt without
+// its two NULs.
+struct PlainCredentials {
+    std::string authzid, user, password;
+};
+std::optional<PlainCredentials> parsePlainResponse(const std::string& decoded);
+// Why AUTH may not run now, or "" when it may (code set to the refusal's reply code).
+std::string authRefusal(TlsMode mode, bool tlsActive, bool allowPlaintext, ReplyCode& code);
 
 class Session {
 public:
@@ -237,6 +249,15 @@ private:
     void takeLine(LineReader::Event& event, Output& all);
     Output runDeferred(bool refuse, std::string& after);  // the deferred input alone (resume or refuse)
     bool mayBlockOn(const LineReader::Event& event) const;
+    // An AUTH input about to be deferred: answered on the loop instead when the Authenticator can
+    // say at once (a cached password: no slow hash, no store write), as the retriever's event core
+    // does. The answer waits here for finishAuth, which uses it for these very credentials only.
+    bool authAnswerableAtOnce(const LineReader::Event& event);
+    struct AuthAtOnce {
+        std::string user, password;
+        AuthResult result;
+    };
+    std::optional<AuthAtOnce> authAtOnce_;
     bool deferSlowWork_ = false;
     bool refuseSlowWork_ = false;  // inside refuseDeferred(): the password check or delivery answers busy
     std::optional<LineReader::Event> deferredLine_;  // framed, not yet run

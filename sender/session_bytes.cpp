@@ -3,6 +3,7 @@
 // make one call. The commands themselves are in session.cpp.
 #include "session.h"
 
+#include "../common/lab/password.h"
 #include "../common/net/log_text.h"
 #include "../common/net/text.h"
 
@@ -166,15 +167,57 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
         // One line at a time: after a BDAT command the next bytes are octets, not lines.
         LineReader::Event event;
         if (!reader_.nextFrom(data, end, event)) break;  // no line end yet: the rest waits in the reader
-        if (!mayBlock && mayBlockOn(event)) {
+        if (!mayBlock && mayBlockOn(event) && !authAnswerableAtOnce(event)) {
             deferredLine_ = std::move(event);
             deferredBytes_.assign(data, end);
             all.deferred = true;
             break;
         }
         takeLine(event, all);
+        authAtOnce_.reset();  // used by this line's finishAuth, or by none (a refusal before it)
     }
     return all;
+}
+
+bool Session::authAnswerableAtOnce(const LineReader::Event& event) {
+    if (event.tooLong || authenticated()) return false;
+    ReplyCode unused{0, ""};
+    if (!authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty()) return false;
+    std::string response;  // the base64 text carrying the password
+    if (state_ == State::AuthPlain || state_ == State::AuthLoginPassword) {
+        response = event.line;
+    } else {
+        Command command = parseCommand(event.line);
+        Command parts = parseCommand(command.argument);  // mechanism, initial response
+        if (command.verb != "AUTH" || parts.verb != "PLAIN") return false;  // AUTH LOGIN's carries the name only
+        response = parts.argument;
+    }
+    // What onAuthResponse refuses before any check (a cancel, not base64, no two NULs, another
+    // user's authzid) runs on the loop: it cannot block.
+    if (response == "*") return true;
+    std::optional<PlainCredentials> credentials;
+    try {
+        std::string decoded = response == "=" ? "" : maillab::base64Decode(response);
+        if (state_ == State::AuthLoginPassword) credentials = PlainCredentials{"", pendingLoginUser_, decoded};
+        else credentials = parsePlainResponse(decoded);
+    } catch (const std::exception&) {
+        return true;
+    }
+    if (!credentials) return true;
+    if (!credentials->authzid.empty() && text::lowerCase(credentials->authzid) != text::lowerCase(credentials->user))
+        return true;
+    if (credentials->password.empty()) return false;  // a registration's slow hash, perhaps
+    std::optional<AuthResult> result;
+    try {
+        result = auth_.authenticateWithoutWaiting(credentials->user, credentials->password, env_.peerAddress);
+    } catch (const std::exception&) {
+        return false;  // a store error: the worker's full check says it, as before
+    }
+    if (!result) return false;
+    bool loggedIn = result->outcome == AuthOutcome::Ok || result->outcome == AuthOutcome::Registered;
+    if (loggedIn && env_.loginWouldWait && env_.loginWouldWait(result->user)) return false;  // the worker runs it all again
+    authAtOnce_ = AuthAtOnce{credentials->user, credentials->password, std::move(*result)};
+    return true;
 }
 
 Output Session::cmdBdat(const std::string& arg) {

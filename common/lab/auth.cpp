@@ -132,15 +132,17 @@ Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::
 bool Authenticator::verifiesFromCache(const std::string& user, const std::string& password) {
     if (policy_.cacheTtlSeconds <= 0) return false;
     std::string email = normalizeUser(user);
-    CacheEntry entry;
+    Mac expected;
+    std::string hash;  // not the whole entry: its checked sources are up to 32 strings to copy
     {
         std::lock_guard<std::mutex> lock(cacheMutex_);
         auto it = cache_.find(email);
         if (it == cache_.end() || it->second.expires <= clock_()) return false;
-        entry = it->second;
+        expected = it->second.mac;
+        hash = it->second.hash;
     }
-    Mac mac = cacheMac(email, password, entry.hash);
-    return CRYPTO_memcmp(entry.mac.data(), mac.data(), mac.size()) == 0;
+    Mac mac = cacheMac(email, password, hash);
+    return CRYPTO_memcmp(expected.data(), mac.data(), mac.size()) == 0;
 }
 
 std::optional<std::string> Authenticator::cachedHash(const std::string& email, const std::string& password,
@@ -287,10 +289,15 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
     // Not in the cache: a slow hash (and a guess paid for) follows, or a registration. One HMAC says
     // so before any read of the store.
-    if (!mayWait && !verifiesFromCache(email, password)) return std::nullopt;
-    // One read for the hash, the source's standing and its bucket (the hot path of every login).
-    std::optional<LoginState> state = store_.loginState(email, from);
-    if (!state) {
+    const bool inCache = verifiesFromCache(email, password);
+    if (!mayWait && !inCache) return std::nullopt;
+    // One read for the hash, the source's standing and its bucket (the hot path of every login),
+    // taken under the account's lock below. Read here too only when the password is not in the
+    // cache: whether the account exists decides a registration or the unknown name's slow hash. A
+    // cached password implies an account (read again under the lock: deleted meanwhile is refused).
+    std::optional<LoginState> state;
+    if (!inCache) state = store_.loginState(email, from);
+    if (!inCache && !state) {
         if (!mayWait) return std::nullopt;  // a registration or the unknown name's slow hash
         if (mayRegister && password.empty() && policy_.registrationEnabled && isLabAddress(email) &&
             !isReservedAddress(email)) {

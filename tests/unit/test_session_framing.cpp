@@ -269,3 +269,66 @@ TEST_CASE("resumeDeferred runs the deferred input alone; the next slow input is 
     CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).size() == 1);
     CHECK(after == "NOOP\r\n");
 }
+
+// Issue 22 (sessions): an AUTH whose password the Authenticator's cache holds needs no slow hash and no
+// store write, so the event core answers it on the loop (as the retriever's does) instead of a trip
+// to an auth worker; a password not in the cache, a wrong one, or a login whose record would write
+// (a class server's provenance) still waits for a worker.
+TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cannot is deferred", "[session][events]") {
+    Harness h;
+    // The owner logged in before from here (on a worker): her password is in the cache, her source trusted.
+    REQUIRE(h.lab.auth->authenticate("ana@447.edu", "11111447", false, "127.0.0.1").outcome == AuthOutcome::Ok);
+    smtp::SessionEnv env;
+    env.peerAddress = "127.0.0.1";
+    env.clock = [&h] { return h.lab.now; };
+    std::vector<std::string> asked;
+    bool provenanceWrites = false;
+    env.loginWouldWait = [&](const std::string& account) {
+        asked.push_back(account);
+        return provenanceWrites;
+    };
+    auto session = [&] {
+        auto s = std::make_unique<Session>(*h.lab.auth, *h.lab.store, h.limits, env);
+        s->setDeferSlowWork(true);
+        s->start();
+        return s;
+    };
+    const std::string right = "AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n";
+    auto plain = session();
+    Output out = plain->onBytes("EHLO c\r\n" + right + "NOOP\r\n");
+    CHECK_FALSE(out.deferred);
+    CHECK(plain->authenticated());
+    std::vector<std::string> lines = Harness::lines(out);
+    REQUIRE(lines.size() >= 2);
+    CHECK(lines[lines.size() - 2] == "235 2.7.0 Authentication successful");
+    CHECK(lines.back() == "250 2.0.0 Ok");
+    CHECK(asked == std::vector<std::string>{"ana@447.edu"});
+
+    // AUTH LOGIN: the name is no check; the password line is answered at once too.
+    auto login = session();
+    out = login->onBytes("EHLO c\r\nAUTH LOGIN\r\nYW5hQDQ0Ny5lZHU=\r\nMTExMTE0NDc=\r\n");
+    CHECK_FALSE(out.deferred);
+    CHECK(login->authenticated());
+
+    // A wrong password: a guess to pay for and a slow hash, on a worker.
+    auto wrong = session();
+    out = wrong->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n\r\nNOOP\r\n");
+    CHECK(out.deferred);
+    CHECK_FALSE(wrong->authenticated());
+
+    // A login whose provenance record would write to the store: on a worker, which runs it all.
+    provenanceWrites = true;
+    auto recorded = session();
+    out = recorded->onBytes("EHLO c\r\n" + right);
+    CHECK(out.deferred);
+    CHECK_FALSE(recorded->authenticated());
+    std::string after;
+    out = recorded->resumeDeferred(after);
+    CHECK(recorded->authenticated());
+
+    // A name never cached (bob's first login) is deferred: the account's read and hash run there.
+    provenanceWrites = false;
+    auto first = session();
+    out = first->onBytes("EHLO c\r\nAUTH PLAIN AGJvYkA0NDcuZWR1ADIyMjIyNDQ3\r\n");
+    CHECK(out.deferred);
+}
