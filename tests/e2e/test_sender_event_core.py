@@ -214,7 +214,8 @@ def plaintext_behind_starttls_past_the_reply_cap_never_runs_inside_tls(lab):
 @test
 def the_event_core_sender_resumes_one_pipelined_auth_per_job(lab):
     """Review 2, finding 2: one AUTH worker, its first job waiting for SQLite's write lock. X pipelined
-    two wrong AUTHs, then Y sent one right AUTH. A worker runs the deferred input alone and the loop
+    two wrong AUTHs, then Y sent one wrong AUTH of its own (a right password the credential cache holds
+    is answered on the loop, no job at all: checked at the end). A worker runs the deferred input alone and the loop
     frames what followed it again, so X's second AUTH is a job of its own, queued behind Y's: Y's login
     is logged between X's two (was: X's job ran both hashes before Y's turn, and a delivery pipelined
     behind an AUTH ran on the AUTH lane)."""
@@ -229,16 +230,26 @@ def the_event_core_sender_resumes_one_pipelined_auth_per_job(lab):
         try:
             x = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong1')}",
                         f"AUTH PLAIN {plain('bob@447.edu', 'wrong2')}")
-            y = greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', ana)}")
+            y = greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', 'wrong3')}")
             # One loop: the probe's reply means it has read Y's AUTH and queued its job.
             assert probe.cmd("NOOP").startswith("250")
         finally:
             lock.release()
         assert x.reply()[-1].startswith("535") and x.reply()[-1].startswith("535")
-        assert y.reply()[-1].startswith("235")
+        assert y.reply()[-1].startswith("535")
+        # Ana's right password, cached at her registration, is answered on the loop while the one
+        # worker waits for the lock with Z's wrong AUTH (a deferred one would wait behind it).
+        lock = WriteLock(server.db)
+        try:
+            z = greeted(lab, server.port, f"AUTH PLAIN {plain('bob@447.edu', 'wrong4')}")
+            assert greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', ana)}").reply()[-1].startswith("235")
+        finally:
+            lock.release()
+        assert z.reply()[-1].startswith("535")
         log = server.log_after_stop()[before:]
         users = [line.split("user=")[1].split()[0] for line in log.splitlines() if "event=auth user=" in line]
-        assert [u.strip('"') for u in users] == ["bob@447.edu", "ana@447.edu", "bob@447.edu"], log[-3000:]
+        assert [u.strip('"') for u in users] == ["bob@447.edu", "ana@447.edu", "bob@447.edu", "ana@447.edu",
+                                                 "bob@447.edu"], log[-3000:]
 
 
 @test
