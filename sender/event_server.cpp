@@ -26,8 +26,9 @@ struct EventServer::Shared {
     Settings settings;
     std::unique_ptr<net::EventGate> gate;  // admission, refusals (421) and the proxy-refused line; outlives the core
     // Two lanes, so that deliveries never wait behind password checks (a flood of fresh-name AUTHs
-    // each waits for a hash place): AUTH on authWorkers, the end of a message (and on PostgreSQL
-    // every read) on deliveryWorkers. Each bounded by maxQueuedJobs and workerWait.
+    // each waits for a hash place): AUTH on authWorkers (one the credential cache answers at once
+    // runs where its read is framed), the end of a message (and on PostgreSQL every read) on
+    // deliveryWorkers. Each bounded by maxQueuedJobs and workerWait.
     std::unique_ptr<net::WorkerPool> authWorkers, deliveryWorkers;
     // Set when stop() begins: a job not yet started does nothing but tell its session 421 (RFC 5321
     // 3.8). A delivery that has not started gets no 250, so it stays the client's (RFC 5321 6.1) and
@@ -224,7 +225,9 @@ private:
         };
         env.loginWouldWait = [held](const std::string& account) { return held->provenance.wouldRecord(account); };
         held_->session = std::make_unique<smtp::Session>(*s_.auth, *s_.store, s_.limits, env);
-        // On PostgreSQL too: a read's job stops before an AUTH, which goes to the AUTH lane.
+        // On PostgreSQL too: a read's job stops before an AUTH, which goes to the AUTH lane, unless the
+        // credential cache answers it at once (Session::authAnswerableAtOnce: then inside the read's job;
+        // on SQLite, on the loop).
         held_->session->setDeferSlowWork(true);
         commandDeadline_ = net::Clock::now() + s_.commandTimeout;
         smtp::Output banner = held_->session->start();

@@ -180,16 +180,23 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
 }
 
 bool Session::authAnswerableAtOnce(const LineReader::Event& event) {
-    if (event.tooLong || authenticated()) return false;
-    ReplyCode unused{0, ""};
-    if (!authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty()) return false;
+    if (event.tooLong) return false;
     std::string response;  // the base64 text carrying the password
     if (state_ == State::AuthPlain || state_ == State::AuthLoginPassword) {
         response = event.line;
     } else {
+        if (state_ == State::Data || state_ == State::Bdat) return false;  // a message's end: the delivery lane's
         Command command = parseCommand(event.line);
+        if (command.verb != "AUTH") return false;  // BDAT 0 LAST
+        // An AUTH that dispatch or cmdAuth refuses before any check (not after EHLO or in a mail
+        // transaction, not ASCII, a second AUTH, before STARTTLS) runs on the loop, checking nothing.
+        if (state_ != State::Ready || authenticated()) return true;
+        for (unsigned char c : event.line)
+            if ((c < 32 && c != '\t') || c > 126) return true;
+        ReplyCode unused{0, ""};
+        if (!authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty()) return true;
         Command parts = parseCommand(command.argument);  // mechanism, initial response
-        if (command.verb != "AUTH" || parts.verb != "PLAIN") return false;  // AUTH LOGIN's carries the name only
+        if (parts.verb != "PLAIN") return false;  // AUTH LOGIN's initial response carries the name only
         response = parts.argument;
     }
     // What onAuthResponse refuses before any check (a cancel, not base64, no two NULs, another
@@ -213,9 +220,10 @@ bool Session::authAnswerableAtOnce(const LineReader::Event& event) {
     } catch (const std::exception&) {
         return false;  // a store error: the worker's full check says it, as before
     }
-    if (!result) return false;
-    bool loggedIn = result->outcome == AuthOutcome::Ok || result->outcome == AuthOutcome::Registered;
-    if (loggedIn && env_.loginWouldWait && env_.loginWouldWait(result->user)) return false;  // the worker runs it all again
+    // Only a login is answered here: a refusal (a spent budget, an account deleted meanwhile) is the
+    // worker's, as a wrong password's is, so a right and a wrong password are answered alike.
+    if (!result || result->outcome != AuthOutcome::Ok) return false;
+    if (env_.loginWouldWait && env_.loginWouldWait(result->user)) return false;  // the worker runs it all again
     authAtOnce_ = AuthAtOnce{credentials->user, credentials->password, std::move(*result)};
     return true;
 }

@@ -129,20 +129,11 @@ Authenticator::Mac Authenticator::cacheMac(const std::string& email, const std::
     return mac;
 }
 
-bool Authenticator::verifiesFromCache(const std::string& user, const std::string& password) {
+bool Authenticator::accountInCache(const std::string& email, int64_t now) {
     if (policy_.cacheTtlSeconds <= 0) return false;
-    std::string email = normalizeUser(user);
-    Mac expected;
-    std::string hash;  // not the whole entry: its checked sources are up to 32 strings to copy
-    {
-        std::lock_guard<std::mutex> lock(cacheMutex_);
-        auto it = cache_.find(email);
-        if (it == cache_.end() || it->second.expires <= clock_()) return false;
-        expected = it->second.mac;
-        hash = it->second.hash;
-    }
-    Mac mac = cacheMac(email, password, hash);
-    return CRYPTO_memcmp(expected.data(), mac.data(), mac.size()) == 0;
+    std::lock_guard<std::mutex> lock(cacheMutex_);
+    auto it = cache_.find(email);
+    return it != cache_.end() && it->second.expires > now;
 }
 
 std::optional<std::string> Authenticator::cachedHash(const std::string& email, const std::string& password,
@@ -289,12 +280,16 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
     // Not in the cache: a slow hash (and a guess paid for) follows, or a registration. One HMAC says
     // so before any read of the store.
-    const bool inCache = verifiesFromCache(email, password);
+    // Decided by the account, never by the password: a right and a wrong password for a cached
+    // account do the same store work up to the comparison (with its budget spent, both are refused
+    // after the same reads, and on an event loop neither is answered sooner than the other).
+    const bool inCache = !password.empty() && accountInCache(email, now);  // an empty one may register
     if (!mayWait && !inCache) return std::nullopt;
     // One read for the hash, the source's standing and its bucket (the hot path of every login),
-    // taken under the account's lock below. Read here too only when the password is not in the
-    // cache: whether the account exists decides a registration or the unknown name's slow hash. A
-    // cached password implies an account (read again under the lock: deleted meanwhile is refused).
+    // taken under the account's lock below. Read here too only for an account not in the cache:
+    // whether it exists decides a registration or the unknown name's slow hash. A cached account
+    // exists (read again under the lock: one deleted meanwhile is refused at once, no slow hash,
+    // which tells only a holder of its last password that it is gone).
     std::optional<LoginState> state;
     if (!inCache) state = store_.loginState(email, from);
     if (!inCache && !state) {
@@ -362,7 +357,8 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     // slow check, so no more comparisons run in this process than the budget holds.
     if (state->hasBucket) {
         double tokens = refilledTokens(state->tokens, state->updated, now, burst, refill);
-        if (tokens < 1.0) return throttled(secondsUntilToken(tokens, refill));
+        // Never said on an event loop: a worker says it, as it says a wrong password's refusal.
+        if (tokens < 1.0) return mayWait ? std::optional<AuthResult>(throttled(secondsUntilToken(tokens, refill))) : std::nullopt;
     }
     auto cachedOk = [&] {
         if (password.empty()) return false;

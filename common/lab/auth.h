@@ -92,16 +92,13 @@ public:
     AuthResult authenticate(const std::string& user, const std::string& password, bool mayRegister = true,
                             const std::string& source = "");
 
-    // True when this password is in the cache of verified credentials, so that authenticate() will
-    // run no slow hash: an event-loop server answers such a request on its loop and hands the others
-    // to a worker (retriever/event_server.h). Changes nothing; the check itself is one HMAC.
-    bool verifiesFromCache(const std::string& user, const std::string& password);
-
     // authenticate() for an event loop, which must never wait: the same answer when it can be given
     // at once (a cached password, checked against the account under its lock), or nothing when it
     // would wait for the account's check (another thread holds it: a wrong password's slow hash),
-    // run a slow hash, or write to the store (a source to trust). Nothing then was changed: the
-    // caller runs authenticate() where waiting is allowed (retriever/event_server.cpp).
+    // run a slow hash, write to the store (a source to trust), or refuse (a spent budget is said
+    // by a worker, as a wrong password's refusal is: neither answer comes sooner than the other).
+    // Nothing then was changed: the caller runs authenticate() where waiting is allowed
+    // (retriever/event_server.cpp, sender/session_bytes.cpp).
     std::optional<AuthResult> authenticateWithoutWaiting(const std::string& user, const std::string& password,
                                                          const std::string& source = "");
 
@@ -141,6 +138,8 @@ private:
     Mac cacheMac(const std::string& email, const std::string& password, const std::string& hash) const;
     // The cached verification of this password, if any: the stored hash it was checked against.
     std::optional<std::string> cachedHash(const std::string& email, const std::string& password, int64_t now);
+    // Whether the account has an unexpired entry in the cache, whatever the password (see check()).
+    bool accountInCache(const std::string& email, int64_t now);
     void remember(const Account& account, const std::string& password, int64_t now,
                   const std::string& source = "", std::optional<uint64_t> generation = std::nullopt);
     // The entry was just checked against the account read at `generation`, from `source`.

@@ -1,6 +1,7 @@
 // The SMTP session's own framing of the bytes it is given: split anywhere, CHUNKING (RFC 3030 BDAT),
 // what STARTTLS discards, and the event core's deferred slow inputs (resumed or refused by a worker).
 // Split from tests/unit/test_session.cpp, whose Harness it shares (tests/unit/session_harness.h).
+#include "racing_store.h"
 #include "session_harness.h"
 
 #include "../../sender/session.h"
@@ -14,6 +15,7 @@
 using namespace maillab;
 using namespace maillab::smtp;
 using maillab::testing::Harness;
+using maillab::testing::RacingStore;
 
 // ---- the session's own framing, and CHUNKING (RFC 3030) ----------------------------------------------
 
@@ -272,12 +274,14 @@ TEST_CASE("resumeDeferred runs the deferred input alone; the next slow input is 
 
 // Issue 22 (sessions): an AUTH whose password the Authenticator's cache holds needs no slow hash and no
 // store write, so the event core answers it on the loop (as the retriever's does) instead of a trip
-// to an auth worker; a password not in the cache, a wrong one, or a login whose record would write
-// (a class server's provenance) still waits for a worker.
+// to an auth worker; a password not in the cache, a wrong one, a spent budget, or a login whose record
+// would write (a class server's provenance) still waits for a worker.
 TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cannot is deferred", "[session][events]") {
     Harness h;
+    RacingStore counting(*h.lab.store);
+    Authenticator auth(counting, h.lab.auth->policy(), [&h] { return h.lab.now; });
     // The owner logged in before from here (on a worker): her password is in the cache, her source trusted.
-    REQUIRE(h.lab.auth->authenticate("ana@447.edu", "11111447", false, "127.0.0.1").outcome == AuthOutcome::Ok);
+    REQUIRE(auth.authenticate("ana@447.edu", "11111447", false, "127.0.0.1").outcome == AuthOutcome::Ok);
     smtp::SessionEnv env;
     env.peerAddress = "127.0.0.1";
     env.clock = [&h] { return h.lab.now; };
@@ -288,13 +292,15 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
         return provenanceWrites;
     };
     auto session = [&] {
-        auto s = std::make_unique<Session>(*h.lab.auth, *h.lab.store, h.limits, env);
+        auto s = std::make_unique<Session>(auth, counting, h.limits, env);
         s->setDeferSlowWork(true);
         s->start();
         return s;
     };
     const std::string right = "AUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n";
+    const std::string wrong = "AUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n\r\n";  // ana@447.edu, "wrong"
     auto plain = session();
+    int generationReads = counting.generationReads;
     Output out = plain->onBytes("EHLO c\r\n" + right + "NOOP\r\n");
     CHECK_FALSE(out.deferred);
     CHECK(plain->authenticated());
@@ -303,6 +309,8 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     CHECK(lines[lines.size() - 2] == "235 2.7.0 Authentication successful");
     CHECK(lines.back() == "250 2.0.0 Ok");
     CHECK(asked == std::vector<std::string>{"ana@447.edu"});
+    // Checked once, on the loop; finishAuth used that answer (a second check would read again).
+    CHECK(counting.generationReads == generationReads + 1);
 
     // AUTH LOGIN: the name is no check; the password line is answered at once too.
     auto login = session();
@@ -310,11 +318,24 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     CHECK_FALSE(out.deferred);
     CHECK(login->authenticated());
 
+    // What is refused before any check runs on the loop too, checking nothing: a cancel, not base64,
+    // another user's authzid, AUTH before EHLO.
+    int reads = counting.generationReads + counting.loginStateReads;
+    for (const std::string& bytes : {std::string("EHLO c\r\nAUTH PLAIN\r\n*\r\n"), std::string("EHLO c\r\nAUTH PLAIN !!!\r\n"),
+                                     std::string("EHLO c\r\nAUTH PLAIN Ym9iQDQ0Ny5lZHUAYW5hQDQ0Ny5lZHUAMTExMTE0NDc=\r\n"),
+                                     right}) {
+        auto refused = session();
+        out = refused->onBytes(bytes);
+        CHECK_FALSE(out.deferred);
+        CHECK_FALSE(refused->authenticated());
+    }
+    CHECK(counting.generationReads + counting.loginStateReads == reads);
+
     // A wrong password: a guess to pay for and a slow hash, on a worker.
-    auto wrong = session();
-    out = wrong->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1AHdyb25n\r\nNOOP\r\n");
+    auto wrongOne = session();
+    out = wrongOne->onBytes("EHLO c\r\n" + wrong + "NOOP\r\n");
     CHECK(out.deferred);
-    CHECK_FALSE(wrong->authenticated());
+    CHECK_FALSE(wrongOne->authenticated());
 
     // A login whose provenance record would write to the store: on a worker, which runs it all.
     provenanceWrites = true;
@@ -325,10 +346,25 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     std::string after;
     out = recorded->resumeDeferred(after);
     CHECK(recorded->authenticated());
+    provenanceWrites = false;
 
     // A name never cached (bob's first login) is deferred: the account's read and hash run there.
-    provenanceWrites = false;
     auto first = session();
     out = first->onBytes("EHLO c\r\nAUTH PLAIN AGJvYkA0NDcuZWR1ADIyMjIyNDQ3\r\n");
     CHECK(out.deferred);
+
+    // Her budget from here spent: the right password is refused as the wrong one is, both by a
+    // worker, in the same words (a right one answered sooner would tell a guesser it was right).
+    for (int i = 0; i < auth.policy().guessBurst; ++i)
+        REQUIRE(auth.authenticate("ana@447.edu", "00000447", false, "127.0.0.1").outcome == AuthOutcome::BadCredentials);
+    std::vector<std::string> refusals;
+    for (const std::string& line : {right, wrong}) {
+        auto spent = session();
+        out = spent->onBytes("EHLO c\r\n" + line);
+        CHECK(out.deferred);
+        out = spent->resumeDeferred(after);
+        refusals.push_back(Harness::lines(out).back());
+    }
+    CHECK(refusals[0].rfind("454 4.7.0 Too many failed logins", 0) == 0);
+    CHECK(refusals[0] == refusals[1]);
 }
