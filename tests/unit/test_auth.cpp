@@ -380,4 +380,12 @@ TEST_CASE("an event loop's login never waits: a cached password at once, anythin
     REQUIRE(again);
     CHECK(again->outcome == AuthOutcome::Ok);
     // The account's check held by another thread (a wrong password's slow hash): tests/e2e/test_event_core_abuse.py.
+
+    // Its budget from 10.0.0.6 spent: the right password is handed back as a wrong one is, never
+    // answered Throttled at once (a loop's quick refusal would tell a guesser the password was right).
+    for (int i = 0; i < lab.auth->policy().guessBurst; ++i)
+        REQUIRE(lab.auth->authenticate("ana@447.edu", "00000447", false, "10.0.0.6").outcome == AuthOutcome::BadCredentials);
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("ana@447.edu", "11111447", "10.0.0.6"));
+    CHECK_FALSE(lab.auth->authenticateWithoutWaiting("ana@447.edu", "00000447", "10.0.0.6"));
+    CHECK(lab.auth->authenticate("ana@447.edu", "11111447", false, "10.0.0.6").outcome == AuthOutcome::Throttled);
 }
