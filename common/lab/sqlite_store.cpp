@@ -276,13 +276,32 @@ public:
 
     ~SqliteStore() override { closeAll(); }
 
+    // Every RCPT asks (does the mailbox exist?): an account found is kept in memory while its slot in
+    // the generations file is unchanged (a deletion, a new password or role bumps it after its
+    // commit; the slot is read before the row, as mailboxStats does). One not found is read each
+    // time: a registration does not bump.
     std::optional<Account> findAccount(const std::string& email) override {
-        Connection c(*this);
-        Statement s(*c.handle,
-                    "SELECT email, password_hash, created_at, role FROM accounts WHERE email = ?1");
-        s.bind(1, email);
-        if (!s.step()) return std::nullopt;
-        return Account{s.text(0), s.text(1), s.integer(2), s.text(3)};
+        std::optional<uint64_t> generation;
+        if (generations_.trusted()) generation = generations_.read(credentialSlot(email));
+        if (generation) {
+            std::lock_guard<std::mutex> lock(accountsMutex_);
+            auto it = accountCache_.find(email);
+            if (it != accountCache_.end() && it->second.generation == *generation) return it->second.account;
+        }
+        std::optional<Account> account;
+        {
+            Connection c(*this);
+            Statement s(*c.handle,
+                        "SELECT email, password_hash, created_at, role FROM accounts WHERE email = ?1");
+            s.bind(1, email);
+            if (s.step()) account = Account{s.text(0), s.text(1), s.integer(2), s.text(3)};
+        }
+        if (generation && account) {
+            std::lock_guard<std::mutex> lock(accountsMutex_);
+            if (accountCache_.size() >= kStatsCacheEntries) accountCache_.clear();  // bounded, as the totals
+            accountCache_[email] = CachedAccount{*generation, *account};
+        }
+        return account;
     }
 
     bool deleteAccount(const std::string& email) override {
@@ -314,7 +333,9 @@ public:
         Statement s(*c.handle, "UPDATE accounts SET role = ?2 WHERE email = ?1");
         s.bind(1, email).bind(2, role);
         s.step();
-        return sqlite3_changes(c.db) == 1;
+        bool changed = sqlite3_changes(c.db) == 1;
+        generations_.bump(credentialSlot(email));  // findAccount's memory holds the role too
+        return changed;
     }
 
     bool createAccount(const std::string& email, const std::string& passwordHash, int64_t now) override {
@@ -807,6 +828,13 @@ private:
     static constexpr size_t kStatsCacheEntries = 16384;
     std::mutex statsMutex_;
     std::unordered_map<std::string, CachedStats> statsCache_;
+    // findAccount's memory: the row read at its credential slot's generation.
+    struct CachedAccount {
+        uint64_t generation;
+        Account account;
+    };
+    std::mutex accountsMutex_;
+    std::unordered_map<std::string, CachedAccount> accountCache_;
     GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::vector<Handle*> idle_;

@@ -304,3 +304,24 @@ TEST_CASE("SQLite: a mailbox's totals kept in memory end with every change anoth
     }
     CHECK(retriever->mailboxStats("carol@447.edu").count == 1);
 }
+
+TEST_CASE("SQLite: an account kept in memory ends with every change another process commits",
+          "[store][generations]") {
+    // The sender asks at each RCPT whether the mailbox exists; the admin tool (another process)
+    // changes accounts behind it.
+    maillab::testing::TempDir dir;
+    SqliteOptions options;
+    options.path = dir.path + "/shared.db";
+    auto sender = openSqliteStore(options);
+    auto admin = openSqliteStore(options);
+    CHECK_FALSE(sender->findAccount("dan@447.edu"));
+    REQUIRE(admin->createAccount("dan@447.edu", "h1", 1));
+    REQUIRE(sender->findAccount("dan@447.edu"));  // a registration is seen at once (none is kept)
+    CHECK(sender->findAccount("dan@447.edu")->passwordHash == "h1");
+    REQUIRE(admin->setPasswordHash("dan@447.edu", "h2"));
+    CHECK(sender->findAccount("dan@447.edu")->passwordHash == "h2");
+    REQUIRE(admin->setRole("dan@447.edu", "instructor"));
+    CHECK(sender->findAccount("dan@447.edu")->role == "instructor");
+    REQUIRE(admin->deleteAccount("dan@447.edu"));
+    CHECK_FALSE(sender->findAccount("dan@447.edu"));
+}
