@@ -216,12 +216,20 @@ Output Session::onBytes(const char* data, size_t size) {
         if (env_.trace)
             env_.trace(event.tooLong ? std::string("C: <line over the length limit, discarded>")
                                      : "C: " + escapeControl(redactForLog(event.line)));
+        bool loggingIn = state_ == State::Authorization || state_ == State::AuthPlain;
         Output out = event.tooLong ? onLineTooLong() : onLine(event.line);
         for (const Reply& reply : out.replies) replyBytes += reply.status.size() + 2 + reply.block.size();
         append(all, std::move(out));
         if (all.startTls) {
             awaitingTls_ = true;
             reader_ = LineReader(limits_.maxLineLength);
+        }
+        // A login ends the batch: what was pipelined behind PASS (RETR, DELE, QUIT) is the maildrop's
+        // work, which an event core runs on its retrieval lane, not on the login's.
+        if (loggingIn && state_ == State::Transaction && data < end) {
+            unread_.assign(data, static_cast<size_t>(end - data));
+            all.more = true;
+            break;
         }
     }
     return all;
