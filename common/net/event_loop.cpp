@@ -636,6 +636,10 @@ void EventLoop::post(uint64_t connectionId, std::function<void(Connection&)> wor
     {
         std::lock_guard<std::mutex> lock(postMutex_);
         posted_.emplace_back(connectionId, std::move(work));
+        // A list that was not empty has its wake-up written already and not yet taken (drainPosts
+        // reads the eventfd before it swaps the list out): one write per batch of answers, not per
+        // answer (a group commit finishes many deliveries at once).
+        if (posted_.size() > 1) return;
     }
     uint64_t one = 1;
     ssize_t written = ::write(wake_, &one, sizeof one);
