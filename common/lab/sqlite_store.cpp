@@ -188,6 +188,30 @@ MessageSummary readSummary(const Statement& s) {
 constexpr uint32_t kMailboxSlots = 4096;
 uint32_t mailboxSlot(const std::string& mailbox) { return kCredentialSlots + credentialSlot(mailbox) % kMailboxSlots; }
 
+// What a read found, kept with the generation of its slot (read before the row) and given back while
+// the slot still holds that generation: SqliteStore::mailboxStats and findAccount. Bounded: past
+// kEntries it starts again empty (a few MB at most).
+template <typename Value>
+class GenerationMemo {
+public:
+    std::optional<Value> find(const std::string& key, uint64_t generation) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = entries_.find(key);
+        if (it == entries_.end() || it->second.first != generation) return std::nullopt;
+        return it->second.second;
+    }
+    void keep(const std::string& key, uint64_t generation, Value value) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (entries_.size() >= kEntries) entries_.clear();
+        entries_[key] = {generation, std::move(value)};
+    }
+
+private:
+    static constexpr size_t kEntries = 16384;
+    std::mutex mutex_;
+    std::unordered_map<std::string, std::pair<uint64_t, Value>> entries_;
+};
+
 class GenerationFile {
 public:
     explicit GenerationFile(const std::string& databasePath) : path_(databasePath + "-generations") {
@@ -283,11 +307,8 @@ public:
     std::optional<Account> findAccount(const std::string& email) override {
         std::optional<uint64_t> generation;
         if (generations_.trusted()) generation = generations_.read(credentialSlot(email));
-        if (generation) {
-            std::lock_guard<std::mutex> lock(accountsMutex_);
-            auto it = accountCache_.find(email);
-            if (it != accountCache_.end() && it->second.generation == *generation) return it->second.account;
-        }
+        if (generation)
+            if (std::optional<Account> kept = accounts_.find(email, *generation)) return kept;
         std::optional<Account> account;
         {
             Connection c(*this);
@@ -296,11 +317,7 @@ public:
             s.bind(1, email);
             if (s.step()) account = Account{s.text(0), s.text(1), s.integer(2), s.text(3)};
         }
-        if (generation && account) {
-            std::lock_guard<std::mutex> lock(accountsMutex_);
-            if (accountCache_.size() >= kStatsCacheEntries) accountCache_.clear();  // bounded, as the totals
-            accountCache_[email] = CachedAccount{*generation, *account};
-        }
+        if (generation && account) accounts_.keep(email, *generation, *account);
         return account;
     }
 
@@ -553,11 +570,8 @@ public:
     MailboxStats mailboxStats(const std::string& mailbox) override {
         std::optional<uint64_t> generation;
         if (generations_.trusted()) generation = generations_.read(mailboxSlot(mailbox));
-        if (generation) {
-            std::lock_guard<std::mutex> lock(statsMutex_);
-            auto it = statsCache_.find(mailbox);
-            if (it != statsCache_.end() && it->second.generation == *generation) return it->second.stats;
-        }
+        if (generation)
+            if (std::optional<MailboxStats> kept = stats_.find(mailbox, *generation)) return *kept;
         MailboxStats stats;
         {
             Connection c(*this);
@@ -566,11 +580,7 @@ public:
             s.bind(1, mailbox);
             if (s.step()) stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
         }
-        if (generation) {
-            std::lock_guard<std::mutex> lock(statsMutex_);
-            if (statsCache_.size() >= kStatsCacheEntries) statsCache_.clear();  // bounded: a few hundred KB
-            statsCache_[mailbox] = CachedStats{*generation, stats};
-        }
+        if (generation) stats_.keep(mailbox, *generation, stats);
         return stats;
     }
 
@@ -820,21 +830,8 @@ private:
 
     SqliteOptions options_;
     GenerationFile generations_;
-    // mailboxStats' memory: the totals read at a slot's generation.
-    struct CachedStats {
-        uint64_t generation;
-        MailboxStats stats;
-    };
-    static constexpr size_t kStatsCacheEntries = 16384;
-    std::mutex statsMutex_;
-    std::unordered_map<std::string, CachedStats> statsCache_;
-    // findAccount's memory: the row read at its credential slot's generation.
-    struct CachedAccount {
-        uint64_t generation;
-        Account account;
-    };
-    std::mutex accountsMutex_;
-    std::unordered_map<std::string, CachedAccount> accountCache_;
+    GenerationMemo<MailboxStats> stats_;  // mailboxStats' memory, by mailbox slot
+    GenerationMemo<Account> accounts_;    // findAccount's, by credential slot
     GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
     std::mutex mutex_;
     std::vector<Handle*> idle_;
