@@ -54,7 +54,7 @@ struct SenderContext {
     std::unique_ptr<ConnectionGate> gate;  // PROXY header, limits (421), clear text, the handshake
     std::unique_ptr<smtp::DataBudget> dataBudget;  // message data held in memory by all sessions
     std::unique_ptr<smtp::SubmissionRates> rates;  // per account and address an hour (class servers)
-    std::string storeDirectory;                    // where the database is: its free space is checked
+    std::shared_ptr<FreeSpaceGauge> freeSpace;     // where the database is: its free space is checked
     ClassRecord classRecord;  // provenance, the board's activity, lab tokens (class servers)
     Watchdog watchdog;  // total deadlines: the handshake, a command, the whole DATA phase
     Poco::Timespan commandTimeout, dataTimeout, dataTotalTimeout;
@@ -132,7 +132,7 @@ private:
         if (auto group = tls.find(" group="); group != std::string::npos) env.tlsGroup = tls.substr(group + 7);
         env.dataBudget = ctx_.dataBudget.get();
         env.rates = ctx_.rates.get();
-        env.freeDiskBytes = [this] { return freeBytesAt(ctx_.storeDirectory); };
+        env.freeDiskBytes = [gauge = ctx_.freeSpace] { return gauge->bytes(); };
         env.onLogin = [this](const std::string& account) { onLogin(account); };
         if (ActivityRecorder* recorder = ctx_.classRecord.activity.get()) {
             env.onLoginFailed = [recorder](const std::string& account) {
@@ -254,8 +254,7 @@ std::unique_ptr<sender_events::EventServer> startEventServer(SenderContext& ctx,
     s.env.hostname = ctx.hostname;
     s.env.dataBudget = ctx.dataBudget.get();
     s.env.rates = ctx.rates.get();
-    std::string storeDirectory = ctx.storeDirectory;
-    s.env.freeDiskBytes = [storeDirectory] { return freeBytesAt(storeDirectory); };
+    s.env.freeDiskBytes = [gauge = ctx.freeSpace] { return gauge->bytes(); };
     if (ActivityRecorder* recorder = ctx.classRecord.activity.get()) {
         s.onLogin = [recorder](const std::string& account) { recorder->note(account, activity::kLogin, std::time(nullptr)); };
         s.env.onLoginFailed = [recorder](const std::string& account) {
@@ -355,7 +354,7 @@ protected:
         // The free-space check watches the SQLite file's disk; a PostgreSQL server watches its own.
         std::string storePath = sqlitePathOf(storeOptions.url);
         size_t slash = storePath.rfind('/');
-        ctx.storeDirectory = storePath.empty() ? "" : slash == std::string::npos ? "." : storePath.substr(0, slash + 1);
+        ctx.freeSpace = std::make_shared<FreeSpaceGauge>(storePath.empty() ? "" : slash == std::string::npos ? "." : storePath.substr(0, slash + 1));
         TlsOptions tls = tlsOptionsFrom(cfg);
         ctx.store = openServerStore(tls, storeOptions, logger);
         if (!ctx.store) return EXIT_SOFTWARE;

@@ -51,6 +51,17 @@ int64_t freeBytesAt(const std::string& directory) {
     return static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
 }
 
+int64_t FreeSpaceGauge::bytes() {
+    int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    int64_t readAt = readAt_.load(std::memory_order_acquire);
+    int64_t maxAge = std::chrono::duration_cast<std::chrono::steady_clock::duration>(kMaxAge).count();
+    if (readAt != INT64_MIN && now - readAt < maxAge) return bytes_.load(std::memory_order_relaxed);
+    int64_t fresh = freeBytesAt(directory_);
+    bytes_.store(fresh, std::memory_order_relaxed);
+    readAt_.store(now, std::memory_order_release);
+    return fresh;
+}
+
 long raiseOpenFileLimit() {
     rlimit limit{};
     if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
