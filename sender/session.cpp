@@ -352,9 +352,8 @@ static int typoDistance(const std::string& a, const std::string& b) {
 
 Output Session::dispatch(const std::string& line) {
     // RFC 5321 2.4: commands are US-ASCII. Nothing outside it is echoed back or looked at further.
-    for (unsigned char c : line)
-        if ((c < 32 && c != '\t') || c > 126)
-            return error(UnknownCommand, "Command contains control or non-ASCII characters; not recognized");
+    if (!isCommandText(line))
+        return error(UnknownCommand, "Command contains control or non-ASCII characters; not recognized");
     if (line.empty()) return error(UnknownCommand, "Empty command; not recognized");
     Command command = parseCommand(line);
     for (const CommandSpec& spec : kCommands) {
@@ -483,11 +482,19 @@ Output Session::onAuthResponse(const std::string& line) {
         enterState(State::Ready);
         return error(SyntaxError, "AUTH PLAIN response must be authzid NUL user NUL password");
     }
-    if (!credentials->authzid.empty() && text::lowerCase(credentials->authzid) != text::lowerCase(credentials->user)) {
+    if (credentials->actsAsAnother()) {
         enterState(State::Ready);
         return error(AuthInvalid, "Authentication credentials invalid: cannot act as another user");
     }
     return finishAuth(credentials->user, credentials->password);
+}
+
+bool PlainCredentials::actsAsAnother() const { return !authzid.empty() && text::lowerCase(authzid) != text::lowerCase(user); }
+
+bool isCommandText(const std::string& line) {
+    for (unsigned char c : line)
+        if ((c < 32 && c != '\t') || c > 126) return false;
+    return true;
 }
 
 std::optional<PlainCredentials> parsePlainResponse(const std::string& decoded) {

@@ -123,7 +123,11 @@ struct Output {
 // its two NULs.
 struct PlainCredentials {
     std::string authzid, user, password;
+    // An authzid naming another user than the one logging in (this server acts as no one else).
+    bool actsAsAnother() const;
 };
+// RFC 5321 2.4: commands are US-ASCII; a line with control or non-ASCII octets is no command.
+bool isCommandText(const std::string& line);
 std::optional<PlainCredentials> parsePlainResponse(const std::string& decoded);
 // Why AUTH may not run now, or "" when it may (code set to the refusal's reply code).
 std::string authRefusal(TlsMode mode, bool tlsActive, bool allowPlaintext, ReplyCode& code);

@@ -190,9 +190,7 @@ bool Session::authAnswerableAtOnce(const LineReader::Event& event) {
         if (command.verb != "AUTH") return false;  // BDAT 0 LAST
         // An AUTH that dispatch or cmdAuth refuses before any check (not after EHLO or in a mail
         // transaction, not ASCII, a second AUTH, before STARTTLS) runs on the loop, checking nothing.
-        if (state_ != State::Ready || authenticated()) return true;
-        for (unsigned char c : event.line)
-            if ((c < 32 && c != '\t') || c > 126) return true;
+        if (state_ != State::Ready || authenticated() || !isCommandText(event.line)) return true;
         ReplyCode unused{0, ""};
         if (!authRefusal(env_.tlsMode, tlsActive_, env_.allowPlaintextAuth, unused).empty()) return true;
         Command parts = parseCommand(command.argument);  // mechanism, initial response
@@ -210,9 +208,7 @@ bool Session::authAnswerableAtOnce(const LineReader::Event& event) {
     } catch (const std::exception&) {
         return true;
     }
-    if (!credentials) return true;
-    if (!credentials->authzid.empty() && text::lowerCase(credentials->authzid) != text::lowerCase(credentials->user))
-        return true;
+    if (!credentials || credentials->actsAsAnother()) return true;
     if (credentials->password.empty()) return false;  // a registration's slow hash, perhaps
     std::optional<AuthResult> result;
     try {

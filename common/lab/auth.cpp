@@ -278,9 +278,9 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     // The owner's next request on a password already checked from here: one counter read, no
     // account, no budget (CacheEntry says why that is enough).
     if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};
-    // Not in the cache: a slow hash (and a guess paid for) follows, or a registration. One HMAC says
-    // so before any read of the store.
-    // Decided by the account, never by the password: a right and a wrong password for a cached
+    // Not fresh: the account is read under its lock below, and a slow hash (and a guess paid for), a
+    // registration or a cached comparison follows. Whether it is cached is decided by the account,
+    // never by the password: a right and a wrong password for a cached
     // account do the same store work up to the comparison (with its budget spent, both are refused
     // after the same reads, and on an event loop neither is answered sooner than the other).
     const bool inCache = !password.empty() && accountInCache(email, now);  // an empty one may register
