@@ -154,9 +154,13 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
         probe = Conversation(lab, server.port)
         lock = WriteLock(server.db)
         try:
+            # One loop: a reply to the probe sent after a message's end means the loop has read that
+            # end (on loopback it was readable before the probe's NOOP). The second is sent only then,
+            # so the one delivery worker's queue holds them in this order (sent together, the loop
+            # may read them in either order: it did in a chroot).
             first.send(".\r\n")
+            assert probe.cmd("NOOP").startswith("250")
             second.send(".\r\n")
-            # One loop: a reply to the probe sent after both means the loop has read both ends.
             assert probe.cmd("NOOP").startswith("250")
             assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
             server.proc.send_signal(signal.SIGTERM)
@@ -224,6 +228,10 @@ def the_event_core_sender_resumes_one_pipelined_auth_per_job(lab):
                                "auth.hashWaitMilliseconds": 60000})
     with Server(lab, "senderserver", settings) as server:
         ana = register_ana_and_bob(lab, server)
+        # Our client registered her from whatever "localhost" is first here (::1 in some chroots):
+        # one login from 127.0.0.1, where the test's sessions come from, makes it a source she has
+        # logged in from, so the loop need not write that down later (a write waits for the lock).
+        assert greeted(lab, server.port, f"AUTH PLAIN {plain('ana@447.edu', ana)}").reply()[-1].startswith("235")
         before = len(server.log_text())
         probe = Conversation(lab, server.port)
         lock = WriteLock(server.db)
