@@ -154,22 +154,18 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
         probe = Conversation(lab, server.port)
         lock = WriteLock(server.db)
         try:
-            # One loop: a reply to the probe sent after a message's end means the loop has read that
-            # end (on loopback it was readable before the probe's NOOP). The second is sent only then,
-            # so the one delivery worker's queue holds them in this order (sent together, the loop
-            # may read them in either order: it did in a chroot).
             first.send(".\r\n")
-            assert probe.cmd("NOOP").startswith("250")
             second.send(".\r\n")
+            # One loop: a reply to the probe sent after both means the loop has read both ends.
             assert probe.cmd("NOOP").startswith("250")
             assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
             server.proc.send_signal(signal.SIGTERM)
             wait_for_log(server, "event=stopping")
         finally:
             lock.release()
-        # Which job a worker had begun when the stop came is the scheduler's to say (normally the first,
-        # waiting for the lock): what must hold either way is that a message is stored exactly when
-        # its 250 was sent, and that every session hears 421.
+        # Which job a worker had begun when the stop came is the loop's and the scheduler's to say: what
+        # must hold either way is that a message is stored exactly when its 250 was sent, and that every
+        # session hears 421.
         acknowledged = []
         for subject, conversation in (("running", first), ("queued", second)):
             last = conversation.reply()[-1]
@@ -181,7 +177,10 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
         server.log_after_stop()
         stored = sorted(s for s, _ in messages(server.db, "bob@447.edu"))
         assert stored == sorted(acknowledged), f"stored {stored}, acknowledged with 250 {acknowledged}"
-        assert "queued" not in acknowledged or "running" in acknowledged, "one delivery worker: in order"
+        # One delivery worker: at most one job had begun (the other was queued), whichever the loop
+        # read first (two ends that arrive together may be read in either order: under load, or in a
+        # chroot, the second often was).
+        assert len(acknowledged) <= 1, "both acknowledged: the queued job ran after the stop"
 
 
 @test
