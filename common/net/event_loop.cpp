@@ -131,13 +131,16 @@ void Connection::setDeadline(std::chrono::milliseconds within) {
 void Connection::clearDeadline() { loop_.disarm(*this); }
 
 void Connection::pauseReading() {
+    if (paused_) return;
     paused_ = true;
+    readInterestKept_ = true;  // until a read arrives while paused (onEvents)
     updateInterest();
 }
 
 void Connection::resumeReading() {
     if (!paused_) return;
     paused_ = false;
+    readInterestKept_ = false;
     updateInterest();
     // OpenSSL may hold bytes already read from the socket: epoll would not say so.
     if (state_ == State::Open && ssl_ && SSL_has_pending(ssl_)) readTls();
@@ -146,7 +149,7 @@ void Connection::resumeReading() {
 void Connection::updateInterest() {
     if (state_ == State::Closed) return;
     uint32_t events = 0;
-    if (!paused_ || state_ != State::Open || writeBlockedOnRead_) events |= EPOLLIN;
+    if (!paused_ || readInterestKept_ || state_ != State::Open || writeBlockedOnRead_) events |= EPOLLIN;
     if ((wantWrite_ && !writeBlockedOnRead_) || readBlockedOnWrite_) events |= EPOLLOUT;
     if (events != interest_) {
         interest_ = events;
@@ -175,6 +178,11 @@ void Connection::onEvents(uint32_t events) {
             socklen_t length = sizeof error;
             ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &error, &length);
             return finish(Ending{Phase::Open, error != 0 ? std::strerror(error) : "", false, error == 0});
+        }
+        if (state_ == State::Open && paused_ && readInterestKept_ && (events & EPOLLIN)) {
+            // Bytes (or a FIN) while paused: stop watching them, level-triggered epoll would repeat it.
+            readInterestKept_ = false;
+            updateInterest();
         }
         if (state_ == State::Open && (readBlockedOnWrite_ || (!paused_ && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))))) {
             readBlockedOnWrite_ = false;
@@ -460,6 +468,7 @@ void Connection::flush() {
         ::shutdown(fd_, SHUT_WR);
         state_ = State::Lingering;
         paused_ = false;
+        readInterestKept_ = false;
         updateInterest();
         setDeadline(std::chrono::milliseconds(loop_.settings().lingerMilliseconds));
     }

@@ -141,6 +141,10 @@ private:
     std::string out_;
     size_t outSent_ = 0;
     bool paused_ = false;
+    // Paused, but EPOLLIN still watched: dropped only when a read arrives while paused. A client that
+    // waits for its answer sends nothing meanwhile, so a hand-off to a worker costs no epoll_ctl (two
+    // per message or login before: issue 22).
+    bool readInterestKept_ = false;
     bool closeWhenSent_ = false;
     bool shutDown_ = false;  // our close_notify and FIN are sent
     bool wantWrite_ = false;   // the socket (or OpenSSL) must become writable before we go on
