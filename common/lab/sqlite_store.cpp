@@ -252,6 +252,12 @@ public:
     void bumpMailboxes(const std::vector<uint32_t>& slots) noexcept {
         if (!bumpAll(slots)) disabled_ = true;
     }
+    // The same, giving each slot's value before this bump (nullopt where it failed or the file is not kept).
+    std::vector<std::optional<uint64_t>> bumpMailboxesFrom(const std::vector<uint32_t>& slots) noexcept {
+        std::vector<std::optional<uint64_t>> before(slots.size());
+        if (!bumpAll(slots, &before)) disabled_ = true;
+        return before;
+    }
 
     std::vector<uint32_t> everyMailboxSlot() const {
         std::vector<uint32_t> slots(kMailboxSlots);
@@ -263,19 +269,21 @@ public:
 
 private:
     // Each slot + 1 under one flock (so no two processes lose a bump); false if any failed.
-    bool bumpAll(const std::vector<uint32_t>& slots) noexcept {
+    bool bumpAll(const std::vector<uint32_t>& slots, std::vector<std::optional<uint64_t>>* before = nullptr) noexcept {
         if (fd_ < 0) return true;
         if (::flock(fd_, LOCK_EX) != 0) return false;
         bool ok = true;
-        for (uint32_t slot : slots) {
+        for (size_t i = 0; i < slots.size(); ++i) {
             uint64_t value = 0;
-            off_t at = static_cast<off_t>(slot) * sizeof value;
+            off_t at = static_cast<off_t>(slots[i]) * sizeof value;
             if (::pread(fd_, &value, sizeof value, at) != sizeof value) {
                 ok = false;
                 continue;
             }
-            ++value;
-            ok = ::pwrite(fd_, &value, sizeof value, at) == sizeof value && ok;
+            uint64_t was = value++;
+            bool wrote = ::pwrite(fd_, &value, sizeof value, at) == sizeof value;
+            if (wrote && before) (*before)[i] = was;
+            ok = wrote && ok;
         }
         ::flock(fd_, LOCK_UN);
         return ok;
@@ -677,6 +685,7 @@ private:
     };
 
     void commitBatch(const std::vector<GroupCommit::Delivery*>& batch) {
+        std::vector<CommittedTotals> totalsAfter;
         try {
             Connection c(*this);
             Transaction tx(c.db);
@@ -700,6 +709,7 @@ private:
                     s.reset();
                 }
             }
+            totalsAfter = totalsInTransaction(*c.handle, batch);
             tx.commit();
         } catch (...) {
             for (GroupCommit::Delivery* p : batch) {
@@ -711,11 +721,50 @@ private:
         // One bump per mailbox however many of the batch's messages it got (kept-open delivery to one
         // mailbox batches many): a changed counter is all a reader needs to see.
         std::vector<uint32_t> slots;
-        for (GroupCommit::Delivery* p : batch)
-            for (const std::string& mailbox : p->message->recipients) slots.push_back(mailboxSlot(mailbox));
+        for (const CommittedTotals& t : totalsAfter) slots.push_back(mailboxSlot(t.mailbox));
         std::sort(slots.begin(), slots.end());
         slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
-        generations_.bumpMailboxes(slots);
+        std::vector<std::optional<uint64_t>> before = generations_.bumpMailboxesFrom(slots);
+        // The totals this commit left, kept for the bumped generation when no other change came between:
+        // the slot held, at our bump, what it held inside our transaction (with the write lock, so every
+        // commit before ours is in the totals). A commit after ours bumps again (after it), as for any
+        // read. Without this, each RCPT's and each DATA's quota check read SQLite while messages kept
+        // arriving for one mailbox (issue 22: its slot changed at every commit).
+        for (const CommittedTotals& t : totalsAfter) {
+            if (!t.generation) continue;
+            size_t at = static_cast<size_t>(std::lower_bound(slots.begin(), slots.end(), mailboxSlot(t.mailbox)) - slots.begin());
+            if (before[at] && *before[at] == *t.generation) stats_.keep(t.mailbox, *t.generation + 1, t.stats);
+        }
+    }
+
+    // A mailbox's totals as the batch's transaction leaves them, with its slot's generation read inside it.
+    struct CommittedTotals {
+        std::string mailbox;
+        std::optional<uint64_t> generation;
+        MailboxStats stats;
+    };
+    std::vector<CommittedTotals> totalsInTransaction(Handle& handle, const std::vector<GroupCommit::Delivery*>& batch) {
+        std::vector<std::string> mailboxes;
+        for (GroupCommit::Delivery* p : batch)
+            mailboxes.insert(mailboxes.end(), p->message->recipients.begin(), p->message->recipients.end());
+        std::sort(mailboxes.begin(), mailboxes.end());
+        mailboxes.erase(std::unique(mailboxes.begin(), mailboxes.end()), mailboxes.end());
+        std::vector<CommittedTotals> out;
+        out.reserve(mailboxes.size());
+        bool trusted = generations_.trusted();
+        Statement s(handle, "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
+        for (std::string& mailbox : mailboxes) {
+            CommittedTotals t;
+            if (trusted) t.generation = generations_.read(mailboxSlot(mailbox));
+            if (t.generation) {
+                s.bind(1, mailbox);
+                if (s.step()) t.stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
+                s.reset();
+            }
+            t.mailbox = std::move(mailbox);
+            out.push_back(std::move(t));
+        }
+        return out;
     }
 
     // Borrows a pooled connection for the duration of one call.

@@ -305,6 +305,35 @@ TEST_CASE("SQLite: a mailbox's totals kept in memory end with every change anoth
     CHECK(retriever->mailboxStats("carol@447.edu").count == 1);
 }
 
+TEST_CASE("SQLite: a delivery keeps the totals it committed for the next quota check", "[store][generations]") {
+    // The sender checks the quota at each RCPT and each message's end: once its own commit has bumped
+    // the mailbox's slot, it keeps the totals its transaction left instead of reading them again. Shown
+    // by a row changed behind every store's back (no bump): the delivering store does not read it, a
+    // store that must read does; the next commit by anyone ends what was kept.
+    maillab::testing::TempDir dir;
+    SqliteOptions options;
+    options.path = dir.path + "/shared.db";
+    auto sender = openSqliteStore(options);
+    auto other = openSqliteStore(options);
+    auto first = sender->deliver(message("one", {"bob@447.edu", "ana@447.edu"}));
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(options.path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "UPDATE mailbox_stats SET count = 99", nullptr, nullptr, nullptr) == SQLITE_OK);
+    MailboxStats kept = sender->mailboxStats("bob@447.edu");
+    CHECK(kept.count == 1);
+    CHECK(kept.newestId == first[0]);
+    CHECK(kept.bytes > 0);
+    CHECK(sender->mailboxStats("ana@447.edu").count == 1);
+    CHECK(other->mailboxStats("bob@447.edu").count == 99);  // it read the row
+    REQUIRE(sqlite3_exec(db, "UPDATE mailbox_stats SET count = 1", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    // Another process's commit after ours: its bump ends what we kept.
+    auto second = other->deliver(message("two", {"bob@447.edu"}));
+    CHECK(sender->mailboxStats("bob@447.edu").count == 2);
+    CHECK(sender->mailboxStats("bob@447.edu").newestId == second[0]);
+    CHECK(sender->mailboxStats("bob@447.edu").bytes == other->mailboxStats("bob@447.edu").bytes);
+}
+
 TEST_CASE("SQLite: an account kept in memory ends with every change another process commits",
           "[store][generations]") {
     // The sender asks at each RCPT whether the mailbox exists; the admin tool (another process)
