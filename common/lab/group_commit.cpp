@@ -12,30 +12,104 @@ std::vector<int64_t> GroupCommit::deliver(const NewMessage& message) {
     if (!me.done) {
         // This caller runs the commit for everyone waiting, itself included.
         committing_ = true;
-        std::vector<Waiter*> batch;
-        batch.swap(pending_);
-        std::vector<Delivery*> deliveries;
-        deliveries.reserve(batch.size());
-        for (Waiter* w : batch) deliveries.push_back(&w->delivery);
-        lock.unlock();
-        commitBatch_(deliveries);
-        lock.lock();
-        // Woken while the lock is held: a waiter cannot return (and take its condition variable
-        // with it) before we are done with it.
-        for (Waiter* w : batch) {
-            w->done = true;
-            if (w != &me) w->wake.notify_one();
-        }
-        // Those who arrived during this commit: the first of them runs the next one.
-        if (pending_.empty()) {
-            committing_ = false;
-        } else {
-            pending_.front()->leads = true;
-            pending_.front()->wake.notify_one();
-        }
+        commitPending(lock, &me);
     }
     if (me.delivery.error) std::rethrow_exception(me.delivery.error);
     return std::move(me.delivery.ids);
+}
+
+void GroupCommit::deliverAsync(std::shared_ptr<const NewMessage> message, Store::Delivered done) {
+    auto async = std::make_unique<Async>();
+    async->delivery.message = message.get();
+    async->message = std::move(message);
+    async->done = std::move(done);
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (stopping_) {  // the store is closing: nothing will commit it
+        lock.unlock();
+        async->done({}, "the store is closing");
+        return;
+    }
+    if (!committer_.joinable()) committer_ = std::thread([this] { committerLoop(); });
+    pendingAsync_.push_back(std::move(async));
+    if (!committing_) {
+        committing_ = true;  // the committer runs it: no caller of deliver() is waiting to lead
+        committerLeads_ = true;
+        committerWake_.notify_one();
+    }
+}
+
+void GroupCommit::commitPending(std::unique_lock<std::mutex>& lock, Waiter* self) {
+    std::vector<Waiter*> batch;
+    batch.swap(pending_);
+    std::vector<std::unique_ptr<Async>> asyncBatch;
+    asyncBatch.swap(pendingAsync_);
+    std::vector<Delivery*> deliveries;
+    deliveries.reserve(batch.size() + asyncBatch.size());
+    for (Waiter* w : batch) deliveries.push_back(&w->delivery);
+    for (auto& a : asyncBatch) deliveries.push_back(&a->delivery);
+    lock.unlock();
+    commitBatch_(deliveries);
+    // The event core's answers: each posts to its loop (never blocks on the commit).
+    for (auto& a : asyncBatch) {
+        std::string error;
+        if (a->delivery.error) {
+            try {
+                std::rethrow_exception(a->delivery.error);
+            } catch (const std::exception& e) {
+                error = *e.what() ? e.what() : "the store failed";
+            } catch (...) {
+                error = "the store failed";
+            }
+        }
+        try {
+            a->done(std::move(a->delivery.ids), error);
+        } catch (...) {
+            // The answer could not be posted: the connection's backstop deadline ends it.
+        }
+    }
+    lock.lock();
+    // Woken while the lock is held: a waiter cannot return (and take its condition variable
+    // with it) before we are done with it.
+    for (Waiter* w : batch) {
+        w->done = true;
+        if (w != self) w->wake.notify_one();
+    }
+    // Those who arrived during this commit: the first caller of deliver() among them runs the next
+    // one, else the committer thread does.
+    if (!pending_.empty()) {
+        pending_.front()->leads = true;
+        pending_.front()->wake.notify_one();
+    } else if (!pendingAsync_.empty()) {
+        committerLeads_ = true;
+        committerWake_.notify_one();
+    } else {
+        committing_ = false;
+        if (stopping_) committerWake_.notify_one();  // stop() waits for the committer, which waits for this
+    }
+}
+
+void GroupCommit::committerLoop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        committerWake_.wait(lock, [&] { return committerLeads_ || (stopping_ && !committing_); });
+        if (committerLeads_) {
+            committerLeads_ = false;
+            commitPending(lock, nullptr);
+            continue;
+        }
+        if (pendingAsync_.empty()) return;  // stopping, nothing left
+        committing_ = true;
+        commitPending(lock, nullptr);
+    }
+}
+
+void GroupCommit::stop() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+        committerWake_.notify_one();
+    }
+    if (committer_.joinable()) committer_.join();
 }
 
 }  // namespace maillab

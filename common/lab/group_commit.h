@@ -3,13 +3,18 @@
 // covers many messages under load and none waits at low load. Every caller returns only after the
 // commit that holds its rows (a 250 means on disk); if that commit fails, every message in it fails
 // and none is stored.
+// deliverAsync() is the event core's way in: it returns at once and its callback runs once the commit
+// is done, on the thread that ran it (a committer thread of this object's own when no caller of
+// deliver() is there to lead), so no thread waits for fsync on the message's behalf.
 #pragma once
 #include "store.h"
 
 #include <condition_variable>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 namespace maillab {
@@ -27,9 +32,17 @@ public:
     using CommitBatch = std::function<void(const std::vector<Delivery*>&)>;
 
     explicit GroupCommit(CommitBatch commitBatch) : commitBatch_(std::move(commitBatch)) {}
+    ~GroupCommit() { stop(); }
+    GroupCommit(const GroupCommit&) = delete;
+    GroupCommit& operator=(const GroupCommit&) = delete;
 
     // Returns the ids of the stored copies once they are committed; rethrows the commit's error.
     std::vector<int64_t> deliver(const NewMessage& message);
+    // Returns at once; `done` gets the ids, or the commit's error text, once the commit is over.
+    void deliverAsync(std::shared_ptr<const NewMessage> message, Store::Delivered done);
+    // Commits what deliverAsync still holds and ends its committer thread (the owning store calls it
+    // before closing its connections; the destructor too). deliverAsync must not be called after.
+    void stop();
 
 private:
     // A waiting caller, on its own stack: woken alone, when its commit is done or when it is its
@@ -40,10 +53,25 @@ private:
         bool leads = false;
         std::condition_variable wake;
     };
+    struct Async {
+        Delivery delivery;
+        std::shared_ptr<const NewMessage> message;
+        Store::Delivered done;
+    };
+    // With the lock held and committing_ set by the caller: commits everything pending (unlocking
+    // for the commit), completes it, and hands the lead on (or clears committing_).
+    void commitPending(std::unique_lock<std::mutex>& lock, Waiter* self);
+    void committerLoop();
+
     CommitBatch commitBatch_;
     std::mutex mutex_;
     std::vector<Waiter*> pending_;
+    std::vector<std::unique_ptr<Async>> pendingAsync_;
     bool committing_ = false;
+    bool committerLeads_ = false;  // the next commit is the committer thread's to run
+    bool stopping_ = false;
+    std::condition_variable committerWake_;
+    std::thread committer_;  // started by the first deliverAsync
 };
 
 }  // namespace maillab

@@ -306,7 +306,10 @@ public:
         }
     }
 
-    ~SqliteStore() override { closeAll(); }
+    ~SqliteStore() override {
+        groupCommit_.stop();  // what deliverAsync holds is committed while the connections are there
+        closeAll();
+    }
 
     // Every RCPT asks (does the mailbox exist?): an account found is kept in memory while its slot in
     // the generations file is unchanged (a deletion, a new password or role bumps it after its
@@ -520,6 +523,9 @@ public:
     // Group commit (group_commit.h, the PostgreSQL store's too): one transaction and one fsync for
     // every delivery waiting; each caller returns after the commit that holds its rows.
     std::vector<int64_t> deliver(const NewMessage& message) override { return groupCommit_.deliver(message); }
+    void deliverAsync(std::shared_ptr<const NewMessage> message, Delivered done) override {
+        groupCommit_.deliverAsync(std::move(message), std::move(done));
+    }
 
     std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) override {
         Connection c(*this);

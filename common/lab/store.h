@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -183,6 +184,21 @@ public:
     // Stores one copy per recipient in a single durable transaction; returns only after the commit.
     // Throws on failure, in which case nothing is stored.
     virtual std::vector<int64_t> deliver(const NewMessage& message) = 0;
+    // The same for a caller that must not wait (the sender's event loop): returns at once, and `done`
+    // gets the ids, or the failure's text (nothing stored), once the commit is over, on the thread
+    // that ran it; it must not block. This default waits for deliver(): a store whose commit is a
+    // group commit (SQLite) overrides it.
+    using Delivered = std::function<void(std::vector<int64_t> ids, const std::string& error)>;
+    virtual void deliverAsync(std::shared_ptr<const NewMessage> message, Delivered done) {
+        std::vector<int64_t> ids;
+        std::string error;
+        try {
+            ids = deliver(*message);
+        } catch (const std::exception& e) {
+            error = *e.what() ? e.what() : "the store failed";
+        }
+        done(std::move(ids), error);
+    }
 
     // Newest first.
     virtual std::vector<MessageSummary> listMessages(const std::string& mailbox, int64_t offset, int64_t limit) = 0;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <mutex>
 #include <set>
 #include <sqlite3.h>
 
@@ -270,6 +271,71 @@ TEST_CASE("group commit: one commit for every waiter, each woken with its own re
     NewMessage good;
     good.queueId = "Q";
     CHECK(group.deliver(good).size() == 1);
+}
+
+TEST_CASE("group commit: deliverAsync shares commits with deliver and answers each once; stop commits what is left",
+          "[store][group-commit]") {
+    std::atomic<int> commits{0};
+    std::atomic<int64_t> nextId{1};
+    std::mutex gateMutex;
+    GroupCommit group([&](const std::vector<GroupCommit::Delivery*>& batch) {
+        std::lock_guard<std::mutex> wait(gateMutex);  // held by the test: the commit waits (a lock, an fsync)
+        ++commits;
+        bool fail = batch.front()->message->queueId == "FAIL";
+        for (GroupCommit::Delivery* d : batch) {
+            if (fail) d->error = std::make_exception_ptr(StoreError("disk full"));
+            else d->ids.push_back(nextId++);
+        }
+    });
+    std::mutex answersMutex;
+    std::vector<std::pair<std::vector<int64_t>, std::string>> answers;
+    auto record = [&](std::vector<int64_t> ids, const std::string& error) {
+        std::lock_guard<std::mutex> lock(answersMutex);
+        answers.emplace_back(std::move(ids), error);
+    };
+    auto make = [](const std::string& id) {
+        auto m = std::make_shared<NewMessage>();
+        m->queueId = id;
+        return std::shared_ptr<const NewMessage>(m);
+    };
+    {
+        std::unique_lock<std::mutex> gate(gateMutex);
+        group.deliverAsync(make("A1"), record);  // the committer takes it and waits at the gate
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        for (int i = 0; i < 5; ++i) group.deliverAsync(make("A" + std::to_string(i + 2)), record);
+        std::vector<int64_t> syncIds;
+        std::thread caller([&] {
+            NewMessage m;
+            m.queueId = "S";
+            syncIds = group.deliver(m);  // waits behind the commit, then goes with the five
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        {
+            std::lock_guard<std::mutex> lock(answersMutex);
+            CHECK(answers.empty());  // returned at once, answered only once committed
+        }
+        gate.unlock();
+        caller.join();
+        CHECK(syncIds.size() == 1);
+    }
+    group.deliverAsync(make("FAIL"), record);
+    group.stop();  // commits what it holds before it returns
+    std::lock_guard<std::mutex> lock(answersMutex);
+    REQUIRE(answers.size() == 7);
+    std::set<int64_t> ids;
+    for (size_t i = 0; i < 6; ++i) {
+        CHECK(answers[i].second.empty());
+        REQUIRE(answers[i].first.size() == 1);
+        ids.insert(answers[i].first[0]);
+    }
+    CHECK(ids.size() == 6);
+    CHECK(answers[6].first.empty());
+    CHECK(answers[6].second == "disk full");
+    CHECK(commits <= 4);  // A1 alone, then the five with S (grouped), then FAIL: not one each
+    // After stop nothing can commit it: answered at once with an error, never left waiting.
+    std::string late;
+    group.deliverAsync(make("late"), [&](std::vector<int64_t>, const std::string& error) { late = error; });
+    CHECK(late == "the store is closing");
 }
 
 TEST_CASE("SQLite: a mailbox's totals kept in memory end with every change another process commits",
