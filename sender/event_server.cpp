@@ -34,6 +34,9 @@ struct EventServer::Shared {
     // 3.8). A delivery that has not started gets no 250, so it stays the client's (RFC 5321 6.1) and
     // is not stored: a commit with no 250 would be stored again when the client retries.
     std::atomic<bool> dropUnstartedJobs{false};
+    // Messages handed to the store's group commit from a loop whose answer has not been posted yet:
+    // stop() waits for them before the loops go (a commit's answer is posted to its loop).
+    std::atomic<int> commitsInFlight{0};
     std::unique_ptr<net::EventCore> core;
     std::atomic<bool> stopping{false};
     // The admitted connections, by connection id: stop() tells each to say 421; the clear-text answer
@@ -60,6 +63,7 @@ void append(smtp::Output& into, smtp::Output&& from) {
     into.startTls = into.startTls || from.startTls;
     into.inputs += from.inputs;
     into.deferred = from.deferred;
+    into.storing = into.storing || from.storing;
     into.discardedOctets += from.discardedOctets;
 }
 
@@ -343,7 +347,10 @@ private:
             connection.setDeadline(s_.handshakeTimeout);
             return connection.startTlsAfterSend(s_.tls);
         }
-        if (output.deferred) return runOnWorker(connection, "");
+        if (output.deferred) {
+            bool commitHere = s_.commitFromLoop && !s_.everyInputOnWorkers && !held_->session->deferredIsAuth();
+            return commitHere ? commitFromLoop(connection) : runOnWorker(connection, "");
+        }
         if (shutdownWhenDone_) {
             shutdownWhenDone_ = false;
             return stop(connection);
@@ -461,6 +468,54 @@ private:
         workDone(connection, std::move(refused), std::move(after));
     }
 
+    // The end of a message, on the loop up to its commit: the checks and the message's making run
+    // here (nothing in them waits but the quota's read, mostly from memory), the commit is the group
+    // commit's (Store::deliverAsync), and its answer comes back to committed(). Reading waits
+    // meanwhile, as for a worker's job, with the same backstop; a refusal on the way (quota, disk,
+    // rates) is answered at once.
+    void commitFromLoop(net::Connection& connection) {
+        if (closed_) return;
+        smtp::Session& session = *held_->session;
+        jobState_ = smtp::Session::stateName(session.state());
+        laneName_ = "commit";
+        std::string after;
+        smtp::Output output = session.resumeDeferredUntilStored(after);
+        if (!output.storing) return workDone(connection, std::move(output), std::move(after));
+        busy_ = true;
+        slot_.working();
+        connection.setDeadline(s_.workerWait + s_.commandTimeout);  // the backstop, as runOnWorker's
+        connection.pauseReading();
+        early_.insert(0, after);  // framed again once the 250 is sent
+        net::EventLoop* loop = &connection.loop();
+        uint64_t id = connection.id();
+        std::atomic<int>* inFlight = &shared_.commitsInFlight;
+        ++*inFlight;
+        // On the committing thread; posted, it runs only while the connection is open (and so while
+        // this protocol object lives). A connection gone meanwhile: its message is stored all the
+        // same (it was begun, as a running job's; no 250 reaches anyone).
+        auto done = [loop, id, self = this, inFlight](std::vector<int64_t>, const std::string& error) {
+            try {
+                loop->post(id, [self, error](net::Connection& c) {
+                    self->barrier(c, [&] { self->committed(c, error); });
+                });
+            } catch (...) {
+                // Not even the post: the backstop deadline ends the connection.
+            }
+            --*inFlight;
+        };
+        try {
+            s_.store->deliverAsync(session.pendingMessage(), std::move(done));
+        } catch (...) {
+            --*inFlight;  // not queued: its answer will never come
+            throw;        // failed(): this connection ends (421 4.3.0 is not said while busy)
+        }
+    }
+
+    void committed(net::Connection& connection, const std::string& error) {
+        if (closing_ || closed_) return;  // the backstop answered 421 already
+        workDone(connection, held_->session->messageStored(error), "");
+    }
+
     // A job's answer (on the loop): its replies, then what followed its input, framed again.
     void workDone(net::Connection& connection, smtp::Output output, std::string after) {
         if (closing_ || closed_) return;  // the backstop answered 421 already: nothing more is said
@@ -573,6 +628,8 @@ void EventServer::stop(milliseconds grace) {
         while (sessions() > 0 && steady_clock::now() < until) std::this_thread::sleep_for(milliseconds(20));
     }
     if (shared.core) shared.core->stop();  // every connection still open ends; no loop takes a worker's answer
+    // The group commit's answers post to the loops: they must be there until the last one is posted.
+    while (shared.commitsInFlight > 0) std::this_thread::sleep_for(milliseconds(5));
     // The jobs still queued do nothing (dropUnstartedJobs); the running ones end, their answers dropped.
     shared.authWorkers.reset();
     shared.deliveryWorkers.reset();

@@ -56,6 +56,10 @@ struct Settings {
     size_t maxQueuedJobs = 256;      // sender.events.maxQueuedJobs: jobs waiting for each lane's workers (past it: busy)
     std::chrono::milliseconds workerWait{10000};  // auth.hashWaitMilliseconds: a job that waited longer answers busy
     bool everyInputOnWorkers = false;  // a store across the network (PostgreSQL): any query may be slow
+    // sender.events.commitFromLoop: a message's end runs on the loop up to its commit, which the
+    // store's group commit runs and reports back (Store::deliverAsync): no worker waits for fsync on
+    // its behalf. Not with everyInputOnWorkers. Off: the end of a message is a delivery worker's job.
+    bool commitFromLoop = true;
 };
 
 class EventServer {

@@ -290,6 +290,7 @@ std::unique_ptr<sender_events::EventServer> startEventServer(SenderContext& ctx,
     s.maxQueuedJobs = static_cast<size_t>(std::max(1, cfg.getInt("sender.events.maxQueuedJobs")));
     s.workerWait = milliseconds(cfg.getInt64("auth.hashWaitMilliseconds"));
     s.everyInputOnWorkers = remoteStore;
+    s.commitFromLoop = cfg.getBool("sender.events.commitFromLoop");
     std::vector<int> fds;
     for (const auto& listener : listeners) fds.push_back(static_cast<int>(listener->impl()->sockfd()));
     auto server = std::make_unique<sender_events::EventServer>(std::move(s));

@@ -114,6 +114,9 @@ struct Output {
     // With Session::setDeferSlowWork: an input that may block (a password check, storing a message)
     // is waiting, with every byte after it, for resumeDeferred(); the replies are those before it.
     bool deferred = false;
+    // With Session::resumeDeferredUntilStored: the message's end ran up to its commit, which is the
+    // caller's to start (Store::deliverAsync) and to report (messageStored, which answers it).
+    bool storing = false;
     // After STARTTLS: octets that arrived in clear after it, dropped unread (RFC 3207 5, CVE-2011-0411).
     // The server logs them, once per STARTTLS (event=starttls-discarded-plaintext).
     size_t discardedOctets = 0;
@@ -173,6 +176,14 @@ public:
     // message: 451 4.3.0, not stored); the bytes after it are moved to `after`, as resumeDeferred's.
     // Never blocks.
     Output refuseDeferred(std::string& after);
+    // The event core on SQLite: resumeDeferred, except that a message's end stops where it would wait
+    // for the group commit. Output::storing then says the message waits in pendingMessage(), for the
+    // caller to hand to Store::deliverAsync and to report to messageStored(error, "" when stored),
+    // whose Output answers it (250, or 451 4.3.0 and nothing stored). Nothing here blocks but the
+    // checks on the way (the quota's read, mostly from memory). The session takes no input between.
+    Output resumeDeferredUntilStored(std::string& after);
+    std::shared_ptr<const NewMessage> pendingMessage() const;
+    Output messageStored(const std::string& error);
     // Whether the deferred input is a password check (else the end of a message): its worker lane.
     bool deferredIsAuth() const;
     bool hasDeferred() const { return deferredLine_.has_value() || !deferredBytes_.empty(); }
@@ -210,6 +221,15 @@ private:
     Output error(ReplyCode code, std::string text);
     Output finishAuth(const std::string& user, const std::string& password);
     Output finishMessage();
+    // A message past every check, on its way to the store, and what its answer needs.
+    struct PendingDelivery {
+        std::shared_ptr<NewMessage> message;
+        size_t recipients = 0, size = 0;
+        int64_t now = 0;
+    };
+    Output completeDelivery(PendingDelivery& delivery, const std::string& error);
+    std::optional<PendingDelivery> pendingDelivery_;  // resumeDeferredUntilStored's, until messageStored
+    bool deliverLater_ = false;                        // inside resumeDeferredUntilStored
     void resetTransaction();
 
     Output cmdHelo(const std::string& arg);

@@ -20,6 +20,7 @@ void append(Output& into, Output&& from) {
     into.startTls = into.startTls || from.startTls;
     into.inputs += from.inputs;
     into.deferred = into.deferred || from.deferred;
+    into.storing = into.storing || from.storing;
     into.discardedOctets += from.discardedOctets;
 }
 

@@ -13,6 +13,7 @@
 #include <Poco/String.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <cstdio>
 #include <ctime>
 #include <sstream>
@@ -265,22 +266,60 @@ Output Session::finishMessage() {
         resetTransaction();
         return *refusal;
     }
-    std::optional<std::string> failure;
-    try {
-        store_.deliver(message);
-    } catch (const std::exception& e) {
-        failure = e.what();
+    PendingDelivery delivery{std::make_shared<NewMessage>(std::move(message)), count, size, now};
+    if (deliverLater_) {  // the event core commits it (Store::deliverAsync) and calls messageStored
+        pendingDelivery_ = std::move(delivery);
+        Output out;
+        out.storing = true;
+        return out;
     }
+    std::string failure;
+    try {
+        store_.deliver(*delivery.message);
+    } catch (const std::exception& e) {
+        failure = *e.what() ? e.what() : "the store failed";
+    }
+    return completeDelivery(delivery, failure);
+}
+
+Output Session::resumeDeferredUntilStored(std::string& after) {
+    deliverLater_ = true;
+    try {
+        Output out = runDeferred(false, after);
+        deliverLater_ = false;
+        return out;
+    } catch (...) {
+        deliverLater_ = false;
+        throw;
+    }
+}
+
+std::shared_ptr<const NewMessage> Session::pendingMessage() const {
+    return pendingDelivery_ ? pendingDelivery_->message : nullptr;
+}
+
+Output Session::messageStored(const std::string& error) {
+    if (!pendingDelivery_) throw std::logic_error("messageStored without a message on its way to the store");
+    PendingDelivery delivery = std::move(*pendingDelivery_);
+    pendingDelivery_.reset();
+    Output out = completeDelivery(delivery, error);
+    noteReplies(out);
+    return out;
+}
+
+// After the commit (or its failure): the answer, and only now the transaction's end.
+Output Session::completeDelivery(PendingDelivery& delivery, const std::string& failure) {
+    NewMessage& message = *delivery.message;
     message.raw = std::string();  // the message's memory goes now; the budget's bytes with the reset
     resetTransaction();
-    if (failure) {
-        env_.log("event=store result=error reason=" + logValue(*failure));
+    if (!failure.empty()) {
+        env_.log("event=store result=error reason=" + logValue(failure));
         return error(LocalError, "Local error in processing: message not stored; try again later");
     }
     env_.log("event=queued qid=" + message.queueId + " from=" + message.envelopeFrom +
-             " rcpts=" + std::to_string(count) + " size=" + std::to_string(size));
-    if (env_.rates) env_.rates->charge(user_, env_.peerAddress, static_cast<int64_t>(count),
-                                       static_cast<int64_t>(size * count), now);
+             " rcpts=" + std::to_string(delivery.recipients) + " size=" + std::to_string(delivery.size));
+    if (env_.rates) env_.rates->charge(user_, env_.peerAddress, static_cast<int64_t>(delivery.recipients),
+                                       static_cast<int64_t>(delivery.size * delivery.recipients), delivery.now);
     if (env_.onQueued) env_.onQueued(user_, message.subject);
     Output out;
     // Sent only after the commit: a 250 means the message is on disk.

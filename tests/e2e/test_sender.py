@@ -385,6 +385,13 @@ def the_event_core_holds_idle_sessions_without_a_thread_each(lab):
         assert "core=events" in server.log_text()
         ana = register(lab, server.port, "ana")  # the loops, the workers and the store have all run
         register(lab, server.port, "bob")
+        # And the group commit's committer, a thread of the store's started by its first message.
+        warm = Conversation(lab, server.port)
+        for line in ("EHLO x", f"AUTH PLAIN {plain('ana@447.edu', ana)}", "MAIL FROM:<ana@447.edu>",
+                     "RCPT TO:<bob@447.edu>", "DATA"):
+            assert warm.cmd(line)[:1] in "23", line
+        assert warm.cmd("Subject: first\r\n\r\nhello\r\n.").startswith("250")
+        warm.close()
 
         def threads():
             return len(os.listdir(f"/proc/{server.proc.pid}/task"))
@@ -402,7 +409,7 @@ def the_event_core_holds_idle_sessions_without_a_thread_each(lab):
         c.send("Subject: pipelined\r\n\r\nhello\r\n.\r\nNOOP\r\nQUIT\r\n")
         replies = [c.reply()[-1] for _ in range(3)]
         assert [r[:3] for r in replies] == ["250", "250", "221"], replies
-        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["pipelined"]
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["first", "pipelined"]
         assert threads() == before, (before, threads())
         server.stop()
         assert all(c.reply()[-1].startswith("421 4.3.2") for c in idle)

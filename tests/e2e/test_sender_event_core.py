@@ -146,7 +146,7 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
     (RFC 5321 6.1: it is ours only once 250 is sent; was: stored with no 250, so stored twice)."""
     lab.require_sqlite("the test holds SQLite's write lock to keep the delivery worker busy")
     settings = dict(EVENTS, **{"sender.events.workers": 1, "store.busyTimeoutMs": 30000,
-                               "sender.shutdownGraceSeconds": 60})
+                               "sender.shutdownGraceSeconds": 60, "sender.events.commitFromLoop": "false"})
     with Server(lab, "senderserver", settings) as server:
         ana = register_ana_and_bob(lab, server)
         first = in_message(lab, server.port, "ana@447.edu", ana, "running")
@@ -181,6 +181,40 @@ def the_event_core_sender_stop_stores_no_message_whose_job_had_not_started(lab):
         # read first (two ends that arrive together may be read in either order: under load, or in a
         # chroot, the second often was).
         assert len(acknowledged) <= 1, "both acknowledged: the queued job ran after the stop"
+
+
+@test
+def the_event_core_sender_commits_from_the_loop_and_answers_every_begun_message_before_421(lab):
+    """sender.events.commitFromLoop (the default on SQLite): two messages' ends are handed to the
+    store's group commit by the loop, no worker between, while the commit waits for SQLite's write
+    lock. A NOOP on a third connection is answered meanwhile (the loop waits for no commit), and the
+    two sessions read nothing more (a QUIT pipelined behind the message waits for its 250). Told to
+    stop, the server still answers both 250 once the lock goes (each was begun: RFC 5321 6.1, a 250
+    for what is stored), then 421, and both are stored once."""
+    lab.require_sqlite("the test holds SQLite's write lock to keep the group commit waiting")
+    settings = dict(EVENTS, **{"store.busyTimeoutMs": 30000, "sender.shutdownGraceSeconds": 60})
+    with Server(lab, "senderserver", settings) as server:
+        ana = register_ana_and_bob(lab, server)
+        first = in_message(lab, server.port, "ana@447.edu", ana, "one")
+        second = in_message(lab, server.port, "ana@447.edu", ana, "two")
+        probe = Conversation(lab, server.port)
+        lock = WriteLock(server.db)
+        try:
+            first.send(".\r\nQUIT\r\n")
+            second.send(".\r\n")
+            assert probe.cmd("NOOP").startswith("250"), "the loop answers while the commit waits"
+            assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for_log(server, "event=stopping")
+            assert no_answer_yet(first.sock) and no_answer_yet(second.sock)
+        finally:
+            lock.release()
+        assert first.reply()[-1].startswith("250 2.0.0 Ok: queued as")
+        assert first.reply()[-1].startswith("421 4.3.2"), "the stop, said before the pipelined QUIT is read"
+        assert second.reply()[-1].startswith("250 2.0.0 Ok: queued as")
+        assert second.reply()[-1].startswith("421 4.3.2")
+        server.log_after_stop()
+        assert sorted(s for s, _ in messages(server.db, "bob@447.edu")) == ["one", "two"]
 
 
 @test

@@ -235,6 +235,62 @@ TEST_CASE("a deferred input refused for want of a worker: 454 or 451, nothing ch
     CHECK(codes(out).rfind("250 ", 0) == 0);
 }
 
+// Issue 22 (kept-open delivery): on SQLite the event core runs a message's end on its loop up to the
+// commit and hands the message to the store's group commit (no worker waits for fsync). The session
+// stops there, answers nothing until messageStored, and answers then as a delivery would.
+TEST_CASE("resumeDeferredUntilStored stops at the commit; messageStored answers 250 or 451", "[session][events]") {
+    Harness h;
+    h.session->setDeferSlowWork(true);
+    std::string after;
+    Output out = h.session->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n");
+    if (out.deferred) h.session->resumeDeferred(after);
+    REQUIRE(h.session->authenticated());
+    const std::string message = "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nNOOP\r\n";
+    out = h.session->onBytes(message);
+    REQUIRE(out.deferred);
+    out = h.session->resumeDeferredUntilStored(after);
+    CHECK(out.storing);
+    CHECK(out.replies.empty());  // no 250 before the commit
+    CHECK(after == "NOOP\r\n");
+    std::shared_ptr<const NewMessage> pending = h.session->pendingMessage();
+    REQUIRE(pending);
+    CHECK(pending->recipients == std::vector<std::string>{"bob@447.edu"});
+    CHECK(pending->raw.find("Subject: x") != std::string::npos);
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).empty());  // the caller commits it
+    h.lab.store->deliver(*pending);
+    out = h.session->messageStored("");
+    REQUIRE(Harness::lines(out).size() == 1);
+    CHECK(Harness::lines(out)[0].rfind("250 2.0.0 Ok: queued as " + pending->queueId, 0) == 0);
+    CHECK_FALSE(h.session->pendingMessage());
+    CHECK(Harness::lines(h.session->onBytes(after)) == std::vector<std::string>{"250 2.0.0 Ok"});
+
+    // A failed commit: 451 4.3.0, and the session goes on with a fresh transaction.
+    out = h.session->onBytes(message);
+    REQUIRE(out.deferred);
+    out = h.session->resumeDeferredUntilStored(after);
+    REQUIRE(out.storing);
+    out = h.session->messageStored("disk I/O error");
+    CHECK(Harness::lines(out) == std::vector<std::string>{"451 4.3.0 Local error in processing: message not stored; try again later"});
+    CHECK(Harness::lines(h.session->onBytes("RCPT TO:<bob@447.edu>\r\n"))[0].rfind("503 ", 0) == 0);  // no MAIL now
+    CHECK(h.lab.store->listMessages("bob@447.edu", 0, 10).size() == 1);
+    CHECK_THROWS_AS(h.session->messageStored(""), std::logic_error);  // nothing on its way
+
+    // A refusal on the way (over the recipient's quota) is answered at once: nothing to commit.
+    maillab::smtp::SessionLimits tiny;
+    tiny.mailboxQuotaBytes = 10;
+    Harness small(tiny);
+    small.session->setDeferSlowWork(true);
+    out = small.session->onBytes("EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n");
+    if (out.deferred) small.session->resumeDeferred(after);
+    out = small.session->onBytes("MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n" + std::string(40, 'x') + "\r\n.\r\n");
+    REQUIRE(out.deferred);
+    out = small.session->resumeDeferredUntilStored(after);
+    CHECK_FALSE(out.storing);
+    CHECK_FALSE(small.session->pendingMessage());
+    REQUIRE(Harness::lines(out).size() == 1);
+    CHECK(Harness::lines(out)[0].rfind("452 4.2.2 Mailbox full", 0) == 0);
+}
+
 // Review of the event core (issue 22, finding 2): the worker that resumes a deferred input runs that
 // input alone. Five AUTHs pipelined are five deferrals, each resumed alone (was: the first resume ran
 // all five hashes in one AUTH job), and a message's end pipelined behind an AUTH is deferred again,
