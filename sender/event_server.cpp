@@ -492,8 +492,10 @@ private:
         ++*inFlight;
         // On the committing thread; posted, it runs only while the connection is open (and so while
         // this protocol object lives). A connection gone meanwhile: its message is stored all the
-        // same (it was begun, as a running job's; no 250 reaches anyone).
-        auto done = [loop, id, self = this, inFlight](std::vector<int64_t>, const std::string& error) {
+        // same (it was begun, as a running job's; no 250 reaches anyone). The callback holds the
+        // session, as a worker's job does: its share of smtp.maxDataInFlight counts the message's
+        // bytes until the commit lets them go (a review found a client's reset gave them back early).
+        auto done = [loop, id, self = this, inFlight, held = held_](std::vector<int64_t>, const std::string& error) mutable {
             try {
                 loop->post(id, [self, error](net::Connection& c) {
                     self->barrier(c, [&] { self->committed(c, error); });
@@ -501,6 +503,7 @@ private:
             } catch (...) {
                 // Not even the post: the backstop deadline ends the connection.
             }
+            held.reset();  // here, not when the group commit lets the callback go
             --*inFlight;
         };
         try {

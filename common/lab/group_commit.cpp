@@ -40,31 +40,46 @@ void GroupCommit::deliverAsync(std::shared_ptr<const NewMessage> message, Store:
 
 void GroupCommit::commitPending(std::unique_lock<std::mutex>& lock, Waiter* self) {
     std::vector<Waiter*> batch;
-    batch.swap(pending_);
     std::vector<std::unique_ptr<Async>> asyncBatch;
-    asyncBatch.swap(pendingAsync_);
     std::vector<Delivery*> deliveries;
-    deliveries.reserve(batch.size() + asyncBatch.size());
-    for (Waiter* w : batch) deliveries.push_back(&w->delivery);
-    for (auto& a : asyncBatch) deliveries.push_back(&a->delivery);
+    try {
+        deliveries.reserve(pending_.size() + pendingAsync_.size());  // before anything is taken
+    } catch (...) {
+        // No memory even for the list: the push_backs below fail too, and every delivery of this
+        // round is answered with that failure (nothing stored), never left waiting.
+    }
+    batch.swap(pending_);
+    asyncBatch.swap(pendingAsync_);
     lock.unlock();
-    commitBatch_(deliveries);
+    // Whatever fails here fails the deliveries, never the thread: an exception out of a committer
+    // thread would end the process, and out of a leading caller would leave every waiter asleep.
+    try {
+        for (Waiter* w : batch) deliveries.push_back(&w->delivery);
+        for (auto& a : asyncBatch) deliveries.push_back(&a->delivery);
+        commitBatch_(deliveries);
+    } catch (...) {
+        std::exception_ptr failure = std::current_exception();
+        for (Waiter* w : batch)
+            if (!w->delivery.error && w->delivery.ids.empty()) w->delivery.error = failure;
+        for (auto& a : asyncBatch)
+            if (!a->delivery.error && a->delivery.ids.empty()) a->delivery.error = failure;
+    }
     // The event core's answers: each posts to its loop (never blocks on the commit).
     for (auto& a : asyncBatch) {
-        std::string error;
-        if (a->delivery.error) {
-            try {
-                std::rethrow_exception(a->delivery.error);
-            } catch (const std::exception& e) {
-                error = *e.what() ? e.what() : "the store failed";
-            } catch (...) {
-                error = "the store failed";
-            }
-        }
         try {
+            std::string error;
+            if (a->delivery.error) {
+                try {
+                    std::rethrow_exception(a->delivery.error);
+                } catch (const std::exception& e) {
+                    error = *e.what() ? e.what() : "the store failed";
+                } catch (...) {
+                    error = "the store failed";
+                }
+            }
             a->done(std::move(a->delivery.ids), error);
         } catch (...) {
-            // The answer could not be posted: the connection's backstop deadline ends it.
+            // The answer could not be made or posted: the connection's backstop deadline ends it.
         }
     }
     lock.lock();

@@ -192,7 +192,10 @@ def the_event_core_sender_commits_from_the_loop_and_answers_every_begun_message_
     stop, the server still answers both 250 once the lock goes (each was begun: RFC 5321 6.1, a 250
     for what is stored), then 421, and both are stored once."""
     lab.require_sqlite("the test holds SQLite's write lock to keep the group commit waiting")
-    settings = dict(EVENTS, **{"store.busyTimeoutMs": 30000, "sender.shutdownGraceSeconds": 60})
+    # One delivery worker: were the ends its jobs, only one could have begun before the stop (the test
+    # above), so both acknowledged shows they went to the commit from the loop.
+    settings = dict(EVENTS, **{"store.busyTimeoutMs": 30000, "sender.shutdownGraceSeconds": 60,
+                               "sender.events.workers": 1})
     with Server(lab, "senderserver", settings) as server:
         ana = register_ana_and_bob(lab, server)
         first = in_message(lab, server.port, "ana@447.edu", ana, "one")
@@ -210,7 +213,10 @@ def the_event_core_sender_commits_from_the_loop_and_answers_every_begun_message_
         finally:
             lock.release()
         assert first.reply()[-1].startswith("250 2.0.0 Ok: queued as")
-        assert first.reply()[-1].startswith("421 4.3.2"), "the stop, said before the pipelined QUIT is read"
+        # The stop is said before the pipelined QUIT is read, unless the commit's answer reached the
+        # loop before the stop's word did (the lock goes once the stop is logged, not once it is told).
+        last = first.reply()[-1]
+        assert last.startswith("421 4.3.2") or last.startswith("221 "), last
         assert second.reply()[-1].startswith("250 2.0.0 Ok: queued as")
         assert second.reply()[-1].startswith("421 4.3.2")
         server.log_after_stop()

@@ -5,6 +5,7 @@
 
 #include "catch.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -278,8 +279,17 @@ TEST_CASE("group commit: deliverAsync shares commits with deliver and answers ea
     std::atomic<int> commits{0};
     std::atomic<int64_t> nextId{1};
     std::mutex gateMutex;
+    std::atomic<bool> firstBegun{false};
+    std::mutex batchesMutex;
+    std::vector<std::vector<std::string>> batches;  // the queue ids of each commit
     GroupCommit group([&](const std::vector<GroupCommit::Delivery*>& batch) {
+        firstBegun = true;
         std::lock_guard<std::mutex> wait(gateMutex);  // held by the test: the commit waits (a lock, an fsync)
+        {
+            std::lock_guard<std::mutex> lock(batchesMutex);
+            batches.emplace_back();
+            for (GroupCommit::Delivery* d : batch) batches.back().push_back(d->message->queueId);
+        }
         ++commits;
         bool fail = batch.front()->message->queueId == "FAIL";
         for (GroupCommit::Delivery* d : batch) {
@@ -300,8 +310,8 @@ TEST_CASE("group commit: deliverAsync shares commits with deliver and answers ea
     };
     {
         std::unique_lock<std::mutex> gate(gateMutex);
-        group.deliverAsync(make("A1"), record);  // the committer takes it and waits at the gate
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        group.deliverAsync(make("A1"), record);  // the committer takes it alone and waits at the gate
+        while (!firstBegun) std::this_thread::yield();
         for (int i = 0; i < 5; ++i) group.deliverAsync(make("A" + std::to_string(i + 2)), record);
         std::vector<int64_t> syncIds;
         std::thread caller([&] {
@@ -331,7 +341,16 @@ TEST_CASE("group commit: deliverAsync shares commits with deliver and answers ea
     CHECK(ids.size() == 6);
     CHECK(answers[6].first.empty());
     CHECK(answers[6].second == "disk full");
-    CHECK(commits <= 4);  // A1 alone, then the five with S (grouped), then FAIL: not one each
+    CHECK(commits <= 4);  // A1 alone, the five (with S, unless S came after), FAIL: not one each
+    {
+        std::lock_guard<std::mutex> batchesLock(batchesMutex);
+        REQUIRE(batches.size() >= 2);
+        CHECK(batches[0] == std::vector<std::string>{"A1"});
+        std::vector<std::string> second = batches[1];
+        second.erase(std::remove(second.begin(), second.end(), "S"), second.end());
+        // The five that arrived during the first commit went into the next one together.
+        CHECK(second == std::vector<std::string>{"A2", "A3", "A4", "A5", "A6"});
+    }
     // After stop nothing can commit it: answered at once with an error, never left waiting.
     std::string late;
     group.deliverAsync(make("late"), [&](std::vector<int64_t>, const std::string& error) { late = error; });
