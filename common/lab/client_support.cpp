@@ -4,6 +4,7 @@
 #include "app_support.h"
 #include "../net/tls.h"
 
+#include <Poco/Path.h>
 #include <Poco/Exception.h>
 #include <Poco/NumberParser.h>
 #include <Poco/Util/Option.h>
@@ -239,8 +240,11 @@ Poco::Net::Context::Ptr clientContext(const std::string& caFile, const std::stri
         if (!keylog.empty()) std::cerr << "note: writing TLS secrets to " << keylog << "\n";
         return context;
     } catch (const Poco::Exception& e) {
-        std::cerr << "error: cannot load the CA certificate " << caFile << ": " << e.displayText()
-                  << "\n       (run `make certs`, or start a server once, to create it)\n";
+        // A relative path is read from the current folder: say which file that was.
+        std::string where = Poco::Path(caFile).isAbsolute() ? "" : " (" + Poco::Path(caFile).absolute().toString() + ")";
+        std::cerr << "error: cannot load the CA certificate " << caFile << where << ": " << e.displayText()
+                  << "\n       (run the client from the maillab folder or pass --ca <maillab>/certs/ca.pem; "
+                     "`make certs`, or starting a server once, creates it)\n";
         return nullptr;
     }
 }
