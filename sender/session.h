@@ -215,6 +215,8 @@ private:
     Output onLineTooLong();  // the reader discarded a line over maxLineLength
     Output dispatch(const std::string& line);
     Output onDataLine(const std::string& line, bool bareLf);
+    // A content line (not the ending "."), without its line end: dot-unstuffed into the message.
+    void takeContentLine(const char* line, size_t size);
     Output onAuthResponse(const std::string& line);
     void enterState(State next);
     Reply reply(ReplyCode code, std::string text) const;

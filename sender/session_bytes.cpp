@@ -165,6 +165,25 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
             append(all, std::move(out));
             continue;
         }
+        // A message's content lines go straight from the read into the message, as onDataLine
+        // takes them (per line: a string, a queue entry and a copy cost more than a kept-open
+        // message's commit, issue 22). The ending ".", a line over the limit, a line begun in an
+        // earlier read and a traced session take the general path below.
+        if (state_ == State::Data && !env_.trace && !reader_.midLine()) {
+            const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+            if (newline) {
+                size_t content = static_cast<size_t>(newline - data);
+                bool crlf = content > 0 && data[content - 1] == '\r';
+                if (crlf) --content;
+                if (content + 2 <= limits_.maxLineLength && !(content == 1 && data[0] == '.')) {
+                    ++all.inputs;
+                    previousDataLineCrlf_ = crlf;
+                    takeContentLine(data, content);
+                    data = newline + 1;
+                    continue;
+                }
+            }
+        }
         // One line at a time: after a BDAT command the next bytes are octets, not lines.
         LineReader::Event event;
         if (!reader_.nextFrom(data, end, event)) break;  // no line end yet: the rest waits in the reader

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <sstream>
 #include <vector>
@@ -94,7 +95,18 @@ std::string Session::storyJson(const std::string& queueId) const {
     for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) size += storyTail_[i].size() + 4;
     std::string out;
     out.reserve(size + size / 8);
-    auto string = [&out](const std::string& value) { out += Poco::toJSON(value, Poco::JSON_WRAP_STRINGS); };
+    auto string = [&out](const std::string& value) {
+        // Most lines are printable ASCII that Poco::toJSON, a code point at a time, would copy unchanged
+        // (it escapes '/' too, so that one is left to it as well).
+        if (std::all_of(value.begin(), value.end(),
+                        [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '/'; })) {
+            out += '"';
+            out += value;
+            out += '"';
+        } else {
+            out += Poco::toJSON(value, Poco::JSON_WRAP_STRINGS);
+        }
+    };
     auto key = [&out, &string](const char* name) {
         out += out.size() == 1 ? "" : ",";
         string(name);
@@ -154,12 +166,16 @@ Output Session::onDataLine(const std::string& line, bool bareLf) {
         enterState(State::Closed);
         return out;
     }
+    takeContentLine(line.data(), line.size());
+    return {};
+}
+
+void Session::takeContentLine(const char* line, size_t size) {
     // Elsewhere in the content a bare LF is read as CRLF (Postfix's smtpd_forbid_bare_newline =
     // normalize); a bare CR, which other servers may read as a line end, refuses the message.
-    if (line.find('\r') != std::string::npos) dataBareCr_ = true;
-    std::string text = unstuffDataLine(line);  // RFC 5321 4.5.2
-    appendData(text.data(), text.size(), true);
-    return {};
+    if (std::memchr(line, '\r', size)) dataBareCr_ = true;
+    if (size > 0 && line[0] == '.') ++line, --size;  // RFC 5321 4.5.2: the client's added dot
+    appendData(line, size, true);
 }
 
 void Session::appendData(const char* data, size_t size, bool crlf) {

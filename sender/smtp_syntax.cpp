@@ -88,11 +88,6 @@ std::optional<Path> parsePath(const std::string& argument, const std::string& ke
     return path;
 }
 
-std::string unstuffDataLine(const std::string& line) {
-    if (!line.empty() && line[0] == '.') return line.substr(1);
-    return line;
-}
-
 std::string dotStuff(const std::string& text) {
     std::string out;
     out.reserve(text.size() + text.size() / 64 + 2);

@@ -33,8 +33,6 @@ std::optional<Path> parsePath(const std::string& argument, const std::string& ke
 // A mailbox "local@domain" with a dot-atom local part and a domain of letters, digits, '-' and '.'.
 bool isValidMailbox(const std::string& address);
 
-// Returns the line with one leading '.' removed (RFC 5321 4.5.2 transparency, receiver side).
-std::string unstuffDataLine(const std::string& line);
 // Prefixes a '.' to every line that begins with one (sender side), joining lines with CRLF.
 std::string dotStuff(const std::string& text);
 

@@ -24,6 +24,8 @@ public:
     // Takes the next complete line (or too-long report); false when none is complete yet.
     bool next(Event& event);
     bool hasBufferedBytes() const { return !partial_.empty(); }
+    // In the middle of a line: some of it buffered, or a line over the limit being dropped.
+    bool midLine() const { return !partial_.empty() || discarding_; }
     // Feeds `data` up to and including its first LF only (advancing `data`), then takes that line if it
     // is complete: a session that must not read past a line (what follows STARTTLS, BDAT's octets, a
     // close) frames this way. False: no line end yet, the bytes wait in the reader.

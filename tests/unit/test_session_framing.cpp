@@ -424,3 +424,46 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     CHECK(refusals[0].rfind("454 4.7.0 Too many failed logins", 0) == 0);
     CHECK(refusals[0] == refusals[1]);
 }
+
+TEST_CASE("DATA's content lines are taken alike however the reads split them", "[session][framing][data]") {
+    // frame() takes whole content lines straight from a read; a line split over reads, the ending
+    // ".", a line over the limit go through the line reader. Both must store the same octets and
+    // refuse the same messages.
+    const std::string wire =
+        "EHLO c\r\nAUTH PLAIN AGFuYUA0NDcuZWR1ADExMTExNDQ3\r\n"
+        "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n"
+        "Subject: split\r\n\r\n..leading dot\r\nplain\r\nbare lf\n...two\r\n.\r\n"
+        "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n"
+        "Subject: long\r\n\r\n" + std::string(3000, 'x') + "\r\n.\r\n"
+        "MAIL FROM:<ana@447.edu>\r\nRCPT TO:<bob@447.edu>\r\nDATA\r\n"
+        "Subject: cr\r\n\r\nbare\rcr\r\n.\r\nNOOP\r\n";
+    Harness whole;
+    std::vector<std::string> expected = answer(whole, wire);
+    size_t wholeInputs = 0;
+    {
+        Harness count;
+        wholeInputs = count.session->onBytes(wire).inputs;
+    }
+    REQUIRE(expected.size() == 22);  // EHLO's 8 lines, AUTH, then MAIL, RCPT, DATA, the end three times, NOOP
+    CHECK(expected[12].rfind("250 2.0.0 Ok: queued", 0) == 0);
+    CHECK(expected[16].rfind("500 5.5.6 ", 0) == 0);  // the line over the limit
+    CHECK(expected[20].rfind("550 5.6.0 ", 0) == 0);  // the bare CR
+    CHECK(expected[21].rfind("250 ", 0) == 0);        // NOOP: still in step
+    const std::string stored = storedRaw(whole, "bob@447.edu");
+    CHECK(stored.size() > 0);
+    CHECK(stored.find("\r\n\r\n.leading dot\r\nplain\r\nbare lf\r\n..two\r\n") != std::string::npos);
+    for (size_t step : {size_t(1), size_t(2), size_t(7), size_t(64)}) {
+        Harness split;
+        std::vector<std::string> got;
+        size_t inputs = 0;
+        for (size_t at = 0; at < wire.size(); at += step) {
+            Output out = split.session->onBytes(wire.substr(at, step));
+            inputs += out.inputs;
+            for (auto& l : Harness::lines(out)) got.push_back(l);
+        }
+        INFO("reads of " << step << " octets");
+        CHECK(got == expected);
+        CHECK(inputs == wholeInputs);
+        CHECK(storedRaw(split, "bob@447.edu") == stored);
+    }
+}
