@@ -26,6 +26,8 @@ import subprocess
 import time
 
 from captures.labprocess import free_port
+from tests.bench import rounds as rounds_of
+from tests.bench.rounds import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -175,30 +177,16 @@ def compare(b):
                 "MailDev": (list_peer.web_port, ["--user", "ana@447.edu", "--password", password, "--path",
                                                  maildev_path, "--connections", "20"], [list_peer.proc.pid])}, 10000000),
         ]
-        runs = {key: {"maillab": [], "MailDev": []} for key, *_ in figures}
-        commands = {}
-        for n in range(rounds):
-            order = ("maillab", "MailDev") if n % 2 == 0 else ("MailDev", "maillab")
-            for key, what, scenario, by_server, count in figures:
-                for who in order:
-                    port, extra, pids = by_server[who]
-                    res = b.load(f"{who} {what}, round {n + 1}", scenario, port, extra, count, d, pids)
-                    b.results.pop()  # shown in its own section, not among the bench's runs
-                    runs[key][who].append(res)
-                    commands.setdefault((key, who), res["command"])
+        runs = rounds_of.interleave(b, figures, rounds, d, ("maillab", "MailDev"))
+        commands = [r["command"] for key, *_ in figures for who in ("maillab", "MailDev") for r in runs[key][who][:1]]
         return {"rounds": rounds, "seconds": d, "load": (load_before, os.getloadavg()[0]), "maildev": maildev_version,
                 "node": node_version, "figures": [(key, what) for key, what, *_ in figures], "runs": runs, "bytes": sizes,
-                "commands": list(commands.values())}
+                "commands": commands}
     finally:
         for s in servers:
             s.stop()
         sender.stop()
         retriever.stop()
-
-
-def median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def errors_of(results):
