@@ -587,7 +587,13 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
     const MessageSummary m = *found;
     // Stored messages never change, so the id is a strong validator: a revalidation is answered
     // 304 without reading the message at all.
-    const char* tag = route.kind == Kind::Raw ? "R" : route.kind == Kind::Page ? "P" : route.kind == Kind::Part ? "A" : "M";
+    // The raw octets as message/rfc822 (a browser saves it, for a mail program) or, with ?view=text,
+    // as text the browser shows in its tab (what the pages link to: "show original").
+    const bool rawAsText = route.kind == Kind::Raw &&
+                           std::any_of(route.query.begin(), route.query.end(),
+                                       [](const auto& p) { return p.first == "view" && p.second == "text"; });
+    const char* tag = rawAsText ? "T" : route.kind == Kind::Raw ? "R" : route.kind == Kind::Page ? "P"
+                                                                     : route.kind == Kind::Part ? "A" : "M";
     std::string etag = std::string("\"") + tag + std::to_string(m.id) +
                        (route.kind == Kind::Part ? "." + std::to_string(route.part) : "") + "\"";
     if (notModified(request, etag, m.receivedAt)) return conditional(request, ApiResponse{}, etag, m.receivedAt);
@@ -606,9 +612,10 @@ ApiResponse MailApi::message(const Route& route, const ApiRequest& request) {
     if (!message) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
     ApiResponse full;
     if (route.kind == Kind::Raw) {
-        full = ok("message/rfc822", std::move(message->raw), etag, m.receivedAt);
-        full.headers.emplace_back("Content-Disposition",
-                                  "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
+        full = ok(rawAsText ? "text/plain; charset=utf-8" : "message/rfc822", std::move(message->raw), etag, m.receivedAt);
+        if (!rawAsText)
+            full.headers.emplace_back("Content-Disposition",
+                                      "inline; filename=\"message-" + std::to_string(m.id) + ".eml\"");
     } else if (route.kind == Kind::Part) {
         mime::View view = mime::viewMessage(message->raw, limits_.mime, static_cast<size_t>(route.part));
         message.reset();
@@ -708,7 +715,7 @@ std::string MailApi::messagePage(const Route& route, const MessageSummary& m, co
         for (const auto& problem : view.problems) html += "<li>" + htmlEscape(problem) + "</li>\n";
         html += "</ul>\n";
     }
-    html += "<p><a id=\"raw\" href=\"" + base + "/raw\">raw</a> (as sent, " + std::to_string(m.size) +
+    html += "<p><a id=\"raw\" href=\"" + base + "/raw?view=text\">raw</a> (as sent, " + std::to_string(m.size) +
             " octets) · <a id=\"json\" href=\"" + base + "\">JSON</a> · <a id=\"story\" href=\"" + base +
             "/story\">how it arrived</a> (the SMTP session that delivered it)</p>\n</body></html>\n";
     return html;
@@ -779,7 +786,7 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
                 base + id + "/page\">" + htmlEscape(shortened(m.subject.empty() ? "(no subject)" : mime::decodeHeader(m.subject))) +
                 "</a><details><summary>preview</summary><pre class=\"body\">" +
                 htmlEscape(bodyPreview(start, m.size, limits_.mime)) + "</pre><a href=\"" + base + id +
-                "/raw\">raw</a> · <a href=\"" + base + id + "\">JSON</a> · <a class=\"story\" href=\"" + base + id +
+                "/raw?view=text\">raw</a> · <a href=\"" + base + id + "\">JSON</a> · <a class=\"story\" href=\"" + base + id +
                 "/story\">how it arrived</a></details></td><td>" +
                 htmlEscape(shortened(validUtf8(m.date))) + "</td><td>" + std::to_string(m.size) + "</td></tr>\n";
     }

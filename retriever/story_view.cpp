@@ -29,7 +29,7 @@ std::string storyHtml(const std::string& storyJson, const std::string& mailbox, 
                        std::to_string(id) + " arrived</title><style>" + kStoryStyle + "</style></head><body>\n<h1>How message " +
                        std::to_string(id) + " arrived</h1>\n<p><a href=\"/mailboxes/" + text::htmlEscape(mailbox) +
                        "\">inbox</a> · <a href=\"" + messagePath + "/page\">message</a> · <a href=\"" + messagePath +
-                       "/raw\">raw</a></p>\n";
+                       "/raw?view=text\">raw</a></p>\n";
     Poco::JSON::Object::Ptr story;
     try {
         if (!storyJson.empty()) story = Poco::JSON::Parser().parse(storyJson).extract<Poco::JSON::Object::Ptr>();

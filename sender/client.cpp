@@ -314,6 +314,14 @@ private:
                     if (name.empty()) name = Poco::Net::DNS::hostName();
                     exchange((word == "helo" ? "HELO " : "EHLO ") + name);
                 } else if (word == "auth") {
+                    const char* oneLogin = "  (one login per session: QUIT and run the client again, or open a second "
+                                           "terminal, to log in or register as someone else)\n";
+                    if (client.authenticated()) {
+                        // RFC 4954 4: a second AUTH is refused before any credentials, so none are asked
+                        // for: the server's own 503 shows it.
+                        if (exchange("AUTH PLAIN").code == BadSequence.code) std::cout << oneLogin;
+                        continue;
+                    }
                     std::string user, password;
                     if (!input.line("  email (@" + domain_ + " is added to a bare name): ", user)) continue;
                     user = withDomain(user);
@@ -322,9 +330,7 @@ private:
                     show(reply);
                     last = reply;
                     if (reply.code == AuthSucceeded.code) me = user;
-                    if (reply.code == BadSequence.code)
-                        std::cout << "  (one login per session: QUIT and run the client again, or open a second "
-                                     "terminal, to log in or register as someone else)\n";
+                    if (reply.code == BadSequence.code) std::cout << oneLogin;
                     if (!smtp::registeredPassword(reply).empty())
                         std::cout << "  Registered. Keep this password: you need it next time.\n";
                 } else if (word == "mail from" || word == "mail") {

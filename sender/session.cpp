@@ -718,9 +718,18 @@ Output Session::cmdHelp(const std::string& arg) {
     std::string topic = parseCommand(arg).verb;
     Reply r = reply(Help, "");
     r.lines.clear();
+    const bool startTlsOffered = env_.tlsMode == TlsMode::StartTls && !tlsActive_;  // as EHLO says (RFC 3207)
     for (const CommandSpec& spec : kCommands) {
         if (!spec.help) continue;
-        if (topic.empty() || topic == spec.verb) r.lines.push_back(spec.help);
+        if (!topic.empty() && topic != spec.verb) continue;
+        if (std::string(spec.verb) == "STARTTLS" && !startTlsOffered) {
+            if (!topic.empty())
+                r.lines.push_back(tlsActive_ ? "STARTTLS: not offered: this connection is already in TLS"
+                                             : "STARTTLS: not offered by this server (it runs with --tls " +
+                                                   std::string(env_.tlsMode == TlsMode::Implicit ? "implicit" : "off") + ")");
+            continue;
+        }
+        r.lines.push_back(spec.help);
     }
     if (r.lines.empty()) return error(SyntaxError, "No help for " + topic.substr(0, 20) + "; try HELP");
     if (topic.empty()) r.lines.insert(r.lines.begin(), "maillab commands, in the order a session uses them:");

@@ -292,8 +292,8 @@ Output Session::finishMessage() {
     std::string failure;
     try {
         store_.deliver(*delivery.message);
-    } catch (const std::exception& e) {
-        failure = *e.what() ? e.what() : "the store failed";
+    } catch (...) {
+        failure = Store::failureText(std::current_exception());
     }
     return completeDelivery(delivery, failure);
 }

@@ -67,17 +67,7 @@ void GroupCommit::commitPending(std::unique_lock<std::mutex>& lock, Waiter* self
     // The event core's answers: each posts to its loop (never blocks on the commit).
     for (auto& a : asyncBatch) {
         try {
-            std::string error;
-            if (a->delivery.error) {
-                try {
-                    std::rethrow_exception(a->delivery.error);
-                } catch (const std::exception& e) {
-                    error = *e.what() ? e.what() : "the store failed";
-                } catch (...) {
-                    error = "the store failed";
-                }
-            }
-            a->done(std::move(a->delivery.ids), error);
+            a->done(std::move(a->delivery.ids), a->delivery.error ? Store::failureText(a->delivery.error) : std::string());
         } catch (...) {
             // The answer could not be made or posted: the connection's backstop deadline ends it.
         }

@@ -194,10 +194,20 @@ public:
         std::string error;
         try {
             ids = deliver(*message);
-        } catch (const std::exception& e) {
-            error = *e.what() ? e.what() : "the store failed";
+        } catch (...) {
+            error = failureText(std::current_exception());
         }
         done(std::move(ids), error);
+    }
+    // A failed delivery's text, for the log and the 451 (never empty).
+    static std::string failureText(const std::exception_ptr& failure) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+            return *e.what() ? e.what() : "the store failed";
+        } catch (...) {
+            return "the store failed";
+        }
     }
 
     // Newest first.

@@ -319,6 +319,11 @@ def typed_utf8_reaches_the_mailbox_and_ctrl_c_says_quit(lab):
         term.type("\r")
         term.expect("Registered")
         term.expect("smtp> ")
+        # A second login: the server's own 503 at once, no credentials asked for (RFC 4954 4).
+        term.type("auth\r")
+        seen = term.expect("one login per session")
+        assert "503 5.5.1" in seen and "email" not in seen and "password" not in seen, seen
+        term.expect("smtp> ")
         term.type("mail from\r")
         term.expect("sender")
         term.type("\r")

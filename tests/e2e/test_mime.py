@@ -189,7 +189,10 @@ def mime_message_page_in_chromium(lab):
         assert "Ana Müller &lt;ana@447.edu&gt;" in dom
         assert "Grüße aus Zürich!" in dom and "äöü " * 40 + "Ende." in dom  # the whole text, decoded
         assert f'href="/mailboxes/bob@447.edu/messages/{mid}/parts/2">{FILE_NAME}</a>' in dom
-        assert f'href="/mailboxes/bob@447.edu/messages/{mid}/raw"' in dom
+        assert f'href="/mailboxes/bob@447.edu/messages/{mid}/raw?view=text"' in dom
+        # The raw link opens in the tab as text (message/rfc822 would be saved as a file instead).
+        shown = chromium(lab, l2, f"/mailboxes/bob@447.edu/messages/{mid}/raw?view=text", ["--dump-dom"]).stdout
+        assert "<pre" in shown and "MIME-Version: 1.0" in shown and "Received: from" in shown, shown[:800]
         inbox = chromium(lab, l2, "/", ["--dump-dom"]).stdout
         assert f'{page}">{SUBJECT}</a>' in inbox, inbox[:800]
         for name, path in (("message-page.png", page), ("inbox.png", "/")):

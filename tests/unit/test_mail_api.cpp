@@ -81,6 +81,14 @@ TEST_CASE("one message as JSON and raw", "[api]") {
     CHECK(json.body.find("{\"name\":\"Subject\",\"value\":\"Note <1>\"}") != std::string::npos);
     auto raw = h.served("/mailboxes/bob@447.edu/messages/" + id + "/raw", "message/rfc822");
     CHECK(raw.body.rfind("From: Ana <ana@447.edu>\r\n", 0) == 0);
+    CHECK(raw.header("Content-Disposition").find(".eml") != std::string::npos);
+    // ?view=text: the same octets for the browser's tab, under their own validator.
+    auto shown = h.served("/mailboxes/bob@447.edu/messages/" + id + "/raw?view=text", "text/plain; charset=utf-8");
+    CHECK(shown.body == raw.body);
+    CHECK(shown.header("Content-Disposition").empty());
+    CHECK(shown.header("ETag") != raw.header("ETag"));
+    auto page = h.served("/mailboxes/bob@447.edu/messages/" + id + "/page", "text/html; charset=utf-8");
+    CHECK(page.body.find("/raw?view=text\">raw</a>") != std::string::npos);
 }
 
 TEST_CASE("the HTML inbox escapes what it shows", "[api][html]") {
@@ -441,7 +449,7 @@ TEST_CASE("MIME: the message page and the inbox show decoded text, never markup,
     CHECK(page.body.find("Ana M\xC3\xBCller &lt;ana@447.edu&gt;") != std::string::npos);
     CHECK(page.body.find("<pre id=\"body\">f\xC3\xBCr dich</pre>") != std::string::npos);
     CHECK(page.body.find("href=\"" + base + "/parts/2\">Gr\xC3\xB6\xC3\x9F" "e.png</a>") != std::string::npos);
-    CHECK(page.body.find("href=\"" + base + "/raw\"") != std::string::npos);
+    CHECK(page.body.find("href=\"" + base + "/raw?view=text\"") != std::string::npos);
     CHECK(page.body.find("<script") == std::string::npos);
     auto inbox = h.get("/");
     CHECK(inbox.body.find(base + "/page\">Diagramm f\xC3\xBCr dich</a>") != std::string::npos);

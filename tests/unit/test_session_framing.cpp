@@ -467,3 +467,19 @@ TEST_CASE("DATA's content lines are taken alike however the reads split them", "
         CHECK(storedRaw(split, "bob@447.edu") == stored);
     }
 }
+
+TEST_CASE("HELP lists STARTTLS only where EHLO offers it", "[session][starttls][help]") {
+    auto help = [](Harness& h, const std::string& line) {
+        return Harness::lines(h.session->onBytes(line + "\r\n"));
+    };
+    auto has = [](const std::vector<std::string>& lines, const std::string& text) {
+        return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+    };
+    Harness implicit;  // implicit TLS: the connection is in TLS from its first byte
+    CHECK_FALSE(has(help(implicit, "HELP"), "STARTTLS"));
+    CHECK(has(help(implicit, "HELP STARTTLS"), "not offered: this connection is already in TLS"));
+    Harness starttls({}, nullptr, nullptr, TlsMode::StartTls);
+    CHECK(has(help(starttls, "HELP"), "STARTTLS: start TLS"));
+    Harness clear({}, nullptr, nullptr, TlsMode::Off);
+    CHECK(has(help(clear, "HELP STARTTLS"), "not offered by this server (it runs with --tls off)"));
+}
