@@ -9,6 +9,7 @@
 #include "../common/lab/password.h"
 
 #include <Poco/JSON/Array.h>
+#include <Poco/String.h>
 #include <Poco/JSON/Object.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -102,7 +103,7 @@ std::string Reply::wire() const {
 std::string Reply::forLog() const {
     if (!secret) return wire();
     Reply redacted = *this;
-    for (auto& line : redacted.lines) line = "<redacted: contains a password>";
+    for (auto& line : redacted.lines) line = kRedactedReply;
     return redacted.wire();
 }
 
@@ -310,6 +311,8 @@ Output Session::onLineTooLong() {
 std::string Session::redactForLog(const std::string& line) const {
     if (state_ == State::AuthPlain || state_ == State::AuthLoginUser || state_ == State::AuthLoginPassword)
         return "<redacted: AUTH response>";
+    // Only AUTH (the verb: up to the first space, any case) carries a secret; the rest as they came.
+    if (line.size() < 4 || (line.size() > 4 && line[4] != ' ') || Poco::icompare(line, 0, 4, "AUTH") != 0) return line;
     Command c = parseCommand(line);
     if (c.verb == "AUTH") {
         size_t space = c.argument.find(' ');

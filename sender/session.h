@@ -95,6 +95,9 @@ struct SessionEnv {
     std::function<void(const std::string& account, const std::string& subject)> onQueued;
 };
 
+// What a log or a story shows instead of a reply's text that carries a password.
+inline const std::string kRedactedReply = "<redacted: contains a password>";
+
 struct Reply {
     int code = 0;
     std::string status;              // enhanced status code, or ""

@@ -33,7 +33,8 @@ bool startsWithHeaderField(const std::string& message) {
 
 void Session::noteStory(std::string line) {
     if (limits_.maxStoryBytes == 0) return;
-    line = escapeControl(line.substr(0, 1024));
+    if (line.size() > 1024) line.resize(1024);
+    if (!isPlainLogText(line)) line = escapeControl(line);
     const size_t half = limits_.maxStoryBytes / 2;
     if (storyTail_.empty() && !storyInTransaction_ && storyHeadBytes_ + line.size() <= half) {
         storyHeadBytes_ += line.size();
@@ -78,10 +79,23 @@ void Session::noteClientLine(const std::string& line, State before) {
 }
 
 void Session::noteReplies(const Output& out) {
+    // Each line as Reply::forLog writes it (code, '-' or ' ', status, text), without the CRLF.
     for (const Reply& r : out.replies) {
-        std::string wire = r.forLog();
-        for (size_t start = 0, end; (end = wire.find("\r\n", start)) != std::string::npos; start = end + 2)
-            noteStory("S: " + wire.substr(start, end - start));
+        const std::string code = std::to_string(r.code);
+        for (size_t i = 0; i < r.lines.size(); ++i) {
+            const std::string& text = r.secret ? kRedactedReply : r.lines[i];
+            std::string line;
+            line.reserve(8 + code.size() + r.status.size() + text.size());
+            line += "S: ";
+            line += code;
+            line += i + 1 < r.lines.size() ? '-' : ' ';
+            if (!r.status.empty()) {
+                line += r.status;
+                line += ' ';
+            }
+            line += text;
+            noteStory(std::move(line));
+        }
     }
 }
 

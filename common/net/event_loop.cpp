@@ -263,7 +263,7 @@ void Connection::startTls() {
     }
     state_ = settings.clearText ? State::ClearTextCheck : State::Handshake;
     if (state_ == State::ClearTextCheck && settings.silenceHint.count() > 0 && settings.silenceHint < settings.handshakeTimeout &&
-        armed_ && timer_->first == acceptedAt_ + settings.handshakeTimeout) {
+        armed_ && deadline_ == acceptedAt_ + settings.handshakeTimeout) {
         loop_.arm(*this, acceptedAt_ + settings.silenceHint);  // the factory left the handshake's deadline: hint first
         silenceHintArmed_ = true;
     }
@@ -525,10 +525,14 @@ void EventLoop::watch(Connection& connection, uint32_t events) {
 }
 
 void EventLoop::arm(Connection& connection, Clock::time_point at) {
+    connection.deadline_ = at;
+    connection.deadlinePassed_ = false;
+    // A later deadline than the armed one (each reply pushes the client's on) leaves the timer where it
+    // is: when it fires, expireTimers moves it to the deadline. No tree erase and insert per command.
+    if (connection.armed_ && connection.timer_->first <= at) return;
     disarm(connection);
     connection.timer_ = timers_.emplace(at, connection.id_);
     connection.armed_ = true;
-    connection.deadlinePassed_ = false;
 }
 
 void EventLoop::disarm(Connection& connection) {
@@ -572,6 +576,10 @@ void EventLoop::expireTimers() {
         auto found = connections_.find(id);
         if (found == connections_.end()) continue;
         Connection& connection = *found->second;
+        if (connection.deadline_ > now) {  // pushed on since it was armed (arm): not passed yet
+            connection.timer_ = timers_.emplace(connection.deadline_, id);
+            continue;
+        }
         connection.armed_ = false;
         connection.deadlinePassed_ = true;
         try {

@@ -153,7 +153,8 @@ private:
     uint32_t interest_ = 0;
     bool deadlinePassed_ = false;
     bool armed_ = false;
-    std::multimap<Clock::time_point, uint64_t>::iterator timer_;
+    std::multimap<Clock::time_point, uint64_t>::iterator timer_;  // may be earlier than deadline_ (arm)
+    Clock::time_point deadline_{};                                 // while armed_: when the deadline passes
     SSL_CTX* tlsAfterSend_ = nullptr;  // startTlsAfterSend: the handshake begins once out_ is sent
     bool silenceHintArmed_ = false;    // the deadline is CoreSettings::silenceHint, not the handshake's
     Clock::time_point acceptedAt_;

@@ -7,7 +7,16 @@
 
 namespace maillab {
 
+bool isPlainLogText(std::string_view text) {
+    for (char ch : text) {
+        unsigned char c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c >= 0x7F || c == '\\') return false;
+    }
+    return true;
+}
+
 std::string escapeControl(const std::string& text) {
+    if (isPlainLogText(text)) return text;  // most text: printable ASCII, nothing to escape
     std::string out;
     out.reserve(text.size());
     for (size_t i = 0; i < text.size(); ++i) {

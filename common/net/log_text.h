@@ -3,6 +3,7 @@
 // definition for every server, session and tool (the generic floor: it knows nothing of mail).
 #pragma once
 #include <string>
+#include <string_view>
 
 namespace maillab {
 
@@ -13,5 +14,7 @@ std::string logValue(const std::string& value);
 std::string quotedLogValue(const std::string& value);
 // Bytes below 0x20 and 0x7F as \r, \n, \t or \xNN; a backslash as \\. For every line a peer wrote.
 std::string escapeControl(const std::string& text);
+// True when escapeControl would give the text back unchanged (printable ASCII, no backslash).
+bool isPlainLogText(std::string_view text);
 
 }  // namespace maillab

@@ -121,3 +121,42 @@ TEST_CASE("worker pool: a job that throws is dropped, the workers go on", "[even
     REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
     CHECK(result.get() == 447);
 }
+
+namespace {
+// Echoes, and "arm:N" sets the connection's deadline N ms from now (the default onDeadline closes it).
+class DeadlineProtocol : public maillab::net::Protocol {
+public:
+    void onBytes(Connection& connection, const char* data, size_t size) override {
+        std::string text(data, size);
+        if (text.rfind("arm:", 0) == 0) connection.setDeadline(std::chrono::milliseconds(std::stoi(text.substr(4))));
+        connection.send(text);
+    }
+};
+}  // namespace
+
+TEST_CASE("event loop: a deadline pushed later is kept, one pulled earlier is met", "[events]") {
+    // A later deadline leaves the armed timer in place (arm() is called at every reply) and the timer
+    // moves itself on when it fires: the connection must live to the new deadline, not the old one.
+    maillab::net::CoreSettings settings;
+    settings.threads = 1;
+    settings.lingerMilliseconds = 10;
+    settings.open = [](Connection&) { return std::make_unique<DeadlineProtocol>(); };
+    int port = 0;
+    int listener = listenOnLoopback(port);
+    {
+        maillab::net::EventCore core(settings);
+        core.start({listener});
+        int fd = connectTo(port);
+        CHECK(exchange(fd, "arm:150") == "arm:150");
+        CHECK(exchange(fd, "arm:5000") == "arm:5000");  // pushed on before the first one fires
+        ::usleep(400 * 1000);                           // past the first deadline
+        CHECK(exchange(fd, "still open") == "still open");
+        auto pulled = std::chrono::steady_clock::now();
+        CHECK(exchange(fd, "arm:50") == "arm:50");  // pulled earlier than the armed timer (5 s)
+        char byte;
+        CHECK(::recv(fd, &byte, 1, 0) == 0);  // closed at that deadline
+        CHECK(std::chrono::steady_clock::now() - pulled < std::chrono::seconds(3));
+        ::close(fd);
+    }
+    ::close(listener);
+}
