@@ -12,6 +12,7 @@
 #include "worker_pool.h"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -179,7 +180,13 @@ public:
 
 private:
     friend class Connection;
+    friend class EventCore;
     void accept(int listener);
+    // From any loop: a connection accepted there is this loop's to serve (the least loaded one).
+    void adopt(int fd, const sockaddr_storage& address);
+    // On this loop: a new connection set up and its TLS (or PROXY header) begun.
+    void welcome(int fd, const sockaddr_storage& address);
+    void closeAdopted();
     void pauseListeners();   // out of descriptors: not watched for a moment (no busy loop)
     void resumeListeners();
     void watch(Connection& connection, uint32_t events);
@@ -205,6 +212,9 @@ private:
     std::vector<uint64_t> finished_;  // closed during this round: destroyed at its end
     std::mutex postMutex_;
     std::vector<std::pair<uint64_t, std::function<void(Connection&)>>> posted_;
+    std::vector<std::pair<int, sockaddr_storage>> adopted_;  // under postMutex_: adopt()'s, for drainPosts
+    std::vector<EventLoop*> siblings_;  // the core's other loops (set before any runs)
+    std::atomic<int> load_{0};          // connections served or handed over to this loop
     std::vector<char> readBuffer_;
 };
 

@@ -11,7 +11,11 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <future>
+#include <map>
+#include <mutex>
+#include <thread>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -159,4 +163,50 @@ TEST_CASE("event loop: a deadline pushed later is kept, one pulled earlier is me
         ::close(fd);
     }
     ::close(listener);
+}
+
+namespace {
+// Echoes, noting which loop's thread served each read.
+class ThreadNotingProtocol : public maillab::net::Protocol {
+public:
+    explicit ThreadNotingProtocol(std::mutex& mutex, std::map<std::thread::id, int>& served) : mutex_(mutex), served_(served) {}
+    void onBytes(Connection& connection, const char* data, size_t size) override {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            ++served_[std::this_thread::get_id()];
+        }
+        connection.send(std::string(data, size));
+    }
+
+private:
+    std::mutex& mutex_;
+    std::map<std::thread::id, int>& served_;
+};
+}  // namespace
+
+TEST_CASE("event loop: a burst of connections is spread over the loops", "[events]") {
+    // Whichever loop is woken accepts the whole burst; each connection is then served by the loop
+    // with the fewest (handed over through its wake-up), so no core's loop sits idle.
+    std::mutex mutex;
+    std::map<std::thread::id, int> served;
+    maillab::net::CoreSettings settings;
+    settings.threads = 2;
+    settings.lingerMilliseconds = 10;
+    settings.open = [&](Connection&) { return std::make_unique<ThreadNotingProtocol>(mutex, served); };
+    int port = 0;
+    int listener = listenOnLoopback(port);
+    {
+        maillab::net::EventCore core(settings);
+        core.start({listener});
+        std::vector<int> clients;
+        for (int i = 0; i < 20; ++i) clients.push_back(connectTo(port));  // all queued before any is served
+        for (int fd : clients) CHECK(exchange(fd, "hi") == "hi");
+        for (int fd : clients) ::close(fd);
+    }
+    ::close(listener);
+    std::lock_guard<std::mutex> lock(mutex);
+    REQUIRE(served.size() == 2);
+    int first = served.begin()->second, second = std::next(served.begin())->second;
+    CHECK(first + second == 20);
+    CHECK(std::abs(first - second) <= 2);
 }
