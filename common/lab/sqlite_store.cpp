@@ -120,16 +120,21 @@ void exec(sqlite3* db, const char* sql) {
 class Transaction {
 public:
     explicit Transaction(sqlite3* db) : db_(db) { exec(db_, "BEGIN IMMEDIATE"); }
+    // On a pooled connection: BEGIN and COMMIT prepared once, not parsed by sqlite3_exec at each
+    // commit (the group commit's, issue 22).
+    explicit Transaction(Handle& handle) : db_(handle.db), handle_(&handle) { Statement(handle, "BEGIN IMMEDIATE").step(); }
     ~Transaction() {
         if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     }
     void commit() {
-        exec(db_, "COMMIT");
+        if (handle_) Statement(*handle_, "COMMIT").step();
+        else exec(db_, "COMMIT");
         done_ = true;
     }
 
 private:
     sqlite3* db_;
+    Handle* handle_ = nullptr;
     bool done_ = false;
 };
 
@@ -694,7 +699,7 @@ private:
         std::vector<CommittedTotals> totalsAfter;
         try {
             Connection c(*this);
-            Transaction tx(c.db);
+            Transaction tx(*c.handle);
             Statement body(*c.handle, "INSERT INTO bodies(raw, story) VALUES(?1, ?2)");
             Statement s(*c.handle,
                         "INSERT INTO messages(queue_id, mailbox, envelope_from, header_from, header_to, subject, date, "
