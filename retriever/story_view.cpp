@@ -55,7 +55,9 @@ std::string storyHtml(const std::string& storyJson, const std::string& mailbox, 
                                      (starttls ? " (after STARTTLS, RFC 3207)" : " (implicit TLS, RFC 8314)"));
         row("Authenticated account", field(story, "account"));
         row("Queue id", field(story, "queue_id"));
-        html += "</dl>\n<h2>The session, as the server saw it</h2>\n<pre id=\"transcript\">";
+        // The whole session up to this message's end: its start (EHLO, AUTH) is part of how it arrived;
+        // on a connection kept open, earlier messages are counted in one line, not repeated.
+        html += "</dl>\n<h2>The session up to this message, as the server saw it</h2>\n<pre id=\"transcript\">";
         Poco::JSON::Array::Ptr lines = story->getArray("transcript");
         for (size_t i = 0; lines && i < lines->size(); ++i) {
             std::string line = lines->getElement<std::string>(static_cast<unsigned>(i));

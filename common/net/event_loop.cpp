@@ -629,7 +629,19 @@ void EventLoop::accept(int listener) {
 void EventLoop::adopt(int fd, const sockaddr_storage& address) {
     {
         std::lock_guard<std::mutex> lock(postMutex_);
-        adopted_.emplace_back(fd, address);
+        bool taken = false;
+        if (!adoptionsClosed_) {
+            try {
+                adopted_.emplace_back(fd, address);
+                taken = true;
+            } catch (...) {  // no memory: refused below, like a loop that has stopped
+            }
+        }
+        if (!taken) {
+            ::close(fd);  // this loop has stopped (or could not take it): the client sees a close
+            --load_;
+            return;
+        }
         if (posted_.size() + adopted_.size() > 1) return;  // its wake-up is written already (post)
     }
     uint64_t one = 1;
@@ -638,21 +650,27 @@ void EventLoop::adopt(int fd, const sockaddr_storage& address) {
 }
 
 void EventLoop::welcome(int fd, const sockaddr_storage& address) {
-    {
-        int one = 1;
-        // A response leaves in one write; Nagle would hold the next one for the client's delayed ACK.
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        uint64_t id = ids_++;
-        std::unique_ptr<Connection> owned;
-        try {
-            owned = std::make_unique<Connection>(*this, fd, id);
-        } catch (...) {
-            ::close(fd);  // never served: the client sees a close, and the count stays true
-            --load_;
-            throw;
-        }
-        Connection& connection = *owned;
+    int one = 1;
+    // A response leaves in one write; Nagle would hold the next one for the client's delayed ACK.
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    uint64_t id = ids_++;
+    std::unique_ptr<Connection> owned;
+    try {
+        owned = std::make_unique<Connection>(*this, fd, id);
+    } catch (...) {
+        ::close(fd);  // never served: the client sees a close, and the count stays true
+        --load_;
+        throw;
+    }
+    Connection& connection = *owned;
+    try {
         connections_.emplace(id, std::move(owned));
+    } catch (...) {
+        --load_;  // not in the map: `owned` still holds it, and closes the socket
+        throw;
+    }
+    // From here a throw ends the connection like any other (contain): it leaves through destroy().
+    try {
         describe(address, connection.peer_.host, connection.peer_.address);
         sockaddr_storage local{};
         socklen_t localLength = sizeof local;
@@ -664,21 +682,19 @@ void EventLoop::welcome(int fd, const sockaddr_storage& address) {
         event.events = EPOLLIN;
         event.data.ptr = &connection;
         ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event);
-        try {
-            std::string host = connection.peer_.host;
-            if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // an IPv4 client on a dual-stack socket
-            if (!settings_.proxy.trusted.empty() && settings_.proxy.trusted.contains(host)) {
-                connection.state_ = Connection::State::Proxy;
-                arm(connection, Clock::now() + std::chrono::milliseconds(settings_.proxy.timeoutMs));
-                connection.readProxy();
-            } else {
-                connection.startTls();
-            }
-        } catch (const std::exception& e) {
-            contain(id, "accept", e.what());
-        } catch (...) {
-            contain(id, "accept", "unknown exception");
+        std::string host = connection.peer_.host;
+        if (host.rfind("::ffff:", 0) == 0) host = host.substr(7);  // an IPv4 client on a dual-stack socket
+        if (!settings_.proxy.trusted.empty() && settings_.proxy.trusted.contains(host)) {
+            connection.state_ = Connection::State::Proxy;
+            arm(connection, Clock::now() + std::chrono::milliseconds(settings_.proxy.timeoutMs));
+            connection.readProxy();
+        } else {
+            connection.startTls();
         }
+    } catch (const std::exception& e) {
+        contain(id, "accept", e.what());
+    } catch (...) {
+        contain(id, "accept", "unknown exception");
     }
 }
 
@@ -805,6 +821,7 @@ void EventLoop::run() {
 
 void EventLoop::closeAdopted() {
     std::lock_guard<std::mutex> lock(postMutex_);
+    adoptionsClosed_ = true;  // a loop still accepting closes what it would hand over
     for (auto& [fd, address] : adopted_) ::close(fd);  // handed over as this loop stopped: never served
     adopted_.clear();
 }

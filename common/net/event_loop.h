@@ -213,6 +213,7 @@ private:
     std::mutex postMutex_;
     std::vector<std::pair<uint64_t, std::function<void(Connection&)>>> posted_;
     std::vector<std::pair<int, sockaddr_storage>> adopted_;  // under postMutex_: adopt()'s, for drainPosts
+    bool adoptionsClosed_ = false;                           // under postMutex_: stopped, adopt() closes
     std::vector<EventLoop*> siblings_;  // the core's other loops (set before any runs)
     std::atomic<int> load_{0};          // connections served or handed over to this loop
     std::vector<char> readBuffer_;
