@@ -316,15 +316,8 @@ private:
         std::string wire;
         for (const smtp::Reply& reply : output.replies) {
             wire += reply.wire();
-            if (s_.verbose) {
-                std::string shown = reply.forLog();  // passwords redacted
-                size_t start = 0;
-                while (start < shown.size()) {
-                    size_t end = shown.find("\r\n", start);
-                    held_->log.line("S: " + shown.substr(start, end - start));
-                    start = end + 2;
-                }
-            }
+            if (s_.verbose)
+                for (size_t i = 0; i < reply.lines.size(); ++i) held_->log.line("S: " + reply.line(i, true));  // passwords redacted
         }
         if (output.inputs) commandDeadline_ = net::Clock::now() + s_.commandTimeout;
         if (!wire.empty()) connection.send(std::move(wire));

@@ -94,15 +94,8 @@ private:
     void queue(const smtp::Output& output, std::string& pending) {
         for (const smtp::Reply& reply : output.replies) {
             pending += reply.wire();
-            if (ctx_.verbose) {
-                std::string shown = reply.forLog();
-                size_t start = 0;
-                while (start < shown.size()) {
-                    size_t end = shown.find("\r\n", start);
-                    log("S: " + shown.substr(start, end - start));
-                    start = end + 2;
-                }
-            }
+            if (ctx_.verbose)
+                for (size_t i = 0; i < reply.lines.size(); ++i) log("S: " + reply.line(i, true));  // passwords redacted
         }
     }
 

@@ -88,23 +88,31 @@ const Session::CommandSpec Session::kCommands[] = {
     {"STARTTLS", kGreeting | kNoTransaction, &Session::cmdStartTls, "STARTTLS: start TLS (--tls starttls only)"},
 };
 
-std::string Reply::wire() const {
-    std::string out;
-    for (size_t i = 0; i < lines.size(); ++i) {
-        out += std::to_string(code);
-        out += (i + 1 < lines.size()) ? '-' : ' ';
-        if (!status.empty()) out += status + " ";
-        out += lines[i];
-        out += "\r\n";
+std::string Reply::line(size_t i, bool forLog) const {
+    static const std::string kRedacted = "<redacted: contains a password>";
+    const std::string& text = secret && forLog ? kRedacted : lines[i];
+    std::string out = std::to_string(code);
+    out.reserve(out.size() + status.size() + text.size() + 4);
+    out += i + 1 < lines.size() ? '-' : ' ';
+    if (!status.empty()) {
+        out += status;
+        out += ' ';
     }
+    out += text;
     return out;
 }
 
-std::string Reply::forLog() const {
-    if (!secret) return wire();
-    Reply redacted = *this;
-    for (auto& line : redacted.lines) line = kRedactedReply;
-    return redacted.wire();
+std::string Reply::wire() const { return joined(false); }
+
+std::string Reply::forLog() const { return joined(true); }
+
+std::string Reply::joined(bool forLog) const {
+    std::string out;
+    for (size_t i = 0; i < lines.size(); ++i) {
+        out += line(i, forLog);
+        out += "\r\n";
+    }
+    return out;
 }
 
 const char* Session::stateName(State s) {

@@ -95,9 +95,6 @@ struct SessionEnv {
     std::function<void(const std::string& account, const std::string& subject)> onQueued;
 };
 
-// What a log or a story shows instead of a reply's text that carries a password.
-inline const std::string kRedactedReply = "<redacted: contains a password>";
-
 struct Reply {
     int code = 0;
     std::string status;              // enhanced status code, or ""
@@ -107,6 +104,11 @@ struct Reply {
     std::string wire() const;
     // The same, with secret texts replaced, for logs.
     std::string forLog() const;
+    // Its line `i` without the CRLF ("250-first"); for a log or a story, a secret text is replaced.
+    std::string line(size_t i, bool forLog = false) const;
+
+private:
+    std::string joined(bool forLog) const;
 };
 
 struct Output {

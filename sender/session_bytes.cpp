@@ -169,20 +169,15 @@ Output Session::frame(const char* data, size_t size, bool mayBlock) {
         // takes them (per line: a string, a queue entry and a copy cost more than a kept-open
         // message's commit, issue 22). The ending ".", a line over the limit, a line begun in an
         // earlier read and a traced session take the general path below.
-        if (state_ == State::Data && !env_.trace && !reader_.midLine()) {
-            const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
-            if (newline) {
-                size_t content = static_cast<size_t>(newline - data);
-                bool crlf = content > 0 && data[content - 1] == '\r';
-                if (crlf) --content;
-                if (content + 2 <= limits_.maxLineLength && !(content == 1 && data[0] == '.')) {
-                    ++all.inputs;
-                    previousDataLineCrlf_ = crlf;
-                    takeContentLine(data, content);
-                    data = newline + 1;
-                    continue;
-                }
-            }
+        std::string_view line;
+        bool bareLf = false;
+        const char* next = nullptr;
+        if (state_ == State::Data && !env_.trace && reader_.peekWholeLine(data, end, line, bareLf, next) && line != ".") {
+            ++all.inputs;
+            previousDataLineCrlf_ = !bareLf;
+            takeContentLine(line.data(), line.size());
+            data = next;
+            continue;
         }
         // One line at a time: after a BDAT command the next bytes are octets, not lines.
         LineReader::Event event;

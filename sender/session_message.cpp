@@ -79,24 +79,8 @@ void Session::noteClientLine(const std::string& line, State before) {
 }
 
 void Session::noteReplies(const Output& out) {
-    // Each line as Reply::forLog writes it (code, '-' or ' ', status, text), without the CRLF.
-    for (const Reply& r : out.replies) {
-        const std::string code = std::to_string(r.code);
-        for (size_t i = 0; i < r.lines.size(); ++i) {
-            const std::string& text = r.secret ? kRedactedReply : r.lines[i];
-            std::string line;
-            line.reserve(8 + code.size() + r.status.size() + text.size());
-            line += "S: ";
-            line += code;
-            line += i + 1 < r.lines.size() ? '-' : ' ';
-            if (!r.status.empty()) {
-                line += r.status;
-                line += ' ';
-            }
-            line += text;
-            noteStory(std::move(line));
-        }
-    }
+    for (const Reply& r : out.replies)
+        for (size_t i = 0; i < r.lines.size(); ++i) noteStory("S: " + r.line(i, true));
 }
 
 // The story as Poco::JSON::Object would write it (keys sorted, no spaces; each string escaped by
@@ -111,9 +95,8 @@ std::string Session::storyJson(const std::string& queueId) const {
     out.reserve(size + size / 8);
     auto string = [&out](const std::string& value) {
         // Most lines are printable ASCII that Poco::toJSON, a code point at a time, would copy unchanged
-        // (it escapes '/' too, so that one is left to it as well).
-        if (std::all_of(value.begin(), value.end(),
-                        [](char c) { return c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '/'; })) {
+        // (it escapes '"' and '/' too, so those are left to it as well).
+        if (isPlainLogText(value) && value.find_first_of("\"/") == std::string::npos) {
             out += '"';
             out += value;
             out += '"';

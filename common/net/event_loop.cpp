@@ -644,9 +644,7 @@ void EventLoop::adopt(int fd, const sockaddr_storage& address) {
         }
         if (posted_.size() + adopted_.size() > 1) return;  // its wake-up is written already (post)
     }
-    uint64_t one = 1;
-    ssize_t written = ::write(wake_, &one, sizeof one);
-    (void)written;
+    wake();
 }
 
 void EventLoop::welcome(int fd, const sockaddr_storage& address) {
@@ -655,20 +653,18 @@ void EventLoop::welcome(int fd, const sockaddr_storage& address) {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     uint64_t id = ids_++;
     std::unique_ptr<Connection> owned;
+    Connection* made = nullptr;
     try {
         owned = std::make_unique<Connection>(*this, fd, id);
-    } catch (...) {
-        ::close(fd);  // never served: the client sees a close, and the count stays true
-        --load_;
-        throw;
-    }
-    Connection& connection = *owned;
-    try {
+        made = owned.get();
         connections_.emplace(id, std::move(owned));
-    } catch (...) {
-        --load_;  // not in the map: `owned` still holds it, and closes the socket
-        throw;
+    } catch (...) {  // no memory: never served, the client sees a close
+        if (!made) ::close(fd);  // else `owned`, still holding it, closes it
+        --load_;
+        std::cerr << "event loop: a new connection could not be set up (out of memory); it is closed" << std::endl;
+        return;
     }
+    Connection& connection = *made;
     // From here a throw ends the connection like any other (contain): it leaves through destroy().
     try {
         describe(address, connection.peer_.host, connection.peer_.address);
@@ -707,9 +703,7 @@ void EventLoop::post(uint64_t connectionId, std::function<void(Connection&)> wor
         // answer (a group commit finishes many deliveries at once).
         if (posted_.size() + adopted_.size() > 1) return;
     }
-    uint64_t one = 1;
-    ssize_t written = ::write(wake_, &one, sizeof one);
-    (void)written;  // a full counter still wakes the loop
+    wake();
 }
 
 void EventLoop::drainPosts() {
@@ -723,15 +717,7 @@ void EventLoop::drainPosts() {
         work.swap(posted_);
         adopted.swap(adopted_);
     }
-    for (auto& [fd, address] : adopted) {
-        try {
-            welcome(fd, address);
-        } catch (const std::exception& e) {  // before the connection existed (bad_alloc): the client sees a close
-            std::cerr << "event loop: exception taking a connection: " << e.what() << std::endl;
-        } catch (...) {
-            std::cerr << "event loop: exception taking a connection" << std::endl;
-        }
-    }
+    for (auto& [fd, address] : adopted) welcome(fd, address);
     for (auto& [id, job] : work) {
         auto found = connections_.find(id);
         if (found == connections_.end() || found->second->state_ == Connection::State::Closed) continue;
@@ -828,9 +814,13 @@ void EventLoop::closeAdopted() {
 
 void EventLoop::stop() {
     stopping_ = true;
+    wake();
+}
+
+void EventLoop::wake() {
     uint64_t one = 1;
     ssize_t written = ::write(wake_, &one, sizeof one);
-    (void)written;
+    (void)written;  // a full counter still wakes the loop
 }
 
 // ---- EventCore ----------------------------------------------------------------------------------

@@ -184,8 +184,10 @@ private:
     void accept(int listener);
     // From any loop: a connection accepted there is this loop's to serve (the least loaded one).
     void adopt(int fd, const sockaddr_storage& address);
-    // On this loop: a new connection set up and its TLS (or PROXY header) begun.
+    // On this loop: a new connection set up and its TLS (or PROXY header) begun. Never throws: a
+    // connection it cannot make is closed (and said on stderr), one that fails later is contained.
     void welcome(int fd, const sockaddr_storage& address);
+    void wake();  // the eventfd: post(), adopt(), stop()
     void closeAdopted();
     void pauseListeners();   // out of descriptors: not watched for a moment (no busy loop)
     void resumeListeners();

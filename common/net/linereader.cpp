@@ -12,10 +12,10 @@ void LineReader::feed(const char* data, size_t size) {
         size_t chunk = static_cast<size_t>((nl ? nl : end) - data);
         if (!discarding_) {
             partial_.append(data, chunk);
-            // The limit includes CRLF; a trailing CR is (or may yet be) part of the ending.
+            // A trailing CR is (or may yet be) part of the ending.
             size_t content = partial_.size();
             if (content > 0 && partial_.back() == '\r') --content;
-            if (content + 2 > maxLength_) {
+            if (!fits(content)) {
                 discarding_ = true;
                 partial_.clear();
             }
@@ -38,6 +38,20 @@ bool LineReader::next(Event& event) {
     if (ready_.empty()) return false;
     event = std::move(ready_.front());
     ready_.pop_front();
+    return true;
+}
+
+bool LineReader::peekWholeLine(const char* data, const char* end, std::string_view& line, bool& bareLf,
+                               const char*& next) const {
+    if (!partial_.empty() || discarding_ || !ready_.empty()) return false;
+    const char* newline = static_cast<const char*>(std::memchr(data, '\n', static_cast<size_t>(end - data)));
+    if (!newline) return false;
+    size_t content = static_cast<size_t>(newline - data);
+    bareLf = !(content > 0 && data[content - 1] == '\r');
+    if (!bareLf) --content;
+    if (!fits(content)) return false;
+    line = std::string_view(data, content);
+    next = newline + 1;
     return true;
 }
 

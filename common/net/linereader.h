@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <deque>
 #include <string>
+#include <string_view>
 
 namespace maillab {
 
@@ -24,14 +25,20 @@ public:
     // Takes the next complete line (or too-long report); false when none is complete yet.
     bool next(Event& event);
     bool hasBufferedBytes() const { return !partial_.empty(); }
-    // In the middle of a line: some of it buffered, or a line over the limit being dropped.
-    bool midLine() const { return !partial_.empty() || discarding_; }
+    // The next line when it lies whole in [data, end) and nothing is buffered before it: a view of it
+    // (without its line end) and where the bytes after it start, nothing copied or consumed. False
+    // for a line begun in an earlier read, one without its end yet, or one over the limit: those
+    // go through feed()/nextFrom().
+    bool peekWholeLine(const char* data, const char* end, std::string_view& line, bool& bareLf, const char*& next) const;
     // Feeds `data` up to and including its first LF only (advancing `data`), then takes that line if it
     // is complete: a session that must not read past a line (what follows STARTTLS, BDAT's octets, a
     // close) frames this way. False: no line end yet, the bytes wait in the reader.
     bool nextFrom(const char*& data, const char* end, Event& event);
 
 private:
+    // The limit includes CRLF; `content` is the line without its line end.
+    bool fits(size_t content) const { return content + 2 <= maxLength_; }
+
     size_t maxLength_;
     std::string partial_;
     bool discarding_ = false;

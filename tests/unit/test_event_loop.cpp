@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <future>
 #include <map>
 #include <mutex>
@@ -84,18 +86,33 @@ std::string exchange(int fd, const std::string& text) {
     return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : std::string();
 }
 
+// An event core of `threads` loops on a loopback listener, serving `open`'s protocol: stopped, then
+// its listener closed, at the end of the scope.
+struct LoopbackCore {
+    LoopbackCore(int threads, std::function<std::unique_ptr<maillab::net::Protocol>(Connection&)> open) {
+        maillab::net::CoreSettings settings;
+        settings.threads = threads;
+        settings.lingerMilliseconds = 10;
+        settings.open = std::move(open);
+        listener = listenOnLoopback(port);
+        core = std::make_unique<maillab::net::EventCore>(settings);
+        core->start({listener});
+    }
+    ~LoopbackCore() {
+        core.reset();
+        ::close(listener);
+    }
+    int port = 0;
+    int listener = -1;
+    std::unique_ptr<maillab::net::EventCore> core;
+};
+
 }  // namespace
 
 TEST_CASE("event loop: a throw ends only its connection; the loop and the others go on", "[events]") {
-    maillab::net::CoreSettings settings;
-    settings.threads = 1;
-    settings.lingerMilliseconds = 10;
-    settings.open = [](Connection&) { return std::make_unique<ThrowingProtocol>(); };
-    int port = 0;
-    int listener = listenOnLoopback(port);
     {
-        maillab::net::EventCore core(settings);
-        core.start({listener});
+        LoopbackCore loop(1, [](Connection&) { return std::make_unique<ThrowingProtocol>(); });
+        const int port = loop.port;
         int bystander = connectTo(port);
         CHECK(exchange(bystander, "hello") == "hello");
         for (const char* command : {"throw", "nomem", "post", "deadline"}) {
@@ -113,7 +130,6 @@ TEST_CASE("event loop: a throw ends only its connection; the loop and the others
         }
         ::close(bystander);
     }
-    ::close(listener);
 }
 
 TEST_CASE("worker pool: a job that throws is dropped, the workers go on", "[events]") {
@@ -141,16 +157,9 @@ public:
 TEST_CASE("event loop: a deadline pushed later is kept, one pulled earlier is met", "[events]") {
     // A later deadline leaves the armed timer in place (arm() is called at every reply) and the timer
     // moves itself on when it fires: the connection must live to the new deadline, not the old one.
-    maillab::net::CoreSettings settings;
-    settings.threads = 1;
-    settings.lingerMilliseconds = 10;
-    settings.open = [](Connection&) { return std::make_unique<DeadlineProtocol>(); };
-    int port = 0;
-    int listener = listenOnLoopback(port);
     {
-        maillab::net::EventCore core(settings);
-        core.start({listener});
-        int fd = connectTo(port);
+        LoopbackCore loop(1, [](Connection&) { return std::make_unique<DeadlineProtocol>(); });
+        int fd = connectTo(loop.port);
         CHECK(exchange(fd, "arm:150") == "arm:150");
         CHECK(exchange(fd, "arm:5000") == "arm:5000");  // pushed on before the first one fires
         ::usleep(400 * 1000);                           // past the first deadline
@@ -162,7 +171,6 @@ TEST_CASE("event loop: a deadline pushed later is kept, one pulled earlier is me
         CHECK(std::chrono::steady_clock::now() - pulled < std::chrono::seconds(3));
         ::close(fd);
     }
-    ::close(listener);
 }
 
 namespace {
@@ -189,21 +197,13 @@ TEST_CASE("event loop: a burst of connections is spread over the loops", "[event
     // with the fewest (handed over through its wake-up), so no core's loop sits idle.
     std::mutex mutex;
     std::map<std::thread::id, int> served;
-    maillab::net::CoreSettings settings;
-    settings.threads = 2;
-    settings.lingerMilliseconds = 10;
-    settings.open = [&](Connection&) { return std::make_unique<ThreadNotingProtocol>(mutex, served); };
-    int port = 0;
-    int listener = listenOnLoopback(port);
     {
-        maillab::net::EventCore core(settings);
-        core.start({listener});
+        LoopbackCore loop(2, [&](Connection&) { return std::make_unique<ThreadNotingProtocol>(mutex, served); });
         std::vector<int> clients;
-        for (int i = 0; i < 20; ++i) clients.push_back(connectTo(port));  // all queued before any is served
+        for (int i = 0; i < 20; ++i) clients.push_back(connectTo(loop.port));  // all queued before any is served
         for (int fd : clients) CHECK(exchange(fd, "hi") == "hi");
         for (int fd : clients) ::close(fd);
     }
-    ::close(listener);
     std::lock_guard<std::mutex> lock(mutex);
     REQUIRE(served.size() == 2);
     int first = served.begin()->second, second = std::next(served.begin())->second;
