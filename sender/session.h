@@ -334,6 +334,8 @@ private:
     std::string storyJson(const std::string& queueId) const;
     int64_t startedAt_ = 0;
     std::vector<std::string> storyHead_, storyTail_;
+    mutable std::string storyHeadJson_;   // storyHead_'s first storyHeadJsonLines_ lines as JSON strings, comma-joined
+    mutable size_t storyHeadJsonLines_ = 0;
     size_t storyHeadBytes_ = 0, storyTailBytes_ = 0, storyTailStart_ = 0, storyLeftOut_ = 0, storyEarlier_ = 0;
     bool storyInTransaction_ = false;  // a MAIL was seen: the head is closed, each MAIL restarts the tail
 };

@@ -83,27 +83,42 @@ void Session::noteReplies(const Output& out) {
         for (size_t i = 0; i < r.lines.size(); ++i) noteStory("S: " + r.line(i, true));
 }
 
+namespace {
+// value as Poco::toJSON writes it (JSON_WRAP_STRINGS), appended to out. Most lines are printable ASCII
+// that Poco::toJSON, a code point at a time, would copy unchanged; one pass tells (it escapes '"' and
+// '/' too, and '\\', so those are left to it as well).
+void appendJsonString(std::string& out, const std::string& value) {
+    for (char ch : value) {
+        unsigned char c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c >= 0x7F || c == '\\' || c == '"' || c == '/') {
+            out += Poco::toJSON(value, Poco::JSON_WRAP_STRINGS);
+            return;
+        }
+    }
+    out += '"';
+    out += value;
+    out += '"';
+}
+}  // namespace
+
 // The story as Poco::JSON::Object would write it (keys sorted, no spaces; each string escaped by
 // Poco::toJSON, as Object's stringify does), built as one string: an Object and its Dynamic::Var
 // copies cost an eighth of a kept-open message's CPU (perf, issue 22). tests/unit/test_session.cpp
-// parses it back.
+// parses it back. The head's lines only ever grow: their JSON is kept and extended, not rebuilt for
+// each message of a kept-open connection.
 std::string Session::storyJson(const std::string& queueId) const {
-    size_t size = 256 + queueId.size() + env_.peerAddress.size() + heloName_.size() + user_.size();
-    for (const auto& line : storyHead_) size += line.size() + 4;
+    if (storyHeadJsonLines_ != storyHead_.size()) {
+        for (size_t i = storyHeadJsonLines_; i < storyHead_.size(); ++i) {
+            if (i) storyHeadJson_ += ',';
+            appendJsonString(storyHeadJson_, storyHead_[i]);
+        }
+        storyHeadJsonLines_ = storyHead_.size();
+    }
+    size_t size = 256 + queueId.size() + env_.peerAddress.size() + heloName_.size() + user_.size() + storyHeadJson_.size();
     for (size_t i = storyTailStart_; i < storyTail_.size(); ++i) size += storyTail_[i].size() + 4;
     std::string out;
     out.reserve(size + size / 8);
-    auto string = [&out](const std::string& value) {
-        // Most lines are printable ASCII that Poco::toJSON, a code point at a time, would copy unchanged
-        // (it escapes '"' and '/' too, so those are left to it as well).
-        if (isPlainLogText(value) && value.find_first_of("\"/") == std::string::npos) {
-            out += '"';
-            out += value;
-            out += '"';
-        } else {
-            out += Poco::toJSON(value, Poco::JSON_WRAP_STRINGS);
-        }
-    };
+    auto string = [&out](const std::string& value) { appendJsonString(out, value); };
     auto key = [&out, &string](const char* name) {
         out += out.size() == 1 ? "" : ",";
         string(name);
@@ -128,13 +143,13 @@ std::string Session::storyJson(const std::string& queueId) const {
     string(tlsActive_ ? env_.tlsGroup : std::string());
     key("transcript");
     out += '[';
-    bool first = true;
+    out += storyHeadJson_;
+    bool first = storyHeadJson_.empty();
     auto line = [&](const std::string& text) {
         if (!first) out += ',';
         first = false;
         string(text);
     };
-    for (const auto& l : storyHead_) line(l);
     if (storyEarlier_)
         line("... (" + std::to_string(storyEarlier_) + " lines of earlier messages on this connection left out) ...");
     if (storyLeftOut_) line("... (" + std::to_string(storyLeftOut_) + " lines left out: smtp.maxStoryBytes) ...");

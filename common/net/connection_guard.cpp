@@ -18,6 +18,7 @@ ConnectionLimiter::Slot ConnectionLimiter::admit(const std::string& address) {
         slot.owner_ = this;
         slot.address_ = address;
         slot.id_ = nextId_++;
+        slot.place_ = &places_[slot.id_];
         ++active_;
         ++fromAddress;
         return slot;
@@ -27,15 +28,15 @@ ConnectionLimiter::Slot ConnectionLimiter::admit(const std::string& address) {
 }
 
 bool ConnectionLimiter::evictOldestWaiting() {
-    auto oldest = waiting_.end();
-    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
-        if (oldest == waiting_.end() || it->second.since < oldest->second.since) oldest = it;
-    if (oldest == waiting_.end() || Clock::now() - oldest->second.since < minWaitToEvict_) return false;
+    Place* oldest = nullptr;
+    for (auto& [id, place] : places_)
+        if (place.waiting && !place.evicted && (!oldest || place.since < oldest->since)) oldest = &place;
+    if (!oldest || Clock::now() - oldest->since < minWaitToEvict_) return false;
     // Its blocked read returns at once and the connection ends; until its Slot goes, its place
-    // counts as the newcomer's. The fd is still its own: a Slot leaves waiting_ before its socket closes.
-    ::shutdown(oldest->second.fd, SHUT_RDWR);
-    evicted_.insert(oldest->first);
-    waiting_.erase(oldest);
+    // counts as the newcomer's. The fd is still its own: a Slot stops waiting before its socket closes.
+    ::shutdown(oldest->fd, SHUT_RDWR);
+    oldest->evicted = true;
+    oldest->waiting = false;
     ++pendingEvictions_;
     ++evictions_;
     return true;
@@ -44,8 +45,11 @@ bool ConnectionLimiter::evictOldestWaiting() {
 void ConnectionLimiter::release(const Slot& slot) {
     std::lock_guard<std::mutex> lock(mutex_);
     --active_;
-    waiting_.erase(slot.id_);
-    if (evicted_.erase(slot.id_)) --pendingEvictions_;
+    auto place = places_.find(slot.id_);
+    if (place != places_.end()) {
+        if (place->second.evicted) --pendingEvictions_;
+        places_.erase(place);
+    }
     auto it = perAddressActive_.find(slot.address_);
     if (it != perAddressActive_.end() && --it->second <= 0) perAddressActive_.erase(it);
 }
@@ -58,19 +62,23 @@ int ConnectionLimiter::evictions() const {
 void ConnectionLimiter::Slot::waiting(int fd) {
     if (!owner_) return;
     std::lock_guard<std::mutex> lock(owner_->mutex_);
-    if (!owner_->evicted_.count(id_)) owner_->waiting_[id_] = Waiting{Clock::now(), fd};
+    Place& place = *place_;
+    if (place.evicted) return;
+    place.waiting = true;
+    place.since = Clock::now();
+    place.fd = fd;
 }
 
 void ConnectionLimiter::Slot::working() {
     if (!owner_) return;
     std::lock_guard<std::mutex> lock(owner_->mutex_);
-    owner_->waiting_.erase(id_);
+    place_->waiting = false;
 }
 
 bool ConnectionLimiter::Slot::evicted() const {
     if (!owner_) return false;
     std::lock_guard<std::mutex> lock(owner_->mutex_);
-    return owner_->evicted_.count(id_) > 0;
+    return place_->evicted;
 }
 
 int ConnectionLimiter::active() const {
@@ -94,8 +102,10 @@ const char* ConnectionLimiter::describe(Verdict verdict) {
 }
 
 ConnectionLimiter::Slot::Slot(Slot&& other) noexcept
-    : owner_(other.owner_), address_(std::move(other.address_)), verdict_(other.verdict_), id_(other.id_) {
+    : owner_(other.owner_), address_(std::move(other.address_)), verdict_(other.verdict_), id_(other.id_),
+      place_(other.place_) {
     other.owner_ = nullptr;
+    other.place_ = nullptr;
 }
 
 ConnectionLimiter::Slot& ConnectionLimiter::Slot::operator=(Slot&& other) noexcept {
@@ -105,7 +115,9 @@ ConnectionLimiter::Slot& ConnectionLimiter::Slot::operator=(Slot&& other) noexce
         address_ = std::move(other.address_);
         verdict_ = other.verdict_;
         id_ = other.id_;
+        place_ = other.place_;
         other.owner_ = nullptr;
+        other.place_ = nullptr;
     }
     return *this;
 }

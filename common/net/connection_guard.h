@@ -26,6 +26,11 @@ class ConnectionLimiter {
 public:
     enum class Verdict { Admitted, TooManyTotal, TooManyFromAddress };
 
+private:
+    struct Place;
+
+public:
+
     // Holds one admitted connection's place; the place is given back when the Slot goes.
     class Slot {
     public:
@@ -50,6 +55,7 @@ public:
         std::string address_;
         Verdict verdict_ = Verdict::TooManyTotal;
         std::uint64_t id_ = 0;
+        Place* place_ = nullptr;  // its Place in owner_->places_ (a map node: stays where it is)
     };
 
     // 0 for either limit: no limit of that kind. A connection that has waited for its client at
@@ -67,9 +73,13 @@ public:
 
 private:
     using Clock = std::chrono::steady_clock;
-    struct Waiting {
+    // One admitted connection, from admit to release: waiting()/working() only change its fields (a
+    // kept-open message calls them ten times: no map node made or freed, no lookup).
+    struct Place {
+        bool waiting = false;
+        bool evicted = false;
         Clock::time_point since;
-        int fd;
+        int fd = -1;
     };
     void release(const Slot& slot);
     bool evictOldestWaiting();  // with mutex_ held
@@ -82,8 +92,7 @@ private:
     int evictions_ = 0;
     std::uint64_t nextId_ = 1;
     std::map<std::string, int> perAddressActive_;
-    std::map<std::uint64_t, Waiting> waiting_;
-    std::set<std::uint64_t> evicted_;
+    std::map<std::uint64_t, Place> places_;
 };
 
 class Watchdog {

@@ -534,52 +534,68 @@ TEST_CASE("each message keeps its session's story: the wire, AUTH redacted, boun
 }
 
 TEST_CASE("a story is JSON that Poco's parser reads back exactly, whatever the client sent", "[session][story]") {
-    // storyJson writes the JSON itself (Poco::toJSON escapes each string): quotes, backslashes,
-    // control characters, UTF-8 and invalid UTF-8 in the transcript all come back.
+    // storyJson writes the JSON itself (Poco::toJSON escapes each string): quotes, slashes,
+    // backslashes, control characters, UTF-8 and invalid UTF-8 in the transcript all come back, in
+    // the session's head (kept as JSON across a kept-open connection's messages) and in a transaction.
     Harness h;
     h.session->start();
     h.login();
-    h.say("MAIL FROM:<ana@447.edu>");
-    h.say("RCPT TO:<bob@447.edu>");
-    h.say("NOOP \"quoted\" \\ back\tslash \xe2\x82\xac \x01\x7f \xff");
-    h.say("DATA");
-    h.say("Subject: json");
-    h.say("");
-    h.say("x");
-    REQUIRE(h.say(".").rfind("250 ", 0) == 0);
+    // Printable ASCII that JSON must still escape (the fast path's case), and everything else.
+    const std::string quoted = "\"quoted\" a/b";
+    const std::string odd = "\"quoted\" \\ back\tslash a/b \xe2\x82\xac \x01\x7f \xff";
+    h.say("NOOP head " + odd);
+    h.say("NOOP plain head " + quoted);
+    for (int message = 0; message < 2; ++message) {
+        h.say("MAIL FROM:<ana@447.edu>");
+        h.say("RCPT TO:<bob@447.edu>");
+        h.say("NOOP tail " + odd);
+        h.say("NOOP plain tail " + quoted);
+        h.say("DATA");
+        h.say("Subject: json");
+        h.say("");
+        h.say("x");
+        REQUIRE(h.say(".").rfind("250 ", 0) == 0);
+    }
     auto listed = h.lab.store->listMessages("bob@447.edu", 0, 10);
-    REQUIRE(listed.size() == 1);
-    std::string story = *h.lab.store->messageStory("bob@447.edu", listed[0].id);
-    Poco::JSON::Object::Ptr parsed = Poco::JSON::Parser().parse(story).extract<Poco::JSON::Object::Ptr>();
-    CHECK(parsed->getValue<std::string>("account") == "ana@447.edu");
-    CHECK(parsed->getValue<std::string>("peer") == "127.0.0.1");
-    CHECK(parsed->getValue<std::string>("queue_id") == "QID1");
-    CHECK(parsed->getValue<bool>("starttls") == false);
-    CHECK(parsed->getValue<std::string>("tls") == "TLSv1.3 TLS_AES_256_GCM_SHA384");
-    CHECK(parsed->getValue<std::string>("helo") == "client");
-    std::vector<std::string> lines;
-    Poco::JSON::Array::Ptr transcript = parsed->getArray("transcript");
-    for (size_t i = 0; i < transcript->size(); ++i) lines.push_back(transcript->getElement<std::string>(i));
-    auto noop = std::find_if(lines.begin(), lines.end(), [](const std::string& l) { return l.rfind("C: NOOP", 0) == 0; });
-    REQUIRE(noop != lines.end());
-    INFO(*noop);
-    CHECK(noop->find("\"quoted\" \\\\ back") != std::string::npos);  // escapeControl doubles a backslash
-    CHECK(noop->find("\xe2\x82\xac") != std::string::npos);
-    CHECK(std::find(lines.begin(), lines.end(), "C: RCPT TO:<bob@447.edu>") != lines.end());
-    // The same text Poco::JSON::Object writes for these fields (what stories were before).
-    Poco::JSON::Object same;
-    same.set("account", parsed->getValue<std::string>("account"));
-    same.set("helo", parsed->getValue<std::string>("helo"));
-    same.set("peer", parsed->getValue<std::string>("peer"));
-    same.set("queue_id", parsed->getValue<std::string>("queue_id"));
-    same.set("started_at", parsed->getValue<int64_t>("started_at"));
-    same.set("starttls", false);
-    same.set("tls", parsed->getValue<std::string>("tls"));
-    same.set("tls_group", parsed->getValue<std::string>("tls_group"));
-    Poco::JSON::Array again;
-    for (const auto& l : lines) again.add(l);
-    same.set("transcript", again);
-    std::ostringstream out;
-    same.stringify(out);
-    CHECK(out.str() == story);
+    REQUIRE(listed.size() == 2);
+    for (const auto& message : listed) {
+        std::string story = *h.lab.store->messageStory("bob@447.edu", message.id);
+        Poco::JSON::Object::Ptr parsed = Poco::JSON::Parser().parse(story).extract<Poco::JSON::Object::Ptr>();
+        CHECK(parsed->getValue<std::string>("account") == "ana@447.edu");
+        CHECK(parsed->getValue<std::string>("peer") == "127.0.0.1");
+        CHECK(parsed->getValue<std::string>("queue_id").rfind("QID", 0) == 0);
+        CHECK(parsed->getValue<bool>("starttls") == false);
+        CHECK(parsed->getValue<std::string>("tls") == "TLSv1.3 TLS_AES_256_GCM_SHA384");
+        CHECK(parsed->getValue<std::string>("helo") == "client");
+        std::vector<std::string> lines;
+        Poco::JSON::Array::Ptr transcript = parsed->getArray("transcript");
+        for (size_t i = 0; i < transcript->size(); ++i) lines.push_back(transcript->getElement<std::string>(i));
+        for (const char* part : {"C: NOOP head", "C: NOOP tail"}) {
+            auto noop = std::find_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.rfind(part, 0) == 0; });
+            REQUIRE(noop != lines.end());
+            INFO(*noop);
+            CHECK(noop->find("\"quoted\" \\\\ back") != std::string::npos);  // escapeControl doubles a backslash
+            CHECK(noop->find(" a/b ") != std::string::npos);
+            CHECK(noop->find("\xe2\x82\xac") != std::string::npos);
+        }
+        CHECK(std::find(lines.begin(), lines.end(), "C: RCPT TO:<bob@447.edu>") != lines.end());
+        CHECK(std::find(lines.begin(), lines.end(), "C: NOOP plain head " + quoted) != lines.end());
+        CHECK(std::find(lines.begin(), lines.end(), "C: NOOP plain tail " + quoted) != lines.end());
+        // The same text Poco::JSON::Object writes for these fields (what stories were before).
+        Poco::JSON::Object same;
+        same.set("account", parsed->getValue<std::string>("account"));
+        same.set("helo", parsed->getValue<std::string>("helo"));
+        same.set("peer", parsed->getValue<std::string>("peer"));
+        same.set("queue_id", parsed->getValue<std::string>("queue_id"));
+        same.set("started_at", parsed->getValue<int64_t>("started_at"));
+        same.set("starttls", false);
+        same.set("tls", parsed->getValue<std::string>("tls"));
+        same.set("tls_group", parsed->getValue<std::string>("tls_group"));
+        Poco::JSON::Array again;
+        for (const auto& l : lines) again.add(l);
+        same.set("transcript", again);
+        std::ostringstream out;
+        same.stringify(out);
+        CHECK(out.str() == story);
+    }
 }
