@@ -363,7 +363,12 @@ private:
                 n = SSL_read(c.ssl, buf, sizeof buf);
                 if (n <= 0) {
                     int err = SSL_get_error(c.ssl, n);
-                    if (err == SSL_ERROR_WANT_READ) return true;
+                    // Waiting to read again: back to EPOLLIN, also after a WANT_WRITE (a level-triggered
+                    // EPOLLOUT left armed would wake this connection without end while it waits).
+                    if (err == SSL_ERROR_WANT_READ) {
+                        want(c, index, false);
+                        return true;
+                    }
                     if (err == SSL_ERROR_WANT_WRITE) {
                         want(c, index, true);
                         return true;
@@ -391,7 +396,10 @@ private:
             c.in.append(buf, static_cast<size_t>(n));
             // Nothing more inside OpenSSL: epoll (level-triggered) says when more arrives, so no
             // read is spent only to hear EAGAIN after each reply.
-            if (c.tlsUp && !SSL_has_pending(c.ssl)) return true;
+            if (c.tlsUp && !SSL_has_pending(c.ssl)) {
+                want(c, index, false);
+                return true;
+            }
         }
     }
 
