@@ -186,6 +186,12 @@ std::string shown(const Poco::JSON::Object::Ptr& object, const std::string& key)
     return object->has(key) && !object->isNull(key) ? text::validUtf8(object->getValue<std::string>(key)) : "";
 }
 
+// A body as it came (--raw, --json, GET /path): exact bytes into a file or a pipe; on a terminal,
+// escape sequences a sender put in a message would act on it, so they are shown as U+FFFD there.
+void printBody(const std::string& body, std::ostream& out) {
+    out << (::isatty(STDOUT_FILENO) ? text::validUtf8(body) : body) << (body.empty() || body.back() == '\n' ? "" : "\n");
+}
+
 void printList(const std::string& json, std::ostream& out) {
     auto object = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
     auto messages = object->getArray("messages");
@@ -389,7 +395,7 @@ private:
             std::cerr << "error: " << r.status << " " << r.reason << ": " << errorMessage(r) << "\n";
             return kRefused;
         }
-        if (json || cfg.getBool("client.raw", false)) std::cout << r.body << (r.body.empty() || r.body.back() == '\n' ? "" : "\n");
+        if (json || cfg.getBool("client.raw", false)) printBody(r.body, std::cout);
         else if (cfg.has("client.id")) printMessage(r.body, std::cout);
         else printList(r.body, std::cout);
         if (cfg.has("client.save-attachments") && !cfg.getBool("client.raw", false))
@@ -444,30 +450,58 @@ private:
     int runInteractive(const std::string& host, int port) {
         std::cout << "maillab retriever client for " << (config().getString("client.tls", "implicit") == "off" ? "http" : "https")
                   << "://" << host << ":" << port << "/\n"
-                  << "Commands: GET (read a mailbox), HELP, QUIT. Ctrl-D quits.\n";
+                  << "Commands: GET (read a mailbox), GET /path (any request, as sent), HELP, QUIT. Ctrl-D quits.\n";
         connection_->connect();  // a server that is not there is said now, before any password is asked
         std::cout << "Connected.\n";
-        std::string line;
+        std::string line, user, password;
+        // The account is asked once and kept for this session's later requests, as a browser keeps a
+        // Basic login; a refused one (401) is forgotten.
+        auto signIn = [&]() {
+            if (!user.empty()) return true;
+            std::string name, secret;
+            if (!terminal_.line("  email (@" + domain_ + " is added to a bare name): ", name)) return false;
+            if (!terminal_.secret("  password: ", secret)) return false;
+            user = withDomain(name);
+            password = secret;
+            return true;
+        };
+        auto request = [&](const std::string& path) {
+            HttpResult r = connection_->get(path, user, password);
+            if (r.status == 401) user.clear(), password.clear();
+            return r;
+        };
         while (terminal_.line("http> ", line, true)) {
-            std::string word = text::lowerCase(line);
-            while (!word.empty() && word.back() == ' ') word.pop_back();
+            std::string trimmed = text::trim(line);
+            std::string word = text::lowerCase(trimmed.substr(0, trimmed.find(' ')));
+            std::string path = trimmed.find(' ') == std::string::npos ? "" : text::trim(trimmed.substr(trimmed.find(' ')));
             if (word.empty()) continue;
             if (word == "quit" || word == "exit") break;
             if (word == "help" || word == "?") {
-                std::cout << "GET   asks for your address and password, lists your mail, and opens a message\n"
-                             "QUIT  leaves\n";
+                std::cout << "GET        asks for your address and password (once), lists your mail, and opens a message\n"
+                             "GET /path  sends GET /path as it is and shows the status and the body, e.g.\n"
+                             "           GET /mailboxes/" << (user.empty() ? "you@" + domain_ : user) << "/messages?limit=2\n"
+                             "QUIT       leaves\n";
                 continue;
             }
             if (word != "get") {
-                std::cout << "Unknown command " << line << "; try GET, HELP or QUIT\n";
+                std::cout << "Unknown command " << line << "; try GET, GET /path, HELP or QUIT\n";
                 continue;
             }
-            std::string user;
-            if (!terminal_.line("  email (@" + domain_ + " is added to a bare name): ", user)) break;
-            user = withDomain(user);
-            std::string password;
-            if (!terminal_.secret("  password: ", password)) break;
-            HttpResult r = connection_->get(listPath(user), user, password);
+            if (!path.empty()) {
+                if (path[0] != '/' || path.find_first_of(" \t") != std::string::npos) {
+                    std::cout << "A path starts with / and has no spaces (%20 for one), e.g. GET /mailboxes/"
+                              << (user.empty() ? "you@" + domain_ : user) << "/messages\n";
+                    continue;
+                }
+                if (!signIn()) break;
+                HttpResult r = request(path);
+                std::cout << "HTTP " << r.status << " " << r.reason << (r.contentType.empty() ? "" : "  (" + r.contentType + ")")
+                          << "\n";
+                printBody(r.body, std::cout);
+                continue;
+            }
+            if (!signIn()) break;
+            HttpResult r = request(listPath(user));
             std::cout << "HTTP " << r.status << " " << r.reason << "\n";
             if (r.status != 200) {
                 std::cout << "  " << errorMessage(r) << "\n";
@@ -476,7 +510,7 @@ private:
             printList(r.body, std::cout);
             std::string id;
             while (terminal_.line("  open message id (Enter to go back): ", id) && !id.empty()) {
-                HttpResult m = connection_->get(listPath(user, "/" + id), user, password);
+                HttpResult m = request(listPath(user, "/" + id));
                 if (m.status != 200) std::cout << "HTTP " << m.status << " " << m.reason << ": " << errorMessage(m) << "\n";
                 else printMessage(m.body, std::cout);
             }

@@ -402,3 +402,65 @@ def bad_options_are_one_line_with_the_documented_exit_status(lab):
         out = subprocess.run([lab.exe(program), "--port=0", f"--db={lab.path('x.db')}", "--certs=/nonexistent/certs"],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 70 and "--certs" in out.stderr, out.stderr
+
+
+@test
+def the_retriever_client_sends_any_get_path_and_keeps_the_terminal_safe(lab):
+    """At http>, GET /path sends that request as it is (the lab's "the client sends GET requests"),
+    asks for the account once per session, and shows the status and the body; a message whose
+    text carries escape sequences reaches the terminal without them (U+FFFD), and a refused
+    account is asked for again."""
+    import smtplib
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        ana, bob = register(lab, sender.port, "ana"), register(lab, sender.port, "bob")
+        with smtplib.SMTP_SSL("localhost", sender.port, context=lab.ssl_context()) as smtp:
+            smtp.login("ana@447.edu", ana)
+            smtp.sendmail("ana@447.edu", ["bob@447.edu"],
+                          "Subject: colours\r\n\r\nplain \x1b[31mred\x1b[0m \x1b]0;pwned\x07 end\r\n")
+        term = TerminalSession([lab.exe("retrieverclient"), "--port", str(retriever.port), "--ca", lab.ca],
+                               terminal_env())
+        term.expect("http> ")
+        term.type("GET mailboxes\r")
+        assert "A path starts with /" in term.expect("http> ")
+        term.type("GET /mailboxes/bob@447.edu/messages?limit=1\r")
+        term.expect("email")
+        term.type("bob\r")
+        term.expect("password")
+        term.type(bob + "\r")
+        seen = term.expect("http> ")
+        assert "HTTP 200 OK" in seen and '"total":1' in seen.replace(" ", ""), seen
+        import re
+        mid = re.search(r'"id"\s*:\s*(\d+)', seen).group(1)
+        # The account is kept: no second prompt. The raw text as sent, without its escape sequences.
+        term.type(f"GET /mailboxes/bob@447.edu/messages/{mid}/raw\r")
+        seen = term.expect("http> ")
+        assert "email" not in seen and "password" not in seen, seen
+        assert "HTTP 200 OK" in seen and "message/rfc822" in seen, seen
+        assert "plain " in seen and "red" in seen and " end" in seen, seen
+        assert "\x1b" not in seen and "\x07" not in seen and "\ufffd" in seen, repr(seen)
+        # Another's mailbox: the server's refusal, shown as it is.
+        term.type("GET /mailboxes/ana@447.edu/messages\r")
+        seen = term.expect("http> ")
+        assert "HTTP 403" in seen, seen
+        term.type("quit\r")
+        term.expect("Bye.")
+        assert term.finish() == 0
+        # A refused account is not kept: the next request asks again.
+        term = TerminalSession([lab.exe("retrieverclient"), "--port", str(retriever.port), "--ca", lab.ca],
+                               terminal_env())
+        term.expect("http> ")
+        term.type("GET /mailboxes/bob@447.edu/messages\r")
+        term.expect("email")
+        term.type("bob\r")
+        term.expect("password")
+        term.type("wrong\r")
+        assert "HTTP 401" in term.expect("http> ")
+        term.type("GET /mailboxes/bob@447.edu/messages\r")
+        term.expect("email")
+        term.type("\x04")  # Ctrl-D
+        term.expect("Bye.")
+        term.finish()
+        # Into a pipe or a file, --raw keeps every byte as stored.
+        out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob, "--id", mid, "--raw"],
+                         program="retrieverclient")
+        assert out.returncode == 0 and "\x1b[31mred" in out.stdout, out
