@@ -404,9 +404,9 @@ fuzz: fuzz-build
 -include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)
 
 # ---- platforms ------------------------------------------------------------------------------
-# The README's two commands on fresh minimal installs of each Debian release (debootstrap chroots,
+# The README's two commands on fresh minimal installs of each Debian and Ubuntu release (debootstrap chroots,
 # cached in .platforms/, which `make clean` leaves alone). Needs root. RELEASES= picks some.
-RELEASES ?= bookworm trixie testing
+RELEASES ?= bookworm trixie testing noble resolute
 .PHONY: test-platforms bench-platforms clean-platforms
 test-platforms:
 	@bash tests/platforms.sh --readme $(RELEASES)
@@ -446,4 +446,4 @@ help:
 	@echo "  make test | test-asan | fuzz [FUZZ_SECONDS=60] | fuzz-build"
 	@echo "  make bench [QUICK=1] | bench-attack | bench-grade"
 	@echo "Platforms (root):"
-	@echo "  make test-platforms [RELEASES='bookworm trixie testing'] | bench-platforms | clean-platforms"
+	@echo "  make test-platforms [RELEASES='bookworm trixie testing noble resolute'] | bench-platforms | clean-platforms"

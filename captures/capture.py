@@ -609,7 +609,10 @@ def start(args):
                                      os.path.join(work, "sender.log"), ports[0]))
         if len(ports) > 1:
             try:
-                servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + m["retriever"],
+                # No POP3: the capture is of the two ports given, and a retriever the student already
+                # runs (make retrieverserver) holds the default 9995.
+                servers.append(server_process(os.path.join(bin_dir, "retrieverserver"),
+                                             common + m["retriever"] + ["--pop3-port=off"],
                                              os.path.join(work, "retriever.log"), ports[1]))
             except BaseException:
                 servers[0].stop()

@@ -138,7 +138,8 @@ def run_scenario(name, args):
             servers.append(server_process(os.path.join(bin_dir, "senderserver"), common,
                                           os.path.join(work, "sender.log"), SMTPS_PORT if standard else 0))
         if spec["server"] in ("retriever", "both"):
-            servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common,
+            # No POP3: a scenario is HTTPS only, and a retriever the student already runs holds 9995.
+            servers.append(server_process(os.path.join(bin_dir, "retrieverserver"), common + ["--pop3-port=off"],
                                           os.path.join(work, "retriever.log"), HTTPS_PORT if standard else 0))
         ports = {"sender": 0, "retriever": 0}
         for kind, server in zip([k for k in ("sender", "retriever") if spec["server"] in (k, "both")], servers):

@@ -2,13 +2,14 @@
 # `make test-platforms`: the README's two commands (`make demo`, `make test`) on fresh minimal
 # installs of each Debian release a student may have, one line per release with the counts.
 #
-# Each release gets a debootstrap --variant=minbase tree, built once and cached in
+# Each release (Debian: bookworm trixie testing; Ubuntu: noble = 24.04, resolute = 26.04) gets a
+# debootstrap --variant=minbase tree, built once and cached in
 # $MAILLAB_PLATFORM_CACHE (default .platforms/, which `make clean` leaves alone; `make
 # clean-platforms` removes it). Every run copies that pristine tree, so the packages the README's
 # commands install are installed again each time (from a cached archive folder), then copies the
 # working tree's committed and new files in (no build output) and runs the commands as root.
 #
-#   tests/platforms.sh [--bench] [--keep] [release ...]     (default: bookworm trixie testing)
+#   tests/platforms.sh [--bench] [--keep] [release ...]     (default: bookworm trixie testing noble resolute)
 #   --bench   also run `make bench-platform` there and keep its JSON for docs/benchmarks.md
 #   --keep    leave the run tree for inspection (chroot .platforms/run/<release> bash)
 #   --readme  write the results into README.md's table of tested releases
@@ -19,6 +20,11 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 CACHE=${MAILLAB_PLATFORM_CACHE:-$REPO/.platforms}
 MIRROR=${MAILLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+UBUNTU_MIRROR=${MAILLAB_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
+# The Ubuntu archive's signing key (2018), pinned by fingerprint: the keyring package comes over
+# plain HTTP, so only this key, found in it by its fingerprint, is trusted to check the archive.
+UBUNTU_ARCHIVE_KEY=F6ECB3762474EDA9D21B7022871920D1991BC93C
+UBUNTU_KEYRING_DEB=${MAILLAB_UBUNTU_KEYRING_DEB:-$UBUNTU_MIRROR/pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb}
 BENCH=0
 KEEP=0
 README=0
@@ -36,7 +42,8 @@ for arg in "$@"; do
     *) RELEASES+=("$arg") ;;
   esac
 done
-[ ${#RELEASES[@]} -gt 0 ] || RELEASES=(bookworm trixie testing)
+[ ${#RELEASES[@]} -gt 0 ] || RELEASES=(bookworm trixie testing noble resolute)
+is_ubuntu() { case $1 in noble|resolute) return 0 ;; *) return 1 ;; esac; }
 
 # Ends the processes running inside a tree (a server a failed test left behind), then unmounts
 # everything mounted below it, deepest first.
@@ -73,16 +80,46 @@ cleanup() { for r in "${RUN_ROOTS[@]}"; do unmount_below "$r"; done; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The Ubuntu archive key alone, as a keyring file for debootstrap and apt (made once).
+ubuntu_keyring() {
+  local keyring="$CACHE/ubuntu-archive-$UBUNTU_ARCHIVE_KEY.gpg" work
+  if [ ! -s "$keyring" ]; then
+    command -v gpg >/dev/null || apt-get install -y -qq --no-install-recommends gpg >/dev/null
+    work=$(mktemp -d)
+    curl -fsS -o "$work/keyring.deb" "$UBUNTU_KEYRING_DEB" && dpkg-deb -x "$work/keyring.deb" "$work/x" \
+      && gpg --homedir "$work" --no-default-keyring --keyring "$work/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" \
+           --export "$UBUNTU_ARCHIVE_KEY" >"$keyring.tmp" 2>/dev/null \
+      && gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null | grep -q "^fpr:*$UBUNTU_ARCHIVE_KEY:" \
+      && mv "$keyring.tmp" "$keyring"
+    rm -rf "$work" "$keyring.tmp"
+    [ -s "$keyring" ] || { echo "error: no Ubuntu archive key $UBUNTU_ARCHIVE_KEY from $UBUNTU_KEYRING_DEB" >&2; return 1; }
+  fi
+  echo "$keyring"
+}
+
 # The pristine tree of a release, made once.
 base_tree() {
-  local release=$1 base="$CACHE/base/$1"
+  local release=$1 base="$CACHE/base/$1" keyring
   if [ ! -x "$base/usr/bin/make" ]; then
     rm -rf "$base.tmp"
     echo "[$release] debootstrap --variant=minbase (once; cached in $base)"
-    if ! debootstrap --variant=minbase --include=make,ca-certificates "$release" "$base.tmp" "$MIRROR" \
+    local how=("$release" "$base.tmp" "$MIRROR")
+    if is_ubuntu "$release"; then
+      # debootstrap's scripts may predate the release: Ubuntu's all follow gutsy's. Packages the
+      # lab needs (Poco, Catch2, tshark) are in universe; a fresh install also has -updates and -security.
+      keyring=$(ubuntu_keyring) || return 1
+      how=(--components=main,universe --keyring="$keyring" "$release" "$base.tmp" "$UBUNTU_MIRROR"
+           /usr/share/debootstrap/scripts/gutsy)
+    fi
+    if ! debootstrap --variant=minbase --include=make,ca-certificates "${how[@]}" \
          >"$CACHE/logs/$release-debootstrap.log" 2>&1; then
       echo "[$release] debootstrap failed: see $CACHE/logs/$release-debootstrap.log"
       return 1
+    fi
+    if is_ubuntu "$release"; then
+      printf 'deb %s %s main universe\ndeb %s %s-updates main universe\ndeb %s %s-security main universe\n' \
+        "$UBUNTU_MIRROR" "$release" "$UBUNTU_MIRROR" "$release" "$UBUNTU_MIRROR" "$release" >"$base.tmp/etc/apt/sources.list"
+      cp "$keyring" "$base.tmp/etc/apt/trusted.gpg.d/maillab-ubuntu-archive.gpg"
     fi
     # testing and unstable are served as dated snapshots whose Release file may be past its
     # Valid-Until date; apt refuses those unless told (an installed system follows the live archive).
@@ -196,7 +233,7 @@ if [ "$README" = 1 ]; then
   /usr/bin/python3 - "$CACHE/results" README.md <<'PY'
 import glob, os, sys
 results, readme = sys.argv[1], sys.argv[2]
-order = {"bookworm": 0, "trixie": 1, "testing": 2, "sid": 3}
+order = {"bookworm": 0, "trixie": 1, "testing": 2, "sid": 3, "noble": 4, "resolute": 5}
 rows = []
 for path in sorted(glob.glob(os.path.join(results, "*.tsv")), key=lambda p: order.get(os.path.basename(p)[:-4], 9)):
     release, versions, demo, test, date = open(path).read().rstrip("\n").split("\t")

@@ -192,7 +192,10 @@ ClientError explainFailure(const std::exception& error, const Target& target) {
         contains(text, "self-signed") || contains(text, "self signed"))
         return ClientError(kExitTls, "the certificate of " + at + " is not signed by the CA in " + target.caFile +
                                          ": use --ca with the CA file of that server (certs/ca.pem where it runs)");
-    if (contains(text, "no application protocol") || contains(text, "no_application_protocol"))
+    // OpenSSL before 3.0.14 (Ubuntu 24.04's 3.0.13) has no text for this alert: its packed code
+    // (ERR_LIB_SSL, SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL = 1120) is all the message carries.
+    if (contains(text, "no application protocol") || contains(text, "no_application_protocol") ||
+        contains(text, ":0A000460:") || contains(text, "reason(1120)"))
         return ClientError(kExitProtocol, at + " refused our protocol (TLS alert no_application_protocol): it is not an " +
                                               (target.service == "smtp" ? "SMTP" : "HTTPS") + " server. Is this " +
                                               otherService(target));

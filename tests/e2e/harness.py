@@ -211,6 +211,14 @@ class Conversation:
             pass
 
 
+def says_no_application_protocol(text):
+    """True when a stock tool's error is the TLS alert no_application_protocol (RFC 7301 3.2): by
+    name, or, from OpenSSL before 3.0.14 (Ubuntu 24.04's 3.0.13), which has no text for it, by its
+    packed code (ERR_LIB_SSL, reason 1120)."""
+    return "NO APPLICATION PROTOCOL" in text.upper().replace("_", " ") or ":0A000460:" in text \
+        or "reason(1120)" in text
+
+
 def register(lab, port, user):
     """Registers `user` with our client; returns the password it printed."""
     out = run_client(lab, port, ["--user", user])

@@ -16,7 +16,7 @@ import tempfile
 
 from captures import capture
 from report import scenarios as report_scenarios
-from tests.e2e.harness import Server, Skip, test
+from tests.e2e.harness import Server, Skip, test, says_no_application_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,7 +108,15 @@ def the_retriever_refuses_a_client_offering_only_another_mail_protocol(lab):
                                          server_hostname="localhost"):
                     raise AssertionError(f"ALPN {offered} was accepted")
             except ssl.SSLError as e:
-                assert "NO APPLICATION PROTOCOL" in str(e).upper().replace("_", " "), e
+                if "unknown error" in str(e):
+                    # Python on OpenSSL before 3.0.14 names neither the alert nor its code: the alert's
+                    # number, as openssl s_client shows it, tells which one the server sent.
+                    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-alpn",
+                                          ",".join(offered), "-CAfile", lab.ca, "-servername", "localhost"],
+                                         input="", capture_output=True, text=True, timeout=20)
+                    assert "alert number 120" in out.stdout + out.stderr, (e, out.stderr)
+                else:
+                    assert says_no_application_protocol(str(e)), e
         for offered in ([], ["http/1.1"], ["h2", "http/1.1"]):
             context = lab.ssl_context()
             if offered:
