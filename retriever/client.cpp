@@ -192,6 +192,18 @@ void printBody(const std::string& body, std::ostream& out) {
     out << (::isatty(STDOUT_FILENO) ? text::validUtf8(body) : body) << (body.empty() || body.back() == '\n' ? "" : "\n");
 }
 
+// True when the header From (as the server shows it: "Name <address>" or an address) names another
+// address than the account that logged in and sent the message: anyone can type any From line
+// (RFC 5322 3.6.2); only the authenticated sender is the server's word.
+bool fromIsNotTheSender(const Poco::JSON::Object::Ptr& m) {
+    std::string sender = text::lowerCase(shown(m, "authenticated_sender"));
+    if (sender.empty()) return false;
+    std::string from = shown(m, "from");
+    size_t open = from.rfind('<'), close = from.rfind('>');
+    if (open != std::string::npos && close != std::string::npos && close > open) from = from.substr(open + 1, close - open - 1);
+    return text::lowerCase(text::trim(from)) != sender;
+}
+
 void printList(const std::string& json, std::ostream& out) {
     auto object = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
     auto messages = object->getArray("messages");
@@ -201,18 +213,28 @@ void printList(const std::string& json, std::ostream& out) {
     if (messages->size() == 0) return;
     out << std::left << std::setw(6) << "  id" << std::setw(33) << "date" << std::setw(26) << "from"
         << "subject\n";
+    bool marked = false;
     for (size_t i = 0; i < messages->size(); ++i) {
         auto m = messages->getObject(static_cast<unsigned>(i));
         std::string from = shown(m, "from");
+        if (fromIsNotTheSender(m)) {
+            from = "! " + from;
+            marked = true;
+        }
         if (from.size() > 24) {
             size_t cut = 23;
             while (cut > 0 && (static_cast<unsigned char>(from[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
             from = from.substr(0, cut) + "…";
         }
+        // Padded by characters, not octets (setw counts octets: a UTF-8 name or the "…" closed the gap).
+        size_t columns = 0;
+        for (unsigned char c : from) columns += (c & 0xC0) != 0x80;
+        from.append(columns < 26 ? 26 - columns : 1, ' ');
         out << "  " << std::setw(4) << m->getValue<int64_t>("id") << std::setw(33) << m->getValue<std::string>("date")
-            << std::setw(26) << from << shown(m, "subject") << "\n";
+            << from << shown(m, "subject") << "\n";
     }
     if (!object->isNull("next")) out << "  (more: " << object->getValue<std::string>("next") << ")\n";
+    if (marked) out << "  ! its From line is not the account that sent it: open it to see who did\n";
 }
 
 // "1.2 MB" for people.
@@ -229,6 +251,9 @@ void printMessage(const std::string& json, std::ostream& out) {
     auto m = Poco::JSON::Parser().parse(json).extract<Poco::JSON::Object::Ptr>();
     out << "Message " << m->getValue<int64_t>("id") << " (" << m->getValue<int64_t>("size") << " octets)\n";
     out << "From: " << shown(m, "from") << "\n";
+    if (fromIsNotTheSender(m))
+        out << "Sent by: " << shown(m, "authenticated_sender")
+            << "  <- the account that logged in and sent it; the From line above is only what it typed\n";
     out << "To: " << shown(m, "to") << "\n";
     if (m->has("cc")) out << "Cc: " << shown(m, "cc") << "\n";
     out << "Subject: " << shown(m, "subject") << "\n";

@@ -464,3 +464,30 @@ def the_retriever_client_sends_any_get_path_and_keeps_the_terminal_safe(lab):
         out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob, "--id", mid, "--raw"],
                          program="retrieverclient")
         assert out.returncode == 0 and "\x1b[31mred" in out.stdout, out
+
+
+@test
+def the_retriever_client_says_when_a_from_line_is_not_the_sender(lab):
+    """Anyone can type any From line (RFC 5322 3.6.2): the list marks a message whose From is not
+    the account that logged in and sent it, and the message names that account; an honest one has
+    no mark."""
+    import smtplib
+    with Server(lab, "senderserver") as sender, Server(lab, "retrieverserver", db=sender.db) as retriever:
+        mallory, bob = register(lab, sender.port, "mallory"), register(lab, sender.port, "bob")
+        with smtplib.SMTP_SSL("localhost", sender.port, context=lab.ssl_context()) as smtp:
+            smtp.login("mallory@447.edu", mallory)
+            smtp.sendmail("mallory@447.edu", ["bob@447.edu"], "From: Mallory <MALLORY@447.edu>\r\nSubject: honest\r\n\r\nhi\r\n")
+            smtp.sendmail("mallory@447.edu", ["bob@447.edu"], "From: Ana <ana@447.edu>\r\nSubject: forged\r\n\r\nhi\r\n")
+        out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob], program="retrieverclient")
+        assert out.returncode == 0, out.stderr
+        rows = {line.split()[-1]: line for line in out.stdout.splitlines() if line.rstrip().endswith(("honest", "forged"))}
+        assert set(rows) == {"honest", "forged"}, out.stdout
+        assert "! Ana <ana@447.edu>" in rows["forged"] and "!" not in rows["honest"], out.stdout
+        assert "From line is not the account that sent it" in out.stdout, out.stdout
+        import re
+        forged = re.match(r"\s*(\d+)", rows["forged"]).group(1)
+        honest = re.match(r"\s*(\d+)", rows["honest"]).group(1)
+        out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob, "--id", forged], program="retrieverclient")
+        assert "From: Ana <ana@447.edu>\nSent by: mallory@447.edu" in out.stdout, out.stdout
+        out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob, "--id", honest], program="retrieverclient")
+        assert "Sent by" not in out.stdout, out.stdout
