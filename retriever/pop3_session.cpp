@@ -440,8 +440,9 @@ Output Session::cmdApop(const std::vector<std::string>&, const std::string&) {
 const Session::Entry* Session::message(const std::string& number, Output& refusal) {
     int64_t n = messageNumber(number);
     if (n < 1 || n > static_cast<int64_t>(messages_.size())) {
-        refusal = bad("No such message " + shown(number) + "; this maildrop has messages 1 to " +
-                      std::to_string(messages_.size()));
+        refusal = bad("No such message " + shown(number) + (messages_.empty() ? "; this maildrop is empty"
+                                                                              : "; this maildrop has messages 1 to " +
+                                                                                    std::to_string(messages_.size())));
         return nullptr;
     }
     const Entry& entry = messages_[static_cast<size_t>(n - 1)];

@@ -184,6 +184,10 @@ TEST_CASE("POP3: commands in the wrong state, bad arguments and unknown commands
         {"NOOP now", "-ERR Syntax: NOOP"},
     });
     CHECK(s->state() == Session::State::Transaction);  // none of it ended the session
+    // ana's maildrop is empty: no "messages 1 to 0".
+    auto empty = p.session();
+    login(*empty, "ana@447.edu", "11111447");
+    checkReplies(*empty, {{"RETR 1", "-ERR No such message 1; this maildrop is empty"}});
 }
 
 TEST_CASE("POP3: RETR sends the stored text byte-stuffed with CRLF endings; TOP the header and n lines",
