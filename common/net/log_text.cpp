@@ -27,10 +27,15 @@ std::string escapeControl(const std::string& text) {
         else if (c == '\n') out += "\\n";
         else if (c == '\t') out += "\\t";
         else if (text::isControlAt(text, i) && c >= 0x80) {
-            // A C1 control (ESC's 8-bit twins: CSI, OSC) is shown by its code point, never written.
-            std::snprintf(hex, sizeof hex, "\\u%04X", static_cast<unsigned char>(text[i + 1]));
+            // A C1 control (ESC's 8-bit twins: CSI, OSC) or a directional override is shown by its
+            // code point, never written (both are well-formed UTF-8 of 2 or 3 octets).
+            size_t n = text::utf8SequenceLength(text, i);
+            unsigned codePoint = n == 2 ? (c & 0x1Fu) << 6 | (static_cast<unsigned char>(text[i + 1]) & 0x3Fu)
+                                        : (c & 0x0Fu) << 12 | (static_cast<unsigned char>(text[i + 1]) & 0x3Fu) << 6 |
+                                              (static_cast<unsigned char>(text[i + 2]) & 0x3Fu);
+            std::snprintf(hex, sizeof hex, "\\u%04X", codePoint);
             out += hex;
-            ++i;
+            i += n - 1;
         } else if (text::isControlAt(text, i)) {
             std::snprintf(hex, sizeof hex, "\\x%02X", c);
             out += hex;

@@ -45,11 +45,17 @@ size_t utf8SequenceLength(std::string_view text, size_t i) {
 }
 
 bool isControlAt(std::string_view text, size_t i) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
+    auto byte = [&](size_t k) { return i + k < text.size() ? static_cast<unsigned char>(text[i + k]) : 0; };
+    unsigned char c = byte(0);
     if (c < 0x20 || c == 0x7F) return true;
     // C1 (U+0080 to U+009F) is C2 80 to C2 9F in UTF-8: CSI (9B) and OSC (9D) drive terminals too.
-    return c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F &&
-           static_cast<unsigned char>(text[i + 1]) >= 0x80;
+    if (c == 0xC2) return byte(1) >= 0x80 && byte(1) <= 0x9F;
+    // Unicode's explicit directional formatting (UAX #9 2.1-2.2): the embeddings and overrides
+    // U+202A to U+202E (E2 80 AA-AE) and the isolates U+2066 to U+2069 (E2 81 A6-A9) reorder what
+    // follows on screen: "invoice \u202Egpj.exe" shows as "invoice exe.jpg" (CVE-2021-42574).
+    if (c == 0xE2 && byte(1) == 0x80) return byte(2) >= 0xAA && byte(2) <= 0xAE;
+    if (c == 0xE2 && byte(1) == 0x81) return byte(2) >= 0xA6 && byte(2) <= 0xA9;
+    return false;
 }
 
 std::string validUtf8(std::string_view text) {

@@ -241,6 +241,7 @@ TEST_CASE("file names cannot escape a directory or a header", "[mime][names]") {
     CHECK(safeFileName("../../etc/passwd", 1) == "passwd");
     CHECK(safeFileName("..\\..\\boot.ini", 1) == "boot.ini");
     CHECK(safeFileName("a\"\r\nX-Evil: 1.txt", 2) == "a_X-Evil_ 1.txt");
+    CHECK(safeFileName("invoice \xe2\x80\xaegpj.exe", 3) == "invoice gpj.exe");  // no right-to-left override
     CHECK(safeFileName(std::string("nul\0byte.png", 12), 3) == "nulbyte.png");
     CHECK(safeFileName("..", 4) == "part-4");
     CHECK(safeFileName("", 5) == "part-5");

@@ -24,6 +24,13 @@ TEST_CASE("log lines show controls, C1 included, by their code, and keep UTF-8 t
     CHECK(escapeControl("caf\xc3\xa9 \xc2\xa0") == "caf\xc3\xa9 \xc2\xa0");
     CHECK(escapeControl("a\xff") == "a\\xFF");
     CHECK(escapeControl("del\x7f") == "del\\x7F");
+    // Directional overrides and isolates (CVE-2021-42574) by their code point; other U+20xx stays text.
+    CHECK(escapeControl("invoice \xe2\x80\xaegpj.exe") == "invoice \\u202Egpj.exe");
+    CHECK(escapeControl("a\xe2\x80\xaa" "b\xe2\x81\xa6" "c\xe2\x81\xa9" "d") == "a\\u202Ab\\u2066c\\u2069d");
+    CHECK(escapeControl("a\xe2\x80\x94" "b\xe2\x81\xa5" "c\xe2\x80\xaf") == "a\xe2\x80\x94" "b\xe2\x81\xa5" "c\xe2\x80\xaf");
+    CHECK(text::validUtf8("invoice \xe2\x80\xaegpj.exe") == "invoice \xEF\xBF\xBDgpj.exe");
+    CHECK(text::validUtf8("\xe2\x80\xae") == "\xEF\xBF\xBD");
+    CHECK(text::validUtf8("\xe2\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD");  // cut short: not read past the end
     CHECK(quotedLogValue("ana") == "\"ana\"");
     CHECK(logValue("a b\"c") == "\"a b\\\"c\"");
 }
