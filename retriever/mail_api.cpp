@@ -415,7 +415,7 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
         return r;
     }
     if (result.outcome == AuthOutcome::Throttled) {
-        if (result.knownAccount) noteActivity(result.user, activity::kLoginFailed);
+        if (result.knownAccount) noteActivity(result.user, activity::loginFailedKind(result.knownSource));
         ApiResponse r = error(429, "Too many failed logins for this account; no password checked");
         r.headers.emplace_back("Retry-After", std::to_string(result.retryAfterSeconds));
         r.closeConnection = true;
@@ -423,7 +423,7 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
         return r;
     }
     if (result.outcome != AuthOutcome::Ok) {
-        if (result.knownAccount) noteActivity(result.user, activity::kLoginFailed);
+        if (result.knownAccount) noteActivity(result.user, activity::loginFailedKind(result.knownSource));
         ApiResponse r = unauthorized("Wrong address or password (the sender's account and password; forgotten it? "
                                      "`make password USER=<you>` sets a new one, on a class server the instructor)");
         r.closeConnection = true;

@@ -272,8 +272,8 @@ private:
             held->provenance.recordLogin(account, held->log);
         };
         if (recorder) {
-            env.onLoginFailed = [recorder](const std::string& account) {
-                recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+            env.onLoginFailed = [recorder](const std::string& account, bool knownSource) {
+                recorder->note(account, activity::loginFailedKind(knownSource), std::time(nullptr));
             };
             env.onRetrieve = [recorder](const std::string& account) {
                 recorder->note(account, activity::kMailboxRead, std::time(nullptr));

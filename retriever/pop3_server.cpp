@@ -103,8 +103,8 @@ private:
         env.reserve = [budget](size_t bytes) { return budget->take(bytes); };
         env.onLogin = [this](const std::string& account) { onLogin(account); };
         if (ActivityRecorder* recorder = ctx_.activity) {
-            env.onLoginFailed = [recorder](const std::string& account) {
-                recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+            env.onLoginFailed = [recorder](const std::string& account, bool knownSource) {
+                recorder->note(account, activity::loginFailedKind(knownSource), std::time(nullptr));
             };
             env.onRetrieve = [recorder](const std::string& account) {
                 recorder->note(account, activity::kMailboxRead, std::time(nullptr));

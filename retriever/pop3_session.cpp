@@ -379,13 +379,13 @@ Output Session::finishLogin(const std::string& user, const std::string& password
     }
     if (result.outcome == AuthOutcome::Throttled) {
         env_.log("event=auth user=" + logValue(result.user) + " result=throttled");
-        if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user);
+        if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
         return refuse(std::string(kSysTemp) + "Too many failed logins for this account; no password checked. Try again in " +
                       std::to_string(result.retryAfterSeconds) + " seconds");
     }
     if (result.outcome != AuthOutcome::Ok) {
         env_.log("event=auth user=" + logValue(result.user.empty() ? user : result.user) + " result=fail");
-        if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user);
+        if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
         std::string why = password.empty()
                               ? "An empty password registers an account only at the sender (SMTP AUTH); POP3 needs "
                                 "the password the sender gave you"

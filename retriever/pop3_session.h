@@ -57,7 +57,7 @@ struct Env {
     std::function<void(const std::string&)> trace;
     // The class board's record: a login, a refused login of an existing account, a message read.
     std::function<void(const std::string& account)> onLogin;
-    std::function<void(const std::string& account)> onLoginFailed;
+    std::function<void(const std::string& account, bool knownSource)> onLoginFailed;
     std::function<void(const std::string& account)> onRetrieve;
 };
 

@@ -128,8 +128,8 @@ private:
         env.freeDiskBytes = [gauge = ctx_.freeSpace] { return gauge->bytes(); };
         env.onLogin = [this](const std::string& account) { onLogin(account); };
         if (ActivityRecorder* recorder = ctx_.classRecord.activity.get()) {
-            env.onLoginFailed = [recorder](const std::string& account) {
-                recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+            env.onLoginFailed = [recorder](const std::string& account, bool knownSource) {
+                recorder->note(account, activity::loginFailedKind(knownSource), std::time(nullptr));
             };
             LabTokens* tokens = ctx_.classRecord.tokens.get();
             env.onQueued = [recorder, tokens](const std::string& account, const std::string& subject) {
@@ -250,8 +250,8 @@ std::unique_ptr<sender_events::EventServer> startEventServer(SenderContext& ctx,
     s.env.freeDiskBytes = [gauge = ctx.freeSpace] { return gauge->bytes(); };
     if (ActivityRecorder* recorder = ctx.classRecord.activity.get()) {
         s.onLogin = [recorder](const std::string& account) { recorder->note(account, activity::kLogin, std::time(nullptr)); };
-        s.env.onLoginFailed = [recorder](const std::string& account) {
-            recorder->note(account, activity::kLoginFailed, std::time(nullptr));
+        s.env.onLoginFailed = [recorder](const std::string& account, bool knownSource) {
+            recorder->note(account, activity::loginFailedKind(knownSource), std::time(nullptr));
         };
         LabTokens* tokens = ctx.classRecord.tokens.get();
         s.env.onQueued = [recorder, tokens](const std::string& account, const std::string& subject) {

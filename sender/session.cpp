@@ -556,7 +556,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         case AuthOutcome::Throttled:
             // Nothing was checked: the account's guess budget for this source is spent.
             env_.log("event=auth user=" + logValue(result.user) + " result=throttled");
-            if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user);
+            if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
             return error(AccountLocked, "Too many failed logins for this account; no password checked. Try again in " +
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or from an address you have logged in from before");
@@ -573,7 +573,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         case AuthOutcome::BadCredentials: break;
     }
     env_.log("event=auth user=" + logValue(result.user) + " result=fail");
-    if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user);
+    if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
     if (++authFailures_ >= limits_.maxAuthFailures) {
         out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));
         out.close = true;

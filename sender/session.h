@@ -91,7 +91,7 @@ struct SessionEnv {
     std::function<bool(const std::string& account)> loginWouldWait;
     // The class board's record (common/lab/class_board.h): a refused login of an existing account, and
     // a message stored (its sender and Subject).
-    std::function<void(const std::string& account)> onLoginFailed;
+    std::function<void(const std::string& account, bool knownSource)> onLoginFailed;
     std::function<void(const std::string& account, const std::string& subject)> onQueued;
 };
 

@@ -350,7 +350,7 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     const std::string key = trusted ? "pair:" + email + "|" + from : "acct:" + email;
     const double burst = policy_.guessBurst, refill = static_cast<double>(policy_.guessRefillSeconds);
     auto throttled = [&](double wait) {
-        return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999), true};
+        return AuthResult{AuthOutcome::Throttled, email, "", static_cast<int64_t>(wait + 0.999), true, trusted};
     };
     // Comparing with a cached password is a check too: only with budget left, or the cache would
     // answer a guesser for free. A right password costs nothing; a wrong one pays below before its
@@ -428,7 +428,7 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     }
     // The owner's cached password stays: a wrong guess can never match it (the cache holds a MAC
     // of the right one), and dropping it would let a guesser log the owner out.
-    return AuthResult{AuthOutcome::BadCredentials, email, "", 0, true};
+    return AuthResult{AuthOutcome::BadCredentials, email, "", 0, true, trusted};
 }
 
 bool isReservedAddress(const std::string& address) {

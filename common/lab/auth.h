@@ -76,9 +76,11 @@ struct AuthResult {
     std::string user;         // normalized (lower-case) address
     std::string newPassword;  // with Registered only
     int64_t retryAfterSeconds = 0;
-    // For the server's own record only (the class board counts failed logins of real accounts);
-    // never said to the client, whose refusal is the same for both.
+    // For the server's own record only (the class board counts failed logins of real accounts, and
+    // tells the owner's own from those of addresses she never logged in from); never said to the
+    // client, whose refusal is the same for all.
     bool knownAccount = false;
+    bool knownSource = false;  // the source has logged in to this account before
 };
 
 class Authenticator {

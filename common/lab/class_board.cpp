@@ -171,8 +171,16 @@ std::string minutesAgo(int64_t now, int64_t then) {
 std::string hintFor(const BoardRow& r, int64_t now, int64_t stuck) {
     auto waited = [&](int64_t since) { return since && now - since >= stuck; };
     if (!r.registered) return "not registered yet: AUTH with an empty password registers";
+    // Her own failures (from where she logged in before) suggest a lost password; failures from
+    // addresses she never logged in from may be a classmate guessing, and a reset would not stop
+    // one (the guess budget does), so that hint says not to reset unless she asks.
     if (r.failedLogins >= 3 && r.lastFailedLoginAt >= r.lastSeenAt)
         return std::to_string(r.failedLogins) + " failed logins, none since: a lost password? make password USER=" + r.account;
+    if (r.failedLoginsNewSource >= 10 && r.lastFailedNewSourceAt >= r.lastSeenAt)
+        return std::to_string(r.failedLoginsNewSource) +
+               " failed logins from addresses this account never logged in from: someone guessing, or the student "
+               "on a new machine; her own logins still work; reset (make password USER=" + r.account +
+               ") only if she asks";
     if (!r.labMessageAt) {
         if (r.sent) return "sent " + std::to_string(r.sent) + " message(s), none with the lab token in the Subject";
         if (waited(r.registeredAt)) return "registered " + minutesAgo(now, r.registeredAt) + ", no message yet";
@@ -233,8 +241,10 @@ Board classBoard(Store& store, const Roster& roster, int64_t now, int64_t stuckS
         auto it = rows.find(c.account);
         if (it == rows.end()) continue;
         BoardRow& r = it->second;
-        r.lastSeenAt = std::max(r.lastSeenAt, c.kind == activity::kLoginFailed ? 0 : c.lastAt);
+        bool failed = c.kind == activity::kLoginFailed || c.kind == activity::kLoginFailedNewSource;
+        r.lastSeenAt = std::max(r.lastSeenAt, failed ? 0 : c.lastAt);
         if (c.kind == activity::kLoginFailed) r.failedLogins = c.count, r.lastFailedLoginAt = c.lastAt;
+        else if (c.kind == activity::kLoginFailedNewSource) r.failedLoginsNewSource = c.count, r.lastFailedNewSourceAt = c.lastAt;
         else if (c.kind == activity::kSent) r.sent = c.count, r.sentAt = c.lastAt;
         else if (c.kind == activity::kLabMessage) r.labMessageAt = c.firstAt;
         else if (c.kind == activity::kMailboxRead) r.mailboxReadAt = c.firstAt;
@@ -279,7 +289,7 @@ std::string boardText(const Board& board) {
         std::snprintf(line, sizeof line, "%-14.14s %-26.26s %-10s %-9s %-9s %-9s %6lld %-9s  ", r.student.c_str(),
                       r.account.c_str(), r.registered ? when(r.registeredAt).c_str() : "-", when(r.labMessageAt).c_str(),
                       when(r.mailboxReadAt).c_str(), when(r.notModifiedAt).c_str(),
-                      static_cast<long long>(r.failedLogins), when(r.lastSeenAt).c_str());
+                      static_cast<long long>(r.failedLogins + r.failedLoginsNewSource), when(r.lastSeenAt).c_str());
         out << line << r.hint << "\n";
     }
     return out.str();
@@ -301,6 +311,8 @@ std::string boardJson(const Board& board) {
         setTime(o, "not_modified_at", r.notModifiedAt);
         o.set("failed_logins", r.failedLogins);
         setTime(o, "last_failed_login_at", r.lastFailedLoginAt);
+        o.set("failed_logins_new_source", r.failedLoginsNewSource);
+        setTime(o, "last_failed_login_new_source_at", r.lastFailedNewSourceAt);
         setTime(o, "last_seen_at", r.lastSeenAt);
         o.set("hint", r.hint);
         students.add(o);
@@ -330,7 +342,9 @@ std::string boardHtml(const Board& board, int refreshSeconds) {
     for (const BoardRow& r : board.rows) {
         out += "<tr><td>" + htmlEscape(r.student) + "</td><td>" + htmlEscape(r.account) + "</td>" +
                cell(r.registered ? r.registeredAt : 0) + cell(r.labMessageAt) + cell(r.mailboxReadAt) +
-               cell(r.notModifiedAt) + "<td>" + std::to_string(r.failedLogins) + "</td><td>" + when(r.lastSeenAt) +
+               cell(r.notModifiedAt) + "<td>" + std::to_string(r.failedLogins) +
+               (r.failedLoginsNewSource ? " (+" + std::to_string(r.failedLoginsNewSource) + " from new addresses)" : "") +
+               "</td><td>" + when(r.lastSeenAt) +
                "</td><td class=\"hint\">" + htmlEscape(r.hint) + "</td></tr>\n";
     }
     return out + "</tbody></table>\n</body></html>\n";
@@ -363,7 +377,7 @@ std::string boardMetrics(const Board& board) {
     for (const BoardRow& r : board.rows)
         if (r.registered)
             out += "maillab_failed_logins_total{account=\"" + metricLabel(r.account) + "\"} " +
-                   std::to_string(r.failedLogins) + "\n";
+                   std::to_string(r.failedLogins + r.failedLoginsNewSource) + "\n";
     out += "# HELP maillab_last_seen_timestamp_seconds When the account was last active.\n"
            "# TYPE maillab_last_seen_timestamp_seconds gauge\n";
     for (const BoardRow& r : board.rows)

@@ -22,7 +22,10 @@ namespace maillab {
 // Kinds of activity the servers count (store.h ActivityCount::kind).
 namespace activity {
 inline constexpr const char* kLogin = "login";
-inline constexpr const char* kLoginFailed = "login_failed";
+inline constexpr const char* kLoginFailed = "login_failed";  // from an address the account logged in from
+// From an address it never logged in from: a guesser, or the student on a new machine.
+inline constexpr const char* kLoginFailedNewSource = "login_failed_new_source";
+inline const char* loginFailedKind(bool knownSource) { return knownSource ? kLoginFailed : kLoginFailedNewSource; }
 inline constexpr const char* kSent = "sent";
 inline constexpr const char* kLabMessage = "lab_message";
 inline constexpr const char* kMailboxRead = "mailbox_read";
@@ -84,6 +87,7 @@ struct BoardRow {
     bool onRoster = false, registered = false;
     int64_t registeredAt = 0, labMessageAt = 0, sentAt = 0, mailboxReadAt = 0, notModifiedAt = 0;
     int64_t sent = 0, failedLogins = 0, lastFailedLoginAt = 0, lastSeenAt = 0;
+    int64_t failedLoginsNewSource = 0, lastFailedNewSourceAt = 0;  // from addresses it never logged in from
     std::string hint;  // what the student should do next, or "done"
 };
 

@@ -101,6 +101,11 @@ TEST_CASE("others' failures do not shut out the owner at an address she logged i
     Authenticator fresh(*lab.store, policy, [&] { return lab.now; });
     CHECK(fresh.authenticate("ana@447.edu", "11111447", false, "10.0.0.5").outcome == AuthOutcome::Ok);
     CHECK(fresh.authenticate("ana@447.edu", "11111447", false, "::ffff:10.0.0.5").outcome == AuthOutcome::Ok);
+    // The record tells her own failures from the others' (the class board's hint depends on it).
+    AuthResult hers = fresh.authenticate("ana@447.edu", "typo", false, "10.0.0.5");
+    CHECK((hers.outcome == AuthOutcome::BadCredentials && hers.knownAccount && hers.knownSource));
+    AuthResult theirs = fresh.authenticate("ana@447.edu", "guess", false, "10.9.0.1");
+    CHECK((theirs.outcome == AuthOutcome::Throttled && theirs.knownAccount && !theirs.knownSource));
 }
 
 TEST_CASE("parallel guesses never get more checks than the budget", "[auth][budget]") {

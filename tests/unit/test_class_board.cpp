@@ -60,6 +60,7 @@ TEST_CASE("the board: one row per student, hints for the stuck, instructors left
     lab.store->createAccount("ana@447.edu", "x", t0);
     lab.store->createAccount("bob@447.edu", "x", t0);
     lab.store->createAccount("teacher@447.edu", "x", t0);
+    lab.store->createAccount("dora@447.edu", "x", t0);
     lab.store->setRole("teacher@447.edu", "instructor");
     {
         ActivityRecorder activity(*lab.store, 60000);  // flushed when it goes
@@ -68,18 +69,26 @@ TEST_CASE("the board: one row per student, hints for the stuck, instructors left
         activity.note("ana@447.edu", activity::kMailboxRead, t0 + 120);
         activity.note("ana@447.edu", activity::kNotModified, t0 + 130);
         for (int i = 0; i < 4; ++i) activity.note("bob@447.edu", activity::kLoginFailed, t0 + 200 + i);
+        // Guesses at dora from addresses she never used: not her lost password.
+        for (int i = 0; i < 12; ++i) activity.note("dora@447.edu", activity::kLoginFailedNewSource, t0 + 300 + i);
     }
     Roster roster{{"ana@447.edu", "s1"}, {"bob@447.edu", "s2"}, {"carol@447.edu", "s3"}};
     Board board = classBoard(*lab.store, roster, t0 + 30 * 60);
-    REQUIRE(board.rows.size() == 3);
+    REQUIRE(board.rows.size() == 4);
     CHECK(board.rows[0].student == "s1");
     CHECK(board.rows[0].hint == "done");
     CHECK(board.rows[0].labMessageAt == t0 + 60);
     CHECK(board.rows[1].failedLogins == 4);
-    CHECK(board.rows[1].hint.find("4 failed logins") != std::string::npos);
+    CHECK(board.rows[1].hint.find("4 failed logins, none since: a lost password?") != std::string::npos);
     CHECK(board.rows[2].account == "carol@447.edu");
     CHECK_FALSE(board.rows[2].registered);
     CHECK(board.rows[2].hint.find("not registered") != std::string::npos);
+    CHECK(board.rows[3].account == "dora@447.edu");  // not on the roster: after it
+    CHECK(board.rows[3].failedLogins == 0);
+    CHECK(board.rows[3].failedLoginsNewSource == 12);
+    CHECK(board.rows[3].hint.find("12 failed logins from addresses this account never logged in from") == 0);
+    CHECK(board.rows[3].hint.find("only if she asks") != std::string::npos);
+    CHECK(boardJson(board).find("\"failed_logins_new_source\":12") != std::string::npos);
 
     // Stuck: registered 30 minutes ago, nothing sent.
     lab.store->createAccount("dan@447.edu", "x", t0);
