@@ -590,7 +590,8 @@ class Run:
 
         def one(r):
             name = names[r.name]
-            done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--for-grading"] +
+            done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--for-grading",
+                                "--shown-as", r.facts.name] +
                                (["--cache", cache] if cache else []) + ["--", r.facts.readable],
                                self.file_seconds, cwd=ROOT)
             if done is None:

@@ -186,13 +186,14 @@ def frames(numbers, most=8):
     return ("frame " if len(numbers) == 1 else "frames ") + shown if numbers else "no frame"
 
 
-def section(cap, out_dir, max_ladders=12, for_grading=False):
+def section(cap, out_dir, max_ladders=12, for_grading=False, shown=None):
     """One capture, as the TLS and HTTP labs ask about it: one heading per question, each answered
     from the capture with the frame numbers to look at in Wireshark, then the tables behind it.
-    for_grading: the ladders as SVG images only (shown with <img>, which runs nothing in an SVG)."""
+    for_grading: the ladders as SVG images only (shown with <img>, which runs nothing in an SVG).
+    shown: the file's name as handed in, when cap.path is a copy (make grade's, with the key log in it)."""
     title = MODE_TITLES.get(cap.mode, cap.mode)
     totals = cap.totals()
-    md = [f"## {md_text(os.path.basename(cap.path))}: {md_text(title)}\n",
+    md = [f"## {md_text(shown or os.path.basename(cap.path))}: {md_text(title)}\n",
           f"SMTP on port {cap.smtp_port}, HTTP on port {cap.http_port}; {totals['packets']} frames, "
           f"{totals['bytes']} bytes, {totals['connections']} TCP connections; "
           f"decryption secrets embedded: {'yes' if cap.secrets else 'no'}.\n"]
@@ -535,7 +536,7 @@ def analyse(job):
     captures are independent, and tshark is the time). The row (and the eavesdropper's read of a
     copy without the secrets behind it) only when there is a side-by-side: two captures or more.
     cache: the folder where `python3 -m captures.facts --cache` left its read of the same file."""
-    path, out_dir, max_ladders, compare, cache, for_grading = job
+    path, out_dir, max_ladders, compare, cache, for_grading, shown = job
     cap = Capture.load(path, cache) if cache else Capture(path)
     row = None
     if compare:
@@ -544,7 +545,7 @@ def analyse(job):
         row = [MODE_TITLES.get(cap.mode, cap.mode), t["packets"], t["bytes"], t["connections"],
                len(cap.handshakes()) if cap.has_tls else 0, smtp_seen, http_seen,
                Md("; ".join(credentials)) if credentials else "nothing"]
-    text = section(cap, out_dir, max_ladders, for_grading)
+    text = section(cap, out_dir, max_ladders, for_grading, shown)
     from report import labs
     answers = labs.answers(cap)
     story = None
@@ -553,8 +554,8 @@ def analyse(job):
             story = scenarios.scenario_section(path, cap.capinfos)  # the comment read once, not again
         except Exception as e:  # noqa: BLE001 (another helper's module: its failure is said, not fatal)
             story = f"<p>The scenario's explanation failed: {html.escape(printable(e))}</p>"
-    print(f"  analysed {printable(os.path.basename(path))} ({printable(cap.mode)})", flush=True)
-    return cap.mode, os.path.basename(path), text, row, answers, story
+    print(f"  analysed {printable(shown or os.path.basename(path))} ({printable(cap.mode)})", flush=True)
+    return cap.mode, shown or os.path.basename(path), text, row, answers, story
 
 
 def lab_questions(results):
@@ -692,7 +693,12 @@ def run():
     parser.add_argument("--for-grading", action="store_true",
                         help="the report of make grade: the ladders drawn as SVG only (no PNG); the answers and "
                              "tables are the same as make report's")
+    parser.add_argument("--shown-as", metavar="NAME",
+                        help="the name to show for the one capture given, when it is a copy of the file handed in "
+                             "(make grade reads a copy with the key log beside it embedded)")
     args = parser.parse_args()
+    if args.shown_as and len(args.captures) != 1:
+        parser.error("--shown-as names one capture: give exactly one")
     LIMITS.update(rows=max(1, args.max_rows), connections=max(0, args.max_connections))
     out_dir = os.path.join(args.out, args.name)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -701,7 +707,8 @@ def run():
     import multiprocessing
     # fork on every Python (3.14 defaults to forkserver on Linux): the workers need nothing re-imported.
     compare = len(args.captures) > 1
-    jobs = [(path, out_dir, args.max_ladders, compare, args.cache, args.for_grading) for path in args.captures]
+    jobs = [(path, out_dir, args.max_ladders, compare, args.cache, args.for_grading, args.shown_as)
+            for path in args.captures]
     if not compare:  # one capture (make report FILE=..., make grade): no worker to start
         results = [analyse(jobs[0])]
     else:
