@@ -555,24 +555,24 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         }
         case AuthOutcome::Throttled:
             // Nothing was checked: the account's guess budget for this source is spent.
-            env_.log("event=auth user=" + logValue(result.user) + " result=throttled");
+            env_.log("event=auth user=" + logValue(result.user) + " result=throttled peer=" + logValue(env_.peerAddress));
             if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
             return error(AccountLocked, "Too many failed logins for this account; no password checked. Try again in " +
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or from an address you have logged in from before");
         case AuthOutcome::RegistrationLimited:
-            env_.log("event=auth user=" + logValue(result.user) + " result=registration-limited");
+            env_.log("event=auth user=" + logValue(result.user) + " result=registration-limited peer=" + logValue(env_.peerAddress));
             return error(AccountLocked, "Too many new accounts from your address; try again in " +
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or log in to the account you registered");
         case AuthOutcome::NotOnRoster:
-            env_.log("event=auth user=" + logValue(result.user) + " result=not-on-roster");
+            env_.log("event=auth user=" + logValue(result.user) + " result=not-on-roster peer=" + logValue(env_.peerAddress));
             return error(AuthInvalid, result.user + " is not on this class's roster: register the account your "
                                                     "instructor gave you (your student id @" +
                                           auth_.policy().labDomain + ")");
         case AuthOutcome::BadCredentials: break;
     }
-    env_.log("event=auth user=" + logValue(result.user) + " result=fail");
+    env_.log("event=auth user=" + logValue(result.user) + " result=fail peer=" + logValue(env_.peerAddress));
     if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
     if (++authFailures_ >= limits_.maxAuthFailures) {
         out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));
