@@ -423,6 +423,8 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     }
     CHECK(refusals[0].rfind("454 4.7.0 Too many failed logins", 0) == 0);
     CHECK(refusals[0] == refusals[1]);
+    // She logged in from here before: no "from an address you have logged in from before".
+    CHECK(refusals[0].find("logged in from before") == std::string::npos);
 }
 
 TEST_CASE("DATA's content lines are taken alike however the reads split them", "[session][framing][data]") {
