@@ -192,16 +192,25 @@ void printBody(const std::string& body, std::ostream& out) {
     out << (::isatty(STDOUT_FILENO) ? text::validUtf8(body) : body) << (body.empty() || body.back() == '\n' ? "" : "\n");
 }
 
-// True when the header From (as the server shows it: "Name <address>" or an address) names another
-// address than the account that logged in and sent the message: anyone can type any From line
-// (RFC 5322 3.6.2); only the authenticated sender is the server's word.
+// True unless every address the header From shows (as the server shows it: "Name <address>", an
+// address, or a list of them) is the account that logged in and sent the message: anyone can type
+// any From line (RFC 5322 3.6.2); only the authenticated sender is the server's word. Every word
+// with an "@" counts, display names' too ("ana@447.edu" <eve@447.edu> shows ana's address first),
+// and a From with no address at all is not the sender either.
 bool fromIsNotTheSender(const Poco::JSON::Object::Ptr& m) {
     std::string sender = text::lowerCase(shown(m, "authenticated_sender"));
     if (sender.empty()) return false;
-    std::string from = shown(m, "from");
-    size_t open = from.rfind('<'), close = from.rfind('>');
-    if (open != std::string::npos && close != std::string::npos && close > open) from = from.substr(open + 1, close - open - 1);
-    return text::lowerCase(text::trim(from)) != sender;
+    std::string from = text::lowerCase(shown(m, "from"));
+    bool any = false;
+    for (size_t at = from.find('@'); at != std::string::npos; at = from.find('@', at + 1)) {
+        const char* stops = " \t<>\",;:()[]";
+        size_t start = from.find_last_of(stops, at);
+        start = start == std::string::npos ? 0 : start + 1;
+        size_t end = from.find_first_of(stops, at);
+        if (from.compare(start, (end == std::string::npos ? from.size() : end) - start, sender) != 0) return true;
+        any = true;
+    }
+    return !any;
 }
 
 void printList(const std::string& json, std::ostream& out) {
@@ -538,6 +547,7 @@ private:
                 HttpResult m = request(listPath(user, "/" + id));
                 if (m.status != 200) std::cout << "HTTP " << m.status << " " << m.reason << ": " << errorMessage(m) << "\n";
                 else printMessage(m.body, std::cout);
+                if (m.status == 401) break;  // the account was forgotten: GET asks again
             }
         }
         std::cout << "Bye.\n";

@@ -557,11 +557,11 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
             // Nothing was checked: the account's guess budget for this source is spent.
             env_.log("event=auth user=" + logValue(result.user) + " result=throttled peer=" + logValue(env_.peerAddress));
             if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
-            // From an address that logged in to it before, the budget spent is that address's own: no
-            // other address to suggest (an unknown name is never "known": its refusal is a stranger's).
+            // The same words whoever asks: a reply that changed with the address's standing would
+            // tell a guesser at a shared address (NAT, the server's own machine) which names exist.
             return error(AccountLocked, "Too many failed logins for this account; no password checked. Try again in " +
-                                            std::to_string(result.retryAfterSeconds) + " seconds" +
-                                            (result.knownSource ? "" : ", or from an address you have logged in from before"));
+                                            std::to_string(result.retryAfterSeconds) +
+                                            " seconds, or from an address you have logged in from before");
         case AuthOutcome::RegistrationLimited:
             env_.log("event=auth user=" + logValue(result.user) + " result=registration-limited peer=" + logValue(env_.peerAddress));
             return error(AccountLocked, "Too many new accounts from your address; try again in " +

@@ -21,10 +21,12 @@ REPO=$(pwd)
 CACHE=${MAILLAB_PLATFORM_CACHE:-$REPO/.platforms}
 MIRROR=${MAILLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 UBUNTU_MIRROR=${MAILLAB_UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
-# The Ubuntu archive's signing key (2018), pinned by fingerprint: the keyring package comes over
-# plain HTTP, so only this key, found in it by its fingerprint, is trusted to check the archive.
+# The Ubuntu archive's signing key (2018). The keyring package that holds it comes over plain HTTP,
+# so the package is pinned by its SHA-256, and only the one key whose primary fingerprint is the pin
+# is taken out of it (minimal export, exactly one key) to check the archive.
 UBUNTU_ARCHIVE_KEY=F6ECB3762474EDA9D21B7022871920D1991BC93C
 UBUNTU_KEYRING_DEB=${MAILLAB_UBUNTU_KEYRING_DEB:-$UBUNTU_MIRROR/pool/main/u/ubuntu-keyring/ubuntu-keyring_2023.11.28.1_all.deb}
+UBUNTU_KEYRING_SHA256=36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8
 BENCH=0
 KEEP=0
 README=0
@@ -86,10 +88,14 @@ ubuntu_keyring() {
   if [ ! -s "$keyring" ]; then
     command -v gpg >/dev/null || apt-get install -y -qq --no-install-recommends gpg >/dev/null
     work=$(mktemp -d)
-    curl -fsS -o "$work/keyring.deb" "$UBUNTU_KEYRING_DEB" && dpkg-deb -x "$work/keyring.deb" "$work/x" \
+    curl -fsS -o "$work/keyring.deb" "$UBUNTU_KEYRING_DEB" \
+      && echo "$UBUNTU_KEYRING_SHA256  $work/keyring.deb" | sha256sum --check --quiet - \
+      && dpkg-deb -x "$work/keyring.deb" "$work/x" \
       && gpg --homedir "$work" --no-default-keyring --keyring "$work/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" \
-           --export "$UBUNTU_ARCHIVE_KEY" >"$keyring.tmp" 2>/dev/null \
-      && gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null | grep -q "^fpr:*$UBUNTU_ARCHIVE_KEY:" \
+           --export-options export-minimal --export "$UBUNTU_ARCHIVE_KEY!" >"$keyring.tmp" 2>/dev/null \
+      && [ "$(gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null | grep -c '^pub:')" = 1 ] \
+      && gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null \
+           | awk -F: '/^pub:/ { p = 1; next } p && /^fpr:/ { print $10; exit }' | grep -qx "$UBUNTU_ARCHIVE_KEY" \
       && mv "$keyring.tmp" "$keyring"
     rm -rf "$work" "$keyring.tmp"
     [ -s "$keyring" ] || { echo "error: no Ubuntu archive key $UBUNTU_ARCHIVE_KEY from $UBUNTU_KEYRING_DEB" >&2; return 1; }
@@ -123,7 +129,8 @@ base_tree() {
     fi
     # testing and unstable are served as dated snapshots whose Release file may be past its
     # Valid-Until date; apt refuses those unless told (an installed system follows the live archive).
-    echo 'Acquire::Check-Valid-Until "false";' >"$base.tmp/etc/apt/apt.conf.d/99maillab-snapshot"
+    # Ubuntu's are current: its trees keep the check (an old Release replayed is refused).
+    is_ubuntu "$release" || echo 'Acquire::Check-Valid-Until "false";' >"$base.tmp/etc/apt/apt.conf.d/99maillab-snapshot"
     rm -rf "$base" && mv "$base.tmp" "$base"
   fi
 }

@@ -478,11 +478,18 @@ def the_retriever_client_says_when_a_from_line_is_not_the_sender(lab):
             smtp.login("mallory@447.edu", mallory)
             smtp.sendmail("mallory@447.edu", ["bob@447.edu"], "From: Mallory <MALLORY@447.edu>\r\nSubject: honest\r\n\r\nhi\r\n")
             smtp.sendmail("mallory@447.edu", ["bob@447.edu"], "From: Ana <ana@447.edu>\r\nSubject: forged\r\n\r\nhi\r\n")
+            # Her own address last, or inside the display name: still not only hers.
+            smtp.sendmail("mallory@447.edu", ["bob@447.edu"],
+                          "From: ana@447.edu, Mallory <mallory@447.edu>\r\nSubject: listed\r\n\r\nhi\r\n")
+            smtp.sendmail("mallory@447.edu", ["bob@447.edu"],
+                          "From: \"ana@447.edu (Ana)\" <mallory@447.edu>\r\nSubject: named\r\n\r\nhi\r\n")
         out = run_client(lab, retriever.port, ["--user", "bob", "--password", bob], program="retrieverclient")
         assert out.returncode == 0, out.stderr
-        rows = {line.split()[-1]: line for line in out.stdout.splitlines() if line.rstrip().endswith(("honest", "forged"))}
-        assert set(rows) == {"honest", "forged"}, out.stdout
+        rows = {line.split()[-1]: line for line in out.stdout.splitlines()
+                if line.rstrip().endswith(("honest", "forged", "listed", "named"))}
+        assert set(rows) == {"honest", "forged", "listed", "named"}, out.stdout
         assert "! Ana <ana@447.edu>" in rows["forged"] and "!" not in rows["honest"], out.stdout
+        assert "! " in rows["listed"] and "! " in rows["named"], out.stdout
         assert "From line is not the account that sent it" in out.stdout, out.stdout
         import re
         forged = re.match(r"\s*(\d+)", rows["forged"]).group(1)

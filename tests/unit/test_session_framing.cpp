@@ -423,8 +423,16 @@ TEST_CASE("an AUTH the credential cache can answer runs on the loop; one it cann
     }
     CHECK(refusals[0].rfind("454 4.7.0 Too many failed logins", 0) == 0);
     CHECK(refusals[0] == refusals[1]);
-    // She logged in from here before: no "from an address you have logged in from before".
-    CHECK(refusals[0].find("logged in from before") == std::string::npos);
+    // The same words as a stranger's (an unknown name's) refusal: none tells which names exist.
+    for (int i = 0; i < auth.policy().guessBurst; ++i)
+        REQUIRE(auth.authenticate("nobody@447.edu", "00000447", false, "127.0.0.1").outcome == AuthOutcome::BadCredentials);
+    auto stranger = session();
+    out = stranger->onBytes("EHLO c\r\nAUTH PLAIN AG5vYm9keUA0NDcuZWR1ADAwMDAwNDQ3\r\n");  // nobody@447.edu
+    if (out.deferred) out = stranger->resumeDeferred(after);
+    std::string strangers = Harness::lines(out).back();
+    CHECK(strangers.rfind("454 4.7.0 Too many failed logins", 0) == 0);
+    CHECK(strangers.substr(0, strangers.find(" Try again in")) == refusals[0].substr(0, refusals[0].find(" Try again in")));
+    CHECK(strangers.substr(strangers.find(" seconds")) == refusals[0].substr(refusals[0].find(" seconds")));
 }
 
 TEST_CASE("DATA's content lines are taken alike however the reads split them", "[session][framing][data]") {
