@@ -33,6 +33,9 @@
 #include <Poco/Util/OptionSet.h>
 #include <Poco/Util/ServerApplication.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -136,8 +139,7 @@ public:
         // The next request head, if the connection stays: the keep-alive wait, then the head itself.
         if (connection.slot && !result.closeConnection) connection.slot->waiting(connection.fd);
         if (connection.headDeadline && !result.closeConnection)
-            *connection.headDeadline = ctx_.watchdog.arm(static_cast<int>(socket.impl()->sockfd()),
-                                                     ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
+            *connection.headDeadline = ctx_.watchdog.arm(connection.fd, ctx_.keepAliveTimeout + ctx_.requestHeadTimeout);
     }
 
 private:
@@ -176,15 +178,26 @@ public:
 
 private:
     void serve(AdmittedConnection& admitted) {
+        // Poco's HTTPServerSession closes the socket when its loop ends, before this connection's
+        // place and deadline go: they hold a duplicate of the descriptor instead, closed last, so a
+        // newcomer cannot be given the number they would shut down (an eviction, a late deadline).
+        struct KeptDescriptor {
+            ConnectionLimiter::Slot& slot;
+            int fd;
+            ~KeptDescriptor() {
+                slot.working();
+                if (fd >= 0) ::close(fd);
+            }
+        } kept{admitted.slot, ::fcntl(admitted.fd, F_DUPFD_CLOEXEC, 0)};
         ConnectionState connection;
         connection.log = &admitted.log;
         connection.slot = &admitted.slot;
-        connection.fd = admitted.fd;
+        connection.fd = kept.fd >= 0 ? kept.fd : admitted.fd;
         connection.client = admitted.client;
         TlsProvenance provenance(ctx_.classRecord.provenance ? ctx_.store.get() : nullptr, "http");
         if (admitted.secure) provenance.noteSession(admitted.socket, admitted.client.address);
         connection.provenance = &provenance;
-        Watchdog::Guard deadline = ctx_.watchdog.arm(admitted.fd, ctx_.requestHeadTimeout);
+        Watchdog::Guard deadline = ctx_.watchdog.arm(connection.fd, ctx_.requestHeadTimeout);
         connection.headDeadline = &deadline;
         currentConnection = &connection;
         std::string ended;
