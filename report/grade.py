@@ -591,7 +591,7 @@ class Run:
         def one(r):
             name = names[r.name]
             done = run_bounded([sys.executable, "-m", "report.report", "--name", name, "--out", folder, "--for-grading",
-                                "--shown-as", r.facts.name] +
+                                "--shown-as=" + r.facts.name] +  # one word: a name may start with "-"
                                (["--cache", cache] if cache else []) + ["--", r.facts.readable],
                                self.file_seconds, cwd=ROOT)
             if done is None:
