@@ -506,14 +506,16 @@ private:
         };
         while (terminal_.line("http> ", line, true)) {
             std::string trimmed = text::trim(line);
-            std::string word = text::lowerCase(trimmed.substr(0, trimmed.find(' ')));
-            std::string path = trimmed.find(' ') == std::string::npos ? "" : text::trim(trimmed.substr(trimmed.find(' ')));
+            size_t space = trimmed.find(' ');
+            std::string word = text::lowerCase(trimmed.substr(0, space));
+            std::string path = space == std::string::npos ? "" : text::trim(trimmed.substr(space));
+            const std::string mailbox = "/mailboxes/" + (user.empty() ? "you@" + domain_ : user) + "/messages";
             if (word.empty()) continue;
             if (word == "quit" || word == "exit") break;
             if (word == "help" || word == "?") {
                 std::cout << "GET        asks for your address and password (once), lists your mail, and opens a message\n"
                              "GET /path  sends GET /path as it is and shows the status and the body, e.g.\n"
-                             "           GET /mailboxes/" << (user.empty() ? "you@" + domain_ : user) << "/messages?limit=2\n"
+                             "           GET " << mailbox << "?limit=2\n"
                              "QUIT       leaves\n";
                 continue;
             }
@@ -523,8 +525,7 @@ private:
             }
             if (!path.empty()) {
                 if (path[0] != '/' || path.find_first_of(" \t") != std::string::npos) {
-                    std::cout << "A path starts with / and has no spaces (%20 for one), e.g. GET /mailboxes/"
-                              << (user.empty() ? "you@" + domain_ : user) << "/messages\n";
+                    std::cout << "A path starts with / and has no spaces (%20 for one), e.g. GET " << mailbox << "\n";
                     continue;
                 }
                 if (!signIn()) break;

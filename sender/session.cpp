@@ -536,6 +536,10 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         return error(TemporaryAuthFailure, "Temporary authentication failure; try again later");
     }
     Output out;
+    // A refusal's log line names where the login came from (the board and an instructor read it).
+    auto logRefused = [&](const char* outcome) {
+        env_.log("event=auth user=" + logValue(result.user) + " result=" + outcome + " peer=" + logValue(env_.peerAddress));
+    };
     switch (result.outcome) {
         case AuthOutcome::Ok:
             user_ = result.user;
@@ -555,7 +559,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         }
         case AuthOutcome::Throttled:
             // Nothing was checked: the account's guess budget for this source is spent.
-            env_.log("event=auth user=" + logValue(result.user) + " result=throttled peer=" + logValue(env_.peerAddress));
+            logRefused("throttled");
             if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
             // The same words whoever asks: a reply that changed with the address's standing would
             // tell a guesser at a shared address (NAT, the server's own machine) which names exist.
@@ -563,18 +567,18 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or from an address you have logged in from before");
         case AuthOutcome::RegistrationLimited:
-            env_.log("event=auth user=" + logValue(result.user) + " result=registration-limited peer=" + logValue(env_.peerAddress));
+            logRefused("registration-limited");
             return error(AccountLocked, "Too many new accounts from your address; try again in " +
                                             std::to_string(result.retryAfterSeconds) +
                                             " seconds, or log in to the account you registered");
         case AuthOutcome::NotOnRoster:
-            env_.log("event=auth user=" + logValue(result.user) + " result=not-on-roster peer=" + logValue(env_.peerAddress));
+            logRefused("not-on-roster");
             return error(AuthInvalid, result.user + " is not on this class's roster: register the account your "
                                                     "instructor gave you (your student id @" +
                                           auth_.policy().labDomain + ")");
         case AuthOutcome::BadCredentials: break;
     }
-    env_.log("event=auth user=" + logValue(result.user) + " result=fail peer=" + logValue(env_.peerAddress));
+    logRefused("fail");
     if (result.knownAccount && env_.onLoginFailed) env_.onLoginFailed(result.user, result.knownSource);
     if (++authFailures_ >= limits_.maxAuthFailures) {
         out.replies.push_back(reply(TooManyAuthFailures, "Too many failed authentication attempts; closing connection"));

@@ -93,9 +93,9 @@ ubuntu_keyring() {
       && dpkg-deb -x "$work/keyring.deb" "$work/x" \
       && gpg --homedir "$work" --no-default-keyring --keyring "$work/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" \
            --export-options export-minimal --export "$UBUNTU_ARCHIVE_KEY!" >"$keyring.tmp" 2>/dev/null \
-      && [ "$(gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null | grep -c '^pub:')" = 1 ] \
       && gpg --homedir "$work" --show-keys --with-colons "$keyring.tmp" 2>/dev/null \
-           | awk -F: '/^pub:/ { p = 1; next } p && /^fpr:/ { print $10; exit }' | grep -qx "$UBUNTU_ARCHIVE_KEY" \
+           | awk -F: -v pin="$UBUNTU_ARCHIVE_KEY" '/^pub:/ { keys++; p = 1; next } p && /^fpr:/ { first = $10; p = 0 }
+                                                   END { exit !(keys == 1 && first == pin) }' \
       && mv "$keyring.tmp" "$keyring"
     rm -rf "$work" "$keyring.tmp"
     [ -s "$keyring" ] || { echo "error: no Ubuntu archive key $UBUNTU_ARCHIVE_KEY from $UBUNTU_KEYRING_DEB" >&2; return 1; }

@@ -289,7 +289,7 @@ std::string boardText(const Board& board) {
         std::snprintf(line, sizeof line, "%-14.14s %-26.26s %-10s %-9s %-9s %-9s %6lld %-9s  ", r.student.c_str(),
                       r.account.c_str(), r.registered ? when(r.registeredAt).c_str() : "-", when(r.labMessageAt).c_str(),
                       when(r.mailboxReadAt).c_str(), when(r.notModifiedAt).c_str(),
-                      static_cast<long long>(r.failedLogins + r.failedLoginsNewSource), when(r.lastSeenAt).c_str());
+                      static_cast<long long>(r.allFailedLogins()), when(r.lastSeenAt).c_str());
         out << line << r.hint << "\n";
     }
     return out.str();
@@ -377,7 +377,7 @@ std::string boardMetrics(const Board& board) {
     for (const BoardRow& r : board.rows)
         if (r.registered)
             out += "maillab_failed_logins_total{account=\"" + metricLabel(r.account) + "\"} " +
-                   std::to_string(r.failedLogins + r.failedLoginsNewSource) + "\n";
+                   std::to_string(r.allFailedLogins()) + "\n";
     out += "# HELP maillab_last_seen_timestamp_seconds When the account was last active.\n"
            "# TYPE maillab_last_seen_timestamp_seconds gauge\n";
     for (const BoardRow& r : board.rows)

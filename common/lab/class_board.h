@@ -88,6 +88,7 @@ struct BoardRow {
     int64_t registeredAt = 0, labMessageAt = 0, sentAt = 0, mailboxReadAt = 0, notModifiedAt = 0;
     int64_t sent = 0, failedLogins = 0, lastFailedLoginAt = 0, lastSeenAt = 0;
     int64_t failedLoginsNewSource = 0, lastFailedNewSourceAt = 0;  // from addresses it never logged in from
+    int64_t allFailedLogins() const { return failedLogins + failedLoginsNewSource; }
     std::string hint;  // what the student should do next, or "done"
 };
 
