@@ -517,6 +517,17 @@ private:
         if (closing_ || closed_) return;  // the backstop answered 421 already: nothing more is said
         busy_ = false;
         early_.insert(0, after);
+        // RFC 2920: what the client pipelined behind the job's input (QUIT after a message's content)
+        // is answered in the same send: one TLS record and one segment for the 250 and the 221, not one
+        // each. On PostgreSQL a read's commands go to a worker, never framed here.
+        if (!early_.empty() && !output.close && !output.startTls && !output.deferred && !shutdownWhenDone_ &&
+            !s_.everyInputOnWorkers) {
+            slot_.working();
+            std::string rest;
+            smtp::Output more = frameRead(*held_->session, early_.data(), early_.size(), rest);
+            early_ = std::move(rest);
+            append(output, std::move(more));
+        }
         respond(connection, std::move(output));  // answered first, then reading resumes (in order)
         if (busy_ || closing_ || drainingOut_ || handshaking_) return;
         resume(connection);

@@ -2,7 +2,8 @@
 // connections with epoll, share one client SSL_CTX (TLS 1.3, no default CA store). Scenarios:
 //   smtp       connect, handshake, banner, EHLO, AUTH PLAIN, MAIL, RCPT, DATA + body, 250, then QUIT
 //              (a new connection per message) or RSET and the next message (--keep-open);
-//              --tls implicit|starttls|off
+//              --tls implicit|starttls|off; --pipelining: where the EHLO reply offers PIPELINING,
+//              RFC 2920 groups (AUTH PLAIN + MAIL + RCPT + DATA, then the content + QUIT or RSET)
 //   https      keep-alive GETs of one path with Basic auth (--tls off for plain HTTP)
 //   handshake  connect, TLS 1.3 handshake, close: the ceiling for anything over TLS
 // Bounded by --count and --duration. Reports throughput, per-phase latency (p50/p90/p99/max) and
@@ -58,6 +59,7 @@ struct Options {
     double duration = 30;
     size_t size = 1024;
     bool keepOpen = false;
+    bool pipelining = false;  // RFC 2920 groups where the server offers PIPELINING (as Postfix and msmtp send)
     bool resume = false;
     int idle = 0;
     int sources = 0;  // connect from this many loopback addresses (127.1.x.y), as many clients would
@@ -114,6 +116,7 @@ struct Conn {
     bool eof = false;
     unsigned long generation = 0;
     bool workTaken = false;  // a new connection per message took its unit of work when it started
+    bool grouped = false;    // RFC 2920: this connection sends its commands in groups (the server offers it)
     uint32_t interest = 0;   // what epoll watches for it now (want() changes it only when it differs)
 };
 
@@ -222,6 +225,7 @@ private:
         c.step = 0;
         c.tlsUp = false;
         c.startTlsDone = false;
+        c.grouped = false;
         c.messageStarted = false;
         c.tStart = c.tPhase = Clock::now();
         ++active_;
@@ -404,7 +408,7 @@ private:
     }
 
     // A complete SMTP reply at the front of c.in: its code, or 0 when incomplete.
-    static int takeReply(Conn& c) {
+    static int takeReply(Conn& c, std::string* text = nullptr) {
         size_t pos = 0;
         for (;;) {
             size_t eol = c.in.find("\r\n", pos);
@@ -414,6 +418,7 @@ private:
                 continue;
             }
             int code = std::atoi(c.in.substr(pos, 3).c_str());
+            if (text) text->assign(c.in, 0, eol + 2);
             c.in.erase(0, eol + 2);
             return code;
         }
@@ -433,8 +438,9 @@ private:
             httpResponse(c, index);
         } else {
             for (;;) {
-                int code = takeReply(c);
-                if (code == 0 || !smtpReply(c, index, code)) break;
+                std::string text;
+                int code = takeReply(c, c.step == 1 ? &text : nullptr);  // the EHLO reply's text: its keywords
+                if (code == 0 || !smtpReply(c, index, code, text)) break;
             }
         }
         if (!eof || c.generation != generation || c.phase == Conn::Phase::Done) return;
@@ -465,8 +471,9 @@ private:
         sendRequest(c, index);
     }
 
-    // The SMTP script. Returns false when the connection is gone or waiting on a write.
-    bool smtpReply(Conn& c, size_t index, int code) {
+    // The SMTP script. Returns false when the connection is gone or waiting on a write; true when the
+    // next reply of a group (RFC 2920) may follow in what was read.
+    bool smtpReply(Conn& c, size_t index, int code, const std::string& text) {
         const Options& o = s_.opt;
         auto expect = [&](int wanted, const char* what) {
             if (code == wanted) return true;
@@ -483,6 +490,10 @@ private:
                 return false;
             case 1:  // EHLO
                 if (!expect(250, "ehlo")) return false;
+                // RFC 2920: groups only where the server says it takes them (a line "250-PIPELINING").
+                c.grouped = o.pipelining && (text.find("-PIPELINING\r\n") != std::string::npos ||
+                                             text.find(" PIPELINING\r\n") != std::string::npos);
+                if (c.grouped) stats_.errors["(info) pipelined"]++;  // connections that sent groups
                 if (o.tls == "starttls" && !c.startTlsDone) {
                     send(c, index, "STARTTLS\r\n");
                     return false;
@@ -497,6 +508,7 @@ private:
                 return false;
             case 4:  // AUTH
                 if (!expect(235, "auth")) return false;
+                if (c.messageStarted) return true;  // MAIL, RCPT and DATA went with it
                 if (c.idleSlot) {
                     idle(c, index);
                     return false;
@@ -504,16 +516,19 @@ private:
                 return startMessage(c, index);
             case 5:  // MAIL
                 if (!expect(250, "mail")) return false;
+                if (c.grouped) return true;
                 send(c, index, "RCPT TO:<" + o.to + ">\r\n");
                 return false;
             case 6:  // RCPT
                 if (!expect(250, "rcpt")) return false;
+                if (c.grouped) return true;
                 send(c, index, "DATA\r\n");
                 return false;
             case 7:  // DATA
                 if (!expect(354, "data")) return false;
                 c.tPhase = Clock::now();
-                send(c, index, s_.body);
+                // RFC 2920 3.1: the content may open a group; QUIT or RSET follows it in the same one.
+                send(c, index, c.grouped ? s_.body + (o.keepOpen ? "RSET\r\n" : "QUIT\r\n") : s_.body);
                 return false;
             case 8:  // the message's 250
                 if (!expect(250, "message")) return false;
@@ -521,6 +536,8 @@ private:
                 stats_.phases["message"].push_back(since(c.tMessage));
                 s_.completed++;
                 stats_.completed++;
+                c.messageStarted = false;
+                if (c.grouped) return true;  // the RSET or QUIT went with the content
                 if (o.keepOpen) {
                     send(c, index, "RSET\r\n");
                     return false;
@@ -541,8 +558,26 @@ private:
 
     bool smtpAfterEhlo(Conn& c, size_t index) {
         c.step = 4;
+        // RFC 4954 4: AUTH ends its group, except an initial response of a one-round-trip mechanism
+        // without a security layer (PLAIN): MAIL, RCPT and DATA may follow it.
+        if (c.grouped && !c.idleSlot && (c.workTaken || s_.opt.keepOpen)) {
+            bool taken = c.workTaken;
+            c.workTaken = false;
+            if (taken || takeWork()) {
+                c.messageStarted = true;
+                c.tMessage = Clock::now();
+                send(c, index, s_.authLine + envelope());
+                return false;
+            }
+        }
         send(c, index, s_.authLine);
         return false;
+    }
+
+    // MAIL, RCPT and DATA: one group where the server takes them (RFC 2920), else MAIL alone.
+    std::string envelope() const {
+        std::string mail = "MAIL FROM:<" + s_.opt.user + "> SIZE=" + std::to_string(s_.body.size()) + "\r\n";
+        return mail + "RCPT TO:<" + s_.opt.to + ">\r\nDATA\r\n";
     }
 
     bool startMessage(Conn& c, size_t index) {
@@ -556,6 +591,11 @@ private:
         }
         c.step = 5;
         c.tMessage = Clock::now();
+        if (c.grouped) {
+            c.messageStarted = true;
+            send(c, index, envelope());
+            return false;
+        }
         send(c, index, "MAIL FROM:<" + s_.opt.user + "> SIZE=" + std::to_string(s_.body.size()) + "\r\n");
         return false;
     }
@@ -602,6 +642,7 @@ double percentile(std::vector<double>& v, double p) {
 void usage() {
     std::cerr << "usage: maillab-load --scenario smtp|https|handshake --port P[,P2...] [--host H] [--tls implicit|starttls|off]\n"
                  "       [--connections C] [--threads T] [--count N] [--duration S] [--size BYTES] [--keep-open]\n"
+                 "       [--pipelining]\n"
                  "       [--resume] [--idle K] [--sources N] [--user U --password PW --to RCPT] [--path /p] [--ca FILE]\n"
                  "       [--json FILE] [--label TEXT] [--quiet]\n";
 }
@@ -634,6 +675,7 @@ int main(int argc, char** argv) {
         else if (a == "--duration") o.duration = std::atof(next().c_str());
         else if (a == "--size") o.size = std::strtoul(next().c_str(), nullptr, 10);
         else if (a == "--keep-open") o.keepOpen = true;
+        else if (a == "--pipelining") o.pipelining = true;
         else if (a == "--resume") o.resume = true;
         else if (a == "--idle") o.idle = std::atoi(next().c_str());
         else if (a == "--sources") o.sources = std::atoi(next().c_str());
@@ -741,7 +783,7 @@ int main(int argc, char** argv) {
     const char* unit = o.scenario == "smtp" ? "messages" : o.scenario == "https" ? "requests" : "handshakes";
     std::ostringstream json;
     json << "{\"label\":\"" << o.label << "\",\"scenario\":\"" << o.scenario << "\",\"tls\":\"" << o.tls
-         << "\",\"connections\":" << o.connections << ",\"idle\":" << o.idle << ",\"keep_open\":" << (o.keepOpen ? "true" : "false")
+         << "\",\"connections\":" << o.connections << ",\"idle\":" << o.idle << ",\"keep_open\":" << (o.keepOpen ? "true" : "false") << ",\"pipelining\":" << (o.pipelining ? "true" : "false")
          << ",\"size\":" << o.size << ",\"completed\":" << all.completed << ",\"seconds\":" << elapsed
          << ",\"per_second\":" << rate << ",\"latency_us\":{";
     std::printf("%s: %ld %s in %.2f s = %.1f/s (%d connections%s)\n", o.label.empty() ? o.scenario.c_str() : o.label.c_str(),

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from tests.bench import server_cost
-from tests.e2e.harness import Server, Skip, register, run_client, test
+from tests.e2e.harness import Server, Skip, messages, register, run_client, test
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
@@ -51,3 +51,32 @@ def the_maildev_preload_answers_reverse_dns_at_once_with_no_name(lab):
     assert '{"promise":[]}' in out.stdout, out.stdout
     assert "reverse lookups answered locally: 1" in out.stderr, out.stderr
     assert time.monotonic() - started < 10, "the lookup waited for a resolver"
+
+
+@test
+def the_load_generator_pipelines_where_the_sender_offers_it(lab):
+    """maillab-load --pipelining sends RFC 2920 groups (AUTH PLAIN with MAIL, RCPT and DATA; the content
+    with QUIT, or with RSET when kept open) once the EHLO reply offers PIPELINING: every message is
+    answered and stored, and none is counted that was not."""
+    import json
+    with Server(lab, "senderserver") as sender:
+        password = register(lab, sender.port, "ana")
+        register(lab, sender.port, "bob")
+        for extra, count in (([], 12), (["--keep-open"], 9)):
+            out_json = lab.path("load.jsonl")
+            if os.path.exists(out_json):
+                os.unlink(out_json)
+            out = subprocess.run([lab.exe("maillab-load"), "--scenario", "smtp", "--port", str(sender.port),
+                                  "--count", str(count), "--duration", "60", "--connections", "2", "--pipelining",
+                                  "--user", "ana@447.edu", "--password", password, "--to", "bob@447.edu",
+                                  "--size", "2000", "--json", out_json, "--quiet"] + extra,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            result = json.loads(open(out_json).read().splitlines()[-1])
+            assert result["pipelining"] is True
+            assert result["completed"] == count, result
+            assert not {k: v for k, v in result.get("errors", {}).items() if not k.startswith("(info)")}, result
+            # Every connection saw PIPELINING offered and sent groups: one per message, or the two kept open.
+            assert result["errors"].get("(info) pipelined") == (count if not extra else 2), result
+        stored = [s for s, _ in messages(sender.db, "bob@447.edu")]
+        assert stored.count("load") == 12 + 9, stored

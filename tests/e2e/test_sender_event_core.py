@@ -381,3 +381,27 @@ def the_event_core_sender_frames_postgresql_reads_within_the_reply_cap(lab):
                 run = 0
         assert sum(runs) == 2048, sum(runs)
         assert max(runs) <= 4096 // len("EHLO x\r\n"), runs  # a slice's replies pass 64 KiB: it stops there
+
+
+@test
+def a_pipelined_quit_is_answered_with_the_250_in_one_record(lab):
+    """RFC 2920: QUIT pipelined behind a message's content is answered in the same send as the message's
+    250 (it waited for the commit): one TLS record, so one read here returns both replies. Two records
+    were two segments, and a wake-up of the client each (issue 22). On PostgreSQL every read goes to a
+    worker and the 221 comes on its own."""
+    with Server(lab, "senderserver", settings=EVENTS) as server:
+        ana = register_ana_and_bob(lab, server)
+        c = Conversation(lab, server.port)
+        c.send(f"EHLO p\r\nAUTH PLAIN {plain('ana@447.edu', ana)}\r\nMAIL FROM:<ana@447.edu>\r\n"
+               "RCPT TO:<bob@447.edu>\r\nDATA\r\n")
+        assert c.reply()[-1] == "250 HELP"
+        for code in ("235 ", "250 ", "250 ", "354 "):
+            assert c.reply()[0].startswith(code)
+        c.send("Subject: one record\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        record = c.sock.recv(65536).decode()  # OpenSSL returns one record's bytes per read
+        lines = record.splitlines()
+        assert lines[0].startswith("250 2.0.0 Ok: queued as"), record
+        if lab.postgres:
+            return
+        assert len(lines) == 2 and lines[1].startswith("221 "), record
+        assert [s for s, _ in messages(server.db, "bob@447.edu")] == ["one record"]
