@@ -320,13 +320,14 @@ private:
                 for (size_t i = 0; i < reply.lines.size(); ++i) held_->log.line("S: " + reply.line(i, true));  // passwords redacted
         }
         if (output.inputs) commandDeadline_ = net::Clock::now() + s_.commandTimeout;
-        if (!wire.empty()) connection.send(std::move(wire));
         if (output.close) {
             closing_ = true;
             drainMoved_ = false;
             connection.setDeadline(s_.sendTimeout);  // for our last reply to be read (written()); then the core's linger
+            if (!wire.empty()) connection.send(std::move(wire), true);  // its close_notify in the same write
             return connection.closeAfterSend();
         }
+        if (!wire.empty()) connection.send(std::move(wire));
         if (output.startTls) {
             // RFC 3207 4: the handshake starts once the 220 has left. RFC 3207 5 / CVE-2011-0411: what
             // was pipelined after STARTTLS arrived in clear and never runs: the session dropped the rest

@@ -1,6 +1,7 @@
 // The event-loop core: see event_loop.h. Level-triggered epoll, one descriptor per connection
-// watched for reading (and for writing only while a write or handshake waits for room); OpenSSL on
-// the raw descriptor with read-ahead, so a TLS record costs one read instead of two.
+// watched for reading (and for writing only while a write or handshake waits for room); OpenSSL reads
+// the raw descriptor with read-ahead, so a TLS record costs one read instead of two, and writes its
+// records to a buffer of the connection's (wire_) that one write empties.
 #include "event_loop.h"
 
 #include "tls.h"
@@ -37,6 +38,8 @@ constexpr std::chrono::milliseconds kListenerPause{100};  // out of descriptors:
 // A drained answer's buffer is kept for the next one up to this size; a larger one (a big message's
 // body, moved in by send) is freed: idle keep-alive connections must not each hold their last answer.
 constexpr size_t kKeptOutputBytes = 64 * 1024;
+// Records made ahead of the socket at most (a large answer is made into records as they leave).
+constexpr size_t kWireBytes = 64 * 1024;
 // epoll_event.data: a connection's address (even: aligned), or an odd tag: the wake-up descriptor, a listener.
 constexpr uint64_t kWakeTag = 1;
 uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
@@ -59,6 +62,32 @@ std::string tlsError(int sslError, int sysError = 0) {
     }
     ERR_clear_error();
     return reason;
+}
+
+// The write BIO of every TLS connection: OpenSSL's records are appended to the connection's wire_
+// (BIO data), which Connection::pushWire writes to the socket. Flushes are no-ops: OpenSSL flushes
+// after each handshake flight and alert, and each was a write and a TCP segment of its own.
+int wireWrite(BIO* bio, const char* data, int size) {
+    if (size <= 0) return 0;
+    static_cast<std::string*>(BIO_get_data(bio))->append(data, static_cast<size_t>(size));
+    return size;
+}
+long wireCtrl(BIO*, int command, long, void*) { return command == BIO_CTRL_FLUSH ? 1 : 0; }
+int wireCreate(BIO* bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+}
+BIO_METHOD* wireMethod() {
+    static BIO_METHOD* method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "maillab wire");
+        if (m) {
+            BIO_meth_set_write(m, wireWrite);
+            BIO_meth_set_ctrl(m, wireCtrl);
+            BIO_meth_set_create(m, wireCreate);
+        }
+        return m;
+    }();
+    return method;
 }
 
 // "host" and "host:port" ("[v6]:port") of a socket address, as Poco's SocketAddress writes them.
@@ -94,7 +123,7 @@ Connection::~Connection() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-void Connection::send(std::string bytes) {
+void Connection::send(std::string bytes, bool last) {
     if (state_ != State::Open || closeWhenSent_) return;
     if (out_.empty()) {
         out_ = std::move(bytes);
@@ -102,6 +131,7 @@ void Connection::send(std::string bytes) {
     } else {
         out_ += bytes;
     }
+    closeWhenSent_ = last;
     flush();
 }
 
@@ -267,11 +297,7 @@ void Connection::startTls() {
         loop_.arm(*this, acceptedAt_ + settings.silenceHint);  // the factory left the handshake's deadline: hint first
         silenceHintArmed_ = true;
     }
-    ssl_ = SSL_new(settings.tls);
-    if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
-    SSL_set_accept_state(ssl_);
-    SSL_set_read_ahead(ssl_, 1);  // one read per record (header and body together), more when they came
-    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    if (!attachTls(settings.tls)) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
     if (state_ == State::ClearTextCheck) checkClearText();
     else handshake();
 }
@@ -337,15 +363,57 @@ void Connection::startTlsAfterSend(SSL_CTX* context) {
 void Connection::beginTls(SSL_CTX* context) {
     state_ = State::Handshake;
     setDeadline(loop_.settings().handshakeTimeout);
-    ssl_ = SSL_new(context);
-    if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
-    SSL_set_accept_state(ssl_);
-    SSL_set_read_ahead(ssl_, 1);
-    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    if (!attachTls(context)) return close("SSL_new: " + tlsError(SSL_ERROR_SSL));
     handshake();
 }
 
+bool Connection::attachTls(SSL_CTX* context) {
+    ssl_ = SSL_new(context);
+    if (!ssl_) return false;
+    BIO* socket = BIO_new_socket(fd_, BIO_NOCLOSE);
+    BIO* wire = wireMethod() ? BIO_new(wireMethod()) : nullptr;
+    if (!socket || !wire) {
+        BIO_free(socket);
+        BIO_free(wire);
+        return false;
+    }
+    BIO_set_data(wire, &wire_);
+    SSL_set_bio(ssl_, socket, wire);
+    SSL_set_accept_state(ssl_);
+    SSL_set_read_ahead(ssl_, 1);  // one read per record (header and body together), more when they came
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    return true;
+}
+
+bool Connection::pushWire() {
+    while (wireSent_ < wire_.size()) {
+        ssize_t sent = ::send(fd_, wire_.data() + wireSent_, wire_.size() - wireSent_, MSG_NOSIGNAL);
+        if (sent < 0 && errno == EINTR) continue;
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            wantWrite_ = true;
+            updateInterest();
+            return false;
+        }
+        if (sent < 0) {
+            close(std::strerror(errno));
+            return false;
+        }
+        wireSent_ += static_cast<size_t>(sent);
+    }
+    wire_.clear();
+    if (wire_.capacity() > kKeptOutputBytes) std::string().swap(wire_);
+    wireSent_ = 0;
+    return true;
+}
+
+void Connection::pushWireOnce() {
+    if (wireSent_ < wire_.size()) (void)::send(fd_, wire_.data() + wireSent_, wire_.size() - wireSent_, MSG_NOSIGNAL | MSG_DONTWAIT);
+    wire_.clear();
+    wireSent_ = 0;
+}
+
 void Connection::handshake() {
+    if (!pushWire()) return;  // the last flight leaves first
     errno = 0;
     int rc = SSL_do_handshake(ssl_);
     int sysError = errno;
@@ -354,17 +422,29 @@ void Connection::handshake() {
         clearDeadline();
         wantWrite_ = false;
         updateInterest();
-        protocol_->onReady(*this);
+        // The protocol's first answer (a banner, a greeting) goes in the write of the session ticket.
+        holdingWrites_ = true;
+        try {
+            protocol_->onReady(*this);
+        } catch (...) {
+            holdingWrites_ = false;
+            throw;
+        }
+        holdingWrites_ = false;
+        if (state_ == State::Closed) return;
+        flush();
         if (state_ == State::Open && !paused_) readTls();  // the request may have come with the handshake
         return;
     }
     int error = SSL_get_error(ssl_, rc);
     if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
-        wantWrite_ = error == SSL_ERROR_WANT_WRITE;
+        if (!pushWire()) return;  // EPOLLOUT: handshake() again once there is room
+        wantWrite_ = false;
         updateInterest();
         return;
     }
     std::string reason = tlsError(error, sysError);
+    pushWireOnce();  // the alert that says why (a TLS 1.2 client hears protocol_version)
     finish(Ending{Phase::Handshake, reason, false, false});
 }
 
@@ -378,6 +458,8 @@ void Connection::readTls() {
             errno = 0;
             n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
             sysError = errno;  // the socket's error, if any, before anything else can change errno
+            // A record of ours it made (a KeyUpdate's answer, an alert): sent now, or on EPOLLOUT.
+            if (wireSent_ < wire_.size() && !pushWire() && state_ == State::Closed) return;
         } else {
             ssize_t got = ::recv(fd_, buffer.data(), buffer.size(), 0);
             if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
@@ -407,37 +489,59 @@ void Connection::readTls() {
 }
 
 void Connection::flush() {
-    while (outSent_ < out_.size()) {
-        size_t left = std::min(out_.size() - outSent_, static_cast<size_t>(INT_MAX));
-        int n;
+    if (holdingWrites_ || state_ == State::Closed) return;
+    const bool resumed = wantWrite_;  // the socket had been full: moving bytes now is news (onWritten)
+    for (;;) {
         if (ssl_) {
-            errno = 0;
-            n = SSL_write(ssl_, out_.data() + outSent_, static_cast<int>(left));
-            if (n <= 0) {
-                int sysError = errno;
-                int error = SSL_get_error(ssl_, n);
-                if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
-                    wantWrite_ = true;
-                    // WANT_READ: OpenSSL must read (a post-handshake message) before it writes again;
-                    // waiting for writability would spin on a socket that is always writable.
-                    writeBlockedOnRead_ = error == SSL_ERROR_WANT_READ;
-                    updateInterest();
-                    return;
+            // The protocol's bytes made into records (into wire_), as far as kWireBytes ahead of the socket.
+            while (outSent_ < out_.size() && wire_.size() - wireSent_ < kWireBytes) {
+                size_t left = std::min(out_.size() - outSent_, kWireBytes);
+                errno = 0;
+                int n = SSL_write(ssl_, out_.data() + outSent_, static_cast<int>(left));
+                if (n <= 0) {
+                    int sysError = errno;
+                    int error = SSL_get_error(ssl_, n);
+                    if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) {
+                        if (!pushWire()) return;
+                        wantWrite_ = true;
+                        // WANT_READ: OpenSSL must read (a post-handshake message) before it writes again;
+                        // waiting for writability would spin on a socket that is always writable.
+                        writeBlockedOnRead_ = error == SSL_ERROR_WANT_READ;
+                        updateInterest();
+                        return;
+                    }
+                    pushWireOnce();
+                    return finish(Ending{Phase::Open, tlsError(error, sysError), false, false});
                 }
-                return finish(Ending{Phase::Open, tlsError(error, sysError), false, false});
+                outSent_ += static_cast<size_t>(n);
+                writeBlockedOnRead_ = false;
             }
-        } else {
-            ssize_t sent = ::send(fd_, out_.data() + outSent_, left, MSG_NOSIGNAL);
-            if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-                wantWrite_ = true;
-                updateInterest();
-                return;
+            // closeAfterSend: nothing can be queued after the last reply, so its close_notify goes with it.
+            if (outSent_ == out_.size() && closeWhenSent_ && !shutDown_ && !tlsAfterSend_) {
+                shutDown_ = true;
+                SSL_shutdown(ssl_);
+                ERR_clear_error();
             }
-            if (sent < 0) return finish(Ending{Phase::Open, std::strerror(errno), false, false});
-            n = static_cast<int>(sent);
+            size_t before = wire_.size() - wireSent_;
+            bool allSent = pushWire();
+            if (state_ == State::Closed) return;
+            bool moved = !allSent && wire_.size() - wireSent_ < before;
+            if ((moved || (allSent && outSent_ < out_.size())) && resumed && protocol_ && state_ == State::Open)
+                protocol_->onWritten(*this, false);
+            if (!allSent || state_ == State::Closed) return;
+            if (outSent_ < out_.size()) continue;
+            break;
         }
-        outSent_ += static_cast<size_t>(n);
-        writeBlockedOnRead_ = false;
+        if (outSent_ == out_.size()) break;
+        size_t left = std::min(out_.size() - outSent_, static_cast<size_t>(INT_MAX));
+        ssize_t sent = ::send(fd_, out_.data() + outSent_, left, MSG_NOSIGNAL);
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            wantWrite_ = true;
+            updateInterest();
+            return;
+        }
+        if (sent < 0) return finish(Ending{Phase::Open, std::strerror(errno), false, false});
+        outSent_ += static_cast<size_t>(sent);
         if (wantWrite_ && protocol_ && state_ == State::Open && outSent_ < out_.size()) protocol_->onWritten(*this, false);
         if (state_ == State::Closed) return;
     }
@@ -457,20 +561,26 @@ void Connection::flush() {
         tlsAfterSend_ = nullptr;
         return beginTls(context);
     }
-    if (closeWhenSent_ && !shutDown_ && state_ != State::Closed) {
-        shutDown_ = true;
+    if (closeWhenSent_ && !finSent_ && state_ != State::Closed) {
         // Our close (close_notify and FIN), then the client's FIN read within the linger time: closing
         // with its bytes unread would be a TCP RST that can destroy our last answer before it is read.
-        if (ssl_) {
-            SSL_shutdown(ssl_);
-            ERR_clear_error();
+        if (!shutDown_) {
+            shutDown_ = true;
+            if (ssl_) {
+                SSL_shutdown(ssl_);
+                ERR_clear_error();
+            }
         }
+        if (state_ != State::Lingering) {
+            state_ = State::Lingering;
+            paused_ = false;
+            readInterestKept_ = false;
+            updateInterest();
+            setDeadline(std::chrono::milliseconds(loop_.settings().lingerMilliseconds));
+        }
+        if (!pushWire()) return;  // the FIN once close_notify has left
+        finSent_ = true;
         ::shutdown(fd_, SHUT_WR);
-        state_ = State::Lingering;
-        paused_ = false;
-        readInterestKept_ = false;
-        updateInterest();
-        setDeadline(std::chrono::milliseconds(loop_.settings().lingerMilliseconds));
     }
 }
 
@@ -483,6 +593,7 @@ void Connection::finish(Ending ending) {
     if (wasOpen && ssl_ && ending.peerClosed) {
         SSL_shutdown(ssl_);  // our close_notify in answer to the client's close, as a blocking socket would
         ERR_clear_error();
+        pushWireOnce();
     }
     ::epoll_ctl(loop_.epoll_, EPOLL_CTL_DEL, fd_, nullptr);
     if (protocol_) protocol_->onClosed(*this, ending);

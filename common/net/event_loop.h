@@ -96,8 +96,9 @@ public:
     Protocol* protocol() const { return protocol_.get(); }
     int localPort() const { return localPort_; }
 
-    // Queues bytes for the client and writes as many as the socket takes now.
-    void send(std::string bytes);
+    // Queues bytes for the client and writes as many as the socket takes now. `last`: closeAfterSend()
+    // too, so the close_notify goes in the same write as these bytes.
+    void send(std::string bytes, bool last = false);
     // After what is queued: close_notify and FIN, then wait up to the linger time for the client's FIN.
     void closeAfterSend();
     // Ends the connection now (what is queued is dropped).
@@ -109,7 +110,8 @@ public:
     // While work for this connection runs elsewhere, its bytes wait in the socket.
     void pauseReading();
     void resumeReading();
-    size_t bytesQueued() const { return out_.size() - outSent_; }
+    // What has not left yet: the protocol's bytes not made into records, and records not yet written.
+    size_t bytesQueued() const { return out_.size() - outSent_ + wire_.size() - wireSent_; }
     // STARTTLS (RFC 3207) on a clear connection: once what is queued is sent, a server TLS handshake on
     // this socket within the core's handshakeTimeout; Protocol::onReady runs again when it completes.
     void startTlsAfterSend(SSL_CTX* context);
@@ -125,6 +127,11 @@ private:
     void handshake();
     void readTls();
     void flush();
+    bool attachTls(SSL_CTX* context);  // SSL_new, the socket to read from and wire_ to write to
+    // Writes wire_ (what OpenSSL made) in as few writes as the socket takes. False while some is left
+    // (EPOLLOUT is then watched) or when the connection failed and was closed.
+    bool pushWire();
+    void pushWireOnce();  // the connection is ending: what the socket takes now, no more
     void startTls();
     void updateInterest();
     void finish(Ending ending);
@@ -141,6 +148,13 @@ private:
     std::string firstBytes_;  // clear text on the TLS port, read to be answered (never the PROXY header's)
     std::string out_;
     size_t outSent_ = 0;
+    // OpenSSL's records, written here (a write BIO of our own) instead of to the socket one by one: a
+    // flush writes the session ticket and the banner, or a last reply and close_notify, in one write
+    // and one segment, where each was a write, a segment and a wake-up of the client (issue 22).
+    std::string wire_;
+    size_t wireSent_ = 0;
+    bool holdingWrites_ = false;  // handshake(): the protocol's first answer waits to go with the ticket
+    bool finSent_ = false;        // shutdown(SHUT_WR) done, after close_notify left
     bool paused_ = false;
     // Paused, but EPOLLIN still watched: dropped only when a read arrives while paused. A client that
     // waits for its answer sends nothing meanwhile, so a hand-off to a worker costs no epoll_ctl (two
