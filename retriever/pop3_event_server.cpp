@@ -329,14 +329,15 @@ private:
         for (auto& hold : output.holds) holds_.push_back(std::move(hold));
         // RFC 1939 3: the autologout timer runs from the last complete command.
         if (output.inputs) idleDeadline_ = net::Clock::now() + idle_;
-        if (!wire.empty()) connection.send(std::move(wire));
-        if (closed_) return;  // a send failed and ended the connection
-        if (connection.bytesQueued() == 0) holds_.clear();
         if (output.close) {
             closing_ = true;
             connection.setDeadline(sendTimeout_);  // for our last reply to be read; then the core's linger
-            return connection.closeAfterSend();
         }
+        // A last reply and its close_notify in one write.
+        if (!wire.empty()) connection.send(std::move(wire), output.close);
+        if (closed_) return;  // a send failed and ended the connection
+        if (connection.bytesQueued() == 0) holds_.clear();
+        if (output.close) return connection.closeAfterSend();
         if (output.startTls) {
             // RFC 2595 / CVE-2011-0411: what was pipelined after STLS arrived in clear and was never
             // executed; the session dropped it. The handshake starts once the +OK has left.

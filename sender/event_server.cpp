@@ -524,10 +524,18 @@ private:
         if (!early_.empty() && !output.close && !output.startTls && !output.deferred && !shutdownWhenDone_ &&
             !s_.everyInputOnWorkers) {
             slot_.working();
-            std::string rest;
-            smtp::Output more = frameRead(*held_->session, early_.data(), early_.size(), rest);
-            early_ = std::move(rest);
-            append(output, std::move(more));
+            try {
+                std::string rest;
+                smtp::Output more = frameRead(*held_->session, early_.data(), early_.size(), rest);
+                early_ = std::move(rest);
+                append(output, std::move(more));
+            } catch (const std::exception& e) {
+                // The job's reply goes first all the same (a 250 whose message is stored must not turn
+                // into a 421 the client would retry), then failed()'s answer: 421 4.3.0 and close.
+                early_.clear();
+                held_->log.line("event=error reason=" + logValue(e.what()) + " answered=421");
+                append(output, localErrorAndClose(s_.env.hostname));
+            }
         }
         respond(connection, std::move(output));  // answered first, then reading resumes (in order)
         if (busy_ || closing_ || drainingOut_ || handshaking_) return;

@@ -40,6 +40,8 @@ constexpr std::chrono::milliseconds kListenerPause{100};  // out of descriptors:
 constexpr size_t kKeptOutputBytes = 64 * 1024;
 // Records made ahead of the socket at most (a large answer is made into records as they leave).
 constexpr size_t kWireBytes = 64 * 1024;
+// A written-out wire buffer is kept up to this size (an idle connection holds no more).
+constexpr size_t kKeptWireBytes = 16 * 1024;
 // epoll_event.data: a connection's address (even: aligned), or an odd tag: the wake-up descriptor, a listener.
 constexpr uint64_t kWakeTag = 1;
 uint64_t listenerTag(size_t index) { return 3 + 2 * index; }
@@ -69,7 +71,11 @@ std::string tlsError(int sslError, int sysError = 0) {
 // after each handshake flight and alert, and each was a write and a TCP segment of its own.
 int wireWrite(BIO* bio, const char* data, int size) {
     if (size <= 0) return 0;
-    static_cast<std::string*>(BIO_get_data(bio))->append(data, static_cast<size_t>(size));
+    try {
+        static_cast<std::string*>(BIO_get_data(bio))->append(data, static_cast<size_t>(size));
+    } catch (...) {
+        return -1;  // no exception through OpenSSL's frames: the write fails, and the connection with it
+    }
     return size;
 }
 long wireCtrl(BIO*, int command, long, void*) { return command == BIO_CTRL_FLUSH ? 1 : 0; }
@@ -401,7 +407,7 @@ bool Connection::pushWire() {
         wireSent_ += static_cast<size_t>(sent);
     }
     wire_.clear();
-    if (wire_.capacity() > kKeptOutputBytes) std::string().swap(wire_);
+    if (wire_.capacity() > kKeptWireBytes) std::string().swap(wire_);
     wireSent_ = 0;
     return true;
 }
@@ -432,7 +438,11 @@ void Connection::handshake() {
         }
         holdingWrites_ = false;
         if (state_ == State::Closed) return;
+        bool held = out_.size() > outSent_;
         flush();
+        // A protocol that saw its first answer queued (bytesQueued) and waits for it to leave hears so,
+        // as it would have from a send that blocked.
+        if (held && state_ == State::Open && bytesQueued() == 0 && protocol_) protocol_->onWritten(*this, true);
         if (state_ == State::Open && !paused_) readTls();  // the request may have come with the handshake
         return;
     }
@@ -455,6 +465,14 @@ void Connection::readTls() {
         int n;
         int sysError = 0;
         if (ssl_) {
+            // Our records (a KeyUpdate's answers) wait for the client to read them: so does its next
+            // record, as when a write to the socket blocked (else a client that never reads grows wire_).
+            if (wire_.size() - wireSent_ >= kWireBytes && !pushWire()) {
+                if (state_ == State::Closed) return;
+                readBlockedOnWrite_ = true;
+                updateInterest();
+                return;
+            }
             errno = 0;
             n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
             sysError = errno;  // the socket's error, if any, before anything else can change errno
@@ -493,6 +511,10 @@ void Connection::flush() {
     const bool resumed = wantWrite_;  // the socket had been full: moving bytes now is news (onWritten)
     for (;;) {
         if (ssl_) {
+            if (wireSent_ > 0) {  // what has left goes, or wire_ would grow to the whole answer
+                wire_.erase(0, wireSent_);
+                wireSent_ = 0;
+            }
             // The protocol's bytes made into records (into wire_), as far as kWireBytes ahead of the socket.
             while (outSent_ < out_.size() && wire_.size() - wireSent_ < kWireBytes) {
                 size_t left = std::min(out_.size() - outSent_, kWireBytes);
@@ -571,7 +593,8 @@ void Connection::flush() {
                 ERR_clear_error();
             }
         }
-        if (state_ != State::Lingering) {
+        if (!lingerStarted_) {
+            lingerStarted_ = true;
             state_ = State::Lingering;
             paused_ = false;
             readInterestKept_ = false;

@@ -155,6 +155,7 @@ private:
     size_t wireSent_ = 0;
     bool holdingWrites_ = false;  // handshake(): the protocol's first answer waits to go with the ticket
     bool finSent_ = false;        // shutdown(SHUT_WR) done, after close_notify left
+    bool lingerStarted_ = false;  // our close began: Lingering, its deadline the linger time
     bool paused_ = false;
     // Paused, but EPOLLIN still watched: dropped only when a read arrives while paused. A client that
     // waits for its answer sends nothing meanwhile, so a hand-off to a worker costs no epoll_ctl (two

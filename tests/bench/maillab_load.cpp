@@ -493,7 +493,8 @@ private:
                 // RFC 2920: groups only where the server says it takes them (a line "250-PIPELINING").
                 c.grouped = o.pipelining && (text.find("-PIPELINING\r\n") != std::string::npos ||
                                              text.find(" PIPELINING\r\n") != std::string::npos);
-                if (c.grouped) stats_.errors["(info) pipelined"]++;  // connections that sent groups
+                // Connections that sent groups (counted once: after STARTTLS's second EHLO, not its first).
+                if (c.grouped && (o.tls != "starttls" || c.startTlsDone)) stats_.errors["(info) pipelined"]++;
                 if (o.tls == "starttls" && !c.startTlsDone) {
                     send(c, index, "STARTTLS\r\n");
                     return false;

@@ -55,6 +55,23 @@ def smtplib_without_tls_on_the_implicit_port_gets_a_clear_421_in_seconds(lab):
 
 
 @test
+def a_clear_text_answer_holds_the_connection_only_for_the_linger_time(lab):
+    """After the clear-text 421 and our FIN, a client that never closes holds the connection for
+    sender.timeout.closeLingerMs, not for what is left of the hint's or the handshake's deadline."""
+    linger = int(setting_default("sender/senderserver.properties", "sender.timeout.closeLingerMs")) / 1000
+    with Server(lab, "senderserver", {"sender.timeout.plaintextHintMs": "20000"}) as server:
+        descriptors = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"EHLO student\r\n")
+            assert s.makefile("rb").readline().startswith(b"421 4.7.0 ")
+            assert s.recv(100) == b"", "no FIN after the clear-text answer"
+            deadline = time.monotonic() + linger + 5
+            while len(os.listdir(f"/proc/{server.proc.pid}/fd")) > descriptors and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) == descriptors, "still held after the linger time"
+
+
+@test
 def a_tls_client_slow_after_its_first_byte_still_completes(lab):
     # A short hint so that the pause below is longer than it: only the first byte decides.
     with Server(lab, "senderserver", {"sender.timeout.plaintextHintMs": "300"}) as server:
