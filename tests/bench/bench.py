@@ -615,7 +615,12 @@ def write_report(b, r, out_path, quick):
               "and segment, where it was two). The event core's TLS connections write OpenSSL's records to a "
               "buffer of their own (a write BIO) that one write empties: the session ticket and the banner go in "
               "one write, the last reply and close_notify in one (each was a write, a segment and a wake-up of "
-              "the client): about 5 % less server CPU per session in an A/B, the rate 1-2 % higher.",
+              "the client): about 5 % less server CPU per session in an A/B, the rate 1-2 % higher; kept open, no "
+              "difference resolved (c=1: 341 vs 336 µs of server CPU per message, medians of four runs each). In "
+              "the run above the machine ran Python about twice as fast as in session 13 (aiosmtpd's CPU per "
+              "kept-open message 457 µs, where it was 956 µs), so the kept-open ratio fell to 3.49x; maillab's own "
+              "kept-open cost moved between runs of one build from 130-170 µs to 250-380 µs a message (its commit "
+              "thread and both loops alike), a spread not explained this session.",
               "",               "## Commands", "", "```"]
     for res in b.results:
         lines.append(res.get("command", ""))
