@@ -397,7 +397,9 @@ def grading_cuts_off_a_file_past_its_time_budget(lab):
     work = lab.path("budget")
     folder = os.path.join(work, "submissions")
     os.makedirs(folder)
-    flood_capture(os.path.join(folder, "slow.pcap"), ports=500, hellos=40000)  # minutes of tshark
+    # Minutes of tshark on the slowest machines; on a fast one the reading may end within the budget
+    # and the report past it: either is cut off, with the reason in its row (outcome or notes).
+    flood_capture(os.path.join(folder, "slow.pcap"), ports=500, hellos=55000)
     hostile_capture(os.path.join(folder, f"quick{ESC}.pcap"))
     db = os.path.join(work, "maillab.db")
     subprocess.run([lab.exe("maillab-admin"), "--db", db, "list"], capture_output=True)  # an empty store
@@ -412,7 +414,12 @@ def grading_cuts_off_a_file_past_its_time_budget(lab):
     no_control_bytes(done, "grade")
     with open(os.path.join(folder, "grades-files.csv"), newline="") as f:
         rows = {r["file"]: r for r in csv.DictReader(f)}
-    assert "cut off" in rows["slow.pcap"]["outcome"] and "--file-seconds" in rows["slow.pcap"]["outcome"], rows
+    slow = rows["slow.pcap"]
+    read_cut = "cut off" in slow["outcome"] and "--file-seconds" in slow["outcome"]
+    report_cut = "no report: making it took longer than 20 s (--file-seconds)" in slow["notes"] and not slow["report"]
+    assert read_cut or report_cut, rows
     quick = next(r for name, r in rows.items() if name.startswith("quick"))
-    assert "cut off" not in quick["outcome"], quick
-    assert "cut off" in open(os.path.join(folder, "grades.html"), encoding="utf-8").read()
+    assert "cut off" not in quick["outcome"] and "--file-seconds" not in quick["notes"], quick
+    assert quick["report"], quick
+    page = open(os.path.join(folder, "grades.html"), encoding="utf-8").read()
+    assert ("cut off" if read_cut else "took longer than 20 s (--file-seconds)") in page
