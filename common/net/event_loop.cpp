@@ -137,7 +137,7 @@ void Connection::send(std::string bytes, bool last) {
     } else {
         out_ += bytes;
     }
-    closeWhenSent_ = last;
+    if (last) closeWhenSent_ = true;
     flush();
 }
 
@@ -391,10 +391,12 @@ bool Connection::attachTls(SSL_CTX* context) {
     return true;
 }
 
-bool Connection::pushWire() {
+bool Connection::pushWire(Push mode, bool* moved) {
+    if (moved) *moved = false;
     while (wireSent_ < wire_.size()) {
-        ssize_t sent = ::send(fd_, wire_.data() + wireSent_, wire_.size() - wireSent_, MSG_NOSIGNAL);
+        ssize_t sent = ::send(fd_, wire_.data() + wireSent_, wire_.size() - wireSent_, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0 && errno == EINTR) continue;
+        if (sent < 0 && mode == Push::LastWords) break;
         if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             wantWrite_ = true;
             updateInterest();
@@ -405,17 +407,21 @@ bool Connection::pushWire() {
             return false;
         }
         wireSent_ += static_cast<size_t>(sent);
+        if (moved) *moved = true;
     }
+    bool all = wireSent_ == wire_.size();
     wire_.clear();
     if (wire_.capacity() > kKeptWireBytes) std::string().swap(wire_);
     wireSent_ = 0;
-    return true;
+    return all;
 }
 
-void Connection::pushWireOnce() {
-    if (wireSent_ < wire_.size()) (void)::send(fd_, wire_.data() + wireSent_, wire_.size() - wireSent_, MSG_NOSIGNAL | MSG_DONTWAIT);
-    wire_.clear();
-    wireSent_ = 0;
+void Connection::makeCloseNotify() {
+    if (shutDown_) return;
+    shutDown_ = true;
+    if (!ssl_) return;
+    SSL_shutdown(ssl_);
+    ERR_clear_error();
 }
 
 void Connection::handshake() {
@@ -454,7 +460,7 @@ void Connection::handshake() {
         return;
     }
     std::string reason = tlsError(error, sysError);
-    pushWireOnce();  // the alert that says why (a TLS 1.2 client hears protocol_version)
+    pushWire(Push::LastWords);  // the alert that says why (a TLS 1.2 client hears protocol_version)
     finish(Ending{Phase::Handshake, reason, false, false});
 }
 
@@ -532,23 +538,19 @@ void Connection::flush() {
                         updateInterest();
                         return;
                     }
-                    pushWireOnce();
+                    pushWire(Push::LastWords);
                     return finish(Ending{Phase::Open, tlsError(error, sysError), false, false});
                 }
                 outSent_ += static_cast<size_t>(n);
                 writeBlockedOnRead_ = false;
             }
             // closeAfterSend: nothing can be queued after the last reply, so its close_notify goes with it.
-            if (outSent_ == out_.size() && closeWhenSent_ && !shutDown_ && !tlsAfterSend_) {
-                shutDown_ = true;
-                SSL_shutdown(ssl_);
-                ERR_clear_error();
-            }
-            size_t before = wire_.size() - wireSent_;
-            bool allSent = pushWire();
+            if (outSent_ == out_.size() && closeWhenSent_ && !tlsAfterSend_) makeCloseNotify();
+            bool moved = false;
+            bool allSent = pushWire(Push::UntilBlocked, &moved);
             if (state_ == State::Closed) return;
-            bool moved = !allSent && wire_.size() - wireSent_ < before;
-            if ((moved || (allSent && outSent_ < out_.size())) && resumed && protocol_ && state_ == State::Open)
+            // Part of the answer left a socket that had been full: news (the whole answer is told below).
+            if (moved && (!allSent || outSent_ < out_.size()) && resumed && protocol_ && state_ == State::Open)
                 protocol_->onWritten(*this, false);
             if (!allSent || state_ == State::Closed) return;
             if (outSent_ < out_.size()) continue;
@@ -586,13 +588,7 @@ void Connection::flush() {
     if (closeWhenSent_ && !finSent_ && state_ != State::Closed) {
         // Our close (close_notify and FIN), then the client's FIN read within the linger time: closing
         // with its bytes unread would be a TCP RST that can destroy our last answer before it is read.
-        if (!shutDown_) {
-            shutDown_ = true;
-            if (ssl_) {
-                SSL_shutdown(ssl_);
-                ERR_clear_error();
-            }
-        }
+        makeCloseNotify();
         if (!lingerStarted_) {
             lingerStarted_ = true;
             state_ = State::Lingering;
@@ -614,9 +610,8 @@ void Connection::finish(Ending ending) {
     loop_.disarm(*this);
     if (ending.reason.empty() && deadlinePassed_) ending.deadline = true;
     if (wasOpen && ssl_ && ending.peerClosed) {
-        SSL_shutdown(ssl_);  // our close_notify in answer to the client's close, as a blocking socket would
-        ERR_clear_error();
-        pushWireOnce();
+        makeCloseNotify();  // our close_notify in answer to the client's close, as a blocking socket would
+        pushWire(Push::LastWords);
     }
     ::epoll_ctl(loop_.epoll_, EPOLL_CTL_DEL, fd_, nullptr);
     if (protocol_) protocol_->onClosed(*this, ending);

@@ -129,9 +129,12 @@ private:
     void flush();
     bool attachTls(SSL_CTX* context);  // SSL_new, the socket to read from and wire_ to write to
     // Writes wire_ (what OpenSSL made) in as few writes as the socket takes. False while some is left
-    // (EPOLLOUT is then watched) or when the connection failed and was closed.
-    bool pushWire();
-    void pushWireOnce();  // the connection is ending: what the socket takes now, no more
+    // (EPOLLOUT is then watched) or when the connection failed and was closed. *moved: some bytes left.
+    // Push::LastWords: the connection is ending (an alert, a close_notify): what the socket takes now,
+    // the rest dropped, no waiting and no close.
+    enum class Push { UntilBlocked, LastWords };
+    bool pushWire(Push mode = Push::UntilBlocked, bool* moved = nullptr);
+    void makeCloseNotify();  // once: our close_notify into wire_ (nothing for a clear-text connection)
     void startTls();
     void updateInterest();
     void finish(Ending ending);

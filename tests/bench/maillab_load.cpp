@@ -576,10 +576,8 @@ private:
     }
 
     // MAIL, RCPT and DATA: one group where the server takes them (RFC 2920), else MAIL alone.
-    std::string envelope() const {
-        std::string mail = "MAIL FROM:<" + s_.opt.user + "> SIZE=" + std::to_string(s_.body.size()) + "\r\n";
-        return mail + "RCPT TO:<" + s_.opt.to + ">\r\nDATA\r\n";
-    }
+    std::string mailLine() const { return "MAIL FROM:<" + s_.opt.user + "> SIZE=" + std::to_string(s_.body.size()) + "\r\n"; }
+    std::string envelope() const { return mailLine() + "RCPT TO:<" + s_.opt.to + ">\r\nDATA\r\n"; }
 
     bool startMessage(Conn& c, size_t index) {
         bool taken = c.workTaken;
@@ -597,7 +595,7 @@ private:
             send(c, index, envelope());
             return false;
         }
-        send(c, index, "MAIL FROM:<" + s_.opt.user + "> SIZE=" + std::to_string(s_.body.size()) + "\r\n");
+        send(c, index, mailLine());
         return false;
     }
 
