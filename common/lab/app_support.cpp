@@ -77,6 +77,9 @@ StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config) {
     options.postgres.maxConnections = config.getInt("store.maxConnections");
     options.postgres.schema = config.getString("store.schema");
     options.postgres.connectTimeoutSeconds = config.getInt("store.connectTimeoutSeconds");
+    options.sqlite.commitDelay.microseconds = config.getInt("store.commitDelayMicroseconds");
+    options.sqlite.commitDelay.afterBatchOf = config.getInt("store.commitDelayAfterBatchOf");
+    options.postgres.commitDelay = options.sqlite.commitDelay;
     return options;
 }
 

@@ -6,9 +6,11 @@
 // deliverAsync() is the event core's way in: it returns at once and its callback runs once the commit
 // is done, on the thread that ran it (a committer thread of this object's own when no caller of
 // deliver() is there to lead), so no thread waits for fsync on the message's behalf.
+// Under load a commit waits a moment for company (CommitDelay in store.h, the store.commitDelay* settings).
 #pragma once
 #include "store.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -31,7 +33,10 @@ public:
     // each one's error (and no ids).
     using CommitBatch = std::function<void(const std::vector<Delivery*>&)>;
 
-    explicit GroupCommit(CommitBatch commitBatch) : commitBatch_(std::move(commitBatch)) {}
+    // How the commit delay waits (tests pass their own, to act while it waits).
+    using Sleep = std::function<void(std::chrono::microseconds)>;
+
+    explicit GroupCommit(CommitBatch commitBatch, CommitDelay delay = {}, Sleep sleep = {});
     ~GroupCommit() { stop(); }
     GroupCommit(const GroupCommit&) = delete;
     GroupCommit& operator=(const GroupCommit&) = delete;
@@ -64,6 +69,9 @@ private:
     void committerLoop();
 
     CommitBatch commitBatch_;
+    CommitDelay delay_;
+    Sleep sleep_;
+    size_t lastBatch_ = 0;  // messages in the last commit: the commit delay's sign of load
     std::mutex mutex_;
     std::vector<Waiter*> pending_;
     std::vector<std::unique_ptr<Async>> pendingAsync_;

@@ -720,7 +720,8 @@ private:
 
     PostgresOptions options_;
     std::string name_;
-    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); },
+                             options_.commitDelay};
     std::mutex mutex_;
     std::condition_variable poolFree_;
     std::vector<Handle*> idle_;

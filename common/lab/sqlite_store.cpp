@@ -892,7 +892,8 @@ private:
     GenerationFile generations_;
     GenerationMemo<MailboxStats> stats_;  // mailboxStats' memory, by mailbox slot
     GenerationMemo<Account> accounts_;    // findAccount's, by credential slot
-    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); }};
+    GroupCommit groupCommit_{[this](const std::vector<GroupCommit::Delivery*>& batch) { commitBatch(batch); },
+                             options_.commitDelay};
     std::mutex mutex_;
     std::vector<Handle*> idle_;
 };

@@ -357,6 +357,85 @@ TEST_CASE("group commit: deliverAsync shares commits with deliver and answers ea
     CHECK(late == "the store is closing");
 }
 
+TEST_CASE("group commit: under load a commit waits for company; a message that comes alone is committed at once",
+          "[store][group-commit]") {
+    std::mutex gateMutex;
+    std::atomic<bool> firstBegun{false};
+    std::mutex batchesMutex;
+    std::vector<std::vector<std::string>> batches;
+    GroupCommit* self = nullptr;
+    std::vector<std::chrono::microseconds> waits;  // the delays asked for (only the committer thread sleeps)
+    std::function<void()> duringWait;              // what "arrives" while the commit waits
+    std::atomic<int> answered{0};
+    auto record = [&](std::vector<int64_t>, const std::string&) { ++answered; };
+    auto make = [](const std::string& id) {
+        auto m = std::make_shared<NewMessage>();
+        m->queueId = id;
+        return std::shared_ptr<const NewMessage>(m);
+    };
+    GroupCommit group(
+        [&](const std::vector<GroupCommit::Delivery*>& batch) {
+            firstBegun = true;
+            std::lock_guard<std::mutex> wait(gateMutex);
+            std::lock_guard<std::mutex> lock(batchesMutex);
+            batches.emplace_back();
+            for (GroupCommit::Delivery* d : batch) {
+                batches.back().push_back(d->message->queueId);
+                d->ids.push_back(1);
+            }
+        },
+        CommitDelay{300, 2},
+        [&](std::chrono::microseconds d) {
+            waits.push_back(d);
+            std::function<void()> arrive = std::move(duringWait);  // once
+            duringWait = nullptr;
+            if (arrive) arrive();
+        });
+    self = &group;
+    auto settle = [&](int n) {
+        while (answered < n) std::this_thread::yield();
+    };
+    {
+        std::unique_lock<std::mutex> gate(gateMutex);
+        group.deliverAsync(make("A1"), record);  // alone: no wait
+        while (!firstBegun) std::this_thread::yield();
+        group.deliverAsync(make("A2"), record);
+        group.deliverAsync(make("A3"), record);
+        // The commit after a lone one does not wait either, though two are there.
+    }
+    settle(3);
+    CHECK(waits.empty());
+    // The last commit held two: the next one waits, and what arrives meanwhile joins it.
+    duringWait = [&] {
+        self->deliverAsync(make("B2"), record);
+        self->deliverAsync(make("B3"), record);
+    };
+    group.deliverAsync(make("B1"), record);
+    settle(6);
+    REQUIRE(waits.size() == 1);
+    CHECK(waits[0] == std::chrono::microseconds(300));
+    // That commit held three: the next waits too; nothing joined, so it holds one, and the one after
+    // that (load gone) is committed at once.
+    group.deliverAsync(make("C1"), record);
+    settle(7);
+    CHECK(waits.size() == 2);
+    group.deliverAsync(make("D1"), record);
+    settle(8);
+    CHECK(waits.size() == 2);
+    group.stop();
+    std::lock_guard<std::mutex> lock(batchesMutex);
+    CHECK(batches == std::vector<std::vector<std::string>>{{"A1"}, {"A2", "A3"}, {"B1", "B2", "B3"}, {"C1"}, {"D1"}});
+}
+
+TEST_CASE("group commit: a commit delay out of range is refused with the setting's name", "[store][group-commit]") {
+    auto none = [](const std::vector<GroupCommit::Delivery*>&) {};
+    CHECK_THROWS_WITH(GroupCommit(none, CommitDelay{-1, 2}),
+                      "store.commitDelayMicroseconds must be between 0 and 100000 (it is -1); 0 commits at once");
+    CHECK_THROWS_AS(GroupCommit(none, CommitDelay{kMostCommitDelayMicroseconds + 1, 2}), StoreError);
+    CHECK_THROWS_WITH(GroupCommit(none, CommitDelay{250, 0}), "store.commitDelayAfterBatchOf must be at least 1 (it is 0)");
+    CHECK_NOTHROW(GroupCommit(none, CommitDelay{0, 1}));
+}
+
 TEST_CASE("SQLite: a mailbox's totals kept in memory end with every change another process commits",
           "[store][generations]") {
     // Two stores on one file are two processes (the sender delivers, the retriever lists): each keeps
