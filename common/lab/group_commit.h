@@ -33,10 +33,15 @@ public:
     // each one's error (and no ids).
     using CommitBatch = std::function<void(const std::vector<Delivery*>&)>;
 
-    // How the commit delay waits (tests pass their own, to act while it waits).
-    using Sleep = std::function<void(std::chrono::microseconds)>;
+    // How the commit delay waits and tells the time (tests pass their own, to act while it waits and
+    // to move time on); empty members are the real ones.
+    struct Clock {
+        std::function<void(std::chrono::microseconds)> sleep;
+        std::function<std::chrono::steady_clock::time_point()> now;
+    };
 
-    explicit GroupCommit(CommitBatch commitBatch, CommitDelay delay = {}, Sleep sleep = {});
+    // No delay unless asked for (the stores pass their CommitDelay setting).
+    explicit GroupCommit(CommitBatch commitBatch, CommitDelay delay = {0, 2}, Clock clock = {});
     ~GroupCommit() { stop(); }
     GroupCommit(const GroupCommit&) = delete;
     GroupCommit& operator=(const GroupCommit&) = delete;
@@ -70,8 +75,10 @@ private:
 
     CommitBatch commitBatch_;
     CommitDelay delay_;
-    Sleep sleep_;
-    size_t lastBatch_ = 0;  // messages in the last commit: the commit delay's sign of load
+    Clock clock_;
+    // The commit delay's sign of load: the last commit's size, and when it ended.
+    size_t lastBatch_ = 0;
+    std::chrono::steady_clock::time_point lastCommitEnded_{};
     std::mutex mutex_;
     std::vector<Waiter*> pending_;
     std::vector<std::unique_ptr<Async>> pendingAsync_;

@@ -165,7 +165,7 @@ private:
     // per message or login before: issue 22).
     bool readInterestKept_ = false;
     bool closeWhenSent_ = false;
-    bool shutDown_ = false;  // our close_notify and FIN are sent
+    bool shutDown_ = false;  // our close_notify is made (into wire_; it leaves with what is before it)
     bool wantWrite_ = false;   // the socket (or OpenSSL) must become writable before we go on
     bool readBlockedOnWrite_ = false;
     bool writeBlockedOnRead_ = false;  // SSL_write said WANT_READ: the socket must become readable

@@ -366,6 +366,7 @@ TEST_CASE("group commit: under load a commit waits for company; a message that c
     GroupCommit* self = nullptr;
     std::vector<std::chrono::microseconds> waits;  // the delays asked for (only the committer thread sleeps)
     std::function<void()> duringWait;              // what "arrives" while the commit waits
+    std::atomic<int64_t> nowMicroseconds{1000000};  // the time the group commit sees: moved on by the test
     std::atomic<int> answered{0};
     auto record = [&](std::vector<int64_t>, const std::string&) { ++answered; };
     auto make = [](const std::string& id) {
@@ -373,6 +374,14 @@ TEST_CASE("group commit: under load a commit waits for company; a message that c
         m->queueId = id;
         return std::shared_ptr<const NewMessage>(m);
     };
+    GroupCommit::Clock clock;
+    clock.sleep = [&](std::chrono::microseconds d) {
+        waits.push_back(d);
+        std::function<void()> arrive = std::move(duringWait);  // once
+        duringWait = nullptr;
+        if (arrive) arrive();
+    };
+    clock.now = [&] { return std::chrono::steady_clock::time_point(std::chrono::microseconds(nowMicroseconds.load())); };
     GroupCommit group(
         [&](const std::vector<GroupCommit::Delivery*>& batch) {
             firstBegun = true;
@@ -384,16 +393,13 @@ TEST_CASE("group commit: under load a commit waits for company; a message that c
                 d->ids.push_back(1);
             }
         },
-        CommitDelay{300, 2},
-        [&](std::chrono::microseconds d) {
-            waits.push_back(d);
-            std::function<void()> arrive = std::move(duringWait);  // once
-            duringWait = nullptr;
-            if (arrive) arrive();
-        });
+        CommitDelay{300, 2}, clock);
     self = &group;
+    // Waits for the answers (a broken delay fails here rather than hanging the suite).
     auto settle = [&](int n) {
-        while (answered < n) std::this_thread::yield();
+        auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (answered < n && std::chrono::steady_clock::now() < giveUp) std::this_thread::yield();
+        REQUIRE(answered == n);
     };
     {
         std::unique_lock<std::mutex> gate(gateMutex);
@@ -405,23 +411,25 @@ TEST_CASE("group commit: under load a commit waits for company; a message that c
     }
     settle(3);
     CHECK(waits.empty());
-    // The last commit held two: the next one waits, and what arrives meanwhile joins it.
+    // The last commit (a moment ago) held two: the next one waits, and what arrives meanwhile joins it.
     duringWait = [&] {
         self->deliverAsync(make("B2"), record);
         self->deliverAsync(make("B3"), record);
     };
+    nowMicroseconds += 100;
     group.deliverAsync(make("B1"), record);
     settle(6);
     REQUIRE(waits.size() == 1);
     CHECK(waits[0] == std::chrono::microseconds(300));
-    // That commit held three: the next waits too; nothing joined, so it holds one, and the one after
-    // that (load gone) is committed at once.
+    // That commit held three, but it ended a second ago: load gone, C1 is committed at once; and after
+    // a commit of one, D1 too.
+    nowMicroseconds += 1000000;
     group.deliverAsync(make("C1"), record);
     settle(7);
-    CHECK(waits.size() == 2);
+    CHECK(waits.size() == 1);
     group.deliverAsync(make("D1"), record);
     settle(8);
-    CHECK(waits.size() == 2);
+    CHECK(waits.size() == 1);
     group.stop();
     std::lock_guard<std::mutex> lock(batchesMutex);
     CHECK(batches == std::vector<std::vector<std::string>>{{"A1"}, {"A2", "A3"}, {"B1", "B2", "B3"}, {"C1"}, {"D1"}});
