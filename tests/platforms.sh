@@ -236,21 +236,30 @@ echo
 echo "platform check $(date -u +%Y-%m-%d):"
 printf '  %s\n' "${SUMMARY[@]}"
 if [ "$README" = 1 ]; then
-  # The README's table of tested releases, from the last result of each release.
+  # The README's table of tested releases, from the last result of each release; a release this
+  # cache has no result for keeps its row (a run of some releases does not erase the others).
   /usr/bin/python3 - "$CACHE/results" README.md <<'PY'
-import glob, os, sys
+import glob, os, re, sys
 results, readme = sys.argv[1], sys.argv[2]
 order = {"bookworm": 0, "trixie": 1, "testing": 2, "sid": 3, "noble": 4, "resolute": 5}
-rows = []
+text = open(readme).read()
+begin, end = "<!-- platforms-tested:begin -->", "<!-- platforms-tested:end -->"
+kept = {}
+for line in text[text.index(begin):text.index(end)].splitlines():
+    cells = line.split(" | ")
+    found = re.findall(r"\(([\w-]+)\)", cells[0]) if line.startswith("| ") and len(cells) > 1 else []
+    if found and found[-1] != "release":
+        kept[found[-1]] = line
+fresh = {}
 for path in sorted(glob.glob(os.path.join(results, "*.tsv")), key=lambda p: order.get(os.path.basename(p)[:-4], 9)):
     release, versions, demo, test, date = open(path).read().rstrip("\n").split("\t")
     name, _, tools = versions.partition(" poco=")
     tools = "poco=" + tools if tools else ""
     short = " / ".join(kv.split("=", 1)[1] for kv in tools.split()) if tools else "?"
     label = name if f"({release})" in name else f"{name} ({release})"
-    rows.append(f"| {label} | {short} | {demo} | {test} | {date} |")
-text = open(readme).read()
-begin, end = "<!-- platforms-tested:begin -->", "<!-- platforms-tested:end -->"
+    fresh[release] = f"| {label} | {short} | {demo} | {test} | {date} |"
+kept.update(fresh)
+rows = [kept[r] for r in sorted(kept, key=lambda r: order.get(r, 9))]
 table = "\n".join(["| release | Poco / OpenSSL / tshark / Python | `make demo` | `make test` | date |",
                     "|---|---|---|---|---|"] + rows)
 text = text[:text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end):]
