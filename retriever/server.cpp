@@ -340,8 +340,9 @@ protected:
 
         TlsOptions tls = tlsOptionsFrom(cfg);
         StoreOptions storeOptions = storeOptionsFrom(cfg);
-        ctx.store = openServerStore(tls, storeOptions, logger);
-        if (!ctx.store) return EXIT_SOFTWARE;
+        int storeFailure = EXIT_SOFTWARE;
+        ctx.store = openServerStore(tls, storeOptions, logger, storeFailure);
+        if (!ctx.store) return storeFailure;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, authPolicyFrom(cfg, "retriever.domain"));
         ctx.auth->ensurePostmaster();
         if (!openClassRecord(cfg, *ctx.store, *ctx.auth, logger, ctx.classRecord)) return EXIT_CONFIG;

@@ -350,8 +350,9 @@ protected:
         size_t slash = storePath.rfind('/');
         ctx.freeSpace = std::make_shared<FreeSpaceGauge>(storePath.empty() ? "" : slash == std::string::npos ? "." : storePath.substr(0, slash + 1));
         TlsOptions tls = tlsOptionsFrom(cfg);
-        ctx.store = openServerStore(tls, storeOptions, logger);
-        if (!ctx.store) return EXIT_SOFTWARE;
+        int storeFailure = EXIT_SOFTWARE;
+        ctx.store = openServerStore(tls, storeOptions, logger, storeFailure);
+        if (!ctx.store) return storeFailure;
         ctx.auth = std::make_unique<Authenticator>(*ctx.store, policy);
         ctx.auth->ensurePostmaster();
         if (!openClassRecord(cfg, *ctx.store, *ctx.auth, logger, ctx.classRecord)) return EXIT_CONFIG;

@@ -105,15 +105,20 @@ bool ensureServerCertificates(const TlsOptions& tls) {
     return ensureCertificates(CertPaths{tls.caFile, caDir + "/ca.key", tls.certFile, tls.keyFile});
 }
 
-std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger) {
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger,
+                                       int& failureExit) {
+    failureExit = Poco::Util::Application::EXIT_SOFTWARE;
     try {
         if (ensureServerCertificates(tls))
             logger.information("event=certs-created ca=" + tls.caFile + " cert=" + tls.certFile);
         return openStore(store);
+    } catch (const StoreSettingError& e) {
+        logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
+        failureExit = Poco::Util::Application::EXIT_USAGE;
     } catch (const std::exception& e) {
         logger.error(std::string("event=startup-failed reason=") + logValue(e.what()));
-        return nullptr;
     }
+    return nullptr;
 }
 
 bool openClassRecord(const Poco::Util::AbstractConfiguration& config, Store& store, Authenticator& auth,

@@ -41,8 +41,10 @@ StoreOptions storeOptionsFrom(const Poco::Util::AbstractConfiguration& config);
 AuthPolicy authPolicyFrom(const Poco::Util::AbstractConfiguration& config, const std::string& domainKey);
 // Creates the lab CA (key beside tls.ca) and the server certificate when missing; true if created.
 bool ensureServerCertificates(const TlsOptions& tls);
-// A server's start: certificates made when missing, the store opened. Logs and returns nullptr on failure.
-std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger);
+// A server's start: certificates made when missing, the store opened. Logs and returns nullptr on
+// failure, with the exit code for it in failureExit (64 for a store.* setting that cannot work, else 70).
+std::unique_ptr<Store> openServerStore(const TlsOptions& tls, const StoreOptions& store, Poco::Logger& logger,
+                                       int& failureExit);
 // What a class server keeps for the instructor (common/class.properties): provenance, the class
 // board's activity (class_board.h), lab tokens and the roster.
 struct ClassRecord {

@@ -14,10 +14,10 @@ constexpr std::chrono::milliseconds kLoadLasts{10};
 GroupCommit::GroupCommit(CommitBatch commitBatch, CommitDelay delay, Clock clock)
     : commitBatch_(std::move(commitBatch)), delay_(delay), clock_(std::move(clock)) {
     if (delay_.microseconds < 0 || delay_.microseconds > kMostCommitDelayMicroseconds)
-        throw StoreError("store.commitDelayMicroseconds must be between 0 and " + std::to_string(kMostCommitDelayMicroseconds) +
+        throw StoreSettingError("store.commitDelayMicroseconds must be between 0 and " + std::to_string(kMostCommitDelayMicroseconds) +
                          " (it is " + std::to_string(delay_.microseconds) + "); 0 commits at once");
     if (delay_.afterBatchOf < 1)
-        throw StoreError("store.commitDelayAfterBatchOf must be at least 1 (it is " + std::to_string(delay_.afterBatchOf) + ")");
+        throw StoreSettingError("store.commitDelayAfterBatchOf must be at least 1 (it is " + std::to_string(delay_.afterBatchOf) + ")");
     if (!clock_.sleep) clock_.sleep = [](std::chrono::microseconds d) { std::this_thread::sleep_for(d); };
     if (!clock_.now) clock_.now = [] { return std::chrono::steady_clock::now(); };
 }

@@ -47,10 +47,10 @@ std::unique_ptr<Store> openStore(const StoreOptions& options) {
     if (startsWith(options.url, "sqlite:") || options.url.find("://") == std::string::npos) {
         SqliteOptions sqlite = options.sqlite;
         sqlite.path = sqlitePathOf(options.url);
-        if (sqlite.path.empty()) throw StoreError("store.url names no SQLite file (sqlite:users/maillab.db)");
+        if (sqlite.path.empty()) throw StoreSettingError("store.url names no SQLite file (sqlite:users/maillab.db)");
         return openSqliteStore(sqlite);
     }
-    throw StoreError("store.url " + describeStoreUrl(options.url) +
+    throw StoreSettingError("store.url " + describeStoreUrl(options.url) +
                      ": unknown kind of database (use sqlite:FILE or postgresql://user@host:port/dbname)");
 }
 

@@ -148,8 +148,8 @@ public:
     explicit PostgresStore(const PostgresOptions& options) : options_(options) {
         name_ = describe(options.url);
         if (!options_.schema.empty() && !validSchemaName(options_.schema))
-            throw StoreError("store.schema '" + options_.schema + "': use lower-case letters, digits and _");
-        if (options_.maxConnections < 1) throw StoreError("store.maxConnections must be at least 1");
+            throw StoreSettingError("store.schema '" + options_.schema + "': use lower-case letters, digits and _");
+        if (options_.maxConnections < 1) throw StoreSettingError("store.maxConnections must be at least 1");
         try {
             Connection c(*this);
             migrate(c);
@@ -574,7 +574,7 @@ private:
         if (!options) {
             std::string why = error ? trimmed(error) : "out of memory";
             PQfreemem(error);
-            throw StoreError("store.url is not a PostgreSQL connection URI (" + why + ")");
+            throw StoreSettingError("store.url is not a PostgreSQL connection URI (" + why + ")");
         }
         std::string db, host, port, user;
         for (PQconninfoOption* o = options; o->keyword; ++o) {

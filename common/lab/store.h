@@ -310,5 +310,10 @@ std::string describeStoreUrl(const std::string& url);
 struct StoreError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+// A store.* setting that cannot work (out of range, not a URL): the instructor's to fix, so a server
+// ends its start with exit 64 like any other bad setting, not 70.
+struct StoreSettingError : StoreError {
+    using StoreError::StoreError;
+};
 
 }  // namespace maillab

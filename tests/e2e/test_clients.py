@@ -402,6 +402,15 @@ def bad_options_are_one_line_with_the_documented_exit_status(lab):
         out = subprocess.run([lab.exe(program), "--port=0", f"--db={lab.path('x.db')}", "--certs=/nonexistent/certs"],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 70 and "--certs" in out.stderr, out.stderr
+        # A store setting that cannot work is a bad setting (64, its name in the line), not a failure (70).
+        out = subprocess.run([lab.exe(program), "--port=0", "--db=bogus://x", f"--certs={lab.certs}"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 64 and "unknown kind of database" in out.stderr, out.stderr
+        conf = lab.path("bad-store.properties")
+        with open(conf, "w") as f:
+            f.write("store.commitDelayMicroseconds = -5\n")
+        out = subprocess.run([lab.exe(program), "--port=0", f"--config={conf}"] + common, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 64 and "store.commitDelayMicroseconds must be between 0 and" in out.stderr, out.stderr
 
 
 @test
