@@ -222,9 +222,13 @@ private:
 
     // What the session's end means for the student, after a 421 or a lost connection.
     void explainClosed(const ServerReply& last) {
-        if (last.code == kServiceNotAvailable)
-            std::cout << "The server closed the session (421): " << last.text()
-                      << "\n  If it was stopped, start it again with " << startCommand(target_) << " and reconnect.\n";
+        if (last.code != kServiceNotAvailable) return;
+        std::cout << "The server closed the session (421): " << last.text() << "\n";
+        if (last.text().rfind("4.4.2", 0) == 0)  // RFC 3463 X.4.2: the server's timeout, it is still running
+            std::cout << "  It waited too long for you (the server's sender.timeout.* settings; the server is"
+                         " still running): run the client again to reconnect.\n";
+        else
+            std::cout << "  If it was stopped, start it again with " << startCommand(target_) << " and reconnect.\n";
     }
 
     int connectInteractive(SmtpClient& client) {

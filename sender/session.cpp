@@ -211,6 +211,7 @@ void Session::onTlsStarted(const std::string& tlsDescription, const std::string&
     // RFC 3207 4.2: discard knowledge from the client (its EHLO name, any transaction); it must
     // send EHLO again. AUTH was never offered before TLS, so there is no login to forget.
     heloName_.clear();
+    heloTrace_.clear();
     extended_ = false;
     user_.clear();
     resetTransaction();
@@ -396,10 +397,35 @@ Output Session::dispatch(const std::string& line) {
     return error(UnknownCommand, reply);
 }
 
-Output Session::cmdHelo(const std::string& arg) {
+// RFC 5321 4.5.3.1.2: a domain is at most 255 octets, so the name echoed in our reply keeps that
+// reply line under 4.5.3.1.5's 512.
+constexpr size_t kMostHeloNameOctets = 255;
+
+std::optional<Output> Session::takeHeloName(const char* verb, const std::string& arg) {
     std::string name = arg.substr(0, arg.find(' '));
-    if (name.empty()) return error(SyntaxError, "Syntax: HELO <your-name>");
+    if (name.empty()) return error(SyntaxError, std::string("Syntax: ") + verb + " <your-name>");
+    if (name.size() > kMostHeloNameOctets)
+        return error(SyntaxError, std::string("Syntax: ") + verb + " <your-name>, a name of at most 255 octets (RFC 5321 4.5.3.1.2)");
     heloName_ = name;
+    // What the Received field says of it, made once here rather than for every message. A name that
+    // is not a plain host name or address literal is not written as the domain, and its brackets
+    // cannot close our comment early (RFC 5322 3.2.2 quoted-pair): no forged trace.
+    if (name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_[]:") == std::string::npos) {
+        heloTrace_ = name + " (";
+    } else {
+        heloTrace_ = "unknown (HELO ";
+        for (char c : name) {
+            if (c == '(' || c == ')' || c == '\\') heloTrace_ += '\\';
+            heloTrace_ += c;
+        }
+        heloTrace_ += "; ";
+    }
+    return std::nullopt;
+}
+
+Output Session::cmdHelo(const std::string& arg) {
+    if (auto refused = takeHeloName("HELO", arg)) return *refused;
+    const std::string& name = heloName_;
     extended_ = false;
     resetTransaction();  // RFC 5321 4.1.4: HELO/EHLO also resets the transaction
     enterState(State::Ready);
@@ -409,9 +435,8 @@ Output Session::cmdHelo(const std::string& arg) {
 }
 
 Output Session::cmdEhlo(const std::string& arg) {
-    std::string name = arg.substr(0, arg.find(' '));
-    if (name.empty()) return error(SyntaxError, "Syntax: EHLO <your-name>");
-    heloName_ = name;
+    if (auto refused = takeHeloName("EHLO", arg)) return *refused;
+    const std::string& name = heloName_;
     extended_ = true;
     resetTransaction();
     enterState(State::Ready);
@@ -588,6 +613,16 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
     }
     // Names only a well-formed lab address back (anything else the client sent stays out of the reply).
     std::string who = auth_.isLabAddress(result.user) ? result.user.substr(0, result.user.find('@')) : "<you>";
+    // An empty password asks to register: say what no registration can get past. Public policy, the
+    // same words whether or not such an account exists.
+    const bool registers = auth_.policy().registrationEnabled;
+    if (registers && password.empty() && who != "<you>" && isReservedAddress(result.user))
+        return error(AuthInvalid, who + " is a role address (RFC 2142): it cannot be registered. Register your own name, "
+                                        "or log in with the password whoever runs the server set (`make password USER=" +
+                                        who + "`)");
+    if (registers && password.empty() && who == "<you>")
+        return error(AuthInvalid, "Only @" + auth_.policy().labDomain + " addresses can be registered here: log in as "
+                                  "yourname@" + auth_.policy().labDomain + " (or yourname alone) with an empty password");
     return error(AuthInvalid, "Authentication credentials invalid; forgotten password? `make password USER=" + who +
                                   "` sets a new one (on a class server, ask the instructor)");
 }
@@ -595,6 +630,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
 Output Session::cmdMail(const std::string& arg) {
     auto path = parsePath(arg, "FROM");
     if (!path) return error(SyntaxError, "Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]");
+    size_t declared = 0;
     for (const auto& [key, value] : path->params) {
         if (key == "SIZE") {
             // RFC 1870 6: a declared size over the limit is refused at MAIL.
@@ -603,6 +639,7 @@ Output Session::cmdMail(const std::string& arg) {
             if (std::stoull(value) > limits_.maxMessageSize)
                 return error(MessageTooBig, "Message size exceeds fixed maximum message size (" +
                                                 std::to_string(limits_.maxMessageSize) + " octets)");
+            declared = static_cast<size_t>(std::stoull(value));
         } else if (key == "BODY") {
             std::string body = value;
             std::transform(body.begin(), body.end(), body.begin(), ::toupper);
@@ -632,6 +669,7 @@ Output Session::cmdMail(const std::string& arg) {
                                           std::to_string((wait + 59) / 60) + " min");
     }
     mailFrom_ = sender;
+    declaredSize_ = declared;
     recipients_.clear();
     enterState(State::Mail);
     Output out;
@@ -681,7 +719,14 @@ Output Session::cmdRcpt(const std::string& arg) {
                                  " an hour from your account and address); try again in " +
                                  std::to_string((wait + 59) / 60) + " min");
         }
-        if (auto full = quotaRefusal(rcpt, 0)) return *full;
+        // RFC 1870 6: with a declared SIZE, a mailbox it would not fit in is refused here, for itself
+        // (the others still get the message), not after DATA for everyone; permanently when even an
+        // empty one could not hold it (a 452 would have the client retry for days).
+        if (limits_.mailboxQuotaBytes > 0 && static_cast<int64_t>(declaredSize_) > limits_.mailboxQuotaBytes)
+            return error(OverWholeQuota, "Message of SIZE=" + std::to_string(declaredSize_) + " octets is larger than <" +
+                                             rcpt + ">'s whole quota (" + std::to_string(limits_.mailboxQuotaBytes) +
+                                             " bytes); it cannot be delivered there");
+        if (auto full = quotaRefusal(rcpt, declaredSize_)) return *full;
         recipients_.push_back(rcpt);
     }
     enterState(State::Rcpt);
@@ -703,6 +748,7 @@ Output Session::cmdData(const std::string&) {
 
 void Session::resetTransaction() {
     mailFrom_.clear();
+    declaredSize_ = 0;
     recipients_.clear();
     resetData();
 }

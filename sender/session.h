@@ -302,6 +302,9 @@ private:
     bool tlsActive_ = true;
 
     std::string heloName_;
+    std::string heloTrace_;  // the Received field's start for it: "name (" or "unknown (HELO quoted; "
+    // HELO's and EHLO's name: refused when missing or over 255 octets, else kept with its heloTrace_.
+    std::optional<Output> takeHeloName(const char* verb, const std::string& arg);
     bool extended_ = false;  // EHLO rather than HELO
     std::string user_;       // authenticated address
     std::string pendingLoginUser_;
@@ -310,12 +313,14 @@ private:
 
     // Mail transaction (RFC 5321 3.3)
     std::string mailFrom_;
+    size_t declaredSize_ = 0;  // MAIL FROM's SIZE= (RFC 1870), 0 when none: RCPT checks each quota with it
     std::vector<std::string> recipients_;
     std::string data_;
     void releaseData();  // empties data_ and gives its bytes back to the DataBudget
     // New mail refused: the disk is below its floor; the mailbox would pass its quota.
     std::optional<Output> storageRefusal();
-    std::optional<Output> quotaRefusal(const std::string& mailbox, size_t adding);
+    // 452 4.2.2 when the mailbox cannot take `adding` more bytes; refusesAll: the reply also says no one got it.
+    std::optional<Output> quotaRefusal(const std::string& mailbox, size_t adding, bool refusesAll = false);
     void resetData();    // releaseData() and the message's flags: before DATA and after a transaction
     size_t dataBudgetHeld_ = 0;  // bytes of the shared DataBudget this session holds for data_
     bool dataOverBudget_ = false;

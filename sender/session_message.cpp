@@ -235,7 +235,7 @@ Output Session::finishMessage() {
     }
     if (dataLineTooLong_) {
         resetTransaction();
-        return error(LineTooLong, "Message has a line over " + std::to_string(limits_.maxLineLength) +
+        return error(DataLineTooLong, "Message has a line over " + std::to_string(limits_.maxLineLength) +
                                       " octets (RFC 5321 4.5.3.1.6); not stored");
     }
     if (dataBareCr_) {
@@ -255,7 +255,7 @@ Output Session::finishMessage() {
     // RFC 5321 4.4: a trace field at the top; ESMTPSA says ESMTP with TLS and AUTH (RFC 3848).
     // "(Authenticated sender: ...)" as Postfix writes it (smtpd_sasl_authenticated_header): who
     // really sent it, whatever the header From says.
-    std::string added = "Received: from " + heloName_ + " (" + env_.peerAddress + ")\r\n\t(Authenticated sender: " +
+    std::string added = "Received: from " + heloTrace_ + env_.peerAddress + ")\r\n\t(Authenticated sender: " +
                         user_ + ")\r\n\tby " + env_.hostname +
                         " (maillab) with " + std::string(tlsActive_ ? "ESMTPSA" : "ESMTPA") +
                         " id " + message.queueId + "\r\n\t";
@@ -272,7 +272,9 @@ Output Session::finishMessage() {
     // In place: one copy of the message in memory, not two (the budget still counts it until stored).
     data_.insert(0, added);
     message.raw = std::move(data_);
-    message.from = headers.from.empty() ? mailFrom_ : headers.from;
+    // The header as it came, or none: the envelope sender is kept apart (envelopeFrom), and the lab
+    // shows the two side by side (a message without From: is the header-versus-envelope lesson).
+    message.from = headers.from;
     message.to = headers.to;
     message.subject = headers.subject;
     message.date = headers.hasDate ? headers.date : date;
@@ -281,7 +283,7 @@ Output Session::finishMessage() {
     size_t count = recipients_.size();
     size_t size = message.raw.size();
     std::optional<Output> refusal = storageRefusal();
-    for (size_t i = 0; !refusal && i < recipients_.size(); ++i) refusal = quotaRefusal(recipients_[i], size);
+    for (size_t i = 0; !refusal && i < recipients_.size(); ++i) refusal = quotaRefusal(recipients_[i], size, count > 1);
     if (!refusal && env_.rates) {
         if (int64_t wait = env_.rates->wait(user_, env_.peerAddress, SubmissionRates::What::Bytes,
                                             static_cast<int64_t>(size * count), now))
@@ -365,7 +367,7 @@ std::optional<Output> Session::storageRefusal() {
                                       "no new mail until there is room (try again later)");
 }
 
-std::optional<Output> Session::quotaRefusal(const std::string& mailbox, size_t adding) {
+std::optional<Output> Session::quotaRefusal(const std::string& mailbox, size_t adding, bool refusesAll) {
     if (limits_.mailboxQuotaBytes <= 0) return std::nullopt;
     int64_t holds = 0;
     try {
@@ -382,7 +384,8 @@ std::optional<Output> Session::quotaRefusal(const std::string& mailbox, size_t a
     };
     return error(MailboxFull, "Mailbox full: <" + mailbox + "> holds " + size(holds) + " of its " +
                                   size(limits_.mailboxQuotaBytes) +
-                                  (adding ? " and this message does not fit" : "") + "; try again later");
+                                  (adding ? " and this message does not fit" : "") + "; try again later" +
+                                  (refusesAll ? " (stored for no recipient: send it again without <" + mailbox + ">)" : ""));
 }
 
 }  // namespace maillab::smtp

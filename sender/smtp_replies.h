@@ -61,11 +61,15 @@ inline constexpr ReplyCode AuthInvalid{535, "5.7.8"};
 inline constexpr ReplyCode UserUnknown{550, "5.1.1"};
 inline constexpr ReplyCode RelayDenied{550, "5.7.1"};
 inline constexpr ReplyCode MessageTooBig{552, "5.3.4"};
+inline constexpr ReplyCode OverWholeQuota{552, "5.2.2"};  // a declared SIZE no emptied mailbox could take
 inline constexpr ReplyCode SenderNotOwned{553, "5.7.1"};
 inline constexpr ReplyCode BadAddressSyntax{553, "5.1.3"};
 inline constexpr ReplyCode ParameterNotRecognized{555, "5.5.4"};
 inline constexpr ReplyCode EncryptionRequired{538, "5.7.11"};
 inline constexpr ReplyCode BareCarriageReturn{550, "5.6.0"};
+// After the final ".": RFC 5321 4.3.2 allows no 500 there (the 5xx after DATA's end are 550, 552, 554),
+// and X.5.6 is RFC 4954's AUTH line code; the content is what failed (RFC 3463 X.6.0), as for a bare CR.
+inline constexpr ReplyCode DataLineTooLong{550, "5.6.0"};
 
 }  // namespace replies
 }  // namespace maillab::smtp

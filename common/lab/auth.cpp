@@ -275,6 +275,9 @@ std::optional<AuthResult> Authenticator::check(const std::string& user, const st
     const int64_t now = clock_();
     const std::string email = normalizeUser(user);
     const std::string from = sourceKey(source);
+    // RFC 2104 2: HMAC pads a short key with zeros, so scrypt's PBKDF2 hears "pw" and "pw\0" alike.
+    // No password holds a NUL (they are generated digits): one that does is wrong, whoever's it is.
+    if (password.find('\0') != std::string::npos) return AuthResult{AuthOutcome::BadCredentials, email, "", 0};
     // The owner's next request on a password already checked from here: one counter read, no
     // account, no budget (CacheEntry says why that is enough).
     if (freshCacheHit(email, password, from, now)) return AuthResult{AuthOutcome::Ok, email, "", 0};

@@ -97,7 +97,7 @@ SMTP_CASES = (
        ("mail", b"AUTH PLAIN x\r\n", "503 5.5.1"),
        ("mail", b"EHLO again\r\n", "250"),
        ("data", b"Subject: nul\r\n\r\na\x00b\r\n.\r\n", "250 2.0.0"),
-       ("data", b"Subject: long\r\n\r\n" + b"x" * 1200 + b"\r\n.\r\n", "500 5.5.6"),
+       ("data", b"Subject: long\r\n\r\n" + b"x" * 1200 + b"\r\n.\r\n", "550 5.6.0"),
        ("data", b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 12000 + b".\r\n", "552 5.3.4"),
        ("data", b"Subject: cr\r\n\r\na\rb\r\n.\r\n", "550 5.6.0"),
        ("data", b"Subject: s1\r\n\r\nx\n.\nMAIL FROM:<ana@447.edu>\r\n", "421 4.5.0"),
@@ -184,6 +184,11 @@ def http_cases():
         (b"POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", {405}),
         (b"DELETE /mailboxes/bob@447.edu/messages/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {405}),
         (b"PUT / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", {405}),
+        # With a body the method is still what is wrong (RFC 9110 15.5.6), not the body.
+        # (its body a whole request: were the body read as the next request, a second answer would come)
+        (b"POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED)
+         + SMUGGLED, {405}),
+        (b"POST / HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", {405}),
         (b"GET /../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 404}),
         (b"GET /mailboxes/../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {400, 403, 404}),
         (b"GET /mailboxes/ana@447.edu/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n", {403}),
@@ -241,6 +246,9 @@ def http_status(lab, port, request, whole_line=False):
         s.close()
 
 
+SMUGGLED = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
 def count_responses(lab, port, request):
     s = tls_connect(lab, port)
     data = b""
@@ -268,7 +276,7 @@ def hostile_http_requests_get_the_right_status_and_the_server_serves_on(lab):
         wrong = []
         for number, (request, allowed) in enumerate(http_cases()):
             status = http_status(lab, retriever.port, request.replace(b"{auth}", auth))
-            if b"ana@447.edu HTTP/1.1" in request:
+            if b"ana@447.edu HTTP/1.1" in request or (request.startswith(b"POST ") and b"Content-Length: 0\r\n" not in request):
                 # the body is never taken for a second request: exactly one response on that connection
                 assert count_responses(lab, retriever.port, request.replace(b"{auth}", auth)) == 1
             if status not in allowed:

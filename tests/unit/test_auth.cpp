@@ -53,6 +53,16 @@ TEST_CASE("an unknown lab address with an empty password registers", "[auth]") {
     CHECK(lab.auth->authenticate("ana@447.edu", "").outcome == AuthOutcome::BadCredentials);
 }
 
+TEST_CASE("a password with NULs after it is not the password (HMAC's zero-padded key would say it is)", "[auth]") {
+    LabFixture lab;
+    auto r = lab.auth->authenticate("ana", "");
+    REQUIRE(r.outcome == AuthOutcome::Registered);
+    CHECK(lab.auth->authenticate("ana@447.edu", r.newPassword + std::string(1, '\0')).outcome == AuthOutcome::BadCredentials);
+    CHECK(lab.auth->authenticate("ana@447.edu", r.newPassword + std::string(3, '\0')).outcome == AuthOutcome::BadCredentials);
+    CHECK(lab.auth->authenticate("ana@447.edu", r.newPassword).outcome == AuthOutcome::Ok);
+    CHECK(lab.auth->authenticate("ana@447.edu", r.newPassword + std::string(1, '\0')).outcome == AuthOutcome::BadCredentials);
+}
+
 TEST_CASE("no registration outside the lab domain, with a password, or when disabled", "[auth]") {
     LabFixture lab;
     CHECK(lab.auth->authenticate("eve@evil.example", "").outcome == AuthOutcome::BadCredentials);

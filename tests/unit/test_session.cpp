@@ -234,7 +234,7 @@ TEST_CASE("line length limit, in commands and in data", "[session][limits]") {
     CHECK(out.front().rfind("500 5.5.6 Line too long", 0) == 0);
     h.startMessage();
     CHECK(Harness::lines(h.tooLong()).empty());
-    CHECK(h.say(".").rfind("500 5.5.6 ", 0) == 0);
+    CHECK(h.say(".").rfind("550 5.6.0 Message has a line over 1000 octets", 0) == 0);  // RFC 5321 4.3.2: no 500 after "."
     CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 0);
 }
 
@@ -251,6 +251,41 @@ TEST_CASE("AUTH failures close the session at the limit", "[session][auth]") {
     CHECK(last.close);
     CHECK(h.session->state() == Session::State::Closed);
     CHECK(Harness::lines(h.send("NOOP")).empty());
+}
+
+TEST_CASE("a HELO name is at most 255 octets, and one that is no host name cannot forge the Received field", "[session]") {
+    Harness h;
+    CHECK(h.say("EHLO " + std::string(256, 'a')).rfind("501 5.5.4 Syntax: EHLO <your-name>, a name of at most 255 octets", 0) == 0);
+    CHECK(h.say("HELO " + std::string(256, 'a')).rfind("501 5.5.4 ", 0) == 0);
+    CHECK(h.say("EHLO " + std::string(255, 'a')).rfind("250-", 0) == 0);
+    h.login();
+    CHECK(h.say("EHLO evil)by(x").rfind("250-", 0) == 0);
+    h.envelope();
+    h.say("DATA");
+    h.say("Subject: s");
+    h.say("");
+    CHECK(h.say(".").rfind("250 ", 0) == 0);
+    auto bob = h.lab.store->listMessages("bob@447.edu", 0, 10);
+    REQUIRE(bob.size() == 1);
+    CHECK(h.lab.store->getMessage("bob@447.edu", bob[0].id)->raw.rfind(
+              "Received: from unknown (HELO evil\\)by\\(x; 127.0.0.1)\r\n", 0) == 0);
+    // No From: header: none is stored for it (the envelope sender is kept apart).
+    CHECK(bob[0].from.empty());
+    CHECK(bob[0].envelopeFrom == "ana@447.edu");
+}
+
+TEST_CASE("a registration no one can make says why, the same whether or not the account exists", "[session][auth]") {
+    Harness h;
+    h.say("EHLO c");
+    // admin@447.edu and postmaster@447.edu (which exists), empty passwords: role addresses (RFC 2142).
+    CHECK(h.say("AUTH PLAIN AGFkbWluQDQ0Ny5lZHUA").rfind("535 5.7.8 admin is a role address (RFC 2142): it cannot be registered.", 0) == 0);
+    CHECK(h.say("AUTH PLAIN AHBvc3RtYXN0ZXJANDQ3LmVkdQA=").rfind("535 5.7.8 postmaster is a role address (RFC 2142)", 0) == 0);
+    // eve@gmail.com, empty password: another domain; the reply does not echo it.
+    std::string other = h.say("AUTH PLAIN AGV2ZUBnbWFpbC5jb20A");
+    CHECK(other.rfind("535 5.7.8 Only @447.edu addresses can be registered here", 0) == 0);
+    CHECK(other.find("gmail") == std::string::npos);
+    // With a password: the usual refusal (a wrong password of an account, or no such account).
+    CHECK(h.say("AUTH PLAIN AGV2ZUBnbWFpbC5jb20AMTIzNDU0NDc=").rfind("535 5.7.8 Authentication credentials invalid", 0) == 0);
 }
 
 TEST_CASE("registration over AUTH carries on authenticated, and the password never reaches the log", "[session][auth]") {
@@ -409,6 +444,41 @@ TEST_CASE("a mailbox past its quota gets 452 4.2.2 at RCPT, and a message that w
     lowered.login();
     lowered.say("MAIL FROM:<ana@447.edu>");
     CHECK(lowered.say("RCPT TO:<bob@447.edu>") == "452 4.2.2 Mailbox full: <bob@447.edu> holds 200 bytes of its 100 bytes; try again later");
+}
+
+TEST_CASE("with a declared SIZE, a mailbox it would not fit in is refused at its RCPT, and the others get the message", "[session][quota]") {
+    SessionLimits limits;
+    limits.mailboxQuotaBytes = 3000;
+    Harness h(limits);
+    h.lab.store->deliver(NewMessage{"Q", "ana@447.edu", {"bob@447.edu"}, "", "", "s", "", 1, std::string(2600, 'z'), ""});
+    h.login();
+    CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=1000").rfind("250 ", 0) == 0);
+    CHECK(h.say("RCPT TO:<ana@447.edu>").rfind("250 ", 0) == 0);
+    // RFC 1870 6.2: 2600 held + 1000 declared > 3000.
+    CHECK(h.say("RCPT TO:<bob@447.edu>") ==
+          "452 4.2.2 Mailbox full: <bob@447.edu> holds 2600 bytes of its 3000 bytes and this message does not fit; try again later");
+    CHECK(h.say("DATA").rfind("354 ", 0) == 0);
+    h.say("Subject: s");
+    h.say("");
+    h.say(std::string(500, 'a'));
+    CHECK(h.say(".").rfind("250 ", 0) == 0);
+    CHECK(h.lab.store->mailboxStats("ana@447.edu").count == 1);
+    CHECK(h.lab.store->mailboxStats("bob@447.edu").count == 1);
+    // A declared SIZE larger than the whole quota: no emptying makes room, so permanent (552 5.2.2).
+    h.say("RSET");
+    h.say("MAIL FROM:<ana@447.edu> SIZE=3001");
+    CHECK(h.say("RCPT TO:<ana@447.edu>").rfind("552 5.2.2 Message of SIZE=3001 octets is larger than <ana@447.edu>'s whole quota", 0) == 0);
+    h.say("RSET");
+    // Without SIZE the same mailbox is refused after DATA, for every recipient, and told so.
+    h.say("MAIL FROM:<ana@447.edu>");
+    h.say("RCPT TO:<ana@447.edu>");
+    CHECK(h.say("RCPT TO:<bob@447.edu>").rfind("250 ", 0) == 0);
+    h.say("DATA");
+    h.say("Subject: s");
+    h.say("");
+    h.say(std::string(500, 'a'));
+    CHECK(h.say(".").find("(stored for no recipient: send it again without <bob@447.edu>)") != std::string::npos);
+    CHECK(h.lab.store->mailboxStats("ana@447.edu").count == 1);
 }
 
 TEST_CASE("submission rates per account and address: 451 4.7.1 and 452 4.5.3, refilled with time", "[session][rate]") {

@@ -456,7 +456,7 @@ TEST_CASE("DATA's content lines are taken alike however the reads split them", "
     }
     REQUIRE(expected.size() == 22);  // EHLO's 8 lines, AUTH, then MAIL, RCPT, DATA, the end three times, NOOP
     CHECK(expected[12].rfind("250 2.0.0 Ok: queued", 0) == 0);
-    CHECK(expected[16].rfind("500 5.5.6 ", 0) == 0);  // the line over the limit
+    CHECK(expected[16].rfind("550 5.6.0 ", 0) == 0);  // the line over the limit
     CHECK(expected[20].rfind("550 5.6.0 ", 0) == 0);  // the bare CR
     CHECK(expected[21].rfind("250 ", 0) == 0);        // NOOP: still in step
     const std::string stored = storedRaw(whole, "bob@447.edu");
