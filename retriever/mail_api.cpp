@@ -291,17 +291,31 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
     };
     if (request.version != "HTTP/1.1" && request.version != "HTTP/1.0")
         return refuse(505, "HTTP version not supported: use HTTP/1.1");
+    auto wrongMethod = [&] {
+        ApiResponse r = error(405, "Method " + request.method.substr(0, 20) + " not allowed; use GET or HEAD");
+        r.headers.emplace_back("Allow", "GET, HEAD");
+        return r;
+    };
+    // A POST or PUT with a body is refused for its method (RFC 9110 15.5.6), and the connection ends:
+    // its body is never read.
+    const bool readsNoBody = request.method == "GET" || request.method == "HEAD";
+    auto bodyRefusal = [&](const std::string& why) {
+        if (readsNoBody) return refuse(400, why);
+        ApiResponse r = wrongMethod();
+        r.closeConnection = true;
+        return r;
+    };
     int contentLengths = 0, hosts = 0;
     for (const auto& [name, value] : request.headers) {
         if (text::equalsIgnoringCase(name, "Host")) ++hosts;
         if (name.empty() || name.find_first_of(" \t") != std::string::npos)  // RFC 9112 5.1: no space before ':'
             return refuse(400, "Malformed header field name");
         if (text::equalsIgnoringCase(name, "Transfer-Encoding"))
-            return refuse(400, "Transfer-Encoding is not accepted on a GET (no request body here)");
+            return bodyRefusal("Transfer-Encoding is not accepted on a GET (no request body here)");
         if (text::equalsIgnoringCase(name, "Content-Length")) {
             ++contentLengths;
             if (value.find_first_not_of(" 0") != std::string::npos)
-                return refuse(400, "A GET carries no body (Content-Length must be 0)");
+                return bodyRefusal("A GET carries no body (Content-Length must be 0)");
         }
     }
     if (contentLengths > 1) return refuse(400, "Duplicate Content-Length");
@@ -315,11 +329,7 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
     for (const auto& [k, v] : request.headers) headerBytes += k.size() + v.size() + 4;
     if (headerBytes > limits_.maxHeaderBytes)
         return error(431, "Request header fields larger than " + std::to_string(limits_.maxHeaderBytes) + " octets");
-    if (request.method != "GET" && request.method != "HEAD") {
-        ApiResponse r = error(405, "Method " + request.method.substr(0, 20) + " not allowed; use GET or HEAD");
-        r.headers.emplace_back("Allow", "GET, HEAD");
-        return r;
-    }
+    if (!readsNoBody) return wrongMethod();
     return std::nullopt;
 }
 
@@ -743,12 +753,19 @@ size_t ResponseBudget::inUse() const {
 ApiResponse MailApi::story(const Route& route, const ApiRequest& request) {
     auto found = store_.findMessage(route.mailbox, route.id);
     if (!found) return error(404, "No message " + std::to_string(route.id) + " in " + route.mailbox);
-    std::string etag = "\"S" + std::to_string(found->id) + "\"";  // a stored story never changes
-    if (notModified(request, etag, found->receivedAt)) return conditional(request, ApiResponse{}, etag, found->receivedAt);
+    // A stored story never changes; its two representations (Vary: Accept) are told apart by their
+    // strong validators (RFC 9110 8.8.3: a strong ETag names one representation).
+    bool asJson = request.header("Accept").find("application/json") != std::string::npos;
+    std::string etag = "\"S" + std::to_string(found->id) + (asJson ? "j" : "h") + "\"";
+    if (notModified(request, etag, found->receivedAt)) {
+        ApiResponse same = conditional(request, ApiResponse{}, etag, found->receivedAt);
+        same.headers.emplace_back("Vary", "Accept");  // RFC 9110 15.4.5: as the 200 would say
+        return same;
+    }
     if (!request.mayWait) return onWorker(route, request);
     std::string json = store_.messageStory(route.mailbox, route.id).value_or("");
     ApiResponse full;
-    if (request.header("Accept").find("application/json") != std::string::npos) {
+    if (asJson) {
         full = ok("application/json; charset=utf-8", json.empty() ? "{}" : json, etag, found->receivedAt);
     } else {
         full = ok("text/html; charset=utf-8", storyHtml(json, route.mailbox, route.id), etag, found->receivedAt);
@@ -781,7 +798,8 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     for (const auto& [m, start] : store_.listMessageStarts(route.mailbox, offset, limit, kPreviewReadBytes)) {
         std::string id = std::to_string(m.id);
         html += "<tr class=\"message\" data-id=\"" + id + "\"><td>" + id + "</td><td class=\"from\">" +
-                htmlEscape(shortened(mime::displayAddresses(m.from))) + "</td><td class=\"sender\">" +
+                (m.from.empty() ? std::string("(no From: header)") : htmlEscape(shortened(mime::displayAddresses(m.from)))) +
+                "</td><td class=\"sender\">" +
                 htmlEscape(shortened(validUtf8(m.envelopeFrom))) + "</td><td class=\"subject\"><a class=\"open\" href=\"" +
                 base + id + "/page\">" + htmlEscape(shortened(m.subject.empty() ? "(no subject)" : mime::decodeHeader(m.subject))) +
                 "</a><details><summary>preview</summary><pre class=\"body\">" +

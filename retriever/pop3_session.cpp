@@ -525,9 +525,11 @@ Output Session::cmdTop(const std::vector<std::string>& args, const std::string&)
     const Entry* entry = message(args[0], refusal);
     if (!entry) return refusal;
     // RFC 1939 7: n is a non-negative number of body lines.
-    if (args[1].empty() || args[1].size() > 9 || args[1].find_first_not_of("0123456789") != std::string::npos)
+    if (args[1].empty() || args[1].find_first_not_of("0123456789") != std::string::npos)
         return bad("Syntax: TOP <msg> <lines>, lines a number 0 or more");
-    return sendText(*entry, false, std::stoll(args[1]));
+    // More lines than the body has is the whole body (RFC 1939 7), however many digits ask for it.
+    const std::string significant = args[1].substr(std::min(args[1].find_first_not_of('0'), args[1].size()));
+    return sendText(*entry, false, significant.size() > 9 ? 999999999 : std::stoll(args[1]));
 }
 
 Output Session::cmdDele(const std::vector<std::string>& args, const std::string&) {

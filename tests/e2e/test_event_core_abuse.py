@@ -460,7 +460,11 @@ def the_event_loop_core_retriever_records_provenance_while_logins_fill_the_worke
             lock.release()
         status, _, body = answer(cached)
         assert status == 200, (status, body)
-        assert [answer(s)[0] for s in socks] == [401, 401]
+        # (Failed once, in CI's Debian testing chroot in session 16, not reproduced here: the answers and
+        # the log's end say which and why, next time.)
+        guesses = [answer(s) for s in socks]
+        assert [g[0] for g in guesses] == [401, 401], ([(g[0], g[2][:300]) for g in guesses],
+                                                       l2.retriever.log_text()[-3000:])
         for s in socks + [cached]:
             s.close()
 

@@ -53,6 +53,19 @@ def each_message_tells_the_story_of_the_session_that_delivered_it(lab):
         assert story["account"] == "ana@447.edu" and story["tls"].startswith("TLSv1.3 "), story
         assert story["tls_group"] and story["starttls"] is False, story
         assert re.fullmatch(r"[0-9A-F]{12}", story["queue_id"]), story
+        # Two representations (Vary: Accept), two strong validators (RFC 9110 8.8.3): the page's ETag
+        # does not revalidate the JSON.
+        def head(*extra):
+            done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-D", "-", "--cacert", lab.ca, "-u", f"bob:{bob}",
+                                   *extra, f"https://localhost:{retriever.port}/mailboxes/bob/messages/{mid}/story"],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            return int(done.stdout.split()[1]), re.search(r"(?im)^etag: *(\S+)", done.stdout).group(1)
+        page_status, page_tag = head()
+        json_status, json_tag = head("-H", "Accept: application/json")
+        assert page_status == json_status == 200 and page_tag != json_tag, (page_tag, json_tag)
+        assert head("-H", "Accept: application/json", "-H", f"If-None-Match: {page_tag}")[0] == 200
+        assert head("-H", "Accept: application/json", "-H", f"If-None-Match: {json_tag}")[0] == 304
         # Only the mailbox's owner reads it.
         status, _ = get(lab, retriever.port, f"/mailboxes/bob@447.edu/messages/{mid}/story", "ana@447.edu", ana)
         assert status == 403

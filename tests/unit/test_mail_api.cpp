@@ -195,6 +195,16 @@ TEST_CASE("errors: 404, 405 with Allow, 414, 431, 400, one JSON shape", "[api][e
     auto post = h.get("/", "bob@447.edu", "22222447", {}, "POST");
     CHECK(post.status == 405);
     CHECK(post.header("Allow") == "GET, HEAD");
+    CHECK_FALSE(post.closeConnection);  // no body: the connection serves on
+    // With a body: still the method's 405 (RFC 9110 15.5.6), and the connection ends (its body unread).
+    auto posted = h.get("/", "bob@447.edu", "22222447", {{"Content-Length", "5"}}, "POST");
+    CHECK(posted.status == 405);
+    CHECK(posted.header("Allow") == "GET, HEAD");
+    CHECK(posted.closeConnection);
+    auto chunked = h.get("/", "bob@447.edu", "22222447", {{"Transfer-Encoding", "chunked"}}, "PUT");
+    CHECK(chunked.status == 405);
+    CHECK(chunked.closeConnection);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {{"Content-Length", "5"}}).status == 400);  // a GET with a body
     CHECK(h.get("/mailboxes/" + std::string(120, 'a')).status == 414);
     CHECK(h.get("/", "bob@447.edu", "22222447", {{"X-Big", std::string(400, 'x')}}).status == 431);
     CHECK(h.get("http://elsewhere/").status == 400);

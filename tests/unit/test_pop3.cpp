@@ -209,6 +209,10 @@ TEST_CASE("POP3: RETR sends the stored text byte-stuffed with CRLF endings; TOP 
     CHECK(send(*s, "TOP 3 99").replies[0].block ==
           "From: ana@447.edu\r\nSubject: three\r\n\r\na\r\nb\r\nc\r\nd\r\n.\r\n");
     CHECK(first(send(*s, "TOP 3 1")) == "+OK Top of message follows");
+    // More lines than there are, however many digits: the whole body (RFC 1939 7).
+    CHECK(send(*s, "TOP 3 99999999999999999999").replies[0].block ==
+          "From: ana@447.edu\r\nSubject: three\r\n\r\na\r\nb\r\nc\r\nd\r\n.\r\n");
+    CHECK(send(*s, "TOP 3 0000000000002").replies[0].block == "From: ana@447.edu\r\nSubject: three\r\n\r\na\r\nb\r\n.\r\n");
 }
 
 TEST_CASE("POP3: stuffedBlock handles bare LF, a missing last newline, dots and an empty text", "[pop3]") {
