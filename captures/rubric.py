@@ -161,7 +161,8 @@ MISSING = {
     "auth": "no AUTH answered 235",
     "mail": "no MAIL FROM, RCPT TO and DATA answered 250 (queued)",
     "get": "no GET of {who}'s own mailbox answered 200",
-    "conditional": "no conditional GET (If-None-Match or If-Modified-Since) answered 304",
+    "conditional": "no conditional GET (If-None-Match or If-Modified-Since) answered 304 (ask for your mailbox "
+                   "again with --header 'If-None-Match: ETAG', the ETag of its first answer)",
     "pop3s": "no POP3 RETR answered +OK over implicit TLS (POP3S; make capture retrieves by POP3 in its "
              "implicit capture)",
     "pop3_stls": "no POP3 session upgraded by STLS whose RETR was answered +OK inside TLS",

@@ -325,23 +325,48 @@ def _http_answers(cap, rows, by_stream):
                        f"({md_text(', '.join(line.split(':')[0] for line in ok['qh'] + ok['rh']))}). In full:\n\n"
                        + headers_block(ok) + "\nEvery exchange's headers are in the capture's section below.")
     conditional = next((x for x in xs if _header(x["qh"], "If-Modified-Since")), None)
+
+    def unconditional_200(x):
+        return (not _header(x["qh"], "If-Modified-Since") and not _header(x["qh"], "If-None-Match") and
+                x["r"] is not None and _first(x["r"]["http.response.code"]) == "200")
     if conditional:
         uri = _first(conditional["q"]["http.request.uri"])
         earlier = [x for x in xs if _first(x["q"]["http.request.uri"]) == uri and
-                   int(x["q"]["frame.number"]) < int(conditional["q"]["frame.number"]) and
-                   not _header(x["qh"], "If-Modified-Since") and not _header(x["qh"], "If-None-Match") and
-                   x["r"] is not None and _first(x["r"]["http.response.code"]) == "200"]
+                   int(x["q"]["frame.number"]) < int(conditional["q"]["frame.number"]) and unconditional_200(x)]
         first = earlier[-1] if earlier else None
-        if first:
-            a["http-8"] = (f"No: the GET of {md_code(uri)} in frame {first['q']['frame.number']} has no "
-                           "If-Modified-Since (the client had no copy yet).")
-            a["http-9"] = (f"Yes: the response in frame {first['r']['frame.number']} is "
-                           f"{md_text(_first(first['r']['http.response.code']))} "
-                           f"{md_text(_first(first['r']['http.response.phrase']))} with Content-Length "
-                           f"{md_text(_header(first['rh'], 'Content-Length') or '?')}: a body follows the headers. It also "
-                           f"gives the validators the client can send back: Last-Modified "
-                           f"{md_code(_header(first['rh'], 'Last-Modified'))} and ETag "
-                           f"{md_code(_header(first['rh'], 'ETag'))}.")
+    else:
+        # No repeated GET: the first questions still have their answer, from the first plain GET.
+        first = next((x for x in xs if _first(x["q"]["http.request.method"]) == "GET" and unconditional_200(x)), None)
+        uri = _first(first["q"]["http.request.uri"]) if first else ""
+        by_etag = next((x for x in xs if _header(x["qh"], "If-None-Match") and x["r"] is not None), None)
+        if by_etag:
+            # The repeated GET asked with the other validator (the README's --header 'If-None-Match: ...').
+            r = by_etag["r"]
+            a["http-10"] = (f"No: the repeated GET of {md_code(_first(by_etag['q']['http.request.uri']))} in frame "
+                            f"{by_etag['q']['frame.number']} sends If-None-Match: "
+                            f"{md_code(_header(by_etag['qh'], 'If-None-Match'))} instead, the ETag of the copy it "
+                            "kept (RFC 9110 13.1.2; a server asked both uses that one, 13.2.2).")
+            a["http-11"] = (f"{md_text(_first(r['http.response.code']))} {md_text(_first(r['http.response.phrase']))} in "
+                            f"frame {r['frame.number']}" + (": no content; the client's copy is still good (RFC 9110 "
+                                                             "15.4.5)." if _first(r["http.response.code"]) == "304" else "."))
+        elif first:
+            lm = _header(first["rh"], "Last-Modified")
+            a["http-10"] = ("No GET in this capture repeats a request with If-Modified-Since. To see it, ask for "
+                            f"{md_code(uri)} again sending its first answer's Last-Modified"
+                            + (f" ({md_code(lm)})" if lm else "") + " as If-Modified-Since (retrieverclient's "
+                            "`--header 'If-Modified-Since: DATE'`, curl's `-H`), or use `make capture`, whose session does.")
+            a["http-11"] = "Not in this capture: no GET repeated with If-Modified-Since (see the question above)."
+    if first:
+        a["http-8"] = (f"No: the GET of {md_code(uri)} in frame {first['q']['frame.number']} has no "
+                       "If-Modified-Since (the client had no copy yet).")
+        a["http-9"] = (f"Yes: the response in frame {first['r']['frame.number']} is "
+                       f"{md_text(_first(first['r']['http.response.code']))} "
+                       f"{md_text(_first(first['r']['http.response.phrase']))} with Content-Length "
+                       f"{md_text(_header(first['rh'], 'Content-Length') or '?')}: a body follows the headers. It also "
+                       f"gives the validators the client can send back: Last-Modified "
+                       f"{md_code(_header(first['rh'], 'Last-Modified'))} and ETag "
+                       f"{md_code(_header(first['rh'], 'ETag'))}.")
+    if conditional:
         value = _header(conditional["qh"], "If-Modified-Since")
         a["http-10"] = (f"Yes: frame {conditional['q']['frame.number']} says If-Modified-Since: {md_code(value)}, "
                         "the Last-Modified date of the copy the client kept" +
@@ -377,9 +402,12 @@ def _http_answers(cap, rows, by_stream):
         tls_records = max((int(v) for v in r["tls.segment.count"].split("|") if v.isdigit()), default=0)
         tcp_segments = max((int(v) for v in r["tcp.segment.count"].split("|") if v.isdigit()), default=0)
         sizes = [int(x["tcp.len"]) for x in carrying]
-        a["http-15"] = (f"{len(carrying)} TCP segments with data, {frames([x['frame.number'] for x in carrying])}, "
-                        f"carry the response of {length(longest)} bytes of content"
-                        + (f" (from {min(sizes)} to {max(sizes)} bytes each: loopback's large segments)" if sizes else "")
+        a["http-15"] = ((f"{len(carrying)} TCP segments with data, {frames([x['frame.number'] for x in carrying])}, "
+                         f"carry the response of {length(longest)} bytes of content" if len(carrying) != 1 else
+                         f"One TCP segment with data, {frames([x['frame.number'] for x in carrying])}, carries the "
+                         f"response of {length(longest)} bytes of content")
+                        + ((f" (from {min(sizes)} to {max(sizes)} bytes each: loopback's large segments)" if min(sizes) != max(sizes)
+                            else f" ({sizes[0]} bytes" + (" each" if len(sizes) > 1 else "") + ")") if sizes else "")
                         + (f"; inside them, {tls_records} TLS records (a record holds at most 16 KB of plaintext, "
                            "RFC 8446 5.1), which Wireshark reassembles into the one HTTP response"
                            if tls_records > 1 else "")

@@ -274,6 +274,15 @@ def live_capture_survives_ctrl_c_and_a_stale_pid_file(lab):
     assert not os.path.exists(os.path.join(ROOT, "captures", f".{name}.pid"))
     checked = check(final)
     assert "all of the lab's sequence is there" in checked.stdout, checked.stdout + checked.stderr
+    # The report of such a capture (a plain GET, then If-None-Match): the first GET answers Q8/Q9, and the
+    # repeated one Q10/Q11 by the validator it used.
+    own = lab.path(f"report-{name}")
+    made = subprocess.run(["/usr/bin/python3", "-m", "report.report", "--name", "own", "--out", own, final],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and "Traceback" not in made.stderr, made.stdout + made.stderr
+    sections = lab_question_sections(open(os.path.join(own, "own", "report.html")).read())
+    assert "? No: the GET of" in sections["http-8"] and "Yes: the response in frame" in sections["http-9"], sections
+    assert "If-None-Match" in sections["http-10"] and "304 Not Modified in frame" in sections["http-11"], sections
     # check-capture on a batch goes on past a file that is not a capture, and sums up.
     text = os.path.join(out_dir, "notes.txt")
     with open(text, "w") as f:
