@@ -15,6 +15,7 @@
 #include <climits>
 #include <ctime>
 #include <mutex>
+#include <regex>
 
 namespace maillab::retriever_events {
 
@@ -47,6 +48,15 @@ const std::string& dateNow() {
 
 }  // namespace
 
+bool looksLikeRequestLine(std::string_view bytes) {
+    // RFC 9112 3: method SP request-target SP HTTP-version, the method a token (RFC 9110 5.6.2).
+    static const std::regex kRequestLine(R"(^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r?\n)");
+    size_t end = bytes.find('\n');
+    if (end == std::string_view::npos || end > 8192) return false;
+    std::string line(bytes.substr(0, end + 1));
+    return std::regex_search(line, kRequestLine);
+}
+
 std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,
                          const std::string& software, size_t contentLength) {
     std::string head;
@@ -59,7 +69,9 @@ std::string responseHead(const http::ApiResponse& response, bool http10, bool ke
     head += keepAlive ? "\r\nConnection: Keep-Alive" : "\r\nConnection: Close";
     if (!software.empty()) head += "\r\nServer: " + software;
     for (const auto& [name, value] : response.headers) head += "\r\n" + name + ": " + value;
-    head += "\r\nContent-Length: " + std::to_string(contentLength) + "\r\n\r\n";
+    // RFC 9110 8.6: a 304's Content-Length could only be the 200's length; it has none (nginx's way).
+    if (response.status != 304) head += "\r\nContent-Length: " + std::to_string(contentLength);
+    head += "\r\n\r\n";
     return head;
 }
 
@@ -237,19 +249,24 @@ private:
                               : std::string("Malformed request head: ") +
                                     http_errno_description(HTTP_PARSER_ERRNO(&parser_)) +
                                     " (RFC 9112: request line, header fields, CRLF)";
-            badRequest(connection, why);
+            // RFC 9110 9.1: a method http-parser does not know, on a well-formed request line, is one
+            // this server does not implement (as the thread core's MailApi says); other bytes are 400.
+            bool unknownMethod = refusedWhy_.empty() && HTTP_PARSER_ERRNO(&parser_) == HPE_INVALID_METHOD &&
+                                 looksLikeRequestLine(std::string_view(data, size));
+            if (unknownMethod) why = "Method not implemented; use GET or HEAD";
+            badRequest(connection, why, unknownMethod ? 501 : 400);
             return size;
         }
         return size;
     }
 
-    // A 400 that ends the connection, saying why (the API's error shape).
-    void badRequest(net::Connection& connection, const std::string& why) {
+    // A 400 (or 501) that ends the connection, saying why (the API's error shape).
+    void badRequest(net::Connection& connection, const std::string& why, int status = 400) {
         if (closing_) return;
         closing_ = true;
-        http::ApiResponse result = http::errorResponse(400, why);
+        http::ApiResponse result = http::errorResponse(status, why);
         std::string wire = responseHead(result, false, false, dateNow(), s_.software, result.body.size()) + result.body;
-        log_.peerEvent("request", "status=400 reason=" + quotedLogValue(why));
+        log_.peerEvent("request", "status=" + std::to_string(status) + " reason=" + quotedLogValue(why));
         connection.send(std::move(wire));
         connection.closeAfterSend();
     }

@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace maillab::retriever_events {
@@ -85,6 +86,8 @@ private:
 
 // The response head Poco's HTTPServer writes for the thread core, byte for byte: status line, Date,
 // Connection, Server, the resource's headers, Content-Length. Socket-free, for the unit tests.
+// Whether bytes start with a well-formed request line (an unknown method there is 501, not 400).
+bool looksLikeRequestLine(std::string_view bytes);
 std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,
                          const std::string& software, size_t contentLength);
 

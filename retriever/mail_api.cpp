@@ -14,6 +14,7 @@
 #include <Poco/DateTimeParser.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <Poco/String.h>
 #include <Poco/Timestamp.h>
 #include <Poco/URI.h>
 
@@ -22,6 +23,7 @@
 #include <cstdio>
 #include <ctime>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <variant>
 
@@ -47,6 +49,7 @@ const char* reasonCode(int status) {
         case 429: return "too_many_requests";
         case 431: return "header_fields_too_large";
         case 500: return "internal_error";
+        case 501: return "not_implemented";
         case 503: return "service_unavailable";
         case 505: return "http_version_not_supported";
     }
@@ -289,8 +292,17 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
         r.closeConnection = true;
         return r;
     };
-    if (request.version != "HTTP/1.1" && request.version != "HTTP/1.0")
+    // RFC 9110 2.5: a later HTTP/1.x is read as the 1.1 it includes (answered 1.1); another major
+    // version is not this protocol.
+    const std::string& v = request.version;
+    if (v.size() != 8 || v.compare(0, 7, "HTTP/1.") != 0 || !std::isdigit(static_cast<unsigned char>(v[7])))
         return refuse(505, "HTTP version not supported: use HTTP/1.1");
+    // RFC 9110 9.1: a method this server does not know is 501; a known one it does not allow, 405.
+    static const std::set<std::string> kKnownMethods = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT",
+                                                        "OPTIONS", "TRACE", "PATCH"};
+    // Closed: what framing an unknown method's request has is not known.
+    if (!kKnownMethods.count(request.method))
+        return refuse(501, "Method " + request.method.substr(0, 20) + " not implemented; use GET or HEAD");
     auto wrongMethod = [&] {
         ApiResponse r = error(405, "Method " + request.method.substr(0, 20) + " not allowed; use GET or HEAD");
         r.headers.emplace_back("Allow", "GET, HEAD");
@@ -361,8 +373,13 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
         Poco::URI uri(request.target);
         uri.getPathSegments(segments);
         found.query = uri.getQueryParameters();
-        if (!uri.getScheme().empty() || request.target.empty() || request.target[0] != '/')
-            return error(400, "Request target must be an absolute path");
+        // RFC 9112 3.2.2: the absolute-form (https://host/path, what a proxy is sent) MUST be accepted
+        // by a server; its path is the resource. Another scheme, or no path at all, is not ours.
+        const std::string scheme = Poco::toLower(uri.getScheme());
+        bool absoluteForm = (scheme == "https" || scheme == "http") && !uri.getAuthority().empty();
+        bool originForm = scheme.empty() && !request.target.empty() && request.target[0] == '/';
+        if (!absoluteForm && !originForm)
+            return error(400, "Request target must be an absolute path (/mailboxes/...) or an https:// URL");
     } catch (const Poco::Exception&) {
         return error(400, "Malformed request target");
     }
@@ -566,8 +583,8 @@ ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
     std::string key = route.mailbox + "|" + std::to_string(offset) + "|" + std::to_string(limit);
     std::string cached;
     if (cachedListing(key, etag, cached)) {
-        return conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag, stats.newestReceivedAt),
-                           etag, stats.newestReceivedAt);
+        return conditional(request, ok("application/json; charset=utf-8", std::move(cached), etag, stats.changedAt),
+                           etag, stats.changedAt);
     }
     if (!request.mayWait) return onWorker(route, request);  // a page of summaries to read and render
     Poco::JSON::Object body;
@@ -585,8 +602,8 @@ ApiResponse MailApi::listing(const Route& route, const ApiRequest& request) {
         body.set("next", Poco::Dynamic::Var());
     std::string json = toJson(body);
     rememberListing(key, etag, json);
-    return conditional(request, ok("application/json; charset=utf-8", std::move(json), etag, stats.newestReceivedAt),
-                       etag, stats.newestReceivedAt);
+    return conditional(request, ok("application/json; charset=utf-8", std::move(json), etag, stats.changedAt),
+                       etag, stats.changedAt);
 }
 
 // One message: as JSON (summary, header fields, decoded text, parts), exactly as stored, as its own
@@ -781,8 +798,8 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     auto paged = page(route, 'H');
     if (auto* bad = std::get_if<ApiResponse>(&paged)) return *bad;
     auto& [offset, limit, stats, etag] = std::get<Page>(paged);
-    if (notModified(request, etag, stats.newestReceivedAt))
-        return conditional(request, ApiResponse{}, etag, stats.newestReceivedAt);
+    if (notModified(request, etag, stats.changedAt))
+        return conditional(request, ApiResponse{}, etag, stats.changedAt);
     if (!request.mayWait) return onWorker(route, request);  // previews of up to maxPageSize messages
     std::string html = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Inbox of " +
                        htmlEscape(route.mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
@@ -815,10 +832,10 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
     if (offset + limit < stats.count)
         html += "<a id=\"older\" href=\"" + page + std::to_string(offset + limit) + "\">older</a>\n";
     html += "</body></html>\n";
-    ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.newestReceivedAt);
+    ApiResponse full = ok("text/html; charset=utf-8", html, etag, stats.changedAt);
     // The page holds no scripts and loads nothing: say so to the browser.
     full.headers.emplace_back("Content-Security-Policy", kPagePolicy);
-    return conditional(request, full, etag, stats.newestReceivedAt);
+    return conditional(request, full, etag, stats.changedAt);
 }
 
 }  // namespace maillab::http

@@ -107,8 +107,9 @@ public:
         if (request.getVersion() != Poco::Net::HTTPMessage::HTTP_1_0) response.setVersion(Poco::Net::HTTPMessage::HTTP_1_1);
         for (const auto& [name, value] : result.headers) response.set(name, value);
         if (result.closeConnection) response.setKeepAlive(false);
-        // Every response has a Content-Length, so Wireshark (and keep-alive) can find its end.
-        response.setContentLength(static_cast<std::streamsize>(result.status == 304 ? 0 : result.body.size()));
+        // Every response with content has a Content-Length, so Wireshark (and keep-alive) can find its
+        // end; a 304 has none (RFC 9110 8.6: it could only be the 200's length) and ends at its head.
+        if (result.status != 304) response.setContentLength(static_cast<std::streamsize>(result.body.size()));
         // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose:
         // at tens of thousands of GETs a second the line cost a tenth of each request (issue 22).
         // Written before the answer leaves, so a client holding the answer finds its line.

@@ -140,6 +140,35 @@ private:
         for (std::string item; std::getline(list, item, ',');)
             if (!withDomain(item).empty()) recipients.push_back(withDomain(item));
 
+        // The message's files are read before connecting: a typo in a path costs no login (and no
+        // registration of a new account that then sends nothing).
+        smtp::Draft draft{user, recipients, cfg.getString("client.subject", ""), "", {}};
+        if (!recipients.empty()) {
+            std::string bodyFile = cfg.getString("client.body-file", "");
+            if (bodyFile == "-") {
+                std::ostringstream all;
+                all << std::cin.rdbuf();
+                draft.body = all.str();
+            } else if (!bodyFile.empty()) {
+                std::ifstream in(bodyFile, std::ios::binary);
+                if (!in) {
+                    std::cerr << "error: cannot read --body-file " << bodyFile << ": check the path\n";
+                    return kUsage;
+                }
+                std::ostringstream all;
+                all << in.rdbuf();
+                draft.body = all.str();
+            }
+            for (const auto& path : attachPaths_) {
+                try {
+                    draft.attachments.push_back(smtp::readAttachment(path));
+                } catch (const std::runtime_error& e) {
+                    std::cerr << "error: " << e.what() << "\n";
+                    return kUsage;
+                }
+            }
+        }
+
         SmtpClient client(trace());
         try {
             ServerReply banner = client.connect(target_, context_, timeout_, greeting_, mode_);
@@ -150,34 +179,18 @@ private:
             }
             ServerReply ehlo = client.command("EHLO " + Poco::Net::DNS::hostName());
             if (ehlo.code != Ok.code) return fail("EHLO", ehlo);
-            ServerReply auth = login(client, user, cfg.getString("client.password", ""), true);
-            if (auth.code != AuthSucceeded.code) return fail("AUTH", auth);
+            const std::string password = cfg.getString("client.password", "");
+            ServerReply auth = login(client, user, password, true);
+            if (auth.code != AuthSucceeded.code) {
+                int status = fail("AUTH", auth);
+                // No --password asks to register; the server says the same whether or not the account
+                // exists (nobody learns which names are taken), so the client says what to try.
+                if (password.empty() && auth.code == AuthInvalid.code)
+                    std::cerr << "       (without --password the client registers " << user
+                              << "; if it is registered already, give its password: --password NNNNNNNN)\n";
+                return status;
+            }
             if (!recipients.empty()) {
-                std::string body;
-                std::string bodyFile = cfg.getString("client.body-file", "");
-                if (bodyFile == "-") {
-                    std::ostringstream all;
-                    all << std::cin.rdbuf();
-                    body = all.str();
-                } else if (!bodyFile.empty()) {
-                    std::ifstream in(bodyFile, std::ios::binary);
-                    if (!in) {
-                        std::cerr << "error: cannot read " << bodyFile << "\n";
-                        return kUsage;
-                    }
-                    std::ostringstream all;
-                    all << in.rdbuf();
-                    body = all.str();
-                }
-                smtp::Draft draft{user, recipients, cfg.getString("client.subject", ""), body, {}};
-                for (const auto& path : attachPaths_) {
-                    try {
-                        draft.attachments.push_back(smtp::readAttachment(path));
-                    } catch (const std::runtime_error& e) {
-                        std::cerr << "error: " << e.what() << "\n";
-                        return kUsage;
-                    }
-                }
                 ServerReply mail = client.command("MAIL FROM:<" + user + ">");
                 if (mail.code != SenderOk.code) return fail("MAIL FROM", mail);
                 for (const auto& rcpt : recipients) {

@@ -6,7 +6,8 @@ namespace maillab {
 // Version 7, created whole. Every string is BYTEA: the store keeps bytes as SQLite does, so an 8-bit
 // Subject or a NUL is stored as it came instead of turning a delivery into a 451 (TEXT must be valid
 // in the database's encoding), and addresses sort and compare byte by byte as in SQLite.
-// Later versions go in postgresMigrations(), applied in order from the version on record.
+// Later versions go in postgresMigrations(), applied in order from the version on record (a new
+// database too: each change is written once).
 const char* const kPostgresSchema = R"SQL(
 CREATE TABLE accounts (
     email          BYTEA PRIMARY KEY,
@@ -106,9 +107,34 @@ CREATE TABLE activity (
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 )SQL";
 
-// Migrations from version 7 on: {the version it makes, its SQL}. None yet.
+// Version 8 (as SQLite's): when each mailbox last changed, moved by an arrival and by a deletion
+// (MailboxStats::changedAt, a listing's Last-Modified).
+const char* const kPostgresV8 = R"SQL(
+ALTER TABLE mailbox_stats ADD COLUMN changed_at BIGINT NOT NULL DEFAULT 0;
+UPDATE mailbox_stats SET changed_at = newest_received_at;
+CREATE OR REPLACE FUNCTION maillab_messages_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO mailbox_stats AS s (mailbox, count, newest_id, newest_received_at, bytes, changed_at)
+        VALUES (NEW.mailbox, 1, NEW.id, NEW.received_at, NEW.size, NEW.received_at)
+    ON CONFLICT (mailbox) DO UPDATE SET count = s.count + 1, bytes = s.bytes + excluded.bytes,
+        newest_id = greatest(s.newest_id, excluded.newest_id),
+        newest_received_at = greatest(s.newest_received_at, excluded.newest_received_at),
+        changed_at = greatest(s.changed_at, excluded.changed_at);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION maillab_messages_uncount() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size,
+        changed_at = greatest(changed_at, extract(epoch FROM now())::BIGINT) WHERE mailbox = OLD.mailbox;
+    DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
+    RETURN NULL;
+END $$;
+)SQL";
+
+// Migrations from version 7 on: {the version it makes, its SQL}. A new database is made at version 7
+// (kPostgresSchema) and then takes these, so each change is written once.
 const std::vector<PostgresMigration>& postgresMigrations() {
-    static const std::vector<PostgresMigration> migrations = {};
+    static const std::vector<PostgresMigration> migrations = {{8, kPostgresV8}};
     return migrations;
 }
 

@@ -7,8 +7,10 @@ namespace maillab {
 
 // The same numbering as the SQLite store's (sqlite_schema.h): a version names what the store holds,
 // whichever engine.
-constexpr int kPostgresSchemaVersion = 7;
+constexpr int kPostgresSchemaVersion = 8;
 
+// kPostgresSchema makes this version whole on an empty database; postgresMigrations() go on from it.
+constexpr int kPostgresSchemaBase = 7;
 extern const char* const kPostgresSchema;
 
 // {the version it makes, its SQL}, in order; the last one's version is kPostgresSchemaVersion.

@@ -342,10 +342,10 @@ public:
 
     MailboxStats mailboxStats(const std::string& mailbox) override {
         Connection c(*this);
-        Result r = c.run("SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = $1",
+        Result r = c.run("SELECT count, newest_id, newest_received_at, bytes, changed_at FROM mailbox_stats WHERE mailbox = $1",
                          Params().add(mailbox));
         if (r.rows() == 0) return MailboxStats{};
-        return MailboxStats{r.integer(0, 0), r.integer(0, 1), r.integer(0, 2), r.integer(0, 3)};
+        return MailboxStats{r.integer(0, 0), r.integer(0, 1), r.integer(0, 2), r.integer(0, 3), r.integer(0, 4)};
     }
 
     std::optional<std::string> messageStory(const std::string& mailbox, int64_t id) override {
@@ -685,19 +685,19 @@ private:
         c.run("SELECT pg_advisory_xact_lock($1)", Params().add(kMigrationLock));
         if (!options_.schema.empty()) c.exec(("CREATE SCHEMA IF NOT EXISTS " + options_.schema).c_str());
         bool exists = c.run("SELECT to_regclass('schema_version') IS NOT NULL").boolean(0, 0);
+        int64_t current = kPostgresSchemaBase;
         if (!exists) {
+            // Made whole at the base version, then brought up by the same migrations an older one takes.
             c.exec(kPostgresSchema);
-            c.run("INSERT INTO schema_version(version) VALUES($1)", Params().add(static_cast<int64_t>(kPostgresSchemaVersion)));
-            createGenerations(c);
-            tx.commit();
-            return;
+            c.run("INSERT INTO schema_version(version) VALUES($1)", Params().add(current));
+        } else {
+            Result version = c.run("SELECT max(version) FROM schema_version");
+            current = version.isNull(0, 0) ? 0 : version.integer(0, 0);
         }
-        Result version = c.run("SELECT max(version) FROM schema_version");
-        int64_t current = version.isNull(0, 0) ? 0 : version.integer(0, 0);
         if (current > kPostgresSchemaVersion)
             throw StoreError("PostgreSQL database " + name_ + ": schema version " + std::to_string(current) +
                              " is newer than this program");
-        if (current < 7)
+        if (current < kPostgresSchemaBase)
             throw StoreError("PostgreSQL database " + name_ + ": schema version " + std::to_string(current) +
                              " was not made by maillab");
         for (const PostgresMigration& m : postgresMigrations()) {

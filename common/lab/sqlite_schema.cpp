@@ -145,10 +145,33 @@ const char* const kSchemaV7 = R"SQL(
 ALTER TABLE bodies ADD COLUMN story TEXT NOT NULL DEFAULT '';
 )SQL";
 
+// Version 8: when each mailbox last changed (MailboxStats::changedAt), moved by an arrival and by a
+// deletion: a listing's Last-Modified, which a POP3 DELE must move too (RFC 9110 8.8.2).
+const char* const kSchemaV8 = R"SQL(
+ALTER TABLE mailbox_stats ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0;
+UPDATE mailbox_stats SET changed_at = newest_received_at;
+DROP TRIGGER IF EXISTS messages_count;
+CREATE TRIGGER messages_count AFTER INSERT ON messages BEGIN
+    INSERT INTO mailbox_stats(mailbox, count, newest_id, newest_received_at, bytes, changed_at)
+        VALUES (NEW.mailbox, 1, NEW.id, NEW.received_at, NEW.size, NEW.received_at)
+    ON CONFLICT(mailbox) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes,
+        newest_id = max(newest_id, excluded.newest_id),
+        newest_received_at = max(newest_received_at, excluded.newest_received_at),
+        changed_at = max(changed_at, excluded.changed_at);
+END;
+DROP TRIGGER IF EXISTS messages_uncount;
+CREATE TRIGGER messages_uncount AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size,
+        changed_at = max(changed_at, CAST(strftime('%s', 'now') AS INTEGER)) WHERE mailbox = OLD.mailbox;
+    DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
+END;
+)SQL";
+
 }  // namespace
 
 const char* sqliteSchemaStep(int version) {
-    static const char* const steps[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4, kSchemaV5, kSchemaV6, kSchemaV7};
+    static const char* const steps[] = {kSchemaV1, kSchemaV2, kSchemaV3, kSchemaV4, kSchemaV5, kSchemaV6, kSchemaV7,
+                                        kSchemaV8};
     static_assert(sizeof steps / sizeof steps[0] == kSqliteSchemaVersion, "one step per schema version");
     if (version < 1 || version > kSqliteSchemaVersion)
         throw std::logic_error("no SQLite schema step to version " + std::to_string(version));

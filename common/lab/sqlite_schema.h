@@ -5,7 +5,7 @@
 
 namespace maillab {
 
-constexpr int kSqliteSchemaVersion = 7;
+constexpr int kSqliteSchemaVersion = 8;
 
 // The SQL that takes a database from `version - 1` to `version` (1..kSqliteSchemaVersion).
 const char* sqliteSchemaStep(int version);

@@ -595,9 +595,9 @@ public:
         {
             Connection c(*this);
             Statement s(*c.handle,
-                        "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
+                        "SELECT count, newest_id, newest_received_at, bytes, changed_at FROM mailbox_stats WHERE mailbox = ?1");
             s.bind(1, mailbox);
-            if (s.step()) stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
+            if (s.step()) stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3), s.integer(4)};
         }
         if (generation) stats_.keep(mailbox, *generation, stats);
         return stats;
@@ -763,13 +763,13 @@ private:
         std::vector<CommittedTotals> out;
         out.reserve(mailboxes.size());
         bool trusted = generations_.trusted();
-        Statement s(handle, "SELECT count, newest_id, newest_received_at, bytes FROM mailbox_stats WHERE mailbox = ?1");
+        Statement s(handle, "SELECT count, newest_id, newest_received_at, bytes, changed_at FROM mailbox_stats WHERE mailbox = ?1");
         for (std::string& mailbox : mailboxes) {
             CommittedTotals t;
             if (trusted) t.generation = generations_.read(mailboxSlot(mailbox));
             if (t.generation) {
                 s.bind(1, mailbox);
-                if (s.step()) t.stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
+                if (s.step()) t.stats = MailboxStats{s.integer(0), s.integer(1), s.integer(2), s.integer(3), s.integer(4)};
                 s.reset();
             }
             t.mailbox = std::move(mailbox);

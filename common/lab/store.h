@@ -125,6 +125,9 @@ struct MailboxStats {
     int64_t newestId = 0;          // 0 when empty
     int64_t newestReceivedAt = 0;  // 0 when empty
     int64_t bytes = 0;             // the stored size of its messages (the quota counts these)
+    // When its contents last changed: the newest arrival's time, or a deletion's (the store's clock).
+    // A listing's Last-Modified (RFC 9110 8.8.2): a removed message changes the listing too.
+    int64_t changedAt = 0;
 };
 
 // The guess budget's token-bucket arithmetic, one definition for the store's buckets and the ones

@@ -393,6 +393,15 @@ def bad_options_are_one_line_with_the_documented_exit_status(lab):
         one_clear_line(out, 2, "--port must be a whole number")
         out = subprocess.run([lab.exe(program), "--bogus"], capture_output=True, text=True, timeout=30)
         one_clear_line(out, 2, "bogus", "--help")
+    # The message's files are read before connecting: a wrong path is a usage error (2) even with no
+    # server on the port (else 3), so no login (or registration) is spent on a message that cannot go.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    for missing in (["--body-file", lab.path("no-such-body.txt")], ["--attach", lab.path("no-such-file.png")]):
+        out = subprocess.run([lab.exe("senderclient"), "--port", str(closed_port), "--ca", lab.ca, "--user", "ana",
+                              "--to", "bob"] + missing, capture_output=True, text=True, timeout=30)
+        one_clear_line(out, 2, "no-such-")
     for program in ("senderserver", "retrieverserver"):
         common = [f"--db={lab.path('opts.db')}", f"--certs={lab.certs}"]
         out = subprocess.run([lab.exe(program), "--port=abc"] + common, capture_output=True, text=True, timeout=30)

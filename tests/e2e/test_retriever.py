@@ -154,6 +154,70 @@ def python_http_client_with_keep_alive(lab):
         assert len(ids) == 1, ids  # the five requests and the 401 came over one connection
 
 
+def raw_status_line(lab, port, request):
+    """The status line the retriever answers one raw request with (the connection then closes)."""
+    s = tls_connect(lab, port)
+    try:
+        s.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n", 1)[0].decode()
+    finally:
+        s.close()
+
+
+@test
+def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
+    """Python's http.client and raw requests: a 304 carries no Content-Length (RFC 9110 8.6) and the
+    connection serves on after it; the absolute-form target is accepted (RFC 9112 3.2.2); HTTP/1.2 is
+    answered as HTTP/1.1 (RFC 9110 2.5); a method nobody defined is 501 (RFC 9110 9.1); and a POP3 DELE
+    moves the listing's Last-Modified, so If-Modified-Since alone gets the new listing."""
+    import poplib
+    import time
+    listing = "/mailboxes/bob@447.edu/messages"
+    for core in ("threads", "events"):
+        with Lab2(lab, {"retriever.core": core}) as l2:
+            auth = {"Authorization": basic("bob@447.edu", l2.bob)}
+            conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+            conn.request("GET", listing, headers=auth)
+            first = conn.getresponse()
+            assert first.status == 200 and json.loads(first.read())["total"] == 1, core
+            etag, modified = first.getheader("ETag"), first.getheader("Last-Modified")
+            assert etag and modified, (core, first.getheaders())
+            conn.request("GET", listing, headers={**auth, "If-None-Match": etag})
+            same = conn.getresponse()
+            assert same.status == 304 and same.read() == b"", core
+            assert same.getheader("Content-Length") is None and same.getheader("ETag") == etag, (core, same.getheaders())
+            url = f"https://localhost:{l2.retriever.port}{listing}"
+            conn.request("GET", url, headers=auth)  # the same connection: it served on after the 304
+            absolute = conn.getresponse()
+            assert absolute.status == 200 and json.loads(absolute.read())["total"] == 1, core
+            conn.close()
+            head = f"Host: localhost\r\nAuthorization: {auth['Authorization']}\r\nConnection: close\r\n\r\n".encode()
+            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + head) == "HTTP/1.1 200 OK", core
+            assert raw_status_line(lab, l2.retriever.port, b"FOO / HTTP/1.1\r\n" + head).startswith("HTTP/1.1 501 "), core
+            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/2.0\r\n" + head).startswith("HTTP/1.1 505 "), core
+            if core == "events":
+                # Last-Modified counts seconds: the deletion must fall in a later second than the
+                # arrival for a 1-second date to tell them apart (RFC 9110 8.8.2.2).
+                time.sleep(1.05 - time.time() % 1)
+                pop = poplib.POP3_SSL("localhost", l2.retriever.pop3_port, context=lab.ssl_context(), timeout=30)
+                pop.user("bob@447.edu")
+                pop.pass_(l2.bob)
+                pop.dele(1)
+                pop.quit()
+                conn = http.client.HTTPSConnection("localhost", l2.retriever.port, context=lab.ssl_context(), timeout=30)
+                conn.request("GET", listing, headers={**auth, "If-Modified-Since": modified})
+                after = conn.getresponse()
+                assert after.status == 200 and json.loads(after.read())["total"] == 0, after.status
+                assert after.getheader("Last-Modified") != modified
+                conn.close()
+
+
 @test
 def tls12_refused_by_retriever(lab):
     with Lab2(lab) as l2:

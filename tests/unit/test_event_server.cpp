@@ -19,7 +19,7 @@ std::string pocoHead(const maillab::http::ApiResponse& r, bool http10, bool keep
     response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(r.status));
     for (const auto& [name, value] : r.headers) response.set(name, value);
     if (!keepAlive) response.setKeepAlive(false);
-    response.setContentLength(static_cast<std::streamsize>(length));
+    if (r.status != 304) response.setContentLength(static_cast<std::streamsize>(length));  // as server.cpp
     std::ostringstream out;
     response.write(out);
     return out.str();
@@ -39,4 +39,17 @@ TEST_CASE("events core: the response head is Poco's, byte for byte", "[events]")
                       pocoHead(r, http10, keepAlive, date, length));
             }
     }
+}
+
+TEST_CASE("events core: an unknown method on a well-formed request line is told from garbage", "[events]") {
+    using maillab::retriever_events::looksLikeRequestLine;
+    CHECK(looksLikeRequestLine("FOO / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(looksLikeRequestLine("get /mailboxes HTTP/1.1\n"));
+    CHECK(looksLikeRequestLine("M-SEARCH * HTTP/1.1\r\n"));
+    CHECK_FALSE(looksLikeRequestLine("GARBAGE\r\n\r\n"));
+    CHECK_FALSE(looksLikeRequestLine("GET\r\n\r\n"));
+    CHECK_FALSE(looksLikeRequestLine(std::string("\x00\x01\x02\x03\r\n\r\n", 8)));
+    CHECK_FALSE(looksLikeRequestLine("FOO / HTTP/1.1"));  // no line end yet
+    CHECK_FALSE(looksLikeRequestLine("F(O) / HTTP/1.1\r\n"));  // not a token
+    CHECK_FALSE(looksLikeRequestLine("FOO /  HTTP/1.1\r\n"));
 }

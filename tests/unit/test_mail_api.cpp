@@ -174,6 +174,16 @@ TEST_CASE("conditional GET answers 304", "[api][cache]") {
     m.raw = "x\r\n";
     h.lab.store->deliver(m);
     CHECK(h.get("/mailboxes/bob@447.edu/messages", "bob@447.edu", "22222447", {{"If-None-Match", etag}}).status == 200);
+    // A deletion (POP3's DELE) changes the listing too: its Last-Modified moves, so a client that
+    // revalidates with If-Modified-Since alone gets the new listing, not a 304 for the old one.
+    const std::string listing = "/mailboxes/bob@447.edu/messages";
+    const std::string seen = h.get(listing).header("Last-Modified");
+    REQUIRE(h.get(listing, "bob@447.edu", "22222447", {{"If-Modified-Since", seen}}).status == 304);
+    REQUIRE(h.lab.store->deleteMessages("bob@447.edu", {h.ids[1]}) == 1);
+    auto afterDelete = h.get(listing, "bob@447.edu", "22222447", {{"If-Modified-Since", seen}});
+    CHECK(afterDelete.status == 200);
+    CHECK(afterDelete.header("Last-Modified") != seen);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {{"If-Modified-Since", seen}}).status == 200);  // the HTML inbox too
     std::string id = std::to_string(h.ids[0]);
     auto msg = h.get("/mailboxes/bob@447.edu/messages/" + id);
     CHECK(h.get("/mailboxes/bob@447.edu/messages/" + id, "bob@447.edu", "22222447", {{"If-None-Match", msg.header("ETag")}}).status == 304);
@@ -207,8 +217,41 @@ TEST_CASE("errors: 404, 405 with Allow, 414, 431, 400, one JSON shape", "[api][e
     CHECK(h.get("/", "bob@447.edu", "22222447", {{"Content-Length", "5"}}).status == 400);  // a GET with a body
     CHECK(h.get("/mailboxes/" + std::string(120, 'a')).status == 414);
     CHECK(h.get("/", "bob@447.edu", "22222447", {{"X-Big", std::string(400, 'x')}}).status == 431);
-    CHECK(h.get("http://elsewhere/").status == 400);
+    // RFC 9112 3.2.2: the absolute-form is accepted, its path is the resource; other forms are not ours.
+    CHECK(h.get("https://localhost:9100/mailboxes/bob@447.edu/messages").body.find("\"total\":3") != std::string::npos);
+    CHECK(h.get("HTTP://elsewhere").status == 200);  // no path: "/", the inbox
+    CHECK(h.get("ftp://localhost/").status == 400);
+    CHECK(h.get("*").status == 400);
+    CHECK(h.get("mailboxes/bob@447.edu/messages").status == 400);
     CHECK(h.get("/", "bob@447.edu", "22222447", {}, "HEAD").status == 200);
+    // RFC 9110 9.1: a method nobody defined is 501 (and the connection ends: its framing is unknown);
+    // a defined one that is not allowed here stays 405.
+    auto unknown = h.get("/", "bob@447.edu", "22222447", {}, "FOO");
+    CHECK(unknown.status == 501);
+    CHECK(unknown.closeConnection);
+    CHECK(unknown.body.find("\"code\":\"not_implemented\"") != std::string::npos);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {}, "PROPFIND").status == 501);
+    CHECK(h.get("/", "bob@447.edu", "22222447", {}, "get").status == 501);  // methods are case-sensitive
+    CHECK(h.get("/", "bob@447.edu", "22222447", {}, "OPTIONS").status == 405);
+}
+
+TEST_CASE("RFC 9110 2.5: a later HTTP/1.x is read as HTTP/1.1, another major version is 505", "[api][framing]") {
+    ApiHarness h;
+    ApiRequest r;
+    r.method = "GET";
+    r.target = "/";
+    r.headers.emplace_back("Host", "localhost");
+    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
+    for (const char* version : {"HTTP/1.1", "HTTP/1.2", "HTTP/1.9"}) {
+        r.version = version;
+        CHECK(h.api->handle(r).status == 200);
+    }
+    for (const char* version : {"HTTP/2.0", "HTTP/0.9", "HTTP/1.10", "HTTP/1.x", "HTTP/3"}) {
+        r.version = version;
+        auto refused = h.api->handle(r);
+        CHECK(refused.status == 505);
+        CHECK(refused.closeConnection);
+    }
 }
 
 TEST_CASE("RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host", "[api][framing]") {

@@ -83,7 +83,7 @@ TEST_CASE("PostgreSQL: the schema carries its version, and a newer one is refuse
     LabFixture lab;
     std::string version;
     REQUIRE(postgresStatement("SELECT version FROM " + lab.options.postgres.schema + ".schema_version", &version));
-    CHECK(version == "7");
+    CHECK(version == "8");
     CHECK(lab.anotherStore());  // opening again migrates nothing
     REQUIRE(postgresStatement("UPDATE " + lab.options.postgres.schema + ".schema_version SET version = 99"));
     CHECK_THROWS_AS(lab.anotherStore(), StoreError);

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <mutex>
 #include <set>
 #include <sqlite3.h>
@@ -109,7 +110,7 @@ TEST_CASE("the schema carries its version, and a newer one is refused", "[store]
     sqlite3_stmt* st = nullptr;
     sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
     sqlite3_step(st);
-    CHECK(sqlite3_column_int(st, 0) == 7);
+    CHECK(sqlite3_column_int(st, 0) == 8);
     sqlite3_finalize(st);
     sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
     sqlite3_close(db);
@@ -141,6 +142,7 @@ TEST_CASE("a version 1 database is migrated: mailbox totals are computed from th
     CHECK(stats.count == 2);
     CHECK(stats.newestReceivedAt == 20);
     CHECK(stats.bytes == 2);
+    CHECK(stats.changedAt == 20);  // version 8: until a deletion, the newest arrival
     // A message stored before bodies had a table of their own is still read whole.
     auto old = store->getMessage("bob@447.edu", 1);
     REQUIRE(old);
@@ -215,13 +217,22 @@ TEST_CASE("deleteMessages removes a mailbox's own messages in one go; counts, by
     auto shared = lab.store->deliver(message("shared", {"ana@447.edu", "bob@447.edu"}));
     auto own = lab.store->deliver(message("own", {"bob@447.edu"}));
     auto third = lab.store->deliver(message("third", {"bob@447.edu"}));
-    REQUIRE(lab.store->mailboxStats("bob@447.edu").count == 3);
+    MailboxStats before = lab.store->mailboxStats("bob@447.edu");
+    REQUIRE(before.count == 3);
+    CHECK(before.changedAt == before.newestReceivedAt);  // an arrival moves it
+    const int64_t anaChanged = lab.store->mailboxStats("ana@447.edu").changedAt;
     // Another mailbox's id and an unknown one are skipped, not an error.
+    const int64_t deletedFrom = static_cast<int64_t>(std::time(nullptr));
     CHECK(lab.store->deleteMessages("bob@447.edu", {shared[1], own[0], shared[0], 999999}) == 2);
     CHECK(lab.store->deleteMessages("bob@447.edu", {}) == 0);
     MailboxStats bob = lab.store->mailboxStats("bob@447.edu");
     CHECK(bob.count == 1);
     CHECK(bob.bytes == static_cast<int64_t>(message("third", {}).raw.size()));
+    // A deletion moves when the mailbox changed (the store's clock): a listing's Last-Modified follows.
+    CHECK(bob.changedAt >= deletedFrom);
+    CHECK(bob.changedAt <= static_cast<int64_t>(std::time(nullptr)));
+    CHECK(bob.newestReceivedAt == before.newestReceivedAt);
+    CHECK(lab.store->mailboxStats("ana@447.edu").changedAt == anaChanged);  // ana's mailbox did not change
     CHECK_FALSE(lab.store->getMessage("bob@447.edu", own[0]));
     REQUIRE(lab.store->listMessages("bob@447.edu", 0, 10).size() == 1);
     CHECK(lab.store->listMessages("bob@447.edu", 0, 10)[0].id == third[0]);
