@@ -373,9 +373,11 @@ def _http_answers(cap, rows, by_stream):
                         (f" (from frame {first['r']['frame.number']})" if first else "") + ".")
         r = conditional["r"]
         if r is not None:
+            length = _header(conditional['rh'], 'Content-Length')
             a["http-11"] = (f"{md_text(_first(r['http.response.code']))} {md_text(_first(r['http.response.phrase']))} in "
-                            f"frame {r['frame.number']}, Content-Length "
-                            f"{md_text(_header(conditional['rh'], 'Content-Length') or '0')}: no content. The resource "
+                            f"frame {r['frame.number']}, " +
+                            (f"Content-Length {md_text(length)}" if length else "no Content-Length (a 304 never has a "
+                             "body, RFC 9112 6.3)") + ": no content. The resource "
                             "has not changed since that date, so the client's copy is still good (RFC 9110 13.1.3, "
                             "15.4.5).")
     gets = [x for x in xs if _first(x["q"]["http.request.method"]) == "GET"]

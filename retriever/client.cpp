@@ -141,12 +141,14 @@ private:
         result.status = response.getStatus();
         result.reason = response.getReason();
         result.contentType = response.getContentType();
-        if (response.hasContentLength()) {
+        // RFC 9112 6.3: a 1xx, 204 or 304 ends at its head, whatever its header fields say.
+        const bool noBody = result.status < 200 || result.status == 204 || result.status == 304;
+        if (!noBody && response.hasContentLength()) {
             result.body.resize(static_cast<size_t>(response.getContentLength64()));
             stream_->read(result.body.data(), static_cast<std::streamsize>(result.body.size()));
             if (static_cast<size_t>(stream_->gcount()) != result.body.size())
                 throw Poco::Net::MessageException("response body shorter than its Content-Length");
-        } else {
+        } else if (!noBody) {
             Poco::StreamCopier::copyToString(*stream_, result.body);  // until the server closes
             response.setKeepAlive(false);
         }

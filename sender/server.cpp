@@ -420,7 +420,8 @@ protected:
 
         int port = listeners.front()->address().port();
         logger.information("event=listening address=" + describeListeners(listeners) + " domain=" +
-                           policy.labDomain + " db=" + logValue(describeStoreUrl(storeOptions.url)) + " tls=" + mode + " tls-version=TLSv1.3-only max-connections=" +
+                           policy.labDomain + " db=" + logValue(describeStoreUrl(storeOptions.url)) + " tls=" + mode +
+                           (mode == "off" ? "" : " tls-version=TLSv1.3-only") + " max-connections=" +
                            std::to_string(ctx.maxConnections) + " core=" + core +
                            (events ? " loops=" + std::to_string(events->threads()) : "") + " open-files=" + std::to_string(files));
         // The ready line: tests and scripts wait for it instead of sleeping.

@@ -614,6 +614,8 @@ def plaintext_mode_refuses_auth_unless_allowed_and_stays_on_loopback(lab):
         out = run_client(lab, server.port, ["--tls", "off", "--user", "ana", "--password", ana])
         assert out.returncode == 1 and "538 5.7.11" in out.stderr
         assert "PLAINTEXT MODE" in server.log_text()
+        listening = [line for line in server.log_text().splitlines() if "event=listening" in line][0]
+        assert " tls=off " in listening and "tls-version" not in listening, listening  # no TLS to name
     with Server(lab, "senderserver", args=["--tls=off", "--allow-plaintext-auth"], db=db) as server:
         out = run_client(lab, server.port, ["--tls", "off", "--user", "ana", "--password", ana, "--to", "ana",
                                             "--subject", "in clear"])

@@ -109,6 +109,10 @@ TEST_CASE("authentication: 401 with a challenge, never registration", "[api][aut
     auto wrong = h.get("/", "bob@447.edu", "00000447");
     CHECK(wrong.status == 401);
     CHECK(wrong.closeConnection);
+    CHECK(wrong.body.find("make password USER=bob`") != std::string::npos);  // the fix names the account
+    auto foreign = h.get("/", "<b>x</b>@elsewhere.org", "1");
+    CHECK(foreign.status == 401);
+    CHECK(foreign.body.find("USER=<you>") != std::string::npos);  // nothing the client sent comes back
     CHECK(h.get("/", "newuser@447.edu", "").status == 401);
     CHECK_FALSE(h.lab.store->findAccount("newuser@447.edu"));
     ApiRequest bad;
