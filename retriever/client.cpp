@@ -137,12 +137,16 @@ private:
                                                  "9100 by default");
         }
         response.read(*stream_);  // throws on a closed connection or a malformed status line
+        while (response.getStatus() < 200) {  // RFC 9110 15.2: a 1xx is interim, the final answer follows
+            response.clear();
+            response.read(*stream_);
+        }
         HttpResult result;
         result.status = response.getStatus();
         result.reason = response.getReason();
         result.contentType = response.getContentType();
-        // RFC 9112 6.3: a 1xx, 204 or 304 ends at its head, whatever its header fields say.
-        const bool noBody = result.status < 200 || result.status == 204 || result.status == 304;
+        // RFC 9112 6.3: a 204 or 304 ends at its head, whatever its header fields say.
+        const bool noBody = result.status == 204 || result.status == 304;
         if (!noBody && response.hasContentLength()) {
             result.body.resize(static_cast<size_t>(response.getContentLength64()));
             stream_->read(result.body.data(), static_cast<std::streamsize>(result.body.size()));

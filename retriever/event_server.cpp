@@ -12,10 +12,10 @@
 
 #include <http_parser.h>
 
+#include <cctype>
 #include <climits>
 #include <ctime>
 #include <mutex>
-#include <regex>
 
 namespace maillab::retriever_events {
 
@@ -49,12 +49,24 @@ const std::string& dateNow() {
 }  // namespace
 
 bool looksLikeRequestLine(std::string_view bytes) {
-    // RFC 9112 3: method SP request-target SP HTTP-version, the method a token (RFC 9110 5.6.2).
-    static const std::regex kRequestLine(R"(^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/[0-9]\.[0-9]\r?\n)");
+    // RFC 9112 3: method SP request-target SP HTTP-version CRLF, the method a token (RFC 9110 5.6.2).
+    // A scan, not std::regex: libstdc++'s matcher recurses per character, and this runs on a loop
+    // thread over bytes anyone can send.
     size_t end = bytes.find('\n');
-    if (end == std::string_view::npos || end > 8192) return false;
-    std::string line(bytes.substr(0, end + 1));
-    return std::regex_search(line, kRequestLine);
+    if (end == std::string_view::npos) return false;
+    std::string_view line = bytes.substr(0, end);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    size_t first = line.find(' ');
+    size_t last = line.rfind(' ');
+    if (first == std::string_view::npos || first == 0 || last == first) return false;
+    static const std::string_view kTokenPunctuation = "!#$%&'*+-.^_`|~";
+    for (char c : line.substr(0, first))
+        if (!std::isalnum(static_cast<unsigned char>(c)) && kTokenPunctuation.find(c) == std::string_view::npos) return false;
+    std::string_view target = line.substr(first + 1, last - first - 1);
+    if (target.empty() || target.find_first_of(" \t") != std::string_view::npos) return false;
+    std::string_view version = line.substr(last + 1);
+    return version.size() == 8 && version.substr(0, 5) == "HTTP/" && std::isdigit(static_cast<unsigned char>(version[5])) &&
+           version[6] == '.' && std::isdigit(static_cast<unsigned char>(version[7]));
 }
 
 std::string responseHead(const http::ApiResponse& response, bool http10, bool keepAlive, const std::string& date,

@@ -317,9 +317,10 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
         r.closeConnection = true;
         return r;
     };
-    int contentLengths = 0, hosts = 0;
+    int contentLengths = 0, hosts = 0, authorizations = 0;
     for (const auto& [name, value] : request.headers) {
         if (text::equalsIgnoringCase(name, "Host")) ++hosts;
+        if (text::equalsIgnoringCase(name, "Authorization")) ++authorizations;
         if (name.empty() || name.find_first_of(" \t") != std::string::npos)  // RFC 9112 5.1: no space before ':'
             return refuse(400, "Malformed header field name");
         if (text::equalsIgnoringCase(name, "Transfer-Encoding"))
@@ -333,7 +334,10 @@ std::optional<ApiResponse> MailApi::checkFraming(const ApiRequest& request) cons
     if (contentLengths > 1) return refuse(400, "Duplicate Content-Length");
     // RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with more than one, gets 400.
     if (hosts > 1) return refuse(400, "More than one Host header field");
-    if (hosts == 0 && request.version == "HTTP/1.1")
+    // RFC 9110 5.3: Authorization is not a list; two of them would let the proxy in front and this
+    // server read different credentials.
+    if (authorizations > 1) return refuse(400, "More than one Authorization header field");
+    if (hosts == 0 && request.version != "HTTP/1.0")
         return refuse(400, "An HTTP/1.1 request needs a Host header field (RFC 9112 3.2)");
     if (request.target.size() > limits_.maxUriLength)
         return error(414, "Request target longer than " + std::to_string(limits_.maxUriLength) + " octets");
@@ -383,7 +387,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
     } catch (const Poco::Exception&) {
         return error(400, "Malformed request target");
     }
-    bool badId = false;
+    bool badId = false, badPart = false;
     for (const Resource& resource : kResources) {
         if (resource.path.size() != segments.size()) continue;
         Route candidate = found;
@@ -392,7 +396,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
             const std::string& want = resource.path[i];
             if (want == "{address}") candidate.mailbox = auth_.normalizeUser(segments[i]);  // "ana" is ana@<lab domain>, as at login
             else if (want == "{id}") badId = !(match = parseNumber(segments[i], candidate.id)) || badId;
-            else if (want == "{part}") badId = !(match = parseNumber(segments[i], candidate.part)) || badId;
+            else if (want == "{part}") badPart = !(match = parseNumber(segments[i], candidate.part)) || badPart;
             else match = segments[i] == want;
         }
         if (match) {
@@ -403,6 +407,7 @@ std::variant<MailApi::Route, ApiResponse> MailApi::route(const ApiRequest& reque
         }
     }
     if (badId) return error(404, "No such message");
+    if (badPart) return error(404, "No such part: parts are numbered from 1 (see the message's \"attachments\")");
     if (!segments.empty() && segments[0] == "mailboxes") return error(404, "No such resource");
     return error(404, "No such resource; see /mailboxes/<address>/messages");
 }
@@ -807,8 +812,10 @@ ApiResponse MailApi::inboxPage(const Route& route, const ApiRequest& request) {
                        htmlEscape(route.mailbox) + "</title><style>" + kInboxStyle + "</style></head><body>\n<h1>Inbox of " +
                        htmlEscape(route.mailbox) + "</h1>\n<p id=\"count\">" + std::to_string(stats.count) +
                        (stats.count == 1 ? " message" : " messages") +
-                       (stats.count > limit || offset > 0
-                            ? " (" + std::to_string(std::min(stats.count, offset + 1)) + " to " +
+                       (offset >= stats.count && offset > 0
+                            ? std::string(" (none shown: this page starts after the last one; the newest are at ?offset=0)")
+                        : stats.count > limit || offset > 0
+                            ? " (" + std::to_string(offset + 1) + " to " +
                                   std::to_string(std::min(stats.count, offset + limit)) + " shown, newest first)"
                             : "") +
                        "</p>\n<table id=\"messages\"><thead><tr><th>#</th><th>From (header)</th><th>Sent by (authenticated)</th><th>Subject</th><th>Date</th>"

@@ -185,7 +185,8 @@ private:
                 int status = fail("AUTH", auth);
                 // No --password asks to register; the server says the same whether or not the account
                 // exists (nobody learns which names are taken), so the client says what to try.
-                if (password.empty() && auth.code == AuthInvalid.code)
+                if (password.empty() && auth.code == AuthInvalid.code &&
+                    auth.text().find("credentials invalid") != std::string::npos)  // not a role or foreign address
                     std::cerr << "       (without --password the client registers " << user
                               << "; if it is registered already, give its password: --password NNNNNNNN)\n";
                 return status;

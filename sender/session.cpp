@@ -631,6 +631,9 @@ Output Session::cmdMail(const std::string& arg) {
     auto path = parsePath(arg, "FROM");
     if (!path) return error(SyntaxError, "Syntax: MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME]");
     size_t declared = 0;
+    // One value per parameter: SIZE=1 SIZE=99999999 has no one meaning.
+    if (!path->repeated.empty())
+        return error(SyntaxError, "MAIL FROM parameter " + path->repeated.substr(0, 20) + " given twice");
     for (const auto& [key, value] : path->params) {
         if (key == "SIZE") {
             // RFC 1870 6: a declared size over the limit is refused at MAIL.

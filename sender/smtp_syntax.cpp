@@ -83,6 +83,7 @@ std::optional<Path> parsePath(const std::string& argument, const std::string& ke
         size_t eq = token.find('=');
         std::string key = upperCase(token.substr(0, eq));
         if (key.empty()) return std::nullopt;
+        if (path.params.count(key) && path.repeated.empty()) path.repeated = key;
         path.params[key] = eq == std::string::npos ? "" : token.substr(eq + 1);
     }
     return path;

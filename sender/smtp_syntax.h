@@ -23,6 +23,7 @@ Command parseCommand(const std::string& line);
 struct Path {
     std::string address;                        // without angle brackets; "" for the null path <>
     std::map<std::string, std::string> params;  // ESMTP parameters, keys upper-case ("SIZE" -> "1000")
+    std::string repeated;  // the first parameter given more than once ("" when none): the caller refuses it
 };
 
 // Parses the argument of MAIL ("FROM:<addr> [params]") or RCPT ("TO:<addr> [params]"), with the

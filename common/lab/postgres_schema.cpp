@@ -125,7 +125,7 @@ END $$;
 CREATE OR REPLACE FUNCTION maillab_messages_uncount() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE mailbox_stats SET count = count - 1, bytes = bytes - OLD.size,
-        changed_at = greatest(changed_at, extract(epoch FROM now())::BIGINT) WHERE mailbox = OLD.mailbox;
+        changed_at = greatest(changed_at, floor(extract(epoch FROM now()))::BIGINT) WHERE mailbox = OLD.mailbox;
     DELETE FROM bodies WHERE id = OLD.body_id AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = OLD.body_id);
     RETURN NULL;
 END $$;

@@ -79,8 +79,10 @@ def session_steps(lab, name_for_token, account, sender, retriever, out_dir, secr
         out = subprocess.run(sc + ["--user", account], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         password = passwords[account] = password_from(out.stdout)
+    # A dash a keyboard makes: the subject travels as RFC 2047 encoded words, the token inside them
+    # (tshark decodes them into imf.subject: checked, grading finds the token without help).
     sent = subprocess.run(sc + ["--user", account, "--password", password, "--to", account, "--subject",
-                                f"TLS lab {labtoken.token(secret, name_for_token)}"], capture_output=True, text=True, env=env,
+                                f"TLS lab \u2013 {labtoken.token(secret, name_for_token)}"], capture_output=True, text=True, env=env,
                           timeout=60)
     assert sent.returncode == 0, sent.stderr
     shown = subprocess.run(rc + ["--user", account, "--password", password, "--verbose"], capture_output=True,

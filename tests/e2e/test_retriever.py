@@ -187,6 +187,7 @@ def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
             first = conn.getresponse()
             assert first.status == 200 and json.loads(first.read())["total"] == 1, core
             etag, modified = first.getheader("ETag"), first.getheader("Last-Modified")
+            kept = conn.sock  # http.client reconnects silently: the same socket proves keep-alive held
             assert etag and modified, (core, first.getheaders())
             conn.request("GET", listing, headers={**auth, "If-None-Match": etag})
             same = conn.getresponse()
@@ -196,11 +197,15 @@ def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
             conn.request("GET", url, headers=auth)  # the same connection: it served on after the 304
             absolute = conn.getresponse()
             assert absolute.status == 200 and json.loads(absolute.read())["total"] == 1, core
+            assert conn.sock is kept, core
             conn.close()
             head = f"Host: localhost\r\nAuthorization: {auth['Authorization']}\r\nConnection: close\r\n\r\n".encode()
             assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + head) == "HTTP/1.1 200 OK", core
             assert raw_status_line(lab, l2.retriever.port, b"FOO / HTTP/1.1\r\n" + head).startswith("HTTP/1.1 501 "), core
             assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/2.0\r\n" + head).startswith("HTTP/1.1 505 "), core
+            # A later 1.x is 1.1 in every rule, Host's too (RFC 9112 3.2).
+            no_host = f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
+            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + no_host).startswith("HTTP/1.1 400 "), core
             if core == "events":
                 # Last-Modified counts seconds: the deletion must fall in a later second than the
                 # arrival for a 1-second date to tell them apart (RFC 9110 8.8.2.2).

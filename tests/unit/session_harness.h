@@ -25,8 +25,8 @@ struct Harness {
     int64_t freeDisk = INT64_MAX;
 
     explicit Harness(smtp::SessionLimits l = {}, smtp::DataBudget* budget = nullptr, smtp::SubmissionRates* rates = nullptr,
-                     smtp::TlsMode mode = smtp::TlsMode::Implicit)
-        : limits(l) {
+                     smtp::TlsMode mode = smtp::TlsMode::Implicit, AuthPolicy policy = fastPolicy())
+        : lab(policy), limits(l) {
         lab.addUser("ana@447.edu", "11111447");
         lab.addUser("bob@447.edu", "22222447");
         smtp::SessionEnv env;

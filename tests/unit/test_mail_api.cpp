@@ -250,6 +250,9 @@ TEST_CASE("RFC 9110 2.5: a later HTTP/1.x is read as HTTP/1.1, another major ver
         r.version = version;
         CHECK(h.api->handle(r).status == 200);
     }
+    ApiRequest noHost = r;
+    noHost.headers.erase(noHost.headers.begin());  // Host: a later 1.x needs one as 1.1 does
+    CHECK(h.api->handle(noHost).status == 400);
     for (const char* version : {"HTTP/2.0", "HTTP/0.9", "HTTP/1.10", "HTTP/1.x", "HTTP/3"}) {
         r.version = version;
         auto refused = h.api->handle(r);
@@ -272,6 +275,14 @@ TEST_CASE("RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host", "[api][fra
     r.headers.emplace_back("Host", "a");
     r.headers.emplace_back("host", "b");
     CHECK(h.api->handle(r).status == 400);
+}
+
+TEST_CASE("RFC 9110 5.3: two Authorization fields are refused, not one of them chosen", "[api][framing]") {
+    ApiHarness h;
+    auto twice = h.get("/", "bob@447.edu", "22222447", {{"authorization", "Basic " + base64Encode("ana@447.edu:11111447")}});
+    CHECK(twice.status == 400);
+    CHECK(twice.closeConnection);
+    CHECK(twice.body.find("More than one Authorization header field") != std::string::npos);
 }
 
 TEST_CASE("helpers: UTF-8 repair, HTML escaping, HTTP dates, Basic parsing", "[api]") {
@@ -361,6 +372,11 @@ TEST_CASE("the HTML inbox pages its messages and shows previews, never whole bod
     CHECK(second.body.find("id=\"newer\"") != std::string::npos);
     CHECK(second.body.find("body 1") != std::string::npos);  // a short body is shown whole
     CHECK(h.get("/?limit=0").status == 400);
+    // Past the end: the page says none is shown and where the newest are (it said "4 to 4 shown").
+    auto beyond = h.get("/?limit=2&offset=10");
+    CHECK(beyond.status == 200);
+    CHECK(beyond.body.find("4 messages (none shown: this page starts after the last one") != std::string::npos);
+    CHECK(beyond.body.find("class=\"message\"") == std::string::npos);
     // The JSON listing shortens listed fields too; the message itself has them whole.
     auto listing = h.get("/mailboxes/bob@447.edu/messages?limit=1");
     CHECK(listing.body.size() < 3000);
@@ -489,6 +505,7 @@ TEST_CASE("MIME: a part downloads byte for byte, under a safe name and type", "[
     CHECK(h.get(base + "/parts/5").status == 404);
     CHECK(h.get(base + "/parts/0").status == 404);
     CHECK(h.get(base + "/parts/x").status == 404);
+    CHECK(h.get(base + "/parts/-1").body.find("No such part: parts are numbered from 1") != std::string::npos);
     CHECK(h.get(base + "/parts/2", "ana@447.edu", "11111447").status == 403);
     CHECK(h.get(base + "/parts/2", "").status == 401);
 }

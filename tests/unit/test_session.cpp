@@ -175,6 +175,8 @@ TEST_CASE("message size limit: declared and actual", "[session][limits]") {
     Harness h(limits);
     h.login();
     CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=101").rfind("552 5.3.4 ", 0) == 0);
+    // A parameter twice has no one meaning (the second SIZE would have hidden the first).
+    CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=1 size=101") == "501 5.5.4 MAIL FROM parameter SIZE given twice");
     CHECK(h.say("MAIL FROM:<ana@447.edu> SIZE=100").rfind("250 2.1.0", 0) == 0);
     h.say("RCPT TO:<bob@447.edu>");
     h.say("DATA");
@@ -286,6 +288,19 @@ TEST_CASE("a registration no one can make says why, the same whether or not the 
     CHECK(other.find("gmail") == std::string::npos);
     // With a password: the usual refusal (a wrong password of an account, or no such account).
     CHECK(h.say("AUTH PLAIN AGV2ZUBnbWFpbC5jb20AMTIzNDU0NDc=").rfind("535 5.7.8 Authentication credentials invalid", 0) == 0);
+}
+
+TEST_CASE("with registration off, an empty password gets the plain refusal: no registration is offered", "[session][auth]") {
+    AuthPolicy closed = maillab::testing::fastPolicy();
+    closed.registrationEnabled = false;  // a class server whose accounts the instructor made
+    Harness h({}, nullptr, nullptr, smtp::TlsMode::Implicit, closed);
+    h.say("EHLO c");
+    for (const char* credentials : {"AGFkbWluQDQ0Ny5lZHUA", "AGV2ZUBnbWFpbC5jb20A", "AGNhcm9sQDQ0Ny5lZHUA"}) {  // admin, eve@gmail.com, carol
+        std::string refused = h.say(std::string("AUTH PLAIN ") + credentials);
+        CHECK(refused.rfind("535 5.7.8 Authentication credentials invalid", 0) == 0);
+        CHECK(refused.find("register") == std::string::npos);
+    }
+    CHECK_FALSE(h.lab.store->findAccount("carol@447.edu"));
 }
 
 TEST_CASE("registration over AUTH carries on authenticated, and the password never reaches the log", "[session][auth]") {
