@@ -464,9 +464,8 @@ private:
         bool http10 = request_.version == "HTTP/1.0";
         bool mayKeep = s_.maxKeepAliveRequests <= 0 || requests_ < s_.maxKeepAliveRequests;
         bool keepAlive = keepAliveRequested() && mayKeep && !result.closeConnection && !hasBody_;
-        size_t length = result.status == 304 ? 0 : result.body.size();
         bool withBody = result.status != 304 && request_.method != "HEAD";  // HEAD: GET's length, no body
-        std::string wire = responseHead(result, http10, keepAlive, dateNow(), s_.software, length);
+        std::string wire = responseHead(result, http10, keepAlive, dateNow(), s_.software, result.body.size());
         // A line per failure or refusal (4xx, 5xx) always; per successful request only with --verbose.
         // Written before the answer leaves: whoever reads the answer finds its line in the log.
         if (s_.verbose || result.status >= 400)

@@ -456,10 +456,9 @@ std::variant<std::string, ApiResponse> MailApi::authenticate(const ApiRequest& r
     }
     if (result.outcome != AuthOutcome::Ok) {
         if (result.knownAccount) noteActivity(result.user, activity::loginFailedKind(result.knownSource));
-        // Names only a well-formed lab address back, as the sender's 535 does (nothing else the client sent).
-        std::string who = auth_.isLabAddress(result.user) ? result.user.substr(0, result.user.find('@')) : "<you>";
         ApiResponse r = unauthorized("Wrong address or password (the sender's account and password; forgotten it? "
-                                     "`make password USER=" + who + "` sets a new one, on a class server the instructor)");
+                                     "`make password USER=" + auth_.nameToShow(result.user) +
+                                     "` sets a new one, on a class server the instructor)");
         r.closeConnection = true;
         r.triedUser = user;
         return r;

@@ -612,7 +612,7 @@ Output Session::finishAuth(const std::string& user, const std::string& password)
         return out;
     }
     // Names only a well-formed lab address back (anything else the client sent stays out of the reply).
-    std::string who = auth_.isLabAddress(result.user) ? result.user.substr(0, result.user.find('@')) : "<you>";
+    std::string who = auth_.nameToShow(result.user);
     // An empty password asks to register: say what no registration can get past. Public policy, the
     // same words whether or not such an account exists.
     const bool registers = auth_.policy().registrationEnabled;

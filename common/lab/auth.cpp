@@ -78,6 +78,10 @@ bool Authenticator::isLabAddress(const std::string& address) const {
     return domain == policy_.labDomain && isValidLocalPart(address.substr(0, at));
 }
 
+std::string Authenticator::nameToShow(const std::string& user) const {
+    return isLabAddress(user) ? user.substr(0, user.rfind('@')) : "<you>";
+}
+
 namespace {
 // One HMAC context per thread, set up once with the cache key: HMAC() one-shot fetched SHA-256 and
 // built a context on every call. The key is per Authenticator, so a thread that meets another one

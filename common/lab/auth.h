@@ -111,6 +111,9 @@ public:
     // password (nobody can log in as it until the instructor sets one); mail to it is kept.
     void ensurePostmaster();
     bool isLabAddress(const std::string& address) const;
+    // The name a refusal may say back (`make password USER=<name>`): a lab address's local part, or
+    // "<you>" for anything else the client sent (nothing else it typed is echoed).
+    std::string nameToShow(const std::string& user) const;
     // Lower-case, and the lab domain appended to a bare local part.
     std::string normalizeUser(const std::string& user) const;
 

@@ -154,22 +154,6 @@ def python_http_client_with_keep_alive(lab):
         assert len(ids) == 1, ids  # the five requests and the 401 came over one connection
 
 
-def raw_status_line(lab, port, request):
-    """The status line the retriever answers one raw request with (the connection then closes)."""
-    s = tls_connect(lab, port)
-    try:
-        s.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\r\n", 1)[0].decode()
-    finally:
-        s.close()
-
-
 @test
 def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
     """Python's http.client and raw requests: a 304 carries no Content-Length (RFC 9110 8.6) and the
@@ -178,6 +162,7 @@ def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
     moves the listing's Last-Modified, so If-Modified-Since alone gets the new listing."""
     import poplib
     import time
+    from tests.e2e.test_hostile import http_status
     listing = "/mailboxes/bob@447.edu/messages"
     for core in ("threads", "events"):
         with Lab2(lab, {"retriever.core": core}) as l2:
@@ -200,12 +185,12 @@ def http_semantics_follow_rfc_9110_and_9112_on_both_cores(lab):
             assert conn.sock is kept, core
             conn.close()
             head = f"Host: localhost\r\nAuthorization: {auth['Authorization']}\r\nConnection: close\r\n\r\n".encode()
-            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + head) == "HTTP/1.1 200 OK", core
-            assert raw_status_line(lab, l2.retriever.port, b"FOO / HTTP/1.1\r\n" + head).startswith("HTTP/1.1 501 "), core
-            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/2.0\r\n" + head).startswith("HTTP/1.1 505 "), core
+            assert http_status(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + head, whole_line=True) == "HTTP/1.1 200 OK", core
+            assert http_status(lab, l2.retriever.port, b"FOO / HTTP/1.1\r\n" + head, whole_line=True).startswith("HTTP/1.1 501 "), core
+            assert http_status(lab, l2.retriever.port, b"GET / HTTP/2.0\r\n" + head, whole_line=True).startswith("HTTP/1.1 505 "), core
             # A later 1.x is 1.1 in every rule, Host's too (RFC 9112 3.2).
             no_host = f"Authorization: {auth['Authorization']}\r\n\r\n".encode()
-            assert raw_status_line(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + no_host).startswith("HTTP/1.1 400 "), core
+            assert http_status(lab, l2.retriever.port, b"GET / HTTP/1.2\r\n" + no_host, whole_line=True).startswith("HTTP/1.1 400 "), core
             if core == "events":
                 # Last-Modified counts seconds: the deletion must fall in a later second than the
                 # arrival for a 1-second date to tell them apart (RFC 9110 8.8.2.2).

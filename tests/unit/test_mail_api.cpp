@@ -35,16 +35,23 @@ struct ApiHarness {
         }
     }
 
-    ApiResponse get(const std::string& target, const std::string& user = "bob@447.edu",
-                    const std::string& password = "22222447",
-                    std::vector<std::pair<std::string, std::string>> extra = {}, const std::string& method = "GET") {
+    // A request as a client sends it: Host, Basic credentials (none when user is empty), extra fields.
+    static ApiRequest request(const std::string& target, const std::string& user = "bob@447.edu",
+                              const std::string& password = "22222447",
+                              std::vector<std::pair<std::string, std::string>> extra = {}, const std::string& method = "GET") {
         ApiRequest r;
         r.method = method;
         r.target = target;
         r.headers.emplace_back("Host", "localhost");
         if (!user.empty()) r.headers.emplace_back("Authorization", "Basic " + base64Encode(user + ":" + password));
         for (auto& h : extra) r.headers.push_back(h);
-        return api->handle(r);
+        return r;
+    }
+
+    ApiResponse get(const std::string& target, const std::string& user = "bob@447.edu",
+                    const std::string& password = "22222447",
+                    std::vector<std::pair<std::string, std::string>> extra = {}, const std::string& method = "GET") {
+        return api->handle(request(target, user, password, std::move(extra), method));
     }
 
     // A GET as bob that must be answered 200 with this Content-Type (both checked here).
@@ -241,11 +248,7 @@ TEST_CASE("errors: 404, 405 with Allow, 414, 431, 400, one JSON shape", "[api][e
 
 TEST_CASE("RFC 9110 2.5: a later HTTP/1.x is read as HTTP/1.1, another major version is 505", "[api][framing]") {
     ApiHarness h;
-    ApiRequest r;
-    r.method = "GET";
-    r.target = "/";
-    r.headers.emplace_back("Host", "localhost");
-    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
+    ApiRequest r = ApiHarness::request("/");
     for (const char* version : {"HTTP/1.1", "HTTP/1.2", "HTTP/1.9"}) {
         r.version = version;
         CHECK(h.api->handle(r).status == 200);
@@ -310,12 +313,8 @@ TEST_CASE("helpers: UTF-8 repair, HTML escaping, HTTP dates, Basic parsing", "[a
 
 TEST_CASE("plain HTTP: credentials refused unless the lab allows them", "[api][auth]") {
     ApiHarness h;
-    ApiRequest r;
-    r.method = "GET";
-    r.target = "/";
-    r.headers.emplace_back("Host", "localhost");
+    ApiRequest r = ApiHarness::request("/");
     r.overTls = false;
-    r.headers.emplace_back("Authorization", "Basic " + base64Encode("bob@447.edu:22222447"));
     auto refused = h.api->handle(r);
     CHECK(refused.status == 403);
     CHECK(refused.body.find("--allow-plaintext-auth") != std::string::npos);
